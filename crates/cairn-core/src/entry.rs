@@ -1,0 +1,144 @@
+//! Entries: as a client sends them ([`Entry`]) and as the schema accepted
+//! them ([`ValidEntry`]). Only a `ValidEntry` reaches the store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dn::Dn;
+
+/// An entry as received: attribute descriptions as the client wrote them,
+/// values as UTF-8 text. Nothing about it has been checked yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub dn: Dn,
+    pub attrs: Vec<(String, Vec<String>)>,
+}
+
+/// One attribute of a validated entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// The canonical attribute name from the schema (e.g. `cn`).
+    pub name: String,
+    /// Values in the order they were given, each unique by the attribute's
+    /// equality rule.
+    pub values: Vec<String>,
+}
+
+/// An entry that passed [`crate::schema::Schema::validate`]. Attributes are
+/// keyed by the lowercased canonical name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidEntry {
+    dn: Dn,
+    attrs: BTreeMap<String, Attr>,
+    structural: String,
+}
+
+/// Who changed an entry and when, stamped into its operational attributes.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    /// The bound identity (the root DSE's empty DN for anonymous).
+    pub who: Dn,
+    /// GeneralizedTime, `YYYYMMDDHHMMSSZ`; passed in so tests control time.
+    pub now: String,
+}
+
+impl ValidEntry {
+    pub(crate) fn new(dn: Dn, attrs: BTreeMap<String, Attr>, structural: &str) -> Self {
+        ValidEntry {
+            dn,
+            attrs,
+            structural: structural.to_string(),
+        }
+    }
+
+    pub fn dn(&self) -> &Dn {
+        &self.dn
+    }
+
+    /// The attribute stored under `key` (lowercased canonical name; resolve
+    /// aliases through the schema first).
+    pub fn get(&self, key: &str) -> Option<&Attr> {
+        self.attrs.get(key)
+    }
+
+    /// The first value of an attribute, by key.
+    pub fn first(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .get(key)
+            .and_then(|a| a.values.first())
+            .map(String::as_str)
+    }
+
+    pub fn attrs(&self) -> impl Iterator<Item = &Attr> {
+        self.attrs.values()
+    }
+
+    pub fn structural_class(&self) -> &str {
+        &self.structural
+    }
+
+    /// The entry's `entryUUID`, once stamped.
+    pub fn uuid(&self) -> Option<uuid::Uuid> {
+        self.first("entryuuid")
+            .and_then(|u| uuid::Uuid::parse_str(u).ok())
+    }
+
+    /// Whether the entry has `objectClass: class` (case-insensitive).
+    pub fn has_class(&self, class: &str) -> bool {
+        self.get("objectclass")
+            .is_some_and(|a| a.values.iter().any(|v| v.eq_ignore_ascii_case(class)))
+    }
+
+    /// The entry as plain attributes again, e.g. to apply a modification.
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            dn: self.dn.clone(),
+            attrs: self
+                .attrs
+                .values()
+                .map(|a| (a.name.clone(), a.values.clone()))
+                .collect(),
+        }
+    }
+
+    fn set(&mut self, name: &str, value: String) {
+        self.attrs.insert(
+            name.to_ascii_lowercase(),
+            Attr {
+                name: name.to_string(),
+                values: vec![value],
+            },
+        );
+    }
+
+    /// Stamps the operational attributes of a new entry.
+    pub fn stamp_created(mut self, uuid: uuid::Uuid, stamp: &Stamp) -> Self {
+        self.set("entryUUID", uuid.hyphenated().to_string());
+        self.set("creatorsName", stamp.who.to_string());
+        self.set("createTimestamp", stamp.now.clone());
+        self.set("modifiersName", stamp.who.to_string());
+        self.set("modifyTimestamp", stamp.now.clone());
+        self
+    }
+
+    /// Stamps the operational attributes of a changed entry, keeping
+    /// `entryUUID` and the creation stamps of `previous`.
+    pub fn stamp_modified(mut self, previous: &ValidEntry, stamp: &Stamp) -> Self {
+        for key in ["entryuuid", "creatorsname", "createtimestamp"] {
+            if let Some(a) = previous.attrs.get(key) {
+                self.attrs.insert(key.to_string(), a.clone());
+            }
+        }
+        self.set("modifiersName", stamp.who.to_string());
+        self.set("modifyTimestamp", stamp.now.clone());
+        self
+    }
+
+    /// The same entry under another name (modrdn, subtree moves). The
+    /// caller has checked the new name with the schema where values change.
+    pub fn renamed(mut self, dn: Dn) -> Self {
+        self.dn = dn;
+        self
+    }
+}

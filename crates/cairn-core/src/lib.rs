@@ -1,0 +1,24 @@
+//! Cairn's directory model: pure functions over values, no sockets, no disks.
+//!
+//! Layout: [`dn`] parses and normalizes distinguished names (RFC 4514);
+//! [`schema`] knows the attribute types and object classes and checks
+//! entries against them; [`entry`] holds entries as they come in
+//! ([`entry::Entry`]) and as the store accepts them ([`entry::ValidEntry`]);
+//! [`filter`] evaluates search filters (RFC 4515) by each attribute's
+//! syntax; [`modify`] applies LDAP modifications to an entry; [`ldif`] reads
+//! and writes LDIF (RFC 2849); [`password`] hashes `userPassword` values.
+//!
+//! A write flows: front end parses into [`entry::Entry`] / [`modify::Modification`]
+//! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
+
+pub mod dn;
+pub mod entry;
+pub mod error;
+pub mod filter;
+pub mod ldif;
+pub mod modify;
+pub mod password;
+pub mod schema;
+pub mod syntax;
+
+pub use error::Error;

@@ -1,0 +1,617 @@
+//! The schema: attribute types and object classes, the checks every add and
+//! modify goes through, and the `cn=schema` subentry in RFC 4512 form.
+
+mod builtin;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::dn::Dn;
+use crate::entry::{Attr, Entry, ValidEntry};
+use crate::error::Error;
+use crate::syntax::Syntax;
+
+/// RFC 4512 attribute usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    User,
+    DirectoryOperation,
+}
+
+/// An attribute type.
+#[derive(Debug, Clone)]
+pub struct AttributeType {
+    pub oid: &'static str,
+    /// The first name is the canonical one; the rest are aliases.
+    pub names: &'static [&'static str],
+    pub syntax: Syntax,
+    pub single_valued: bool,
+    pub usage: Usage,
+    /// Set by the server only (entryUUID, timestamps, ...).
+    pub no_user_modification: bool,
+    pub desc: &'static str,
+}
+
+impl AttributeType {
+    /// The canonical name, as entries store and return it.
+    pub fn name(&self) -> &'static str {
+        self.names[0]
+    }
+
+    /// The key entries are stored under: the canonical name, lowercased.
+    pub fn key(&self) -> String {
+        self.names[0].to_ascii_lowercase()
+    }
+
+    pub fn is_operational(&self) -> bool {
+        self.usage != Usage::User
+    }
+
+    /// RFC 4512 `AttributeTypeDescription`.
+    pub fn description(&self) -> String {
+        let names = if self.names.len() == 1 {
+            format!("'{}'", self.names[0])
+        } else {
+            let quoted: Vec<String> = self.names.iter().map(|n| format!("'{n}'")).collect();
+            format!("( {} )", quoted.join(" "))
+        };
+        let mut s = format!(
+            "( {} NAME {} DESC '{}' EQUALITY {} SYNTAX {}",
+            self.oid,
+            names,
+            self.desc,
+            self.syntax.equality_rule(),
+            self.syntax.oid()
+        );
+        if self.single_valued {
+            s.push_str(" SINGLE-VALUE");
+        }
+        if self.no_user_modification {
+            s.push_str(" NO-USER-MODIFICATION");
+        }
+        if self.usage == Usage::DirectoryOperation {
+            s.push_str(" USAGE directoryOperation");
+        }
+        s.push_str(" )");
+        s
+    }
+}
+
+/// RFC 4512 object class kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassKind {
+    Abstract,
+    Structural,
+    Auxiliary,
+}
+
+/// An object class.
+#[derive(Debug, Clone)]
+pub struct ObjectClass {
+    pub oid: &'static str,
+    pub name: &'static str,
+    pub sup: Option<&'static str>,
+    pub kind: ClassKind,
+    pub must: &'static [&'static str],
+    pub may: &'static [&'static str],
+    /// Whether the class carries configuration settings (`cairnSetting`,
+    /// `cairnEnforced`, `cairnBlockInheritance`, `description`).
+    pub may_settings: bool,
+}
+
+impl ObjectClass {
+    fn may_all(&self) -> impl Iterator<Item = &'static str> {
+        let settings: &'static [&'static str] = if self.may_settings {
+            builtin::SETTINGS_ATTRS
+        } else {
+            &[]
+        };
+        self.may.iter().chain(settings.iter()).copied()
+    }
+
+    /// RFC 4512 `ObjectClassDescription`.
+    pub fn description(&self) -> String {
+        let mut s = format!("( {} NAME '{}'", self.oid, self.name);
+        if let Some(sup) = self.sup {
+            s.push_str(&format!(" SUP {sup}"));
+        }
+        s.push_str(match self.kind {
+            ClassKind::Abstract => " ABSTRACT",
+            ClassKind::Structural => " STRUCTURAL",
+            ClassKind::Auxiliary => " AUXILIARY",
+        });
+        let list = |v: Vec<&str>| {
+            if v.len() == 1 {
+                v[0].to_string()
+            } else {
+                format!("( {} )", v.join(" $ "))
+            }
+        };
+        if !self.must.is_empty() {
+            s.push_str(&format!(" MUST {}", list(self.must.to_vec())));
+        }
+        let may: Vec<&str> = self.may_all().collect();
+        if !may.is_empty() {
+            s.push_str(&format!(" MAY {}", list(may)));
+        }
+        s.push_str(" )");
+        s
+    }
+}
+
+/// The directory's schema. Built once at start-up and shared read-only.
+#[derive(Debug)]
+pub struct Schema {
+    attrs: Vec<AttributeType>,
+    /// Lowercased name, alias or OID → index into `attrs`.
+    attr_index: HashMap<String, usize>,
+    classes: Vec<ObjectClass>,
+    class_index: HashMap<String, usize>,
+}
+
+impl Default for Schema {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Schema {
+    /// The built-in schema (standard classes plus Cairn's own).
+    pub fn builtin() -> Schema {
+        let attrs = builtin::ATTRIBUTES.to_vec();
+        let mut attr_index = HashMap::new();
+        for (i, a) in attrs.iter().enumerate() {
+            attr_index.insert(a.oid.to_string(), i);
+            for n in a.names {
+                attr_index.insert(n.to_ascii_lowercase(), i);
+            }
+        }
+        let classes = builtin::CLASSES.to_vec();
+        let mut class_index = HashMap::new();
+        for (i, c) in classes.iter().enumerate() {
+            class_index.insert(c.oid.to_string(), i);
+            class_index.insert(c.name.to_ascii_lowercase(), i);
+        }
+        Schema {
+            attrs,
+            attr_index,
+            classes,
+            class_index,
+        }
+    }
+
+    /// Looks up an attribute type by name, alias or OID (case-insensitive).
+    /// Attribute options (`cn;lang-en`) are ignored.
+    pub fn attr(&self, name: &str) -> Option<&AttributeType> {
+        let base = name.split(';').next().unwrap_or(name);
+        self.attr_index
+            .get(&base.to_ascii_lowercase())
+            .map(|&i| &self.attrs[i])
+    }
+
+    /// Looks up an object class by name or OID (case-insensitive).
+    pub fn class(&self, name: &str) -> Option<&ObjectClass> {
+        self.class_index
+            .get(&name.to_ascii_lowercase())
+            .map(|&i| &self.classes[i])
+    }
+
+    pub fn attributes(&self) -> &[AttributeType] {
+        &self.attrs
+    }
+
+    pub fn classes(&self) -> &[ObjectClass] {
+        &self.classes
+    }
+
+    /// The class and all its superclasses, most specific first.
+    fn lineage<'a>(&'a self, class: &'a ObjectClass) -> Vec<&'a ObjectClass> {
+        let mut out = vec![];
+        let mut cur = Some(class);
+        while let Some(c) = cur {
+            if out.iter().any(|o: &&ObjectClass| o.name == c.name) {
+                break;
+            }
+            out.push(c);
+            cur = c.sup.and_then(|s| self.class(s));
+        }
+        out
+    }
+
+    /// Resolves an attribute description or fails with undefinedAttributeType.
+    pub fn require_attr(&self, name: &str) -> Result<&AttributeType, Error> {
+        self.attr(name)
+            .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))
+    }
+
+    /// Rejects attributes a client may not set itself (no-user-modification).
+    pub fn check_user_writable(&self, name: &str) -> Result<&AttributeType, Error> {
+        let at = self.require_attr(name)?;
+        if at.no_user_modification {
+            return Err(Error::ConstraintViolation(format!(
+                "attribute {} is set by the server and cannot be modified",
+                at.name()
+            )));
+        }
+        Ok(at)
+    }
+
+    /// Checks an entry against the schema and returns it in validated form:
+    /// every attribute known and allowed by the entry's classes, every MUST
+    /// present, values well-formed per syntax and unique, single-valued
+    /// attributes single, one structural class chain, the RDN values present.
+    pub fn validate(&self, entry: Entry) -> Result<ValidEntry, Error> {
+        let Entry { dn, attrs } = entry;
+        if dn.is_root() {
+            return Err(Error::UnwillingToPerform(
+                "the root DSE cannot be written".into(),
+            ));
+        }
+        let mut map: BTreeMap<String, Attr> = BTreeMap::new();
+        for (name, values) in attrs {
+            let at = self.require_attr(&name)?;
+            let slot = map.entry(at.key()).or_insert_with(|| Attr {
+                name: at.name().to_string(),
+                values: vec![],
+            });
+            let mut seen: BTreeSet<String> = slot
+                .values
+                .iter()
+                .filter_map(|v| at.syntax.normalize(v).ok())
+                .collect();
+            for v in values {
+                let norm = at.syntax.normalize(&v).map_err(|e| Error::InvalidSyntax {
+                    attr: at.name().to_string(),
+                    reason: e.0,
+                })?;
+                if !seen.insert(norm) {
+                    return Err(Error::ValueExists(format!(
+                        "attribute {} has the value {v:?} twice",
+                        at.name()
+                    )));
+                }
+                slot.values.push(v);
+            }
+        }
+        map.retain(|_, a| !a.values.is_empty());
+
+        // Object classes: known, one structural chain, MUST/MAY.
+        let oc_values = map
+            .get("objectclass")
+            .map(|a| a.values.clone())
+            .ok_or_else(|| Error::ObjectClassViolation("no objectClass attribute".into()))?;
+        let mut classes: Vec<&ObjectClass> = vec![];
+        for v in &oc_values {
+            let c = self.class(v).ok_or_else(|| {
+                Error::ObjectClassViolation(format!("unknown object class {v:?}"))
+            })?;
+            for anc in self.lineage(c) {
+                if !classes.iter().any(|x| x.name == anc.name) {
+                    classes.push(anc);
+                }
+            }
+        }
+        let structural = self.structural_class_of(&classes)?;
+        let mut allowed: BTreeSet<String> = BTreeSet::new();
+        for c in &classes {
+            for m in c.must {
+                let at = self.require_attr(m)?;
+                if !map.contains_key(&at.key()) {
+                    return Err(Error::ObjectClassViolation(format!(
+                        "object class {} requires attribute {}",
+                        c.name,
+                        at.name()
+                    )));
+                }
+                allowed.insert(at.key());
+            }
+            for m in c.may_all() {
+                allowed.insert(self.require_attr(m)?.key());
+            }
+        }
+        for (key, attr) in &map {
+            let at = self.require_attr(key)?;
+            if !at.is_operational() && !allowed.contains(key) {
+                return Err(Error::ObjectClassViolation(format!(
+                    "attribute {} is not allowed by the object classes of the entry ({})",
+                    attr.name,
+                    oc_values.join(", ")
+                )));
+            }
+            if at.single_valued && attr.values.len() > 1 {
+                return Err(Error::ConstraintViolation(format!(
+                    "attribute {} is single-valued",
+                    attr.name
+                )));
+            }
+        }
+        // Naming: the RDN's values must be values of the entry.
+        if let Some(rdn) = dn.rdn() {
+            for ava in rdn.avas() {
+                let at = self.require_attr(&ava.attr).map_err(|_| {
+                    Error::NamingViolation(format!(
+                        "RDN attribute {} is not defined in the schema",
+                        ava.attr
+                    ))
+                })?;
+                let want = at
+                    .syntax
+                    .normalize(&ava.value)
+                    .map_err(|e| Error::InvalidDn(format!("RDN value: {}", e.0)))?;
+                let present = map.get(&at.key()).is_some_and(|a| {
+                    a.values
+                        .iter()
+                        .any(|v| at.syntax.normalize(v).ok().as_deref() == Some(&want))
+                });
+                if !present {
+                    return Err(Error::NamingViolation(format!(
+                        "RDN value {}={} is not among the entry's values",
+                        at.name(),
+                        ava.value
+                    )));
+                }
+            }
+        }
+        Ok(ValidEntry::new(dn, map, structural.name))
+    }
+
+    /// The single most specific structural class among `classes`.
+    fn structural_class_of<'a>(
+        &'a self,
+        classes: &[&'a ObjectClass],
+    ) -> Result<&'a ObjectClass, Error> {
+        let structural: Vec<&ObjectClass> = classes
+            .iter()
+            .copied()
+            .filter(|c| c.kind == ClassKind::Structural)
+            .collect();
+        // The most specific is the one no other structural class derives from.
+        let leaves: Vec<&ObjectClass> = structural
+            .iter()
+            .copied()
+            .filter(|c| {
+                !structural
+                    .iter()
+                    .any(|o| o.name != c.name && self.lineage(o).iter().any(|a| a.name == c.name))
+            })
+            .collect();
+        match leaves.as_slice() {
+            [one] => Ok(one),
+            [] => Err(Error::ObjectClassViolation(
+                "the entry has no structural object class".into(),
+            )),
+            many => Err(Error::ObjectClassViolation(format!(
+                "the entry has more than one structural object class chain: {}",
+                many.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Whether an entry of class `have` is also of class `want` (equal or a
+    /// subclass); `want` is the normalized (lowercased) name.
+    pub fn class_implies(&self, have: &str, want: &str) -> bool {
+        if have.eq_ignore_ascii_case(want) {
+            return true;
+        }
+        match self.class(have) {
+            Some(c) => self
+                .lineage(c)
+                .iter()
+                .any(|a| a.name.eq_ignore_ascii_case(want) || a.oid == want),
+            None => false,
+        }
+    }
+
+    /// Normalizes a value of `attr` for matching and indexing.
+    pub fn normalize(&self, attr: &str, value: &str) -> Option<String> {
+        self.attr(attr)?.syntax.normalize(value).ok()
+    }
+
+    /// The `cn=schema` subentry's attributes (RFC 4512 section 4.2).
+    pub fn subschema_attrs(&self) -> Vec<(String, Vec<String>)> {
+        let syntaxes: BTreeSet<(&str, &str)> = self
+            .attrs
+            .iter()
+            .map(|a| (a.syntax.oid(), a.syntax.equality_rule()))
+            .collect();
+        vec![
+            (
+                "objectClass".into(),
+                vec!["top".into(), "subschema".into(), "subentry".into()],
+            ),
+            ("cn".into(), vec!["schema".into()]),
+            (
+                "attributeTypes".into(),
+                self.attrs.iter().map(|a| a.description()).collect(),
+            ),
+            (
+                "objectClasses".into(),
+                self.classes.iter().map(|c| c.description()).collect(),
+            ),
+            (
+                "ldapSyntaxes".into(),
+                syntaxes
+                    .iter()
+                    .map(|(oid, _)| format!("( {oid} )"))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            ),
+        ]
+    }
+
+    /// The DN of the subschema subentry.
+    pub fn subschema_dn() -> Dn {
+        Dn::parse("cn=schema").unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> Entry {
+        Entry {
+            dn: Dn::parse(dn).unwrap(),
+            attrs: attrs
+                .iter()
+                .map(|(a, vs)| (a.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    fn host(extra: &[(&str, &[&str])]) -> Entry {
+        let mut attrs: Vec<(&str, &[&str])> =
+            vec![("objectClass", &["top", "cairnHost"]), ("cn", &["esx-001"])];
+        attrs.extend_from_slice(extra);
+        entry("cn=esx-001,cn=prod-a,dc=example,dc=com", &attrs)
+    }
+
+    #[test]
+    fn a_good_host_validates() {
+        let s = Schema::builtin();
+        let v = s
+            .validate(host(&[
+                ("macAddress", &["AA:BB:CC:00:11:22"]),
+                ("cairnSetting", &["ntp.servers=10.0.0.1"]),
+                ("commonName", &["esx-001-alias"]),
+            ]))
+            .unwrap();
+        assert_eq!(v.structural_class(), "cairnHost");
+        // The alias lands on the canonical attribute.
+        assert_eq!(v.get("cn").unwrap().values.len(), 2);
+    }
+
+    #[test]
+    fn unknown_attribute_is_undefined() {
+        let err = Schema::builtin()
+            .validate(host(&[("colour", &["blue"])]))
+            .unwrap_err();
+        assert!(matches!(err, Error::UndefinedAttributeType(ref a) if a == "colour"));
+    }
+
+    #[test]
+    fn disallowed_attribute_is_objectclass_violation() {
+        let err = Schema::builtin()
+            .validate(host(&[("cairnSubnet", &["10.0.0.0/8"])]))
+            .unwrap_err();
+        assert!(matches!(err, Error::ObjectClassViolation(ref m) if m.contains("cairnSubnet")));
+    }
+
+    #[test]
+    fn missing_must_names_the_attribute() {
+        let e = entry(
+            "cn=r1,ou=rules,dc=example,dc=com",
+            &[
+                ("objectClass", &["cairnRule"]),
+                ("cn", &["r1"]),
+                ("cairnMatch", &["vendor=Dell"]),
+            ],
+        );
+        let err = Schema::builtin().validate(e).unwrap_err();
+        assert!(matches!(err, Error::ObjectClassViolation(ref m) if m.contains("cairnTarget")));
+    }
+
+    #[test]
+    fn single_valued_and_syntax() {
+        let s = Schema::builtin();
+        let err = s
+            .validate(host(&[(
+                "netbootGUID",
+                &[
+                    "4c4c4544-0042-3010-8052-b4c04f333232",
+                    "4c4c4544-0042-3010-8052-b4c04f333233",
+                ],
+            )]))
+            .unwrap_err();
+        assert!(matches!(err, Error::ConstraintViolation(ref m) if m.contains("netbootGUID")));
+        let err = s.validate(host(&[("netbootGUID", &["nope"])])).unwrap_err();
+        assert!(matches!(err, Error::InvalidSyntax { ref attr, .. } if attr == "netbootGUID"));
+        let err = s
+            .validate(host(&[("cairnBlockInheritance", &["maybe"])]))
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidSyntax { .. }));
+    }
+
+    #[test]
+    fn structural_rules() {
+        let s = Schema::builtin();
+        let aux_only = entry(
+            "cn=x,dc=example,dc=com",
+            &[("objectClass", &["ieee802Device"]), ("cn", &["x"])],
+        );
+        assert!(matches!(
+            s.validate(aux_only).unwrap_err(),
+            Error::ObjectClassViolation(ref m) if m.contains("no structural")
+        ));
+        let two = entry(
+            "cn=x,dc=example,dc=com",
+            &[
+                ("objectClass", &["cairnHost", "cairnCluster"]),
+                ("cn", &["x"]),
+            ],
+        );
+        assert!(matches!(
+            s.validate(two).unwrap_err(),
+            Error::ObjectClassViolation(ref m) if m.contains("more than one")
+        ));
+        // A chain (inetOrgPerson → organizationalPerson → person) is one class.
+        let person = entry(
+            "uid=ann,dc=example,dc=com",
+            &[
+                ("objectClass", &["inetOrgPerson", "person"]),
+                ("cn", &["Ann"]),
+                ("sn", &["Smith"]),
+                ("uid", &["ann"]),
+            ],
+        );
+        assert_eq!(
+            s.validate(person).unwrap().structural_class(),
+            "inetOrgPerson"
+        );
+        let unknown = entry(
+            "cn=x,dc=example,dc=com",
+            &[("objectClass", &["frob"]), ("cn", &["x"])],
+        );
+        assert!(matches!(
+            s.validate(unknown).unwrap_err(),
+            Error::ObjectClassViolation(_)
+        ));
+    }
+
+    #[test]
+    fn rdn_value_must_be_present() {
+        let e = entry(
+            "cn=esx-002,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["esx-001"])],
+        );
+        assert!(matches!(
+            Schema::builtin().validate(e).unwrap_err(),
+            Error::NamingViolation(_)
+        ));
+    }
+
+    #[test]
+    fn duplicate_values_rejected_case_insensitively() {
+        let e = host(&[("description", &["Rack 1", "rack  1"])]);
+        assert!(matches!(
+            Schema::builtin().validate(e).unwrap_err(),
+            Error::ValueExists(_)
+        ));
+    }
+
+    #[test]
+    fn subschema_lists_cairn_classes() {
+        let attrs = Schema::builtin().subschema_attrs();
+        let classes = &attrs.iter().find(|(n, _)| n == "objectClasses").unwrap().1;
+        let host = classes.iter().find(|c| c.contains("'cairnHost'")).unwrap();
+        assert!(host.starts_with("( 1.3.6.1.4.1.32473.7.2.8 NAME 'cairnHost'"));
+        assert!(host.contains("STRUCTURAL"));
+        assert!(host.contains("cairnSetting"));
+        let types = &attrs.iter().find(|(n, _)| n == "attributeTypes").unwrap().1;
+        assert!(
+            types
+                .iter()
+                .any(|t| t.contains("'entryUUID'") && t.contains("NO-USER-MODIFICATION"))
+        );
+    }
+}

@@ -1,0 +1,604 @@
+//! The directory tree kept in the engine's tables.
+//!
+//! Every write takes the writer lock, reads what it needs from a snapshot,
+//! builds one [`Batch`] and commits it: the entry, its DN, its place under
+//! its parent and its index keys change together or not at all, and the
+//! commit is durable before the method returns.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_core::dn::{Dn, Rdn};
+use cairn_core::entry::{Entry, Stamp, ValidEntry};
+use cairn_core::filter::Filter;
+use cairn_core::modify::{self, Modification};
+use cairn_core::password;
+use cairn_core::schema::Schema;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::codec::{decode_entry, encode_entry};
+use crate::engine::{Batch, Engine, Snapshot, Table};
+
+/// Attributes with an equality index (lowercased canonical names). A search
+/// whose filter needs one of these for a match reads the index, not the tree.
+pub const INDEXED: &[&str] = &[
+    "objectclass",
+    "cn",
+    "netbootguid",
+    "macaddress",
+    "iphostnumber",
+    "serialnumber",
+    "entryuuid",
+    "uid",
+    "member",
+];
+
+/// LDAP search scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Base,
+    OneLevel,
+    Subtree,
+    /// Everything below the base, not the base itself.
+    Children,
+}
+
+/// How a search ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchControl {
+    /// Every match was handed to the callback.
+    Complete,
+    /// The callback asked to stop (size limit, abandon, ...).
+    Stopped,
+    /// The deadline passed first.
+    TimeLimit,
+}
+
+/// The directory: a tree of schema-checked entries on a storage engine.
+pub struct Directory {
+    engine: Box<dyn Engine>,
+    schema: Arc<Schema>,
+    /// Naming contexts: the only entries that may exist without a parent.
+    suffixes: Vec<Dn>,
+    /// Serializes writers. A std mutex: held only by synchronous code
+    /// (snapshot reads and one commit), never across an `.await`.
+    writer: Mutex<()>,
+}
+
+fn child_key(parent: Uuid, child: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32);
+    k.extend_from_slice(parent.as_bytes());
+    k.extend_from_slice(child.as_bytes());
+    k
+}
+
+fn index_prefix(attr: &str, norm: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(attr.len() + norm.len() + 2);
+    k.extend_from_slice(attr.as_bytes());
+    k.push(0);
+    k.extend_from_slice(norm.as_bytes());
+    k.push(0);
+    k
+}
+
+fn uuid_from(bytes: &[u8]) -> Result<Uuid, Error> {
+    Uuid::from_slice(bytes).map_err(|_| Error::Corrupt("bad UUID in table".into()))
+}
+
+impl Directory {
+    /// Opens the directory on an engine. `suffixes` are the naming contexts.
+    pub fn new(engine: Box<dyn Engine>, schema: Arc<Schema>, suffixes: Vec<Dn>) -> Self {
+        Directory {
+            engine,
+            schema,
+            suffixes,
+            writer: Mutex::new(()),
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    pub fn suffixes(&self) -> &[Dn] {
+        &self.suffixes
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave a half-written batch
+        // (batches are atomic), so a poisoned lock is safe to take.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn uuid_of(snap: &dyn Snapshot, dn: &Dn) -> Result<Option<Uuid>, Error> {
+        match snap.get(Table::Dn, dn.norm().as_bytes())? {
+            Some(v) => Ok(Some(uuid_from(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<ValidEntry>, Error> {
+        match snap.get(Table::Entries, uuid.as_bytes())? {
+            Some(v) => Ok(Some(decode_entry(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_dn(snap: &dyn Snapshot, dn: &Dn) -> Result<Option<(Uuid, ValidEntry)>, Error> {
+        let Some(u) = Self::uuid_of(snap, dn)? else {
+            return Ok(None);
+        };
+        let e = Self::load(snap, u)?
+            .ok_or_else(|| Error::Corrupt(format!("DN {dn} points at a missing entry")))?;
+        Ok(Some((u, e)))
+    }
+
+    /// noSuchObject for `dn`, with its nearest existing ancestor.
+    fn no_such(snap: &dyn Snapshot, dn: &Dn) -> Error {
+        let mut cur = dn.parent();
+        let mut matched = String::new();
+        while let Some(p) = cur {
+            if p.is_root() {
+                break;
+            }
+            if let Ok(Some(_)) = Self::uuid_of(snap, &p) {
+                matched = p.to_string();
+                break;
+            }
+            cur = p.parent();
+        }
+        Error::NoSuchObject {
+            dn: dn.to_string(),
+            matched,
+        }
+    }
+
+    fn children_of(snap: &dyn Snapshot, parent: Uuid) -> Result<Vec<Uuid>, Error> {
+        let mut out = vec![];
+        let mut bad = false;
+        snap.scan_prefix(Table::Children, parent.as_bytes(), &mut |k, _| {
+            match k.get(16..32).and_then(|b| Uuid::from_slice(b).ok()) {
+                Some(u) => out.push(u),
+                None => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(Error::Corrupt("bad key in children table".into()));
+        }
+        Ok(out)
+    }
+
+    fn parent_uuid(&self, snap: &dyn Snapshot, dn: &Dn) -> Result<Uuid, Error> {
+        if self.suffixes.iter().any(|s| s == dn) {
+            return Ok(Uuid::nil());
+        }
+        let Some(parent) = dn.parent().filter(|p| !p.is_root()) else {
+            return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!("{dn} is not within a naming context of this directory"),
+            )));
+        };
+        if !self.suffixes.iter().any(|s| dn.is_within(s)) {
+            return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!("{dn} is not within a naming context of this directory"),
+            )));
+        }
+        Self::uuid_of(snap, &parent)?.ok_or_else(|| Self::no_such(snap, &parent))
+    }
+
+    /// The index keys of an entry.
+    fn index_keys(&self, e: &ValidEntry, uuid: Uuid) -> BTreeSet<Vec<u8>> {
+        let mut keys = BTreeSet::new();
+        for attr in INDEXED {
+            let Some(a) = e.get(attr) else { continue };
+            let Some(at) = self.schema.attr(attr) else {
+                continue;
+            };
+            for v in &a.values {
+                let mut norms = vec![];
+                if *attr == "objectclass" {
+                    // Index the whole class lineage so (objectClass=top)
+                    // and superclass searches use the index too.
+                    for c in self.schema.classes() {
+                        if self.schema.class_implies(v, &c.name.to_ascii_lowercase()) {
+                            norms.push(c.name.to_ascii_lowercase());
+                        }
+                    }
+                } else if let Ok(n) = at.syntax.normalize(v) {
+                    norms.push(n);
+                }
+                for n in norms {
+                    let mut k = index_prefix(attr, &n);
+                    k.extend_from_slice(uuid.as_bytes());
+                    keys.insert(k);
+                }
+            }
+        }
+        keys
+    }
+
+    fn put_entry(&self, batch: &mut Batch, uuid: Uuid, e: &ValidEntry) -> Result<(), Error> {
+        batch.put(Table::Entries, uuid.as_bytes().to_vec(), encode_entry(e)?);
+        Ok(())
+    }
+
+    /// Hashes clear-text `userPassword` values so they are never stored.
+    fn hash_passwords(&self, entry: &mut Entry) -> Result<(), Error> {
+        for (name, values) in entry.attrs.iter_mut() {
+            if self
+                .schema
+                .attr(name)
+                .is_some_and(|a| a.key() == "userpassword")
+            {
+                for v in values.iter_mut() {
+                    *v = password::prepare(v, Uuid::new_v4().as_bytes()).map_err(|e| {
+                        Error::Model(cairn_core::Error::UnwillingToPerform(format!(
+                            "cannot hash userPassword: {e}"
+                        )))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one entry by DN.
+    pub fn get(&self, dn: &Dn) -> Result<Option<ValidEntry>, Error> {
+        let snap = self.engine.snapshot()?;
+        Ok(Self::load_dn(snap.as_ref(), dn)?.map(|(_, e)| e))
+    }
+
+    /// Reads one entry by entryUUID.
+    pub fn get_by_uuid(&self, uuid: Uuid) -> Result<Option<ValidEntry>, Error> {
+        let snap = self.engine.snapshot()?;
+        Self::load(snap.as_ref(), uuid)
+    }
+
+    /// Whether the entry has children (the `hasSubordinates` attribute).
+    pub fn has_children(&self, uuid: Uuid) -> Result<bool, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut any = false;
+        snap.scan_prefix(Table::Children, uuid.as_bytes(), &mut |_, _| {
+            any = true;
+            false
+        })?;
+        Ok(any)
+    }
+
+    /// Adds an entry. The parent must exist (or the entry is a naming
+    /// context), the name must be free, and the entry must fit the schema.
+    pub fn add(&self, mut entry: Entry, uuid: Uuid, stamp: &Stamp) -> Result<ValidEntry, Error> {
+        for (name, _) in &entry.attrs {
+            self.schema.check_user_writable(name)?;
+        }
+        self.hash_passwords(&mut entry)?;
+        let _w = self.lock();
+        let snap = self.engine.snapshot()?;
+        if Self::uuid_of(snap.as_ref(), &entry.dn)?.is_some() {
+            return Err(Error::AlreadyExists(entry.dn.to_string()));
+        }
+        let parent = self.parent_uuid(snap.as_ref(), &entry.dn)?;
+        let valid = self.schema.validate(entry)?.stamp_created(uuid, stamp);
+        let mut b = Batch::default();
+        self.put_entry(&mut b, uuid, &valid)?;
+        b.put(
+            Table::Dn,
+            valid.dn().norm().into_bytes(),
+            uuid.as_bytes().to_vec(),
+        );
+        b.put(Table::Children, child_key(parent, uuid), vec![]);
+        for k in self.index_keys(&valid, uuid) {
+            b.put(Table::Index, k, vec![]);
+        }
+        drop(snap);
+        self.engine.commit(&b)?;
+        Ok(valid)
+    }
+
+    /// Applies modifications to an entry, all or nothing.
+    pub fn modify(
+        &self,
+        dn: &Dn,
+        mods: &[Modification],
+        stamp: &Stamp,
+    ) -> Result<ValidEntry, Error> {
+        let _w = self.lock();
+        let snap = self.engine.snapshot()?;
+        let (uuid, current) =
+            Self::load_dn(snap.as_ref(), dn)?.ok_or_else(|| Self::no_such(snap.as_ref(), dn))?;
+        let mut changed = modify::apply(&self.schema, &current, mods)?;
+        self.hash_passwords(&mut changed)?;
+        let valid = self
+            .schema
+            .validate(changed)?
+            .stamp_modified(&current, stamp);
+        let mut b = Batch::default();
+        let old_keys = self.index_keys(&current, uuid);
+        let new_keys = self.index_keys(&valid, uuid);
+        for k in old_keys.difference(&new_keys) {
+            b.delete(Table::Index, k.clone());
+        }
+        for k in new_keys.difference(&old_keys) {
+            b.put(Table::Index, k.clone(), vec![]);
+        }
+        self.put_entry(&mut b, uuid, &valid)?;
+        drop(snap);
+        self.engine.commit(&b)?;
+        Ok(valid)
+    }
+
+    /// Deletes a leaf entry.
+    pub fn delete(&self, dn: &Dn) -> Result<(), Error> {
+        let _w = self.lock();
+        let snap = self.engine.snapshot()?;
+        let (uuid, current) =
+            Self::load_dn(snap.as_ref(), dn)?.ok_or_else(|| Self::no_such(snap.as_ref(), dn))?;
+        if !Self::children_of(snap.as_ref(), uuid)?.is_empty() {
+            return Err(Error::NotAllowedOnNonLeaf(dn.to_string()));
+        }
+        let parent = self.parent_uuid(snap.as_ref(), dn)?;
+        let mut b = Batch::default();
+        b.delete(Table::Entries, uuid.as_bytes().to_vec());
+        b.delete(Table::Dn, dn.norm().into_bytes());
+        b.delete(Table::Children, child_key(parent, uuid));
+        for k in self.index_keys(&current, uuid) {
+            b.delete(Table::Index, k);
+        }
+        drop(snap);
+        self.engine.commit(&b)
+    }
+
+    /// Renames an entry (new RDN) and/or moves it with its whole subtree
+    /// under `new_superior`.
+    pub fn modrdn(
+        &self,
+        dn: &Dn,
+        new_rdn: &Rdn,
+        delete_old_rdn: bool,
+        new_superior: Option<&Dn>,
+        stamp: &Stamp,
+    ) -> Result<ValidEntry, Error> {
+        let _w = self.lock();
+        let snap = self.engine.snapshot()?;
+        let snap = snap.as_ref();
+        let (uuid, current) = Self::load_dn(snap, dn)?.ok_or_else(|| Self::no_such(snap, dn))?;
+        let old_parent = self.parent_uuid(snap, dn)?;
+        let parent_dn = match new_superior {
+            Some(p) => p.clone(),
+            None => dn.parent().unwrap_or_default(),
+        };
+        if parent_dn.is_within(dn) {
+            return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                "an entry cannot be moved below itself".into(),
+            )));
+        }
+        let new_dn = parent_dn.child(new_rdn.clone());
+        if new_dn != *dn && Self::uuid_of(snap, &new_dn)?.is_some() {
+            return Err(Error::AlreadyExists(new_dn.to_string()));
+        }
+        let new_parent = self.parent_uuid(snap, &new_dn)?;
+
+        // The entry's attributes: the new RDN's values are added, the old
+        // ones removed when asked.
+        let mut entry = current.to_entry();
+        entry.dn = new_dn.clone();
+        if delete_old_rdn && let Some(old) = dn.rdn() {
+            for ava in old.avas() {
+                let Some(at) = self.schema.attr(&ava.attr) else {
+                    continue;
+                };
+                let norm = at.syntax.normalize(&ava.value).ok();
+                let kept_by_new = new_rdn.avas().iter().any(|n| {
+                    self.schema.attr(&n.attr).map(|a| a.key()) == Some(at.key())
+                        && at.syntax.normalize(&n.value).ok() == norm
+                });
+                if kept_by_new {
+                    continue;
+                }
+                for (name, values) in entry.attrs.iter_mut() {
+                    if self.schema.attr(name).map(|a| a.key()) == Some(at.key()) {
+                        values.retain(|v| at.syntax.normalize(v).ok() != norm);
+                    }
+                }
+            }
+        }
+        for ava in new_rdn.avas() {
+            let at = self.schema.require_attr(&ava.attr)?;
+            let norm = at.syntax.normalize(&ava.value).ok();
+            let slot = entry
+                .attrs
+                .iter_mut()
+                .find(|(n, _)| self.schema.attr(n).map(|a| a.key()) == Some(at.key()));
+            match slot {
+                Some((_, values)) => {
+                    if !values.iter().any(|v| at.syntax.normalize(v).ok() == norm) {
+                        values.push(ava.value.clone());
+                    }
+                }
+                None => entry
+                    .attrs
+                    .push((at.name().to_string(), vec![ava.value.clone()])),
+            }
+        }
+        entry.attrs.retain(|(_, v)| !v.is_empty());
+        let valid = self.schema.validate(entry)?.stamp_modified(&current, stamp);
+
+        let mut b = Batch::default();
+        for k in self.index_keys(&current, uuid) {
+            b.delete(Table::Index, k);
+        }
+        for k in self.index_keys(&valid, uuid) {
+            b.put(Table::Index, k, vec![]);
+        }
+        self.put_entry(&mut b, uuid, &valid)?;
+        b.delete(Table::Dn, dn.norm().into_bytes());
+        b.put(
+            Table::Dn,
+            new_dn.norm().into_bytes(),
+            uuid.as_bytes().to_vec(),
+        );
+        if old_parent != new_parent {
+            b.delete(Table::Children, child_key(old_parent, uuid));
+            b.put(Table::Children, child_key(new_parent, uuid), vec![]);
+        }
+        // Descendants keep their UUIDs and parents; only their names change.
+        let mut stack = Self::children_of(snap, uuid)?;
+        while let Some(child) = stack.pop() {
+            let Some(e) = Self::load(snap, child)? else {
+                return Err(Error::Corrupt(format!("child {child} of {dn} is missing")));
+            };
+            let Some(moved) = e.dn().rebase(dn, &new_dn) else {
+                return Err(Error::Corrupt(format!("{} is not below {dn}", e.dn())));
+            };
+            b.delete(Table::Dn, e.dn().norm().into_bytes());
+            b.put(
+                Table::Dn,
+                moved.norm().into_bytes(),
+                child.as_bytes().to_vec(),
+            );
+            self.put_entry(&mut b, child, &e.renamed(moved))?;
+            stack.extend(Self::children_of(snap, child)?);
+        }
+        self.engine.commit(&b)?;
+        Ok(valid)
+    }
+
+    /// Candidate entries from the indexes, when the filter allows it.
+    fn plan(&self, snap: &dyn Snapshot, f: &Filter) -> Result<Option<BTreeSet<Uuid>>, Error> {
+        Ok(match f {
+            Filter::Equality(attr, value) => {
+                let Some(at) = self.schema.attr(attr) else {
+                    return Ok(Some(BTreeSet::new()));
+                };
+                let key = at.key();
+                if !INDEXED.contains(&key.as_str()) {
+                    return Ok(None);
+                }
+                let Ok(norm) = at.syntax.normalize(value) else {
+                    // Undefined for every entry: nothing matches.
+                    return Ok(Some(BTreeSet::new()));
+                };
+                let mut out = BTreeSet::new();
+                let prefix = index_prefix(&key, &norm);
+                let mut bad = false;
+                snap.scan_prefix(Table::Index, &prefix, &mut |k, _| {
+                    match k.get(prefix.len()..).and_then(|b| Uuid::from_slice(b).ok()) {
+                        Some(u) => {
+                            out.insert(u);
+                        }
+                        None => bad = true,
+                    }
+                    true
+                })?;
+                if bad {
+                    return Err(Error::Corrupt("bad key in index table".into()));
+                }
+                Some(out)
+            }
+            Filter::And(fs) => {
+                let mut best: Option<BTreeSet<Uuid>> = None;
+                for sub in fs {
+                    if let Some(s) = self.plan(snap, sub)? {
+                        best = Some(match best {
+                            Some(b) => b.intersection(&s).copied().collect(),
+                            None => s,
+                        });
+                    }
+                }
+                best
+            }
+            Filter::Or(fs) => {
+                let mut all = BTreeSet::new();
+                for sub in fs {
+                    match self.plan(snap, sub)? {
+                        Some(s) => all.extend(s),
+                        None => return Ok(None),
+                    }
+                }
+                Some(all)
+            }
+            _ => None,
+        })
+    }
+
+    /// Searches `base` with `scope` for entries matching `filter`, calling
+    /// `found` for each until it returns false. Uses the equality indexes
+    /// when the filter allows, walks the tree otherwise.
+    pub fn search(
+        &self,
+        base: &Dn,
+        scope: Scope,
+        filter: &Filter,
+        deadline: Option<Instant>,
+        found: &mut dyn FnMut(ValidEntry) -> bool,
+    ) -> Result<SearchControl, Error> {
+        let snap = self.engine.snapshot()?;
+        let snap = snap.as_ref();
+        let base_uuid = Self::uuid_of(snap, base)?.ok_or_else(|| Self::no_such(snap, base))?;
+        let in_scope = |dn: &Dn| match scope {
+            Scope::Base => dn == base,
+            Scope::OneLevel => dn.parent().as_ref() == Some(base),
+            Scope::Subtree => dn.is_within(base),
+            Scope::Children => dn.is_descendant_of(base),
+        };
+        let late = || deadline.is_some_and(|d| Instant::now() >= d);
+        let candidates = if scope == Scope::Base {
+            Some(BTreeSet::from([base_uuid]))
+        } else {
+            self.plan(snap, filter)?
+        };
+        if let Some(uuids) = candidates {
+            for u in uuids {
+                if late() {
+                    return Ok(SearchControl::TimeLimit);
+                }
+                let Some(e) = Self::load(snap, u)? else {
+                    continue;
+                };
+                if in_scope(e.dn()) && filter.matches(&self.schema, &e) && !found(e) {
+                    return Ok(SearchControl::Stopped);
+                }
+            }
+            return Ok(SearchControl::Complete);
+        }
+        // Walk the tree, parents before children.
+        let mut stack = match scope {
+            Scope::Base | Scope::Subtree => vec![(base_uuid, 0usize)],
+            Scope::OneLevel | Scope::Children => Self::children_of(snap, base_uuid)?
+                .into_iter()
+                .rev()
+                .map(|u| (u, 1))
+                .collect(),
+        };
+        while let Some((u, depth)) = stack.pop() {
+            if late() {
+                return Ok(SearchControl::TimeLimit);
+            }
+            let Some(e) = Self::load(snap, u)? else {
+                continue;
+            };
+            let descend = match scope {
+                Scope::Base => false,
+                Scope::OneLevel => depth < 1,
+                Scope::Subtree | Scope::Children => true,
+            };
+            if descend {
+                let kids = Self::children_of(snap, u)?;
+                stack.extend(kids.into_iter().rev().map(|k| (k, depth + 1)));
+            }
+            if in_scope(e.dn()) && filter.matches(&self.schema, &e) && !found(e) {
+                return Ok(SearchControl::Stopped);
+            }
+        }
+        Ok(SearchControl::Complete)
+    }
+}
+
+#[cfg(test)]
+mod tests;

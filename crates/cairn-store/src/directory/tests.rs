@@ -1,0 +1,457 @@
+//! Directory behaviour, run on every engine.
+
+use super::*;
+use crate::engine::{self, EngineKind};
+
+fn stamp() -> Stamp {
+    Stamp {
+        who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+        now: "20261124000000Z".into(),
+    }
+}
+
+fn dirs() -> Vec<(tempfile::TempDir, Directory)> {
+    [EngineKind::Redb, EngineKind::Sled]
+        .into_iter()
+        .map(|k| {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = open_at(k, tmp.path());
+            (tmp, d)
+        })
+        .collect()
+}
+
+fn open_at(k: EngineKind, p: &std::path::Path) -> Directory {
+    Directory::new(
+        engine::open(k, p).unwrap(),
+        Arc::new(Schema::builtin()),
+        vec![Dn::parse("dc=example,dc=com").unwrap()],
+    )
+}
+
+fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> Entry {
+    Entry {
+        dn: Dn::parse(dn).unwrap(),
+        attrs: attrs
+            .iter()
+            .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+    }
+}
+
+fn add(d: &Directory, dn: &str, attrs: &[(&str, &[&str])]) -> Result<ValidEntry, Error> {
+    d.add(entry(dn, attrs), Uuid::new_v4(), &stamp())
+}
+
+fn seed(d: &Directory) {
+    add(
+        d,
+        "dc=example,dc=com",
+        &[("objectClass", &["domain"]), ("dc", &["example"])],
+    )
+    .unwrap();
+    add(
+        d,
+        "ou=inventory,dc=example,dc=com",
+        &[
+            ("objectClass", &["organizationalUnit"]),
+            ("ou", &["inventory"]),
+        ],
+    )
+    .unwrap();
+    add(
+        d,
+        "cn=prod-a,ou=inventory,dc=example,dc=com",
+        &[("objectClass", &["cairnCluster"]), ("cn", &["prod-a"])],
+    )
+    .unwrap();
+    for i in 1..=3 {
+        let cn = format!("esx-00{i}");
+        let mac = format!("aa:bb:cc:00:00:0{i}");
+        add(
+            d,
+            &format!("cn={cn},cn=prod-a,ou=inventory,dc=example,dc=com"),
+            &[
+                ("objectClass", &["cairnHost"]),
+                ("cn", &[&cn]),
+                ("macAddress", &[&mac]),
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn names(d: &Directory, base: &str, scope: Scope, filter: &str) -> Vec<String> {
+    let mut out = vec![];
+    d.search(
+        &Dn::parse(base).unwrap(),
+        scope,
+        &Filter::parse(filter).unwrap(),
+        None,
+        &mut |e| {
+            out.push(e.dn().to_string());
+            true
+        },
+    )
+    .unwrap();
+    out.sort();
+    out
+}
+
+#[test]
+fn add_needs_parent_and_free_name() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let err = add(
+            &d,
+            "cn=x,cn=nope,ou=inventory,dc=example,dc=com",
+            &[("objectClass", &["cairnFolder"]), ("cn", &["x"])],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Error::NoSuchObject {
+                dn: "cn=nope,ou=inventory,dc=example,dc=com".into(),
+                matched: "ou=inventory,dc=example,dc=com".into()
+            }
+        );
+        let err = add(
+            &d,
+            "CN=ESX-001,cn=prod-a,ou=inventory,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["ESX-001"])],
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)));
+        let err = add(
+            &d,
+            "dc=other,dc=org",
+            &[("objectClass", &["domain"]), ("dc", &["other"])],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Model(cairn_core::Error::UnwillingToPerform(_))
+        ));
+    }
+}
+
+#[test]
+fn searches_by_index_and_by_walk_agree() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let base = "dc=example,dc=com";
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(cn=esx-002)"),
+            vec!["cn=esx-002,cn=prod-a,ou=inventory,dc=example,dc=com"]
+        );
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(macAddress=AA:BB:CC:00:00:03)").len(),
+            1
+        );
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(objectClass=cairnHost)").len(),
+            3
+        );
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(objectClass=top)").len(),
+            6
+        );
+        assert_eq!(names(&d, base, Scope::Subtree, "(objectClass=*)").len(), 6);
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(|(cn=esx-001)(cn=esx-003))").len(),
+            2
+        );
+        assert_eq!(
+            names(
+                &d,
+                base,
+                Scope::Subtree,
+                "(&(objectClass=cairnHost)(!(cn=esx-001)))"
+            )
+            .len(),
+            2
+        );
+        assert_eq!(names(&d, base, Scope::Subtree, "(cn=esx*)").len(), 3);
+        assert_eq!(
+            names(&d, base, Scope::OneLevel, "(objectClass=*)"),
+            vec!["ou=inventory,dc=example,dc=com"]
+        );
+        assert_eq!(
+            names(&d, base, Scope::Base, "(objectClass=*)"),
+            vec!["dc=example,dc=com"]
+        );
+        assert_eq!(
+            names(&d, base, Scope::Children, "(objectClass=domain)").len(),
+            0
+        );
+        // Index hits outside the scope are not returned.
+        assert!(
+            names(
+                &d,
+                "ou=inventory,dc=example,dc=com",
+                Scope::OneLevel,
+                "(cn=esx-001)"
+            )
+            .is_empty()
+        );
+    }
+}
+
+#[test]
+fn search_base_must_exist() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let err = d
+            .search(
+                &Dn::parse("cn=gone,dc=example,dc=com").unwrap(),
+                Scope::Base,
+                &Filter::Present("cn".into()),
+                None,
+                &mut |_| true,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NoSuchObject { ref matched, .. } if matched == "dc=example,dc=com")
+        );
+    }
+}
+
+#[test]
+fn modify_updates_indexes() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let dn = Dn::parse("cn=esx-001,cn=prod-a,ou=inventory,dc=example,dc=com").unwrap();
+        d.modify(
+            &dn,
+            &[Modification {
+                op: cairn_core::modify::ModOp::Replace,
+                attr: "macAddress".into(),
+                values: vec![b"aa:bb:cc:99:99:99".to_vec()],
+            }],
+            &stamp(),
+        )
+        .unwrap();
+        assert!(
+            names(
+                &d,
+                "dc=example,dc=com",
+                Scope::Subtree,
+                "(macAddress=aa:bb:cc:00:00:01)"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            names(
+                &d,
+                "dc=example,dc=com",
+                Scope::Subtree,
+                "(macAddress=aa:bb:cc:99:99:99)"
+            )
+            .len(),
+            1
+        );
+        let e = d.get(&dn).unwrap().unwrap();
+        assert_eq!(e.first("modifytimestamp"), Some("20261124000000Z"));
+        assert!(e.uuid().is_some());
+    }
+}
+
+#[test]
+fn delete_only_leaves() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let cluster = Dn::parse("cn=prod-a,ou=inventory,dc=example,dc=com").unwrap();
+        assert!(matches!(
+            d.delete(&cluster).unwrap_err(),
+            Error::NotAllowedOnNonLeaf(_)
+        ));
+        for i in 1..=3 {
+            d.delete(
+                &Dn::parse(&format!(
+                    "cn=esx-00{i},cn=prod-a,ou=inventory,dc=example,dc=com"
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+        }
+        d.delete(&cluster).unwrap();
+        assert!(d.get(&cluster).unwrap().is_none());
+        assert!(
+            names(
+                &d,
+                "dc=example,dc=com",
+                Scope::Subtree,
+                "(objectClass=cairnHost)"
+            )
+            .is_empty()
+        );
+        assert!(matches!(
+            d.delete(&cluster).unwrap_err(),
+            Error::NoSuchObject { .. }
+        ));
+    }
+}
+
+#[test]
+fn modrdn_moves_a_subtree() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        add(
+            &d,
+            "cn=dc-west,ou=inventory,dc=example,dc=com",
+            &[("objectClass", &["cairnDatacenter"]), ("cn", &["dc-west"])],
+        )
+        .unwrap();
+        let cluster = Dn::parse("cn=prod-a,ou=inventory,dc=example,dc=com").unwrap();
+        let west = Dn::parse("cn=dc-west,ou=inventory,dc=example,dc=com").unwrap();
+        d.modrdn(
+            &cluster,
+            &Rdn::parse("cn=prod-b").unwrap(),
+            true,
+            Some(&west),
+            &stamp(),
+        )
+        .unwrap();
+        assert!(d.get(&cluster).unwrap().is_none());
+        let moved = d
+            .get(&Dn::parse("cn=prod-b,cn=dc-west,ou=inventory,dc=example,dc=com").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.get("cn").unwrap().values, vec!["prod-b"]);
+        let host =
+            Dn::parse("cn=esx-002,cn=prod-b,cn=dc-west,ou=inventory,dc=example,dc=com").unwrap();
+        assert!(d.get(&host).unwrap().is_some());
+        assert_eq!(
+            names(
+                &d,
+                "cn=dc-west,ou=inventory,dc=example,dc=com",
+                Scope::Subtree,
+                "(objectClass=cairnHost)"
+            )
+            .len(),
+            3
+        );
+        assert_eq!(
+            names(&d, "dc=example,dc=com", Scope::Subtree, "(cn=prod-a)").len(),
+            0
+        );
+        // Keeping the old RDN value.
+        d.modrdn(
+            &host,
+            &Rdn::parse("cn=esx-two").unwrap(),
+            false,
+            None,
+            &stamp(),
+        )
+        .unwrap();
+        let e = d
+            .get(
+                &Dn::parse("cn=esx-two,cn=prod-b,cn=dc-west,ou=inventory,dc=example,dc=com")
+                    .unwrap(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.get("cn").unwrap().values, vec!["esx-002", "esx-two"]);
+        // Into itself, or onto an existing name: refused.
+        let err = d
+            .modrdn(
+                &west,
+                &Rdn::parse("cn=dc-west").unwrap(),
+                true,
+                Some(&Dn::parse("cn=prod-b,cn=dc-west,ou=inventory,dc=example,dc=com").unwrap()),
+                &stamp(),
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Model(cairn_core::Error::UnwillingToPerform(_))
+        ));
+        let err = d
+            .modrdn(
+                &west,
+                &Rdn::parse("ou=inventory").unwrap(),
+                true,
+                Some(&Dn::parse("dc=example,dc=com").unwrap()),
+                &stamp(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists(_)));
+    }
+}
+
+#[test]
+fn passwords_are_hashed() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let e = add(
+            &d,
+            "cn=ops,dc=example,dc=com",
+            &[
+                (
+                    "objectClass",
+                    &["organizationalRole", "simpleSecurityObject"],
+                ),
+                ("cn", &["ops"]),
+                ("userPassword", &["hunter2"]),
+            ],
+        )
+        .unwrap();
+        let stored = e.first("userpassword").unwrap();
+        assert!(cairn_core::password::verify(stored, "hunter2"));
+        assert!(!stored.contains("hunter2"));
+    }
+}
+
+#[test]
+fn data_survives_reopen() {
+    for k in [EngineKind::Redb, EngineKind::Sled] {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let d = open_at(k, tmp.path());
+            seed(&d);
+        }
+        let d = open_at(k, tmp.path());
+        assert_eq!(
+            names(
+                &d,
+                "dc=example,dc=com",
+                Scope::Subtree,
+                "(objectClass=cairnHost)"
+            )
+            .len(),
+            3,
+            "{k:?}"
+        );
+    }
+}
+
+#[test]
+fn size_stop_and_deadline() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let mut n = 0;
+        let end = d
+            .search(
+                &Dn::parse("dc=example,dc=com").unwrap(),
+                Scope::Subtree,
+                &Filter::Present("objectClass".into()),
+                None,
+                &mut |_| {
+                    n += 1;
+                    n < 2
+                },
+            )
+            .unwrap();
+        assert_eq!((end, n), (SearchControl::Stopped, 2));
+        let end = d
+            .search(
+                &Dn::parse("dc=example,dc=com").unwrap(),
+                Scope::Subtree,
+                &Filter::Present("objectClass".into()),
+                Some(Instant::now()),
+                &mut |_| true,
+            )
+            .unwrap();
+        assert_eq!(end, SearchControl::TimeLimit);
+    }
+}

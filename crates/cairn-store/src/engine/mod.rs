@@ -1,0 +1,233 @@
+//! The storage engine interface: a handful of named tables of byte keys and
+//! values, point reads, ordered prefix scans, and atomic, durable batches.
+//!
+//! Nothing outside this module names an engine type, so engines can be
+//! swapped (redb is the default; sled is kept as an adapter, see
+//! `docs/storage.md` for why redb is the default).
+
+mod redb_engine;
+mod sled_engine;
+
+use std::path::Path;
+
+pub use redb_engine::RedbEngine;
+pub use sled_engine::SledEngine;
+
+use crate::Error;
+
+/// The tables every engine provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// entryUUID (16 bytes) → versioned, serialized entry.
+    Entries,
+    /// Normalized DN → entryUUID.
+    Dn,
+    /// parent entryUUID ‖ child entryUUID → empty. The naming contexts'
+    /// parent is the nil UUID.
+    Children,
+    /// attribute key \0 normalized value \0 entryUUID → empty.
+    Index,
+    /// Store metadata (format version, ...).
+    Meta,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::Entries,
+        Table::Dn,
+        Table::Children,
+        Table::Index,
+        Table::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Entries => "entries",
+            Table::Dn => "dn",
+            Table::Children => "children",
+            Table::Index => "index",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// A set of writes applied atomically by [`Engine::commit`].
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    ops: Vec<(Table, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((table, key, Some(value)));
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push((table, key, None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub(crate) fn ops(&self) -> &[(Table, Vec<u8>, Option<Vec<u8>>)] {
+        &self.ops
+    }
+}
+
+/// A consistent read view (what a batch committed before it was taken).
+pub trait Snapshot {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// Calls `f` for each key starting with `prefix`, in key order, until
+    /// it returns false.
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error>;
+}
+
+/// A storage engine.
+pub trait Engine: Send + Sync + 'static {
+    /// A read view.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error>;
+    /// Applies every write of `batch` or none, and returns only once the
+    /// engine says they are on disk.
+    fn commit(&self, batch: &Batch) -> Result<(), Error>;
+    /// The engine's name for logs and `cairn status`.
+    fn name(&self) -> &'static str;
+}
+
+/// Which engine a node uses (`storage.engine` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// redb: copy-on-write B-trees, every commit fdatasync'd. The default.
+    #[default]
+    Redb,
+    /// sled 0.34: kept for comparison; its flush does not fsync.
+    Sled,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "redb" => Ok(EngineKind::Redb),
+            "sled" => Ok(EngineKind::Sled),
+            other => Err(format!("unknown storage engine {other:?} (redb or sled)")),
+        }
+    }
+}
+
+/// Opens (creating when absent) the engine's database under `dir`.
+pub fn open(kind: EngineKind, dir: &Path) -> Result<Box<dyn Engine>, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(match kind {
+        EngineKind::Redb => Box::new(RedbEngine::open(&dir.join("cairn.redb"))?),
+        EngineKind::Sled => Box::new(SledEngine::open(&dir.join("sled"))?),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The same behaviour tests run against every engine.
+    use super::*;
+
+    pub fn engines() -> Vec<(tempfile::TempDir, Box<dyn Engine>)> {
+        [EngineKind::Redb, EngineKind::Sled]
+            .into_iter()
+            .map(|k| {
+                let dir = tempfile::tempdir().unwrap();
+                let e = open(k, dir.path()).unwrap();
+                (dir, e)
+            })
+            .collect()
+    }
+
+    fn scan(e: &dyn Engine, t: Table, p: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = vec![];
+        e.snapshot()
+            .unwrap()
+            .scan_prefix(t, p, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn put_get_delete_scan() {
+        for (_dir, e) in engines() {
+            let mut b = Batch::default();
+            b.put(Table::Dn, b"a\0x".to_vec(), b"1".to_vec());
+            b.put(Table::Dn, b"a\0y".to_vec(), b"2".to_vec());
+            b.put(Table::Dn, b"b".to_vec(), b"3".to_vec());
+            b.put(Table::Index, b"a\0x".to_vec(), b"other table".to_vec());
+            e.commit(&b).unwrap();
+            let s = e.snapshot().unwrap();
+            assert_eq!(
+                s.get(Table::Dn, b"b").unwrap(),
+                Some(b"3".to_vec()),
+                "{}",
+                e.name()
+            );
+            assert_eq!(s.get(Table::Entries, b"b").unwrap(), None);
+            drop(s);
+            let got = scan(e.as_ref(), Table::Dn, b"a\0");
+            assert_eq!(got.len(), 2, "{}", e.name());
+            assert_eq!(got[1].1, b"2");
+            let mut b = Batch::default();
+            b.delete(Table::Dn, b"a\0x".to_vec());
+            e.commit(&b).unwrap();
+            assert_eq!(scan(e.as_ref(), Table::Dn, b"a\0").len(), 1);
+            assert_eq!(scan(e.as_ref(), Table::Index, b"").len(), 1);
+        }
+    }
+
+    #[test]
+    fn scan_stops_when_asked() {
+        for (_dir, e) in engines() {
+            let mut b = Batch::default();
+            for i in 0..10u8 {
+                b.put(Table::Children, vec![7, i], vec![]);
+            }
+            e.commit(&b).unwrap();
+            let mut n = 0;
+            e.snapshot()
+                .unwrap()
+                .scan_prefix(Table::Children, &[7], &mut |_, _| {
+                    n += 1;
+                    n < 3
+                })
+                .unwrap();
+            assert_eq!(n, 3, "{}", e.name());
+        }
+    }
+
+    #[test]
+    fn commits_survive_reopen() {
+        for kind in [EngineKind::Redb, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let e = open(kind, dir.path()).unwrap();
+                let mut b = Batch::default();
+                b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
+                e.commit(&b).unwrap();
+            }
+            let e = open(kind, dir.path()).unwrap();
+            assert_eq!(
+                e.snapshot().unwrap().get(Table::Meta, b"k").unwrap(),
+                Some(b"v".to_vec()),
+                "{kind:?}"
+            );
+        }
+    }
+}

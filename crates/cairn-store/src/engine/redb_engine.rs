@@ -1,0 +1,101 @@
+//! The redb engine: one database file, one redb table per [`Table`], every
+//! commit with `Durability::Immediate` (fdatasync before it returns).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{Batch, Engine, Snapshot, Table};
+use crate::Error;
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn def(t: Table) -> Def {
+    TableDefinition::new(t.name())
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("redb: {e}"))
+}
+
+pub struct RedbEngine {
+    db: Database,
+}
+
+impl RedbEngine {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Database::create(path).map_err(storage)?;
+        // Create every table once so read transactions can open them.
+        let txn = db.begin_write().map_err(storage)?;
+        for t in Table::ALL {
+            txn.open_table(def(t)).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(RedbEngine { db })
+    }
+}
+
+struct RedbSnapshot {
+    txn: redb::ReadTransaction,
+}
+
+impl Snapshot for RedbSnapshot {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let k = k.value();
+            if !k.starts_with(prefix) || !f(k, v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for RedbEngine {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error> {
+        Ok(Box::new(RedbSnapshot {
+            txn: self.db.begin_read().map_err(storage)?,
+        }))
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut tables = std::collections::BTreeMap::new();
+            for (table, key, value) in batch.ops() {
+                if !tables.contains_key(table) {
+                    tables.insert(*table, txn.open_table(def(*table)).map_err(storage)?);
+                }
+                let Some(t) = tables.get_mut(table) else {
+                    continue;
+                };
+                match value {
+                    Some(v) => {
+                        t.insert(key.as_slice(), v.as_slice()).map_err(storage)?;
+                    }
+                    None => {
+                        t.remove(key.as_slice()).map_err(storage)?;
+                    }
+                }
+            }
+        }
+        // Durability::Immediate is redb's default: commit fdatasyncs.
+        txn.commit().map_err(storage)
+    }
+
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+}
