@@ -20,5 +20,6 @@ pub mod modify;
 pub mod password;
 pub mod schema;
 pub mod syntax;
+pub mod time;
 
 pub use error::Error;

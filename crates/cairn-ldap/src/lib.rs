@@ -1,1 +1,44 @@
+//! Cairn's LDAPv3 front end.
+//!
+//! Layout: [`server`] accepts connections and enforces the connection cap;
+//! [`conn`] runs one connection — decodes PDUs with `ldap3_proto`'s codec,
+//! runs each operation as a task the connection owns (so abandon works and
+//! nothing outlives the connection), and writes responses; [`ops`] maps each
+//! LDAP operation onto the [`cairn_store::Directory`] and back (it holds no
+//! business rules: those live in cairn-core and cairn-store); [`convert`]
+//! translates filters and maps every error to an LDAP result in one place;
+//! [`dse`] builds the root DSE and the `cn=schema` subentry.
+//!
+//! ```text
+//! TCP ─► conn (LdapCodec) ─► ops::dispatch ─► Directory (spawn_blocking)
+//!          ▲                                        │
+//!          └──────── responses (mpsc) ◄─────────────┘
+//! ```
 
+pub mod config;
+pub mod conn;
+pub mod convert;
+pub mod dse;
+pub mod ops;
+pub mod server;
+
+pub use config::{Config, Limits};
+pub use server::{Server, ServerContext};
+
+/// The clock the server stamps entries with; tests pass their own.
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn now_unix(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}

@@ -1,1 +1,106 @@
-fn main() {}
+//! `cairnd`, one Cairn directory node.
+//!
+//! Layout: `config` reads and validates the configuration; `node` opens the
+//! store, seeds the example tree when asked and runs the listeners until a
+//! shutdown signal; `seed` holds the example tree.
+
+mod config;
+mod node;
+mod seed;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// The password `cairnd dev` uses when CAIRN_ADMIN_PASSWORD is not set.
+const DEV_PASSWORD: &str = "cairn-dev-password";
+
+#[derive(Parser)]
+#[command(name = "cairnd", version, about = "A Cairn directory node")]
+struct Cli {
+    /// Configuration file (TOML). CAIRN_<SECTION>_<FIELD> variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node from the configuration file (the default).
+    Run,
+    /// Run a development node: LDAP on 127.0.0.1:1389, anonymous reads
+    /// allowed, the example tree loaded on first start.
+    Dev {
+        /// Data directory (created when absent).
+        #[arg(long, default_value = "cairn-data")]
+        data_dir: PathBuf,
+        /// LDAP listen address.
+        #[arg(long, default_value = "127.0.0.1:1389")]
+        ldap: SocketAddr,
+        /// Storage engine: redb or sled.
+        #[arg(long, default_value = "redb")]
+        engine: cairn_store::EngineKind,
+    },
+    /// Print the argon2id hash of a password read from standard input, for
+    /// `ldap.admin_password_hash`.
+    HashPassword,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let password = std::env::var("CAIRN_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let settings = match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let pw = line.trim_end_matches(['\r', '\n']);
+            let hash = cairn_core::password::hash(pw, uuid::Uuid::new_v4().as_bytes())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{hash}");
+            return Ok(());
+        }
+        Cmd::Run => config::load(cli.config.as_deref())?.validate(password)?,
+        Cmd::Dev {
+            data_dir,
+            ldap,
+            engine,
+        } => {
+            let mut file = config::load(cli.config.as_deref())?;
+            file.node.data_dir = data_dir;
+            file.storage.engine = engine;
+            file.ldap.listen = ldap;
+            file.ldap.anonymous_read = true;
+            file.directory.seed_example = true;
+            if file.ldap.admin_group.is_none() {
+                file.ldap.admin_group = Some("cn=admins,ou=groups,dc=example,dc=com".into());
+            }
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "cairnd dev: CAIRN_ADMIN_PASSWORD is not set; the admin password is {DEV_PASSWORD:?}"
+                    );
+                    DEV_PASSWORD.to_string()
+                }
+            };
+            file.validate(Some(password))?
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(node::run(settings))
+}

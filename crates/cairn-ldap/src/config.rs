@@ -1,0 +1,61 @@
+//! What the LDAP front end needs to know, validated by the binary.
+
+use std::time::Duration;
+
+use cairn_core::dn::Dn;
+
+/// Limits that protect the server from hostile or careless clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest PDU accepted, in bytes. ldap3_proto's default of 32 KiB is too
+    /// small for real entries; bigger PDUs end the connection.
+    pub max_pdu_bytes: usize,
+    /// Deepest filter nesting accepted (`(&(|(!(…))))`).
+    pub max_filter_depth: usize,
+    /// Most filter elements accepted in one search.
+    pub max_filter_elements: usize,
+    /// Most concurrent connections; more are refused at accept.
+    pub max_connections: usize,
+    /// Most operations in flight on one connection.
+    pub max_ops_per_connection: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most entries one search returns (0: no limit). Clients may ask for
+    /// fewer, never more; the administrator is not limited.
+    pub size_limit: usize,
+    /// Longest a search may run; clients may ask for less.
+    pub time_limit: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pdu_bytes: 8 * 1024 * 1024,
+            max_filter_depth: 32,
+            max_filter_elements: 1024,
+            max_connections: 4096,
+            max_ops_per_connection: 256,
+            idle_timeout: Duration::from_secs(15 * 60),
+            size_limit: 100_000,
+            time_limit: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The LDAP front end's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The administrator DN (like slapd's rootdn): may read and write
+    /// everything. It need not exist as an entry.
+    pub admin_dn: Dn,
+    /// argon2id hash (`{ARGON2}…`) of the administrator password.
+    pub admin_password_hash: String,
+    /// Members (`member`) of this `groupOfNames` may write too.
+    pub admin_group: Option<Dn>,
+    /// Whether anonymous clients may read the tree (always: the root DSE
+    /// and `cn=schema`).
+    pub anonymous_read: bool,
+    pub limits: Limits,
+    /// `vendorVersion` in the root DSE.
+    pub version: String,
+}

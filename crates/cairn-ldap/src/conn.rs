@@ -1,0 +1,187 @@
+//! One LDAP connection: decode, dispatch, respond.
+//!
+//! Operations other than bind, unbind, abandon and extended requests run as
+//! tasks in the connection's own [`JoinSet`], so a long search does not
+//! hold up the next request, abandon can stop it, and nothing outlives the
+//! connection. A PDU that cannot be decoded (malformed BER, unknown
+//! operation, too large, a filter value that is not UTF-8) gets a Notice
+//! of Disconnection and closes this connection only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use ldap3_proto::LdapCodec;
+use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::codec::Framed;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::dse::OID_NOTICE_OF_DISCONNECTION;
+use crate::ops::{self, Auth, Paging};
+use crate::server::ServerContext;
+
+/// Per-connection state shared with the connection's operation tasks.
+pub struct Session {
+    pub ctx: Arc<ServerContext>,
+    /// Paged-search state. A std mutex: held only to take or put a cursor.
+    pub paging: Mutex<Paging>,
+}
+
+fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
+    LdapMsg {
+        msgid: 0,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: LdapResult {
+                code,
+                matcheddn: String::new(),
+                message: message.to_string(),
+                referral: vec![],
+            },
+            name: Some(OID_NOTICE_OF_DISCONNECTION.to_string()),
+            value: None,
+        }),
+        ctrl: vec![],
+    }
+}
+
+/// Runs a connection until the client unbinds or disconnects, the
+/// connection idles out, or a PDU cannot be decoded.
+pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+    let span = info_span!("ldap_conn", peer = %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let limits = ctx.config.limits.clone();
+        let framed = Framed::new(stream, LdapCodec::new(Some(limits.max_pdu_bytes), None));
+        let (mut sink, mut frames) = framed.split();
+        let (tx, mut rx) = mpsc::channel::<LdapMsg>(256);
+        let session = Arc::new(Session {
+            ctx: ctx.clone(),
+            paging: Mutex::new(Paging::default()),
+        });
+        let mut auth = Arc::new(Auth::anonymous());
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut inflight: HashMap<i32, (AbortHandle, Arc<AtomicBool>)> = HashMap::new();
+        let mut by_task: HashMap<tokio::task::Id, i32> = HashMap::new();
+
+        loop {
+            tokio::select! {
+                biased;
+                Some(msg) = rx.recv() => {
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let id = match &done {
+                        Ok((id, ())) => *id,
+                        Err(e) => {
+                            if e.is_panic() {
+                                warn!(cause = %e, "operation task panicked");
+                            }
+                            e.id()
+                        }
+                    };
+                    if let Some(msgid) = by_task.remove(&id) {
+                        inflight.remove(&msgid);
+                    }
+                }
+                frame = tokio::time::timeout(limits.idle_timeout, frames.next()) => {
+                    let msg = match frame {
+                        Err(_) => {
+                            debug!("idle timeout");
+                            let _ = sink.send(notice_of_disconnection(
+                                LdapResultCode::Unavailable, "idle timeout")).await;
+                            break;
+                        }
+                        Ok(None) => break,
+                        Ok(Some(Err(e))) => {
+                            warn!(cause = %e, "undecodable PDU; closing connection");
+                            let _ = sink.send(notice_of_disconnection(
+                                LdapResultCode::ProtocolError,
+                                &format!("undecodable request: {e}"))).await;
+                            break;
+                        }
+                        Ok(Some(Ok(msg))) => msg,
+                    };
+                    let msgid = msg.msgid;
+                    match msg.op {
+                        LdapOp::UnbindRequest => break,
+                        LdapOp::AbandonRequest(id) => {
+                            if let Some((handle, cancel)) = inflight.remove(&id) {
+                                cancel.store(true, Ordering::Relaxed);
+                                handle.abort();
+                            }
+                        }
+                        LdapOp::BindRequest(req) => {
+                            let (reply, new_auth) = ops::bind(&ctx, msgid, req).await;
+                            if let Some(a) = new_auth {
+                                auth = Arc::new(a);
+                            }
+                            if sink.send(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        LdapOp::ExtendedRequest(req) => {
+                            let reply = ops::extended(&auth, msgid, req);
+                            if sink.send(reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        op @ (LdapOp::SearchRequest(_)
+                        | LdapOp::AddRequest(_)
+                        | LdapOp::ModifyRequest(_)
+                        | LdapOp::DelRequest(_)
+                        | LdapOp::ModifyDNRequest(_)
+                        | LdapOp::CompareRequest(_)) => {
+                            if inflight.len() >= limits.max_ops_per_connection {
+                                let reply = ops::error_reply(msgid, &op, LdapResultCode::Busy,
+                                    "too many operations in flight on this connection");
+                                if sink.send(reply).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            let cancel = Arc::new(AtomicBool::new(false));
+                            let job = ops::dispatch(
+                                session.clone(), auth.clone(), msgid, op, msg.ctrl,
+                                tx.clone(), cancel.clone(),
+                            );
+                            let handle = tasks.spawn(job);
+                            by_task.insert(handle.id(), msgid);
+                            inflight.insert(msgid, (handle, cancel));
+                        }
+                        _ => {
+                            // A response PDU from a client makes no sense.
+                            let _ = sink.send(notice_of_disconnection(
+                                LdapResultCode::ProtocolError,
+                                "unexpected PDU type from a client")).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (_, (_, cancel)) in inflight.drain() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        tasks.shutdown().await;
+        // Flush what is queued, then close the socket cleanly.
+        while let Ok(msg) = rx.try_recv() {
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+        if let Ok(framed) = sink.reunite(frames) {
+            let mut stream = framed.into_inner();
+            let _ = stream.shutdown().await;
+        }
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,37 @@
+//! The root DSE (RFC 4512 section 5.1) and the subschema subentry.
+
+use cairn_core::schema::Schema;
+use ldap3_proto::proto::OID_WHOAMI;
+
+/// OID of the simple paged results control (RFC 2696).
+pub const OID_PAGED_RESULTS: &str = "1.2.840.113556.1.4.319";
+/// OID of the ManageDsaIT control (RFC 3296): accepted, nothing to manage.
+pub const OID_MANAGE_DSA_IT: &str = "2.16.840.1.113730.3.4.2";
+/// "All operational attributes" feature (RFC 3673): `+` in attribute lists.
+pub const OID_ALL_OPERATIONAL: &str = "1.3.6.1.4.1.4203.1.5.1";
+/// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
+pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
+
+/// The root DSE's attributes.
+pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<String>)> {
+    vec![
+        ("objectClass".into(), vec!["top".into()]),
+        ("namingContexts".into(), naming_contexts.to_vec()),
+        ("supportedLDAPVersion".into(), vec!["3".into()]),
+        (
+            "supportedControl".into(),
+            vec![OID_PAGED_RESULTS.into(), OID_MANAGE_DSA_IT.into()],
+        ),
+        ("supportedExtension".into(), vec![OID_WHOAMI.into()]),
+        ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
+        ("supportedSASLMechanisms".into(), vec![]),
+        ("subschemaSubentry".into(), vec!["cn=schema".into()]),
+        ("vendorName".into(), vec!["Cairn".into()]),
+        ("vendorVersion".into(), vec![format!("Cairn {version}")]),
+    ]
+}
+
+/// The `cn=schema` subentry's attributes.
+pub fn subschema(schema: &Schema) -> Vec<(String, Vec<String>)> {
+    schema.subschema_attrs()
+}

@@ -1,0 +1,1003 @@
+//! LDAP operations mapped onto the directory. This module translates
+//! requests and results; the rules (schema, tree, passwords) live in
+//! cairn-core and cairn-store.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_core::dn::{Dn, Rdn};
+use cairn_core::entry::{Entry, Stamp, ValidEntry};
+use cairn_core::filter::Filter;
+use cairn_core::modify::{ModOp, Modification};
+use cairn_core::password;
+use cairn_core::time::generalized_time;
+use cairn_store::{Scope, SearchControl};
+use ldap3_proto::control::LdapControl;
+use ldap3_proto::proto::{
+    LdapBindCred, LdapBindRequest, LdapBindResponse, LdapExtendedRequest, LdapExtendedResponse,
+    LdapModifyType, LdapMsg, LdapOp, LdapPartialAttribute, LdapResult, LdapResultCode,
+    LdapSearchRequest, LdapSearchResultEntry, LdapSearchScope, OID_WHOAMI,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::conn::Session;
+use crate::convert::{self, Outcome, to_ldap_result};
+use crate::dse;
+use crate::server::ServerContext;
+
+/// Who the connection is bound as.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// `None` for anonymous.
+    pub dn: Option<Dn>,
+    /// The administrator, or a member of the admin group at bind time.
+    pub admin: bool,
+}
+
+impl Auth {
+    pub fn anonymous() -> Self {
+        Auth {
+            dn: None,
+            admin: false,
+        }
+    }
+}
+
+/// Open paged searches of one connection: cookie → remaining results.
+#[derive(Default)]
+pub struct Paging {
+    next_cookie: u64,
+    cursors: HashMap<Vec<u8>, Cursor>,
+}
+
+/// Most paged searches a connection may leave open at once.
+const MAX_CURSORS: usize = 16;
+
+struct Cursor {
+    /// The request the cookie belongs to (RFC 2696: same search only).
+    request: LdapSearchRequest,
+    remaining: std::vec::IntoIter<Uuid>,
+    size_exceeded: bool,
+}
+
+fn result(code: LdapResultCode, matched: &str, message: &str) -> LdapResult {
+    LdapResult {
+        code,
+        matcheddn: matched.to_string(),
+        message: message.to_string(),
+        referral: vec![],
+    }
+}
+
+fn outcome_result(o: &Outcome) -> LdapResult {
+    result(o.code.clone(), &o.matched, &o.message)
+}
+
+/// The response PDU that answers `op` with an error.
+pub fn error_reply(msgid: i32, op: &LdapOp, code: LdapResultCode, message: &str) -> LdapMsg {
+    reply(msgid, op, result(code, "", message))
+}
+
+fn reply(msgid: i32, op: &LdapOp, res: LdapResult) -> LdapMsg {
+    let op = match op {
+        LdapOp::SearchRequest(_) => LdapOp::SearchResultDone(res),
+        LdapOp::AddRequest(_) => LdapOp::AddResponse(res),
+        LdapOp::ModifyRequest(_) => LdapOp::ModifyResponse(res),
+        LdapOp::DelRequest(_) => LdapOp::DelResponse(res),
+        LdapOp::ModifyDNRequest(_) => LdapOp::ModifyDNResponse(res),
+        LdapOp::CompareRequest(_) => LdapOp::CompareResult(res),
+        LdapOp::BindRequest(_) => LdapOp::BindResponse(LdapBindResponse {
+            res,
+            saslcreds: None,
+        }),
+        _ => LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res,
+            name: None,
+            value: None,
+        }),
+    };
+    LdapMsg {
+        msgid,
+        op,
+        ctrl: vec![],
+    }
+}
+
+fn now_stamp(ctx: &ServerContext, auth: &Auth) -> Stamp {
+    Stamp {
+        who: auth.dn.clone().unwrap_or_default(),
+        now: generalized_time(ctx.clock.now_unix()),
+    }
+}
+
+/// Runs a blocking directory call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Outcome> + Send + 'static,
+) -> Result<T, Outcome> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(cause = %e, "directory task failed");
+            Err(Outcome::new(
+                LdapResultCode::OperationsError,
+                "internal error while processing the request",
+            ))
+        }
+    }
+}
+
+fn parse_dn(s: &str) -> Result<Dn, Outcome> {
+    Dn::parse(s).map_err(|e| Outcome::new(LdapResultCode::InvalidDNSyntax, e.to_string()))
+}
+
+fn utf8_values(attr: &str, vals: Vec<Vec<u8>>) -> Result<Vec<String>, Outcome> {
+    vals.into_iter()
+        .map(|v| {
+            String::from_utf8(v).map_err(|_| {
+                Outcome::new(
+                    LdapResultCode::InvalidAttributeSyntax,
+                    format!("a value of {attr} is not UTF-8"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Simple bind. Returns the response and, on success, the new identity.
+pub async fn bind(
+    ctx: &Arc<ServerContext>,
+    msgid: i32,
+    req: LdapBindRequest,
+) -> (LdapMsg, Option<Auth>) {
+    let op = LdapOp::BindRequest(req.clone());
+    let fail = |code, msg: &str| (error_reply(msgid, &op, code, msg), None);
+    if req.version != 3 {
+        return fail(
+            LdapResultCode::ProtocolError,
+            "only LDAP version 3 is supported",
+        );
+    }
+    let pw = match req.cred {
+        LdapBindCred::Simple(pw) => pw,
+        _ => {
+            return fail(
+                LdapResultCode::AuthMethodNotSupported,
+                "only simple bind is supported",
+            );
+        }
+    };
+    if req.dn.is_empty() {
+        if pw.is_empty() {
+            return (
+                reply(msgid, &op, result(LdapResultCode::Success, "", "")),
+                Some(Auth::anonymous()),
+            );
+        }
+        return fail(
+            LdapResultCode::InvalidCredentials,
+            "a password needs a bind DN",
+        );
+    }
+    let Ok(dn) = Dn::parse(&req.dn) else {
+        return fail(
+            LdapResultCode::InvalidDNSyntax,
+            "the bind DN is not a valid DN",
+        );
+    };
+    if pw.is_empty() {
+        // RFC 4513 5.1.2: unauthenticated binds are refused.
+        return fail(
+            LdapResultCode::UnwillingToPerform,
+            "unauthenticated bind (DN without password) is not allowed",
+        );
+    }
+    let ctx2 = ctx.clone();
+    let dn2 = dn.clone();
+    let verdict = blocking(move || {
+        let cfg = &ctx2.config;
+        if dn2 == cfg.admin_dn {
+            return Ok(password::verify(&cfg.admin_password_hash, &pw).then_some(true));
+        }
+        let entry = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
+        let Some(entry) = entry else { return Ok(None) };
+        let ok = entry
+            .get("userpassword")
+            .is_some_and(|a| a.values.iter().any(|h| password::verify(h, &pw)));
+        if !ok {
+            return Ok(None);
+        }
+        Ok(Some(is_admin_member(&ctx2, &dn2)))
+    })
+    .await;
+    match verdict {
+        Ok(Some(admin)) => {
+            debug!(dn = %dn, admin, "bound");
+            (
+                reply(msgid, &op, result(LdapResultCode::Success, "", "")),
+                Some(Auth {
+                    dn: Some(dn),
+                    admin,
+                }),
+            )
+        }
+        // Unknown DN and wrong password look the same to the client.
+        Ok(None) => fail(LdapResultCode::InvalidCredentials, "invalid credentials"),
+        Err(o) => (reply(msgid, &op, outcome_result(&o)), None),
+    }
+}
+
+fn is_admin_member(ctx: &ServerContext, dn: &Dn) -> bool {
+    let Some(group) = &ctx.config.admin_group else {
+        return false;
+    };
+    let Ok(Some(g)) = ctx.dir.get(group) else {
+        return false;
+    };
+    let want = dn.norm();
+    g.get("member").is_some_and(|m| {
+        m.values
+            .iter()
+            .any(|v| Dn::parse(v).is_ok_and(|d| d.norm() == want))
+    })
+}
+
+/// Extended operations: whoami (RFC 4532).
+pub fn extended(auth: &Auth, msgid: i32, req: LdapExtendedRequest) -> LdapMsg {
+    if req.name == OID_WHOAMI {
+        let authz = auth
+            .dn
+            .as_ref()
+            .map(|d| format!("dn:{d}"))
+            .unwrap_or_default();
+        return LdapMsg {
+            msgid,
+            op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+                res: result(LdapResultCode::Success, "", ""),
+                name: None,
+                value: Some(authz.into_bytes()),
+            }),
+            ctrl: vec![],
+        };
+    }
+    LdapMsg {
+        msgid,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: result(
+                LdapResultCode::ProtocolError,
+                "",
+                &format!("unsupported extended operation {}", req.name),
+            ),
+            name: None,
+            value: None,
+        }),
+        ctrl: vec![],
+    }
+}
+
+/// A critical control the server does not implement, if any.
+fn unsupported_critical(ctrls: &[LdapControl]) -> Option<String> {
+    ctrls.iter().find_map(|c| match c {
+        LdapControl::Unknown {
+            oid,
+            criticality: true,
+            ..
+        } => Some(oid.clone()),
+        LdapControl::SyncRequest {
+            criticality: true, ..
+        } => Some("syncrepl (1.3.6.1.4.1.4203.1.9.1.1)".into()),
+        LdapControl::PasswordPolicyRequest { criticality: true } => Some("password policy".into()),
+        LdapControl::SearchOptions {
+            criticality: true, ..
+        }
+        | LdapControl::ShowDeleted { criticality: true }
+        | LdapControl::SdFlags {
+            criticality: true, ..
+        }
+        | LdapControl::ExtendedDn {
+            criticality: true, ..
+        } => Some("an Active Directory control".into()),
+        _ => None,
+    })
+}
+
+/// Runs one operation and sends its response(s).
+pub async fn dispatch(
+    session: Arc<Session>,
+    auth: Arc<Auth>,
+    msgid: i32,
+    op: LdapOp,
+    ctrls: Vec<LdapControl>,
+    tx: mpsc::Sender<LdapMsg>,
+    cancel: Arc<AtomicBool>,
+) {
+    if let Some(oid) = unsupported_critical(&ctrls) {
+        let msg = error_reply(
+            msgid,
+            &op,
+            LdapResultCode::UnavailableCriticalExtension,
+            &format!("critical control not supported: {oid}"),
+        );
+        let _ = tx.send(msg).await;
+        return;
+    }
+    let ctx = session.ctx.clone();
+    if let LdapOp::SearchRequest(req) = op {
+        search(session, auth, msgid, req, ctrls, tx, cancel).await;
+        return;
+    }
+    let res = match &op {
+        LdapOp::CompareRequest(_) => compare(&ctx, &auth, op.clone()).await,
+        _ => write(&ctx, &auth, op.clone()).await,
+    };
+    let res = match res {
+        Ok(r) => r,
+        Err(o) => outcome_result(&o),
+    };
+    let _ = tx.send(reply(msgid, &op, res)).await;
+}
+
+fn require_admin(auth: &Auth) -> Result<(), Outcome> {
+    if auth.admin {
+        return Ok(());
+    }
+    Err(Outcome::new(
+        LdapResultCode::InsufficentAccessRights,
+        match &auth.dn {
+            None => "anonymous clients may not write; bind as an administrator".to_string(),
+            Some(dn) => format!("{dn} may not write; only administrators may"),
+        },
+    ))
+}
+
+async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
+    require_admin(auth)?;
+    let stamp = now_stamp(ctx, auth);
+    let dir = ctx.dir.clone();
+    let map = |e: cairn_store::Error| to_ldap_result(&e);
+    match op {
+        LdapOp::AddRequest(req) => {
+            let dn = parse_dn(&req.dn)?;
+            let mut attrs = vec![];
+            for a in req.attributes {
+                let vals = utf8_values(&a.atype, a.vals)?;
+                attrs.push((a.atype, vals));
+            }
+            let entry = Entry { dn, attrs };
+            blocking(move || dir.add(entry, Uuid::new_v4(), &stamp).map_err(map)).await?;
+        }
+        LdapOp::ModifyRequest(req) => {
+            let dn = parse_dn(&req.dn)?;
+            let mut mods = vec![];
+            for m in req.changes {
+                let op = match m.operation {
+                    LdapModifyType::Add => ModOp::Add,
+                    LdapModifyType::Delete => ModOp::Delete,
+                    LdapModifyType::Replace => ModOp::Replace,
+                    LdapModifyType::Increment => {
+                        return Err(Outcome::new(
+                            LdapResultCode::UnwillingToPerform,
+                            "the modify-increment extension is not supported",
+                        ));
+                    }
+                };
+                mods.push(Modification {
+                    op,
+                    attr: m.modification.atype,
+                    values: m.modification.vals,
+                });
+            }
+            blocking(move || dir.modify(&dn, &mods, &stamp).map_err(map)).await?;
+        }
+        LdapOp::DelRequest(dn) => {
+            let dn = parse_dn(&dn)?;
+            blocking(move || dir.delete(&dn).map_err(map)).await?;
+        }
+        LdapOp::ModifyDNRequest(req) => {
+            let dn = parse_dn(&req.dn)?;
+            let rdn = Rdn::parse(&req.newrdn)
+                .map_err(|e| Outcome::new(LdapResultCode::InvalidDNSyntax, e.to_string()))?;
+            let sup = req.new_superior.as_deref().map(parse_dn).transpose()?;
+            let delete_old = req.deleteoldrdn;
+            blocking(move || {
+                dir.modrdn(&dn, &rdn, delete_old, sup.as_ref(), &stamp)
+                    .map_err(map)
+            })
+            .await?;
+        }
+        _ => {
+            return Err(Outcome::new(
+                LdapResultCode::ProtocolError,
+                "not a write operation",
+            ));
+        }
+    }
+    Ok(result(LdapResultCode::Success, "", ""))
+}
+
+fn can_read_tree(ctx: &ServerContext, auth: &Auth) -> Result<(), Outcome> {
+    if auth.dn.is_some() || ctx.config.anonymous_read {
+        return Ok(());
+    }
+    Err(Outcome::new(
+        LdapResultCode::InsufficentAccessRights,
+        "anonymous clients may read only the root DSE and cn=schema; bind first",
+    ))
+}
+
+async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
+    let LdapOp::CompareRequest(req) = op else {
+        return Err(Outcome::new(LdapResultCode::ProtocolError, "not a compare"));
+    };
+    can_read_tree(ctx, auth)?;
+    let dn = parse_dn(&req.dn)?;
+    let schema = ctx.dir.schema().clone();
+    let at = schema.attr(&req.atype).ok_or_else(|| {
+        Outcome::new(
+            LdapResultCode::UndefinedAttributeType,
+            format!("undefined attribute type {}", req.atype),
+        )
+    })?;
+    if at.key() == "userpassword" {
+        return Err(Outcome::new(
+            LdapResultCode::InsufficentAccessRights,
+            "userPassword cannot be compared; bind instead",
+        ));
+    }
+    let key = at.key();
+    let syntax = at.syntax;
+    let value = String::from_utf8(req.val).map_err(|_| {
+        Outcome::new(
+            LdapResultCode::InvalidAttributeSyntax,
+            "the assertion value is not UTF-8",
+        )
+    })?;
+    let want = syntax.normalize(&value).map_err(|e| {
+        Outcome::new(
+            LdapResultCode::InvalidAttributeSyntax,
+            format!("{}: {}", req.atype, e.0),
+        )
+    })?;
+    let dir = ctx.dir.clone();
+    let entry = blocking(move || dir.get(&dn).map_err(|e| to_ldap_result(&e))).await?;
+    let Some(entry) = entry else {
+        return Err(Outcome::new(
+            LdapResultCode::NoSuchObject,
+            format!("no such entry: {}", req.dn),
+        ));
+    };
+    let Some(attr) = entry.get(&key) else {
+        return Err(Outcome::new(
+            LdapResultCode::NoSuchAttribute,
+            format!("the entry has no attribute {}", at.name()),
+        ));
+    };
+    let hit = if key == "objectclass" {
+        attr.values.iter().any(|c| schema.class_implies(c, &want))
+    } else {
+        attr.values
+            .iter()
+            .any(|v| syntax.normalize(v).is_ok_and(|n| n == want))
+    };
+    Ok(result(
+        if hit {
+            LdapResultCode::CompareTrue
+        } else {
+            LdapResultCode::CompareFalse
+        },
+        "",
+        "",
+    ))
+}
+
+/// Which attributes a search asked for.
+#[derive(Clone)]
+struct Selection {
+    all_user: bool,
+    all_operational: bool,
+    /// Lowercased canonical names asked for by name.
+    named: BTreeSet<String>,
+    types_only: bool,
+}
+
+impl Selection {
+    fn new(ctx: &ServerContext, req: &LdapSearchRequest) -> Self {
+        let schema = ctx.dir.schema();
+        let mut s = Selection {
+            all_user: req.attrs.is_empty(),
+            all_operational: false,
+            named: BTreeSet::new(),
+            types_only: req.typesonly,
+        };
+        for a in &req.attrs {
+            match a.as_str() {
+                "*" => s.all_user = true,
+                "+" => s.all_operational = true,
+                "1.1" => {}
+                other => {
+                    let key = schema
+                        .attr(other)
+                        .map(|at| at.key())
+                        .unwrap_or_else(|| other.to_ascii_lowercase());
+                    s.named.insert(key);
+                }
+            }
+        }
+        s
+    }
+
+    fn wants(&self, key: &str, operational: bool) -> bool {
+        self.named.contains(key)
+            || if operational {
+                self.all_operational
+            } else {
+                self.all_user
+            }
+    }
+
+    /// Filters a fixed attribute list (root DSE, subschema): these are
+    /// operational, but returned for `*` too so generic browsers see them.
+    fn pick(&self, attrs: Vec<(String, Vec<String>)>) -> Vec<LdapPartialAttribute> {
+        attrs
+            .into_iter()
+            .filter(|(n, v)| {
+                !v.is_empty()
+                    && (self.all_user
+                        || self.all_operational
+                        || self.named.contains(&n.to_ascii_lowercase()))
+            })
+            .map(|(n, v)| self.attr(n, v))
+            .collect()
+    }
+
+    fn attr(&self, name: String, values: Vec<String>) -> LdapPartialAttribute {
+        LdapPartialAttribute {
+            atype: name,
+            vals: if self.types_only {
+                vec![]
+            } else {
+                values.into_iter().map(String::into_bytes).collect()
+            },
+        }
+    }
+
+    /// The attributes of a directory entry to return.
+    fn render(&self, ctx: &ServerContext, auth: &Auth, e: &ValidEntry) -> LdapSearchResultEntry {
+        let schema = ctx.dir.schema();
+        let mut out = vec![];
+        for a in e.attrs() {
+            let key = a.name.to_ascii_lowercase();
+            let op = schema.attr(&key).is_some_and(|at| at.is_operational());
+            if key == "userpassword" && !auth.admin {
+                continue;
+            }
+            if self.wants(&key, op) {
+                out.push(self.attr(a.name.clone(), a.values.clone()));
+            }
+        }
+        if self.wants("structuralobjectclass", true) {
+            out.push(self.attr(
+                "structuralObjectClass".into(),
+                vec![e.structural_class().into()],
+            ));
+        }
+        if self.wants("subschemasubentry", true) {
+            out.push(self.attr("subschemaSubentry".into(), vec!["cn=schema".into()]));
+        }
+        if self.wants("entrydn", true) {
+            out.push(self.attr("entryDN".into(), vec![e.dn().to_string()]));
+        }
+        if self.wants("hassubordinates", true) {
+            let has = e
+                .uuid()
+                .and_then(|u| ctx.dir.has_children(u).ok())
+                .unwrap_or(false);
+            out.push(self.attr(
+                "hasSubordinates".into(),
+                vec![if has { "TRUE" } else { "FALSE" }.into()],
+            ));
+        }
+        LdapSearchResultEntry {
+            dn: e.dn().to_string(),
+            attributes: out,
+        }
+    }
+}
+
+fn entry_msg(msgid: i32, entry: LdapSearchResultEntry) -> LdapMsg {
+    LdapMsg {
+        msgid,
+        op: LdapOp::SearchResultEntry(entry),
+        ctrl: vec![],
+    }
+}
+
+fn done_msg(msgid: i32, res: LdapResult, ctrl: Vec<LdapControl>) -> LdapMsg {
+    LdapMsg {
+        msgid,
+        op: LdapOp::SearchResultDone(res),
+        ctrl,
+    }
+}
+
+/// Checks a filter against the configured complexity limits.
+fn check_filter(ctx: &ServerContext, f: &Filter) -> Result<(), Outcome> {
+    let l = &ctx.config.limits;
+    if f.depth() > l.max_filter_depth {
+        return Err(Outcome::new(
+            LdapResultCode::UnwillingToPerform,
+            format!(
+                "filter nesting {} exceeds the limit of {}",
+                f.depth(),
+                l.max_filter_depth
+            ),
+        ));
+    }
+    if f.size() > l.max_filter_elements {
+        return Err(Outcome::new(
+            LdapResultCode::UnwillingToPerform,
+            format!(
+                "filter has {} elements, the limit is {}",
+                f.size(),
+                l.max_filter_elements
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a fixed entry (root DSE, subschema) matches: they are only
+/// offered to base searches, with the usual `(objectClass=*)`-style filters.
+fn fixed_entry_matches(f: &Filter, classes: &[&str]) -> bool {
+    match f {
+        Filter::Present(a) => a.eq_ignore_ascii_case("objectclass"),
+        Filter::Equality(a, v) => {
+            a.eq_ignore_ascii_case("objectclass")
+                && classes.iter().any(|c| c.eq_ignore_ascii_case(v))
+        }
+        Filter::And(v) => v.iter().all(|x| fixed_entry_matches(x, classes)),
+        Filter::Or(v) => v.iter().any(|x| fixed_entry_matches(x, classes)),
+        _ => false,
+    }
+}
+
+async fn search(
+    session: Arc<Session>,
+    auth: Arc<Auth>,
+    msgid: i32,
+    req: LdapSearchRequest,
+    ctrls: Vec<LdapControl>,
+    tx: mpsc::Sender<LdapMsg>,
+    cancel: Arc<AtomicBool>,
+) {
+    let done = match search_inner(&session, &auth, msgid, &req, &ctrls, &tx, &cancel).await {
+        Ok(msg) => msg,
+        Err(o) => done_msg(msgid, outcome_result(&o), vec![]),
+    };
+    if !cancel.load(Ordering::Relaxed) {
+        let _ = tx.send(done).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn search_inner(
+    session: &Arc<Session>,
+    auth: &Arc<Auth>,
+    msgid: i32,
+    req: &LdapSearchRequest,
+    ctrls: &[LdapControl],
+    tx: &mpsc::Sender<LdapMsg>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<LdapMsg, Outcome> {
+    let ctx = session.ctx.clone();
+    let base = parse_dn(&req.base)?;
+    let filter = convert::filter(&req.filter)?;
+    check_filter(&ctx, &filter)?;
+    let sel = Selection::new(&ctx, req);
+    let scope = match req.scope {
+        LdapSearchScope::Base => Scope::Base,
+        LdapSearchScope::OneLevel => Scope::OneLevel,
+        LdapSearchScope::Subtree => Scope::Subtree,
+        LdapSearchScope::Children => Scope::Children,
+    };
+    let ok = |ctrl| {
+        Ok(done_msg(
+            msgid,
+            result(LdapResultCode::Success, "", ""),
+            ctrl,
+        ))
+    };
+
+    // The root DSE and the subschema subentry are readable by anyone.
+    if base.is_root() && scope == Scope::Base {
+        if fixed_entry_matches(&filter, &["top"]) {
+            let attrs = dse::root_dse(&ctx.naming_contexts(), &ctx.config.version);
+            let e = LdapSearchResultEntry {
+                dn: String::new(),
+                attributes: sel.pick(attrs),
+            };
+            let _ = tx.send(entry_msg(msgid, e)).await;
+        }
+        return ok(vec![]);
+    }
+    if base == cairn_core::schema::Schema::subschema_dn() {
+        if scope != Scope::OneLevel
+            && scope != Scope::Children
+            && fixed_entry_matches(&filter, &["top", "subschema", "subentry"])
+        {
+            let attrs = dse::subschema(ctx.dir.schema());
+            let e = LdapSearchResultEntry {
+                dn: "cn=schema".into(),
+                attributes: sel.pick(attrs),
+            };
+            let _ = tx.send(entry_msg(msgid, e)).await;
+        }
+        return ok(vec![]);
+    }
+    can_read_tree(&ctx, auth)?;
+
+    // Effective limits: the client's, capped by the server's (not for
+    // administrators).
+    let server_size = if auth.admin {
+        0
+    } else {
+        ctx.config.limits.size_limit
+    };
+    let client_size = usize::try_from(req.sizelimit).unwrap_or(0);
+    let size_limit = match (client_size, server_size) {
+        (0, s) => s,
+        (c, 0) => c,
+        (c, s) => c.min(s),
+    };
+    let mut time_limit = ctx.config.limits.time_limit;
+    if req.timelimit > 0 {
+        time_limit = time_limit.min(Duration::from_secs(req.timelimit as u64));
+    }
+    let deadline = Instant::now() + time_limit;
+
+    // A search below the root DSE covers every naming context.
+    let bases: Vec<(Dn, Scope)> = if base.is_root() {
+        match scope {
+            Scope::OneLevel => ctx
+                .dir
+                .suffixes()
+                .iter()
+                .map(|s| (s.clone(), Scope::Base))
+                .collect(),
+            _ => ctx
+                .dir
+                .suffixes()
+                .iter()
+                .map(|s| (s.clone(), Scope::Subtree))
+                .collect(),
+        }
+    } else {
+        vec![(base, scope)]
+    };
+
+    let paged = ctrls.iter().find_map(|c| match c {
+        LdapControl::SimplePagedResults { size, cookie } => Some((*size, cookie.clone())),
+        _ => None,
+    });
+    if let Some((size, cookie)) = paged {
+        return paged_search(
+            session, auth, msgid, req, &sel, bases, filter, size, cookie, size_limit, deadline, tx,
+            cancel,
+        )
+        .await;
+    }
+
+    // Stream matches straight from the store.
+    let dir = ctx.dir.clone();
+    let tx2 = tx.clone();
+    let cancel2 = cancel.clone();
+    let auth2 = auth.clone();
+    let ctx2 = ctx.clone();
+    let end = blocking(move || {
+        let mut sent = 0usize;
+        let mut exceeded = false;
+        for (b, s) in bases {
+            let end = dir
+                .search(&b, s, &filter, Some(deadline), &mut |e| {
+                    if cancel2.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    if size_limit > 0 && sent == size_limit {
+                        exceeded = true;
+                        return false;
+                    }
+                    sent += 1;
+                    tx2.blocking_send(entry_msg(msgid, sel.render(&ctx2, &auth2, &e)))
+                        .is_ok()
+                })
+                .map_err(|e| to_ldap_result(&e))?;
+            if end != SearchControl::Complete {
+                return Ok((end, exceeded));
+            }
+        }
+        Ok((SearchControl::Complete, false))
+    })
+    .await?;
+    Ok(match end {
+        (SearchControl::TimeLimit, _) => done_msg(
+            msgid,
+            result(LdapResultCode::TimeLimitExceeded, "", "time limit exceeded"),
+            vec![],
+        ),
+        (_, true) => done_msg(
+            msgid,
+            result(
+                LdapResultCode::SizeLimitExceeded,
+                "",
+                &format!("size limit of {size_limit} entries exceeded"),
+            ),
+            vec![],
+        ),
+        _ => done_msg(msgid, result(LdapResultCode::Success, "", ""), vec![]),
+    })
+}
+
+/// RFC 2696: the first request collects the matching entries' UUIDs; each
+/// request returns the next page and a cookie while more remain.
+#[allow(clippy::too_many_arguments)]
+async fn paged_search(
+    session: &Arc<Session>,
+    auth: &Arc<Auth>,
+    msgid: i32,
+    req: &LdapSearchRequest,
+    sel: &Selection,
+    bases: Vec<(Dn, Scope)>,
+    filter: Filter,
+    page_size: i64,
+    cookie: Vec<u8>,
+    size_limit: usize,
+    deadline: Instant,
+    tx: &mpsc::Sender<LdapMsg>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<LdapMsg, Outcome> {
+    let ctx = session.ctx.clone();
+    let take_cursor = |c: &Vec<u8>| {
+        let mut p = session.paging.lock().unwrap_or_else(|e| e.into_inner());
+        p.cursors.remove(c)
+    };
+    let mut cursor = if cookie.is_empty() {
+        let dir = ctx.dir.clone();
+        let (uuids, exceeded) = blocking(move || {
+            let mut out = vec![];
+            let mut exceeded = false;
+            for (b, s) in bases {
+                let end = dir
+                    .search(&b, s, &filter, Some(deadline), &mut |e| {
+                        if size_limit > 0 && out.len() == size_limit {
+                            exceeded = true;
+                            return false;
+                        }
+                        if let Some(u) = e.uuid() {
+                            out.push(u);
+                        }
+                        true
+                    })
+                    .map_err(|e| to_ldap_result(&e))?;
+                if end == SearchControl::TimeLimit {
+                    return Err(Outcome::new(
+                        LdapResultCode::TimeLimitExceeded,
+                        "time limit exceeded",
+                    ));
+                }
+                if end == SearchControl::Stopped {
+                    break;
+                }
+            }
+            Ok((out, exceeded))
+        })
+        .await?;
+        Cursor {
+            request: req.clone(),
+            remaining: uuids.into_iter(),
+            size_exceeded: exceeded,
+        }
+    } else {
+        let Some(c) = take_cursor(&cookie) else {
+            return Err(Outcome::new(
+                LdapResultCode::UnwillingToPerform,
+                "unknown or expired paged-results cookie",
+            ));
+        };
+        if c.request.base != req.base
+            || c.request.scope != req.scope
+            || c.request.filter != req.filter
+        {
+            return Err(Outcome::new(
+                LdapResultCode::UnwillingToPerform,
+                "the paged-results cookie belongs to another search",
+            ));
+        }
+        c
+    };
+    if page_size <= 0 && !cookie.is_empty() {
+        // RFC 2696: size 0 abandons the paged search.
+        return Ok(done_msg(
+            msgid,
+            result(LdapResultCode::Success, "", ""),
+            vec![LdapControl::SimplePagedResults {
+                size: 0,
+                cookie: vec![],
+            }],
+        ));
+    }
+    let page: Vec<Uuid> = if page_size <= 0 {
+        cursor.remaining.by_ref().collect()
+    } else {
+        cursor.remaining.by_ref().take(page_size as usize).collect()
+    };
+    let dir = ctx.dir.clone();
+    let ctx2 = ctx.clone();
+    let auth2 = auth.clone();
+    let sel2 = sel.clone();
+    let cancel2 = cancel.clone();
+    let rendered: Vec<LdapSearchResultEntry> = blocking(move || {
+        let mut out = vec![];
+        for u in page {
+            if cancel2.load(Ordering::Relaxed) {
+                break;
+            }
+            // Entries deleted since the first page are skipped.
+            if let Some(e) = dir.get_by_uuid(u).map_err(|e| to_ldap_result(&e))? {
+                out.push(sel2.render(&ctx2, &auth2, &e));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    for e in rendered {
+        if tx.send(entry_msg(msgid, e)).await.is_err() {
+            break;
+        }
+    }
+    let remaining = cursor.remaining.len();
+    if remaining > 0 {
+        let mut p = session.paging.lock().unwrap_or_else(|e| e.into_inner());
+        if p.cursors.len() >= MAX_CURSORS {
+            return Err(Outcome::new(
+                LdapResultCode::AdminLimitExceeded,
+                "too many open paged searches on this connection",
+            ));
+        }
+        p.next_cookie += 1;
+        let next = p.next_cookie.to_be_bytes().to_vec();
+        let ctrl = vec![LdapControl::SimplePagedResults {
+            size: remaining as i64,
+            cookie: next.clone(),
+        }];
+        cursor.request = req.clone();
+        p.cursors.insert(next, cursor);
+        return Ok(done_msg(
+            msgid,
+            result(LdapResultCode::Success, "", ""),
+            ctrl,
+        ));
+    }
+    let ctrl = vec![LdapControl::SimplePagedResults {
+        size: 0,
+        cookie: vec![],
+    }];
+    if cursor.size_exceeded {
+        return Ok(done_msg(
+            msgid,
+            result(
+                LdapResultCode::SizeLimitExceeded,
+                "",
+                &format!("size limit of {size_limit} entries exceeded"),
+            ),
+            ctrl,
+        ));
+    }
+    Ok(done_msg(
+        msgid,
+        result(LdapResultCode::Success, "", ""),
+        ctrl,
+    ))
+}

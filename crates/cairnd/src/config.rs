@@ -1,0 +1,308 @@
+//! The node's configuration: a TOML file (`deny_unknown_fields`), overlaid
+//! by `CAIRN_<SECTION>_<FIELD>` environment variables, turned into one
+//! validated [`Settings`] at start-up. Every field is documented here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_core::dn::Dn;
+use cairn_store::EngineKind;
+use serde::Deserialize;
+
+/// The configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub directory: DirectorySection,
+    #[serde(default)]
+    pub ldap: LdapSection,
+}
+
+/// `[node]`: this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Where the node keeps its database. Created when absent.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            data_dir: PathBuf::from("/var/lib/cairn"),
+        }
+    }
+}
+
+/// `[storage]`: the embedded storage engine.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// `redb` (default: every commit is fdatasync'd) or `sled` (kept for
+    /// comparison; its flush does not fsync, see docs/storage.md).
+    pub engine: EngineKind,
+}
+
+/// `[directory]`: the tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectorySection {
+    /// The naming context (suffix) this directory holds.
+    pub suffix: String,
+    /// Load the example tree (docs/example.ldif) into an empty directory.
+    pub seed_example: bool,
+}
+
+impl Default for DirectorySection {
+    fn default() -> Self {
+        DirectorySection {
+            suffix: "dc=example,dc=com".into(),
+            seed_example: false,
+        }
+    }
+}
+
+/// `[ldap]`: the LDAP listener, access and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapSection {
+    /// Address of the LDAP listener (389 in production).
+    pub listen: SocketAddr,
+    /// The administrator DN; it may read and write everything and need not
+    /// exist as an entry.
+    pub admin_dn: String,
+    /// argon2id hash of the administrator password (`cairnd hash-password`
+    /// prints one). `CAIRN_ADMIN_PASSWORD` (clear text, hashed at start-up)
+    /// takes precedence.
+    pub admin_password_hash: Option<String>,
+    /// Members of this groupOfNames may write too.
+    pub admin_group: Option<String>,
+    /// Whether anonymous clients may read the tree. The root DSE and
+    /// cn=schema are always readable.
+    pub anonymous_read: bool,
+    /// Largest request PDU in bytes; larger ones close the connection.
+    pub max_pdu_bytes: usize,
+    /// Deepest filter nesting accepted.
+    pub max_filter_depth: usize,
+    /// Most elements in one filter.
+    pub max_filter_elements: usize,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// Most operations in flight on one connection.
+    pub max_ops_per_connection: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Most entries a non-administrator search returns (0: unlimited).
+    pub size_limit: usize,
+    /// Longest a search may run, in seconds.
+    pub time_limit_secs: u64,
+}
+
+impl Default for LdapSection {
+    fn default() -> Self {
+        let l = cairn_ldap::Limits::default();
+        LdapSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 389)),
+            admin_dn: "cn=admin,dc=example,dc=com".into(),
+            admin_password_hash: None,
+            admin_group: None,
+            anonymous_read: false,
+            max_pdu_bytes: l.max_pdu_bytes,
+            max_filter_depth: l.max_filter_depth,
+            max_filter_elements: l.max_filter_elements,
+            max_connections: l.max_connections,
+            max_ops_per_connection: l.max_ops_per_connection,
+            idle_timeout_secs: l.idle_timeout.as_secs(),
+            size_limit: l.size_limit,
+            time_limit_secs: l.time_limit.as_secs(),
+        }
+    }
+}
+
+/// Applies `CAIRN_<SECTION>_<FIELD>=value` variables onto a parsed file.
+/// Values that parse as booleans or integers become those; the rest are
+/// strings. Unknown sections are errors, unknown fields are caught by
+/// `deny_unknown_fields` when the result is deserialized.
+pub fn overlay_env(
+    doc: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    const SECTIONS: [&str; 4] = ["node", "storage", "directory", "ldap"];
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix("CAIRN_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        // Variables read elsewhere, not config fields.
+        if matches!(rest.as_str(), "admin_password" | "url" | "bind_dn" | "log") {
+            continue;
+        }
+        let Some((section, field)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            bail!("environment variable {k}: unknown config section {section:?}");
+        }
+        let value = if let Ok(b) = v.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else if let Ok(i) = v.parse::<i64>() {
+            toml::Value::Integer(i)
+        } else {
+            toml::Value::String(v)
+        };
+        let table = doc
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(table) = table.as_table_mut() else {
+            bail!("config section [{section}] is not a table");
+        };
+        table.insert(field.to_string(), value);
+    }
+    Ok(())
+}
+
+/// Reads a config file (or none) and the environment.
+pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config file {}", p.display()))?,
+        None => String::new(),
+    };
+    let mut doc: toml::Table = text.parse().with_context(|| {
+        format!(
+            "config file {} is not valid TOML",
+            path.map(|p| p.display().to_string()).unwrap_or_default()
+        )
+    })?;
+    overlay_env(&mut doc, std::env::vars())?;
+    let cfg: FileConfig = toml::Value::Table(doc)
+        .try_into()
+        .context("invalid configuration")?;
+    Ok(cfg)
+}
+
+/// The validated configuration the node runs with.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub engine: EngineKind,
+    pub suffix: Dn,
+    pub seed_example: bool,
+    pub ldap_listen: SocketAddr,
+    pub ldap: cairn_ldap::Config,
+}
+
+impl FileConfig {
+    /// Checks the configuration and hashes the admin password.
+    pub fn validate(self, admin_password: Option<String>) -> anyhow::Result<Settings> {
+        let suffix = Dn::parse(&self.directory.suffix)
+            .with_context(|| "directory.suffix is not a valid DN".to_string())?;
+        if suffix.is_root() {
+            bail!("directory.suffix must not be empty");
+        }
+        let admin_dn = Dn::parse(&self.ldap.admin_dn).context("ldap.admin_dn is not a valid DN")?;
+        let admin_group = self
+            .ldap
+            .admin_group
+            .as_deref()
+            .map(Dn::parse)
+            .transpose()
+            .context("ldap.admin_group is not a valid DN")?;
+        let hash = match (admin_password, self.ldap.admin_password_hash.clone()) {
+            (Some(clear), _) => cairn_core::password::hash(&clear, uuid::Uuid::new_v4().as_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?,
+            (None, Some(h)) if cairn_core::password::is_hashed(&h) => h,
+            (None, Some(_)) => bail!(
+                "ldap.admin_password_hash must be an argon2 hash ({{ARGON2}}$argon2id$...); use `cairnd hash-password`"
+            ),
+            (None, None) => bail!(
+                "no administrator password: set CAIRN_ADMIN_PASSWORD or ldap.admin_password_hash"
+            ),
+        };
+        let l = &self.ldap;
+        if l.max_pdu_bytes < 1024 {
+            bail!("ldap.max_pdu_bytes must be at least 1024");
+        }
+        let limits = cairn_ldap::Limits {
+            max_pdu_bytes: l.max_pdu_bytes,
+            max_filter_depth: l.max_filter_depth.max(1),
+            max_filter_elements: l.max_filter_elements.max(1),
+            max_connections: l.max_connections.max(1),
+            max_ops_per_connection: l.max_ops_per_connection.max(1),
+            idle_timeout: Duration::from_secs(l.idle_timeout_secs.max(1)),
+            size_limit: l.size_limit,
+            time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
+        };
+        Ok(Settings {
+            data_dir: self.node.data_dir,
+            engine: self.storage.engine,
+            suffix,
+            seed_example: self.directory.seed_example,
+            ldap_listen: self.ldap.listen,
+            ldap: cairn_ldap::Config {
+                admin_dn,
+                admin_password_hash: hash,
+                admin_group,
+                anonymous_read: self.ldap.anonymous_read,
+                limits,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> anyhow::Result<FileConfig> {
+        let mut doc: toml::Table = text.parse()?;
+        overlay_env(
+            &mut doc,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        Ok(toml::Value::Table(doc).try_into()?)
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = parse(
+            "[ldap]\nlisten = \"127.0.0.1:389\"\n",
+            &[
+                ("CAIRN_LDAP_LISTEN", "127.0.0.1:1389"),
+                ("CAIRN_LDAP_ANONYMOUS_READ", "true"),
+                ("CAIRN_STORAGE_ENGINE", "sled"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ldap.listen.port(), 1389);
+        assert!(c.ldap.anonymous_read);
+        assert_eq!(c.storage.engine, EngineKind::Sled);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        assert!(parse("[ldap]\nlisten_port = 3\n", &[]).is_err());
+        assert!(parse("", &[("CAIRN_LDAP_COLOUR", "red")]).is_err());
+        assert!(parse("", &[("CAIRN_NOPE_X", "1")]).is_err());
+    }
+
+    #[test]
+    fn validation_needs_a_password() {
+        let c = parse("", &[]).unwrap();
+        assert!(c.clone().validate(None).is_err());
+        let s = c.validate(Some("pw".into())).unwrap();
+        assert!(cairn_core::password::verify(
+            &s.ldap.admin_password_hash,
+            "pw"
+        ));
+        let c = parse("[ldap]\nadmin_password_hash = \"clear\"\n", &[]).unwrap();
+        assert!(c.validate(None).is_err());
+    }
+}
