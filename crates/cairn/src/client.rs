@@ -8,14 +8,14 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult};
 
 /// How long to wait for the TCP (and TLS) connection to be set up. Operations
 /// themselves have no timeout: an import of a large file may take a while.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Who to bind as.
-#[derive(Debug, Clone)]
+/// Who to bind as. (No `Debug`, so the password cannot end up in a log.)
+#[derive(Clone)]
 pub enum Auth {
     /// No bind at all: the connection stays anonymous.
     Anonymous,
@@ -27,10 +27,17 @@ pub enum Auth {
 /// on the current Tokio runtime; the returned handle may be cloned to run
 /// several operations on it at once.
 pub async fn connect(url: &str, auth: &Auth) -> anyhow::Result<Ldap> {
+    check_url(url)?;
     let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT);
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
         .await
-        .map_err(|e| anyhow!("cannot connect to {url}: {e} (is cairnd running there?)"))?;
+        .map_err(|e| {
+            let hint = match e {
+                LdapError::Io { .. } | LdapError::Timeout { .. } => " (is cairnd running there?)",
+                _ => "",
+            };
+            anyhow!("cannot connect to {url}: {e}{hint}")
+        })?;
     ldap3::drive!(conn);
 
     if let Auth::Simple { dn, password } = auth {
@@ -48,12 +55,42 @@ pub async fn connect(url: &str, auth: &Auth) -> anyhow::Result<Ldap> {
     Ok(ldap)
 }
 
+/// Rejects URLs ldap3 would panic on (an `ldap:` or `ldaps:` URL without a
+/// host, e.g. `ldap:host` or `ldap://`); anything else it reports as an
+/// error itself.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    let usage = "expected ldap://HOST[:PORT], ldaps://HOST[:PORT] or ldapi://PATH";
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("invalid URL {url:?}: it contains whitespace ({usage})");
+    }
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Ok(());
+    };
+    if !(scheme.eq_ignore_ascii_case("ldap") || scheme.eq_ignore_ascii_case("ldaps")) {
+        return Ok(());
+    }
+    let authority = rest
+        .strip_prefix("//")
+        .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host_port.starts_with('[') {
+        host_port
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.is_empty() {
+        bail!("invalid URL {url:?}: no host ({usage})");
+    }
+    Ok(())
+}
+
 /// Turns a bind result into an error with a message a person can act on.
 fn check_bind(url: &str, dn: &str, result: &LdapResult) -> anyhow::Result<()> {
     match result.rc {
         0 => Ok(()),
-        // invalidCredentials, inappropriateAuthentication, insufficientAccessRights
-        48 | 49 | 50 => bail!(
+        // inappropriateAuthentication, invalidCredentials
+        48 | 49 => bail!(
             "the server at {url} refused the credentials for {dn}: {}",
             describe(result)
         ),
@@ -162,6 +199,31 @@ mod tests {
             e.starts_with("bind to ldap://h:1 as cn=admin failed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn urls_without_a_host_are_refused() {
+        for bad in [
+            "ldap:foo",
+            "ldap://",
+            "LDAP:/x",
+            "ldaps://:636",
+            "ldap://u@/",
+            " ldap:x",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "ldap://127.0.0.1:1389",
+            "ldaps://dir.example.com",
+            "ldap://[::1]:389",
+            "ldapi://%2Frun%2Fcairn.sock",
+            "ldap://h/dc=x?cn",
+            "foo:bar",
+            "nonsense",
+        ] {
+            assert!(check_url(good).is_ok(), "{good}");
+        }
     }
 
     #[tokio::test]

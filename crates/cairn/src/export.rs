@@ -8,8 +8,9 @@
 //!   parent before its children, as an import needs;
 //! - within an entry `objectClass` comes first (what people look for, and
 //!   what `ldapadd` users expect), then the other attributes by lowercased
-//!   name; values stay in the order the server keeps them, since that order
-//!   may mean something to whoever wrote them.
+//!   name; values sorted bytewise (LDAP values are sets, and an import
+//!   through ldap3 does not keep their order, so sorting is what makes a
+//!   round trip byte-identical).
 //!
 //! Only user attributes are asked for (`*`): operational attributes such as
 //! `entryUUID` or `modifyTimestamp` cannot be written by a client and would
@@ -153,9 +154,12 @@ pub fn sort_entries(entries: Vec<ExportEntry>) -> anyhow::Result<Vec<ExportEntry
 }
 
 /// `objectClass` first, then by lowercased name (stable, so equal names keep
-/// the server's order); attributes without values are dropped.
+/// the server's order), values sorted; attributes without values are dropped.
 pub fn order_attrs(attrs: &mut Vec<(String, Vec<Vec<u8>>)>) {
     attrs.retain(|(_, values)| !values.is_empty());
+    for (_, values) in attrs.iter_mut() {
+        values.sort();
+    }
     attrs.sort_by_cached_key(|(name, _)| {
         (
             !name.eq_ignore_ascii_case("objectClass"),
@@ -299,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn object_class_first_then_by_lowercase_name_values_in_server_order() {
+    fn object_class_first_then_by_lowercase_name_values_sorted() {
         let mut attrs = e(
             "cn=a",
             &[
@@ -326,9 +330,9 @@ mod tests {
                 "sn"
             ]
         );
-        assert_eq!(attrs[0].1, vec![b"top".to_vec(), b"person".to_vec()]);
-        assert_eq!(attrs[2].1, vec![b"b=2".to_vec(), b"a=1".to_vec()]);
-        assert_eq!(attrs[5].1, vec![b"z".to_vec(), b"a".to_vec()]);
+        assert_eq!(attrs[0].1, vec![b"person".to_vec(), b"top".to_vec()]);
+        assert_eq!(attrs[2].1, vec![b"a=1".to_vec(), b"b=2".to_vec()]);
+        assert_eq!(attrs[5].1, vec![b"a".to_vec(), b"z".to_vec()]);
     }
 
     #[test]

@@ -10,17 +10,28 @@
 //! nobody wrote down. The file is parsed a second time to apply it, so the
 //! records themselves are never all held in memory.
 //!
-//! # Pipelining, and why waves are enough
+//! # Stopping at the first failure is exact
 //!
-//! One operation per round trip is slow, so up to [`MAX_IN_FLIGHT`]
-//! operations are kept in flight on the one connection (ldap3's handle is
-//! `Clone` and multiplexes by message ID). But a server may work on the
-//! operations it has received in any order, so two records may only be in
-//! flight together when neither one's outcome depends on the other. For
-//! LDIF that means: an operation must not start before every earlier
-//! operation on an ancestor of its DN, on its DN, or on a descendant of its
-//! DN has completed (an entry must exist before its children are added, a
-//! modify must follow the add of the same entry, and so on).
+//! Without `--continue` records are sent one at a time: when a record
+//! fails, every record before it has been applied and none after it has, so
+//! the report names the one line to fix and the rest of the file can be
+//! applied as it is. (With several records in flight, records after the
+//! failing one would already be on their way, and a server applies what it
+//! receives; "stop" would then mean "stop somewhere after".)
+//!
+//! # Pipelining with `--continue`, and why waves are enough
+//!
+//! With `--continue` there is no stopping point to keep exact, and one
+//! operation per round trip is slow over a long link, so up to
+//! [`MAX_IN_FLIGHT`] operations are kept in flight on the one connection
+//! (ldap3's handle is `Clone` and multiplexes by message ID). But a server
+//! may work on the operations it has received in any order (cairnd does),
+//! so two records may only be in flight together when neither one's outcome
+//! depends on the other. For LDIF that means: an operation must not start
+//! before every earlier operation on an ancestor of its DN, on its DN, or on
+//! a descendant of its DN has completed (an entry must exist before its
+//! children are added, a modify must follow the add of the same entry, and
+//! so on).
 //!
 //! The records are therefore cut, in file order, into *waves*
 //! ([`Waves`]): a wave grows until the next record's DN is within (equal to
@@ -32,18 +43,21 @@
 //! so the rule above holds. Files laid out the way `cairn export` writes
 //! them (every level of the tree in turn) give a few large waves; a file
 //! interleaving parents and children gives smaller waves but stays correct.
+//! (Without `--continue` the same code runs with one operation in flight.)
+//!
+//! A record refused with `busy` (the server's limit on operations in flight
+//! per connection, if it is set below ours) is sent again after a short
+//! pause rather than counted as failed.
 //!
 //! # Failures
 //!
 //! The server applies each record atomically, so a refused record changed
 //! nothing. Refusals are reported as `FILE:LINE: dn: name (code): message`,
-//! in file order within a wave. Without `--continue` no new operation is
-//! started once one has failed (operations already in flight finish and are
-//! counted). A broken connection always stops the import; the records that
-//! were in flight then may or may not have been applied, and the summary
-//! says so.
+//! in file order within a wave. A broken connection always stops the
+//! import; the records that were in flight then may or may not have been
+//! applied, and the summary says so.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -51,15 +65,24 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::ldif::{LdifError, LdifReader, LdifRecord, Located};
-use cairn_core::modify::ModOp;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use cairn_core::modify::{ModOp, Modification};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ldap3::{Ldap, Mod};
 use tokio::task::JoinSet;
 
 use crate::client::{self, Auth};
 
-/// Most operations kept in flight on the connection at once.
+/// Most operations kept in flight on the connection at once with
+/// `--continue` (without it, one).
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// How often a record refused with `busy` is sent again, and the first pause
+/// (doubled each time).
+const BUSY_RETRIES: u32 = 8;
+const BUSY_PAUSE: Duration = Duration::from_millis(10);
+
+/// The `busy` result code.
+const BUSY: u32 = 51;
 
 /// Most records in one wave. Waves only need to be small enough to bound
 /// memory; the barrier between two full waves costs about one round trip.
@@ -106,7 +129,7 @@ pub async fn run(
         }
     };
 
-    let ldap = client::connect(url, auth).await?;
+    let mut ldap = client::connect(url, auth).await?;
     let started = Instant::now();
     let bar = progress_bar(total);
 
@@ -114,8 +137,10 @@ pub async fn run(
     let mut halt = None;
     // `check` found no errors, so the reader yields only records.
     let records = LdifReader::new(&text).filter_map(Result::ok);
+    let mut window = if keep_going { MAX_IN_FLIGHT } else { 1 };
     for wave in Waves::new(records, MAX_WAVE) {
-        let (failures, stop) = run_wave(&ldap, wave, keep_going, &mut tally, &bar).await;
+        let (failures, stop) =
+            run_wave(&ldap, wave, &mut window, keep_going, &mut tally, &bar).await;
         for f in &failures {
             let line = format_failure(&file, f.line, &f.dn, &f.detail);
             bar.suspend(|| eprintln!("{line}"));
@@ -126,7 +151,6 @@ pub async fn run(
         }
     }
     bar.finish_and_clear();
-    let mut ldap = ldap;
     let _ = ldap.unbind().await;
 
     let not_attempted = total.saturating_sub(tally.applied() + tally.failed);
@@ -206,9 +230,15 @@ fn progress_bar(total: usize) -> ProgressBar {
     // Drawn on stderr and hidden when stderr is not a terminal.
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
-        "[{elapsed_precise}] {wide_bar} {pos}/{len} records, {per_sec}, ETA {eta}",
+        "[{elapsed_precise}] {wide_bar} {pos}/{len} records, {rate}, ETA {eta}",
     )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .with_key(
+        "rate",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", state.per_sec());
+        },
+    );
     bar.set_style(style);
     bar
 }
@@ -330,17 +360,6 @@ enum Change {
     Renamed,
 }
 
-/// How one record went.
-#[derive(Debug)]
-enum Outcome {
-    Applied(Change),
-    /// The server refused it (and so changed nothing).
-    Refused(ldap3::LdapResult),
-    /// No answer: the connection (or the client) failed while it was in
-    /// flight, so it may or may not have been applied.
-    Lost(String),
-}
-
 /// Counts for the summary line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
@@ -385,113 +404,237 @@ struct Failure {
     detail: String,
 }
 
-/// Applies one wave, at most [`MAX_IN_FLIGHT`] records at a time. Returns
-/// its failures in file order and whether to stop.
+/// A record on its way to the server.
+struct Pending {
+    line: usize,
+    dn: String,
+    change: Change,
+    request: Request,
+    /// How many times the server has answered `busy` to it.
+    busy: u32,
+}
+
+impl Pending {
+    fn new(located: Located) -> Pending {
+        let line = located.line;
+        let dn = located.record.dn().to_owned();
+        let (change, request) = Request::new(located.record);
+        Pending {
+            line,
+            dn,
+            change,
+            request,
+            busy: 0,
+        }
+    }
+
+    /// Sends it (after a pause if the server was busy) and waits for the
+    /// answer; hands the record back with it, to be sent again if need be.
+    async fn send(self, mut ldap: Ldap) -> (Pending, Result<ldap3::LdapResult, String>) {
+        if self.busy > 0 {
+            tokio::time::sleep(BUSY_PAUSE * 2u32.pow(self.busy - 1)).await;
+        }
+        let result = self
+            .request
+            .send(&mut ldap)
+            .await
+            .map_err(|e| format!("connection error: {e}"));
+        (self, result)
+    }
+}
+
+/// Applies one wave, at most `window` records at a time. Returns its
+/// failures in file order and whether to stop. A record refused with
+/// `busy` is queued again, and `window` shrinks to what the server was
+/// handling at the time (it stays shrunk for the following waves).
 async fn run_wave(
     ldap: &Ldap,
     wave: Vec<Located>,
+    window: &mut usize,
     keep_going: bool,
     tally: &mut Tally,
     bar: &ProgressBar,
 ) -> (Vec<Failure>, Option<Halt>) {
     let mut failures = Vec::new();
     let mut halt = None;
+    let mut queue: VecDeque<Pending> = wave.into_iter().map(Pending::new).collect();
     let mut in_flight = JoinSet::new();
-    // Which record each task is applying, for reporting.
+    // Which record each task is applying, should the task panic.
     let mut names: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
-    let mut queue = wave.into_iter();
     loop {
-        while halt.is_none() && in_flight.len() < MAX_IN_FLIGHT {
-            let Some(located) = queue.next() else { break };
-            let name = (located.line, located.record.dn().to_owned());
-            let task = in_flight.spawn(apply(ldap.clone(), located.record));
+        while halt.is_none() && in_flight.len() < (*window).max(1) {
+            let Some(pending) = queue.pop_front() else {
+                break;
+            };
+            let name = (pending.line, pending.dn.clone());
+            let task = in_flight.spawn(pending.send(ldap.clone()));
             names.insert(task.id(), name);
         }
         let Some(joined) = in_flight.join_next_with_id().await else {
             break;
         };
-        bar.inc(1);
-        let (id, outcome) = match joined {
-            Ok(done) => done,
-            // The task panicked (a bug): whatever it sent may or may not
-            // have been applied.
-            Err(e) => (e.id(), Outcome::Lost(format!("internal error: {e}"))),
-        };
-        let (line, dn) = names.remove(&id).unwrap_or_default();
-        let detail = match outcome {
-            Outcome::Applied(change) => {
-                tally.count(change);
+        let (pending, result) = match joined {
+            Ok((id, done)) => {
+                names.remove(&id);
+                done
+            }
+            Err(e) => {
+                // The task panicked (a bug): whatever it sent may or may not
+                // have been applied.
+                let (line, dn) = names.remove(&e.id()).unwrap_or_default();
+                bar.inc(1);
+                tally.failed += 1;
+                tally.uncertain += 1;
+                halt = Some(Halt::Connection);
+                failures.push(Failure {
+                    line,
+                    dn,
+                    detail: format!("internal error: {e}"),
+                });
                 continue;
             }
-            Outcome::Refused(result) => {
+        };
+        let detail = match result {
+            Ok(r) if r.rc == 0 => {
+                bar.inc(1);
+                tally.count(pending.change);
+                continue;
+            }
+            Ok(r) if r.rc == BUSY && pending.busy < BUSY_RETRIES => {
+                *window = (*window).min(in_flight.len()).max(1);
+                queue.push_front(Pending {
+                    busy: pending.busy + 1,
+                    ..pending
+                });
+                continue;
+            }
+            Ok(r) => {
                 if !keep_going {
                     halt.get_or_insert(Halt::Failure);
                 }
-                client::describe(&result)
+                client::describe(&r)
             }
-            Outcome::Lost(error) => {
+            Err(error) => {
                 tally.uncertain += 1;
                 halt = Some(Halt::Connection);
                 format!("{error} (the record may or may not have been applied)")
             }
         };
+        bar.inc(1);
         tally.failed += 1;
-        failures.push(Failure { line, dn, detail });
+        failures.push(Failure {
+            line: pending.line,
+            dn: pending.dn,
+            detail,
+        });
     }
     failures.sort_by_key(|f| f.line);
     (failures, halt)
 }
 
-/// Sends one record and waits for the answer.
-async fn apply(mut ldap: Ldap, record: LdifRecord) -> Outcome {
-    let (change, result) = match record {
-        LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => {
-            let attrs = group_attrs(attrs)
-                .into_iter()
-                .map(|(name, values)| (name.into_bytes(), values.into_iter().collect()))
-                .collect::<Vec<(Vec<u8>, HashSet<Vec<u8>>)>>();
-            (Change::Added, ldap.add(&dn, attrs).await)
+/// One record as ldap3 requests, kept so that it can be sent again.
+enum Request {
+    Add(String, Vec<(Vec<u8>, HashSet<Vec<u8>>)>),
+    Delete(String),
+    Modify(String, Vec<Mod<Vec<u8>>>),
+    ModDn {
+        dn: String,
+        new_rdn: String,
+        delete_old_rdn: bool,
+        new_superior: Option<String>,
+    },
+}
+
+impl Request {
+    fn new(record: LdifRecord) -> (Change, Request) {
+        match record {
+            LdifRecord::Entry { dn, attrs } | LdifRecord::Add { dn, attrs } => (
+                Change::Added,
+                Request::Add(dn, add_list(group_attrs(attrs))),
+            ),
+            LdifRecord::Delete { dn } => (Change::Deleted, Request::Delete(dn)),
+            LdifRecord::Modify { dn, mods } => {
+                (Change::Modified, Request::Modify(dn, modify_list(mods)))
+            }
+            LdifRecord::ModRdn {
+                dn,
+                new_rdn,
+                delete_old_rdn,
+                new_superior,
+            } => (
+                Change::Renamed,
+                Request::ModDn {
+                    dn,
+                    new_rdn,
+                    delete_old_rdn,
+                    new_superior,
+                },
+            ),
         }
-        LdifRecord::Delete { dn } => (Change::Deleted, ldap.delete(&dn).await),
-        LdifRecord::Modify { dn, mods } => {
-            let mods = mods
-                .into_iter()
-                .map(|m| {
-                    let attr = m.attr.into_bytes();
-                    let values: HashSet<Vec<u8>> = m.values.into_iter().collect();
-                    match m.op {
-                        ModOp::Add => Mod::Add(attr, values),
-                        ModOp::Delete => Mod::Delete(attr, values),
-                        ModOp::Replace => Mod::Replace(attr, values),
-                    }
-                })
-                .collect::<Vec<Mod<Vec<u8>>>>();
-            (Change::Modified, ldap.modify(&dn, mods).await)
-        }
-        LdifRecord::ModRdn {
-            dn,
-            new_rdn,
-            delete_old_rdn,
-            new_superior,
-        } => (
-            Change::Renamed,
-            ldap.modifydn(&dn, &new_rdn, delete_old_rdn, new_superior.as_deref())
-                .await,
-        ),
-    };
-    match result {
-        Ok(r) if r.rc == 0 => Outcome::Applied(change),
-        Ok(r) => Outcome::Refused(r),
-        Err(e) => Outcome::Lost(format!("connection error: {e}")),
     }
+
+    async fn send(&self, ldap: &mut Ldap) -> ldap3::result::Result<ldap3::LdapResult> {
+        match self {
+            Request::Add(dn, attrs) => ldap.add(dn, attrs.clone()).await,
+            Request::Delete(dn) => ldap.delete(dn).await,
+            Request::Modify(dn, mods) => ldap.modify(dn, mods.clone()).await,
+            Request::ModDn {
+                dn,
+                new_rdn,
+                delete_old_rdn,
+                new_superior,
+            } => {
+                ldap.modifydn(dn, new_rdn, *delete_old_rdn, new_superior.as_deref())
+                    .await
+            }
+        }
+    }
+}
+
+// Value order. LDAP values are sets (RFC 4511 4.1.7), and ldap3 takes each
+// attribute's values as a `HashSet`, so the order of values in a file is
+// not kept by an add; `cairn export` sorts values so its output does not
+// depend on it. An add lists each attribute once, as RFC 4511 4.7 requires
+// (OpenLDAP refuses repeated attributes). A modify becomes one modification
+// per value, which RFC 4511 applies in order: harmless, and it keeps the
+// order of added values on servers that keep it.
+
+/// The attribute list of an add: each attribute once, with all its values.
+pub fn add_list(grouped: Vec<(String, Vec<Vec<u8>>)>) -> Vec<(Vec<u8>, HashSet<Vec<u8>>)> {
+    grouped
+        .into_iter()
+        .map(|(name, values)| (name.into_bytes(), values.into_iter().collect()))
+        .collect()
+}
+
+/// The modifications of a modify record, one value each where order matters.
+pub fn modify_list(mods: Vec<Modification>) -> Vec<Mod<Vec<u8>>> {
+    let mut out = Vec::new();
+    for m in mods {
+        let attr = m.attr.into_bytes();
+        match m.op {
+            ModOp::Delete => out.push(Mod::Delete(attr, m.values.into_iter().collect())),
+            ModOp::Add => {
+                for v in m.values {
+                    out.push(Mod::Add(attr.clone(), HashSet::from([v])));
+                }
+            }
+            ModOp::Replace => {
+                let mut values = m.values.into_iter();
+                let first: HashSet<Vec<u8>> = values.next().into_iter().collect();
+                out.push(Mod::Replace(attr.clone(), first));
+                for v in values {
+                    out.push(Mod::Add(attr.clone(), HashSet::from([v])));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Groups `attr: value` lines into one attribute per description (compared
 /// without regard to case, as attribute descriptions are), in the order each
 /// first appears, values in file order. The first spelling is kept.
-///
-/// Note: ldap3 takes an attribute's values as a `HashSet`, so the order is
-/// kept up to the library but not on the wire.
 pub fn group_attrs(attrs: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<Vec<u8>>)> {
     let mut out: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -550,7 +693,6 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::modify::Modification;
 
     fn entry(line: usize, dn: &str) -> Located {
         Located {
@@ -819,6 +961,72 @@ mod tests {
             ]
         );
         assert!(group_attrs(vec![]).is_empty());
+    }
+
+    /// A `Mod` as (op, attr, values) for comparing.
+    fn show(m: &Mod<Vec<u8>>) -> (&'static str, String, Vec<String>) {
+        let text = |set: &HashSet<Vec<u8>>| {
+            let mut v: Vec<String> = set
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        match m {
+            Mod::Add(a, s) => ("add", String::from_utf8_lossy(a).into_owned(), text(s)),
+            Mod::Delete(a, s) => ("delete", String::from_utf8_lossy(a).into_owned(), text(s)),
+            Mod::Replace(a, s) => ("replace", String::from_utf8_lossy(a).into_owned(), text(s)),
+            Mod::Increment(a, _) => ("increment", String::from_utf8_lossy(a).into_owned(), vec![]),
+        }
+    }
+
+    #[test]
+    fn add_lists_each_attribute_once() {
+        let grouped = group_attrs(vec![
+            ("objectClass".to_string(), b"top".to_vec()),
+            ("cairnModule".to_string(), b"b.b00".to_vec()),
+            ("objectClass".to_string(), b"domain".to_vec()),
+            ("cn".to_string(), b"x".to_vec()),
+        ]);
+        let list = add_list(grouped);
+        let names: Vec<&[u8]> = list.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(names, vec![&b"objectClass"[..], b"cairnModule", b"cn"]);
+        assert_eq!(
+            list[0].1,
+            HashSet::from([b"top".to_vec(), b"domain".to_vec()])
+        );
+    }
+
+    #[test]
+    fn modify_lists_keep_value_order() {
+        let m = |op, attr: &str, values: &[&str]| Modification {
+            op,
+            attr: attr.into(),
+            values: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+        };
+        let mods = modify_list(vec![
+            m(ModOp::Replace, "cairnModule", &["c", "a", "b"]),
+            m(ModOp::Add, "cairnSetting", &["y=1", "x=2"]),
+            m(ModOp::Delete, "description", &["p", "q"]),
+            m(ModOp::Delete, "seeAlso", &[]),
+            m(ModOp::Replace, "l", &[]),
+        ]);
+        let got: Vec<_> = mods.iter().map(show).collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                ("replace", "cairnModule".to_string(), s(&["c"])),
+                ("add", "cairnModule".to_string(), s(&["a"])),
+                ("add", "cairnModule".to_string(), s(&["b"])),
+                ("add", "cairnSetting".to_string(), s(&["y=1"])),
+                ("add", "cairnSetting".to_string(), s(&["x=2"])),
+                ("delete", "description".to_string(), s(&["p", "q"])),
+                ("delete", "seeAlso".to_string(), s(&[])),
+                ("replace", "l".to_string(), s(&[])),
+            ]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::client::Auth;
 /// unset.
 const DEV_PASSWORD: &str = "cairn-dev-password";
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "cairn",
     version,
@@ -79,7 +79,9 @@ enum Command {
     ///
     /// The whole file is checked first; if it has any syntax error nothing
     /// is imported. Records are then applied in file order; each is applied
-    /// atomically by the server.
+    /// atomically by the server. The import stops at the first record the
+    /// server refuses (every record before it applied, none after it)
+    /// unless --continue is given.
     Import(ImportArgs),
     /// Write a subtree as LDIF, parents before children, in a stable order.
     Export(ExportArgs),
@@ -90,7 +92,9 @@ struct ImportArgs {
     /// The LDIF file to import.
     file: PathBuf,
 
-    /// Carry on after a record fails instead of stopping.
+    /// Carry on after a record fails instead of stopping. Records are then
+    /// also pipelined (up to 64 in flight); without it they are sent one at
+    /// a time, so that nothing after a failing record is applied.
     #[arg(long = "continue")]
     keep_going: bool,
 }

@@ -51,10 +51,13 @@ impl Table {
     }
 }
 
+/// One write of a batch: a put (`Some` value) or a delete (`None`).
+pub type BatchOp = (Table, Vec<u8>, Option<Vec<u8>>);
+
 /// A set of writes applied atomically by [`Engine::commit`].
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    ops: Vec<(Table, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<BatchOp>,
 }
 
 impl Batch {
@@ -74,7 +77,7 @@ impl Batch {
         self.ops.len()
     }
 
-    pub(crate) fn ops(&self) -> &[(Table, Vec<u8>, Option<Vec<u8>>)] {
+    pub(crate) fn ops(&self) -> &[BatchOp] {
         &self.ops
     }
 }

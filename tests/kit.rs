@@ -1,0 +1,272 @@
+//! The test kit: start `cairnd dev` on a free port and a temporary data
+//! directory, wait until it answers, kill it (gracefully or with SIGKILL)
+//! and start it again on the same data.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "cn=admin,dc=example,dc=com";
+pub const PASSWORD: &str = "test-admin-password";
+pub const SUFFIX: &str = "dc=example,dc=com";
+pub const PROD_A: &str = "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
+
+/// Where cargo put the workspace's binaries (next to this test's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --bins)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `cairnd dev` process.
+pub struct Node {
+    pub data: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub engine: &'static str,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Self::start_with("redb", &[])
+    }
+
+    pub fn start_with(engine: &'static str, env: &[(&str, &str)]) -> Node {
+        let mut n = Node {
+            data: tempfile::tempdir().expect("tempdir"),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            engine,
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        n.spawn();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("ldap://{}", self.addr)
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(bin("cairnd"));
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--ldap")
+            .arg(self.addr.to_string())
+            .arg("--engine")
+            .arg(self.engine)
+            .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start cairnd"));
+        let addr = self.addr;
+        let child = self.child.as_mut().expect("child");
+        wait_until(
+            "cairnd to accept LDAP connections",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("cairnd exited early: {status}");
+                }
+                TcpStream::connect(addr).is_ok()
+            },
+        );
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("cairnd did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the node again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs an OpenLDAP tool against this node, bound as the admin.
+    pub fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.tool_as(tool, Some((ADMIN, PASSWORD)), args, stdin)
+    }
+
+    /// Runs an OpenLDAP tool with the given credentials (None: anonymous).
+    pub fn tool_as(
+        &self,
+        tool: &str,
+        creds: Option<(&str, &str)>,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Output {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-x").arg("-H").arg(self.url());
+        if let Some((dn, pw)) = creds {
+            cmd.arg("-D").arg(dn).arg("-w").arg(pw);
+        }
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("tool output")
+    }
+
+    /// Runs the `cairn` CLI against this node.
+    pub fn cairn(&self, args: &[&str]) -> Output {
+        Command::new(bin("cairn"))
+            .arg("--url")
+            .arg(self.url())
+            .arg("--bind-dn")
+            .arg(ADMIN)
+            .arg("--password")
+            .arg(PASSWORD)
+            .args(args)
+            .output()
+            .expect("run cairn")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The exit status of an OpenLDAP tool is the LDAP result code.
+pub fn rc(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a tool succeeded, showing its output otherwise.
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "tool failed ({:?}): {}{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// The DNs in an ldapsearch LDIF output (unfolded, `dn:` lines only).
+pub fn dns(ldif: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur: Option<String> = None;
+    for line in ldif.lines() {
+        if let Some(rest) = line.strip_prefix(' ') {
+            if let Some(c) = cur.as_mut() {
+                c.push_str(rest);
+            }
+            continue;
+        }
+        if let Some(c) = cur.take() {
+            out.push(c);
+        }
+        if let Some(dn) = line.strip_prefix("dn: ") {
+            cur = Some(dn.to_string());
+        }
+    }
+    if let Some(c) = cur {
+        out.push(c);
+    }
+    out.retain(|d| !d.is_empty());
+    out
+}
+
+/// LDIF for `n` hosts under prod-a named `{prefix}-{i}`.
+pub fn hosts_ldif(prefix: &str, n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!(
+            "dn: cn={prefix}-{i},{PROD_A}\nobjectClass: cairnHost\ncn: {prefix}-{i}\nmacAddress: 02:00:{:02x}:{:02x}:{:02x}:{:02x}\n\n",
+            (i >> 24) & 0xff,
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        ));
+    }
+    s
+}

@@ -1,0 +1,178 @@
+//! The `ldap3` crate as a client: the operations a Rust program would use.
+
+use std::collections::HashSet;
+
+use ldap3::{LdapConnAsync, Mod, Scope, SearchEntry};
+
+use crate::kit::*;
+
+async fn connect(n: &Node) -> ldap3::Ldap {
+    let (conn, mut ldap) = LdapConnAsync::new(&n.url()).await.unwrap();
+    ldap3::drive!(conn);
+    ldap.simple_bind(ADMIN, PASSWORD)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    ldap
+}
+
+#[tokio::test]
+async fn crud_through_ldap3() {
+    let n = Node::start();
+    let mut ldap = connect(&n).await;
+    let dn = format!("cn=esx-500,{PROD_A}");
+    ldap.add(
+        &dn,
+        vec![
+            ("objectClass", HashSet::from(["cairnHost"])),
+            ("cn", HashSet::from(["esx-500"])),
+            (
+                "netbootGUID",
+                HashSet::from(["4c4c4544-0047-3410-8052-b4c04f000500"]),
+            ),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let (entries, _) = ldap
+        .search(
+            SUFFIX,
+            Scope::Subtree,
+            "(netbootGUID=4C4C4544-0047-3410-8052-B4C04F000500)",
+            vec!["cn", "entryUUID"],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    let e = SearchEntry::construct(entries.into_iter().next().unwrap());
+    assert_eq!(e.dn, dn);
+    assert_eq!(e.attrs["cn"], vec!["esx-500"]);
+    assert_eq!(e.attrs["entryUUID"].len(), 1);
+
+    ldap.modify(
+        &dn,
+        vec![Mod::Replace(
+            "cairnSetting",
+            HashSet::from(["ntp.servers=10.0.0.1"]),
+        )],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    // A schema violation changes nothing: the second mod is invalid.
+    let res = ldap
+        .modify(
+            &dn,
+            vec![
+                Mod::Replace("description", HashSet::from(["should not stick"])),
+                Mod::Add("cairnBlockInheritance", HashSet::from(["maybe"])),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.rc, 21);
+    let (entries, _) = ldap
+        .search(&dn, Scope::Base, "(objectClass=*)", vec!["*"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let e = SearchEntry::construct(entries.into_iter().next().unwrap());
+    assert_eq!(e.attrs["cairnSetting"], vec!["ntp.servers=10.0.0.1"]);
+    assert!(!e.attrs.contains_key("description"));
+
+    assert!(
+        ldap.compare(&dn, "cn", "ESX-500")
+            .await
+            .unwrap()
+            .equal()
+            .unwrap()
+    );
+    ldap.modifydn(&dn, "cn=esx-501", true, None)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    ldap.delete(&format!("cn=esx-501,{PROD_A}"))
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let res = ldap.delete(&format!("cn=esx-501,{PROD_A}")).await.unwrap();
+    assert_eq!(res.rc, 32);
+    assert_eq!(res.matched, PROD_A);
+    ldap.unbind().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_operations_in_flight_on_one_connection() {
+    let n = Node::start();
+    let ldap = connect(&n).await;
+    let mut tasks = vec![];
+    for i in 0..64 {
+        let mut l = ldap.clone();
+        tasks.push(tokio::spawn(async move {
+            let dn = format!("cn=par-{i},{PROD_A}");
+            l.add(
+                &dn,
+                vec![
+                    ("objectClass", HashSet::from(["cairnHost"])),
+                    ("cn", HashSet::from([format!("par-{i}").as_str()])),
+                ],
+            )
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut l = ldap.clone();
+    let (entries, _) = l
+        .search(PROD_A, Scope::OneLevel, "(cn=par-*)", vec!["1.1"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert_eq!(entries.len(), 64);
+}
+
+#[tokio::test]
+async fn a_large_entry_fits_but_a_huge_pdu_does_not() {
+    let n = Node::start();
+    let mut ldap = connect(&n).await;
+    // ~200 KiB of settings: far above ldap3_proto's 32 KiB default cap.
+    let values: Vec<String> = (0..2000)
+        .map(|i| format!("big.key{i}={}", "x".repeat(100)))
+        .collect();
+    let set: HashSet<&str> = values.iter().map(String::as_str).collect();
+    let dn = format!("cn=big,{PROD_A}");
+    ldap.add(
+        &dn,
+        vec![
+            ("objectClass", HashSet::from(["cairnFolder"])),
+            ("cn", HashSet::from(["big"])),
+            ("cairnSetting", set),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let (entries, _) = ldap
+        .search(&dn, Scope::Base, "(objectClass=*)", vec!["cairnSetting"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let e = SearchEntry::construct(entries.into_iter().next().unwrap());
+    assert_eq!(e.attrs["cairnSetting"].len(), 2000);
+}

@@ -1,0 +1,13 @@
+//! Cross-crate tests: real `cairnd` processes driven by real clients.
+//!
+//! One test binary (link time dominates on two cores); topics are modules.
+//! The binaries under test are the workspace's own `cairnd` and `cairn`,
+//! built by the test command before this runs (see README).
+
+mod kit;
+
+mod cli;
+mod durability;
+mod hostile;
+mod ldap3_client;
+mod openldap;
