@@ -17,6 +17,7 @@
 //! input, a refused record, no connection, refused credentials); 2 for a
 //! command-line usage error (from clap).
 
+mod bench;
 mod client;
 mod export;
 mod import;
@@ -85,6 +86,40 @@ enum Command {
     Import(ImportArgs),
     /// Write a subtree as LDIF, parents before children, in a stable order.
     Export(ExportArgs),
+    /// Load host entries and measure searches and modifies against any LDAP
+    /// server (Cairn or a reference server), printing a Markdown table.
+    Bench(BenchCli),
+}
+
+#[derive(Debug, Args)]
+struct BenchCli {
+    /// Container of the bench entries (created when absent).
+    #[arg(long, default_value = "ou=bench,dc=example,dc=com")]
+    base: String,
+    /// How many host entries the bench uses.
+    #[arg(long, default_value_t = 100_000)]
+    entries: usize,
+    /// Skip loading: the entries are already there.
+    #[arg(long)]
+    no_load: bool,
+    /// Parallel connections used to load.
+    #[arg(long, default_value_t = 16)]
+    load_connections: usize,
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    connections: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Workloads: search, modify (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "search,modify")]
+    workloads: Vec<String>,
+    /// Name of the server in the output table.
+    #[arg(long, default_value = "cairn")]
+    label: String,
+    /// PID of the server, to report its resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +185,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             export::run(&args.base, args.out.as_deref(), &cli.url, &auth).await
         }
+        Command::Bench(b) => {
+            for w in &b.workloads {
+                if w != "search" && w != "modify" {
+                    anyhow::bail!("unknown workload {w:?} (search, modify)");
+                }
+            }
+            let args = bench::BenchArgs {
+                base: b.base,
+                entries: b.entries,
+                load: !b.no_load,
+                load_connections: b.load_connections,
+                connections: b.connections,
+                duration: std::time::Duration::from_secs(b.duration.max(1)),
+                workloads: b.workloads,
+                label: b.label,
+                server_pid: b.server_pid,
+            };
+            bench::run(args, &cli.url, &auth).await
+        }
     }
 }
 
@@ -180,7 +234,7 @@ mod tests {
                 assert!(a.keep_going);
                 assert_eq!(a.file, PathBuf::from("x.ldif"));
             }
-            Command::Export(_) => panic!("wrong command"),
+            _ => panic!("wrong command"),
         }
         let cli =
             Cli::try_parse_from(["cairn", "--bind-dn", "cn=x", "export", "--anonymous"]).unwrap();
@@ -191,7 +245,7 @@ mod tests {
                 assert_eq!(a.base, "dc=example,dc=com");
                 assert_eq!(a.out, None);
             }
-            Command::Import(_) => panic!("wrong command"),
+            _ => panic!("wrong command"),
         }
         assert!(Cli::try_parse_from(["cairn", "import"]).is_err());
     }

@@ -42,12 +42,23 @@ impl Default for NodeSection {
 }
 
 /// `[storage]`: the embedded storage engine.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     /// `redb` (default: every commit is fdatasync'd) or `sled` (kept for
     /// comparison; its flush does not fsync, see docs/storage.md).
     pub engine: EngineKind,
+    /// Page cache of the engine, in MiB.
+    pub cache_mb: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            engine: EngineKind::default(),
+            cache_mb: cairn_store::engine::EngineOptions::default().cache_bytes / (1024 * 1024),
+        }
+    }
 }
 
 /// `[directory]`: the tree.
@@ -192,6 +203,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub engine: EngineKind,
+    pub engine_options: cairn_store::engine::EngineOptions,
     pub suffix: Dn,
     pub seed_example: bool,
     pub ldap_listen: SocketAddr,
@@ -242,6 +254,9 @@ impl FileConfig {
         Ok(Settings {
             data_dir: self.node.data_dir,
             engine: self.storage.engine,
+            engine_options: cairn_store::engine::EngineOptions {
+                cache_bytes: self.storage.cache_mb.max(1) * 1024 * 1024,
+            },
             suffix,
             seed_example: self.directory.seed_example,
             ldap_listen: self.ldap.listen,

@@ -12,7 +12,7 @@ use crate::config::Settings;
 
 /// Opens the store, seeds it when asked, and serves until SIGINT/SIGTERM.
 pub async fn run(s: Settings) -> anyhow::Result<()> {
-    let engine = cairn_store::engine::open(s.engine, &s.data_dir)
+    let engine = cairn_store::engine::open_with(s.engine, &s.data_dir, s.engine_options)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
     let dir = Arc::new(Directory::new(
         engine,

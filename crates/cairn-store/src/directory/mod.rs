@@ -6,7 +6,7 @@
 //! commit is durable before the method returns.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use cairn_core::dn::{Dn, Rdn};
@@ -65,6 +65,73 @@ pub struct Directory {
     /// Serializes writers. A std mutex: held only by synchronous code
     /// (snapshot reads and one commit), never across an `.await`.
     writer: Mutex<()>,
+    /// Writes waiting for the writer lock, and results not yet taken. A std
+    /// mutex held only to push, take or drain.
+    queue: Mutex<Queue>,
+    /// Group commit: how far writes and fsyncs have got. A std mutex, held
+    /// only to read or bump the counters (never across the fsync itself).
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+/// One directory write, as queued for the writer.
+enum WriteOp {
+    Add {
+        entry: Entry,
+        uuid: Uuid,
+        stamp: Stamp,
+    },
+    Modify {
+        dn: Dn,
+        mods: Vec<Modification>,
+        stamp: Stamp,
+    },
+    Delete {
+        dn: Dn,
+    },
+    ModRdn {
+        dn: Dn,
+        new_rdn: Rdn,
+        delete_old_rdn: bool,
+        new_superior: Option<Dn>,
+        stamp: Stamp,
+    },
+}
+
+/// What a write produced.
+enum Applied {
+    Entry(Box<ValidEntry>),
+    Deleted,
+}
+
+impl Applied {
+    fn into_entry(self) -> Result<ValidEntry, Error> {
+        match self {
+            Applied::Entry(e) => Ok(*e),
+            Applied::Deleted => Err(Error::Storage("a write returned no entry".into())),
+        }
+    }
+}
+
+#[derive(Default)]
+#[allow(clippy::type_complexity)]
+struct Queue {
+    next_id: u64,
+    waiting: Vec<(u64, WriteOp)>,
+    /// Results by operation id, with the commit sequence to wait for.
+    done: std::collections::HashMap<u64, (Result<Applied, Error>, u64)>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Batches committed (visible), in commit order.
+    written: u64,
+    /// Batches known durable.
+    synced: u64,
+    /// Whether a writer is running the fsync now.
+    syncing: bool,
+    /// Set when an fsync failed: no more writes.
+    failed: Option<String>,
 }
 
 fn child_key(parent: Uuid, child: Uuid) -> Vec<u8> {
@@ -95,6 +162,9 @@ impl Directory {
             schema,
             suffixes,
             writer: Mutex::new(()),
+            queue: Mutex::new(Queue::default()),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
         }
     }
 
@@ -108,6 +178,49 @@ impl Directory {
 
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
+    }
+
+    fn queue_state(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sync_state(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<(), Error> {
+        let mut st = self.sync_state();
+        loop {
+            if let Some(f) = &st.failed {
+                return Err(Error::Storage(format!(
+                    "fsync failed, restart the node: {f}"
+                )));
+            }
+            if st.synced >= seq {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Become the syncer for everything written so far.
+            st.syncing = true;
+            let target = st.written;
+            drop(st);
+            let res = self.engine.sync();
+            st = self.sync_state();
+            st.syncing = false;
+            match res {
+                Ok(()) => st.synced = st.synced.max(target),
+                Err(e) => {
+                    // After a failed fsync the state on disk is unknown
+                    // (PostgreSQL's "fsyncgate"): refuse further writes.
+                    tracing::error!(cause = %e, "fsync failed; the store refuses writes until restarted");
+                    st.failed = Some(e.to_string());
+                }
+            }
+            self.synced.notify_all();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -228,7 +341,17 @@ impl Directory {
         Ok(())
     }
 
+    fn hash_password(&self, clear: &str) -> Result<String, Error> {
+        password::prepare(clear, Uuid::new_v4().as_bytes()).map_err(|e| {
+            Error::Model(cairn_core::Error::UnwillingToPerform(format!(
+                "cannot hash userPassword: {e}"
+            )))
+        })
+    }
+
     /// Hashes clear-text `userPassword` values so they are never stored.
+    /// Done before an operation is queued: argon2 is slow on purpose, and
+    /// the writer lock must not wait for it.
     fn hash_passwords(&self, entry: &mut Entry) -> Result<(), Error> {
         for (name, values) in entry.attrs.iter_mut() {
             if self
@@ -278,12 +401,25 @@ impl Directory {
             self.schema.check_user_writable(name)?;
         }
         self.hash_passwords(&mut entry)?;
-        let _w = self.lock();
-        let snap = self.engine.snapshot()?;
-        if Self::uuid_of(snap.as_ref(), &entry.dn)?.is_some() {
+        self.submit(WriteOp::Add {
+            entry,
+            uuid,
+            stamp: stamp.clone(),
+        })
+        .and_then(Applied::into_entry)
+    }
+
+    fn plan_add(
+        &self,
+        snap: &dyn Snapshot,
+        entry: Entry,
+        uuid: Uuid,
+        stamp: &Stamp,
+    ) -> Result<(Batch, ValidEntry), Error> {
+        if Self::uuid_of(snap, &entry.dn)?.is_some() {
             return Err(Error::AlreadyExists(entry.dn.to_string()));
         }
-        let parent = self.parent_uuid(snap.as_ref(), &entry.dn)?;
+        let parent = self.parent_uuid(snap, &entry.dn)?;
         let valid = self.schema.validate(entry)?.stamp_created(uuid, stamp);
         let mut b = Batch::default();
         self.put_entry(&mut b, uuid, &valid)?;
@@ -296,9 +432,7 @@ impl Directory {
         for k in self.index_keys(&valid, uuid) {
             b.put(Table::Index, k, vec![]);
         }
-        drop(snap);
-        self.engine.commit(&b)?;
-        Ok(valid)
+        Ok((b, valid))
     }
 
     /// Applies modifications to an entry, all or nothing.
@@ -308,12 +442,36 @@ impl Directory {
         mods: &[Modification],
         stamp: &Stamp,
     ) -> Result<ValidEntry, Error> {
-        let _w = self.lock();
-        let snap = self.engine.snapshot()?;
-        let (uuid, current) =
-            Self::load_dn(snap.as_ref(), dn)?.ok_or_else(|| Self::no_such(snap.as_ref(), dn))?;
-        let mut changed = modify::apply(&self.schema, &current, mods)?;
-        self.hash_passwords(&mut changed)?;
+        let mut mods = mods.to_vec();
+        for m in mods.iter_mut() {
+            if self
+                .schema
+                .attr(&m.attr)
+                .is_some_and(|a| a.key() == "userpassword")
+            {
+                for v in m.values.iter_mut() {
+                    let clear = String::from_utf8_lossy(v).into_owned();
+                    *v = self.hash_password(&clear)?.into_bytes();
+                }
+            }
+        }
+        self.submit(WriteOp::Modify {
+            dn: dn.clone(),
+            mods,
+            stamp: stamp.clone(),
+        })
+        .and_then(Applied::into_entry)
+    }
+
+    fn plan_modify(
+        &self,
+        snap: &dyn Snapshot,
+        dn: &Dn,
+        mods: &[Modification],
+        stamp: &Stamp,
+    ) -> Result<(Batch, ValidEntry), Error> {
+        let (uuid, current) = Self::load_dn(snap, dn)?.ok_or_else(|| Self::no_such(snap, dn))?;
+        let changed = modify::apply(&self.schema, &current, mods)?;
         let valid = self
             .schema
             .validate(changed)?
@@ -328,21 +486,20 @@ impl Directory {
             b.put(Table::Index, k.clone(), vec![]);
         }
         self.put_entry(&mut b, uuid, &valid)?;
-        drop(snap);
-        self.engine.commit(&b)?;
-        Ok(valid)
+        Ok((b, valid))
     }
 
     /// Deletes a leaf entry.
     pub fn delete(&self, dn: &Dn) -> Result<(), Error> {
-        let _w = self.lock();
-        let snap = self.engine.snapshot()?;
-        let (uuid, current) =
-            Self::load_dn(snap.as_ref(), dn)?.ok_or_else(|| Self::no_such(snap.as_ref(), dn))?;
-        if !Self::children_of(snap.as_ref(), uuid)?.is_empty() {
+        self.submit(WriteOp::Delete { dn: dn.clone() }).map(|_| ())
+    }
+
+    fn plan_delete(&self, snap: &dyn Snapshot, dn: &Dn) -> Result<Batch, Error> {
+        let (uuid, current) = Self::load_dn(snap, dn)?.ok_or_else(|| Self::no_such(snap, dn))?;
+        if !Self::children_of(snap, uuid)?.is_empty() {
             return Err(Error::NotAllowedOnNonLeaf(dn.to_string()));
         }
-        let parent = self.parent_uuid(snap.as_ref(), dn)?;
+        let parent = self.parent_uuid(snap, dn)?;
         let mut b = Batch::default();
         b.delete(Table::Entries, uuid.as_bytes().to_vec());
         b.delete(Table::Dn, dn.norm().into_bytes());
@@ -350,8 +507,7 @@ impl Directory {
         for k in self.index_keys(&current, uuid) {
             b.delete(Table::Index, k);
         }
-        drop(snap);
-        self.engine.commit(&b)
+        Ok(b)
     }
 
     /// Renames an entry (new RDN) and/or moves it with its whole subtree
@@ -364,9 +520,25 @@ impl Directory {
         new_superior: Option<&Dn>,
         stamp: &Stamp,
     ) -> Result<ValidEntry, Error> {
-        let _w = self.lock();
-        let snap = self.engine.snapshot()?;
-        let snap = snap.as_ref();
+        self.submit(WriteOp::ModRdn {
+            dn: dn.clone(),
+            new_rdn: new_rdn.clone(),
+            delete_old_rdn,
+            new_superior: new_superior.cloned(),
+            stamp: stamp.clone(),
+        })
+        .and_then(Applied::into_entry)
+    }
+
+    fn plan_modrdn(
+        &self,
+        snap: &dyn Snapshot,
+        dn: &Dn,
+        new_rdn: &Rdn,
+        delete_old_rdn: bool,
+        new_superior: Option<&Dn>,
+        stamp: &Stamp,
+    ) -> Result<(Batch, ValidEntry), Error> {
         let (uuid, current) = Self::load_dn(snap, dn)?.ok_or_else(|| Self::no_such(snap, dn))?;
         let old_parent = self.parent_uuid(snap, dn)?;
         let parent_dn = match new_superior {
@@ -465,8 +637,125 @@ impl Directory {
             self.put_entry(&mut b, child, &e.renamed(moved))?;
             stack.extend(Self::children_of(snap, child)?);
         }
-        self.engine.commit(&b)?;
-        Ok(valid)
+        Ok((b, valid))
+    }
+
+    /// Plans one operation against the transaction so far.
+    fn plan_op(&self, snap: &dyn Snapshot, op: WriteOp) -> Result<(Batch, Applied), Error> {
+        match op {
+            WriteOp::Add { entry, uuid, stamp } => {
+                let (b, e) = self.plan_add(snap, entry, uuid, &stamp)?;
+                Ok((b, Applied::Entry(Box::new(e))))
+            }
+            WriteOp::Modify { dn, mods, stamp } => {
+                let (b, e) = self.plan_modify(snap, &dn, &mods, &stamp)?;
+                Ok((b, Applied::Entry(Box::new(e))))
+            }
+            WriteOp::Delete { dn } => Ok((self.plan_delete(snap, &dn)?, Applied::Deleted)),
+            WriteOp::ModRdn {
+                dn,
+                new_rdn,
+                delete_old_rdn,
+                new_superior,
+                stamp,
+            } => {
+                let (b, e) = self.plan_modrdn(
+                    snap,
+                    &dn,
+                    &new_rdn,
+                    delete_old_rdn,
+                    new_superior.as_ref(),
+                    &stamp,
+                )?;
+                Ok((b, Applied::Entry(Box::new(e))))
+            }
+        }
+    }
+
+    /// Applies a write, batched with whatever other writes are waiting.
+    ///
+    /// Group commit: a writer queues its operation and takes the writer
+    /// lock. Whoever holds the lock takes every queued operation, plans
+    /// and applies each in turn inside one engine transaction (each sees
+    /// the ones before it; one that fails changes nothing and the others
+    /// go on), commits the transaction without fsync, and publishes the
+    /// results. A writer that finds its operation already done by an
+    /// earlier holder just takes its result. Each writer then waits until
+    /// an fsync covers its transaction, so many writes share one commit
+    /// and one fsync, and no writer is answered before its write is on
+    /// disk. A reader may see a write shortly before it is durable.
+    fn submit(&self, op: WriteOp) -> Result<Applied, Error> {
+        let id = {
+            let mut q = self.queue_state();
+            q.next_id += 1;
+            let id = q.next_id;
+            q.waiting.push((id, op));
+            id
+        };
+        let lock = self.lock();
+        let done = self.queue_state().done.contains_key(&id);
+        if !done {
+            let ops = std::mem::take(&mut self.queue_state().waiting);
+            let results = self.apply_ops(ops);
+            let mut q = self.queue_state();
+            for (op_id, r) in results {
+                q.done.insert(op_id, r);
+            }
+        }
+        drop(lock);
+        let (result, seq) = self
+            .queue_state()
+            .done
+            .remove(&id)
+            .ok_or_else(|| Error::Storage("write result went missing".into()))?;
+        let applied = result?;
+        self.wait_durable(seq)?;
+        Ok(applied)
+    }
+
+    /// Runs queued operations in one engine transaction. Returns each
+    /// operation's result with the commit sequence number to wait for.
+    #[allow(clippy::type_complexity)]
+    fn apply_ops(&self, ops: Vec<(u64, WriteOp)>) -> Vec<(u64, (Result<Applied, Error>, u64))> {
+        if let Some(f) = self.sync_state().failed.clone() {
+            return ops
+                .into_iter()
+                .map(|(id, _)| {
+                    let e = Error::Storage(format!("store failed earlier, restart the node: {f}"));
+                    (id, (Err(e), 0))
+                })
+                .collect();
+        }
+        let mut results: Vec<(u64, Result<Applied, Error>)> = Vec::with_capacity(ops.len());
+        let mut ops = Some(ops);
+        let outcome = self.engine.write(&mut |txn| {
+            results.clear();
+            for (id, op) in ops.take().unwrap_or_default() {
+                let r = self.plan_op(&*txn, op).and_then(|(batch, applied)| {
+                    txn.apply(&batch)?;
+                    Ok(applied)
+                });
+                results.push((id, r));
+            }
+            Ok(())
+        });
+        let seq = match outcome {
+            Ok(()) => {
+                let mut st = self.sync_state();
+                st.written += 1;
+                st.written
+            }
+            Err(e) => {
+                // The transaction did not commit: nothing it planned exists.
+                for (_, r) in results.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(e.clone());
+                    }
+                }
+                0
+            }
+        };
+        results.into_iter().map(|(id, r)| (id, (r, seq))).collect()
     }
 
     /// Candidate entries from the indexes, when the filter allows it.

@@ -455,3 +455,39 @@ fn size_stop_and_deadline() {
         assert_eq!(end, SearchControl::TimeLimit);
     }
 }
+
+#[test]
+fn concurrent_writers_share_fsyncs_and_all_survive() {
+    for k in [EngineKind::Redb, EngineKind::Sled] {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let d = Arc::new(open_at(k, tmp.path()));
+            seed(&d);
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let d = d.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            let cn = format!("g-{t}-{i}");
+                            add(
+                                &d,
+                                &format!("cn={cn},cn=prod-a,ou=inventory,dc=example,dc=com"),
+                                &[("objectClass", &["cairnHost"]), ("cn", &[&cn])],
+                            )
+                            .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        let d = open_at(k, tmp.path());
+        assert_eq!(
+            names(&d, "dc=example,dc=com", Scope::Subtree, "(cn=g-*)").len(),
+            200,
+            "{k:?}"
+        );
+    }
+}

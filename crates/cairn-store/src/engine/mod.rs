@@ -95,13 +95,35 @@ pub trait Snapshot {
     ) -> Result<(), Error>;
 }
 
+/// A write transaction: reads see the transaction's own earlier writes.
+pub trait WriteTxn: Snapshot {
+    /// Applies a batch's writes to the transaction (not yet committed).
+    fn apply(&mut self, batch: &Batch) -> Result<(), Error>;
+}
+
 /// A storage engine.
 pub trait Engine: Send + Sync + 'static {
     /// A read view.
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error>;
-    /// Applies every write of `batch` or none, and returns only once the
-    /// engine says they are on disk.
-    fn commit(&self, batch: &Batch) -> Result<(), Error>;
+    /// Runs `f` in one write transaction and commits it when `f` returns
+    /// Ok: visible to later snapshots, durable after the next
+    /// [`Engine::sync`]. When `f` fails nothing is written. Callers
+    /// serialize their write transactions.
+    fn write(&self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>)
+    -> Result<(), Error>;
+    /// Makes every transaction committed so far durable (one fsync for
+    /// many commits: group commit).
+    fn sync(&self) -> Result<(), Error>;
+    /// Applies every write of `batch` or none, and returns once it is on
+    /// disk.
+    fn commit(&self, batch: &Batch) -> Result<(), Error> {
+        self.write(&mut |txn| txn.apply(batch))?;
+        self.sync()
+    }
+    /// Like [`Engine::commit`] without waiting for the disk.
+    fn commit_nosync(&self, batch: &Batch) -> Result<(), Error> {
+        self.write(&mut |txn| txn.apply(batch))
+    }
     /// The engine's name for logs and `cairn status`.
     fn name(&self) -> &'static str;
 }
@@ -128,13 +150,39 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
+/// Tuning that applies to whichever engine is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Page cache in bytes (redb's cache; sled's `cache_capacity`). The
+    /// engines' own defaults are 1 GiB, which a node holding 100,000 hosts
+    /// does not need; see docs/benchmarks.md.
+    pub cache_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// Opens (creating when absent) the engine's database under `dir`.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Box<dyn Engine>, Error> {
+    open_with(kind, dir, EngineOptions::default())
+}
+
+/// [`open`] with explicit options.
+pub fn open_with(
+    kind: EngineKind,
+    dir: &Path,
+    opts: EngineOptions,
+) -> Result<Box<dyn Engine>, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
     Ok(match kind {
-        EngineKind::Redb => Box::new(RedbEngine::open(&dir.join("cairn.redb"))?),
-        EngineKind::Sled => Box::new(SledEngine::open(&dir.join("sled"))?),
+        EngineKind::Redb => Box::new(RedbEngine::open(&dir.join("cairn.redb"), opts.cache_bytes)?),
+        EngineKind::Sled => Box::new(SledEngine::open(&dir.join("sled"), opts.cache_bytes)?),
     })
 }
 
@@ -192,6 +240,61 @@ pub(crate) mod tests {
             e.commit(&b).unwrap();
             assert_eq!(scan(e.as_ref(), Table::Dn, b"a\0").len(), 1);
             assert_eq!(scan(e.as_ref(), Table::Index, b"").len(), 1);
+        }
+    }
+
+    #[test]
+    fn nosync_commits_are_visible_and_sync_makes_them_durable() {
+        for kind in [EngineKind::Redb, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let e = open(kind, dir.path()).unwrap();
+                for i in 0..10u8 {
+                    let mut b = Batch::default();
+                    b.put(Table::Meta, vec![i], vec![i]);
+                    e.commit_nosync(&b).unwrap();
+                }
+                assert_eq!(scan(e.as_ref(), Table::Meta, b"").len(), 10, "{kind:?}");
+                e.sync().unwrap();
+            }
+            let e = open(kind, dir.path()).unwrap();
+            assert_eq!(scan(e.as_ref(), Table::Meta, b"").len(), 10, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_transaction_reads_its_own_writes_and_fails_whole() {
+        for (_dir, e) in engines() {
+            let mut b = Batch::default();
+            b.put(Table::Dn, b"k1".to_vec(), b"old".to_vec());
+            b.put(Table::Dn, b"k3".to_vec(), b"x".to_vec());
+            e.commit(&b).unwrap();
+            e.write(&mut |txn| {
+                let mut b = Batch::default();
+                b.put(Table::Dn, b"k1".to_vec(), b"new".to_vec());
+                b.put(Table::Dn, b"k2".to_vec(), b"two".to_vec());
+                b.delete(Table::Dn, b"k3".to_vec());
+                txn.apply(&b)?;
+                assert_eq!(txn.get(Table::Dn, b"k1")?, Some(b"new".to_vec()));
+                let mut keys = vec![];
+                txn.scan_prefix(Table::Dn, b"k", &mut |k, _| {
+                    keys.push(k.to_vec());
+                    true
+                })?;
+                assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()], "{}", e.name());
+                Ok(())
+            })
+            .unwrap();
+            let r = e.write(&mut |txn| {
+                let mut b = Batch::default();
+                b.put(Table::Dn, b"k9".to_vec(), b"nine".to_vec());
+                txn.apply(&b)?;
+                Err(Error::Storage("abort".into()))
+            });
+            assert!(r.is_err());
+            let s = e.snapshot().unwrap();
+            assert_eq!(s.get(Table::Dn, b"k9").unwrap(), None, "{}", e.name());
+            assert_eq!(s.get(Table::Dn, b"k2").unwrap(), Some(b"two".to_vec()));
         }
     }
 

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, Engine, Snapshot, Table};
+use super::{Batch, Engine, Snapshot, Table, WriteTxn};
 use crate::Error;
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -23,8 +23,11 @@ pub struct RedbEngine {
 }
 
 impl RedbEngine {
-    pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = Database::create(path).map_err(storage)?;
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, Error> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(storage)?;
         // Create every table once so read transactions can open them.
         let txn = db.begin_write().map_err(storage)?;
         for t in Table::ALL {
@@ -63,6 +66,58 @@ impl Snapshot for RedbSnapshot {
     }
 }
 
+struct RedbWriteTxn {
+    txn: redb::WriteTransaction,
+}
+
+impl Snapshot for RedbWriteTxn {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        let v = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let k = k.value();
+            if !k.starts_with(prefix) || !f(k, v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WriteTxn for RedbWriteTxn {
+    fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
+        let mut tables = std::collections::BTreeMap::new();
+        for (table, key, value) in batch.ops() {
+            if !tables.contains_key(table) {
+                tables.insert(*table, self.txn.open_table(def(*table)).map_err(storage)?);
+            }
+            let Some(t) = tables.get_mut(table) else {
+                continue;
+            };
+            match value {
+                Some(v) => {
+                    t.insert(key.as_slice(), v.as_slice()).map_err(storage)?;
+                }
+                None => {
+                    t.remove(key.as_slice()).map_err(storage)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error> {
         Ok(Box::new(RedbSnapshot {
@@ -70,28 +125,27 @@ impl Engine for RedbEngine {
         }))
     }
 
-    fn commit(&self, batch: &Batch) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut tables = std::collections::BTreeMap::new();
-            for (table, key, value) in batch.ops() {
-                if !tables.contains_key(table) {
-                    tables.insert(*table, txn.open_table(def(*table)).map_err(storage)?);
-                }
-                let Some(t) = tables.get_mut(table) else {
-                    continue;
-                };
-                match value {
-                    Some(v) => {
-                        t.insert(key.as_slice(), v.as_slice()).map_err(storage)?;
-                    }
-                    None => {
-                        t.remove(key.as_slice()).map_err(storage)?;
-                    }
-                }
+    fn write(
+        &self,
+        f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        // Visible at once, durable with the next Immediate commit (sync).
+        txn.set_durability(Durability::None).map_err(storage)?;
+        let mut w = RedbWriteTxn { txn };
+        match f(&mut w) {
+            Ok(()) => w.txn.commit().map_err(storage),
+            Err(e) => {
+                let _ = w.txn.abort();
+                Err(e)
             }
         }
-        // Durability::Immediate is redb's default: commit fdatasyncs.
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        // An empty commit with Durability::Immediate (the default) makes
+        // every earlier non-durable commit durable: redb fdatasyncs here.
+        let txn = self.db.begin_write().map_err(storage)?;
         txn.commit().map_err(storage)
     }
 

@@ -1,0 +1,337 @@
+//! `cairn bench`: a load generator for any LDAP server, so Cairn and a
+//! reference server (OpenLDAP's slapd) are measured by the same client in
+//! the same run (see docs/benchmarks.md and docs/bench/run).
+//!
+//! Phases, each optional:
+//! - **load**: adds `--entries` host entries `cn=host-N,<base>` over
+//!   `--load-connections` parallel connections (each its own slice);
+//! - **search**: for each connection count, every connection runs
+//!   equality searches for a random host for `--duration` seconds,
+//!   alternating `(cn=host-N)` and `(netbootGUID=…)`, each of which must
+//!   return exactly that one entry;
+//! - **modify**: the same with a `replace: description` on a random host.
+//!
+//! It reports operations per second and p50/p99 latency per phase, and the
+//! server's resident memory when `--server-pid` is given (read from
+//! /proc/PID/status). Output is one Markdown table row per measurement.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ldap3::{Ldap, Mod, Scope};
+
+use crate::client::{self, Auth};
+
+/// What to run.
+pub struct BenchArgs {
+    pub base: String,
+    pub entries: usize,
+    pub load: bool,
+    pub load_connections: usize,
+    pub connections: Vec<usize>,
+    pub duration: Duration,
+    pub workloads: Vec<String>,
+    pub label: String,
+    pub server_pid: Option<u32>,
+}
+
+/// The host entry number `n`: deterministic attributes.
+pub fn host_guid(n: usize) -> String {
+    format!(
+        "4c4c4544-{:04x}-{:04x}-8052-{:012x}",
+        (n >> 16) & 0xffff,
+        n & 0xffff,
+        n
+    )
+}
+
+fn host_attrs(n: usize) -> Vec<(String, HashSet<String>)> {
+    let one = |v: String| HashSet::from([v]);
+    vec![
+        ("objectClass".into(), one("cairnHost".into())),
+        ("cn".into(), one(format!("host-{n}"))),
+        ("netbootGUID".into(), one(host_guid(n))),
+        (
+            "macAddress".into(),
+            one(format!(
+                "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                (n >> 24) & 0xff,
+                (n >> 16) & 0xff,
+                (n >> 8) & 0xff,
+                n & 0xff
+            )),
+        ),
+        (
+            "ipHostNumber".into(),
+            one(format!(
+                "10.{}.{}.{}",
+                (n >> 16) & 0xff,
+                (n >> 8) & 0xff,
+                n & 0xff
+            )),
+        ),
+        (
+            "cairnSetting".into(),
+            HashSet::from([
+                format!("vmotion.vlan={}", n % 4000),
+                "ntp.servers=10.0.0.1,10.0.0.2".to_string(),
+            ]),
+        ),
+        ("description".into(), one(format!("bench host {n}"))),
+    ]
+}
+
+/// A small deterministic PRNG (xorshift64*), so runs are repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Latencies of one measurement, in microseconds.
+struct Stats {
+    lat_us: Vec<u32>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Stats {
+    fn row(&mut self, label: &str, workload: &str, conns: usize, rss: Option<u64>) -> String {
+        self.lat_us.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if self.lat_us.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
+            self.lat_us[i] as f64 / 1000.0
+        };
+        let ops = self.lat_us.len() as f64 / self.elapsed.as_secs_f64();
+        format!(
+            "| {label} | {workload} | {conns} | {ops:.0} | {:.2} | {:.2} | {} | {} |",
+            pct(0.5),
+            pct(0.99),
+            self.errors,
+            rss.map(|k| format!("{} MiB", k / 1024))
+                .unwrap_or_else(|| "-".into())
+        )
+    }
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn connections(url: &str, auth: &Auth, n: usize) -> anyhow::Result<Vec<Ldap>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(client::connect(url, auth).await?);
+    }
+    Ok(out)
+}
+
+async fn load(args: &BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Stats> {
+    let conns = connections(url, auth, args.load_connections.max(1)).await?;
+    let per = args.entries.div_ceil(conns.len());
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut ldap) in conns.into_iter().enumerate() {
+        let base = args.base.clone();
+        let range = (i * per)..((i + 1) * per).min(args.entries);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(range.len());
+            let mut errors = 0;
+            for n in range {
+                let t = Instant::now();
+                let attrs = host_attrs(n);
+                let attrs: Vec<(&str, HashSet<&str>)> = attrs
+                    .iter()
+                    .map(|(a, v)| (a.as_str(), v.iter().map(String::as_str).collect()))
+                    .collect();
+                match ldap.add(&format!("cn=host-{n},{base}"), attrs).await {
+                    Ok(r) if r.rc == 0 => lat.push(t.elapsed().as_micros() as u32),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut stats = Stats {
+        lat_us: vec![],
+        elapsed: Duration::ZERO,
+        errors: 0,
+    };
+    for t in tasks {
+        let (lat, errors) = t.await?;
+        stats.lat_us.extend(lat);
+        stats.errors += errors;
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+async fn run_workload(
+    args: &BenchArgs,
+    url: &str,
+    auth: &Auth,
+    workload: &str,
+    n_conns: usize,
+) -> anyhow::Result<Stats> {
+    let conns = connections(url, auth, n_conns).await?;
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut ldap) in conns.into_iter().enumerate() {
+        let base = args.base.clone();
+        let entries = args.entries;
+        let workload = workload.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+            let mut lat = vec![];
+            let mut errors = 0usize;
+            let mut k = 0u64;
+            while Instant::now() < deadline {
+                let n = rng.below(entries);
+                k += 1;
+                let t = Instant::now();
+                let ok = if workload == "modify" {
+                    let dn = format!("cn=host-{n},{base}");
+                    let desc = format!("bench host {n} rev {k}");
+                    ldap.modify(
+                        &dn,
+                        vec![Mod::Replace("description", HashSet::from([desc.as_str()]))],
+                    )
+                    .await
+                    .is_ok_and(|r| r.rc == 0)
+                } else {
+                    let filter = if k.is_multiple_of(2) {
+                        format!("(cn=host-{n})")
+                    } else {
+                        format!("(netbootGUID={})", host_guid(n))
+                    };
+                    match ldap
+                        .search(&base, Scope::Subtree, &filter, vec!["cn"])
+                        .await
+                    {
+                        Ok(r) => r.0.len() == 1 && r.1.rc == 0,
+                        Err(_) => false,
+                    }
+                };
+                if ok {
+                    lat.push(t.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut stats = Stats {
+        lat_us: vec![],
+        elapsed: Duration::ZERO,
+        errors: 0,
+    };
+    for t in tasks {
+        let (lat, errors) = t.await?;
+        stats.lat_us.extend(lat);
+        stats.errors += errors;
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+/// Runs the benchmark and prints the table.
+pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
+    if args.entries == 0 {
+        bail!("--entries must be at least 1");
+    }
+    println!("| server | workload | connections | ops/s | p50 ms | p99 ms | errors | server RSS |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let rss = || args.server_pid.and_then(rss_kib);
+    if args.load {
+        // The container; it may exist already.
+        let mut ldap = client::connect(url, auth).await?;
+        let ou = args
+            .base
+            .split(',')
+            .next()
+            .and_then(|r| r.strip_prefix("ou="))
+            .context("--base must start with ou=")?
+            .to_string();
+        let _ = ldap
+            .add(
+                &args.base,
+                vec![
+                    ("objectClass", HashSet::from(["organizationalUnit"])),
+                    ("ou", HashSet::from([ou.as_str()])),
+                ],
+            )
+            .await;
+        let mut s = load(&args, url, auth).await?;
+        println!(
+            "{}",
+            s.row(
+                &args.label,
+                &format!(
+                    "add {} entries ({:.1} s)",
+                    args.entries,
+                    s.elapsed.as_secs_f64()
+                ),
+                args.load_connections,
+                rss()
+            )
+        );
+    }
+    for w in &args.workloads {
+        for &c in &args.connections {
+            let mut s = run_workload(&args, url, auth, w, c).await?;
+            println!("{}", s.row(&args.label, w, c, rss()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_are_valid_and_distinct() {
+        let a = host_guid(1);
+        let b = host_guid(65_537);
+        assert_ne!(a, b);
+        for g in [a, b, host_guid(99_999)] {
+            assert_eq!(g.len(), 36, "{g}");
+            assert!(g.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        }
+    }
+
+    #[test]
+    fn percentiles() {
+        let mut s = Stats {
+            lat_us: (1..=100).map(|i| i * 1000).collect(),
+            elapsed: Duration::from_secs(1),
+            errors: 0,
+        };
+        let row = s.row("x", "search", 1, None);
+        assert!(
+            row.contains("| 100 | 50.00 | 99.00 |") || row.contains("| 100 | 51.00 | 99.00 |"),
+            "{row}"
+        );
+    }
+}
