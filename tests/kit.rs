@@ -51,6 +51,7 @@ pub struct Node {
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
+    extra_args: Vec<String>,
 }
 
 impl Node {
@@ -59,6 +60,11 @@ impl Node {
     }
 
     pub fn start_with(engine: &'static str, env: &[(&str, &str)]) -> Node {
+        Self::start_opts(engine, env, &[])
+    }
+
+    /// Starts a node with extra environment and extra `cairnd dev` flags.
+    pub fn start_opts(engine: &'static str, env: &[(&str, &str)], args: &[&str]) -> Node {
         let mut n = Node {
             data: tempfile::tempdir().expect("tempdir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -68,6 +74,7 @@ impl Node {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn();
         n
@@ -86,6 +93,7 @@ impl Node {
             .arg(self.addr.to_string())
             .arg("--engine")
             .arg(self.engine)
+            .args(&self.extra_args)
             .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())

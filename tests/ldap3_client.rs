@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, Mod, Scope, SearchEntry};
 
 use crate::kit::*;
@@ -175,4 +176,41 @@ async fn a_large_entry_fits_but_a_huge_pdu_does_not() {
         .unwrap();
     let e = SearchEntry::construct(entries.into_iter().next().unwrap());
     assert_eq!(e.attrs["cairnSetting"].len(), 2000);
+}
+
+#[tokio::test]
+async fn abandon_stops_a_paged_search_and_the_connection_goes_on() {
+    let n = Node::start();
+    ok(n.tool("ldapadd", &[], Some(&hosts_ldif("ab", 300))));
+    let mut ldap = connect(&n).await;
+    // A paged search of 10 entries per page: after the first entry, abandon
+    // it. The server must not answer the abandoned search any more, and
+    // the connection must stay usable.
+    let mut stream = ldap
+        .streaming_search_with(
+            {
+                let adapters: Vec<Box<dyn Adapter<&str, Vec<&str>>>> = vec![
+                    Box::new(EntriesOnly::new()),
+                    Box::new(PagedResults::new(10)),
+                ];
+                adapters
+            },
+            PROD_A,
+            Scope::OneLevel,
+            "(cn=ab-*)",
+            vec!["1.1"],
+        )
+        .await
+        .unwrap();
+    assert!(stream.next().await.unwrap().is_some());
+    let id = stream.ldap_handle().last_id();
+    ldap.abandon(id).await.unwrap();
+    drop(stream);
+    let (entries, _) = ldap
+        .search(PROD_A, Scope::OneLevel, "(cn=ab-1)", vec!["cn"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert_eq!(entries.len(), 1);
 }

@@ -439,3 +439,34 @@ fn restart_keeps_everything() {
     )));
     assert_eq!(dns(&out).len(), 24);
 }
+
+#[test]
+fn without_anonymous_read_only_the_root_dse_and_schema_are_public() {
+    let n = Node::start_opts("redb", &[], &["--anonymous-read", "false"]);
+    let out = n.tool_as(
+        "ldapsearch",
+        None,
+        &["-b", SUFFIX, "(objectClass=cairnHost)"],
+        None,
+    );
+    assert_eq!(rc(&out), 50, "{}", stderr(&out));
+    ok(n.tool_as(
+        "ldapsearch",
+        None,
+        &["-b", "", "-s", "base", "namingContexts"],
+        None,
+    ));
+    ok(n.tool_as(
+        "ldapsearch",
+        None,
+        &["-b", "cn=schema", "-s", "base", "objectClasses"],
+        None,
+    ));
+    // A bound user reads the tree.
+    let out = ok(n.tool(
+        "ldapsearch",
+        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+        None,
+    ));
+    assert_eq!(dns(&stdout(&out)).len(), 4);
+}

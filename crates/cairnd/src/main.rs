@@ -50,6 +50,9 @@ enum Cmd {
         /// Storage engine: redb or sled.
         #[arg(long, default_value = "redb")]
         engine: cairn_store::EngineKind,
+        /// Whether anonymous clients may read the tree.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        anonymous_read: bool,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -83,12 +86,13 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             ldap,
             engine,
+            anonymous_read,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
             file.storage.engine = engine;
             file.ldap.listen = ldap;
-            file.ldap.anonymous_read = true;
+            file.ldap.anonymous_read = anonymous_read;
             file.directory.seed_example = true;
             if file.ldap.admin_group.is_none() {
                 file.ldap.admin_group = Some("cn=admins,ou=groups,dc=example,dc=com".into());

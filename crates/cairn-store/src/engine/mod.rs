@@ -153,16 +153,18 @@ impl std::str::FromStr for EngineKind {
 /// Tuning that applies to whichever engine is chosen.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
-    /// Page cache in bytes (redb's cache; sled's `cache_capacity`). The
-    /// engines' own defaults are 1 GiB, which a node holding 100,000 hosts
-    /// does not need; see docs/benchmarks.md.
+    /// Page cache in bytes (redb's cache; sled's `cache_capacity`). Reads
+    /// that miss it go to the file through the OS page cache, which costs
+    /// about a quarter of the search throughput at 300,000 entries with a
+    /// 64 MiB cache (docs/benchmarks.md); 512 MiB holds a database of that
+    /// size.
     pub cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 512 * 1024 * 1024,
         }
     }
 }
