@@ -171,18 +171,7 @@ async fn load(args: &BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Stats>
             (lat, errors)
         }));
     }
-    let mut stats = Stats {
-        lat_us: vec![],
-        elapsed: Duration::ZERO,
-        errors: 0,
-    };
-    for t in tasks {
-        let (lat, errors) = t.await?;
-        stats.lat_us.extend(lat);
-        stats.errors += errors;
-    }
-    stats.elapsed = start.elapsed();
-    Ok(stats)
+    collect(tasks, start).await
 }
 
 async fn run_workload(
@@ -241,6 +230,13 @@ async fn run_workload(
             (lat, errors)
         }));
     }
+    collect(tasks, start).await
+}
+
+type Worker = tokio::task::JoinHandle<(Vec<u32>, usize)>;
+
+/// Waits for the workers and merges their latencies and error counts.
+async fn collect(tasks: Vec<Worker>, start: Instant) -> anyhow::Result<Stats> {
     let mut stats = Stats {
         lat_us: vec![],
         elapsed: Duration::ZERO,

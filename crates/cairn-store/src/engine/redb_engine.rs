@@ -38,6 +38,30 @@ impl RedbEngine {
     }
 }
 
+/// A point read from an open table (read-only or in a write transaction).
+fn get(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, Error> {
+    Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+}
+
+/// A prefix scan over an open table.
+fn scan(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), Error> {
+    for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
+        let (k, v) = item.map_err(storage)?;
+        let k = k.value();
+        if !k.starts_with(prefix) || !f(k, v.value()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 struct RedbSnapshot {
     txn: redb::ReadTransaction,
 }
@@ -45,7 +69,7 @@ struct RedbSnapshot {
 impl Snapshot for RedbSnapshot {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+        get(&t, key)
     }
 
     fn scan_prefix(
@@ -55,14 +79,7 @@ impl Snapshot for RedbSnapshot {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
-            let (k, v) = item.map_err(storage)?;
-            let k = k.value();
-            if !k.starts_with(prefix) || !f(k, v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        scan(&t, prefix, f)
     }
 }
 
@@ -73,8 +90,7 @@ struct RedbWriteTxn {
 impl Snapshot for RedbWriteTxn {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        let v = t.get(key).map_err(storage)?.map(|v| v.value().to_vec());
-        Ok(v)
+        get(&t, key)
     }
 
     fn scan_prefix(
@@ -84,14 +100,7 @@ impl Snapshot for RedbWriteTxn {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
-            let (k, v) = item.map_err(storage)?;
-            let k = k.value();
-            if !k.starts_with(prefix) || !f(k, v.value()) {
-                break;
-            }
-        }
-        Ok(())
+        scan(&t, prefix, f)
     }
 }
 
