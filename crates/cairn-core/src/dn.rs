@@ -341,6 +341,19 @@ impl FromStr for Dn {
     }
 }
 
+impl serde::Serialize for Rdn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Rdn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rdn, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Rdn::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl serde::Serialize for Dn {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)

@@ -9,7 +9,7 @@ use crate::dn::Dn;
 
 /// An entry as received: attribute descriptions as the client wrote them,
 /// values as UTF-8 text. Nothing about it has been checked yet.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub dn: Dn,
     pub attrs: Vec<(String, Vec<String>)>,
@@ -35,7 +35,7 @@ pub struct ValidEntry {
 }
 
 /// Who changed an entry and when, stamped into its operational attributes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamp {
     /// The bound identity (the root DSE's empty DN for anonymous).
     pub who: Dn,

@@ -2,7 +2,7 @@
 //! Front ends map them to protocol result codes in one place each.
 
 /// Why a directory operation was refused by the model.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     #[error("invalid DN: {0}")]
     InvalidDn(String),

@@ -15,11 +15,11 @@ pub mod codec;
 pub mod directory;
 pub mod engine;
 
-pub use directory::{Directory, Scope, SearchControl};
+pub use directory::{Applied, Directory, Scope, SearchControl, WriteOp};
 pub use engine::EngineKind;
 
 /// What went wrong, shaped by what the caller must do next.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The named entry does not exist; `matched` is its nearest existing
     /// ancestor (LDAP's matchedDN).

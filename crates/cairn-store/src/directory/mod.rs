@@ -58,7 +58,7 @@ pub enum SearchControl {
 
 /// The directory: a tree of schema-checked entries on a storage engine.
 pub struct Directory {
-    engine: Box<dyn Engine>,
+    engine: Arc<dyn Engine>,
     schema: Arc<Schema>,
     /// Naming contexts: the only entries that may exist without a parent.
     suffixes: Vec<Dn>,
@@ -74,8 +74,12 @@ pub struct Directory {
     synced: Condvar,
 }
 
-/// One directory write, as queued for the writer.
-enum WriteOp {
+/// One directory write, fully decided: the UUID of a new entry, who and
+/// when, and hashed passwords are in the operation, so applying it is
+/// deterministic (every replica applying the same operations in the same
+/// order ends with the same directory).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum WriteOp {
     Add {
         entry: Entry,
         uuid: Uuid,
@@ -99,13 +103,15 @@ enum WriteOp {
 }
 
 /// What a write produced.
-enum Applied {
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Applied {
     Entry(Box<ValidEntry>),
     Deleted,
 }
 
 impl Applied {
-    fn into_entry(self) -> Result<ValidEntry, Error> {
+    /// The entry a write left (add, modify, modrdn).
+    pub fn into_entry(self) -> Result<ValidEntry, Error> {
         match self {
             Applied::Entry(e) => Ok(*e),
             Applied::Deleted => Err(Error::Storage("a write returned no entry".into())),
@@ -158,7 +164,7 @@ impl Directory {
     /// Opens the directory on an engine. `suffixes` are the naming contexts.
     pub fn new(engine: Box<dyn Engine>, schema: Arc<Schema>, suffixes: Vec<Dn>) -> Self {
         Directory {
-            engine,
+            engine: Arc::from(engine),
             schema,
             suffixes,
             writer: Mutex::new(()),
@@ -396,17 +402,53 @@ impl Directory {
 
     /// Adds an entry. The parent must exist (or the entry is a naming
     /// context), the name must be free, and the entry must fit the schema.
-    pub fn add(&self, mut entry: Entry, uuid: Uuid, stamp: &Stamp) -> Result<ValidEntry, Error> {
-        for (name, _) in &entry.attrs {
-            self.schema.check_user_writable(name)?;
-        }
-        self.hash_passwords(&mut entry)?;
-        self.submit(WriteOp::Add {
+    pub fn add(&self, entry: Entry, uuid: Uuid, stamp: &Stamp) -> Result<ValidEntry, Error> {
+        let op = self.prepare(WriteOp::Add {
             entry,
             uuid,
             stamp: stamp.clone(),
+        })?;
+        self.submit(op).and_then(Applied::into_entry)
+    }
+
+    /// Readies an operation to be applied (locally or by every replica):
+    /// refuses server-set attributes in an add and hashes clear-text
+    /// `userPassword` values (argon2 is slow on purpose, and random salts
+    /// must be chosen once, not by each replica).
+    pub fn prepare(&self, op: WriteOp) -> Result<WriteOp, Error> {
+        Ok(match op {
+            WriteOp::Add {
+                mut entry,
+                uuid,
+                stamp,
+            } => {
+                for (name, _) in &entry.attrs {
+                    self.schema.check_user_writable(name)?;
+                }
+                self.hash_passwords(&mut entry)?;
+                WriteOp::Add { entry, uuid, stamp }
+            }
+            WriteOp::Modify {
+                dn,
+                mut mods,
+                stamp,
+            } => {
+                for m in mods.iter_mut() {
+                    if self
+                        .schema
+                        .attr(&m.attr)
+                        .is_some_and(|a| a.key() == "userpassword")
+                    {
+                        for v in m.values.iter_mut() {
+                            let clear = String::from_utf8_lossy(v).into_owned();
+                            *v = self.hash_password(&clear)?.into_bytes();
+                        }
+                    }
+                }
+                WriteOp::Modify { dn, mods, stamp }
+            }
+            other => other,
         })
-        .and_then(Applied::into_entry)
     }
 
     fn plan_add(
@@ -442,25 +484,12 @@ impl Directory {
         mods: &[Modification],
         stamp: &Stamp,
     ) -> Result<ValidEntry, Error> {
-        let mut mods = mods.to_vec();
-        for m in mods.iter_mut() {
-            if self
-                .schema
-                .attr(&m.attr)
-                .is_some_and(|a| a.key() == "userpassword")
-            {
-                for v in m.values.iter_mut() {
-                    let clear = String::from_utf8_lossy(v).into_owned();
-                    *v = self.hash_password(&clear)?.into_bytes();
-                }
-            }
-        }
-        self.submit(WriteOp::Modify {
+        let op = self.prepare(WriteOp::Modify {
             dn: dn.clone(),
-            mods,
+            mods: mods.to_vec(),
             stamp: stamp.clone(),
-        })
-        .and_then(Applied::into_entry)
+        })?;
+        self.submit(op).and_then(Applied::into_entry)
     }
 
     fn plan_modify(
@@ -696,10 +725,11 @@ impl Directory {
         let done = self.queue_state().done.contains_key(&id);
         if !done {
             let ops = std::mem::take(&mut self.queue_state().waiting);
-            let results = self.apply_ops(ops);
+            let (results, seq) = self.apply_ops(ops, None);
+            let seq = seq.unwrap_or(0);
             let mut q = self.queue_state();
             for (op_id, r) in results {
-                q.done.insert(op_id, r);
+                q.done.insert(op_id, (r, seq));
             }
         }
         drop(lock);
@@ -716,15 +746,23 @@ impl Directory {
     /// Runs queued operations in one engine transaction. Returns each
     /// operation's result with the commit sequence number to wait for.
     #[allow(clippy::type_complexity)]
-    fn apply_ops(&self, ops: Vec<(u64, WriteOp)>) -> Vec<(u64, (Result<Applied, Error>, u64))> {
+    /// Runs operations in one engine transaction, with optional extra
+    /// writes. Returns each operation's result and the commit's sequence
+    /// number to wait for (or why the transaction failed: then nothing of
+    /// it exists).
+    #[allow(clippy::type_complexity)]
+    fn apply_ops(
+        &self,
+        ops: Vec<(u64, WriteOp)>,
+        meta: Option<&Batch>,
+    ) -> (Vec<(u64, Result<Applied, Error>)>, Result<u64, Error>) {
         if let Some(f) = self.sync_state().failed.clone() {
-            return ops
+            let e = Error::Storage(format!("store failed earlier, restart the node: {f}"));
+            let results = ops
                 .into_iter()
-                .map(|(id, _)| {
-                    let e = Error::Storage(format!("store failed earlier, restart the node: {f}"));
-                    (id, (Err(e), 0))
-                })
+                .map(|(id, _)| (id, Err(e.clone())))
                 .collect();
+            return (results, Err(e));
         }
         let mut results: Vec<(u64, Result<Applied, Error>)> = Vec::with_capacity(ops.len());
         let mut ops = Some(ops);
@@ -737,25 +775,119 @@ impl Directory {
                 });
                 results.push((id, r));
             }
+            if let Some(meta) = meta {
+                txn.apply(meta)?;
+            }
             Ok(())
         });
-        let seq = match outcome {
+        match outcome {
             Ok(()) => {
                 let mut st = self.sync_state();
                 st.written += 1;
-                st.written
+                (results, Ok(st.written))
             }
             Err(e) => {
-                // The transaction did not commit: nothing it planned exists.
                 for (_, r) in results.iter_mut() {
                     if r.is_ok() {
                         *r = Err(e.clone());
                     }
                 }
-                0
+                (results, Err(e))
             }
+        }
+    }
+
+    /// Applies operations a consensus log committed, in order, in one
+    /// transaction together with `meta` (the replica's bookkeeping, e.g.
+    /// the last applied log id), durable when it returns. Each operation's
+    /// own result is returned; an operation that fails changes nothing and
+    /// the others still apply, the same way on every replica.
+    pub fn apply_committed(
+        &self,
+        ops: Vec<WriteOp>,
+        meta: &Batch,
+    ) -> Result<Vec<Result<Applied, Error>>, Error> {
+        let numbered = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| (i as u64, op))
+            .collect();
+        let lock = self.lock();
+        let (results, seq) = self.apply_ops(numbered, Some(meta));
+        drop(lock);
+        self.wait_durable(seq?)?;
+        Ok(results.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Reads a value of the meta table.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.engine.snapshot()?.get(Table::Meta, key)
+    }
+
+    /// The storage engine, shared with the replica's log store.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
+    /// A serialized copy of the whole directory and the given meta values,
+    /// consistent with each other (writers wait while it is taken).
+    #[allow(clippy::type_complexity)]
+    pub fn snapshot_data(
+        &self,
+        meta_keys: &[&[u8]],
+    ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), Error> {
+        let _lock = self.lock();
+        let snap = self.engine.snapshot()?;
+        let mut tables = vec![];
+        for t in Table::DIRECTORY {
+            let mut rows = vec![];
+            snap.scan_from(t, &[], &mut |k, v| {
+                rows.push((k.to_vec(), v.to_vec()));
+                true
+            })?;
+            tables.push((t, rows));
+        }
+        let metas = meta_keys
+            .iter()
+            .map(|k| snap.get(Table::Meta, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = crate::codec::encode_snapshot(tables)?;
+        Ok((data, metas))
+    }
+
+    /// Replaces the whole directory with a snapshot's contents and writes
+    /// `meta`, in one durable transaction.
+    pub fn install_snapshot(&self, data: &[u8], meta: &Batch) -> Result<(), Error> {
+        let tables = crate::codec::decode_snapshot(data)?;
+        for (t, _) in &tables {
+            if !Table::DIRECTORY.contains(t) {
+                return Err(Error::Corrupt(format!("snapshot holds table {t:?}")));
+            }
+        }
+        let lock = self.lock();
+        let seq = {
+            let mut st = self.sync_state();
+            self.engine.write(&mut |txn| {
+                let mut b = Batch::default();
+                for t in Table::DIRECTORY {
+                    txn.scan_from(t, &[], &mut |k, _| {
+                        b.delete(t, k.to_vec());
+                        true
+                    })?;
+                }
+                for (t, rows) in &tables {
+                    for (k, v) in rows {
+                        b.put(*t, k.clone(), v.clone());
+                    }
+                }
+                txn.apply(&b)?;
+                txn.apply(meta)
+            })?;
+            st.written += 1;
+            st.written
         };
-        results.into_iter().map(|(id, r)| (id, (r, seq))).collect()
+        drop(lock);
+        self.wait_durable(seq)
     }
 
     /// Candidate entries from the indexes, when the filter allows it.

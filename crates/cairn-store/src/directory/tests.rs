@@ -1,7 +1,7 @@
 //! Directory behaviour, run on every engine.
 
 use super::*;
-use crate::engine::{self, EngineKind};
+use crate::engine::{self, Batch, EngineKind, Table};
 
 fn stamp() -> Stamp {
     Stamp {
@@ -489,5 +489,79 @@ fn concurrent_writers_share_fsyncs_and_all_survive() {
             200,
             "{k:?}"
         );
+    }
+}
+
+#[test]
+fn committed_ops_apply_in_order_with_their_own_results_and_meta() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let host = |cn: &str| WriteOp::Add {
+            entry: entry(
+                &format!("cn={cn},cn=prod-a,ou=inventory,dc=example,dc=com"),
+                &[("objectClass", &["cairnHost"]), ("cn", &[cn])],
+            ),
+            uuid: Uuid::new_v4(),
+            stamp: stamp(),
+        };
+        let mut meta = Batch::default();
+        meta.put(Table::Meta, b"applied".to_vec(), b"7".to_vec());
+        let results = d
+            .apply_committed(vec![host("c-1"), host("c-1"), host("c-2")], &meta)
+            .unwrap();
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(results[1], Err(Error::AlreadyExists(_))),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok());
+        assert_eq!(
+            names(&d, "dc=example,dc=com", Scope::Subtree, "(cn=c-*)").len(),
+            2
+        );
+        assert_eq!(d.meta(b"applied").unwrap(), Some(b"7".to_vec()));
+    }
+}
+
+#[test]
+fn a_snapshot_replaces_the_whole_directory() {
+    for k in [EngineKind::Redb, EngineKind::Sled] {
+        let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open_at(k, ta.path());
+        seed(&a);
+        let b = open_at(k, tb.path());
+        seed(&b);
+        add(
+            &b,
+            "cn=only-in-b,cn=prod-a,ou=inventory,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["only-in-b"])],
+        )
+        .unwrap();
+        let mut m = Batch::default();
+        m.put(Table::Meta, b"applied".to_vec(), b"42".to_vec());
+        a.apply_committed(vec![], &m).unwrap();
+        let (data, metas) = a.snapshot_data(&[b"applied"]).unwrap();
+        assert_eq!(metas, vec![Some(b"42".to_vec())]);
+        let mut m = Batch::default();
+        m.put(Table::Meta, b"applied".to_vec(), b"42".to_vec());
+        b.install_snapshot(&data, &m).unwrap();
+        let all = |d: &Directory| names(d, "dc=example,dc=com", Scope::Subtree, "(objectClass=*)");
+        assert_eq!(all(&a), all(&b), "{k:?}");
+        assert!(names(&b, "dc=example,dc=com", Scope::Subtree, "(cn=only-in-b)").is_empty());
+        // Indexes came along: an indexed search finds the same hosts.
+        assert_eq!(
+            names(
+                &b,
+                "dc=example,dc=com",
+                Scope::Subtree,
+                "(macAddress=aa:bb:cc:00:00:02)"
+            )
+            .len(),
+            1
+        );
+        assert_eq!(b.meta(b"applied").unwrap(), Some(b"42".to_vec()));
+        assert!(b.install_snapshot(b"garbage", &Batch::default()).is_err());
+        assert_eq!(all(&a), all(&b), "a bad snapshot changes nothing");
     }
 }

@@ -16,7 +16,9 @@ pub use sled_engine::SledEngine;
 use crate::Error;
 
 /// The tables every engine provides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Table {
     /// entryUUID (16 bytes) → versioned, serialized entry.
     Entries,
@@ -27,18 +29,28 @@ pub enum Table {
     Children,
     /// attribute key \0 normalized value \0 entryUUID → empty.
     Index,
-    /// Store metadata (format version, ...).
+    /// Store metadata (format version, the state machine's last applied
+    /// log id and membership, ...).
     Meta,
+    /// Raft log: index (u64, big-endian) → serialized log entry.
+    RaftLog,
+    /// Raft log metadata: vote, committed, last purged.
+    RaftMeta,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
         Table::Index,
         Table::Meta,
+        Table::RaftLog,
+        Table::RaftMeta,
     ];
+
+    /// The tables that hold the directory itself (what a snapshot carries).
+    pub const DIRECTORY: [Table; 4] = [Table::Entries, Table::Dn, Table::Children, Table::Index];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +59,8 @@ impl Table {
             Table::Children => "children",
             Table::Index => "index",
             Table::Meta => "meta",
+            Table::RaftLog => "raft_log",
+            Table::RaftMeta => "raft_meta",
         }
     }
 }
@@ -85,6 +99,16 @@ impl Batch {
 /// A consistent read view (what a batch committed before it was taken).
 pub trait Snapshot {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// Calls `f` for each key from `start` on, in key order, until it
+    /// returns false.
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error>;
+    /// The last key and value of a table.
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error>;
     /// Calls `f` for each key starting with `prefix`, in key order, until
     /// it returns false.
     fn scan_prefix(
@@ -92,7 +116,9 @@ pub trait Snapshot {
         table: Table,
         prefix: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Error> {
+        self.scan_from(table, prefix, &mut |k, v| k.starts_with(prefix) && f(k, v))
+    }
 }
 
 /// A write transaction: reads see the transaction's own earlier writes.
@@ -297,6 +323,52 @@ pub(crate) mod tests {
             let s = e.snapshot().unwrap();
             assert_eq!(s.get(Table::Dn, b"k9").unwrap(), None, "{}", e.name());
             assert_eq!(s.get(Table::Dn, b"k2").unwrap(), Some(b"two".to_vec()));
+        }
+    }
+
+    #[test]
+    fn scan_from_and_last() {
+        for (_dir, e) in engines() {
+            assert_eq!(e.snapshot().unwrap().last(Table::RaftLog).unwrap(), None);
+            let mut b = Batch::default();
+            for i in [3u64, 1, 7, 5] {
+                b.put(Table::RaftLog, i.to_be_bytes().to_vec(), vec![i as u8]);
+            }
+            b.put(Table::RaftMeta, b"zzz".to_vec(), vec![]);
+            e.commit(&b).unwrap();
+            let s = e.snapshot().unwrap();
+            assert_eq!(
+                s.last(Table::RaftLog).unwrap(),
+                Some((7u64.to_be_bytes().to_vec(), vec![7])),
+                "{}",
+                e.name()
+            );
+            let mut seen = vec![];
+            s.scan_from(Table::RaftLog, &4u64.to_be_bytes(), &mut |_, v| {
+                seen.push(v[0]);
+                true
+            })
+            .unwrap();
+            assert_eq!(seen, vec![5, 7], "{}", e.name());
+            drop(s);
+            e.write(&mut |txn| {
+                let mut b = Batch::default();
+                b.put(Table::RaftLog, 9u64.to_be_bytes().to_vec(), vec![9]);
+                b.delete(Table::RaftLog, 7u64.to_be_bytes().to_vec());
+                txn.apply(&b)?;
+                assert_eq!(
+                    txn.last(Table::RaftLog)?,
+                    Some((9u64.to_be_bytes().to_vec(), vec![9]))
+                );
+                let mut seen = vec![];
+                txn.scan_from(Table::RaftLog, &4u64.to_be_bytes(), &mut |_, v| {
+                    seen.push(v[0]);
+                    true
+                })?;
+                assert_eq!(seen, vec![5, 9], "{}", e.name());
+                Ok(())
+            })
+            .unwrap();
         }
     }
 

@@ -46,20 +46,28 @@ fn get(
     Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
 }
 
-/// A prefix scan over an open table.
+/// A scan from `start` over an open table.
 fn scan(
     t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    prefix: &[u8],
+    start: &[u8],
     f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<(), Error> {
-    for item in t.range::<&[u8]>(prefix..).map_err(storage)? {
+    for item in t.range::<&[u8]>(start..).map_err(storage)? {
         let (k, v) = item.map_err(storage)?;
-        let k = k.value();
-        if !k.starts_with(prefix) || !f(k, v.value()) {
+        if !f(k.value(), v.value()) {
             break;
         }
     }
     Ok(())
+}
+
+/// The last row of an open table.
+fn last(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    Ok(t.last()
+        .map_err(storage)?
+        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
 }
 
 struct RedbSnapshot {
@@ -72,14 +80,19 @@ impl Snapshot for RedbSnapshot {
         get(&t, key)
     }
 
-    fn scan_prefix(
+    fn scan_from(
         &self,
         table: Table,
-        prefix: &[u8],
+        start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        scan(&t, prefix, f)
+        scan(&t, start, f)
+    }
+
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        last(&t)
     }
 }
 
@@ -93,14 +106,19 @@ impl Snapshot for RedbWriteTxn {
         get(&t, key)
     }
 
-    fn scan_prefix(
+    fn scan_from(
         &self,
         table: Table,
-        prefix: &[u8],
+        start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
-        scan(&t, prefix, f)
+        scan(&t, start, f)
+    }
+
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        last(&t)
     }
 }
 

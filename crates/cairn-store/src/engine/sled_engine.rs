@@ -22,7 +22,14 @@ fn tag(t: Table) -> u8 {
         Table::Children => 3,
         Table::Index => 4,
         Table::Meta => 5,
+        Table::RaftLog => 6,
+        Table::RaftMeta => 7,
     }
+}
+
+/// The first key after every key of `t`.
+fn table_end(t: Table) -> Vec<u8> {
+    vec![tag(t) + 1]
 }
 
 fn key(t: Table, k: &[u8]) -> Vec<u8> {
@@ -62,19 +69,33 @@ impl Snapshot for SledSnapshot<'_> {
             .map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(
+    fn scan_from(
         &self,
         table: Table,
-        prefix: &[u8],
+        start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
-        for item in self.tree.scan_prefix(key(table, prefix)) {
+        for item in self.tree.range(key(table, start)..table_end(table)) {
             let (k, v) = item.map_err(storage)?;
             if !f(&k[1..], &v) {
                 break;
             }
         }
         Ok(())
+    }
+
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        match self
+            .tree
+            .range(key(table, &[])..table_end(table))
+            .next_back()
+        {
+            Some(item) => {
+                let (k, v) = item.map_err(storage)?;
+                Ok(Some((k[1..].to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -96,33 +117,79 @@ impl Snapshot for SledWriteTxn<'_> {
         Ok(self.tree.get(full).map_err(storage)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(
+    fn scan_from(
         &self,
         table: Table,
-        prefix: &[u8],
+        start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
-        let full = key(table, prefix);
-        // Merge the tree's keys with the overlay's, overlay winning.
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for item in self.tree.scan_prefix(&full) {
+        // Merge the tree's rows with the overlay's, the overlay winning.
+        // Rows are merged a bounded window at a time so a scan that stops
+        // early does not read the whole table.
+        let mut from = key(table, start);
+        let end = table_end(table);
+        loop {
+            let mut window: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for item in self.tree.range(from.clone()..end.clone()).take(256) {
+                let (k, v) = item.map_err(storage)?;
+                window.insert(k.to_vec(), Some(v.to_vec()));
+            }
+            let tree_done = window.len() < 256;
+            // The window covers keys up to its last tree key (or the end).
+            let upper = if tree_done {
+                end.clone()
+            } else {
+                window
+                    .keys()
+                    .next_back()
+                    .cloned()
+                    .unwrap_or_else(|| end.clone())
+            };
+            for (k, v) in self.pending.range(from.clone()..) {
+                if tree_done && *k >= end || !tree_done && *k > upper {
+                    break;
+                }
+                window.insert(k.clone(), v.clone());
+            }
+            for (k, v) in &window {
+                if let Some(v) = v
+                    && !f(&k[1..], v)
+                {
+                    return Ok(());
+                }
+            }
+            if tree_done {
+                return Ok(());
+            }
+            // Continue after the window's last key.
+            let mut next = upper;
+            next.push(0);
+            from = next;
+        }
+    }
+
+    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let (start, end) = (key(table, &[]), table_end(table));
+        // The overlay's last live row, and the tree's last row that the
+        // overlay does not shadow; the later of the two wins.
+        let pending = self
+            .pending
+            .range(start.clone()..end.clone())
+            .rev()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())));
+        let mut tree = None;
+        for item in self.tree.range(start..end).rev() {
             let (k, v) = item.map_err(storage)?;
-            merged.insert(k.to_vec(), Some(v.to_vec()));
-        }
-        for (k, v) in self.pending.range(full.clone()..) {
-            if !k.starts_with(&full) {
-                break;
-            }
-            merged.insert(k.clone(), v.clone());
-        }
-        for (k, v) in merged {
-            if let Some(v) = v
-                && !f(&k[1..], &v)
-            {
+            if !self.pending.contains_key(k.as_ref()) {
+                tree = Some((k.to_vec(), v.to_vec()));
                 break;
             }
         }
-        Ok(())
+        let best = match (tree, pending) {
+            (Some(t), Some(p)) => Some(if t.0 > p.0 { t } else { p }),
+            (t, p) => t.or(p),
+        };
+        Ok(best.map(|(k, v)| (k[1..].to_vec(), v)))
     }
 }
 
