@@ -65,6 +65,9 @@ impl Table {
     }
 }
 
+/// A key and its value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
 /// One write of a batch: a put (`Some` value) or a delete (`None`).
 pub type BatchOp = (Table, Vec<u8>, Option<Vec<u8>>);
 
@@ -108,7 +111,7 @@ pub trait Snapshot {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error>;
     /// The last key and value of a table.
-    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error>;
+    fn last(&self, table: Table) -> Result<Option<Row>, Error>;
     /// Calls `f` for each key starting with `prefix`, in key order, until
     /// it returns false.
     fn scan_prefix(

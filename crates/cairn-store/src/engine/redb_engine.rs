@@ -5,7 +5,7 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Batch, Engine, Snapshot, Table, WriteTxn};
+use super::{Batch, Engine, Row, Snapshot, Table, WriteTxn};
 use crate::Error;
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -62,9 +62,7 @@ fn scan(
 }
 
 /// The last row of an open table.
-fn last(
-    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+fn last(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Option<Row>, Error> {
     Ok(t.last()
         .map_err(storage)?
         .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
@@ -90,7 +88,7 @@ impl Snapshot for RedbSnapshot {
         scan(&t, start, f)
     }
 
-    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
         last(&t)
     }
@@ -116,7 +114,7 @@ impl Snapshot for RedbWriteTxn {
         scan(&t, start, f)
     }
 
-    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
         let t = self.txn.open_table(def(table)).map_err(storage)?;
         last(&t)
     }

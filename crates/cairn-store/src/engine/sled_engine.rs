@@ -8,7 +8,7 @@ use std::path::Path;
 
 use std::collections::BTreeMap;
 
-use super::{Batch, Engine, Snapshot, Table, WriteTxn};
+use super::{Batch, Engine, Row, Snapshot, Table, WriteTxn};
 use crate::Error;
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -84,7 +84,7 @@ impl Snapshot for SledSnapshot<'_> {
         Ok(())
     }
 
-    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
         match self
             .tree
             .range(key(table, &[])..table_end(table))
@@ -168,7 +168,7 @@ impl Snapshot for SledWriteTxn<'_> {
         }
     }
 
-    fn last(&self, table: Table) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
         let (start, end) = (key(table, &[]), table_end(table));
         // The overlay's last live row, and the tree's last row that the
         // overlay does not shadow; the later of the two wins.
