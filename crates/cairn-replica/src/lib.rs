@@ -1,0 +1,28 @@
+//! Replication inside a site: one Raft group (openraft) whose state
+//! machine is the directory.
+//!
+//! Layout: [`types`] fixes openraft's generics once (`TypeConfig`, and the
+//! log payload: one prepared directory write per entry); [`log_store`]
+//! keeps the Raft log and vote in the node's store (durable before openraft
+//! is told); [`state_machine`] applies committed entries to the
+//! [`cairn_store::Directory`] with the last applied log id in the same
+//! transaction, and builds and installs snapshots of the whole directory.
+//!
+//! ```text
+//! leader: LDAP write ─► Directory::prepare ─► Raft::client_write(Request)
+//!   ─► log_store::append (fsync) ─► replicate ─► commit
+//!   ─► state_machine::apply ─► Directory::apply_committed (one txn, fsync)
+//!   ─► Response back to the LDAP client
+//! ```
+
+// openraft's storage traits fix the error type (`StorageError`, ~224
+// bytes); the helpers here return what those traits return.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{NodeInfo, Raft, Request, Response, TypeConfig};

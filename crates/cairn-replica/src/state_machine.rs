@@ -1,0 +1,384 @@
+//! The state machine: the directory itself. Committed entries are applied
+//! with [`Directory::apply_committed`], the last applied log id and the
+//! membership written in the same durable transaction, so a restarted
+//! node knows exactly where it is. A snapshot is a copy of the directory
+//! tables; the current one is kept in `DATA_DIR/snapshot` (written to a
+//! temporary file, fsync'd, renamed).
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_store::Directory;
+use cairn_store::engine::{Batch, Table};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Entry, LogId, NodeInfo, Response, StorageError, StoredMembership, TypeConfig, decode, encode,
+};
+
+const LAST_APPLIED: &[u8] = b"raft.last_applied";
+const MEMBERSHIP: &[u8] = b"raft.membership";
+const SNAPSHOT_FILE: &str = "snapshot";
+
+/// Stored values carry their format version.
+#[derive(Serialize, Deserialize)]
+enum Stored<T> {
+    V1(T),
+}
+
+fn put<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    encode(&Stored::V1(v)).map_err(|e| StorageIOError::write_state_machine(&e).into())
+}
+
+fn get<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StorageError> {
+    match decode::<Stored<T>>(b).map_err(|e| StorageIOError::read_state_machine(&e))? {
+        Stored::V1(v) => Ok(v),
+    }
+}
+
+/// The snapshot file: metadata and the directory's tables.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<u64, NodeInfo>,
+    data: Vec<u8>,
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())))?
+}
+
+/// The state machine of one node.
+#[derive(Clone)]
+pub struct StateMachine {
+    dir: Arc<Directory>,
+    data_dir: PathBuf,
+}
+
+impl StateMachine {
+    /// `data_dir` is where the current snapshot file lives.
+    pub fn new(dir: Arc<Directory>, data_dir: &Path) -> Self {
+        StateMachine {
+            dir,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.dir
+    }
+
+    fn bookkeeping(
+        last: Option<LogId>,
+        membership: &StoredMembership,
+    ) -> Result<Batch, StorageError> {
+        let mut b = Batch::default();
+        b.put(Table::Meta, LAST_APPLIED.to_vec(), put(&last)?);
+        b.put(Table::Meta, MEMBERSHIP.to_vec(), put(membership)?);
+        Ok(b)
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .dir
+            .meta(key)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
+        {
+            Some(b) => Ok(Some(get(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn save_snapshot(data_dir: &Path, file: &SnapshotFile) -> Result<(), StorageError> {
+        let sig = Some(file.meta.signature());
+        let bytes = put(file)?;
+        let tmp = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, data_dir.join(SNAPSHOT_FILE))?;
+            std::fs::File::open(data_dir)?.sync_all()
+        };
+        write().map_err(|e| StorageIOError::write_snapshot(sig, &e).into())
+    }
+
+    fn load_snapshot(data_dir: &Path) -> Result<Option<SnapshotFile>, StorageError> {
+        match std::fs::read(data_dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => Ok(Some(get(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageIOError::read_snapshot(None, &e).into()),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let dir = self.dir.clone();
+        let data_dir = self.data_dir.clone();
+        blocking(move || {
+            let (data, metas) = dir
+                .snapshot_data(&[LAST_APPLIED, MEMBERSHIP])
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let last: Option<LogId> = match &metas[0] {
+                Some(b) => get(b)?,
+                None => None,
+            };
+            let membership: StoredMembership = match &metas[1] {
+                Some(b) => get(b)?,
+                None => StoredMembership::default(),
+            };
+            let snapshot_id = match last {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id,
+            };
+            let file = SnapshotFile { meta, data };
+            Self::save_snapshot(&data_dir, &file)?;
+            Ok(Snapshot {
+                meta: file.meta,
+                snapshot: Box::new(Cursor::new(file.data)),
+            })
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let last: Option<LogId> = self.read_meta::<Option<LogId>>(LAST_APPLIED)?.flatten();
+        let membership = self.read_meta(MEMBERSHIP)?.unwrap_or_default();
+        Ok((last, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let (_, mut membership) = self.applied_state().await?;
+        let mut last = None;
+        // Which responses carry a write's result, in order.
+        let mut slots = vec![];
+        let mut ops = vec![];
+        for e in entries {
+            last = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => slots.push(false),
+                EntryPayload::Normal(req) => {
+                    ops.push(req.op);
+                    slots.push(true);
+                }
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(e.log_id), m);
+                    slots.push(false);
+                }
+            }
+        }
+        if last.is_none() {
+            return Ok(vec![]);
+        }
+        let meta = Self::bookkeeping(last, &membership)?;
+        let dir = self.dir.clone();
+        let results = blocking(move || {
+            dir.apply_committed(ops, &meta)
+                .map_err(|e| StorageIOError::write_state_machine(&e).into())
+        })
+        .await?;
+        let mut results = results.into_iter();
+        Ok(slots
+            .into_iter()
+            .map(|has| Response(if has { results.next() } else { None }))
+            .collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let dir = self.dir.clone();
+        let data_dir = self.data_dir.clone();
+        blocking(move || {
+            let sig = Some(file.meta.signature());
+            let book = Self::bookkeeping(file.meta.last_log_id, &file.meta.last_membership)?;
+            dir.install_snapshot(&file.data, &book)
+                .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+            Self::save_snapshot(&data_dir, &file)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let data_dir = self.data_dir.clone();
+        let file = blocking(move || Self::load_snapshot(&data_dir)).await?;
+        Ok(file.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! openraft's storage conformance suite, on both engines.
+    use std::sync::Arc;
+
+    use cairn_core::dn::Dn;
+    use cairn_core::schema::Schema;
+    use cairn_store::EngineKind;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::LogStore;
+
+    struct Builder(EngineKind);
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let tmp = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+            let engine = cairn_store::engine::open(self.0, tmp.path())
+                .map_err(|e| StorageIOError::write(&e))?;
+            let dir = Arc::new(Directory::new(
+                engine,
+                Arc::new(Schema::builtin()),
+                vec![Dn::parse("dc=example,dc=com").map_err(|e| StorageIOError::write(&e))?],
+            ));
+            let log = LogStore::new(dir.engine());
+            let sm = StateMachine::new(dir, tmp.path());
+            Ok((tmp, log, sm))
+        }
+    }
+
+    fn host_add(cn: &str) -> Entry {
+        use cairn_core::entry::{Entry as DirEntry, Stamp};
+        let op = cairn_store::WriteOp::Add {
+            entry: DirEntry {
+                dn: Dn::parse(&format!("cn={cn},dc=example,dc=com")).unwrap(),
+                attrs: vec![
+                    ("objectClass".into(), vec!["cairnHost".into()]),
+                    ("cn".into(), vec![cn.into()]),
+                ],
+            },
+            uuid: uuid::Uuid::new_v4(),
+            stamp: Stamp {
+                who: Dn::root(),
+                now: "20261124000000Z".into(),
+            },
+        };
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 0),
+            payload: EntryPayload::Normal(crate::Request { op }),
+        }
+    }
+
+    fn at(mut e: Entry, index: u64) -> Entry {
+        e.log_id.index = index;
+        e
+    }
+
+    #[tokio::test]
+    async fn applies_writes_then_a_snapshot_carries_them_to_another_node() {
+        for kind in [EngineKind::Redb, EngineKind::Sled] {
+            let (_ta, _la, mut a) = Builder(kind).build().await.unwrap();
+            let suffix = {
+                use cairn_core::entry::{Entry as DirEntry, Stamp};
+                cairn_store::WriteOp::Add {
+                    entry: DirEntry {
+                        dn: Dn::parse("dc=example,dc=com").unwrap(),
+                        attrs: vec![
+                            ("objectClass".into(), vec!["domain".into()]),
+                            ("dc".into(), vec!["example".into()]),
+                        ],
+                    },
+                    uuid: uuid::Uuid::new_v4(),
+                    stamp: Stamp {
+                        who: Dn::root(),
+                        now: "20261124000000Z".into(),
+                    },
+                }
+            };
+            let first = Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
+                payload: EntryPayload::Normal(crate::Request { op: suffix }),
+            };
+            let out = a
+                .apply(vec![
+                    first,
+                    at(host_add("h1"), 2),
+                    at(host_add("h1"), 3),
+                    Entry {
+                        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 4),
+                        payload: EntryPayload::Blank,
+                    },
+                ])
+                .await
+                .unwrap();
+            assert_eq!(out.len(), 4);
+            assert!(matches!(out[1].0, Some(Ok(_))));
+            assert!(
+                matches!(out[2].0, Some(Err(cairn_store::Error::AlreadyExists(_)))),
+                "{:?}",
+                out[2]
+            );
+            assert_eq!(out[3].0, None);
+            let (last, _) = a.applied_state().await.unwrap();
+            assert_eq!(last.map(|l| l.index), Some(4));
+
+            let snap = a
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(4));
+            let (_tb, _lb, mut b) = Builder(kind).build().await.unwrap();
+            b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+            let (last, _) = b.applied_state().await.unwrap();
+            assert_eq!(last.map(|l| l.index), Some(4), "{kind:?}");
+            let h1 = Dn::parse("cn=h1,dc=example,dc=com").unwrap();
+            assert!(b.directory().get(&h1).unwrap().is_some(), "{kind:?}");
+            let current = b.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite_redb() {
+        Suite::test_all(Builder(EngineKind::Redb)).unwrap();
+    }
+
+    #[test]
+    fn openraft_storage_suite_sled() {
+        Suite::test_all(Builder(EngineKind::Sled)).unwrap();
+    }
+}
