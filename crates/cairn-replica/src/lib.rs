@@ -20,9 +20,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use node::{Replica, ReplicaConfig, WriteError};
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, Raft, Request, Response, TypeConfig};

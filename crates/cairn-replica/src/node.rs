@@ -1,0 +1,274 @@
+//! One replica: the Raft instance over this node's store, plus the write
+//! path a front end uses — propose on the leader, or forward to it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_store::{Applied, Directory, WriteOp};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::network::{self, Network, RaftService};
+use crate::types::{NodeInfo, Raft, Request, Response};
+use crate::{LogStore, StateMachine};
+
+/// How a replica is set up.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Raft heartbeat. openraft's 50 ms default flaps on a loaded 2-core
+    /// machine; 250 ms held.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election: (Duration, Duration),
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_after: u64,
+    /// How long a write may wait for its commit before the client is told
+    /// the outcome is unknown.
+    pub write_timeout: Duration,
+}
+
+impl ReplicaConfig {
+    pub fn new(id: u64, data_dir: PathBuf) -> Self {
+        ReplicaConfig {
+            id,
+            data_dir,
+            heartbeat: Duration::from_millis(250),
+            election: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_after: 10_000,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a write did not complete, shaped by what the client should do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    /// The write was committed and applied, and the directory refused it
+    /// (schema, name taken, ...): nothing changed, on any node.
+    #[error(transparent)]
+    Directory(#[from] cairn_store::Error),
+    /// No leader could take the write (election under way, no quorum):
+    /// nothing was written; try again.
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    /// The write was handed to Raft but its commit was not seen in time:
+    /// it may or may not be applied. Read before retrying.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A replica: Raft on this node's store.
+pub struct Replica {
+    pub id: u64,
+    pub raft: Raft,
+    dir: Arc<Directory>,
+    write_timeout: Duration,
+}
+
+/// Errors starting a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+impl Replica {
+    /// Starts Raft on the directory's store. A node that was part of a
+    /// site resumes from its log and state machine; a new node waits to be
+    /// initialized or added.
+    pub async fn start(
+        cfg: ReplicaConfig,
+        dir: Arc<Directory>,
+    ) -> Result<Arc<Replica>, StartError> {
+        let config = Config {
+            cluster_name: "cairn".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election.0.as_millis() as u64,
+            election_timeout_max: cfg.election.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let log = LogStore::new(dir.engine());
+        let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
+        let raft = Raft::new(cfg.id, Arc::new(config), Network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(Replica {
+            id: cfg.id,
+            raft,
+            dir,
+            write_timeout: cfg.write_timeout,
+        }))
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.dir
+    }
+
+    /// Forms the site with `members` if this node has never been part of
+    /// one (a no-op otherwise), so every node may run it at start-up.
+    pub async fn initialize(&self, members: BTreeMap<u64, NodeInfo>) -> Result<(), String> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The gRPC service other nodes call.
+    pub fn grpc_service(self: &Arc<Self>) -> network::pb::raft_server::RaftServer<RaftService> {
+        network::service(RaftService {
+            raft: self.raft.clone(),
+            forward: self.clone(),
+        })
+    }
+
+    /// Applies a directory write through the site: prepared here, proposed
+    /// by the leader (this node, or the leader it is forwarded to), and
+    /// answered once it is committed on a majority and applied here or on
+    /// the leader.
+    pub async fn write(&self, op: WriteOp) -> Result<Applied, WriteError> {
+        let dir = self.dir.clone();
+        let op = tokio::task::spawn_blocking(move || dir.prepare(op))
+            .await
+            .map_err(|e| WriteError::NoLeader(format!("prepare task: {e}")))??;
+        let req = Request { op };
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        loop {
+            match self.propose(req.clone(), deadline).await {
+                Err(Redirect::To(node)) => {
+                    debug!(leader = %node.grpc, "forwarding write to the leader");
+                    match self.forward(&node, &req, deadline).await {
+                        Ok(r) => return r,
+                        Err(e) => warn!(leader = %node.grpc, cause = %e, "forwarding failed"),
+                    }
+                }
+                Err(Redirect::Unknown) => {}
+                Ok(r) => return r,
+            }
+            // No usable leader yet: wait for the metrics to name one.
+            if !self.wait_for_leader(deadline).await {
+                return Err(WriteError::NoLeader(
+                    "no leader was elected in time (is a majority of the site up?)".into(),
+                ));
+            }
+        }
+    }
+
+    /// Proposes on this node. `Err` says where the leader is, if known.
+    async fn propose(
+        &self,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Applied, WriteError>, Redirect> {
+        let res = tokio::time::timeout_at(deadline, self.raft.client_write(req)).await;
+        match res {
+            Err(_) => Ok(Err(WriteError::Unknown(
+                "the write was not committed in time".into(),
+            ))),
+            Ok(Ok(resp)) => Ok(response(resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match f.leader_node {
+                    Some(node) if f.leader_id != Some(self.id) => Err(Redirect::To(node)),
+                    _ => Err(Redirect::Unknown),
+                }
+            }
+            Ok(Err(e)) => Ok(Err(WriteError::NoLeader(e.to_string()))),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &NodeInfo,
+        req: &Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<Applied, WriteError>, String> {
+        let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
+        let data = crate::types::encode(req).map_err(|e| e.to_string())?;
+        let call = client.forward(network::pb::RaftPayload { data });
+        let reply = tokio::time::timeout_at(deadline, call)
+            .await
+            .map_err(|_| "the leader did not answer in time".to_string())?
+            .map_err(|s| s.to_string())?;
+        let result: Result<Applied, WriteError> =
+            crate::types::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        Ok(result)
+    }
+
+    /// Handles a write forwarded by a follower: propose it here.
+    pub async fn write_here(&self, req: Request) -> Result<Applied, WriteError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        match self.propose(req, deadline).await {
+            Ok(r) => r,
+            Err(_) => Err(WriteError::NoLeader(
+                "this node is no longer the leader".into(),
+            )),
+        }
+    }
+
+    async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> bool {
+        let mut m = self.raft.metrics();
+        loop {
+            if m.borrow().current_leader.is_some() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, m.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Waits until this node's state machine has applied everything the
+    /// leader had committed when asked (read index): a linearizable read
+    /// may follow. Fails on a node cut off from the majority.
+    pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no quorum confirmed this node's leadership in time".into()),
+        }
+    }
+}
+
+enum Redirect {
+    To(NodeInfo),
+    Unknown,
+}
+
+fn response(r: Response) -> Result<Applied, WriteError> {
+    match r.0 {
+        Some(Ok(a)) => Ok(a),
+        Some(Err(e)) => Err(WriteError::Directory(e)),
+        None => Err(WriteError::Unknown("the entry carried no write".into())),
+    }
+}
+
+/// What the gRPC service calls for a forwarded write.
+pub trait ForwardTarget: Send + Sync + 'static {
+    fn write_here(
+        &self,
+        req: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, WriteError>> + Send + '_>>;
+}
+
+impl ForwardTarget for Replica {
+    fn write_here(
+        &self,
+        req: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, WriteError>> + Send + '_>>
+    {
+        Box::pin(Replica::write_here(self, req))
+    }
+}
