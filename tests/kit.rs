@@ -278,3 +278,137 @@ pub fn hosts_ldif(prefix: &str, n: usize) -> String {
     }
     s
 }
+
+/// `cairnd dev --nodes N`: a site of N nodes in one process, node i on
+/// 127.0.0.i.
+pub struct Site {
+    pub data: tempfile::TempDir,
+    pub nodes: u64,
+    pub ldap_port: u16,
+    pub grpc_port: u16,
+    child: Option<Child>,
+}
+
+impl Site {
+    pub fn start(nodes: u64) -> Site {
+        let mut s = Site {
+            data: tempfile::tempdir().expect("tempdir"),
+            nodes,
+            ldap_port: free_port(),
+            grpc_port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn url(&self, node: u64) -> String {
+        format!("ldap://127.0.0.{node}:{}", self.ldap_port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(bin("cairnd"))
+            .arg("dev")
+            .arg("--nodes")
+            .arg(self.nodes.to_string())
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--ldap-port")
+            .arg(self.ldap_port.to_string())
+            .arg("--grpc-port")
+            .arg(self.grpc_port.to_string())
+            .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cairnd");
+        self.child = Some(child);
+        for i in 1..=self.nodes {
+            let addr = SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port));
+            let child = self.child.as_mut().expect("child");
+            wait_until(
+                "every node to accept LDAP connections",
+                Duration::from_secs(30),
+                || {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("cairnd exited early: {status}");
+                    }
+                    TcpStream::connect(addr).is_ok()
+                },
+            );
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs an OpenLDAP tool against node `i` as the admin.
+    pub fn tool(&self, i: u64, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-x")
+            .arg("-H")
+            .arg(self.url(i))
+            .arg("-D")
+            .arg(ADMIN)
+            .arg("-w")
+            .arg(PASSWORD)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run an OpenLDAP tool");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("stdin");
+        }
+        child.wait_with_output().expect("tool output")
+    }
+
+    /// `cairn export` of node `i`.
+    pub fn export(&self, i: u64) -> String {
+        let out = Command::new(bin("cairn"))
+            .args([
+                "--url",
+                &self.url(i),
+                "--bind-dn",
+                ADMIN,
+                "--password",
+                PASSWORD,
+                "export",
+                SUFFIX,
+            ])
+            .output()
+            .expect("run cairn");
+        assert!(
+            out.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

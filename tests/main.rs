@@ -11,3 +11,4 @@ mod durability;
 mod hostile;
 mod ldap3_client;
 mod openldap;
+mod site;

@@ -61,6 +61,22 @@ pub fn to_ldap_result(e: &cairn_store::Error) -> Outcome {
     Outcome::new(code, msg)
 }
 
+/// Maps a failed write onto an LDAP result.
+pub fn write_error(e: &cairn_replica::WriteError) -> Outcome {
+    use cairn_replica::WriteError as W;
+    match e {
+        W::Directory(d) => to_ldap_result(d),
+        W::NoLeader(m) => Outcome::new(
+            LdapResultCode::Unavailable,
+            format!("the site cannot take writes now ({m}); nothing was written, try again"),
+        ),
+        W::Unknown(m) => Outcome::new(
+            LdapResultCode::Other,
+            format!("the outcome of the write is unknown ({m}); read the entry before retrying"),
+        ),
+    }
+}
+
 /// Converts a decoded filter, refusing what the server does not evaluate.
 pub fn filter(f: &LdapFilter) -> Result<Filter, Outcome> {
     Ok(match f {

@@ -13,7 +13,7 @@ use cairn_core::filter::Filter;
 use cairn_core::modify::{ModOp, Modification};
 use cairn_core::password;
 use cairn_core::time::generalized_time;
-use cairn_store::{Scope, SearchControl};
+use cairn_store::{Scope, SearchControl, WriteOp};
 use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::{
     LdapBindCred, LdapBindRequest, LdapBindResponse, LdapExtendedRequest, LdapExtendedResponse,
@@ -356,9 +356,7 @@ fn require_admin(auth: &Auth) -> Result<(), Outcome> {
 async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
     require_admin(auth)?;
     let stamp = now_stamp(ctx, auth);
-    let dir = ctx.dir.clone();
-    let map = |e: cairn_store::Error| to_ldap_result(&e);
-    match op {
+    let op = match op {
         LdapOp::AddRequest(req) => {
             let dn = parse_dn(&req.dn)?;
             let mut attrs = vec![];
@@ -366,8 +364,11 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
                 let vals = utf8_values(&a.atype, a.vals)?;
                 attrs.push((a.atype, vals));
             }
-            let entry = Entry { dn, attrs };
-            blocking(move || dir.add(entry, Uuid::new_v4(), &stamp).map_err(map)).await?;
+            WriteOp::Add {
+                entry: Entry { dn, attrs },
+                uuid: Uuid::new_v4(),
+                stamp,
+            }
         }
         LdapOp::ModifyRequest(req) => {
             let dn = parse_dn(&req.dn)?;
@@ -390,31 +391,28 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
                     values: m.modification.vals,
                 });
             }
-            blocking(move || dir.modify(&dn, &mods, &stamp).map_err(map)).await?;
+            WriteOp::Modify { dn, mods, stamp }
         }
-        LdapOp::DelRequest(dn) => {
-            let dn = parse_dn(&dn)?;
-            blocking(move || dir.delete(&dn).map_err(map)).await?;
-        }
-        LdapOp::ModifyDNRequest(req) => {
-            let dn = parse_dn(&req.dn)?;
-            let rdn = Rdn::parse(&req.newrdn)
-                .map_err(|e| Outcome::new(LdapResultCode::InvalidDNSyntax, e.to_string()))?;
-            let sup = req.new_superior.as_deref().map(parse_dn).transpose()?;
-            let delete_old = req.deleteoldrdn;
-            blocking(move || {
-                dir.modrdn(&dn, &rdn, delete_old, sup.as_ref(), &stamp)
-                    .map_err(map)
-            })
-            .await?;
-        }
+        LdapOp::DelRequest(dn) => WriteOp::Delete { dn: parse_dn(&dn)? },
+        LdapOp::ModifyDNRequest(req) => WriteOp::ModRdn {
+            dn: parse_dn(&req.dn)?,
+            new_rdn: Rdn::parse(&req.newrdn)
+                .map_err(|e| Outcome::new(LdapResultCode::InvalidDNSyntax, e.to_string()))?,
+            delete_old_rdn: req.deleteoldrdn,
+            new_superior: req.new_superior.as_deref().map(parse_dn).transpose()?,
+            stamp,
+        },
         _ => {
             return Err(Outcome::new(
                 LdapResultCode::ProtocolError,
                 "not a write operation",
             ));
         }
-    }
+    };
+    ctx.writer
+        .write(op)
+        .await
+        .map_err(|e| convert::write_error(&e))?;
     Ok(result(LdapResultCode::Success, "", ""))
 }
 

@@ -15,7 +15,10 @@ use crate::{Clock, Config};
 
 /// Everything an operation needs, shared by all connections.
 pub struct ServerContext {
+    /// Reads are served from here.
     pub dir: Arc<Directory>,
+    /// Writes go here: the local directory, or the site's Raft group.
+    pub writer: Arc<dyn crate::Writer>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
 }

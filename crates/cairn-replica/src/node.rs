@@ -150,12 +150,18 @@ impl Replica {
                 Err(Redirect::To(node)) => {
                     debug!(leader = %node.grpc, "forwarding write to the leader");
                     match self.forward(&node, &req, deadline).await {
-                        Ok(r) => return r,
+                        // Answer only once this node has applied it too, so
+                        // the client reads its own write here.
+                        Ok(Ok((applied, index))) => {
+                            self.wait_applied(index, deadline).await?;
+                            return Ok(applied);
+                        }
+                        Ok(Err(e)) => return Err(e),
                         Err(e) => warn!(leader = %node.grpc, cause = %e, "forwarding failed"),
                     }
                 }
                 Err(Redirect::Unknown) => {}
-                Ok(r) => return r,
+                Ok(r) => return r.map(|(a, _)| a),
             }
             // No usable leader yet: wait for the metrics to name one.
             if !self.wait_for_leader(deadline).await {
@@ -166,18 +172,22 @@ impl Replica {
         }
     }
 
-    /// Proposes on this node. `Err` says where the leader is, if known.
+    /// Proposes on this node. `Ok` carries the write's result and its log
+    /// index; `Err` says where the leader is, if known.
     async fn propose(
         &self,
         req: Request,
         deadline: tokio::time::Instant,
-    ) -> Result<Result<Applied, WriteError>, Redirect> {
+    ) -> Result<Result<(Applied, u64), WriteError>, Redirect> {
         let res = tokio::time::timeout_at(deadline, self.raft.client_write(req)).await;
         match res {
             Err(_) => Ok(Err(WriteError::Unknown(
                 "the write was not committed in time".into(),
             ))),
-            Ok(Ok(resp)) => Ok(response(resp.data)),
+            Ok(Ok(resp)) => {
+                let index = resp.log_id.index;
+                Ok(response(resp.data).map(|a| (a, index)))
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 match f.leader_node {
                     Some(node) if f.leader_id != Some(self.id) => Err(Redirect::To(node)),
@@ -193,7 +203,7 @@ impl Replica {
         leader: &NodeInfo,
         req: &Request,
         deadline: tokio::time::Instant,
-    ) -> Result<Result<Applied, WriteError>, String> {
+    ) -> Result<Result<(Applied, u64), WriteError>, String> {
         let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
         let data = crate::types::encode(req).map_err(|e| e.to_string())?;
         let call = client.forward(network::pb::RaftPayload { data });
@@ -201,13 +211,33 @@ impl Replica {
             .await
             .map_err(|_| "the leader did not answer in time".to_string())?
             .map_err(|s| s.to_string())?;
-        let result: Result<Applied, WriteError> =
+        let result: Result<(Applied, u64), WriteError> =
             crate::types::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
         Ok(result)
     }
 
-    /// Handles a write forwarded by a follower: propose it here.
-    pub async fn write_here(&self, req: Request) -> Result<Applied, WriteError> {
+    /// Waits until this node's state machine has applied `index`.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), WriteError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read your write")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                WriteError::Unknown(format!(
+                    "committed at the leader, not yet applied on this node: {e}"
+                ))
+            })
+    }
+
+    /// Handles a write forwarded by a follower: propose it here. Returns
+    /// the result and the entry's log index.
+    pub async fn write_here(&self, req: Request) -> Result<(Applied, u64), WriteError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         match self.propose(req, deadline).await {
             Ok(r) => r,
@@ -257,18 +287,16 @@ fn response(r: Response) -> Result<Applied, WriteError> {
 
 /// What the gRPC service calls for a forwarded write.
 pub trait ForwardTarget: Send + Sync + 'static {
-    fn write_here(
-        &self,
-        req: Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, WriteError>> + Send + '_>>;
+    fn write_here(&self, req: Request) -> ForwardFuture<'_>;
 }
 
+/// A forwarded write's result and log index, as a boxed future.
+pub type ForwardFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Applied, u64), WriteError>> + Send + 'a>,
+>;
+
 impl ForwardTarget for Replica {
-    fn write_here(
-        &self,
-        req: Request,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, WriteError>> + Send + '_>>
-    {
+    fn write_here(&self, req: Request) -> ForwardFuture<'_> {
         Box::pin(Replica::write_here(self, req))
     }
 }

@@ -23,6 +23,109 @@ pub struct FileConfig {
     pub directory: DirectorySection,
     #[serde(default)]
     pub ldap: LdapSection,
+    /// Absent: a standalone node (writes go straight to its store).
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this node's place in its site (a Raft group).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's id in the site (unique, never reused).
+    pub node_id: u64,
+    /// Address of the node-to-node gRPC listener.
+    pub grpc_listen: SocketAddr,
+    /// Every member of the site, this node included. The member with the
+    /// lowest id forms the site on its first start; later starts and the
+    /// other members need no step.
+    pub members: Vec<MemberSection>,
+    /// Raft heartbeat, milliseconds.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_ms: u64,
+    /// Election timeout range, milliseconds.
+    #[serde(default = "default_election_min")]
+    pub election_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_max_ms: u64,
+    /// Snapshot and compact the log after this many entries.
+    #[serde(default = "default_snapshot_after")]
+    pub snapshot_after: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    250
+}
+fn default_election_min() -> u64 {
+    1000
+}
+fn default_election_max() -> u64 {
+    2000
+}
+fn default_snapshot_after() -> u64 {
+    10_000
+}
+
+/// One member of the site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    pub id: u64,
+    /// Where the other nodes reach its gRPC listener (host:port).
+    pub grpc: String,
+    /// Where clients reach its LDAP listener (host:port).
+    pub ldap: String,
+}
+
+/// The validated cluster settings of a node.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: u64,
+    pub grpc_listen: SocketAddr,
+    pub members: std::collections::BTreeMap<u64, cairn_replica::NodeInfo>,
+    pub heartbeat: Duration,
+    pub election: (Duration, Duration),
+    pub snapshot_after: u64,
+}
+
+impl ClusterSection {
+    fn validate(self) -> anyhow::Result<ClusterSettings> {
+        let mut members = std::collections::BTreeMap::new();
+        for m in self.members {
+            if members
+                .insert(
+                    m.id,
+                    cairn_replica::NodeInfo {
+                        grpc: m.grpc,
+                        ldap: m.ldap,
+                    },
+                )
+                .is_some()
+            {
+                bail!("cluster.members: id {} appears twice", m.id);
+            }
+        }
+        if !members.contains_key(&self.node_id) {
+            bail!(
+                "cluster.members must include this node (id {})",
+                self.node_id
+            );
+        }
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
+            bail!("cluster: need heartbeat_ms < election_min_ms < election_max_ms");
+        }
+        Ok(ClusterSettings {
+            node_id: self.node_id,
+            grpc_listen: self.grpc_listen,
+            members,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election: (
+                Duration::from_millis(self.election_min_ms),
+                Duration::from_millis(self.election_max_ms),
+            ),
+            snapshot_after: self.snapshot_after.max(1),
+        })
+    }
 }
 
 /// `[node]`: this node.
@@ -145,7 +248,7 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 4] = ["node", "storage", "directory", "ldap"];
+    const SECTIONS: [&str; 5] = ["node", "storage", "directory", "ldap", "cluster"];
     for (k, v) in vars {
         let Some(rest) = k.strip_prefix("CAIRN_") else {
             continue;
@@ -208,6 +311,7 @@ pub struct Settings {
     pub seed_example: bool,
     pub ldap_listen: SocketAddr,
     pub ldap: cairn_ldap::Config,
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl FileConfig {
@@ -251,7 +355,9 @@ impl FileConfig {
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
+        let cluster = self.cluster.map(ClusterSection::validate).transpose()?;
         Ok(Settings {
+            cluster,
             data_dir: self.node.data_dir,
             engine: self.storage.engine,
             engine_options: cairn_store::engine::EngineOptions {

@@ -53,6 +53,17 @@ enum Cmd {
         /// Whether anonymous clients may read the tree.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         anonymous_read: bool,
+        /// Run a site of this many nodes in this process: node N listens on
+        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port) with its data in
+        /// DATA_DIR/node-N. 1 runs a standalone node on --ldap.
+        #[arg(long, default_value_t = 1)]
+        nodes: u64,
+        /// LDAP port of each node of a multi-node site.
+        #[arg(long, default_value_t = 1389)]
+        ldap_port: u16,
+        /// gRPC (node-to-node) port of each node of a multi-node site.
+        #[arg(long, default_value_t = 7070)]
+        grpc_port: u16,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -63,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -71,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     let password = std::env::var("CAIRN_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    let settings = match cli.cmd.unwrap_or(Cmd::Run) {
+    let settings: Vec<config::Settings> = match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::HashPassword => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -81,12 +92,15 @@ fn main() -> anyhow::Result<()> {
             println!("{hash}");
             return Ok(());
         }
-        Cmd::Run => config::load(cli.config.as_deref())?.validate(password)?,
+        Cmd::Run => vec![config::load(cli.config.as_deref())?.validate(password)?],
         Cmd::Dev {
             data_dir,
             ldap,
             engine,
             anonymous_read,
+            nodes,
+            ldap_port,
+            grpc_port,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -106,12 +120,43 @@ fn main() -> anyhow::Result<()> {
                     DEV_PASSWORD.to_string()
                 }
             };
-            file.validate(Some(password))?
+            if nodes <= 1 {
+                vec![file.validate(Some(password))?]
+            } else {
+                if nodes > 250 {
+                    anyhow::bail!("--nodes: at most 250 (one loopback address each)");
+                }
+                let addr = |i: u64, port: u16| SocketAddr::from(([127, 0, 0, i as u8], port));
+                let members: Vec<config::MemberSection> = (1..=nodes)
+                    .map(|i| config::MemberSection {
+                        id: i,
+                        grpc: addr(i, grpc_port).to_string(),
+                        ldap: addr(i, ldap_port).to_string(),
+                    })
+                    .collect();
+                let mut all = vec![];
+                for i in 1..=nodes {
+                    let mut f = file.clone();
+                    f.node.data_dir = f.node.data_dir.join(format!("node-{i}"));
+                    f.ldap.listen = addr(i, ldap_port);
+                    f.cluster = Some(config::ClusterSection {
+                        node_id: i,
+                        grpc_listen: addr(i, grpc_port),
+                        members: members.clone(),
+                        heartbeat_ms: 250,
+                        election_min_ms: 1000,
+                        election_max_ms: 2000,
+                        snapshot_after: 10_000,
+                    });
+                    all.push(f.validate(Some(password.clone()))?);
+                }
+                all
+            }
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(node::run(settings))
+    rt.block_on(node::run_all(settings))
 }

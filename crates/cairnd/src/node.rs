@@ -1,17 +1,62 @@
-//! Starting and stopping one node.
+//! Starting and stopping nodes. One process runs one node (`cairnd
+//! --config`), or several for development (`cairnd dev --nodes 3`); every
+//! node's tasks are owned by the supervisor in [`run_all`] and stop on one
+//! shutdown signal.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::schema::Schema;
-use cairn_ldap::{Server, ServerContext, SystemClock};
+use cairn_ldap::{Clock, LocalWriter, ReplicaWriter, Server, ServerContext, SystemClock, Writer};
+use cairn_replica::{Replica, ReplicaConfig};
 use cairn_store::Directory;
-use tracing::info;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info};
 
 use crate::config::Settings;
 
-/// Opens the store, seeds it when asked, and serves until SIGINT/SIGTERM.
-pub async fn run(s: Settings) -> anyhow::Result<()> {
+/// Runs every node until SIGINT/SIGTERM or until one of them fails.
+pub async fn run_all(nodes: Vec<Settings>) -> anyhow::Result<()> {
+    let (stop_tx, _) = watch::channel(false);
+    let mut set = JoinSet::new();
+    for s in nodes {
+        let stop = stop_tx.subscribe();
+        set.spawn(run_node(s, stop));
+    }
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        Some(done) = set.join_next() => {
+            failure = Some(match done {
+                Ok(Ok(())) => anyhow::anyhow!("a node stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a node task failed: {e}"),
+            });
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = set.join_next().await {
+        if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from) {
+            error!(cause = %e, "node stopped with an error");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One node: store, Raft (when part of a site), LDAP.
+async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let engine = cairn_store::engine::open_with(s.engine, &s.data_dir, s.engine_options)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
     let dir = Arc::new(Directory::new(
@@ -20,28 +65,95 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         vec![s.suffix.clone()],
     ));
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
-    if s.seed_example {
-        let d = dir.clone();
-        let admin = s.ldap.admin_dn.clone();
-        let n =
-            tokio::task::spawn_blocking(move || crate::seed::seed_if_empty(&d, &admin)).await??;
-        if n > 0 {
-            info!(entries = n, "loaded the example tree");
+    let mut tasks = JoinSet::new();
+    let mut replica = None;
+    let writer: Arc<dyn Writer> = match &s.cluster {
+        None => Arc::new(LocalWriter(dir.clone())),
+        Some(c) => {
+            let mut cfg = ReplicaConfig::new(c.node_id, s.data_dir.clone());
+            cfg.heartbeat = c.heartbeat;
+            cfg.election = c.election;
+            cfg.snapshot_after = c.snapshot_after;
+            let r = Replica::start(cfg, dir.clone()).await?;
+            let listener = tokio::net::TcpListener::bind(c.grpc_listen)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {}", c.grpc_listen))?;
+            let svc = r.grpc_service();
+            let stop2 = stop.clone();
+            tasks.spawn(async move {
+                cairn_replica::network::serve(listener, svc, stopped(stop2))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+            });
+            info!(node = c.node_id, grpc = %c.grpc_listen, "Raft node started");
+            // The member with the lowest id forms the site the first time.
+            let first = c.members.keys().next().copied();
+            if first == Some(c.node_id) {
+                r.initialize(c.members.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot form the site: {e}"))?;
+            }
+            replica = Some(r.clone());
+            Arc::new(ReplicaWriter(r))
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Only one node of a site seeds (the one that formed it).
+    let seeds = s.seed_example
+        && s.cluster
+            .as_ref()
+            .is_none_or(|c| c.members.keys().next() == Some(&c.node_id));
+    if seeds {
+        let (d, w, admin) = (dir.clone(), writer.clone(), s.ldap.admin_dn.clone());
+        let now = cairn_core::time::generalized_time(clock.now_unix());
+        let seed = async move {
+            let n = crate::seed::seed_if_empty(&d, w.as_ref(), &admin, now).await?;
+            if n > 0 {
+                info!(entries = n, "loaded the example tree");
+            }
+            Ok(())
+        };
+        if s.cluster.is_some() {
+            // A site seeds once it has a leader, while it serves.
+            tasks.spawn(seed);
+        } else {
+            // A standalone node starts serving with the tree in place.
+            seed.await?;
         }
     }
     let ctx = Arc::new(ServerContext {
         dir,
+        writer,
         config: s.ldap,
-        clock: Arc::new(SystemClock),
+        clock,
     });
     let server = Server::bind(s.ldap_listen, ctx)
         .await
         .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     let addr = server.local_addr()?;
     eprintln!("cairnd: LDAP on ldap://{addr}  (suffix {})", s.suffix);
-    server.run(shutdown_signal()).await;
-    info!("stopped");
-    Ok(())
+    let stop2 = stop.clone();
+    tasks.spawn(async move {
+        server.run(stopped(stop2)).await;
+        Ok(())
+    });
+    // Run until told to stop, or until a task of this node fails (a task
+    // that finishes its job, like seeding, is fine).
+    let result = loop {
+        tokio::select! {
+            _ = stopped(stop.clone()) => break Ok(()),
+            Some(done) = tasks.join_next() => match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break Err(e),
+                Err(e) => break Err(anyhow::anyhow!("node task failed: {e}")),
+            },
+        }
+    };
+    tasks.shutdown().await;
+    if let Some(r) = replica {
+        let _ = r.raft.shutdown().await;
+    }
+    result
 }
 
 async fn shutdown_signal() {

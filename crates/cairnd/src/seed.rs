@@ -1,34 +1,21 @@
 //! The example tree of `cairnd dev` (docs/example.ldif), loaded once into
-//! an empty directory.
+//! an empty directory through the node's writer (so in a site, through
+//! Raft: every node gets it).
 
 use anyhow::{Context, bail};
 use cairn_core::dn::Dn;
 use cairn_core::entry::{Entry, Stamp};
 use cairn_core::ldif::{LdifReader, LdifRecord};
-use cairn_store::Directory;
+use cairn_ldap::Writer;
+use cairn_replica::WriteError;
+use cairn_store::{Directory, WriteOp};
 
 /// The example tree, in LDIF.
 pub const EXAMPLE: &str = include_str!("../../../docs/example.ldif");
 
-/// Loads the example tree unless the suffix entry already exists. Returns
-/// how many entries were added.
-pub fn seed_if_empty(dir: &Directory, admin: &Dn) -> anyhow::Result<usize> {
-    let Some(suffix) = dir.suffixes().first() else {
-        return Ok(0);
-    };
-    if dir.get(suffix)?.is_some() {
-        return Ok(0);
-    }
-    let stamp = Stamp {
-        who: admin.clone(),
-        now: cairn_core::time::generalized_time(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
-        ),
-    };
-    let mut n = 0;
+/// The example tree's entries, parents first.
+pub fn example_entries() -> anyhow::Result<Vec<Entry>> {
+    let mut out = vec![];
     for rec in LdifReader::new(EXAMPLE) {
         let rec = rec.context("example tree")?;
         let (dn, attrs) = match rec.record {
@@ -43,13 +30,46 @@ pub fn seed_if_empty(dir: &Directory, admin: &Dn) -> anyhow::Result<usize> {
                 None => grouped.push((a, vec![v])),
             }
         }
-        let entry = Entry {
+        out.push(Entry {
             dn: Dn::parse(&dn)?,
             attrs: grouped,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads the example tree unless the suffix entry already exists. Returns
+/// how many entries were added.
+pub async fn seed_if_empty(
+    dir: &Directory,
+    writer: &dyn Writer,
+    admin: &Dn,
+    now: String,
+) -> anyhow::Result<usize> {
+    let Some(suffix) = dir.suffixes().first() else {
+        return Ok(0);
+    };
+    if dir.get(suffix)?.is_some() {
+        return Ok(0);
+    }
+    let stamp = Stamp {
+        who: admin.clone(),
+        now,
+    };
+    let mut n = 0;
+    for entry in example_entries()? {
+        let dn = entry.dn.to_string();
+        let op = WriteOp::Add {
+            entry,
+            uuid: uuid::Uuid::new_v4(),
+            stamp: stamp.clone(),
         };
-        dir.add(entry, uuid::Uuid::new_v4(), &stamp)
-            .with_context(|| format!("example tree: cannot add {dn}"))?;
-        n += 1;
+        match writer.write(op).await {
+            Ok(_) => n += 1,
+            // Another start already seeded it (a restart mid-way).
+            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {}
+            Err(e) => bail!("example tree: cannot add {dn}: {e}"),
+        }
     }
     Ok(n)
 }

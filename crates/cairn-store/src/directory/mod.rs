@@ -411,6 +411,13 @@ impl Directory {
         self.submit(op).and_then(Applied::into_entry)
     }
 
+    /// Applies one write locally (a node that is not part of a Raft
+    /// group): prepared, then batched with concurrent writes.
+    pub fn write(&self, op: WriteOp) -> Result<Applied, Error> {
+        let op = self.prepare(op)?;
+        self.submit(op)
+    }
+
     /// Readies an operation to be applied (locally or by every replica):
     /// refuses server-set attributes in an add and hashes clear-text
     /// `userPassword` values (argon2 is slow on purpose, and random salts

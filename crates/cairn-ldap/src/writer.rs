@@ -1,0 +1,40 @@
+//! Where the LDAP front end sends writes: straight to the local directory
+//! (a standalone node) or through the site's Raft group.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cairn_replica::{Replica, WriteError};
+use cairn_store::{Applied, Directory, WriteOp};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Applies directory writes.
+pub trait Writer: Send + Sync + 'static {
+    fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>>;
+}
+
+/// A standalone node: writes go to the local directory.
+pub struct LocalWriter(pub Arc<Directory>);
+
+impl Writer for LocalWriter {
+    fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
+        let dir = self.0.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || dir.write(op)).await {
+                Ok(r) => r.map_err(WriteError::Directory),
+                Err(e) => Err(WriteError::Unknown(format!("write task failed: {e}"))),
+            }
+        })
+    }
+}
+
+/// A member of a site: writes go through Raft.
+pub struct ReplicaWriter(pub Arc<Replica>);
+
+impl Writer for ReplicaWriter {
+    fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
+        Box::pin(self.0.write(op))
+    }
+}

@@ -1,0 +1,87 @@
+//! A site of three nodes (`cairnd dev --nodes 3`): one directory between
+//! them, a write at any node reaching all.
+
+use std::time::Duration;
+
+use crate::kit::*;
+
+fn count(site: &Site, node: u64, base: &str, filter: &str) -> usize {
+    let out = site.tool(node, "ldapsearch", &["-b", base, filter, "1.1"], None);
+    if !out.status.success() {
+        return usize::MAX;
+    }
+    dns(&stdout(&out)).len()
+}
+
+#[test]
+fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
+    let mut site = Site::start(3);
+    for i in 1..=3 {
+        wait_until(
+            "the example tree on every node",
+            Duration::from_secs(30),
+            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
+        );
+    }
+    // A modify at node 2 (a follower or the leader: either way).
+    ok(site.tool(2, "ldapmodify", &[], Some(&format!(
+        "dn: {PROD_A}\nchangetype: modify\nreplace: cairnSetting\ncairnSetting: boot.image=esxi-8.0u2-22380479\n"
+    ))));
+    let read = |i: u64| {
+        stdout(&site.tool(
+            i,
+            "ldapsearch",
+            &["-b", PROD_A, "-s", "base", "cairnSetting"],
+            None,
+        ))
+    };
+    // Acknowledged by node 2 means readable at node 2 at once.
+    assert!(read(2).contains("boot.image=esxi-8.0u2-22380479"));
+    for i in [1, 3] {
+        wait_until("the modify on every node", Duration::from_secs(10), || {
+            read(i).contains("boot.image=esxi-8.0u2-22380479")
+        });
+    }
+    // Adds at every node, each read back where it was made.
+    for i in 1..=3u64 {
+        let cn = format!("site-host-{i}");
+        ok(site.tool(
+            i,
+            "ldapadd",
+            &[],
+            Some(&format!(
+                "dn: cn={cn},{PROD_A}\nobjectClass: cairnHost\ncn: {cn}\n"
+            )),
+        ));
+        assert_eq!(
+            count(&site, i, PROD_A, &format!("(cn={cn})")),
+            1,
+            "node {i} reads its own write"
+        );
+    }
+    // Errors come back the same through any node.
+    let dup = format!("dn: cn=site-host-1,{PROD_A}\nobjectClass: cairnHost\ncn: site-host-1\n");
+    assert_eq!(rc(&site.tool(3, "ldapadd", &[], Some(&dup))), 68);
+    let bad = format!("dn: cn=r9,ou=rules,{SUFFIX}\nobjectClass: cairnRule\ncn: r9\n");
+    assert_eq!(rc(&site.tool(2, "ldapadd", &[], Some(&bad))), 65);
+
+    for i in 1..=3 {
+        wait_until("all adds on every node", Duration::from_secs(10), || {
+            count(&site, i, PROD_A, "(cn=site-host-*)") == 3
+        });
+    }
+    let before = site.export(1);
+    site.restart();
+    for i in 1..=3 {
+        wait_until(
+            "the site back after kill -9",
+            Duration::from_secs(30),
+            || count(&site, i, PROD_A, "(cn=site-host-*)") == 3,
+        );
+    }
+    // Every node holds the same directory, entry by entry.
+    let after: Vec<String> = (1..=3).map(|i| site.export(i)).collect();
+    assert_eq!(after[0], before);
+    assert_eq!(after[1], after[0]);
+    assert_eq!(after[2], after[0]);
+}
