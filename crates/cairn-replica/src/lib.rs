@@ -19,12 +19,14 @@
 // bytes); the helpers here return what those traits return.
 #![allow(clippy::result_large_err)]
 
+pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
 pub mod types;
 
+pub use faults::Faults;
 pub use log_store::LogStore;
 pub use node::{Replica, ReplicaConfig, WriteError};
 pub use state_machine::StateMachine;

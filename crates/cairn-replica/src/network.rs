@@ -51,14 +51,20 @@ pub struct TransportError(pub String);
 
 /// openraft's network factory: one [`PeerConn`] per peer.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// This node's id, for the fault layer.
+    pub id: u64,
+    pub faults: crate::Faults,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConn {
         PeerConn {
+            from: self.id,
             target,
+            faults: self.faults.clone(),
             client: client(&node.grpc).map_err(|e| TransportError(e.to_string())),
         }
     }
@@ -66,7 +72,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// The connection to one peer.
 pub struct PeerConn {
+    from: u64,
     target: u64,
+    faults: crate::Faults,
     client: Result<RaftClient<Channel>, TransportError>,
 }
 
@@ -84,6 +92,10 @@ impl PeerConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.faults.blocked(self.from, self.target) {
+            let e = TransportError(format!("traffic {} -> {} is cut", self.from, self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         let client = match &mut self.client {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
@@ -150,7 +162,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
 /// forwarded by followers.
 pub struct RaftService {
     pub raft: Raft,
-    pub forward: std::sync::Arc<dyn crate::node::ForwardTarget>,
+    pub forward: std::sync::Weak<crate::Replica>,
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
@@ -195,7 +207,10 @@ impl pb::raft_server::Raft for RaftService {
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let req: crate::Request = request(r)?;
-        payload(&self.forward.write_here(req).await)
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        payload(&replica.write_here(req).await)
     }
 }
 

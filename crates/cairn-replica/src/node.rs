@@ -28,9 +28,14 @@ pub struct ReplicaConfig {
     pub election: (Duration, Duration),
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_after: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log rather than by a whole snapshot.
+    pub keep_logs: u64,
     /// How long a write may wait for its commit before the client is told
     /// the outcome is unknown.
     pub write_timeout: Duration,
+    /// The fault layer (empty outside tests and drills).
+    pub faults: crate::Faults,
 }
 
 impl ReplicaConfig {
@@ -41,7 +46,9 @@ impl ReplicaConfig {
             heartbeat: Duration::from_millis(250),
             election: (Duration::from_millis(1000), Duration::from_millis(2000)),
             snapshot_after: 10_000,
+            keep_logs: 1000,
             write_timeout: Duration::from_secs(10),
+            faults: crate::Faults::default(),
         }
     }
 }
@@ -69,6 +76,7 @@ pub struct Replica {
     pub raft: Raft,
     dir: Arc<Directory>,
     write_timeout: Duration,
+    faults: crate::Faults,
 }
 
 /// Errors starting a replica.
@@ -94,14 +102,18 @@ impl Replica {
             election_timeout_min: cfg.election.0.as_millis() as u64,
             election_timeout_max: cfg.election.1.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_after),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.keep_logs,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let log = LogStore::new(dir.engine());
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
-        let raft = Raft::new(cfg.id, Arc::new(config), Network, log, sm)
+        let network = Network {
+            id: cfg.id,
+            faults: cfg.faults.clone(),
+        };
+        let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(Arc::new(Replica {
@@ -109,6 +121,7 @@ impl Replica {
             raft,
             dir,
             write_timeout: cfg.write_timeout,
+            faults: cfg.faults,
         }))
     }
 
@@ -130,7 +143,9 @@ impl Replica {
     pub fn grpc_service(self: &Arc<Self>) -> network::pb::raft_server::RaftServer<RaftService> {
         network::service(RaftService {
             raft: self.raft.clone(),
-            forward: self.clone(),
+            // Weak: connections the server still holds must not keep a
+            // stopped replica (and its store) alive.
+            forward: Arc::downgrade(self),
         })
     }
 
@@ -147,9 +162,9 @@ impl Replica {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
             match self.propose(req.clone(), deadline).await {
-                Err(Redirect::To(node)) => {
+                Err(Redirect::To(leader, node)) => {
                     debug!(leader = %node.grpc, "forwarding write to the leader");
-                    match self.forward(&node, &req, deadline).await {
+                    match self.forward(leader, &node, &req, deadline).await {
                         // Answer only once this node has applied it too, so
                         // the client reads its own write here.
                         Ok(Ok((applied, index))) => {
@@ -163,10 +178,12 @@ impl Replica {
                 Err(Redirect::Unknown) => {}
                 Ok(r) => return r.map(|(a, _)| a),
             }
-            // No usable leader yet: wait for the metrics to name one.
-            if !self.wait_for_leader(deadline).await {
+            // No usable leader yet: wait for Raft's view to change (an
+            // election, a new leader), at most a retry interval.
+            if !self.wait_for_change(deadline).await {
                 return Err(WriteError::NoLeader(
-                    "no leader was elected in time (is a majority of the site up?)".into(),
+                    "no reachable leader in time (is a majority of the site up and connected?)"
+                        .into(),
                 ));
             }
         }
@@ -190,7 +207,9 @@ impl Replica {
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 match f.leader_node {
-                    Some(node) if f.leader_id != Some(self.id) => Err(Redirect::To(node)),
+                    Some(node) if f.leader_id.is_some_and(|l| l != self.id) => {
+                        Err(Redirect::To(f.leader_id.unwrap_or_default(), node))
+                    }
                     _ => Err(Redirect::Unknown),
                 }
             }
@@ -200,10 +219,14 @@ impl Replica {
 
     async fn forward(
         &self,
+        leader_id: u64,
         leader: &NodeInfo,
         req: &Request,
         deadline: tokio::time::Instant,
     ) -> Result<Result<(Applied, u64), WriteError>, String> {
+        if self.faults.blocked(self.id, leader_id) {
+            return Err(format!("traffic {} -> {leader_id} is cut", self.id));
+        }
         let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
         let data = crate::types::encode(req).map_err(|e| e.to_string())?;
         let call = client.forward(network::pb::RaftPayload { data });
@@ -247,17 +270,14 @@ impl Replica {
         }
     }
 
-    async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> bool {
+    /// Waits for the Raft metrics to change, or a retry interval. False
+    /// once the deadline has passed.
+    async fn wait_for_change(&self, deadline: tokio::time::Instant) -> bool {
+        const RETRY: Duration = Duration::from_millis(200);
         let mut m = self.raft.metrics();
-        loop {
-            if m.borrow().current_leader.is_some() {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, m.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return false,
-            }
-        }
+        let until = deadline.min(tokio::time::Instant::now() + RETRY);
+        let _ = tokio::time::timeout_at(until, m.changed()).await;
+        tokio::time::Instant::now() < deadline
     }
 
     /// Waits until this node's state machine has applied everything the
@@ -273,7 +293,8 @@ impl Replica {
 }
 
 enum Redirect {
-    To(NodeInfo),
+    /// The leader's id and address.
+    To(u64, NodeInfo),
     Unknown,
 }
 
@@ -282,21 +303,5 @@ fn response(r: Response) -> Result<Applied, WriteError> {
         Some(Ok(a)) => Ok(a),
         Some(Err(e)) => Err(WriteError::Directory(e)),
         None => Err(WriteError::Unknown("the entry carried no write".into())),
-    }
-}
-
-/// What the gRPC service calls for a forwarded write.
-pub trait ForwardTarget: Send + Sync + 'static {
-    fn write_here(&self, req: Request) -> ForwardFuture<'_>;
-}
-
-/// A forwarded write's result and log index, as a boxed future.
-pub type ForwardFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(Applied, u64), WriteError>> + Send + 'a>,
->;
-
-impl ForwardTarget for Replica {
-    fn write_here(&self, req: Request) -> ForwardFuture<'_> {
-        Box::pin(Replica::write_here(self, req))
     }
 }

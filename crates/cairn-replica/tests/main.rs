@@ -1,61 +1,239 @@
-//! A site of three replicas in one process, talking gRPC over loopback.
+//! Sites of three replicas in one process, talking gRPC over loopback,
+//! with the fault layer between them: kill and restart nodes on their data
+//! directories, cut the traffic between nodes. Every scenario ends by
+//! comparing the directories of all nodes entry by entry.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::dn::Dn;
 use cairn_core::entry::{Entry, Stamp};
+use cairn_core::filter::Filter;
 use cairn_core::schema::Schema;
-use cairn_replica::{NodeInfo, Replica, ReplicaConfig, WriteError};
-use cairn_store::{Directory, EngineKind, WriteOp};
+use cairn_replica::{Faults, NodeInfo, Replica, ReplicaConfig, WriteError};
+use cairn_store::{Directory, EngineKind, Scope, WriteOp};
+
+const SUFFIX: &str = "dc=example,dc=com";
 
 struct Node {
-    replica: Arc<Replica>,
-    _tmp: tempfile::TempDir,
+    id: u64,
+    addr: SocketAddr,
+    tmp: tempfile::TempDir,
+    replica: Option<Arc<Replica>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn site(n: u64) -> Vec<Node> {
-    let mut listeners = vec![];
-    let mut members = BTreeMap::new();
-    for id in 1..=n {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(
-            id,
-            NodeInfo {
-                grpc: l.local_addr().unwrap().to_string(),
-                ldap: String::new(),
-            },
-        );
-        listeners.push(l);
+struct Site {
+    nodes: Vec<Node>,
+    faults: Faults,
+    snapshot_after: u64,
+}
+
+impl Site {
+    async fn new(n: u64, snapshot_after: u64) -> Site {
+        let mut nodes = vec![];
+        let mut members = BTreeMap::new();
+        for id in 1..=n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            drop(l);
+            members.insert(
+                id,
+                NodeInfo {
+                    grpc: addr.to_string(),
+                    ldap: String::new(),
+                },
+            );
+            nodes.push(Node {
+                id,
+                addr,
+                tmp: tempfile::tempdir().unwrap(),
+                replica: None,
+                stop: None,
+                server: None,
+            });
+        }
+        let mut site = Site {
+            nodes,
+            faults: Faults::default(),
+            snapshot_after,
+        };
+        for id in 1..=n {
+            site.start(id).await;
+        }
+        site.replica(1).initialize(members).await.unwrap();
+        site
     }
-    let mut nodes = vec![];
-    for (i, l) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let tmp = tempfile::tempdir().unwrap();
-        let engine = cairn_store::engine::open(EngineKind::Redb, tmp.path()).unwrap();
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn replica(&self, id: u64) -> Arc<Replica> {
+        self.nodes[id as usize - 1]
+            .replica
+            .clone()
+            .expect("node is up")
+    }
+
+    fn alive(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.replica.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Starts (or restarts) a node on its data directory.
+    async fn start(&mut self, id: u64) {
+        let faults = self.faults.clone();
+        let snapshot_after = self.snapshot_after;
+        let node = self.node(id);
+        let engine = cairn_store::engine::open(EngineKind::Redb, node.tmp.path()).unwrap();
         let dir = Arc::new(Directory::new(
             engine,
             Arc::new(Schema::builtin()),
-            vec![Dn::parse("dc=example,dc=com").unwrap()],
+            vec![Dn::parse(SUFFIX).unwrap()],
         ));
-        let replica = Replica::start(ReplicaConfig::new(id, tmp.path().to_path_buf()), dir)
-            .await
-            .unwrap();
+        let mut cfg = ReplicaConfig::new(id, node.tmp.path().to_path_buf());
+        cfg.faults = faults;
+        cfg.snapshot_after = snapshot_after;
+        cfg.keep_logs = if snapshot_after < 1000 { 0 } else { 1000 };
+        cfg.write_timeout = Duration::from_secs(4);
+        let replica = Replica::start(cfg, dir).await.unwrap();
+        let listener = bind_retry(node.addr).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = replica.grpc_service();
-        tokio::spawn(cairn_replica::network::serve(l, svc, async {
-            let _ = rx.await;
+        node.server = Some(tokio::spawn(async move {
+            let _ = cairn_replica::network::serve(listener, svc, async {
+                let _ = rx.await;
+            })
+            .await;
         }));
-        nodes.push(Node {
-            replica,
-            _tmp: tmp,
-            stop: Some(tx),
-        });
+        node.stop = Some(tx);
+        node.replica = Some(replica);
     }
-    nodes[0].replica.initialize(members).await.unwrap();
-    nodes
+
+    /// Stops a node as a crash would: its server goes away, Raft stops,
+    /// nothing is flushed on the way out.
+    async fn kill(&mut self, id: u64) {
+        self.stop_node(id, true).await
+    }
+
+    async fn stop_node(&mut self, id: u64, release: bool) {
+        let node = self.node(id);
+        if let Some(s) = node.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = node.server.take() {
+            let _ = h.await;
+        }
+        if let Some(r) = node.replica.take() {
+            let _ = r.raft.shutdown().await;
+            let engine = r.directory().engine();
+            drop(r);
+            if !release {
+                return;
+            }
+            // Wait until every handle on the store is gone, so it can be
+            // reopened.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(&engine) > 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} did not release its store"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// The leader as the live nodes agree on it.
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let views: Vec<Option<u64>> = self
+                .alive()
+                .iter()
+                .map(|&i| self.replica(i).raft.metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = views.first()
+                && views.iter().all(|v| *v == Some(*l))
+                && self.alive().contains(l)
+            {
+                return *l;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {views:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every entry of a node, rendered: DN and every attribute and value.
+    fn dump(&self, id: u64) -> Vec<String> {
+        let dir = self.replica(id).directory().clone();
+        let mut out = vec![];
+        let suffix = Dn::parse(SUFFIX).unwrap();
+        if dir.get(&suffix).unwrap().is_none() {
+            return out;
+        }
+        dir.search(
+            &suffix,
+            Scope::Subtree,
+            &Filter::Present("objectClass".into()),
+            None,
+            &mut |e| {
+                out.push(format!("{e:?}"));
+                true
+            },
+        )
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    /// Waits until every live node holds the same directory.
+    async fn converge(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive = self.alive();
+            let first = self.dump(alive[0]);
+            if alive.iter().all(|&i| self.dump(i) == first) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the nodes did not converge");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn has(&self, id: u64, dn: &str) -> bool {
+        self.replica(id)
+            .directory()
+            .get(&Dn::parse(dn).unwrap())
+            .unwrap()
+            .is_some()
+    }
+
+    async fn shutdown(mut self) {
+        for id in self.alive() {
+            self.stop_node(id, false).await;
+        }
+    }
+}
+
+async fn bind_retry(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 fn add(dn: &str, attrs: &[(&str, &str)]) -> WriteOp {
@@ -79,63 +257,36 @@ fn add(dn: &str, attrs: &[(&str, &str)]) -> WriteOp {
     }
 }
 
-async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn host_dn(cn: &str) -> String {
+    format!("cn={cn},{SUFFIX}")
+}
+
+fn host(cn: &str) -> WriteOp {
+    add(&host_dn(cn), &[("objectClass", "cairnHost"), ("cn", cn)])
+}
+
+async fn site_with_suffix(snapshot_after: u64) -> Site {
+    let site = Site::new(3, snapshot_after).await;
+    site.replica(1)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    site
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_at_a_follower_reaches_every_node() {
-    let nodes = site(3).await;
-    // The suffix, written wherever: it is forwarded to the leader.
-    let first = &nodes[2].replica;
-    first
-        .write(add(
-            "dc=example,dc=com",
-            &[("objectClass", "domain"), ("dc", "example")],
-        ))
-        .await
-        .unwrap();
-    let leader = nodes[0]
-        .replica
-        .raft
-        .metrics()
-        .borrow()
-        .current_leader
-        .unwrap();
-    let follower = nodes.iter().find(|n| n.replica.id != leader).unwrap();
-    let dn = "cn=esx-1,dc=example,dc=com";
-    follower
-        .replica
-        .write(add(dn, &[("objectClass", "cairnHost"), ("cn", "esx-1")]))
-        .await
-        .unwrap();
+    let site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    site.replica(follower).write(host("esx-1")).await.unwrap();
     // Acknowledged at the follower means applied at the follower.
-    assert!(
-        follower
-            .replica
-            .directory()
-            .get(&Dn::parse(dn).unwrap())
-            .unwrap()
-            .is_some()
-    );
-    for n in &nodes {
-        until("the entry on every node", Duration::from_secs(10), || {
-            n.replica
-                .directory()
-                .get(&Dn::parse(dn).unwrap())
-                .unwrap()
-                .is_some()
-        })
-        .await;
-    }
+    assert!(site.has(follower, &host_dn("esx-1")));
+    site.converge().await;
     // A refused write is refused the same way, wherever it is sent.
-    let err = follower
-        .replica
-        .write(add(dn, &[("objectClass", "cairnHost"), ("cn", "esx-1")]))
+    let err = site
+        .replica(follower)
+        .write(host("esx-1"))
         .await
         .unwrap_err();
     assert!(
@@ -145,10 +296,172 @@ async fn a_write_at_a_follower_reaches_every_node() {
         ),
         "{err:?}"
     );
-    for mut n in nodes {
-        if let Some(s) = n.stop.take() {
-            let _ = s.send(());
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
+    let mut site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let via = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    let r = site.replica(via);
+    let mut acked = vec![];
+    let mut i = 0;
+    while acked.len() < 30 {
+        i += 1;
+        if r.write(host(&format!("k-{i}"))).await.is_ok() {
+            acked.push(host_dn(&format!("k-{i}")));
         }
-        let _ = n.replica.raft.shutdown().await;
     }
+    let killed_at = Instant::now();
+    site.kill(leader).await;
+    // Keep writing: the first success after the kill ends the outage.
+    let mut outage = None;
+    let mut after = 0;
+    while after < 30 {
+        i += 1;
+        match r.write(host(&format!("k-{i}"))).await {
+            Ok(_) => {
+                outage.get_or_insert(killed_at.elapsed());
+                acked.push(host_dn(&format!("k-{i}")));
+                after += 1;
+            }
+            Err(e) => assert!(
+                matches!(e, WriteError::NoLeader(_) | WriteError::Unknown(_)),
+                "unexpected failure: {e:?}"
+            ),
+        }
+    }
+    eprintln!(
+        "writes were unavailable for {:?} after the leader was killed",
+        outage.unwrap()
+    );
+    let new_leader = site.leader().await;
+    assert_ne!(new_leader, leader);
+    for dn in &acked {
+        for id in site.alive() {
+            assert!(
+                site.has(id, dn) || {
+                    site.converge().await;
+                    site.has(id, dn)
+                },
+                "node {id} lost {dn}"
+            );
+        }
+    }
+    site.start(leader).await;
+    site.converge().await;
+    for dn in &acked {
+        assert!(site.has(leader, dn), "the restarted node lacks {dn}");
+    }
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_follower_fails_no_write() {
+    let mut site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    let r = site.replica(leader);
+    for i in 0..10 {
+        r.write(host(&format!("f-{i}"))).await.unwrap();
+    }
+    site.kill(follower).await;
+    for i in 10..40 {
+        r.write(host(&format!("f-{i}")))
+            .await
+            .expect("no write fails with one follower down");
+    }
+    site.start(follower).await;
+    site.converge().await;
+    assert!(site.has(follower, &host_dn("f-39")));
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
+    let site = site_with_suffix(10_000).await;
+    let old = site.leader().await;
+    let others: Vec<u64> = site.alive().into_iter().filter(|&i| i != old).collect();
+    site.faults.isolate(old, &[1, 2, 3]);
+    // The old leader cannot commit: its write fails (outcome unknown or no
+    // leader), and a linearizable read there errors instead of answering.
+    let lost = site.replica(old).write(host("minority")).await;
+    assert!(
+        lost.is_err(),
+        "a cut-off leader committed a write: {lost:?}"
+    );
+    assert!(
+        site.replica(old)
+            .linearizable_barrier(Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    // The majority elects a new leader and takes writes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let l = site
+            .replica(others[0])
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader;
+        if let Some(l) = l
+            && l != old
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(others.contains(&new));
+    site.replica(others[1])
+        .write(host("majority"))
+        .await
+        .unwrap();
+    assert!(
+        site.replica(new)
+            .linearizable_barrier(Duration::from_secs(5))
+            .await
+            .is_ok()
+    );
+    site.faults.heal();
+    site.converge().await;
+    // The minority's write is applied once everywhere or nowhere.
+    let present: Vec<bool> = [1, 2, 3]
+        .iter()
+        .map(|&i| site.has(i, &host_dn("minority")))
+        .collect();
+    assert!(present.iter().all(|p| *p == present[0]), "{present:?}");
+    for i in [1, 2, 3] {
+        assert!(site.has(i, &host_dn("majority")));
+    }
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_through_compaction_catches_up_by_snapshot() {
+    let mut site = site_with_suffix(20).await;
+    let leader = site.leader().await;
+    let down = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    site.kill(down).await;
+    let r = site.replica(leader);
+    for i in 0..120 {
+        r.write(host(&format!("s-{i}"))).await.unwrap();
+    }
+    // The leader has compacted its log past what the down node has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.raft.metrics().borrow().purged.is_none() {
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    site.start(down).await;
+    site.converge().await;
+    assert!(site.has(down, &host_dn("s-119")));
+    let snap = site.replica(down).raft.metrics().borrow().snapshot;
+    assert!(
+        snap.is_some(),
+        "the node caught up without installing a snapshot"
+    );
+    site.shutdown().await;
 }
