@@ -59,6 +59,24 @@ fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
             "node {i} reads its own write"
         );
     }
+    // A linearizable read (Cairn's read-index control, marked critical)
+    // at a node sees every write committed before it.
+    for i in 1..=3u64 {
+        let out = ok(site.tool(
+            i,
+            "ldapsearch",
+            &[
+                "-E",
+                "!1.3.6.1.4.1.32473.7.3.1",
+                "-b",
+                PROD_A,
+                "(cn=site-host-*)",
+                "1.1",
+            ],
+            None,
+        ));
+        assert_eq!(dns(&stdout(&out)).len(), 3, "node {i}");
+    }
     // Errors come back the same through any node.
     let dup = format!("dn: cn=site-host-1,{PROD_A}\nobjectClass: cairnHost\ncn: site-host-1\n");
     assert_eq!(rc(&site.tool(3, "ldapadd", &[], Some(&dup))), 68);

@@ -9,6 +9,11 @@ pub const OID_PAGED_RESULTS: &str = "1.2.840.113556.1.4.319";
 pub const OID_MANAGE_DSA_IT: &str = "2.16.840.1.113730.3.4.2";
 /// "All operational attributes" feature (RFC 3673): `+` in attribute lists.
 pub const OID_ALL_OPERATIONAL: &str = "1.3.6.1.4.1.4203.1.5.1";
+/// Cairn's linearizable-read control: a search carrying it is answered only
+/// after this node has applied every write the site committed before the
+/// search arrived (Raft read index). Without it, reads are served from the
+/// node's applied state at once.
+pub const OID_LINEARIZABLE_READ: &str = "1.3.6.1.4.1.32473.7.3.1";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
 pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 
@@ -20,7 +25,11 @@ pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<S
         ("supportedLDAPVersion".into(), vec!["3".into()]),
         (
             "supportedControl".into(),
-            vec![OID_PAGED_RESULTS.into(), OID_MANAGE_DSA_IT.into()],
+            vec![
+                OID_PAGED_RESULTS.into(),
+                OID_MANAGE_DSA_IT.into(),
+                OID_LINEARIZABLE_READ.into(),
+            ],
         ),
         ("supportedExtension".into(), vec![OID_WHOAMI.into()]),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),

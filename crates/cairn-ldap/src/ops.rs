@@ -285,7 +285,7 @@ fn unsupported_critical(ctrls: &[LdapControl]) -> Option<String> {
             oid,
             criticality: true,
             ..
-        } => Some(oid.clone()),
+        } if oid != dse::OID_LINEARIZABLE_READ => Some(oid.clone()),
         LdapControl::SyncRequest {
             criticality: true, ..
         } => Some("syncrepl (1.3.6.1.4.1.4203.1.9.1.1)".into()),
@@ -736,6 +736,18 @@ async fn search_inner(
         return ok(vec![]);
     }
     can_read_tree(&ctx, auth)?;
+
+    let linearizable = ctrls.iter().any(
+        |c| matches!(c, LdapControl::Unknown { oid, .. } if oid == dse::OID_LINEARIZABLE_READ),
+    );
+    if linearizable {
+        ctx.writer.barrier().await.map_err(|e| {
+            Outcome::new(
+                LdapResultCode::Unavailable,
+                format!("cannot serve a linearizable read here: {e}"),
+            )
+        })?;
+    }
 
     // Effective limits: the client's, capped by the server's (not for
     // administrators).

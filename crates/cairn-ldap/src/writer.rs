@@ -13,6 +13,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Applies directory writes.
 pub trait Writer: Send + Sync + 'static {
     fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>>;
+    /// Returns once this node has applied every write committed before the
+    /// call (a read index): a read that follows is linearizable. Errors
+    /// when that cannot be confirmed (a node cut off from its site).
+    fn barrier(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// A standalone node: writes go to the local directory.
@@ -28,6 +32,11 @@ impl Writer for LocalWriter {
             }
         })
     }
+
+    fn barrier(&self) -> BoxFuture<'_, Result<(), String>> {
+        // One node: its own state is the latest.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A member of a site: writes go through Raft.
@@ -36,5 +45,12 @@ pub struct ReplicaWriter(pub Arc<Replica>);
 impl Writer for ReplicaWriter {
     fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
         Box::pin(self.0.write(op))
+    }
+
+    fn barrier(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(
+            self.0
+                .linearizable_barrier(std::time::Duration::from_secs(5)),
+        )
     }
 }

@@ -202,6 +202,16 @@ impl pb::raft_server::Raft for RaftService {
         payload(&self.raft.install_snapshot(req).await)
     }
 
+    async fn read_index(
+        &self,
+        _r: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        payload(&replica.read_index_here().await)
+    }
+
     async fn forward(
         &self,
         r: tonic::Request<RaftPayload>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_store::{Applied, Directory, WriteOp};
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -282,12 +282,48 @@ impl Replica {
 
     /// Waits until this node's state machine has applied everything the
     /// leader had committed when asked (read index): a linearizable read
-    /// may follow. Fails on a node cut off from the majority.
+    /// may follow. On a follower the leader is asked for the index. Fails
+    /// on a node cut off from the majority.
     pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let local = tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await;
+        let (leader_id, leader) = match local {
+            Err(_) => return Err("no quorum confirmed this node's leadership in time".into()),
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => (id, node),
+                    _ => return Err("no leader is known".into()),
+                }
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+        };
+        if self.faults.blocked(self.id, leader_id) {
+            return Err(format!("traffic {} -> {leader_id} is cut", self.id));
+        }
+        let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
+        let call = client.read_index(network::pb::RaftPayload { data: vec![] });
+        let reply = tokio::time::timeout_at(deadline, call)
+            .await
+            .map_err(|_| "the leader did not answer in time".to_string())?
+            .map_err(|s| s.to_string())?;
+        let index: Result<Option<u64>, String> =
+            crate::types::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
+        if let Some(index) = index? {
+            self.wait_applied(index, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The leader's side of a follower's read index.
+    pub async fn read_index_here(&self) -> Result<Option<u64>, String> {
+        let r = tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;
+        match r {
+            Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no quorum confirmed this node's leadership in time".into()),
+            Err(_) => Err("no quorum confirmed the leadership in time".into()),
         }
     }
 }

@@ -282,6 +282,30 @@ async fn a_write_at_a_follower_reaches_every_node() {
     site.replica(follower).write(host("esx-1")).await.unwrap();
     // Acknowledged at the follower means applied at the follower.
     assert!(site.has(follower, &host_dn("esx-1")));
+    // A follower's linearizable read asks the leader for the read index.
+    let other = site
+        .alive()
+        .into_iter()
+        .find(|&i| i != leader && i != follower)
+        .unwrap();
+    site.replica(leader).write(host("esx-2")).await.unwrap();
+    site.replica(other)
+        .linearizable_barrier(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        site.has(other, &host_dn("esx-2")),
+        "after the barrier the follower has the write"
+    );
+    // Cut off from the leader, it cannot serve one.
+    site.faults.cut(other, leader);
+    assert!(
+        site.replica(other)
+            .linearizable_barrier(Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    site.faults.heal();
     site.converge().await;
     // A refused write is refused the same way, wherever it is sent.
     let err = site
