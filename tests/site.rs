@@ -23,6 +23,30 @@ fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
             || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
         );
     }
+    // Every node publishes itself under its site.
+    let sites = format!("cn=east,ou=sites,{SUFFIX}");
+    for i in 1..=3 {
+        wait_until(
+            "three cairnNode entries on every node",
+            Duration::from_secs(30),
+            || count(&site, i, &sites, "(objectClass=cairnNode)") == 3,
+        );
+    }
+    let out = stdout(&ok(site.tool(
+        1,
+        "ldapsearch",
+        &["-b", &format!("cn=node-2,{sites}"), "-s", "base"],
+        None,
+    )));
+    assert!(out.contains("cairnNodeId: 2"), "{out}");
+    assert!(
+        out.contains(&format!("cairnLdapAddress: 127.0.0.2:{}", site.ldap_port)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("cairnGrpcAddress: 127.0.0.2:{}", site.grpc_port)),
+        "{out}"
+    );
     // A modify at node 2 (a follower or the leader: either way).
     ok(site.tool(2, "ldapmodify", &[], Some(&format!(
         "dn: {PROD_A}\nchangetype: modify\nreplace: cairnSetting\ncairnSetting: boot.image=esxi-8.0u2-22380479\n"

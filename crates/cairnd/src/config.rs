@@ -50,6 +50,9 @@ pub struct ClusterSection {
     /// Snapshot and compact the log after this many entries.
     #[serde(default = "default_snapshot_after")]
     pub snapshot_after: u64,
+    /// The site this node belongs to (`cn=<site>,ou=sites,<suffix>`); the
+    /// node publishes itself under it as a cairnNode entry.
+    pub site: String,
 }
 
 fn default_heartbeat() -> u64 {
@@ -85,6 +88,7 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     pub election: (Duration, Duration),
     pub snapshot_after: u64,
+    pub site: String,
 }
 
 impl ClusterSection {
@@ -124,6 +128,7 @@ impl ClusterSection {
                 Duration::from_millis(self.election_max_ms),
             ),
             snapshot_after: self.snapshot_after.max(1),
+            site: self.site,
         })
     }
 }

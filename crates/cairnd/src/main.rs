@@ -6,6 +6,7 @@
 
 mod config;
 mod node;
+mod publish;
 mod seed;
 
 use std::net::SocketAddr;
@@ -147,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                         election_min_ms: 1000,
                         election_max_ms: 2000,
                         snapshot_after: 10_000,
+                        site: "east".into(),
                     });
                     all.push(f.validate(Some(password.clone()))?);
                 }

@@ -121,6 +121,23 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             seed.await?;
         }
     }
+    if let Some(c) = &s.cluster
+        && let Some(me) = c.members.get(&c.node_id)
+    {
+        let p = crate::publish::Publication {
+            id: c.node_id,
+            site: c.site.clone(),
+            ldap: me.ldap.clone(),
+            grpc: me.grpc.clone(),
+            who: s.ldap.admin_dn.clone(),
+        };
+        tasks.spawn(crate::publish::run(
+            dir.clone(),
+            writer.clone(),
+            clock.clone(),
+            p,
+        ));
+    }
     let ctx = Arc::new(ServerContext {
         dir,
         writer,
