@@ -23,6 +23,21 @@ fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
             || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
         );
     }
+    // cairn status, asked at any node, shows all three, one leader.
+    let out = std::process::Command::new(bin("cairn"))
+        .args(["--url", &site.url(2), "--password", PASSWORD, "status"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().all(|r| r.ends_with("yes")), "{text}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains(" leader ")).count(),
+        1,
+        "{text}"
+    );
     // Every node publishes itself under its site.
     let sites = format!("cn=east,ou=sites,{SUFFIX}");
     for i in 1..=3 {

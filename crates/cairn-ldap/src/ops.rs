@@ -721,6 +721,23 @@ async fn search_inner(
         }
         return ok(vec![]);
     }
+    if base.norm() == "cn=status" {
+        // The node's replication state (like OpenLDAP's cn=Monitor):
+        // readable by anyone, for monitoring.
+        if scope == Scope::Base && fixed_entry_matches(&filter, &["top"]) {
+            let mut attrs = vec![
+                ("objectClass".to_string(), vec!["top".to_string()]),
+                ("cn".to_string(), vec!["status".to_string()]),
+            ];
+            attrs.extend(ctx.writer.status());
+            let e = LdapSearchResultEntry {
+                dn: "cn=status".into(),
+                attributes: sel.pick(attrs),
+            };
+            let _ = tx.send(entry_msg(msgid, e)).await;
+        }
+        return ok(vec![]);
+    }
     if base == cairn_core::schema::Schema::subschema_dn() {
         if scope != Scope::OneLevel
             && scope != Scope::Children

@@ -17,6 +17,8 @@ pub trait Writer: Send + Sync + 'static {
     /// call (a read index): a read that follows is linearizable. Errors
     /// when that cannot be confirmed (a node cut off from its site).
     fn barrier(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// This node's replication state, for the `cn=status` entry.
+    fn status(&self) -> Vec<(String, Vec<String>)>;
 }
 
 /// A standalone node: writes go to the local directory.
@@ -37,6 +39,10 @@ impl Writer for LocalWriter {
         // One node: its own state is the latest.
         Box::pin(async { Ok(()) })
     }
+
+    fn status(&self) -> Vec<(String, Vec<String>)> {
+        vec![("cairnRole".into(), vec!["standalone".into()])]
+    }
 }
 
 /// A member of a site: writes go through Raft.
@@ -52,5 +58,9 @@ impl Writer for ReplicaWriter {
             self.0
                 .linearizable_barrier(std::time::Duration::from_secs(5)),
         )
+    }
+
+    fn status(&self) -> Vec<(String, Vec<String>)> {
+        self.0.status()
     }
 }

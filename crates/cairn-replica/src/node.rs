@@ -317,6 +317,51 @@ impl Replica {
         Ok(())
     }
 
+    /// This node's view of the site, as attribute lists for `cn=status`.
+    pub fn status(&self) -> Vec<(String, Vec<String>)> {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        let opt = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "0".into());
+        let members: Vec<String> = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| format!("{id} {} {}", n.ldap, n.grpc))
+            .collect();
+        let replication: Vec<String> = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, matched)| format!("{id} {}", opt(matched.map(|l| l.index))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        vec![
+            ("cairnNodeId".into(), vec![self.id.to_string()]),
+            ("cairnRole".into(), vec![role.into()]),
+            ("cairnTerm".into(), vec![m.current_term.to_string()]),
+            ("cairnLastLogIndex".into(), vec![opt(m.last_log_index)]),
+            (
+                "cairnAppliedIndex".into(),
+                vec![opt(m.last_applied.map(|l| l.index))],
+            ),
+            (
+                "cairnLeader".into(),
+                m.current_leader
+                    .map(|l| vec![l.to_string()])
+                    .unwrap_or_default(),
+            ),
+            ("cairnMember".into(), members),
+            ("cairnReplication".into(), replication),
+        ]
+    }
+
     /// The leader's side of a follower's read index.
     pub async fn read_index_here(&self) -> Result<Option<u64>, String> {
         let r = tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;

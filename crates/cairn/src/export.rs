@@ -114,7 +114,7 @@ pub async fn run(
 /// malformed one (ldap3's `SearchEntry::construct` panics, and would also
 /// split an attribute's values between text and binary maps, losing their
 /// order).
-fn parse_entry(raw: ResultEntry) -> anyhow::Result<ExportEntry> {
+pub fn parse_entry(raw: ResultEntry) -> anyhow::Result<ExportEntry> {
     decode_entry(raw.0).ok_or_else(|| anyhow!("the server sent a malformed search result entry"))
 }
 

@@ -21,6 +21,7 @@ mod bench;
 mod client;
 mod export;
 mod import;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,10 @@ enum Command {
     Import(ImportArgs),
     /// Write a subtree as LDIF, parents before children, in a stable order.
     Export(ExportArgs),
+    /// Show every node of the site: role, term, last log index, applied
+    /// index, reachable or not (exit status 1 when a node is unreachable or
+    /// there is no leader).
+    Status,
     /// Load host entries and measure searches and modifies against any LDAP
     /// server (Cairn or a reference server), printing a Markdown table.
     Bench(BenchCli),
@@ -185,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             export::run(&args.base, args.out.as_deref(), &cli.url, &auth).await
         }
+        Command::Status => status::run(&cli.url, &auth).await,
         Command::Bench(b) => {
             for w in &b.workloads {
                 if w != "search" && w != "modify" {

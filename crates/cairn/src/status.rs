@@ -1,0 +1,154 @@
+//! `cairn status`: every node of the site as the node itself sees it —
+//! role, term, last log index, applied index — read from each node's
+//! `cn=status` entry over LDAP; a node that does not answer is shown as
+//! unreachable.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
+
+use crate::client::{self, Auth};
+use crate::export::parse_entry;
+
+/// One node's answer.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NodeStatus {
+    pub id: String,
+    pub role: String,
+    pub term: String,
+    pub last_log: String,
+    pub applied: String,
+    pub leader: String,
+    /// "id ldap grpc" per member, as the node knows the site.
+    pub members: Vec<String>,
+}
+
+fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
+    all(attrs, name).into_iter().next().unwrap_or_default()
+}
+
+fn all(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
+    attrs
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, vs)| vs.iter().map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
+    let (entries, res) = ldap
+        .search("cn=status", Scope::Base, "(objectClass=*)", vec!["*"])
+        .await?
+        .success()
+        .context("the node refused the status search")?;
+    let _ = res;
+    let raw = entries
+        .into_iter()
+        .next()
+        .context("the node returned no status")?;
+    let e = parse_entry(raw)?;
+    Ok(NodeStatus {
+        id: first(&e.attrs, "cairnNodeId"),
+        role: first(&e.attrs, "cairnRole"),
+        term: first(&e.attrs, "cairnTerm"),
+        last_log: first(&e.attrs, "cairnLastLogIndex"),
+        applied: first(&e.attrs, "cairnAppliedIndex"),
+        leader: first(&e.attrs, "cairnLeader"),
+        members: all(&e.attrs, "cairnMember"),
+    })
+}
+
+async fn probe(ldap_addr: &str) -> anyhow::Result<NodeStatus> {
+    let settings = LdapConnSettings::new().set_conn_timeout(Duration::from_secs(2));
+    let url = format!("ldap://{ldap_addr}");
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await?;
+    ldap3::drive!(conn);
+    let s = tokio::time::timeout(Duration::from_secs(3), read_status(&mut ldap))
+        .await
+        .context("no answer in time")??;
+    let _ = ldap.unbind().await;
+    Ok(s)
+}
+
+/// The table `cairn status` prints.
+pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
+    let mut out = format!(
+        "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  {}\n",
+        "NODE", "LDAP", "ROLE", "TERM", "LAST-LOG", "APPLIED", "REACHABLE"
+    );
+    for (id, addr, s) in rows {
+        match s {
+            Ok(s) => out.push_str(&format!(
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  yes\n",
+                id, addr, s.role, s.term, s.last_log, s.applied
+            )),
+            Err(e) => out.push_str(&format!(
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  no ({e})\n",
+                id, addr, "-", "-", "-", "-"
+            )),
+        }
+    }
+    out
+}
+
+/// Prints the site's status. Exit status 1 when a member is unreachable
+/// or no leader is known, so scripts can alert on it.
+pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
+    let mut ldap = client::connect(url, auth).await?;
+    let me = read_status(&mut ldap).await?;
+    if me.role == "standalone" {
+        println!("standalone node at {url} (no site)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![];
+    for m in &me.members {
+        let mut parts = m.split_whitespace();
+        let (Some(id), Some(addr)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let s = probe(addr).await.map_err(|e| format!("{e:#}"));
+        rows.push((id.to_string(), addr.to_string(), s));
+    }
+    print!("{}", render(&rows));
+    let healthy = rows.iter().all(|(_, _, s)| s.is_ok())
+        && rows
+            .iter()
+            .any(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role == "leader"));
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_unreachable_nodes() {
+        let ok = NodeStatus {
+            role: "leader".into(),
+            term: "3".into(),
+            last_log: "42".into(),
+            applied: "42".into(),
+            ..Default::default()
+        };
+        let t = render(&[
+            ("1".into(), "127.0.0.1:1389".into(), Ok(ok)),
+            (
+                "2".into(),
+                "127.0.0.2:1389".into(),
+                Err("connection refused".into()),
+            ),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].contains("leader") && lines[1].ends_with("yes"),
+            "{t}"
+        );
+        assert!(lines[2].contains("no (connection refused)"), "{t}");
+    }
+}
