@@ -142,3 +142,84 @@ fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
     assert_eq!(after[1], after[0]);
     assert_eq!(after[2], after[0]);
 }
+
+#[test]
+fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut site = Site::start(3);
+    for i in 1..=3 {
+        wait_until(
+            "the example tree on every node",
+            Duration::from_secs(30),
+            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
+        );
+    }
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let n_acked = Arc::new(AtomicUsize::new(0));
+    // Two writers, at two different nodes (at least one forwards).
+    let writers: Vec<_> = [2u64, 3]
+        .into_iter()
+        .map(|node| {
+            let (acked, n_acked, url) = (acked.clone(), n_acked.clone(), site.url(node));
+            std::thread::spawn(move || {
+                let Ok(mut ldap) = ldap3::LdapConn::new(&url) else {
+                    return;
+                };
+                if ldap.simple_bind(ADMIN, PASSWORD).is_err() {
+                    return;
+                }
+                for i in 0.. {
+                    let cn = format!("k9s-{node}-{i}");
+                    let dn = format!("cn={cn},{PROD_A}");
+                    match ldap.add(
+                        &dn,
+                        vec![
+                            ("objectClass", HashSet::from(["cairnHost"])),
+                            ("cn", HashSet::from([cn.as_str()])),
+                        ],
+                    ) {
+                        Ok(r) if r.rc == 0 => {
+                            acked.lock().unwrap().push(dn);
+                            n_acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("100 acknowledged adds", Duration::from_secs(120), || {
+        n_acked.load(Ordering::SeqCst) >= 100
+    });
+    site.kill9();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    site.restart();
+    let want: HashSet<String> = acked.iter().cloned().collect();
+    for i in 1..=3 {
+        wait_until(
+            "every acknowledged add on every node",
+            Duration::from_secs(30),
+            || {
+                let out = site.tool(
+                    i,
+                    "ldapsearch",
+                    &["-b", PROD_A, "-s", "one", "(cn=k9s-*)", "1.1"],
+                    None,
+                );
+                let have: HashSet<String> = dns(&stdout(&out)).into_iter().collect();
+                want.is_subset(&have)
+            },
+        );
+    }
+    // Every node holds the same directory, entry by entry.
+    wait_until("identical directories", Duration::from_secs(10), || {
+        let e: Vec<String> = (1..=3).map(|i| site.export(i)).collect();
+        e[0] == e[1] && e[1] == e[2]
+    });
+}
