@@ -317,6 +317,68 @@ impl Replica {
         Ok(())
     }
 
+    /// The site's voting members, as this node knows them.
+    pub fn voters(&self) -> std::collections::BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Adds a node to the site: it first catches up as a learner (log or
+    /// snapshot), then becomes a voter. Must run on the leader.
+    pub async fn add_member(&self, id: u64, node: NodeInfo) -> Result<(), String> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| format!("cannot add node {id} as a learner: {e}"))?;
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| format!("cannot make node {id} a voter: {e}"))?;
+        Ok(())
+    }
+
+    /// Removes a node from the site (it stops receiving the log). Must run
+    /// on the leader.
+    pub async fn remove_member(&self, id: u64) -> Result<(), String> {
+        let mut voters = self.voters();
+        if !voters.remove(&id) {
+            return Err(format!("node {id} is not a voting member"));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| format!("cannot remove node {id}: {e}"))?;
+        Ok(())
+    }
+
+    /// Replaces node `old` with a new node: the new one catches up as a
+    /// learner, then one membership change swaps them, so the site never
+    /// has fewer than its usual number of voters. Must run on the leader.
+    pub async fn replace_member(&self, old: u64, new: u64, node: NodeInfo) -> Result<(), String> {
+        let mut voters = self.voters();
+        if !voters.contains(&old) {
+            return Err(format!("node {old} is not a voting member"));
+        }
+        self.raft
+            .add_learner(new, node, true)
+            .await
+            .map_err(|e| format!("cannot add node {new} as a learner: {e}"))?;
+        voters.remove(&old);
+        voters.insert(new);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| format!("cannot swap node {old} for {new}: {e}"))?;
+        Ok(())
+    }
+
     /// This node's view of the site, as attribute lists for `cn=status`.
     pub fn status(&self) -> Vec<(String, Vec<String>)> {
         let m = self.raft.metrics().borrow().clone();

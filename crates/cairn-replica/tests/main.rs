@@ -151,6 +151,31 @@ impl Site {
         }
     }
 
+    /// Adds a fresh node (empty data directory, not part of the site yet)
+    /// and returns its id and address.
+    async fn add_node(&mut self) -> (u64, NodeInfo) {
+        let id = self.nodes.len() as u64 + 1;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        self.nodes.push(Node {
+            id,
+            addr,
+            tmp: tempfile::tempdir().unwrap(),
+            replica: None,
+            stop: None,
+            server: None,
+        });
+        self.start(id).await;
+        (
+            id,
+            NodeInfo {
+                grpc: addr.to_string(),
+                ldap: String::new(),
+            },
+        )
+    }
+
     /// The leader as the live nodes agree on it.
     async fn leader(&self) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -487,5 +512,44 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
         snap.is_some(),
         "the node caught up without installing a snapshot"
     );
+    site.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_replaced_under_load() {
+    let mut site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let old = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    // A steady stream of writes at the leader while the site changes.
+    let writer = {
+        let r = site.replica(leader);
+        tokio::spawn(async move {
+            let mut acked = vec![];
+            for i in 0..150 {
+                match r.write(host(&format!("m-{i}"))).await {
+                    Ok(_) => acked.push(host_dn(&format!("m-{i}"))),
+                    Err(e) => panic!("a write failed during the membership change: {e:?}"),
+                }
+            }
+            acked
+        })
+    };
+    let (new, info) = site.add_node().await;
+    site.replica(leader)
+        .replace_member(old, new, info)
+        .await
+        .unwrap();
+    let acked = writer.await.unwrap();
+    assert_eq!(
+        site.replica(leader).voters(),
+        [1, 2, 3, 4].into_iter().filter(|&i| i != old).collect()
+    );
+    site.kill(old).await;
+    // The new member has everything, and keeps up.
+    site.replica(leader).write(host("after")).await.unwrap();
+    site.converge().await;
+    for dn in acked.iter().chain([host_dn("after")].iter()) {
+        assert!(site.has(new, dn), "the new node lacks {dn}");
+    }
     site.shutdown().await;
 }
