@@ -223,3 +223,137 @@ fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
         e[0] == e[1] && e[1] == e[2]
     });
 }
+
+#[test]
+fn cairn_member_replace_swaps_a_node_for_a_new_one() {
+    let site = Site::start(3);
+    for i in 1..=3 {
+        wait_until(
+            "the example tree on every node",
+            Duration::from_secs(30),
+            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
+        );
+    }
+    // A fourth node, its own process, configured as a member-to-be.
+    let data = tempfile::tempdir().unwrap();
+    let (ldap4, grpc4) = (
+        format!("127.0.0.4:{}", site.ldap_port),
+        format!("127.0.0.4:{}", site.grpc_port),
+    );
+    let member = |i: u64| {
+        format!(
+            "{{ id = {i}, grpc = \"127.0.0.{i}:{}\", ldap = \"127.0.0.{i}:{}\" }}",
+            site.grpc_port, site.ldap_port
+        )
+    };
+    let config = format!(
+        "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = \"{ldap4}\"\n\
+         [cluster]\nnode_id = 4\ngrpc_listen = \"{grpc4}\"\nsite = \"east\"\nmembers = [{}, {}, {}, {}]\n",
+        data.path().join("node-4").display(),
+        member(1),
+        member(2),
+        member(3),
+        member(4)
+    );
+    let file = data.path().join("cairn.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut node4 = std::process::Command::new(bin("cairnd"))
+        .arg("--config")
+        .arg(&file)
+        .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
+        .env("CAIRN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let addr4: std::net::SocketAddr = ldap4.parse().unwrap();
+    wait_until("node 4 to listen", Duration::from_secs(30), || {
+        assert!(node4.try_wait().unwrap().is_none(), "node 4 exited");
+        std::net::TcpStream::connect(addr4).is_ok()
+    });
+    let _reap = Reap(node4);
+    let cairn = |node: u64, args: &[&str]| {
+        std::process::Command::new(bin("cairn"))
+            .args(["--url", &site.url(node), "--password", PASSWORD])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Asked at node 2; the leader runs it.
+    let out = cairn(2, &["member", "replace", "3", "4", &ldap4, &grpc4]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    // Node 4 has the directory and takes writes; node 3 is out.
+    let on4 = |filter: &str| {
+        let out = std::process::Command::new("ldapsearch")
+            .args([
+                "-x",
+                "-H",
+                &format!("ldap://{ldap4}"),
+                "-D",
+                ADMIN,
+                "-w",
+                PASSWORD,
+                "-b",
+                SUFFIX,
+                filter,
+                "1.1",
+            ])
+            .output()
+            .unwrap();
+        dns(&stdout(&out)).len()
+    };
+    wait_until("the directory on node 4", Duration::from_secs(30), || {
+        on4("(objectClass=cairnHost)") == 4
+    });
+    let add = format!("dn: cn=via-4,{PROD_A}\nobjectClass: cairnHost\ncn: via-4\n");
+    let out = std::process::Command::new("ldapadd")
+        .args([
+            "-x",
+            "-H",
+            &format!("ldap://{ldap4}"),
+            "-D",
+            ADMIN,
+            "-w",
+            PASSWORD,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(add.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(
+        "the write from node 4 at node 1",
+        Duration::from_secs(10),
+        || count(&site, 1, PROD_A, "(cn=via-4)") == 1,
+    );
+    let status = cairn(1, &["status"]);
+    let text = stdout(&status);
+    assert!(status.status.success(), "{text}");
+    let ids: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, vec!["1", "2", "4"], "{text}");
+    // Removing a non-member is refused with a clear message.
+    let out = cairn(1, &["member", "remove", "9"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a voting member"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -127,13 +127,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
                                 break;
                             }
                         }
-                        LdapOp::ExtendedRequest(req) => {
+                        LdapOp::ExtendedRequest(req) if req.name != crate::dse::OID_CHANGE_MEMBERS => {
                             let reply = ops::extended(&auth, msgid, req);
                             if sink.send(reply).await.is_err() {
                                 break;
                             }
                         }
                         op @ (LdapOp::SearchRequest(_)
+                        | LdapOp::ExtendedRequest(_)
                         | LdapOp::AddRequest(_)
                         | LdapOp::ModifyRequest(_)
                         | LdapOp::DelRequest(_)

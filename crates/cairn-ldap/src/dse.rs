@@ -14,6 +14,10 @@ pub const OID_ALL_OPERATIONAL: &str = "1.3.6.1.4.1.4203.1.5.1";
 /// search arrived (Raft read index). Without it, reads are served from the
 /// node's applied state at once.
 pub const OID_LINEARIZABLE_READ: &str = "1.3.6.1.4.1.32473.7.3.1";
+/// Cairn's membership-change extended operation (administrators only):
+/// the request value is `add ID LDAP GRPC`, `remove ID` or
+/// `replace OLD NEW LDAP GRPC`.
+pub const OID_CHANGE_MEMBERS: &str = "1.3.6.1.4.1.32473.7.4.1";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
 pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 
@@ -31,7 +35,10 @@ pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<S
                 OID_LINEARIZABLE_READ.into(),
             ],
         ),
-        ("supportedExtension".into(), vec![OID_WHOAMI.into()]),
+        (
+            "supportedExtension".into(),
+            vec![OID_WHOAMI.into(), OID_CHANGE_MEMBERS.into()],
+        ),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
         ("supportedSASLMechanisms".into(), vec![]),
         ("subschemaSubentry".into(), vec!["cn=schema".into()]),

@@ -329,6 +329,10 @@ pub async fn dispatch(
         search(session, auth, msgid, req, ctrls, tx, cancel).await;
         return;
     }
+    if let LdapOp::ExtendedRequest(req) = op {
+        let _ = tx.send(change_members(&ctx, &auth, msgid, req).await).await;
+        return;
+    }
     let res = match &op {
         LdapOp::CompareRequest(_) => compare(&ctx, &auth, op.clone()).await,
         _ => write(&ctx, &auth, op.clone()).await,
@@ -338,6 +342,44 @@ pub async fn dispatch(
         Err(o) => outcome_result(&o),
     };
     let _ = tx.send(reply(msgid, &op, res)).await;
+}
+
+/// The membership-change extended operation.
+async fn change_members(
+    ctx: &ServerContext,
+    auth: &Auth,
+    msgid: i32,
+    req: LdapExtendedRequest,
+) -> LdapMsg {
+    let res = async {
+        require_admin(auth)?;
+        let text = req
+            .value
+            .as_deref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let change: cairn_replica::MemberChange = text
+            .parse()
+            .map_err(|e: String| Outcome::new(LdapResultCode::ProtocolError, e))?;
+        ctx.writer
+            .change_members(change)
+            .await
+            .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
+    }
+    .await;
+    let res = match res {
+        Ok(()) => result(LdapResultCode::Success, "", ""),
+        Err(o) => outcome_result(&o),
+    };
+    LdapMsg {
+        msgid,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res,
+            name: None,
+            value: None,
+        }),
+        ctrl: vec![],
+    }
 }
 
 fn require_admin(auth: &Auth) -> Result<(), Outcome> {

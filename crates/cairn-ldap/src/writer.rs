@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_replica::{Replica, WriteError};
+use cairn_replica::{MemberChange, Replica, WriteError};
 use cairn_store::{Applied, Directory, WriteOp};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -19,6 +19,8 @@ pub trait Writer: Send + Sync + 'static {
     fn barrier(&self) -> BoxFuture<'_, Result<(), String>>;
     /// This node's replication state, for the `cn=status` entry.
     fn status(&self) -> Vec<(String, Vec<String>)>;
+    /// Changes the site's membership.
+    fn change_members(&self, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// A standalone node: writes go to the local directory.
@@ -43,6 +45,10 @@ impl Writer for LocalWriter {
     fn status(&self) -> Vec<(String, Vec<String>)> {
         vec![("cairnRole".into(), vec!["standalone".into()])]
     }
+
+    fn change_members(&self, _change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Err("a standalone node has no site to change".into()) })
+    }
 }
 
 /// A member of a site: writes go through Raft.
@@ -62,5 +68,9 @@ impl Writer for ReplicaWriter {
 
     fn status(&self) -> Vec<(String, Vec<String>)> {
         self.0.status()
+    }
+
+    fn change_members(&self, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.0.change_members(change))
     }
 }

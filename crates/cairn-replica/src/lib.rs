@@ -28,6 +28,6 @@ pub mod types;
 
 pub use faults::Faults;
 pub use log_store::LogStore;
-pub use node::{Replica, ReplicaConfig, WriteError};
+pub use node::{MemberChange, Replica, ReplicaConfig, WriteError};
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, Raft, Request, Response, TypeConfig};

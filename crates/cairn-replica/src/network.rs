@@ -202,6 +202,17 @@ impl pb::raft_server::Raft for RaftService {
         payload(&self.raft.install_snapshot(req).await)
     }
 
+    async fn change_members(
+        &self,
+        r: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let change: crate::MemberChange = request(r)?;
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        payload(&replica.change_members_here(change).await)
+    }
+
     async fn read_index(
         &self,
         _r: tonic::Request<RaftPayload>,

@@ -53,6 +53,49 @@ impl ReplicaConfig {
     }
 }
 
+/// A change to the site's membership, as an operator asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a node (it catches up as a learner, then votes).
+    Add { id: u64, node: NodeInfo },
+    /// Remove a voting member.
+    Remove { id: u64 },
+    /// Swap a member for a new node.
+    Replace { old: u64, new: u64, node: NodeInfo },
+}
+
+impl std::str::FromStr for MemberChange {
+    type Err = String;
+
+    /// `add ID LDAP GRPC`, `remove ID`, `replace OLD NEW LDAP GRPC`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let w: Vec<&str> = s.split_whitespace().collect();
+        let id = |t: &str| {
+            t.parse::<u64>()
+                .map_err(|_| format!("{t:?} is not a node id"))
+        };
+        let node = |ldap: &str, grpc: &str| NodeInfo {
+            ldap: ldap.to_string(),
+            grpc: grpc.to_string(),
+        };
+        match w.as_slice() {
+            ["add", i, ldap, grpc] => Ok(MemberChange::Add {
+                id: id(i)?,
+                node: node(ldap, grpc),
+            }),
+            ["remove", i] => Ok(MemberChange::Remove { id: id(i)? }),
+            ["replace", o, n, ldap, grpc] => Ok(MemberChange::Replace {
+                old: id(o)?,
+                new: id(n)?,
+                node: node(ldap, grpc),
+            }),
+            _ => Err(format!(
+                "{s:?}: expected `add ID LDAP GRPC`, `remove ID` or `replace OLD NEW LDAP GRPC`"
+            )),
+        }
+    }
+}
+
 /// Why a write did not complete, shaped by what the client should do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum WriteError {
@@ -377,6 +420,46 @@ impl Replica {
             .await
             .map_err(|e| format!("cannot swap node {old} for {new}: {e}"))?;
         Ok(())
+    }
+
+    /// Runs a membership change on the leader: here, or forwarded to it.
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.id => self.change_members_here(change).await,
+            Some(l) => {
+                let node = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .cloned()
+                    .ok_or_else(|| format!("the leader {l} has no known address"))?;
+                if self.faults.blocked(self.id, l) {
+                    return Err(format!("traffic {} -> {l} is cut", self.id));
+                }
+                let mut client = network::client(&node.grpc).map_err(|e| e.to_string())?;
+                let data = crate::types::encode(&change).map_err(|e| e.to_string())?;
+                let reply = client
+                    .change_members(network::pb::RaftPayload { data })
+                    .await
+                    .map_err(|s| s.to_string())?;
+                crate::types::decode::<Result<(), String>>(&reply.into_inner().data)
+                    .map_err(|e| e.to_string())?
+            }
+            None => Err("no leader: the site cannot change its membership now".into()),
+        }
+    }
+
+    /// The leader's side of a membership change.
+    pub async fn change_members_here(&self, change: MemberChange) -> Result<(), String> {
+        match change {
+            MemberChange::Add { id, node } => self.add_member(id, node).await,
+            MemberChange::Remove { id } => self.remove_member(id).await,
+            MemberChange::Replace { old, new, node } => self.replace_member(old, new, node).await,
+        }
     }
 
     /// This node's view of the site, as attribute lists for `cn=status`.

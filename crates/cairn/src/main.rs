@@ -21,6 +21,7 @@ mod bench;
 mod client;
 mod export;
 mod import;
+mod member;
 mod status;
 
 use std::path::PathBuf;
@@ -91,9 +92,33 @@ enum Command {
     /// index, reachable or not (exit status 1 when a node is unreachable or
     /// there is no leader).
     Status,
+    /// Change the site's membership: add, remove or replace a node.
+    #[command(subcommand)]
+    Member(MemberCmd),
     /// Load host entries and measure searches and modifies against any LDAP
     /// server (Cairn or a reference server), printing a Markdown table.
     Bench(BenchCli),
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// Add a node: it catches up as a learner, then votes.
+    Add {
+        id: u64,
+        /// The node's LDAP address (host:port).
+        ldap: String,
+        /// The node's gRPC address (host:port).
+        grpc: String,
+    },
+    /// Remove a voting member.
+    Remove { id: u64 },
+    /// Replace member OLD by a new node NEW.
+    Replace {
+        old: u64,
+        new: u64,
+        ldap: String,
+        grpc: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +216,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::run(&args.base, args.out.as_deref(), &cli.url, &auth).await
         }
         Command::Status => status::run(&cli.url, &auth).await,
+        Command::Member(m) => {
+            let change = match m {
+                MemberCmd::Add { id, ldap, grpc } => format!("add {id} {ldap} {grpc}"),
+                MemberCmd::Remove { id } => format!("remove {id}"),
+                MemberCmd::Replace {
+                    old,
+                    new,
+                    ldap,
+                    grpc,
+                } => format!("replace {old} {new} {ldap} {grpc}"),
+            };
+            member::run(&cli.url, &auth, change).await
+        }
         Command::Bench(b) => {
             for w in &b.workloads {
                 if w != "search" && w != "modify" {
