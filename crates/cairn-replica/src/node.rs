@@ -21,8 +21,10 @@ use crate::{LogStore, StateMachine};
 pub struct ReplicaConfig {
     pub id: u64,
     pub data_dir: PathBuf,
-    /// Raft heartbeat. openraft's 50 ms default flaps on a loaded 2-core
-    /// machine; 250 ms held.
+    /// Raft heartbeat. openraft's 50 ms default (with 150–300 ms
+    /// elections) flaps on a loaded 2-core machine; 150 ms with 500–1000 ms
+    /// elections holds and fails over in about 1.7 s (1–2 s elections:
+    /// about 3.5 s; docs/replication.md).
     pub heartbeat: Duration,
     /// Election timeout range.
     pub election: (Duration, Duration),
@@ -43,8 +45,8 @@ impl ReplicaConfig {
         ReplicaConfig {
             id,
             data_dir,
-            heartbeat: Duration::from_millis(250),
-            election: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            heartbeat: Duration::from_millis(150),
+            election: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_after: 10_000,
             keep_logs: 1000,
             write_timeout: Duration::from_secs(10),

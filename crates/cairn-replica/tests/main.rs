@@ -103,6 +103,7 @@ impl Site {
         cfg.snapshot_after = snapshot_after;
         cfg.keep_logs = if snapshot_after < 1000 { 0 } else { 1000 };
         cfg.write_timeout = Duration::from_secs(4);
+
         let replica = Replica::start(cfg, dir).await.unwrap();
         let listener = bind_retry(node.addr).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -364,6 +365,7 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     }
     let killed_at = Instant::now();
     site.kill(leader).await;
+    let kill_took = killed_at.elapsed();
     // Keep writing: the first success after the kill ends the outage.
     let mut outage = None;
     let mut after = 0;
@@ -385,6 +387,7 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
         "writes were unavailable for {:?} after the leader was killed",
         outage.unwrap()
     );
+    eprintln!("stopping the leader itself took {kill_took:?}");
     let new_leader = site.leader().await;
     assert_ne!(new_leader, leader);
     for dn in &acked {

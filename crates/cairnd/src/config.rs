@@ -56,13 +56,13 @@ pub struct ClusterSection {
 }
 
 fn default_heartbeat() -> u64 {
-    250
+    150
 }
 fn default_election_min() -> u64 {
-    1000
+    500
 }
 fn default_election_max() -> u64 {
-    2000
+    1000
 }
 fn default_snapshot_after() -> u64 {
     10_000

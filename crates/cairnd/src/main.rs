@@ -144,9 +144,9 @@ fn main() -> anyhow::Result<()> {
                         node_id: i,
                         grpc_listen: addr(i, grpc_port),
                         members: members.clone(),
-                        heartbeat_ms: 250,
-                        election_min_ms: 1000,
-                        election_max_ms: 2000,
+                        heartbeat_ms: 150,
+                        election_min_ms: 500,
+                        election_max_ms: 1000,
                         snapshot_after: 10_000,
                         site: "east".into(),
                     });
