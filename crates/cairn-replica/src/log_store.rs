@@ -61,7 +61,7 @@ impl LogStore {
     /// Writes a batch and fsyncs it, off the async threads.
     async fn write_durably(&self, batch: Batch) -> Result<(), cairn_store::Error> {
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.commit(&batch))
+        tokio::task::spawn_blocking(move || engine.commit_durable(&batch))
             .await
             .map_err(|e| cairn_store::Error::Storage(format!("log write task: {e}")))?
     }

@@ -198,7 +198,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = Self::bookkeeping(last, &membership)?;
         let dir = self.dir.clone();
         let results = blocking(move || {
-            dir.apply_committed(ops, &meta)
+            // Not fsync'd: the log is, and a crash only loses applies that
+            // the log replays (snapshots sync before the log is purged).
+            dir.apply_committed(ops, &meta, false)
                 .map_err(|e| StorageIOError::write_state_machine(&e).into())
         })
         .await?;

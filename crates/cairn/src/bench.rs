@@ -26,6 +26,11 @@ use crate::client::{self, Auth};
 
 /// What to run.
 pub struct BenchArgs {
+    /// LDAP servers to spread connections over (round robin); empty: the
+    /// global --url.
+    pub urls: Vec<String>,
+    /// etcd endpoints: benchmark etcd's puts instead of LDAP.
+    pub etcd: Vec<String>,
     pub base: String,
     pub entries: usize,
     pub load: bool,
@@ -137,16 +142,74 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-async fn connections(url: &str, auth: &Auth, n: usize) -> anyhow::Result<Vec<Ldap>> {
+async fn connections(urls: &[String], auth: &Auth, n: usize) -> anyhow::Result<Vec<Ldap>> {
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(client::connect(url, auth).await?);
+    for i in 0..n {
+        out.push(client::connect(&urls[i % urls.len()], auth).await?);
     }
     Ok(out)
 }
 
-async fn load(args: &BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Stats> {
-    let conns = connections(url, auth, args.load_connections.max(1)).await?;
+/// Generated client for etcd's KV.Put (proto/bench/etcd_kv.proto).
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Puts to etcd over `n_conns` gRPC channels for the duration: `add`
+/// writes a new key each time, `modify` overwrites one of `entries` keys;
+/// values are the size of the corresponding LDAP request's payload.
+async fn run_etcd(args: &BenchArgs, workload: &str, n_conns: usize) -> anyhow::Result<Stats> {
+    let mut clients = vec![];
+    for i in 0..n_conns {
+        let ep = &args.etcd[i % args.etcd.len()];
+        let channel = tonic::transport::Endpoint::from_shared(ep.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to etcd at {ep}"))?;
+        clients.push(etcd::kv_client::KvClient::new(channel));
+    }
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut kv) in clients.into_iter().enumerate() {
+        let entries = args.entries;
+        let workload = workload.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+            let (mut lat, mut errors, mut k) = (vec![], 0usize, 0u64);
+            while Instant::now() < deadline {
+                k += 1;
+                let (key, value) = if workload == "add" {
+                    (
+                        format!("/bench/w-{n_conns}-{i}-{k}"),
+                        format!("objectClass=cairnHost cn=w-{n_conns}-{i}-{k}"),
+                    )
+                } else {
+                    let n = rng.below(entries);
+                    (
+                        format!("/bench/host-{n}"),
+                        format!("bench host {n} rev {k}"),
+                    )
+                };
+                let t = Instant::now();
+                let req = etcd::PutRequest {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
+                    ..Default::default()
+                };
+                match kv.put(req).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros() as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    collect(tasks, start).await
+}
+
+async fn load(args: &BenchArgs, urls: &[String], auth: &Auth) -> anyhow::Result<Stats> {
+    let conns = connections(urls, auth, args.load_connections.max(1)).await?;
     let per = args.entries.div_ceil(conns.len());
     let start = Instant::now();
     let mut tasks = vec![];
@@ -176,12 +239,12 @@ async fn load(args: &BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Stats>
 
 async fn run_workload(
     args: &BenchArgs,
-    url: &str,
+    urls: &[String],
     auth: &Auth,
     workload: &str,
     n_conns: usize,
 ) -> anyhow::Result<Stats> {
-    let conns = connections(url, auth, n_conns).await?;
+    let conns = connections(urls, auth, n_conns).await?;
     let deadline = Instant::now() + args.duration;
     let start = Instant::now();
     let mut tasks = vec![];
@@ -198,7 +261,20 @@ async fn run_workload(
                 let n = rng.below(entries);
                 k += 1;
                 let t = Instant::now();
-                let ok = if workload == "modify" {
+                let ok = if workload == "add" {
+                    // Unique across runs with other connection counts.
+                    let cn = format!("w-{n_conns}-{i}-{k}");
+                    let dn = format!("cn={cn},{base}");
+                    ldap.add(
+                        &dn,
+                        vec![
+                            ("objectClass", HashSet::from(["cairnHost"])),
+                            ("cn", HashSet::from([cn.as_str()])),
+                        ],
+                    )
+                    .await
+                    .is_ok_and(|r| r.rc == 0)
+                } else if workload == "modify" {
                     let dn = format!("cn=host-{n},{base}");
                     let desc = format!("bench host {n} rev {k}");
                     ldap.modify(
@@ -259,9 +335,23 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
     println!("| server | workload | connections | ops/s | p50 ms | p99 ms | errors | server RSS |");
     println!("|---|---|---|---|---|---|---|---|");
     let rss = || args.server_pid.and_then(rss_kib);
+    if !args.etcd.is_empty() {
+        for w in &args.workloads {
+            for &c in &args.connections {
+                let mut s = run_etcd(&args, w, c).await?;
+                println!("{}", s.row(&args.label, &format!("put ({w})"), c, rss()));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let urls: Vec<String> = if args.urls.is_empty() {
+        vec![url.to_string()]
+    } else {
+        args.urls.clone()
+    };
     if args.load {
         // The container; it may exist already.
-        let mut ldap = client::connect(url, auth).await?;
+        let mut ldap = client::connect(&urls[0], auth).await?;
         let ou = args
             .base
             .split(',')
@@ -278,7 +368,7 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
                 ],
             )
             .await;
-        let mut s = load(&args, url, auth).await?;
+        let mut s = load(&args, &urls, auth).await?;
         println!(
             "{}",
             s.row(
@@ -295,7 +385,7 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
     }
     for w in &args.workloads {
         for &c in &args.connections {
-            let mut s = run_workload(&args, url, auth, w, c).await?;
+            let mut s = run_workload(&args, &urls, auth, w, c).await?;
             println!("{}", s.row(&args.label, w, c, rss()));
         }
     }

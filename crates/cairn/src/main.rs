@@ -123,6 +123,15 @@ enum MemberCmd {
 
 #[derive(Debug, Args)]
 struct BenchCli {
+    /// LDAP servers to spread the connections over (comma-separated
+    /// URLs); default: --url.
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// Benchmark etcd instead (comma-separated endpoints, e.g.
+    /// http://127.0.0.1:2379): workloads add (new keys) and modify
+    /// (overwrite one of --entries keys).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
     /// Container of the bench entries (created when absent).
     #[arg(long, default_value = "ou=bench,dc=example,dc=com")]
     base: String,
@@ -141,7 +150,7 @@ struct BenchCli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Workloads: search, modify (comma-separated).
+    /// Workloads: search, modify, add (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "search,modify")]
     workloads: Vec<String>,
     /// Name of the server in the output table.
@@ -231,11 +240,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(b) => {
             for w in &b.workloads {
-                if w != "search" && w != "modify" {
-                    anyhow::bail!("unknown workload {w:?} (search, modify)");
+                if w != "search" && w != "modify" && w != "add" {
+                    anyhow::bail!("unknown workload {w:?} (search, modify, add)");
                 }
             }
             let args = bench::BenchArgs {
+                urls: b.urls,
+                etcd: b.etcd,
                 base: b.base,
                 entries: b.entries,
                 load: !b.no_load,

@@ -806,13 +806,16 @@ impl Directory {
 
     /// Applies operations a consensus log committed, in order, in one
     /// transaction together with `meta` (the replica's bookkeeping, e.g.
-    /// the last applied log id), durable when it returns. Each operation's
-    /// own result is returned; an operation that fails changes nothing and
-    /// the others still apply, the same way on every replica.
+    /// the last applied log id). Each operation's own result is returned;
+    /// an operation that fails changes nothing and the others still apply,
+    /// the same way on every replica. With `durable` false the transaction
+    /// is visible at once and reaches the disk with the next sync: a
+    /// replica whose log is durable can re-apply what a crash loses.
     pub fn apply_committed(
         &self,
         ops: Vec<WriteOp>,
         meta: &Batch,
+        durable: bool,
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
         let numbered = ops
             .into_iter()
@@ -822,8 +825,17 @@ impl Directory {
         let lock = self.lock();
         let (results, seq) = self.apply_ops(numbered, Some(meta));
         drop(lock);
-        self.wait_durable(seq?)?;
+        let seq = seq?;
+        if durable {
+            self.wait_durable(seq)?;
+        }
         Ok(results.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Makes everything committed so far durable.
+    pub fn sync(&self) -> Result<(), Error> {
+        let seq = self.sync_state().written;
+        self.wait_durable(seq)
     }
 
     /// Reads a value of the meta table.
@@ -844,6 +856,10 @@ impl Directory {
         meta_keys: &[&[u8]],
     ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), Error> {
         let _lock = self.lock();
+        // What a snapshot holds must be on disk here too before the log
+        // behind it may be purged.
+        let seq = self.sync_state().written;
+        self.wait_durable(seq)?;
         let snap = self.engine.snapshot()?;
         let mut tables = vec![];
         for t in Table::DIRECTORY {

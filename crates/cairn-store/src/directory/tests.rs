@@ -507,7 +507,7 @@ fn committed_ops_apply_in_order_with_their_own_results_and_meta() {
         let mut meta = Batch::default();
         meta.put(Table::Meta, b"applied".to_vec(), b"7".to_vec());
         let results = d
-            .apply_committed(vec![host("c-1"), host("c-1"), host("c-2")], &meta)
+            .apply_committed(vec![host("c-1"), host("c-1"), host("c-2")], &meta, true)
             .unwrap();
         assert!(results[0].is_ok());
         assert!(
@@ -540,7 +540,7 @@ fn a_snapshot_replaces_the_whole_directory() {
         .unwrap();
         let mut m = Batch::default();
         m.put(Table::Meta, b"applied".to_vec(), b"42".to_vec());
-        a.apply_committed(vec![], &m).unwrap();
+        a.apply_committed(vec![], &m, true).unwrap();
         let (data, metas) = a.snapshot_data(&[b"applied"]).unwrap();
         assert_eq!(metas, vec![Some(b"42".to_vec())]);
         let mut m = Batch::default();

@@ -143,6 +143,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every transaction committed so far durable (one fsync for
     /// many commits: group commit).
     fn sync(&self) -> Result<(), Error>;
+    /// Applies `batch` in one transaction that is durable when this
+    /// returns (one commit with fsync, where [`Engine::commit`] may take two).
+    fn commit_durable(&self, batch: &Batch) -> Result<(), Error> {
+        self.commit(batch)
+    }
     /// Applies every write of `batch` or none, and returns once it is on
     /// disk.
     fn commit(&self, batch: &Batch) -> Result<(), Error> {
@@ -372,6 +377,25 @@ pub(crate) mod tests {
                 Ok(())
             })
             .unwrap();
+        }
+    }
+
+    #[test]
+    fn durable_commits_survive_reopen() {
+        for kind in [EngineKind::Redb, EngineKind::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let e = open(kind, dir.path()).unwrap();
+                let mut b = Batch::default();
+                b.put(Table::RaftLog, vec![1], vec![1]);
+                e.commit_durable(&b).unwrap();
+            }
+            let e = open(kind, dir.path()).unwrap();
+            assert_eq!(
+                e.snapshot().unwrap().get(Table::RaftLog, &[1]).unwrap(),
+                Some(vec![1]),
+                "{kind:?}"
+            );
         }
     }
 
