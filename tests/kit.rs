@@ -165,32 +165,7 @@ impl Node {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Output {
-        let mut cmd = Command::new(tool);
-        cmd.arg("-x").arg("-H").arg(self.url());
-        if let Some((dn, pw)) = creds {
-            cmd.arg("-D").arg(dn).arg("-w").arg(pw);
-        }
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("write stdin");
-        }
-        child.wait_with_output().expect("tool output")
+        run_tool(&self.url(), tool, creds, args, stdin)
     }
 
     /// Runs the `cairn` CLI against this node.
@@ -212,6 +187,43 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs one of OpenLDAP's tools (`ldapsearch`, `ldapadd`, ...) against
+/// `url` with simple-bind credentials (None: anonymous).
+pub fn run_tool(
+    url: &str,
+    tool: &str,
+    creds: Option<(&str, &str)>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new(tool);
+    cmd.arg("-x").arg("-H").arg(url);
+    if let Some((dn, pw)) = creds {
+        cmd.arg("-D").arg(dn).arg("-w").arg(pw);
+    }
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("tool output")
 }
 
 /// The exit status of an OpenLDAP tool is the LDAP result code.
@@ -354,33 +366,7 @@ impl Site {
 
     /// Runs an OpenLDAP tool against node `i` as the admin.
     pub fn tool(&self, i: u64, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(tool);
-        cmd.arg("-x")
-            .arg("-H")
-            .arg(self.url(i))
-            .arg("-D")
-            .arg(ADMIN)
-            .arg("-w")
-            .arg(PASSWORD)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run an OpenLDAP tool");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("stdin");
-        }
-        child.wait_with_output().expect("tool output")
+        run_tool(&self.url(i), tool, Some((ADMIN, PASSWORD)), args, stdin)
     }
 
     /// `cairn export` of node `i`.

@@ -290,50 +290,28 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
     let out = cairn(2, &["member", "replace", "3", "4", &ldap4, &grpc4]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     // Node 4 has the directory and takes writes; node 3 is out.
+    let url4 = format!("ldap://{ldap4}");
     let on4 = |filter: &str| {
-        let out = std::process::Command::new("ldapsearch")
-            .args([
-                "-x",
-                "-H",
-                &format!("ldap://{ldap4}"),
-                "-D",
-                ADMIN,
-                "-w",
-                PASSWORD,
-                "-b",
-                SUFFIX,
-                filter,
-                "1.1",
-            ])
-            .output()
-            .unwrap();
+        let out = run_tool(
+            &url4,
+            "ldapsearch",
+            Some((ADMIN, PASSWORD)),
+            &["-b", SUFFIX, filter, "1.1"],
+            None,
+        );
         dns(&stdout(&out)).len()
     };
     wait_until("the directory on node 4", Duration::from_secs(30), || {
         on4("(objectClass=cairnHost)") == 4
     });
     let add = format!("dn: cn=via-4,{PROD_A}\nobjectClass: cairnHost\ncn: via-4\n");
-    let out = std::process::Command::new("ldapadd")
-        .args([
-            "-x",
-            "-H",
-            &format!("ldap://{ldap4}"),
-            "-D",
-            ADMIN,
-            "-w",
-            PASSWORD,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(add.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(run_tool(
+        &url4,
+        "ldapadd",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(&add),
+    ));
     wait_until(
         "the write from node 4 at node 1",
         Duration::from_secs(10),

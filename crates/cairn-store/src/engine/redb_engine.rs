@@ -72,53 +72,40 @@ struct RedbSnapshot {
     txn: redb::ReadTransaction,
 }
 
-impl Snapshot for RedbSnapshot {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        get(&t, key)
-    }
-
-    fn scan_from(
-        &self,
-        table: Table,
-        start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        scan(&t, start, f)
-    }
-
-    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        last(&t)
-    }
-}
-
 struct RedbWriteTxn {
     txn: redb::WriteTransaction,
 }
 
-impl Snapshot for RedbWriteTxn {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        get(&t, key)
-    }
+/// Read and write transactions open tables of different types with the
+/// same call; one body serves both.
+macro_rules! redb_reads {
+    ($ty:ty) => {
+        impl Snapshot for $ty {
+            fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+                let t = self.txn.open_table(def(table)).map_err(storage)?;
+                get(&t, key)
+            }
 
-    fn scan_from(
-        &self,
-        table: Table,
-        start: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        scan(&t, start, f)
-    }
+            fn scan_from(
+                &self,
+                table: Table,
+                start: &[u8],
+                f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+            ) -> Result<(), Error> {
+                let t = self.txn.open_table(def(table)).map_err(storage)?;
+                scan(&t, start, f)
+            }
 
-    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        last(&t)
-    }
+            fn last(&self, table: Table) -> Result<Option<Row>, Error> {
+                let t = self.txn.open_table(def(table)).map_err(storage)?;
+                last(&t)
+            }
+        }
+    };
 }
+
+redb_reads!(RedbSnapshot);
+redb_reads!(RedbWriteTxn);
 
 impl WriteTxn for RedbWriteTxn {
     fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
