@@ -92,8 +92,14 @@ impl PeerConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if self.faults.blocked(self.from, self.target) {
-            let e = TransportError(format!("traffic {} -> {} is cut", self.from, self.target));
+        if let Some(d) = self.faults.delay_of(self.from, self.target) {
+            tokio::time::sleep(d).await;
+        }
+        if self.faults.lost(self.from, self.target) {
+            let e = TransportError(format!(
+                "traffic {} -> {} is cut or dropped",
+                self.from, self.target
+            ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         let client = match &mut self.client {

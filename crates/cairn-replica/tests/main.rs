@@ -556,3 +556,28 @@ async fn a_node_is_replaced_under_load() {
     }
     site.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_through_delay_and_loss_and_the_nodes_converge() {
+    let site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let followers: Vec<u64> = site.alive().into_iter().filter(|&i| i != leader).collect();
+    // One follower slow, the other losing a third of the leader's traffic.
+    site.faults
+        .delay(leader, followers[0], Duration::from_millis(150));
+    site.faults
+        .delay(followers[0], leader, Duration::from_millis(150));
+    site.faults.drop_share(leader, followers[1], 333);
+    let r = site.replica(leader);
+    for i in 0..40 {
+        r.write(host(&format!("d-{i}")))
+            .await
+            .expect("writes go on under delay and loss");
+    }
+    site.faults.heal();
+    site.converge().await;
+    for &f in &followers {
+        assert!(site.has(f, &host_dn("d-39")));
+    }
+    site.shutdown().await;
+}
