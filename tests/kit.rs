@@ -44,6 +44,28 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Waits until `addr` accepts connections, failing if `child` exits first.
+pub fn wait_listening(child: &mut Child, addr: SocketAddr) {
+    wait_until(
+        &format!("cairnd to listen on {addr}"),
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("cairnd exited early: {status}");
+            }
+            TcpStream::connect(addr).is_ok()
+        },
+    );
+}
+
+/// SIGKILL and reap.
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// One `cairnd dev` process.
 pub struct Node {
     pub data: tempfile::TempDir,
@@ -101,27 +123,14 @@ impl Node {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().expect("start cairnd"));
-        let addr = self.addr;
-        let child = self.child.as_mut().expect("child");
-        wait_until(
-            "cairnd to accept LDAP connections",
-            Duration::from_secs(30),
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("cairnd exited early: {status}");
-                }
-                TcpStream::connect(addr).is_ok()
-            },
-        );
+        let mut child = cmd.spawn().expect("start cairnd");
+        wait_listening(&mut child, self.addr);
+        self.child = Some(child);
     }
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -335,28 +344,39 @@ impl Site {
             .stderr(Stdio::null())
             .spawn()
             .expect("start cairnd");
-        self.child = Some(child);
+        let mut child = child;
         for i in 1..=self.nodes {
-            let addr = SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port));
-            let child = self.child.as_mut().expect("child");
-            wait_until(
-                "every node to accept LDAP connections",
-                Duration::from_secs(30),
-                || {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        panic!("cairnd exited early: {status}");
-                    }
-                    TcpStream::connect(addr).is_ok()
-                },
+            wait_listening(
+                &mut child,
+                SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port)),
             );
         }
+        self.child = Some(child);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        kill9(&mut self.child);
+    }
+
+    /// Starts the site and waits until every node holds the example tree.
+    pub fn start_seeded(nodes: u64) -> Site {
+        let site = Site::start(nodes);
+        for i in 1..=nodes {
+            wait_until(
+                "the example tree on every node",
+                Duration::from_secs(30),
+                || {
+                    let out = site.tool(
+                        i,
+                        "ldapsearch",
+                        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+                        None,
+                    );
+                    out.status.success() && dns(&stdout(&out)).len() == 4
+                },
+            );
         }
+        site
     }
 
     pub fn restart(&mut self) {

@@ -15,14 +15,7 @@ fn count(site: &Site, node: u64, base: &str, filter: &str) -> usize {
 
 #[test]
 fn a_write_at_any_node_reaches_every_node_and_survives_kill9() {
-    let mut site = Site::start(3);
-    for i in 1..=3 {
-        wait_until(
-            "the example tree on every node",
-            Duration::from_secs(30),
-            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
-        );
-    }
+    let mut site = Site::start_seeded(3);
     // cairn status, asked at any node, shows all three, one leader.
     let out = std::process::Command::new(bin("cairn"))
         .args(["--url", &site.url(2), "--password", PASSWORD, "status"])
@@ -149,14 +142,7 @@ fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut site = Site::start(3);
-    for i in 1..=3 {
-        wait_until(
-            "the example tree on every node",
-            Duration::from_secs(30),
-            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
-        );
-    }
+    let mut site = Site::start_seeded(3);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let n_acked = Arc::new(AtomicUsize::new(0));
     // Two writers, at two different nodes (at least one forwards).
@@ -226,14 +212,7 @@ fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
 
 #[test]
 fn cairn_member_replace_swaps_a_node_for_a_new_one() {
-    let site = Site::start(3);
-    for i in 1..=3 {
-        wait_until(
-            "the example tree on every node",
-            Duration::from_secs(30),
-            || count(&site, i, SUFFIX, "(objectClass=cairnHost)") == 4,
-        );
-    }
+    let site = Site::start_seeded(3);
     // A fourth node, its own process, configured as a member-to-be.
     let data = tempfile::tempdir().unwrap();
     let (ldap4, grpc4) = (
@@ -273,11 +252,7 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
             let _ = self.0.wait();
         }
     }
-    let addr4: std::net::SocketAddr = ldap4.parse().unwrap();
-    wait_until("node 4 to listen", Duration::from_secs(30), || {
-        assert!(node4.try_wait().unwrap().is_none(), "node 4 exited");
-        std::net::TcpStream::connect(addr4).is_ok()
-    });
+    wait_listening(&mut node4, ldap4.parse().unwrap());
     let _reap = Reap(node4);
     let cairn = |node: u64, args: &[&str]| {
         std::process::Command::new(bin("cairn"))
