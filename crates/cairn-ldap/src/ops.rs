@@ -495,7 +495,8 @@ async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ld
             "the assertion value is not UTF-8",
         )
     })?;
-    let want = syntax.normalize(&value).map_err(|e| {
+    // A malformed assertion is an error, not compareFalse.
+    syntax.normalize(&value).map_err(|e| {
         Outcome::new(
             LdapResultCode::InvalidAttributeSyntax,
             format!("{}: {}", req.atype, e.0),
@@ -509,19 +510,14 @@ async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ld
             format!("no such entry: {}", req.dn),
         ));
     };
-    let Some(attr) = entry.get(&key) else {
+    if entry.get(&key).is_none() {
         return Err(Outcome::new(
             LdapResultCode::NoSuchAttribute,
             format!("the entry has no attribute {}", at.name()),
         ));
-    };
-    let hit = if key == "objectclass" {
-        attr.values.iter().any(|c| schema.class_implies(c, &want))
-    } else {
-        attr.values
-            .iter()
-            .any(|v| syntax.normalize(v).is_ok_and(|n| n == want))
-    };
+    }
+    // Equality by the attribute's matching rule, as a filter would test it.
+    let hit = Filter::Equality(req.atype.clone(), value).matches(&schema, &entry);
     Ok(result(
         if hit {
             LdapResultCode::CompareTrue
