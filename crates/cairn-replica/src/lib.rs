@@ -2,14 +2,16 @@
 //! machine is the directory.
 //!
 //! Layout: [`types`] fixes openraft's generics once (`TypeConfig`, and the
-//! log payload: one prepared directory write per entry); [`log_store`]
+//! log payload: prepared directory writes, batched by `proposer` so one
+//! entry and one fsync carry many clients' writes); [`log_store`]
 //! keeps the Raft log and vote in the node's store (durable before openraft
 //! is told); [`state_machine`] applies committed entries to the
 //! [`cairn_store::Directory`] with the last applied log id in the same
 //! transaction, and builds and installs snapshots of the whole directory.
 //!
 //! ```text
-//! leader: LDAP write ─► Directory::prepare ─► Raft::client_write(Request)
+//! leader: LDAP write ─► Directory::prepare ─► proposer (batch)
+//!   ─► Raft::client_write(Request { ops })
 //!   ─► log_store::append (fsync) ─► replicate ─► commit
 //!   ─► state_machine::apply ─► Directory::apply_committed (one txn, fsync)
 //!   ─► Response back to the LDAP client
@@ -23,8 +25,10 @@ pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod node;
+mod proposer;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 pub use faults::Faults;
 pub use log_store::LogStore;

@@ -44,6 +44,28 @@ pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
+/// Clients for the other nodes' services, one HTTP/2 connection per
+/// address, kept and reused (a channel reconnects by itself after a
+/// failure). Writes forwarded to the leader go through these: a new
+/// connection per write cost a TCP and HTTP/2 handshake each time.
+#[derive(Clone, Default)]
+pub struct Clients(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, RaftClient<Channel>>>>,
+);
+
+impl Clients {
+    /// The client for `addr`, created on first use.
+    pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = client(addr)?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 /// An error of the transport, not of the peer's Raft.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -233,11 +255,11 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let req: crate::Request = request(r)?;
+        let op: cairn_store::WriteOp = request(r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
-        payload(&replica.write_here(req).await)
+        payload(&replica.write_here(op).await)
     }
 }
 

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_store::{Applied, Directory, WriteOp};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::network::{self, Network, RaftService};
-use crate::types::{NodeInfo, Raft, Request, Response};
+use crate::proposer::{Proposer, Redirect};
+use crate::types::{NodeInfo, Raft};
 use crate::{LogStore, StateMachine};
 
 /// How a replica is set up.
@@ -36,6 +37,10 @@ pub struct ReplicaConfig {
     /// How long a write may wait for its commit before the client is told
     /// the outcome is unknown.
     pub write_timeout: Duration,
+    /// Log entries of batched writes the leader keeps being committed at
+    /// once (`crate::proposer`); writes arriving meanwhile form the next
+    /// entry.
+    pub batches_in_flight: usize,
     /// The fault layer (empty outside tests and drills).
     pub faults: crate::Faults,
 }
@@ -50,6 +55,7 @@ impl ReplicaConfig {
             snapshot_after: 10_000,
             keep_logs: 1000,
             write_timeout: Duration::from_secs(10),
+            batches_in_flight: 2,
             faults: crate::Faults::default(),
         }
     }
@@ -120,6 +126,8 @@ pub struct Replica {
     pub id: u64,
     pub raft: Raft,
     dir: Arc<Directory>,
+    proposer: Proposer,
+    clients: network::Clients,
     write_timeout: Duration,
     faults: crate::Faults,
 }
@@ -129,6 +137,8 @@ pub struct Replica {
 pub enum StartError {
     #[error("invalid Raft configuration: {0}")]
     Config(String),
+    #[error("cannot open the Raft log: {0}")]
+    Log(String),
     #[error("cannot start Raft: {0}")]
     Raft(String),
 }
@@ -152,7 +162,8 @@ impl Replica {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let log = LogStore::new(dir.engine());
+        let log = LogStore::open(&cfg.data_dir.join("raft"))
+            .map_err(|e| StartError::Log(e.to_string()))?;
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
         let network = Network {
             id: cfg.id,
@@ -161,8 +172,16 @@ impl Replica {
         let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let proposer = Proposer::start(
+            raft.clone(),
+            cfg.id,
+            cfg.batches_in_flight,
+            cfg.write_timeout,
+        );
         Ok(Arc::new(Replica {
             id: cfg.id,
+            proposer,
+            clients: network::Clients::default(),
             raft,
             dir,
             write_timeout: cfg.write_timeout,
@@ -203,13 +222,18 @@ impl Replica {
         let op = tokio::task::spawn_blocking(move || dir.prepare(op))
             .await
             .map_err(|e| WriteError::NoLeader(format!("prepare task: {e}")))??;
-        let req = Request { op };
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
-            match self.propose(req.clone(), deadline).await {
+            // A follower that knows the leader forwards at once, without a
+            // round through its own Raft.
+            let outcome = match self.known_leader() {
+                Some((id, node)) if id != self.id => Err(Redirect::To(id, node)),
+                _ => self.proposer.propose(op.clone(), deadline).await,
+            };
+            match outcome {
                 Err(Redirect::To(leader, node)) => {
                     debug!(leader = %node.grpc, "forwarding write to the leader");
-                    match self.forward(leader, &node, &req, deadline).await {
+                    match self.forward(leader, &node, &op, deadline).await {
                         // Answer only once this node has applied it too, so
                         // the client reads its own write here.
                         Ok(Ok((applied, index))) => {
@@ -234,46 +258,27 @@ impl Replica {
         }
     }
 
-    /// Proposes on this node. `Ok` carries the write's result and its log
-    /// index; `Err` says where the leader is, if known.
-    async fn propose(
-        &self,
-        req: Request,
-        deadline: tokio::time::Instant,
-    ) -> Result<Result<(Applied, u64), WriteError>, Redirect> {
-        let res = tokio::time::timeout_at(deadline, self.raft.client_write(req)).await;
-        match res {
-            Err(_) => Ok(Err(WriteError::Unknown(
-                "the write was not committed in time".into(),
-            ))),
-            Ok(Ok(resp)) => {
-                let index = resp.log_id.index;
-                Ok(response(resp.data).map(|a| (a, index)))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                match f.leader_node {
-                    Some(node) if f.leader_id.is_some_and(|l| l != self.id) => {
-                        Err(Redirect::To(f.leader_id.unwrap_or_default(), node))
-                    }
-                    _ => Err(Redirect::Unknown),
-                }
-            }
-            Ok(Err(e)) => Ok(Err(WriteError::NoLeader(e.to_string()))),
-        }
+    /// The leader as this node last heard of it, with its address.
+    fn known_leader(&self) -> Option<(u64, NodeInfo)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
     }
 
     async fn forward(
         &self,
         leader_id: u64,
         leader: &NodeInfo,
-        req: &Request,
+        op: &WriteOp,
         deadline: tokio::time::Instant,
     ) -> Result<Result<(Applied, u64), WriteError>, String> {
         if self.faults.blocked(self.id, leader_id) {
             return Err(format!("traffic {} -> {leader_id} is cut", self.id));
         }
-        let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
-        let data = crate::types::encode(req).map_err(|e| e.to_string())?;
+        let mut client = self.clients.get(&leader.grpc).map_err(|e| e.to_string())?;
+        let data = crate::types::encode(op).map_err(|e| e.to_string())?;
         let call = client.forward(network::pb::RaftPayload { data });
         let reply = tokio::time::timeout_at(deadline, call)
             .await
@@ -305,9 +310,9 @@ impl Replica {
 
     /// Handles a write forwarded by a follower: propose it here. Returns
     /// the result and the entry's log index.
-    pub async fn write_here(&self, req: Request) -> Result<(Applied, u64), WriteError> {
+    pub async fn write_here(&self, op: WriteOp) -> Result<(Applied, u64), WriteError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        match self.propose(req, deadline).await {
+        match self.proposer.propose(op, deadline).await {
             Ok(r) => r,
             Err(_) => Err(WriteError::NoLeader(
                 "this node is no longer the leader".into(),
@@ -346,7 +351,7 @@ impl Replica {
         if self.faults.blocked(self.id, leader_id) {
             return Err(format!("traffic {} -> {leader_id} is cut", self.id));
         }
-        let mut client = network::client(&leader.grpc).map_err(|e| e.to_string())?;
+        let mut client = self.clients.get(&leader.grpc).map_err(|e| e.to_string())?;
         let call = client.read_index(network::pb::RaftPayload { data: vec![] });
         let reply = tokio::time::timeout_at(deadline, call)
             .await
@@ -442,7 +447,7 @@ impl Replica {
                 if self.faults.blocked(self.id, l) {
                     return Err(format!("traffic {} -> {l} is cut", self.id));
                 }
-                let mut client = network::client(&node.grpc).map_err(|e| e.to_string())?;
+                let mut client = self.clients.get(&node.grpc).map_err(|e| e.to_string())?;
                 let data = crate::types::encode(&change).map_err(|e| e.to_string())?;
                 let reply = client
                     .change_members(network::pb::RaftPayload { data })
@@ -517,19 +522,5 @@ impl Replica {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no quorum confirmed the leadership in time".into()),
         }
-    }
-}
-
-enum Redirect {
-    /// The leader's id and address.
-    To(u64, NodeInfo),
-    Unknown,
-}
-
-fn response(r: Response) -> Result<Applied, WriteError> {
-    match r.0 {
-        Some(Ok(a)) => Ok(a),
-        Some(Err(e)) => Err(WriteError::Directory(e)),
-        None => Err(WriteError::Unknown("the entry carried no write".into())),
     }
 }

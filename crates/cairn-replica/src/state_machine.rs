@@ -175,20 +175,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (_, mut membership) = self.applied_state().await?;
         let mut last = None;
-        // Which responses carry a write's result, in order.
+        // How many write results each response carries, in order.
         let mut slots = vec![];
         let mut ops = vec![];
         for e in entries {
             last = Some(e.log_id);
             match e.payload {
-                EntryPayload::Blank => slots.push(false),
+                EntryPayload::Blank => slots.push(0),
                 EntryPayload::Normal(req) => {
-                    ops.push(req.op);
-                    slots.push(true);
+                    slots.push(req.ops.len());
+                    ops.extend(req.ops);
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m);
-                    slots.push(false);
+                    slots.push(0);
                 }
             }
         }
@@ -207,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut results = results.into_iter();
         Ok(slots
             .into_iter()
-            .map(|has| Response(if has { results.next() } else { None }))
+            .map(|n| Response(results.by_ref().take(n).collect()))
             .collect())
     }
 
@@ -275,7 +275,8 @@ mod tests {
                 Arc::new(Schema::builtin()),
                 vec![Dn::parse("dc=example,dc=com").map_err(|e| StorageIOError::write(&e))?],
             ));
-            let log = LogStore::new(dir.engine());
+            let log =
+                LogStore::open(&tmp.path().join("raft")).map_err(|e| StorageIOError::write(&e))?;
             let sm = StateMachine::new(dir, tmp.path());
             Ok((tmp, log, sm))
         }
@@ -299,7 +300,22 @@ mod tests {
         };
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 0),
-            payload: EntryPayload::Normal(crate::Request { op }),
+            payload: EntryPayload::Normal(crate::Request { ops: vec![op] }),
+        }
+    }
+
+    /// One entry carrying the writes of several entries.
+    fn batch(entries: Vec<Entry>) -> Entry {
+        let ops = entries
+            .into_iter()
+            .flat_map(|e| match e.payload {
+                EntryPayload::Normal(r) => r.ops,
+                _ => vec![],
+            })
+            .collect();
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 0),
+            payload: EntryPayload::Normal(crate::Request { ops }),
         }
     }
 
@@ -331,13 +347,15 @@ mod tests {
             };
             let first = Entry {
                 log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
-                payload: EntryPayload::Normal(crate::Request { op: suffix }),
+                payload: EntryPayload::Normal(crate::Request { ops: vec![suffix] }),
             };
             let out = a
                 .apply(vec![
                     first,
                     at(host_add("h1"), 2),
-                    at(host_add("h1"), 3),
+                    // A batch: the duplicate is refused, the next write in
+                    // the same entry still applies.
+                    at(batch(vec![host_add("h1"), host_add("h2")]), 3),
                     Entry {
                         log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 4),
                         payload: EntryPayload::Blank,
@@ -346,13 +364,16 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(out.len(), 4);
-            assert!(matches!(out[1].0, Some(Ok(_))));
+            assert!(matches!(out[1].0[..], [Ok(_)]), "{:?}", out[1]);
             assert!(
-                matches!(out[2].0, Some(Err(cairn_store::Error::AlreadyExists(_)))),
+                matches!(
+                    out[2].0[..],
+                    [Err(cairn_store::Error::AlreadyExists(_)), Ok(_)]
+                ),
                 "{:?}",
                 out[2]
             );
-            assert_eq!(out[3].0, None);
+            assert!(out[3].0.is_empty());
             let (last, _) = a.applied_state().await.unwrap();
             assert_eq!(last.map(|l| l.index), Some(4));
 

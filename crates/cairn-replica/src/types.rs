@@ -5,21 +5,21 @@ use std::io::Cursor;
 use cairn_store::{Applied, WriteOp};
 use serde::{Deserialize, Serialize};
 
-/// A log entry's payload: one directory write, prepared by the node that
-/// accepted it (UUIDs, time stamps and password hashes decided), so every
-/// replica applies exactly the same change.
+/// A log entry's payload: directory writes from one or more clients
+/// (batched by the leader's proposer, `crate::proposer`), each prepared by
+/// the node that accepted it (UUIDs, time stamps and password hashes
+/// decided), so every replica applies exactly the same changes, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    pub op: WriteOp,
+    pub ops: Vec<WriteOp>,
 }
 
-/// What applying an entry produced: `None` for entries that carry no write
-/// (blank, membership), the write's own result otherwise. A write the
-/// directory refused (schema violation, name taken, ...) is a result like
-/// any other: it was committed, applied the same way everywhere, and
-/// changed nothing.
+/// What applying an entry produced: one result per write it carried (none
+/// for blank and membership entries). A write the directory refused
+/// (schema violation, name taken, ...) is a result like any other: it was
+/// committed, applied the same way everywhere, and changed nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response(pub Option<Result<Applied, cairn_store::Error>>);
+pub struct Response(pub Vec<Result<Applied, cairn_store::Error>>);
 
 /// What a node tells the others about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

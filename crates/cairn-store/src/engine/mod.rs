@@ -32,21 +32,15 @@ pub enum Table {
     /// Store metadata (format version, the state machine's last applied
     /// log id and membership, ...).
     Meta,
-    /// Raft log: index (u64, big-endian) → serialized log entry.
-    RaftLog,
-    /// Raft log metadata: vote, committed, last purged.
-    RaftMeta,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 5] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
         Table::Index,
         Table::Meta,
-        Table::RaftLog,
-        Table::RaftMeta,
     ];
 
     /// The tables that hold the directory itself (what a snapshot carries).
@@ -59,8 +53,6 @@ impl Table {
             Table::Children => "children",
             Table::Index => "index",
             Table::Meta => "meta",
-            Table::RaftLog => "raft_log",
-            Table::RaftMeta => "raft_meta",
         }
     }
 }
@@ -143,11 +135,6 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every transaction committed so far durable (one fsync for
     /// many commits: group commit).
     fn sync(&self) -> Result<(), Error>;
-    /// Applies `batch` in one transaction that is durable when this
-    /// returns (one commit with fsync, where [`Engine::commit`] may take two).
-    fn commit_durable(&self, batch: &Batch) -> Result<(), Error> {
-        self.commit(batch)
-    }
     /// Applies every write of `batch` or none, and returns once it is on
     /// disk.
     fn commit(&self, batch: &Batch) -> Result<(), Error> {
@@ -337,22 +324,22 @@ pub(crate) mod tests {
     #[test]
     fn scan_from_and_last() {
         for (_dir, e) in engines() {
-            assert_eq!(e.snapshot().unwrap().last(Table::RaftLog).unwrap(), None);
+            assert_eq!(e.snapshot().unwrap().last(Table::Meta).unwrap(), None);
             let mut b = Batch::default();
             for i in [3u64, 1, 7, 5] {
-                b.put(Table::RaftLog, i.to_be_bytes().to_vec(), vec![i as u8]);
+                b.put(Table::Meta, i.to_be_bytes().to_vec(), vec![i as u8]);
             }
-            b.put(Table::RaftMeta, b"zzz".to_vec(), vec![]);
+            b.put(Table::Index, b"zzz".to_vec(), vec![]);
             e.commit(&b).unwrap();
             let s = e.snapshot().unwrap();
             assert_eq!(
-                s.last(Table::RaftLog).unwrap(),
+                s.last(Table::Meta).unwrap(),
                 Some((7u64.to_be_bytes().to_vec(), vec![7])),
                 "{}",
                 e.name()
             );
             let mut seen = vec![];
-            s.scan_from(Table::RaftLog, &4u64.to_be_bytes(), &mut |_, v| {
+            s.scan_from(Table::Meta, &4u64.to_be_bytes(), &mut |_, v| {
                 seen.push(v[0]);
                 true
             })
@@ -361,15 +348,15 @@ pub(crate) mod tests {
             drop(s);
             e.write(&mut |txn| {
                 let mut b = Batch::default();
-                b.put(Table::RaftLog, 9u64.to_be_bytes().to_vec(), vec![9]);
-                b.delete(Table::RaftLog, 7u64.to_be_bytes().to_vec());
+                b.put(Table::Meta, 9u64.to_be_bytes().to_vec(), vec![9]);
+                b.delete(Table::Meta, 7u64.to_be_bytes().to_vec());
                 txn.apply(&b)?;
                 assert_eq!(
-                    txn.last(Table::RaftLog)?,
+                    txn.last(Table::Meta)?,
                     Some((9u64.to_be_bytes().to_vec(), vec![9]))
                 );
                 let mut seen = vec![];
-                txn.scan_from(Table::RaftLog, &4u64.to_be_bytes(), &mut |_, v| {
+                txn.scan_from(Table::Meta, &4u64.to_be_bytes(), &mut |_, v| {
                     seen.push(v[0]);
                     true
                 })?;
@@ -377,25 +364,6 @@ pub(crate) mod tests {
                 Ok(())
             })
             .unwrap();
-        }
-    }
-
-    #[test]
-    fn durable_commits_survive_reopen() {
-        for kind in [EngineKind::Redb, EngineKind::Sled] {
-            let dir = tempfile::tempdir().unwrap();
-            {
-                let e = open(kind, dir.path()).unwrap();
-                let mut b = Batch::default();
-                b.put(Table::RaftLog, vec![1], vec![1]);
-                e.commit_durable(&b).unwrap();
-            }
-            let e = open(kind, dir.path()).unwrap();
-            assert_eq!(
-                e.snapshot().unwrap().get(Table::RaftLog, &[1]).unwrap(),
-                Some(vec![1]),
-                "{kind:?}"
-            );
         }
     }
 

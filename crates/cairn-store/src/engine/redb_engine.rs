@@ -154,14 +154,6 @@ impl Engine for RedbEngine {
         }
     }
 
-    fn commit_durable(&self, batch: &Batch) -> Result<(), Error> {
-        // Durability::Immediate (redb's default): fdatasync in the commit.
-        let txn = self.db.begin_write().map_err(storage)?;
-        let mut w = RedbWriteTxn { txn };
-        w.apply(batch)?;
-        w.txn.commit().map_err(storage)
-    }
-
     fn sync(&self) -> Result<(), Error> {
         // An empty commit with Durability::Immediate (the default) makes
         // every earlier non-durable commit durable: redb fdatasyncs here.

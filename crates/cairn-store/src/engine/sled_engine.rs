@@ -22,8 +22,6 @@ fn tag(t: Table) -> u8 {
         Table::Children => 3,
         Table::Index => 4,
         Table::Meta => 5,
-        Table::RaftLog => 6,
-        Table::RaftMeta => 7,
     }
 }
 

@@ -1,0 +1,750 @@
+//! The Raft log as an append-only write-ahead log: segment files of
+//! checksummed records, one fdatasync per append.
+//!
+//! Why not the store's B-tree (where the log lived first): a redb commit
+//! rewrites the tree's path for every table it touches and, sharing the
+//! database with the directory, also flushes whatever the state machine
+//! applied since the last durable commit. A log append cost 0.7–1.2 ms
+//! there against 0.1 ms for a bare fdatasync on the same disk, twice on
+//! the path of every replicated write (leader, then followers). An
+//! append-only file writes only the new records (`docs/storage.md`).
+//!
+//! Layout of `DATA_DIR/raft/`:
+//! - `log-<first index, 20 digits>.wal`: a 16-byte header (`CAIRNWAL`,
+//!   format version, reserved), then records `[len u32 LE][crc32 u32 LE]
+//!   [payload]`, the payload a versioned bincode `Entry`. A segment is
+//!   closed once it passes [`SEGMENT_BYTES`]; the next append opens the
+//!   next one.
+//! - `state`: the vote and the last purged log id, replaced atomically
+//!   (write a temporary file, fdatasync, rename, fsync the directory).
+//!
+//! Recovery reads every segment in order and checks each record's length,
+//! checksum, format and index (each one more than the one before). A bad
+//! record at the end of the last segment is a torn append that was never
+//! acknowledged (acknowledgement follows the fdatasync): the file is cut
+//! there. A bad record anywhere else is corruption and the node refuses to
+//! start rather than serve a log with a hole.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::types::{Entry, LogId, Vote, decode, encode};
+
+/// A segment is closed once it is this large.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest record accepted on reading: anything longer is corruption.
+const MAX_RECORD: u32 = 1 << 30;
+const MAGIC: &[u8; 8] = b"CAIRNWAL";
+const VERSION: u32 = 1;
+const HEADER: u64 = 16;
+const RECORD_HEADER: u64 = 8;
+
+/// What can go wrong with the log on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Stored values carry their format version.
+#[derive(Serialize, Deserialize)]
+enum Stored<T> {
+    V1(T),
+}
+
+/// The `state` file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    vote: Option<Vote>,
+    last_purged: Option<LogId>,
+}
+
+/// Where one entry is.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    log_id: LogId,
+    /// The segment, by its first index.
+    seg: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct Index {
+    /// Entries after the last purged one, by index.
+    locs: BTreeMap<u64, Loc>,
+    /// Open segments by first index (readers share the handles).
+    segments: BTreeMap<u64, Arc<File>>,
+    state: State,
+}
+
+impl Index {
+    fn last_log_id(&self) -> Option<LogId> {
+        self.locs
+            .last_key_value()
+            .map(|(_, l)| l.log_id)
+            .or(self.state.last_purged)
+    }
+}
+
+/// The segment appends go to.
+struct Active {
+    first: u64,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// The write-ahead log of one node. Appends, truncation and purges are
+/// serialized; reads run beside them.
+pub struct Wal {
+    dir: PathBuf,
+    writer: Mutex<Option<Active>>,
+    index: RwLock<Index>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering what is there.
+    pub fn open(dir: &Path) -> Result<Wal, WalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let state = read_state(dir)?;
+        let mut names: Vec<(u64, PathBuf)> = vec![];
+        for d in std::fs::read_dir(dir).map_err(io(dir))? {
+            let d = d.map_err(io(dir))?;
+            let name = d.file_name().to_string_lossy().into_owned();
+            if let Some(first) = segment_first(&name) {
+                names.push((first, d.path()));
+            }
+        }
+        names.sort();
+        let purged = state.last_purged.map(|l| l.index);
+        let mut locs: BTreeMap<u64, Loc> = BTreeMap::new();
+        let mut segments = BTreeMap::new();
+        let mut prev: Option<u64> = None;
+        let mut active = None;
+        let count = names.len();
+        for (n, (first, path)) in names.into_iter().enumerate() {
+            let last_segment = n + 1 == count;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            let (entries, good_len) = scan_segment(&file, &path, first, last_segment)?;
+            for (log_id, offset, len) in entries {
+                if let Some(p) = prev
+                    && log_id.index <= p
+                {
+                    return Err(WalError::Corrupt(format!(
+                        "{}: entry {} follows entry {p}: the log is out of order",
+                        path.display(),
+                        log_id.index
+                    )));
+                }
+                prev = Some(log_id.index);
+                if purged.is_none_or(|p| log_id.index > p) {
+                    locs.insert(
+                        log_id.index,
+                        Loc {
+                            log_id,
+                            seg: first,
+                            offset,
+                            len,
+                        },
+                    );
+                }
+            }
+            let file = Arc::new(file);
+            let empty = good_len == HEADER;
+            let live = locs.values().next_back().is_some_and(|l| l.seg == first);
+            if live || (empty && last_segment) {
+                if last_segment {
+                    active = Some(Active {
+                        first,
+                        file: file.clone(),
+                        len: good_len,
+                    });
+                }
+                segments.insert(first, file);
+            } else {
+                // Wholly purged: left by a crash in the middle of a purge.
+                drop(file);
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        if let (Some((first, _)), Some((last, _))) = (locs.first_key_value(), locs.last_key_value())
+        {
+            info!(dir = %dir.display(), first, last, "Raft log recovered");
+        }
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(active),
+            index: RwLock::new(Index {
+                locs,
+                segments,
+                state,
+            }),
+        })
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last purged log id and the last log id.
+    pub fn log_state(&self) -> (Option<LogId>, Option<LogId>) {
+        let ix = self.index();
+        (ix.state.last_purged, ix.last_log_id())
+    }
+
+    pub fn vote(&self) -> Option<Vote> {
+        self.index().state.vote
+    }
+
+    /// Saves the vote durably.
+    pub fn save_vote(&self, vote: &Vote) -> Result<(), WalError> {
+        let _w = self.writer();
+        let mut state = self.index().state.clone();
+        state.vote = Some(*vote);
+        write_state(&self.dir, &state)?;
+        self.index_mut().state = state;
+        Ok(())
+    }
+
+    /// Appends entries (each one index after the last) and returns once
+    /// they are on disk.
+    pub fn append(&self, entries: Vec<Entry>) -> Result<(), WalError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.writer();
+        // openraft appends right after the last entry, having truncated a
+        // conflicting suffix first; an append over existing entries
+        // replaces them and everything after them.
+        let first = entries[0].log_id.index;
+        if self.index().locs.range(first..).next().is_some() {
+            self.truncate_locked(&mut w, first)?;
+        }
+        let mut prev: Option<u64> = None;
+        let mut records = Vec::with_capacity(entries.len());
+        for e in &entries {
+            if prev.is_some_and(|p| e.log_id.index <= p) {
+                return Err(WalError::Invalid(format!(
+                    "append of entry {} after entry {}",
+                    e.log_id.index,
+                    prev.unwrap_or(0)
+                )));
+            }
+            prev = Some(e.log_id.index);
+            let payload = encode(&Stored::V1(e))
+                .map_err(|e| WalError::Invalid(format!("cannot encode a log entry: {e}")))?;
+            records.push((e.log_id, payload));
+        }
+        let roll = w.as_ref().is_none_or(|a| a.len >= SEGMENT_BYTES);
+        if roll {
+            let first = records[0].0.index;
+            *w = Some(self.create_segment(first)?);
+        }
+        let Some(active) = w.as_mut() else {
+            return Err(WalError::Invalid("no active segment".into()));
+        };
+        let mut buf = Vec::with_capacity(
+            records
+                .iter()
+                .map(|(_, p)| p.len() + RECORD_HEADER as usize)
+                .sum(),
+        );
+        let mut locs = Vec::with_capacity(records.len());
+        for (log_id, payload) in &records {
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| *l <= MAX_RECORD)
+                .ok_or_else(|| WalError::Invalid("a log entry over 1 GiB".into()))?;
+            locs.push(Loc {
+                log_id: *log_id,
+                seg: active.first,
+                offset: active.len + buf.len() as u64 + RECORD_HEADER,
+                len,
+            });
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        let path = self.segment_path(active.first);
+        active
+            .file
+            .write_all_at(&buf, active.len)
+            .map_err(io(&path))?;
+        active.file.sync_data().map_err(io(&path))?;
+        active.len += buf.len() as u64;
+        let first = active.first;
+        let file = active.file.clone();
+        let mut ix = self.index_mut();
+        ix.segments.entry(first).or_insert(file);
+        ix.locs
+            .extend(locs.into_iter().map(|l| (l.log_id.index, l)));
+        Ok(())
+    }
+
+    /// Removes every entry from `index` on (a follower's conflicting
+    /// suffix).
+    pub fn truncate(&self, index: u64) -> Result<(), WalError> {
+        let mut w = self.writer();
+        self.truncate_locked(&mut w, index)
+    }
+
+    fn truncate_locked(&self, w: &mut Option<Active>, index: u64) -> Result<(), WalError> {
+        let Some(at) = self.index().locs.range(index..).next().map(|(_, l)| *l) else {
+            return Ok(());
+        };
+        // Segments that start at or after the cut go entirely.
+        let doomed: Vec<u64> = self
+            .index()
+            .segments
+            .keys()
+            .copied()
+            .filter(|&s| s > at.seg || (s == at.seg && at.offset == HEADER + RECORD_HEADER))
+            .collect();
+        let mut ix = self.index_mut();
+        ix.locs.split_off(&index);
+        for s in &doomed {
+            ix.segments.remove(s);
+        }
+        drop(ix);
+        for s in &doomed {
+            let p = self.segment_path(*s);
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+        if doomed.contains(&at.seg) {
+            *w = None;
+        } else {
+            let path = self.segment_path(at.seg);
+            let file = self
+                .index()
+                .segments
+                .get(&at.seg)
+                .cloned()
+                .ok_or_else(|| WalError::Invalid(format!("segment {} is not open", at.seg)))?;
+            let len = at.offset - RECORD_HEADER;
+            file.set_len(len).map_err(io(&path))?;
+            file.sync_data().map_err(io(&path))?;
+            *w = Some(Active {
+                first: at.seg,
+                file,
+                len,
+            });
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Forgets every entry up to `log_id` (covered by a snapshot).
+    pub fn purge(&self, log_id: LogId) -> Result<(), WalError> {
+        let mut w = self.writer();
+        let mut state = self.index().state.clone();
+        if state.last_purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        state.last_purged = Some(log_id);
+        write_state(&self.dir, &state)?;
+        let mut ix = self.index_mut();
+        ix.state = state;
+        ix.locs = match log_id.index.checked_add(1) {
+            Some(after) => ix.locs.split_off(&after),
+            None => BTreeMap::new(),
+        };
+        // A segment goes once no live entry is in it; the active one stays
+        // unless the whole log is purged.
+        let live: std::collections::BTreeSet<u64> = ix.locs.values().map(|l| l.seg).collect();
+        let active = w.as_ref().map(|a| a.first);
+        let everything = ix.locs.is_empty();
+        let doomed: Vec<u64> = ix
+            .segments
+            .keys()
+            .copied()
+            .filter(|s| !live.contains(s) && (everything || Some(*s) != active))
+            .collect();
+        for s in &doomed {
+            ix.segments.remove(s);
+        }
+        drop(ix);
+        if everything {
+            *w = None;
+        }
+        for s in &doomed {
+            let p = self.segment_path(*s);
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// Entries with index in `from..to` that the log holds.
+    pub fn read(&self, from: u64, to: u64) -> Result<Vec<Entry>, WalError> {
+        let (locs, files) = {
+            let ix = self.index();
+            if from >= to {
+                return Ok(vec![]);
+            }
+            let locs: Vec<Loc> = ix.locs.range(from..to).map(|(_, l)| *l).collect();
+            let files: BTreeMap<u64, Arc<File>> = locs
+                .iter()
+                .filter_map(|l| ix.segments.get(&l.seg).map(|f| (l.seg, f.clone())))
+                .collect();
+            (locs, files)
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        // One read per run of entries in the same segment.
+        let mut i = 0;
+        while i < locs.len() {
+            let seg = locs[i].seg;
+            let mut j = i + 1;
+            while j < locs.len() && locs[j].seg == seg {
+                j += 1;
+            }
+            let start = locs[i].offset;
+            let end = locs[j - 1].offset + u64::from(locs[j - 1].len);
+            let path = self.segment_path(seg);
+            let file = files
+                .get(&seg)
+                .ok_or_else(|| WalError::Invalid(format!("segment {seg} is not open")))?;
+            let mut buf = vec![0; (end - start) as usize];
+            file.read_exact_at(&mut buf, start).map_err(io(&path))?;
+            for l in &locs[i..j] {
+                let o = (l.offset - start) as usize;
+                let payload = &buf[o..o + l.len as usize];
+                out.push(decode_entry(payload).map_err(|e| {
+                    WalError::Corrupt(format!("{}: entry {}: {e}", path.display(), l.log_id.index))
+                })?);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    fn segment_path(&self, first: u64) -> PathBuf {
+        self.dir.join(format!("log-{first:020}.wal"))
+    }
+
+    fn create_segment(&self, first: u64) -> Result<Active, WalError> {
+        let path = self.segment_path(first);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut header = [0u8; HEADER as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        file.write_all(&header).map_err(io(&path))?;
+        file.sync_data().map_err(io(&path))?;
+        sync_dir(&self.dir)?;
+        Ok(Active {
+            first,
+            file: Arc::new(file),
+            len: HEADER,
+        })
+    }
+}
+
+fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
+    match decode::<Stored<Entry>>(payload).map_err(|e| e.to_string())? {
+        Stored::V1(e) => Ok(e),
+    }
+}
+
+fn segment_first(name: &str) -> Option<u64> {
+    name.strip_prefix("log-")?
+        .strip_suffix(".wal")?
+        .parse()
+        .ok()
+}
+
+/// Reads one segment: its entries (log id, payload offset, length) and
+/// the length of its good prefix. A bad tail of the last segment is cut.
+#[allow(clippy::type_complexity)]
+fn scan_segment(
+    file: &File,
+    path: &Path,
+    first: u64,
+    last_segment: bool,
+) -> Result<(Vec<(LogId, u64, u32)>, u64), WalError> {
+    let mut data = vec![];
+    (&*file).read_to_end(&mut data).map_err(io(path))?;
+    let bad = |what: String| WalError::Corrupt(format!("{}: {what}", path.display()));
+    if data.len() < HEADER as usize {
+        if last_segment {
+            // Created, header not yet on disk: nothing in it was acknowledged.
+            warn!(path = %path.display(), "empty log segment rewritten");
+            let mut header = [0u8; HEADER as usize];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            file.set_len(0).map_err(io(path))?;
+            file.write_all_at(&header, 0).map_err(io(path))?;
+            file.sync_data().map_err(io(path))?;
+            return Ok((vec![], HEADER));
+        }
+        return Err(bad("segment shorter than its header".into()));
+    }
+    if &data[..8] != MAGIC {
+        return Err(bad("not a Cairn log segment".into()));
+    }
+    let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+    if version != VERSION {
+        return Err(bad(format!(
+            "log format {version}; this build reads {VERSION}"
+        )));
+    }
+    let mut out = vec![];
+    let mut at = HEADER as usize;
+    // The first record is the one the segment is named after; the others
+    // follow it in order.
+    let mut prev: Option<u64> = None;
+    while at < data.len() {
+        let problem = (|| {
+            let h = data
+                .get(at..at + RECORD_HEADER as usize)
+                .ok_or("a torn record header")?;
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+            let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+            if len > MAX_RECORD {
+                return Err("an impossible record length");
+            }
+            let start = at + RECORD_HEADER as usize;
+            let payload = data
+                .get(start..start + len as usize)
+                .ok_or("a torn record")?;
+            if crc32fast::hash(payload) != crc {
+                return Err("a checksum mismatch");
+            }
+            let e = decode_entry(payload).map_err(|_| "an undecodable entry")?;
+            Ok((e.log_id, start as u64, len))
+        })();
+        match problem {
+            Ok((log_id, offset, len)) => {
+                let misplaced = match prev {
+                    None => log_id.index != first,
+                    Some(p) => log_id.index <= p,
+                };
+                if misplaced {
+                    return Err(bad(format!("entry {} out of place", log_id.index)));
+                }
+                prev = Some(log_id.index);
+                out.push((log_id, offset, len));
+                at = (offset + u64::from(len)) as usize;
+            }
+            Err(what) if last_segment => {
+                warn!(path = %path.display(), offset = at, "cutting the log's unacknowledged tail: {what}");
+                file.set_len(at as u64).map_err(io(path))?;
+                file.sync_data().map_err(io(path))?;
+                break;
+            }
+            Err(what) => return Err(bad(format!("{what} at byte {at}"))),
+        }
+    }
+    Ok((out, at as u64))
+}
+
+fn read_state(dir: &Path) -> Result<State, WalError> {
+    let path = dir.join("state");
+    match std::fs::read(&path) {
+        Ok(b) => match decode::<Stored<State>>(&b) {
+            Ok(Stored::V1(s)) => Ok(s),
+            Err(e) => Err(WalError::Corrupt(format!("{}: {e}", path.display()))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+fn write_state(dir: &Path, state: &State) -> Result<(), WalError> {
+    let path = dir.join("state");
+    let tmp = dir.join("state.tmp");
+    let bytes = encode(&Stored::V1(state))
+        .map_err(|e| WalError::Invalid(format!("cannot encode the log state: {e}")))?;
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes).map_err(io(&tmp))?;
+    f.sync_data().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Request;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: if index.is_multiple_of(2) {
+                EntryPayload::Blank
+            } else {
+                EntryPayload::Normal(Request { ops: vec![] })
+            },
+        }
+    }
+
+    fn entries(r: std::ops::Range<u64>, term: u64) -> Vec<Entry> {
+        r.map(|i| entry(i, term)).collect()
+    }
+
+    fn indexes(w: &Wal, from: u64, to: u64) -> Vec<u64> {
+        w.read(from, to)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    #[test]
+    fn appends_survive_reopening_and_reads_span_segments() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..10, 1)).unwrap();
+        // Force a second segment.
+        w.writer().as_mut().unwrap().len = SEGMENT_BYTES;
+        w.append(entries(10..20, 1)).unwrap();
+        assert_eq!(w.index().segments.len(), 2);
+        assert_eq!(indexes(&w, 5, 15), (5..15).collect::<Vec<_>>());
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 100), (0..20).collect::<Vec<_>>());
+        assert_eq!(w.log_state().1.map(|l| l.index), Some(19));
+        assert_eq!(w.read(3, 4).unwrap()[0], entry(3, 1));
+    }
+
+    #[test]
+    fn an_append_over_existing_entries_replaces_them_and_what_follows() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..6, 1)).unwrap();
+        w.append(entries(3..5, 2)).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3, 4]);
+        assert!(matches!(
+            w.append(vec![entry(6, 2), entry(6, 2)]),
+            Err(WalError::Invalid(_))
+        ));
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        let terms: Vec<u64> = w
+            .read(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(terms, vec![1, 1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn truncate_and_purge_hold_across_reopening() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..10, 1)).unwrap();
+        w.writer().as_mut().unwrap().len = SEGMENT_BYTES;
+        w.append(entries(10..20, 1)).unwrap();
+        // Cut inside the second segment, then at the start of it.
+        w.truncate(15).unwrap();
+        assert_eq!(w.log_state().1.map(|l| l.index), Some(14));
+        w.truncate(10).unwrap();
+        assert_eq!(w.index().segments.len(), 1);
+        w.append(entries(10..12, 2)).unwrap();
+        w.purge(entry(4, 1).log_id).unwrap();
+        w.save_vote(&Vote::new(2, 1)).unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 100), (5..12).collect::<Vec<_>>());
+        assert_eq!(w.read(11, 12).unwrap()[0].log_id.leader_id.term, 2);
+        assert_eq!(w.log_state().0.map(|l| l.index), Some(4));
+        assert_eq!(w.vote(), Some(Vote::new(2, 1)));
+    }
+
+    #[test]
+    fn purging_everything_starts_a_new_segment_where_the_log_resumes() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..10, 1)).unwrap();
+        // A snapshot far past the log (installed from the leader).
+        w.purge(entry(500, 3).log_id).unwrap();
+        assert_eq!(
+            w.log_state(),
+            (Some(entry(500, 3).log_id), Some(entry(500, 3).log_id))
+        );
+        w.append(entries(501..503, 3)).unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 1000), vec![501, 502]);
+        let files = std::fs::read_dir(t.path()).unwrap().count();
+        assert_eq!(files, 2, "one segment and the state file");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_log_goes_on() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..5, 1)).unwrap();
+        let path = w.segment_path(0);
+        drop(w);
+        let len = std::fs::metadata(&path).unwrap().len();
+        // Half of the last record reached the disk.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 3).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3]);
+        w.append(entries(4..6, 1)).unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_flipped_byte_before_the_tail_stops_the_node() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..5, 1)).unwrap();
+        w.writer().as_mut().unwrap().len = SEGMENT_BYTES;
+        w.append(entries(5..6, 1)).unwrap();
+        let path = w.segment_path(0);
+        drop(w);
+        let mut data = std::fs::read(&path).unwrap();
+        data[HEADER as usize + 9] ^= 0xff;
+        std::fs::write(&path, data).unwrap();
+        match Wal::open(t.path()) {
+            Err(WalError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a corrupt log opened"),
+        }
+    }
+}
