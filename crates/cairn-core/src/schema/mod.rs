@@ -204,7 +204,7 @@ impl Schema {
     }
 
     /// The class and all its superclasses, most specific first.
-    fn lineage<'a>(&'a self, class: &'a ObjectClass) -> Vec<&'a ObjectClass> {
+    pub fn lineage<'a>(&'a self, class: &'a ObjectClass) -> Vec<&'a ObjectClass> {
         let mut out = vec![];
         let mut cur = Some(class);
         while let Some(c) = cur {

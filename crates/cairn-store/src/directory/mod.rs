@@ -324,10 +324,13 @@ impl Directory {
                 if *attr == "objectclass" {
                     // Index the whole class lineage so (objectClass=top)
                     // and superclass searches use the index too.
-                    for c in self.schema.classes() {
-                        if self.schema.class_implies(v, &c.name.to_ascii_lowercase()) {
-                            norms.push(c.name.to_ascii_lowercase());
-                        }
+                    if let Some(c) = self.schema.class(v) {
+                        norms.extend(
+                            self.schema
+                                .lineage(c)
+                                .iter()
+                                .map(|c| c.name.to_ascii_lowercase()),
+                        );
                     }
                 } else if let Ok(n) = at.syntax.normalize(v) {
                     norms.push(n);
