@@ -70,6 +70,8 @@ fn kill9(child: &mut Option<Child>) {
 pub struct Node {
     pub data: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The gRPC listener (hosts' Locator and Config).
+    pub grpc: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -90,6 +92,7 @@ impl Node {
         let mut n = Node {
             data: tempfile::tempdir().expect("tempdir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             engine,
             child: None,
             extra_env: env
@@ -113,6 +116,8 @@ impl Node {
             .arg(self.data.path())
             .arg("--ldap")
             .arg(self.addr.to_string())
+            .arg("--grpc")
+            .arg(self.grpc.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args)

@@ -6,6 +6,7 @@
 
 mod kit;
 
+mod boot;
 mod cli;
 mod durability;
 mod hostile;

@@ -6,7 +6,12 @@
 //! ([`entry::Entry`]) and as the store accepts them ([`entry::ValidEntry`]);
 //! [`filter`] evaluates search filters (RFC 4515) by each attribute's
 //! syntax; [`modify`] applies LDAP modifications to an entry; [`ldif`] reads
-//! and writes LDIF (RFC 2849); [`password`] hashes `userPassword` values.
+//! and writes LDIF (RFC 2849); [`password`] hashes `userPassword` values;
+//! [`inherit`] merges the settings of a host's site and ancestors into its
+//! effective configuration; [`locate`] finds the site a host's address is
+//! in and orders the other sites by site-link cost from it; [`rules`]
+//! matches an unknown booting host against deploy rules to pick the
+//! container it is created in.
 //!
 //! A write flows: front end parses into [`entry::Entry`] / [`modify::Modification`]
 //! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
@@ -15,9 +20,12 @@ pub mod dn;
 pub mod entry;
 pub mod error;
 pub mod filter;
+pub mod inherit;
 pub mod ldif;
+pub mod locate;
 pub mod modify;
 pub mod password;
+pub mod rules;
 pub mod schema;
 pub mod syntax;
 pub mod time;

@@ -21,11 +21,10 @@ pub mod convert;
 pub mod dse;
 pub mod ops;
 pub mod server;
-pub mod writer;
 
+pub use cairn_replica::writer::{LocalWriter, ReplicaWriter, Writer};
 pub use config::{Config, Limits};
 pub use server::{Server, ServerContext};
-pub use writer::{LocalWriter, ReplicaWriter, Writer};
 
 /// The clock the server stamps entries with; tests pass their own.
 pub trait Clock: Send + Sync + 'static {

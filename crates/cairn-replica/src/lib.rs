@@ -29,6 +29,7 @@ mod proposer;
 pub mod state_machine;
 pub mod types;
 pub mod wal;
+pub mod writer;
 
 pub use faults::Faults;
 pub use log_store::LogStore;

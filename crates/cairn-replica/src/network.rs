@@ -270,10 +270,11 @@ pub fn service(svc: RaftService) -> pb::raft_server::RaftServer<RaftService> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-/// Serves the node-to-node gRPC service on `listener` until `shutdown`.
+/// Serves gRPC services (the node-to-node one, and on a real node the
+/// host-facing ones next to it) on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    svc: pb::raft_server::RaftServer<RaftService>,
+    routes: tonic::service::Routes,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     use tokio_stream::StreamExt;
@@ -287,7 +288,7 @@ pub async fn serve(
         s
     });
     tonic::transport::Server::builder()
-        .add_service(svc)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -109,10 +109,11 @@ impl Site {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = replica.grpc_service();
         node.server = Some(tokio::spawn(async move {
-            let _ = cairn_replica::network::serve(listener, svc, async {
-                let _ = rx.await;
-            })
-            .await;
+            let _ =
+                cairn_replica::network::serve(listener, tonic::service::Routes::new(svc), async {
+                    let _ = rx.await;
+                })
+                .await;
         }));
         node.stop = Some(tx);
         node.replica = Some(replica);

@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub directory: DirectorySection,
     #[serde(default)]
     pub ldap: LdapSection,
+    #[serde(default)]
+    pub grpc: GrpcSection,
     /// Absent: a standalone node (writes go straight to its store).
     pub cluster: Option<ClusterSection>,
 }
@@ -33,8 +35,6 @@ pub struct FileConfig {
 pub struct ClusterSection {
     /// This node's id in the site (unique, never reused).
     pub node_id: u64,
-    /// Address of the node-to-node gRPC listener.
-    pub grpc_listen: SocketAddr,
     /// Every member of the site, this node included. The member with the
     /// lowest id forms the site on its first start; later starts and the
     /// other members need no step.
@@ -68,6 +68,23 @@ fn default_snapshot_after() -> u64 {
     10_000
 }
 
+/// `[grpc]`: the node's gRPC listener. Hosts call `Locator` and `Config`
+/// there; in a site the other nodes reach its `Raft` service on the same
+/// port. Reflection and health are served too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        GrpcSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+        }
+    }
+}
+
 /// One member of the site.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +100,6 @@ pub struct MemberSection {
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     pub node_id: u64,
-    pub grpc_listen: SocketAddr,
     pub members: std::collections::BTreeMap<u64, cairn_replica::NodeInfo>,
     pub heartbeat: Duration,
     pub election: (Duration, Duration),
@@ -120,7 +136,6 @@ impl ClusterSection {
         }
         Ok(ClusterSettings {
             node_id: self.node_id,
-            grpc_listen: self.grpc_listen,
             members,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election: (
@@ -253,7 +268,7 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 5] = ["node", "storage", "directory", "ldap", "cluster"];
+    const SECTIONS: [&str; 6] = ["node", "storage", "directory", "ldap", "grpc", "cluster"];
     for (k, v) in vars {
         let Some(rest) = k.strip_prefix("CAIRN_") else {
             continue;
@@ -316,6 +331,7 @@ pub struct Settings {
     pub seed_example: bool,
     pub ldap_listen: SocketAddr,
     pub ldap: cairn_ldap::Config,
+    pub grpc_listen: SocketAddr,
     pub cluster: Option<ClusterSettings>,
 }
 
@@ -371,6 +387,7 @@ impl FileConfig {
             suffix,
             seed_example: self.directory.seed_example,
             ldap_listen: self.ldap.listen,
+            grpc_listen: self.grpc.listen,
             ldap: cairn_ldap::Config {
                 admin_dn,
                 admin_password_hash: hash,

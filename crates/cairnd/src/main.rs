@@ -48,6 +48,9 @@ enum Cmd {
         /// LDAP listen address.
         #[arg(long, default_value = "127.0.0.1:1389")]
         ldap: SocketAddr,
+        /// gRPC listen address (hosts' Locator and Config).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        grpc: SocketAddr,
         /// Storage engine: redb or sled.
         #[arg(long, default_value = "redb")]
         engine: cairn_store::EngineKind,
@@ -62,7 +65,7 @@ enum Cmd {
         /// LDAP port of each node of a multi-node site.
         #[arg(long, default_value_t = 1389)]
         ldap_port: u16,
-        /// gRPC (node-to-node) port of each node of a multi-node site.
+        /// gRPC port of each node of a multi-node site (hosts and nodes).
         #[arg(long, default_value_t = 7070)]
         grpc_port: u16,
     },
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dev {
             data_dir,
             ldap,
+            grpc,
             engine,
             anonymous_read,
             nodes,
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             file.node.data_dir = data_dir;
             file.storage.engine = engine;
             file.ldap.listen = ldap;
+            file.grpc.listen = grpc;
             file.ldap.anonymous_read = anonymous_read;
             file.directory.seed_example = true;
             if file.ldap.admin_group.is_none() {
@@ -140,9 +145,9 @@ fn main() -> anyhow::Result<()> {
                     let mut f = file.clone();
                     f.node.data_dir = f.node.data_dir.join(format!("node-{i}"));
                     f.ldap.listen = addr(i, ldap_port);
+                    f.grpc.listen = addr(i, grpc_port);
                     f.cluster = Some(config::ClusterSection {
                         node_id: i,
-                        grpc_listen: addr(i, grpc_port),
                         members: members.clone(),
                         heartbeat_ms: 150,
                         election_min_ms: 500,

@@ -67,6 +67,25 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
     let mut tasks = JoinSet::new();
     let mut replica = None;
+    // One gRPC server per node: hosts' Locator and Config, reflection,
+    // health, and in a site the node-to-node Raft service.
+    let boot = cairn_boot::Boot::new(
+        dir.clone(),
+        cairn_boot::SelfInfo {
+            id: s.cluster.as_ref().map(|c| c.node_id),
+            site: s.cluster.as_ref().map(|c| c.site.clone()),
+            name: match &s.cluster {
+                Some(c) => format!("{}-{}", c.site, c.node_id),
+                None => s.grpc_listen.to_string(),
+            },
+        },
+    );
+    let mut routes = cairn_boot::routes(boot.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("gRPC services: {e}"))?;
+    let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", s.grpc_listen))?;
     let writer: Arc<dyn Writer> = match &s.cluster {
         None => Arc::new(LocalWriter(dir.clone())),
         Some(c) => {
@@ -75,17 +94,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cfg.election = c.election;
             cfg.snapshot_after = c.snapshot_after;
             let r = Replica::start(cfg, dir.clone()).await?;
-            let listener = tokio::net::TcpListener::bind(c.grpc_listen)
-                .await
-                .with_context(|| format!("cannot listen for gRPC on {}", c.grpc_listen))?;
-            let svc = r.grpc_service();
-            let stop2 = stop.clone();
-            tasks.spawn(async move {
-                cairn_replica::network::serve(listener, svc, stopped(stop2))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
-            });
-            info!(node = c.node_id, grpc = %c.grpc_listen, "Raft node started");
+            routes = routes.add_service(r.grpc_service());
+            info!(node = c.node_id, grpc = %s.grpc_listen, "Raft node started");
             // The member with the lowest id forms the site the first time.
             let first = c.members.keys().next().copied();
             if first == Some(c.node_id) {
@@ -97,6 +107,13 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             Arc::new(ReplicaWriter(r))
         }
     };
+    let stop2 = stop.clone();
+    tasks.spawn(async move {
+        cairn_replica::network::serve(grpc, routes, stopped(stop2))
+            .await
+            .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+    });
+    let prober = boot.probe(std::time::Duration::from_secs(2));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Only one node of a site seeds (the one that formed it).
     let seeds = s.seed_example
@@ -148,7 +165,10 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         .await
         .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     let addr = server.local_addr()?;
-    eprintln!("cairnd: LDAP on ldap://{addr}  (suffix {})", s.suffix);
+    eprintln!(
+        "cairnd: LDAP on ldap://{addr}, gRPC on {}  (suffix {})",
+        s.grpc_listen, s.suffix
+    );
     let stop2 = stop.clone();
     tasks.spawn(async move {
         server.run(stopped(stop2)).await;
@@ -166,6 +186,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             },
         }
     };
+    prober.abort();
     tasks.shutdown().await;
     if let Some(r) = replica {
         let _ = r.raft.shutdown().await;

@@ -72,6 +72,10 @@ pub struct Directory {
     /// only to read or bump the counters (never across the fsync itself).
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// Bumped after every commit that may have changed entries, for
+    /// watchers (configuration `Watch` streams) to re-read what they
+    /// depend on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// One directory write, fully decided: the UUID of a new entry, who and
@@ -171,7 +175,19 @@ impl Directory {
             queue: Mutex::new(Queue::default()),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees a new value after every commit that may have
+    /// changed the directory (writes, applied log entries, installed
+    /// snapshots). Cheap: one counter, however many watchers.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn schema(&self) -> &Arc<Schema> {
@@ -792,9 +808,15 @@ impl Directory {
         });
         match outcome {
             Ok(()) => {
-                let mut st = self.sync_state();
-                st.written += 1;
-                (results, Ok(st.written))
+                let written = {
+                    let mut st = self.sync_state();
+                    st.written += 1;
+                    st.written
+                };
+                if results.iter().any(|(_, r)| r.is_ok()) {
+                    self.changed();
+                }
+                (results, Ok(written))
             }
             Err(e) => {
                 for (_, r) in results.iter_mut() {
@@ -913,6 +935,7 @@ impl Directory {
             st.written
         };
         drop(lock);
+        self.changed();
         self.wait_durable(seq)
     }
 

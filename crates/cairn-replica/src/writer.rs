@@ -1,11 +1,12 @@
-//! Where the LDAP front end sends writes: straight to the local directory
-//! (a standalone node) or through the site's Raft group.
+//! Where the front ends (LDAP, host registration over gRPC) send writes:
+//! straight to the local directory (a standalone node) or through the
+//! site's Raft group.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_replica::{MemberChange, Replica, WriteError};
+use crate::{MemberChange, Replica, WriteError};
 use cairn_store::{Applied, Directory, WriteOp};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,365 @@
+//! Reading what booting hosts need from the directory: sites, site links
+//! and nodes (for `Locate`), a host by any of its identities, and a host's
+//! effective configuration with the provenance of every value (for `Pull`
+//! and `Watch`). Synchronous: callers run these on the blocking pool.
+
+use std::net::IpAddr;
+
+use cairn_core::dn::Dn;
+use cairn_core::entry::ValidEntry;
+use cairn_core::filter::Filter;
+use cairn_core::inherit::{self, Layer};
+use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
+use cairn_core::syntax::Syntax;
+use cairn_store::{Directory, Scope};
+
+use crate::error::BootError;
+use crate::pb;
+
+/// A directory node as it publishes itself (`cairnNode` under its site).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRec {
+    pub id: u64,
+    pub name: String,
+    /// DN of the site entry the node sits under.
+    pub site_dn: String,
+    pub grpc: String,
+    pub ldap: String,
+}
+
+/// Sites, the links between them and the nodes in them.
+pub struct Fleet {
+    pub sites: SiteMap,
+    pub nodes: Vec<NodeRec>,
+}
+
+/// Every entry of `class` under the directory's suffixes.
+pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, BootError> {
+    search(
+        dir,
+        Filter::Equality("objectClass".into(), class.into()),
+        usize::MAX,
+    )
+}
+
+fn search(dir: &Directory, filter: Filter, limit: usize) -> Result<Vec<ValidEntry>, BootError> {
+    let mut out = vec![];
+    for suffix in dir.suffixes() {
+        if dir.get(suffix)?.is_none() {
+            continue;
+        }
+        dir.search(suffix, Scope::Subtree, &filter, None, &mut |e| {
+            out.push(e);
+            out.len() < limit
+        })?;
+    }
+    Ok(out)
+}
+
+fn values<'a>(e: &'a ValidEntry, key: &str) -> impl Iterator<Item = &'a str> {
+    e.get(key)
+        .into_iter()
+        .flat_map(|a| a.values.iter().map(String::as_str))
+}
+
+/// The name a site is known by: the value of its entry's first RDN.
+pub fn site_name(site_dn: &str) -> String {
+    Dn::parse(site_dn)
+        .ok()
+        .and_then(|d| {
+            d.rdn()
+                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
+        })
+        .unwrap_or_else(|| site_dn.to_string())
+}
+
+/// Reads sites, site links and nodes.
+pub fn read_fleet(dir: &Directory) -> Result<Fleet, BootError> {
+    let sites: Vec<SiteSpec> = of_class(dir, "cairnSite")?
+        .iter()
+        .map(|e| SiteSpec {
+            dn: e.dn().to_string(),
+            subnets: values(e, "cairnsubnet").map(str::to_string).collect(),
+        })
+        .collect();
+    let links: Vec<LinkSpec> = of_class(dir, "cairnSiteLink")?
+        .iter()
+        .map(|e| LinkSpec {
+            dn: e.dn().to_string(),
+            sites: values(e, "cairnsiteref").map(str::to_string).collect(),
+            cost: e.first("cairncost").and_then(|c| c.parse().ok()),
+        })
+        .collect();
+    let mut nodes: Vec<NodeRec> = of_class(dir, "cairnNode")?
+        .iter()
+        .filter_map(|e| {
+            Some(NodeRec {
+                id: e.first("cairnnodeid")?.parse().ok()?,
+                name: e.first("cn").unwrap_or_default().to_string(),
+                site_dn: e.dn().parent()?.to_string(),
+                grpc: e.first("cairngrpcaddress").unwrap_or_default().to_string(),
+                ldap: e.first("cairnldapaddress").unwrap_or_default().to_string(),
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    Ok(Fleet {
+        sites: SiteMap::build(&sites, &links),
+        nodes,
+    })
+}
+
+/// A host's identities, checked and normalized.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub uuid: Option<String>,
+    pub macs: Vec<String>,
+    pub serial: Option<String>,
+    pub hostname: Option<String>,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+impl Identity {
+    /// Checks what a host sent: a well-formed UUID and MACs, a plausible
+    /// hostname, at least one identity.
+    pub fn from_pb(id: &pb::Identity) -> Result<Identity, BootError> {
+        let bad = |what: &str, v: &str, why: &str| {
+            BootError::InvalidArgument(format!("identity: {what} {v:?} {why}"))
+        };
+        let text = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_string);
+        let uuid = match text(&id.uuid) {
+            Some(u) => Some(
+                uuid::Uuid::parse_str(u.trim_matches(|c| c == '{' || c == '}'))
+                    .map_err(|_| bad("uuid", &u, "is not a UUID"))?
+                    .hyphenated()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let mut macs = vec![];
+        for m in id.macs.iter().filter(|m| !m.trim().is_empty()) {
+            let n = Syntax::MacAddress
+                .normalize(m.trim())
+                .map_err(|_| bad("mac", m, "is not a MAC address"))?;
+            if !macs.contains(&n) {
+                macs.push(n);
+            }
+        }
+        let hostname = text(&id.hostname);
+        if let Some(h) = &hostname {
+            let ok = h.len() <= 253
+                && h.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                return Err(bad("hostname", h, "is not a host name"));
+            }
+        }
+        let mut ips = vec![];
+        for a in id.ips.iter().filter(|a| !a.trim().is_empty()) {
+            ips.push(
+                a.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| bad("ip", a, "is not an IP address"))?,
+            );
+        }
+        let ident = Identity {
+            uuid,
+            macs,
+            serial: text(&id.serial),
+            hostname,
+            vendor: text(&id.vendor),
+            model: text(&id.model),
+            ips,
+        };
+        if ident.uuid.is_none()
+            && ident.macs.is_empty()
+            && ident.serial.is_none()
+            && ident.hostname.is_none()
+        {
+            return Err(BootError::InvalidArgument(
+                "identity: give at least one of uuid, macs, serial, hostname".into(),
+            ));
+        }
+        Ok(ident)
+    }
+
+    /// The (attribute, value) pairs a host entry is looked up by, most
+    /// specific first.
+    fn keys(&self) -> Vec<(&'static str, &str)> {
+        let mut keys = vec![];
+        if let Some(u) = &self.uuid {
+            keys.push(("netbootGUID", u.as_str()));
+        }
+        keys.extend(self.macs.iter().map(|m| ("macAddress", m.as_str())));
+        if let Some(s) = &self.serial {
+            keys.push(("serialNumber", s.as_str()));
+        }
+        if let Some(h) = &self.hostname {
+            keys.push(("cn", h.as_str()));
+        }
+        keys
+    }
+
+    /// The identities tried, for a NOT_FOUND message.
+    pub fn describe(&self) -> String {
+        self.keys()
+            .iter()
+            .map(|(a, v)| format!("{a}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Finds the host entry: the first identity (UUID, then MACs, serial,
+/// hostname) that names exactly one `cairnHost` decides. An identity that
+/// several hosts share is an error, not a guess.
+pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, BootError> {
+    for (attr, value) in id.keys() {
+        let filter = Filter::And(vec![
+            Filter::Equality("objectClass".into(), "cairnHost".into()),
+            Filter::Equality(attr.into(), value.into()),
+        ]);
+        let mut found = search(dir, filter, 2)?;
+        match found.len() {
+            0 => continue,
+            1 => return Ok(found.pop()),
+            _ => {
+                return Err(BootError::Ambiguous(format!(
+                    "{attr}={value} names more than one host ({} and {}); fix the directory",
+                    found[0].dn(),
+                    found[1].dn()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The effective configuration of `host`, as `Pull` returns it. The
+/// host's site comes from its `ipHostNumber`, else from `caller` (the
+/// address the request came from).
+pub fn effective(
+    dir: &Directory,
+    sites: &SiteMap,
+    host: &ValidEntry,
+    caller: Option<IpAddr>,
+) -> Result<pb::PullResponse, BootError> {
+    let addr = host
+        .get("iphostnumber")
+        .into_iter()
+        .flat_map(|a| a.values.iter())
+        .find_map(|v| v.parse::<IpAddr>().ok())
+        .or(caller);
+    let site = addr.and_then(|a| sites.site_of(a));
+    // Layers farthest first: the site, the DN path from the suffix down,
+    // the host.
+    let mut entries: Vec<ValidEntry> = vec![];
+    if let Some(s) = site
+        && let Ok(dn) = Dn::parse(s.dn())
+        && let Some(e) = dir.get(&dn)?
+    {
+        entries.push(e);
+    }
+    let mut path = vec![];
+    let mut cur = host.dn().parent();
+    while let Some(p) = cur {
+        if p.is_root() {
+            break;
+        }
+        cur = p.parent();
+        path.push(p);
+    }
+    let mut cluster_dn = String::new();
+    for p in path.iter().rev() {
+        if let Some(e) = dir.get(p)? {
+            if e.has_class("cairnCluster") {
+                cluster_dn = e.dn().to_string();
+            }
+            entries.push(e);
+        }
+    }
+    entries.push(host.clone());
+    let sources: Vec<String> = entries.iter().map(|e| e.dn().to_string()).collect();
+    let layers: Vec<Layer> = entries
+        .iter()
+        .zip(&sources)
+        .map(|(e, dn)| {
+            Layer::from_attrs(
+                dn.as_str(),
+                e.attrs()
+                    .map(|a| (a.name.as_str(), a.values.iter().map(String::as_str))),
+            )
+        })
+        .collect();
+    let eff = inherit::effective(&layers);
+    let boot_image = eff
+        .get("boot.image")
+        .map(|v| v.value.clone())
+        .unwrap_or_default();
+    let image = if boot_image.is_empty() {
+        None
+    } else {
+        image(dir, &boot_image)?
+    };
+    let mut resp = pb::PullResponse {
+        not_modified: false,
+        version: String::new(),
+        host_dn: host.dn().to_string(),
+        site: site.map(|s| site_name(s.dn())).unwrap_or_default(),
+        site_dn: site.map(|s| s.dn().to_string()).unwrap_or_default(),
+        cluster_dn,
+        boot_image,
+        image,
+        settings: eff
+            .values
+            .iter()
+            .map(|(k, v)| pb::Setting {
+                key: k.clone(),
+                value: v.value.clone(),
+                source: v.source.clone(),
+                enforced: v.enforced,
+            })
+            .collect(),
+        registered_by_rule: String::new(),
+    };
+    resp.version = version_of(&resp);
+    Ok(resp)
+}
+
+/// The image library entry named `name` (its cn).
+fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, BootError> {
+    let filter = Filter::And(vec![
+        Filter::Equality("objectClass".into(), "cairnImage".into()),
+        Filter::Equality("cn".into(), name.into()),
+    ]);
+    Ok(search(dir, filter, 1)?.pop().map(|e| pb::BootImage {
+        dn: e.dn().to_string(),
+        name: e.first("cn").unwrap_or_default().to_string(),
+        kernel: e.first("cairnkernel").unwrap_or_default().to_string(),
+        modules: values(&e, "cairnmodule").map(str::to_string).collect(),
+        append: e.first("cairnappend").unwrap_or_default().to_string(),
+        build: e.first("cairnimageversion").unwrap_or_default().to_string(),
+    }))
+}
+
+/// A version tag over everything a response carries (FNV-1a 64 over its
+/// protobuf encoding with the version and the registration note left
+/// out): equal configurations, equal tags; any change, a new tag.
+pub fn version_of(resp: &pb::PullResponse) -> String {
+    use prost::Message;
+    let mut r = resp.clone();
+    r.version.clear();
+    r.registered_by_rule.clear();
+    r.not_modified = false;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in r.encode_to_vec() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,59 @@
+//! What booting hosts talk to: the `Locator` and `Config` gRPC services
+//! (`proto/cairn/v1/host.proto`), served with reflection and the standard
+//! health service on the node's gRPC port.
+//!
+//! Layout: [`fleet`] reads what hosts need from the directory (sites,
+//! links, nodes, a host by any identity, its effective configuration via
+//! `cairn_core::inherit`); [`service`] implements the two services;
+//! [`error`] is the one place errors become gRPC status codes.
+//!
+//! ```text
+//! host ─Locate(addr)─► any node: longest-prefix site, nodes by site-link cost
+//! host ─Pull(identity)─► closest node: find host ─► layers (site, DN path,
+//!      host) ─► inherit::effective ─► settings with sources + version tag
+//! host ─Watch─► same, re-read after every directory commit, sent on change
+//! ```
+
+pub mod error;
+pub mod fleet;
+pub mod service;
+
+use std::sync::Arc;
+
+pub use error::BootError;
+pub use service::{Boot, SelfInfo};
+
+/// Generated code for `proto/cairn/v1/host.proto`.
+pub mod pb {
+    tonic::include_proto!("cairn.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const DESCRIPTOR: &[u8] = tonic::include_file_descriptor_set!("host_descriptor");
+}
+
+/// The host-facing services, with reflection and health, to mount on the
+/// node's gRPC server.
+pub async fn routes(boot: Arc<Boot>) -> Result<tonic::service::Routes, BootError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| BootError::Internal(format!("reflection: {e}")))?;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::locator_server::LocatorServer<service::LocatorService>>()
+        .await;
+    health
+        .set_serving::<pb::config_server::ConfigServer<service::ConfigService>>()
+        .await;
+    Ok(
+        tonic::service::Routes::new(pb::locator_server::LocatorServer::new(
+            service::LocatorService(boot.clone()),
+        ))
+        .add_service(pb::config_server::ConfigServer::new(
+            service::ConfigService(boot),
+        ))
+        .add_service(reflection)
+        .add_service(health_svc),
+    )
+}

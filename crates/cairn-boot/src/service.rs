@@ -1,0 +1,307 @@
+//! The `Locator` and `Config` gRPC services.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_store::Directory;
+use tokio_stream::Stream;
+use tracing::{debug, info};
+
+use crate::error::BootError;
+use crate::fleet::{self, Fleet, Identity};
+use crate::pb;
+
+/// Who the answering node is.
+#[derive(Debug, Clone, Default)]
+pub struct SelfInfo {
+    /// Its node id in its site, when it is a member of one.
+    pub id: Option<u64>,
+    /// Its site name, when it is a member of one.
+    pub site: Option<String>,
+    /// How it names itself in answers.
+    pub name: String,
+}
+
+/// Addresses seen that no site's subnet covers, for operators to map.
+#[derive(Debug, Default)]
+pub struct Unmapped(Mutex<BTreeMap<IpAddr, u64>>);
+
+impl Unmapped {
+    fn record(&self, addr: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of spoofed sources must not grow it forever.
+        if m.len() < 10_000 || m.contains_key(&addr) {
+            *m.entry(addr).or_default() += 1;
+        }
+    }
+
+    /// Every unmapped address with how often it asked.
+    pub fn list(&self) -> Vec<(IpAddr, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(a, n)| (*a, *n)).collect()
+    }
+}
+
+/// Which nodes' gRPC listeners answered a TCP connect lately.
+#[derive(Debug, Default)]
+pub struct Reachability(Mutex<BTreeMap<String, bool>>);
+
+impl Reachability {
+    fn get(&self, addr: &str) -> bool {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Not probed yet: assume it is up rather than demote it.
+        m.get(addr).copied().unwrap_or(true)
+    }
+
+    fn set(&self, addr: &str, up: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(addr.to_string(), up);
+    }
+}
+
+/// Shared state of the host-facing services.
+pub struct Boot {
+    pub dir: Arc<Directory>,
+    pub me: SelfInfo,
+    pub unmapped: Unmapped,
+    pub reachable: Reachability,
+}
+
+impl Boot {
+    pub fn new(dir: Arc<Directory>, me: SelfInfo) -> Arc<Boot> {
+        Arc::new(Boot {
+            dir,
+            me,
+            unmapped: Unmapped::default(),
+            reachable: Reachability::default(),
+        })
+    }
+
+    /// Probes every published node's gRPC port every `every` until the
+    /// returned task is dropped or aborted.
+    pub fn probe(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let boot = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Ok(f)) = blocking({
+                    let dir = boot.dir.clone();
+                    move || fleet::read_fleet(&dir)
+                })
+                .await
+                {
+                    for n in f.nodes {
+                        let up = tokio::time::timeout(
+                            Duration::from_millis(500),
+                            tokio::net::TcpStream::connect(n.grpc.as_str()),
+                        )
+                        .await
+                        .is_ok_and(|c| c.is_ok());
+                        boot.reachable.set(&n.grpc, up);
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    fn locate(&self, f: &Fleet, addr: Option<IpAddr>, hint: &str) -> pb::LocateResponse {
+        let by_addr = addr.and_then(|a| f.sites.site_of(a));
+        if let (None, Some(a)) = (by_addr, addr) {
+            self.unmapped.record(a);
+        }
+        let site = by_addr.or_else(|| {
+            let hint = hint.trim();
+            (!hint.is_empty())
+                .then(|| {
+                    f.sites
+                        .sites()
+                        .iter()
+                        .find(|s| fleet::site_name(s.dn()).eq_ignore_ascii_case(hint))
+                })
+                .flatten()
+        });
+        // Unmapped: order by cost from the answering node's own site.
+        let from_dn = site.map(|s| s.dn().to_string()).or_else(|| {
+            let mine = self.me.site.as_deref()?;
+            f.sites
+                .sites()
+                .iter()
+                .find(|s| fleet::site_name(s.dn()).eq_ignore_ascii_case(mine))
+                .map(|s| s.dn().to_string())
+        });
+        let order = f.sites.by_cost_from(from_dn.as_deref());
+        let mut nodes = vec![];
+        for (s, cost) in &order {
+            let mut here: Vec<pb::Node> = f
+                .nodes
+                .iter()
+                .filter(|n| cairn_core::locate::site_key(&n.site_dn) == s.key())
+                .map(|n| pb::Node {
+                    id: n.id,
+                    name: n.name.clone(),
+                    site: fleet::site_name(s.dn()),
+                    grpc_address: n.grpc.clone(),
+                    ldap_address: n.ldap.clone(),
+                    cost: cost.unwrap_or(0),
+                    has_cost: cost.is_some(),
+                    reachable: self.reachable.get(&n.grpc),
+                })
+                .collect();
+            // Reachable first within a site; stable otherwise.
+            here.sort_by_key(|n| !n.reachable);
+            nodes.extend(here);
+        }
+        let name = site.map(|s| fleet::site_name(s.dn())).unwrap_or_default();
+        pb::LocateResponse {
+            closest: !name.is_empty()
+                && self
+                    .me
+                    .site
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(&name)),
+            site: name,
+            site_dn: site.map(|s| s.dn().to_string()).unwrap_or_default(),
+            mapped: by_addr.is_some(),
+            nodes,
+            answered_by: self.me.name.clone(),
+        }
+    }
+
+    /// The host's configuration now.
+    async fn pull(
+        self: &Arc<Self>,
+        id: Identity,
+        caller: Option<IpAddr>,
+    ) -> Result<pb::PullResponse, BootError> {
+        let dir = self.dir.clone();
+        blocking(move || {
+            let f = fleet::read_fleet(&dir)?;
+            match fleet::find_host(&dir, &id)? {
+                Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
+                None => Err(BootError::NotFound(format!(
+                    "no host has {} and no deploy rule matched",
+                    id.describe()
+                ))),
+            }
+        })
+        .await?
+    }
+}
+
+/// Runs directory reads off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BootError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BootError::Internal(format!("read task failed: {e}")))
+}
+
+fn caller_of<T>(req: &tonic::Request<T>) -> Option<IpAddr> {
+    req.remote_addr().map(|a: SocketAddr| a.ip())
+}
+
+/// `cairn.v1.Locator`.
+pub struct LocatorService(pub Arc<Boot>);
+
+#[tonic::async_trait]
+impl pb::locator_server::Locator for LocatorService {
+    async fn locate(
+        &self,
+        req: tonic::Request<pb::LocateRequest>,
+    ) -> Result<tonic::Response<pb::LocateResponse>, tonic::Status> {
+        let caller = caller_of(&req);
+        let r = req.into_inner();
+        let addr = match r.client_address.trim() {
+            "" => caller,
+            a => Some(a.parse::<IpAddr>().map_err(|_| {
+                BootError::InvalidArgument(format!("client_address {a:?} is not an IP address"))
+            })?),
+        };
+        let dir = self.0.dir.clone();
+        let f = blocking(move || fleet::read_fleet(&dir)).await??;
+        let resp = self.0.locate(&f, addr, &r.site_hint);
+        debug!(client = ?addr, site = %resp.site, "locate");
+        Ok(tonic::Response::new(resp))
+    }
+}
+
+/// `cairn.v1.Config`.
+pub struct ConfigService(pub Arc<Boot>);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, tonic::Status>> + Send>>;
+
+/// How long a watcher lets a burst of writes settle before re-reading.
+const SETTLE: Duration = Duration::from_millis(20);
+
+#[tonic::async_trait]
+impl pb::config_server::Config for ConfigService {
+    async fn pull(
+        &self,
+        req: tonic::Request<pb::PullRequest>,
+    ) -> Result<tonic::Response<pb::PullResponse>, tonic::Status> {
+        let caller = caller_of(&req);
+        let r = req.into_inner();
+        let id = Identity::from_pb(&r.identity.unwrap_or_default())?;
+        let resp = self.0.pull(id, caller).await?;
+        if !r.version.is_empty() && r.version == resp.version {
+            return Ok(tonic::Response::new(pb::PullResponse {
+                not_modified: true,
+                version: resp.version,
+                ..Default::default()
+            }));
+        }
+        Ok(tonic::Response::new(resp))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<pb::PullRequest>,
+    ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
+        let caller = caller_of(&req);
+        let r = req.into_inner();
+        let id = Identity::from_pb(&r.identity.unwrap_or_default())?;
+        // Fail at once for an unknown host rather than stream nothing.
+        let first = self.0.pull(id.clone(), caller).await?;
+        let boot = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut changes = boot.dir.subscribe();
+        info!(host = %first.host_dn, "watch");
+        tokio::spawn(async move {
+            let mut held = r.version;
+            let mut next = Ok(first);
+            loop {
+                match next {
+                    Ok(resp) if resp.version != held => {
+                        held = resp.version.clone();
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The host entry went away (or the store failed):
+                        // tell the host and end the stream.
+                        let _ = tx.send(Err(tonic::Status::from(e))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                tokio::time::sleep(SETTLE).await;
+                changes.borrow_and_update();
+                next = boot.pull(id.clone(), caller).await;
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
