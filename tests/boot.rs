@@ -280,3 +280,161 @@ fn health_and_reflection_serve_generic_clients() {
         }
     });
 }
+
+fn dell(mac: &str, ip: &str) -> pb::PullRequest {
+    pb::PullRequest {
+        identity: Some(pb::Identity {
+            macs: vec![mac.into()],
+            vendor: "Dell Inc.".into(),
+            ips: vec![ip.into()],
+            ..Default::default()
+        }),
+        version: String::new(),
+    }
+}
+
+/// Entries an ldapsearch printed.
+fn count_entries(out: &std::process::Output) -> usize {
+    let text = crate::kit::stdout(out);
+    assert!(out.status.success(), "{text}");
+    text.lines().filter(|l| l.starts_with("dn: ")).count()
+}
+
+#[test]
+fn an_unknown_host_matching_a_rule_is_registered_and_configured() {
+    let n = Node::start();
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        let r = c
+            .pull(dell("02:00:00:00:09:01", "10.1.9.1"))
+            .await
+            .expect("registering pull")
+            .into_inner();
+        assert_eq!(
+            r.host_dn,
+            format!("cn=host-020000000901,{PROD_A}"),
+            "placed under the rule's target"
+        );
+        assert_eq!(
+            r.registered_by_rule,
+            "cn=dell-east,ou=rules,dc=example,dc=com"
+        );
+        assert_eq!(setting(&r, "boot.image").value, "esxi-8.0u3-24022510");
+        assert_eq!(r.site, "east");
+        // The second pull finds the entry: same configuration, no new
+        // registration.
+        let again = c
+            .pull(dell("02:00:00:00:09:01", "10.1.9.1"))
+            .await
+            .expect("pull")
+            .into_inner();
+        assert_eq!(again.host_dn, r.host_dn);
+        assert!(again.registered_by_rule.is_empty());
+        assert_eq!(again.version, r.version);
+        // Outside the rule (west subnet): not found, nothing written.
+        let e = c
+            .pull(dell("02:00:00:00:09:02", "10.2.9.2"))
+            .await
+            .expect_err("no rule matches");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+    });
+    let out = n.tool_as(
+        "ldapsearch",
+        None,
+        &[
+            "-b",
+            "dc=example,dc=com",
+            "(macAddress=02:00:00:00:09:02)",
+            "1.1",
+        ],
+        None,
+    );
+    assert_eq!(count_entries(&out), 0);
+}
+
+#[test]
+fn concurrent_pulls_of_a_new_host_at_every_node_register_it_once() {
+    let site = crate::kit::Site::start_seeded(3);
+    rt().block_on(async {
+        let mut calls = vec![];
+        for _ in 0..4 {
+            for i in 1..=3u64 {
+                let addr = format!("http://127.0.0.{i}:{}", site.grpc_port);
+                calls.push(tokio::spawn(async move {
+                    let ch = Channel::from_shared(addr)
+                        .expect("uri")
+                        .connect()
+                        .await
+                        .expect("connect");
+                    ConfigClient::new(ch)
+                        .pull(dell("02:00:00:00:09:77", "10.1.9.77"))
+                        .await
+                        .map(|r| r.into_inner())
+                }));
+            }
+        }
+        let mut registered = 0;
+        for c in calls {
+            let r = c.await.expect("task").expect("every pull succeeds");
+            assert_eq!(r.host_dn, format!("cn=host-020000000977,{PROD_A}"));
+            registered += usize::from(!r.registered_by_rule.is_empty());
+        }
+        assert!(registered <= 1, "{registered} pulls claim the registration");
+
+        // Locate at any node lists the site's published nodes, and says the
+        // answering node is in the host's site.
+        let ch = Channel::from_shared(format!("http://127.0.0.2:{}", site.grpc_port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut locator = LocatorClient::new(ch);
+        // Nodes publish themselves shortly after the site forms.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let l = loop {
+            let l = locator
+                .locate(pb::LocateRequest {
+                    client_address: "10.1.3.3".into(),
+                    site_hint: String::new(),
+                })
+                .await
+                .expect("locate")
+                .into_inner();
+            if l.nodes.len() >= 3 || tokio::time::Instant::now() > deadline {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(l.site, "east");
+        assert!(l.closest, "node 2 is in east");
+        let grpc: Vec<&str> = l.nodes.iter().map(|n| n.grpc_address.as_str()).collect();
+        assert_eq!(grpc.len(), 3, "{grpc:?}");
+        for i in 1..=3 {
+            let want = format!("127.0.0.{i}:{}", site.grpc_port);
+            assert!(grpc.contains(&want.as_str()), "{want} not in {grpc:?}");
+        }
+    });
+    // One entry, on every node (followers apply it shortly after).
+    for i in 1..=3 {
+        crate::kit::wait_until(
+            &format!("the registered host on node {i}"),
+            Duration::from_secs(10),
+            || {
+                let out = site.tool(
+                    i,
+                    "ldapsearch",
+                    &[
+                        "-b",
+                        "dc=example,dc=com",
+                        "(macAddress=02:00:00:00:09:77)",
+                        "1.1",
+                    ],
+                    None,
+                );
+                let n = count_entries(&out);
+                assert!(n <= 1, "node {i} holds {n} entries for one host");
+                n == 1
+            },
+        );
+    }
+}

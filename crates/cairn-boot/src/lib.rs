@@ -4,7 +4,8 @@
 //!
 //! Layout: [`fleet`] reads what hosts need from the directory (sites,
 //! links, nodes, a host by any identity, its effective configuration via
-//! `cairn_core::inherit`); [`service`] implements the two services;
+//! `cairn_core::inherit`); [`register`] places unknown hosts with the
+//! deploy rules; [`service`] implements the two services;
 //! [`error`] is the one place errors become gRPC status codes.
 //!
 //! ```text
@@ -16,6 +17,7 @@
 
 pub mod error;
 pub mod fleet;
+pub mod register;
 pub mod service;
 
 use std::sync::Arc;

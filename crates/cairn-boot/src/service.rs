@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_replica::WriteError;
+use cairn_replica::writer::Writer;
 use cairn_store::Directory;
 use tokio_stream::Stream;
 use tracing::{debug, info};
@@ -13,6 +15,8 @@ use tracing::{debug, info};
 use crate::error::BootError;
 use crate::fleet::{self, Fleet, Identity};
 use crate::pb;
+use crate::register;
+use cairn_store::WriteOp;
 
 /// Who the answering node is.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +72,9 @@ pub struct Boot {
     pub me: SelfInfo,
     pub unmapped: Unmapped,
     pub reachable: Reachability,
+    /// Where host registrations go; set once the node's write path exists
+    /// (before it, unknown hosts get UNAVAILABLE).
+    pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
 }
 
 impl Boot {
@@ -77,6 +84,7 @@ impl Boot {
             me,
             unmapped: Unmapped::default(),
             reachable: Reachability::default(),
+            writer: std::sync::OnceLock::new(),
         })
     }
 
@@ -170,25 +178,86 @@ impl Boot {
         }
     }
 
-    /// The host's configuration now.
+    /// The host's configuration now; an unknown host that a deploy rule
+    /// matches is registered first.
     async fn pull(
         self: &Arc<Self>,
         id: Identity,
         caller: Option<IpAddr>,
     ) -> Result<pb::PullResponse, BootError> {
         let dir = self.dir.clone();
-        blocking(move || {
+        let id2 = id.clone();
+        let known = blocking(
+            move || -> Result<Result<pb::PullResponse, WriteOp>, BootError> {
+                let f = fleet::read_fleet(&dir)?;
+                if let Some(host) = fleet::find_host(&dir, &id2)? {
+                    return fleet::effective(&dir, &f.sites, &host, caller).map(Ok);
+                }
+                let rules = register::read_rules(&dir)?;
+                let facts = register::facts(&id2, caller);
+                let Some(rule) = rules.first_match(&facts) else {
+                    return Err(BootError::NotFound(format!(
+                        "no host has {} and no deploy rule matched",
+                        id2.describe()
+                    )));
+                };
+                let now = cairn_core::time::generalized_time(unix_now());
+                register::registration(&id2, &facts, rule.name(), rule.target(), now).map(Err)
+            },
+        )
+        .await??;
+        let op = match known {
+            Ok(resp) => return Ok(resp),
+            Err(op) => op,
+        };
+        let rule = match &op {
+            WriteOp::Add { stamp, entry, .. } => {
+                info!(host = %entry.dn, rule = %stamp.who, "registering an unknown host");
+                stamp.who.to_string()
+            }
+            _ => String::new(),
+        };
+        let writer = self.writer.get().ok_or_else(|| {
+            BootError::Unavailable("this node is starting; cannot register hosts yet".into())
+        })?;
+        let registered = match writer.write(op).await {
+            Ok(_) => true,
+            // Another pull of the same host (here or at another node) won.
+            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => false,
+            Err(e @ (WriteError::NoLeader(_) | WriteError::Unknown(_))) => {
+                return Err(BootError::Unavailable(format!(
+                    "cannot register the host: {e}"
+                )));
+            }
+            Err(WriteError::Directory(e)) => {
+                return Err(BootError::Internal(format!(
+                    "deploy rule {rule} produced an entry the directory refused: {e}"
+                )));
+            }
+        };
+        let dir = self.dir.clone();
+        let mut resp = blocking(move || {
             let f = fleet::read_fleet(&dir)?;
             match fleet::find_host(&dir, &id)? {
                 Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
-                None => Err(BootError::NotFound(format!(
-                    "no host has {} and no deploy rule matched",
-                    id.describe()
-                ))),
+                None => Err(BootError::Unavailable(
+                    "the host was registered but is not visible here yet; retry".into(),
+                )),
             }
         })
-        .await?
+        .await??;
+        if registered {
+            resp.registered_by_rule = rule;
+        }
+        Ok(resp)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs directory reads off the async workers.

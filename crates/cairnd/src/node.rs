@@ -107,6 +107,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             Arc::new(ReplicaWriter(r))
         }
     };
+    let _ = boot.writer.set(writer.clone());
     let stop2 = stop.clone();
     tasks.spawn(async move {
         cairn_replica::network::serve(grpc, routes, stopped(stop2))
