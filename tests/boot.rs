@@ -438,3 +438,268 @@ fn concurrent_pulls_of_a_new_host_at_every_node_register_it_once() {
         );
     }
 }
+
+#[test]
+fn effective_settings_over_ldap_and_cairn_explain() {
+    let n = Node::start();
+    let asked = crate::kit::stdout(&ok(n.tool_as(
+        "ldapsearch",
+        None,
+        &[
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            ESX017,
+            "-s",
+            "base",
+            "cairnEffectiveSetting",
+        ],
+        None,
+    )));
+    assert!(
+        asked.contains(&format!(
+            "cairnEffectiveSetting: ssh.enabled=false (enforced from {DC_EAST})"
+        )),
+        "{asked}"
+    );
+    assert!(
+        asked.contains(&format!(
+            "cairnEffectiveSetting: ntp.servers=10.1.0.10,10.1.0.11 (from {EAST})"
+        )),
+        "{asked}"
+    );
+    // Constructed: not returned unless asked for by name.
+    let plus = crate::kit::stdout(&ok(n.tool_as(
+        "ldapsearch",
+        None,
+        &["-b", ESX017, "-s", "base", "*", "+"],
+        None,
+    )));
+    assert!(!plus.contains("cairnEffectiveSetting"), "{plus}");
+
+    let out = ok(n.cairn(&["explain", "esx-017"]));
+    let text = crate::kit::stdout(&out);
+    assert!(text.starts_with(ESX017), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("syslog.level"))
+        .unwrap_or_else(|| panic!("no syslog.level in {text}"));
+    assert!(
+        line.contains("debug") && line.contains("from cn=gpu-pool,"),
+        "{line}"
+    );
+    // By MAC too; an unknown host is an error.
+    ok(n.cairn(&["explain", "00:50:56:01:00:01"]));
+    let missing = n.cairn(&["explain", "no-such-host"]);
+    assert!(!missing.status.success());
+}
+
+fn cairn_pull(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(crate::kit::bin("cairn"));
+    c.arg("pull").args(args);
+    c
+}
+
+#[test]
+fn cairn_pull_falls_back_past_a_dead_node_and_fails_clearly_when_none_answers() {
+    let n = Node::start();
+    let dead = format!("127.0.0.1:{}", crate::kit::free_port());
+    let grpc = n.grpc.to_string();
+    let out = cairn_pull(&[
+        "--server",
+        &dead,
+        "--server",
+        &grpc,
+        "--mac",
+        "00:50:56:01:00:17",
+    ])
+    .output()
+    .expect("run cairn pull");
+    let text = crate::kit::stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("# host {ESX017}")), "{text}");
+    assert!(
+        text.contains(&format!("ssh.enabled=false\t# enforced from {DC_EAST}")),
+        "{text}"
+    );
+    // Unknown host: an answer, not a reason to try elsewhere.
+    let out = cairn_pull(&["--server", &grpc, "--mac", "02:00:00:00:00:42"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("macAddress=02:00:00:00:00:42"));
+    // Nothing answers.
+    let out = cairn_pull(&["--server", &dead, "--mac", "00:50:56:01:00:17"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Cairn node answered"), "{err}");
+}
+
+#[test]
+fn cairn_pull_watch_rewrites_the_file_when_a_cluster_setting_changes() {
+    let n = Node::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("host.json");
+    let grpc = n.grpc.to_string();
+    let mut child = cairn_pull(&[
+        "--server",
+        &grpc,
+        "--mac",
+        "00:50:56:01:00:17",
+        "--format",
+        "json",
+        "--out",
+        file.to_str().expect("path"),
+        "--watch",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("start cairn pull --watch");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    crate::kit::wait_until("the first configuration", Duration::from_secs(10), || {
+        read().contains(r#""vmotion.vlan":{"value":"120""#)
+    });
+    ok(n.tool(
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {PROD_A}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: vmotion.vlan=120\n-\nadd: cairnSetting\ncairnSetting: vmotion.vlan=131\n"
+        )),
+    ));
+    crate::kit::wait_until("the changed configuration", Duration::from_secs(10), || {
+        read().contains(r#""vmotion.vlan":{"value":"131""#)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    // Written atomically: no temporary file is left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["host.json".to_string()]);
+}
+
+#[test]
+fn a_python_grpc_client_pulls_through_reflection() {
+    let n = Node::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/pull.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(n.grpc.to_string())
+        .arg("00:50:56:01:00:01")
+        .output()
+        .expect("run python3 (tests/run installs grpcio and grpcio-reflection)");
+    let text = crate::kit::stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("vmotion.vlan=121\tcn=esx-001,{PROD_A}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("host cn=esx-001,{PROD_A}")),
+        "{text}"
+    );
+    // Errors come through as gRPC codes too.
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(n.grpc.to_string())
+        .arg("02:00:00:00:00:07")
+        .output()
+        .expect("run python3");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("NOT_FOUND"));
+}
+
+#[test]
+fn a_boot_storm_of_ten_thousand_hosts_completes_without_error() {
+    const HOSTS: usize = 10_000;
+    let n = Node::start();
+    let mac = |i: usize| {
+        format!(
+            "02:10:00:{:02x}:{:02x}:{:02x}",
+            i >> 16,
+            (i >> 8) & 0xff,
+            i & 0xff
+        )
+    };
+    let mut ldif = format!(
+        "dn: cn=storm,{PROD_A}\nobjectClass: cairnResourcePool\ncn: storm\ncairnSetting: storm=yes\n\n"
+    );
+    for i in 0..HOSTS {
+        ldif += &format!(
+            "dn: cn=s{i},cn=storm,{PROD_A}\nobjectClass: cairnHost\ncn: s{i}\nmacAddress: {}\nipHostNumber: 10.1.{}.{}\n\n",
+            mac(i),
+            100 + i / 250,
+            1 + i % 250
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("storm.ldif");
+    std::fs::write(&file, ldif).expect("write ldif");
+    ok(n.cairn(&["import", "--continue", file.to_str().expect("path")]));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut channels = vec![];
+        for _ in 0..16 {
+            channels.push(channel(&n).await);
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..HOSTS {
+            let mut c = ConfigClient::new(channels[i % channels.len()].clone());
+            let m = mac(i);
+            calls.spawn(async move { (i, c.pull(by_mac(&m)).await) });
+        }
+        let mut done = 0;
+        while let Some(r) = calls.join_next().await {
+            let (i, r) = r.expect("task");
+            let r = r.unwrap_or_else(|e| panic!("host {i}: {e}")).into_inner();
+            assert_eq!(r.host_dn, format!("cn=s{i},cn=storm,{PROD_A}"));
+            assert_eq!(setting(&r, "storm").value, "yes");
+            assert_eq!(r.site, "east");
+            done += 1;
+        }
+        assert_eq!(done, HOSTS);
+    });
+}
+
+#[test]
+fn cairn_pull_finds_a_site_through_dns_srv() {
+    let site = crate::kit::Site::start_seeded(3);
+    let dns = format!("127.0.0.1:{}", site.dns_port);
+    // Nodes publish themselves, then DNS lists them.
+    let mut last = String::new();
+    crate::kit::wait_until("a pull through DNS", Duration::from_secs(30), || {
+        let out = cairn_pull(&[
+            "--dns",
+            &dns,
+            "--domain",
+            "example.com",
+            "--mac",
+            "00:50:56:01:00:17",
+            "--format",
+            "env",
+        ])
+        .output()
+        .expect("run cairn pull");
+        last = format!(
+            "{}{}",
+            crate::kit::stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.status.success()
+    });
+    assert!(last.contains("SSH_ENABLED='false'"), "{last}");
+    assert!(last.contains(&format!("CAIRN_HOST='{ESX017}'")), "{last}");
+}

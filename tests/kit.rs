@@ -28,11 +28,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (a DNS listener needs
+/// both).
+pub fn free_dns_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` until it holds or the deadline passes.
@@ -72,6 +83,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The gRPC listener (hosts' Locator and Config).
     pub grpc: SocketAddr,
+    /// The DNS responder (UDP and TCP).
+    pub dns: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -93,6 +106,7 @@ impl Node {
             data: tempfile::tempdir().expect("tempdir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dns: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
             engine,
             child: None,
             extra_env: env
@@ -118,6 +132,8 @@ impl Node {
             .arg(self.addr.to_string())
             .arg("--grpc")
             .arg(self.grpc.to_string())
+            .arg("--dns")
+            .arg(self.dns.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args)
@@ -312,6 +328,8 @@ pub struct Site {
     pub nodes: u64,
     pub ldap_port: u16,
     pub grpc_port: u16,
+    /// DNS port (UDP and TCP) of every node.
+    pub dns_port: u16,
     child: Option<Child>,
 }
 
@@ -322,6 +340,7 @@ impl Site {
             nodes,
             ldap_port: free_port(),
             grpc_port: free_port(),
+            dns_port: free_dns_port(),
             child: None,
         };
         s.spawn();
@@ -343,6 +362,8 @@ impl Site {
             .arg(self.ldap_port.to_string())
             .arg("--grpc-port")
             .arg(self.grpc_port.to_string())
+            .arg("--dns-port")
+            .arg(self.dns_port.to_string())
             .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@ mod kit;
 
 mod boot;
 mod cli;
+mod dns;
 mod durability;
 mod hostile;
 mod ldap3_client;

@@ -43,13 +43,27 @@ pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, BootErr
 }
 
 fn search(dir: &Directory, filter: Filter, limit: usize) -> Result<Vec<ValidEntry>, BootError> {
+    search_class(dir, filter, None, limit)
+}
+
+/// Entries matching `filter` (and of `class`, checked on each candidate
+/// rather than in the filter: an `(objectClass=cairnHost)` term would make
+/// the store intersect with every host's index key on each lookup).
+fn search_class(
+    dir: &Directory,
+    filter: Filter,
+    class: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ValidEntry>, BootError> {
     let mut out = vec![];
     for suffix in dir.suffixes() {
         if dir.get(suffix)?.is_none() {
             continue;
         }
         dir.search(suffix, Scope::Subtree, &filter, None, &mut |e| {
-            out.push(e);
+            if class.is_none_or(|c| e.has_class(c)) {
+                out.push(e);
+            }
             out.len() < limit
         })?;
     }
@@ -220,11 +234,8 @@ impl Identity {
 /// several hosts share is an error, not a guess.
 pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, BootError> {
     for (attr, value) in id.keys() {
-        let filter = Filter::And(vec![
-            Filter::Equality("objectClass".into(), "cairnHost".into()),
-            Filter::Equality(attr.into(), value.into()),
-        ]);
-        let mut found = search(dir, filter, 2)?;
+        let filter = Filter::Equality(attr.into(), value.into());
+        let mut found = search_class(dir, filter, Some("cairnHost"), 2)?;
         match found.len() {
             0 => continue,
             1 => return Ok(found.pop()),
@@ -240,6 +251,16 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, B
     Ok(None)
 }
 
+/// The values of the constructed LDAP attribute `cairnEffectiveSetting`
+/// for `host`: `key=value (from DN)` per key (`cairn_core::inherit`).
+pub fn effective_setting_values(
+    dir: &Directory,
+    host: &ValidEntry,
+) -> Result<Vec<String>, BootError> {
+    let f = read_fleet(dir)?;
+    Ok(merge(dir, &f.sites, host, None)?.0.to_setting_values())
+}
+
 /// The effective configuration of `host`, as `Pull` returns it. The
 /// host's site comes from its `ipHostNumber`, else from `caller` (the
 /// address the request came from).
@@ -249,6 +270,49 @@ pub fn effective(
     host: &ValidEntry,
     caller: Option<IpAddr>,
 ) -> Result<pb::PullResponse, BootError> {
+    let (eff, site, cluster_dn) = merge(dir, sites, host, caller)?;
+    let boot_image = eff
+        .get("boot.image")
+        .map(|v| v.value.clone())
+        .unwrap_or_default();
+    let image = if boot_image.is_empty() {
+        None
+    } else {
+        image(dir, &boot_image)?
+    };
+    let mut resp = pb::PullResponse {
+        not_modified: false,
+        version: String::new(),
+        host_dn: host.dn().to_string(),
+        site: site.as_ref().map(|s| site_name(s)).unwrap_or_default(),
+        site_dn: site.unwrap_or_default(),
+        cluster_dn,
+        boot_image,
+        image,
+        settings: eff
+            .values
+            .iter()
+            .map(|(k, v)| pb::Setting {
+                key: k.clone(),
+                value: v.value.clone(),
+                source: v.source.clone(),
+                enforced: v.enforced,
+            })
+            .collect(),
+        registered_by_rule: String::new(),
+    };
+    resp.version = version_of(&resp);
+    Ok(resp)
+}
+
+/// Merges the layers of `host`: its effective settings, its site's DN and
+/// the DN of its nearest cluster.
+fn merge(
+    dir: &Directory,
+    sites: &SiteMap,
+    host: &ValidEntry,
+    caller: Option<IpAddr>,
+) -> Result<(inherit::Effective, Option<String>, String), BootError> {
     let addr = host
         .get("iphostnumber")
         .into_iter()
@@ -296,55 +360,26 @@ pub fn effective(
             )
         })
         .collect();
-    let eff = inherit::effective(&layers);
-    let boot_image = eff
-        .get("boot.image")
-        .map(|v| v.value.clone())
-        .unwrap_or_default();
-    let image = if boot_image.is_empty() {
-        None
-    } else {
-        image(dir, &boot_image)?
-    };
-    let mut resp = pb::PullResponse {
-        not_modified: false,
-        version: String::new(),
-        host_dn: host.dn().to_string(),
-        site: site.map(|s| site_name(s.dn())).unwrap_or_default(),
-        site_dn: site.map(|s| s.dn().to_string()).unwrap_or_default(),
+    Ok((
+        inherit::effective(&layers),
+        site.map(|s| s.dn().to_string()),
         cluster_dn,
-        boot_image,
-        image,
-        settings: eff
-            .values
-            .iter()
-            .map(|(k, v)| pb::Setting {
-                key: k.clone(),
-                value: v.value.clone(),
-                source: v.source.clone(),
-                enforced: v.enforced,
-            })
-            .collect(),
-        registered_by_rule: String::new(),
-    };
-    resp.version = version_of(&resp);
-    Ok(resp)
+    ))
 }
 
 /// The image library entry named `name` (its cn).
 fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, BootError> {
-    let filter = Filter::And(vec![
-        Filter::Equality("objectClass".into(), "cairnImage".into()),
-        Filter::Equality("cn".into(), name.into()),
-    ]);
-    Ok(search(dir, filter, 1)?.pop().map(|e| pb::BootImage {
-        dn: e.dn().to_string(),
-        name: e.first("cn").unwrap_or_default().to_string(),
-        kernel: e.first("cairnkernel").unwrap_or_default().to_string(),
-        modules: values(&e, "cairnmodule").map(str::to_string).collect(),
-        append: e.first("cairnappend").unwrap_or_default().to_string(),
-        build: e.first("cairnimageversion").unwrap_or_default().to_string(),
-    }))
+    let filter = Filter::Equality("cn".into(), name.into());
+    Ok(search_class(dir, filter, Some("cairnImage"), 1)?
+        .pop()
+        .map(|e| pb::BootImage {
+            dn: e.dn().to_string(),
+            name: e.first("cn").unwrap_or_default().to_string(),
+            kernel: e.first("cairnkernel").unwrap_or_default().to_string(),
+            modules: values(&e, "cairnmodule").map(str::to_string).collect(),
+            append: e.first("cairnappend").unwrap_or_default().to_string(),
+            build: e.first("cairnimageversion").unwrap_or_default().to_string(),
+        }))
 }
 
 /// A version tag over everything a response carries (FNV-1a 64 over its

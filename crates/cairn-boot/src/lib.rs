@@ -1,11 +1,15 @@
 //! What booting hosts talk to: the `Locator` and `Config` gRPC services
 //! (`proto/cairn/v1/host.proto`), served with reflection and the standard
-//! health service on the node's gRPC port.
+//! health service on the node's gRPC port, and an authoritative DNS
+//! responder whose SRV records (`_cairn._tcp`, `_ldap._tcp`) tell hosts
+//! where the nodes are.
 //!
 //! Layout: [`fleet`] reads what hosts need from the directory (sites,
 //! links, nodes, a host by any identity, its effective configuration via
 //! `cairn_core::inherit`); [`register`] places unknown hosts with the
-//! deploy rules; [`service`] implements the two services;
+//! deploy rules; [`service`] implements the two services; [`dns`] builds
+//! SRV/A/AAAA records from the published nodes, serves them (rebuilt after
+//! every directory commit), writes them as a zone file and looks SRV up;
 //! [`error`] is the one place errors become gRPC status codes.
 //!
 //! ```text
@@ -15,6 +19,7 @@
 //! host ─Watch─► same, re-read after every directory commit, sent on change
 //! ```
 
+pub mod dns;
 pub mod error;
 pub mod fleet;
 pub mod register;
@@ -36,10 +41,18 @@ pub mod pb {
 /// The host-facing services, with reflection and health, to mount on the
 /// node's gRPC server.
 pub async fn routes(boot: Arc<Boot>) -> Result<tonic::service::Routes, BootError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both reflection versions: grpcurl speaks v1, many clients (Python's
+    // grpcio-reflection among them) still v1alpha.
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| BootError::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| BootError::Internal(format!("reflection: {e}")))?;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
@@ -55,7 +68,8 @@ pub async fn routes(boot: Arc<Boot>) -> Result<tonic::service::Routes, BootError
         .add_service(pb::config_server::ConfigServer::new(
             service::ConfigService(boot),
         ))
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(health_svc),
     )
 }

@@ -75,11 +75,17 @@ pub struct Boot {
     /// Where host registrations go; set once the node's write path exists
     /// (before it, unknown hosts get UNAVAILABLE).
     pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
+    /// Sites, links and nodes as of a directory generation: re-read only
+    /// after a commit (every pull needs them; they rarely change).
+    fleet: Mutex<Option<(u64, Arc<Fleet>)>>,
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Boot {
     pub fn new(dir: Arc<Directory>, me: SelfInfo) -> Arc<Boot> {
         Arc::new(Boot {
+            changes: dir.subscribe(),
+            fleet: Mutex::new(None),
             dir,
             me,
             unmapped: Unmapped::default(),
@@ -95,12 +101,12 @@ impl Boot {
         tokio::spawn(async move {
             loop {
                 if let Ok(Ok(f)) = blocking({
-                    let dir = boot.dir.clone();
-                    move || fleet::read_fleet(&dir)
+                    let boot = boot.clone();
+                    move || boot.fleet()
                 })
                 .await
                 {
-                    for n in f.nodes {
+                    for n in &f.nodes {
                         let up = tokio::time::timeout(
                             Duration::from_millis(500),
                             tokio::net::TcpStream::connect(n.grpc.as_str()),
@@ -113,6 +119,24 @@ impl Boot {
                 tokio::time::sleep(every).await;
             }
         })
+    }
+
+    /// The fleet as of now: cached until the next directory commit. The
+    /// generation is read before the directory, so a commit racing the
+    /// read leaves the cache stale-marked, never stale-trusted.
+    fn fleet(&self) -> Result<Arc<Fleet>, BootError> {
+        let generation = *self.changes.borrow();
+        {
+            let cached = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((g, f)) = cached.as_ref()
+                && *g == generation
+            {
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(fleet::read_fleet(&self.dir)?);
+        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, f.clone()));
+        Ok(f)
     }
 
     fn locate(&self, f: &Fleet, addr: Option<IpAddr>, hint: &str) -> pb::LocateResponse {
@@ -185,11 +209,11 @@ impl Boot {
         id: Identity,
         caller: Option<IpAddr>,
     ) -> Result<pb::PullResponse, BootError> {
-        let dir = self.dir.clone();
+        let (dir, boot) = (self.dir.clone(), self.clone());
         let id2 = id.clone();
         let known = blocking(
             move || -> Result<Result<pb::PullResponse, WriteOp>, BootError> {
-                let f = fleet::read_fleet(&dir)?;
+                let f = boot.fleet()?;
                 if let Some(host) = fleet::find_host(&dir, &id2)? {
                     return fleet::effective(&dir, &f.sites, &host, caller).map(Ok);
                 }
@@ -235,9 +259,9 @@ impl Boot {
                 )));
             }
         };
-        let dir = self.dir.clone();
+        let (dir, boot) = (self.dir.clone(), self.clone());
         let mut resp = blocking(move || {
-            let f = fleet::read_fleet(&dir)?;
+            let f = boot.fleet()?;
             match fleet::find_host(&dir, &id)? {
                 Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
                 None => Err(BootError::Unavailable(
@@ -290,8 +314,8 @@ impl pb::locator_server::Locator for LocatorService {
                 BootError::InvalidArgument(format!("client_address {a:?} is not an IP address"))
             })?),
         };
-        let dir = self.0.dir.clone();
-        let f = blocking(move || fleet::read_fleet(&dir)).await??;
+        let boot = self.0.clone();
+        let f = blocking(move || boot.fleet()).await??;
         let resp = self.0.locate(&f, addr, &r.site_hint);
         debug!(client = ?addr, site = %resp.site, "locate");
         Ok(tonic::Response::new(resp))

@@ -71,8 +71,8 @@
 //! with `^([^=]*)=(.*) \((enforced )?from ([^()]*)\)$` (key, value, flag,
 //! DN); the value itself may contain anything, parentheses included.
 //!
-//! [`Effective::version`] is a content hash of the result, for clients that
-//! poll (`cairnEffectiveVersion`) and for caches.
+//! [`Effective::version`] is a content hash of the result, for caches and
+//! clients that compare what they hold.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};

@@ -626,6 +626,19 @@ impl Selection {
         if self.wants("entrydn", true) {
             out.push(self.attr("entryDN".into(), vec![e.dn().to_string()]));
         }
+        // Constructed: only when asked for by name (not with `+`), and
+        // only hosts have an effective configuration.
+        if self.named.contains("cairneffectivesetting") && e.has_class("cairnHost") {
+            match cairn_boot::fleet::effective_setting_values(&ctx.dir, e) {
+                Ok(v) if !v.is_empty() => {
+                    out.push(self.attr("cairnEffectiveSetting".into(), v));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(dn = %e.dn(), cause = %err, "cannot compute cairnEffectiveSetting")
+                }
+            }
+        }
         if self.wants("hassubordinates", true) {
             let has = e
                 .uuid()

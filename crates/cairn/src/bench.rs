@@ -9,7 +9,14 @@
 //!   equality searches for a random host for `--duration` seconds,
 //!   alternating `(cn=host-N)` and `(netbootGUID=…)`, each of which must
 //!   return exactly that one entry;
-//! - **modify**: the same with a `replace: description` on a random host.
+//! - **modify**: the same with a `replace: description` on a random host;
+//! - **add**: new entries;
+//! - **pull**: `Config.Pull` over gRPC (`--grpc`, one channel per
+//!   connection) by the MAC of a random host: the host's effective
+//!   configuration, inheritance resolved per request. Against etcd
+//!   (`--etcd`), the same per-host configuration stored as one key per host
+//!   (JSON of the effective settings with their sources, loaded first) and
+//!   read with serializable gets.
 //!
 //! It reports operations per second and p50/p99 latency per phase, and the
 //! server's resident memory when `--server-pid` is given (read from
@@ -40,6 +47,27 @@ pub struct BenchArgs {
     pub workloads: Vec<String>,
     pub label: String,
     pub server_pid: Option<u32>,
+    /// gRPC addresses (host:port) for the pull workload.
+    pub grpc: Vec<String>,
+}
+
+fn host_mac(n: usize) -> String {
+    format!(
+        "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+        (n >> 24) & 0xff,
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+/// What etcd stores for host `n` in the pull comparison: the effective
+/// configuration Cairn computes for it, as JSON with sources.
+fn etcd_config(n: usize, base: &str) -> String {
+    format!(
+        "{{\"host\":\"cn=host-{n},{base}\",\"settings\":{{\"ntp.servers\":{{\"value\":\"10.0.0.1,10.0.0.2\",\"source\":\"cn=host-{n},{base}\"}},\"vmotion.vlan\":{{\"value\":\"{}\",\"source\":\"cn=host-{n},{base}\"}}}}}}",
+        n % 4000
+    )
 }
 
 /// The host entry number `n`: deterministic attributes.
@@ -58,16 +86,7 @@ fn host_attrs(n: usize) -> Vec<(String, HashSet<String>)> {
         ("objectClass".into(), one("cairnHost".into())),
         ("cn".into(), one(format!("host-{n}"))),
         ("netbootGUID".into(), one(host_guid(n))),
-        (
-            "macAddress".into(),
-            one(format!(
-                "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
-                (n >> 24) & 0xff,
-                (n >> 16) & 0xff,
-                (n >> 8) & 0xff,
-                n & 0xff
-            )),
-        ),
+        ("macAddress".into(), one(host_mac(n))),
         (
             "ipHostNumber".into(),
             one(format!(
@@ -168,6 +187,9 @@ async fn run_etcd(args: &BenchArgs, workload: &str, n_conns: usize) -> anyhow::R
             .with_context(|| format!("cannot connect to etcd at {ep}"))?;
         clients.push(etcd::kv_client::KvClient::new(channel));
     }
+    if workload == "pull" {
+        return etcd_gets(args, clients).await;
+    }
     let deadline = Instant::now() + args.duration;
     let start = Instant::now();
     let mut tasks = vec![];
@@ -200,6 +222,105 @@ async fn run_etcd(args: &BenchArgs, workload: &str, n_conns: usize) -> anyhow::R
                 match kv.put(req).await {
                     Ok(_) => lat.push(t.elapsed().as_micros() as u32),
                     Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    collect(tasks, start).await
+}
+
+/// Puts every host's configuration once (per process), then measures
+/// serializable gets of random hosts.
+async fn etcd_gets(
+    args: &BenchArgs,
+    clients: Vec<etcd::kv_client::KvClient<tonic::transport::Channel>>,
+) -> anyhow::Result<Stats> {
+    static LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if args.load && !LOADED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let per = args.entries.div_ceil(clients.len());
+        let mut tasks = vec![];
+        for (i, mut kv) in clients.clone().into_iter().enumerate() {
+            let range = (i * per)..((i + 1) * per).min(args.entries);
+            let base = args.base.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in range {
+                    kv.put(etcd::PutRequest {
+                        key: format!("/config/host-{n}").into_bytes(),
+                        value: etcd_config(n, &base).into_bytes(),
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+    }
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut kv) in clients.into_iter().enumerate() {
+        let entries = args.entries;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+            let (mut lat, mut errors) = (vec![], 0usize);
+            while Instant::now() < deadline {
+                let n = rng.below(entries);
+                let t = Instant::now();
+                let req = etcd::RangeRequest {
+                    key: format!("/config/host-{n}").into_bytes(),
+                    serializable: true,
+                    ..Default::default()
+                };
+                match kv.range(req).await {
+                    Ok(r) if r.get_ref().kvs.len() == 1 => lat.push(t.elapsed().as_micros() as u32),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    collect(tasks, start).await
+}
+
+/// `Config.Pull` of random hosts over `n_conns` gRPC channels.
+async fn run_pulls(args: &BenchArgs, n_conns: usize) -> anyhow::Result<Stats> {
+    use cairn_boot::pb;
+    let mut clients = vec![];
+    for i in 0..n_conns {
+        let addr = &args.grpc[i % args.grpc.len()];
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to gRPC at {addr}"))?;
+        clients.push(pb::config_client::ConfigClient::new(channel));
+    }
+    let deadline = Instant::now() + args.duration;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let entries = args.entries;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+            let (mut lat, mut errors) = (vec![], 0usize);
+            while Instant::now() < deadline {
+                let n = rng.below(entries);
+                let t = Instant::now();
+                let req = pb::PullRequest {
+                    identity: Some(pb::Identity {
+                        macs: vec![host_mac(n)],
+                        ..Default::default()
+                    }),
+                    version: String::new(),
+                };
+                match c.pull(req).await {
+                    Ok(r) if r.get_ref().settings.len() >= 2 => {
+                        lat.push(t.elapsed().as_micros() as u32)
+                    }
+                    _ => errors += 1,
                 }
             }
             (lat, errors)
@@ -339,7 +460,12 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
         for w in &args.workloads {
             for &c in &args.connections {
                 let mut s = run_etcd(&args, w, c).await?;
-                println!("{}", s.row(&args.label, &format!("put ({w})"), c, rss()));
+                let what = if w == "pull" {
+                    "get (pull)".to_string()
+                } else {
+                    format!("put ({w})")
+                };
+                println!("{}", s.row(&args.label, &what, c, rss()));
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -385,7 +511,11 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
     }
     for w in &args.workloads {
         for &c in &args.connections {
-            let mut s = run_workload(&args, &urls, auth, w, c).await?;
+            let mut s = if w == "pull" {
+                run_pulls(&args, c).await?
+            } else {
+                run_workload(&args, &urls, auth, w, c).await?
+            };
             println!("{}", s.row(&args.label, w, c, rss()));
         }
     }

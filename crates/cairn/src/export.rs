@@ -183,7 +183,7 @@ pub fn render(entries: &[ExportEntry]) -> String {
 /// all of `data`, never a part: a temporary file in the same directory,
 /// fsynced, then renamed over `path`. The file is created readable by its
 /// owner only, as an export may hold password hashes.
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

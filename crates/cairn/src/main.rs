@@ -19,9 +19,12 @@
 
 mod bench;
 mod client;
+mod dns;
+mod explain;
 mod export;
 mod import;
 mod member;
+mod pull;
 mod status;
 
 use std::path::PathBuf;
@@ -98,6 +101,18 @@ enum Command {
     /// Load host entries and measure searches and modifies against any LDAP
     /// server (Cairn or a reference server), printing a Markdown table.
     Bench(BenchCli),
+    /// What a host runs at boot: find the directory (DNS SRV or --server),
+    /// locate the closest node, pull this host's effective configuration
+    /// (with the entry each value came from), and with --watch keep it
+    /// current. Exits non-zero with a message when no node answers.
+    Pull(pull::PullArgs),
+    /// DNS: `cairn dns zone` prints the nodes' SRV and address records as a
+    /// zone file.
+    #[command(subcommand)]
+    Dns(dns::DnsCmd),
+    /// Show a host's effective configuration: every key, its value and the
+    /// entry it came from. HOST is a DN, cn, MAC, UUID or serial number.
+    Explain { host: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +165,10 @@ struct BenchCli {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Workloads: search, modify, add (comma-separated).
+    /// gRPC addresses (host:port) for the pull workload, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7070")]
+    grpc: Vec<String>,
+    /// Workloads: search, modify, add, pull (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "search,modify")]
     workloads: Vec<String>,
     /// Name of the server in the output table.
@@ -225,6 +243,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::run(&args.base, args.out.as_deref(), &cli.url, &auth).await
         }
         Command::Status => status::run(&cli.url, &auth).await,
+        Command::Pull(args) => pull::run(args).await,
+        Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
+        Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
         Command::Member(m) => {
             let change = match m {
                 MemberCmd::Add { id, ldap, grpc } => format!("add {id} {ldap} {grpc}"),
@@ -240,8 +261,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(b) => {
             for w in &b.workloads {
-                if w != "search" && w != "modify" && w != "add" {
-                    anyhow::bail!("unknown workload {w:?} (search, modify, add)");
+                if !["search", "modify", "add", "pull"].contains(&w.as_str()) {
+                    anyhow::bail!("unknown workload {w:?} (search, modify, add, pull)");
                 }
             }
             let args = bench::BenchArgs {
@@ -256,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workloads: b.workloads,
                 label: b.label,
                 server_pid: b.server_pid,
+                grpc: b.grpc,
             };
             bench::run(args, &cli.url, &auth).await
         }

@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub ldap: LdapSection,
     #[serde(default)]
     pub grpc: GrpcSection,
+    #[serde(default)]
+    pub dns: DnsSection,
     /// Absent: a standalone node (writes go straight to its store).
     pub cluster: Option<ClusterSection>,
 }
@@ -81,6 +83,28 @@ impl Default for GrpcSection {
     fn default() -> Self {
         GrpcSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+        }
+    }
+}
+
+/// `[dns]`: the authoritative DNS responder. It answers for `domain` from
+/// the published cairnNode entries: `_cairn._tcp` and `_ldap._tcp` SRV
+/// records (domain-wide and per site under `_sites`), the nodes' A/AAAA
+/// records, SOA and NS; names outside the domain are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Address of the listener, UDP and TCP (53 in production).
+    pub listen: SocketAddr,
+    /// The domain the responder is authoritative for.
+    pub domain: String,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
+            domain: "example.com".into(),
         }
     }
 }
@@ -268,7 +292,15 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 6] = ["node", "storage", "directory", "ldap", "grpc", "cluster"];
+    const SECTIONS: [&str; 7] = [
+        "node",
+        "storage",
+        "directory",
+        "ldap",
+        "grpc",
+        "dns",
+        "cluster",
+    ];
     for (k, v) in vars {
         let Some(rest) = k.strip_prefix("CAIRN_") else {
             continue;
@@ -332,6 +364,9 @@ pub struct Settings {
     pub ldap_listen: SocketAddr,
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
+    pub dns_listen: SocketAddr,
+    /// Lower case, no trailing dot.
+    pub dns_domain: String,
     pub cluster: Option<ClusterSettings>,
 }
 
@@ -376,6 +411,8 @@ impl FileConfig {
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
+        let dns_domain = cairn_boot::dns::normalize_domain(&self.dns.domain)
+            .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
         let cluster = self.cluster.map(ClusterSection::validate).transpose()?;
         Ok(Settings {
             cluster,
@@ -388,6 +425,8 @@ impl FileConfig {
             seed_example: self.directory.seed_example,
             ldap_listen: self.ldap.listen,
             grpc_listen: self.grpc.listen,
+            dns_listen: self.dns.listen,
+            dns_domain,
             ldap: cairn_ldap::Config {
                 admin_dn,
                 admin_password_hash: hash,
@@ -434,6 +473,25 @@ mod tests {
         assert!(parse("[ldap]\nlisten_port = 3\n", &[]).is_err());
         assert!(parse("", &[("CAIRN_LDAP_COLOUR", "red")]).is_err());
         assert!(parse("", &[("CAIRN_NOPE_X", "1")]).is_err());
+    }
+
+    #[test]
+    fn dns_section_and_environment() {
+        let c = parse(
+            "[dns]\ndomain = \"Fleet.Example.NET.\"\n",
+            &[("CAIRN_DNS_LISTEN", "0.0.0.0:53")],
+        )
+        .unwrap();
+        assert_eq!(c.dns.listen, SocketAddr::from(([0, 0, 0, 0], 53)));
+        let s = c.validate(Some("pw".into())).unwrap();
+        assert_eq!(s.dns_domain, "fleet.example.net");
+        let d = parse("", &[]).unwrap().validate(Some("pw".into())).unwrap();
+        assert_eq!(d.dns_listen.port(), 8600);
+        assert_eq!(d.dns_domain, "example.com");
+        let bad = parse("[dns]\ndomain = \"not a domain\"\n", &[]).unwrap();
+        let e = bad.validate(Some("pw".into())).err().unwrap().to_string();
+        assert!(e.contains("dns.domain"), "{e}");
+        assert!(parse("[dns]\nport = 53\n", &[]).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ enum Cmd {
         /// gRPC listen address (hosts' Locator and Config).
         #[arg(long, default_value = "127.0.0.1:7070")]
         grpc: SocketAddr,
+        /// DNS listen address, UDP and TCP (the nodes' SRV records).
+        #[arg(long, default_value = "127.0.0.1:8600")]
+        dns: SocketAddr,
         /// Storage engine: redb or sled.
         #[arg(long, default_value = "redb")]
         engine: cairn_store::EngineKind,
@@ -58,8 +61,9 @@ enum Cmd {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         anonymous_read: bool,
         /// Run a site of this many nodes in this process: node N listens on
-        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port) with its data in
-        /// DATA_DIR/node-N. 1 runs a standalone node on --ldap.
+        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, DNS --dns-port)
+        /// with its data in DATA_DIR/node-N. 1 runs a standalone node on
+        /// --ldap.
         #[arg(long, default_value_t = 1)]
         nodes: u64,
         /// LDAP port of each node of a multi-node site.
@@ -68,6 +72,9 @@ enum Cmd {
         /// gRPC port of each node of a multi-node site (hosts and nodes).
         #[arg(long, default_value_t = 7070)]
         grpc_port: u16,
+        /// DNS port (UDP and TCP) of each node of a multi-node site.
+        #[arg(long, default_value_t = 8600)]
+        dns_port: u16,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -78,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=warn,hickory_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -101,17 +108,20 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             ldap,
             grpc,
+            dns,
             engine,
             anonymous_read,
             nodes,
             ldap_port,
             grpc_port,
+            dns_port,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
             file.storage.engine = engine;
             file.ldap.listen = ldap;
             file.grpc.listen = grpc;
+            file.dns.listen = dns;
             file.ldap.anonymous_read = anonymous_read;
             file.directory.seed_example = true;
             if file.ldap.admin_group.is_none() {
@@ -146,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                     f.node.data_dir = f.node.data_dir.join(format!("node-{i}"));
                     f.ldap.listen = addr(i, ldap_port);
                     f.grpc.listen = addr(i, grpc_port);
+                    f.dns.listen = addr(i, dns_port);
                     f.cluster = Some(config::ClusterSection {
                         node_id: i,
                         members: members.clone(),

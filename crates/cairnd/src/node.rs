@@ -55,7 +55,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One node: store, Raft (when part of a site), LDAP.
+/// One node: store, Raft (when part of a site), gRPC, DNS, LDAP.
 async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let engine = cairn_store::engine::open_with(s.engine, &s.data_dir, s.engine_options)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
@@ -114,6 +114,20 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             .await
             .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
     });
+    // The DNS responder: the nodes' SRV and address records, UDP and TCP
+    // on the same address.
+    let dns_udp = tokio::net::UdpSocket::bind(s.dns_listen)
+        .await
+        .with_context(|| format!("cannot listen for DNS on {} (UDP)", s.dns_listen))?;
+    let dns_tcp = tokio::net::TcpListener::bind(s.dns_listen)
+        .await
+        .with_context(|| format!("cannot listen for DNS on {} (TCP)", s.dns_listen))?;
+    let (d, domain, stop2) = (dir.clone(), s.dns_domain.clone(), stop.clone());
+    tasks.spawn(async move {
+        cairn_boot::dns::serve(d, &domain, dns_udp, dns_tcp, stopped(stop2))
+            .await
+            .map_err(|e| anyhow::anyhow!("DNS responder: {e}"))
+    });
     let prober = boot.probe(std::time::Duration::from_secs(2));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Only one node of a site seeds (the one that formed it).
@@ -167,8 +181,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     let addr = server.local_addr()?;
     eprintln!(
-        "cairnd: LDAP on ldap://{addr}, gRPC on {}  (suffix {})",
-        s.grpc_listen, s.suffix
+        "cairnd: LDAP on ldap://{addr}, gRPC on {}, DNS on {} for {}  (suffix {})",
+        s.grpc_listen, s.dns_listen, s.dns_domain, s.suffix
     );
     let stop2 = stop.clone();
     tasks.spawn(async move {

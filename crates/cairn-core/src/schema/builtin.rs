@@ -304,6 +304,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "TRUE stops non-enforced settings from above",
     ),
+    operational(
+        cairn!(1, 4),
+        &["cairnEffectiveSetting"],
+        DirectoryString,
+        false,
+        "constructed, returned only when asked for by name: a host's effective setting, key=value (from DN)",
+    ),
     // Cairn: sites
     user(
         cairn!(1, 10),
