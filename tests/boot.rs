@@ -188,6 +188,17 @@ fn locate_maps_addresses_to_sites() {
             .expect_err("bad address");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
     });
+    // Operators see the address that matched no subnet.
+    let text = crate::kit::stdout(&ok(n.cairn(&["subnets", "unmapped"])));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("192.0.2.1 "))
+        .unwrap_or_else(|| panic!("192.0.2.1 not listed: {text}"));
+    assert!(line.trim_end().ends_with(" 1"), "{line}");
+    assert!(
+        !text.contains("10.2.7.7"),
+        "a mapped address is listed: {text}"
+    );
 }
 
 #[test]

@@ -781,6 +781,17 @@ async fn search_inner(
                 ("cn".to_string(), vec!["status".to_string()]),
             ];
             attrs.extend(ctx.writer.status());
+            if let Some(b) = &ctx.boot {
+                // Addresses that asked Locate and matched no site subnet:
+                // "<address> <times>", for `cairn subnets unmapped`.
+                let unmapped: Vec<String> = b
+                    .unmapped
+                    .list()
+                    .into_iter()
+                    .map(|(a, n)| format!("{a} {n}"))
+                    .collect();
+                attrs.push(("cairnUnmappedAddress".to_string(), unmapped));
+            }
             let e = LdapSearchResultEntry {
                 dn: "cn=status".into(),
                 attributes: sel.pick(attrs),

@@ -21,6 +21,9 @@ pub struct ServerContext {
     pub writer: Arc<dyn crate::Writer>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
+    /// The host-facing services of this node, for what they report in
+    /// `cn=status` (unmapped client addresses).
+    pub boot: Option<Arc<cairn_boot::Boot>>,
 }
 
 impl ServerContext {

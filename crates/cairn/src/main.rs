@@ -26,6 +26,7 @@ mod import;
 mod member;
 mod pull;
 mod status;
+mod subnets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,16 @@ enum Command {
     /// Show a host's effective configuration: every key, its value and the
     /// entry it came from. HOST is a DN, cn, MAC, UUID or serial number.
     Explain { host: String },
+    /// Client subnets: `cairn subnets unmapped` lists the addresses that
+    /// asked Locate and matched no site's cairnSubnet, on every node.
+    #[command(subcommand)]
+    Subnets(SubnetsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SubnetsCmd {
+    /// Addresses no site subnet covers, with how often each asked.
+    Unmapped,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(args).await,
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
+        Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,
         Command::Member(m) => {
             let change = match m {
                 MemberCmd::Add { id, ldap, grpc } => format!("add {id} {ldap} {grpc}"),

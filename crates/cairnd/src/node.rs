@@ -171,6 +171,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         ));
     }
     let ctx = Arc::new(ServerContext {
+        boot: Some(boot.clone()),
         dir,
         writer,
         config: s.ldap,
