@@ -714,3 +714,46 @@ fn cairn_pull_finds_a_site_through_dns_srv() {
     assert!(last.contains("SSH_ENABLED='false'"), "{last}");
     assert!(last.contains(&format!("CAIRN_HOST='{ESX017}'")), "{last}");
 }
+
+#[test]
+fn cairn_pull_works_with_one_node_of_the_site_killed() {
+    let mut site = crate::kit::ProcSite::start(3);
+    let dns2 = format!("127.0.0.2:{}", site.dns_port);
+    let pull = |dns: &str| {
+        cairn_pull(&["--dns", dns, "--mac", "00:50:56:01:00:17"])
+            .output()
+            .expect("run cairn pull")
+    };
+    // The site forms, seeds and publishes its nodes.
+    crate::kit::wait_until("a first pull", Duration::from_secs(30), || {
+        pull(&dns2).status.success()
+    });
+    let port = site.dns_port.to_string();
+    let srv = || {
+        let out = std::process::Command::new("dig")
+            .args([
+                "@127.0.0.2",
+                "-p",
+                &port,
+                "+short",
+                "SRV",
+                "_cairn._tcp.example.com",
+            ])
+            .output()
+            .expect("dig");
+        crate::kit::stdout(&out).lines().count()
+    };
+    crate::kit::wait_until("three nodes in DNS", Duration::from_secs(30), || srv() == 3);
+    site.kill9(1);
+    // Node 1 still has its SRV record (its cairnNode entry stays), so the
+    // client must fall back past it: at once, no retry.
+    let out = pull(&dns2);
+    let text = crate::kit::stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("# host {ESX017}")), "{text}");
+    assert!(text.contains("ssh.enabled=false"), "{text}");
+}

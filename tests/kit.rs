@@ -444,3 +444,78 @@ impl Drop for Site {
         self.kill9();
     }
 }
+
+/// A site of N separate `cairnd --config` processes, node i on 127.0.0.i,
+/// so that one node can be killed on its own.
+pub struct ProcSite {
+    pub data: tempfile::TempDir,
+    pub ldap_port: u16,
+    pub grpc_port: u16,
+    pub dns_port: u16,
+    children: Vec<Option<Child>>,
+}
+
+impl ProcSite {
+    pub fn start(nodes: u64) -> ProcSite {
+        let mut s = ProcSite {
+            data: tempfile::tempdir().expect("tempdir"),
+            ldap_port: free_port(),
+            grpc_port: free_port(),
+            dns_port: free_dns_port(),
+            children: vec![],
+        };
+        let members: Vec<String> = (1..=nodes)
+            .map(|i| {
+                format!(
+                    "{{ id = {i}, grpc = \"127.0.0.{i}:{}\", ldap = \"127.0.0.{i}:{}\" }}",
+                    s.grpc_port, s.ldap_port
+                )
+            })
+            .collect();
+        for i in 1..=nodes {
+            let config = format!(
+                "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = true\n\
+                 [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
+                 [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
+                 [cluster]\nnode_id = {i}\nsite = \"east\"\nmembers = [{m}]\n",
+                data = s.data.path().join(format!("node-{i}")).display(),
+                l = s.ldap_port,
+                g = s.grpc_port,
+                d = s.dns_port,
+                m = members.join(", ")
+            );
+            let file = s.data.path().join(format!("node-{i}.toml"));
+            std::fs::write(&file, config).expect("write config");
+            let mut child = Command::new(bin("cairnd"))
+                .arg("--config")
+                .arg(&file)
+                .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
+                .env("CAIRN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cairnd");
+            wait_listening(
+                &mut child,
+                SocketAddr::from(([127, 0, 0, i as u8], s.ldap_port)),
+            );
+            s.children.push(Some(child));
+        }
+        s
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill9(&mut self, i: u64) {
+        if let Some(c) = self.children.get_mut(i as usize - 1) {
+            kill9(c);
+        }
+    }
+}
+
+impl Drop for ProcSite {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            kill9(c);
+        }
+    }
+}
