@@ -756,4 +756,66 @@ fn cairn_pull_works_with_one_node_of_the_site_killed() {
     );
     assert!(text.contains(&format!("# host {ESX017}")), "{text}");
     assert!(text.contains("ssh.enabled=false"), "{text}");
+    // The two survivors have (or elect) a leader: node 2 reports ready.
+    let http2 = std::net::SocketAddr::from(([127, 0, 0, 2], site.http_port));
+    crate::kit::wait_until("node 2 ready after the kill", Duration::from_secs(15), || {
+        http_get(http2, "/readyz").0 == 200
+    });
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn metrics_count_pulls_and_unmapped_clients_and_probes_answer() {
+    let n = Node::start();
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        c.pull(by_mac("00:50:56:01:00:17")).await.expect("pull");
+        c.pull(by_mac("02:00:00:00:00:55"))
+            .await
+            .expect_err("unknown");
+        let mut l = LocatorClient::new(channel(&n).await);
+        l.locate(pb::LocateRequest {
+            client_address: "192.0.2.9".into(),
+            site_hint: String::new(),
+        })
+        .await
+        .expect("locate");
+    });
+    let (code, body) = http_get(n.http, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    for want in [
+        r#"cairn_pull_total{result="ok"} 1"#,
+        r#"cairn_pull_total{result="not_found"} 1"#,
+        r#"cairn_locate_total{mapped="false"} 1"#,
+        "cairn_unmapped_client_addresses 1",
+        "cairn_watch_streams 0",
+    ] {
+        assert!(body.contains(want), "{want} not in\n{body}");
+    }
+    assert_eq!(http_get(n.http, "/healthz").0, 200);
+    let (code, body) = http_get(n.http, "/readyz");
+    assert_eq!((code, body.trim()), (200, "ready: standalone"));
+    assert_eq!(http_get(n.http, "/nope").0, 404);
 }

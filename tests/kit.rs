@@ -85,6 +85,8 @@ pub struct Node {
     pub grpc: SocketAddr,
     /// The DNS responder (UDP and TCP).
     pub dns: SocketAddr,
+    /// The HTTP listener (/metrics, /healthz, /readyz).
+    pub http: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -107,6 +109,7 @@ impl Node {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dns: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             engine,
             child: None,
             extra_env: env
@@ -134,6 +137,8 @@ impl Node {
             .arg(self.grpc.to_string())
             .arg("--dns")
             .arg(self.dns.to_string())
+            .arg("--http")
+            .arg(self.http.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args)
@@ -330,6 +335,7 @@ pub struct Site {
     pub grpc_port: u16,
     /// DNS port (UDP and TCP) of every node.
     pub dns_port: u16,
+    pub http_port: u16,
     child: Option<Child>,
 }
 
@@ -341,6 +347,7 @@ impl Site {
             ldap_port: free_port(),
             grpc_port: free_port(),
             dns_port: free_dns_port(),
+            http_port: free_port(),
             child: None,
         };
         s.spawn();
@@ -364,6 +371,8 @@ impl Site {
             .arg(self.grpc_port.to_string())
             .arg("--dns-port")
             .arg(self.dns_port.to_string())
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
             .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::null())
@@ -452,6 +461,7 @@ pub struct ProcSite {
     pub ldap_port: u16,
     pub grpc_port: u16,
     pub dns_port: u16,
+    pub http_port: u16,
     children: Vec<Option<Child>>,
 }
 
@@ -462,6 +472,7 @@ impl ProcSite {
             ldap_port: free_port(),
             grpc_port: free_port(),
             dns_port: free_dns_port(),
+            http_port: free_port(),
             children: vec![],
         };
         let members: Vec<String> = (1..=nodes)
@@ -477,11 +488,13 @@ impl ProcSite {
                 "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = true\n\
                  [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
                  [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
+                 [http]\nlisten = \"127.0.0.{i}:{h}\"\n\
                  [cluster]\nnode_id = {i}\nsite = \"east\"\nmembers = [{m}]\n",
                 data = s.data.path().join(format!("node-{i}")).display(),
                 l = s.ldap_port,
                 g = s.grpc_port,
                 d = s.dns_port,
+                h = s.http_port,
                 m = members.join(", ")
             );
             let file = s.data.path().join(format!("node-{i}.toml"));

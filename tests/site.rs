@@ -227,9 +227,10 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
     };
     let config = format!(
         "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = \"{ldap4}\"\n\
-         [grpc]\nlisten = \"{grpc4}\"\n[dns]\nlisten = \"127.0.0.4:{}\"\n[cluster]\nnode_id = 4\nsite = \"east\"\nmembers = [{}, {}, {}, {}]\n",
+         [grpc]\nlisten = \"{grpc4}\"\n[dns]\nlisten = \"127.0.0.4:{}\"\n[http]\nlisten = \"127.0.0.4:{}\"\n[cluster]\nnode_id = 4\nsite = \"east\"\nmembers = [{}, {}, {}, {}]\n",
         data.path().join("node-4").display(),
         site.dns_port,
+        site.http_port,
         member(1),
         member(2),
         member(3),

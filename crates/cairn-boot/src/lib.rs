@@ -22,6 +22,7 @@
 pub mod dns;
 pub mod error;
 pub mod fleet;
+pub mod metrics;
 pub mod register;
 pub mod service;
 

@@ -34,12 +34,15 @@ pub struct SelfInfo {
 pub struct Unmapped(Mutex<BTreeMap<IpAddr, u64>>);
 
 impl Unmapped {
-    fn record(&self, addr: IpAddr) {
+    /// Counts one more Locate from `addr`; returns how many distinct
+    /// addresses are recorded.
+    fn record(&self, addr: IpAddr) -> usize {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: a flood of spoofed sources must not grow it forever.
         if m.len() < 10_000 || m.contains_key(&addr) {
             *m.entry(addr).or_default() += 1;
         }
+        m.len()
     }
 
     /// Every unmapped address with how often it asked.
@@ -72,6 +75,7 @@ pub struct Boot {
     pub me: SelfInfo,
     pub unmapped: Unmapped,
     pub reachable: Reachability,
+    pub metrics: crate::metrics::Metrics,
     /// Where host registrations go; set once the node's write path exists
     /// (before it, unknown hosts get UNAVAILABLE).
     pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
@@ -90,6 +94,7 @@ impl Boot {
             me,
             unmapped: Unmapped::default(),
             reachable: Reachability::default(),
+            metrics: crate::metrics::Metrics::default(),
             writer: std::sync::OnceLock::new(),
         })
     }
@@ -142,8 +147,15 @@ impl Boot {
     fn locate(&self, f: &Fleet, addr: Option<IpAddr>, hint: &str) -> pb::LocateResponse {
         let by_addr = addr.and_then(|a| f.sites.site_of(a));
         if let (None, Some(a)) = (by_addr, addr) {
-            self.unmapped.record(a);
+            let n = self.unmapped.record(a);
+            self.metrics.unmapped.set(n as i64);
         }
+        self.metrics
+            .locates
+            .get_or_create(&crate::metrics::Mapped {
+                mapped: by_addr.is_some().to_string(),
+            })
+            .inc();
         let site = by_addr.or_else(|| {
             let hint = hint.trim();
             (!hint.is_empty())
@@ -325,6 +337,16 @@ impl pb::locator_server::Locator for LocatorService {
 /// `cairn.v1.Config`.
 pub struct ConfigService(pub Arc<Boot>);
 
+/// The metrics label of a failed pull.
+fn outcome(e: &BootError) -> &'static str {
+    match e {
+        BootError::InvalidArgument(_) => "invalid",
+        BootError::NotFound(_) => "not_found",
+        BootError::Unavailable(_) => "unavailable",
+        BootError::Ambiguous(_) | BootError::Store(_) | BootError::Internal(_) => "error",
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, tonic::Status>> + Send>>;
 
 /// How long a watcher lets a burst of writes settle before re-reading.
@@ -338,8 +360,20 @@ impl pb::config_server::Config for ConfigService {
     ) -> Result<tonic::Response<pb::PullResponse>, tonic::Status> {
         let caller = caller_of(&req);
         let r = req.into_inner();
-        let id = Identity::from_pb(&r.identity.unwrap_or_default())?;
-        let resp = self.0.pull(id, caller).await?;
+        let m = &self.0.metrics;
+        let id = Identity::from_pb(&r.identity.unwrap_or_default()).inspect_err(|e| {
+            m.pull(outcome(e));
+        })?;
+        let resp = self.0.pull(id, caller).await.inspect_err(|e| {
+            m.pull(outcome(e));
+        })?;
+        if !resp.registered_by_rule.is_empty() {
+            m.pull("registered");
+        } else if !r.version.is_empty() && r.version == resp.version {
+            m.pull("not_modified");
+        } else {
+            m.pull("ok");
+        }
         if !r.version.is_empty() && r.version == resp.version {
             return Ok(tonic::Response::new(pb::PullResponse {
                 not_modified: true,
@@ -366,6 +400,15 @@ impl pb::config_server::Config for ConfigService {
         let mut changes = boot.dir.subscribe();
         info!(host = %first.host_dn, "watch");
         tokio::spawn(async move {
+            // Counts this stream as open until the task ends, however.
+            struct Open<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+            impl Drop for Open<'_> {
+                fn drop(&mut self) {
+                    self.0.dec();
+                }
+            }
+            boot.metrics.watches.inc();
+            let _open = Open(&boot.metrics.watches);
             let mut held = r.version;
             let mut next = Ok(first);
             loop {

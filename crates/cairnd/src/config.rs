@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub grpc: GrpcSection,
     #[serde(default)]
     pub dns: DnsSection,
+    #[serde(default)]
+    pub http: HttpSection,
     /// Absent: a standalone node (writes go straight to its store).
     pub cluster: Option<ClusterSection>,
 }
@@ -105,6 +107,22 @@ impl Default for DnsSection {
         DnsSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8600)),
             domain: "example.com".into(),
+        }
+    }
+}
+
+/// `[http]`: `/metrics` (Prometheus), `/healthz` (the process is up) and
+/// `/readyz` (it can serve: standalone, or its site has a leader).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         }
     }
 }
@@ -292,13 +310,14 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 7] = [
+    const SECTIONS: [&str; 8] = [
         "node",
         "storage",
         "directory",
         "ldap",
         "grpc",
         "dns",
+        "http",
         "cluster",
     ];
     for (k, v) in vars {
@@ -365,6 +384,7 @@ pub struct Settings {
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
     pub dns_listen: SocketAddr,
+    pub http_listen: SocketAddr,
     /// Lower case, no trailing dot.
     pub dns_domain: String,
     pub cluster: Option<ClusterSettings>,
@@ -426,6 +446,7 @@ impl FileConfig {
             ldap_listen: self.ldap.listen,
             grpc_listen: self.grpc.listen,
             dns_listen: self.dns.listen,
+            http_listen: self.http.listen,
             dns_domain,
             ldap: cairn_ldap::Config {
                 admin_dn,

@@ -5,6 +5,7 @@
 //! shutdown signal; `seed` holds the example tree.
 
 mod config;
+mod http;
 mod node;
 mod publish;
 mod seed;
@@ -54,6 +55,9 @@ enum Cmd {
         /// DNS listen address, UDP and TCP (the nodes' SRV records).
         #[arg(long, default_value = "127.0.0.1:8600")]
         dns: SocketAddr,
+        /// HTTP listen address (/metrics, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
         /// Storage engine: redb or sled.
         #[arg(long, default_value = "redb")]
         engine: cairn_store::EngineKind,
@@ -61,7 +65,8 @@ enum Cmd {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         anonymous_read: bool,
         /// Run a site of this many nodes in this process: node N listens on
-        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, DNS --dns-port)
+        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, DNS --dns-port,
+        /// HTTP --http-port)
         /// with its data in DATA_DIR/node-N. 1 runs a standalone node on
         /// --ldap.
         #[arg(long, default_value_t = 1)]
@@ -75,6 +80,9 @@ enum Cmd {
         /// DNS port (UDP and TCP) of each node of a multi-node site.
         #[arg(long, default_value_t = 8600)]
         dns_port: u16,
+        /// HTTP port of each node of a multi-node site.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -109,12 +117,14 @@ fn main() -> anyhow::Result<()> {
             ldap,
             grpc,
             dns,
+            http,
             engine,
             anonymous_read,
             nodes,
             ldap_port,
             grpc_port,
             dns_port,
+            http_port,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -122,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             file.ldap.listen = ldap;
             file.grpc.listen = grpc;
             file.dns.listen = dns;
+            file.http.listen = http;
             file.ldap.anonymous_read = anonymous_read;
             file.directory.seed_example = true;
             if file.ldap.admin_group.is_none() {
@@ -157,6 +168,7 @@ fn main() -> anyhow::Result<()> {
                     f.ldap.listen = addr(i, ldap_port);
                     f.grpc.listen = addr(i, grpc_port);
                     f.dns.listen = addr(i, dns_port);
+                    f.http.listen = addr(i, http_port);
                     f.cluster = Some(config::ClusterSection {
                         node_id: i,
                         members: members.clone(),

@@ -128,6 +128,16 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             .await
             .map_err(|e| anyhow::anyhow!("DNS responder: {e}"))
     });
+    let mut registry = prometheus_client::registry::Registry::default();
+    boot.metrics.register(&mut registry);
+    let http = crate::http::bind(
+        s.http_listen,
+        registry,
+        writer.clone(),
+        stopped(stop.clone()),
+    )
+    .await?;
+    tasks.spawn(http);
     let prober = boot.probe(std::time::Duration::from_secs(2));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Only one node of a site seeds (the one that formed it).
