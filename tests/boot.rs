@@ -758,9 +758,11 @@ fn cairn_pull_works_with_one_node_of_the_site_killed() {
     assert!(text.contains("ssh.enabled=false"), "{text}");
     // The two survivors have (or elect) a leader: node 2 reports ready.
     let http2 = std::net::SocketAddr::from(([127, 0, 0, 2], site.http_port));
-    crate::kit::wait_until("node 2 ready after the kill", Duration::from_secs(15), || {
-        http_get(http2, "/readyz").0 == 200
-    });
+    crate::kit::wait_until(
+        "node 2 ready after the kill",
+        Duration::from_secs(15),
+        || http_get(http2, "/readyz").0 == 200,
+    );
 }
 
 /// A plain HTTP/1.1 GET: status code and body.
@@ -818,4 +820,81 @@ fn metrics_count_pulls_and_unmapped_clients_and_probes_answer() {
     let (code, body) = http_get(n.http, "/readyz");
     assert_eq!((code, body.trim()), (200, "ready: standalone"));
     assert_eq!(http_get(n.http, "/nope").0, 404);
+}
+
+#[test]
+fn cairn_rules_test_says_which_rule_would_place_a_host_and_why() {
+    let n = Node::start();
+    let out = n.cairn(&[
+        "rules",
+        "test",
+        "--mac",
+        "02:00:00:00:00:31",
+        "--vendor",
+        "Dell Inc.",
+        "--ip",
+        "10.1.7.7",
+    ]);
+    let text = crate::kit::stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(r#"vendor "Dell Inc." matches "Dell Inc.""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "result: {PROD_A} (rule cn=dell-east,ou=rules,dc=example,dc=com)"
+        )),
+        "{text}"
+    );
+    let out = n.cairn(&["rules", "test", "--vendor", "HPE", "--ip", "10.1.7.7"]);
+    let text = crate::kit::stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("result: no rule matches"), "{text}");
+    // Testing changes nothing.
+    let hosts = n.tool_as(
+        "ldapsearch",
+        None,
+        &[
+            "-b",
+            "dc=example,dc=com",
+            "(macAddress=02:00:00:00:00:31)",
+            "1.1",
+        ],
+        None,
+    );
+    assert_eq!(count_entries(&hosts), 0);
+}
+
+#[test]
+fn watch_at_one_node_sees_an_ldapmodify_at_another() {
+    let site = crate::kit::Site::start_seeded(3);
+    rt().block_on(async {
+        let ch = Channel::from_shared(format!("http://127.0.0.1:{}", site.grpc_port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut stream = ConfigClient::new(ch)
+            .watch(by_mac("00:50:56:01:00:01"))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream.message().await.expect("stream").expect("first");
+        assert_eq!(setting(&first, "syslog.level").value, "info");
+        ok(site.tool(
+            3,
+            "ldapmodify",
+            &[],
+            Some(&format!(
+                "dn: {PROD_A}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: syslog.level=info\n-\nadd: cairnSetting\ncairnSetting: syslog.level=warning\n"
+            )),
+        ));
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the change reaches node 1's watcher within 10 s")
+            .expect("stream")
+            .expect("message");
+        assert_eq!(setting(&next, "syslog.level").value, "warning");
+    });
 }

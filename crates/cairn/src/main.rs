@@ -25,6 +25,7 @@ mod export;
 mod import;
 mod member;
 mod pull;
+mod rules;
 mod status;
 mod subnets;
 
@@ -118,6 +119,17 @@ enum Command {
     /// asked Locate and matched no site's cairnSubnet, on every node.
     #[command(subcommand)]
     Subnets(SubnetsCmd),
+    /// Deploy rules: `cairn rules test --mac … --vendor …` shows which rule
+    /// would place a host with those facts, and why each rule matches or
+    /// not (exit status 1 when none does).
+    #[command(subcommand)]
+    Rules(RulesCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCmd {
+    /// Evaluate every rule against the given host facts.
+    Test(rules::TestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
         Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,
+        Command::Rules(RulesCmd::Test(a)) => rules::test(a, &cli.url, &auth).await,
         Command::Member(m) => {
             let change = match m {
                 MemberCmd::Add { id, ldap, grpc } => format!("add {id} {ldap} {grpc}"),
