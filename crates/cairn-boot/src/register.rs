@@ -109,7 +109,7 @@ pub fn registration(
     let who = Dn::parse(rule_dn).map_err(|e| BootError::Internal(format!("rule DN: {e}")))?;
     Ok(WriteOp::Add {
         entry: Entry { dn, attrs },
-        uuid: uuid::Uuid::new_v4(),
+        uuid: cairn_core::entry::new_entry_uuid(),
         stamp: Stamp { who, now },
     })
 }

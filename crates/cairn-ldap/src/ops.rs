@@ -408,7 +408,7 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
             }
             WriteOp::Add {
                 entry: Entry { dn, attrs },
-                uuid: Uuid::new_v4(),
+                uuid: cairn_core::entry::new_entry_uuid(),
                 stamp,
             }
         }

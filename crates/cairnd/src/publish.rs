@@ -65,7 +65,7 @@ fn reconcile(dir: &Directory, p: &Publication, now: String) -> anyhow::Result<Op
                 dn,
                 attrs: p.attrs(),
             },
-            uuid: uuid::Uuid::new_v4(),
+            uuid: cairn_core::entry::new_entry_uuid(),
             stamp,
         }));
     };

@@ -61,7 +61,7 @@ pub async fn seed_if_empty(
         let dn = entry.dn.to_string();
         let op = WriteOp::Add {
             entry,
-            uuid: uuid::Uuid::new_v4(),
+            uuid: cairn_core::entry::new_entry_uuid(),
             stamp: stamp.clone(),
         };
         match writer.write(op).await {
