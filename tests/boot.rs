@@ -898,3 +898,32 @@ fn watch_at_one_node_sees_an_ldapmodify_at_another() {
         assert_eq!(setting(&next, "syslog.level").value, "warning");
     });
 }
+
+#[test]
+fn a_pull_after_a_change_is_never_answered_from_the_cache() {
+    let n = Node::start();
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        // esx-001 sets vmotion.vlan=121 itself; each round replaces it.
+        let mut want = "121".to_string();
+        for round in 0..5u32 {
+            // Twice: the second is served from the node's answer cache.
+            for _ in 0..2 {
+                let r = c
+                    .pull(by_mac("00:50:56:01:00:01"))
+                    .await
+                    .expect("pull")
+                    .into_inner();
+                assert_eq!(setting(&r, "vmotion.vlan").value, want, "round {round}");
+            }
+            want = format!("{}", 201 + round);
+            ok(n.tool(
+                "ldapmodify",
+                &[],
+                Some(&format!(
+                    "dn: cn=esx-001,{PROD_A}\nchangetype: modify\nreplace: cairnSetting\ncairnSetting: vmotion.vlan={want}\n"
+                )),
+            ));
+        }
+    });
+}

@@ -124,7 +124,7 @@ pub fn read_fleet(dir: &Directory) -> Result<Fleet, BootError> {
 }
 
 /// A host's identities, checked and normalized.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub uuid: Option<String>,
     pub macs: Vec<String>,

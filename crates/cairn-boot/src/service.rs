@@ -82,7 +82,20 @@ pub struct Boot {
     /// Sites, links and nodes as of a directory generation: re-read only
     /// after a commit (every pull needs them; they rarely change).
     fleet: Mutex<Option<(u64, Arc<Fleet>)>>,
+    /// Effective configurations computed in the current directory
+    /// generation, by request. Any commit may change any of them (an
+    /// ancestor, a site, an image), so a new generation empties it.
+    answers: Mutex<Answers>,
     changes: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Most configurations kept between two commits.
+const MAX_ANSWERS: usize = 200_000;
+
+#[derive(Default)]
+struct Answers {
+    generation: u64,
+    by_request: std::collections::HashMap<(Identity, Option<IpAddr>), Arc<pb::PullResponse>>,
 }
 
 impl Boot {
@@ -90,6 +103,7 @@ impl Boot {
         Arc::new(Boot {
             changes: dir.subscribe(),
             fleet: Mutex::new(None),
+            answers: Mutex::new(Answers::default()),
             dir,
             me,
             unmapped: Unmapped::default(),
@@ -221,6 +235,18 @@ impl Boot {
         id: Identity,
         caller: Option<IpAddr>,
     ) -> Result<pb::PullResponse, BootError> {
+        // The generation is read before the directory: a commit racing the
+        // read makes the stored answer already stale-marked.
+        let generation = *self.changes.borrow();
+        let key = (id.clone(), caller);
+        {
+            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if answers.generation == generation
+                && let Some(r) = answers.by_request.get(&key)
+            {
+                return Ok(pb::PullResponse::clone(r));
+            }
+        }
         let (dir, boot) = (self.dir.clone(), self.clone());
         let id2 = id.clone();
         let known = blocking(
@@ -243,7 +269,19 @@ impl Boot {
         )
         .await??;
         let op = match known {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => {
+                let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+                // Never step back to an older generation: a later commit
+                // already made this answer possibly stale.
+                if generation > answers.generation {
+                    answers.by_request.clear();
+                    answers.generation = generation;
+                }
+                if generation == answers.generation && answers.by_request.len() < MAX_ANSWERS {
+                    answers.by_request.insert(key, Arc::new(resp.clone()));
+                }
+                return Ok(resp);
+            }
             Err(op) => op,
         };
         let rule = match &op {
