@@ -190,44 +190,38 @@ async fn run_etcd(args: &BenchArgs, workload: &str, n_conns: usize) -> anyhow::R
     if workload == "pull" {
         return etcd_gets(args, clients).await;
     }
-    let deadline = Instant::now() + args.duration;
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for (i, mut kv) in clients.into_iter().enumerate() {
-        let entries = args.entries;
-        let workload = workload.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-            let (mut lat, mut errors, mut k) = (vec![], 0usize, 0u64);
-            while Instant::now() < deadline {
-                k += 1;
-                let (key, value) = if workload == "add" {
-                    (
-                        format!("/bench/w-{n_conns}-{i}-{k}"),
-                        format!("objectClass=cairnHost cn=w-{n_conns}-{i}-{k}"),
-                    )
-                } else {
-                    let n = rng.below(entries);
-                    (
-                        format!("/bench/host-{n}"),
-                        format!("bench host {n} rev {k}"),
-                    )
-                };
-                let t = Instant::now();
-                let req = etcd::PutRequest {
-                    key: key.into_bytes(),
-                    value: value.into_bytes(),
-                    ..Default::default()
-                };
-                match kv.put(req).await {
-                    Ok(_) => lat.push(t.elapsed().as_micros() as u32),
-                    Err(_) => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    collect(tasks, start).await
+    let add = workload == "add";
+    timed(
+        clients,
+        args.entries,
+        args.duration,
+        move |mut kv, c| async move {
+            let Call {
+                worker: i,
+                k,
+                host: n,
+            } = c;
+            let (key, value) = if add {
+                (
+                    format!("/bench/w-{n_conns}-{i}-{k}"),
+                    format!("objectClass=cairnHost cn=w-{n_conns}-{i}-{k}"),
+                )
+            } else {
+                (
+                    format!("/bench/host-{n}"),
+                    format!("bench host {n} rev {k}"),
+                )
+            };
+            let req = etcd::PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            };
+            let ok = kv.put(req).await.is_ok();
+            (kv, ok)
+        },
+    )
+    .await
 }
 
 /// Puts every host's configuration once (per process), then measures
@@ -259,31 +253,24 @@ async fn etcd_gets(
             t.await??;
         }
     }
-    let deadline = Instant::now() + args.duration;
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for (i, mut kv) in clients.into_iter().enumerate() {
-        let entries = args.entries;
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-            let (mut lat, mut errors) = (vec![], 0usize);
-            while Instant::now() < deadline {
-                let n = rng.below(entries);
-                let t = Instant::now();
-                let req = etcd::RangeRequest {
-                    key: format!("/config/host-{n}").into_bytes(),
-                    serializable: true,
-                    ..Default::default()
-                };
-                match kv.range(req).await {
-                    Ok(r) if r.get_ref().kvs.len() == 1 => lat.push(t.elapsed().as_micros() as u32),
-                    _ => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    collect(tasks, start).await
+    timed(
+        clients,
+        args.entries,
+        args.duration,
+        |mut kv, c| async move {
+            let req = etcd::RangeRequest {
+                key: format!("/config/host-{}", c.host).into_bytes(),
+                serializable: true,
+                ..Default::default()
+            };
+            let ok = kv
+                .range(req)
+                .await
+                .is_ok_and(|r| r.get_ref().kvs.len() == 1);
+            (kv, ok)
+        },
+    )
+    .await
 }
 
 /// `Config.Pull` of random hosts over `n_conns` gRPC channels.
@@ -298,35 +285,26 @@ async fn run_pulls(args: &BenchArgs, n_conns: usize) -> anyhow::Result<Stats> {
             .with_context(|| format!("cannot connect to gRPC at {addr}"))?;
         clients.push(pb::config_client::ConfigClient::new(channel));
     }
-    let deadline = Instant::now() + args.duration;
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let entries = args.entries;
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-            let (mut lat, mut errors) = (vec![], 0usize);
-            while Instant::now() < deadline {
-                let n = rng.below(entries);
-                let t = Instant::now();
-                let req = pb::PullRequest {
-                    identity: Some(pb::Identity {
-                        macs: vec![host_mac(n)],
-                        ..Default::default()
-                    }),
-                    version: String::new(),
-                };
-                match c.pull(req).await {
-                    Ok(r) if r.get_ref().settings.len() >= 2 => {
-                        lat.push(t.elapsed().as_micros() as u32)
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    collect(tasks, start).await
+    timed(
+        clients,
+        args.entries,
+        args.duration,
+        |mut client, c| async move {
+            let req = pb::PullRequest {
+                identity: Some(pb::Identity {
+                    macs: vec![host_mac(c.host)],
+                    ..Default::default()
+                }),
+                version: String::new(),
+            };
+            let ok = client
+                .pull(req)
+                .await
+                .is_ok_and(|r| r.get_ref().settings.len() >= 2);
+            (client, ok)
+        },
+    )
+    .await
 }
 
 async fn load(args: &BenchArgs, urls: &[String], auth: &Auth) -> anyhow::Result<Stats> {
@@ -366,22 +344,20 @@ async fn run_workload(
     n_conns: usize,
 ) -> anyhow::Result<Stats> {
     let conns = connections(urls, auth, n_conns).await?;
-    let deadline = Instant::now() + args.duration;
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for (i, mut ldap) in conns.into_iter().enumerate() {
-        let base = args.base.clone();
-        let entries = args.entries;
-        let workload = workload.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
-            let mut lat = vec![];
-            let mut errors = 0usize;
-            let mut k = 0u64;
-            while Instant::now() < deadline {
-                let n = rng.below(entries);
-                k += 1;
-                let t = Instant::now();
+    let base = args.base.clone();
+    let workload = workload.to_string();
+    timed(
+        conns,
+        args.entries,
+        args.duration,
+        move |mut ldap: Ldap, c| {
+            let (base, workload) = (base.clone(), workload.clone());
+            async move {
+                let Call {
+                    worker: i,
+                    k,
+                    host: n,
+                } = c;
                 let ok = if workload == "add" {
                     // Unique across runs with other connection counts.
                     let cn = format!("w-{n_conns}-{i}-{k}");
@@ -410,14 +386,59 @@ async fn run_workload(
                     } else {
                         format!("(netbootGUID={})", host_guid(n))
                     };
-                    match ldap
-                        .search(&base, Scope::Subtree, &filter, vec!["cn"])
+                    ldap.search(&base, Scope::Subtree, &filter, vec!["cn"])
                         .await
-                    {
-                        Ok(r) => r.0.len() == 1 && r.1.rc == 0,
-                        Err(_) => false,
-                    }
+                        .is_ok_and(|r| r.0.len() == 1 && r.1.rc == 0)
                 };
+                (ldap, ok)
+            }
+        },
+    )
+    .await
+}
+
+/// One call of a timed run: the worker making it, its call number (from
+/// 1), and a random host (below `--entries`).
+#[derive(Clone, Copy)]
+struct Call {
+    worker: usize,
+    k: u64,
+    host: usize,
+}
+
+/// Runs `op` back to back on every client until `duration` has passed,
+/// one task per client, each with its own deterministic RNG. `op` hands
+/// the client back with whether the call succeeded; successful calls count
+/// as latencies, the others as errors.
+async fn timed<C, F, Fut>(
+    clients: Vec<C>,
+    entries: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Stats>
+where
+    C: Send + 'static,
+    F: Fn(C, Call) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (C, bool)> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for (worker, mut client) in clients.into_iter().enumerate() {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1));
+            let (mut lat, mut errors, mut k) = (vec![], 0usize, 0u64);
+            while Instant::now() < deadline {
+                k += 1;
+                let call = Call {
+                    worker,
+                    k,
+                    host: rng.below(entries),
+                };
+                let t = Instant::now();
+                let (back, ok) = op(client, call).await;
+                client = back;
                 if ok {
                     lat.push(t.elapsed().as_micros() as u32);
                 } else {
