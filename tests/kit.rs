@@ -69,6 +69,17 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) {
     );
 }
 
+/// A `cairnd` command with the test admin password, quiet logs and no
+/// output: callers add the arguments.
+pub fn cairnd() -> Command {
+    let mut cmd = Command::new(bin("cairnd"));
+    cmd.env("CAIRN_ADMIN_PASSWORD", PASSWORD)
+        .env("CAIRN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 /// SIGKILL and reap.
 fn kill9(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -127,7 +138,7 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(bin("cairnd"));
+        let mut cmd = cairnd();
         cmd.arg("dev")
             .arg("--data-dir")
             .arg(self.data.path())
@@ -141,11 +152,7 @@ impl Node {
             .arg(self.http.to_string())
             .arg("--engine")
             .arg(self.engine)
-            .args(&self.extra_args)
-            .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
-            .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(&self.extra_args);
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -359,7 +366,7 @@ impl Site {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin("cairnd"))
+        let mut child = cairnd()
             .arg("dev")
             .arg("--nodes")
             .arg(self.nodes.to_string())
@@ -373,13 +380,8 @@ impl Site {
             .arg(self.dns_port.to_string())
             .arg("--http-port")
             .arg(self.http_port.to_string())
-            .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
-            .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("start cairnd");
-        let mut child = child;
         for i in 1..=self.nodes {
             wait_listening(
                 &mut child,
@@ -454,6 +456,43 @@ impl Drop for Site {
     }
 }
 
+/// The ports every node of a test site uses, each on its own 127.0.0.i.
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub ldap: u16,
+    pub grpc: u16,
+    pub dns: u16,
+    pub http: u16,
+}
+
+/// The configuration file of node `i` of site "east" whose members are
+/// `members` (node j on 127.0.0.j): anonymous reads allowed, the example
+/// tree seeded by the lowest id.
+pub fn node_config(i: u64, data_dir: &std::path::Path, p: Ports, members: &[u64]) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|j| {
+            format!(
+                "{{ id = {j}, grpc = \"127.0.0.{j}:{}\", ldap = \"127.0.0.{j}:{}\" }}",
+                p.grpc, p.ldap
+            )
+        })
+        .collect();
+    format!(
+        "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = true\n\
+         [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
+         [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
+         [http]\nlisten = \"127.0.0.{i}:{h}\"\n\
+         [cluster]\nnode_id = {i}\nsite = \"east\"\nmembers = [{m}]\n",
+        data = data_dir.display(),
+        l = p.ldap,
+        g = p.grpc,
+        d = p.dns,
+        h = p.http,
+        m = members.join(", ")
+    )
+}
+
 /// A site of N separate `cairnd --config` processes, node i on 127.0.0.i,
 /// so that one node can be killed on its own.
 pub struct ProcSite {
@@ -475,37 +514,20 @@ impl ProcSite {
             http_port: free_port(),
             children: vec![],
         };
-        let members: Vec<String> = (1..=nodes)
-            .map(|i| {
-                format!(
-                    "{{ id = {i}, grpc = \"127.0.0.{i}:{}\", ldap = \"127.0.0.{i}:{}\" }}",
-                    s.grpc_port, s.ldap_port
-                )
-            })
-            .collect();
+        let ports = Ports {
+            ldap: s.ldap_port,
+            grpc: s.grpc_port,
+            dns: s.dns_port,
+            http: s.http_port,
+        };
+        let members: Vec<u64> = (1..=nodes).collect();
         for i in 1..=nodes {
-            let config = format!(
-                "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = true\n\
-                 [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
-                 [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
-                 [http]\nlisten = \"127.0.0.{i}:{h}\"\n\
-                 [cluster]\nnode_id = {i}\nsite = \"east\"\nmembers = [{m}]\n",
-                data = s.data.path().join(format!("node-{i}")).display(),
-                l = s.ldap_port,
-                g = s.grpc_port,
-                d = s.dns_port,
-                h = s.http_port,
-                m = members.join(", ")
-            );
+            let config = node_config(i, &s.data.path().join(format!("node-{i}")), ports, &members);
             let file = s.data.path().join(format!("node-{i}.toml"));
             std::fs::write(&file, config).expect("write config");
-            let mut child = Command::new(bin("cairnd"))
+            let mut child = cairnd()
                 .arg("--config")
                 .arg(&file)
-                .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
-                .env("CAIRN_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
                 .spawn()
                 .expect("start cairnd");
             wait_listening(

@@ -219,32 +219,18 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
         format!("127.0.0.4:{}", site.ldap_port),
         format!("127.0.0.4:{}", site.grpc_port),
     );
-    let member = |i: u64| {
-        format!(
-            "{{ id = {i}, grpc = \"127.0.0.{i}:{}\", ldap = \"127.0.0.{i}:{}\" }}",
-            site.grpc_port, site.ldap_port
-        )
+    let ports = crate::kit::Ports {
+        ldap: site.ldap_port,
+        grpc: site.grpc_port,
+        dns: site.dns_port,
+        http: site.http_port,
     };
-    let config = format!(
-        "[node]\ndata_dir = \"{}\"\n[ldap]\nlisten = \"{ldap4}\"\n\
-         [grpc]\nlisten = \"{grpc4}\"\n[dns]\nlisten = \"127.0.0.4:{}\"\n[http]\nlisten = \"127.0.0.4:{}\"\n[cluster]\nnode_id = 4\nsite = \"east\"\nmembers = [{}, {}, {}, {}]\n",
-        data.path().join("node-4").display(),
-        site.dns_port,
-        site.http_port,
-        member(1),
-        member(2),
-        member(3),
-        member(4)
-    );
+    let config = crate::kit::node_config(4, &data.path().join("node-4"), ports, &[1, 2, 3, 4]);
     let file = data.path().join("cairn.toml");
     std::fs::write(&file, config).unwrap();
-    let mut node4 = std::process::Command::new(bin("cairnd"))
+    let mut node4 = crate::kit::cairnd()
         .arg("--config")
         .arg(&file)
-        .env("CAIRN_ADMIN_PASSWORD", PASSWORD)
-        .env("CAIRN_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     struct Reap(std::process::Child);
