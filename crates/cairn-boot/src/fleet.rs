@@ -255,10 +255,10 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, B
 /// for `host`: `key=value (from DN)` per key (`cairn_core::inherit`).
 pub fn effective_setting_values(
     dir: &Directory,
+    sites: &SiteMap,
     host: &ValidEntry,
 ) -> Result<Vec<String>, BootError> {
-    let f = read_fleet(dir)?;
-    Ok(merge(dir, &f.sites, host, None)?.0.to_setting_values())
+    Ok(merge(dir, sites, host, None)?.0.to_setting_values())
 }
 
 /// The effective configuration of `host`, as `Pull` returns it. The

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_core::entry::ValidEntry;
 use cairn_replica::WriteError;
 use cairn_replica::writer::Writer;
 use cairn_store::Directory;
@@ -156,6 +157,13 @@ impl Boot {
         let f = Arc::new(fleet::read_fleet(&self.dir)?);
         *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, f.clone()));
         Ok(f)
+    }
+
+    /// The constructed LDAP attribute `cairnEffectiveSetting` of `host`,
+    /// from the cached fleet (blocking: call from a blocking context).
+    pub fn effective_setting_values(&self, host: &ValidEntry) -> Result<Vec<String>, BootError> {
+        let f = self.fleet()?;
+        fleet::effective_setting_values(&self.dir, &f.sites, host)
     }
 
     fn locate(&self, f: &Fleet, addr: Option<IpAddr>, hint: &str) -> pb::LocateResponse {

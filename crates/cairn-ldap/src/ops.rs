@@ -628,8 +628,11 @@ impl Selection {
         }
         // Constructed: only when asked for by name (not with `+`), and
         // only hosts have an effective configuration.
-        if self.named.contains("cairneffectivesetting") && e.has_class("cairnHost") {
-            match cairn_boot::fleet::effective_setting_values(&ctx.dir, e) {
+        if let Some(boot) = &ctx.boot
+            && self.named.contains("cairneffectivesetting")
+            && e.has_class("cairnHost")
+        {
+            match boot.effective_setting_values(e) {
                 Ok(v) if !v.is_empty() => {
                     out.push(self.attr("cairnEffectiveSetting".into(), v));
                 }
