@@ -28,15 +28,40 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Ports handed out by this process, from below Linux's ephemeral range
+/// (32768–60999): a port the OS picked for `bind(0)` is released before
+/// cairnd binds it, and meanwhile any client socket — a `dig`, a DNS
+/// lookup, an outgoing connection — may be given the same number from the
+/// ephemeral range and take it (a node of a test then failed to start about
+/// once in six full runs). Ports below the range are never handed out
+/// implicitly; a counter keeps the tests of this process apart, and the
+/// process id keeps concurrent test processes apart.
+fn next_candidate() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 397) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16
+}
+
+/// A TCP port free on 127.0.0.1, outside the ephemeral range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    loop {
+        let port = next_candidate();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A port free for both TCP and UDP on 127.0.0.1 (a DNS listener needs
-/// both).
+/// both), outside the ephemeral range.
 pub fn free_dns_port() -> u16 {
     loop {
         let port = free_port();
