@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! leader: LDAP write ─► Directory::prepare ─► proposer (batch)
-//!   ─► Raft::client_write(Request { ops })
+//!   ─► Raft::client_write(Request::new(ops))
 //!   ─► log_store::append (fsync) ─► replicate ─► commit
 //!   ─► state_machine::apply ─► Directory::apply_committed (one txn, fsync)
 //!   ─► Response back to the LDAP client

@@ -219,10 +219,14 @@ impl Replica {
     /// answered once it is committed on a majority and applied here or on
     /// the leader.
     pub async fn write(&self, op: WriteOp) -> Result<Applied, WriteError> {
-        let dir = self.dir.clone();
-        let op = tokio::task::spawn_blocking(move || dir.prepare(op))
-            .await
-            .map_err(|e| WriteError::NoLeader(format!("prepare task: {e}")))??;
+        let op = if self.dir.prepare_is_slow(&op) {
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || dir.prepare(op))
+                .await
+                .map_err(|e| WriteError::NoLeader(format!("prepare task: {e}")))??
+        } else {
+            self.dir.prepare(op)?
+        };
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
             // A follower that knows the leader forwards at once, without a

@@ -134,7 +134,7 @@ async fn run(
                 batch.into_iter().map(|p| (p.op, p.reply)).unzip();
             let n = ops.len();
 
-            let res = tokio::time::timeout(timeout, raft.client_write(Request { ops })).await;
+            let res = tokio::time::timeout(timeout, raft.client_write(Request::new(ops))).await;
             let outcomes: Vec<Outcome> = match res {
                 Err(_) => all(
                     n,

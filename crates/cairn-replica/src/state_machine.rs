@@ -184,7 +184,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => slots.push(0),
                 EntryPayload::Normal(req) => {
                     slots.push(req.ops.len());
-                    ops.extend(req.ops);
+                    // Shared with the log's cache: copied only then.
+                    ops.extend(std::sync::Arc::unwrap_or_clone(req.ops));
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m);
@@ -300,7 +301,7 @@ mod tests {
         };
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 0),
-            payload: EntryPayload::Normal(crate::Request { ops: vec![op] }),
+            payload: EntryPayload::Normal(crate::Request::new(vec![op])),
         }
     }
 
@@ -309,13 +310,13 @@ mod tests {
         let ops = entries
             .into_iter()
             .flat_map(|e| match e.payload {
-                EntryPayload::Normal(r) => r.ops,
+                EntryPayload::Normal(r) => std::sync::Arc::unwrap_or_clone(r.ops),
                 _ => vec![],
             })
             .collect();
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 0),
-            payload: EntryPayload::Normal(crate::Request { ops }),
+            payload: EntryPayload::Normal(crate::Request::new(ops)),
         }
     }
 
@@ -347,7 +348,7 @@ mod tests {
             };
             let first = Entry {
                 log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
-                payload: EntryPayload::Normal(crate::Request { ops: vec![suffix] }),
+                payload: EntryPayload::Normal(crate::Request::new(vec![suffix])),
             };
             let out = a
                 .apply(vec![

@@ -1,6 +1,7 @@
 //! openraft's generic types, fixed once for Cairn.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use cairn_store::{Applied, WriteOp};
 use serde::{Deserialize, Serialize};
@@ -9,9 +10,17 @@ use serde::{Deserialize, Serialize};
 /// (batched by the leader's proposer, `crate::proposer`), each prepared by
 /// the node that accepted it (UUIDs, time stamps and password hashes
 /// decided), so every replica applies exactly the same changes, in order.
+/// Shared, so the log's in-memory tail hands out entries without copying
+/// the writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    pub ops: Vec<WriteOp>,
+    pub ops: Arc<Vec<WriteOp>>,
+}
+
+impl Request {
+    pub fn new(ops: Vec<WriteOp>) -> Request {
+        Request { ops: Arc::new(ops) }
+    }
 }
 
 /// What applying an entry produced: one result per write it carried (none
@@ -54,8 +63,30 @@ pub type StoredMembership = openraft::StoredMembership<u64, NodeInfo>;
 pub type StorageError = openraft::StorageError<u64>;
 
 /// bincode 2 (standard configuration) for everything this crate stores.
+///
+/// Encodes into a per-thread buffer and copies the result out at its exact
+/// size: growing a fresh vector through its doublings cost more than the
+/// encoding itself for batches of writes (fresh pages from the allocator,
+/// zeroed by the kernel, for every Raft message and log append).
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard())
+    /// A buffer that grew past this is handed over instead of kept.
+    const KEEP: usize = 8 << 20;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            // Re-entered (cannot happen with bincode): no shared buffer.
+            return bincode::serde::encode_to_vec(v, bincode::config::standard());
+        };
+        buf.clear();
+        bincode::serde::encode_into_std_write(v, &mut *buf, bincode::config::standard())?;
+        Ok(if buf.capacity() > KEEP {
+            std::mem::take(&mut *buf)
+        } else {
+            buf.as_slice().to_vec()
+        })
+    })
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(

@@ -18,6 +18,11 @@
 //! - `state`: the vote and the last purged log id, replaced atomically
 //!   (write a temporary file, fdatasync, rename, fsync the directory).
 //!
+//! The newest entries also stay in memory, decoded (up to
+//! [`CACHE_BYTES`] of them): the leader reads each entry back to replicate
+//! it and every node reads it again to apply it, and decoding directory
+//! writes (DNs parsed and normalized) cost more than the disk read.
+//!
 //! Recovery reads every segment in order and checks each record's length,
 //! checksum, format and index (each one more than the one before). A bad
 //! record at the end of the last segment is a torn append that was never
@@ -45,6 +50,10 @@ const MAGIC: &[u8; 8] = b"CAIRNWAL";
 const VERSION: u32 = 1;
 const HEADER: u64 = 16;
 const RECORD_HEADER: u64 = 8;
+/// How much of the log's tail (in encoded bytes) stays decoded in memory.
+pub const CACHE_BYTES: usize = 32 << 20;
+/// An append buffer up to this size is kept for the next append.
+const KEEP_BUFFER: usize = 8 << 20;
 
 /// What can go wrong with the log on disk.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +105,13 @@ struct Index {
     /// Open segments by first index (readers share the handles).
     segments: BTreeMap<u64, Arc<File>>,
     state: State,
+    /// The newest entries, decoded: always a contiguous run ending at the
+    /// last entry (appends add at the end; eviction, purges and truncation
+    /// take from the ends), so a read is a disk part then a cached part.
+    cache: BTreeMap<u64, (Entry, usize)>,
+    cache_bytes: usize,
+    /// [`CACHE_BYTES`] (tests lower it).
+    cache_limit: usize,
 }
 
 impl Index {
@@ -105,6 +121,34 @@ impl Index {
             .map(|(_, l)| l.log_id)
             .or(self.state.last_purged)
     }
+
+    fn cache_evict(&mut self) {
+        while self.cache_bytes > self.cache_limit {
+            match self.cache.pop_first() {
+                Some((_, (_, n))) => self.cache_bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops cached entries from `index` on.
+    fn cache_truncate(&mut self, index: u64) {
+        for (_, (_, n)) in self.cache.split_off(&index) {
+            self.cache_bytes -= n;
+        }
+    }
+
+    /// Drops cached entries up to and including `index`.
+    fn cache_purge(&mut self, index: u64) {
+        let keep = match index.checked_add(1) {
+            Some(after) => self.cache.split_off(&after),
+            None => BTreeMap::new(),
+        };
+        let gone = std::mem::replace(&mut self.cache, keep);
+        for (_, (_, n)) in gone {
+            self.cache_bytes -= n;
+        }
+    }
 }
 
 /// The segment appends go to.
@@ -112,6 +156,8 @@ struct Active {
     first: u64,
     file: Arc<File>,
     len: u64,
+    /// The append buffer, reused.
+    buf: Vec<u8>,
 }
 
 /// The write-ahead log of one node. Appends, truncation and purges are
@@ -182,6 +228,7 @@ impl Wal {
                         first,
                         file: file.clone(),
                         len: good_len,
+                        buf: Vec::new(),
                     });
                 }
                 segments.insert(first, file);
@@ -202,6 +249,9 @@ impl Wal {
                 locs,
                 segments,
                 state,
+                cache: BTreeMap::new(),
+                cache_bytes: 0,
+                cache_limit: CACHE_BYTES,
             }),
         })
     }
@@ -253,7 +303,6 @@ impl Wal {
             self.truncate_locked(&mut w, first)?;
         }
         let mut prev: Option<u64> = None;
-        let mut records = Vec::with_capacity(entries.len());
         for e in &entries {
             if prev.is_some_and(|p| e.log_id.index <= p) {
                 return Err(WalError::Invalid(format!(
@@ -263,39 +312,44 @@ impl Wal {
                 )));
             }
             prev = Some(e.log_id.index);
-            let payload = encode(&Stored::V1(e))
-                .map_err(|e| WalError::Invalid(format!("cannot encode a log entry: {e}")))?;
-            records.push((e.log_id, payload));
         }
         let roll = w.as_ref().is_none_or(|a| a.len >= SEGMENT_BYTES);
         if roll {
-            let first = records[0].0.index;
             *w = Some(self.create_segment(first)?);
         }
         let Some(active) = w.as_mut() else {
             return Err(WalError::Invalid("no active segment".into()));
         };
-        let mut buf = Vec::with_capacity(
-            records
-                .iter()
-                .map(|(_, p)| p.len() + RECORD_HEADER as usize)
-                .sum(),
-        );
-        let mut locs = Vec::with_capacity(records.len());
-        for (log_id, payload) in &records {
+        // Records are encoded straight into one buffer, kept between
+        // appends so a batch costs no allocation.
+        let mut buf = std::mem::take(&mut active.buf);
+        buf.clear();
+        let mut locs = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let at = buf.len();
+            buf.extend_from_slice(&[0; RECORD_HEADER as usize]);
+            bincode::serde::encode_into_std_write(
+                Stored::V1(e),
+                &mut buf,
+                bincode::config::standard(),
+            )
+            .map_err(|e| WalError::Invalid(format!("cannot encode a log entry: {e}")))?;
+            let payload = &buf[at + RECORD_HEADER as usize..];
             let len = u32::try_from(payload.len())
                 .ok()
                 .filter(|l| *l <= MAX_RECORD)
                 .ok_or_else(|| WalError::Invalid("a log entry over 1 GiB".into()))?;
+            let crc = crc32fast::hash(payload);
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
             locs.push(Loc {
-                log_id: *log_id,
+                log_id: e.log_id,
                 seg: active.first,
-                offset: active.len + buf.len() as u64 + RECORD_HEADER,
+                offset: active.len + at as u64 + RECORD_HEADER,
                 len,
             });
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            buf.extend_from_slice(payload);
+            sizes.push(len as usize);
         }
         let path = self.segment_path(active.first);
         active
@@ -304,12 +358,22 @@ impl Wal {
             .map_err(io(&path))?;
         active.file.sync_data().map_err(io(&path))?;
         active.len += buf.len() as u64;
+        if buf.capacity() <= KEEP_BUFFER {
+            active.buf = buf;
+        }
         let first = active.first;
         let file = active.file.clone();
         let mut ix = self.index_mut();
         ix.segments.entry(first).or_insert(file);
         ix.locs
             .extend(locs.into_iter().map(|l| (l.log_id.index, l)));
+        // The cache stays contiguous: after a restart it starts empty and
+        // fills from the first append on.
+        for (e, n) in entries.into_iter().zip(sizes) {
+            ix.cache_bytes += n;
+            ix.cache.insert(e.log_id.index, (e, n));
+        }
+        ix.cache_evict();
         Ok(())
     }
 
@@ -334,6 +398,7 @@ impl Wal {
             .collect();
         let mut ix = self.index_mut();
         ix.locs.split_off(&index);
+        ix.cache_truncate(index);
         for s in &doomed {
             ix.segments.remove(s);
         }
@@ -359,6 +424,7 @@ impl Wal {
                 first: at.seg,
                 file,
                 len,
+                buf: Vec::new(),
             });
         }
         sync_dir(&self.dir)
@@ -375,6 +441,7 @@ impl Wal {
         write_state(&self.dir, &state)?;
         let mut ix = self.index_mut();
         ix.state = state;
+        ix.cache_purge(log_id.index);
         ix.locs = match log_id.index.checked_add(1) {
             Some(after) => ix.locs.split_off(&after),
             None => BTreeMap::new(),
@@ -406,6 +473,31 @@ impl Wal {
 
     /// Entries with index in `from..to` that the log holds.
     pub fn read(&self, from: u64, to: u64) -> Result<Vec<Entry>, WalError> {
+        if from >= to {
+            return Ok(vec![]);
+        }
+        // The cached tail is served from memory; what lies before it is
+        // read from disk.
+        let (disk_to, cached) = {
+            let ix = self.index();
+            let start = ix.cache.first_key_value().map_or(u64::MAX, |(k, _)| *k);
+            let cached: Vec<Entry> = if from.max(start) < to {
+                ix.cache
+                    .range(from.max(start)..to)
+                    .map(|(_, (e, _))| e.clone())
+                    .collect()
+            } else {
+                vec![]
+            };
+            (to.min(start), cached)
+        };
+        let mut out = self.read_disk(from, disk_to)?;
+        out.extend(cached);
+        Ok(out)
+    }
+
+    /// Entries with index in `from..to`, read from the segment files.
+    fn read_disk(&self, from: u64, to: u64) -> Result<Vec<Entry>, WalError> {
         let (locs, files) = {
             let ix = self.index();
             if from >= to {
@@ -470,6 +562,7 @@ impl Wal {
             first,
             file: Arc::new(file),
             len: HEADER,
+            buf: Vec::new(),
         })
     }
 }
@@ -612,7 +705,7 @@ mod tests {
             payload: if index.is_multiple_of(2) {
                 EntryPayload::Blank
             } else {
-                EntryPayload::Normal(Request { ops: vec![] })
+                EntryPayload::Normal(Request::new(vec![]))
             },
         }
     }
@@ -627,6 +720,55 @@ mod tests {
             .iter()
             .map(|e| e.log_id.index)
             .collect()
+    }
+
+    /// Reads that straddle the cached tail and the disk, after a reopen
+    /// (empty cache), eviction, truncation and purging, return the log's
+    /// entries in order, terms included.
+    #[test]
+    fn reads_join_disk_and_cached_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..10, 1)).unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert!(w.index().cache.is_empty());
+        w.append(entries(10..20, 1)).unwrap();
+        assert_eq!(w.index().cache.len(), 10);
+        assert_eq!(indexes(&w, 5, 15), (5..15).collect::<Vec<_>>());
+        assert_eq!(indexes(&w, 12, 100), (12..20).collect::<Vec<_>>());
+        assert_eq!(indexes(&w, 3, 7), (3..7).collect::<Vec<_>>());
+        assert!(indexes(&w, 25, 30).is_empty());
+        assert!(indexes(&w, 7, 7).is_empty());
+        // A conflicting suffix from a new leader replaces the tail.
+        w.append(entries(15..18, 2)).unwrap();
+        let terms: Vec<(u64, u64)> = w
+            .read(13, 100)
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect();
+        assert_eq!(terms, vec![(13, 1), (14, 1), (15, 2), (16, 2), (17, 2)]);
+        w.truncate(16).unwrap();
+        assert_eq!(indexes(&w, 0, 100), (0..16).collect::<Vec<_>>());
+        w.purge(LogId::new(CommittedLeaderId::new(1, 1), 12))
+            .unwrap();
+        assert_eq!(indexes(&w, 0, 100), (13..16).collect::<Vec<_>>());
+        // Eviction keeps the cache a contiguous tail within its budget.
+        let biggest = w.index().cache.values().map(|(_, n)| *n).max().unwrap();
+        w.index_mut().cache_limit = 2 * biggest;
+        w.append(entries(16..19, 2)).unwrap();
+        {
+            let ix = w.index();
+            let keys: Vec<u64> = ix.cache.keys().copied().collect();
+            assert!(keys == vec![17, 18] || keys == vec![16, 17, 18], "{keys:?}");
+            assert!(ix.cache_bytes <= ix.cache_limit);
+            assert_eq!(
+                ix.cache_bytes,
+                ix.cache.values().map(|(_, n)| n).sum::<usize>()
+            );
+        }
+        assert_eq!(indexes(&w, 0, 100), (13..19).collect::<Vec<_>>());
     }
 
     #[test]

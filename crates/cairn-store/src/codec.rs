@@ -14,9 +14,14 @@ enum StoredEntry {
     V1(ValidEntry),
 }
 
+/// The same encoding as [`StoredEntry`], from a borrowed entry.
+#[derive(Serialize)]
+enum StoredEntryRef<'a> {
+    V1(&'a ValidEntry),
+}
+
 pub fn encode_entry(e: &ValidEntry) -> Result<Vec<u8>, Error> {
-    // Serializing an owned copy keeps the enum simple; entries are small.
-    bincode::serde::encode_to_vec(StoredEntry::V1(e.clone()), bincode::config::standard())
+    bincode::serde::encode_to_vec(StoredEntryRef::V1(e), bincode::config::standard())
         .map_err(|err| Error::Corrupt(format!("cannot encode entry: {err}")))
 }
 
@@ -48,5 +53,32 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Rows, Error> {
             .map_err(|err| Error::Corrupt(format!("cannot decode snapshot: {err}")))?;
     match v {
         StoredSnapshot::V1(t) => Ok(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::dn::Dn;
+    use cairn_core::entry::Entry;
+    use cairn_core::schema::Schema;
+
+    #[test]
+    fn borrowed_encoding_is_the_stored_format() {
+        let e = Schema::builtin()
+            .validate(Entry {
+                dn: Dn::parse("cn=h1,dc=example,dc=com").unwrap(),
+                attrs: vec![
+                    ("objectClass".into(), vec!["cairnHost".into()]),
+                    ("cn".into(), vec!["h1".into()]),
+                ],
+            })
+            .unwrap();
+        let bytes = encode_entry(&e).unwrap();
+        let owned =
+            bincode::serde::encode_to_vec(StoredEntry::V1(e.clone()), bincode::config::standard())
+                .unwrap();
+        assert_eq!(bytes, owned);
+        assert_eq!(decode_entry(&bytes).unwrap(), e);
     }
 }

@@ -23,6 +23,8 @@ use crate::engine::{Batch, Engine, Snapshot, Table};
 
 /// Attributes with an equality index (lowercased canonical names). A search
 /// whose filter needs one of these for a match reads the index, not the tree.
+/// `entryUUID` needs none: the entries table is keyed by it. Nor does
+/// `objectClass=top`, which every entry matches.
 pub const INDEXED: &[&str] = &[
     "objectclass",
     "cn",
@@ -30,7 +32,6 @@ pub const INDEXED: &[&str] = &[
     "macaddress",
     "iphostnumber",
     "serialnumber",
-    "entryuuid",
     "uid",
     "member",
 ];
@@ -345,7 +346,8 @@ impl Directory {
                             self.schema
                                 .lineage(c)
                                 .iter()
-                                .map(|c| c.name.to_ascii_lowercase()),
+                                .map(|c| c.name.to_ascii_lowercase())
+                                .filter(|c| c != "top"),
                         );
                     }
                 } else if let Ok(n) = at.syntax.normalize(v) {
@@ -435,6 +437,24 @@ impl Directory {
     pub fn write(&self, op: WriteOp) -> Result<Applied, Error> {
         let op = self.prepare(op)?;
         self.submit(op)
+    }
+
+    /// Whether [`Directory::prepare`] has passwords to hash (slow on
+    /// purpose: run it off the async threads then). Without any, preparing
+    /// is a cheap check.
+    pub fn prepare_is_slow(&self, op: &WriteOp) -> bool {
+        let is_password = |name: &str| {
+            self.schema
+                .attr(name)
+                .is_some_and(|a| a.key() == "userpassword")
+        };
+        match op {
+            WriteOp::Add { entry, .. } => entry.attrs.iter().any(|(name, _)| is_password(name)),
+            WriteOp::Modify { mods, .. } => mods
+                .iter()
+                .any(|m| !m.values.is_empty() && is_password(&m.attr)),
+            _ => false,
+        }
     }
 
     /// Readies an operation to be applied (locally or by every replica):
@@ -947,12 +967,30 @@ impl Directory {
                     return Ok(Some(BTreeSet::new()));
                 };
                 let key = at.key();
+                if key == "entryuuid" {
+                    // The entry's own key; one that is absent is skipped.
+                    return Ok(Some(match Uuid::parse_str(value.trim()) {
+                        Ok(u) => BTreeSet::from([u]),
+                        Err(_) => BTreeSet::new(),
+                    }));
+                }
                 if !INDEXED.contains(&key.as_str()) {
                     return Ok(None);
                 }
-                let Ok(norm) = at.syntax.normalize(value) else {
-                    // Undefined for every entry: nothing matches.
-                    return Ok(Some(BTreeSet::new()));
+                let norm = if key == "objectclass" {
+                    // Keys hold class names; a class may be asked for by
+                    // OID too. Every entry is a `top`: no index helps.
+                    match self.schema.class(value.trim()) {
+                        Some(c) if c.name.eq_ignore_ascii_case("top") => return Ok(None),
+                        Some(c) => c.name.to_ascii_lowercase(),
+                        None => return Ok(Some(BTreeSet::new())),
+                    }
+                } else {
+                    let Ok(norm) = at.syntax.normalize(value) else {
+                        // Undefined for every entry: nothing matches.
+                        return Ok(Some(BTreeSet::new()));
+                    };
+                    norm
                 };
                 let mut out = BTreeSet::new();
                 let prefix = index_prefix(&key, &norm);

@@ -157,6 +157,42 @@ fn searches_by_index_and_by_walk_agree() {
             6
         );
         assert_eq!(names(&d, base, Scope::Subtree, "(objectClass=*)").len(), 6);
+        // A class asked for by OID (cairnHost's), and entryUUID, which the
+        // entries table answers without an index.
+        let oid = d.schema().class("cairnHost").unwrap().oid.to_string();
+        assert_eq!(
+            names(&d, base, Scope::Subtree, &format!("(objectClass={oid})")).len(),
+            3
+        );
+        let esx2 = d
+            .get(&Dn::parse("cn=esx-002,cn=prod-a,ou=inventory,dc=example,dc=com").unwrap())
+            .unwrap()
+            .unwrap();
+        let uuid = esx2.get("entryuuid").unwrap().values[0].clone();
+        assert_eq!(
+            names(&d, base, Scope::Subtree, &format!("(entryUUID={uuid})")),
+            vec!["cn=esx-002,cn=prod-a,ou=inventory,dc=example,dc=com"]
+        );
+        assert_eq!(
+            names(
+                &d,
+                base,
+                Scope::Subtree,
+                &format!("(entryUUID={})", uuid.to_uppercase())
+            )
+            .len(),
+            1
+        );
+        assert!(names(&d, base, Scope::Subtree, "(entryUUID=not-a-uuid)").is_empty());
+        assert!(
+            names(
+                &d,
+                base,
+                Scope::Subtree,
+                "(entryUUID=00000000-0000-7000-8000-000000000000)"
+            )
+            .is_empty()
+        );
         assert_eq!(
             names(&d, base, Scope::Subtree, "(|(cn=esx-001)(cn=esx-003))").len(),
             2

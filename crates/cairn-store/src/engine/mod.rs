@@ -46,6 +46,17 @@ impl Table {
     /// The tables that hold the directory itself (what a snapshot carries).
     pub const DIRECTORY: [Table; 4] = [Table::Entries, Table::Dn, Table::Children, Table::Index];
 
+    /// The table's position in [`Table::ALL`].
+    pub fn slot(self) -> usize {
+        match self {
+            Table::Entries => 0,
+            Table::Dn => 1,
+            Table::Children => 2,
+            Table::Index => 3,
+            Table::Meta => 4,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Table::Entries => "entries",
@@ -213,6 +224,13 @@ pub fn open_with(
 pub(crate) mod tests {
     //! The same behaviour tests run against every engine.
     use super::*;
+
+    #[test]
+    fn slots_follow_all() {
+        for (i, t) in Table::ALL.iter().enumerate() {
+            assert_eq!(t.slot(), i, "{t:?}");
+        }
+    }
 
     pub fn engines() -> Vec<(tempfile::TempDir, Box<dyn Engine>)> {
         [EngineKind::Redb, EngineKind::Sled]

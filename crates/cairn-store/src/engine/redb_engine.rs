@@ -72,59 +72,93 @@ struct RedbSnapshot {
     txn: redb::ReadTransaction,
 }
 
-struct RedbWriteTxn {
-    txn: redb::WriteTransaction,
+type RedbTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// A write transaction keeps each table open once opened: opening a table
+/// for every read and batch cost as much as a small insert.
+struct RedbWriteTxn<'t> {
+    txn: &'t redb::WriteTransaction,
+    tables: std::cell::RefCell<[Option<RedbTable<'t>>; Table::ALL.len()]>,
 }
 
-/// Read and write transactions open tables of different types with the
-/// same call; one body serves both.
-macro_rules! redb_reads {
-    ($ty:ty) => {
-        impl Snapshot for $ty {
-            fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-                let t = self.txn.open_table(def(table)).map_err(storage)?;
-                get(&t, key)
-            }
-
-            fn scan_from(
-                &self,
-                table: Table,
-                start: &[u8],
-                f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-            ) -> Result<(), Error> {
-                let t = self.txn.open_table(def(table)).map_err(storage)?;
-                scan(&t, start, f)
-            }
-
-            fn last(&self, table: Table) -> Result<Option<Row>, Error> {
-                let t = self.txn.open_table(def(table)).map_err(storage)?;
-                last(&t)
-            }
+impl<'t> RedbWriteTxn<'t> {
+    fn new(txn: &'t redb::WriteTransaction) -> Self {
+        RedbWriteTxn {
+            txn,
+            tables: std::cell::RefCell::new(Default::default()),
         }
-    };
+    }
+
+    /// Runs `f` on an open table (opened on first use).
+    fn with_table<T>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&mut RedbTable<'t>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut tables = self
+            .tables
+            .try_borrow_mut()
+            .map_err(|_| Error::Storage("redb: a table used from its own scan".into()))?;
+        let slot = &mut tables[table.slot()];
+        let t = match slot {
+            Some(t) => t,
+            None => slot.insert(self.txn.open_table(def(table)).map_err(storage)?),
+        };
+        f(t)
+    }
 }
 
-redb_reads!(RedbSnapshot);
-redb_reads!(RedbWriteTxn);
+impl Snapshot for RedbSnapshot {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        get(&t, key)
+    }
 
-impl WriteTxn for RedbWriteTxn {
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        scan(&t, start, f)
+    }
+
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        last(&t)
+    }
+}
+
+impl Snapshot for RedbWriteTxn<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.with_table(table, |t| get(t, key))
+    }
+
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), Error> {
+        self.with_table(table, |t| scan(t, start, f))
+    }
+
+    fn last(&self, table: Table) -> Result<Option<Row>, Error> {
+        self.with_table(table, |t| last(t))
+    }
+}
+
+impl WriteTxn for RedbWriteTxn<'_> {
     fn apply(&mut self, batch: &Batch) -> Result<(), Error> {
-        let mut tables = std::collections::BTreeMap::new();
         for (table, key, value) in batch.ops() {
-            if !tables.contains_key(table) {
-                tables.insert(*table, self.txn.open_table(def(*table)).map_err(storage)?);
-            }
-            let Some(t) = tables.get_mut(table) else {
-                continue;
-            };
-            match value {
-                Some(v) => {
-                    t.insert(key.as_slice(), v.as_slice()).map_err(storage)?;
+            self.with_table(*table, |t| {
+                match value {
+                    Some(v) => t.insert(key.as_slice(), v.as_slice()).map(|_| ()),
+                    None => t.remove(key.as_slice()).map(|_| ()),
                 }
-                None => {
-                    t.remove(key.as_slice()).map_err(storage)?;
-                }
-            }
+                .map_err(storage)
+            })?;
         }
         Ok(())
     }
@@ -144,11 +178,15 @@ impl Engine for RedbEngine {
         let mut txn = self.db.begin_write().map_err(storage)?;
         // Visible at once, durable with the next Immediate commit (sync).
         txn.set_durability(Durability::None).map_err(storage)?;
-        let mut w = RedbWriteTxn { txn };
-        match f(&mut w) {
-            Ok(()) => w.txn.commit().map_err(storage),
+        let outcome = {
+            let mut w = RedbWriteTxn::new(&txn);
+            f(&mut w)
+            // The open tables close here, before the commit.
+        };
+        match outcome {
+            Ok(()) => txn.commit().map_err(storage),
             Err(e) => {
-                let _ = w.txn.abort();
+                let _ = txn.abort();
                 Err(e)
             }
         }
