@@ -8,12 +8,17 @@
 //! is told); [`state_machine`] applies committed entries to the
 //! [`cairn_store::Directory`] with the last applied log id in the same
 //! transaction, and builds and installs snapshots of the whole directory.
+//! A follower hands the writes it accepts to the leader through
+//! `forwarder`, many to a call.
 //!
 //! ```text
 //! leader: LDAP write ─► Directory::prepare ─► proposer (batch)
 //!   ─► Raft::client_write(Request::new(ops))
 //!   ─► log_store::append (fsync) ─► replicate ─► commit
-//!   ─► state_machine::apply ─► Directory::apply_committed (one txn, fsync)
+//!   ─► state_machine::apply ─► Directory::apply_committed (one txn)
+//!   ─► Response back to the LDAP client
+//! follower: LDAP write ─► Directory::prepare ─► forwarder (batch)
+//!   ─► Forward RPC ─► the leader's proposer ... ─► applied here too
 //!   ─► Response back to the LDAP client
 //! ```
 
@@ -22,6 +27,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod faults;
+mod forwarder;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -255,11 +255,11 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let op: cairn_store::WriteOp = request(r)?;
+        let ops: Vec<cairn_store::WriteOp> = request(r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
-        payload(&replica.write_here(op).await)
+        payload(&replica.write_here(ops).await)
     }
 }
 

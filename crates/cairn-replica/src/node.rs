@@ -12,6 +12,7 @@ use openraft::{Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::forwarder::{self, Forwarded, Forwarder};
 use crate::network::{self, Network, RaftService};
 use crate::proposer::{Proposer, Redirect};
 use crate::types::{NodeInfo, Raft};
@@ -128,6 +129,7 @@ pub struct Replica {
     pub raft: Raft,
     dir: Arc<Directory>,
     proposer: Proposer,
+    forwarder: Forwarder,
     clients: network::Clients,
     write_timeout: Duration,
     faults: crate::Faults,
@@ -179,10 +181,19 @@ impl Replica {
             cfg.batches_in_flight,
             cfg.write_timeout,
         );
+        let clients = network::Clients::default();
+        let forwarder = Forwarder::start(forwarder::Context {
+            id: cfg.id,
+            raft: raft.clone(),
+            clients: clients.clone(),
+            faults: cfg.faults.clone(),
+            timeout: cfg.write_timeout,
+        });
         Ok(Arc::new(Replica {
             id: cfg.id,
             proposer,
-            clients: network::Clients::default(),
+            forwarder,
+            clients,
             raft,
             dir,
             write_timeout: cfg.write_timeout,
@@ -238,15 +249,16 @@ impl Replica {
             match outcome {
                 Err(Redirect::To(leader, node)) => {
                     debug!(leader = %node.grpc, "forwarding write to the leader");
-                    match self.forward(leader, &node, &op, deadline).await {
-                        // Answer only once this node has applied it too, so
-                        // the client reads its own write here.
-                        Ok(Ok((applied, index))) => {
-                            self.wait_applied(index, deadline).await?;
-                            return Ok(applied);
-                        }
-                        Ok(Err(e)) => return Err(e),
-                        Err(e) => warn!(leader = %node.grpc, cause = %e, "forwarding failed"),
+                    let addr = node.grpc.clone();
+                    // Answered once this node has applied it too, so the
+                    // client reads its own write here.
+                    match self
+                        .forwarder
+                        .forward((leader, node), op.clone(), deadline)
+                        .await
+                    {
+                        Ok(r) => return r,
+                        Err(e) => warn!(leader = %addr, cause = %e, "forwarding failed"),
                     }
                 }
                 Err(Redirect::Unknown) => {}
@@ -272,28 +284,6 @@ impl Replica {
         Some((id, node))
     }
 
-    async fn forward(
-        &self,
-        leader_id: u64,
-        leader: &NodeInfo,
-        op: &WriteOp,
-        deadline: tokio::time::Instant,
-    ) -> Result<Result<(Applied, u64), WriteError>, String> {
-        if self.faults.blocked(self.id, leader_id) {
-            return Err(format!("traffic {} -> {leader_id} is cut", self.id));
-        }
-        let mut client = self.clients.get(&leader.grpc).map_err(|e| e.to_string())?;
-        let data = crate::types::encode(op).map_err(|e| e.to_string())?;
-        let call = client.forward(network::pb::RaftPayload { data });
-        let reply = tokio::time::timeout_at(deadline, call)
-            .await
-            .map_err(|_| "the leader did not answer in time".to_string())?
-            .map_err(|s| s.to_string())?;
-        let result: Result<(Applied, u64), WriteError> =
-            crate::types::decode(&reply.into_inner().data).map_err(|e| e.to_string())?;
-        Ok(result)
-    }
-
     /// Waits until this node's state machine has applied `index`.
     async fn wait_applied(
         &self,
@@ -313,16 +303,20 @@ impl Replica {
             })
     }
 
-    /// Handles a write forwarded by a follower: propose it here. Returns
-    /// the result and the entry's log index.
-    pub async fn write_here(&self, op: WriteOp) -> Result<(Applied, u64), WriteError> {
+    /// Handles writes forwarded by a follower: propose them here, in
+    /// order. Each comes back with its result and log index, or as not
+    /// proposed when this node is not the leader.
+    pub(crate) async fn write_here(&self, ops: Vec<WriteOp>) -> Vec<Forwarded> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        match self.proposer.propose(op, deadline).await {
-            Ok(r) => r,
-            Err(_) => Err(WriteError::NoLeader(
-                "this node is no longer the leader".into(),
-            )),
-        }
+        self.proposer
+            .propose_all(ops, deadline)
+            .await
+            .into_iter()
+            .map(|o| match o {
+                Ok(r) => Forwarded::Done(r),
+                Err(_) => Forwarded::NotLeader,
+            })
+            .collect()
     }
 
     /// Waits for the Raft metrics to change, or a retry interval. False

@@ -77,11 +77,46 @@ impl Proposer {
 
     /// Proposes `op` and waits for its commit, at most until `deadline`.
     pub(crate) async fn propose(&self, op: WriteOp, deadline: tokio::time::Instant) -> Outcome {
+        match self.submit(op).await {
+            Ok(rx) => Self::outcome(rx, deadline).await,
+            Err(stopping) => stopping,
+        }
+    }
+
+    /// Proposes `ops` in order (they usually share one entry) and waits for
+    /// each one's commit, at most until `deadline`.
+    pub(crate) async fn propose_all(
+        &self,
+        ops: Vec<WriteOp>,
+        deadline: tokio::time::Instant,
+    ) -> Vec<Outcome> {
+        let mut waits = Vec::with_capacity(ops.len());
+        for op in ops {
+            waits.push(self.submit(op).await);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            out.push(match w {
+                Ok(rx) => Self::outcome(rx, deadline).await,
+                Err(stopping) => stopping,
+            });
+        }
+        out
+    }
+
+    /// Queues `op`; the receiver gets its outcome.
+    async fn submit(&self, op: WriteOp) -> Result<oneshot::Receiver<Outcome>, Outcome> {
         let (reply, rx) = oneshot::channel();
         let size = approx_size(&op);
-        if self.tx.send(Pending { op, size, reply }).await.is_err() {
-            return Ok(Err(WriteError::NoLeader("this node is stopping".into())));
+        match self.tx.send(Pending { op, size, reply }).await {
+            Ok(()) => Ok(rx),
+            Err(_) => Err(Ok(Err(WriteError::NoLeader(
+                "this node is stopping".into(),
+            )))),
         }
+    }
+
+    async fn outcome(rx: oneshot::Receiver<Outcome>, deadline: tokio::time::Instant) -> Outcome {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Ok(Err(WriteError::Unknown(
@@ -180,7 +215,7 @@ fn all(n: usize, outcome: Outcome) -> Vec<Outcome> {
 }
 
 /// Roughly how many bytes `op` adds to a log entry.
-fn approx_size(op: &WriteOp) -> usize {
+pub(crate) fn approx_size(op: &WriteOp) -> usize {
     const OVERHEAD: usize = 128;
     OVERHEAD
         + match op {

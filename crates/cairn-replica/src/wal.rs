@@ -51,7 +51,7 @@ const VERSION: u32 = 1;
 const HEADER: u64 = 16;
 const RECORD_HEADER: u64 = 8;
 /// How much of the log's tail (in encoded bytes) stays decoded in memory.
-pub const CACHE_BYTES: usize = 32 << 20;
+pub const CACHE_BYTES: usize = 4 << 20;
 /// An append buffer up to this size is kept for the next append.
 const KEEP_BUFFER: usize = 8 << 20;
 

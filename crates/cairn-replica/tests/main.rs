@@ -350,6 +350,55 @@ async fn a_write_at_a_follower_reaches_every_node() {
     site.shutdown().await;
 }
 
+/// Concurrent writes at a follower travel to the leader in batches; each
+/// still gets its own result, refusals included, and each is readable at
+/// the follower once acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
+    let site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    site.replica(leader).write(host("taken")).await.unwrap();
+    let replica = site.replica(follower);
+    let mut tasks = vec![];
+    for i in 0..200 {
+        let r = replica.clone();
+        // Every tenth write asks for a name already taken.
+        let cn = if i % 10 == 0 {
+            "taken".to_string()
+        } else {
+            format!("burst-{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            (cn.clone(), r.write(host(&cn)).await)
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        let (cn, res) = t.await.unwrap();
+        if cn == "taken" {
+            assert!(
+                matches!(
+                    res,
+                    Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_)))
+                ),
+                "{res:?}"
+            );
+        } else {
+            let applied = res.unwrap().into_entry().unwrap();
+            assert_eq!(applied.dn().to_string(), host_dn(&cn));
+            assert!(
+                site.has(follower, &host_dn(&cn)),
+                "{cn} read back at the follower"
+            );
+            added += 1;
+        }
+    }
+    assert_eq!(added, 180);
+    site.converge().await;
+    site.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     let mut site = site_with_suffix(10_000).await;

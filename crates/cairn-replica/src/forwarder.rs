@@ -1,0 +1,241 @@
+//! Forward batching: a follower's writes reach the leader many to a call.
+//!
+//! A follower that knows the leader hands each write it accepts to the
+//! leader (`Replica::write`). One gRPC call per write cost an HTTP/2
+//! request and response, their encoding, and a wait for this node's
+//! apply, for every write: with clients spread over a site's nodes, two
+//! writes in three take that path. The forwarder queues them instead; one
+//! task takes everything queued for the same leader (up to
+//! [`MAX_OPS`] writes or [`MAX_BYTES`]) into one `Forward` call, keeping a
+//! few calls in flight, and answers each write with its own result once
+//! this node has applied the last of them (so a client reads its own
+//! write from the node it wrote to). As with the proposer, a lone write
+//! goes at once: batching only happens when writes queue up.
+//!
+//! The leader proposes the writes of a call in order through its own
+//! proposer, so they usually share one log entry. A write the leader could
+//! not propose (it lost leadership meanwhile) comes back as
+//! [`Forwarded::NotLeader`]: it was never proposed, and the caller tries
+//! again with the new leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_store::{Applied, WriteOp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::node::WriteError;
+use crate::proposer::{MAX_BYTES, MAX_OPS, approx_size};
+use crate::types::{NodeInfo, Raft, decode, encode};
+
+/// `Forward` calls one follower keeps in flight: the next batch queues at
+/// the leader while the one before it commits.
+const IN_FLIGHT: usize = 2;
+
+/// The leader's answer for one forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    /// Proposed: its result and log index.
+    Done(Result<(Applied, u64), WriteError>),
+    /// Not proposed: the node is not the leader (any more).
+    NotLeader,
+}
+
+/// What forwarding one write came to: its result once applied here, or
+/// why the leader could not be asked (nothing was written: try again).
+pub(crate) type Outcome = Result<Result<Applied, WriteError>, String>;
+
+struct Pending {
+    op: WriteOp,
+    size: usize,
+    leader: (u64, NodeInfo),
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// What the batching task needs of its node.
+pub(crate) struct Context {
+    pub id: u64,
+    pub raft: Raft,
+    pub clients: crate::network::Clients,
+    pub faults: crate::Faults,
+    pub timeout: Duration,
+}
+
+/// The queue of writes this node forwards.
+pub(crate) struct Forwarder {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Forwarder {
+    /// Starts the batching task. It ends when the forwarder is dropped.
+    pub(crate) fn start(ctx: Context) -> Forwarder {
+        let (tx, rx) = mpsc::channel(4 * MAX_OPS);
+        tokio::spawn(run(Arc::new(ctx), rx));
+        Forwarder { tx }
+    }
+
+    /// Forwards `op` to `leader` and waits for its result, at most until
+    /// `deadline`.
+    pub(crate) async fn forward(
+        &self,
+        leader: (u64, NodeInfo),
+        op: WriteOp,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        let size = approx_size(&op);
+        let pending = Pending {
+            op,
+            size,
+            leader,
+            reply,
+        };
+        if self.tx.send(pending).await.is_err() {
+            return Ok(Err(WriteError::NoLeader("this node is stopping".into())));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Ok(Err(WriteError::Unknown(
+                "this node stopped before the forwarded write's outcome was known".into(),
+            ))),
+            Err(_) => Ok(Err(WriteError::Unknown(
+                "the forwarded write was not committed in time".into(),
+            ))),
+        }
+    }
+}
+
+async fn run(ctx: Arc<Context>, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A write that did not fit the previous batch (or is for another
+    // leader) starts the next one.
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_OPS {
+            let Ok(p) = rx.try_recv() else { break };
+            if bytes + p.size > MAX_BYTES || p.leader.0 != batch[0].leader.0 {
+                carry = Some(p);
+                break;
+            }
+            bytes += p.size;
+            batch.push(p);
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let leader = batch[0].leader.clone();
+            let (ops, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let outcomes = send(&ctx, &leader, ops).await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that gave up no longer listens.
+                let _ = reply.send(outcome);
+            }
+        });
+    }
+}
+
+/// One `Forward` call: the writes' outcomes, in order, once this node has
+/// applied the last one the leader committed.
+async fn send(ctx: &Context, leader: &(u64, NodeInfo), ops: Vec<WriteOp>) -> Vec<Outcome> {
+    let n = ops.len();
+    let results = match call(ctx, leader, &ops).await {
+        Ok(r) if r.len() == n => r,
+        Ok(r) => {
+            let e = format!("the leader answered {} results for {n} writes", r.len());
+            return vec![Ok(Err(WriteError::Unknown(e))); n];
+        }
+        Err(CallFailed::NotSent(e)) => return vec![Err(e); n],
+        Err(CallFailed::Unknown(e)) => return vec![Ok(Err(WriteError::Unknown(e))); n],
+    };
+    // Answer only once this node has applied them too, so the client
+    // reads its own write here.
+    let last = results
+        .iter()
+        .filter_map(|r| match r {
+            Forwarded::Done(Ok((_, index))) => Some(*index),
+            _ => None,
+        })
+        .max();
+    let applied = match last {
+        Some(index) => wait_applied(ctx, index).await,
+        None => Ok(()),
+    };
+    results
+        .into_iter()
+        .map(|r| match r {
+            Forwarded::NotLeader => Err(format!(
+                "node {} is no longer the leader; nothing was written",
+                leader.0
+            )),
+            Forwarded::Done(Err(e)) => Ok(Err(e)),
+            Forwarded::Done(Ok((a, _))) => Ok(applied.clone().map(|()| a)),
+        })
+        .collect()
+}
+
+/// Why a `Forward` call brought no answer.
+enum CallFailed {
+    /// The writes did not reach the leader (no connection, the leader
+    /// refused them unread): trying again cannot apply them twice.
+    NotSent(String),
+    /// They may have reached it: the outcome is unknown.
+    Unknown(String),
+}
+
+async fn call(
+    ctx: &Context,
+    (leader_id, leader): &(u64, NodeInfo),
+    ops: &[WriteOp],
+) -> Result<Vec<Forwarded>, CallFailed> {
+    if ctx.faults.blocked(ctx.id, *leader_id) {
+        return Err(CallFailed::NotSent(format!(
+            "traffic {} -> {leader_id} is cut",
+            ctx.id
+        )));
+    }
+    let mut client = ctx
+        .clients
+        .get(&leader.grpc)
+        .map_err(|e| CallFailed::NotSent(e.to_string()))?;
+    let data = encode(&ops).map_err(|e| CallFailed::NotSent(e.to_string()))?;
+    let reply = tokio::time::timeout(
+        ctx.timeout,
+        client.forward(crate::network::pb::RaftPayload { data }),
+    )
+    .await
+    .map_err(|_| CallFailed::Unknown("the leader did not answer in time".into()))?
+    .map_err(|s| match s.code() {
+        // Connection failures and a leader that is stopping: not taken.
+        tonic::Code::Unavailable => CallFailed::NotSent(s.to_string()),
+        _ => CallFailed::Unknown(format!("forwarding to node {leader_id}: {s}")),
+    })?;
+    decode(&reply.into_inner().data)
+        .map_err(|e| CallFailed::Unknown(format!("undecodable answer from the leader: {e}")))
+}
+
+async fn wait_applied(ctx: &Context, index: u64) -> Result<(), WriteError> {
+    ctx.raft
+        .wait(Some(ctx.timeout))
+        .applied_index_at_least(Some(index), "read your write")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            WriteError::Unknown(format!(
+                "committed at the leader, not yet applied on this node: {e}"
+            ))
+        })
+}
