@@ -504,7 +504,19 @@ impl Directory {
         uuid: Uuid,
         stamp: &Stamp,
     ) -> Result<(Batch, ValidEntry), Error> {
-        if Self::uuid_of(snap, &entry.dn)?.is_some() {
+        if let Some(existing) = Self::uuid_of(snap, &entry.dn)? {
+            if existing == uuid {
+                // This very add (the UUID is chosen once, when the write
+                // is prepared) was applied before: a retry whose first
+                // answer was lost, e.g. a follower resending a forwarded
+                // write after the connection broke. It succeeds again
+                // without changing anything, instead of reporting
+                // "already exists" for a write that did happen.
+                let e = Self::load(snap, uuid)?.ok_or_else(|| {
+                    Error::Corrupt(format!("DN {} points at a missing entry", entry.dn))
+                })?;
+                return Ok((Batch::default(), e));
+            }
             return Err(Error::AlreadyExists(entry.dn.to_string()));
         }
         let parent = self.parent_uuid(snap, &entry.dn)?;

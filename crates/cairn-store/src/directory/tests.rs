@@ -528,6 +528,37 @@ fn concurrent_writers_share_fsyncs_and_all_survive() {
     }
 }
 
+/// The same prepared add applied twice (a retried forward) succeeds both
+/// times and leaves one entry; another add of the same name is refused.
+#[test]
+fn a_repeated_add_is_applied_once() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let dn = "cn=again,cn=prod-a,ou=inventory,dc=example,dc=com";
+        let op = |uuid| WriteOp::Add {
+            entry: entry(dn, &[("objectClass", &["cairnHost"]), ("cn", &["again"])]),
+            uuid,
+            stamp: stamp(),
+        };
+        let uuid = Uuid::now_v7();
+        let first = d.write(op(uuid)).unwrap().into_entry().unwrap();
+        let results = d
+            .apply_committed(vec![op(uuid), op(Uuid::now_v7())], &Batch::default(), true)
+            .unwrap();
+        let again = results[0].clone().unwrap().into_entry().unwrap();
+        assert_eq!(again, first);
+        assert!(
+            matches!(results[1], Err(Error::AlreadyExists(_))),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(
+            names(&d, "dc=example,dc=com", Scope::Subtree, "(cn=again)"),
+            vec![dn.to_string()]
+        );
+    }
+}
+
 #[test]
 fn committed_ops_apply_in_order_with_their_own_results_and_meta() {
     for (_t, d) in dirs() {
