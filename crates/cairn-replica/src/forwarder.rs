@@ -5,8 +5,8 @@
 //! request and response, their encoding, and a wait for this node's
 //! apply, for every write: with clients spread over a site's nodes, two
 //! writes in three take that path. The forwarder queues them instead; one
-//! task takes everything queued for the same leader (up to
-//! [`MAX_OPS`] writes or [`MAX_BYTES`]) into one `Forward` call, keeping a
+//! task takes everything queued for the same leader (up to 256 writes or
+//! 4 MiB, `crate::proposer::Batches`) into one `Forward` call, keeping a
 //! few calls in flight, and answers each write with its own result once
 //! this node has applied the last of them (so a client reads its own
 //! write from the node it wrote to). As with the proposer, a lone write
@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::node::WriteError;
-use crate::proposer::{MAX_BYTES, MAX_OPS, approx_size};
+use crate::node::wait_applied;
+use crate::proposer::{Batches, MAX_OPS, approx_size};
 use crate::types::{NodeInfo, Raft, decode, encode};
 
 /// `Forward` calls one follower keeps in flight: the next batch queues at
@@ -106,33 +107,15 @@ impl Forwarder {
     }
 }
 
-async fn run(ctx: Arc<Context>, mut rx: mpsc::Receiver<Pending>) {
+async fn run(ctx: Arc<Context>, rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    // A write that did not fit the previous batch (or is for another
-    // leader) starts the next one.
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
-        };
+    let mut queue = Batches::new(rx);
+    while let Some(first) = queue.first().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_OPS {
-            let Ok(p) = rx.try_recv() else { break };
-            if bytes + p.size > MAX_BYTES || p.leader.0 != batch[0].leader.0 {
-                carry = Some(p);
-                break;
-            }
-            bytes += p.size;
-            batch.push(p);
-        }
+        // One call goes to one leader.
+        let batch = queue.fill(first, |p| p.size, |a, b| a.leader.0 == b.leader.0);
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -171,7 +154,7 @@ async fn send(ctx: &Context, leader: &(u64, NodeInfo), ops: Vec<WriteOp>) -> Vec
         })
         .max();
     let applied = match last {
-        Some(index) => wait_applied(ctx, index).await,
+        Some(index) => wait_applied(&ctx.raft, index, ctx.timeout).await,
         None => Ok(()),
     };
     results
@@ -225,17 +208,4 @@ async fn call(
     })?;
     decode(&reply.into_inner().data)
         .map_err(|e| CallFailed::Unknown(format!("undecodable answer from the leader: {e}")))
-}
-
-async fn wait_applied(ctx: &Context, index: u64) -> Result<(), WriteError> {
-    ctx.raft
-        .wait(Some(ctx.timeout))
-        .applied_index_at_least(Some(index), "read your write")
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            WriteError::Unknown(format!(
-                "committed at the leader, not yet applied on this node: {e}"
-            ))
-        })
 }

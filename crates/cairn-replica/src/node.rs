@@ -63,6 +63,24 @@ impl ReplicaConfig {
     }
 }
 
+/// Waits up to `within` until `raft`'s state machine has applied `index`
+/// (a write committed at the leader, read back on this node).
+pub(crate) async fn wait_applied(
+    raft: &Raft,
+    index: u64,
+    within: Duration,
+) -> Result<(), WriteError> {
+    raft.wait(Some(within))
+        .applied_index_at_least(Some(index), "read your write")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            WriteError::Unknown(format!(
+                "committed at the leader, not yet applied on this node: {e}"
+            ))
+        })
+}
+
 /// A change to the site's membership, as an operator asks for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MemberChange {
@@ -291,16 +309,7 @@ impl Replica {
         deadline: tokio::time::Instant,
     ) -> Result<(), WriteError> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.raft
-            .wait(Some(left))
-            .applied_index_at_least(Some(index), "read your write")
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                WriteError::Unknown(format!(
-                    "committed at the leader, not yet applied on this node: {e}"
-                ))
-            })
+        wait_applied(&self.raft, index, left).await
     }
 
     /// Handles writes forwarded by a follower: propose them here, in

@@ -129,39 +129,67 @@ impl Proposer {
     }
 }
 
+/// A queue of writes taken in batches (the proposer's, and the
+/// forwarder's): everything waiting behind the first write, up to
+/// [`MAX_OPS`] writes or [`MAX_BYTES`]. A write that does not fit starts
+/// the next batch.
+pub(crate) struct Batches<T> {
+    rx: mpsc::Receiver<T>,
+    carry: Option<T>,
+}
+
+impl<T> Batches<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<T>) -> Self {
+        Batches { rx, carry: None }
+    }
+
+    /// The first write of the next batch, waiting for one; `None` once
+    /// every sender is gone.
+    pub(crate) async fn first(&mut self) -> Option<T> {
+        match self.carry.take() {
+            Some(p) => Some(p),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// `first` and the writes queued behind it that may join it: each has
+    /// `size` bytes and must be `compatible` with the first.
+    pub(crate) fn fill(
+        &mut self,
+        first: T,
+        size: impl Fn(&T) -> usize,
+        compatible: impl Fn(&T, &T) -> bool,
+    ) -> Vec<T> {
+        let mut bytes = size(&first);
+        let mut batch = vec![first];
+        while batch.len() < MAX_OPS {
+            let Ok(p) = self.rx.try_recv() else { break };
+            if bytes + size(&p) > MAX_BYTES || !compatible(&batch[0], &p) {
+                self.carry = Some(p);
+                break;
+            }
+            bytes += size(&p);
+            batch.push(p);
+        }
+        batch
+    }
+}
+
 async fn run(
     raft: Raft,
     id: u64,
-    mut rx: mpsc::Receiver<Pending>,
+    rx: mpsc::Receiver<Pending>,
     slots: Arc<Semaphore>,
     timeout: Duration,
 ) {
-    // A write that did not fit the previous batch starts the next one.
-    let mut carry: Option<Pending> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
-        };
+    let mut queue = Batches::new(rx);
+    while let Some(first) = queue.first().await {
         // Wait for a free slot before draining the queue, so the writes
         // that arrive while earlier entries commit join this one.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_OPS {
-            let Ok(p) = rx.try_recv() else { break };
-            if bytes + p.size > MAX_BYTES {
-                carry = Some(p);
-                break;
-            }
-            bytes += p.size;
-            batch.push(p);
-        }
+        let batch = queue.fill(first, |p| p.size, |_, _| true);
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
