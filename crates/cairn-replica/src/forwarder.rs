@@ -30,9 +30,12 @@ use crate::node::wait_applied;
 use crate::proposer::{Batches, MAX_OPS, approx_size};
 use crate::types::{NodeInfo, Raft, decode, encode};
 
-/// `Forward` calls one follower keeps in flight: the next batch queues at
-/// the leader while the one before it commits.
-const IN_FLIGHT: usize = 2;
+/// `Forward` calls one follower keeps in flight. The leader's proposer
+/// does the real batching: a forwarded write should join its queue as
+/// soon as it arrives, not wait here for an earlier call's round trip
+/// (with 2, a follower's writes spent ~4.5 ms of ~11 in this queue at 64
+/// connections; `docs/benchmarks.md`).
+const IN_FLIGHT: usize = 8;
 
 /// The leader's answer for one forwarded write.
 #[derive(Debug, Clone, Serialize, Deserialize)]

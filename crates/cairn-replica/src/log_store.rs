@@ -1,6 +1,7 @@
 //! The Raft log and vote, kept in the node's write-ahead log
 //! ([`crate::wal`], `DATA_DIR/raft/`). Appends and votes are fsync'd
-//! before openraft hears they are done.
+//! before openraft hears they are done: votes before `save_vote` returns,
+//! appends before their callback runs.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -101,17 +102,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        // openraft may only hear of the append once it is on disk.
-        match self.blocking(move |w| w.append(entries)).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
+        // Written to the file (and readable) now; openraft hears of it
+        // once the sync thread has it on disk. The write is a copy into
+        // the page cache, cheap enough not to leave the runtime for.
+        let flushed = Box::new(move |r: Result<(), String>| {
+            callback.log_io_completed(r.map_err(std::io::Error::other));
+        });
+        self.wal
+            .submit(entries, flushed)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -1,5 +1,6 @@
 //! The Raft log as an append-only write-ahead log: segment files of
-//! checksummed records, one fdatasync per append.
+//! checksummed records, made durable by fdatasync before an append is
+//! reported done.
 //!
 //! Why not the store's B-tree (where the log lived first): a redb commit
 //! rewrites the tree's path for every table it touches and, sharing the
@@ -23,6 +24,18 @@
 //! it and every node reads it again to apply it, and decoding directory
 //! writes (DNs parsed and normalized) cost more than the disk read.
 //!
+//! Appends are written in two steps ([`Wal::submit`]). The records go to
+//! the file (the page cache) and into the index and cache at once, so
+//! they can be read back as soon as the call returns, which is what
+//! openraft asks of an append. A sync thread then runs one fdatasync for
+//! everything written since the last one and only then reports each
+//! append done. The caller does not wait for the disk: a leader sends a
+//! new entry to its followers while its own copy is being synced, and
+//! appends that arrive during one fdatasync share the next. A failed
+//! fdatasync stops the log for good (the kernel may have dropped the
+//! dirty pages it could not write, so a retry proves nothing): every
+//! waiting append and every later one gets the error.
+//!
 //! Recovery reads every segment in order and checks each record's length,
 //! checksum, format and index (each one more than the one before). A bad
 //! record at the end of the last segment is a torn append that was never
@@ -31,11 +44,12 @@
 //! start rather than serve a log with a hole.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -160,12 +174,124 @@ struct Active {
     buf: Vec<u8>,
 }
 
+/// Told once an append is on disk, or why it never will be.
+pub type Flushed = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Appends written but not yet synced, and who waits for them.
+#[derive(Default)]
+struct SyncState {
+    /// Appends written so far (a sequence number each).
+    written: u64,
+    /// Appends on disk.
+    synced: u64,
+    /// Segments with writes not yet synced.
+    dirty: Vec<(Arc<File>, PathBuf)>,
+    /// Callbacks by the append they wait for, in order.
+    waiting: VecDeque<(u64, Flushed)>,
+    /// Set by a failed fdatasync; the log takes no more appends.
+    failed: Option<String>,
+    stop: bool,
+}
+
+/// The fdatasync side of the log, shared with its sync thread.
+#[derive(Default)]
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    /// Held through one take-sync-report round, so two rounds (the
+    /// thread's and an inline [`Syncer::flush`]) never overlap.
+    flushing: Mutex<()>,
+}
+
+impl Syncer {
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Syncs everything written so far and tells whoever waits for it.
+    fn flush(&self) -> Result<(), String> {
+        let _round = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, target) = {
+            let mut s = self.state();
+            if let Some(e) = &s.failed {
+                return Err(e.clone());
+            }
+            if s.synced == s.written {
+                return Ok(());
+            }
+            (std::mem::take(&mut s.dirty), s.written)
+        };
+        let mut result = Ok(());
+        for (file, path) in &files {
+            if let Err(e) = file.sync_data() {
+                result = Err(format!(
+                    "{}: {e}; the Raft log could not be synced and takes no more writes",
+                    path.display()
+                ));
+                break;
+            }
+        }
+        let done: Vec<Flushed> = {
+            let mut s = self.state();
+            match &result {
+                Ok(()) => {
+                    s.synced = target;
+                    let mut done = vec![];
+                    while s.waiting.front().is_some_and(|(seq, _)| *seq <= target) {
+                        if let Some((_, f)) = s.waiting.pop_front() {
+                            done.push(f);
+                        }
+                    }
+                    done
+                }
+                Err(e) => {
+                    s.failed = Some(e.clone());
+                    s.waiting.drain(..).map(|(_, f)| f).collect()
+                }
+            }
+        };
+        for f in done {
+            f(result.clone());
+        }
+        result
+    }
+
+    /// The sync thread: a round whenever something is written.
+    fn run(&self) {
+        loop {
+            {
+                let mut s = self.state();
+                while !s.stop && (s.synced == s.written || s.failed.is_some()) {
+                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if s.stop && (s.synced == s.written || s.failed.is_some()) {
+                    return;
+                }
+            }
+            // A failure is recorded and reported to the waiting appends.
+            let _ = self.flush();
+        }
+    }
+}
+
 /// The write-ahead log of one node. Appends, truncation and purges are
 /// serialized; reads run beside them.
 pub struct Wal {
     dir: PathBuf,
     writer: Mutex<Option<Active>>,
     index: RwLock<Index>,
+    syncer: Arc<Syncer>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.syncer.state().stop = true;
+        self.syncer.wake.notify_all();
+        if let Some(t) = self.sync_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Wal {
@@ -242,8 +368,18 @@ impl Wal {
         {
             info!(dir = %dir.display(), first, last, "Raft log recovered");
         }
+        let syncer = Arc::new(Syncer::default());
+        let sync_thread = std::thread::Builder::new()
+            .name("cairn-wal-sync".into())
+            .spawn({
+                let syncer = syncer.clone();
+                move || syncer.run()
+            })
+            .map_err(io(dir))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
+            syncer,
+            sync_thread: Some(sync_thread),
             writer: Mutex::new(active),
             index: RwLock::new(Index {
                 locs,
@@ -291,7 +427,21 @@ impl Wal {
     /// Appends entries (each one index after the last) and returns once
     /// they are on disk.
     pub fn append(&self, entries: Vec<Entry>) -> Result<(), WalError> {
+        self.submit(entries, Box::new(|_| ()))?;
+        self.syncer.flush().map_err(WalError::Invalid)
+    }
+
+    /// Appends entries (each one index after the last): they can be read
+    /// when this returns, and `flushed` is called once they are on disk
+    /// (from the sync thread, or from this call if there is nothing to
+    /// write). An error means nothing was appended and `flushed` is
+    /// dropped uncalled.
+    pub fn submit(&self, entries: Vec<Entry>, flushed: Flushed) -> Result<(), WalError> {
+        if let Some(e) = &self.syncer.state().failed {
+            return Err(WalError::Invalid(e.clone()));
+        }
         if entries.is_empty() {
+            flushed(Ok(()));
             return Ok(());
         }
         let mut w = self.writer();
@@ -356,8 +506,17 @@ impl Wal {
             .file
             .write_all_at(&buf, active.len)
             .map_err(io(&path))?;
-        active.file.sync_data().map_err(io(&path))?;
         active.len += buf.len() as u64;
+        {
+            let mut s = self.syncer.state();
+            s.written += 1;
+            let seq = s.written;
+            if !s.dirty.iter().any(|(f, _)| Arc::ptr_eq(f, &active.file)) {
+                s.dirty.push((active.file.clone(), path));
+            }
+            s.waiting.push_back((seq, flushed));
+        }
+        self.syncer.wake.notify_one();
         if buf.capacity() <= KEEP_BUFFER {
             active.buf = buf;
         }
@@ -388,6 +547,9 @@ impl Wal {
         let Some(at) = self.index().locs.range(index..).next().map(|(_, l)| *l) else {
             return Ok(());
         };
+        // Appends before the cut are reported on disk before it is made,
+        // so no append is reported after its entries are gone.
+        self.syncer.flush().map_err(WalError::Invalid)?;
         // Segments that start at or after the cut go entirely.
         let doomed: Vec<u64> = self
             .index()
@@ -720,6 +882,53 @@ mod tests {
             .iter()
             .map(|e| e.log_id.index)
             .collect()
+    }
+
+    /// A submitted append is readable at once and reported on disk by the
+    /// sync thread; appends still waiting are reported before a
+    /// truncation cuts them; everything reported survives a reopen.
+    #[test]
+    fn submitted_appends_are_readable_at_once_and_reported_once_synced() {
+        use std::sync::mpsc;
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for i in 0..20u64 {
+            let tx = tx.clone();
+            w.submit(
+                entries(i * 5..i * 5 + 5, 1),
+                Box::new(move |r| tx.send((i, r)).unwrap()),
+            )
+            .unwrap();
+            assert_eq!(indexes(&w, 0, 1000), (0..i * 5 + 5).collect::<Vec<_>>());
+        }
+        // Each append is reported once, successfully, in order.
+        let mut seen = vec![];
+        while seen.len() < 20 {
+            let (i, r) = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("every append is reported");
+            r.unwrap();
+            seen.push(i);
+        }
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+        // A truncation reports what waits before it cuts.
+        let tx2 = tx.clone();
+        w.submit(
+            entries(100..103, 1),
+            Box::new(move |r| tx2.send((20, r)).unwrap()),
+        )
+        .unwrap();
+        w.truncate(101).unwrap();
+        let (i, r) = rx
+            .try_recv()
+            .expect("reported before the truncation returned");
+        assert_eq!(i, 20);
+        r.unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 1000), (0..101).collect::<Vec<_>>());
+        assert!(rx.try_recv().is_err(), "nothing is reported twice");
     }
 
     /// Reads that straddle the cached tail and the disk, after a reopen
