@@ -28,6 +28,11 @@ impl LogStore {
         })
     }
 
+    /// The log itself.
+    pub fn wal(&self) -> Arc<Wal> {
+        self.wal.clone()
+    }
+
     /// Runs `f` on the log off the async runtime (file I/O, fsync).
     async fn blocking<T: Send + 'static>(
         &self,

@@ -410,6 +410,17 @@ impl Wal {
         (ix.state.last_purged, ix.last_log_id())
     }
 
+    /// Bytes on disk of the entries after `index` (all of them for
+    /// `None`).
+    pub fn bytes_after(&self, index: Option<u64>) -> u64 {
+        let from = index.map_or(0, |i| i.saturating_add(1));
+        self.index()
+            .locs
+            .range(from..)
+            .map(|(_, l)| RECORD_HEADER + u64::from(l.len))
+            .sum()
+    }
+
     pub fn vote(&self) -> Option<Vote> {
         self.index().state.vote
     }

@@ -30,10 +30,15 @@ struct Site {
     nodes: Vec<Node>,
     faults: Faults,
     snapshot_after: u64,
+    snapshot_log_bytes: u64,
 }
 
 impl Site {
     async fn new(n: u64, snapshot_after: u64) -> Site {
+        Site::with_log_limit(n, snapshot_after, ReplicaConfig::SNAPSHOT_LOG_BYTES).await
+    }
+
+    async fn with_log_limit(n: u64, snapshot_after: u64, snapshot_log_bytes: u64) -> Site {
         let mut nodes = vec![];
         let mut members = BTreeMap::new();
         for id in 1..=n {
@@ -60,6 +65,7 @@ impl Site {
             nodes,
             faults: Faults::default(),
             snapshot_after,
+            snapshot_log_bytes,
         };
         for id in 1..=n {
             site.start(id).await;
@@ -91,6 +97,7 @@ impl Site {
     async fn start(&mut self, id: u64) {
         let faults = self.faults.clone();
         let snapshot_after = self.snapshot_after;
+        let snapshot_log_bytes = self.snapshot_log_bytes;
         let node = self.node(id);
         let engine = cairn_store::engine::open(EngineKind::Redb, node.tmp.path()).unwrap();
         let dir = Arc::new(Directory::new(
@@ -101,7 +108,12 @@ impl Site {
         let mut cfg = ReplicaConfig::new(id, node.tmp.path().to_path_buf());
         cfg.faults = faults;
         cfg.snapshot_after = snapshot_after;
-        cfg.keep_logs = if snapshot_after < 1000 { 0 } else { 1000 };
+        cfg.snapshot_log_bytes = snapshot_log_bytes;
+        cfg.keep_logs = if snapshot_after < 1000 || snapshot_log_bytes < 1 << 20 {
+            0
+        } else {
+            1000
+        };
         cfg.write_timeout = Duration::from_secs(4);
 
         let replica = Replica::start(cfg, dir).await.unwrap();
@@ -565,6 +577,45 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
         snap.is_some(),
         "the node caught up without installing a snapshot"
     );
+    site.shutdown().await;
+}
+
+/// Entries batch many writes, so the log is also compacted by size: with
+/// an entry count that is never reached, every node snapshots and purges
+/// once its log passes the byte limit, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_compacted_once_it_passes_its_size_limit() {
+    let site = Site::with_log_limit(3, 1_000_000, 16 << 10).await;
+    let leader = site.leader().await;
+    let r = site.replica(leader);
+    r.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    for i in 0..150 {
+        r.write(host(&format!("z-{i}"))).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in site.alive() {
+        loop {
+            let (snapshot, purged) = {
+                let m = site.replica(id).raft.metrics();
+                let m = m.borrow();
+                (m.snapshot, m.purged)
+            };
+            if snapshot.is_some() && purged.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never compacted its log (snapshot {snapshot:?}, purged {purged:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    site.converge().await;
+    for id in site.alive() {
+        assert!(site.has(id, &host_dn("z-149")));
+    }
     site.shutdown().await;
 }
 

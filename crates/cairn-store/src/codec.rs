@@ -34,16 +34,87 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ValidEntry, Error> {
     }
 }
 
-/// A directory snapshot: every row of the directory tables.
-#[derive(Serialize, Deserialize)]
-enum StoredSnapshot {
-    V1(Rows),
+/// A directory snapshot: every row of the directory tables, as
+/// `V1(Vec<(Table, Vec<(Vec<u8>, Vec<u8>)>)>)` in bincode's standard
+/// configuration.
+///
+/// Keys and values are written and read as byte strings. Under that
+/// configuration a byte string is the same bytes as a sequence of `u8`
+/// (a length, then one raw byte each), so the format is unchanged, but
+/// serde's default for `Vec<u8>` visits every byte on its own: a 100 MB
+/// snapshot took ~0.7 s to encode that way.
+#[derive(Serialize)]
+enum StoredSnapshotRef<'a> {
+    V1(#[serde(serialize_with = "tables_ser")] &'a [(Table, Vec<Row>)]),
 }
 
-type Rows = Vec<(Table, Vec<(Vec<u8>, Vec<u8>)>)>;
+#[derive(Deserialize)]
+enum StoredSnapshot {
+    V1(Vec<(Table, Vec<(ByteBuf, ByteBuf)>)>),
+}
 
-pub fn encode_snapshot(tables: Rows) -> Result<Vec<u8>, Error> {
-    bincode::serde::encode_to_vec(StoredSnapshot::V1(tables), bincode::config::standard())
+type Row = (Vec<u8>, Vec<u8>);
+type Rows = Vec<(Table, Vec<Row>)>;
+
+fn tables_ser<S: serde::Serializer>(
+    tables: &&[(Table, Vec<Row>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    struct RowsRef<'a>(&'a [Row]);
+    impl Serialize for RowsRef<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for (k, v) in self.0 {
+                seq.serialize_element(&(serde_bytes(k), serde_bytes(v)))?;
+            }
+            seq.end()
+        }
+    }
+    let mut seq = s.serialize_seq(Some(tables.len()))?;
+    for (t, rows) in tables.iter() {
+        seq.serialize_element(&(t, RowsRef(rows)))?;
+    }
+    seq.end()
+}
+
+/// A borrowed byte string.
+struct BytesRef<'a>(&'a [u8]);
+
+fn serde_bytes(b: &[u8]) -> BytesRef<'_> {
+    BytesRef(b)
+}
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// An owned byte string.
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+pub fn encode_snapshot(tables: &[(Table, Vec<Row>)]) -> Result<Vec<u8>, Error> {
+    bincode::serde::encode_to_vec(StoredSnapshotRef::V1(tables), bincode::config::standard())
         .map_err(|err| Error::Corrupt(format!("cannot encode snapshot: {err}")))
 }
 
@@ -52,7 +123,10 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Rows, Error> {
         bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|err| Error::Corrupt(format!("cannot decode snapshot: {err}")))?;
     match v {
-        StoredSnapshot::V1(t) => Ok(t),
+        StoredSnapshot::V1(t) => Ok(t
+            .into_iter()
+            .map(|(t, rows)| (t, rows.into_iter().map(|(k, v)| (k.0, v.0)).collect()))
+            .collect()),
     }
 }
 
@@ -62,6 +136,33 @@ mod tests {
     use cairn_core::dn::Dn;
     use cairn_core::entry::Entry;
     use cairn_core::schema::Schema;
+
+    /// Snapshots written with byte strings are the bytes the derived
+    /// `Vec<u8>` encoding wrote (snapshots on disk from earlier releases
+    /// still load), and they read back.
+    #[test]
+    fn snapshot_encoding_is_the_stored_format() {
+        #[derive(Serialize)]
+        enum Derived {
+            V1(Rows),
+        }
+        let big = vec![7u8; 70_000];
+        let rows: Rows = vec![
+            (
+                Table::Entries,
+                vec![(vec![1, 2, 3], big.clone()), (vec![], vec![255; 300])],
+            ),
+            (Table::Dn, vec![]),
+            (Table::Index, vec![(b"k".to_vec(), b"".to_vec())]),
+        ];
+        let ours = encode_snapshot(&rows).unwrap();
+        let derived =
+            bincode::serde::encode_to_vec(Derived::V1(rows.clone()), bincode::config::standard())
+                .unwrap();
+        assert_eq!(ours, derived);
+        assert_eq!(decode_snapshot(&ours).unwrap(), rows);
+        assert!(decode_snapshot(&ours[..ours.len() - 1]).is_err());
+    }
 
     #[test]
     fn borrowed_encoding_is_the_stored_format() {

@@ -54,6 +54,9 @@ pub struct ClusterSection {
     /// Snapshot and compact the log after this many entries.
     #[serde(default = "default_snapshot_after")]
     pub snapshot_after: u64,
+    /// Or once the log since the last snapshot holds this many MiB.
+    #[serde(default = "default_snapshot_log_mb")]
+    pub snapshot_log_mb: u64,
     /// The site this node belongs to (`cn=<site>,ou=sites,<suffix>`); the
     /// node publishes itself under it as a cairnNode entry.
     pub site: String,
@@ -69,7 +72,10 @@ fn default_election_max() -> u64 {
     1000
 }
 fn default_snapshot_after() -> u64 {
-    10_000
+    cairn_replica::ReplicaConfig::SNAPSHOT_AFTER
+}
+fn default_snapshot_log_mb() -> u64 {
+    cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20
 }
 
 /// `[grpc]`: the node's gRPC listener. Hosts call `Locator` and `Config`
@@ -146,6 +152,7 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     pub election: (Duration, Duration),
     pub snapshot_after: u64,
+    pub snapshot_log_bytes: u64,
     pub site: String,
 }
 
@@ -185,6 +192,7 @@ impl ClusterSection {
                 Duration::from_millis(self.election_max_ms),
             ),
             snapshot_after: self.snapshot_after.max(1),
+            snapshot_log_bytes: self.snapshot_log_mb.max(1) << 20,
             site: self.site,
         })
     }

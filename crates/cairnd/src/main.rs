@@ -175,7 +175,8 @@ fn main() -> anyhow::Result<()> {
                         heartbeat_ms: 150,
                         election_min_ms: 500,
                         election_max_ms: 1000,
-                        snapshot_after: 10_000,
+                        snapshot_after: cairn_replica::ReplicaConfig::SNAPSHOT_AFTER,
+                        snapshot_log_mb: cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20,
                         site: "east".into(),
                     });
                     all.push(f.validate(Some(password.clone()))?);

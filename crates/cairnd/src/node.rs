@@ -93,6 +93,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cfg.heartbeat = c.heartbeat;
             cfg.election = c.election;
             cfg.snapshot_after = c.snapshot_after;
+            cfg.snapshot_log_bytes = c.snapshot_log_bytes;
             let r = Replica::start(cfg, dir.clone()).await?;
             routes = routes.add_service(r.grpc_service());
             info!(node = c.node_id, grpc = %s.grpc_listen, "Raft node started");

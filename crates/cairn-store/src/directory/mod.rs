@@ -912,12 +912,20 @@ impl Directory {
         &self,
         meta_keys: &[&[u8]],
     ) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>), Error> {
-        let _lock = self.lock();
+        let lock = self.lock();
         // What a snapshot holds must be on disk here too before the log
         // behind it may be purged.
         let seq = self.sync_state().written;
         self.wait_durable(seq)?;
         let snap = self.engine.snapshot()?;
+        // A point-in-time view needs no lock: applies go on while the
+        // directory is read (a second or more for 100,000 entries).
+        let _lock = if self.engine.isolated_snapshots() {
+            drop(lock);
+            None
+        } else {
+            Some(lock)
+        };
         let mut tables = vec![];
         for t in Table::DIRECTORY {
             let mut rows = vec![];
@@ -931,7 +939,7 @@ impl Directory {
             .iter()
             .map(|k| snap.get(Table::Meta, k))
             .collect::<Result<Vec<_>, _>>()?;
-        let data = crate::codec::encode_snapshot(tables)?;
+        let data = crate::codec::encode_snapshot(&tables)?;
         Ok((data, metas))
     }
 

@@ -137,6 +137,11 @@ pub trait WriteTxn: Snapshot {
 pub trait Engine: Send + Sync + 'static {
     /// A read view.
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error>;
+    /// Whether a [`Engine::snapshot`] is a point-in-time view that later
+    /// commits do not change (redb: an MVCC read transaction). One that is
+    /// not (sled reads the live tree) is consistent only while writers
+    /// wait.
+    fn isolated_snapshots(&self) -> bool;
     /// Runs `f` in one write transaction and commits it when `f` returns
     /// Ok: visible to later snapshots, durable after the next
     /// [`Engine::sync`]. When `f` fails nothing is written. Callers

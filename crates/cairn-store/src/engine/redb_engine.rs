@@ -171,6 +171,10 @@ impl Engine for RedbEngine {
         }))
     }
 
+    fn isolated_snapshots(&self) -> bool {
+        true
+    }
+
     fn write(
         &self,
         f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,

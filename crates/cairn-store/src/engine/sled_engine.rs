@@ -205,6 +205,10 @@ impl Engine for SledEngine {
         Ok(Box::new(SledSnapshot { tree: &self.tree }))
     }
 
+    fn isolated_snapshots(&self) -> bool {
+        false
+    }
+
     fn write(
         &self,
         f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
