@@ -146,6 +146,24 @@ pub struct Schema {
     attr_index: HashMap<String, usize>,
     classes: Vec<ObjectClass>,
     class_index: HashMap<String, usize>,
+    /// Per attribute type: its key (the canonical name, lowercased).
+    attr_keys: Vec<String>,
+    /// Per class: its lineage, by index, most specific first.
+    lineages: Vec<Vec<usize>>,
+    /// Per class: its MUST and MAY (with settings) attribute types, by
+    /// index, or the name that does not resolve.
+    musts: Vec<Vec<Result<usize, &'static str>>>,
+    mays: Vec<Vec<Result<usize, &'static str>>>,
+}
+
+/// `map[name]`, case-insensitively: `map` is keyed by lowercased names and
+/// most lookups are already lowercase, so they allocate nothing.
+fn lookup(map: &HashMap<String, usize>, name: &str) -> Option<usize> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        map.get(&name.to_ascii_lowercase()).copied()
+    } else {
+        map.get(name).copied()
+    }
 }
 
 impl Default for Schema {
@@ -171,28 +189,61 @@ impl Schema {
             class_index.insert(c.oid.to_string(), i);
             class_index.insert(c.name.to_ascii_lowercase(), i);
         }
+        let attr_keys = attrs.iter().map(|a| a.key()).collect();
+        let resolve = |names: &mut dyn Iterator<Item = &'static str>| {
+            names
+                .map(|n| {
+                    let base = n.split(';').next().unwrap_or(n);
+                    lookup(&attr_index, base).ok_or(n)
+                })
+                .collect::<Vec<_>>()
+        };
+        let musts = classes
+            .iter()
+            .map(|c| resolve(&mut c.must.iter().copied()))
+            .collect();
+        let mays = classes.iter().map(|c| resolve(&mut c.may_all())).collect();
+        let lineages = classes
+            .iter()
+            .map(|c| {
+                let mut out: Vec<usize> = vec![];
+                let mut cur = lookup(&class_index, c.name);
+                while let Some(i) = cur {
+                    if out.contains(&i) {
+                        break;
+                    }
+                    out.push(i);
+                    cur = classes[i].sup.and_then(|s| lookup(&class_index, s));
+                }
+                out
+            })
+            .collect();
         Schema {
             attrs,
             attr_index,
             classes,
             class_index,
+            attr_keys,
+            lineages,
+            musts,
+            mays,
         }
     }
 
     /// Looks up an attribute type by name, alias or OID (case-insensitive).
     /// Attribute options (`cn;lang-en`) are ignored.
     pub fn attr(&self, name: &str) -> Option<&AttributeType> {
+        self.attr_id(name).map(|i| &self.attrs[i])
+    }
+
+    fn attr_id(&self, name: &str) -> Option<usize> {
         let base = name.split(';').next().unwrap_or(name);
-        self.attr_index
-            .get(&base.to_ascii_lowercase())
-            .map(|&i| &self.attrs[i])
+        lookup(&self.attr_index, base)
     }
 
     /// Looks up an object class by name or OID (case-insensitive).
     pub fn class(&self, name: &str) -> Option<&ObjectClass> {
-        self.class_index
-            .get(&name.to_ascii_lowercase())
-            .map(|&i| &self.classes[i])
+        lookup(&self.class_index, name).map(|i| &self.classes[i])
     }
 
     pub fn attributes(&self) -> &[AttributeType] {
@@ -248,11 +299,16 @@ impl Schema {
         }
         let mut map: BTreeMap<String, Attr> = BTreeMap::new();
         for (name, values) in attrs {
-            let at = self.require_attr(&name)?;
-            let slot = map.entry(at.key()).or_insert_with(|| Attr {
-                name: at.name().to_string(),
-                values: vec![],
-            });
+            let id = self
+                .attr_id(&name)
+                .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))?;
+            let at = &self.attrs[id];
+            let slot = map
+                .entry(self.attr_keys[id].clone())
+                .or_insert_with(|| Attr {
+                    name: at.name().to_string(),
+                    values: vec![],
+                });
             let mut seen: BTreeSet<String> = slot
                 .values
                 .iter()
@@ -279,38 +335,44 @@ impl Schema {
             .get("objectclass")
             .map(|a| a.values.clone())
             .ok_or_else(|| Error::ObjectClassViolation("no objectClass attribute".into()))?;
-        let mut classes: Vec<&ObjectClass> = vec![];
+        // Classes and attribute types by index, resolved when the schema
+        // was built: this runs for every add and modify, on every node.
+        let mut class_ids: Vec<usize> = vec![];
         for v in &oc_values {
-            let c = self.class(v).ok_or_else(|| {
+            let c = lookup(&self.class_index, v).ok_or_else(|| {
                 Error::ObjectClassViolation(format!("unknown object class {v:?}"))
             })?;
-            for anc in self.lineage(c) {
-                if !classes.iter().any(|x| x.name == anc.name) {
-                    classes.push(anc);
+            for &anc in &self.lineages[c] {
+                if !class_ids.contains(&anc) {
+                    class_ids.push(anc);
                 }
             }
         }
+        let classes: Vec<&ObjectClass> = class_ids.iter().map(|&i| &self.classes[i]).collect();
         let structural = self.structural_class_of(&classes)?;
-        let mut allowed: BTreeSet<String> = BTreeSet::new();
-        for c in &classes {
-            for m in c.must {
-                let at = self.require_attr(m)?;
-                if !map.contains_key(&at.key()) {
+        let mut allowed = vec![false; self.attrs.len()];
+        for &c in &class_ids {
+            for m in &self.musts[c] {
+                let id = m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?;
+                if !map.contains_key(&self.attr_keys[id]) {
                     return Err(Error::ObjectClassViolation(format!(
                         "object class {} requires attribute {}",
-                        c.name,
-                        at.name()
+                        self.classes[c].name,
+                        self.attrs[id].name()
                     )));
                 }
-                allowed.insert(at.key());
+                allowed[id] = true;
             }
-            for m in c.may_all() {
-                allowed.insert(self.require_attr(m)?.key());
+            for m in &self.mays[c] {
+                allowed[m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?] = true;
             }
         }
         for (key, attr) in &map {
-            let at = self.require_attr(key)?;
-            if !at.is_operational() && !allowed.contains(key) {
+            let id = self
+                .attr_id(key)
+                .ok_or_else(|| Error::UndefinedAttributeType(key.to_string()))?;
+            let at = &self.attrs[id];
+            if !at.is_operational() && !allowed[id] {
                 return Err(Error::ObjectClassViolation(format!(
                     "attribute {} is not allowed by the object classes of the entry ({})",
                     attr.name,
@@ -327,17 +389,18 @@ impl Schema {
         // Naming: the RDN's values must be values of the entry.
         if let Some(rdn) = dn.rdn() {
             for ava in rdn.avas() {
-                let at = self.require_attr(&ava.attr).map_err(|_| {
+                let id = self.attr_id(&ava.attr).ok_or_else(|| {
                     Error::NamingViolation(format!(
                         "RDN attribute {} is not defined in the schema",
                         ava.attr
                     ))
                 })?;
+                let at = &self.attrs[id];
                 let want = at
                     .syntax
                     .normalize(&ava.value)
                     .map_err(|e| Error::InvalidDn(format!("RDN value: {}", e.0)))?;
-                let present = map.get(&at.key()).is_some_and(|a| {
+                let present = map.get(&self.attr_keys[id]).is_some_and(|a| {
                     a.values
                         .iter()
                         .any(|v| at.syntax.normalize(v).ok().as_deref() == Some(&want))
@@ -448,6 +511,31 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every MUST and MAY of every built-in class names a defined
+    /// attribute type, and every SUP a defined class.
+    #[test]
+    fn builtin_classes_resolve() {
+        let s = Schema::builtin();
+        for (i, c) in s.classes.iter().enumerate() {
+            for r in s.musts[i].iter().chain(&s.mays[i]) {
+                assert!(r.is_ok(), "class {} names undefined {:?}", c.name, r);
+            }
+            let lineage: Vec<&str> = s.lineages[i].iter().map(|&j| s.classes[j].name).collect();
+            let expected: Vec<&str> = s.lineage(c).iter().map(|c| c.name).collect();
+            assert_eq!(lineage, expected);
+        }
+        // Lookups are case-insensitive, by name, alias or OID.
+        assert_eq!(
+            s.attr("IPHOSTNUMBER").map(|a| a.name()),
+            Some("ipHostNumber")
+        );
+        assert_eq!(
+            s.attr("iphostnumber;x-opt").map(|a| a.name()),
+            Some("ipHostNumber")
+        );
+        assert_eq!(s.class("CAIRNHOST").map(|c| c.name), Some("cairnHost"));
+    }
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> Entry {
         Entry {
