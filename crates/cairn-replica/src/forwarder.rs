@@ -30,12 +30,14 @@ use crate::node::wait_applied;
 use crate::proposer::{Batches, MAX_OPS, approx_size};
 use crate::types::{NodeInfo, Raft, decode, encode};
 
-/// `Forward` calls one follower keeps in flight. The leader's proposer
-/// does the real batching: a forwarded write should join its queue as
-/// soon as it arrives, not wait here for an earlier call's round trip
-/// (with 2, a follower's writes spent ~4.5 ms of ~11 in this queue at 64
-/// connections; `docs/benchmarks.md`).
-const IN_FLIGHT: usize = 8;
+/// `Forward` calls one follower keeps in flight: in practice no limit
+/// under load (a follower rarely has this many writes outstanding). The
+/// leader's proposer does the real batching, and a forwarded write should
+/// join its queue as soon as it arrives rather than wait here for an
+/// earlier call's round trip: with 2, a follower's writes spent ~4.5 ms of
+/// ~11 in this queue at 64 connections; 8 and 32 measured better still
+/// (`docs/benchmarks.md`). Queued writes still share a call.
+const IN_FLIGHT: usize = 32;
 
 /// The leader's answer for one forwarded write.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -184,8 +184,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => slots.push(0),
                 EntryPayload::Normal(req) => {
                     slots.push(req.ops.len());
-                    // Shared with the log's cache: copied only then.
-                    ops.extend(std::sync::Arc::unwrap_or_clone(req.ops));
+                    // Shared with the log's cache, and only read.
+                    ops.push(req.ops);
                 }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(e.log_id), m);
@@ -201,7 +201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let results = blocking(move || {
             // Not fsync'd: the log is, and a crash only loses applies that
             // the log replays (snapshots sync before the log is purged).
-            dir.apply_committed(ops, &meta, false)
+            dir.apply_committed(ops.iter().flat_map(|o| o.iter()), &meta, false)
                 .map_err(|e| StorageIOError::write_state_machine(&e).into())
         })
         .await?;

@@ -543,7 +543,7 @@ fn a_repeated_add_is_applied_once() {
         let uuid = Uuid::now_v7();
         let first = d.write(op(uuid)).unwrap().into_entry().unwrap();
         let results = d
-            .apply_committed(vec![op(uuid), op(Uuid::now_v7())], &Batch::default(), true)
+            .apply_committed(&[op(uuid), op(Uuid::now_v7())], &Batch::default(), true)
             .unwrap();
         let again = results[0].clone().unwrap().into_entry().unwrap();
         assert_eq!(again, first);
@@ -574,7 +574,7 @@ fn committed_ops_apply_in_order_with_their_own_results_and_meta() {
         let mut meta = Batch::default();
         meta.put(Table::Meta, b"applied".to_vec(), b"7".to_vec());
         let results = d
-            .apply_committed(vec![host("c-1"), host("c-1"), host("c-2")], &meta, true)
+            .apply_committed(&[host("c-1"), host("c-1"), host("c-2")], &meta, true)
             .unwrap();
         assert!(results[0].is_ok());
         assert!(
@@ -607,7 +607,7 @@ fn a_snapshot_replaces_the_whole_directory() {
         .unwrap();
         let mut m = Batch::default();
         m.put(Table::Meta, b"applied".to_vec(), b"42".to_vec());
-        a.apply_committed(vec![], &m, true).unwrap();
+        a.apply_committed(&[], &m, true).unwrap();
         let (data, metas) = a.snapshot_data(&[b"applied"]).unwrap();
         assert_eq!(metas, vec![Some(b"42".to_vec())]);
         let mut m = Batch::default();
