@@ -6,8 +6,8 @@
 //! apply, for every write: with clients spread over a site's nodes, two
 //! writes in three take that path. The forwarder queues them instead; one
 //! task takes everything queued for the same leader (up to 256 writes or
-//! 4 MiB, `crate::proposer::Batches`) into one `Forward` call, keeping a
-//! few calls in flight, and answers each write with its own result once
+//! 4 MiB, `crate::proposer::Batches`) into one `Forward` call, keeping up
+//! to 32 calls in flight, and answers each write with its own result once
 //! this node has applied the last of them (so a client reads its own
 //! write from the node it wrote to). As with the proposer, a lone write
 //! goes at once: batching only happens when writes queue up.
