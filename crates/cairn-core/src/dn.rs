@@ -376,6 +376,41 @@ impl<'de> serde::Deserialize<'de> for Dn {
     }
 }
 
+impl Dn {
+    /// Deserializes a DN that is usually the same as the last one this
+    /// thread read through here (the bound identity in every write's
+    /// stamp): a repeat is cloned instead of parsed again. Use with
+    /// `#[serde(deserialize_with = "Dn::deserialize_repeated")]`.
+    pub fn deserialize_repeated<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Dn, D::Error> {
+        use std::cell::RefCell;
+        thread_local! {
+            static LAST: RefCell<Option<(String, Dn)>> = const { RefCell::new(None) };
+        }
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Dn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 4514 distinguished name string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dn, E> {
+                LAST.with(|last| {
+                    if let Some((s, dn)) = &*last.borrow()
+                        && s == v
+                    {
+                        return Ok(dn.clone());
+                    }
+                    let dn = Dn::parse(v).map_err(E::custom)?;
+                    *last.borrow_mut() = Some((v.to_string(), dn.clone()));
+                    Ok(dn)
+                })
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Normalization and escaping
 
@@ -756,6 +791,32 @@ fn decode_ber_string(ber: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repeated DN read through `deserialize_repeated` is the same DN
+    /// as a fresh parse, a different one is parsed, a bad one is refused.
+    #[test]
+    fn repeated_dns_deserialize_like_fresh_ones() {
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{Error, StrDeserializer};
+        let read = |s: &str| {
+            let d: StrDeserializer<'_, Error> = s.into_deserializer();
+            Dn::deserialize_repeated(d)
+        };
+        for s in [
+            "cn=admin,dc=example,dc=com",
+            "cn=admin,dc=example,dc=com",
+            "CN=Other, DC=example,dc=com",
+            "cn=admin,dc=example,dc=com",
+            "",
+        ] {
+            assert_eq!(read(s).unwrap(), Dn::parse(s).unwrap());
+        }
+        assert!(read("cn=x,,dc=y").is_err());
+        assert_eq!(
+            read("cn=admin,dc=example,dc=com").unwrap(),
+            Dn::parse("cn=admin,dc=example,dc=com").unwrap()
+        );
+    }
     use std::collections::HashSet;
 
     fn dn(s: &str) -> Dn {

@@ -38,6 +38,7 @@ pub struct ValidEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamp {
     /// The bound identity (the root DSE's empty DN for anonymous).
+    #[serde(deserialize_with = "Dn::deserialize_repeated")]
     pub who: Dn,
     /// GeneralizedTime, `YYYYMMDDHHMMSSZ`; passed in so tests control time.
     pub now: String,

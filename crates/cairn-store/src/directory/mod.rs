@@ -564,13 +564,22 @@ impl Directory {
             .validate(changed)?
             .stamp_modified(&current, stamp);
         let mut b = Batch::default();
-        let old_keys = self.index_keys(&current, uuid);
-        let new_keys = self.index_keys(&valid, uuid);
-        for k in old_keys.difference(&new_keys) {
-            b.delete(Table::Index, k.clone());
-        }
-        for k in new_keys.difference(&old_keys) {
-            b.put(Table::Index, k.clone(), vec![]);
+        // Only the attributes a modify names change (the stamps it adds
+        // are not indexed): most modifies touch no index at all.
+        let indexed = mods.iter().any(|m| {
+            self.schema
+                .attr(&m.attr)
+                .is_some_and(|at| INDEXED.iter().any(|i| at.name().eq_ignore_ascii_case(i)))
+        });
+        if indexed {
+            let old_keys = self.index_keys(&current, uuid);
+            let new_keys = self.index_keys(&valid, uuid);
+            for k in old_keys.difference(&new_keys) {
+                b.delete(Table::Index, k.clone());
+            }
+            for k in new_keys.difference(&old_keys) {
+                b.put(Table::Index, k.clone(), vec![]);
+            }
         }
         self.put_entry(&mut b, uuid, &valid)?;
         Ok((b, valid))

@@ -289,6 +289,29 @@ fn modify_updates_indexes() {
         let e = d.get(&dn).unwrap().unwrap();
         assert_eq!(e.first("modifytimestamp"), Some("20261124000000Z"));
         assert!(e.uuid().is_some());
+        // A modify of attributes that are not indexed leaves the entry's
+        // index keys as they were.
+        d.modify(
+            &dn,
+            &[Modification {
+                op: cairn_core::modify::ModOp::Replace,
+                attr: "description".into(),
+                values: vec![b"moved".to_vec()],
+            }],
+            &stamp(),
+        )
+        .unwrap();
+        for f in [
+            "(cn=esx-001)",
+            "(macAddress=aa:bb:cc:99:99:99)",
+            "(objectClass=cairnHost)",
+        ] {
+            let found = names(&d, "dc=example,dc=com", Scope::Subtree, f);
+            assert!(
+                found.iter().any(|n| n.starts_with("cn=esx-001,")),
+                "{f}: {found:?}"
+            );
+        }
     }
 }
 
