@@ -189,6 +189,11 @@ async fn run(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        // The writers just answered send their next writes at once: let
+        // the tasks already woken queue theirs, so they join this entry.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
         let batch = queue.fill(first, |p| p.size, |_, _| true);
         let raft = raft.clone();
         tokio::spawn(async move {
