@@ -2,6 +2,8 @@
 //! an empty directory through the node's writer (so in a site, through
 //! Raft: every node gets it).
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use cairn_core::dn::Dn;
 use cairn_core::entry::{Entry, Stamp};
@@ -9,6 +11,8 @@ use cairn_core::ldif::{LdifReader, LdifRecord};
 use cairn_ldap::Writer;
 use cairn_replica::WriteError;
 use cairn_store::{Directory, WriteOp};
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 /// The example tree, in LDIF.
 pub const EXAMPLE: &str = include_str!("../../../docs/example.ldif");
@@ -38,8 +42,20 @@ pub fn example_entries() -> anyhow::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// How long seeding a site keeps retrying while the site has no leader or
+/// a write's outcome could not be learned.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Loads the example tree unless the suffix entry already exists. Returns
 /// how many entries were added.
+///
+/// On a site this runs while the node serves, and the node may be
+/// restarting: it first waits until it has applied everything the site
+/// committed (a read barrier), so a tree the site already holds is seen
+/// rather than added again. A write that found no leader, or whose outcome
+/// is unknown, is sent again: an add carries its entryUUID, and repeating
+/// one that did apply changes nothing (`Directory::plan_add`). Before, one
+/// such write during a restart's election made the node exit.
 pub async fn seed_if_empty(
     dir: &Directory,
     writer: &dyn Writer,
@@ -49,6 +65,17 @@ pub async fn seed_if_empty(
     let Some(suffix) = dir.suffixes().first() else {
         return Ok(0);
     };
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match writer.barrier().await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                debug!(cause = %e, "the example tree waits for the site");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("example tree: the site did not answer: {e}"),
+        }
+    }
     if dir.get(suffix)?.is_some() {
         return Ok(0);
     }
@@ -64,11 +91,21 @@ pub async fn seed_if_empty(
             uuid: cairn_core::entry::new_entry_uuid(),
             stamp: stamp.clone(),
         };
-        match writer.write(op).await {
-            Ok(_) => n += 1,
-            // Another start already seeded it (a restart mid-way).
-            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {}
-            Err(e) => bail!("example tree: cannot add {dn}: {e}"),
+        loop {
+            match writer.write(op.clone()).await {
+                Ok(_) => n += 1,
+                // Another start already seeded it (a restart mid-way).
+                Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {}
+                Err(e @ (WriteError::NoLeader(_) | WriteError::Unknown(_)))
+                    if Instant::now() < deadline =>
+                {
+                    warn!(dn = %dn, cause = %e, "example tree: adding again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => bail!("example tree: cannot add {dn}: {e}"),
+            }
+            break;
         }
     }
     Ok(n)
