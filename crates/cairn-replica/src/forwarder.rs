@@ -119,13 +119,10 @@ async fn run(ctx: Arc<Context>, rx: mpsc::Receiver<Pending>) {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Clients answered together send their next writes together: let
-        // the tasks already woken queue theirs, so they share this call.
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
-        }
         // One call goes to one leader.
-        let batch = queue.fill(first, |p| p.size, |a, b| a.leader.0 == b.leader.0);
+        let batch = queue
+            .fill(first, |p| p.size, |a, b| a.leader.0 == b.leader.0)
+            .await;
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;

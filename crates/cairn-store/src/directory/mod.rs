@@ -876,6 +876,7 @@ impl Directory {
     /// the same way on every replica. With `durable` false the transaction
     /// is visible at once and reaches the disk with the next sync: a
     /// replica whose log is durable can re-apply what a crash loses.
+    ///
     /// The operations are borrowed: a replica's log keeps them (decoded)
     /// too, and copying every write to apply it cost 2–3% of the CPU.
     pub fn apply_committed<'a>(
