@@ -761,31 +761,8 @@ fn cairn_pull_works_with_one_node_of_the_site_killed() {
     crate::kit::wait_until(
         "node 2 ready after the kill",
         Duration::from_secs(15),
-        || http_get(http2, "/readyz").0 == 200,
+        || crate::kit::http_get(http2, "/readyz").0 == 200,
     );
-}
-
-/// A plain HTTP/1.1 GET: status code and body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 #[test]
@@ -805,7 +782,7 @@ fn metrics_count_pulls_and_unmapped_clients_and_probes_answer() {
         .await
         .expect("locate");
     });
-    let (code, body) = http_get(n.http, "/metrics");
+    let (code, body) = crate::kit::http_get(n.http, "/metrics");
     assert_eq!(code, 200, "{body}");
     for want in [
         r#"cairn_pull_total{result="ok"} 1"#,
@@ -816,10 +793,10 @@ fn metrics_count_pulls_and_unmapped_clients_and_probes_answer() {
     ] {
         assert!(body.contains(want), "{want} not in\n{body}");
     }
-    assert_eq!(http_get(n.http, "/healthz").0, 200);
-    let (code, body) = http_get(n.http, "/readyz");
+    assert_eq!(crate::kit::http_get(n.http, "/healthz").0, 200);
+    let (code, body) = crate::kit::http_get(n.http, "/readyz");
     assert_eq!((code, body.trim()), (200, "ready: standalone"));
-    assert_eq!(http_get(n.http, "/nope").0, 404);
+    assert_eq!(crate::kit::http_get(n.http, "/nope").0, 404);
 }
 
 #[test]

@@ -365,6 +365,8 @@ pub struct Site {
     pub nodes: u64,
     pub ldap_port: u16,
     pub grpc_port: u16,
+    /// The peer listener of every node (Raft between the nodes).
+    pub peer_port: u16,
     /// DNS port (UDP and TCP) of every node.
     pub dns_port: u16,
     pub http_port: u16,
@@ -378,6 +380,7 @@ impl Site {
             nodes,
             ldap_port: free_port(),
             grpc_port: free_port(),
+            peer_port: free_port(),
             dns_port: free_dns_port(),
             http_port: free_port(),
             child: None,
@@ -401,6 +404,8 @@ impl Site {
             .arg(self.ldap_port.to_string())
             .arg("--grpc-port")
             .arg(self.grpc_port.to_string())
+            .arg("--peer-port")
+            .arg(self.peer_port.to_string())
             .arg("--dns-port")
             .arg(self.dns_port.to_string())
             .arg("--http-port")
@@ -486,6 +491,8 @@ impl Drop for Site {
 pub struct Ports {
     pub ldap: u16,
     pub grpc: u16,
+    /// The peer listener (Raft between the nodes).
+    pub peer: u16,
     pub dns: u16,
     pub http: u16,
 }
@@ -498,8 +505,8 @@ pub fn node_config(i: u64, data_dir: &std::path::Path, p: Ports, members: &[u64]
         .iter()
         .map(|j| {
             format!(
-                "{{ id = {j}, grpc = \"127.0.0.{j}:{}\", ldap = \"127.0.0.{j}:{}\" }}",
-                p.grpc, p.ldap
+                "{{ id = {j}, grpc = \"127.0.0.{j}:{}\", peer = \"127.0.0.{j}:{}\", ldap = \"127.0.0.{j}:{}\" }}",
+                p.grpc, p.peer, p.ldap
             )
         })
         .collect();
@@ -508,10 +515,12 @@ pub fn node_config(i: u64, data_dir: &std::path::Path, p: Ports, members: &[u64]
          [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
          [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
          [http]\nlisten = \"127.0.0.{i}:{h}\"\n\
-         [cluster]\nnode_id = {i}\nsite = \"east\"\nmembers = [{m}]\n",
+         [cluster]\nnode_id = {i}\nsite = \"east\"\npeer_addr = \"127.0.0.{i}:{pp}\"\n\
+         members = [{m}]\n",
         data = data_dir.display(),
         l = p.ldap,
         g = p.grpc,
+        pp = p.peer,
         d = p.dns,
         h = p.http,
         m = members.join(", ")
@@ -524,6 +533,7 @@ pub struct ProcSite {
     pub data: tempfile::TempDir,
     pub ldap_port: u16,
     pub grpc_port: u16,
+    pub peer_port: u16,
     pub dns_port: u16,
     pub http_port: u16,
     children: Vec<Option<Child>>,
@@ -535,6 +545,7 @@ impl ProcSite {
             data: tempfile::tempdir().expect("tempdir"),
             ldap_port: free_port(),
             grpc_port: free_port(),
+            peer_port: free_port(),
             dns_port: free_dns_port(),
             http_port: free_port(),
             children: vec![],
@@ -542,6 +553,7 @@ impl ProcSite {
         let ports = Ports {
             ldap: s.ldap_port,
             grpc: s.grpc_port,
+            peer: s.peer_port,
             dns: s.dns_port,
             http: s.http_port,
         };
@@ -578,4 +590,27 @@ impl Drop for ProcSite {
             kill9(c);
         }
     }
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

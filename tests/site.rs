@@ -215,13 +215,14 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
     let site = Site::start_seeded(3);
     // A fourth node, its own process, configured as a member-to-be.
     let data = tempfile::tempdir().unwrap();
-    let (ldap4, grpc4) = (
+    let (ldap4, peer4) = (
         format!("127.0.0.4:{}", site.ldap_port),
-        format!("127.0.0.4:{}", site.grpc_port),
+        format!("127.0.0.4:{}", site.peer_port),
     );
     let ports = crate::kit::Ports {
         ldap: site.ldap_port,
         grpc: site.grpc_port,
+        peer: site.peer_port,
         dns: site.dns_port,
         http: site.http_port,
     };
@@ -250,7 +251,7 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
             .unwrap()
     };
     // Asked at node 2; the leader runs it.
-    let out = cairn(2, &["member", "replace", "3", "4", &ldap4, &grpc4]);
+    let out = cairn(2, &["member", "replace", "3", "4", &ldap4, &peer4]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     // Node 4 has the directory and takes writes; node 3 is out.
     let url4 = format!("ldap://{ldap4}");
@@ -297,4 +298,99 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Issue 10: the node-to-node service was served on the hosts' gRPC port
+/// with no credential, so one anonymous `Forward` deleted an entry on
+/// every node and a made-up node's AppendEntries with term 2^64-1 stopped
+/// the whole site. Now the hosts' port serves no Raft at all, and the
+/// peer port refuses whoever is not a member calling from its own
+/// address; nothing changes and the site keeps taking writes.
+#[test]
+fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
+    use cairn_replica::network::pb::RaftPayload;
+    use cairn_replica::network::pb::raft_client::RaftClient;
+    let site = Site::start_seeded(3);
+    let victim = format!("cn=esx-001,{PROD_A}");
+    let delete = vec![cairn_store::WriteOp::Delete {
+        dn: cairn_core::dn::Dn::parse(&victim).unwrap(),
+    }];
+    let request = |node: Option<u64>, data: Vec<u8>| {
+        let mut r = tonic::Request::new(RaftPayload { data });
+        if let Some(n) = node {
+            r.metadata_mut()
+                .insert(cairn_replica::network::NODE_HEADER, n.into());
+        }
+        r
+    };
+    let huge = |from: u64| {
+        cairn_replica::types::encode(&openraft::raft::AppendEntriesRequest::<
+            cairn_replica::TypeConfig,
+        > {
+            vote: openraft::Vote::new_committed(u64::MAX, from),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        })
+        .unwrap()
+    };
+    let forward = cairn_replica::types::encode(&delete).unwrap();
+    let remove =
+        cairn_replica::types::encode(&cairn_replica::MemberChange::Remove { id: 2 }).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for i in 1..=3u64 {
+            // The hosts' port: no such service.
+            let host_port = format!("127.0.0.{i}:{}", site.grpc_port);
+            let mut c = cairn_replica::network::client(&host_port, None).unwrap();
+            let r = c.forward(request(Some(2), forward.clone())).await;
+            assert_eq!(
+                r.expect_err("Forward on the hosts' port").code(),
+                tonic::Code::Unimplemented
+            );
+            let r = c.append_entries(request(Some(9), huge(9))).await;
+            assert_eq!(
+                r.expect_err("AppendEntries on the hosts' port").code(),
+                tonic::Code::Unimplemented
+            );
+            // The peer port, from an address that is no member's.
+            let peer_port = format!("127.0.0.{i}:{}", site.peer_port);
+            let mut c: RaftClient<_> =
+                cairn_replica::network::client(&peer_port, Some("127.0.0.77".parse().unwrap()))
+                    .unwrap();
+            for node in [None, Some(9), Some(i % 3 + 1)] {
+                let r = c.forward(request(node, forward.clone())).await;
+                assert_eq!(
+                    r.expect_err("a stranger's Forward").code(),
+                    tonic::Code::PermissionDenied
+                );
+                let r = c.change_members(request(node, remove.clone())).await;
+                assert_eq!(
+                    r.expect_err("a stranger's ChangeMembers").code(),
+                    tonic::Code::PermissionDenied
+                );
+                let r = c
+                    .append_entries(request(node, huge(node.unwrap_or(9))))
+                    .await;
+                assert_eq!(
+                    r.expect_err("a stranger's AppendEntries").code(),
+                    tonic::Code::PermissionDenied
+                );
+            }
+        }
+    });
+    // Nothing changed, every node is ready, and every node takes writes.
+    for i in 1..=3 {
+        assert_eq!(count(&site, i, &victim, "(objectClass=*)"), 1, "node {i}");
+        let http = std::net::SocketAddr::from(([127, 0, 0, i as u8], site.http_port));
+        let (code, body) = http_get(http, "/readyz");
+        assert_eq!(code, 200, "node {i}: {body}");
+        let add = format!("dn: cn=after-{i},{PROD_A}\nobjectClass: cairnHost\ncn: after-{i}\n");
+        ok(site.tool(i, "ldapadd", &[], Some(&add)));
+    }
+    for i in 1..=3 {
+        wait_until("every write on every node", Duration::from_secs(10), || {
+            count(&site, i, PROD_A, "(cn=after-*)") == 3
+        });
+    }
 }

@@ -199,18 +199,25 @@ async fn call(
     }
     let mut client = ctx
         .clients
-        .get(&leader.grpc)
+        .get(&leader.peer)
         .map_err(|e| CallFailed::NotSent(e.to_string()))?;
     let data = encode(&ops).map_err(|e| CallFailed::NotSent(e.to_string()))?;
     let reply = tokio::time::timeout(
         ctx.timeout,
-        client.forward(crate::network::pb::RaftPayload { data }),
+        client.forward(
+            ctx.clients
+                .caller
+                .request(crate::network::pb::RaftPayload { data }),
+        ),
     )
     .await
     .map_err(|_| CallFailed::Unknown("the leader did not answer in time".into()))?
     .map_err(|s| match s.code() {
-        // Connection failures and a leader that is stopping: not taken.
-        tonic::Code::Unavailable => CallFailed::NotSent(s.to_string()),
+        // Connection failures, a leader that is stopping, and a leader
+        // that does not (yet) count this node as a member: not taken.
+        tonic::Code::Unavailable | tonic::Code::PermissionDenied => {
+            CallFailed::NotSent(s.to_string())
+        }
         _ => CallFailed::Unknown(format!("forwarding to node {leader_id}: {s}")),
     })?;
     decode(&reply.into_inner().data)

@@ -2,8 +2,21 @@
 //! the client side openraft calls ([`Network`]) and the server side that
 //! hands requests to the local Raft ([`RaftService`]). Payloads are
 //! openraft's messages in bincode (see proto/cairn/v1/raft.proto).
+//!
+//! The service is served only on the node's *peer listener*, never on the
+//! port booting hosts use, and every request passes the [`Gate`] before
+//! openraft or the proposer sees it: it must name its node (the
+//! [`NODE_HEADER`] metadata), that node must be a member of the site, the
+//! connection must come from that member's peer address, and a Raft
+//! message must be sent by the node it names, with a plausible term. This
+//! keeps out anyone who is not a node of the site; it cannot tell a real
+//! member from one that forges a member's address on the same network,
+//! which is what mutual TLS on this listener will add.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -33,11 +46,44 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A lazily connected client for one peer address.
-pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+/// The gRPC metadata that names the calling node (its id in the site).
+pub const NODE_HEADER: &str = "cairn-node";
+
+/// The highest Raft term a peer may send. Terms grow by one per election;
+/// at ten elections a second this is reached in about 900,000 years, so a
+/// term above it is forged or corrupt. openraft adds one to the term when
+/// it next stands for election, which overflowed (a panic that stopped
+/// the Raft core of every node) when a message claimed 2^64-1.
+pub const MAX_TERM: u64 = 1 << 48;
+
+/// How a node reaches its peers: its own id (sent with every call) and
+/// the local address its connections leave from (so the peer can check
+/// it against this node's peer address; None lets the system choose).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    pub id: u64,
+    pub local: Option<IpAddr>,
+}
+
+impl Caller {
+    /// A request to a peer, naming this node.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(NODE_HEADER, self.id.into());
+        r
+    }
+}
+
+/// A lazily connected client for one peer address, whose connections
+/// leave from `local` when given.
+pub fn client(
+    addr: &str,
+    local: Option<IpAddr>,
+) -> Result<RaftClient<Channel>, tonic::transport::Error> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        .local_address(local)
         .connect_lazy();
     Ok(RaftClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
@@ -49,18 +95,27 @@ pub fn client(addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error
 /// failure). Writes forwarded to the leader go through these: a new
 /// connection per write cost a TCP and HTTP/2 handshake each time.
 #[derive(Clone, Default)]
-pub struct Clients(
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, RaftClient<Channel>>>>,
-);
+pub struct Clients {
+    pub caller: Caller,
+    /// A std lock: held only to look up or insert a client.
+    map: std::sync::Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+}
 
 impl Clients {
+    pub fn new(caller: Caller) -> Clients {
+        Clients {
+            caller,
+            map: Default::default(),
+        }
+    }
+
     /// The client for `addr`, created on first use.
     pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = client(addr)?;
+        let c = client(addr, self.caller.local)?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -74,8 +129,8 @@ pub struct TransportError(pub String);
 /// openraft's network factory: one [`PeerConn`] per peer.
 #[derive(Clone, Default)]
 pub struct Network {
-    /// This node's id, for the fault layer.
-    pub id: u64,
+    /// This node, as its peers see it (and for the fault layer).
+    pub caller: Caller,
     pub faults: crate::Faults,
 }
 
@@ -84,10 +139,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConn {
         PeerConn {
-            from: self.id,
+            from: self.caller.id,
+            caller: self.caller,
             target,
             faults: self.faults.clone(),
-            client: client(&node.grpc).map_err(|e| TransportError(e.to_string())),
+            client: client(&node.peer, self.caller.local)
+                .map_err(|e| TransportError(e.to_string())),
         }
     }
 }
@@ -95,6 +152,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The connection to one peer.
 pub struct PeerConn {
     from: u64,
+    caller: Caller,
     target: u64,
     faults: crate::Faults,
     client: Result<RaftClient<Channel>, TransportError>,
@@ -129,7 +187,7 @@ impl PeerConn {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
+        let mut request = self.caller.request(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match which {
             Rpc::Append => client.append_entries(request).await,
@@ -186,11 +244,132 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     }
 }
 
+/// Who may call this node's peer service: the members of its site, each
+/// from its own peer address (see the module documentation).
+pub struct Gate {
+    /// This node's id (a node does not call itself).
+    pub id: u64,
+    pub raft: Raft,
+    /// The members this node was configured with: the site as far as it
+    /// is known before this node has received any membership from Raft
+    /// (a new node, waiting to be added). Once Raft has a membership, it
+    /// alone decides.
+    pub configured: BTreeMap<u64, NodeInfo>,
+    /// Peer addresses that are names, resolved: (when, addresses). A std
+    /// lock, held only to read or replace one item.
+    resolved: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
+}
+
+/// How long a resolved peer name is trusted before it is looked up again.
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
+
+impl Gate {
+    pub fn new(id: u64, raft: Raft, configured: BTreeMap<u64, NodeInfo>) -> Gate {
+        Gate {
+            id,
+            raft,
+            configured,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The member `id` as this node knows the site, if it is one.
+    fn member(&self, id: u64) -> Option<NodeInfo> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if membership.nodes().next().is_some() {
+            membership.get_node(&id).cloned()
+        } else {
+            self.configured.get(&id).cloned()
+        }
+    }
+
+    /// The addresses a member's peer address stands for.
+    async fn addresses(&self, peer: &str) -> Vec<IpAddr> {
+        if let Ok(sa) = peer.parse::<std::net::SocketAddr>() {
+            return vec![sa.ip().to_canonical()];
+        }
+        {
+            let cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, ips)) = cache.get(peer)
+                && at.elapsed() < RESOLVE_TTL
+            {
+                return ips.clone();
+            }
+        }
+        let ips: Vec<IpAddr> = match tokio::net::lookup_host(peer).await {
+            Ok(found) => found.map(|a| a.ip().to_canonical()).collect(),
+            Err(_) => vec![],
+        };
+        let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(peer.to_string(), (Instant::now(), ips.clone()));
+        ips
+    }
+
+    /// Admits a request from a peer, or says why not. `sender` is the node
+    /// the message itself names (a Raft message's leader or candidate),
+    /// `term` the highest term it carries.
+    pub async fn admit<T>(
+        &self,
+        r: &tonic::Request<T>,
+        sender: Option<u64>,
+        term: u64,
+    ) -> Result<u64, tonic::Status> {
+        let refuse = |why: String| {
+            let from = r
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "an unknown address".into());
+            tracing::warn!(from = %from, cause = %why, "refused a peer request");
+            Err(tonic::Status::permission_denied(why))
+        };
+        let Some(id) = r
+            .metadata()
+            .get(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return refuse(format!(
+                "a peer request must name its node in the {NODE_HEADER} metadata"
+            ));
+        };
+        if id == self.id {
+            return refuse(format!("node {id} is this node"));
+        }
+        if let Some(s) = sender
+            && s != id
+        {
+            return refuse(format!("node {id} sent a message in the name of node {s}"));
+        }
+        if term > MAX_TERM {
+            return refuse(format!(
+                "term {term} is beyond any real election (at most {MAX_TERM})"
+            ));
+        }
+        let Some(member) = self.member(id) else {
+            return refuse(format!("node {id} is not a member of this site"));
+        };
+        let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
+            return refuse("the connection's address is unknown".into());
+        };
+        let allowed = self.addresses(&member.peer).await;
+        if !allowed.contains(&from) {
+            return refuse(format!(
+                "node {id}'s peer address is {}, but this connection comes from {from}",
+                member.peer
+            ));
+        }
+        Ok(id)
+    }
+}
+
 /// The server side: requests from peers to the local Raft, and writes
-/// forwarded by followers.
+/// forwarded by followers, each admitted by the [`Gate`] first.
 pub struct RaftService {
     pub raft: Raft,
     pub forward: std::sync::Weak<crate::Replica>,
+    pub gate: std::sync::Arc<Gate>,
 }
 
 fn payload<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
@@ -199,9 +378,18 @@ fn payload<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::S
         .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
 }
 
-fn request<T: DeserializeOwned>(r: tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
-    decode(&r.into_inner().data)
+fn request<T: DeserializeOwned>(r: &tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
+    decode(&r.get_ref().data)
         .map_err(|e| tonic::Status::invalid_argument(format!("undecodable payload: {e}")))
+}
+
+/// The highest term an entry of `entries` carries.
+fn max_entry_term(entries: &[crate::types::Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.log_id.leader_id.term)
+        .max()
+        .unwrap_or(0)
 }
 
 #[tonic::async_trait]
@@ -210,7 +398,14 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let req: AppendEntriesRequest<TypeConfig> = request(r)?;
+        let req: AppendEntriesRequest<TypeConfig> = request(&r)?;
+        let leader = req.vote.leader_id().voted_for();
+        let term = req
+            .vote
+            .leader_id()
+            .get_term()
+            .max(max_entry_term(&req.entries));
+        self.gate.admit(&r, leader, term).await?;
         payload(&self.raft.append_entries(req).await)
     }
 
@@ -218,7 +413,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let req: VoteRequest<u64> = request(r)?;
+        let req: VoteRequest<u64> = request(&r)?;
+        let candidate = req.vote.leader_id().voted_for();
+        let term = req.vote.leader_id().get_term();
+        self.gate.admit(&r, candidate, term).await?;
         payload(&self.raft.vote(req).await)
     }
 
@@ -226,7 +424,10 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = request(r)?;
+        let req: InstallSnapshotRequest<TypeConfig> = request(&r)?;
+        let leader = req.vote.leader_id().voted_for();
+        let term = req.vote.leader_id().get_term();
+        self.gate.admit(&r, leader, term).await?;
         payload(&self.raft.install_snapshot(req).await)
     }
 
@@ -234,7 +435,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let change: crate::MemberChange = request(r)?;
+        self.gate.admit(&r, None, 0).await?;
+        let change: crate::MemberChange = request(&r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
@@ -243,8 +445,9 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn read_index(
         &self,
-        _r: tonic::Request<RaftPayload>,
+        r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.gate.admit(&r, None, 0).await?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
@@ -255,11 +458,12 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let ops: Vec<cairn_store::WriteOp> = request(r)?;
+        let from = self.gate.admit(&r, None, 0).await?;
+        let ops: Vec<cairn_store::WriteOp> = request(&r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
-        payload(&replica.write_here(ops).await)
+        payload(&replica.write_here(from, ops).await)
     }
 }
 
@@ -270,8 +474,8 @@ pub fn service(svc: RaftService) -> pb::raft_server::RaftServer<RaftService> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-/// Serves gRPC services (the node-to-node one, and on a real node the
-/// host-facing ones next to it) on `listener` until `shutdown`.
+/// Serves gRPC services on `listener` until `shutdown`: the node-to-node
+/// service on the peer listener, the host-facing ones on the host port.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,

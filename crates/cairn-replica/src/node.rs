@@ -49,6 +49,15 @@ pub struct ReplicaConfig {
     pub batches_in_flight: usize,
     /// The fault layer (empty outside tests and drills).
     pub faults: crate::Faults,
+    /// The site's members as configured (`[cluster] members`): who may
+    /// call this node's peer service before Raft has told it the site's
+    /// membership (a new node waiting to be added). Afterwards Raft's
+    /// membership decides.
+    pub members: BTreeMap<u64, NodeInfo>,
+    /// The address this node's connections to its peers leave from: its
+    /// peer listener's address, which the peers check. None lets the
+    /// system choose (a listener on 0.0.0.0).
+    pub peer_local: Option<std::net::IpAddr>,
 }
 
 impl ReplicaConfig {
@@ -73,6 +82,8 @@ impl ReplicaConfig {
             write_timeout: Duration::from_secs(10),
             batches_in_flight: 1,
             faults: crate::Faults::default(),
+            members: BTreeMap::new(),
+            peer_local: None,
         }
     }
 }
@@ -95,6 +106,31 @@ async fn snapshot_on_log_size(raft: Raft, wal: Arc<crate::wal::Wal>, limit: u64)
         }
         // One already being built is not started again.
         if wal.bytes_after(snapshot) > limit && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Logs once, as an error, when this node's Raft core stops on a fatal
+/// error (storage failure, panic): from then on the node takes no writes
+/// and `/readyz` and `cairn status` say so (docs/replication.md says how
+/// to bring such a node back). Ends with the Raft core.
+async fn report_fatal(raft: Raft, id: u64) {
+    let mut m = raft.metrics();
+    loop {
+        if let Err(fatal) = &m.borrow_and_update().running_state {
+            match fatal {
+                openraft::error::Fatal::Stopped => {}
+                other => tracing::error!(
+                    node = id,
+                    cause = %other,
+                    "the Raft core stopped: this node takes no writes until it is restarted \
+                     (see docs/replication.md, \"A node whose Raft core stopped\")"
+                ),
+            }
+            return;
+        }
+        if m.changed().await.is_err() {
             return;
         }
     }
@@ -132,30 +168,30 @@ pub enum MemberChange {
 impl std::str::FromStr for MemberChange {
     type Err = String;
 
-    /// `add ID LDAP GRPC`, `remove ID`, `replace OLD NEW LDAP GRPC`.
+    /// `add ID LDAP PEER`, `remove ID`, `replace OLD NEW LDAP PEER`.
     fn from_str(s: &str) -> Result<Self, String> {
         let w: Vec<&str> = s.split_whitespace().collect();
         let id = |t: &str| {
             t.parse::<u64>()
                 .map_err(|_| format!("{t:?} is not a node id"))
         };
-        let node = |ldap: &str, grpc: &str| NodeInfo {
+        let node = |ldap: &str, peer: &str| NodeInfo {
             ldap: ldap.to_string(),
-            grpc: grpc.to_string(),
+            peer: peer.to_string(),
         };
         match w.as_slice() {
-            ["add", i, ldap, grpc] => Ok(MemberChange::Add {
+            ["add", i, ldap, peer] => Ok(MemberChange::Add {
                 id: id(i)?,
-                node: node(ldap, grpc),
+                node: node(ldap, peer),
             }),
             ["remove", i] => Ok(MemberChange::Remove { id: id(i)? }),
-            ["replace", o, n, ldap, grpc] => Ok(MemberChange::Replace {
+            ["replace", o, n, ldap, peer] => Ok(MemberChange::Replace {
                 old: id(o)?,
                 new: id(n)?,
-                node: node(ldap, grpc),
+                node: node(ldap, peer),
             }),
             _ => Err(format!(
-                "{s:?}: expected `add ID LDAP GRPC`, `remove ID` or `replace OLD NEW LDAP GRPC`"
+                "{s:?}: expected `add ID LDAP PEER`, `remove ID` or `replace OLD NEW LDAP PEER`"
             )),
         }
     }
@@ -186,6 +222,7 @@ pub struct Replica {
     proposer: Proposer,
     forwarder: Forwarder,
     clients: network::Clients,
+    gate: Arc<network::Gate>,
     write_timeout: Duration,
     faults: crate::Faults,
 }
@@ -224,8 +261,12 @@ impl Replica {
             .map_err(|e| StartError::Log(e.to_string()))?;
         let wal = log.wal();
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
-        let network = Network {
+        let caller = network::Caller {
             id: cfg.id,
+            local: cfg.peer_local,
+        };
+        let network = Network {
+            caller,
             faults: cfg.faults.clone(),
         };
         let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm)
@@ -236,13 +277,15 @@ impl Replica {
             wal,
             cfg.snapshot_log_bytes,
         ));
+        tokio::spawn(report_fatal(raft.clone(), cfg.id));
         let proposer = Proposer::start(
             raft.clone(),
             cfg.id,
             cfg.batches_in_flight,
             cfg.write_timeout,
         );
-        let clients = network::Clients::default();
+        let clients = network::Clients::new(caller);
+        let gate = Arc::new(network::Gate::new(cfg.id, raft.clone(), cfg.members));
         let forwarder = Forwarder::start(forwarder::Context {
             id: cfg.id,
             raft: raft.clone(),
@@ -255,6 +298,7 @@ impl Replica {
             proposer,
             forwarder,
             clients,
+            gate,
             raft,
             dir,
             write_timeout: cfg.write_timeout,
@@ -276,14 +320,21 @@ impl Replica {
         }
     }
 
-    /// The gRPC service other nodes call.
-    pub fn grpc_service(self: &Arc<Self>) -> network::pb::raft_server::RaftServer<RaftService> {
+    /// The gRPC service other nodes of the site call, for the node's peer
+    /// listener only (never the hosts' port).
+    pub fn peer_service(self: &Arc<Self>) -> network::pb::raft_server::RaftServer<RaftService> {
         network::service(RaftService {
             raft: self.raft.clone(),
             // Weak: connections the server still holds must not keep a
             // stopped replica (and its store) alive.
             forward: Arc::downgrade(self),
+            gate: self.gate.clone(),
         })
+    }
+
+    /// [`Replica::peer_service`] as the routes of a gRPC server.
+    pub fn peer_routes(self: &Arc<Self>) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.peer_service())
     }
 
     /// Applies a directory write through the site: prepared here, proposed
@@ -309,8 +360,8 @@ impl Replica {
             };
             match outcome {
                 Err(Redirect::To(leader, node)) => {
-                    debug!(leader = %node.grpc, "forwarding write to the leader");
-                    let addr = node.grpc.clone();
+                    debug!(leader = %node.peer, "forwarding write to the leader");
+                    let addr = node.peer.clone();
                     // Answered once this node has applied it too, so the
                     // client reads its own write here.
                     match self
@@ -358,15 +409,41 @@ impl Replica {
     /// Handles writes forwarded by a follower: propose them here, in
     /// order. Each comes back with its result and log index, or as not
     /// proposed when this node is not the leader.
-    pub(crate) async fn write_here(&self, ops: Vec<WriteOp>) -> Vec<Forwarded> {
+    ///
+    /// `from` is the member that sent them (admitted by the peer service's
+    /// gate). Each write is checked again here as a local one was at its
+    /// node (`Directory::check_prepared`: no server-set attributes, no
+    /// clear-text password), so a buggy or forged forward cannot put into
+    /// the log what no node's front end would accept.
+    pub(crate) async fn write_here(&self, from: u64, ops: Vec<WriteOp>) -> Vec<Forwarded> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        self.proposer
-            .propose_all(ops, deadline)
+        let mut out: Vec<Option<Forwarded>> = Vec::with_capacity(ops.len());
+        let mut accepted = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.dir.check_prepared(&op) {
+                Ok(()) => {
+                    out.push(None);
+                    accepted.push(op);
+                }
+                Err(e) => {
+                    warn!(from, cause = %e, "refused a forwarded write");
+                    out.push(Some(Forwarded::Done(Err(WriteError::Directory(e)))));
+                }
+            }
+        }
+        let mut proposed = self
+            .proposer
+            .propose_all(accepted, deadline)
             .await
             .into_iter()
             .map(|o| match o {
                 Ok(r) => Forwarded::Done(r),
                 Err(_) => Forwarded::NotLeader,
+            });
+        out.into_iter()
+            .map(|o| {
+                o.or_else(|| proposed.next())
+                    .unwrap_or(Forwarded::NotLeader)
             })
             .collect()
     }
@@ -402,8 +479,12 @@ impl Replica {
         if self.faults.blocked(self.id, leader_id) {
             return Err(format!("traffic {} -> {leader_id} is cut", self.id));
         }
-        let mut client = self.clients.get(&leader.grpc).map_err(|e| e.to_string())?;
-        let call = client.read_index(network::pb::RaftPayload { data: vec![] });
+        let mut client = self.clients.get(&leader.peer).map_err(|e| e.to_string())?;
+        let call = client.read_index(
+            self.clients
+                .caller
+                .request(network::pb::RaftPayload { data: vec![] }),
+        );
         let reply = tokio::time::timeout_at(deadline, call)
             .await
             .map_err(|_| "the leader did not answer in time".to_string())?
@@ -498,10 +579,14 @@ impl Replica {
                 if self.faults.blocked(self.id, l) {
                     return Err(format!("traffic {} -> {l} is cut", self.id));
                 }
-                let mut client = self.clients.get(&node.grpc).map_err(|e| e.to_string())?;
+                let mut client = self.clients.get(&node.peer).map_err(|e| e.to_string())?;
                 let data = crate::types::encode(&change).map_err(|e| e.to_string())?;
                 let reply = client
-                    .change_members(network::pb::RaftPayload { data })
+                    .change_members(
+                        self.clients
+                            .caller
+                            .request(network::pb::RaftPayload { data }),
+                    )
                     .await
                     .map_err(|s| s.to_string())?;
                 crate::types::decode::<Result<(), String>>(&reply.into_inner().data)
@@ -521,8 +606,20 @@ impl Replica {
     }
 
     /// This node's view of the site, as attribute lists for `cn=status`.
+    /// `cairnRole` is `stopped` (with the cause in `cairnRaftError`) once
+    /// the Raft core has stopped on a fatal error (a storage failure, a
+    /// panic): the node then takes no writes and serves only what it had
+    /// applied, whatever leader it last heard of.
     pub fn status(&self) -> Vec<(String, Vec<String>)> {
         let m = self.raft.metrics().borrow().clone();
+        if let Err(fatal) = &m.running_state {
+            return vec![
+                ("cairnNodeId".into(), vec![self.id.to_string()]),
+                ("cairnRole".into(), vec!["stopped".into()]),
+                ("cairnRaftError".into(), vec![fatal.to_string()]),
+                ("cairnTerm".into(), vec![m.current_term.to_string()]),
+            ];
+        }
         let role = match m.state {
             openraft::ServerState::Leader => "leader",
             openraft::ServerState::Follower => "follower",
@@ -534,7 +631,7 @@ impl Replica {
         let members: Vec<String> = m
             .membership_config
             .nodes()
-            .map(|(id, n)| format!("{id} {} {}", n.ldap, n.grpc))
+            .map(|(id, n)| format!("{id} {} {}", n.ldap, n.peer))
             .collect();
         let replication: Vec<String> = m
             .replication

@@ -31,10 +31,17 @@ impl Request {
 pub struct Response(pub Vec<Result<Applied, cairn_store::Error>>);
 
 /// What a node tells the others about itself.
+///
+/// Stored in the log's membership entries and in snapshots. The first
+/// field was called `grpc` when node-to-node traffic shared the hosts'
+/// port; bincode encodes fields by position, so renaming it kept the
+/// stored format (see docs/replication.md, "Upgrading to the peer
+/// listener").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// Address of the node-to-node gRPC service (host:port).
-    pub grpc: String,
+    /// Address of the node's peer listener (host:port): Raft and
+    /// forwarded writes, never served on the hosts' gRPC port.
+    pub peer: String,
     /// Address of the LDAP listener (host:port).
     pub ldap: String,
 }
@@ -62,13 +69,14 @@ pub type StoredMembership = openraft::StoredMembership<u64, NodeInfo>;
 /// A storage error as openraft wants it.
 pub type StorageError = openraft::StorageError<u64>;
 
-/// bincode 2 (standard configuration) for everything this crate stores.
+/// bincode 2 (standard configuration) for everything this crate stores
+/// and sends between nodes (the `RaftPayload` bytes).
 ///
 /// Encodes into a per-thread buffer and copies the result out at its exact
 /// size: growing a fresh vector through its doublings cost more than the
 /// encoding itself for batches of writes (fresh pages from the allocator,
 /// zeroed by the kernel, for every Raft message and log append).
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     /// A buffer that grew past this is handed over instead of kept.
     const KEEP: usize = 8 << 20;
     thread_local! {
@@ -89,8 +97,6 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::Enc
     })
 }
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
-    b: &[u8],
-) -> Result<T, bincode::error::DecodeError> {
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
 }

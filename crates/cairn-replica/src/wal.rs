@@ -37,11 +37,16 @@
 //! waiting append and every later one gets the error.
 //!
 //! Recovery reads every segment in order and checks each record's length,
-//! checksum, format and index (each one more than the one before). A bad
-//! record at the end of the last segment is a torn append that was never
-//! acknowledged (acknowledgement follows the fdatasync): the file is cut
-//! there. A bad record anywhere else is corruption and the node refuses to
-//! start rather than serve a log with a hole.
+//! checksum, format and index (each one more than the one before). Only
+//! an incomplete record at the very end of the last segment is a torn
+//! append that was never acknowledged (acknowledgement follows the
+//! fdatasync, so what is durable is always a prefix of the log): a short
+//! record header, a length that runs past the end of the file, or a bad
+//! record followed by nothing but zeros (a file extended but not written
+//! before the crash). The file is cut there. A bad record with more data
+//! after it, in any segment, is corruption: the node refuses to start,
+//! naming the file and the offset, rather than drop entries it may have
+//! acknowledged to its leader (a Raft safety violation).
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -740,6 +745,32 @@ impl Wal {
     }
 }
 
+/// Whether a whole, valid record starts anywhere in `data` from `from`
+/// on. A torn append leaves none after it; a damaged length field in the
+/// middle of a segment (which looks like a record running past the end of
+/// the file) does.
+fn record_after(data: &[u8], from: usize) -> bool {
+    let last = data.len().saturating_sub(RECORD_HEADER as usize);
+    (from..=last).any(|at| {
+        let h = &data[at..at + RECORD_HEADER as usize];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let start = at + RECORD_HEADER as usize;
+        len > 0
+            && len <= data.len() - start
+            && crc32fast::hash(&data[start..start + len]) == crc
+            && decode_entry(&data[start..start + len]).is_ok()
+    })
+}
+
+/// What is wrong with a record found while scanning a segment.
+enum Damage {
+    /// Incomplete, with nothing but zeros after it: an append cut short.
+    Torn(&'static str),
+    /// Bad, with more of the log after it.
+    Corrupt(&'static str),
+}
+
 fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
     match decode::<Stored<Entry>>(payload).map_err(|e| e.to_string())? {
         Stored::V1(e) => Ok(e),
@@ -797,20 +828,31 @@ fn scan_segment(
         let problem = (|| {
             let h = data
                 .get(at..at + RECORD_HEADER as usize)
-                .ok_or("a torn record header")?;
+                .ok_or(Damage::Torn("a torn record header"))?;
             let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
             let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-            if len > MAX_RECORD {
-                return Err("an impossible record length");
-            }
             let start = at + RECORD_HEADER as usize;
-            let payload = data
-                .get(start..start + len as usize)
-                .ok_or("a torn record")?;
-            if crc32fast::hash(payload) != crc {
-                return Err("a checksum mismatch");
+            let end = start.saturating_add(len as usize);
+            let payload = data.get(start..end).ok_or(Damage::Torn(
+                "a record whose length runs past the end of the file",
+            ))?;
+            // A bad record is a torn append only if nothing but zeros
+            // follows it (a crash can leave the file longer than what was
+            // written, zero-filled); with data after it, it is damage.
+            let then = |what| {
+                if data[end..].iter().all(|&b| b == 0) {
+                    Damage::Torn(what)
+                } else {
+                    Damage::Corrupt(what)
+                }
+            };
+            if len == 0 || len > MAX_RECORD {
+                return Err(then("an impossible record length"));
             }
-            let e = decode_entry(payload).map_err(|_| "an undecodable entry")?;
+            if crc32fast::hash(payload) != crc {
+                return Err(then("a checksum mismatch"));
+            }
+            let e = decode_entry(payload).map_err(|_| then("an undecodable entry"))?;
             Ok((e.log_id, start as u64, len))
         })();
         match problem {
@@ -820,19 +862,31 @@ fn scan_segment(
                     Some(p) => log_id.index <= p,
                 };
                 if misplaced {
-                    return Err(bad(format!("entry {} out of place", log_id.index)));
+                    return Err(bad(format!(
+                        "entry {} out of place at byte {at}",
+                        log_id.index
+                    )));
                 }
                 prev = Some(log_id.index);
                 out.push((log_id, offset, len));
                 at = (offset + u64::from(len)) as usize;
             }
-            Err(what) if last_segment => {
+            // Only the end of the newest segment can hold an append that
+            // was cut short: every acknowledged append was fdatasync'd, and
+            // the synced part of the log is always a prefix of it.
+            Err(Damage::Torn(what)) if last_segment && !record_after(&data, at + 1) => {
                 warn!(path = %path.display(), offset = at, "cutting the log's unacknowledged tail: {what}");
                 file.set_len(at as u64).map_err(io(path))?;
                 file.sync_data().map_err(io(path))?;
                 break;
             }
-            Err(what) => return Err(bad(format!("{what} at byte {at}"))),
+            Err(Damage::Torn(what) | Damage::Corrupt(what)) => {
+                return Err(bad(format!(
+                    "{what} at byte {at}, with more of the log after it; \
+                     refusing to start rather than drop entries this node may have \
+                     acknowledged (docs/storage.md, \"A damaged Raft log\")"
+                )));
+            }
         }
     }
     Ok((out, at as u64))
@@ -1108,5 +1162,100 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a corrupt log opened"),
         }
+    }
+
+    /// A one-segment log of entries 0..5 and where each record starts.
+    fn one_segment() -> (tempfile::TempDir, PathBuf, Vec<usize>) {
+        let t = tempfile::tempdir().unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        w.append(entries(0..5, 1)).unwrap();
+        let path = w.segment_path(0);
+        let starts = w
+            .index()
+            .locs
+            .values()
+            .map(|l| (l.offset - RECORD_HEADER) as usize)
+            .collect();
+        drop(w);
+        (t, path, starts)
+    }
+
+    fn refused(t: &tempfile::TempDir) -> String {
+        match Wal::open(t.path()) {
+            Err(WalError::Corrupt(m)) => m,
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(w) => panic!("a damaged log opened with entries {:?}", indexes(&w, 0, 10)),
+        }
+    }
+
+    #[test]
+    fn issue_10_a_flipped_byte_inside_the_only_segment_is_refused() {
+        let (t, path, starts) = one_segment();
+        let mut data = std::fs::read(&path).unwrap();
+        // A byte of entry 2's payload: entries 3 and 4 follow it.
+        data[starts[2] + RECORD_HEADER as usize + 3] ^= 0x40;
+        std::fs::write(&path, &data).unwrap();
+        let m = refused(&t);
+        assert!(m.contains("checksum"), "{m}");
+        assert!(m.contains(&path.display().to_string()), "{m}");
+        assert!(m.contains(&format!("byte {}", starts[2])), "{m}");
+        // Nothing was cut: the file is as it was.
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn issue_10_a_damaged_length_inside_the_only_segment_is_refused() {
+        let (t, path, starts) = one_segment();
+        let mut data = std::fs::read(&path).unwrap();
+        // Entry 1's length now runs past the end of the file, as a torn
+        // append's would; but whole records follow it.
+        data[starts[1] + 2] = 0x7f;
+        std::fs::write(&path, &data).unwrap();
+        let m = refused(&t);
+        assert!(m.contains(&format!("byte {}", starts[1])), "{m}");
+    }
+
+    #[test]
+    fn issue_10_a_torn_final_record_is_cut() {
+        let (t, path, starts) = one_segment();
+        let data = std::fs::read(&path).unwrap();
+        // Only the header and part of the last record reached the disk.
+        std::fs::write(&path, &data[..starts[4] + 12]).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3]);
+        drop(w);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), starts[4] as u64);
+        // A short record header alone is torn too.
+        std::fs::write(&path, &data[..starts[3] + 5]).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn issue_10_a_zero_filled_tail_is_cut() {
+        let (t, path, starts) = one_segment();
+        let mut data = std::fs::read(&path).unwrap();
+        let whole = data.len();
+        // The file grew by a block that was never written.
+        data.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&path, &data).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3, 4]);
+        drop(w);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
+        // The last record's payload zeroed, the file's length intact: the
+        // append did not reach the disk, it is cut.
+        let mut data = std::fs::read(&path).unwrap();
+        for b in &mut data[starts[4] + RECORD_HEADER as usize..] {
+            *b = 0;
+        }
+        data.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &data).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3]);
+        w.append(entries(4..6, 1)).unwrap();
+        drop(w);
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(indexes(&w, 0, 10), vec![0, 1, 2, 3, 4, 5]);
     }
 }

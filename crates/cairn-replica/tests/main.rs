@@ -48,7 +48,7 @@ impl Site {
             members.insert(
                 id,
                 NodeInfo {
-                    grpc: addr.to_string(),
+                    peer: addr.to_string(),
                     ldap: String::new(),
                 },
             );
@@ -98,6 +98,17 @@ impl Site {
         let faults = self.faults.clone();
         let snapshot_after = self.snapshot_after;
         let snapshot_log_bytes = self.snapshot_log_bytes;
+        let members: BTreeMap<u64, NodeInfo> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let info = NodeInfo {
+                    peer: n.addr.to_string(),
+                    ldap: String::new(),
+                };
+                (n.id, info)
+            })
+            .collect();
         let node = self.node(id);
         let engine = cairn_store::engine::open(EngineKind::Redb, node.tmp.path()).unwrap();
         let dir = Arc::new(Directory::new(
@@ -115,11 +126,13 @@ impl Site {
             1000
         };
         cfg.write_timeout = Duration::from_secs(4);
+        cfg.members = members;
+        cfg.peer_local = Some(node.addr.ip());
 
         let replica = Replica::start(cfg, dir).await.unwrap();
         let listener = bind_retry(node.addr).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = replica.grpc_service();
+        let svc = replica.peer_service();
         node.server = Some(tokio::spawn(async move {
             let _ =
                 cairn_replica::network::serve(listener, tonic::service::Routes::new(svc), async {
@@ -184,7 +197,7 @@ impl Site {
         (
             id,
             NodeInfo {
-                grpc: addr.to_string(),
+                peer: addr.to_string(),
                 ldap: String::new(),
             },
         )
@@ -680,5 +693,171 @@ async fn writes_go_on_through_delay_and_loss_and_the_nodes_converge() {
     for &f in &followers {
         assert!(site.has(f, &host_dn("d-39")));
     }
+    site.shutdown().await;
+}
+
+/// A peer-service client whose connections leave from `local`, sending
+/// `node` (if any) as the calling node's id.
+fn forger(
+    to: SocketAddr,
+    local: &str,
+) -> cairn_replica::network::pb::raft_client::RaftClient<tonic::transport::Channel> {
+    cairn_replica::network::client(&to.to_string(), Some(local.parse().unwrap())).unwrap()
+}
+
+fn forged<T: serde::Serialize>(
+    node: Option<u64>,
+    msg: &T,
+) -> tonic::Request<cairn_replica::network::pb::RaftPayload> {
+    let data = cairn_replica::types::encode(msg).unwrap();
+    let mut r = tonic::Request::new(cairn_replica::network::pb::RaftPayload { data });
+    if let Some(n) = node {
+        r.metadata_mut()
+            .insert(cairn_replica::network::NODE_HEADER, n.into());
+    }
+    r
+}
+
+/// Issue 10: anyone who could reach a node's Raft service could delete
+/// entries with one `Forward`, and a made-up node's AppendEntries with
+/// term 2^64-1 stopped the Raft core of every node. Forged requests, from
+/// an address that is no member's and from a member's own address, are
+/// refused before openraft or the proposer sees them; the site keeps its
+/// data and keeps taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_10_forged_peer_requests_change_nothing() {
+    use cairn_replica::MemberChange;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    let site = site_with_suffix(10_000).await;
+    site.replica(1).write(host("victim")).await.unwrap();
+    site.converge().await;
+    let leader = site.leader().await;
+    let followers: Vec<u64> = site.alive().into_iter().filter(|&i| i != leader).collect();
+    let term_before = site.replica(leader).raft.metrics().borrow().current_term;
+    let delete = vec![WriteOp::Delete {
+        dn: Dn::parse(&host_dn("victim")).unwrap(),
+    }];
+    let denied = |r: Result<tonic::Response<_>, tonic::Status>, what: &str| match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => s.message().to_string(),
+        Err(s) => panic!("{what}: refused with the wrong code: {s}"),
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    let huge = |from: u64| AppendEntriesRequest::<cairn_replica::TypeConfig> {
+        vote: openraft::Vote::new_committed(u64::MAX, from),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let leader_addr = site.nodes[leader as usize - 1].addr;
+    // From an address that is no member's (every node is on 127.0.0.1).
+    for node in [None, Some(9), Some(followers[0])] {
+        let mut c = forger(leader_addr, "127.0.0.77");
+        let m = denied(
+            c.forward(forged(node, &delete)).await,
+            "a Forward from 127.0.0.77",
+        );
+        assert!(!m.is_empty());
+        let change = MemberChange::Remove { id: followers[0] };
+        denied(
+            c.change_members(forged(node, &change)).await,
+            "a ChangeMembers from 127.0.0.77",
+        );
+        for &f in &followers {
+            let mut c = forger(site.nodes[f as usize - 1].addr, "127.0.0.77");
+            denied(
+                c.append_entries(forged(node, &huge(node.unwrap_or(9))))
+                    .await,
+                "a huge-term AppendEntries from 127.0.0.77",
+            );
+        }
+    }
+    // From a member's own address, but naming a node that is not one, or
+    // a message in another node's name, or an impossible term.
+    let mut c = forger(leader_addr, "127.0.0.1");
+    let m = denied(c.forward(forged(Some(9), &delete)).await, "node 9");
+    assert!(m.contains("not a member"), "{m}");
+    for &f in &followers {
+        let mut c = forger(site.nodes[f as usize - 1].addr, "127.0.0.1");
+        let m = denied(
+            c.append_entries(forged(Some(9), &huge(9))).await,
+            "AppendEntries from node 9",
+        );
+        assert!(m.contains("9"), "{m}");
+        let m = denied(
+            c.append_entries(forged(Some(leader), &huge(9))).await,
+            "AppendEntries in node 9's name",
+        );
+        assert!(m.contains("in the name of"), "{m}");
+        let m = denied(
+            c.append_entries(forged(Some(leader), &huge(leader))).await,
+            "AppendEntries with term 2^64-1",
+        );
+        assert!(m.contains("term"), "{m}");
+        let vote = VoteRequest::<u64>::new(openraft::Vote::new(u64::MAX, leader), None);
+        denied(
+            c.vote(forged(Some(leader), &vote)).await,
+            "Vote with term 2^64-1",
+        );
+    }
+    // A forwarded write that no front end would have passed on: an add
+    // with a clear-text password and one setting a server-set attribute.
+    let mut c = forger(leader_addr, "127.0.0.1");
+    let sneaky = vec![
+        add(
+            &host_dn("clear-pw"),
+            &[
+                ("objectClass", "cairnHost"),
+                ("objectClass", "simpleSecurityObject"),
+                ("cn", "clear-pw"),
+                ("userPassword", "hunter2"),
+            ],
+        ),
+        add(
+            &host_dn("own-uuid"),
+            &[
+                ("objectClass", "cairnHost"),
+                ("cn", "own-uuid"),
+                ("entryUUID", "00000000-0000-0000-0000-000000000001"),
+            ],
+        ),
+    ];
+    c.forward(forged(Some(followers[0]), &sneaky))
+        .await
+        .expect("a member's forward is admitted");
+    // Nothing changed, and the site goes on as before. (The same add with
+    // its password hashed by the node it was sent to is accepted.)
+    site.replica(leader).write(host("after")).await.unwrap();
+    site.replica(followers[0])
+        .write(add(
+            &host_dn("hashed-pw"),
+            &[
+                ("objectClass", "cairnHost"),
+                ("objectClass", "simpleSecurityObject"),
+                ("cn", "hashed-pw"),
+                ("userPassword", "hunter2"),
+            ],
+        ))
+        .await
+        .unwrap();
+    site.converge().await;
+    for id in site.alive() {
+        let r = site.replica(id);
+        let m = r.raft.metrics().borrow().clone();
+        assert!(m.running_state.is_ok(), "node {id}: {:?}", m.running_state);
+        assert!(
+            m.current_term < 1 << 48,
+            "node {id} took term {}",
+            m.current_term
+        );
+        assert!(site.has(id, &host_dn("victim")), "node {id} lost the entry");
+        assert!(site.has(id, &host_dn("after")), "node {id}");
+        assert!(!site.has(id, &host_dn("clear-pw")), "node {id}");
+        assert!(!site.has(id, &host_dn("own-uuid")), "node {id}");
+        assert_eq!(
+            site.replica(id).voters().into_iter().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+    assert!(site.replica(leader).raft.metrics().borrow().current_term >= term_before);
     site.shutdown().await;
 }

@@ -145,8 +145,8 @@ enum MemberCmd {
         id: u64,
         /// The node's LDAP address (host:port).
         ldap: String,
-        /// The node's gRPC address (host:port).
-        grpc: String,
+        /// The node's peer address (host:port): its `[cluster] peer_addr`.
+        peer: String,
     },
     /// Remove a voting member.
     Remove { id: u64 },
@@ -155,7 +155,8 @@ enum MemberCmd {
         old: u64,
         new: u64,
         ldap: String,
-        grpc: String,
+        /// The new node's peer address (host:port).
+        peer: String,
     },
 }
 
@@ -273,14 +274,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules(RulesCmd::Test(a)) => rules::test(a, &cli.url, &auth).await,
         Command::Member(m) => {
             let change = match m {
-                MemberCmd::Add { id, ldap, grpc } => format!("add {id} {ldap} {grpc}"),
+                MemberCmd::Add { id, ldap, peer } => format!("add {id} {ldap} {peer}"),
                 MemberCmd::Remove { id } => format!("remove {id}"),
                 MemberCmd::Replace {
                     old,
                     new,
                     ldap,
-                    grpc,
-                } => format!("replace {old} {new} {ldap} {grpc}"),
+                    peer,
+                } => format!("replace {old} {new} {ldap} {peer}"),
             };
             member::run(&cli.url, &auth, change).await
         }

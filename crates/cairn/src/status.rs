@@ -21,8 +21,10 @@ pub struct NodeStatus {
     pub last_log: String,
     pub applied: String,
     pub leader: String,
-    /// "id ldap grpc" per member, as the node knows the site.
+    /// "id ldap peer" per member, as the node knows the site.
     pub members: Vec<String>,
+    /// Why the node's Raft core stopped (its role is then `stopped`).
+    pub raft_error: String,
 }
 
 fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
@@ -57,6 +59,7 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         applied: first(&e.attrs, "cairnAppliedIndex"),
         leader: first(&e.attrs, "cairnLeader"),
         members: all(&e.attrs, "cairnMember"),
+        raft_error: first(&e.attrs, "cairnRaftError"),
     })
 }
 
@@ -80,6 +83,10 @@ pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
     );
     for (id, addr, s) in rows {
         match s {
+            Ok(s) if s.role == "stopped" => out.push_str(&format!(
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  yes, but its Raft core stopped: {}\n",
+                id, addr, s.role, s.term, "-", "-", s.raft_error
+            )),
             Ok(s) => out.push_str(&format!(
                 "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  yes\n",
                 id, addr, s.role, s.term, s.last_log, s.applied
@@ -102,6 +109,14 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         println!("standalone node at {url} (no site)");
         return Ok(ExitCode::SUCCESS);
     }
+    if me.role == "stopped" {
+        println!(
+            "node {} at {url}: its Raft core stopped: {}\n\
+             it takes no writes; see docs/replication.md, \"A node whose Raft core stopped\"",
+            me.id, me.raft_error
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let mut rows = vec![];
     for m in &me.members {
         let mut parts = m.split_whitespace();
@@ -112,7 +127,9 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         rows.push((id.to_string(), addr.to_string(), s));
     }
     print!("{}", render(&rows));
-    let healthy = rows.iter().all(|(_, _, s)| s.is_ok())
+    let healthy = rows
+        .iter()
+        .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role != "stopped"))
         && rows
             .iter()
             .any(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role == "leader"));

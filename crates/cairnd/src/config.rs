@@ -60,6 +60,18 @@ pub struct ClusterSection {
     /// The site this node belongs to (`cn=<site>,ou=sites,<suffix>`); the
     /// node publishes itself under it as a cairnNode entry.
     pub site: String,
+    /// Address of this node's peer listener: Raft and forwarded writes
+    /// from the other nodes of the site, and nothing else. It is never
+    /// the hosts' gRPC port, and only members of the site, calling from
+    /// their `peer` address, are admitted. Bind a specific address (not
+    /// 0.0.0.0) where the host has several: the node's own connections to
+    /// its peers then leave from it, which is what they check.
+    #[serde(default = "default_peer_addr")]
+    pub peer_addr: SocketAddr,
+}
+
+fn default_peer_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7071))
 }
 
 fn default_heartbeat() -> u64 {
@@ -78,9 +90,9 @@ fn default_snapshot_log_mb() -> u64 {
     cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20
 }
 
-/// `[grpc]`: the node's gRPC listener. Hosts call `Locator` and `Config`
-/// there; in a site the other nodes reach its `Raft` service on the same
-/// port. Reflection and health are served too.
+/// `[grpc]`: the node's gRPC listener for hosts: `Locator` and `Config`,
+/// reflection and health. Node-to-node traffic has its own listener
+/// (`[cluster] peer_addr`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcSection {
@@ -138,8 +150,13 @@ impl Default for HttpSection {
 #[serde(deny_unknown_fields)]
 pub struct MemberSection {
     pub id: u64,
-    /// Where the other nodes reach its gRPC listener (host:port).
+    /// Where hosts reach its gRPC listener (host:port); published in its
+    /// cairnNode entry.
     pub grpc: String,
+    /// Where the other nodes reach its peer listener (host:port): its
+    /// `[cluster] peer_addr` as seen from them. Connections from this
+    /// member must come from this address.
+    pub peer: String,
     /// Where clients reach its LDAP listener (host:port).
     pub ldap: String,
 }
@@ -149,6 +166,9 @@ pub struct MemberSection {
 pub struct ClusterSettings {
     pub node_id: u64,
     pub members: std::collections::BTreeMap<u64, cairn_replica::NodeInfo>,
+    /// This node's gRPC address for hosts, as published.
+    pub grpc_advertised: String,
+    pub peer_listen: SocketAddr,
     pub heartbeat: Duration,
     pub election: (Duration, Duration),
     pub snapshot_after: u64,
@@ -159,12 +179,24 @@ pub struct ClusterSettings {
 impl ClusterSection {
     fn validate(self) -> anyhow::Result<ClusterSettings> {
         let mut members = std::collections::BTreeMap::new();
+        let mut grpc_advertised = None;
         for m in self.members {
+            if m.id == self.node_id {
+                grpc_advertised = Some(m.grpc.clone());
+            }
+            if m.peer == m.grpc {
+                bail!(
+                    "cluster.members: member {} has the same peer and grpc address {}; \
+                     node-to-node traffic needs its own port",
+                    m.id,
+                    m.peer
+                );
+            }
             if members
                 .insert(
                     m.id,
                     cairn_replica::NodeInfo {
-                        grpc: m.grpc,
+                        peer: m.peer,
                         ldap: m.ldap,
                     },
                 )
@@ -173,12 +205,12 @@ impl ClusterSection {
                 bail!("cluster.members: id {} appears twice", m.id);
             }
         }
-        if !members.contains_key(&self.node_id) {
+        let Some(grpc_advertised) = grpc_advertised else {
             bail!(
                 "cluster.members must include this node (id {})",
                 self.node_id
             );
-        }
+        };
         if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
         {
             bail!("cluster: need heartbeat_ms < election_min_ms < election_max_ms");
@@ -186,6 +218,8 @@ impl ClusterSection {
         Ok(ClusterSettings {
             node_id: self.node_id,
             members,
+            grpc_advertised,
+            peer_listen: self.peer_addr,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election: (
                 Duration::from_millis(self.election_min_ms),

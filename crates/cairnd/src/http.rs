@@ -48,6 +48,14 @@ async fn readyz(State(h): State<Arc<Http>>) -> (StatusCode, String) {
     };
     match (get("cairnRole").as_deref(), get("cairnLeader")) {
         (Some("standalone"), _) => (StatusCode::OK, "ready: standalone\n".into()),
+        // Whatever leader the node last heard of, it takes no writes.
+        (Some("stopped"), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the Raft core stopped: {}\n",
+                get("cairnRaftError").unwrap_or_default()
+            ),
+        ),
         (role, Some(leader)) => (
             StatusCode::OK,
             format!("ready: {}, leader {leader}\n", role.unwrap_or("member")),

@@ -65,8 +65,8 @@ enum Cmd {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         anonymous_read: bool,
         /// Run a site of this many nodes in this process: node N listens on
-        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, DNS --dns-port,
-        /// HTTP --http-port)
+        /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, peers
+        /// --peer-port, DNS --dns-port, HTTP --http-port)
         /// with its data in DATA_DIR/node-N. 1 runs a standalone node on
         /// --ldap.
         #[arg(long, default_value_t = 1)]
@@ -74,9 +74,13 @@ enum Cmd {
         /// LDAP port of each node of a multi-node site.
         #[arg(long, default_value_t = 1389)]
         ldap_port: u16,
-        /// gRPC port of each node of a multi-node site (hosts and nodes).
+        /// gRPC port of each node of a multi-node site (hosts).
         #[arg(long, default_value_t = 7070)]
         grpc_port: u16,
+        /// Peer port of each node of a multi-node site (Raft and forwarded
+        /// writes between the nodes; never the hosts' port).
+        #[arg(long, default_value_t = 7071)]
+        peer_port: u16,
         /// DNS port (UDP and TCP) of each node of a multi-node site.
         #[arg(long, default_value_t = 8600)]
         dns_port: u16,
@@ -123,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             nodes,
             ldap_port,
             grpc_port,
+            peer_port,
             dns_port,
             http_port,
         } => {
@@ -158,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                     .map(|i| config::MemberSection {
                         id: i,
                         grpc: addr(i, grpc_port).to_string(),
+                        peer: addr(i, peer_port).to_string(),
                         ldap: addr(i, ldap_port).to_string(),
                     })
                     .collect();
@@ -178,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                         snapshot_after: cairn_replica::ReplicaConfig::SNAPSHOT_AFTER,
                         snapshot_log_mb: cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20,
                         site: "east".into(),
+                        peer_addr: addr(i, peer_port),
                     });
                     all.push(f.validate(Some(password.clone()))?);
                 }

@@ -67,8 +67,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
     let mut tasks = JoinSet::new();
     let mut replica = None;
-    // One gRPC server per node: hosts' Locator and Config, reflection,
-    // health, and in a site the node-to-node Raft service.
+    // The hosts' gRPC server: Locator and Config, reflection, health. In a
+    // site the node-to-node Raft service has a listener of its own.
     let boot = cairn_boot::Boot::new(
         dir.clone(),
         cairn_boot::SelfInfo {
@@ -80,7 +80,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             },
         },
     );
-    let mut routes = cairn_boot::routes(boot.clone())
+    let routes = cairn_boot::routes(boot.clone())
         .await
         .map_err(|e| anyhow::anyhow!("gRPC services: {e}"))?;
     let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
@@ -94,9 +94,21 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cfg.election = c.election;
             cfg.snapshot_after = c.snapshot_after;
             cfg.snapshot_log_bytes = c.snapshot_log_bytes;
+            cfg.members = c.members.clone();
+            let ip = c.peer_listen.ip();
+            cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
+            let peer = tokio::net::TcpListener::bind(c.peer_listen)
+                .await
+                .with_context(|| format!("cannot listen for peers on {}", c.peer_listen))?;
             let r = Replica::start(cfg, dir.clone()).await?;
-            routes = routes.add_service(r.grpc_service());
-            info!(node = c.node_id, grpc = %s.grpc_listen, "Raft node started");
+            let peer_routes = r.peer_routes();
+            let stop2 = stop.clone();
+            tasks.spawn(async move {
+                cairn_replica::network::serve(peer, peer_routes, stopped(stop2))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
+            });
+            info!(node = c.node_id, peer = %c.peer_listen, "Raft node started");
             // The member with the lowest id forms the site the first time.
             let first = c.members.keys().next().copied();
             if first == Some(c.node_id) {
@@ -171,7 +183,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             id: c.node_id,
             site: c.site.clone(),
             ldap: me.ldap.clone(),
-            grpc: me.grpc.clone(),
+            grpc: c.grpc_advertised.clone(),
             who: s.ldap.admin_dn.clone(),
         };
         tasks.spawn(crate::publish::run(

@@ -497,6 +497,49 @@ impl Directory {
         })
     }
 
+    /// Checks that `op` is what [`Directory::prepare`] makes of a client's
+    /// write: no server-set attribute in an add, and no `userPassword`
+    /// value that is not a hash. The leader runs this on writes forwarded
+    /// by another node, so a forged or buggy forward cannot put into the
+    /// log what no front end would accept. (Schema rules are checked when
+    /// the write is applied, by every node.)
+    pub fn check_prepared(&self, op: &WriteOp) -> Result<(), Error> {
+        let clear_password = |name: &str, mut values: Box<dyn Iterator<Item = &str> + '_>| {
+            let is_password = self
+                .schema
+                .attr(name)
+                .is_some_and(|a| a.key() == "userpassword");
+            if is_password && values.any(|v| !password::is_hashed(v)) {
+                return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                    "a forwarded write carries a clear-text userPassword".into(),
+                )));
+            }
+            Ok(())
+        };
+        match op {
+            WriteOp::Add { entry, .. } => {
+                for (name, values) in &entry.attrs {
+                    self.schema.check_user_writable(name)?;
+                    clear_password(name, Box::new(values.iter().map(String::as_str)))?;
+                }
+            }
+            WriteOp::Modify { mods, .. } => {
+                for m in mods {
+                    if m.op == modify::ModOp::Delete {
+                        continue;
+                    }
+                    let values = m
+                        .values
+                        .iter()
+                        .map(|v| std::str::from_utf8(v).unwrap_or(""));
+                    clear_password(&m.attr, Box::new(values))?;
+                }
+            }
+            WriteOp::Delete { .. } | WriteOp::ModRdn { .. } => {}
+        }
+        Ok(())
+    }
+
     fn plan_add(
         &self,
         snap: &dyn Snapshot,
