@@ -1,7 +1,8 @@
 //! Replication inside a site: one Raft group (openraft) whose state
 //! machine is the directory.
 //!
-//! Layout: [`types`] fixes openraft's generics once (`TypeConfig`, and the
+//! Layout: [`disk`] is the file-system interface under the log (real, or
+//! simulated in tests); [`types`] fixes openraft's generics once (`TypeConfig`, and the
 //! log payload: prepared directory writes, batched by `proposer` so one
 //! entry and one fsync carry many clients' writes); [`log_store`]
 //! keeps the Raft log and vote in the node's store (durable before openraft
@@ -26,6 +27,7 @@
 // bytes); the helpers here return what those traits return.
 #![allow(clippy::result_large_err)]
 
+pub mod disk;
 pub mod faults;
 mod forwarder;
 pub mod log_store;

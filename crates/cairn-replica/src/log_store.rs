@@ -28,6 +28,13 @@ impl LogStore {
         })
     }
 
+    /// [`LogStore::open`] on a given disk (a simulated one in tests).
+    pub fn open_on(disk: Arc<dyn crate::disk::Disk>, dir: &Path) -> Result<Self, WalError> {
+        Ok(LogStore {
+            wal: Arc::new(Wal::open_on(disk, dir)?),
+        })
+    }
+
     /// The log itself.
     pub fn wal(&self) -> Arc<Wal> {
         self.wal.clone()

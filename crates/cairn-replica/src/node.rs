@@ -58,6 +58,9 @@ pub struct ReplicaConfig {
     /// peer listener's address, which the peers check. None lets the
     /// system choose (a listener on 0.0.0.0).
     pub peer_local: Option<std::net::IpAddr>,
+    /// The disk under the Raft log: the file system, or in tests a
+    /// simulated one that can lose power or fail.
+    pub disk: Arc<dyn crate::disk::Disk>,
 }
 
 impl ReplicaConfig {
@@ -84,6 +87,7 @@ impl ReplicaConfig {
             faults: crate::Faults::default(),
             members: BTreeMap::new(),
             peer_local: None,
+            disk: Arc::new(crate::disk::RealDisk),
         }
     }
 }
@@ -257,7 +261,7 @@ impl Replica {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let log = LogStore::open(&cfg.data_dir.join("raft"))
+        let log = LogStore::open_on(cfg.disk.clone(), &cfg.data_dir.join("raft"))
             .map_err(|e| StartError::Log(e.to_string()))?;
         let wal = log.wal();
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
@@ -342,6 +346,11 @@ impl Replica {
     /// answered once it is committed on a majority and applied here or on
     /// the leader.
     pub async fn write(&self, op: WriteOp) -> Result<Applied, WriteError> {
+        if let Some(cause) = self.stopped() {
+            return Err(WriteError::NoLeader(format!(
+                "this node's Raft core stopped ({cause}); it takes no writes until it is restarted"
+            )));
+        }
         let op = if self.dir.prepare_is_slow(&op) {
             let dir = self.dir.clone();
             tokio::task::spawn_blocking(move || dir.prepare(op))
@@ -387,6 +396,18 @@ impl Replica {
         }
     }
 
+    /// Why this node's Raft core stopped, once it has (a fatal storage
+    /// error, a panic); None while it runs.
+    pub fn stopped(&self) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+    }
+
     /// The leader as this node last heard of it, with its address.
     fn known_leader(&self) -> Option<(u64, NodeInfo)> {
         let m = self.raft.metrics();
@@ -416,6 +437,10 @@ impl Replica {
     /// clear-text password), so a buggy or forged forward cannot put into
     /// the log what no node's front end would accept.
     pub(crate) async fn write_here(&self, from: u64, ops: Vec<WriteOp>) -> Vec<Forwarded> {
+        if self.stopped().is_some() {
+            // Not proposed: the follower tries the next leader.
+            return ops.iter().map(|_| Forwarded::NotLeader).collect();
+        }
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         let mut out: Vec<Option<Forwarded>> = Vec::with_capacity(ops.len());
         let mut accepted = Vec::with_capacity(ops.len());

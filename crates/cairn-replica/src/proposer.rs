@@ -238,7 +238,15 @@ async fn run(
                     };
                     all(n, Err(to))
                 }
-                Ok(Err(e)) => all(n, Ok(Err(WriteError::NoLeader(e.to_string())))),
+                // The Raft core stopped (a fatal storage error, a panic)
+                // with the entry handed to it: it may already be in the
+                // log and at the followers, and a new leader may commit it.
+                Ok(Err(e)) => all(
+                    n,
+                    Ok(Err(WriteError::Unknown(format!(
+                        "this node's Raft core stopped while proposing the write: {e}"
+                    )))),
+                ),
             };
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A caller that gave up no longer listens.

@@ -12,6 +12,7 @@ use cairn_core::dn::Dn;
 use cairn_core::entry::{Entry, Stamp};
 use cairn_core::filter::Filter;
 use cairn_core::schema::Schema;
+use cairn_replica::disk::SimDisk;
 use cairn_replica::{Faults, NodeInfo, Replica, ReplicaConfig, WriteError};
 use cairn_store::{Directory, EngineKind, Scope, WriteOp};
 
@@ -29,6 +30,9 @@ struct Node {
 struct Site {
     nodes: Vec<Node>,
     faults: Faults,
+    /// Nodes whose Raft log is on a simulated disk (power cuts, failing
+    /// writes and syncs); the others use the file system.
+    disks: BTreeMap<u64, SimDisk>,
     snapshot_after: u64,
     snapshot_log_bytes: u64,
 }
@@ -39,12 +43,19 @@ impl Site {
     }
 
     async fn with_log_limit(n: u64, snapshot_after: u64, snapshot_log_bytes: u64) -> Site {
+        Site::build(n, snapshot_after, snapshot_log_bytes, false).await
+    }
+
+    /// A site whose nodes keep their Raft logs on simulated disks.
+    async fn on_sim_disks(n: u64) -> Site {
+        Site::build(n, 10_000, ReplicaConfig::SNAPSHOT_LOG_BYTES, true).await
+    }
+
+    async fn build(n: u64, snapshot_after: u64, snapshot_log_bytes: u64, sim: bool) -> Site {
         let mut nodes = vec![];
         let mut members = BTreeMap::new();
         for id in 1..=n {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            drop(l);
+            let addr = free_addr();
             members.insert(
                 id,
                 NodeInfo {
@@ -61,9 +72,15 @@ impl Site {
                 server: None,
             });
         }
+        let disks = if sim {
+            (1..=n).map(|i| (i, SimDisk::new())).collect()
+        } else {
+            BTreeMap::new()
+        };
         let mut site = Site {
             nodes,
             faults: Faults::default(),
+            disks,
             snapshot_after,
             snapshot_log_bytes,
         };
@@ -98,6 +115,7 @@ impl Site {
         let faults = self.faults.clone();
         let snapshot_after = self.snapshot_after;
         let snapshot_log_bytes = self.snapshot_log_bytes;
+        let disk = self.disks.get(&id).cloned();
         let members: BTreeMap<u64, NodeInfo> = self
             .nodes
             .iter()
@@ -128,6 +146,9 @@ impl Site {
         cfg.write_timeout = Duration::from_secs(4);
         cfg.members = members;
         cfg.peer_local = Some(node.addr.ip());
+        if let Some(d) = disk {
+            cfg.disk = Arc::new(d);
+        }
 
         let replica = Replica::start(cfg, dir).await.unwrap();
         let listener = bind_retry(node.addr).await;
@@ -182,9 +203,7 @@ impl Site {
     /// and returns its id and address.
     async fn add_node(&mut self) -> (u64, NodeInfo) {
         let id = self.nodes.len() as u64 + 1;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
+        let addr = free_addr();
         self.nodes.push(Node {
             id,
             addr,
@@ -271,6 +290,32 @@ impl Site {
     async fn shutdown(mut self) {
         for id in self.alive() {
             self.stop_node(id, false).await;
+        }
+    }
+}
+
+/// A free address on 127.0.0.1 whose port is below Linux's ephemeral
+/// range (32768-60999). A port the OS picked for `bind(0)` is in that
+/// range, and once a killed node's listener has released it, a peer's
+/// outgoing connection can be given the same port and the node cannot
+/// restart on it. A counter keeps this process's nodes apart; the process
+/// id keeps concurrent test processes apart.
+fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 611) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
         }
     }
 }
@@ -859,5 +904,96 @@ async fn issue_10_forged_peer_requests_change_nothing() {
         );
     }
     assert!(site.replica(leader).raft.metrics().borrow().current_term >= term_before);
+    site.shutdown().await;
+}
+
+fn role(r: &Replica) -> (String, String) {
+    let status = r.status();
+    let get = |name: &str| {
+        status
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.first().cloned())
+            .unwrap_or_default()
+    };
+    (get("cairnRole"), get("cairnRaftError"))
+}
+
+/// Issue 10: a log disk that fails (every fdatasync an I/O error) stops
+/// that node's Raft core: its writes fail with a clear error, its status
+/// says `stopped` with the cause, the rest of the site goes on, nothing
+/// acknowledged is lost, and once the disk works again a restart brings
+/// the node back and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() {
+    let mut site = Site::on_sim_disks(3).await;
+    site.replica(1)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    let mut acked = vec![];
+    for i in 0..30u64 {
+        let at = 1 + i % 3;
+        site.replica(at)
+            .write(host(&format!("before-{i}")))
+            .await
+            .unwrap();
+        acked.push(host_dn(&format!("before-{i}")));
+    }
+    let bad = site.leader().await;
+    site.disks[&bad].fail_syncs(true);
+    // The next write at the failing node cannot be made durable there.
+    let err = site
+        .replica(bad)
+        .write(host("on-a-failing-disk"))
+        .await
+        .expect_err("a write on a node whose log cannot sync");
+    let text = err.to_string();
+    assert!(!text.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (r, cause) = role(&site.replica(bad));
+        if r == "stopped" {
+            assert!(
+                cause.contains("raft") || cause.contains(".wal") || cause.contains("sync"),
+                "the cause names the log: {cause}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {bad} never reported its stop: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other two go on.
+    let others: Vec<u64> = site.alive().into_iter().filter(|&i| i != bad).collect();
+    for (n, &at) in others.iter().cycle().take(10).enumerate() {
+        site.replica(at)
+            .write(host(&format!("during-{n}")))
+            .await
+            .unwrap();
+        acked.push(host_dn(&format!("during-{n}")));
+    }
+    // Still stopped, still refusing writes.
+    assert_eq!(role(&site.replica(bad)).0, "stopped");
+    assert!(
+        site.replica(bad)
+            .write(host("still-failing"))
+            .await
+            .is_err()
+    );
+    // The disk is repaired; a restart recovers the node.
+    site.stop_node(bad, true).await;
+    site.disks[&bad].fail_syncs(false);
+    site.start(bad).await;
+    site.converge().await;
+    for id in site.alive() {
+        for dn in &acked {
+            assert!(site.has(id, dn), "node {id} lacks acknowledged {dn}");
+        }
+    }
+    assert_ne!(role(&site.replica(bad)).0, "stopped");
+    site.replica(bad).write(host("after-repair")).await.unwrap();
     site.shutdown().await;
 }
