@@ -98,6 +98,13 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) {
 /// output: callers add the arguments.
 pub fn cairnd() -> Command {
     let mut cmd = Command::new(bin("cairnd"));
+    // Only what the test sets: cairnd refuses unknown CAIRN_* variables,
+    // and the caller's environment must not change what is tested.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CAIRN_") {
+            cmd.env_remove(k);
+        }
+    }
     cmd.env("CAIRN_ADMIN_PASSWORD", PASSWORD)
         .env("CAIRN_LOG", "warn")
         .stdout(Stdio::null())
@@ -562,24 +569,98 @@ impl ProcSite {
             let config = node_config(i, &s.data.path().join(format!("node-{i}")), ports, &members);
             let file = s.data.path().join(format!("node-{i}.toml"));
             std::fs::write(&file, config).expect("write config");
-            let mut child = cairnd()
-                .arg("--config")
-                .arg(&file)
-                .spawn()
-                .expect("start cairnd");
-            wait_listening(
-                &mut child,
-                SocketAddr::from(([127, 0, 0, i as u8], s.ldap_port)),
-            );
-            s.children.push(Some(child));
+            s.children.push(None);
+            s.spawn(i);
         }
         s
+    }
+
+    /// Starts node `i` from its config file, its log appended to
+    /// `node-i.log` in the site's directory.
+    fn spawn(&mut self, i: u64) {
+        let file = self.data.path().join(format!("node-{i}.toml"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("node log");
+        let mut child = cairnd()
+            .env("CAIRN_LOG", "warn,cairn_replica=info")
+            .arg("--config")
+            .arg(&file)
+            .stderr(log)
+            .spawn()
+            .expect("start cairnd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.ldap_addr(i)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "node {i} exited early: {status}\n{}",
+                    std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "node {i} never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.children[i as usize - 1] = Some(child);
+    }
+
+    pub fn log_path(&self, i: u64) -> PathBuf {
+        self.data.path().join(format!("node-{i}.log"))
+    }
+
+    /// The last lines each node logged, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for i in 1..=self.children.len() as u64 {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!("--- node {i} ---\n{}\n", all[from..].join("\n")));
+        }
+        out
+    }
+
+    pub fn ldap_addr(&self, i: u64) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port))
+    }
+
+    pub fn url(&self, i: u64) -> String {
+        format!("ldap://{}", self.ldap_addr(i))
     }
 
     /// SIGKILL node `i`.
     pub fn kill9(&mut self, i: u64) {
         if let Some(c) = self.children.get_mut(i as usize - 1) {
             kill9(c);
+        }
+    }
+
+    /// Starts node `i` again on its data directory (after a kill).
+    pub fn restart(&mut self, i: u64) {
+        self.kill9(i);
+        self.spawn(i);
+    }
+
+    /// `cairn export` of node `i`, or why it failed.
+    pub fn export(&self, i: u64) -> Result<String, String> {
+        let out = Command::new(bin("cairn"))
+            .args([
+                "--url",
+                &self.url(i),
+                "--bind-dn",
+                ADMIN,
+                "--password",
+                PASSWORD,
+                "export",
+                SUFFIX,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
 }

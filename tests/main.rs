@@ -8,6 +8,7 @@ mod kit;
 
 mod boot;
 mod cli;
+mod crash;
 mod dns;
 mod durability;
 mod hostile;

@@ -1301,7 +1301,7 @@ mod tests {
         use crate::disk::{Cut, SimDisk};
         use std::collections::{BTreeMap, BTreeSet};
         use std::sync::atomic::{AtomicBool, Ordering};
-        let rounds: u64 = std::env::var("CAIRN_POWER_CUT_ROUNDS")
+        let rounds: u64 = std::env::var("POWER_CUT_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(60);
