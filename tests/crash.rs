@@ -367,6 +367,13 @@ fn issue_10_sigkills_of_leaders_and_followers_lose_no_acknowledged_write() {
                 );
             }
         }
+        if (k + 1) % 10 == 0 {
+            eprintln!(
+                "crash test: {} kills, {} acknowledged writes so far",
+                k + 1,
+                shared.acked.load(Ordering::SeqCst)
+            );
+        }
     }
     shared.stop.store(true, Ordering::SeqCst);
     shared.pause.store(false, Ordering::SeqCst);

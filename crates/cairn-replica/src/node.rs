@@ -238,6 +238,8 @@ pub enum StartError {
     Config(String),
     #[error("cannot open the Raft log: {0}")]
     Log(String),
+    #[error("the node's snapshot is damaged, refusing to start: {0}")]
+    Snapshot(String),
     #[error("cannot start Raft: {0}")]
     Raft(String),
 }
@@ -263,6 +265,7 @@ impl Replica {
         .map_err(|e| StartError::Config(e.to_string()))?;
         let log = LogStore::open_on(cfg.disk.clone(), &cfg.data_dir.join("raft"))
             .map_err(|e| StartError::Log(e.to_string()))?;
+        StateMachine::check_snapshot(&cfg.data_dir).map_err(StartError::Snapshot)?;
         let wal = log.wal();
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
         let caller = network::Caller {

@@ -3,7 +3,9 @@
 //! membership written in the same durable transaction, so a restarted
 //! node knows exactly where it is. A snapshot is a copy of the directory
 //! tables; the current one is kept in `DATA_DIR/snapshot` (written to a
-//! temporary file, fsync'd, renamed).
+//! temporary file, fsync'd, renamed), behind a header with a checksum, and
+//! checked when the node starts: a damaged snapshot is refused rather than
+//! sent to a follower that needs it.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,41 @@ fn get<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StorageError> {
     match decode::<Stored<T>>(b).map_err(|e| StorageIOError::read_state_machine(&e))? {
         Stored::V1(v) => Ok(v),
     }
+}
+
+/// The snapshot file's header: magic, format, CRC-32 of what follows.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
+const SNAPSHOT_HEADER: usize = 16;
+
+/// The snapshot file's bytes: the header, then `payload`.
+fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER + payload.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload of a snapshot file, checked. Files written before the
+/// header existed (no magic) are read as they are, unchecked.
+fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if !bytes.starts_with(SNAPSHOT_MAGIC) {
+        return Ok(bytes);
+    }
+    let h = bytes
+        .get(..SNAPSHOT_HEADER)
+        .ok_or("a snapshot file shorter than its header")?;
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != 1 {
+        return Err(format!("snapshot format {version}; this build reads 1"));
+    }
+    let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    let payload = &bytes[SNAPSHOT_HEADER..];
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch: the snapshot file is damaged".into());
+    }
+    Ok(payload)
 }
 
 /// The snapshot file: metadata and the directory's tables.
@@ -101,7 +138,7 @@ impl StateMachine {
 
     fn save_snapshot(data_dir: &Path, file: &SnapshotFile) -> Result<(), StorageError> {
         let sig = Some(file.meta.signature());
-        let bytes = put(file)?;
+        let bytes = seal(&put(file)?);
         let tmp = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             use std::io::Write;
@@ -115,11 +152,34 @@ impl StateMachine {
     }
 
     fn load_snapshot(data_dir: &Path) -> Result<Option<SnapshotFile>, StorageError> {
-        match std::fs::read(data_dir.join(SNAPSHOT_FILE)) {
-            Ok(bytes) => Ok(Some(get(&bytes)?)),
+        let path = data_dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let damaged = |why: String| -> StorageError {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {why}", path.display()),
+                    );
+                    StorageIOError::read_snapshot(None, &e).into()
+                };
+                let payload = unseal(&bytes).map_err(damaged)?;
+                let file: SnapshotFile =
+                    get(payload).map_err(|e| damaged(format!("undecodable snapshot: {e}")))?;
+                Ok(Some(file))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(None, &e).into()),
         }
+    }
+
+    /// Checks the node's current snapshot file, if any, before the node
+    /// starts: a damaged one (a checksum mismatch, an undecodable file) is
+    /// refused with a message that names it, instead of being found only
+    /// when a lagging follower needs it.
+    pub fn check_snapshot(data_dir: &Path) -> Result<(), String> {
+        Self::load_snapshot(data_dir)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -393,6 +453,18 @@ mod tests {
             assert!(b.directory().get(&h1).unwrap().is_some(), "{kind:?}");
             let current = b.get_current_snapshot().await.unwrap().unwrap();
             assert_eq!(current.meta.snapshot_id, snap.meta.snapshot_id);
+            // Issue 10: a damaged snapshot file is refused at start-up,
+            // naming the file, instead of being sent to a follower.
+            StateMachine::check_snapshot(&a.data_dir).unwrap();
+            let path = a.data_dir.join(SNAPSHOT_FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x10;
+            std::fs::write(&path, &bytes).unwrap();
+            let e = StateMachine::check_snapshot(&a.data_dir).unwrap_err();
+            assert!(e.contains("checksum"), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(a.get_current_snapshot().await.is_err());
         }
     }
 

@@ -1,5 +1,5 @@
 //! Sites of three replicas in one process, talking gRPC over loopback,
-//! with the fault layer between them: kill and restart nodes on their data
+//! with the fault layer between them: stop and restart nodes on their data
 //! directories, cut the traffic between nodes. Every scenario ends by
 //! comparing the directories of all nodes entry by entry.
 
@@ -165,9 +165,13 @@ impl Site {
         node.replica = Some(replica);
     }
 
-    /// Stops a node as a crash would: its server goes away, Raft stops,
-    /// nothing is flushed on the way out.
-    async fn kill(&mut self, id: u64) {
+    /// Stops a node gracefully: its server goes away, Raft shuts down,
+    /// the log and the store are closed. This is not a crash (the log's
+    /// sync thread finishes, the store is closed): crash safety is proven
+    /// with SIGKILLs of real processes (`tests/crash.rs` in the workspace
+    /// tests) and with power cuts of the log on a simulated disk
+    /// (`wal::tests`). These tests are about fail-over and catching up.
+    async fn stop(&mut self, id: u64) {
         self.stop_node(id, true).await
     }
 
@@ -470,7 +474,7 @@ async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
+async fn stopping_the_leader_under_writes_fails_over_and_loses_no_acknowledged_write() {
     let mut site = site_with_suffix(10_000).await;
     let leader = site.leader().await;
     let via = site.alive().into_iter().find(|&i| i != leader).unwrap();
@@ -483,17 +487,17 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
             acked.push(host_dn(&format!("k-{i}")));
         }
     }
-    let killed_at = Instant::now();
-    site.kill(leader).await;
-    let kill_took = killed_at.elapsed();
-    // Keep writing: the first success after the kill ends the outage.
+    let stopped_at = Instant::now();
+    site.stop(leader).await;
+    let stop_took = stopped_at.elapsed();
+    // Keep writing: the first success after the stop ends the outage.
     let mut outage = None;
     let mut after = 0;
     while after < 30 {
         i += 1;
         match r.write(host(&format!("k-{i}"))).await {
             Ok(_) => {
-                outage.get_or_insert(killed_at.elapsed());
+                outage.get_or_insert(stopped_at.elapsed());
                 acked.push(host_dn(&format!("k-{i}")));
                 after += 1;
             }
@@ -504,10 +508,10 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
         }
     }
     eprintln!(
-        "writes were unavailable for {:?} after the leader was killed",
+        "writes were unavailable for {:?} after the leader was stopped",
         outage.unwrap()
     );
-    eprintln!("stopping the leader itself took {kill_took:?}");
+    eprintln!("stopping the leader itself took {stop_took:?}");
     let new_leader = site.leader().await;
     assert_ne!(new_leader, leader);
     for dn in &acked {
@@ -530,7 +534,7 @@ async fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_follower_fails_no_write() {
+async fn stopping_a_follower_fails_no_write() {
     let mut site = site_with_suffix(10_000).await;
     let leader = site.leader().await;
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
@@ -538,7 +542,7 @@ async fn killing_a_follower_fails_no_write() {
     for i in 0..10 {
         r.write(host(&format!("f-{i}"))).await.unwrap();
     }
-    site.kill(follower).await;
+    site.stop(follower).await;
     for i in 10..40 {
         r.write(host(&format!("f-{i}")))
             .await
@@ -616,7 +620,7 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
     let mut site = site_with_suffix(20).await;
     let leader = site.leader().await;
     let down = site.alive().into_iter().find(|&i| i != leader).unwrap();
-    site.kill(down).await;
+    site.stop(down).await;
     let r = site.replica(leader);
     for i in 0..120 {
         r.write(host(&format!("s-{i}"))).await.unwrap();
@@ -706,7 +710,7 @@ async fn a_node_is_replaced_under_load() {
         site.replica(leader).voters(),
         [1, 2, 3, 4].into_iter().filter(|&i| i != old).collect()
     );
-    site.kill(old).await;
+    site.stop(old).await;
     // The new member has everything, and keeps up.
     site.replica(leader).write(host("after")).await.unwrap();
     site.converge().await;

@@ -219,6 +219,31 @@ pub fn open_with(
 ) -> Result<Box<dyn Engine>, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    // A node with a Raft history (a log or a vote in DATA_DIR/raft) whose
+    // store is gone or empty lost its directory: starting it on a fresh
+    // store would serve an empty tree and, once the log is compacted,
+    // never get back what the snapshot covered. Refuse instead.
+    let store = match kind {
+        EngineKind::Redb => dir.join("cairn.redb"),
+        EngineKind::Sled => dir.join("sled"),
+    };
+    let store_is_empty = match std::fs::metadata(&store) {
+        Err(_) => true,
+        Ok(m) if m.is_file() => m.len() == 0,
+        Ok(_) => std::fs::read_dir(&store)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+    };
+    let raft = dir.join("raft");
+    let has_history = std::fs::read_dir(&raft).is_ok_and(|mut d| d.next().is_some());
+    if store_is_empty && has_history {
+        return Err(Error::Corrupt(format!(
+            "{} is missing or empty, but {} holds this node's Raft history: refusing to start \
+             on an empty store (see docs/storage.md, \"A damaged store\")",
+            store.display(),
+            raft.display()
+        )));
+    }
     Ok(match kind {
         EngineKind::Redb => Box::new(RedbEngine::open(&dir.join("cairn.redb"), opts.cache_bytes)?),
         EngineKind::Sled => Box::new(SledEngine::open(&dir.join("sled"), opts.cache_bytes)?),

@@ -24,10 +24,18 @@ pub struct RedbEngine {
 
 impl RedbEngine {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, Error> {
+        // redb opens a valid database, initializes a missing or empty
+        // file, and refuses anything else (a damaged header, another
+        // file): a damaged store is never replaced by an empty one.
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
-            .map_err(storage)?;
+            .map_err(|e| {
+                Error::Corrupt(format!(
+                    "{}: cannot open the store: {e} (see docs/storage.md, \"A damaged store\")",
+                    path.display()
+                ))
+            })?;
         // Create every table once so read transactions can open them.
         let txn = db.begin_write().map_err(storage)?;
         for t in Table::ALL {
