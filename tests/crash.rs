@@ -48,6 +48,9 @@ impl Known {
     }
 }
 
+/// What a write means for each name it touches.
+type Outcomes = Vec<(String, Known)>;
+
 /// A small deterministic generator (xorshift): a run is replayed from its
 /// seed, apart from the timing of the processes.
 struct Rng(u64);
@@ -122,16 +125,33 @@ fn writer(node: u64, url: String, seed: u64, shared: Arc<Shared>, idle: Arc<Atom
         let pick = rng.below(100);
         // Each arm: the write, what success means, what an unknown
         // outcome means.
-        let (result, on_ok, on_unknown): (_, Vec<(String, Known)>, Vec<(String, Known)>) =
-            if pick < 40 || live.is_empty() {
-                let name = fresh_name(&mut next_name);
-                let r = ldap.add(
+        let (result, on_ok, on_unknown): (_, Outcomes, Outcomes) = if pick < 40 || live.is_empty() {
+            let name = fresh_name(&mut next_name);
+            let r = ldap.add(
+                &dn(&name),
+                vec![
+                    ("objectClass", HashSet::from(["device"])),
+                    ("cn", HashSet::from([name.as_str()])),
+                    ("description", HashSet::from([value.as_str()])),
+                ],
+            );
+            let now = State::Present(value.clone());
+            if matches!(&r, Ok(r) if r.rc == 0) {
+                live.push((name.clone(), value.clone()));
+            }
+            (
+                r,
+                vec![(name.clone(), Known::Sure(now.clone()))],
+                vec![(name, Known::Either(State::Absent, now))],
+            )
+        } else {
+            let i = rng.below(live.len() as u64) as usize;
+            let (name, old) = live.swap_remove(i);
+            let before = State::Present(old.clone());
+            if pick < 70 {
+                let r = ldap.modify(
                     &dn(&name),
-                    vec![
-                        ("objectClass", HashSet::from(["device"])),
-                        ("cn", HashSet::from([name.as_str()])),
-                        ("description", HashSet::from([value.as_str()])),
-                    ],
+                    vec![Mod::Replace("description", HashSet::from([value.as_str()]))],
                 );
                 let now = State::Present(value.clone());
                 if matches!(&r, Ok(r) if r.rc == 0) {
@@ -140,52 +160,34 @@ fn writer(node: u64, url: String, seed: u64, shared: Arc<Shared>, idle: Arc<Atom
                 (
                     r,
                     vec![(name.clone(), Known::Sure(now.clone()))],
-                    vec![(name, Known::Either(State::Absent, now))],
+                    vec![(name, Known::Either(before, now))],
+                )
+            } else if pick < 85 {
+                let r = ldap.delete(&dn(&name));
+                (
+                    r,
+                    vec![(name.clone(), Known::Sure(State::Absent))],
+                    vec![(name, Known::Either(before, State::Absent))],
                 )
             } else {
-                let i = rng.below(live.len() as u64) as usize;
-                let (name, old) = live.swap_remove(i);
-                let before = State::Present(old.clone());
-                if pick < 70 {
-                    let r = ldap.modify(
-                        &dn(&name),
-                        vec![Mod::Replace("description", HashSet::from([value.as_str()]))],
-                    );
-                    let now = State::Present(value.clone());
-                    if matches!(&r, Ok(r) if r.rc == 0) {
-                        live.push((name.clone(), value.clone()));
-                    }
-                    (
-                        r,
-                        vec![(name.clone(), Known::Sure(now.clone()))],
-                        vec![(name, Known::Either(before, now))],
-                    )
-                } else if pick < 85 {
-                    let r = ldap.delete(&dn(&name));
-                    (
-                        r,
-                        vec![(name.clone(), Known::Sure(State::Absent))],
-                        vec![(name, Known::Either(before, State::Absent))],
-                    )
-                } else {
-                    let to = fresh_name(&mut next_name);
-                    let r = ldap.modifydn(&dn(&name), &format!("cn={to}"), true, None);
-                    if matches!(&r, Ok(r) if r.rc == 0) {
-                        live.push((to.clone(), old.clone()));
-                    }
-                    (
-                        r,
-                        vec![
-                            (name.clone(), Known::Sure(State::Absent)),
-                            (to.clone(), Known::Sure(before.clone())),
-                        ],
-                        vec![
-                            (name, Known::Either(before.clone(), State::Absent)),
-                            (to, Known::Either(State::Absent, before)),
-                        ],
-                    )
+                let to = fresh_name(&mut next_name);
+                let r = ldap.modifydn(&dn(&name), &format!("cn={to}"), true, None);
+                if matches!(&r, Ok(r) if r.rc == 0) {
+                    live.push((to.clone(), old.clone()));
                 }
-            };
+                (
+                    r,
+                    vec![
+                        (name.clone(), Known::Sure(State::Absent)),
+                        (to.clone(), Known::Sure(before.clone())),
+                    ],
+                    vec![
+                        (name, Known::Either(before.clone(), State::Absent)),
+                        (to, Known::Either(State::Absent, before)),
+                    ],
+                )
+            }
+        };
         match result {
             Ok(r) if r.rc == 0 => {
                 for (n, k) in on_ok {
