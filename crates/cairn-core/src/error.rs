@@ -24,6 +24,9 @@ pub enum Error {
     NotAllowedOnRdn(String),
     #[error("{0}")]
     UnwillingToPerform(String),
+    /// A size limit of the server (an entry too large to store).
+    #[error("{0}")]
+    AdminLimitExceeded(String),
 }
 
 impl From<crate::dn::DnError> for Error {

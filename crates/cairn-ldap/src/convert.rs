@@ -53,6 +53,7 @@ pub fn to_ldap_result(e: &cairn_store::Error) -> Outcome {
                 M::ValueExists(_) => C::AttributeOrValueExists,
                 M::NotAllowedOnRdn(_) => C::NotALlowedOnRDN,
                 M::UnwillingToPerform(_) => C::UnwillingToPerform,
+                M::AdminLimitExceeded(_) => C::AdminLimitExceeded,
             },
             m.to_string(),
         ),

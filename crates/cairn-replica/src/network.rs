@@ -43,6 +43,16 @@ use pb::raft_client::RaftClient;
 /// Largest gRPC message between nodes (snapshot chunks, big batches).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// The most an AppendEntries message carries when it holds more than one
+/// entry. openraft counts entries, not bytes (up to 300 at once), and an
+/// entry may hold several MiB of writes: a follower catching up could be
+/// sent more than a gRPC message may hold, and openraft gives each
+/// AppendEntries one heartbeat interval to complete, so a message must
+/// also be small enough to be sent, written and synced in that time
+/// (etcd sends at most 1 MiB per message for the same reason). A single
+/// entry larger than this is still sent alone.
+const APPEND_BUDGET: usize = 4 << 20;
+
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -161,14 +171,13 @@ pub struct PeerConn {
 type RpcResult<T, E> = Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
 
 impl PeerConn {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &mut self,
         which: Rpc,
-        req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -186,7 +195,6 @@ impl PeerConn {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
-        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = self.caller.request(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match which {
@@ -224,7 +232,17 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // Too many bytes for one message (see APPEND_BUDGET): ask openraft
+        // for fewer entries (it retries at once with the hint).
+        let n = rpc.entries.len();
+        if data.len() > APPEND_BUDGET && n > 1 {
+            let fit = (n as u128 * APPEND_BUDGET as u128 / data.len() as u128) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                openraft::error::PayloadTooLarge::new_entries_hint(fit.max(1)),
+            ));
+        }
+        self.call(Rpc::Append, data, &option).await
     }
 
     async fn install_snapshot(
@@ -232,7 +250,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call(Rpc::Snapshot, data, &option).await
     }
 
     async fn vote(
@@ -240,7 +259,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call(Rpc::Vote, data, &option).await
     }
 }
 

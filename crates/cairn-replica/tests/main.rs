@@ -18,6 +18,10 @@ use cairn_store::{Directory, EngineKind, Scope, WriteOp};
 
 const SUFFIX: &str = "dc=example,dc=com";
 
+/// How long a test site's write may wait for its commit: short, so tests
+/// of writes that cannot commit end soon.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+
 struct Node {
     id: u64,
     addr: SocketAddr,
@@ -33,6 +37,7 @@ struct Site {
     /// Nodes whose Raft log is on a simulated disk (power cuts, failing
     /// writes and syncs); the others use the file system.
     disks: BTreeMap<u64, SimDisk>,
+    write_timeout: Duration,
     snapshot_after: u64,
     snapshot_log_bytes: u64,
 }
@@ -43,15 +48,28 @@ impl Site {
     }
 
     async fn with_log_limit(n: u64, snapshot_after: u64, snapshot_log_bytes: u64) -> Site {
-        Site::build(n, snapshot_after, snapshot_log_bytes, false).await
+        Site::build(n, snapshot_after, snapshot_log_bytes, false, WRITE_TIMEOUT).await
     }
 
     /// A site whose nodes keep their Raft logs on simulated disks.
     async fn on_sim_disks(n: u64) -> Site {
-        Site::build(n, 10_000, ReplicaConfig::SNAPSHOT_LOG_BYTES, true).await
+        Site::build(
+            n,
+            10_000,
+            ReplicaConfig::SNAPSHOT_LOG_BYTES,
+            true,
+            WRITE_TIMEOUT,
+        )
+        .await
     }
 
-    async fn build(n: u64, snapshot_after: u64, snapshot_log_bytes: u64, sim: bool) -> Site {
+    async fn build(
+        n: u64,
+        snapshot_after: u64,
+        snapshot_log_bytes: u64,
+        sim: bool,
+        write_timeout: Duration,
+    ) -> Site {
         let mut nodes = vec![];
         let mut members = BTreeMap::new();
         for id in 1..=n {
@@ -81,6 +99,7 @@ impl Site {
             nodes,
             faults: Faults::default(),
             disks,
+            write_timeout,
             snapshot_after,
             snapshot_log_bytes,
         };
@@ -116,6 +135,7 @@ impl Site {
         let snapshot_after = self.snapshot_after;
         let snapshot_log_bytes = self.snapshot_log_bytes;
         let disk = self.disks.get(&id).cloned();
+        let write_timeout = self.write_timeout;
         let members: BTreeMap<u64, NodeInfo> = self
             .nodes
             .iter()
@@ -143,7 +163,7 @@ impl Site {
         } else {
             1000
         };
-        cfg.write_timeout = Duration::from_secs(4);
+        cfg.write_timeout = write_timeout;
         cfg.members = members;
         cfg.peer_local = Some(node.addr.ip());
         if let Some(d) = disk {
@@ -999,5 +1019,124 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
     }
     assert_ne!(role(&site.replica(bad)).0, "stopped");
     site.replica(bad).write(host("after-repair")).await.unwrap();
+    site.shutdown().await;
+}
+
+/// Issue 10: a follower that was down while entries of 4 MiB were written
+/// (more of them than one gRPC message may carry: openraft sends up to
+/// 300 entries at once) catches up; an entry above the directory's limit
+/// is refused with adminLimitExceeded, also when a modify would grow one
+/// past it, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_10_large_entries_reach_a_follower_that_was_down() {
+    use cairn_core::modify::{ModOp, Modification};
+    // Writes of 4 MiB take about a second each in a debug build.
+    let mut site = Site::build(
+        3,
+        10_000,
+        ReplicaConfig::SNAPSHOT_LOG_BYTES,
+        false,
+        Duration::from_secs(60),
+    )
+    .await;
+    site.replica(1)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    let leader = site.leader().await;
+    let down = site.alive().into_iter().find(|&i| i != leader).unwrap();
+    site.stop(down).await;
+    let big = "x".repeat(4 << 20);
+    let big_host = |cn: &str| {
+        add(
+            &host_dn(cn),
+            &[
+                ("objectClass", "cairnHost"),
+                ("cn", cn),
+                ("description", &big),
+            ],
+        )
+    };
+    // 72 MiB of writes of 4 MiB, two at a time: more than the largest
+    // gRPC message between nodes (64 MiB), so the catch-up must be split.
+    let r = site.replica(leader);
+    for round in 0..9 {
+        let mut set = tokio::task::JoinSet::new();
+        for j in 0..2 {
+            let (r, op) = (r.clone(), big_host(&format!("big-{round}-{j}")));
+            set.spawn(async move { r.write(op).await });
+        }
+        while let Some(done) = set.join_next().await {
+            done.unwrap().expect("a 4 MiB write");
+        }
+    }
+    site.start(down).await;
+    // Caught up: the node applied what the leader did (comparing whole
+    // directories of 4 MiB values would take longer than the catch-up).
+    let target = site.replica(leader).raft.metrics().borrow().last_applied;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = site.replica(down).raft.metrics().borrow().clone();
+        if m.last_applied >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {down} is stuck at {:?} of {target:?} (log {:?})",
+            m.last_applied,
+            m.last_log_index
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(site.has(down, &host_dn("big-8-1")));
+    // Too large to store: refused, before the log for an add.
+    let huge = "y".repeat(cairn_store::MAX_ENTRY_BYTES + 1);
+    let e = r
+        .write(add(
+            &host_dn("huge"),
+            &[
+                ("objectClass", "cairnHost"),
+                ("cn", "huge"),
+                ("description", &huge),
+            ],
+        ))
+        .await
+        .expect_err("an entry over the limit");
+    assert!(
+        matches!(
+            e,
+            WriteError::Directory(cairn_store::Error::Model(
+                cairn_core::Error::AdminLimitExceeded(_)
+            ))
+        ),
+        "{e:?}"
+    );
+    // A modify that would grow an entry past the limit, at a follower:
+    // refused there, before the log.
+    let grow = WriteOp::Modify {
+        dn: Dn::parse(&host_dn("big-0-0")).unwrap(),
+        mods: vec![Modification {
+            op: ModOp::Add,
+            attr: "description".into(),
+            values: vec![vec![b'z'; 5 << 20]],
+        }],
+        stamp: Stamp {
+            who: Dn::root(),
+            now: "20261124000000Z".into(),
+        },
+    };
+    let e = site
+        .replica(down)
+        .write(grow)
+        .await
+        .expect_err("growing an entry past the limit");
+    assert!(e.to_string().contains("at most"), "{e}");
+    let entry = site
+        .replica(down)
+        .directory()
+        .get(&Dn::parse(&host_dn("big-0-0")).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.get("description").map(|a| a.values.len()), Some(1));
     site.shutdown().await;
 }

@@ -463,6 +463,15 @@ impl FileConfig {
         if l.max_pdu_bytes < 1024 {
             bail!("ldap.max_pdu_bytes must be at least 1024");
         }
+        // A write travels between a site's nodes in one message of at most
+        // cairn_replica::network::MAX_MESSAGE (64 MiB); half of it bounds
+        // a request with room to spare.
+        if l.max_pdu_bytes > cairn_replica::network::MAX_MESSAGE / 2 {
+            bail!(
+                "ldap.max_pdu_bytes must be at most {} (32 MiB)",
+                cairn_replica::network::MAX_MESSAGE / 2
+            );
+        }
         let limits = cairn_ldap::Limits {
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth.max(1),

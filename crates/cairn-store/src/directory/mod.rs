@@ -36,6 +36,22 @@ pub const INDEXED: &[&str] = &[
     "member",
 ];
 
+/// The largest entry the directory stores, encoded: 8 MiB, the LDAP front
+/// end's default request cap. A write that would make a larger one is
+/// refused (adminLimitExceeded); so is a request carrying more value bytes
+/// than this, before it reaches a site's log. The bound is also one of
+/// time: openraft gives each AppendEntries one heartbeat interval to be
+/// sent, written and synced, and in a debug build on this project's
+/// 2-core machines a 12 MiB entry did not make it while 8 MiB did
+/// (`docs/replication.md`, "Large entries").
+pub const MAX_ENTRY_BYTES: usize = 8 << 20;
+
+fn too_large(dn: &impl std::fmt::Display, bytes: usize) -> Error {
+    Error::Model(cairn_core::Error::AdminLimitExceeded(format!(
+        "{dn}: the entry would take {bytes} bytes; an entry may take at most {MAX_ENTRY_BYTES}"
+    )))
+}
+
 /// LDAP search scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -364,7 +380,13 @@ impl Directory {
     }
 
     fn put_entry(&self, batch: &mut Batch, uuid: Uuid, e: &ValidEntry) -> Result<(), Error> {
-        batch.put(Table::Entries, uuid.as_bytes().to_vec(), encode_entry(e)?);
+        let bytes = encode_entry(e)?;
+        // Checked where the entry is built, so every replica refuses the
+        // same write (the limit is a constant, not a node's setting).
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Err(too_large(e.dn(), bytes.len()));
+        }
+        batch.put(Table::Entries, uuid.as_bytes().to_vec(), bytes);
         Ok(())
     }
 
@@ -462,6 +484,8 @@ impl Directory {
     /// `userPassword` values (argon2 is slow on purpose, and random salts
     /// must be chosen once, not by each replica).
     pub fn prepare(&self, op: WriteOp) -> Result<WriteOp, Error> {
+        Self::check_request_size(&op)?;
+        self.check_growth(&op)?;
         Ok(match op {
             WriteOp::Add {
                 mut entry,
@@ -504,6 +528,7 @@ impl Directory {
     /// log what no front end would accept. (Schema rules are checked when
     /// the write is applied, by every node.)
     pub fn check_prepared(&self, op: &WriteOp) -> Result<(), Error> {
+        Self::check_request_size(op)?;
         let clear_password = |name: &str, mut values: Box<dyn Iterator<Item = &str> + '_>| {
             let is_password = self
                 .schema
@@ -536,6 +561,57 @@ impl Directory {
                 }
             }
             WriteOp::Delete { .. } | WriteOp::ModRdn { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Refuses, before it reaches a site's log, a modify that would grow
+    /// its entry past [`MAX_ENTRY_BYTES`] as the entry is now here. (The
+    /// limit itself is enforced when the write is applied; this keeps an
+    /// oversized write from being replicated only to be refused.)
+    fn check_growth(&self, op: &WriteOp) -> Result<(), Error> {
+        let WriteOp::Modify { dn, mods, .. } = op else {
+            return Ok(());
+        };
+        let added: usize = mods
+            .iter()
+            .filter(|m| m.op != modify::ModOp::Delete)
+            .map(|m| m.attr.len() + m.values.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        if added == 0 {
+            return Ok(());
+        }
+        let Some(current) = self.get(dn)? else {
+            return Ok(());
+        };
+        let now = encode_entry(&current)?.len();
+        if now + added > MAX_ENTRY_BYTES {
+            return Err(too_large(dn, now + added));
+        }
+        Ok(())
+    }
+
+    /// Refuses a request whose values alone exceed [`MAX_ENTRY_BYTES`].
+    fn check_request_size(op: &WriteOp) -> Result<(), Error> {
+        let (dn, bytes): (&Dn, usize) = match op {
+            WriteOp::Add { entry, .. } => (
+                &entry.dn,
+                entry
+                    .attrs
+                    .iter()
+                    .map(|(a, vs)| a.len() + vs.iter().map(String::len).sum::<usize>())
+                    .sum(),
+            ),
+            WriteOp::Modify { dn, mods, .. } => (
+                dn,
+                mods.iter()
+                    .map(|m| m.attr.len() + m.values.iter().map(Vec::len).sum::<usize>())
+                    .sum(),
+            ),
+            WriteOp::Delete { .. } | WriteOp::ModRdn { .. } => return Ok(()),
+        };
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(too_large(dn, bytes));
         }
         Ok(())
     }
