@@ -214,3 +214,126 @@ async fn abandon_stops_a_paged_search_and_the_connection_goes_on() {
         .unwrap();
     assert_eq!(entries.len(), 1);
 }
+
+/// One page of a paged search: the names returned, the next cookie (empty
+/// at the end) and the result code.
+async fn page(
+    ldap: &mut ldap3::Ldap,
+    filter: &str,
+    size: i32,
+    cookie: Vec<u8>,
+) -> (Vec<String>, Vec<u8>, u32) {
+    use ldap3::controls::{Control, ControlType, PagedResults as Paged};
+    let r = ldap
+        .with_controls(Paged { size, cookie })
+        .search(PROD_A, Scope::OneLevel, filter, vec!["cn"])
+        .await
+        .unwrap();
+    let names = r
+        .0
+        .into_iter()
+        .map(|e| SearchEntry::construct(e).attrs["cn"][0].clone())
+        .collect();
+    let next = r
+        .1
+        .ctrls
+        .iter()
+        .find_map(|Control(t, raw)| {
+            matches!(t, Some(ControlType::PagedResults)).then(|| raw.parse::<Paged>().cookie)
+        })
+        .unwrap_or_default();
+    (names, next, r.1.rc)
+}
+
+/// Issue 10: later pages re-read entries by UUID and returned them even
+/// when they no longer matched the filter or had moved out of the scope.
+/// Each page now checks both again, as slapd does. Also: a cookie from
+/// another connection or another search is refused, page size 0 ends the
+/// search, and a connection may keep only so many searches open.
+#[tokio::test]
+async fn issue_10_later_pages_recheck_the_filter_and_the_scope() {
+    let n = Node::start();
+    let mut ldif = String::new();
+    for i in 0..30 {
+        ldif.push_str(&format!(
+            "dn: cn=pg-{i},{PROD_A}\nobjectClass: cairnHost\ncn: pg-{i}\ndescription: keep\n\n"
+        ));
+    }
+    ok(n.tool("ldapadd", &[], Some(&ldif)));
+    let mut ldap = connect(&n).await;
+    let filter = "(&(cn=pg-*)(description=keep))";
+    let (first, cookie, rc) = page(&mut ldap, filter, 10, vec![]).await;
+    assert_eq!((first.len(), rc), (10, 0));
+    assert!(!cookie.is_empty());
+    // Change entries the first page did not return: modified out of the
+    // filter, moved out of the one-level scope, deleted.
+    let rest: Vec<String> = (0..30)
+        .map(|i| format!("pg-{i}"))
+        .filter(|c| !first.contains(c))
+        .collect();
+    let mut other = connect(&n).await;
+    let mut gone = HashSet::new();
+    for c in &rest[0..4] {
+        other
+            .modify(
+                &format!("cn={c},{PROD_A}"),
+                vec![Mod::Replace("description", HashSet::from(["changed"]))],
+            )
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        gone.insert(c.clone());
+    }
+    let pool = format!("cn=gpu-pool,{PROD_A}");
+    for c in &rest[4..7] {
+        other
+            .modifydn(&format!("cn={c},{PROD_A}"), &format!("cn={c}"), true, Some(&pool))
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        gone.insert(c.clone());
+    }
+    other
+        .delete(&format!("cn={},{PROD_A}", rest[7]))
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    gone.insert(rest[7].clone());
+    // A cookie is this connection's and this search's only.
+    let (_, _, rc) = page(&mut other, filter, 10, cookie.clone()).await;
+    assert_eq!(rc, 53, "a cookie from another connection");
+    // A cookie of another search (a second paged search on the same
+    // connection, whose cookie is then used up) is refused too.
+    let (_, other_cookie, _) = page(&mut ldap, "(cn=pg-2*)", 2, vec![]).await;
+    let (_, _, rc) = page(&mut ldap, filter, 10, other_cookie).await;
+    assert_eq!(rc, 53, "a cookie of another search");
+    let (mut all, mut cookie) = (first.clone(), cookie);
+    while !cookie.is_empty() {
+        let (p, c, rc) = page(&mut ldap, filter, 10, cookie).await;
+        assert_eq!(rc, 0);
+        all.extend(p);
+        cookie = c;
+    }
+    let returned: HashSet<String> = all.into_iter().collect();
+    let want: HashSet<String> = (0..30)
+        .map(|i| format!("pg-{i}"))
+        .filter(|c| !gone.contains(c))
+        .collect();
+    assert_eq!(returned, want);
+    // Page size 0 ends a search: its cookie is no longer valid.
+    let (_, cookie, _) = page(&mut ldap, filter, 5, vec![]).await;
+    let (p, c, rc) = page(&mut ldap, filter, 0, cookie.clone()).await;
+    assert_eq!((p.len(), c.len(), rc), (0, 0, 0));
+    let (_, _, rc) = page(&mut ldap, filter, 5, cookie).await;
+    assert_eq!(rc, 53);
+    // At most 16 open paged searches per connection.
+    let mut codes = vec![];
+    for _ in 0..17 {
+        codes.push(page(&mut ldap, filter, 1, vec![]).await.2);
+    }
+    assert_eq!(&codes[..16], &[0; 16]);
+    assert_eq!(codes[16], 11, "adminLimitExceeded past the cap");
+}

@@ -60,6 +60,12 @@ const MAX_CURSORS: usize = 16;
 struct Cursor {
     /// The request the cookie belongs to (RFC 2696: same search only).
     request: LdapSearchRequest,
+    /// The search's bases and scopes, and its filter: each entry of a
+    /// later page is checked against them again, as slapd does, so an
+    /// entry modified out of the filter or moved out of the scope since
+    /// the first page is not returned.
+    bases: Arc<Vec<(Dn, Scope)>>,
+    filter: Arc<Filter>,
     remaining: std::vec::IntoIter<Uuid>,
     size_exceeded: bool,
 }
@@ -955,14 +961,18 @@ async fn paged_search(
         let mut p = session.paging.lock().unwrap_or_else(|e| e.into_inner());
         p.cursors.remove(c)
     };
+    let bases = Arc::new(bases);
+    let filter = Arc::new(filter);
     let mut cursor = if cookie.is_empty() {
         let dir = ctx.dir.clone();
+        let (bases2, filter2) = (bases.clone(), filter.clone());
         let (uuids, exceeded) = blocking(move || {
+            let (bases, filter) = (bases2, filter2);
             let mut out = vec![];
             let mut exceeded = false;
-            for (b, s) in bases {
+            for (b, s) in bases.iter() {
                 let end = dir
-                    .search(&b, s, &filter, Some(deadline), &mut |e| {
+                    .search(b, *s, &filter, Some(deadline), &mut |e| {
                         if size_limit > 0 && out.len() == size_limit {
                             exceeded = true;
                             return false;
@@ -988,6 +998,8 @@ async fn paged_search(
         .await?;
         Cursor {
             request: req.clone(),
+            bases,
+            filter,
             remaining: uuids.into_iter(),
             size_exceeded: exceeded,
         }
@@ -1030,14 +1042,20 @@ async fn paged_search(
     let auth2 = auth.clone();
     let sel2 = sel.clone();
     let cancel2 = cancel.clone();
+    let (bases2, filter2) = (cursor.bases.clone(), cursor.filter.clone());
     let rendered: Vec<LdapSearchResultEntry> = blocking(move || {
         let mut out = vec![];
         for u in page {
             if cancel2.load(Ordering::Relaxed) {
                 break;
             }
-            // Entries deleted since the first page are skipped.
-            if let Some(e) = dir.get_by_uuid(u).map_err(|e| to_ldap_result(&e))? {
+            // Entries deleted since the first page are skipped; so are
+            // entries that no longer match or were moved out of scope.
+            let Some(e) = dir.get_by_uuid(u).map_err(|e| to_ldap_result(&e))? else {
+                continue;
+            };
+            let in_scope = bases2.iter().any(|(b, s)| s.contains(b, e.dn()));
+            if in_scope && filter2.matches(dir.schema(), &e) {
                 out.push(sel2.render(&ctx2, &auth2, &e));
             }
         }

@@ -62,6 +62,18 @@ pub enum Scope {
     Children,
 }
 
+impl Scope {
+    /// Whether `dn` is in this scope of `base`.
+    pub fn contains(self, base: &Dn, dn: &Dn) -> bool {
+        match self {
+            Scope::Base => dn == base,
+            Scope::OneLevel => dn.parent().as_ref() == Some(base),
+            Scope::Subtree => dn.is_within(base),
+            Scope::Children => dn.is_descendant_of(base),
+        }
+    }
+}
+
 /// How a search ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchControl {
@@ -1199,12 +1211,7 @@ impl Directory {
         let snap = self.engine.snapshot()?;
         let snap = snap.as_ref();
         let base_uuid = Self::uuid_of(snap, base)?.ok_or_else(|| Self::no_such(snap, base))?;
-        let in_scope = |dn: &Dn| match scope {
-            Scope::Base => dn == base,
-            Scope::OneLevel => dn.parent().as_ref() == Some(base),
-            Scope::Subtree => dn.is_within(base),
-            Scope::Children => dn.is_descendant_of(base),
-        };
+        let in_scope = |dn: &Dn| scope.contains(base, dn);
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
         let candidates = if scope == Scope::Base {
             Some(BTreeSet::from([base_uuid]))
