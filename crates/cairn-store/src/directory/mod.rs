@@ -410,6 +410,15 @@ impl Directory {
         })
     }
 
+    /// The `userPassword` values an entry holds (hashes), none if the
+    /// entry does not exist.
+    fn password_hashes(&self, dn: &Dn) -> Result<Vec<String>, Error> {
+        Ok(self
+            .get(dn)?
+            .and_then(|e| e.get("userpassword").map(|a| a.values.clone()))
+            .unwrap_or_default())
+    }
+
     /// Hashes clear-text `userPassword` values so they are never stored.
     /// Done before an operation is queued: argon2 is slow on purpose, and
     /// the writer lock must not wait for it.
@@ -515,15 +524,42 @@ impl Directory {
                 mut mods,
                 stamp,
             } => {
+                // The entry's stored password hashes, read once if a
+                // delete names a password by its clear text.
+                let mut stored: Option<Vec<String>> = None;
                 for m in mods.iter_mut() {
-                    if self
+                    if !self
                         .schema
                         .attr(&m.attr)
                         .is_some_and(|a| a.key() == "userpassword")
                     {
-                        for v in m.values.iter_mut() {
-                            let clear = String::from_utf8_lossy(v).into_owned();
-                            *v = self.hash_password(&clear)?.into_bytes();
+                        continue;
+                    }
+                    for v in m.values.iter_mut() {
+                        let Ok(text) = std::str::from_utf8(v) else {
+                            return Err(Error::Model(cairn_core::Error::InvalidSyntax {
+                                attr: m.attr.clone(),
+                                reason: "a password must be UTF-8 text".into(),
+                            }));
+                        };
+                        if password::is_hashed(text) {
+                            // A hash given as it is stored: used as it is.
+                            continue;
+                        }
+                        if m.op == modify::ModOp::Delete {
+                            // Delete the stored hash this clear text
+                            // matches; a value that matches none is left
+                            // as it is, and the modify then fails with
+                            // noSuchAttribute, as for any absent value.
+                            let hashes = match &stored {
+                                Some(h) => h,
+                                None => stored.insert(self.password_hashes(&dn)?),
+                            };
+                            if let Some(h) = hashes.iter().find(|h| password::verify(h, text)) {
+                                *v = h.clone().into_bytes();
+                            }
+                        } else {
+                            *v = self.hash_password(text)?.into_bytes();
                         }
                     }
                 }

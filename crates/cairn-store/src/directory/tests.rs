@@ -461,6 +461,67 @@ fn passwords_are_hashed() {
     }
 }
 
+/// Issue 10: a modify that deletes a `userPassword` value by its clear
+/// text deletes the stored hash it matches (every value in a modify was
+/// hashed again with a fresh salt, so it could never match); a clear text
+/// that matches no stored value is noSuchAttribute; a password that is
+/// not UTF-8 is refused, as on add.
+#[test]
+fn issue_10_a_password_is_deleted_by_its_clear_text() {
+    use cairn_core::modify::{ModOp, Modification};
+    for (_t, d) in dirs() {
+        seed(&d);
+        let dn = Dn::parse("cn=ops,dc=example,dc=com").unwrap();
+        add(
+            &d,
+            "cn=ops,dc=example,dc=com",
+            &[
+                (
+                    "objectClass",
+                    &["organizationalRole", "simpleSecurityObject"],
+                ),
+                ("cn", &["ops"]),
+                ("userPassword", &["hunter2", "correct horse"]),
+            ],
+        )
+        .unwrap();
+        let m = |op: ModOp, v: &[u8]| Modification {
+            op,
+            attr: "userPassword".into(),
+            values: vec![v.to_vec()],
+        };
+        let e = d
+            .modify(&dn, &[m(ModOp::Delete, b"hunter2")], &stamp())
+            .unwrap();
+        let left = &e.get("userpassword").unwrap().values;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(cairn_core::password::verify(&left[0], "correct horse"));
+        let err = d
+            .modify(&dn, &[m(ModOp::Delete, b"not a password here")], &stamp())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Model(cairn_core::Error::NoSuchAttribute(_))),
+            "{err:?}"
+        );
+        let err = d
+            .modify(&dn, &[m(ModOp::Add, b"\xff\xfe")], &stamp())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Model(cairn_core::Error::InvalidSyntax { .. })),
+            "{err:?}"
+        );
+        // The last one, deleted by its clear text, is found too: the
+        // schema then refuses to leave simpleSecurityObject without one.
+        let err = d
+            .modify(&dn, &[m(ModOp::Delete, b"correct horse")], &stamp())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Model(cairn_core::Error::ObjectClassViolation(_))),
+            "{err:?}"
+        );
+    }
+}
+
 #[test]
 fn data_survives_reopen() {
     for k in [EngineKind::Redb, EngineKind::Sled] {
