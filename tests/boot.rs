@@ -363,6 +363,51 @@ fn an_unknown_host_matching_a_rule_is_registered_and_configured() {
     assert_eq!(count_entries(&out), 0);
 }
 
+/// Issue 10: a watched host whose entry is deleted stays deleted. Its
+/// stream ends with NOT_FOUND; before, the stream's next re-pull could
+/// register the host again by deploy rule. A new Pull by the same host
+/// still registers it (a host that boots again is welcome back).
+#[test]
+fn issue_10_a_deleted_host_stays_deleted_and_its_watch_ends() {
+    let n = Node::start();
+    let mac = "02:00:00:00:09:07";
+    let host = format!("cn=host-020000000907,{PROD_A}");
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        let mut stream = c
+            .watch(dell(mac, "10.1.9.7"))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream.message().await.expect("stream").expect("first");
+        assert_eq!(first.host_dn, host);
+        assert!(!first.registered_by_rule.is_empty(), "registered by rule");
+        ok(n.tool("ldapdelete", &[&host], None));
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends within 10 s");
+        match end {
+            Err(s) => assert_eq!(s.code(), tonic::Code::NotFound, "{s}"),
+            Ok(m) => panic!("the stream went on after the delete: {m:?}"),
+        }
+    });
+    // Nothing registered it again.
+    let search = || {
+        n.tool(
+            "ldapsearch",
+            &["-b", "dc=example,dc=com", &format!("(macAddress={mac})"), "1.1"],
+            None,
+        )
+    };
+    assert_eq!(count_entries(&search()), 0);
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        let again = c.pull(dell(mac, "10.1.9.7")).await.expect("pull").into_inner();
+        assert!(!again.registered_by_rule.is_empty());
+    });
+    assert_eq!(count_entries(&search()), 1);
+}
+
 #[test]
 fn concurrent_pulls_of_a_new_host_at_every_node_register_it_once() {
     let site = crate::kit::Site::start_seeded(3);

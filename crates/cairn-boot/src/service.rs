@@ -237,11 +237,14 @@ impl Boot {
     }
 
     /// The host's configuration now; an unknown host that a deploy rule
-    /// matches is registered first.
+    /// matches is registered first when `may_register` (a `Pull`, the
+    /// first answer of a `Watch`), never otherwise: a watched host whose
+    /// entry was deleted stays deleted, its stream ends with NOT_FOUND.
     async fn pull(
         self: &Arc<Self>,
         id: Identity,
         caller: Option<IpAddr>,
+        may_register: bool,
     ) -> Result<pb::PullResponse, BootError> {
         // The generation is read before the directory: a commit racing the
         // read makes the stored answer already stale-marked.
@@ -262,6 +265,12 @@ impl Boot {
                 let f = boot.fleet()?;
                 if let Some(host) = fleet::find_host(&dir, &id2)? {
                     return fleet::effective(&dir, &f.sites, &host, caller).map(Ok);
+                }
+                if !may_register {
+                    return Err(BootError::NotFound(format!(
+                        "the host entry for {} was deleted",
+                        id2.describe()
+                    )));
                 }
                 let rules = register::read_rules(&dir)?;
                 let facts = register::facts(&id2, caller);
@@ -410,7 +419,7 @@ impl pb::config_server::Config for ConfigService {
         let id = Identity::from_pb(&r.identity.unwrap_or_default()).inspect_err(|e| {
             m.pull(outcome(e));
         })?;
-        let resp = self.0.pull(id, caller).await.inspect_err(|e| {
+        let resp = self.0.pull(id, caller, true).await.inspect_err(|e| {
             m.pull(outcome(e));
         })?;
         if !resp.registered_by_rule.is_empty() {
@@ -440,7 +449,7 @@ impl pb::config_server::Config for ConfigService {
         let r = req.into_inner();
         let id = Identity::from_pb(&r.identity.unwrap_or_default())?;
         // Fail at once for an unknown host rather than stream nothing.
-        let first = self.0.pull(id.clone(), caller).await?;
+        let first = self.0.pull(id.clone(), caller, true).await?;
         let boot = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut changes = boot.dir.subscribe();
@@ -479,7 +488,7 @@ impl pb::config_server::Config for ConfigService {
                 }
                 tokio::time::sleep(SETTLE).await;
                 changes.borrow_and_update();
-                next = boot.pull(id.clone(), caller).await;
+                next = boot.pull(id.clone(), caller, false).await;
             }
         });
         Ok(tonic::Response::new(Box::pin(
