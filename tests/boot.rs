@@ -363,6 +363,39 @@ fn an_unknown_host_matching_a_rule_is_registered_and_configured() {
     assert_eq!(count_entries(&out), 0);
 }
 
+/// Issue 10: MAC addresses were parsed one way by the schema (only
+/// `aa:bb:cc:dd:ee:ff`) and another by deploy rules; one rule now reads
+/// every form an operator types, everywhere: a Pull and an LDAP search
+/// with Cisco's dotted form or bare hex find the host stored with colons.
+#[test]
+fn issue_10_a_mac_in_any_form_finds_the_host() {
+    let n = Node::start();
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        for form in ["0050.5601.0017", "005056010017", "00-50-56-01-00-17"] {
+            let r = c.pull(by_mac(form)).await.expect(form).into_inner();
+            assert!(
+                r.host_dn.starts_with("cn=esx-017,"),
+                "{form}: {}",
+                r.host_dn
+            );
+        }
+    });
+    for form in ["0050.5601.0017", "005056010017"] {
+        let out = n.tool(
+            "ldapsearch",
+            &[
+                "-b",
+                "dc=example,dc=com",
+                &format!("(macAddress={form})"),
+                "1.1",
+            ],
+            None,
+        );
+        assert_eq!(count_entries(&out), 1, "{form}");
+    }
+}
+
 /// Issue 10: a watched host whose entry is deleted stays deleted. Its
 /// stream ends with NOT_FOUND; before, the stream's next re-pull could
 /// register the host again by deploy rule. A new Pull by the same host
@@ -395,14 +428,23 @@ fn issue_10_a_deleted_host_stays_deleted_and_its_watch_ends() {
     let search = || {
         n.tool(
             "ldapsearch",
-            &["-b", "dc=example,dc=com", &format!("(macAddress={mac})"), "1.1"],
+            &[
+                "-b",
+                "dc=example,dc=com",
+                &format!("(macAddress={mac})"),
+                "1.1",
+            ],
             None,
         )
     };
     assert_eq!(count_entries(&search()), 0);
     rt().block_on(async {
         let mut c = ConfigClient::new(channel(&n).await);
-        let again = c.pull(dell(mac, "10.1.9.7")).await.expect("pull").into_inner();
+        let again = c
+            .pull(dell(mac, "10.1.9.7"))
+            .await
+            .expect("pull")
+            .into_inner();
         assert!(!again.registered_by_rule.is_empty());
     });
     assert_eq!(count_entries(&search()), 1);

@@ -229,19 +229,17 @@ async fn page(
         .search(PROD_A, Scope::OneLevel, filter, vec!["cn"])
         .await
         .unwrap();
-    let names = r
-        .0
-        .into_iter()
-        .map(|e| SearchEntry::construct(e).attrs["cn"][0].clone())
-        .collect();
-    let next = r
-        .1
-        .ctrls
-        .iter()
-        .find_map(|Control(t, raw)| {
-            matches!(t, Some(ControlType::PagedResults)).then(|| raw.parse::<Paged>().cookie)
-        })
-        .unwrap_or_default();
+    let names =
+        r.0.into_iter()
+            .map(|e| SearchEntry::construct(e).attrs["cn"][0].clone())
+            .collect();
+    let next =
+        r.1.ctrls
+            .iter()
+            .find_map(|Control(t, raw)| {
+                matches!(t, Some(ControlType::PagedResults)).then(|| raw.parse::<Paged>().cookie)
+            })
+            .unwrap_or_default();
     (names, next, r.1.rc)
 }
 
@@ -288,7 +286,12 @@ async fn issue_10_later_pages_recheck_the_filter_and_the_scope() {
     let pool = format!("cn=gpu-pool,{PROD_A}");
     for c in &rest[4..7] {
         other
-            .modifydn(&format!("cn={c},{PROD_A}"), &format!("cn={c}"), true, Some(&pool))
+            .modifydn(
+                &format!("cn={c},{PROD_A}"),
+                &format!("cn={c}"),
+                true,
+                Some(&pool),
+            )
             .await
             .unwrap()
             .success()

@@ -186,17 +186,15 @@ impl Zone {
     /// the SOA serial left out): equal data gives an equal serial on every
     /// node.
     pub fn content_serial(&self) -> u32 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut hash = cairn_core::net::Fnv1a::new();
         for r in &self.records {
             let text = match &r.data {
                 Rdata::Soa { .. } => continue,
                 d => format!("{} {} {} {}\n", r.name, r.ttl, d.type_name(), d.text()),
             };
-            for b in text.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
+            hash.write(text.as_bytes());
         }
+        let h = hash.finish();
         (h ^ (h >> 32)) as u32
     }
 
@@ -233,14 +231,7 @@ pub fn normalize_domain(domain: &str) -> Result<String, BootError> {
     Ok(d)
 }
 
-/// A host-name label (RFC 1123): 1-63 letters, digits, inner hyphens.
-fn is_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && !l.starts_with('-')
-        && !l.ends_with('-')
-        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
+use cairn_core::net::is_label;
 
 /// The host part of a published address.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,6 @@ use cairn_core::entry::ValidEntry;
 use cairn_core::filter::Filter;
 use cairn_core::inherit::{self, Layer};
 use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
-use cairn_core::syntax::Syntax;
 use cairn_store::{Directory, Scope};
 
 use crate::error::BootError;
@@ -154,22 +153,15 @@ impl Identity {
         };
         let mut macs = vec![];
         for m in id.macs.iter().filter(|m| !m.trim().is_empty()) {
-            let n = Syntax::MacAddress
-                .normalize(m.trim())
-                .map_err(|_| bad("mac", m, "is not a MAC address"))?;
+            let n = cairn_core::net::normalize_mac(m)
+                .ok_or_else(|| bad("mac", m, "is not a MAC address"))?;
             if !macs.contains(&n) {
                 macs.push(n);
             }
         }
         let hostname = text(&id.hostname);
         if let Some(h) = &hostname {
-            let ok = h.len() <= 253
-                && h.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                });
-            if !ok {
+            if !cairn_core::net::is_hostname(h) {
                 return Err(bad("hostname", h, "is not a host name"));
             }
         }
@@ -391,10 +383,7 @@ pub fn version_of(resp: &pb::PullResponse) -> String {
     r.version.clear();
     r.registered_by_rule.clear();
     r.not_modified = false;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in r.encode_to_vec() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    let mut h = cairn_core::net::Fnv1a::new();
+    h.write(&r.encode_to_vec());
+    format!("{:016x}", h.finish())
 }

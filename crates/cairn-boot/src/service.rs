@@ -80,6 +80,8 @@ pub struct Boot {
     /// Where host registrations go; set once the node's write path exists
     /// (before it, unknown hosts get UNAVAILABLE).
     pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
+    /// The time registrations are stamped with.
+    pub clock: Arc<dyn cairn_core::time::Clock>,
     /// Sites, links and nodes as of a directory generation: re-read only
     /// after a commit (every pull needs them; they rarely change).
     fleet: Mutex<Option<(u64, Arc<Fleet>)>>,
@@ -111,6 +113,7 @@ impl Boot {
             reachable: Reachability::default(),
             metrics: crate::metrics::Metrics::default(),
             writer: std::sync::OnceLock::new(),
+            clock: Arc::new(cairn_core::time::SystemClock),
         })
     }
 
@@ -280,7 +283,7 @@ impl Boot {
                         id2.describe()
                     )));
                 };
-                let now = cairn_core::time::generalized_time(unix_now());
+                let now = cairn_core::time::generalized_time(boot.clock.now_unix());
                 register::registration(&id2, &facts, rule.name(), rule.target(), now).map(Err)
             },
         )
@@ -342,13 +345,6 @@ impl Boot {
         }
         Ok(resp)
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs directory reads off the async workers.

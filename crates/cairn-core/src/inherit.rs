@@ -74,6 +74,7 @@
 //! [`Effective::version`] is a content hash of the result, for caches and
 //! clients that compare what they hold.
 
+use crate::net::Fnv1a;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -245,7 +246,7 @@ impl Effective {
             h.field(&v.source);
             h.write(&[u8::from(v.enforced)]);
         }
-        format!("{:016x}", h.0)
+        format!("{:016x}", h.finish())
     }
 }
 
@@ -385,28 +386,6 @@ fn escape_parens(dn: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
-}
-
-/// FNV-1a, 64-bit (the parameters from the FNV reference).
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// A length-prefixed field, so `("ab", "c")` and `("a", "bc")` differ.
-    fn field(&mut self, s: &str) {
-        self.write(&(s.len() as u64).to_le_bytes());
-        self.write(s.as_bytes());
-    }
 }
 
 #[cfg(test)]
@@ -696,7 +675,7 @@ mod tests {
         // FNV-1a 64 reference vector for "a".
         let mut a = Fnv1a::new();
         a.write(b"a");
-        assert_eq!(a.0, 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(a.finish(), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

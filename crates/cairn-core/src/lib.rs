@@ -11,7 +11,9 @@
 //! effective configuration; [`locate`] finds the site a host's address is
 //! in and orders the other sites by site-link cost from it; [`rules`]
 //! matches an unknown booting host against deploy rules to pick the
-//! container it is created in.
+//! container it is created in; [`net`] holds the value rules the front
+//! ends share (MAC addresses, host names, a content hash) and [`time`] the
+//! clock and GeneralizedTime.
 //!
 //! A write flows: front end parses into [`entry::Entry`] / [`modify::Modification`]
 //! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
@@ -24,6 +26,7 @@ pub mod inherit;
 pub mod ldif;
 pub mod locate;
 pub mod modify;
+pub mod net;
 pub mod password;
 pub mod rules;
 pub mod schema;

@@ -696,7 +696,7 @@ fn host_values(attr: Attr, facts: &HostFacts) -> Vec<HostValue> {
             .macs
             .iter()
             .filter(|m| !m.trim().is_empty())
-            .map(|m| match normalize_mac(m) {
+            .map(|m| match crate::net::normalize_mac(m) {
                 Some(n) => HostValue::Text {
                     shown: n.clone(),
                     norm: n.chars().collect(),
@@ -746,38 +746,6 @@ fn quote(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// `aa:bb:cc:dd:ee:ff` from the forms the module doc lists.
-fn normalize_mac(s: &str) -> Option<String> {
-    let s = s.trim();
-    let groups: Vec<&str> = s.split([':', '-', '.']).collect();
-    let hex = |g: &str| !g.is_empty() && g.chars().all(|c| c.is_ascii_hexdigit());
-    let mut bytes: Vec<u8> = Vec::with_capacity(6);
-    match groups.as_slice() {
-        [_, _, _, _, _, _] => {
-            for g in &groups {
-                if !hex(g) || g.len() > 2 {
-                    return None;
-                }
-                bytes.push(u8::from_str_radix(g, 16).ok()?);
-            }
-        }
-        [_, _, _] | [_] => {
-            let width = 12 / groups.len();
-            for g in &groups {
-                if !hex(g) || g.len() != width {
-                    return None;
-                }
-                for i in (0..width).step_by(2) {
-                    bytes.push(u8::from_str_radix(g.get(i..i + 2)?, 16).ok()?);
-                }
-            }
-        }
-        _ => return None,
-    }
-    let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Some(parts.join(":"))
 }
 
 /// Splits a `cairnMatch` pattern list on unescaped commas and compiles each.
@@ -875,7 +843,7 @@ fn text_glob(toks: Vec<Tok>) -> Vec<Tok> {
 
 fn mac_glob(toks: Vec<Tok>) -> Result<Vec<Tok>, String> {
     if !has_wildcard(&toks) {
-        return match normalize_mac(&literal(&toks)) {
+        return match crate::net::normalize_mac(&literal(&toks)) {
             Some(n) => Ok(n.chars().map(Tok::Lit).collect()),
             None => Err(
                 "not a MAC address (e.g. 00:50:56:ab:cd:ef, 00-50-56-ab-cd-ef, 0050.56ab.cdef)"

@@ -174,51 +174,25 @@ fn normalize_time(value: &str) -> Result<String, SyntaxError> {
 }
 
 fn normalize_cidr(value: &str) -> Result<String, SyntaxError> {
-    let bad = || {
-        err(format!(
-            "{value:?} is not a CIDR network (e.g. 10.1.0.0/16)"
-        ))
-    };
-    let (addr, len) = value.trim().split_once('/').ok_or_else(bad)?;
-    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if len > max {
-        return Err(err(format!("{value:?}: prefix length {len} exceeds {max}")));
-    }
-    // Mask host bits so `10.1.2.3/16` and `10.1.0.0/16` are the same network.
-    let masked = match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            IpAddr::V6((bits & mask).into())
-        }
-    };
-    Ok(format!("{masked}/{len}"))
+    // The same parser the site map uses, so what the schema accepts is
+    // what locating a host understands (host bits masked, an IPv4-mapped
+    // network taken as IPv4).
+    crate::locate::Subnet::parse(value)
+        .map(|s| s.to_string())
+        .map_err(|e| {
+            err(format!(
+                "{value:?} is not a CIDR network (e.g. 10.1.0.0/16): {}",
+                e.reason
+            ))
+        })
 }
 
 fn normalize_mac(value: &str) -> Result<String, SyntaxError> {
-    let parts: Vec<&str> = value.trim().split([':', '-']).collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    if ok {
-        Ok(parts.join(":").to_ascii_lowercase())
-    } else {
-        Err(err(format!(
-            "{value:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
-        )))
-    }
+    crate::net::normalize_mac(value).ok_or_else(|| {
+        err(format!(
+            "{value:?} is not a MAC address (aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff)"
+        ))
+    })
 }
 
 /// A setting key: dotted words of letters, digits, `_` and `-`.

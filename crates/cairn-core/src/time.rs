@@ -1,6 +1,25 @@
 //! Time as the directory writes it: GeneralizedTime (`YYYYMMDDHHMMSSZ`).
-//! The current time is passed in by callers (a `Clock` in the servers), so
-//! this module stays pure.
+//! The current time is passed in by callers as a [`Clock`], so tests
+//! control it; [`SystemClock`] is the one place that reads the system's.
+
+/// Where the current time comes from; tests pass their own.
+pub trait Clock: Send + Sync + 'static {
+    /// Seconds since the Unix epoch.
+    fn now_unix(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}
 
 /// Formats seconds since the Unix epoch as GeneralizedTime in UTC.
 pub fn generalized_time(unix_secs: i64) -> String {

@@ -27,19 +27,4 @@ pub use config::{Config, Limits};
 pub use server::{Server, ServerContext};
 
 /// The clock the server stamps entries with; tests pass their own.
-pub trait Clock: Send + Sync + 'static {
-    /// Seconds since the Unix epoch.
-    fn now_unix(&self) -> i64;
-}
-
-/// The system clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_unix(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    }
-}
+pub use cairn_core::time::{Clock, SystemClock};

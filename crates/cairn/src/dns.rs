@@ -72,10 +72,10 @@ async fn zone(a: ZoneArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     }
     let serial = match a.serial {
         Some(s) => s,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-            .unwrap_or(1),
+        None => {
+            use cairn_core::time::Clock;
+            u32::try_from(cairn_core::time::SystemClock.now_unix()).unwrap_or(1)
+        }
     };
     let zone = cairn_boot::dns::records(&nodes, &domain, serial)?;
     print!("{}", cairn_boot::dns::zone_file(&zone));

@@ -516,7 +516,10 @@ fn issue_10_a_password_is_deleted_by_its_clear_text() {
             .modify(&dn, &[m(ModOp::Delete, b"correct horse")], &stamp())
             .unwrap_err();
         assert!(
-            matches!(err, Error::Model(cairn_core::Error::ObjectClassViolation(_))),
+            matches!(
+                err,
+                Error::Model(cairn_core::Error::ObjectClassViolation(_))
+            ),
             "{err:?}"
         );
     }
