@@ -528,11 +528,11 @@ impl Directory {
                 // delete names a password by its clear text.
                 let mut stored: Option<Vec<String>> = None;
                 for m in mods.iter_mut() {
-                    if !self
+                    let is_password = self
                         .schema
                         .attr(&m.attr)
-                        .is_some_and(|a| a.key() == "userpassword")
-                    {
+                        .is_some_and(|a| a.key() == "userpassword");
+                    if !is_password {
                         continue;
                     }
                     for v in m.values.iter_mut() {
