@@ -160,10 +160,10 @@ impl Identity {
             }
         }
         let hostname = text(&id.hostname);
-        if let Some(h) = &hostname {
-            if !cairn_core::net::is_hostname(h) {
-                return Err(bad("hostname", h, "is not a host name"));
-            }
+        if let Some(h) = &hostname
+            && !cairn_core::net::is_hostname(h)
+        {
+            return Err(bad("hostname", h, "is not a host name"));
         }
         let mut ips = vec![];
         for a in id.ips.iter().filter(|a| !a.trim().is_empty()) {
