@@ -146,3 +146,198 @@ fn filters_too_deep_or_too_large_are_refused() {
     assert_eq!(rc(&out), 53, "{}", stderr(&out));
     still_serves(&n);
 }
+
+/// An anonymous simple bind whose messageID is the INTEGER bytes `id`.
+fn bind_with_id(id: &[u8]) -> Vec<u8> {
+    let mut body = seq(0x02, id);
+    body.extend([0x60, 0x07, 0x02, 0x01, 0x03, 0x04, 0x00, 0x80, 0x00]);
+    seq(0x30, &body)
+}
+
+/// The result code of the Notice of Disconnection in `out`, if it is one.
+fn notice_code(out: &[u8]) -> Option<u8> {
+    let at = out
+        .windows(NOTICE_OID.len())
+        .position(|w| w == NOTICE_OID)?;
+    // The notice is ExtendedResponse { resultCode ENUMERATED, ... }: the
+    // first ENUMERATED (0x0a 0x01 code) before the OID.
+    let code = out[..at]
+        .windows(3)
+        .find(|w| w[0] == 0x0a && w[1] == 0x01)?;
+    Some(code[2])
+}
+
+/// Issue 10 (RFC 4511 §4.1.1, §5.1): message IDs outside 0..2^31-1 were
+/// answered under another ID (-1 came back as 255, 2^32 as 0), and an
+/// indefinite-length bind succeeded. Both are protocol errors now; a
+/// request that declares 2^31 bytes is refused at once, before anything
+/// is buffered; the server goes on serving.
+#[test]
+fn issue_10_strict_ber_and_message_ids() {
+    let n = Node::start();
+    for id in [
+        &[0xff][..],
+        &[0x00, 0x80, 0x00, 0x00, 0x00],
+        &[0x01, 0, 0, 0, 0],
+    ] {
+        let out = send_raw(&n, &bind_with_id(id));
+        assert_eq!(notice_code(&out), Some(2), "id {id:02x?}: {out:02x?}");
+    }
+    // A good bind still works on a fresh connection: ID 2^31-1.
+    let out = {
+        let mut s = TcpStream::connect(n.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&bind_with_id(&[0x7f, 0xff, 0xff, 0xff]))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let k = s.read(&mut buf).unwrap();
+        buf[..k].to_vec()
+    };
+    assert!(
+        out.windows(6)
+            .any(|w| w == [0x02, 0x04, 0x7f, 0xff, 0xff, 0xff]),
+        "answered under its own ID: {out:02x?}"
+    );
+    // Indefinite length, outside and inside.
+    let mut outer = bind_with_id(&[1]);
+    outer[1] = 0x80;
+    outer.extend([0, 0]);
+    assert_eq!(notice_code(&send_raw(&n, &outer)), Some(2));
+    let inner = [
+        0x30, 0x0e, 0x02, 0x01, 0x01, 0x60, 0x80, 0x02, 0x01, 0x03, 0x04, 0x00, 0x80, 0x00, 0x00,
+        0x00,
+    ];
+    assert_eq!(notice_code(&send_raw(&n, &inner)), Some(2));
+    // 2^31 bytes declared: refused without waiting for them.
+    let mut s = TcpStream::connect(n.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[0x30, 0x84, 0x80, 0x00, 0x00, 0x00, 0x02, 0x01, 0x01])
+        .unwrap();
+    let mut out = vec![];
+    let _ = s.read_to_end(&mut out);
+    assert_eq!(notice_code(&out), Some(2), "{out:02x?}");
+    still_serves(&n);
+}
+
+/// Issue 10: at the connection cap new connections were accepted and
+/// dropped without a word; they now get a Notice of Disconnection
+/// (unavailable). A connection that never binds is closed after the short
+/// anonymous idle timeout.
+#[test]
+fn issue_10_the_connection_cap_refuses_cleanly_and_anonymous_idlers_leave() {
+    let n = Node::start_with(
+        "redb",
+        &[
+            ("CAIRN_LDAP_MAX_CONNECTIONS", "2"),
+            ("CAIRN_LDAP_ANONYMOUS_IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    let a = TcpStream::connect(n.addr).unwrap();
+    let b = TcpStream::connect(n.addr).unwrap();
+    // The two idle anonymous connections hold both slots: a third is
+    // refused with a reason.
+    let out = send_raw(&n, &[]);
+    assert_eq!(notice_code(&out), Some(52), "{out:02x?}");
+    // The idlers are closed after the anonymous idle timeout (a notice,
+    // then end of stream), which frees the slots.
+    for mut s in [a, b] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut out = vec![];
+        let _ = s.read_to_end(&mut out);
+        assert_eq!(notice_code(&out), Some(52), "{out:02x?}");
+    }
+    wait_until("a slot frees up", Duration::from_secs(10), || {
+        n.tool_as(
+            "ldapsearch",
+            None,
+            &["-b", SUFFIX, "(cn=esx-001)", "1.1"],
+            None,
+        )
+        .status
+        .success()
+    });
+}
+
+/// The CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parens.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 10: when accept failed (out of descriptors), the listener retried
+/// at once, spinning a core for as long as it lasted. It backs off now:
+/// with its descriptors used up, the node stays nearly idle, and serves
+/// again once they are free.
+#[test]
+fn issue_10_running_out_of_descriptors_backs_off_and_recovers() {
+    let data = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cmd = format!(
+        "ulimit -n 96 && exec {} dev --data-dir {} --ldap {addr} --grpc 127.0.0.1:{} --dns 127.0.0.1:{} --http 127.0.0.1:{}",
+        bin("cairnd").display(),
+        data.path().display(),
+        free_port(),
+        free_dns_port(),
+        free_port()
+    );
+    // The kit's environment (admin password, quiet logs), through a shell
+    // that lowers the descriptor limit first.
+    let kit = cairnd();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .envs(
+            kit.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&mut child, addr);
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let _reap = Reap(child);
+    // Hold connections until the node has no descriptor left to accept
+    // with (the kernel still completes the handshakes into the backlog).
+    let mut held = vec![];
+    for _ in 0..150 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            held.push(s);
+        }
+    }
+    // Accept now fails with EMFILE over and over. A spinning listener
+    // uses a whole core; a backing-off one almost nothing.
+    let before = cpu_ticks(pid);
+    let t = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (cpu_ticks(pid) - before) as f64 / 100.0;
+    let share = used / t.elapsed().as_secs_f64();
+    assert!(
+        share < 0.5,
+        "the node used {:.0}% of a core while out of descriptors",
+        share * 100.0
+    );
+    drop(held);
+    let url = format!("ldap://{addr}");
+    wait_until("serving again", Duration::from_secs(30), || {
+        run_tool(
+            &url,
+            "ldapsearch",
+            None,
+            &["-b", SUFFIX, "(cn=esx-001)", "1.1"],
+            None,
+        )
+        .status
+        .success()
+    });
+}

@@ -20,6 +20,15 @@ pub struct Limits {
     pub max_ops_per_connection: usize,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// The same for a connection that has not bound (anonymous): short,
+    /// so idle unauthenticated connections do not hold slots.
+    pub anonymous_idle_timeout: Duration,
+    /// A request that stays incomplete this long closes its connection (a
+    /// client dribbling a PDU byte by byte).
+    pub stall_timeout: Duration,
+    /// Bytes that requests being received may take, all connections
+    /// together (requests over 64 KiB reserve their declared size).
+    pub max_buffered_bytes: usize,
     /// Most entries one search returns (0: no limit). Clients may ask for
     /// fewer, never more; the administrator is not limited.
     pub size_limit: usize,
@@ -36,6 +45,9 @@ impl Default for Limits {
             max_connections: 4096,
             max_ops_per_connection: 256,
             idle_timeout: Duration::from_secs(15 * 60),
+            anonymous_idle_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 << 20,
             size_limit: 100_000,
             time_limit: Duration::from_secs(60),
         }

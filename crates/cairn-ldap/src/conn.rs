@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use ldap3_proto::LdapCodec;
 use ldap3_proto::proto::{LdapExtendedResponse, LdapMsg, LdapOp, LdapResult, LdapResultCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,6 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::codec::{Budget, StrictCodec};
 use crate::dse::OID_NOTICE_OF_DISCONNECTION;
 use crate::ops::{self, Auth, Paging};
 use crate::server::ServerContext;
@@ -50,14 +50,40 @@ fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
     }
 }
 
+/// Refuses a connection over the cap: a Notice of Disconnection saying
+/// why, then a clean close, so the client sees a reason and not a reset.
+pub async fn refuse(stream: TcpStream, why: &'static str) {
+    let codec = StrictCodec::new(1024, std::time::Duration::from_secs(1), Budget::new(0));
+    let mut framed = Framed::new(stream, codec);
+    let notice = notice_of_disconnection(LdapResultCode::Unavailable, why);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), framed.send(notice)).await;
+    let _ = framed.into_inner().shutdown().await;
+}
+
+/// At most this much of a client's error is logged: an error may quote
+/// the request, and a request may be megabytes.
+const LOG_EXCERPT: usize = 200;
+
+fn excerpt(s: &str) -> String {
+    if s.len() <= LOG_EXCERPT {
+        return s.to_string();
+    }
+    let mut end = LOG_EXCERPT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..end], s.len())
+}
+
 /// Runs a connection until the client unbinds or disconnects, the
 /// connection idles out, or a PDU cannot be decoded.
-pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, budget: Budget) {
     let span = info_span!("ldap_conn", peer = %peer);
     async move {
         let _ = stream.set_nodelay(true);
         let limits = ctx.config.limits.clone();
-        let framed = Framed::new(stream, LdapCodec::new(Some(limits.max_pdu_bytes), None));
+        let codec = StrictCodec::new(limits.max_pdu_bytes, limits.stall_timeout, budget);
+        let framed = Framed::new(stream, codec);
         let (mut sink, mut frames) = framed.split();
         let (tx, mut rx) = mpsc::channel::<LdapMsg>(256);
         let session = Arc::new(Session {
@@ -91,7 +117,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
                         inflight.remove(&msgid);
                     }
                 }
-                frame = tokio::time::timeout(limits.idle_timeout, frames.next()) => {
+                frame = tokio::time::timeout(
+                    if auth.dn.is_some() { limits.idle_timeout } else { limits.anonymous_idle_timeout },
+                    frames.next(),
+                ) => {
                     let msg = match frame {
                         Err(_) => {
                             debug!("idle timeout");
@@ -101,10 +130,11 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
                         }
                         Ok(None) => break,
                         Ok(Some(Err(e))) => {
-                            warn!(cause = %e, "undecodable PDU; closing connection");
+                            let cause = excerpt(&e.to_string());
+                            warn!(cause = %cause, "undecodable PDU; closing connection");
                             let _ = sink.send(notice_of_disconnection(
                                 LdapResultCode::ProtocolError,
-                                &format!("undecodable request: {e}"))).await;
+                                &format!("undecodable request: {cause}"))).await;
                             break;
                         }
                         Ok(Some(Ok(msg))) => msg,

@@ -15,6 +15,7 @@
 //!          └──────── responses (mpsc) ◄─────────────┘
 //! ```
 
+pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod convert;

@@ -1,9 +1,11 @@
 //! The listener: accepts connections up to the configured cap and owns
 //! every connection task, so one shutdown signal stops them all.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_store::Directory;
 use tokio::net::TcpListener;
@@ -33,6 +35,29 @@ impl ServerContext {
     }
 }
 
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often a repeated warning is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts repeated events by kind; says when to log one (with how many
+/// happened since the last log line).
+#[derive(Default)]
+struct Quiet(HashMap<&'static str, (Option<Instant>, u64)>);
+
+impl Quiet {
+    fn tick(&mut self, kind: &'static str) -> Option<u64> {
+        let (last, n) = self.0.entry(kind).or_insert((None, 0));
+        *n += 1;
+        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            return Some(std::mem::take(n));
+        }
+        None
+    }
+}
+
 /// A bound LDAP listener.
 pub struct Server {
     listener: TcpListener,
@@ -51,8 +76,14 @@ impl Server {
 
     /// Serves until `shutdown` completes, then closes every connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(self.ctx.config.limits.max_connections));
+        let limits = &self.ctx.config.limits;
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let budget = crate::codec::Budget::new(limits.max_buffered_bytes);
         let mut conns = JoinSet::new();
+        // Accept failures (out of descriptors, ...) back off instead of
+        // spinning, and repeated warnings are logged once per interval.
+        let mut backoff = Duration::ZERO;
+        let mut quiet = Quiet::default();
         tokio::pin!(shutdown);
         info!(addr = ?self.listener.local_addr().ok(), "LDAP listening");
         loop {
@@ -67,22 +98,38 @@ impl Server {
                 }
                 accepted = self.listener.accept() => {
                     let (stream, peer) = match accepted {
-                        Ok(a) => a,
+                        Ok(a) => {
+                            backoff = Duration::ZERO;
+                            a
+                        }
                         Err(e) => {
-                            // Out of descriptors and the like: keep serving.
-                            warn!(cause = %e, "accept failed");
+                            // Out of descriptors and the like: keep serving,
+                            // but wait before trying again (the error would
+                            // repeat at once and spin a core).
+                            backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                            if let Some(n) = quiet.tick("accept") {
+                                warn!(cause = %e, repeated = n, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                            }
+                            tokio::select! {
+                                _ = &mut shutdown => break,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
                             continue;
                         }
                     };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        warn!(peer = %peer, "connection refused: too many connections");
-                        drop(stream);
+                        if let Some(n) = quiet.tick("cap") {
+                            warn!(peer = %peer, refused = n, "connections refused: at the cap of {} connections", limits.max_connections);
+                        }
+                        // Refused cleanly: a Notice of Disconnection, not
+                        // a silent close.
+                        conns.spawn(crate::conn::refuse(stream, "too many connections; try again later"));
                         continue;
                     };
                     debug!(peer = %peer, "connection accepted");
-                    let ctx = self.ctx.clone();
+                    let (ctx, budget) = (self.ctx.clone(), budget.clone());
                     conns.spawn(async move {
-                        crate::conn::run(stream, peer, ctx).await;
+                        crate::conn::run(stream, peer, ctx, budget).await;
                         drop(permit);
                     });
                 }

@@ -317,6 +317,15 @@ pub struct LdapSection {
     pub max_ops_per_connection: usize,
     /// Seconds a connection may stay silent before it is closed.
     pub idle_timeout_secs: u64,
+    /// The same for a connection that has not bound (short, so idle
+    /// anonymous connections do not hold slots).
+    pub anonymous_idle_timeout_secs: u64,
+    /// Seconds a request may stay incomplete before its connection is
+    /// closed (a client dribbling a PDU).
+    pub stall_timeout_secs: u64,
+    /// MiB that requests being received may take, all connections
+    /// together (requests over 64 KiB reserve their declared size).
+    pub max_buffered_mb: usize,
     /// Most entries a non-administrator search returns (0: unlimited).
     pub size_limit: usize,
     /// Longest a search may run, in seconds.
@@ -338,6 +347,9 @@ impl Default for LdapSection {
             max_connections: l.max_connections,
             max_ops_per_connection: l.max_ops_per_connection,
             idle_timeout_secs: l.idle_timeout.as_secs(),
+            anonymous_idle_timeout_secs: l.anonymous_idle_timeout.as_secs(),
+            stall_timeout_secs: l.stall_timeout.as_secs(),
+            max_buffered_mb: l.max_buffered_bytes >> 20,
             size_limit: l.size_limit,
             time_limit_secs: l.time_limit.as_secs(),
         }
@@ -479,6 +491,9 @@ impl FileConfig {
             max_connections: l.max_connections.max(1),
             max_ops_per_connection: l.max_ops_per_connection.max(1),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs.max(1)),
+            anonymous_idle_timeout: Duration::from_secs(l.anonymous_idle_timeout_secs.max(1)),
+            stall_timeout: Duration::from_secs(l.stall_timeout_secs.max(1)),
+            max_buffered_bytes: l.max_buffered_mb.max(1) << 20,
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
