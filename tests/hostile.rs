@@ -341,3 +341,174 @@ fn issue_10_running_out_of_descriptors_backs_off_and_recovers() {
         .success()
     });
 }
+
+/// Reads whole LDAP PDUs from `s` as they come: (messageID, protocolOp
+/// tag) each. Stops at end of stream, a read error, or when `more`
+/// returns false.
+fn read_pdus(s: &mut TcpStream, mut more: impl FnMut(&[(u32, u8)]) -> bool) -> Vec<(u32, u8)> {
+    let mut buf: Vec<u8> = vec![];
+    let mut out = vec![];
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Take every whole PDU in the buffer.
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, hdr) = if buf[1] < 0x80 {
+                (buf[1] as usize, 2)
+            } else {
+                let n = (buf[1] & 0x7f) as usize;
+                if buf.len() < 2 + n {
+                    break;
+                }
+                (
+                    buf[2..2 + n]
+                        .iter()
+                        .fold(0usize, |a, &b| (a << 8) | b as usize),
+                    2 + n,
+                )
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            let body = &buf[hdr..hdr + len];
+            let id_len = body[1] as usize;
+            let id = body[2..2 + id_len]
+                .iter()
+                .fold(0u32, |a, &b| (a << 8) | b as u32);
+            out.push((id, body[2 + id_len]));
+            buf.drain(..hdr + len);
+        }
+        if !more(&out) {
+            return out;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return out,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// A simple bind as the administrator, message ID 1.
+fn admin_bind() -> Vec<u8> {
+    let mut op = seq(0x02, &[3]);
+    op.extend(seq(0x04, ADMIN.as_bytes()));
+    op.extend(seq(0x80, PASSWORD.as_bytes()));
+    let mut body = seq(0x02, &[1]);
+    body.extend(seq(0x60, &op));
+    seq(0x30, &body)
+}
+
+/// A one-level search of PROD_A for `filter_cn*`, all attributes.
+fn search_all(msgid: u8, prefix: &str) -> Vec<u8> {
+    let mut req = seq(0x04, PROD_A.as_bytes());
+    req.extend([0x0a, 0x01, 0x01, 0x0a, 0x01, 0x00]); // one level, never deref
+    req.extend([0x02, 0x01, 0x00, 0x02, 0x01, 0x00, 0x01, 0x01, 0x00]);
+    let mut sub = seq(0x04, b"cn");
+    sub.extend(seq(0x30, &seq(0x80, prefix.as_bytes()))); // initial
+    req.extend(seq(0xa4, &sub)); // substrings
+    req.extend(seq(0x30, &[])); // all user attributes
+    let mut body = seq(0x02, &[msgid]);
+    body.extend(seq(0x63, &req));
+    seq(0x30, &body)
+}
+
+fn abandon(msgid: u8, of: u8) -> Vec<u8> {
+    let mut body = seq(0x02, &[msgid]);
+    body.extend([0x50, 0x01, of]);
+    seq(0x30, &body)
+}
+
+/// Issue 10: a running search of 10,000 entries, abandoned by a client
+/// that reads slowly, stops sending entries (it used to be abandoned only
+/// after it had finished: the connection sent queued entries before it
+/// read the next request); and a client that stops reading altogether no
+/// longer holds its connection, thread and read transaction: the
+/// connection is closed after the write timeout while other clients are
+/// served.
+#[test]
+fn issue_10_abandon_stops_a_running_search_and_a_stalled_reader_is_closed() {
+    let n = Node::start_with("redb", &[("CAIRN_LDAP_WRITE_TIMEOUT_SECS", "2")]);
+    let pad = "x".repeat(1000);
+    let mut ldif = String::new();
+    for i in 0..10_000 {
+        ldif.push_str(&format!(
+            "dn: cn=big-{i},{PROD_A}\nobjectClass: cairnHost\ncn: big-{i}\ndescription: {pad}\n\n"
+        ));
+    }
+    ok(n.tool("ldapadd", &[], Some(&ldif)));
+
+    // Three searches of all 10,000 entries (33 MB, more than the kernel's
+    // socket buffers hold) streaming to a client that reads slowly; all
+    // three are abandoned after the first 50 entries while the client
+    // keeps reading slowly.
+    let mut s = TcpStream::connect(n.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&admin_bind()).unwrap();
+    for id in 2..5 {
+        w.write_all(&search_all(id, "big-")).unwrap();
+    }
+    let mut sent_abandon = false;
+    let pdus = read_pdus(&mut s, |got| {
+        let entries = got.iter().filter(|(_, op)| *op == 0x64).count();
+        if !sent_abandon && entries >= 50 {
+            for id in 2..5 {
+                w.write_all(&abandon(10 + id, id)).unwrap();
+            }
+            sent_abandon = true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // Read on until nothing comes for the read timeout.
+        true
+    });
+    let entries = pdus.iter().filter(|(_, op)| *op == 0x64).count();
+    assert!(sent_abandon, "the searches never got going");
+    assert!(
+        entries < 20_000,
+        "{entries} of 30,000 entries were sent: the abandons did not stop the searches"
+    );
+    assert!(
+        !pdus.iter().any(|(_, op)| *op == 0x65),
+        "an abandoned search got a result"
+    );
+    // The connection goes on.
+    w.write_all(&search_all(4, "big-7777")).unwrap();
+    let pdus = read_pdus(&mut s, |got| {
+        !got.iter().any(|(id, op)| *id == 4 && *op == 0x65)
+    });
+    assert_eq!(
+        pdus.iter()
+            .filter(|(id, op)| *id == 4 && *op == 0x64)
+            .count(),
+        1
+    );
+
+    // A client that asks for everything, three times over (33 MB: more
+    // than the kernel's socket buffers hold), and stops reading.
+    let mut stalled = TcpStream::connect(n.addr).unwrap();
+    stalled.write_all(&admin_bind()).unwrap();
+    for id in 2..5 {
+        stalled.write_all(&search_all(id, "big-")).unwrap();
+    }
+    // Others are served meanwhile.
+    for _ in 0..3 {
+        still_serves(&n);
+    }
+    // The client reads nothing for twice the write timeout (the scenario,
+    // not a wait for the server). Its connection has been closed by then:
+    // what it reads now ends before the searches' results.
+    std::thread::sleep(Duration::from_secs(4));
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let pdus = read_pdus(&mut stalled, |_| true);
+    let entries = pdus.iter().filter(|(_, op)| *op == 0x64).count();
+    let done = pdus.iter().filter(|(_, op)| *op == 0x65).count();
+    assert!(
+        entries < 30_000 && done < 3,
+        "the stalled client got {entries} entries and {done} results"
+    );
+    still_serves(&n);
+}

@@ -288,16 +288,23 @@ pub fn run_tool(
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {tool} (install ldap-utils): {e}"));
-    if let Some(input) = stdin {
+    // Standard input is written from its own thread while the output is
+    // read here: written first, a large input deadlocked once the tool's
+    // output filled its pipe (the tool stopped reading to write).
+    let writer = stdin.map(|input| {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        let mut pipe = child.stdin.take().expect("stdin");
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            // The tool may exit before reading everything (an error).
+            let _ = pipe.write_all(input.as_bytes());
+        })
+    });
+    let out = child.wait_with_output().expect("tool output");
+    if let Some(w) = writer {
+        let _ = w.join();
     }
-    child.wait_with_output().expect("tool output")
+    out
 }
 
 /// The exit status of an OpenLDAP tool is the LDAP result code.

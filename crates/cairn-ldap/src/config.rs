@@ -26,6 +26,10 @@ pub struct Limits {
     /// A request that stays incomplete this long closes its connection (a
     /// client dribbling a PDU byte by byte).
     pub stall_timeout: Duration,
+    /// A response the client does not take within this long closes its
+    /// connection: a client that stops reading must not hold a search's
+    /// thread and read transaction.
+    pub write_timeout: Duration,
     /// Bytes that requests being received may take, all connections
     /// together (requests over 64 KiB reserve their declared size).
     pub max_buffered_bytes: usize,
@@ -47,6 +51,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(15 * 60),
             anonymous_idle_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
             size_limit: 100_000,
             time_limit: Duration::from_secs(60),

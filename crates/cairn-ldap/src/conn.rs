@@ -94,13 +94,29 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut inflight: HashMap<i32, (AbortHandle, Arc<AtomicBool>)> = HashMap::new();
         let mut by_task: HashMap<tokio::task::Id, i32> = HashMap::new();
+        // Operations abandoned while their responses were still queued:
+        // those responses are dropped, not sent (RFC 4511 §4.11).
+        let mut abandoned: std::collections::HashSet<i32> = Default::default();
 
+        // No branch is preferred: a connection busy sending a large
+        // search's entries still reads the client's next request (an
+        // abandon) and notices its own idle and write timeouts.
         loop {
             tokio::select! {
-                biased;
                 Some(msg) = rx.recv() => {
-                    if sink.send(msg).await.is_err() {
-                        break;
+                    if abandoned.contains(&msg.msgid) {
+                        continue;
+                    }
+                    match tokio::time::timeout(limits.write_timeout, sink.send(msg)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            warn!(
+                                secs = limits.write_timeout.as_secs(),
+                                "the client stopped reading; closing the connection"
+                            );
+                            break;
+                        }
                     }
                 }
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
@@ -146,6 +162,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
                             if let Some((handle, cancel)) = inflight.remove(&id) {
                                 cancel.store(true, Ordering::Relaxed);
                                 handle.abort();
+                                abandoned.insert(id);
                             }
                         }
                         LdapOp::BindRequest(req) => {
@@ -178,6 +195,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
                                 }
                                 continue;
                             }
+                            // A message ID may be used again once its
+                            // operation was abandoned.
+                            abandoned.remove(&msgid);
                             let cancel = Arc::new(AtomicBool::new(false));
                             let job = ops::dispatch(
                                 session.clone(), auth.clone(), msgid, op, msg.ctrl,
@@ -201,16 +221,23 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
         for (_, (_, cancel)) in inflight.drain() {
             cancel.store(true, Ordering::Relaxed);
         }
-        tasks.shutdown().await;
-        // Flush what is queued, then close the socket cleanly.
-        while let Ok(msg) = rx.try_recv() {
-            if sink.send(msg).await.is_err() {
-                break;
+        // Send what is already queued, for a short while at most (the
+        // client may be the reason the connection is closing), then drop
+        // the queue: a search still producing entries then fails its next
+        // send and gives back its thread and read transaction.
+        let flush = async {
+            while let Ok(msg) = rx.try_recv() {
+                if !abandoned.contains(&msg.msgid) && sink.send(msg).await.is_err() {
+                    break;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
+        drop(rx);
+        tasks.shutdown().await;
         if let Ok(framed) = sink.reunite(frames) {
             let mut stream = framed.into_inner();
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
         }
     }
     .instrument(span)

@@ -326,6 +326,9 @@ pub struct LdapSection {
     /// MiB that requests being received may take, all connections
     /// together (requests over 64 KiB reserve their declared size).
     pub max_buffered_mb: usize,
+    /// Seconds a response may wait for the client to read it before the
+    /// connection is closed.
+    pub write_timeout_secs: u64,
     /// Most entries a non-administrator search returns (0: unlimited).
     pub size_limit: usize,
     /// Longest a search may run, in seconds.
@@ -350,6 +353,7 @@ impl Default for LdapSection {
             anonymous_idle_timeout_secs: l.anonymous_idle_timeout.as_secs(),
             stall_timeout_secs: l.stall_timeout.as_secs(),
             max_buffered_mb: l.max_buffered_bytes >> 20,
+            write_timeout_secs: l.write_timeout.as_secs(),
             size_limit: l.size_limit,
             time_limit_secs: l.time_limit.as_secs(),
         }
@@ -494,6 +498,7 @@ impl FileConfig {
             anonymous_idle_timeout: Duration::from_secs(l.anonymous_idle_timeout_secs.max(1)),
             stall_timeout: Duration::from_secs(l.stall_timeout_secs.max(1)),
             max_buffered_bytes: l.max_buffered_mb.max(1) << 20,
+            write_timeout: Duration::from_secs(l.write_timeout_secs.max(1)),
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
