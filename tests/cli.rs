@@ -42,11 +42,21 @@ fn export_then_import_into_a_fresh_node_is_identical() {
 #[test]
 fn ldapadd_accepts_the_export() {
     let a = Node::start();
-    let exported = stdout(&a.cairn(&["export", SUFFIX]));
+    // The export succeeded and holds the tree (an empty export of a
+    // failed command would have compared equal to an emptied node).
+    let exported = stdout(&ok(a.cairn(&["export", SUFFIX])));
+    let entries = exported.lines().filter(|l| l.starts_with("dn: ")).count();
+    assert!(entries >= 20, "{entries} entries exported:\n{exported}");
     let b = Node::start();
     ok(b.tool("ldapdelete", &["-r", SUFFIX], None));
-    ok(b.tool("ldapadd", &[], Some(&exported)));
-    assert_eq!(stdout(&b.cairn(&["export", SUFFIX])), exported);
+    assert_eq!(
+        rc(&b.tool("ldapsearch", &["-b", SUFFIX, "-s", "base", "1.1"], None)),
+        32,
+        "the second node is empty before the load"
+    );
+    let added = ok(b.tool("ldapadd", &[], Some(&exported)));
+    assert_eq!(stdout(&added).matches("adding new entry").count(), entries);
+    assert_eq!(stdout(&ok(b.cairn(&["export", SUFFIX]))), exported);
 }
 
 #[test]

@@ -148,7 +148,8 @@ async fn many_operations_in_flight_on_one_connection() {
 
 #[tokio::test]
 async fn a_large_entry_fits_but_a_huge_pdu_does_not() {
-    let n = Node::start();
+    // A cap of 256 KiB: the 200 KiB entry below fits, a 400 KiB one not.
+    let n = Node::start_with("redb", &[("CAIRN_LDAP_MAX_PDU_BYTES", "262144")]);
     let mut ldap = connect(&n).await;
     // ~200 KiB of settings: far above ldap3_proto's 32 KiB default cap.
     let values: Vec<String> = (0..2000)
@@ -176,6 +177,31 @@ async fn a_large_entry_fits_but_a_huge_pdu_does_not() {
         .unwrap();
     let e = SearchEntry::construct(entries.into_iter().next().unwrap());
     assert_eq!(e.attrs["cairnSetting"].len(), 2000);
+    // Above the cap: the request is refused and its connection closed;
+    // nothing is added, and a new connection is served.
+    let huge = "y".repeat(400 * 1024);
+    let r = ldap
+        .add(
+            &format!("cn=huge,{PROD_A}"),
+            vec![
+                ("objectClass", HashSet::from(["cairnFolder"])),
+                ("cn", HashSet::from(["huge"])),
+                ("description", HashSet::from([huge.as_str()])),
+            ],
+        )
+        .await;
+    assert!(
+        !matches!(&r, Ok(res) if res.rc == 0),
+        "a PDU over the cap was accepted: {r:?}"
+    );
+    let mut again = connect(&n).await;
+    let (entries, _) = again
+        .search(PROD_A, Scope::OneLevel, "(cn=huge)", vec!["1.1"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert!(entries.is_empty());
 }
 
 #[tokio::test]

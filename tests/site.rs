@@ -145,18 +145,23 @@ fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
     let mut site = Site::start_seeded(3);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let n_acked = Arc::new(AtomicUsize::new(0));
+    // Set just before the kill: a write that fails earlier is a defect,
+    // not the kill (the writers used to stop silently on any failure).
+    let killing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Two writers, at two different nodes (at least one forwards).
     let writers: Vec<_> = [2u64, 3]
         .into_iter()
         .map(|node| {
             let (acked, n_acked, url) = (acked.clone(), n_acked.clone(), site.url(node));
-            std::thread::spawn(move || {
-                let Ok(mut ldap) = ldap3::LdapConn::new(&url) else {
-                    return;
-                };
-                if ldap.simple_bind(ADMIN, PASSWORD).is_err() {
-                    return;
-                }
+            let killing = killing.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let mut ldap = ldap3::LdapConn::new(&url)
+                    .map_err(|e| format!("node {node}: cannot connect: {e}"))?;
+                ldap.simple_bind(ADMIN, PASSWORD)
+                    .map_err(|e| format!("node {node}: bind: {e}"))?
+                    .success()
+                    .map_err(|e| format!("node {node}: bind refused: {e}"))?;
+                let mut mine = 0;
                 for i in 0.. {
                     let cn = format!("k9s-{node}-{i}");
                     let dn = format!("cn={cn},{PROD_A}");
@@ -170,19 +175,28 @@ fn kill9_of_the_whole_site_during_writes_loses_no_acknowledged_write() {
                         Ok(r) if r.rc == 0 => {
                             acked.lock().unwrap().push(dn);
                             n_acked.fetch_add(1, Ordering::SeqCst);
+                            mine += 1;
                         }
-                        _ => return,
+                        _ if killing.load(Ordering::SeqCst) => return Ok(mine),
+                        other => {
+                            return Err(format!(
+                                "node {node}: an add failed before the kill: {other:?}"
+                            ));
+                        }
                     }
                 }
+                Ok(mine)
             })
         })
         .collect();
     wait_until("100 acknowledged adds", Duration::from_secs(120), || {
         n_acked.load(Ordering::SeqCst) >= 100
     });
+    killing.store(true, Ordering::SeqCst);
     site.kill9();
     for w in writers {
-        w.join().unwrap();
+        let mine = w.join().unwrap().unwrap();
+        assert!(mine > 0, "a writer had no acknowledged add");
     }
     let acked = acked.lock().unwrap().clone();
     site.restart();

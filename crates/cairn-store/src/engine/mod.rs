@@ -314,8 +314,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// Commits without sync are visible at once and, after `sync`, are
+    /// there when the engine is opened again. A reopen after a clean
+    /// close proves no durability against a power cut (that is redb's own
+    /// guarantee for its fdatasync'd commits, and sled gives none: see
+    /// docs/storage.md, "Power loss").
     #[test]
-    fn nosync_commits_are_visible_and_sync_makes_them_durable() {
+    fn nosync_commits_are_visible_and_kept_across_a_reopen_after_sync() {
         for kind in [EngineKind::Redb, EngineKind::Sled] {
             let dir = tempfile::tempdir().unwrap();
             {
