@@ -512,3 +512,36 @@ fn issue_10_abandon_stops_a_running_search_and_a_stalled_reader_is_closed() {
     );
     still_serves(&n);
 }
+
+/// Issue 10: wrong-password binds (argon2 is slow on purpose) kept both
+/// cores busy and others' latency went to 1.5 s. Repeated failures from
+/// one source or against one DN now wait longer and longer before their
+/// check (100 ms, doubling, at most 5 s), only a few checks run at once,
+/// and other clients are served meanwhile.
+#[test]
+fn issue_10_repeated_failed_binds_are_slowed_down() {
+    let n = Node::start();
+    let mut attacker = ldap3::LdapConn::new(&n.url()).unwrap();
+    let mut last = Duration::ZERO;
+    for _ in 0..6 {
+        let t = std::time::Instant::now();
+        let r = attacker.simple_bind(ADMIN, "wrong").unwrap();
+        last = t.elapsed();
+        assert_eq!(r.rc, 49, "invalidCredentials");
+    }
+    // The sixth waited for five failures: 1.6 s.
+    assert!(
+        last >= Duration::from_millis(1500),
+        "the sixth failure took {last:?}"
+    );
+    // An unknown DN fails the same way and is counted the same.
+    let r = attacker
+        .simple_bind("cn=nobody,dc=example,dc=com", "x")
+        .unwrap();
+    assert_eq!(r.rc, 49);
+    // Others are served meanwhile (no bind needed for a read here).
+    still_serves(&n);
+    // The right password still works (after its wait) and clears the count.
+    let r = attacker.simple_bind(ADMIN, PASSWORD).unwrap();
+    assert_eq!(r.rc, 0);
+}

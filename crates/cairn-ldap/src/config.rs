@@ -33,6 +33,8 @@ pub struct Limits {
     /// Bytes that requests being received may take, all connections
     /// together (requests over 64 KiB reserve their declared size).
     pub max_buffered_bytes: usize,
+    /// Password checks (argon2, slow on purpose) that may run at once.
+    pub max_concurrent_binds: usize,
     /// Most entries one search returns (0: no limit). Clients may ask for
     /// fewer, never more; the administrator is not limited.
     pub size_limit: usize,
@@ -53,6 +55,7 @@ impl Default for Limits {
             stall_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
+            max_concurrent_binds: 2,
             size_limit: 100_000,
             time_limit: Duration::from_secs(60),
         }

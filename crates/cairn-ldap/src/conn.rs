@@ -166,7 +166,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
                             }
                         }
                         LdapOp::BindRequest(req) => {
-                            let (reply, new_auth) = ops::bind(&ctx, msgid, req).await;
+                            let (reply, new_auth) = ops::bind(&ctx, msgid, req, Some(peer.ip())).await;
                             if let Some(a) = new_auth {
                                 auth = Arc::new(a);
                             }

@@ -22,6 +22,7 @@ pub mod convert;
 pub mod dse;
 pub mod ops;
 pub mod server;
+pub mod throttle;
 
 pub use cairn_replica::writer::{LocalWriter, ReplicaWriter, Writer};
 pub use config::{Config, Limits};

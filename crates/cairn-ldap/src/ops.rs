@@ -158,6 +158,7 @@ pub async fn bind(
     ctx: &Arc<ServerContext>,
     msgid: i32,
     req: LdapBindRequest,
+    source: Option<std::net::IpAddr>,
 ) -> (LdapMsg, Option<Auth>) {
     let op = LdapOp::BindRequest(req.clone());
     let fail = |code, msg: &str| (error_reply(msgid, &op, code, msg), None);
@@ -201,6 +202,14 @@ pub async fn bind(
             "unauthenticated bind (DN without password) is not allowed",
         );
     }
+    // Repeated failures from this source or for this DN wait first, and
+    // only a few checks run at once (`crate::throttle`).
+    let key = dn.norm();
+    let wait = ctx.binds.delay(source, &key);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let _slot = ctx.binds.slot().await;
     let ctx2 = ctx.clone();
     let dn2 = dn.clone();
     let verdict = blocking(move || {
@@ -219,6 +228,11 @@ pub async fn bind(
         Ok(Some(is_admin_member(&ctx2, &dn2)))
     })
     .await;
+    match &verdict {
+        Ok(Some(_)) => ctx.binds.succeeded(source, &key),
+        Ok(None) => ctx.binds.failed(source, &key),
+        Err(_) => {}
+    }
     match verdict {
         Ok(Some(admin)) => {
             debug!(dn = %dn, admin, "bound");

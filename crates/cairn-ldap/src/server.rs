@@ -26,6 +26,8 @@ pub struct ServerContext {
     /// The host-facing services of this node, for what they report in
     /// `cn=status` (unmapped client addresses).
     pub boot: Option<Arc<cairn_boot::Boot>>,
+    /// Bounds and slows down password checks (`crate::throttle`).
+    pub binds: crate::throttle::BindThrottle,
 }
 
 impl ServerContext {

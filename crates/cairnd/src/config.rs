@@ -329,6 +329,8 @@ pub struct LdapSection {
     /// Seconds a response may wait for the client to read it before the
     /// connection is closed.
     pub write_timeout_secs: u64,
+    /// Password checks (argon2) that may run at once; more binds wait.
+    pub max_concurrent_binds: usize,
     /// Most entries a non-administrator search returns (0: unlimited).
     pub size_limit: usize,
     /// Longest a search may run, in seconds.
@@ -354,6 +356,7 @@ impl Default for LdapSection {
             stall_timeout_secs: l.stall_timeout.as_secs(),
             max_buffered_mb: l.max_buffered_bytes >> 20,
             write_timeout_secs: l.write_timeout.as_secs(),
+            max_concurrent_binds: l.max_concurrent_binds,
             size_limit: l.size_limit,
             time_limit_secs: l.time_limit.as_secs(),
         }
@@ -499,6 +502,7 @@ impl FileConfig {
             stall_timeout: Duration::from_secs(l.stall_timeout_secs.max(1)),
             max_buffered_bytes: l.max_buffered_mb.max(1) << 20,
             write_timeout: Duration::from_secs(l.write_timeout_secs.max(1)),
+            max_concurrent_binds: l.max_concurrent_binds.max(1),
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };

@@ -194,6 +194,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         ));
     }
     let ctx = Arc::new(ServerContext {
+        binds: cairn_ldap::throttle::BindThrottle::new(s.ldap.limits.max_concurrent_binds),
         boot: Some(boot.clone()),
         dir,
         writer,
