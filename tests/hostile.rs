@@ -20,6 +20,19 @@ fn send_raw(n: &Node, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether an anonymous search at `url` succeeds.
+fn answers(url: &str) -> bool {
+    run_tool(
+        url,
+        "ldapsearch",
+        None,
+        &["-b", SUFFIX, "(cn=esx-001)", "1.1"],
+        None,
+    )
+    .status
+    .success()
+}
+
 fn still_serves(n: &Node) {
     let out = ok(n.tool_as(
         "ldapsearch",
@@ -247,14 +260,7 @@ fn issue_10_the_connection_cap_refuses_cleanly_and_anonymous_idlers_leave() {
         assert_eq!(notice_code(&out), Some(52), "{out:02x?}");
     }
     wait_until("a slot frees up", Duration::from_secs(10), || {
-        n.tool_as(
-            "ldapsearch",
-            None,
-            &["-b", SUFFIX, "(cn=esx-001)", "1.1"],
-            None,
-        )
-        .status
-        .success()
+        answers(&n.url())
     });
 }
 
@@ -329,17 +335,7 @@ fn issue_10_running_out_of_descriptors_backs_off_and_recovers() {
     );
     drop(held);
     let url = format!("ldap://{addr}");
-    wait_until("serving again", Duration::from_secs(30), || {
-        run_tool(
-            &url,
-            "ldapsearch",
-            None,
-            &["-b", SUFFIX, "(cn=esx-001)", "1.1"],
-            None,
-        )
-        .status
-        .success()
-    });
+    wait_until("serving again", Duration::from_secs(30), || answers(&url));
 }
 
 /// Reads whole LDAP PDUs from `s` as they come: (messageID, protocolOp

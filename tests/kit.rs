@@ -472,25 +472,29 @@ impl Site {
 
     /// `cairn export` of node `i`.
     pub fn export(&self, i: u64) -> String {
-        let out = Command::new(bin("cairn"))
-            .args([
-                "--url",
-                &self.url(i),
-                "--bind-dn",
-                ADMIN,
-                "--password",
-                PASSWORD,
-                "export",
-                SUFFIX,
-            ])
-            .output()
-            .expect("run cairn");
-        assert!(
-            out.status.success(),
-            "export failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        export_at(&self.url(i)).unwrap_or_else(|e| panic!("export failed: {e}"))
+    }
+}
+
+/// `cairn export` of the suffix at `url`, as the admin, or why it failed.
+pub fn export_at(url: &str) -> Result<String, String> {
+    let out = Command::new(bin("cairn"))
+        .args([
+            "--url",
+            url,
+            "--bind-dn",
+            ADMIN,
+            "--password",
+            PASSWORD,
+            "export",
+            SUFFIX,
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
@@ -651,24 +655,7 @@ impl ProcSite {
 
     /// `cairn export` of node `i`, or why it failed.
     pub fn export(&self, i: u64) -> Result<String, String> {
-        let out = Command::new(bin("cairn"))
-            .args([
-                "--url",
-                &self.url(i),
-                "--bind-dn",
-                ADMIN,
-                "--password",
-                PASSWORD,
-                "export",
-                SUFFIX,
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        export_at(&self.url(i))
     }
 }
 
