@@ -613,11 +613,13 @@ impl Directory {
         Ok(())
     }
 
-    /// Refuses, before it reaches a site's log, a modify that would grow
-    /// its entry past [`MAX_ENTRY_BYTES`] as the entry is now here. (The
-    /// limit itself is enforced when the write is applied; this keeps an
-    /// oversized write from being replicated only to be refused.)
+    /// Refuses, before it reaches a site's log, a large modify that would
+    /// grow its entry past [`MAX_ENTRY_BYTES`] as the entry is now here.
+    /// (The limit itself is enforced when the write is applied; this keeps
+    /// a large write from being replicated only to be refused. Small
+    /// modifies, the common case, skip the read and rely on that check.)
     fn check_growth(&self, op: &WriteOp) -> Result<(), Error> {
+        const LARGE: usize = 1 << 20;
         let WriteOp::Modify { dn, mods, .. } = op else {
             return Ok(());
         };
@@ -626,7 +628,7 @@ impl Directory {
             .filter(|m| m.op != modify::ModOp::Delete)
             .map(|m| m.attr.len() + m.values.iter().map(Vec::len).sum::<usize>())
             .sum();
-        if added == 0 {
+        if added < LARGE {
             return Ok(());
         }
         let Some(current) = self.get(dn)? else {
