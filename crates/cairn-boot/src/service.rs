@@ -317,7 +317,17 @@ impl Boot {
         let registered = match writer.write(op).await {
             Ok(_) => true,
             // Another pull of the same host (here or at another node) won.
-            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => false,
+            // Its add may be committed but not yet applied here (a refused
+            // write carries no log index to wait for): a read barrier
+            // makes it visible before it is read.
+            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {
+                writer.barrier().await.map_err(|e| {
+                    BootError::Unavailable(format!(
+                        "the host was registered elsewhere; cannot read it here yet: {e}"
+                    ))
+                })?;
+                false
+            }
             Err(e @ (WriteError::NoLeader(_) | WriteError::Unknown(_))) => {
                 return Err(BootError::Unavailable(format!(
                     "cannot register the host: {e}"
