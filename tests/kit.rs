@@ -169,6 +169,11 @@ impl Node {
         format!("ldap://{}", self.addr)
     }
 
+    /// The process ID of the running `cairnd`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node runs").id()
+    }
+
     fn spawn(&mut self) {
         let mut cmd = cairnd();
         cmd.arg("dev")

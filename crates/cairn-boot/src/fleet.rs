@@ -10,7 +10,7 @@ use cairn_core::entry::ValidEntry;
 use cairn_core::filter::Filter;
 use cairn_core::inherit::{self, Layer};
 use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
-use cairn_store::{Directory, Scope};
+use cairn_store::{Directory, Halt, Scope};
 
 use crate::error::BootError;
 use crate::pb;
@@ -59,7 +59,7 @@ fn search_class(
         if dir.get(suffix)?.is_none() {
             continue;
         }
-        dir.search(suffix, Scope::Subtree, &filter, None, &mut |e| {
+        dir.search(suffix, Scope::Subtree, &filter, Halt::NEVER, &mut |e| {
             if class.is_none_or(|c| e.has_class(c)) {
                 out.push(e);
             }

@@ -70,6 +70,51 @@ impl Filter {
         }
     }
 
+    /// Bytes of all assertion values together (attribute names excluded).
+    /// Matching prepares each value once per entry tested, so this bounds
+    /// the work a filter costs per entry.
+    pub fn assertion_bytes(&self) -> usize {
+        match self {
+            Filter::And(v) | Filter::Or(v) => v.iter().map(Filter::assertion_bytes).sum(),
+            Filter::Not(f) => f.assertion_bytes(),
+            Filter::Equality(_, v)
+            | Filter::GreaterOrEqual(_, v)
+            | Filter::LessOrEqual(_, v)
+            | Filter::Approx(_, v) => v.len(),
+            Filter::Substring { .. } => self.substring_parts().map_or(0, |(_, b)| b),
+            Filter::Present(_) => 0,
+        }
+    }
+
+    /// The largest substring assertion in the filter: (parts, bytes), the
+    /// parts counting `initial`, each `any` and `final`.
+    pub fn largest_substring(&self) -> (usize, usize) {
+        match self {
+            Filter::And(v) | Filter::Or(v) => v
+                .iter()
+                .map(Filter::largest_substring)
+                .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1))),
+            Filter::Not(f) => f.largest_substring(),
+            _ => self.substring_parts().unwrap_or((0, 0)),
+        }
+    }
+
+    fn substring_parts(&self) -> Option<(usize, usize)> {
+        let Filter::Substring {
+            initial,
+            any,
+            final_,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let ends = initial.iter().chain(final_.iter());
+        let parts = ends.clone().count() + any.len();
+        let bytes = ends.chain(any.iter()).map(String::len).sum();
+        Some((parts, bytes))
+    }
+
     /// Evaluates the filter against an entry.
     pub fn eval(&self, schema: &Schema, entry: &ValidEntry) -> Tri {
         match self {
@@ -510,6 +555,18 @@ mod tests {
         );
         assert_eq!(Filter::parse("(&(a=1)(|(b=2)(c=3)))").unwrap().depth(), 3);
         assert_eq!(Filter::parse("(&(a=1)(|(b=2)(c=3)))").unwrap().size(), 5);
+    }
+
+    #[test]
+    fn sizes_for_the_limits() {
+        let f = Filter::parse("(&(cn=abc)(|(description=a*bb*ccc*dddd)(!(sn>=xy)))(o=*))").unwrap();
+        assert_eq!(f.assertion_bytes(), 3 + (1 + 2 + 3 + 4) + 2);
+        assert_eq!(f.largest_substring(), (4, 10));
+        assert_eq!(Filter::parse("(cn=x)").unwrap().largest_substring(), (0, 0));
+        assert_eq!(
+            Filter::parse("(cn=*x*)").unwrap().largest_substring(),
+            (1, 1)
+        );
     }
 
     #[test]

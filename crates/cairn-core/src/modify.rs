@@ -20,7 +20,7 @@ pub struct Modification {
     pub values: Vec<Vec<u8>>,
 }
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::entry::{Entry, ValidEntry};
 use crate::error::Error;
@@ -66,8 +66,12 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
                 let slot = attrs
                     .entry(key)
                     .or_insert_with(|| (at.name().to_string(), vec![]));
+                // One pass over what is there, one over what is added: an
+                // attribute with many values costs linear time, not n².
+                let mut present: HashSet<String> = slot.1.iter().map(|x| norm_of(x)).collect();
+                slot.1.reserve(values.len());
                 for (v, norm) in values {
-                    if slot.1.iter().any(|x| norm_of(x) == norm) {
+                    if !present.insert(norm) {
                         return Err(Error::ValueExists(format!(
                             "attribute {} already has the value {v:?}",
                             at.name()
@@ -86,16 +90,21 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
                 if values.is_empty() {
                     attrs.remove(&key);
                 } else {
+                    let norms: Vec<String> = slot.1.iter().map(|x| norm_of(x)).collect();
+                    let mut present: HashSet<&str> = norms.iter().map(String::as_str).collect();
+                    let mut gone: HashSet<String> = HashSet::with_capacity(values.len());
                     for (v, norm) in values {
-                        let before = slot.1.len();
-                        slot.1.retain(|x| norm_of(x) != norm);
-                        if slot.1.len() == before {
+                        // A value named twice is absent the second time.
+                        if !present.remove(norm.as_str()) {
                             return Err(Error::NoSuchAttribute(format!(
                                 "attribute {} has no value {v:?}",
                                 at.name()
                             )));
                         }
+                        gone.insert(norm);
                     }
+                    let mut keep = norms.iter().map(|n| !gone.contains(n));
+                    slot.1.retain(|_| keep.next().unwrap_or(true));
                     if slot.1.is_empty() {
                         attrs.remove(&key);
                     }

@@ -14,6 +14,13 @@ pub struct Limits {
     pub max_filter_depth: usize,
     /// Most filter elements accepted in one search.
     pub max_filter_elements: usize,
+    /// Most bytes of assertion values in one filter, all items together
+    /// (each is prepared once per entry the search tests).
+    pub max_filter_bytes: usize,
+    /// Most parts (initial, any, final) of one substring assertion.
+    pub max_substring_parts: usize,
+    /// Most bytes of one substring assertion's parts together.
+    pub max_substring_bytes: usize,
     /// Most concurrent connections; more are refused at accept.
     pub max_connections: usize,
     /// Most operations in flight on one connection.
@@ -35,6 +42,9 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// Password checks (argon2, slow on purpose) that may run at once.
     pub max_concurrent_binds: usize,
+    /// Most values of one attribute that one add or modify may carry
+    /// (adminLimitExceeded above it).
+    pub max_values_per_attribute: usize,
     /// Most entries one search returns (0: no limit). Clients may ask for
     /// fewer, never more; the administrator is not limited.
     pub size_limit: usize,
@@ -48,6 +58,9 @@ impl Default for Limits {
             max_pdu_bytes: 8 * 1024 * 1024,
             max_filter_depth: 32,
             max_filter_elements: 1024,
+            max_filter_bytes: 256 * 1024,
+            max_substring_parts: 32,
+            max_substring_bytes: 4096,
             max_connections: 4096,
             max_ops_per_connection: 256,
             idle_timeout: Duration::from_secs(15 * 60),
@@ -56,6 +69,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 << 20,
             max_concurrent_binds: 2,
+            max_values_per_attribute: 100_000,
             size_limit: 100_000,
             time_limit: Duration::from_secs(60),
         }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod convert;
 pub mod dse;
+pub mod metrics;
 pub mod ops;
 pub mod server;
 pub mod throttle;

@@ -13,7 +13,7 @@ use cairn_core::filter::Filter;
 use cairn_core::modify::{ModOp, Modification};
 use cairn_core::password;
 use cairn_core::time::generalized_time;
-use cairn_store::{Scope, SearchControl, WriteOp};
+use cairn_store::{Halt, Scope, SearchControl, WriteOp};
 use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::{
     LdapBindCred, LdapBindRequest, LdapBindResponse, LdapExtendedRequest, LdapExtendedResponse,
@@ -161,7 +161,15 @@ pub async fn bind(
     source: Option<std::net::IpAddr>,
 ) -> (LdapMsg, Option<Auth>) {
     let op = LdapOp::BindRequest(req.clone());
-    let fail = |code, msg: &str| (error_reply(msgid, &op, code, msg), None);
+    let fail = |code, msg: &str| {
+        let what = if code == LdapResultCode::InvalidCredentials {
+            "invalid_credentials"
+        } else {
+            "refused"
+        };
+        ctx.metrics.bind(what);
+        (error_reply(msgid, &op, code, msg), None)
+    };
     if req.version != 3 {
         return fail(
             LdapResultCode::ProtocolError,
@@ -179,6 +187,7 @@ pub async fn bind(
     };
     if req.dn.is_empty() {
         if pw.is_empty() {
+            ctx.metrics.bind("anonymous");
             return (
                 reply(msgid, &op, result(LdapResultCode::Success, "", "")),
                 Some(Auth::anonymous()),
@@ -207,6 +216,7 @@ pub async fn bind(
     let key = dn.norm();
     let wait = ctx.binds.delay(source, &key);
     if !wait.is_zero() {
+        ctx.metrics.binds_delayed.inc();
         tokio::time::sleep(wait).await;
     }
     let _slot = ctx.binds.slot().await;
@@ -235,6 +245,7 @@ pub async fn bind(
     }
     match verdict {
         Ok(Some(admin)) => {
+            ctx.metrics.bind("ok");
             debug!(dn = %dn, admin, "bound");
             (
                 reply(msgid, &op, result(LdapResultCode::Success, "", "")),
@@ -246,7 +257,10 @@ pub async fn bind(
         }
         // Unknown DN and wrong password look the same to the client.
         Ok(None) => fail(LdapResultCode::InvalidCredentials, "invalid credentials"),
-        Err(o) => (reply(msgid, &op, outcome_result(&o)), None),
+        Err(o) => {
+            ctx.metrics.bind("error");
+            (reply(msgid, &op, outcome_result(&o)), None)
+        }
     }
 }
 
@@ -471,11 +485,54 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
             ));
         }
     };
+    check_value_counts(ctx, &op)?;
     ctx.writer
         .write(op)
         .await
         .map_err(|e| convert::write_error(&e))?;
     Ok(result(LdapResultCode::Success, "", ""))
+}
+
+/// Refuses a write that carries more values of one attribute than
+/// `ldap.max_values_per_attribute` (all mentions of the attribute in the
+/// request together), before it costs anything further.
+fn check_value_counts(ctx: &ServerContext, op: &WriteOp) -> Result<(), Outcome> {
+    let limit = ctx.config.limits.max_values_per_attribute;
+    let schema = ctx.dir.schema();
+    let key = |name: &str| {
+        schema
+            .attr(name)
+            .map_or_else(|| name.to_ascii_lowercase(), |a| a.key())
+    };
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut count = |name: &str, n: usize| -> Result<(), Outcome> {
+        let c = counts.entry(key(name)).or_default();
+        *c += n;
+        if *c > limit {
+            return Err(Outcome::new(
+                LdapResultCode::AdminLimitExceeded,
+                format!(
+                    "the request carries more than {limit} values of {name} \
+                     (ldap.max_values_per_attribute)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    match op {
+        WriteOp::Add { entry, .. } => {
+            for (name, values) in &entry.attrs {
+                count(name, values.len())?;
+            }
+        }
+        WriteOp::Modify { mods, .. } => {
+            for m in mods {
+                count(&m.attr, m.values.len())?;
+            }
+        }
+        WriteOp::Delete { .. } | WriteOp::ModRdn { .. } => {}
+    }
+    Ok(())
 }
 
 fn can_read_tree(ctx: &ServerContext, auth: &Auth) -> Result<(), Outcome> {
@@ -718,6 +775,35 @@ fn check_filter(ctx: &ServerContext, f: &Filter) -> Result<(), Outcome> {
             ),
         ));
     }
+    let bytes = f.assertion_bytes();
+    if bytes > l.max_filter_bytes {
+        return Err(Outcome::new(
+            LdapResultCode::UnwillingToPerform,
+            format!(
+                "filter has {bytes} bytes of assertion values, the limit is {}",
+                l.max_filter_bytes
+            ),
+        ));
+    }
+    let (parts, bytes) = f.largest_substring();
+    if parts > l.max_substring_parts {
+        return Err(Outcome::new(
+            LdapResultCode::UnwillingToPerform,
+            format!(
+                "a substring assertion has {parts} parts, the limit is {}",
+                l.max_substring_parts
+            ),
+        ));
+    }
+    if bytes > l.max_substring_bytes {
+        return Err(Outcome::new(
+            LdapResultCode::UnwillingToPerform,
+            format!(
+                "a substring assertion has {bytes} bytes, the limit is {}",
+                l.max_substring_bytes
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -912,11 +998,12 @@ async fn search_inner(
         let mut sent = 0usize;
         let mut exceeded = false;
         for (b, s) in bases {
+            let halt = Halt {
+                deadline: Some(deadline),
+                cancelled: Some(&cancel2),
+            };
             let end = dir
-                .search(&b, s, &filter, Some(deadline), &mut |e| {
-                    if cancel2.load(Ordering::Relaxed) {
-                        return false;
-                    }
+                .search(&b, s, &filter, halt, &mut |e| {
                     if size_limit > 0 && sent == size_limit {
                         exceeded = true;
                         return false;
@@ -979,14 +1066,18 @@ async fn paged_search(
     let filter = Arc::new(filter);
     let mut cursor = if cookie.is_empty() {
         let dir = ctx.dir.clone();
-        let (bases2, filter2) = (bases.clone(), filter.clone());
+        let (bases2, filter2, cancel2) = (bases.clone(), filter.clone(), cancel.clone());
         let (uuids, exceeded) = blocking(move || {
             let (bases, filter) = (bases2, filter2);
+            let halt = Halt {
+                deadline: Some(deadline),
+                cancelled: Some(&cancel2),
+            };
             let mut out = vec![];
             let mut exceeded = false;
             for (b, s) in bases.iter() {
                 let end = dir
-                    .search(b, *s, &filter, Some(deadline), &mut |e| {
+                    .search(b, *s, &filter, halt, &mut |e| {
                         if size_limit > 0 && out.len() == size_limit {
                             exceeded = true;
                             return false;

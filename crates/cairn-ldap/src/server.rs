@@ -28,6 +28,8 @@ pub struct ServerContext {
     pub boot: Option<Arc<cairn_boot::Boot>>,
     /// Bounds and slows down password checks (`crate::throttle`).
     pub binds: crate::throttle::BindThrottle,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::LdapMetrics,
 }
 
 impl ServerContext {
@@ -120,6 +122,7 @@ impl Server {
                         }
                     };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        self.ctx.metrics.connections_refused.inc();
                         if let Some(n) = quiet.tick("cap") {
                             warn!(peer = %peer, refused = n, "connections refused: at the cap of {} connections", limits.max_connections);
                         }

@@ -14,7 +14,7 @@ use cairn_core::filter::Filter;
 use cairn_core::schema::Schema;
 use cairn_replica::disk::SimDisk;
 use cairn_replica::{Faults, NodeInfo, Replica, ReplicaConfig, WriteError};
-use cairn_store::{Directory, EngineKind, Scope, WriteOp};
+use cairn_store::{Directory, EngineKind, Halt, Scope, WriteOp};
 
 const SUFFIX: &str = "dc=example,dc=com";
 
@@ -278,7 +278,7 @@ impl Site {
             &suffix,
             Scope::Subtree,
             &Filter::Present("objectClass".into()),
-            None,
+            Halt::NEVER,
             &mut |e| {
                 out.push(format!("{e:?}"));
                 true

@@ -15,7 +15,7 @@ pub mod codec;
 pub mod directory;
 pub mod engine;
 
-pub use directory::{Applied, Directory, MAX_ENTRY_BYTES, Scope, SearchControl, WriteOp};
+pub use directory::{Applied, Directory, Halt, MAX_ENTRY_BYTES, Scope, SearchControl, WriteOp};
 pub use engine::EngineKind;
 
 /// What went wrong, shaped by what the caller must do next.

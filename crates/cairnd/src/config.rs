@@ -311,6 +311,12 @@ pub struct LdapSection {
     pub max_filter_depth: usize,
     /// Most elements in one filter.
     pub max_filter_elements: usize,
+    /// Most bytes of assertion values in one filter.
+    pub max_filter_bytes: usize,
+    /// Most parts of one substring assertion (`a*b*c` has three).
+    pub max_substring_parts: usize,
+    /// Most bytes of one substring assertion's parts together.
+    pub max_substring_bytes: usize,
     /// Most concurrent connections.
     pub max_connections: usize,
     /// Most operations in flight on one connection.
@@ -331,6 +337,8 @@ pub struct LdapSection {
     pub write_timeout_secs: u64,
     /// Password checks (argon2) that may run at once; more binds wait.
     pub max_concurrent_binds: usize,
+    /// Most values of one attribute in one add or modify.
+    pub max_values_per_attribute: usize,
     /// Most entries a non-administrator search returns (0: unlimited).
     pub size_limit: usize,
     /// Longest a search may run, in seconds.
@@ -349,6 +357,9 @@ impl Default for LdapSection {
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth,
             max_filter_elements: l.max_filter_elements,
+            max_filter_bytes: l.max_filter_bytes,
+            max_substring_parts: l.max_substring_parts,
+            max_substring_bytes: l.max_substring_bytes,
             max_connections: l.max_connections,
             max_ops_per_connection: l.max_ops_per_connection,
             idle_timeout_secs: l.idle_timeout.as_secs(),
@@ -357,6 +368,7 @@ impl Default for LdapSection {
             max_buffered_mb: l.max_buffered_bytes >> 20,
             write_timeout_secs: l.write_timeout.as_secs(),
             max_concurrent_binds: l.max_concurrent_binds,
+            max_values_per_attribute: l.max_values_per_attribute,
             size_limit: l.size_limit,
             time_limit_secs: l.time_limit.as_secs(),
         }
@@ -495,6 +507,9 @@ impl FileConfig {
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth.max(1),
             max_filter_elements: l.max_filter_elements.max(1),
+            max_filter_bytes: l.max_filter_bytes.max(1),
+            max_substring_parts: l.max_substring_parts.max(1),
+            max_substring_bytes: l.max_substring_bytes.max(1),
             max_connections: l.max_connections.max(1),
             max_ops_per_connection: l.max_ops_per_connection.max(1),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs.max(1)),
@@ -503,6 +518,7 @@ impl FileConfig {
             max_buffered_bytes: l.max_buffered_mb.max(1) << 20,
             write_timeout: Duration::from_secs(l.write_timeout_secs.max(1)),
             max_concurrent_binds: l.max_concurrent_binds.max(1),
+            max_values_per_attribute: l.max_values_per_attribute.max(1),
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };

@@ -143,6 +143,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     });
     let mut registry = prometheus_client::registry::Registry::default();
     boot.metrics.register(&mut registry);
+    let ldap_metrics = cairn_ldap::metrics::LdapMetrics::default();
+    ldap_metrics.register(&mut registry);
     let http = crate::http::bind(
         s.http_listen,
         registry,
@@ -195,6 +197,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     }
     let ctx = Arc::new(ServerContext {
         binds: cairn_ldap::throttle::BindThrottle::new(s.ldap.limits.max_concurrent_binds),
+        metrics: ldap_metrics,
         boot: Some(boot.clone()),
         dir,
         writer,

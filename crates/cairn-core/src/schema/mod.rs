@@ -3,7 +3,7 @@
 
 mod builtin;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::dn::Dn;
 use crate::entry::{Attr, Entry, ValidEntry};
@@ -298,6 +298,10 @@ impl Schema {
             ));
         }
         let mut map: BTreeMap<String, Attr> = BTreeMap::new();
+        // Normalized values per attribute, kept across repeated mentions of
+        // the same attribute (an LDIF may list each value on its own line):
+        // checking uniqueness stays linear in the number of values.
+        let mut seen_by_id: HashMap<usize, HashSet<String>> = HashMap::new();
         for (name, values) in attrs {
             let id = self
                 .attr_id(&name)
@@ -309,11 +313,8 @@ impl Schema {
                     name: at.name().to_string(),
                     values: vec![],
                 });
-            let mut seen: BTreeSet<String> = slot
-                .values
-                .iter()
-                .filter_map(|v| at.syntax.normalize(v).ok())
-                .collect();
+            let seen = seen_by_id.entry(id).or_default();
+            slot.values.reserve(values.len());
             for v in values {
                 let norm = at.syntax.normalize(&v).map_err(|e| Error::InvalidSyntax {
                     attr: at.name().to_string(),

@@ -6,6 +6,7 @@
 //! commit is durable before the method returns.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -83,6 +84,39 @@ pub enum SearchControl {
     Stopped,
     /// The deadline passed first.
     TimeLimit,
+}
+
+/// When a search gives up on its own, checked before each entry it looks
+/// at (not only before each match: a filter that matches nothing must not
+/// walk the whole tree for a client that has left).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Halt<'a> {
+    /// Past this instant the search ends with [`SearchControl::TimeLimit`].
+    pub deadline: Option<Instant>,
+    /// Once raised (the operation was abandoned, or its connection closed)
+    /// the search ends with [`SearchControl::Stopped`].
+    pub cancelled: Option<&'a AtomicBool>,
+}
+
+impl Halt<'_> {
+    /// Never gives up early.
+    pub const NEVER: Halt<'static> = Halt {
+        deadline: None,
+        cancelled: None,
+    };
+
+    fn check(&self) -> Option<SearchControl> {
+        if self
+            .cancelled
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Some(SearchControl::Stopped);
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(SearchControl::TimeLimit);
+        }
+        None
+    }
 }
 
 /// The directory: a tree of schema-checked entries on a storage engine.
@@ -1243,14 +1277,13 @@ impl Directory {
         base: &Dn,
         scope: Scope,
         filter: &Filter,
-        deadline: Option<Instant>,
+        halt: Halt<'_>,
         found: &mut dyn FnMut(ValidEntry) -> bool,
     ) -> Result<SearchControl, Error> {
         let snap = self.engine.snapshot()?;
         let snap = snap.as_ref();
         let base_uuid = Self::uuid_of(snap, base)?.ok_or_else(|| Self::no_such(snap, base))?;
         let in_scope = |dn: &Dn| scope.contains(base, dn);
-        let late = || deadline.is_some_and(|d| Instant::now() >= d);
         let candidates = if scope == Scope::Base {
             Some(BTreeSet::from([base_uuid]))
         } else {
@@ -1258,8 +1291,8 @@ impl Directory {
         };
         if let Some(uuids) = candidates {
             for u in uuids {
-                if late() {
-                    return Ok(SearchControl::TimeLimit);
+                if let Some(end) = halt.check() {
+                    return Ok(end);
                 }
                 let Some(e) = Self::load(snap, u)? else {
                     continue;
@@ -1280,8 +1313,8 @@ impl Directory {
                 .collect(),
         };
         while let Some((u, depth)) = stack.pop() {
-            if late() {
-                return Ok(SearchControl::TimeLimit);
+            if let Some(end) = halt.check() {
+                return Ok(end);
             }
             let Some(e) = Self::load(snap, u)? else {
                 continue;

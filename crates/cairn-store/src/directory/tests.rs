@@ -87,7 +87,7 @@ fn names(d: &Directory, base: &str, scope: Scope, filter: &str) -> Vec<String> {
         &Dn::parse(base).unwrap(),
         scope,
         &Filter::parse(filter).unwrap(),
-        None,
+        Halt::NEVER,
         &mut |e| {
             out.push(e.dn().to_string());
             true
@@ -242,7 +242,7 @@ fn search_base_must_exist() {
                 &Dn::parse("cn=gone,dc=example,dc=com").unwrap(),
                 Scope::Base,
                 &Filter::Present("cn".into()),
-                None,
+                Halt::NEVER,
                 &mut |_| true,
             )
             .unwrap_err();
@@ -558,7 +558,7 @@ fn size_stop_and_deadline() {
                 &Dn::parse("dc=example,dc=com").unwrap(),
                 Scope::Subtree,
                 &Filter::Present("objectClass".into()),
-                None,
+                Halt::NEVER,
                 &mut |_| {
                     n += 1;
                     n < 2
@@ -571,11 +571,55 @@ fn size_stop_and_deadline() {
                 &Dn::parse("dc=example,dc=com").unwrap(),
                 Scope::Subtree,
                 &Filter::Present("objectClass".into()),
-                Some(Instant::now()),
+                Halt {
+                    deadline: Some(Instant::now()),
+                    cancelled: None,
+                },
                 &mut |_| true,
             )
             .unwrap();
         assert_eq!(end, SearchControl::TimeLimit);
+    }
+}
+
+/// A cancelled search stops before the next entry it looks at, also when
+/// nothing matches (so the callback, which could notice, never runs).
+#[test]
+fn a_cancelled_search_stops_without_a_match() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let cancelled = std::sync::atomic::AtomicBool::new(true);
+        let mut visited = 0;
+        let end = d
+            .search(
+                &Dn::parse("dc=example,dc=com").unwrap(),
+                Scope::Subtree,
+                &Filter::parse("(cn=*no-such-value*)").unwrap(),
+                Halt {
+                    deadline: None,
+                    cancelled: Some(&cancelled),
+                },
+                &mut |_| {
+                    visited += 1;
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!((end, visited), (SearchControl::Stopped, 0));
+        cancelled.store(false, std::sync::atomic::Ordering::Relaxed);
+        let end = d
+            .search(
+                &Dn::parse("dc=example,dc=com").unwrap(),
+                Scope::Subtree,
+                &Filter::parse("(cn=*no-such-value*)").unwrap(),
+                Halt {
+                    deadline: None,
+                    cancelled: Some(&cancelled),
+                },
+                &mut |_| true,
+            )
+            .unwrap();
+        assert_eq!(end, SearchControl::Complete);
     }
 }
 
