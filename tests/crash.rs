@@ -51,22 +51,6 @@ impl Known {
 /// What a write means for each name it touches.
 type Outcomes = Vec<(String, Known)>;
 
-/// A small deterministic generator (xorshift): a run is replayed from its
-/// seed, apart from the timing of the processes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Shared between the controller and the writers.
 #[derive(Default)]
 struct Shared {

@@ -169,6 +169,13 @@ impl Node {
         format!("ldap://{}", self.addr)
     }
 
+    /// Whether the `cairnd` process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The process ID of the running `cairnd`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the node runs").id()
@@ -693,4 +700,20 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (code, body)
+}
+
+/// A small deterministic generator (xorshift): a run is replayed from its
+/// seed, apart from the timing of the processes.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }

@@ -14,4 +14,5 @@ mod durability;
 mod hostile;
 mod ldap3_client;
 mod openldap;
+mod protos;
 mod site;
