@@ -189,7 +189,9 @@ fn anomalous(b: &Ber, a: Anomaly) -> Option<Vec<u8>> {
             l.extend((body.len() as u32).to_be_bytes());
             with_len(l, &[])
         }
-        (Anomaly::LenEightBytes, _) => with_len(vec![0x88, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1], &[]),
+        (Anomaly::LenEightBytes, _) => {
+            with_len(vec![0x88, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1], &[])
+        }
         (Anomaly::TagZero, _) => retag(0),
         (Anomaly::TagAllOnes, _) => retag(0xff),
         (Anomaly::TagHighNumber, _) => {
@@ -383,9 +385,15 @@ fn templates() -> Vec<Template> {
                                 vec![
                                     cons(
                                         0x30,
-                                        vec![octets("objectClass"), cons(0x31, vec![octets("cairnHost")])],
+                                        vec![
+                                            octets("objectClass"),
+                                            cons(0x31, vec![octets("cairnHost")]),
+                                        ],
                                     ),
-                                    cons(0x30, vec![octets("cn"), cons(0x31, vec![octets("fuzz-add")])]),
+                                    cons(
+                                        0x30,
+                                        vec![octets("cn"), cons(0x31, vec![octets("fuzz-add")])],
+                                    ),
                                     cons(
                                         0x30,
                                         vec![
@@ -669,7 +677,9 @@ fn check_answer(out: &[u8], ids: &[i64]) -> Result<usize, String> {
             id = (id << 8) | *x as i64;
         }
         if !ids.contains(&id) {
-            return Err(format!("an answer under message ID {id}, not one the client used"));
+            return Err(format!(
+                "an answer under message ID {id}, not one the client used"
+            ));
         }
         n += 1;
         at += hl + len;
@@ -815,7 +825,12 @@ fn protos_style_cases_leave_the_node_serving() {
             let t = Instant::now();
             match c
                 .with_timeout(Duration::from_secs(30))
-                .search(&format!("cn=esx-001,{FUZZ}"), ldap3::Scope::Base, "(objectClass=*)", vec!["cn"])
+                .search(
+                    &format!("cn=esx-001,{FUZZ}"),
+                    ldap3::Scope::Base,
+                    "(objectClass=*)",
+                    vec!["cn"],
+                )
                 .and_then(|r| r.success())
             {
                 Ok((e, _)) if e.len() == 1 => lat.push(t.elapsed()),
@@ -884,7 +899,11 @@ fn protos_style_cases_leave_the_node_serving() {
         lat[lat.len() - 1]
     );
     // What was written through the fuzzed requests is still readable.
-    let out = ok(n.tool("ldapsearch", &["-b", FUZZ, "-s", "one", "(cn=fuzz-target)", "1.1"], None));
+    let out = ok(n.tool(
+        "ldapsearch",
+        &["-b", FUZZ, "-s", "one", "(cn=fuzz-target)", "1.1"],
+        None,
+    ));
     assert_eq!(dns(&stdout(&out)).len(), 1);
     n.stop();
 }
@@ -908,7 +927,13 @@ fn the_answer_checker_refuses_bad_answers() {
     assert!(check_answer(&indefinite, &[5]).is_err());
     let notice = done(0);
     let cut = &done(5)[..6];
-    assert_eq!(check_answer(&[notice, cut.to_vec()].concat(), &[0, 5]), Ok(1));
+    assert_eq!(
+        check_answer(&[notice, cut.to_vec()].concat(), &[0, 5]),
+        Ok(1)
+    );
     assert_eq!(case_id(&done(7)), Some(7));
-    assert_eq!(case_id(&encode(&message(7, prim(0x42, []), None))[..3]), None);
+    assert_eq!(
+        case_id(&encode(&message(7, prim(0x42, []), None))[..3]),
+        None
+    );
 }

@@ -100,9 +100,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.wal.vote())
     }
 
-    // The commit index is not kept (openraft's default): after a restart
-    // the node learns it again from the leader, and the state machine's
-    // applied log id says where applying resumes.
+    // The commit index is kept as a hint (`Wal::save_committed`): on a
+    // restart openraft re-applies the log up to it before the node serves,
+    // so reads never go back behind what the node had applied (its store
+    // is not fsync'd on apply). Without the hint, the node learns the
+    // commit index from its leader.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // A small write into the page cache: no need to leave the runtime.
+        self.wal
+            .save_committed(committed)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.wal.committed())
+    }
 
     async fn append<I>(
         &mut self,

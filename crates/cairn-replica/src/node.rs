@@ -229,6 +229,7 @@ pub struct Replica {
     gate: Arc<network::Gate>,
     write_timeout: Duration,
     faults: crate::Faults,
+    snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Errors starting a replica.
@@ -268,6 +269,7 @@ impl Replica {
         StateMachine::check_snapshot(&cfg.data_dir).map_err(StartError::Snapshot)?;
         let wal = log.wal();
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
+        let snapshots_installed = sm.installed();
         let caller = network::Caller {
             id: cfg.id,
             local: cfg.peer_local,
@@ -310,6 +312,7 @@ impl Replica {
             dir,
             write_timeout: cfg.write_timeout,
             faults: cfg.faults,
+            snapshots_installed,
         }))
     }
 
@@ -687,7 +690,18 @@ impl Replica {
             ),
             ("cairnMember".into(), members),
             ("cairnReplication".into(), replication),
+            (
+                "cairnSnapshotsInstalled".into(),
+                vec![self.snapshots_installed().to_string()],
+            ),
         ]
+    }
+
+    /// Snapshots this node installed from a leader since it started (it
+    /// had fallen behind the leader's compacted log).
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The leader's side of a follower's read index.

@@ -10,6 +10,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_store::Directory;
 use cairn_store::engine::{Batch, Table};
@@ -97,6 +98,9 @@ async fn blocking<T: Send + 'static>(
 pub struct StateMachine {
     dir: Arc<Directory>,
     data_dir: PathBuf,
+    /// Snapshots received from a leader and installed since start-up
+    /// (`cairnSnapshotsInstalled` in `cn=status`).
+    installed: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -105,7 +109,15 @@ impl StateMachine {
         StateMachine {
             dir,
             data_dir: data_dir.to_path_buf(),
+            installed: Arc::default(),
         }
+    }
+
+    /// The count of snapshots installed from a leader since start-up,
+    /// shared: it goes on counting after the state machine is handed to
+    /// openraft.
+    pub fn installed(&self) -> Arc<AtomicU64> {
+        self.installed.clone()
     }
 
     pub fn directory(&self) -> &Arc<Directory> {
@@ -298,7 +310,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
             Self::save_snapshot(&data_dir, &file)
         })
-        .await
+        .await?;
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

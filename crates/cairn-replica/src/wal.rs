@@ -286,6 +286,8 @@ impl Syncer {
 pub struct Wal {
     dir: PathBuf,
     disk: Arc<dyn Disk>,
+    /// The committed hint (see [`Wal::save_committed`]).
+    committed: Mutex<CommittedHint>,
     writer: Mutex<Option<Active>>,
     index: RwLock<Index>,
     syncer: Arc<Syncer>,
@@ -378,6 +380,13 @@ impl Wal {
         {
             info!(dir = %dir.display(), first, last, "Raft log recovered");
         }
+        let committed = read_committed(disk.as_ref(), dir, |c| {
+            // The hint must name an entry the log holds (or one a
+            // snapshot covered); anything else is ignored.
+            locs.get(&c.index)
+                .map(|l| l.log_id == c)
+                .unwrap_or_else(|| state.last_purged.is_some_and(|p| c.index <= p.index))
+        });
         let syncer = Arc::new(Syncer::default());
         let sync_thread = std::thread::Builder::new()
             .name("cairn-wal-sync".into())
@@ -389,6 +398,10 @@ impl Wal {
         Ok(Wal {
             dir: dir.to_path_buf(),
             disk,
+            committed: Mutex::new(CommittedHint {
+                saved: committed,
+                file: None,
+            }),
             syncer,
             sync_thread: Some(sync_thread),
             writer: Mutex::new(active),
@@ -443,6 +456,44 @@ impl Wal {
         state.vote = Some(*vote);
         write_state(self.disk.as_ref(), &self.dir, &state)?;
         self.index_mut().state = state;
+        Ok(())
+    }
+
+    /// The committed log id saved before the last shutdown or crash, if
+    /// the hint was there and names an entry of this log.
+    pub fn committed(&self) -> Option<LogId> {
+        self.committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saved
+    }
+
+    /// Saves the committed log id (openraft's optional `save_committed`),
+    /// so that a restarted node applies everything it knew committed
+    /// before it serves reads: its store is not fsync'd on apply, and
+    /// without this a node restarted after a kill would serve an older
+    /// state until the leader's next commit. Written without fsync, as a
+    /// hint: it survives a process kill (the page cache keeps it); after a
+    /// power cut it may be older than it was, or unreadable, and is then
+    /// ignored, and the node catches up at the next commit as before.
+    pub fn save_committed(&self, c: Option<LogId>) -> Result<(), WalError> {
+        let Some(c) = c else { return Ok(()) };
+        let mut hint = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        if hint.saved.is_some_and(|old| old >= c) {
+            return Ok(());
+        }
+        let path = self.dir.join(COMMITTED);
+        let file = match &hint.file {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.disk.create(&path).map_err(io(&path))?;
+                hint.file = Some(f.clone());
+                f
+            }
+        };
+        file.write_all_at(&encode_committed(c), 0)
+            .map_err(io(&path))?;
+        hint.saved = Some(c);
         Ok(())
     }
 
@@ -891,6 +942,69 @@ fn scan_segment(
     Ok((out, at as u64))
 }
 
+/// The committed log id as last saved, and its file once opened.
+struct CommittedHint {
+    saved: Option<LogId>,
+    file: Option<Arc<dyn DiskFile>>,
+}
+
+/// The committed-log-id hint's file in the log's directory.
+const COMMITTED: &str = "committed";
+const COMMITTED_MAGIC: &[u8; 4] = b"CMT1";
+
+/// `CMT1`, term, node, index (u64 LE each), CRC-32 of what precedes.
+fn encode_committed(c: LogId) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(COMMITTED_MAGIC);
+    b[4..12].copy_from_slice(&c.leader_id.term.to_le_bytes());
+    b[12..20].copy_from_slice(&c.leader_id.node_id.to_le_bytes());
+    b[20..28].copy_from_slice(&c.index.to_le_bytes());
+    let crc = crc32fast::hash(&b[..28]);
+    b[28..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_committed(b: &[u8]) -> Option<LogId> {
+    if b.len() != 32 || &b[..4] != COMMITTED_MAGIC {
+        return None;
+    }
+    if crc32fast::hash(&b[..28]).to_le_bytes() != b[28..32] {
+        return None;
+    }
+    let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().unwrap_or([0; 8]));
+    Some(LogId::new(
+        openraft::CommittedLeaderId::new(u(4..12), u(12..20)),
+        u(20..28),
+    ))
+}
+
+/// Reads the committed hint. It is written without fsync (see
+/// [`Wal::save_committed`]), so one that is unreadable or names no entry
+/// of the log (`known` says whether it does) is not damage: it is ignored
+/// with a warning and the node learns the commit index from its leader.
+fn read_committed(disk: &dyn Disk, dir: &Path, known: impl Fn(LogId) -> bool) -> Option<LogId> {
+    let path = dir.join(COMMITTED);
+    let bytes = match disk.read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), cause = %e, "cannot read the committed hint; ignoring it");
+            return None;
+        }
+    };
+    match decode_committed(&bytes) {
+        Some(c) if known(c) => Some(c),
+        Some(c) => {
+            warn!(path = %path.display(), committed = %c, "the committed hint names no entry of the log; ignoring it");
+            None
+        }
+        None => {
+            warn!(path = %path.display(), "the committed hint is unreadable (it is written without fsync); ignoring it");
+            None
+        }
+    }
+}
+
 fn read_state(disk: &dyn Disk, dir: &Path) -> Result<State, WalError> {
     let path = dir.join("state");
     match disk.read(&path) {
@@ -946,6 +1060,38 @@ mod tests {
             .iter()
             .map(|e| e.log_id.index)
             .collect()
+    }
+
+    /// The committed hint survives a reopen (it is in the page cache after
+    /// a kill); one that is unreadable or names an entry the log does not
+    /// hold is ignored, not trusted and not fatal.
+    #[test]
+    fn the_committed_hint_is_kept_and_a_bad_one_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        let at = |i: u64, term: u64| LogId::new(CommittedLeaderId::new(term, 1), i);
+        {
+            let w = Wal::open(t.path()).unwrap();
+            w.append(entries(1..10, 1)).unwrap();
+            assert_eq!(w.committed(), None);
+            w.save_committed(Some(at(7, 1))).unwrap();
+            // Never backwards.
+            w.save_committed(Some(at(5, 1))).unwrap();
+            assert_eq!(w.committed(), Some(at(7, 1)));
+        }
+        assert_eq!(Wal::open(t.path()).unwrap().committed(), Some(at(7, 1)));
+        // A hint naming another term's entry 7.
+        std::fs::write(t.path().join(COMMITTED), encode_committed(at(7, 2))).unwrap();
+        assert_eq!(Wal::open(t.path()).unwrap().committed(), None);
+        // Past the end of the log.
+        std::fs::write(t.path().join(COMMITTED), encode_committed(at(70, 1))).unwrap();
+        assert_eq!(Wal::open(t.path()).unwrap().committed(), None);
+        // Torn.
+        let mut torn = encode_committed(at(7, 1));
+        torn[25] ^= 0xff;
+        std::fs::write(t.path().join(COMMITTED), torn).unwrap();
+        let w = Wal::open(t.path()).unwrap();
+        assert_eq!(w.committed(), None);
+        assert_eq!(indexes(&w, 1, 10), (1..10).collect::<Vec<_>>());
     }
 
     /// A submitted append is readable at once and reported on disk by the

@@ -44,7 +44,15 @@ impl Writer for LocalWriter {
     }
 
     fn status(&self) -> Vec<(String, Vec<String>)> {
-        vec![("cairnRole".into(), vec!["standalone".into()])]
+        match self.0.failure() {
+            // A store that failed to write takes no more writes until the
+            // node restarts: the node is not ready.
+            Some(cause) => vec![
+                ("cairnRole".into(), vec!["stopped".into()]),
+                ("cairnStoreError".into(), vec![cause]),
+            ],
+            None => vec![("cairnRole".into(), vec!["standalone".into()])],
+        }
     }
 
     fn change_members(&self, _change: MemberChange) -> BoxFuture<'_, Result<(), String>> {

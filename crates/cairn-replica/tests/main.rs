@@ -14,6 +14,7 @@ use cairn_core::filter::Filter;
 use cairn_core::schema::Schema;
 use cairn_replica::disk::SimDisk;
 use cairn_replica::{Faults, NodeInfo, Replica, ReplicaConfig, WriteError};
+use cairn_store::engine::StoreFaults;
 use cairn_store::{Directory, EngineKind, Halt, Scope, WriteOp};
 
 const SUFFIX: &str = "dc=example,dc=com";
@@ -37,6 +38,9 @@ struct Site {
     /// Nodes whose Raft log is on a simulated disk (power cuts, failing
     /// writes and syncs); the others use the file system.
     disks: BTreeMap<u64, SimDisk>,
+    /// On a site of simulated disks, switches that make each node's store
+    /// (redb) fail its writes or syncs.
+    stores: BTreeMap<u64, Arc<StoreFaults>>,
     write_timeout: Duration,
     snapshot_after: u64,
     snapshot_log_bytes: u64,
@@ -90,15 +94,19 @@ impl Site {
                 server: None,
             });
         }
-        let disks = if sim {
-            (1..=n).map(|i| (i, SimDisk::new())).collect()
+        let (disks, stores) = if sim {
+            (
+                (1..=n).map(|i| (i, SimDisk::new())).collect(),
+                (1..=n).map(|i| (i, StoreFaults::new())).collect(),
+            )
         } else {
-            BTreeMap::new()
+            (BTreeMap::new(), BTreeMap::new())
         };
         let mut site = Site {
             nodes,
             faults: Faults::default(),
             disks,
+            stores,
             write_timeout,
             snapshot_after,
             snapshot_log_bytes,
@@ -147,8 +155,12 @@ impl Site {
                 (n.id, info)
             })
             .collect();
+        let store_faults = self.stores.get(&id).cloned();
         let node = self.node(id);
-        let engine = cairn_store::engine::open(EngineKind::Redb, node.tmp.path()).unwrap();
+        let engine = match store_faults {
+            Some(f) => cairn_store::engine::open_redb_faulty(node.tmp.path(), f).unwrap(),
+            None => cairn_store::engine::open(EngineKind::Redb, node.tmp.path()).unwrap(),
+        };
         let dir = Arc::new(Directory::new(
             engine,
             Arc::new(Schema::builtin()),
@@ -635,6 +647,11 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     site.shutdown().await;
 }
 
+/// A node that was down while the leader compacted its log past what the
+/// node has catches up by installing the leader's snapshot (counted by
+/// the node, so the test sees an install, not a snapshot the node built
+/// itself), while writes go on throughout; every acknowledged write, also
+/// those made during the install, ends up on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_through_compaction_catches_up_by_snapshot() {
     let mut site = site_with_suffix(20).await;
@@ -651,13 +668,57 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
         assert!(Instant::now() < deadline, "the leader never purged its log");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Writes go on while the node comes back and catches up.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (r, stop) = (r.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = vec![];
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let cn = format!("during-{i}");
+                r.write(host(&cn)).await.unwrap();
+                acked.push(host_dn(&cn));
+                i += 1;
+            }
+            acked
+        })
+    };
     site.start(down).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while site.replica(down).snapshots_installed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} never installed a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A few more writes after the install, then stop writing.
+    let after = r.raft.metrics().borrow().last_log_index.unwrap_or(0) + 20;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.raft.metrics().borrow().last_log_index.unwrap_or(0) < after {
+        assert!(Instant::now() < deadline, "writes stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = writer.await.unwrap();
+    assert!(!during.is_empty());
     site.converge().await;
-    assert!(site.has(down, &host_dn("s-119")));
-    let snap = site.replica(down).raft.metrics().borrow().snapshot;
-    assert!(
-        snap.is_some(),
-        "the node caught up without installing a snapshot"
+    for id in site.alive() {
+        assert!(site.has(id, &host_dn("s-119")));
+        for dn in &during {
+            assert!(site.has(id, dn), "node {id} lacks acknowledged {dn}");
+        }
+    }
+    let status = site.replica(down).status();
+    let installed = status
+        .iter()
+        .find(|(k, _)| k == "cairnSnapshotsInstalled")
+        .map(|(_, v)| v[0].clone());
+    assert_ne!(
+        installed.as_deref(),
+        Some("0"),
+        "cn=status shows the install"
     );
     site.shutdown().await;
 }
@@ -1010,6 +1071,85 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
     // The disk is repaired; a restart recovers the node.
     site.stop_node(bad, true).await;
     site.disks[&bad].fail_syncs(false);
+    site.start(bad).await;
+    site.converge().await;
+    for id in site.alive() {
+        for dn in &acked {
+            assert!(site.has(id, dn), "node {id} lacks acknowledged {dn}");
+        }
+    }
+    assert_ne!(role(&site.replica(bad)).0, "stopped");
+    site.replica(bad).write(host("after-repair")).await.unwrap();
+    site.shutdown().await;
+}
+
+/// Issue 10: a store that cannot write (a full disk under redb) on the
+/// leader stops that node's Raft core when the store next writes to its
+/// file (here: the snapshot that syncs it): its
+/// status says `stopped` with the cause, the rest of the site elects
+/// another leader and goes on, nothing acknowledged is lost, and once the
+/// disk has room again a restart brings the node back (it replays its
+/// log into the store) and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_10_a_full_store_disk_stops_the_node_and_a_restart_recovers_it() {
+    let mut site = Site::on_sim_disks(3).await;
+    site.replica(1)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    let mut acked = vec![];
+    for i in 0..30u64 {
+        let at = 1 + i % 3;
+        site.replica(at)
+            .write(host(&format!("before-{i}")))
+            .await
+            .unwrap();
+        acked.push(host_dn(&format!("before-{i}")));
+    }
+    let bad = site.leader().await;
+    site.stores[&bad].fail_writes(true);
+    // Applying is not synced: redb keeps the change in memory and writes
+    // it to the file later (its write buffer fills, or a snapshot syncs
+    // the store). The write succeeds; the full disk shows when the node
+    // next snapshots, which the test asks for now.
+    site.replica(bad)
+        .write(host("on-a-full-disk"))
+        .await
+        .unwrap();
+    acked.push(host_dn("on-a-full-disk"));
+    let _ = site.replica(bad).raft.trigger().snapshot().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (r, cause) = role(&site.replica(bad));
+        if r == "stopped" {
+            assert!(
+                cause.contains("No space left"),
+                "the cause names the full disk: {cause}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {bad} never reported its stop: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other two elect a leader and go on.
+    let others: Vec<u64> = site.alive().into_iter().filter(|&i| i != bad).collect();
+    for (n, &at) in others.iter().cycle().take(10).enumerate() {
+        let dn = format!("during-{n}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = site.replica(at).write(host(&dn)).await {
+            assert!(Instant::now() < deadline, "the site took no writes: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acked.push(host_dn(&dn));
+    }
+    assert_eq!(role(&site.replica(bad)).0, "stopped");
+    assert!(site.replica(bad).write(host("still-full")).await.is_err());
+    // Room again; a restart recovers the node.
+    site.stop_node(bad, true).await;
+    site.stores[&bad].fail_writes(false);
     site.start(bad).await;
     site.converge().await;
     for id in site.alive() {

@@ -25,6 +25,8 @@ pub struct NodeStatus {
     pub members: Vec<String>,
     /// Why the node's Raft core stopped (its role is then `stopped`).
     pub raft_error: String,
+    /// Why a standalone node's store refuses writes (role `stopped`).
+    pub store_error: String,
 }
 
 fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
@@ -60,6 +62,7 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         leader: first(&e.attrs, "cairnLeader"),
         members: all(&e.attrs, "cairnMember"),
         raft_error: first(&e.attrs, "cairnRaftError"),
+        store_error: first(&e.attrs, "cairnStoreError"),
     })
 }
 
@@ -108,6 +111,14 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     if me.role == "standalone" {
         println!("standalone node at {url} (no site)");
         return Ok(ExitCode::SUCCESS);
+    }
+    if me.role == "stopped" && !me.store_error.is_empty() {
+        println!(
+            "standalone node at {url}: its store failed: {}\n\
+             it takes no writes until restarted; see docs/storage.md, \"A store that cannot write\"",
+            me.store_error
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if me.role == "stopped" {
         println!(

@@ -51,10 +51,13 @@ async fn readyz(State(h): State<Arc<Http>>) -> (StatusCode, String) {
         // Whatever leader the node last heard of, it takes no writes.
         (Some("stopped"), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: the Raft core stopped: {}\n",
-                get("cairnRaftError").unwrap_or_default()
-            ),
+            match get("cairnStoreError") {
+                Some(cause) => format!("not ready: the store failed: {cause}\n"),
+                None => format!(
+                    "not ready: the Raft core stopped: {}\n",
+                    get("cairnRaftError").unwrap_or_default()
+                ),
+            },
         ),
         (role, Some(leader)) => (
             StatusCode::OK,

@@ -1062,6 +1062,15 @@ impl Directory {
                 (results, Ok(written))
             }
             Err(e) => {
+                // The engine could not write (a full disk, an I/O error):
+                // what it holds now is unknown, as after a failed fsync.
+                // Refuse further writes until a restart reopens it.
+                if matches!(e, Error::Storage(_)) {
+                    tracing::error!(cause = %e, "the store could not write; it refuses writes until restarted");
+                    self.sync_state()
+                        .failed
+                        .get_or_insert_with(|| e.to_string());
+                }
                 for (_, r) in results.iter_mut() {
                     if r.is_ok() {
                         *r = Err(e.clone());
@@ -1070,6 +1079,12 @@ impl Directory {
                 (results, Err(e))
             }
         }
+    }
+
+    /// Why the store refuses writes (a write or an fsync failed), if it
+    /// does: until the node restarts, every write fails with this cause.
+    pub fn failure(&self) -> Option<String> {
+        self.sync_state().failed.clone()
     }
 
     /// Applies operations a consensus log committed, in order, in one

@@ -763,3 +763,79 @@ fn a_snapshot_replaces_the_whole_directory() {
         assert_eq!(all(&a), all(&b), "a bad snapshot changes nothing");
     }
 }
+
+/// Issue 10: a store that cannot write, because its disk is full or its
+/// fsync fails, fails that write with the cause, refuses every later
+/// write (the file's state is unknown after an I/O error) and says why,
+/// loses nothing it acknowledged, and takes writes again once the node
+/// restarts on a working disk.
+#[test]
+fn issue_10_a_store_that_cannot_write_refuses_writes_and_loses_nothing() {
+    for fail in ["writes", "syncs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let faults = engine::StoreFaults::new();
+        let d = Directory::new(
+            engine::open_redb_faulty(tmp.path(), faults.clone()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![Dn::parse("dc=example,dc=com").unwrap()],
+        );
+        seed(&d);
+        let host = |cn: &str| {
+            entry(
+                &format!("cn={cn},cn=prod-a,ou=inventory,dc=example,dc=com"),
+                &[("objectClass", &["cairnHost"]), ("cn", &[cn])],
+            )
+        };
+        let mut acked = vec![];
+        for i in 0..20 {
+            let cn = format!("acked-{i}");
+            d.add(host(&cn), Uuid::new_v4(), &stamp()).unwrap();
+            acked.push(cn);
+        }
+        // Large enough that the commit must write pages to the file.
+        let big = "x".repeat(256 * 1024);
+        let mut failing = host("failing");
+        failing.attrs.push(("description".into(), vec![big]));
+        match fail {
+            "writes" => faults.fail_writes(true),
+            _ => faults.fail_syncs(true),
+        }
+        let err = d
+            .add(failing, Uuid::new_v4(), &stamp())
+            .expect_err("a write on a failing disk");
+        let why = err.to_string();
+        assert!(
+            why.contains("No space left") || why.contains("Input/output"),
+            "{fail}: the error names the cause: {why}"
+        );
+        assert!(d.failure().is_some(), "{fail}: the store says it failed");
+        // Later writes are refused even once the disk works again: what
+        // the file holds after an I/O error is not known until reopened.
+        faults.fail_writes(false);
+        faults.fail_syncs(false);
+        let err = d
+            .add(host("after"), Uuid::new_v4(), &stamp())
+            .expect_err("writes after a failure");
+        assert!(err.to_string().contains("restart"), "{err}");
+        // Reads still work.
+        assert!(
+            d.get(&Dn::parse("cn=acked-0,cn=prod-a,ou=inventory,dc=example,dc=com").unwrap())
+                .unwrap()
+                .is_some()
+        );
+        drop(d);
+
+        // The restart: the same file, a working disk.
+        let d = open_at(EngineKind::Redb, tmp.path());
+        for cn in &acked {
+            let dn = format!("cn={cn},cn=prod-a,ou=inventory,dc=example,dc=com");
+            assert!(
+                d.get(&Dn::parse(&dn).unwrap()).unwrap().is_some(),
+                "{fail}: acknowledged {cn} is lost"
+            );
+        }
+        assert!(d.failure().is_none());
+        d.add(host("after-restart"), Uuid::new_v4(), &stamp())
+            .unwrap();
+    }
+}

@@ -5,11 +5,13 @@
 //! swapped (redb is the default; sled is kept as an adapter, see
 //! `docs/storage.md` for why redb is the default).
 
+mod faulty;
 mod redb_engine;
 mod sled_engine;
 
 use std::path::Path;
 
+pub use faulty::StoreFaults;
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;
 
@@ -204,6 +206,21 @@ impl Default for EngineOptions {
             cache_bytes: 512 * 1024 * 1024,
         }
     }
+}
+
+/// Opens the redb database under `dir` through a backend whose writes or
+/// syncs fail while the test says so (see [`StoreFaults`]).
+pub fn open_redb_faulty(
+    dir: &Path,
+    faults: std::sync::Arc<StoreFaults>,
+) -> Result<Box<dyn Engine>, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(Box::new(RedbEngine::open_faulty(
+        &dir.join("cairn.redb"),
+        EngineOptions::default().cache_bytes,
+        faults,
+    )?))
 }
 
 /// Opens (creating when absent) the engine's database under `dir`.

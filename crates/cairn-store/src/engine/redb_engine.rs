@@ -24,18 +24,37 @@ pub struct RedbEngine {
 
 impl RedbEngine {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, Error> {
+        Self::open_with(path, cache_bytes, |b| b.create(path))
+    }
+
+    /// Opens the database file through a backend that fails on demand
+    /// (tests: a full disk, a failing fsync).
+    pub fn open_faulty(
+        path: &Path,
+        cache_bytes: usize,
+        faults: std::sync::Arc<super::faulty::StoreFaults>,
+    ) -> Result<Self, Error> {
+        let backend = super::faulty::FaultyFile::open(path, faults)
+            .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+        Self::open_with(path, cache_bytes, move |b| b.create_with_backend(backend))
+    }
+
+    fn open_with(
+        path: &Path,
+        cache_bytes: usize,
+        create: impl FnOnce(&mut redb::Builder) -> Result<Database, redb::DatabaseError>,
+    ) -> Result<Self, Error> {
         // redb opens a valid database, initializes a missing or empty
         // file, and refuses anything else (a damaged header, another
         // file): a damaged store is never replaced by an empty one.
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| {
-                Error::Corrupt(format!(
-                    "{}: cannot open the store: {e} (see docs/storage.md, \"A damaged store\")",
-                    path.display()
-                ))
-            })?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = create(&mut builder).map_err(|e| {
+            Error::Corrupt(format!(
+                "{}: cannot open the store: {e} (see docs/storage.md, \"A damaged store\")",
+                path.display()
+            ))
+        })?;
         // Create every table once so read transactions can open them.
         let txn = db.begin_write().map_err(storage)?;
         for t in Table::ALL {
