@@ -97,3 +97,57 @@ pub async fn bind(
             .context("HTTP server")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_core::dn::Dn;
+    use cairn_core::entry::{Entry, Stamp};
+    use cairn_core::schema::Schema;
+    use cairn_ldap::LocalWriter;
+    use cairn_store::engine::{self, StoreFaults};
+    use cairn_store::{Directory, WriteOp};
+
+    use super::*;
+
+    /// Issue 10: a standalone node whose store could not write (a full
+    /// disk) says so on /readyz, with the cause, instead of "ready".
+    #[tokio::test]
+    async fn a_standalone_node_whose_store_failed_is_not_ready() {
+        let tmp = tempfile::tempdir().unwrap();
+        let faults = StoreFaults::new();
+        let dir = Arc::new(Directory::new(
+            engine::open_redb_faulty(tmp.path(), faults.clone()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![Dn::parse("dc=example,dc=com").unwrap()],
+        ));
+        let writer: Arc<dyn Writer> = Arc::new(LocalWriter(dir));
+        let h = Arc::new(Http {
+            registry: Registry::default(),
+            writer: writer.clone(),
+        });
+        let (code, _) = readyz(State(h.clone())).await;
+        assert_eq!(code, StatusCode::OK);
+        faults.fail_writes(true);
+        let add = WriteOp::Add {
+            entry: Entry {
+                dn: Dn::parse("dc=example,dc=com").unwrap(),
+                attrs: vec![
+                    ("objectClass".into(), vec!["domain".into()]),
+                    ("dc".into(), vec!["example".into()]),
+                ],
+            },
+            uuid: cairn_core::entry::new_entry_uuid(),
+            stamp: Stamp {
+                who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+                now: "20261202000000Z".into(),
+            },
+        };
+        assert!(writer.write(add).await.is_err());
+        let (code, body) = readyz(State(h)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("the store failed") && body.contains("No space left"),
+            "{body}"
+        );
+    }
+}
