@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cairn_boot::pb;
-use cairn_boot::pb::config_client::ConfigClient;
-use cairn_boot::pb::locator_client::LocatorClient;
+use cairn_proto::pb;
+use cairn_proto::pb::config_client::ConfigClient;
+use cairn_proto::pb::locator_client::LocatorClient;
 use tonic::transport::Channel;
 
 use crate::kit::{Node, ok};

@@ -120,3 +120,43 @@ fn a_syntax_error_is_reported_before_anything_is_imported() {
         32
     );
 }
+
+/// Issue 10: the host-side client (`cairn pull` is a subcommand of the
+/// `cairn` binary) linked redb, sled, openraft and the DNS server. It
+/// depends on the model and the wire contract only now.
+#[test]
+fn the_host_client_links_no_server_code() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "cairn",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tree = stdout(&out);
+    assert!(tree.contains("cairn-proto"), "{tree}");
+    for server in [
+        "redb",
+        "sled",
+        "openraft",
+        "hickory-server",
+        "cairn-store",
+        "cairn-replica",
+        "cairn-boot",
+        "cairn-ldap",
+    ] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(&format!("{server} "))),
+            "the cairn binary depends on {server}:\n{tree}"
+        );
+    }
+}

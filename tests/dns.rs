@@ -1,5 +1,5 @@
 //! The DNS responder as clients see it: BIND's `dig` over UDP and TCP,
-//! `cairn dns zone`, and `cairn_boot::dns::lookup_srv`, against real
+//! `cairn dns zone`, and `cairn_proto::dns::lookup_srv`, against real
 //! `cairnd dev` processes.
 
 use std::collections::BTreeSet;
@@ -157,7 +157,7 @@ fn a_site_is_found_through_dns() {
         .build()
         .unwrap();
     let targets = rt
-        .block_on(cairn_boot::dns::lookup_srv(
+        .block_on(cairn_proto::dns::lookup_srv(
             at(2),
             "_cairn._tcp.example.com",
             Duration::from_secs(5),

@@ -23,6 +23,12 @@ pub enum BootError {
     Internal(String),
 }
 
+impl From<cairn_proto::dns::NameError> for BootError {
+    fn from(e: cairn_proto::dns::NameError) -> Self {
+        BootError::InvalidArgument(e.0)
+    }
+}
+
 impl From<BootError> for tonic::Status {
     fn from(e: BootError) -> Self {
         let msg = e.to_string();

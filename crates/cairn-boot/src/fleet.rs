@@ -15,16 +15,7 @@ use cairn_store::{Directory, Halt, Scope};
 use crate::error::BootError;
 use crate::pb;
 
-/// A directory node as it publishes itself (`cairnNode` under its site).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRec {
-    pub id: u64,
-    pub name: String,
-    /// DN of the site entry the node sits under.
-    pub site_dn: String,
-    pub grpc: String,
-    pub ldap: String,
-}
+pub use cairn_proto::dns::NodeRec;
 
 /// Sites, the links between them and the nodes in them.
 pub struct Fleet {
@@ -75,16 +66,7 @@ fn values<'a>(e: &'a ValidEntry, key: &str) -> impl Iterator<Item = &'a str> {
         .flat_map(|a| a.values.iter().map(String::as_str))
 }
 
-/// The name a site is known by: the value of its entry's first RDN.
-pub fn site_name(site_dn: &str) -> String {
-    Dn::parse(site_dn)
-        .ok()
-        .and_then(|d| {
-            d.rdn()
-                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
-        })
-        .unwrap_or_else(|| site_dn.to_string())
-}
+pub use cairn_core::locate::site_name;
 
 /// Reads sites, site links and nodes.
 pub fn read_fleet(dir: &Directory) -> Result<Fleet, BootError> {

@@ -7,10 +7,10 @@
 //! Layout: [`fleet`] reads what hosts need from the directory (sites,
 //! links, nodes, a host by any identity, its effective configuration via
 //! `cairn_core::inherit`); [`register`] places unknown hosts with the
-//! deploy rules; [`service`] implements the two services; [`dns`] builds
-//! SRV/A/AAAA records from the published nodes, serves them (rebuilt after
-//! every directory commit), writes them as a zone file and looks SRV up;
-//! [`error`] is the one place errors become gRPC status codes.
+//! deploy rules; [`service`] implements the two services; [`dns`] serves
+//! the nodes' SRV/A/AAAA records (`cairn_proto::dns` makes them),
+//! rebuilt after every directory commit; [`error`] is the one place errors
+//! become gRPC status codes.
 //!
 //! ```text
 //! host ─Locate(addr)─► any node: longest-prefix site, nodes by site-link cost
@@ -31,13 +31,9 @@ use std::sync::Arc;
 pub use error::BootError;
 pub use service::{Boot, SelfInfo};
 
-/// Generated code for `proto/cairn/v1/host.proto`.
-pub mod pb {
-    tonic::include_proto!("cairn.v1");
-
-    /// The encoded descriptors, for server reflection.
-    pub const DESCRIPTOR: &[u8] = tonic::include_file_descriptor_set!("host_descriptor");
-}
+/// The host-facing contract (`proto/cairn/v1/host.proto`), generated in
+/// `cairn-proto`.
+pub use cairn_proto::pb;
 
 /// The host-facing services, with reflection and health, to mount on the
 /// node's gRPC server.

@@ -473,6 +473,18 @@ impl SiteMap {
     }
 }
 
+/// The name a site is known by: the value of its entry's first RDN (the
+/// DN itself when it does not parse).
+pub fn site_name(site_dn: &str) -> String {
+    crate::dn::Dn::parse(site_dn)
+        .ok()
+        .and_then(|d| {
+            d.rdn()
+                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
+        })
+        .unwrap_or_else(|| site_dn.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

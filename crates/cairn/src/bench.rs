@@ -275,7 +275,7 @@ async fn etcd_gets(
 
 /// `Config.Pull` of random hosts over `n_conns` gRPC channels.
 async fn run_pulls(args: &BenchArgs, n_conns: usize) -> anyhow::Result<Stats> {
-    use cairn_boot::pb;
+    use cairn_proto::pb;
     let mut clients = vec![];
     for i in 0..n_conns {
         let addr = &args.grpc[i % args.grpc.len()];

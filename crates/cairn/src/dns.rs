@@ -7,8 +7,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
-use cairn_boot::fleet::NodeRec;
 use cairn_core::dn::Dn;
+use cairn_proto::dns::NodeRec;
 use clap::{Args, Subcommand};
 use ldap3::Scope;
 
@@ -46,7 +46,7 @@ pub async fn run(cmd: DnsCmd, url: &str, auth: &Auth) -> anyhow::Result<ExitCode
 async fn zone(a: ZoneArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     Dn::parse(&a.base).map_err(|e| anyhow!("bad --base: {e}"))?;
     let domain =
-        cairn_boot::dns::normalize_domain(&a.domain).map_err(|e| anyhow!("--domain: {e}"))?;
+        cairn_proto::dns::normalize_domain(&a.domain).map_err(|e| anyhow!("--domain: {e}"))?;
     let mut ldap = client::connect(url, auth).await?;
     let ldap3::SearchResult(raw, result) = ldap
         .search(
@@ -77,8 +77,8 @@ async fn zone(a: ZoneArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
             u32::try_from(cairn_core::time::SystemClock.now_unix()).unwrap_or(1)
         }
     };
-    let zone = cairn_boot::dns::records(&nodes, &domain, serial)?;
-    print!("{}", cairn_boot::dns::zone_file(&zone));
+    let zone = cairn_proto::dns::records(&nodes, &domain, serial)?;
+    print!("{}", cairn_proto::dns::zone_file(&zone));
     eprintln!(
         "{} nodes, {} records{}",
         nodes.len(),

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_boot::pb;
-use cairn_boot::pb::config_client::ConfigClient;
-use cairn_boot::pb::locator_client::LocatorClient;
+use cairn_proto::pb;
+use cairn_proto::pb::config_client::ConfigClient;
+use cairn_proto::pb::locator_client::LocatorClient;
 use clap::{Args, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 
@@ -125,7 +125,7 @@ async fn seeds(a: &PullArgs) -> anyhow::Result<Vec<String>> {
         return Ok(a.server.clone());
     }
     let name = format!("_cairn._tcp.{}", a.domain.trim_end_matches('.'));
-    let targets = cairn_boot::dns::lookup_srv(a.dns, &name, NODE_TIMEOUT)
+    let targets = cairn_proto::dns::lookup_srv(a.dns, &name, NODE_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot resolve SRV {name} at {}: {e}", a.dns))?;
     let mut out = vec![];

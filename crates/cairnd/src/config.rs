@@ -522,7 +522,7 @@ impl FileConfig {
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
-        let dns_domain = cairn_boot::dns::normalize_domain(&self.dns.domain)
+        let dns_domain = cairn_proto::dns::normalize_domain(&self.dns.domain)
             .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
         let cluster = self.cluster.map(ClusterSection::validate).transpose()?;
         Ok(Settings {
