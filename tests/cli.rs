@@ -121,18 +121,16 @@ fn a_syntax_error_is_reported_before_anything_is_imported() {
     );
 }
 
-/// Issue 10: the host-side client (`cairn pull` is a subcommand of the
-/// `cairn` binary) linked redb, sled, openraft and the DNS server. It
-/// depends on the model and the wire contract only now.
-#[test]
-fn the_host_client_links_no_server_code() {
+/// The crates `krate` depends on (normal dependencies, all levels), by
+/// name, from `cargo tree`.
+fn dependencies_of(krate: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .args([
             "tree",
             "--offline",
             "-p",
-            "cairn",
+            krate,
             "-e",
             "normal",
             "--prefix",
@@ -142,8 +140,23 @@ fn the_host_client_links_no_server_code() {
         .output()
         .expect("run cargo tree");
     assert!(out.status.success(), "{}", stderr(&out));
-    let tree = stdout(&out);
-    assert!(tree.contains("cairn-proto"), "{tree}");
+    let mut deps: Vec<String> = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| n != krate)
+        .collect();
+    deps.sort();
+    deps.dedup();
+    deps
+}
+
+/// Issue 10: the host-side client (`cairn pull` is a subcommand of the
+/// `cairn` binary) linked redb, sled, openraft and the DNS server. It
+/// depends on the model and the wire contract only now.
+#[test]
+fn the_host_client_links_no_server_code() {
+    let deps = dependencies_of("cairn");
+    assert!(deps.iter().any(|d| d == "cairn-proto"), "{deps:?}");
     for server in [
         "redb",
         "sled",
@@ -151,12 +164,25 @@ fn the_host_client_links_no_server_code() {
         "hickory-server",
         "cairn-store",
         "cairn-replica",
+        "cairn-fleet",
         "cairn-boot",
         "cairn-ldap",
     ] {
         assert!(
-            !tree.lines().any(|l| l.starts_with(&format!("{server} "))),
-            "the cairn binary depends on {server}:\n{tree}"
+            !deps.iter().any(|d| d == server),
+            "the cairn binary depends on {server}: {deps:?}"
         );
     }
+}
+
+/// Issue 10: the LDAP front end depended on the gRPC one for the read
+/// model. Both sit on `cairn-fleet` now and neither depends on the other.
+#[test]
+fn the_front_ends_are_siblings_on_the_read_model() {
+    let ldap = dependencies_of("cairn-ldap");
+    let boot = dependencies_of("cairn-boot");
+    assert!(ldap.iter().any(|d| d == "cairn-fleet"), "{ldap:?}");
+    assert!(boot.iter().any(|d| d == "cairn-fleet"), "{boot:?}");
+    assert!(!ldap.iter().any(|d| d == "cairn-boot"), "{ldap:?}");
+    assert!(!boot.iter().any(|d| d == "cairn-ldap"), "{boot:?}");
 }

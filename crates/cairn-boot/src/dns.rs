@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, info, warn};
 
 use crate::error::BootError;
-use crate::fleet;
+use cairn_fleet::fleet;
 
 /// At most one rebuild per this interval, however fast commits arrive.
 const MIN_REBUILD: Duration = Duration::from_millis(500);

@@ -4,10 +4,10 @@
 //! responder whose SRV records (`_cairn._tcp`, `_ldap._tcp`) tell hosts
 //! where the nodes are.
 //!
-//! Layout: [`fleet`] reads what hosts need from the directory (sites,
-//! links, nodes, a host by any identity, its effective configuration via
-//! `cairn_core::inherit`); [`register`] places unknown hosts with the
-//! deploy rules; [`service`] implements the two services; [`dns`] serves
+//! Layout: the read model is `cairn_fleet` (sites, links, nodes, a host by
+//! any identity, its effective configuration via `cairn_core::inherit`,
+//! the registration of unknown hosts by deploy rule), shared with the LDAP
+//! front end; [`service`] translates it into the two services; [`dns`] serves
 //! the nodes' SRV/A/AAAA records (`cairn_proto::dns` makes them),
 //! rebuilt after every directory commit; [`error`] is the one place errors
 //! become gRPC status codes.
@@ -21,9 +21,7 @@
 
 pub mod dns;
 pub mod error;
-pub mod fleet;
 pub mod metrics;
-pub mod register;
 pub mod service;
 
 use std::sync::Arc;

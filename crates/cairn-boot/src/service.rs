@@ -1,4 +1,5 @@
-//! The `Locator` and `Config` gRPC services.
+//! The `Locator` and `Config` gRPC services: translations of the read
+//! model (`cairn_fleet::Model`) into the host-facing contract.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -6,18 +7,15 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::entry::ValidEntry;
-use cairn_replica::WriteError;
-use cairn_replica::writer::Writer;
+use cairn_fleet::Model;
+use cairn_fleet::fleet::{self, Fleet, Identity};
+use cairn_fleet::model::blocking;
 use cairn_store::Directory;
 use tokio_stream::Stream;
 use tracing::{debug, info};
 
-use crate::error::BootError;
-use crate::fleet::{self, Fleet, Identity};
+use crate::error::{BootError, status};
 use crate::pb;
-use crate::register;
-use cairn_store::WriteOp;
 
 /// Who the answering node is.
 #[derive(Debug, Clone, Default)]
@@ -28,29 +26,6 @@ pub struct SelfInfo {
     pub site: Option<String>,
     /// How it names itself in answers.
     pub name: String,
-}
-
-/// Addresses seen that no site's subnet covers, for operators to map.
-#[derive(Debug, Default)]
-pub struct Unmapped(Mutex<BTreeMap<IpAddr, u64>>);
-
-impl Unmapped {
-    /// Counts one more Locate from `addr`; returns how many distinct
-    /// addresses are recorded.
-    fn record(&self, addr: IpAddr) -> usize {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a flood of spoofed sources must not grow it forever.
-        if m.len() < 10_000 || m.contains_key(&addr) {
-            *m.entry(addr).or_default() += 1;
-        }
-        m.len()
-    }
-
-    /// Every unmapped address with how often it asked.
-    pub fn list(&self) -> Vec<(IpAddr, u64)> {
-        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter().map(|(a, n)| (*a, *n)).collect()
-    }
 }
 
 /// Which nodes' gRPC listeners answered a TCP connect lately.
@@ -72,48 +47,20 @@ impl Reachability {
 
 /// Shared state of the host-facing services.
 pub struct Boot {
-    pub dir: Arc<Directory>,
+    /// The read model they answer from (shared with the LDAP front end).
+    pub model: Arc<Model>,
     pub me: SelfInfo,
-    pub unmapped: Unmapped,
     pub reachable: Reachability,
     pub metrics: crate::metrics::Metrics,
-    /// Where host registrations go; set once the node's write path exists
-    /// (before it, unknown hosts get UNAVAILABLE).
-    pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
-    /// The time registrations are stamped with.
-    pub clock: Arc<dyn cairn_core::time::Clock>,
-    /// Sites, links and nodes as of a directory generation: re-read only
-    /// after a commit (every pull needs them; they rarely change).
-    fleet: Mutex<Option<(u64, Arc<Fleet>)>>,
-    /// Effective configurations computed in the current directory
-    /// generation, by request. Any commit may change any of them (an
-    /// ancestor, a site, an image), so a new generation empties it.
-    answers: Mutex<Answers>,
-    changes: tokio::sync::watch::Receiver<u64>,
-}
-
-/// Most configurations kept between two commits.
-const MAX_ANSWERS: usize = 200_000;
-
-#[derive(Default)]
-struct Answers {
-    generation: u64,
-    by_request: std::collections::HashMap<(Identity, Option<IpAddr>), Arc<pb::PullResponse>>,
 }
 
 impl Boot {
     pub fn new(dir: Arc<Directory>, me: SelfInfo) -> Arc<Boot> {
         Arc::new(Boot {
-            changes: dir.subscribe(),
-            fleet: Mutex::new(None),
-            answers: Mutex::new(Answers::default()),
-            dir,
+            model: Model::new(dir),
             me,
-            unmapped: Unmapped::default(),
             reachable: Reachability::default(),
             metrics: crate::metrics::Metrics::default(),
-            writer: std::sync::OnceLock::new(),
-            clock: Arc::new(cairn_core::time::SystemClock),
         })
     }
 
@@ -124,8 +71,8 @@ impl Boot {
         tokio::spawn(async move {
             loop {
                 if let Ok(Ok(f)) = blocking({
-                    let boot = boot.clone();
-                    move || boot.fleet()
+                    let model = boot.model.clone();
+                    move || model.fleet()
                 })
                 .await
                 {
@@ -144,35 +91,10 @@ impl Boot {
         })
     }
 
-    /// The fleet as of now: cached until the next directory commit. The
-    /// generation is read before the directory, so a commit racing the
-    /// read leaves the cache stale-marked, never stale-trusted.
-    fn fleet(&self) -> Result<Arc<Fleet>, BootError> {
-        let generation = *self.changes.borrow();
-        {
-            let cached = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((g, f)) = cached.as_ref()
-                && *g == generation
-            {
-                return Ok(f.clone());
-            }
-        }
-        let f = Arc::new(fleet::read_fleet(&self.dir)?);
-        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, f.clone()));
-        Ok(f)
-    }
-
-    /// The constructed LDAP attribute `cairnEffectiveSetting` of `host`,
-    /// from the cached fleet (blocking: call from a blocking context).
-    pub fn effective_setting_values(&self, host: &ValidEntry) -> Result<Vec<String>, BootError> {
-        let f = self.fleet()?;
-        fleet::effective_setting_values(&self.dir, &f.sites, host)
-    }
-
     fn locate(&self, f: &Fleet, addr: Option<IpAddr>, hint: &str) -> pb::LocateResponse {
         let by_addr = addr.and_then(|a| f.sites.site_of(a));
         if let (None, Some(a)) = (by_addr, addr) {
-            let n = self.unmapped.record(a);
+            let n = self.model.unmapped.record(a);
             self.metrics.unmapped.set(n as i64);
         }
         self.metrics
@@ -238,132 +160,6 @@ impl Boot {
             answered_by: self.me.name.clone(),
         }
     }
-
-    /// The host's configuration now; an unknown host that a deploy rule
-    /// matches is registered first when `may_register` (a `Pull`, the
-    /// first answer of a `Watch`), never otherwise: a watched host whose
-    /// entry was deleted stays deleted, its stream ends with NOT_FOUND.
-    async fn pull(
-        self: &Arc<Self>,
-        id: Identity,
-        caller: Option<IpAddr>,
-        may_register: bool,
-    ) -> Result<pb::PullResponse, BootError> {
-        // The generation is read before the directory: a commit racing the
-        // read makes the stored answer already stale-marked.
-        let generation = *self.changes.borrow();
-        let key = (id.clone(), caller);
-        {
-            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-            if answers.generation == generation
-                && let Some(r) = answers.by_request.get(&key)
-            {
-                return Ok(pb::PullResponse::clone(r));
-            }
-        }
-        let (dir, boot) = (self.dir.clone(), self.clone());
-        let id2 = id.clone();
-        let known = blocking(
-            move || -> Result<Result<pb::PullResponse, WriteOp>, BootError> {
-                let f = boot.fleet()?;
-                if let Some(host) = fleet::find_host(&dir, &id2)? {
-                    return fleet::effective(&dir, &f.sites, &host, caller).map(Ok);
-                }
-                if !may_register {
-                    return Err(BootError::NotFound(format!(
-                        "the host entry for {} was deleted",
-                        id2.describe()
-                    )));
-                }
-                let rules = register::read_rules(&dir)?;
-                let facts = register::facts(&id2, caller);
-                let Some(rule) = rules.first_match(&facts) else {
-                    return Err(BootError::NotFound(format!(
-                        "no host has {} and no deploy rule matched",
-                        id2.describe()
-                    )));
-                };
-                let now = cairn_core::time::generalized_time(boot.clock.now_unix());
-                register::registration(&id2, &facts, rule.name(), rule.target(), now).map(Err)
-            },
-        )
-        .await??;
-        let op = match known {
-            Ok(resp) => {
-                let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-                // Never step back to an older generation: a later commit
-                // already made this answer possibly stale.
-                if generation > answers.generation {
-                    answers.by_request.clear();
-                    answers.generation = generation;
-                }
-                if generation == answers.generation && answers.by_request.len() < MAX_ANSWERS {
-                    answers.by_request.insert(key, Arc::new(resp.clone()));
-                }
-                return Ok(resp);
-            }
-            Err(op) => op,
-        };
-        let rule = match &op {
-            WriteOp::Add { stamp, entry, .. } => {
-                info!(host = %entry.dn, rule = %stamp.who, "registering an unknown host");
-                stamp.who.to_string()
-            }
-            _ => String::new(),
-        };
-        let writer = self.writer.get().ok_or_else(|| {
-            BootError::Unavailable("this node is starting; cannot register hosts yet".into())
-        })?;
-        let registered = match writer.write(op).await {
-            Ok(_) => true,
-            // Another pull of the same host (here or at another node) won.
-            // Its add may be committed but not yet applied here (a refused
-            // write carries no log index to wait for): a read barrier
-            // makes it visible before it is read.
-            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {
-                writer.barrier().await.map_err(|e| {
-                    BootError::Unavailable(format!(
-                        "the host was registered elsewhere; cannot read it here yet: {e}"
-                    ))
-                })?;
-                false
-            }
-            Err(e @ (WriteError::NoLeader(_) | WriteError::Unknown(_))) => {
-                return Err(BootError::Unavailable(format!(
-                    "cannot register the host: {e}"
-                )));
-            }
-            Err(WriteError::Directory(e)) => {
-                return Err(BootError::Internal(format!(
-                    "deploy rule {rule} produced an entry the directory refused: {e}"
-                )));
-            }
-        };
-        let (dir, boot) = (self.dir.clone(), self.clone());
-        let mut resp = blocking(move || {
-            let f = boot.fleet()?;
-            match fleet::find_host(&dir, &id)? {
-                Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
-                None => Err(BootError::Unavailable(
-                    "the host was registered but is not visible here yet; retry".into(),
-                )),
-            }
-        })
-        .await??;
-        if registered {
-            resp.registered_by_rule = rule;
-        }
-        Ok(resp)
-    }
-}
-
-/// Runs directory reads off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BootError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BootError::Internal(format!("read task failed: {e}")))
 }
 
 fn caller_of<T>(req: &tonic::Request<T>) -> Option<IpAddr> {
@@ -384,11 +180,16 @@ impl pb::locator_server::Locator for LocatorService {
         let addr = match r.client_address.trim() {
             "" => caller,
             a => Some(a.parse::<IpAddr>().map_err(|_| {
-                BootError::InvalidArgument(format!("client_address {a:?} is not an IP address"))
+                tonic::Status::invalid_argument(format!(
+                    "client_address {a:?} is not an IP address"
+                ))
             })?),
         };
-        let boot = self.0.clone();
-        let f = blocking(move || boot.fleet()).await??;
+        let model = self.0.model.clone();
+        let f = blocking(move || model.fleet())
+            .await
+            .and_then(|r| r)
+            .map_err(status)?;
         let resp = self.0.locate(&f, addr, &r.site_hint);
         debug!(client = ?addr, site = %resp.site, "locate");
         Ok(tonic::Response::new(resp))
@@ -422,12 +223,16 @@ impl pb::config_server::Config for ConfigService {
         let caller = caller_of(&req);
         let r = req.into_inner();
         let m = &self.0.metrics;
-        let id = Identity::from_pb(&r.identity.unwrap_or_default()).inspect_err(|e| {
-            m.pull(outcome(e));
-        })?;
-        let resp = self.0.pull(id, caller, true).await.inspect_err(|e| {
-            m.pull(outcome(e));
-        })?;
+        let id = Identity::from_pb(&r.identity.unwrap_or_default())
+            .inspect_err(|e| m.pull(outcome(e)))
+            .map_err(status)?;
+        let resp = self
+            .0
+            .model
+            .pull(id, caller, true)
+            .await
+            .inspect_err(|e| m.pull(outcome(e)))
+            .map_err(status)?;
         if !resp.registered_by_rule.is_empty() {
             m.pull("registered");
         } else if !r.version.is_empty() && r.version == resp.version {
@@ -453,12 +258,17 @@ impl pb::config_server::Config for ConfigService {
     ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
         let caller = caller_of(&req);
         let r = req.into_inner();
-        let id = Identity::from_pb(&r.identity.unwrap_or_default())?;
+        let id = Identity::from_pb(&r.identity.unwrap_or_default()).map_err(status)?;
         // Fail at once for an unknown host rather than stream nothing.
-        let first = self.0.pull(id.clone(), caller, true).await?;
+        let first = self
+            .0
+            .model
+            .pull(id.clone(), caller, true)
+            .await
+            .map_err(status)?;
         let boot = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut changes = boot.dir.subscribe();
+        let mut changes = boot.model.dir.subscribe();
         info!(host = %first.host_dn, "watch");
         tokio::spawn(async move {
             // Counts this stream as open until the task ends, however.
@@ -484,7 +294,7 @@ impl pb::config_server::Config for ConfigService {
                     Err(e) => {
                         // The host entry went away (or the store failed):
                         // tell the host and end the stream.
-                        let _ = tx.send(Err(tonic::Status::from(e))).await;
+                        let _ = tx.send(Err(status(e))).await;
                         return;
                     }
                 }
@@ -494,7 +304,7 @@ impl pb::config_server::Config for ConfigService {
                 }
                 tokio::time::sleep(SETTLE).await;
                 changes.borrow_and_update();
-                next = boot.pull(id.clone(), caller, false).await;
+                next = boot.model.pull(id.clone(), caller, false).await;
             }
         });
         Ok(tonic::Response::new(Box::pin(

@@ -705,11 +705,11 @@ impl Selection {
         }
         // Constructed: only when asked for by name (not with `+`), and
         // only hosts have an effective configuration.
-        if let Some(boot) = &ctx.boot
+        if let Some(model) = &ctx.model
             && self.named.contains("cairneffectivesetting")
             && e.has_class("cairnHost")
         {
-            match boot.effective_setting_values(e) {
+            match model.effective_setting_values(e) {
                 Ok(v) if !v.is_empty() => {
                     out.push(self.attr("cairnEffectiveSetting".into(), v));
                 }
@@ -890,7 +890,7 @@ async fn search_inner(
                 ("cn".to_string(), vec!["status".to_string()]),
             ];
             attrs.extend(ctx.writer.status());
-            if let Some(b) = &ctx.boot {
+            if let Some(b) = &ctx.model {
                 // Addresses that asked Locate and matched no site subnet:
                 // "<address> <times>", for `cairn subnets unmapped`.
                 let unmapped: Vec<String> = b

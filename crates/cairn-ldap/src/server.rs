@@ -23,9 +23,10 @@ pub struct ServerContext {
     pub writer: Arc<dyn crate::Writer>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
-    /// The host-facing services of this node, for what they report in
-    /// `cn=status` (unmapped client addresses).
-    pub boot: Option<Arc<cairn_boot::Boot>>,
+    /// The read model shared with the host-facing services: the
+    /// constructed `cairnEffectiveSetting` attribute and the unmapped
+    /// client addresses in `cn=status`.
+    pub model: Option<Arc<cairn_fleet::Model>>,
     /// Bounds and slows down password checks (`crate::throttle`).
     pub binds: crate::throttle::BindThrottle,
     /// Counters for `/metrics`.

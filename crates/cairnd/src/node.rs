@@ -120,7 +120,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             Arc::new(ReplicaWriter(r))
         }
     };
-    let _ = boot.writer.set(writer.clone());
+    let _ = boot.model.writer.set(writer.clone());
     let stop2 = stop.clone();
     tasks.spawn(async move {
         cairn_replica::network::serve(grpc, routes, stopped(stop2))
@@ -198,7 +198,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let ctx = Arc::new(ServerContext {
         binds: cairn_ldap::throttle::BindThrottle::new(s.ldap.limits.max_concurrent_binds),
         metrics: ldap_metrics,
-        boot: Some(boot.clone()),
+        model: Some(boot.model.clone()),
         dir,
         writer,
         config: s.ldap,

@@ -12,8 +12,8 @@ use cairn_core::inherit::{self, Layer};
 use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
 use cairn_store::{Directory, Halt, Scope};
 
-use crate::error::BootError;
-use crate::pb;
+use crate::error::FleetError;
+use cairn_proto::pb;
 
 pub use cairn_proto::dns::NodeRec;
 
@@ -24,7 +24,7 @@ pub struct Fleet {
 }
 
 /// Every entry of `class` under the directory's suffixes.
-pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, BootError> {
+pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, FleetError> {
     search(
         dir,
         Filter::Equality("objectClass".into(), class.into()),
@@ -32,7 +32,7 @@ pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, BootErr
     )
 }
 
-fn search(dir: &Directory, filter: Filter, limit: usize) -> Result<Vec<ValidEntry>, BootError> {
+fn search(dir: &Directory, filter: Filter, limit: usize) -> Result<Vec<ValidEntry>, FleetError> {
     search_class(dir, filter, None, limit)
 }
 
@@ -44,7 +44,7 @@ fn search_class(
     filter: Filter,
     class: Option<&str>,
     limit: usize,
-) -> Result<Vec<ValidEntry>, BootError> {
+) -> Result<Vec<ValidEntry>, FleetError> {
     let mut out = vec![];
     for suffix in dir.suffixes() {
         if dir.get(suffix)?.is_none() {
@@ -69,7 +69,7 @@ fn values<'a>(e: &'a ValidEntry, key: &str) -> impl Iterator<Item = &'a str> {
 pub use cairn_core::locate::site_name;
 
 /// Reads sites, site links and nodes.
-pub fn read_fleet(dir: &Directory) -> Result<Fleet, BootError> {
+pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
     let sites: Vec<SiteSpec> = of_class(dir, "cairnSite")?
         .iter()
         .map(|e| SiteSpec {
@@ -119,9 +119,9 @@ pub struct Identity {
 impl Identity {
     /// Checks what a host sent: a well-formed UUID and MACs, a plausible
     /// hostname, at least one identity.
-    pub fn from_pb(id: &pb::Identity) -> Result<Identity, BootError> {
+    pub fn from_pb(id: &pb::Identity) -> Result<Identity, FleetError> {
         let bad = |what: &str, v: &str, why: &str| {
-            BootError::InvalidArgument(format!("identity: {what} {v:?} {why}"))
+            FleetError::InvalidArgument(format!("identity: {what} {v:?} {why}"))
         };
         let text = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_string);
         let uuid = match text(&id.uuid) {
@@ -169,7 +169,7 @@ impl Identity {
             && ident.serial.is_none()
             && ident.hostname.is_none()
         {
-            return Err(BootError::InvalidArgument(
+            return Err(FleetError::InvalidArgument(
                 "identity: give at least one of uuid, macs, serial, hostname".into(),
             ));
         }
@@ -206,7 +206,7 @@ impl Identity {
 /// Finds the host entry: the first identity (UUID, then MACs, serial,
 /// hostname) that names exactly one `cairnHost` decides. An identity that
 /// several hosts share is an error, not a guess.
-pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, BootError> {
+pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, FleetError> {
     for (attr, value) in id.keys() {
         let filter = Filter::Equality(attr.into(), value.into());
         let mut found = search_class(dir, filter, Some("cairnHost"), 2)?;
@@ -214,7 +214,7 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, B
             0 => continue,
             1 => return Ok(found.pop()),
             _ => {
-                return Err(BootError::Ambiguous(format!(
+                return Err(FleetError::Ambiguous(format!(
                     "{attr}={value} names more than one host ({} and {}); fix the directory",
                     found[0].dn(),
                     found[1].dn()
@@ -231,7 +231,7 @@ pub fn effective_setting_values(
     dir: &Directory,
     sites: &SiteMap,
     host: &ValidEntry,
-) -> Result<Vec<String>, BootError> {
+) -> Result<Vec<String>, FleetError> {
     Ok(merge(dir, sites, host, None)?.0.to_setting_values())
 }
 
@@ -243,7 +243,7 @@ pub fn effective(
     sites: &SiteMap,
     host: &ValidEntry,
     caller: Option<IpAddr>,
-) -> Result<pb::PullResponse, BootError> {
+) -> Result<pb::PullResponse, FleetError> {
     let (eff, site, cluster_dn) = merge(dir, sites, host, caller)?;
     let boot_image = eff
         .get("boot.image")
@@ -286,7 +286,7 @@ fn merge(
     sites: &SiteMap,
     host: &ValidEntry,
     caller: Option<IpAddr>,
-) -> Result<(inherit::Effective, Option<String>, String), BootError> {
+) -> Result<(inherit::Effective, Option<String>, String), FleetError> {
     let addr = host
         .get("iphostnumber")
         .into_iter()
@@ -342,7 +342,7 @@ fn merge(
 }
 
 /// The image library entry named `name` (its cn).
-fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, BootError> {
+fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, FleetError> {
     let filter = Filter::Equality("cn".into(), name.into());
     Ok(search_class(dir, filter, Some("cairnImage"), 1)?
         .pop()

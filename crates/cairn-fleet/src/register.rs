@@ -15,11 +15,11 @@ use cairn_core::entry::{Entry, Stamp};
 use cairn_core::rules::{HostFacts, RuleSet, RuleSpec};
 use cairn_store::{Directory, WriteOp};
 
-use crate::error::BootError;
+use crate::error::FleetError;
 use crate::fleet::{self, Identity};
 
 /// Every deploy rule in the directory.
-pub fn read_rules(dir: &Directory) -> Result<RuleSet, BootError> {
+pub fn read_rules(dir: &Directory) -> Result<RuleSet, FleetError> {
     let specs: Vec<RuleSpec> = fleet::of_class(dir, "cairnRule")?
         .iter()
         .map(|e| RuleSpec {
@@ -81,7 +81,7 @@ pub fn registration(
     rule_dn: &str,
     target: &Dn,
     now: String,
-) -> Result<WriteOp, BootError> {
+) -> Result<WriteOp, FleetError> {
     let cn = host_cn(id);
     let dn = target.child(Rdn::new("cn", cn.clone()));
     let mut attrs: Vec<(String, Vec<String>)> = vec![
@@ -106,7 +106,7 @@ pub fn registration(
     );
     put("cairnVendor", id.vendor.iter().cloned().collect());
     put("cairnModel", id.model.iter().cloned().collect());
-    let who = Dn::parse(rule_dn).map_err(|e| BootError::Internal(format!("rule DN: {e}")))?;
+    let who = Dn::parse(rule_dn).map_err(|e| FleetError::Internal(format!("rule DN: {e}")))?;
     Ok(WriteOp::Add {
         entry: Entry { dn, attrs },
         uuid: cairn_core::entry::new_entry_uuid(),

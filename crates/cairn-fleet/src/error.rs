@@ -1,0 +1,31 @@
+//! Every error reading the fleet, or registering a host, can end in. The
+//! front ends translate them: `cairn-boot` into gRPC status codes, LDAP
+//! into result codes.
+
+/// Why a lookup, a configuration or a registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The request is malformed (bad UUID, MAC, address, no identity).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No host entry has any of the identities, and no deploy rule matched.
+    #[error("{0}")]
+    NotFound(String),
+    /// Several hosts share the identity the host presented.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// Registering an unknown host failed for now (no leader, ...).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The directory could not be read.
+    #[error("directory: {0}")]
+    Store(#[from] cairn_store::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<cairn_proto::dns::NameError> for FleetError {
+    fn from(e: cairn_proto::dns::NameError) -> Self {
+        FleetError::InvalidArgument(e.0)
+    }
+}

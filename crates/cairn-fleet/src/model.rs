@@ -1,0 +1,238 @@
+//! The read model as a service: the fleet (sites, links, nodes) and each
+//! host's effective configuration, cached until the next directory commit;
+//! the registration of unknown hosts by deploy rule through the node's
+//! write path; and the client addresses no site's subnet covers. Both front
+//! ends use it: gRPC (`Locate`, `Pull`, `Watch`) and LDAP (the constructed
+//! `cairnEffectiveSetting` attribute, `cairnUnmappedAddress` in
+//! `cn=status`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use cairn_core::entry::ValidEntry;
+use cairn_proto::pb;
+use cairn_replica::WriteError;
+use cairn_replica::writer::Writer;
+use cairn_store::{Directory, WriteOp};
+use tracing::info;
+
+use crate::error::FleetError;
+use crate::fleet::{self, Fleet, Identity};
+use crate::register;
+
+/// Addresses seen that no site's subnet covers, for operators to map.
+#[derive(Debug, Default)]
+pub struct Unmapped(Mutex<BTreeMap<IpAddr, u64>>);
+
+impl Unmapped {
+    /// Counts one more Locate from `addr`; returns how many distinct
+    /// addresses are recorded.
+    pub fn record(&self, addr: IpAddr) -> usize {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of spoofed sources must not grow it forever.
+        if m.len() < 10_000 || m.contains_key(&addr) {
+            *m.entry(addr).or_default() += 1;
+        }
+        m.len()
+    }
+
+    /// Every unmapped address with how often it asked.
+    pub fn list(&self) -> Vec<(IpAddr, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(a, n)| (*a, *n)).collect()
+    }
+}
+
+/// The read model of one node.
+pub struct Model {
+    pub dir: Arc<Directory>,
+    pub unmapped: Unmapped,
+    /// Where host registrations go; set once the node's write path exists
+    /// (before it, unknown hosts get UNAVAILABLE).
+    pub writer: std::sync::OnceLock<Arc<dyn Writer>>,
+    /// The time registrations are stamped with.
+    pub clock: Arc<dyn cairn_core::time::Clock>,
+    /// Sites, links and nodes as of a directory generation: re-read only
+    /// after a commit (every pull needs them; they rarely change).
+    fleet: Mutex<Option<(u64, Arc<Fleet>)>>,
+    /// Effective configurations computed in the current directory
+    /// generation, by request. Any commit may change any of them (an
+    /// ancestor, a site, an image), so a new generation empties it.
+    answers: Mutex<Answers>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Most configurations kept between two commits.
+const MAX_ANSWERS: usize = 200_000;
+
+#[derive(Default)]
+struct Answers {
+    generation: u64,
+    by_request: std::collections::HashMap<(Identity, Option<IpAddr>), Arc<pb::PullResponse>>,
+}
+
+impl Model {
+    pub fn new(dir: Arc<Directory>) -> Arc<Model> {
+        Arc::new(Model {
+            changes: dir.subscribe(),
+            fleet: Mutex::new(None),
+            answers: Mutex::new(Answers::default()),
+            dir,
+            unmapped: Unmapped::default(),
+            writer: std::sync::OnceLock::new(),
+            clock: Arc::new(cairn_core::time::SystemClock),
+        })
+    }
+
+    /// The fleet as of now: cached until the next directory commit. The
+    /// generation is read before the directory, so a commit racing the
+    /// read leaves the cache stale-marked, never stale-trusted.
+    pub fn fleet(&self) -> Result<Arc<Fleet>, FleetError> {
+        let generation = *self.changes.borrow();
+        {
+            let cached = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((g, f)) = cached.as_ref()
+                && *g == generation
+            {
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(fleet::read_fleet(&self.dir)?);
+        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, f.clone()));
+        Ok(f)
+    }
+
+    /// The constructed LDAP attribute `cairnEffectiveSetting` of `host`,
+    /// from the cached fleet (blocking: call from a blocking context).
+    pub fn effective_setting_values(&self, host: &ValidEntry) -> Result<Vec<String>, FleetError> {
+        let f = self.fleet()?;
+        fleet::effective_setting_values(&self.dir, &f.sites, host)
+    }
+
+    /// The host's configuration now; an unknown host that a deploy rule
+    /// matches is registered first when `may_register` (a `Pull`, the
+    /// first answer of a `Watch`), never otherwise: a watched host whose
+    /// entry was deleted stays deleted, its stream ends with NOT_FOUND.
+    pub async fn pull(
+        self: &Arc<Self>,
+        id: Identity,
+        caller: Option<IpAddr>,
+        may_register: bool,
+    ) -> Result<pb::PullResponse, FleetError> {
+        // The generation is read before the directory: a commit racing the
+        // read makes the stored answer already stale-marked.
+        let generation = *self.changes.borrow();
+        let key = (id.clone(), caller);
+        {
+            let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if answers.generation == generation
+                && let Some(r) = answers.by_request.get(&key)
+            {
+                return Ok(pb::PullResponse::clone(r));
+            }
+        }
+        let (dir, boot) = (self.dir.clone(), self.clone());
+        let id2 = id.clone();
+        let known = blocking(
+            move || -> Result<Result<pb::PullResponse, WriteOp>, FleetError> {
+                let f = boot.fleet()?;
+                if let Some(host) = fleet::find_host(&dir, &id2)? {
+                    return fleet::effective(&dir, &f.sites, &host, caller).map(Ok);
+                }
+                if !may_register {
+                    return Err(FleetError::NotFound(format!(
+                        "the host entry for {} was deleted",
+                        id2.describe()
+                    )));
+                }
+                let rules = register::read_rules(&dir)?;
+                let facts = register::facts(&id2, caller);
+                let Some(rule) = rules.first_match(&facts) else {
+                    return Err(FleetError::NotFound(format!(
+                        "no host has {} and no deploy rule matched",
+                        id2.describe()
+                    )));
+                };
+                let now = cairn_core::time::generalized_time(boot.clock.now_unix());
+                register::registration(&id2, &facts, rule.name(), rule.target(), now).map(Err)
+            },
+        )
+        .await??;
+        let op = match known {
+            Ok(resp) => {
+                let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+                // Never step back to an older generation: a later commit
+                // already made this answer possibly stale.
+                if generation > answers.generation {
+                    answers.by_request.clear();
+                    answers.generation = generation;
+                }
+                if generation == answers.generation && answers.by_request.len() < MAX_ANSWERS {
+                    answers.by_request.insert(key, Arc::new(resp.clone()));
+                }
+                return Ok(resp);
+            }
+            Err(op) => op,
+        };
+        let rule = match &op {
+            WriteOp::Add { stamp, entry, .. } => {
+                info!(host = %entry.dn, rule = %stamp.who, "registering an unknown host");
+                stamp.who.to_string()
+            }
+            _ => String::new(),
+        };
+        let writer = self.writer.get().ok_or_else(|| {
+            FleetError::Unavailable("this node is starting; cannot register hosts yet".into())
+        })?;
+        let registered = match writer.write(op).await {
+            Ok(_) => true,
+            // Another pull of the same host (here or at another node) won.
+            // Its add may be committed but not yet applied here (a refused
+            // write carries no log index to wait for): a read barrier
+            // makes it visible before it is read.
+            Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {
+                writer.barrier().await.map_err(|e| {
+                    FleetError::Unavailable(format!(
+                        "the host was registered elsewhere; cannot read it here yet: {e}"
+                    ))
+                })?;
+                false
+            }
+            Err(e @ (WriteError::NoLeader(_) | WriteError::Unknown(_))) => {
+                return Err(FleetError::Unavailable(format!(
+                    "cannot register the host: {e}"
+                )));
+            }
+            Err(WriteError::Directory(e)) => {
+                return Err(FleetError::Internal(format!(
+                    "deploy rule {rule} produced an entry the directory refused: {e}"
+                )));
+            }
+        };
+        let (dir, boot) = (self.dir.clone(), self.clone());
+        let mut resp = blocking(move || {
+            let f = boot.fleet()?;
+            match fleet::find_host(&dir, &id)? {
+                Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
+                None => Err(FleetError::Unavailable(
+                    "the host was registered but is not visible here yet; retry".into(),
+                )),
+            }
+        })
+        .await??;
+        if registered {
+            resp.registered_by_rule = rule;
+        }
+        Ok(resp)
+    }
+}
+
+/// Runs directory reads off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FleetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FleetError::Internal(format!("read task failed: {e}")))
+}
