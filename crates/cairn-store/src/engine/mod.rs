@@ -355,6 +355,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// sled lets go of its file lock shortly after a drop, not at it (its
+    /// flusher thread holds the database a moment longer): a reopen in the
+    /// same process right after a drop failed with "could not acquire
+    /// lock" (seen in CI). Opening now waits for a lock that is being let
+    /// go: here the first handle is dropped 300 ms after the second open
+    /// began.
+    #[test]
+    fn sled_waits_for_a_lock_being_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(EngineKind::Sled, dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Table::Meta, vec![1], vec![1]);
+        first.commit(&b).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = open(EngineKind::Sled, dir.path()).unwrap();
+        release.join().unwrap();
+        assert_eq!(scan(second.as_ref(), Table::Meta, b"").len(), 1);
+    }
+
     #[test]
     fn a_write_transaction_reads_its_own_writes_and_fails_whole() {
         for (_dir, e) in engines() {

@@ -43,12 +43,29 @@ pub struct SledEngine {
 
 impl SledEngine {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, Error> {
-        let tree = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes as u64)
-            .open()
-            .map_err(storage)?;
-        Ok(SledEngine { tree })
+        // sled releases its file lock only when its background flusher
+        // thread has let go of a dropped database, shortly after the drop:
+        // a reopen in the same process (a test, a restart of the engine)
+        // can find the lock still held. Wait for it a little; a lock held
+        // by another process stays an error.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes as u64)
+                .open();
+            match opened {
+                Ok(tree) => return Ok(SledEngine { tree }),
+                // sled reports it as ErrorKind::Other with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(storage(e)),
+            }
+        }
     }
 }
 
