@@ -326,23 +326,8 @@ mod tests {
 
     use super::*;
 
-    fn node(id: u64, site: &str, grpc: &str, ldap: &str) -> NodeRec {
-        NodeRec {
-            id,
-            name: format!("node-{id}"),
-            site_dn: format!("cn={site},ou=sites,dc=example,dc=com"),
-            grpc: grpc.into(),
-            ldap: ldap.into(),
-        }
-    }
-
     fn two_sites() -> Vec<NodeRec> {
-        vec![
-            node(2, "west", "[fd00:2::2]:7070", "[fd00:2::2]:389"),
-            node(1, "east", "10.1.0.1:7070", "10.1.0.1:389"),
-            node(2, "east", "10.1.0.2:7070", "10.1.0.2:389"),
-            node(1, "west", "10.2.0.1:7070", "10.2.0.9:1389"),
-        ]
+        NodeRec::two_example_sites()
     }
 
     fn lower(n: &str) -> LowerName {

@@ -60,6 +60,30 @@ pub struct NodeRec {
     pub ldap: String,
 }
 
+impl NodeRec {
+    /// `node-<id>` in site `site` of `dc=example,dc=com` (tests, examples).
+    pub fn example(id: u64, site: &str, grpc: &str, ldap: &str) -> NodeRec {
+        NodeRec {
+            id,
+            name: format!("node-{id}"),
+            site_dn: format!("cn={site},ou=sites,dc=example,dc=com"),
+            grpc: grpc.into(),
+            ldap: ldap.into(),
+        }
+    }
+
+    /// Two sites of two nodes each, with IPv4 and IPv6 addresses and an
+    /// LDAP address apart from the gRPC one (tests, examples).
+    pub fn two_example_sites() -> Vec<NodeRec> {
+        vec![
+            NodeRec::example(2, "west", "[fd00:2::2]:7070", "[fd00:2::2]:389"),
+            NodeRec::example(1, "east", "10.1.0.1:7070", "10.1.0.1:389"),
+            NodeRec::example(2, "east", "10.1.0.2:7070", "10.1.0.2:389"),
+            NodeRec::example(1, "west", "10.2.0.1:7070", "10.2.0.9:1389"),
+        ]
+    }
+}
+
 /// A name that cannot be a DNS domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -677,22 +701,11 @@ mod tests {
     use super::*;
 
     fn node(id: u64, site: &str, grpc: &str, ldap: &str) -> NodeRec {
-        NodeRec {
-            id,
-            name: format!("node-{id}"),
-            site_dn: format!("cn={site},ou=sites,dc=example,dc=com"),
-            grpc: grpc.into(),
-            ldap: ldap.into(),
-        }
+        NodeRec::example(id, site, grpc, ldap)
     }
 
     fn two_sites() -> Vec<NodeRec> {
-        vec![
-            node(2, "west", "[fd00:2::2]:7070", "[fd00:2::2]:389"),
-            node(1, "east", "10.1.0.1:7070", "10.1.0.1:389"),
-            node(2, "east", "10.1.0.2:7070", "10.1.0.2:389"),
-            node(1, "west", "10.2.0.1:7070", "10.2.0.9:1389"),
-        ]
+        NodeRec::two_example_sites()
     }
 
     fn lines(z: &Zone) -> Vec<String> {

@@ -1004,14 +1004,10 @@ fn role(r: &Replica) -> (String, String) {
     (get("cairnRole"), get("cairnRaftError"))
 }
 
-/// Issue 10: a log disk that fails (every fdatasync an I/O error) stops
-/// that node's Raft core: its writes fail with a clear error, its status
-/// says `stopped` with the cause, the rest of the site goes on, nothing
-/// acknowledged is lost, and once the disk works again a restart brings
-/// the node back and it catches up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() {
-    let mut site = Site::on_sim_disks(3).await;
+/// A site on simulated disks holding the suffix and 30 hosts written at
+/// all three nodes; the hosts' DNs, all acknowledged.
+async fn site_with_acknowledged_hosts() -> (Site, Vec<String>) {
+    let site = Site::on_sim_disks(3).await;
     site.replica(1)
         .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
         .await
@@ -1025,42 +1021,45 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
             .unwrap();
         acked.push(host_dn(&format!("before-{i}")));
     }
-    let bad = site.leader().await;
-    site.disks[&bad].fail_syncs(true);
-    // The next write at the failing node cannot be made durable there.
-    let err = site
-        .replica(bad)
-        .write(host("on-a-failing-disk"))
-        .await
-        .expect_err("a write on a node whose log cannot sync");
-    let text = err.to_string();
-    assert!(!text.is_empty());
+    (site, acked)
+}
+
+/// Waits until node `id` reports its Raft core stopped; returns the cause.
+async fn stopped_cause(site: &Site, id: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (r, cause) = role(&site.replica(bad));
+        let (r, cause) = role(&site.replica(id));
         if r == "stopped" {
-            assert!(
-                cause.contains("raft") || cause.contains(".wal") || cause.contains("sync"),
-                "the cause names the log: {cause}"
-            );
-            break;
+            return cause;
         }
         assert!(
             Instant::now() < deadline,
-            "node {bad} never reported its stop: {r}"
+            "node {id} never reported its stop: {r}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The other two go on.
+}
+
+/// The part every failing-disk test shares once node `bad` has stopped:
+/// the other two (electing a new leader if need be) take ten writes, `bad`
+/// stays stopped and refuses writes; then `repair` fixes its disk, a
+/// restart brings it back, and every acknowledged write is on every node.
+async fn the_rest_go_on_and_a_restart_recovers(
+    mut site: Site,
+    bad: u64,
+    mut acked: Vec<String>,
+    repair: impl FnOnce(&Site),
+) {
     let others: Vec<u64> = site.alive().into_iter().filter(|&i| i != bad).collect();
     for (n, &at) in others.iter().cycle().take(10).enumerate() {
-        site.replica(at)
-            .write(host(&format!("during-{n}")))
-            .await
-            .unwrap();
-        acked.push(host_dn(&format!("during-{n}")));
+        let dn = format!("during-{n}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = site.replica(at).write(host(&dn)).await {
+            assert!(Instant::now() < deadline, "the site took no writes: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acked.push(host_dn(&dn));
     }
-    // Still stopped, still refusing writes.
     assert_eq!(role(&site.replica(bad)).0, "stopped");
     assert!(
         site.replica(bad)
@@ -1068,9 +1067,8 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
             .await
             .is_err()
     );
-    // The disk is repaired; a restart recovers the node.
     site.stop_node(bad, true).await;
-    site.disks[&bad].fail_syncs(false);
+    repair(&site);
     site.start(bad).await;
     site.converge().await;
     for id in site.alive() {
@@ -1083,29 +1081,42 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
     site.shutdown().await;
 }
 
+/// Issue 10: a log disk that fails (every fdatasync an I/O error) stops
+/// that node's Raft core: its writes fail with a clear error, its status
+/// says `stopped` with the cause, the rest of the site goes on, nothing
+/// acknowledged is lost, and once the disk works again a restart brings
+/// the node back and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() {
+    let (site, acked) = site_with_acknowledged_hosts().await;
+    let bad = site.leader().await;
+    site.disks[&bad].fail_syncs(true);
+    // The next write at the failing node cannot be made durable there.
+    let err = site
+        .replica(bad)
+        .write(host("on-a-failing-disk"))
+        .await
+        .expect_err("a write on a node whose log cannot sync");
+    assert!(!err.to_string().is_empty());
+    let cause = stopped_cause(&site, bad).await;
+    assert!(
+        cause.contains("raft") || cause.contains(".wal") || cause.contains("sync"),
+        "the cause names the log: {cause}"
+    );
+    the_rest_go_on_and_a_restart_recovers(site, bad, acked, |s| s.disks[&bad].fail_syncs(false))
+        .await;
+}
+
 /// Issue 10: a store that cannot write (a full disk under redb) on the
 /// leader stops that node's Raft core when the store next writes to its
-/// file (here: the snapshot that syncs it): its
-/// status says `stopped` with the cause, the rest of the site elects
-/// another leader and goes on, nothing acknowledged is lost, and once the
-/// disk has room again a restart brings the node back (it replays its
-/// log into the store) and it catches up.
+/// file (here: the snapshot that syncs it): its status says `stopped`
+/// with the cause, the rest of the site elects another leader and goes
+/// on, nothing acknowledged is lost, and once the disk has room again a
+/// restart brings the node back (it replays its log into the store) and
+/// it catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_10_a_full_store_disk_stops_the_node_and_a_restart_recovers_it() {
-    let mut site = Site::on_sim_disks(3).await;
-    site.replica(1)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
-        .await
-        .unwrap();
-    let mut acked = vec![];
-    for i in 0..30u64 {
-        let at = 1 + i % 3;
-        site.replica(at)
-            .write(host(&format!("before-{i}")))
-            .await
-            .unwrap();
-        acked.push(host_dn(&format!("before-{i}")));
-    }
+    let (site, mut acked) = site_with_acknowledged_hosts().await;
     let bad = site.leader().await;
     site.stores[&bad].fail_writes(true);
     // Applying is not synced: redb keeps the change in memory and writes
@@ -1118,48 +1129,13 @@ async fn issue_10_a_full_store_disk_stops_the_node_and_a_restart_recovers_it() {
         .unwrap();
     acked.push(host_dn("on-a-full-disk"));
     let _ = site.replica(bad).raft.trigger().snapshot().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (r, cause) = role(&site.replica(bad));
-        if r == "stopped" {
-            assert!(
-                cause.contains("No space left"),
-                "the cause names the full disk: {cause}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {bad} never reported its stop: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The other two elect a leader and go on.
-    let others: Vec<u64> = site.alive().into_iter().filter(|&i| i != bad).collect();
-    for (n, &at) in others.iter().cycle().take(10).enumerate() {
-        let dn = format!("during-{n}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = site.replica(at).write(host(&dn)).await {
-            assert!(Instant::now() < deadline, "the site took no writes: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        acked.push(host_dn(&dn));
-    }
-    assert_eq!(role(&site.replica(bad)).0, "stopped");
-    assert!(site.replica(bad).write(host("still-full")).await.is_err());
-    // Room again; a restart recovers the node.
-    site.stop_node(bad, true).await;
-    site.stores[&bad].fail_writes(false);
-    site.start(bad).await;
-    site.converge().await;
-    for id in site.alive() {
-        for dn in &acked {
-            assert!(site.has(id, dn), "node {id} lacks acknowledged {dn}");
-        }
-    }
-    assert_ne!(role(&site.replica(bad)).0, "stopped");
-    site.replica(bad).write(host("after-repair")).await.unwrap();
-    site.shutdown().await;
+    let cause = stopped_cause(&site, bad).await;
+    assert!(
+        cause.contains("No space left"),
+        "the cause names the full disk: {cause}"
+    );
+    the_rest_go_on_and_a_restart_recovers(site, bad, acked, |s| s.stores[&bad].fail_writes(false))
+        .await;
 }
 
 /// Issue 10: a follower that was down while entries of 4 MiB were written
