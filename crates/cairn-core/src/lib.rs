@@ -15,9 +15,14 @@
 //! ends share (MAC addresses, host names, a content hash) and [`time`] the
 //! clock and GeneralizedTime.
 //!
+//! Between sites: [`csn`] stamps every change with a change sequence
+//! number from a hybrid logical clock, and [`merge`] folds a change into
+//! an entry's replicated state the same way at every node, in any order.
+//!
 //! A write flows: front end parses into [`entry::Entry`] / [`modify::Modification`]
 //! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
 
+pub mod csn;
 pub mod dn;
 pub mod entry;
 pub mod error;
@@ -25,6 +30,7 @@ pub mod filter;
 pub mod inherit;
 pub mod ldif;
 pub mod locate;
+pub mod merge;
 pub mod modify;
 pub mod net;
 pub mod password;

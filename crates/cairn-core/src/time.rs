@@ -6,6 +6,14 @@
 pub trait Clock: Send + Sync + 'static {
     /// Seconds since the Unix epoch.
     fn now_unix(&self) -> i64;
+
+    /// Milliseconds since the Unix epoch: what change sequence numbers
+    /// ([`crate::csn`]) are stamped from. A clock before 1970 reads as 0.
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.now_unix())
+            .unwrap_or(0)
+            .saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -17,6 +25,13 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    fn now_millis(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0)
     }
 }
@@ -48,6 +63,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The inverse of [`civil_from_days`]: days since 1970-01-01 of a date.
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +83,13 @@ mod tests {
         assert_eq!(generalized_time(0), "19700101000000Z");
         assert_eq!(generalized_time(951_782_400), "20000229000000Z");
         assert_eq!(generalized_time(1_795_480_005), "20261124002645Z");
+    }
+
+    #[test]
+    fn days_from_civil_inverts_civil_from_days() {
+        for days in [-800_000, -1, 0, 1, 11_016, 20_000, 2_900_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
     }
 }

@@ -1,0 +1,450 @@
+//! The multi-master merge: how a change made at any site is folded into an
+//! entry's replicated state, the same way at every node of every site.
+//!
+//! A site's leader turns each write into a [`Change`]: the entry's UUID and
+//! what changed, stamped with one [`Csn`]. Every node applies changes with
+//! [`merge`], a pure function from (state, change) to state. The state
+//! keeps, as 389-DS does, enough history to make the result independent of
+//! the order changes arrive in:
+//!
+//! - per attribute, the CSN of its last attribute-wide replace or delete
+//!   (`cleared`);
+//! - per value, the highest CSN that added it and the highest that
+//!   deleted it;
+//! - the entry's name (parent UUID + RDN) with the CSN that gave it;
+//! - the highest CSN that created the entry and the highest that deleted
+//!   it (its tombstone).
+//!
+//! Every field is a maximum, so [`merge`] is commutative, associative and
+//! idempotent (the property tests at the bottom check it), and the rules
+//! follow from the maxima:
+//!
+//! - a value is present iff it was added at or after the entry's last
+//!   creation and the attribute's last clear, and after its own last delete;
+//! - a single-valued attribute shows its present value with the highest
+//!   CSN ([`EntryState::materialize`]);
+//! - the name with the highest CSN wins;
+//! - an entry is live iff it was created after its last delete: a delete
+//!   wins over concurrent modifies (they stay in the state, invisible), and
+//!   only a new add of the same UUID (a host registered again) brings it
+//!   back, without the values it had before.
+//!
+//! After each merge the state drops what can never be visible again (values
+//! and clears older than the last create or delete), so a tombstone keeps
+//! its name and little else. What name conflicts, orphans and schema
+//! violations become is decided where entries are materialized into the
+//! tree, not here.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::csn::Csn;
+
+/// An entry's place in the tree: its parent's UUID (none for a naming
+/// context's root) and its RDN as written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Name {
+    pub parent: Option<Uuid>,
+    pub rdn: String,
+}
+
+/// One value in a change: its text and, where the attribute's equality rule
+/// makes it differ, the normalized form values are compared by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    pub text: String,
+    pub norm: Option<String>,
+}
+
+impl Value {
+    /// A value and its normalized form (stored only when they differ).
+    pub fn new(text: impl Into<String>, norm: impl Into<String>) -> Value {
+        let text = text.into();
+        let norm = norm.into();
+        Value {
+            norm: (norm != text).then_some(norm),
+            text,
+        }
+    }
+
+    /// A value compared as written.
+    pub fn exact(text: impl Into<String>) -> Value {
+        Value {
+            text: text.into(),
+            norm: None,
+        }
+    }
+
+    /// What values of one attribute are told apart by.
+    pub fn key(&self) -> &str {
+        self.norm.as_deref().unwrap_or(&self.text)
+    }
+}
+
+/// What a change does to one attribute. One change carries at most one
+/// [`AttrChange`] per attribute: the leader folds an LDAP modify's steps
+/// into their net effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrOp {
+    /// Adds the values.
+    Add,
+    /// Deletes the values; with no values, the whole attribute.
+    Delete,
+    /// Clears the attribute, then adds the values.
+    Replace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrChange {
+    pub op: AttrOp,
+    /// The lowercased canonical attribute name.
+    pub key: String,
+    /// The canonical name as shown (`cn`, `macAddress`).
+    pub name: String,
+    pub values: Vec<Value>,
+}
+
+/// What a change does to an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeOp {
+    /// Creates the entry with these attributes (every value is added,
+    /// whatever the [`AttrOp`] says), or, for
+    /// a UUID derived from a host's identity, creates it again.
+    Add { name: Name, attrs: Vec<AttrChange> },
+    /// Changes attributes and, for a rename or move, the name.
+    Modify {
+        name: Option<Name>,
+        attrs: Vec<AttrChange>,
+    },
+    /// Deletes the entry: it becomes a tombstone.
+    Delete,
+}
+
+/// One change to one entry, as it travels between nodes and sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub csn: Csn,
+    pub uuid: Uuid,
+    pub op: ChangeOp,
+}
+
+/// The replicated state of one entry (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryState {
+    pub uuid: Uuid,
+    /// The name with the highest CSN; none until the entry's add arrives
+    /// (a rename can arrive first).
+    pub name: Option<(Csn, Name)>,
+    /// The highest CSN that created the entry.
+    pub created: Option<Csn>,
+    /// The highest CSN that deleted it.
+    pub deleted: Option<Csn>,
+    pub attrs: BTreeMap<String, AttrState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrState {
+    pub name: String,
+    /// The last attribute-wide replace or delete.
+    pub cleared: Option<Csn>,
+    /// By normalized value.
+    pub values: BTreeMap<String, ValueState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueState {
+    /// The highest add: its CSN, the value's position in that change (to
+    /// keep the order a client gave) and the text it was written as.
+    pub added: Option<(Csn, u32, String)>,
+    /// The highest delete of this value.
+    pub deleted: Option<Csn>,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The state changed.
+    Applied,
+    /// The state already held this change (a duplicate, or one superseded
+    /// by everything it touches).
+    AlreadyHeld,
+    /// A modify of a deleted entry: kept in the state, invisible; a delete
+    /// wins over concurrent modifies. The caller records it as a conflict.
+    ModifyOfDeleted,
+}
+
+/// The entry as reads see it, in the order its values were given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Materialized {
+    pub name: Name,
+    /// `(canonical name, values)`, by attribute key.
+    pub attrs: Vec<(String, Vec<String>)>,
+}
+
+fn raise(slot: &mut Option<Csn>, csn: Csn) -> bool {
+    if slot.is_none_or(|s| s < csn) {
+        *slot = Some(csn);
+        true
+    } else {
+        false
+    }
+}
+
+impl EntryState {
+    /// The state of an entry nothing is known about yet.
+    pub fn new(uuid: Uuid) -> EntryState {
+        EntryState {
+            uuid,
+            name: None,
+            created: None,
+            deleted: None,
+            attrs: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the entry exists: created, named, and created after its last
+    /// delete.
+    pub fn is_live(&self) -> bool {
+        match (self.created, &self.name) {
+            (Some(created), Some(_)) => self.deleted.is_none_or(|d| created > d),
+            _ => false,
+        }
+    }
+
+    /// Whether the entry is a tombstone (deleted, not created again).
+    pub fn is_tombstone(&self) -> bool {
+        self.deleted
+            .is_some_and(|d| self.created.is_none_or(|c| c < d))
+    }
+
+    /// The highest CSN anywhere in the state: the entry's `cairnCsn`.
+    pub fn max_csn(&self) -> Option<Csn> {
+        let attrs = self.attrs.values().flat_map(|a| {
+            a.cleared.into_iter().chain(
+                a.values
+                    .values()
+                    .flat_map(|v| v.added.as_ref().map(|a| a.0).into_iter().chain(v.deleted)),
+            )
+        });
+        self.name
+            .as_ref()
+            .map(|n| n.0)
+            .into_iter()
+            .chain(self.created)
+            .chain(self.deleted)
+            .chain(attrs)
+            .max()
+    }
+
+    /// The oldest CSN a value must have been added at to count: the last
+    /// creation or deletion, whichever is later.
+    fn floor(&self) -> Option<Csn> {
+        self.created.max(self.deleted)
+    }
+
+    fn present(&self, attr: &AttrState, v: &ValueState) -> bool {
+        let Some((added, _, _)) = &v.added else {
+            return false;
+        };
+        self.created.is_none_or(|c| *added >= c)
+            && attr.cleared.is_none_or(|c| *added >= c)
+            && v.deleted.is_none_or(|d| *added > d)
+    }
+
+    /// The entry as reads see it, or none when it is not live.
+    /// `single_valued` says which attribute keys (lowercased) keep one
+    /// value: the present one with the highest CSN.
+    pub fn materialize(&self, single_valued: impl Fn(&str) -> bool) -> Option<Materialized> {
+        if !self.is_live() {
+            return None;
+        }
+        let (_, name) = self.name.as_ref()?;
+        let mut attrs = Vec::with_capacity(self.attrs.len());
+        for (key, attr) in &self.attrs {
+            let mut values: Vec<&(Csn, u32, String)> = attr
+                .values
+                .values()
+                .filter(|v| self.present(attr, v))
+                .filter_map(|v| v.added.as_ref())
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            values.sort();
+            if single_valued(key) {
+                values.drain(..values.len() - 1);
+            }
+            attrs.push((
+                attr.name.clone(),
+                values.into_iter().map(|(_, _, t)| t.clone()).collect(),
+            ));
+        }
+        Some(Materialized {
+            name: name.clone(),
+            attrs,
+        })
+    }
+
+    fn attr(&mut self, key: &str, name: &str) -> (&mut AttrState, bool) {
+        match self.attrs.entry(key.to_string()) {
+            btree_map::Entry::Occupied(o) => {
+                let a = o.into_mut();
+                // Every site names an attribute from the same schema; the
+                // rule only has to be the same everywhere.
+                let changed = if name < a.name.as_str() {
+                    a.name = name.to_string();
+                    true
+                } else {
+                    false
+                };
+                (a, changed)
+            }
+            btree_map::Entry::Vacant(v) => (
+                v.insert(AttrState {
+                    name: name.to_string(),
+                    cleared: None,
+                    values: BTreeMap::new(),
+                }),
+                true,
+            ),
+        }
+    }
+
+    fn apply_attr(&mut self, csn: Csn, op: AttrOp, change: &AttrChange) -> bool {
+        let (attr, mut changed) = self.attr(&change.key, &change.name);
+        let clear = match op {
+            AttrOp::Replace => true,
+            AttrOp::Delete => change.values.is_empty(),
+            AttrOp::Add => false,
+        };
+        if clear {
+            changed |= raise(&mut attr.cleared, csn);
+        }
+        for (pos, value) in change.values.iter().enumerate() {
+            let slot = attr
+                .values
+                .entry(value.key().to_string())
+                .or_insert(ValueState {
+                    added: None,
+                    deleted: None,
+                });
+            match op {
+                AttrOp::Add | AttrOp::Replace => {
+                    let pos = u32::try_from(pos).unwrap_or(u32::MAX);
+                    let new = (csn, pos, value.text.clone());
+                    if slot.added.as_ref().is_none_or(|a| *a < new) {
+                        slot.added = Some(new);
+                        changed = true;
+                    }
+                }
+                AttrOp::Delete => changed |= raise(&mut slot.deleted, csn),
+            }
+        }
+        changed
+    }
+
+    /// Drops what no later change can make visible again: values and
+    /// clears older than the last create or delete, and attributes left
+    /// with nothing. Every node does the same, so states stay equal.
+    fn compact(&mut self) {
+        let Some(floor) = self.floor() else {
+            return;
+        };
+        self.attrs.retain(|_, attr| {
+            if attr.cleared.is_some_and(|c| c < floor) {
+                attr.cleared = None;
+            }
+            attr.values.retain(|_, v| {
+                if v.added.as_ref().is_some_and(|a| a.0 < floor) {
+                    v.added = None;
+                }
+                if v.deleted.is_some_and(|d| d < floor) {
+                    v.deleted = None;
+                }
+                v.added.is_some() || v.deleted.is_some()
+            });
+            attr.cleared.is_some() || !attr.values.is_empty()
+        });
+    }
+
+    /// Forgets deleted values and clears below `horizon`: the lowest CSN
+    /// any site may still send (the minimum over every site's
+    /// up-to-dateness vector). Nothing below it can arrive any more, so
+    /// what it could have decided is settled: no later merge gives a
+    /// different entry for what this forgets.
+    pub fn purge(&mut self, horizon: Csn) {
+        for attr in self.attrs.values_mut() {
+            let cleared = attr.cleared.take_if(|c| *c < horizon);
+            attr.values.retain(|_, v| {
+                let added = v.added.as_ref().map(|a| a.0);
+                let old_delete = v.deleted.is_none_or(|d| d < horizon);
+                let deleted_itself = match (added, v.deleted) {
+                    (None, Some(d)) | (Some(_), Some(d)) if d >= horizon => false,
+                    (None, _) => true,
+                    (Some(a), Some(d)) => a <= d,
+                    (Some(_), None) => false,
+                };
+                let cleared_away = old_delete && cleared.zip(added).is_some_and(|(c, a)| a < c);
+                if deleted_itself || cleared_away {
+                    return false;
+                }
+                if v.deleted.is_some_and(|d| d < horizon) {
+                    v.deleted = None;
+                }
+                true
+            });
+        }
+        self.attrs
+            .retain(|_, a| a.cleared.is_some() || !a.values.is_empty());
+    }
+}
+
+/// Folds one change into an entry's state. Pure: the same state and change
+/// give the same result everywhere, in any order, any number of times.
+pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect) {
+    let mut s = state.unwrap_or_else(|| EntryState::new(change.uuid));
+    let csn = change.csn;
+    let was_tombstone = s.is_tombstone();
+    let mut changed = false;
+    let set_name = |s: &mut EntryState, name: &Name| {
+        if s.name.as_ref().is_none_or(|(c, _)| *c < csn) {
+            s.name = Some((csn, name.clone()));
+            true
+        } else {
+            false
+        }
+    };
+    match &change.op {
+        ChangeOp::Add { name, attrs } => {
+            changed |= raise(&mut s.created, csn);
+            changed |= set_name(&mut s, name);
+            for a in attrs {
+                changed |= s.apply_attr(csn, AttrOp::Add, a);
+            }
+        }
+        ChangeOp::Modify { name, attrs } => {
+            if let Some(name) = name {
+                changed |= set_name(&mut s, name);
+            }
+            for a in attrs {
+                changed |= s.apply_attr(csn, a.op, a);
+            }
+        }
+        ChangeOp::Delete => changed |= raise(&mut s.deleted, csn),
+    }
+    if changed {
+        s.compact();
+    }
+    let effect = match (&change.op, changed) {
+        (ChangeOp::Modify { .. }, _) if was_tombstone => Effect::ModifyOfDeleted,
+        (_, true) => Effect::Applied,
+        (_, false) => Effect::AlreadyHeld,
+    };
+    (s, effect)
+}
+
+#[cfg(test)]
+mod tests;
