@@ -119,8 +119,10 @@ pub enum ChangeOp {
         name: Option<Name>,
         attrs: Vec<AttrChange>,
     },
-    /// Deletes the entry: it becomes a tombstone.
-    Delete,
+    /// Deletes the entry: it becomes a tombstone. `dn` is where the entry
+    /// was when it was deleted, for entries later found below it
+    /// (`cairnOriginalDn` in lost and found).
+    Delete { dn: String },
 }
 
 /// One change to one entry, as it travels between nodes and sites.
@@ -142,6 +144,8 @@ pub struct EntryState {
     pub created: Option<Csn>,
     /// The highest CSN that deleted it.
     pub deleted: Option<Csn>,
+    /// Where that delete found the entry.
+    pub deleted_at: Option<String>,
     pub attrs: BTreeMap<String, AttrState>,
 }
 
@@ -201,6 +205,7 @@ impl EntryState {
             name: None,
             created: None,
             deleted: None,
+            deleted_at: None,
             attrs: BTreeMap::new(),
         }
     }
@@ -433,7 +438,12 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
                 changed |= s.apply_attr(csn, a.op, a);
             }
         }
-        ChangeOp::Delete => changed |= raise(&mut s.deleted, csn),
+        ChangeOp::Delete { dn } => {
+            if raise(&mut s.deleted, csn) {
+                s.deleted_at = Some(dn.clone());
+                changed = true;
+            }
+        }
     }
     if changed {
         s.compact();

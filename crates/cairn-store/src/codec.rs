@@ -2,7 +2,9 @@
 //! (standard configuration), so a later release can still read what an
 //! earlier one wrote.
 
+use cairn_core::csn::Csn;
 use cairn_core::entry::ValidEntry;
+use cairn_core::merge::{Change, EntryState};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -32,6 +34,64 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ValidEntry, Error> {
     match v {
         StoredEntry::V1(e) => Ok(e),
     }
+}
+
+/// A stored entry state ([`Table::State`]), tagged with its format version.
+#[derive(Serialize, Deserialize)]
+enum StoredState<S> {
+    V1(S),
+}
+
+/// A stored change ([`Table::Changelog`]), tagged with its format version.
+#[derive(Serialize, Deserialize)]
+enum StoredChange<C> {
+    V1(C),
+}
+
+fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, Error> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .map_err(|err| Error::Corrupt(format!("cannot encode {what}: {err}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, Error> {
+    let (v, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|err| Error::Corrupt(format!("cannot decode {what}: {err}")))?;
+    if used != bytes.len() {
+        return Err(Error::Corrupt(format!(
+            "cannot decode {what}: {} bytes left over",
+            bytes.len() - used
+        )));
+    }
+    Ok(v)
+}
+
+pub fn encode_state(s: &EntryState) -> Result<Vec<u8>, Error> {
+    encode("entry state", &StoredState::V1(s))
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
+    match decode("entry state", bytes)? {
+        StoredState::V1(s) => Ok(s),
+    }
+}
+
+pub fn encode_change(c: &Change) -> Result<Vec<u8>, Error> {
+    encode("change", &StoredChange::V1(c))
+}
+
+pub fn decode_change(bytes: &[u8]) -> Result<Change, Error> {
+    match decode("change", bytes)? {
+        StoredChange::V1(c) => Ok(c),
+    }
+}
+
+pub fn encode_csn(c: &Csn) -> Result<Vec<u8>, Error> {
+    encode("CSN", c)
+}
+
+pub fn decode_csn(bytes: &[u8]) -> Result<Csn, Error> {
+    decode("CSN", bytes)
 }
 
 /// A directory snapshot: every row of the directory tables, as

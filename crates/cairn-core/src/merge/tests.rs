@@ -82,7 +82,9 @@ fn delete(at: Csn) -> Change {
     Change {
         csn: at,
         uuid: entry_uuid(1),
-        op: ChangeOp::Delete,
+        op: ChangeOp::Delete {
+            dn: "cn=h1,ou=hosts,dc=example,dc=com".into(),
+        },
     }
 }
 
@@ -372,7 +374,8 @@ fn arb_op() -> impl Strategy<Value = ChangeOp> {
     prop_oneof![
         2 => (name.clone(), attrs()).prop_map(|(name, attrs)| ChangeOp::Add { name, attrs }),
         5 => (prop::option::of(name), attrs()).prop_map(|(name, attrs)| ChangeOp::Modify { name, attrs }),
-        1 => Just(ChangeOp::Delete),
+        1 => prop::sample::select(&["cn=x,o=a", "cn=y,o=b"][..])
+            .prop_map(|dn| ChangeOp::Delete { dn: dn.to_string() }),
     ]
 }
 

@@ -427,6 +427,28 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "hardware model",
     ),
+    // Cairn: multi-master replication (docs/replication.md)
+    operational(
+        cairn!(1, 50),
+        &["cairnConflict"],
+        DirectoryString,
+        false,
+        "why a merge of changes from several sites left this entry in conflict",
+    ),
+    operational(
+        cairn!(1, 51),
+        &["cairnOriginalDn"],
+        Dn,
+        true,
+        "where a conflict or lost-and-found entry would be without the conflict",
+    ),
+    operational(
+        cairn!(1, 52),
+        &["cairnCsn"],
+        Ia5String,
+        true,
+        "change sequence number of the entry's latest change",
+    ),
 ];
 
 const SETTINGS: &[&str] = &[

@@ -418,6 +418,38 @@ impl Schema {
         Ok(ValidEntry::new(dn, map, structural.name))
     }
 
+    /// An entry that changes merged from several sites left outside the
+    /// schema (a class added at one site while another deleted one of its
+    /// MUST attributes): it is kept, not dropped, with every attribute the
+    /// schema knows, so an operator can see and repair it. Its structural
+    /// class is the most specific one found, `top` when there is none.
+    pub fn keep_conflicting(&self, entry: Entry) -> ValidEntry {
+        let Entry { dn, attrs } = entry;
+        let mut map: BTreeMap<String, Attr> = BTreeMap::new();
+        for (name, values) in attrs {
+            let Some(id) = self.attr_id(&name) else {
+                continue;
+            };
+            let slot = map
+                .entry(self.attr_keys[id].clone())
+                .or_insert_with(|| Attr {
+                    name: self.attrs[id].name().to_string(),
+                    values: vec![],
+                });
+            slot.values.extend(values);
+        }
+        map.retain(|_, a| !a.values.is_empty());
+        let classes: Vec<&ObjectClass> = map
+            .get("objectclass")
+            .map(|a| a.values.iter().filter_map(|v| self.class(v)).collect())
+            .unwrap_or_default();
+        let structural = self
+            .structural_class_of(&classes)
+            .map(|c| c.name)
+            .unwrap_or("top");
+        ValidEntry::new(dn, map, structural)
+    }
+
     /// The single most specific structural class among `classes`.
     fn structural_class_of<'a>(
         &'a self,

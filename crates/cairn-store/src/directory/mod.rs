@@ -918,14 +918,32 @@ impl Directory {
             b.delete(Table::Children, child_key(old_parent, uuid));
             b.put(Table::Children, child_key(new_parent, uuid), vec![]);
         }
-        // Descendants keep their UUIDs and parents; only their names change.
+        self.rebase_descendants(snap, uuid, dn, &new_dn, &mut b)?;
+        Ok((b, valid))
+    }
+
+    /// Renames every descendant of `uuid` from below `old_dn` to below
+    /// `new_dn`. Descendants keep their UUIDs and parents; only their
+    /// names change. Returns the descendants marked as replication
+    /// conflicts, whose marks name DNs too.
+    fn rebase_descendants(
+        &self,
+        snap: &dyn Snapshot,
+        uuid: Uuid,
+        old_dn: &Dn,
+        new_dn: &Dn,
+        b: &mut Batch,
+    ) -> Result<Vec<Uuid>, Error> {
+        let mut conflicts = vec![];
         let mut stack = Self::children_of(snap, uuid)?;
         while let Some(child) = stack.pop() {
             let Some(e) = Self::load(snap, child)? else {
-                return Err(Error::Corrupt(format!("child {child} of {dn} is missing")));
+                return Err(Error::Corrupt(format!(
+                    "child {child} of {old_dn} is missing"
+                )));
             };
-            let Some(moved) = e.dn().rebase(dn, &new_dn) else {
-                return Err(Error::Corrupt(format!("{} is not below {dn}", e.dn())));
+            let Some(moved) = e.dn().rebase(old_dn, new_dn) else {
+                return Err(Error::Corrupt(format!("{} is not below {old_dn}", e.dn())));
             };
             b.delete(Table::Dn, e.dn().norm().into_bytes());
             b.put(
@@ -933,10 +951,13 @@ impl Directory {
                 moved.norm().into_bytes(),
                 child.as_bytes().to_vec(),
             );
-            self.put_entry(&mut b, child, &e.renamed(moved))?;
+            if e.get("cairnconflict").is_some() {
+                conflicts.push(child);
+            }
+            self.put_entry(b, child, &e.renamed(moved))?;
             stack.extend(Self::children_of(snap, child)?);
         }
-        Ok((b, valid))
+        Ok(conflicts)
     }
 
     /// Plans one operation against the transaction so far.
@@ -1351,5 +1372,8 @@ impl Directory {
     }
 }
 
+pub mod replicate;
+#[cfg(test)]
+mod replicate_tests;
 #[cfg(test)]
 mod tests;

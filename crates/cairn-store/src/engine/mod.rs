@@ -34,19 +34,46 @@ pub enum Table {
     /// Store metadata (format version, the state machine's last applied
     /// log id and membership, ...).
     Meta,
+    /// entryUUID → versioned replicated state of the entry (values with
+    /// their CSNs, tombstones): what merges read and write.
+    State,
+    /// parent entryUUID (nil for a naming context) ‖ RDN length (u32 BE) ‖
+    /// normalized RDN ‖ entryUUID → the name's CSN: every live entry's
+    /// claim on its name, to settle name conflicts and find an entry's
+    /// children by name.
+    Names,
+    /// Commit sequence (u64 BE) → versioned change: every change applied
+    /// here, local or from another site, in this site's order.
+    Changelog,
+    /// Origin (site UUID ‖ epoch u32 BE) → the highest CSN held from it:
+    /// the up-to-dateness vector.
+    Vector,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 9] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
         Table::Index,
         Table::Meta,
+        Table::State,
+        Table::Names,
+        Table::Changelog,
+        Table::Vector,
     ];
 
     /// The tables that hold the directory itself (what a snapshot carries).
-    pub const DIRECTORY: [Table; 4] = [Table::Entries, Table::Dn, Table::Children, Table::Index];
+    pub const DIRECTORY: [Table; 8] = [
+        Table::Entries,
+        Table::Dn,
+        Table::Children,
+        Table::Index,
+        Table::State,
+        Table::Names,
+        Table::Changelog,
+        Table::Vector,
+    ];
 
     /// The table's position in [`Table::ALL`].
     pub fn slot(self) -> usize {
@@ -56,6 +83,10 @@ impl Table {
             Table::Children => 2,
             Table::Index => 3,
             Table::Meta => 4,
+            Table::State => 5,
+            Table::Names => 6,
+            Table::Changelog => 7,
+            Table::Vector => 8,
         }
     }
 
@@ -66,6 +97,10 @@ impl Table {
             Table::Children => "children",
             Table::Index => "index",
             Table::Meta => "meta",
+            Table::State => "state",
+            Table::Names => "names",
+            Table::Changelog => "changelog",
+            Table::Vector => "vector",
         }
     }
 }

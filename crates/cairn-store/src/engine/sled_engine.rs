@@ -22,6 +22,10 @@ fn tag(t: Table) -> u8 {
         Table::Children => 3,
         Table::Index => 4,
         Table::Meta => 5,
+        Table::State => 6,
+        Table::Names => 7,
+        Table::Changelog => 8,
+        Table::Vector => 9,
     }
 }
 

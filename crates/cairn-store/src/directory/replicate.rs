@@ -1,0 +1,942 @@
+//! Multi-master changes in the store (issue 11, `docs/federation.md`).
+//!
+//! A write is planned once, where it is made: [`Directory::plan_changes`]
+//! turns LDAP writes into [`Change`]s (the entry's UUID and what changed,
+//! stamped with a CSN) against the directory as it is, without keeping
+//! anything. Every node of every site then applies those changes with
+//! [`Directory::apply_changes`], which merges each into the entry's
+//! replicated state ([`Table::State`], the pure [`merge`]) and rewrites the
+//! materialized tree that reads use (entries, DNs, children, indexes) from
+//! the state. In the same transaction it appends the change to the change
+//! log and raises the up-to-dateness vector.
+//!
+//! The materialized tree is a function of the states, whatever order the
+//! changes came in:
+//!
+//! - Of the live entries claiming one name (parent + RDN), the one whose
+//!   name has the highest CSN has it; each other one is shown as
+//!   `<rdn>\nCNF:<entryUUID>` (Active Directory's convention) with
+//!   `cairnConflict` and `cairnOriginalDn`, and takes the name back if the
+//!   winner goes away.
+//! - A live entry whose parent is not live is shown under
+//!   `ou=lostandfound,<suffix>` under a CNF name, and goes home if its
+//!   parent comes back.
+//! - An entry the merge left outside the schema is kept as it is, with
+//!   `cairnConflict: schema: <why>`.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use cairn_core::csn::{Csn, Origin};
+use cairn_core::dn::{Dn, Rdn};
+use cairn_core::entry::{Entry, ValidEntry};
+use cairn_core::merge::{
+    self, AttrChange, AttrOp, Change, ChangeOp, Effect, EntryState, Name, Value,
+};
+use cairn_core::modify::ModOp;
+use uuid::Uuid;
+
+use super::{Applied, Directory, WriteOp, child_key, uuid_from};
+use crate::Error;
+use crate::codec::{decode_csn, decode_state, encode_change, encode_csn, encode_state};
+use crate::engine::{Batch, Snapshot, Table, WriteTxn};
+
+/// The RDN of the container entries whose parent was deleted at another
+/// site are shown under, below each naming context.
+pub const LOST_AND_FOUND: &str = "ou=lostandfound";
+
+/// What a planned write left: its answer to the client and the change to
+/// log (none for a retried add that is already applied).
+pub type Planned = (Applied, Option<Change>);
+
+/// How deep placing one entry may recurse (entries moved out of its way
+/// first): far above what any tree needs, and below what overflows a
+/// thread's stack.
+const MAX_PLACE_DEPTH: usize = 64;
+
+/// The transaction a plan runs in is thrown away with this.
+const PLAN_ONLY: &str = "plan only: the transaction is not kept";
+
+fn names_prefix(parent: Option<Uuid>, norm_rdn: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20 + norm_rdn.len() + 16);
+    k.extend_from_slice(parent.unwrap_or_else(Uuid::nil).as_bytes());
+    k.extend_from_slice(&(norm_rdn.len() as u32).to_be_bytes());
+    k.extend_from_slice(norm_rdn.as_bytes());
+    k
+}
+
+fn origin_key(o: &Origin) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20);
+    k.extend_from_slice(o.site.as_bytes());
+    k.extend_from_slice(&o.epoch.to_be_bytes());
+    k
+}
+
+/// The normalized form of a name's RDN (a naming context's root carries
+/// its whole DN as its RDN).
+fn norm_rdn(name: &Name) -> Result<String, Error> {
+    let bad = |e| Error::Corrupt(format!("a change names its entry {:?}: {e}", name.rdn));
+    if name.parent.is_none() {
+        Ok(Dn::parse(&name.rdn).map_err(bad)?.norm())
+    } else {
+        Ok(Rdn::parse(&name.rdn).map_err(bad)?.norm())
+    }
+}
+
+/// The UUID of the lost-and-found container below the naming context whose
+/// root has UUID `suffix`: the same at every site.
+pub fn lost_and_found_uuid(suffix: Uuid) -> Uuid {
+    Uuid::new_v5(&suffix, b"cairn lostandfound")
+}
+
+/// Where an entry is shown and why, as decided from the states.
+struct Placement {
+    dn: Dn,
+    /// `(cairnConflict value, cairnOriginalDn)` when not where its name
+    /// says. An entry cut out of a loop of moves has no original DN.
+    conflict: Option<(String, Option<Dn>)>,
+}
+
+impl Directory {
+    fn is_single_valued(&self, key: &str) -> bool {
+        self.schema.attr(key).is_some_and(|a| a.single_valued)
+    }
+
+    fn value(&self, key: &str, text: &str) -> Value {
+        match self.schema.normalize(key, text) {
+            Some(norm) => Value::new(text, norm),
+            None => Value::exact(text),
+        }
+    }
+
+    fn attr_change(&self, op: AttrOp, key: &str, name: &str, values: &[&String]) -> AttrChange {
+        AttrChange {
+            op,
+            key: key.to_string(),
+            name: name.to_string(),
+            values: values.iter().map(|v| self.value(key, v)).collect(),
+        }
+    }
+
+    /// The name of an entry at `dn` whose parent has UUID `parent` (nil for
+    /// a naming context).
+    fn name_of(dn: &Dn, parent: Uuid) -> Name {
+        if parent.is_nil() {
+            Name {
+                parent: None,
+                rdn: dn.to_string(),
+            }
+        } else {
+            Name {
+                parent: Some(parent),
+                rdn: dn.rdn().map(|r| r.to_string()).unwrap_or_default(),
+            }
+        }
+    }
+
+    /// What changed between two forms of an entry, per attribute: a
+    /// replace for attributes the write replaced or deleted whole (and for
+    /// single-valued ones), else the values added and the values deleted.
+    fn diff(
+        &self,
+        old: &ValidEntry,
+        new: &ValidEntry,
+        replaced: &BTreeSet<String>,
+    ) -> Vec<AttrChange> {
+        let keys: BTreeSet<String> = old
+            .attrs()
+            .chain(new.attrs())
+            .map(|a| a.name.to_ascii_lowercase())
+            .collect();
+        let mut out = vec![];
+        for key in keys {
+            let (before, after) = (old.get(&key), new.get(&key));
+            if before == after {
+                continue;
+            }
+            let name = after.or(before).map(|a| a.name.clone()).unwrap_or_default();
+            let norms = |a: Option<&cairn_core::entry::Attr>| -> Vec<(String, String)> {
+                a.map(|a| {
+                    a.values
+                        .iter()
+                        .map(|v| (self.value(&key, v).key().to_string(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+            };
+            let (b, a) = (norms(before), norms(after));
+            if replaced.contains(&key) || self.is_single_valued(&key) {
+                let values: Vec<&String> = a.iter().map(|(_, v)| v).collect();
+                out.push(self.attr_change(AttrOp::Replace, &key, &name, &values));
+                continue;
+            }
+            let in_b: BTreeSet<&str> = b.iter().map(|(n, _)| n.as_str()).collect();
+            let in_a: BTreeSet<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+            let added: Vec<&String> = a
+                .iter()
+                .filter(|(n, _)| !in_b.contains(n.as_str()))
+                .map(|(_, v)| v)
+                .collect();
+            let deleted: Vec<&String> = b
+                .iter()
+                .filter(|(n, _)| !in_a.contains(n.as_str()))
+                .map(|(_, v)| v)
+                .collect();
+            if !added.is_empty() {
+                out.push(self.attr_change(AttrOp::Add, &key, &name, &added));
+            }
+            if !deleted.is_empty() {
+                out.push(self.attr_change(AttrOp::Delete, &key, &name, &deleted));
+            }
+        }
+        out
+    }
+
+    /// Plans one write as a change against the transaction so far.
+    fn plan_change(
+        &self,
+        txn: &dyn Snapshot,
+        op: &WriteOp,
+        csn: Csn,
+    ) -> Result<Option<Change>, Error> {
+        Ok(Some(match op {
+            WriteOp::Add { entry, uuid, stamp } => {
+                let (batch, valid) = self.plan_add(txn, entry.clone(), *uuid, stamp)?;
+                if batch.is_empty() {
+                    // A retried add that is already in the directory.
+                    return Ok(None);
+                }
+                let parent = self.parent_uuid(txn, valid.dn())?;
+                let attrs = valid
+                    .attrs()
+                    .map(|a| {
+                        let values: Vec<&String> = a.values.iter().collect();
+                        self.attr_change(
+                            AttrOp::Add,
+                            &a.name.to_ascii_lowercase(),
+                            &a.name,
+                            &values,
+                        )
+                    })
+                    .collect();
+                Change {
+                    csn,
+                    uuid: *uuid,
+                    op: ChangeOp::Add {
+                        name: Self::name_of(valid.dn(), parent),
+                        attrs,
+                    },
+                }
+            }
+            WriteOp::Modify { dn, mods, stamp } => {
+                let (uuid, current) =
+                    Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
+                let (_, valid) = self.plan_modify(txn, dn, mods, stamp)?;
+                let replaced: BTreeSet<String> = mods
+                    .iter()
+                    .filter(|m| {
+                        m.op == ModOp::Replace || (m.op == ModOp::Delete && m.values.is_empty())
+                    })
+                    .filter_map(|m| self.schema.attr(&m.attr).map(|a| a.key()))
+                    .collect();
+                Change {
+                    csn,
+                    uuid,
+                    op: ChangeOp::Modify {
+                        name: None,
+                        attrs: self.diff(&current, &valid, &replaced),
+                    },
+                }
+            }
+            WriteOp::Delete { dn } => {
+                let uuid = Self::uuid_of(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
+                self.plan_delete(txn, dn)?;
+                Change {
+                    csn,
+                    uuid,
+                    op: ChangeOp::Delete { dn: dn.to_string() },
+                }
+            }
+            WriteOp::ModRdn {
+                dn,
+                new_rdn,
+                delete_old_rdn,
+                new_superior,
+                stamp,
+            } => {
+                let (uuid, current) =
+                    Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
+                let (_, valid) = self.plan_modrdn(
+                    txn,
+                    dn,
+                    new_rdn,
+                    *delete_old_rdn,
+                    new_superior.as_ref(),
+                    stamp,
+                )?;
+                let parent = self.parent_uuid(txn, valid.dn())?;
+                Change {
+                    csn,
+                    uuid,
+                    op: ChangeOp::Modify {
+                        name: Some(Self::name_of(valid.dn(), parent)),
+                        attrs: self.diff(&current, &valid, &BTreeSet::new()),
+                    },
+                }
+            }
+        }))
+    }
+
+    /// Plans writes as changes, each against the directory as the ones
+    /// before it leave it, and keeps nothing: what the changes do happens
+    /// when they are applied ([`Directory::apply_changes`]). Write `i` is
+    /// stamped with `csns[i]`. Each write's result is its answer to the
+    /// client (the entry as it will be) and its change; a write that fails
+    /// has no change and the others go on. The outer error is the store's.
+    pub fn plan_changes(
+        &self,
+        ops: &[&WriteOp],
+        csns: &[Csn],
+    ) -> Result<Vec<Result<Planned, Error>>, Error> {
+        if ops.len() != csns.len() {
+            return Err(Error::Storage(format!(
+                "{} writes to plan with {} CSNs",
+                ops.len(),
+                csns.len()
+            )));
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        let _lock = self.lock();
+        let outcome = self.engine.write(&mut |txn| {
+            results.clear();
+            for (op, csn) in ops.iter().zip(csns) {
+                let r = self.plan_change(&*txn, op, *csn).and_then(|change| {
+                    let uuid = match (&change, op) {
+                        (Some(c), _) => {
+                            self.apply_change(txn, c)?;
+                            c.uuid
+                        }
+                        (None, WriteOp::Add { uuid, .. }) => *uuid,
+                        (None, _) => {
+                            return Err(Error::Storage("a write planned no change".into()));
+                        }
+                    };
+                    Ok((Self::applied_now(&*txn, op, uuid)?, change))
+                });
+                results.push(r);
+            }
+            Err(Error::Storage(PLAN_ONLY.into()))
+        });
+        match outcome {
+            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(results),
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::Storage("a plan was committed".into())),
+        }
+    }
+
+    /// The answer to a write: the entry as it is now in the transaction.
+    fn applied_now(snap: &dyn Snapshot, op: &WriteOp, uuid: Uuid) -> Result<Applied, Error> {
+        if let WriteOp::Delete { .. } = op {
+            return Ok(Applied::Deleted);
+        }
+        let e = Self::load(snap, uuid)?.ok_or_else(|| {
+            Error::Storage(format!("entry {uuid} is not in the tree after its write"))
+        })?;
+        Ok(Applied::Entry(Box::new(e)))
+    }
+
+    /// Applies changes, from this site or another, in order, in one
+    /// transaction with `meta` (a replica's bookkeeping). Returns what each
+    /// merge did. With `durable` false the transaction reaches the disk
+    /// with the next sync. A change that cannot be applied (a corrupt
+    /// state) fails the whole transaction: changes are never skipped.
+    pub fn apply_changes(
+        &self,
+        changes: &[Change],
+        meta: Option<&Batch>,
+        durable: bool,
+    ) -> Result<Vec<Effect>, Error> {
+        if let Some(f) = self.failure() {
+            return Err(Error::Storage(format!(
+                "store failed earlier, restart the node: {f}"
+            )));
+        }
+        let lock = self.lock();
+        let mut effects = Vec::with_capacity(changes.len());
+        let outcome = self.engine.write(&mut |txn| {
+            effects.clear();
+            for c in changes {
+                effects.push(self.apply_change(txn, c)?);
+            }
+            if let Some(meta) = meta {
+                txn.apply(meta)?;
+            }
+            Ok(())
+        });
+        let seq = match outcome {
+            Ok(()) => {
+                let mut st = self.sync_state();
+                st.written += 1;
+                st.written
+            }
+            Err(e) => {
+                if matches!(e, Error::Storage(_)) {
+                    tracing::error!(cause = %e, "the store could not write; it refuses writes until restarted");
+                    self.sync_state()
+                        .failed
+                        .get_or_insert_with(|| e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        drop(lock);
+        if effects.iter().any(|e| *e != Effect::AlreadyHeld) {
+            self.changed();
+        }
+        if durable {
+            self.wait_durable(seq)?;
+        }
+        Ok(effects)
+    }
+
+    fn load_state(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<EntryState>, Error> {
+        snap.get(Table::State, uuid.as_bytes())?
+            .map(|b| decode_state(&b))
+            .transpose()
+    }
+
+    /// The key of a live entry's claim on its name.
+    fn claim(state: &EntryState) -> Result<Option<(Vec<u8>, Csn)>, Error> {
+        if !state.is_live() {
+            return Ok(None);
+        }
+        let Some((csn, name)) = &state.name else {
+            return Ok(None);
+        };
+        let mut k = names_prefix(name.parent, &norm_rdn(name)?);
+        k.extend_from_slice(state.uuid.as_bytes());
+        Ok(Some((k, *csn)))
+    }
+
+    /// The live entries claiming the name `prefix` stands for, with their
+    /// name CSNs.
+    fn claimants(snap: &dyn Snapshot, prefix: &[u8]) -> Result<Vec<(Uuid, Csn)>, Error> {
+        let mut rows = vec![];
+        snap.scan_prefix(Table::Names, prefix, &mut |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        rows.into_iter()
+            .filter(|(k, _)| k.len() == prefix.len() + 16)
+            .map(|(k, v)| Ok((uuid_from(&k[prefix.len()..])?, decode_csn(&v)?)))
+            .collect()
+    }
+
+    /// The live entries whose state names `parent` as their parent.
+    fn state_children(snap: &dyn Snapshot, parent: Uuid) -> Result<Vec<Uuid>, Error> {
+        let mut out = vec![];
+        let mut bad = false;
+        snap.scan_prefix(Table::Names, parent.as_bytes(), &mut |k, _| {
+            match k
+                .len()
+                .checked_sub(16)
+                .and_then(|at| Uuid::from_slice(&k[at..]).ok())
+            {
+                Some(u) => out.push(u),
+                None => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(Error::Corrupt("bad key in names table".into()));
+        }
+        Ok(out)
+    }
+
+    /// Merges one change and brings the materialized tree in line.
+    pub(super) fn apply_change(
+        &self,
+        txn: &mut dyn WriteTxn,
+        change: &Change,
+    ) -> Result<Effect, Error> {
+        let old = Self::load_state(&*txn, change.uuid)?;
+        let old_claim = old.as_ref().map(Self::claim).transpose()?.flatten();
+        let was_live = old.as_ref().is_some_and(EntryState::is_live);
+        let (state, effect) = merge::merge(old, change);
+        if effect == Effect::AlreadyHeld {
+            return Ok(effect);
+        }
+        let new_claim = Self::claim(&state)?;
+        let mut b = Batch::default();
+        b.put(
+            Table::State,
+            change.uuid.as_bytes().to_vec(),
+            encode_state(&state)?,
+        );
+        let seq = match txn.last(Table::Changelog)? {
+            Some((k, _)) => {
+                let k: [u8; 8] = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
+                u64::from_be_bytes(k) + 1
+            }
+            None => 1,
+        };
+        b.put(
+            Table::Changelog,
+            seq.to_be_bytes().to_vec(),
+            encode_change(change)?,
+        );
+        let vkey = origin_key(&change.csn.origin);
+        let held = txn
+            .get(Table::Vector, &vkey)?
+            .map(|v| decode_csn(&v))
+            .transpose()?;
+        if held.is_none_or(|h| h < change.csn) {
+            b.put(Table::Vector, vkey, encode_csn(&change.csn)?);
+        }
+        let mut work: VecDeque<Uuid> = VecDeque::from([change.uuid]);
+        if old_claim.as_ref().map(|c| &c.0) != new_claim.as_ref().map(|c| &c.0) {
+            for (key, _) in old_claim.iter() {
+                b.delete(Table::Names, key.clone());
+            }
+        }
+        for (key, csn) in new_claim.iter() {
+            b.put(Table::Names, key.clone(), encode_csn(csn)?);
+        }
+        txn.apply(&b)?;
+        // Who may have won or lost a name with this change.
+        for (key, _) in old_claim.iter().chain(new_claim.iter()) {
+            let prefix = &key[..key.len() - 16];
+            work.extend(Self::claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
+        }
+        if was_live != state.is_live() {
+            work.extend(Self::state_children(&*txn, change.uuid)?);
+        }
+        // A move that closes a loop: the entry that breaks it moves first.
+        if let Some(cut) = self.cycle_cut(&*txn, change.uuid)? {
+            work.push_front(cut);
+        }
+        self.place_all(txn, work)?;
+        Ok(effect)
+    }
+
+    /// Re-places entries until nothing more moves. An entry whose shown
+    /// form is already right costs one read; the bound on visits only
+    /// guards against a loop of placements that never settles.
+    fn place_all(&self, txn: &mut dyn WriteTxn, mut work: VecDeque<Uuid>) -> Result<(), Error> {
+        const MAX_VISITS: u32 = 16;
+        let mut visits: std::collections::HashMap<Uuid, u32> = Default::default();
+        while let Some(u) = work.pop_front() {
+            let n = visits.entry(u).or_default();
+            *n += 1;
+            if *n > MAX_VISITS {
+                return Err(Error::Storage(format!(
+                    "placing entry {u} did not settle after {MAX_VISITS} passes"
+                )));
+            }
+            self.place(txn, u, &mut work)?;
+        }
+        Ok(())
+    }
+
+    /// Where a live entry belongs, from the states.
+    fn placement(
+        &self,
+        snap: &dyn Snapshot,
+        state: &EntryState,
+        name: &Name,
+    ) -> Result<Placement, Error> {
+        let norm = norm_rdn(name)?;
+        let Some(parent) = name.parent else {
+            let dn = Dn::parse(&name.rdn).map_err(|e| {
+                Error::Corrupt(format!(
+                    "a change names a naming context {:?}: {e}",
+                    name.rdn
+                ))
+            })?;
+            return Ok(Placement { dn, conflict: None });
+        };
+        let rdn = Rdn::parse(&name.rdn)
+            .map_err(|e| Error::Corrupt(format!("a change names its entry {:?}: {e}", name.rdn)))?;
+        // The parent's state decides, not its shown entry: a parent being
+        // deleted in this pass is still shown while its children move out.
+        let parent_live = Self::load_state(snap, parent)?.is_some_and(|s| s.is_live());
+        let shown_parent = if parent_live {
+            Self::load(snap, parent)?
+        } else {
+            None
+        };
+        let parent_dn = match shown_parent {
+            Some(p) => p.dn().clone(),
+            None => {
+                let lost = self.lost_and_found_dn()?;
+                // Where the parent was when it was deleted (a parent that
+                // has not arrived yet has no place to name).
+                let original = Self::load_state(snap, parent)?
+                    .and_then(|p| p.deleted_at)
+                    .and_then(|dn| Dn::parse(&dn).ok())
+                    .map(|p| p.child(rdn.clone()));
+                return Ok(Placement {
+                    dn: lost.child(Self::mangled(&rdn, state.uuid)),
+                    conflict: Some((
+                        format!("orphan: parent {parent} was deleted at another site"),
+                        original,
+                    )),
+                });
+            }
+        };
+        if let Some(cut) = self.cycle_cut(snap, state.uuid)?
+            && cut == state.uuid
+        {
+            let lost = self.lost_and_found_dn()?;
+            return Ok(Placement {
+                dn: lost.child(Self::mangled(&rdn, state.uuid)),
+                conflict: Some((
+                    format!(
+                        "cycle: moves at two sites put this entry below itself (its parent is {parent})"
+                    ),
+                    None,
+                )),
+            });
+        }
+        let claims = Self::claimants(snap, &names_prefix(Some(parent), &norm))?;
+        let winner = claims.iter().max_by_key(|(_, csn)| *csn).map(|(u, _)| *u);
+        let dn = parent_dn.child(rdn.clone());
+        match winner {
+            Some(w) if w != state.uuid => Ok(Placement {
+                dn: parent_dn.child(Self::mangled(&rdn, state.uuid)),
+                conflict: Some((
+                    format!("name: {dn} was added at two sites; entry {w} has it"),
+                    Some(dn),
+                )),
+            }),
+            _ => Ok(Placement { dn, conflict: None }),
+        }
+    }
+
+    /// When the live entries' names make `uuid` its own ancestor (two
+    /// sites each moved one entry below the other), the member of that
+    /// loop whose name has the lowest CSN: it is shown in lost and found,
+    /// which breaks the loop the same way at every site.
+    fn cycle_cut(&self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
+        let mut members: Vec<(Csn, Uuid)> = vec![];
+        let mut cur = uuid;
+        for _ in 0..cairn_core::dn::MAX_RDNS {
+            let Some(state) = Self::load_state(snap, cur)?.filter(EntryState::is_live) else {
+                return Ok(None);
+            };
+            let Some((csn, name)) = &state.name else {
+                return Ok(None);
+            };
+            members.push((*csn, cur));
+            match name.parent {
+                Some(p) if p == uuid => return Ok(members.iter().min().map(|(_, u)| *u)),
+                Some(p) => cur = p,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `<rdn>\nCNF:<uuid>`: the RDN's first value with Active Directory's
+    /// conflict suffix.
+    fn mangled(rdn: &Rdn, uuid: Uuid) -> Rdn {
+        let ava = &rdn.avas()[0];
+        Rdn::new(
+            ava.attr.clone(),
+            format!("{}\nCNF:{}", ava.value, uuid.hyphenated()),
+        )
+    }
+
+    /// The lost-and-found container's DN: below the first naming context.
+    fn lost_and_found_dn(&self) -> Result<Dn, Error> {
+        let suffix = self
+            .suffixes
+            .first()
+            .ok_or_else(|| Error::Storage("the directory has no naming context".into()))?;
+        let rdn = Rdn::parse(LOST_AND_FOUND)
+            .map_err(|e| Error::Storage(format!("lost and found RDN: {e}")))?;
+        Ok(suffix.child(rdn))
+    }
+
+    /// Makes sure the lost-and-found container exists under the first
+    /// naming context, by a change every site makes identically.
+    fn ensure_lost_and_found(&self, txn: &mut dyn WriteTxn) -> Result<(), Error> {
+        let lost = self.lost_and_found_dn()?;
+        let suffix = lost.parent().unwrap_or_default();
+        if Self::uuid_of(&*txn, &lost)?.is_some() {
+            return Ok(());
+        }
+        let root = Self::uuid_of(&*txn, &suffix)?.ok_or_else(|| {
+            Error::Storage(format!(
+                "cannot create {lost}: the naming context {suffix} does not exist"
+            ))
+        })?;
+        let uuid = lost_and_found_uuid(root);
+        let csn = Csn::zero(Origin::new(Uuid::nil(), 0));
+        let attr = |key: &str, name: &str, vs: &[&str]| AttrChange {
+            op: AttrOp::Add,
+            key: key.to_string(),
+            name: name.to_string(),
+            values: vs.iter().map(|v| self.value(key, v)).collect(),
+        };
+        let uuid_text = uuid.hyphenated().to_string();
+        let change = Change {
+            csn,
+            uuid,
+            op: ChangeOp::Add {
+                name: Name {
+                    parent: Some(root),
+                    rdn: LOST_AND_FOUND.to_string(),
+                },
+                attrs: vec![
+                    attr("objectclass", "objectClass", &["top", "organizationalUnit"]),
+                    attr("ou", "ou", &["lostandfound"]),
+                    attr(
+                        "description",
+                        "description",
+                        &["entries whose parent was deleted at another site (docs/replication.md)"],
+                    ),
+                    attr("entryuuid", "entryUUID", &[&uuid_text]),
+                ],
+            },
+        };
+        self.apply_change(txn, &change).map(|_| ())
+    }
+
+    /// The entry as it should be shown, or none when it is not live.
+    fn desired(&self, txn: &mut dyn WriteTxn, uuid: Uuid) -> Result<Option<ValidEntry>, Error> {
+        let Some(state) = Self::load_state(&*txn, uuid)? else {
+            return Ok(None);
+        };
+        let Some(m) = state.materialize(|k| self.is_single_valued(k)) else {
+            return Ok(None);
+        };
+        let place = self.placement(&*txn, &state, &m.name)?;
+        if place.dn.parent() == Some(self.lost_and_found_dn()?) {
+            self.ensure_lost_and_found(txn)?;
+        }
+        let mut attrs = m.attrs;
+        let mut conflicts = vec![];
+        if let Some((why, original)) = &place.conflict {
+            // The shown RDN's value must be a value of the entry.
+            let named = Rdn::parse(&m.name.rdn).ok();
+            if let (Some(shown), Some(orig)) = (place.dn.rdn(), named.as_ref()) {
+                let (shown, orig) = (&shown.avas()[0], &orig.avas()[0]);
+                let key = self.schema.attr(&shown.attr).map(|a| a.key());
+                for (name, values) in attrs.iter_mut() {
+                    if self.schema.attr(name).map(|a| a.key()) == key {
+                        let orig_norm = self.value(name, &orig.value).key().to_string();
+                        values.retain(|v| self.value(name, v).key() != orig_norm);
+                        values.push(shown.value.clone());
+                    }
+                }
+            }
+            conflicts.push(why.clone());
+            if let Some(original) = original {
+                attrs.push(("cairnOriginalDn".into(), vec![original.to_string()]));
+            }
+        }
+        let mut entry = Entry {
+            dn: place.dn.clone(),
+            attrs: attrs.clone(),
+        };
+        if !conflicts.is_empty() {
+            entry
+                .attrs
+                .push(("cairnConflict".into(), conflicts.clone()));
+        }
+        match self.schema.validate(entry) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                conflicts.push(format!("schema: {e}"));
+                attrs.push(("cairnConflict".into(), conflicts));
+                Ok(Some(self.schema.keep_conflicting(Entry {
+                    dn: place.dn,
+                    attrs,
+                })))
+            }
+        }
+    }
+
+    /// The parent of a shown entry in the children table.
+    pub(super) fn shown_parent(&self, snap: &dyn Snapshot, e: &ValidEntry) -> Result<Uuid, Error> {
+        if self.suffixes.iter().any(|s| s == e.dn()) {
+            return Ok(Uuid::nil());
+        }
+        let parent = e.dn().parent().unwrap_or_default();
+        Self::uuid_of(snap, &parent)?
+            .ok_or_else(|| Error::Corrupt(format!("the parent of {} is not in the tree", e.dn())))
+    }
+
+    /// Brings one entry's shown form in line with its state, and queues the
+    /// entries that depend on it.
+    fn place(
+        &self,
+        txn: &mut dyn WriteTxn,
+        uuid: Uuid,
+        work: &mut VecDeque<Uuid>,
+    ) -> Result<(), Error> {
+        self.place_at(txn, uuid, work, 0)
+    }
+
+    fn place_at(
+        &self,
+        txn: &mut dyn WriteTxn,
+        uuid: Uuid,
+        work: &mut VecDeque<Uuid>,
+        depth: usize,
+    ) -> Result<(), Error> {
+        if depth > MAX_PLACE_DEPTH {
+            return Err(Error::Storage(format!(
+                "placing entry {uuid} recursed too deep"
+            )));
+        }
+        let lost = self.lost_and_found_dn()?;
+        // What this entry will hang below must be in its place first when
+        // it is shown below this entry now: the loop's cut, or a parent
+        // that is moving out from under it.
+        let cut = self.cycle_cut(&*txn, uuid)?;
+        if let Some(cut) = cut
+            && cut != uuid
+            && Self::load(&*txn, cut)?.is_some_and(|c| c.dn().parent().as_ref() != Some(&lost))
+        {
+            self.place_at(txn, cut, work, depth + 1)?;
+        }
+        if cut != Some(uuid)
+            && let Some(o) = &Self::load(&*txn, uuid)?
+            && let Some(state) = Self::load_state(&*txn, uuid)?
+            && let Some((_, name)) = &state.name
+            && let Some(p) = name.parent
+            && p != uuid
+            && Self::load(&*txn, p)?.is_some_and(|pe| pe.dn().is_descendant_of(o.dn()))
+        {
+            self.place_at(txn, p, work, depth + 1)?;
+        }
+        let old = Self::load(&*txn, uuid)?;
+        let new = self.desired(txn, uuid)?;
+        if old == new {
+            return Ok(());
+        }
+        if let (Some(old), None) = (&old, &new) {
+            // Gone: whatever is shown below it moves first (to lost and
+            // found), while its own name still resolves.
+            for child in Self::children_of(&*txn, uuid)? {
+                self.place_at(txn, child, work, depth + 1)?;
+            }
+            let mut b = Batch::default();
+            let parent = self.shown_parent(&*txn, old)?;
+            b.delete(Table::Entries, uuid.as_bytes().to_vec());
+            b.delete(Table::Dn, old.dn().norm().into_bytes());
+            b.delete(Table::Children, child_key(parent, uuid));
+            for k in self.index_keys(old, uuid) {
+                b.delete(Table::Index, k);
+            }
+            txn.apply(&b)?;
+            // A new claimant may now have the name.
+            if let Some(state) = Self::load_state(&*txn, uuid)?
+                && let Some((_, name)) = &state.name
+            {
+                let prefix = names_prefix(name.parent, &norm_rdn(name)?);
+                work.extend(Self::claimants(&*txn, &prefix)?.into_iter().map(|(u, _)| u));
+            }
+            return Ok(());
+        }
+        let Some(new) = new else { return Ok(()) };
+        let mut b = Batch::default();
+        let old_keys = old
+            .as_ref()
+            .map(|o| self.index_keys(o, uuid))
+            .unwrap_or_default();
+        let new_keys = self.index_keys(&new, uuid);
+        for k in old_keys.difference(&new_keys) {
+            b.delete(Table::Index, k.clone());
+        }
+        for k in new_keys.difference(&old_keys) {
+            b.put(Table::Index, k.clone(), vec![]);
+        }
+        let new_parent = self.shown_parent(&*txn, &new)?;
+        match &old {
+            Some(o) if o.dn() != new.dn() => {
+                if let Some(taken) = Self::uuid_of(&*txn, new.dn())?
+                    && taken != uuid
+                {
+                    // The name's holder loses it in this same pass: it moves
+                    // out of the way first, which can move this entry too.
+                    self.place_at(txn, taken, work, depth + 1)?;
+                    return self.place_at(txn, uuid, work, depth + 1);
+                }
+                let old_parent = self.shown_parent(&*txn, o)?;
+                b.delete(Table::Dn, o.dn().norm().into_bytes());
+                b.put(
+                    Table::Dn,
+                    new.dn().norm().into_bytes(),
+                    uuid.as_bytes().to_vec(),
+                );
+                if old_parent != new_parent {
+                    b.delete(Table::Children, child_key(old_parent, uuid));
+                    b.put(Table::Children, child_key(new_parent, uuid), vec![]);
+                }
+                // Conflict marks below name DNs that just changed.
+                work.extend(self.rebase_descendants(&*txn, uuid, o.dn(), new.dn(), &mut b)?);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(taken) = Self::uuid_of(&*txn, new.dn())?
+                    && taken != uuid
+                {
+                    // The name's holder loses it in this same pass: it moves
+                    // out of the way first, which can move this entry too.
+                    self.place_at(txn, taken, work, depth + 1)?;
+                    return self.place_at(txn, uuid, work, depth + 1);
+                }
+                b.put(
+                    Table::Dn,
+                    new.dn().norm().into_bytes(),
+                    uuid.as_bytes().to_vec(),
+                );
+                b.put(Table::Children, child_key(new_parent, uuid), vec![]);
+                // Entries waiting in lost and found for this one come home.
+                work.extend(Self::state_children(&*txn, uuid)?);
+            }
+        }
+        self.put_entry(&mut b, uuid, &new)?;
+        txn.apply(&b)?;
+        Ok(())
+    }
+
+    /// The up-to-dateness vector: per origin, the highest CSN held.
+    pub fn vector(&self) -> Result<Vec<(Origin, Csn)>, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut rows = vec![];
+        snap.scan_from(Table::Vector, &[], &mut |_, v| {
+            rows.push(v.to_vec());
+            true
+        })?;
+        rows.iter()
+            .map(|v| decode_csn(v).map(|c| (c.origin, c)))
+            .collect()
+    }
+
+    /// Changes in this site's change log after position `after`, at most
+    /// `max`, with their positions.
+    pub fn changes_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Change)>, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut rows = vec![];
+        let start = (after + 1).to_be_bytes();
+        snap.scan_from(Table::Changelog, &start, &mut |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            rows.len() < max
+        })?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let k: [u8; 8] = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
+                Ok((u64::from_be_bytes(k), crate::codec::decode_change(&v)?))
+            })
+            .collect()
+    }
+}

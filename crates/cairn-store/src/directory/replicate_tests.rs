@@ -1,0 +1,720 @@
+//! Changes planned at one site and applied at others: convergence and the
+//! conflict rules, with sites as directories in one process (the network
+//! between them comes with the replica's puller).
+
+use std::collections::BTreeMap;
+
+use cairn_core::csn::{Csn, Hlc, Origin};
+use cairn_core::merge::{Change, Effect};
+use cairn_core::modify::{ModOp, Modification};
+
+use super::*;
+use crate::engine::{self, EngineKind};
+
+const SUFFIX: &str = "dc=example,dc=com";
+const HOSTS: &str = "ou=hosts,dc=example,dc=com";
+
+struct Site {
+    dir: Directory,
+    origin: Origin,
+    hlc: Hlc,
+    /// The physical clock, stepped by the tests.
+    now_ms: u64,
+    /// Per peer (by index): how far its change log has been read.
+    read: BTreeMap<usize, u64>,
+    _tmp: tempfile::TempDir,
+}
+
+fn stamp() -> Stamp {
+    Stamp {
+        who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+        now: "20261202000000Z".into(),
+    }
+}
+
+fn dn(s: &str) -> Dn {
+    Dn::parse(s).unwrap()
+}
+
+fn add_op(dn_: &str, attrs: &[(&str, &[&str])]) -> WriteOp {
+    WriteOp::Add {
+        entry: Entry {
+            dn: dn(dn_),
+            attrs: attrs
+                .iter()
+                .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        },
+        uuid: Uuid::new_v4(),
+        stamp: stamp(),
+    }
+}
+
+fn host(cn: &str) -> WriteOp {
+    add_op(
+        &format!("cn={cn},{HOSTS}"),
+        &[("objectClass", &["cairnHost"]), ("cn", &[cn])],
+    )
+}
+
+fn modify_op(dn_: &str, op: ModOp, attr: &str, values: &[&str]) -> WriteOp {
+    WriteOp::Modify {
+        dn: dn(dn_),
+        mods: vec![Modification {
+            op,
+            attr: attr.into(),
+            values: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+        }],
+        stamp: stamp(),
+    }
+}
+
+fn modrdn_op(dn_: &str, new_rdn: &str, new_superior: Option<&str>) -> WriteOp {
+    WriteOp::ModRdn {
+        dn: dn(dn_),
+        new_rdn: Rdn::parse(new_rdn).unwrap(),
+        delete_old_rdn: true,
+        new_superior: new_superior.map(dn),
+        stamp: stamp(),
+    }
+}
+
+fn delete_op(dn_: &str) -> WriteOp {
+    WriteOp::Delete { dn: dn(dn_) }
+}
+
+impl Site {
+    fn new(n: u8, kind: EngineKind) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::new(
+            engine::open(kind, tmp.path()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![dn(SUFFIX)],
+        );
+        Site {
+            dir,
+            origin: Origin::new(Uuid::from_bytes([n; 16]), 0),
+            hlc: Hlc::new(),
+            now_ms: 1_796_000_000_000,
+            read: BTreeMap::new(),
+            _tmp: tmp,
+        }
+    }
+
+    /// One write, planned and applied here, as a site's leader does.
+    fn write(&mut self, op: WriteOp) -> Result<Applied, Error> {
+        self.now_ms += 1;
+        let csn = self.hlc.stamp(self.now_ms, self.origin, 1).next().unwrap();
+        if std::env::var_os("MERGE_TRACE").is_some() {
+            eprintln!("site {:?} writes {op:?}", self.origin.site.as_bytes()[0]);
+        }
+        let mut planned = self.dir.plan_changes(&[&op], &[csn])?;
+        let (applied, change) = planned.pop().unwrap()?;
+        if let Some(c) = change {
+            self.dir.apply_changes(&[c], None, true)?;
+        }
+        Ok(applied)
+    }
+
+    fn must(&mut self, op: WriteOp) -> Applied {
+        let what = format!("{op:?}");
+        self.write(op).unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Pulls what `peer` has that this site's vector does not cover.
+    fn pull(&mut self, peer_index: usize, peer: &Site) -> Vec<Effect> {
+        let vector: BTreeMap<Origin, Csn> = self.dir.vector().unwrap().into_iter().collect();
+        let from = self.read.get(&peer_index).copied().unwrap_or(0);
+        let batch = peer.dir.changes_after(from, 100_000).unwrap();
+        if let Some((last, _)) = batch.last() {
+            self.read.insert(peer_index, *last);
+        }
+        let wanted: Vec<Change> = batch
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| vector.get(&c.csn.origin).is_none_or(|held| *held < c.csn))
+            .collect();
+        for c in &wanted {
+            self.hlc.observe(&c.csn);
+            if std::env::var_os("MERGE_TRACE").is_some() {
+                eprintln!(
+                    "  site {:?} pulls {} {:?}",
+                    self.origin.site.as_bytes()[0],
+                    c.uuid,
+                    c.op
+                );
+            }
+        }
+        self.dir.apply_changes(&wanted, None, true).unwrap()
+    }
+
+    /// Every shown entry, by DN, with its attributes; and a check that the
+    /// tree's tables agree with each other.
+    fn export(&self) -> BTreeMap<String, Vec<(String, Vec<String>)>> {
+        check_tree(&self.dir);
+        let snap = self.dir.engine.snapshot().unwrap();
+        let mut out = BTreeMap::new();
+        snap.scan_from(Table::Entries, &[], &mut |_, v| {
+            let e = decode_entry(v).unwrap();
+            let attrs = e
+                .attrs()
+                .map(|a| (a.name.clone(), a.values.clone()))
+                .collect();
+            out.insert(e.dn().to_string(), attrs);
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    fn get(&self, dn_: &str) -> Option<ValidEntry> {
+        self.dir.get(&dn(dn_)).unwrap()
+    }
+
+    fn values(&self, dn_: &str, attr: &str) -> Vec<String> {
+        self.get(dn_)
+            .and_then(|e| e.get(attr).map(|a| a.values.clone()))
+            .unwrap_or_default()
+    }
+}
+
+/// The shown tree is consistent: every entry's DN row points at it, its
+/// parent lists it, its index keys exist, and no row of those tables is
+/// left over.
+fn check_tree(d: &Directory) {
+    let snap = d.engine.snapshot().unwrap();
+    let rows = |t: Table| {
+        let mut out = BTreeMap::new();
+        snap.scan_from(t, &[], &mut |k, v| {
+            out.insert(k.to_vec(), v.to_vec());
+            true
+        })
+        .unwrap();
+        out
+    };
+    let (entries, dns, children, index) = (
+        rows(Table::Entries),
+        rows(Table::Dn),
+        rows(Table::Children),
+        rows(Table::Index),
+    );
+    let (mut want_dns, mut want_children, mut want_index) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (k, v) in &entries {
+        let uuid = Uuid::from_slice(k).unwrap();
+        let e = decode_entry(v).unwrap();
+        want_dns.insert(e.dn().norm().into_bytes(), k.clone());
+        let parent = d.shown_parent(snap.as_ref(), &e).unwrap();
+        want_children.insert(child_key(parent, uuid), vec![]);
+        for key in d.index_keys(&e, uuid) {
+            want_index.insert(key, vec![]);
+        }
+    }
+    assert_eq!(dns, want_dns, "DN table");
+    assert_eq!(children, want_children, "children table");
+    assert_eq!(index, want_index, "index table");
+}
+
+/// Sites that start from one tree: site 0 makes it, the others pull it.
+fn sites(n: u8) -> Vec<Site> {
+    let mut all: Vec<Site> = (1..=n).map(|i| Site::new(i, EngineKind::Redb)).collect();
+    all[0].must(add_op(
+        SUFFIX,
+        &[("objectClass", &["domain"]), ("dc", &["example"])],
+    ));
+    all[0].must(add_op(
+        HOSTS,
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["hosts"])],
+    ));
+    all[0].must(host("h1"));
+    exchange(&mut all);
+    all
+}
+
+/// Every site pulls from every other until nothing is left to pull.
+fn exchange(all: &mut [Site]) {
+    for _ in 0..all.len() {
+        for i in 0..all.len() {
+            for j in 0..all.len() {
+                if i != j {
+                    let (a, b) = pair(all, i, j);
+                    a.pull(j, b);
+                }
+            }
+        }
+    }
+}
+
+fn pair(all: &mut [Site], i: usize, j: usize) -> (&mut Site, &Site) {
+    assert_ne!(i, j);
+    if i < j {
+        let (l, r) = all.split_at_mut(j);
+        (&mut l[i], &r[0])
+    } else {
+        let (l, r) = all.split_at_mut(i);
+        (&mut r[0], &l[j])
+    }
+}
+
+fn converged(all: &[Site]) -> BTreeMap<String, Vec<(String, Vec<String>)>> {
+    let first = all[0].export();
+    for (i, s) in all.iter().enumerate().skip(1) {
+        assert_eq!(s.export(), first, "site {i} differs from site 0");
+    }
+    first
+}
+
+const H1: &str = "cn=h1,ou=hosts,dc=example,dc=com";
+
+#[test]
+fn writes_planned_at_one_site_give_the_same_tree_at_another() {
+    let mut all = sites(2);
+    let a = &mut all[0];
+    a.must(host("h2"));
+    a.must(modify_op(
+        H1,
+        ModOp::Add,
+        "macAddress",
+        &["aa:bb:cc:00:00:01"],
+    ));
+    a.must(modify_op(H1, ModOp::Replace, "description", &["rack 4"]));
+    a.must(add_op(
+        "ou=retired,dc=example,dc=com",
+        &[
+            ("objectClass", &["organizationalUnit"]),
+            ("ou", &["retired"]),
+        ],
+    ));
+    // A subtree move and a rename.
+    a.must(modrdn_op(HOSTS, "ou=servers", None));
+    a.must(modrdn_op(
+        "cn=h2,ou=servers,dc=example,dc=com",
+        "cn=h2",
+        Some("ou=retired,dc=example,dc=com"),
+    ));
+    a.must(delete_op("cn=h2,ou=retired,dc=example,dc=com"));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(
+        tree.contains_key("cn=h1,ou=servers,dc=example,dc=com"),
+        "{tree:#?}"
+    );
+    assert!(!tree.keys().any(|k| k.starts_with("cn=h2")));
+    let b = &all[1];
+    assert_eq!(
+        b.values("cn=h1,ou=servers,dc=example,dc=com", "macaddress"),
+        ["aa:bb:cc:00:00:01"]
+    );
+    // The same entry, not a copy: the UUID travelled with the change.
+    assert_eq!(
+        all[0]
+            .get("cn=h1,ou=servers,dc=example,dc=com")
+            .unwrap()
+            .uuid(),
+        b.get("cn=h1,ou=servers,dc=example,dc=com").unwrap().uuid()
+    );
+}
+
+#[test]
+fn a_refused_write_makes_no_change_and_the_next_write_still_plans() {
+    let mut all = sites(1);
+    let s = &mut all[0];
+    let before = s.dir.changes_after(0, 1000).unwrap().len();
+    assert!(matches!(s.write(host("h1")), Err(Error::AlreadyExists(_))));
+    assert!(
+        s.write(delete_op("cn=nobody,ou=hosts,dc=example,dc=com"))
+            .is_err()
+    );
+    assert!(s.write(delete_op(HOSTS)).is_err(), "a non-leaf delete");
+    assert_eq!(s.dir.changes_after(0, 1000).unwrap().len(), before);
+    // Several writes planned together see each other.
+    let ops = [
+        host("h5"),
+        modify_op(
+            "cn=h5,ou=hosts,dc=example,dc=com",
+            ModOp::Add,
+            "description",
+            &["x"],
+        ),
+    ];
+    let csns: Vec<Csn> = s.hlc.stamp(s.now_ms + 1, s.origin, 2).collect();
+    let planned = s.dir.plan_changes(&[&ops[0], &ops[1]], &csns).unwrap();
+    assert!(planned.iter().all(|r| r.is_ok()), "{planned:?}");
+    // Nothing of a plan is kept until its changes are applied.
+    assert!(s.get("cn=h5,ou=hosts,dc=example,dc=com").is_none());
+}
+
+#[test]
+fn a_change_applied_twice_or_by_two_paths_changes_nothing() {
+    let mut all = sites(3);
+    all[0].must(modify_op(H1, ModOp::Add, "description", &["once"]));
+    let changes: Vec<Change> = all[0]
+        .dir
+        .changes_after(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let b = &all[1];
+    b.dir.apply_changes(&changes, None, true).unwrap();
+    let log = b.dir.changes_after(0, 1000).unwrap().len();
+    let again = b.dir.apply_changes(&changes, None, true).unwrap();
+    assert!(again.iter().all(|e| *e == Effect::AlreadyHeld), "{again:?}");
+    assert_eq!(
+        b.dir.changes_after(0, 1000).unwrap().len(),
+        log,
+        "duplicates were logged"
+    );
+    // Site 2 gets the change from site 1, then from site 0: once.
+    let (c, b) = pair(&mut all, 2, 1);
+    c.pull(1, b);
+    let (c, a) = pair(&mut all, 2, 0);
+    let effects = c.pull(0, a);
+    assert!(effects.is_empty(), "the vector let through {effects:?}");
+    converged(&all);
+}
+
+#[test]
+fn changes_pass_on_through_a_site_in_the_middle() {
+    // A–B–C: C never talks to A.
+    let mut all = sites(3);
+    all[0].must(host("from-a"));
+    let (b, a) = pair(&mut all, 1, 0);
+    b.pull(0, a);
+    let (c, b) = pair(&mut all, 2, 1);
+    c.pull(1, b);
+    assert!(all[2].get("cn=from-a,ou=hosts,dc=example,dc=com").is_some());
+}
+
+#[test]
+fn the_same_single_valued_attribute_changed_at_two_sites_keeps_the_later() {
+    let mut all = sites(2);
+    all[0].must(modify_op(H1, ModOp::Replace, "description", &["east"]));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Replace, "description", &["west"]));
+    exchange(&mut all);
+    converged(&all);
+    assert_eq!(all[0].values(H1, "description"), ["west"]);
+}
+
+#[test]
+fn values_added_at_two_sites_are_both_kept_and_a_later_add_survives_a_replace() {
+    let mut all = sites(2);
+    all[0].must(modify_op(
+        H1,
+        ModOp::Add,
+        "macAddress",
+        &["aa:bb:cc:00:00:01"],
+    ));
+    all[1].must(modify_op(
+        H1,
+        ModOp::Add,
+        "macAddress",
+        &["aa:bb:cc:00:00:02"],
+    ));
+    exchange(&mut all);
+    converged(&all);
+    assert_eq!(all[0].values(H1, "macaddress").len(), 2);
+    all[0].must(modify_op(
+        H1,
+        ModOp::Replace,
+        "macAddress",
+        &["aa:bb:cc:00:00:03"],
+    ));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(
+        H1,
+        ModOp::Add,
+        "macAddress",
+        &["aa:bb:cc:00:00:04"],
+    ));
+    exchange(&mut all);
+    converged(&all);
+    let mut macs = all[1].values(H1, "macaddress");
+    macs.sort();
+    assert_eq!(macs, ["aa:bb:cc:00:00:03", "aa:bb:cc:00:00:04"]);
+}
+
+#[test]
+fn one_dn_added_at_two_sites_keeps_both_entries_and_marks_the_loser() {
+    let mut all = sites(2);
+    all[0].must(host("dup"));
+    all[1].now_ms += 10;
+    all[1].must(host("dup"));
+    exchange(&mut all);
+    let tree = converged(&all);
+    let dup = "cn=dup,ou=hosts,dc=example,dc=com";
+    let winner = all[1].get(dup).expect("the later add keeps the name");
+    let cnf: Vec<&String> = tree.keys().filter(|k| k.contains("CNF:")).collect();
+    assert_eq!(cnf.len(), 1, "{tree:#?}");
+    let loser = all[0].get(cnf[0]).unwrap();
+    assert_ne!(loser.uuid(), winner.uuid());
+    assert!(cnf[0].contains(&loser.uuid().unwrap().to_string()));
+    assert_eq!(loser.first("cairnoriginaldn"), Some(dup));
+    assert!(loser.first("cairnconflict").unwrap().starts_with("name:"));
+    // Deleting the winner gives the name to the other entry, everywhere.
+    all[0].must(delete_op(dup));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert_eq!(all[1].get(dup).unwrap().uuid(), loser.uuid());
+    assert!(!tree.keys().any(|k| k.contains("CNF:")), "{tree:#?}");
+}
+
+#[test]
+fn a_child_added_under_a_parent_deleted_elsewhere_goes_to_lost_and_found() {
+    let mut all = sites(2);
+    all[0].must(add_op(
+        "ou=lab,dc=example,dc=com",
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    exchange(&mut all);
+    all[0].must(delete_op("ou=lab,dc=example,dc=com"));
+    all[1].must(add_op(
+        "cn=x1,ou=lab,dc=example,dc=com",
+        &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
+    ));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(
+        !tree.contains_key("ou=lab,dc=example,dc=com"),
+        "the parent came back"
+    );
+    let lost: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.ends_with("ou=lostandfound,dc=example,dc=com") && k.starts_with("cn=x1"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{tree:#?}");
+    let e = all[0].get(lost[0]).unwrap();
+    assert_eq!(
+        e.first("cairnoriginaldn"),
+        Some("cn=x1,ou=lab,dc=example,dc=com")
+    );
+    assert!(e.first("cairnconflict").unwrap().starts_with("orphan:"));
+}
+
+#[test]
+fn concurrent_renames_keep_the_later_name_and_a_rename_meeting_a_delete_stays_deleted() {
+    let mut all = sites(2);
+    all[0].must(modrdn_op(H1, "cn=east-name", None));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(H1, "cn=west-name", None));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(
+        tree.contains_key("cn=west-name,ou=hosts,dc=example,dc=com"),
+        "{tree:#?}"
+    );
+    assert!(
+        !tree
+            .keys()
+            .any(|k| k.starts_with("cn=east-name") || k.starts_with("cn=h1"))
+    );
+
+    all[0].must(delete_op("cn=west-name,ou=hosts,dc=example,dc=com"));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(
+        "cn=west-name,ou=hosts,dc=example,dc=com",
+        "cn=again",
+        None,
+    ));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(
+        !tree
+            .keys()
+            .any(|k| k.contains("west-name") || k.contains("again")),
+        "{tree:#?}"
+    );
+}
+
+#[test]
+fn a_delete_wins_over_a_concurrent_modify() {
+    let mut all = sites(2);
+    all[0].must(delete_op(H1));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Replace, "description", &["too late"]));
+    let (a, b) = pair(&mut all, 0, 1);
+    let effects = a.pull(1, b);
+    assert!(effects.contains(&Effect::ModifyOfDeleted), "{effects:?}");
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(!tree.contains_key(H1));
+}
+
+#[test]
+fn an_entry_the_merge_leaves_outside_the_schema_is_kept_and_marked() {
+    let mut all = sites(2);
+    all[0].must(modify_op(H1, ModOp::Add, "ipHostNumber", &["10.0.0.1"]));
+    exchange(&mut all);
+    // East makes h1 an ipHost (which must have an address) while west
+    // removes its address: each write was valid where it was made.
+    all[0].must(modify_op(H1, ModOp::Add, "objectClass", &["ipHost"]));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Delete, "ipHostNumber", &[]));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[0].get(H1).expect("the entry is kept");
+    assert!(e.has_class("ipHost"), "{e:?}");
+    assert!(e.get("iphostnumber").is_none());
+    let conflict = e.get("cairnconflict").expect("marked");
+    assert!(conflict.values[0].starts_with("schema:"), "{conflict:?}");
+    // Repairing it clears the mark.
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Add, "ipHostNumber", &["10.0.0.2"]));
+    exchange(&mut all);
+    converged(&all);
+    assert!(all[0].get(H1).unwrap().get("cairnconflict").is_none());
+}
+
+#[test]
+fn moves_at_two_sites_that_make_a_loop_send_one_entry_to_lost_and_found() {
+    let mut all = sites(2);
+    for ou in ["a", "b"] {
+        all[0].must(add_op(
+            &format!("ou={ou},dc=example,dc=com"),
+            &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])],
+        ));
+    }
+    all[0].must(host_under("in-a", "ou=a,dc=example,dc=com"));
+    exchange(&mut all);
+    all[0].must(modrdn_op(
+        "ou=a,dc=example,dc=com",
+        "ou=a",
+        Some("ou=b,dc=example,dc=com"),
+    ));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(
+        "ou=b,dc=example,dc=com",
+        "ou=b",
+        Some("ou=a,dc=example,dc=com"),
+    ));
+    exchange(&mut all);
+    let tree = converged(&all);
+    // East's move has the lower CSN: ou=a is cut out of the loop, and ou=b
+    // (moved below it by west) and a's child follow it.
+    let lost = tree
+        .keys()
+        .find(|k| {
+            k.starts_with("ou=a\nCNF:")
+                || k.starts_with("ou=a\0ACNF:")
+                || k.starts_with(
+                    "ou=a
+CNF:",
+                )
+        })
+        .unwrap_or_else(|| panic!("{tree:#?}"))
+        .clone();
+    assert!(
+        lost.ends_with("ou=lostandfound,dc=example,dc=com"),
+        "{lost}"
+    );
+    assert!(tree.contains_key(&format!("ou=b,{lost}")), "{tree:#?}");
+    assert!(tree.contains_key(&format!("cn=in-a,{lost}")), "{tree:#?}");
+    let cut = all[1].get(&lost).unwrap();
+    assert!(cut.first("cairnconflict").unwrap().starts_with("cycle:"));
+}
+
+/// Random writes at three sites with random partial exchanges in between;
+/// after a full exchange every site shows the same, consistent tree.
+#[test]
+fn random_writes_at_three_sites_converge() {
+    let seed: u64 = std::env::var("MERGE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Uuid::new_v4().as_u64_pair().0);
+    eprintln!("MERGE_SEED={seed}");
+    let mut rng = seed;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let mut all = sites(3);
+    let names = ["a", "b", "c", "d"];
+    let containers = [HOSTS, "ou=lab,dc=example,dc=com"];
+    all[0].must(add_op(
+        containers[1],
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    exchange(&mut all);
+    let mut accepted = 0;
+    for _round in 0..40 {
+        for _ in 0..6 {
+            let s = next(3);
+            let site = &mut all[s];
+            site.now_ms += next(5) as u64;
+            let name = names[next(names.len())];
+            let under = containers[next(containers.len())];
+            let target = format!("cn={name},{under}");
+            let op = match next(7) {
+                0 | 1 => host_under(name, under),
+                2 => modify_op(&target, ModOp::Replace, "description", &[names[next(4)]]),
+                3 => modify_op(
+                    &target,
+                    ModOp::Add,
+                    "macAddress",
+                    &[&format!("aa:bb:cc:00:00:0{}", next(4))],
+                ),
+                4 => delete_op(&target),
+                5 => modrdn_op(
+                    &target,
+                    &format!("cn={}", names[next(4)]),
+                    Some(containers[next(2)]),
+                ),
+                6 if next(3) == 0 => {
+                    // Containers moved below each other, and back.
+                    let (x, y) = (next(2), next(2));
+                    let moved = format!("ou={},{}", ["hosts", "lab"][x], containers[y]);
+                    match next(2) {
+                        0 => modrdn_op(
+                            containers[x],
+                            &format!("ou={}", ["hosts", "lab"][x]),
+                            Some(containers[1 - x]),
+                        ),
+                        _ => {
+                            modrdn_op(&moved, &format!("ou={}", ["hosts", "lab"][x]), Some(SUFFIX))
+                        }
+                    }
+                }
+                _ => {
+                    if next(4) == 0 {
+                        delete_op(containers[1])
+                    } else {
+                        add_op(
+                            containers[1],
+                            &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+                        )
+                    }
+                }
+            };
+            // Refusals (no such entry, already exists) are part of the game.
+            if site.write(op).is_ok() {
+                accepted += 1;
+            }
+        }
+        let (i, j) = (next(3), next(3));
+        if i != j {
+            let (a, b) = pair(&mut all, i, j);
+            a.pull(j, b);
+        }
+    }
+    exchange(&mut all);
+    let tree = converged(&all);
+    let conflicts = tree
+        .values()
+        .filter(|attrs| attrs.iter().any(|(a, _)| a == "cairnConflict"))
+        .count();
+    eprintln!(
+        "{accepted} writes accepted, {} entries, {conflicts} in conflict",
+        tree.len()
+    );
+    assert!(accepted > 20, "only {accepted} of 240 writes were accepted");
+}
+
+fn host_under(cn: &str, under: &str) -> WriteOp {
+    add_op(
+        &format!("cn={cn},{under}"),
+        &[("objectClass", &["cairnHost"]), ("cn", &[cn])],
+    )
+}
