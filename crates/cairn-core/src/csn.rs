@@ -179,8 +179,9 @@ impl Hlc {
             self.ms = now_ms;
             self.logical = 0;
         } else if self.logical == u32::MAX {
-            // Four billion readings in one millisecond: borrow the next.
-            self.ms += 1;
+            // Four billion readings in one millisecond: borrow the next
+            // (at the end of time, stay there).
+            self.ms = self.ms.saturating_add(1);
             self.logical = 0;
         } else {
             self.logical += 1;
@@ -335,6 +336,13 @@ mod tests {
         let mut hlc = Hlc::new();
         hlc.observe(&csn(7, u32::MAX, 1, 0));
         assert_eq!(hlc.tick(7), (8, 0));
+    }
+
+    #[test]
+    fn the_clock_does_not_overflow_at_the_end_of_time() {
+        let mut hlc = Hlc::new();
+        hlc.observe(&csn(u64::MAX, u32::MAX, 1, 0));
+        assert_eq!(hlc.tick(0), (u64::MAX, 0));
     }
 
     #[test]

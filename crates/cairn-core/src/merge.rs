@@ -411,11 +411,17 @@ impl EntryState {
 /// give the same result everywhere, in any order, any number of times.
 pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect) {
     let mut s = state.unwrap_or_else(|| EntryState::new(change.uuid));
+    // What counts is the state after compaction: a change whose values
+    // are all older than the entry's last create or delete changed
+    // nothing, and is a duplicate to the caller's change log.
+    let before = s.clone();
     let csn = change.csn;
     let was_tombstone = s.is_tombstone();
     let mut changed = false;
     let set_name = |s: &mut EntryState, name: &Name| {
-        if s.name.as_ref().is_none_or(|(c, _)| *c < csn) {
+        // CSNs are unique per change; the name breaks a tie anyway, so
+        // two made-alike changes with one CSN still merge in any order.
+        if s.name.as_ref().is_none_or(|(c, n)| (*c, n) < (csn, name)) {
             s.name = Some((csn, name.clone()));
             true
         } else {
@@ -447,11 +453,12 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
     }
     if changed {
         s.compact();
+        changed = s != before;
     }
     let effect = match (&change.op, changed) {
-        (ChangeOp::Modify { .. }, _) if was_tombstone => Effect::ModifyOfDeleted,
-        (_, true) => Effect::Applied,
         (_, false) => Effect::AlreadyHeld,
+        (ChangeOp::Modify { .. }, true) if was_tombstone => Effect::ModifyOfDeleted,
+        (_, true) => Effect::Applied,
     };
     (s, effect)
 }

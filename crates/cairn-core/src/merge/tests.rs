@@ -243,6 +243,23 @@ fn a_delete_wins_over_a_concurrent_modify_and_the_modify_is_reported() {
 }
 
 #[test]
+fn a_duplicate_or_an_older_change_at_a_tombstone_is_already_held() {
+    let del = delete(csn(20, EAST));
+    let after = modify(csn(25, WEST), vec![attr(AttrOp::Add, "mail", &["w@x"])]);
+    let before = modify(csn(15, WEST), vec![attr(AttrOp::Add, "mail", &["v@x"])]);
+    let (state, first) = merge(run(&[base(), del]), &after);
+    assert_eq!(first, Effect::ModifyOfDeleted);
+    let (state, again) = merge(Some(state), &after);
+    assert_eq!(again, Effect::AlreadyHeld);
+    let (_, older) = merge(Some(state), &before);
+    assert_eq!(
+        older,
+        Effect::AlreadyHeld,
+        "a value below the tombstone is compacted away"
+    );
+}
+
+#[test]
 fn a_tombstone_keeps_its_name_and_no_values() {
     let state = run(&[base(), delete(csn(20, EAST))]).expect("state");
     assert!(state.is_tombstone());

@@ -82,10 +82,13 @@ fn norm_rdn(name: &Name) -> Result<String, Error> {
     }
 }
 
-/// The UUID of the lost-and-found container below the naming context whose
-/// root has UUID `suffix`: the same at every site.
-pub fn lost_and_found_uuid(suffix: Uuid) -> Uuid {
-    Uuid::new_v5(&suffix, b"cairn lostandfound")
+/// The UUID of the lost-and-found container below a naming context: the
+/// same at every site.
+pub fn lost_and_found_uuid(suffix: &Dn) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_X500,
+        format!("{LOST_AND_FOUND},{}", suffix.norm()).as_bytes(),
+    )
 }
 
 /// Where an entry is shown and why, as decided from the states.
@@ -142,10 +145,19 @@ impl Directory {
         new: &ValidEntry,
         replaced: &BTreeSet<String>,
     ) -> Vec<AttrChange> {
+        // A conflict entry is shown under a CNF name that its state does
+        // not hold: the change is planned against the name it holds.
+        let shown_rdn = old.dn().rdn().map(|r| &r.avas()[0]);
+        let unshown: Option<(String, &str, &str)> = shown_rdn.and_then(|ava| {
+            let (original, _) = ava.value.split_once("\nCNF:")?;
+            let key = self.schema.attr(&ava.attr)?.key();
+            Some((key, ava.value.as_str(), original))
+        });
         let keys: BTreeSet<String> = old
             .attrs()
             .chain(new.attrs())
             .map(|a| a.name.to_ascii_lowercase())
+            .filter(|k| k != "cairnconflict" && k != "cairnoriginaldn")
             .collect();
         let mut out = vec![];
         for key in keys {
@@ -158,7 +170,13 @@ impl Directory {
                 a.map(|a| {
                     a.values
                         .iter()
-                        .map(|v| (self.value(&key, v).key().to_string(), v.clone()))
+                        .map(|v| match &unshown {
+                            Some((k, shown, original)) if *k == key && v == shown => {
+                                original.to_string()
+                            }
+                            _ => v.clone(),
+                        })
+                        .map(|v| (self.value(&key, &v).key().to_string(), v))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -191,6 +209,38 @@ impl Directory {
         out
     }
 
+    /// Refuses an RDN that a replication conflict's name could take (a
+    /// value with `CNF:` after a space or line break): the shown tree
+    /// keeps those names for entries that lost a name.
+    fn check_not_conflict_name(rdn: &Rdn) -> Result<(), Error> {
+        for ava in rdn.avas() {
+            let v = ava.value.to_lowercase();
+            let taken = v
+                .match_indices("cnf:")
+                .any(|(i, _)| v[..i].ends_with(char::is_whitespace));
+            if taken {
+                return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                    format!(
+                        "{}={:?}: names with \"CNF:\" after a space are kept for replication conflicts",
+                        ava.attr, ava.value
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses to delete or move what every site's tree hangs on: the
+    /// naming contexts' roots and the lost-and-found container.
+    fn check_kept(&self, dn: &Dn, what: &str) -> Result<(), Error> {
+        if self.suffixes.contains(dn) || *dn == self.lost_and_found_dn()? {
+            return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!("{dn} cannot be {what}: entries from other sites may be placed below it"),
+            )));
+        }
+        Ok(())
+    }
+
     /// Plans one write as a change against the transaction so far.
     fn plan_change(
         &self,
@@ -198,6 +248,19 @@ impl Directory {
         op: &WriteOp,
         csn: Csn,
     ) -> Result<Option<Change>, Error> {
+        match op {
+            WriteOp::Add { entry, .. } => {
+                if let Some(rdn) = entry.dn.rdn() {
+                    Self::check_not_conflict_name(rdn)?;
+                }
+            }
+            WriteOp::Delete { dn } => self.check_kept(dn, "deleted")?,
+            WriteOp::ModRdn { dn, new_rdn, .. } => {
+                self.check_kept(dn, "renamed or moved")?;
+                Self::check_not_conflict_name(new_rdn)?;
+            }
+            WriteOp::Modify { .. } => {}
+        }
         Ok(Some(match op {
             WriteOp::Add { entry, uuid, stamp } => {
                 let (batch, valid) = self.plan_add(txn, entry.clone(), *uuid, stamp)?;
@@ -459,6 +522,8 @@ impl Directory {
         change: &Change,
     ) -> Result<Effect, Error> {
         let old = Self::load_state(&*txn, change.uuid)?;
+        // A loop of moves this change may break: its members go home.
+        let old_loop = Self::cycle_members(&*txn, change.uuid)?.unwrap_or_default();
         let old_claim = old.as_ref().map(Self::claim).transpose()?.flatten();
         let was_live = old.as_ref().is_some_and(EntryState::is_live);
         let (state, effect) = merge::merge(old, change);
@@ -513,6 +578,7 @@ impl Directory {
         if was_live != state.is_live() {
             work.extend(Self::state_children(&*txn, change.uuid)?);
         }
+        work.extend(old_loop.into_iter().map(|(_, u)| u));
         // A move that closes a loop: the entry that breaks it moves first.
         if let Some(cut) = self.cycle_cut(&*txn, change.uuid)? {
             work.push_front(cut);
@@ -531,7 +597,7 @@ impl Directory {
             let n = visits.entry(u).or_default();
             *n += 1;
             if *n > MAX_VISITS {
-                return Err(Error::Storage(format!(
+                return Err(Error::Corrupt(format!(
                     "placing entry {u} did not settle after {MAX_VISITS} passes"
                 )));
             }
@@ -555,6 +621,26 @@ impl Directory {
                     name.rdn
                 ))
             })?;
+            if !self.suffixes.contains(&dn) {
+                return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                    format!(
+                        "a change creates {dn}, which is not a naming context of this directory"
+                    ),
+                )));
+            }
+            // A second root of a naming context means two sites that were
+            // started apart: a new site joins from a peer's copy
+            // (docs/federation.md). Nothing is applied.
+            let claims = Self::claimants(snap, &names_prefix(None, &norm))?;
+            if let Some((other, _)) = claims.iter().find(|(u, _)| *u != state.uuid) {
+                return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                    format!(
+                        "the naming context {dn} exists here as entry {other}; entry {} is another \
+                     one, from a site that was not started from this one",
+                        state.uuid
+                    ),
+                )));
+            }
             return Ok(Placement { dn, conflict: None });
         };
         let rdn = Rdn::parse(&name.rdn)
@@ -620,6 +706,12 @@ impl Directory {
     /// loop whose name has the lowest CSN: it is shown in lost and found,
     /// which breaks the loop the same way at every site.
     fn cycle_cut(&self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
+        Ok(Self::cycle_members(snap, uuid)?.and_then(|m| m.iter().min().map(|(_, u)| *u)))
+    }
+
+    /// The live entries in a loop of names through `uuid`, with their name
+    /// CSNs; none when there is no loop.
+    fn cycle_members(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Vec<(Csn, Uuid)>>, Error> {
         let mut members: Vec<(Csn, Uuid)> = vec![];
         let mut cur = uuid;
         for _ in 0..cairn_core::dn::MAX_RDNS {
@@ -631,7 +723,7 @@ impl Directory {
             };
             members.push((*csn, cur));
             match name.parent {
-                Some(p) if p == uuid => return Ok(members.iter().min().map(|(_, u)| *u)),
+                Some(p) if p == uuid => return Ok(Some(members)),
                 Some(p) => cur = p,
                 None => return Ok(None),
             }
@@ -673,7 +765,7 @@ impl Directory {
                 "cannot create {lost}: the naming context {suffix} does not exist"
             ))
         })?;
-        let uuid = lost_and_found_uuid(root);
+        let uuid = lost_and_found_uuid(&suffix);
         let csn = Csn::zero(Origin::new(Uuid::nil(), 0));
         let attr = |key: &str, name: &str, vs: &[&str]| AttrChange {
             op: AttrOp::Add,
@@ -717,7 +809,20 @@ impl Directory {
         if place.dn.parent() == Some(self.lost_and_found_dn()?) {
             self.ensure_lost_and_found(txn)?;
         }
-        let mut attrs = m.attrs;
+        // Names from this node's schema (the state keeps whatever name a
+        // change came with), and the entry's own UUID whatever a change said.
+        let uuid_text = uuid.hyphenated().to_string();
+        let mut attrs: Vec<(String, Vec<String>)> = m
+            .attrs
+            .into_iter()
+            .map(|(name, values)| match self.schema.attr(&name) {
+                Some(at) if at.key() == "entryuuid" => {
+                    (at.name().to_string(), vec![uuid_text.clone()])
+                }
+                Some(at) => (at.name().to_string(), values),
+                None => (name, values),
+            })
+            .collect();
         let mut conflicts = vec![];
         if let Some((why, original)) = &place.conflict {
             // The shown RDN's value must be a value of the entry.
@@ -789,7 +894,7 @@ impl Directory {
         depth: usize,
     ) -> Result<(), Error> {
         if depth > MAX_PLACE_DEPTH {
-            return Err(Error::Storage(format!(
+            return Err(Error::Corrupt(format!(
                 "placing entry {uuid} recursed too deep"
             )));
         }
@@ -824,6 +929,12 @@ impl Directory {
             // found), while its own name still resolves.
             for child in Self::children_of(&*txn, uuid)? {
                 self.place_at(txn, child, work, depth + 1)?;
+            }
+            if let Some(left) = Self::children_of(&*txn, uuid)?.first() {
+                return Err(Error::Corrupt(format!(
+                    "entry {left} stayed below {} as it went away",
+                    old.dn()
+                )));
             }
             let mut b = Batch::default();
             let parent = self.shown_parent(&*txn, old)?;

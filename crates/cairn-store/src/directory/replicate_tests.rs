@@ -616,6 +616,114 @@ CNF:",
     assert!(cut.first("cairnconflict").unwrap().starts_with("cycle:"));
 }
 
+#[test]
+fn a_loop_of_moves_that_comes_apart_again_puts_everything_back() {
+    let mut all = sites(2);
+    for ou in ["a", "b"] {
+        all[0].must(add_op(
+            &format!("ou={ou},dc=example,dc=com"),
+            &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])],
+        ));
+    }
+    exchange(&mut all);
+    all[0].must(modrdn_op(
+        "ou=a,dc=example,dc=com",
+        "ou=a",
+        Some("ou=b,dc=example,dc=com"),
+    ));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(
+        "ou=b,dc=example,dc=com",
+        "ou=b",
+        Some("ou=a,dc=example,dc=com"),
+    ));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(
+        "ou=b,ou=a,dc=example,dc=com",
+        "ou=b",
+        Some(SUFFIX),
+    ));
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(
+        tree.contains_key("ou=a,ou=b,dc=example,dc=com"),
+        "{tree:#?}"
+    );
+    assert!(
+        !tree
+            .values()
+            .any(|attrs| attrs.iter().any(|(a, _)| a == "cairnConflict"))
+    );
+}
+
+#[test]
+fn a_conflict_entry_renamed_by_an_operator_is_an_ordinary_entry_again() {
+    let mut all = sites(2);
+    all[0].must(host("dup"));
+    all[1].now_ms += 10;
+    all[1].must(host("dup"));
+    exchange(&mut all);
+    let tree = converged(&all);
+    let cnf = tree.keys().find(|k| k.contains("CNF:")).unwrap().clone();
+    all[0].must(modrdn_op(&cnf, "cn=dup2", None));
+    exchange(&mut all);
+    converged(&all);
+    let fixed = all[1]
+        .get("cn=dup2,ou=hosts,dc=example,dc=com")
+        .expect("renamed");
+    assert_eq!(fixed.get("cn").unwrap().values, ["dup2"]);
+    assert!(fixed.get("cairnconflict").is_none() && fixed.get("cairnoriginaldn").is_none());
+}
+
+#[test]
+fn names_kept_for_conflicts_and_the_entries_the_tree_hangs_on_are_refused() {
+    let mut all = sites(1);
+    let s = &mut all[0];
+    for bad in ["dup\nCNF:x", "dup CNF:x", "dup\tcnf:x"] {
+        let op = host(&bad.replace("\\n", "\n").replace("\\t", "\t"));
+        assert!(matches!(s.write(op), Err(Error::Model(_))), "{bad}");
+    }
+    assert!(
+        s.write(host("cnf:ok")).is_ok(),
+        "CNF: at the start is an ordinary name"
+    );
+    assert!(matches!(s.write(delete_op(SUFFIX)), Err(Error::Model(_))));
+    assert!(matches!(
+        s.write(modrdn_op(H1, "cn=x CNF:1", None)),
+        Err(Error::Model(_))
+    ));
+}
+
+#[test]
+fn a_second_root_of_the_naming_context_is_refused_and_changes_nothing() {
+    let mut all: Vec<Site> = (1..=2).map(|i| Site::new(i, EngineKind::Redb)).collect();
+    for s in all.iter_mut() {
+        s.must(add_op(
+            SUFFIX,
+            &[("objectClass", &["domain"]), ("dc", &["example"])],
+        ));
+    }
+    let before = all[0].export();
+    let theirs: Vec<Change> = all[1]
+        .dir
+        .changes_after(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    let err = all[0].dir.apply_changes(&theirs, None, true).unwrap_err();
+    assert!(
+        err.to_string().contains("not started from this one"),
+        "{err}"
+    );
+    assert_eq!(all[0].export(), before);
+    assert_eq!(all[0].dir.failure(), None, "the store still takes writes");
+    all[0].must(add_op(
+        HOSTS,
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["hosts"])],
+    ));
+}
+
 /// Random writes at three sites with random partial exchanges in between;
 /// after a full exchange every site shows the same, consistent tree.
 #[test]
