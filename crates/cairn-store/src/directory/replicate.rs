@@ -351,12 +351,59 @@ impl Directory {
 
     /// Plans writes as changes, each against the directory as the ones
     /// before it leave it, and keeps nothing: what the changes do happens
-    /// when they are applied ([`Directory::apply_changes`]). Write `i` is
-    /// stamped with `csns[i]`. Each write's result is its answer to the
-    /// client (the entry as it will be) and its change; a write that fails
+    /// when they are applied ([`Directory::apply_changes`]). `overlay` are
+    /// changes already on their way to the log (planned, not yet applied
+    /// here): the plan sees them as applied. Write `i` is stamped with
+    /// `csns[i]`. Each write's result is its answer to the client (the
+    /// entry as it will be) and its change; a write the directory refuses
     /// has no change and the others go on. The outer error is the store's.
     pub fn plan_changes(
         &self,
+        ops: &[&WriteOp],
+        csns: &[Csn],
+        overlay: &[&[Change]],
+    ) -> Result<Vec<Result<Planned, Error>>, Error> {
+        let mut results = Vec::with_capacity(ops.len());
+        let _lock = self.lock();
+        let outcome = self.engine.write(&mut |txn| {
+            for c in overlay.iter().flat_map(|o| o.iter()) {
+                self.apply_change(txn, c)?;
+            }
+            results = self.plan_in(txn, ops, csns)?;
+            Err(Error::Storage(PLAN_ONLY.into()))
+        });
+        match outcome {
+            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(results),
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::Storage("a plan was committed".into())),
+        }
+    }
+
+    /// Plans and applies writes in one transaction with `meta`: how a log
+    /// entry written before changes were logged (`Request::Writes`) is
+    /// applied, the same way on every node. Each write's own result is
+    /// returned; a refused write changes nothing and the others go on.
+    pub fn apply_writes(
+        &self,
+        ops: &[&WriteOp],
+        csns: &[Csn],
+        meta: &Batch,
+        durable: bool,
+    ) -> Result<Vec<Result<Applied, Error>>, Error> {
+        let mut results = vec![];
+        self.write_txn(durable, &mut |txn| {
+            results = self.plan_in(txn, ops, csns)?;
+            txn.apply(meta)
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map(|(applied, _)| applied))
+            .collect())
+    }
+
+    fn plan_in(
+        &self,
+        txn: &mut dyn WriteTxn,
         ops: &[&WriteOp],
         csns: &[Csn],
     ) -> Result<Vec<Result<Planned, Error>>, Error> {
@@ -368,32 +415,27 @@ impl Directory {
             )));
         }
         let mut results = Vec::with_capacity(ops.len());
-        let _lock = self.lock();
-        let outcome = self.engine.write(&mut |txn| {
-            results.clear();
-            for (op, csn) in ops.iter().zip(csns) {
-                let r = self.plan_change(&*txn, op, *csn).and_then(|change| {
-                    let uuid = match (&change, op) {
-                        (Some(c), _) => {
-                            self.apply_change(txn, c)?;
-                            c.uuid
-                        }
-                        (None, WriteOp::Add { uuid, .. }) => *uuid,
-                        (None, _) => {
-                            return Err(Error::Storage("a write planned no change".into()));
-                        }
-                    };
-                    Ok((Self::applied_now(&*txn, op, uuid)?, change))
-                });
-                results.push(r);
-            }
-            Err(Error::Storage(PLAN_ONLY.into()))
-        });
-        match outcome {
-            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(results),
-            Err(e) => Err(e),
-            Ok(()) => Err(Error::Storage("a plan was committed".into())),
+        for (op, csn) in ops.iter().zip(csns) {
+            let change = match self.plan_change(&*txn, op, *csn) {
+                Ok(c) => c,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            // Applying what was just planned against this very state
+            // cannot be refused; an error here is the store's.
+            let uuid = match (&change, op) {
+                (Some(c), _) => {
+                    self.apply_change(txn, c)?;
+                    c.uuid
+                }
+                (None, WriteOp::Add { uuid, .. }) => *uuid,
+                (None, _) => return Err(Error::Storage("a write planned no change".into())),
+            };
+            results.push(Ok((Self::applied_now(&*txn, op, uuid)?, change)));
         }
+        Ok(results)
     }
 
     /// The answer to a write: the entry as it is now in the transaction.
@@ -418,24 +460,36 @@ impl Directory {
         meta: Option<&Batch>,
         durable: bool,
     ) -> Result<Vec<Effect>, Error> {
+        let mut effects = Vec::with_capacity(changes.len());
+        self.write_txn(durable, &mut |txn| {
+            effects.clear();
+            for c in changes {
+                effects.push(self.apply_change(txn, c)?);
+            }
+            match meta {
+                Some(meta) => txn.apply(meta),
+                None => Ok(()),
+            }
+        })?;
+        Ok(effects)
+    }
+
+    /// One committed write transaction of the replication paths: refused
+    /// when the store failed before, marks the store failed when the
+    /// engine cannot write, tells watchers, and waits for the disk when
+    /// asked.
+    fn write_txn(
+        &self,
+        durable: bool,
+        f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if let Some(f) = self.failure() {
             return Err(Error::Storage(format!(
                 "store failed earlier, restart the node: {f}"
             )));
         }
         let lock = self.lock();
-        let mut effects = Vec::with_capacity(changes.len());
-        let outcome = self.engine.write(&mut |txn| {
-            effects.clear();
-            for c in changes {
-                effects.push(self.apply_change(txn, c)?);
-            }
-            if let Some(meta) = meta {
-                txn.apply(meta)?;
-            }
-            Ok(())
-        });
-        let seq = match outcome {
+        let seq = match self.engine.write(f) {
             Ok(()) => {
                 let mut st = self.sync_state();
                 st.written += 1;
@@ -452,13 +506,80 @@ impl Directory {
             }
         };
         drop(lock);
-        if effects.iter().any(|e| *e != Effect::AlreadyHeld) {
-            self.changed();
-        }
+        self.changed();
         if durable {
             self.wait_durable(seq)?;
         }
-        Ok(effects)
+        Ok(())
+    }
+
+    /// Gives every entry written before the directory kept replicated
+    /// state (a data directory from an earlier release, or a snapshot
+    /// from one) its state: all its values as of the beginning of time
+    /// (CSN zero of the nil origin), so every later change wins over them.
+    /// Every node of a site does the same with the same entries. Returns
+    /// how many entries it gave a state.
+    pub fn ensure_states(&self) -> Result<usize, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut missing = vec![];
+        let mut bad = false;
+        snap.scan_from(Table::Entries, &[], &mut |k, _| {
+            match Uuid::from_slice(k) {
+                Ok(u) => missing.push(u),
+                Err(_) => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(Error::Corrupt("bad key in entries table".into()));
+        }
+        let mut need = vec![];
+        for u in missing {
+            if snap.get(Table::State, u.as_bytes())?.is_none() {
+                need.push(u);
+            }
+        }
+        drop(snap);
+        if need.is_empty() {
+            return Ok(0);
+        }
+        let n = need.len();
+        self.write_txn(true, &mut |txn| {
+            let mut b = Batch::default();
+            for &u in &need {
+                let Some(e) = Self::load(&*txn, u)? else {
+                    continue;
+                };
+                let parent = self.shown_parent(&*txn, &e)?;
+                let attrs = e
+                    .attrs()
+                    .map(|a| {
+                        let values: Vec<&String> = a.values.iter().collect();
+                        self.attr_change(
+                            AttrOp::Add,
+                            &a.name.to_ascii_lowercase(),
+                            &a.name,
+                            &values,
+                        )
+                    })
+                    .collect();
+                let change = Change {
+                    csn: Csn::zero(Origin::new(Uuid::nil(), 0)),
+                    uuid: u,
+                    op: ChangeOp::Add {
+                        name: Self::name_of(e.dn(), parent),
+                        attrs,
+                    },
+                };
+                let (state, _) = merge::merge(None, &change);
+                b.put(Table::State, u.as_bytes().to_vec(), encode_state(&state)?);
+                if let Some((key, csn)) = Self::claim(&state)? {
+                    b.put(Table::Names, key, encode_csn(&csn)?);
+                }
+            }
+            txn.apply(&b)
+        })?;
+        Ok(n)
     }
 
     fn load_state(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<EntryState>, Error> {

@@ -110,7 +110,7 @@ impl Site {
         if std::env::var_os("MERGE_TRACE").is_some() {
             eprintln!("site {:?} writes {op:?}", self.origin.site.as_bytes()[0]);
         }
-        let mut planned = self.dir.plan_changes(&[&op], &[csn])?;
+        let mut planned = self.dir.plan_changes(&[&op], &[csn], &[])?;
         let (applied, change) = planned.pop().unwrap()?;
         if let Some(c) = change {
             self.dir.apply_changes(&[c], None, true)?;
@@ -340,7 +340,7 @@ fn a_refused_write_makes_no_change_and_the_next_write_still_plans() {
         ),
     ];
     let csns: Vec<Csn> = s.hlc.stamp(s.now_ms + 1, s.origin, 2).collect();
-    let planned = s.dir.plan_changes(&[&ops[0], &ops[1]], &csns).unwrap();
+    let planned = s.dir.plan_changes(&[&ops[0], &ops[1]], &csns, &[]).unwrap();
     assert!(planned.iter().all(|r| r.is_ok()), "{planned:?}");
     // Nothing of a plan is kept until its changes are applied.
     assert!(s.get("cn=h5,ou=hosts,dc=example,dc=com").is_none());
@@ -928,4 +928,119 @@ fn planned_changes_show_what_direct_writes_write() {
         })
         .unwrap();
     assert_eq!(site.export(), shown);
+}
+
+#[test]
+fn a_directory_written_before_states_gets_them_and_then_takes_changes() {
+    let mut site = Site::new(1, EngineKind::Redb);
+    // Written the old way: entries without replicated state.
+    for op in [
+        add_op(
+            SUFFIX,
+            &[("objectClass", &["domain"]), ("dc", &["example"])],
+        ),
+        add_op(
+            HOSTS,
+            &[("objectClass", &["organizationalUnit"]), ("ou", &["hosts"])],
+        ),
+        host("h1"),
+        host("h2"),
+    ] {
+        site.dir.write(op).unwrap();
+    }
+    let before = site.export();
+    assert_eq!(site.dir.ensure_states().unwrap(), 4);
+    assert_eq!(
+        site.dir.ensure_states().unwrap(),
+        0,
+        "a second start has nothing to do"
+    );
+    assert_eq!(site.export(), before, "giving states changed the tree");
+    site.must(modify_op(
+        H1,
+        ModOp::Add,
+        "description",
+        &["after the upgrade"],
+    ));
+    site.must(delete_op("cn=h2,ou=hosts,dc=example,dc=com"));
+    site.must(modrdn_op(HOSTS, "ou=servers", None));
+    let tree = site.export();
+    assert_eq!(tree.len(), 3, "{tree:#?}");
+    assert_eq!(
+        site.values("cn=h1,ou=servers,dc=example,dc=com", "description"),
+        ["after the upgrade"]
+    );
+}
+
+#[test]
+fn writes_from_a_log_of_writes_apply_as_changes_the_same_way_everywhere() {
+    let a = Site::new(1, EngineKind::Redb);
+    let b = Site::new(2, EngineKind::Sled);
+    let ops = [
+        add_op(
+            SUFFIX,
+            &[("objectClass", &["domain"]), ("dc", &["example"])],
+        ),
+        add_op(
+            HOSTS,
+            &[("objectClass", &["organizationalUnit"]), ("ou", &["hosts"])],
+        ),
+        host("h1"),
+        host("h1"),
+        modify_op(H1, ModOp::Replace, "description", &["x"]),
+        delete_op("cn=nobody,ou=hosts,dc=example,dc=com"),
+    ];
+    let refs: Vec<&WriteOp> = ops.iter().collect();
+    let origin = Origin::new(Uuid::nil(), 0);
+    let csns: Vec<Csn> = (0..ops.len() as u32)
+        .map(|i| Csn {
+            ms: 7,
+            logical: i,
+            origin,
+            seq: 0,
+        })
+        .collect();
+    let mut results = vec![];
+    for s in [&a, &b] {
+        let r = s
+            .dir
+            .apply_writes(&refs, &csns, &Batch::default(), true)
+            .unwrap();
+        results.push(r.iter().map(|r| r.is_ok()).collect::<Vec<_>>());
+    }
+    assert_eq!(results[0], [true, true, true, false, true, false]);
+    assert_eq!(results[0], results[1]);
+    assert_eq!(a.export(), b.export());
+    assert_eq!(a.values(H1, "description"), ["x"]);
+}
+
+#[test]
+fn a_plan_sees_the_changes_still_on_their_way_to_the_log() {
+    let mut all = sites(1);
+    let s = &mut all[0];
+    let add = host("h9");
+    let csns: Vec<Csn> = s.hlc.stamp(s.now_ms + 1, s.origin, 2).collect();
+    let first = s.dir.plan_changes(&[&add], &csns[..1], &[]).unwrap();
+    let (_, change) = first.into_iter().next().unwrap().unwrap();
+    let in_flight = vec![change.unwrap()];
+    let modify = modify_op(
+        "cn=h9,ou=hosts,dc=example,dc=com",
+        ModOp::Add,
+        "description",
+        &["y"],
+    );
+    let blind = s.dir.plan_changes(&[&modify], &csns[1..], &[]).unwrap();
+    assert!(matches!(blind[0], Err(Error::NoSuchObject { .. })));
+    let seen = s
+        .dir
+        .plan_changes(&[&modify], &csns[1..], &[&in_flight])
+        .unwrap();
+    let (_, change) = seen.into_iter().next().unwrap().unwrap();
+    // Applied in log order, both land.
+    s.dir.apply_changes(&in_flight, None, true).unwrap();
+    s.dir.apply_changes(&[change.unwrap()], None, true).unwrap();
+    assert_eq!(
+        s.values("cn=h9,ou=hosts,dc=example,dc=com", "description"),
+        ["y"]
+    );
 }
