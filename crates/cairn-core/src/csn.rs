@@ -33,6 +33,14 @@ impl Origin {
     pub fn new(site: Uuid, epoch: u32) -> Origin {
         Origin { site, epoch }
     }
+
+    /// The origin of a site by its name (`[cluster] site`): a name-based
+    /// UUID, the same on every node of the site without being configured
+    /// twice, in its first epoch.
+    pub fn of_site(name: &str) -> Origin {
+        let ns = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"cairn site");
+        Origin::new(Uuid::new_v5(&ns, name.as_bytes()), 0)
+    }
 }
 
 impl fmt::Display for Origin {

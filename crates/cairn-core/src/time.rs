@@ -3,7 +3,7 @@
 //! control it; [`SystemClock`] is the one place that reads the system's.
 
 /// Where the current time comes from; tests pass their own.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: std::fmt::Debug + Send + Sync + 'static {
     /// Seconds since the Unix epoch.
     fn now_unix(&self) -> i64;
 

@@ -13,11 +13,12 @@
 //! `forwarder`, many to a call.
 //!
 //! ```text
-//! leader: LDAP write ─► Directory::prepare ─► proposer (batch)
-//!   ─► Raft::client_write(Request::new(ops))
+//! leader: LDAP write ─► Directory::prepare ─► proposer (batch, HLC
+//!   stamp, Directory::plan_changes: refusals answered here)
+//!   ─► Raft::client_write(Request::Changes)
 //!   ─► log_store::append (fsync) ─► replicate ─► commit
-//!   ─► state_machine::apply ─► Directory::apply_committed (one txn)
-//!   ─► Response back to the LDAP client
+//!   ─► state_machine::apply ─► Directory::apply_changes (one txn)
+//!   ─► the planned answer back to the LDAP client
 //! follower: LDAP write ─► Directory::prepare ─► forwarder (batch)
 //!   ─► Forward RPC ─► the leader's proposer ... ─► applied here too
 //!   ─► Response back to the LDAP client

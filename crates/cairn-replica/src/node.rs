@@ -61,6 +61,11 @@ pub struct ReplicaConfig {
     /// The disk under the Raft log: the file system, or in tests a
     /// simulated one that can lose power or fail.
     pub disk: Arc<dyn crate::disk::Disk>,
+    /// This site as the origin of the changes its leader stamps
+    /// ([`Origin::of_site`]).
+    pub origin: cairn_core::csn::Origin,
+    /// Where the time for change sequence numbers comes from.
+    pub clock: Arc<dyn cairn_core::time::Clock>,
 }
 
 impl ReplicaConfig {
@@ -88,6 +93,8 @@ impl ReplicaConfig {
             members: BTreeMap::new(),
             peer_local: None,
             disk: Arc::new(crate::disk::RealDisk),
+            origin: cairn_core::csn::Origin::of_site("default"),
+            clock: Arc::new(cairn_core::time::SystemClock),
         }
     }
 }
@@ -241,6 +248,8 @@ pub enum StartError {
     Log(String),
     #[error("the node's snapshot is damaged, refusing to start: {0}")]
     Snapshot(String),
+    #[error("cannot prepare the store: {0}")]
+    Store(String),
     #[error("cannot start Raft: {0}")]
     Raft(String),
 }
@@ -267,6 +276,17 @@ impl Replica {
         let log = LogStore::open_on(cfg.disk.clone(), &cfg.data_dir.join("raft"))
             .map_err(|e| StartError::Log(e.to_string()))?;
         StateMachine::check_snapshot(&cfg.data_dir).map_err(StartError::Snapshot)?;
+        // Entries written before the directory kept replicated state get
+        // theirs (an upgraded data directory), the same way on every node.
+        let upgraded = dir
+            .ensure_states()
+            .map_err(|e| StartError::Store(format!("cannot give old entries their state: {e}")))?;
+        if upgraded > 0 {
+            tracing::info!(
+                entries = upgraded,
+                "gave entries written before replicated state their state"
+            );
+        }
         let wal = log.wal();
         let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
         let snapshots_installed = sm.installed();
@@ -288,10 +308,15 @@ impl Replica {
         ));
         tokio::spawn(report_fatal(raft.clone(), cfg.id));
         let proposer = Proposer::start(
-            raft.clone(),
-            cfg.id,
+            crate::proposer::Context {
+                raft: raft.clone(),
+                id: cfg.id,
+                dir: dir.clone(),
+                origin: cfg.origin,
+                clock: cfg.clock.clone(),
+                timeout: cfg.write_timeout,
+            },
             cfg.batches_in_flight,
-            cfg.write_timeout,
         );
         let clients = network::Clients::new(caller);
         let gate = Arc::new(network::Gate::new(cfg.id, raft.clone(), cfg.members));

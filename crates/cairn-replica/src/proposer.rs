@@ -16,16 +16,25 @@
 //! holds one write and nothing waits: batching only happens when there is
 //! a backlog to batch.
 //!
-//! Every write in an entry keeps its own result: the state machine applies
-//! them in order in one transaction, each against the state the ones
-//! before it left, and a write the directory refuses changes nothing while
-//! the others apply (`Directory::apply_committed`).
+//! Plan once: before it proposes a batch, the proposer stamps it from the
+//! site's hybrid logical clock (one reading, a sequence number per write)
+//! and plans every write into a change against the state the entry will
+//! meet: its own applied state plus the batches still on their way to the
+//! log (`Directory::plan_changes`). The entry carries only the changes;
+//! a write the directory refuses is answered at once and never logged.
+//! Every write keeps its own answer, which the plan decided. Followers
+//! and other sites apply the changes and plan nothing. A node that has
+//! just become leader first makes sure it has applied everything committed
+//! before (a read barrier, once per term), so it plans on the whole past.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_store::{Applied, WriteOp};
-use openraft::error::{ClientWriteError, RaftError};
+use cairn_core::csn::{Csn, Hlc, Origin};
+use cairn_core::merge::Change;
+use cairn_core::time::Clock;
+use cairn_store::{Applied, Directory, WriteOp};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::node::WriteError;
@@ -63,15 +72,9 @@ pub(crate) struct Proposer {
 
 impl Proposer {
     /// Starts the batching task. It ends when the proposer is dropped.
-    pub(crate) fn start(raft: Raft, id: u64, in_flight: usize, timeout: Duration) -> Proposer {
+    pub(crate) fn start(ctx: Context, in_flight: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(4 * MAX_OPS);
-        tokio::spawn(run(
-            raft,
-            id,
-            rx,
-            Arc::new(Semaphore::new(in_flight.max(1))),
-            timeout,
-        ));
+        tokio::spawn(run(ctx, rx, Arc::new(Semaphore::new(in_flight.max(1)))));
         Proposer { tx }
     }
 
@@ -185,14 +188,30 @@ impl<T> Batches<T> {
     }
 }
 
-async fn run(
-    raft: Raft,
-    id: u64,
-    rx: mpsc::Receiver<Pending>,
-    slots: Arc<Semaphore>,
-    timeout: Duration,
-) {
+/// What the proposer plans and stamps with.
+pub(crate) struct Context {
+    pub raft: Raft,
+    pub id: u64,
+    pub dir: Arc<Directory>,
+    /// This site, the origin of every change its leader stamps.
+    pub origin: Origin,
+    pub clock: Arc<dyn Clock>,
+    pub timeout: Duration,
+}
+
+/// Changes proposed and not yet applied here, oldest first: the next
+/// plan sees them as applied (they will be, before its own changes).
+type InFlight = Arc<std::sync::Mutex<Vec<(u64, Arc<Vec<Change>>)>>>;
+
+async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
+    let ctx = Arc::new(ctx);
     let mut queue = Batches::new(rx);
+    let mut hlc = Hlc::new();
+    let in_flight: InFlight = Arc::default();
+    // The term in which this node last made sure it had applied everything
+    // committed before it planned: once per term of leadership.
+    let mut caught_up_in: Option<u64> = None;
+    let mut batch_id = 0u64;
     while let Some(first) = queue.first().await {
         // Wait for a free slot before draining the queue, so the writes
         // that arrive while earlier entries commit join this one.
@@ -200,14 +219,112 @@ async fn run(
             return;
         };
         let batch = queue.fill(first, |p| p.size, |_, _| true).await;
-        let raft = raft.clone();
+        let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+        let n = ops.len();
+
+        // Plan against the state the entry will meet: a new leader first
+        // applies everything committed before it (a read barrier).
+        let term = ctx.raft.metrics().borrow().current_term;
+        if caught_up_in != Some(term) {
+            match tokio::time::timeout(ctx.timeout, ctx.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => caught_up_in = Some(term),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    send(replies, all(n, Err(redirect(&f, ctx.id))));
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    send(
+                        replies,
+                        all(n, Ok(Err(WriteError::NoLeader(e.to_string())))),
+                    );
+                    continue;
+                }
+                Err(_) => {
+                    send(
+                        replies,
+                        all(
+                            n,
+                            Ok(Err(WriteError::NoLeader(
+                                "this node could not confirm it leads the site in time".into(),
+                            ))),
+                        ),
+                    );
+                    continue;
+                }
+            }
+        }
+        // One clock reading for the batch, above every change this site
+        // holds from any origin (a previous leader's, another site's).
+        match ctx.dir.vector() {
+            Ok(v) => v.iter().for_each(|(_, c)| hlc.observe(c)),
+            Err(e) => {
+                send(replies, all(n, Ok(Err(WriteError::Directory(e)))));
+                continue;
+            }
+        }
+        let csns: Vec<Csn> = hlc
+            .stamp(
+                ctx.clock.now_millis(),
+                ctx.origin,
+                u32::try_from(n).unwrap_or(u32::MAX),
+            )
+            .collect();
+        let overlay: Vec<Arc<Vec<Change>>> =
+            lock(&in_flight).iter().map(|(_, c)| c.clone()).collect();
+        let dir = ctx.dir.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&WriteOp> = ops.iter().collect();
+            let overlay: Vec<&[Change]> = overlay.iter().map(|c| c.as_slice()).collect();
+            dir.plan_changes(&refs, &csns, &overlay)
+        })
+        .await
+        .map_err(|e| cairn_store::Error::Storage(format!("plan task: {e}")))
+        .and_then(|r| r);
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                send(replies, all(n, Ok(Err(WriteError::Directory(e)))));
+                continue;
+            }
+        };
+        let mut changes = vec![];
+        let mut answers: Vec<Result<cairn_store::Applied, cairn_store::Error>> =
+            Vec::with_capacity(n);
+        for r in planned {
+            answers.push(r.map(|(applied, change)| {
+                changes.extend(change);
+                applied
+            }));
+        }
+        if changes.is_empty() {
+            // Nothing to log: refusals and retried adds already applied.
+            let index = ctx
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map(|l| l.index)
+                .unwrap_or(0);
+            let outcomes = answers
+                .into_iter()
+                .map(|r| Ok(r.map(|a| (a, index)).map_err(WriteError::Directory)))
+                .collect();
+            send(replies, outcomes);
+            continue;
+        }
+        batch_id += 1;
+        let id = batch_id;
+        let changes = Arc::new(changes);
+        lock(&in_flight).push((id, changes.clone()));
+        let (ctx, in_flight) = (ctx.clone(), in_flight.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let (ops, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
-            let n = ops.len();
-
-            let res = tokio::time::timeout(timeout, raft.client_write(Request::new(ops))).await;
+            let res = tokio::time::timeout(
+                ctx.timeout,
+                ctx.raft.client_write(Request::Changes(changes)),
+            )
+            .await;
+            lock(&in_flight).retain(|(b, _)| *b != id);
             let outcomes: Vec<Outcome> = match res {
                 Err(_) => all(
                     n,
@@ -215,28 +332,15 @@ async fn run(
                         "the write was not committed in time".into(),
                     ))),
                 ),
-                Ok(Ok(resp)) if resp.data.0.len() == n => {
+                Ok(Ok(resp)) => {
                     let index = resp.log_id.index;
-                    resp.data
-                        .0
+                    answers
                         .into_iter()
                         .map(|r| Ok(r.map(|a| (a, index)).map_err(WriteError::Directory)))
                         .collect()
                 }
-                Ok(Ok(resp)) => all(
-                    n,
-                    Ok(Err(WriteError::Unknown(format!(
-                        "entry {} applied {} results for {n} writes",
-                        resp.log_id.index,
-                        resp.data.0.len()
-                    )))),
-                ),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    let to = match (f.leader_id, f.leader_node) {
-                        (Some(l), Some(node)) if l != id => Redirect::To(l, node),
-                        _ => Redirect::Unknown,
-                    };
-                    all(n, Err(to))
+                    all(n, Err(redirect(&f, ctx.id)))
                 }
                 // The Raft core stopped (a fatal storage error, a panic)
                 // with the entry handed to it: it may already be in the
@@ -248,11 +352,26 @@ async fn run(
                     )))),
                 ),
             };
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                // A caller that gave up no longer listens.
-                let _ = reply.send(outcome);
-            }
+            send(replies, outcomes);
         });
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn redirect(f: &openraft::error::ForwardToLeader<u64, NodeInfo>, me: u64) -> Redirect {
+    match (f.leader_id, &f.leader_node) {
+        (Some(l), Some(node)) if l != me => Redirect::To(l, node.clone()),
+        _ => Redirect::Unknown,
+    }
+}
+
+fn send(replies: Vec<oneshot::Sender<Outcome>>, outcomes: Vec<Outcome>) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // A caller that gave up no longer listens.
+        let _ = reply.send(outcome);
     }
 }
 

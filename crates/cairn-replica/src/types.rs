@@ -3,23 +3,71 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use cairn_core::merge::Change;
 use cairn_store::{Applied, WriteOp};
 use serde::{Deserialize, Serialize};
 
-/// A log entry's payload: directory writes from one or more clients
-/// (batched by the leader's proposer, `crate::proposer`), each prepared by
-/// the node that accepted it (UUIDs, time stamps and password hashes
-/// decided), so every replica applies exactly the same changes, in order.
-/// Shared, so the log's in-memory tail hands out entries without copying
-/// the writes.
+/// A log entry's payload.
+///
+/// Since issue 11 the leader plans every write once, in its proposer
+/// (`crate::proposer`), and logs the resulting changes: the entry's UUID
+/// and what changed, stamped with a CSN. Every node applies them with
+/// `Directory::apply_changes` and re-plans nothing. Logs written before
+/// hold LDAP writes (each prepared by the node that accepted it: UUIDs,
+/// time stamps and password hashes decided), which every node plans and
+/// applies the same way when it meets them (`Request::Writes`).
+///
+/// Shared, so the log's in-memory tail hands out entries without copying.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    pub ops: Arc<Vec<WriteOp>>,
+pub enum Request {
+    /// Writes from a log written before changes were logged.
+    Writes(Arc<Vec<WriteOp>>),
+    /// Changes planned and stamped by the leader.
+    Changes(Arc<Vec<Change>>),
 }
 
 impl Request {
-    pub fn new(ops: Vec<WriteOp>) -> Request {
-        Request { ops: Arc::new(ops) }
+    /// An entry of LDAP writes (the form logs before issue 11 hold).
+    pub fn writes(ops: Vec<WriteOp>) -> Request {
+        Request::Writes(Arc::new(ops))
+    }
+
+    /// An entry of planned changes.
+    pub fn changes(changes: Vec<Change>) -> Request {
+        Request::Changes(Arc::new(changes))
+    }
+}
+
+/// The payload of log entries written before changes were logged (the
+/// WAL's `V1` records): only read, and turned into [`Request::Writes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyRequest {
+    pub ops: Arc<Vec<WriteOp>>,
+}
+
+openraft::declare_raft_types!(
+    /// The types of logs written before changes were logged, to read them.
+    pub LegacyTypeConfig:
+        D = LegacyRequest,
+        R = Response,
+        NodeId = u64,
+        Node = NodeInfo,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A log entry as written before changes were logged.
+pub type LegacyEntry = openraft::Entry<LegacyTypeConfig>;
+
+/// The entry as it is read today.
+pub fn from_legacy(e: LegacyEntry) -> Entry {
+    use openraft::EntryPayload;
+    Entry {
+        log_id: e.log_id,
+        payload: match e.payload {
+            EntryPayload::Blank => EntryPayload::Blank,
+            EntryPayload::Normal(r) => EntryPayload::Normal(Request::Writes(r.ops)),
+            EntryPayload::Membership(m) => EntryPayload::Membership(m),
+        },
     }
 }
 

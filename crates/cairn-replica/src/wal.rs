@@ -103,6 +103,24 @@ enum Stored<T> {
     V1(T),
 }
 
+/// A log record as written: `V2`, an entry whose payload is a
+/// [`crate::types::Request`]. `V1` records hold the payload logs had
+/// before changes were logged (`LegacyRequest`); they are read, never
+/// written.
+#[derive(Serialize)]
+enum StoredEntryOut<'a> {
+    #[allow(dead_code)]
+    V1(()),
+    V2(&'a Entry),
+}
+
+/// A log record as read.
+#[derive(Deserialize)]
+enum StoredEntryIn {
+    V1(crate::types::LegacyEntry),
+    V2(Entry),
+}
+
 /// The `state` file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
@@ -553,7 +571,7 @@ impl Wal {
             let at = buf.len();
             buf.extend_from_slice(&[0; RECORD_HEADER as usize]);
             bincode::serde::encode_into_std_write(
-                Stored::V1(e),
+                StoredEntryOut::V2(e),
                 &mut buf,
                 bincode::config::standard(),
             )
@@ -823,8 +841,9 @@ enum Damage {
 }
 
 fn decode_entry(payload: &[u8]) -> Result<Entry, String> {
-    match decode::<Stored<Entry>>(payload).map_err(|e| e.to_string())? {
-        Stored::V1(e) => Ok(e),
+    match decode::<StoredEntryIn>(payload).map_err(|e| e.to_string())? {
+        StoredEntryIn::V1(e) => Ok(crate::types::from_legacy(e)),
+        StoredEntryIn::V2(e) => Ok(e),
     }
 }
 
@@ -1039,13 +1058,46 @@ mod tests {
     use crate::types::Request;
     use openraft::{CommittedLeaderId, EntryPayload};
 
+    /// Records written before changes were logged (`V1`, whose payload
+    /// was a struct of writes) are read as entries of writes.
+    #[test]
+    fn a_record_of_an_older_log_reads_as_an_entry_of_writes() {
+        use crate::types::{LegacyEntry, LegacyRequest};
+        let op = cairn_store::WriteOp::Delete {
+            dn: cairn_core::dn::Dn::parse("cn=x,dc=example,dc=com").unwrap(),
+        };
+        let old = LegacyEntry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), 7),
+            payload: EntryPayload::Normal(LegacyRequest {
+                ops: std::sync::Arc::new(vec![op.clone()]),
+            }),
+        };
+        let bytes = encode(&Stored::V1(&old)).unwrap();
+        let read = decode_entry(&bytes).unwrap();
+        assert_eq!(read.log_id, old.log_id);
+        assert_eq!(
+            read.payload,
+            EntryPayload::Normal(Request::writes(vec![op]))
+        );
+        // And today's records round-trip.
+        let now = entry(9, 3);
+        let mut buf = vec![];
+        bincode::serde::encode_into_std_write(
+            StoredEntryOut::V2(&now),
+            &mut buf,
+            bincode::config::standard(),
+        )
+        .unwrap();
+        assert_eq!(decode_entry(&buf).unwrap(), now);
+    }
+
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: if index.is_multiple_of(2) {
                 EntryPayload::Blank
             } else {
-                EntryPayload::Normal(Request::new(vec![]))
+                EntryPayload::Normal(Request::changes(vec![]))
             },
         }
     }
@@ -1413,7 +1465,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(Request::new(vec![op])),
+            payload: EntryPayload::Normal(Request::writes(vec![op])),
         }
     }
 

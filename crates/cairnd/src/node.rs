@@ -95,6 +95,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cfg.snapshot_after = c.snapshot_after;
             cfg.snapshot_log_bytes = c.snapshot_log_bytes;
             cfg.members = c.members.clone();
+            cfg.origin = cairn_core::csn::Origin::of_site(&c.site);
             let ip = c.peer_listen.ip();
             cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
             let peer = tokio::net::TcpListener::bind(c.peer_listen)
