@@ -30,6 +30,7 @@
 
 pub mod disk;
 pub mod faults;
+pub mod federation;
 mod forwarder;
 pub mod log_store;
 pub mod network;

@@ -474,6 +474,23 @@ impl pb::raft_server::Raft for RaftService {
         payload(&replica.read_index_here().await)
     }
 
+    async fn changes(
+        &self,
+        r: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        // Not a member of this site: another site's leader, admitted by
+        // the federation's rules, not the gate's.
+        replica.federation().admit(&r).await?;
+        let req: crate::federation::ChangesRequest = request(&r)?;
+        let dir = replica.directory().clone();
+        let fed = replica.federation().clone();
+        drop(replica);
+        payload(&crate::federation::serve_changes(dir, req, || fed.is_paused()).await)
+    }
+
     async fn forward(
         &self,
         r: tonic::Request<RaftPayload>,

@@ -66,6 +66,11 @@ pub struct ReplicaConfig {
     pub origin: cairn_core::csn::Origin,
     /// Where the time for change sequence numbers comes from.
     pub clock: Arc<dyn cairn_core::time::Clock>,
+    /// This site's name (`[cluster] site`), sent with pulls to peers.
+    pub site: String,
+    /// The linked sites this one pulls from and lets pull
+    /// (`crate::federation`).
+    pub peer_sites: Vec<crate::federation::PeerSite>,
 }
 
 impl ReplicaConfig {
@@ -95,6 +100,8 @@ impl ReplicaConfig {
             disk: Arc::new(crate::disk::RealDisk),
             origin: cairn_core::csn::Origin::of_site("default"),
             clock: Arc::new(cairn_core::time::SystemClock),
+            site: "default".into(),
+            peer_sites: vec![],
         }
     }
 }
@@ -237,6 +244,8 @@ pub struct Replica {
     write_timeout: Duration,
     faults: crate::Faults,
     snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
+    federation: Arc<crate::federation::Federation>,
+    clock: Arc<dyn cairn_core::time::Clock>,
 }
 
 /// Errors starting a replica.
@@ -327,18 +336,42 @@ impl Replica {
             faults: cfg.faults.clone(),
             timeout: cfg.write_timeout,
         });
-        Ok(Arc::new(Replica {
+        let federation = Arc::new(crate::federation::Federation::new(
+            cfg.site.clone(),
+            cfg.peer_sites.clone(),
+        ));
+        let replica = Arc::new(Replica {
             id: cfg.id,
             proposer,
             forwarder,
-            clients,
+            clients: clients.clone(),
             gate,
             raft,
             dir,
             write_timeout: cfg.write_timeout,
             faults: cfg.faults,
             snapshots_installed,
-        }))
+            federation,
+            clock: cfg.clock,
+        });
+        for peer in cfg.peer_sites {
+            tokio::spawn(crate::federation::pull(
+                Arc::downgrade(&replica),
+                peer,
+                clients.clone(),
+            ));
+        }
+        Ok(replica)
+    }
+
+    /// Replication with other sites: status, pause and resume.
+    pub fn federation(&self) -> &Arc<crate::federation::Federation> {
+        &self.federation
+    }
+
+    /// The clock changes are stamped and checked by.
+    pub fn clock(&self) -> &Arc<dyn cairn_core::time::Clock> {
+        &self.clock
     }
 
     pub fn directory(&self) -> &Arc<Directory> {

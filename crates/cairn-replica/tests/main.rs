@@ -13,6 +13,7 @@ use cairn_core::entry::{Entry, Stamp};
 use cairn_core::filter::Filter;
 use cairn_core::schema::Schema;
 use cairn_replica::disk::SimDisk;
+use cairn_replica::federation::PeerSite;
 use cairn_replica::{Faults, NodeInfo, Replica, ReplicaConfig, WriteError};
 use cairn_store::engine::StoreFaults;
 use cairn_store::{Directory, EngineKind, Halt, Scope, WriteOp};
@@ -44,6 +45,9 @@ struct Site {
     write_timeout: Duration,
     snapshot_after: u64,
     snapshot_log_bytes: u64,
+    /// The site's name and the linked sites it replicates with.
+    name: String,
+    peer_sites: Vec<PeerSite>,
 }
 
 impl Site {
@@ -110,12 +114,70 @@ impl Site {
             write_timeout,
             snapshot_after,
             snapshot_log_bytes,
+            name: "default".into(),
+            peer_sites: vec![],
         };
         for id in 1..=n {
             site.start(id).await;
         }
         site.replica(1).initialize(members).await.unwrap();
         site
+    }
+
+    /// Sites of `n` nodes each, every one linked to every other, started
+    /// with empty directories.
+    async fn federated(names: &[&str], n: u64) -> Vec<Site> {
+        let plan: Vec<(String, Vec<SocketAddr>)> = names
+            .iter()
+            .map(|name| (name.to_string(), (0..n).map(|_| free_addr()).collect()))
+            .collect();
+        let mut sites = vec![];
+        for (name, addrs) in &plan {
+            let mut nodes = vec![];
+            let mut members = BTreeMap::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                let id = i as u64 + 1;
+                members.insert(
+                    id,
+                    NodeInfo {
+                        peer: addr.to_string(),
+                        ldap: String::new(),
+                    },
+                );
+                nodes.push(Node {
+                    id,
+                    addr: *addr,
+                    tmp: tempfile::tempdir().unwrap(),
+                    replica: None,
+                    stop: None,
+                    server: None,
+                });
+            }
+            let mut site = Site {
+                nodes,
+                faults: Faults::default(),
+                disks: BTreeMap::new(),
+                stores: BTreeMap::new(),
+                write_timeout: WRITE_TIMEOUT,
+                snapshot_after: 10_000,
+                snapshot_log_bytes: ReplicaConfig::SNAPSHOT_LOG_BYTES,
+                name: name.clone(),
+                peer_sites: plan
+                    .iter()
+                    .filter(|(other, _)| other != name)
+                    .map(|(other, addrs)| PeerSite {
+                        name: other.clone(),
+                        nodes: addrs.iter().map(|a| a.to_string()).collect(),
+                    })
+                    .collect(),
+            };
+            for id in 1..=n {
+                site.start(id).await;
+            }
+            site.replica(1).initialize(members).await.unwrap();
+            sites.push(site);
+        }
+        sites
     }
 
     fn node(&mut self, id: u64) -> &mut Node {
@@ -156,6 +218,7 @@ impl Site {
             })
             .collect();
         let store_faults = self.stores.get(&id).cloned();
+        let (site_name, peer_sites) = (self.name.clone(), self.peer_sites.clone());
         let node = self.node(id);
         let engine = match store_faults {
             Some(f) => cairn_store::engine::open_redb_faulty(node.tmp.path(), f).unwrap(),
@@ -178,6 +241,9 @@ impl Site {
         cfg.write_timeout = write_timeout;
         cfg.members = members;
         cfg.peer_local = Some(node.addr.ip());
+        cfg.origin = cairn_core::csn::Origin::of_site(&site_name);
+        cfg.site = site_name;
+        cfg.peer_sites = peer_sites;
         if let Some(d) = disk {
             cfg.disk = Arc::new(d);
         }
@@ -1255,4 +1321,164 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
         .unwrap();
     assert_eq!(entry.get("description").map(|a| a.values.len()), Some(1));
     site.shutdown().await;
+}
+
+/// Waits until every node of every site holds the same directory.
+async fn sites_converge(sites: &[Site], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let first = sites[0].dump(1);
+        let same = sites
+            .iter()
+            .all(|s| s.alive().iter().all(|&i| s.dump(i) == first));
+        if same && !first.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the sites did not converge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 11: a write at one site reaches every node of a linked site, a
+/// new site starts from an empty directory and gets everything, and
+/// writes made at both sites while replication is paused converge when it
+/// resumes, conflicts kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
+    let sites = Site::federated(&["east", "west"], 2).await;
+    let (east, west) = (&sites[0], &sites[1]);
+    let el = east.leader().await;
+    east.replica(el)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    east.replica(el).write(host("from-east")).await.unwrap();
+    // West started empty and holds the whole tree from east, on every node.
+    for id in west.alive() {
+        let r = west.replica(id);
+        wait_until(
+            "east's write at every node of west",
+            Duration::from_secs(20),
+            || {
+                r.directory()
+                    .get(&Dn::parse(&host_dn("from-east")).unwrap())
+                    .unwrap()
+                    .is_some()
+            },
+        )
+        .await;
+    }
+    // And back: a write at a follower of west reaches east.
+    let wl = west.leader().await;
+    let wf = west.alive().into_iter().find(|&i| i != wl).unwrap();
+    west.replica(wf).write(host("from-west")).await.unwrap();
+    let r = east.replica(el);
+    wait_until("west's write at east", Duration::from_secs(20), || {
+        r.directory()
+            .get(&Dn::parse(&host_dn("from-west")).unwrap())
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    sites_converge(&sites, Duration::from_secs(20)).await;
+
+    // Paused: both sides write the same DN and the same attribute.
+    for s in &sites {
+        for id in s.alive() {
+            s.replica(id).federation().pause().await;
+        }
+    }
+    east.replica(el).write(host("both")).await.unwrap();
+    let desc = |v: &str| WriteOp::Modify {
+        dn: Dn::parse(&host_dn("from-east")).unwrap(),
+        mods: vec![cairn_core::modify::Modification {
+            op: cairn_core::modify::ModOp::Replace,
+            attr: "description".into(),
+            values: vec![v.as_bytes().to_vec()],
+        }],
+        stamp: Stamp {
+            who: Dn::root(),
+            now: "20261124000000Z".into(),
+        },
+    };
+    east.replica(el).write(desc("east")).await.unwrap();
+    // West's writes come later by the clock, not only by arrival: a CSN
+    // stamped in the same millisecond would be ordered by site instead.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    west.replica(wl).write(host("both")).await.unwrap();
+    west.replica(wl).write(desc("west")).await.unwrap();
+    assert_ne!(east.dump(el), west.dump(wl), "paused sites did not diverge");
+    for s in &sites {
+        for id in s.alive() {
+            s.replica(id).federation().resume();
+        }
+    }
+    sites_converge(&sites, Duration::from_secs(30)).await;
+    let tree = east.dump(el);
+    let both: Vec<&String> = tree.iter().filter(|e| e.contains("both")).collect();
+    assert_eq!(both.len(), 2, "both adds are kept: {both:#?}");
+    assert!(both.iter().any(|e| e.contains("CNF:")), "{both:#?}");
+    let from_east = east
+        .replica(el)
+        .directory()
+        .get(&Dn::parse(&host_dn("from-east")).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        from_east.first("description"),
+        Some("west"),
+        "the later replace wins"
+    );
+    let status = east.replica(el).federation().status();
+    assert!(
+        status["west"].pulled > 0 && status["west"].last_error.is_none(),
+        "{status:?}"
+    );
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
+/// Issue 11: replication is transitive: with sites in a line A–B–C and no
+/// A–C link, a write at A reaches C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_passes_through_a_site_in_the_middle() {
+    let mut sites = Site::federated(&["a", "b", "c"], 1).await;
+    // Cut the A–C link both ways by restarting A and C with only B.
+    let b_site = PeerSite {
+        name: "b".into(),
+        nodes: sites[1].nodes.iter().map(|n| n.addr.to_string()).collect(),
+    };
+    for i in [0usize, 2] {
+        sites[i].peer_sites = vec![b_site.clone()];
+        sites[i].stop(1).await;
+        sites[i].start(1).await;
+    }
+    let a = &sites[0];
+    let al = a.leader().await;
+    a.replica(al)
+        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    a.replica(al).write(host("from-a")).await.unwrap();
+    let c = sites[2].replica(1);
+    wait_until("A's write at C, through B", Duration::from_secs(30), || {
+        c.directory()
+            .get(&Dn::parse(&host_dn("from-a")).unwrap())
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(!sites[2].peer_sites.iter().any(|p| p.name == "a"));
+    for s in sites {
+        s.shutdown().await;
+    }
 }

@@ -379,6 +379,13 @@ impl Directory {
         }
     }
 
+    /// Whether `changes` would apply here, without keeping anything: a
+    /// site checks what it pulled from another before it logs it, so a
+    /// change its nodes could not apply never reaches its log.
+    pub fn check_changes(&self, changes: &[Change]) -> Result<(), Error> {
+        self.plan_changes(&[], &[], &[changes]).map(|_| ())
+    }
+
     /// Plans and applies writes in one transaction with `meta`: how a log
     /// entry written before changes were logged (`Request::Writes`) is
     /// applied, the same way on every node. Each write's own result is

@@ -1,0 +1,356 @@
+//! Replication between sites (issue 11, `docs/federation.md`).
+//!
+//! Every site holds the whole directory and takes writes on its own; its
+//! leader stamps each change with a CSN of the site's origin. Sites
+//! exchange those changes by *pulling*: the leader of each site asks a
+//! node of every linked peer site, over the peer listener (never the
+//! hosts' port), for the changes the peer holds that its own
+//! up-to-dateness vector does not cover ([`ChangesRequest`]), in the
+//! peer's commit order, so changes that came to the peer from elsewhere
+//! pass on too (A–B–C converges without an A–C link). It proposes what it
+//! gets into its own Raft log as one entry of changes, so every node of
+//! the site applies the same state; a change the site already holds
+//! changes nothing. A pull waits up to a second on the peer for new
+//! changes (a long poll), so a change reaches a linked site within about
+//! a second; errors back off up to [`MAX_BACKOFF`].
+//!
+//! Not yet: peer sites and their nodes come from the configuration, not
+//! yet from `cairnSiteLink` entries; the caller is admitted by its address
+//! (mutual TLS comes with issue 12); positions are kept in memory (after a
+//! restart the first pull scans the peer's change log from the start,
+//! and the vector filters what is already held).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use cairn_core::csn::{Csn, Origin};
+use cairn_core::merge::Change;
+use cairn_store::Directory;
+use serde::{Deserialize, Serialize};
+
+use crate::network::{self, pb::RaftPayload};
+use crate::types::{Request, decode, encode};
+
+/// The gRPC metadata that names the calling site.
+pub const SITE_HEADER: &str = "cairn-site";
+
+/// Most changes one pull carries.
+pub const MAX_CHANGES: u32 = 1000;
+/// How long a peer holds a pull open when it has nothing new.
+pub const LONG_POLL: Duration = Duration::from_secs(1);
+/// The longest wait between failed pulls.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How far ahead of this node's clock a remote change may be (5 min): a
+/// change further ahead is held, not applied, and the pull reports it.
+pub const MAX_DRIFT_MS: u64 = 5 * 60 * 1000;
+
+/// A linked site this one pulls from and lets pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSite {
+    pub name: String,
+    /// Its nodes' peer listener addresses (host:port).
+    pub nodes: Vec<String>,
+}
+
+/// A pull: what the caller holds, and where it got to in the server's
+/// change log last time (0: from the start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    pub vector: Vec<(Origin, Csn)>,
+    pub after: u64,
+    pub max: u32,
+    pub wait_ms: u32,
+}
+
+/// The changes the caller's vector does not cover, and the position in
+/// the server's change log the answer reached (the next `after`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesResponse {
+    pub changes: Vec<Change>,
+    pub last: u64,
+}
+
+/// How pulling from one peer site goes (`cairn status`, `cn=status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub last_attempt: Option<SystemTime>,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// Changes received from it and proposed here since start-up.
+    pub pulled: u64,
+    /// Where in its change log this site got to.
+    pub position: u64,
+}
+
+/// This node's part in replication between sites.
+pub struct Federation {
+    pub site: String,
+    pub peers: Vec<PeerSite>,
+    paused: AtomicBool,
+    /// Held while pulled changes are checked and proposed, so that once
+    /// [`Federation::pause`] returns nothing more comes in.
+    proposing: tokio::sync::Mutex<()>,
+    status: Mutex<BTreeMap<String, PeerStatus>>,
+}
+
+impl Federation {
+    pub fn new(site: String, peers: Vec<PeerSite>) -> Federation {
+        let status = peers
+            .iter()
+            .map(|p| (p.name.clone(), PeerStatus::default()))
+            .collect();
+        Federation {
+            site,
+            peers,
+            paused: AtomicBool::new(false),
+            proposing: tokio::sync::Mutex::new(()),
+            status: Mutex::new(status),
+        }
+    }
+
+    /// Stops this node's pulls and its answers to peers' pulls (`cairn
+    /// replication pause`): once it returns, no change from another site
+    /// enters this node's log and none leaves it.
+    pub async fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        let _wait = self.proposing.lock().await;
+    }
+
+    /// Starts them again (`cairn replication resume`).
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Per peer site, how pulling from it goes.
+    pub fn status(&self) -> BTreeMap<String, PeerStatus> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PeerStatus>> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
+        f(self.lock().entry(peer.to_string()).or_default());
+    }
+
+    /// Admits a pull from a peer site: it names a linked site, from one
+    /// of that site's node addresses.
+    pub async fn admit<T>(&self, r: &tonic::Request<T>) -> Result<String, tonic::Status> {
+        let refuse = |why: String| {
+            tracing::warn!(cause = %why, "refused a pull from another site");
+            Err(tonic::Status::permission_denied(why))
+        };
+        if self.is_paused() {
+            return Err(tonic::Status::unavailable(
+                "replication with other sites is paused here",
+            ));
+        }
+        let Some(site) = r
+            .metadata()
+            .get(SITE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return refuse(format!(
+                "a pull must name its site in the {SITE_HEADER} metadata"
+            ));
+        };
+        let Some(peer) = self.peers.iter().find(|p| p.name == site) else {
+            return refuse(format!("site {site:?} is not linked to this one"));
+        };
+        let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
+            return refuse("the connection's address is unknown".into());
+        };
+        for node in &peer.nodes {
+            if resolve(node).await.contains(&from) {
+                return Ok(site);
+            }
+        }
+        refuse(format!(
+            "site {site}'s nodes are {:?}, but this pull comes from {from}",
+            peer.nodes
+        ))
+    }
+}
+
+async fn resolve(addr: &str) -> Vec<IpAddr> {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return vec![sa.ip().to_canonical()];
+    }
+    match tokio::net::lookup_host(addr).await {
+        Ok(found) => found.map(|a| a.ip().to_canonical()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Answers a pull from this node's applied change log.
+pub async fn serve_changes(
+    dir: Arc<Directory>,
+    req: ChangesRequest,
+    paused: impl Fn() -> bool,
+) -> Result<ChangesResponse, String> {
+    let held: BTreeMap<Origin, Csn> = req.vector.into_iter().collect();
+    let max = req.max.clamp(1, MAX_CHANGES) as usize;
+    let wait = Duration::from_millis(u64::from(req.wait_ms)).min(LONG_POLL * 5);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = dir.subscribe();
+    let mut after = req.after;
+    loop {
+        let d = dir.clone();
+        let rows = tokio::task::spawn_blocking(move || d.changes_after(after, max))
+            .await
+            .map_err(|e| format!("read task: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let last = rows.last().map(|(p, _)| *p).unwrap_or(after);
+        let changes: Vec<Change> = rows
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| held.get(&c.csn.origin).is_none_or(|h| *h < c.csn))
+            .collect();
+        if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+            if paused() {
+                return Err("replication with other sites is paused here".into());
+            }
+            return Ok(ChangesResponse { changes, last });
+        }
+        // Nothing the caller lacks yet: wait for the next apply here.
+        after = last;
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            return Ok(ChangesResponse {
+                changes: vec![],
+                last,
+            });
+        }
+    }
+}
+
+/// Pulls from one peer site for as long as the replica lives, while this
+/// node leads its site and replication is not paused.
+pub(crate) async fn pull(replica: Weak<crate::Replica>, peer: PeerSite, clients: network::Clients) {
+    let mut backoff = Duration::from_millis(100);
+    let mut position = 0u64;
+    let mut next_node = 0usize;
+    loop {
+        let Some(r) = replica.upgrade() else { return };
+        let fed = r.federation().clone();
+        let leading = r.raft.metrics().borrow().current_leader == Some(r.id);
+        if !leading || fed.is_paused() || peer.nodes.is_empty() {
+            drop(r);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
+        let node = &peer.nodes[next_node % peer.nodes.len()];
+        match pull_once(&r, &fed, node, position, &clients).await {
+            Ok((n, last)) => {
+                position = last;
+                backoff = Duration::from_millis(100);
+                fed.record(&peer.name, |s| {
+                    s.last_success = Some(SystemTime::now());
+                    s.last_error = None;
+                    s.pulled += n;
+                    s.position = last;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(site = %peer.name, node = %node, cause = %e, "pull from a peer site failed");
+                fed.record(&peer.name, |s| s.last_error = Some(e));
+                // Another node of the peer site next time.
+                next_node += 1;
+                drop(r);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One pull: ask, check, propose. Returns how many changes were proposed
+/// and the peer's change-log position reached.
+async fn pull_once(
+    r: &crate::Replica,
+    fed: &Federation,
+    node: &str,
+    position: u64,
+    clients: &network::Clients,
+) -> Result<(u64, u64), String> {
+    let dir = r.directory().clone();
+    let vector = {
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || d.vector())
+            .await
+            .map_err(|e| format!("read task: {e}"))?
+            .map_err(|e| e.to_string())?
+    };
+    let req = ChangesRequest {
+        vector,
+        after: position,
+        max: MAX_CHANGES,
+        wait_ms: LONG_POLL.as_millis() as u32,
+    };
+    let data = encode(&req).map_err(|e| format!("encode: {e}"))?;
+    let mut call = clients.caller.request(RaftPayload { data });
+    call.set_timeout(LONG_POLL + Duration::from_secs(10));
+    call.metadata_mut().insert(
+        SITE_HEADER,
+        fed.site
+            .parse()
+            .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
+    );
+    let mut client = clients.get(node).map_err(|e| e.to_string())?;
+    let reply = client
+        .changes(call)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    let resp: Result<ChangesResponse, String> =
+        decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
+    let resp = resp?;
+    if resp.changes.is_empty() {
+        return Ok((0, resp.last));
+    }
+    let _proposing = fed.proposing.lock().await;
+    if fed.is_paused() {
+        // Paused while the pull was under way: drop it, ask again later.
+        return Ok((0, position));
+    }
+    let now = r.clock().now_millis();
+    if let Some(ahead) = resp
+        .changes
+        .iter()
+        .find(|c| c.csn.too_far_ahead(now, MAX_DRIFT_MS))
+    {
+        return Err(format!(
+            "held: change {} is {} s ahead of this node's clock (more than {} s); \
+             its site's clock must be fixed",
+            ahead.csn,
+            (ahead.csn.ms - now) / 1000,
+            MAX_DRIFT_MS / 1000
+        ));
+    }
+    // What would stop every node's apply is refused here, before the log.
+    let check = resp.changes.clone();
+    tokio::task::spawn_blocking(move || dir.check_changes(&check))
+        .await
+        .map_err(|e| format!("check task: {e}"))?
+        .map_err(|e| format!("refused the peer's changes: {e}"))?;
+    let n = resp.changes.len() as u64;
+    tokio::time::timeout(
+        LONG_POLL * 10,
+        r.raft.client_write(Request::changes(resp.changes)),
+    )
+    .await
+    .map_err(|_| "proposing the peer's changes timed out".to_string())?
+    .map_err(|e| format!("proposing the peer's changes: {e}"))?;
+    Ok((n, resp.last))
+}
