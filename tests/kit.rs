@@ -388,7 +388,11 @@ pub fn hosts_ldif(prefix: &str, n: usize) -> String {
 /// 127.0.0.i.
 pub struct Site {
     pub data: tempfile::TempDir,
+    /// Nodes per site.
     pub nodes: u64,
+    /// Linked sites in the process (`--sites`): site s's node i is
+    /// 127.0.0.(s·nodes+i), the first site is east, the second west.
+    pub sites: u64,
     pub ldap_port: u16,
     pub grpc_port: u16,
     /// The peer listener of every node (Raft between the nodes).
@@ -401,9 +405,15 @@ pub struct Site {
 
 impl Site {
     pub fn start(nodes: u64) -> Site {
+        Site::start_sites(1, nodes)
+    }
+
+    /// `cairnd dev --sites N --nodes M`.
+    pub fn start_sites(sites: u64, nodes: u64) -> Site {
         let mut s = Site {
             data: tempfile::tempdir().expect("tempdir"),
             nodes,
+            sites,
             ldap_port: free_port(),
             grpc_port: free_port(),
             peer_port: free_port(),
@@ -424,6 +434,8 @@ impl Site {
             .arg("dev")
             .arg("--nodes")
             .arg(self.nodes.to_string())
+            .arg("--sites")
+            .arg(self.sites.to_string())
             .arg("--data-dir")
             .arg(self.data.path())
             .arg("--ldap-port")
@@ -438,7 +450,7 @@ impl Site {
             .arg(self.http_port.to_string())
             .spawn()
             .expect("start cairnd");
-        for i in 1..=self.nodes {
+        for i in 1..=self.nodes * self.sites {
             wait_listening(
                 &mut child,
                 SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port)),

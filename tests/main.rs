@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod dns;
 mod durability;
+mod federation;
 mod hostile;
 mod ldap3_client;
 mod openldap;

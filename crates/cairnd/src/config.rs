@@ -68,6 +68,20 @@ pub struct ClusterSection {
     /// its peers then leave from it, which is what they check.
     #[serde(default = "default_peer_addr")]
     pub peer_addr: SocketAddr,
+    /// The linked sites this site replicates with (issue 11): each one's
+    /// name and its nodes' peer addresses. The leader pulls every one's
+    /// changes; their leaders may pull this site's, from those addresses.
+    #[serde(default)]
+    pub peer_sites: Vec<PeerSiteSection>,
+}
+
+/// `[[cluster.peer_sites]]`: a linked site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSiteSection {
+    pub site: String,
+    /// Its nodes' peer listener addresses (host:port).
+    pub nodes: Vec<String>,
 }
 
 fn default_peer_addr() -> SocketAddr {
@@ -174,10 +188,32 @@ pub struct ClusterSettings {
     pub snapshot_after: u64,
     pub snapshot_log_bytes: u64,
     pub site: String,
+    pub peer_sites: Vec<cairn_replica::federation::PeerSite>,
 }
 
 impl ClusterSection {
+    fn validate_peer_sites(&self) -> anyhow::Result<Vec<cairn_replica::federation::PeerSite>> {
+        let mut out: Vec<cairn_replica::federation::PeerSite> = vec![];
+        for p in &self.peer_sites {
+            if p.site == self.site {
+                bail!("cluster.peer_sites: {:?} is this node's own site", p.site);
+            }
+            if out.iter().any(|o| o.name == p.site) {
+                bail!("cluster.peer_sites: site {:?} appears twice", p.site);
+            }
+            if p.nodes.is_empty() {
+                bail!("cluster.peer_sites: site {:?} lists no nodes", p.site);
+            }
+            out.push(cairn_replica::federation::PeerSite {
+                name: p.site.clone(),
+                nodes: p.nodes.clone(),
+            });
+        }
+        Ok(out)
+    }
+
     fn validate(self) -> anyhow::Result<ClusterSettings> {
+        let peer_sites = self.validate_peer_sites()?;
         let mut members = std::collections::BTreeMap::new();
         let mut grpc_advertised = None;
         for m in self.members {
@@ -227,6 +263,7 @@ impl ClusterSection {
             ),
             snapshot_after: self.snapshot_after.max(1),
             snapshot_log_bytes: self.snapshot_log_mb.max(1) << 20,
+            peer_sites,
             site: self.site,
         })
     }

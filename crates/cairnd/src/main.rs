@@ -69,8 +69,15 @@ enum Cmd {
         /// --peer-port, DNS --dns-port, HTTP --http-port)
         /// with its data in DATA_DIR/node-N. 1 runs a standalone node on
         /// --ldap.
+        #[arg(long)]
+        nodes: Option<u64>,
+        /// Run this many linked sites in this process (at most 2: `east`
+        /// and `west` of the example tree), each of --nodes nodes (3 when
+        /// not given): site S's node N listens on 127.0.0.(S*nodes+N). The
+        /// first site loads the example tree; the others start empty and
+        /// pull it.
         #[arg(long, default_value_t = 1)]
-        nodes: u64,
+        sites: u64,
         /// LDAP port of each node of a multi-node site.
         #[arg(long, default_value_t = 1389)]
         ldap_port: u16,
@@ -130,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             engine,
             anonymous_read,
             nodes,
+            sites,
             ldap_port,
             grpc_port,
             peer_port,
@@ -157,41 +165,71 @@ fn main() -> anyhow::Result<()> {
                     DEV_PASSWORD.to_string()
                 }
             };
-            if nodes <= 1 {
+            const SITES: [&str; 2] = ["east", "west"];
+            if !(1..=SITES.len() as u64).contains(&sites) {
+                anyhow::bail!("--sites: 1 or 2 (the example tree's east and west)");
+            }
+            let nodes = nodes.unwrap_or(if sites > 1 { 3 } else { 1 });
+            if nodes <= 1 && sites == 1 {
                 vec![file.validate(Some(password))?]
             } else {
-                if nodes > 250 {
-                    anyhow::bail!("--nodes: at most 250 (one loopback address each)");
+                if nodes * sites > 250 {
+                    anyhow::bail!("--nodes × --sites: at most 250 (one loopback address each)");
                 }
                 let addr = |i: u64, port: u16| SocketAddr::from(([127, 0, 0, i as u8], port));
-                let members: Vec<config::MemberSection> = (1..=nodes)
-                    .map(|i| config::MemberSection {
-                        id: i,
-                        grpc: addr(i, grpc_port).to_string(),
-                        peer: addr(i, peer_port).to_string(),
-                        ldap: addr(i, ldap_port).to_string(),
-                    })
-                    .collect();
+                // Site s (from 0) has loopback addresses s*nodes+1 ..= s*nodes+nodes.
+                let host = |s: u64, i: u64| s * nodes + i;
                 let mut all = vec![];
-                for i in 1..=nodes {
-                    let mut f = file.clone();
-                    f.node.data_dir = f.node.data_dir.join(format!("node-{i}"));
-                    f.ldap.listen = addr(i, ldap_port);
-                    f.grpc.listen = addr(i, grpc_port);
-                    f.dns.listen = addr(i, dns_port);
-                    f.http.listen = addr(i, http_port);
-                    f.cluster = Some(config::ClusterSection {
-                        node_id: i,
-                        members: members.clone(),
-                        heartbeat_ms: 150,
-                        election_min_ms: 500,
-                        election_max_ms: 1000,
-                        snapshot_after: cairn_replica::ReplicaConfig::SNAPSHOT_AFTER,
-                        snapshot_log_mb: cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20,
-                        site: "east".into(),
-                        peer_addr: addr(i, peer_port),
-                    });
-                    all.push(f.validate(Some(password.clone()))?);
+                for s in 0..sites {
+                    let members: Vec<config::MemberSection> = (1..=nodes)
+                        .map(|i| config::MemberSection {
+                            id: i,
+                            grpc: addr(host(s, i), grpc_port).to_string(),
+                            peer: addr(host(s, i), peer_port).to_string(),
+                            ldap: addr(host(s, i), ldap_port).to_string(),
+                        })
+                        .collect();
+                    let peer_sites: Vec<config::PeerSiteSection> = (0..sites)
+                        .filter(|o| *o != s)
+                        .map(|o| config::PeerSiteSection {
+                            site: SITES[o as usize].into(),
+                            nodes: (1..=nodes)
+                                .map(|i| addr(host(o, i), peer_port).to_string())
+                                .collect(),
+                        })
+                        .collect();
+                    for i in 1..=nodes {
+                        let mut f = file.clone();
+                        let dir = if sites > 1 {
+                            f.node
+                                .data_dir
+                                .join(SITES[s as usize])
+                                .join(format!("node-{i}"))
+                        } else {
+                            f.node.data_dir.join(format!("node-{i}"))
+                        };
+                        f.node.data_dir = dir;
+                        // The other sites get the tree from the first.
+                        f.directory.seed_example = s == 0;
+                        let h = host(s, i);
+                        f.ldap.listen = addr(h, ldap_port);
+                        f.grpc.listen = addr(h, grpc_port);
+                        f.dns.listen = addr(h, dns_port);
+                        f.http.listen = addr(h, http_port);
+                        f.cluster = Some(config::ClusterSection {
+                            node_id: i,
+                            members: members.clone(),
+                            heartbeat_ms: 150,
+                            election_min_ms: 500,
+                            election_max_ms: 1000,
+                            snapshot_after: cairn_replica::ReplicaConfig::SNAPSHOT_AFTER,
+                            snapshot_log_mb: cairn_replica::ReplicaConfig::SNAPSHOT_LOG_BYTES >> 20,
+                            site: SITES[s as usize].into(),
+                            peer_addr: addr(h, peer_port),
+                            peer_sites: peer_sites.clone(),
+                        });
+                        all.push(f.validate(Some(password.clone()))?);
+                    }
                 }
                 all
             }
