@@ -247,7 +247,7 @@ impl Directory {
         txn: &dyn Snapshot,
         op: &WriteOp,
         csn: Csn,
-    ) -> Result<Option<Change>, Error> {
+    ) -> Result<Option<(Change, Batch)>, Error> {
         match op {
             WriteOp::Add { entry, .. } => {
                 if let Some(rdn) = entry.dn.rdn() {
@@ -264,6 +264,7 @@ impl Directory {
         Ok(Some(match op {
             WriteOp::Add { entry, uuid, stamp } => {
                 let (batch, valid) = self.plan_add(txn, entry.clone(), *uuid, stamp)?;
+                let shown = batch.clone();
                 if batch.is_empty() {
                     // A retried add that is already in the directory.
                     return Ok(None);
@@ -281,19 +282,20 @@ impl Directory {
                         )
                     })
                     .collect();
-                Change {
+                let change = Change {
                     csn,
                     uuid: *uuid,
                     op: ChangeOp::Add {
                         name: Self::name_of(valid.dn(), parent),
                         attrs,
                     },
-                }
+                };
+                (change, shown)
             }
             WriteOp::Modify { dn, mods, stamp } => {
                 let (uuid, current) =
                     Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
-                let (_, valid) = self.plan_modify(txn, dn, mods, stamp)?;
+                let (shown, valid) = self.plan_modify(txn, dn, mods, stamp)?;
                 let replaced: BTreeSet<String> = mods
                     .iter()
                     .filter(|m| {
@@ -301,23 +303,25 @@ impl Directory {
                     })
                     .filter_map(|m| self.schema.attr(&m.attr).map(|a| a.key()))
                     .collect();
-                Change {
+                let change = Change {
                     csn,
                     uuid,
                     op: ChangeOp::Modify {
                         name: None,
                         attrs: self.diff(&current, &valid, &replaced),
                     },
-                }
+                };
+                (change, shown)
             }
             WriteOp::Delete { dn } => {
                 let uuid = Self::uuid_of(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
-                self.plan_delete(txn, dn)?;
-                Change {
+                let shown = self.plan_delete(txn, dn)?;
+                let change = Change {
                     csn,
                     uuid,
                     op: ChangeOp::Delete { dn: dn.to_string() },
-                }
+                };
+                (change, shown)
             }
             WriteOp::ModRdn {
                 dn,
@@ -328,7 +332,7 @@ impl Directory {
             } => {
                 let (uuid, current) =
                     Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
-                let (_, valid) = self.plan_modrdn(
+                let (shown, valid) = self.plan_modrdn(
                     txn,
                     dn,
                     new_rdn,
@@ -337,14 +341,15 @@ impl Directory {
                     stamp,
                 )?;
                 let parent = self.parent_uuid(txn, valid.dn())?;
-                Change {
+                let change = Change {
                     csn,
                     uuid,
                     op: ChangeOp::Modify {
                         name: Some(Self::name_of(valid.dn(), parent)),
                         attrs: self.diff(&current, &valid, &BTreeSet::new()),
                     },
-                }
+                };
+                (change, shown)
             }
         }))
     }
@@ -369,7 +374,7 @@ impl Directory {
             for c in overlay.iter().flat_map(|o| o.iter()) {
                 self.apply_change(txn, c)?;
             }
-            results = self.plan_in(txn, ops, csns)?;
+            results = self.plan_in(txn, ops, csns, true)?;
             Err(Error::Storage(PLAN_ONLY.into()))
         });
         match outcome {
@@ -399,7 +404,7 @@ impl Directory {
     ) -> Result<Vec<Result<Applied, Error>>, Error> {
         let mut results = vec![];
         self.write_txn(durable, &mut |txn| {
-            results = self.plan_in(txn, ops, csns)?;
+            results = self.plan_in(txn, ops, csns, false)?;
             txn.apply(meta)
         })?;
         Ok(results
@@ -408,11 +413,17 @@ impl Directory {
             .collect())
     }
 
+    /// Plans `ops` in `txn`, each seeing the ones before it. A plan that
+    /// is thrown away (`only_plan`) updates only the shown tables for the
+    /// writes after it, as the direct write path does (planning needs no
+    /// more, and it halves the leader's work); a plan that is kept applies
+    /// each change in full.
     fn plan_in(
         &self,
         txn: &mut dyn WriteTxn,
         ops: &[&WriteOp],
         csns: &[Csn],
+        only_plan: bool,
     ) -> Result<Vec<Result<Planned, Error>>, Error> {
         if ops.len() != csns.len() {
             return Err(Error::Storage(format!(
@@ -433,14 +444,19 @@ impl Directory {
             // Applying what was just planned against this very state
             // cannot be refused; an error here is the store's.
             let uuid = match (&change, op) {
-                (Some(c), _) => {
-                    self.apply_change(txn, c)?;
+                (Some((c, shown)), _) => {
+                    if only_plan {
+                        txn.apply(shown)?;
+                    } else {
+                        self.apply_change(txn, c)?;
+                    }
                     c.uuid
                 }
                 (None, WriteOp::Add { uuid, .. }) => *uuid,
                 (None, _) => return Err(Error::Storage("a write planned no change".into())),
             };
-            results.push(Ok((Self::applied_now(&*txn, op, uuid)?, change)));
+            let applied = Self::applied_now(&*txn, op, uuid)?;
+            results.push(Ok((applied, change.map(|(c, _)| c))));
         }
         Ok(results)
     }
@@ -650,8 +666,14 @@ impl Directory {
         change: &Change,
     ) -> Result<Effect, Error> {
         let old = Self::load_state(&*txn, change.uuid)?;
-        // A loop of moves this change may break: its members go home.
-        let old_loop = Self::cycle_members(&*txn, change.uuid)?.unwrap_or_default();
+        // Only a change of name or of life can make or break a loop of
+        // moves; the members of one this change breaks go home.
+        let naming = !matches!(change.op, ChangeOp::Modify { name: None, .. });
+        let old_loop = if naming {
+            Self::cycle_members(&*txn, change.uuid)?.unwrap_or_default()
+        } else {
+            vec![]
+        };
         let old_claim = old.as_ref().map(Self::claim).transpose()?.flatten();
         let was_live = old.as_ref().is_some_and(EntryState::is_live);
         let (state, effect) = merge::merge(old, change);
@@ -708,7 +730,10 @@ impl Directory {
         }
         work.extend(old_loop.into_iter().map(|(_, u)| u));
         // A move that closes a loop: the entry that breaks it moves first.
-        if let Some(cut) = self.cycle_cut(&*txn, change.uuid)? {
+        if naming
+            && let Some(cut) = Self::cycle_members(&*txn, change.uuid)?
+                .and_then(|m| m.iter().min().map(|(_, u)| *u))
+        {
             work.push_front(cut);
         }
         self.place_all(txn, work)?;
