@@ -666,21 +666,26 @@ impl Directory {
         change: &Change,
     ) -> Result<Effect, Error> {
         let old = Self::load_state(&*txn, change.uuid)?;
-        // Only a change of name or of life can make or break a loop of
-        // moves; the members of one this change breaks go home.
+        // Only a change of name or of life (an add, a delete, a rename)
+        // can move an entry, make or break a loop of moves, or change who
+        // holds a name; the members of a loop it breaks go home.
         let naming = !matches!(change.op, ChangeOp::Modify { name: None, .. });
         let old_loop = if naming {
             Self::cycle_members(&*txn, change.uuid)?.unwrap_or_default()
         } else {
             vec![]
         };
-        let old_claim = old.as_ref().map(Self::claim).transpose()?.flatten();
+        let old_claim = if naming {
+            old.as_ref().map(Self::claim).transpose()?.flatten()
+        } else {
+            None
+        };
         let was_live = old.as_ref().is_some_and(EntryState::is_live);
         let (state, effect) = merge::merge(old, change);
         if effect == Effect::AlreadyHeld {
             return Ok(effect);
         }
-        let new_claim = Self::claim(&state)?;
+        let new_claim = if naming { Self::claim(&state)? } else { None };
         let mut b = Batch::default();
         b.put(
             Table::State,
@@ -720,6 +725,34 @@ impl Directory {
             b.put(Table::Names, key.clone(), encode_csn(csn)?);
         }
         txn.apply(&b)?;
+        if !naming {
+            // The common case: only attributes change. An entry shown in
+            // its place stays there; only what it shows changes.
+            if let Some(shown) = Self::load(&*txn, change.uuid)?
+                && shown.get("cairnconflict").is_none()
+                && let Some(m) = state.materialize(|k| self.is_single_valued(k))
+            {
+                let place = Placement {
+                    dn: shown.dn().clone(),
+                    conflict: None,
+                };
+                let new = self.shown_entry(change.uuid, m, place);
+                let mut b = Batch::default();
+                let (old_keys, new_keys) = (
+                    self.index_keys(&shown, change.uuid),
+                    self.index_keys(&new, change.uuid),
+                );
+                for k in old_keys.difference(&new_keys) {
+                    b.delete(Table::Index, k.clone());
+                }
+                for k in new_keys.difference(&old_keys) {
+                    b.put(Table::Index, k.clone(), vec![]);
+                }
+                self.put_entry(&mut b, change.uuid, &new)?;
+                txn.apply(&b)?;
+                return Ok(effect);
+            }
+        }
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
             let prefix = &key[..key.len() - 16];
@@ -962,6 +995,11 @@ impl Directory {
         if place.dn.parent() == Some(self.lost_and_found_dn()?) {
             self.ensure_lost_and_found(txn)?;
         }
+        Ok(Some(self.shown_entry(uuid, m, place)))
+    }
+
+    /// The shown entry of a live entry placed at `place`.
+    fn shown_entry(&self, uuid: Uuid, m: merge::Materialized, place: Placement) -> ValidEntry {
         // Names from this node's schema (the state keeps whatever name a
         // change came with), and the entry's own UUID whatever a change said.
         let uuid_text = uuid.hyphenated().to_string();
@@ -1006,14 +1044,14 @@ impl Directory {
                 .push(("cairnConflict".into(), conflicts.clone()));
         }
         match self.schema.validate(entry) {
-            Ok(v) => Ok(Some(v)),
+            Ok(v) => v,
             Err(e) => {
                 conflicts.push(format!("schema: {e}"));
                 attrs.push(("cairnConflict".into(), conflicts));
-                Ok(Some(self.schema.keep_conflicting(Entry {
+                self.schema.keep_conflicting(Entry {
                     dn: place.dn,
                     attrs,
-                })))
+                })
             }
         }
     }
