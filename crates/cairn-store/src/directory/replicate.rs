@@ -763,7 +763,10 @@ impl Directory {
         }
         work.extend(old_loop.into_iter().map(|(_, u)| u));
         // A move that closes a loop: the entry that breaks it moves first.
-        if naming && let Some(cut) = self.cycle_cut(&*txn, change.uuid)? {
+        if naming
+            && let Some(cut) = Self::cycle_members(&*txn, change.uuid)?
+                .and_then(|m| m.iter().min().map(|(_, u)| *u))
+        {
             work.push_front(cut);
         }
         self.place_all(txn, work)?;
@@ -889,30 +892,7 @@ impl Directory {
     /// loop whose name has the lowest CSN: it is shown in lost and found,
     /// which breaks the loop the same way at every site.
     fn cycle_cut(&self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
-        if self.new_under_a_placed_parent(snap, uuid)? {
-            return Ok(None);
-        }
         Ok(Self::cycle_members(snap, uuid)?.and_then(|m| m.iter().min().map(|(_, u)| *u)))
-    }
-
-    /// An entry not shown yet (being added) whose parent is shown in its
-    /// ordinary place cannot be in a loop: the parent's chain is shown as
-    /// its states name it, and the entry, not shown, is not in it. This
-    /// spares every add the walk up to the root.
-    fn new_under_a_placed_parent(&self, snap: &dyn Snapshot, uuid: Uuid) -> Result<bool, Error> {
-        if Self::load(snap, uuid)?.is_some() {
-            return Ok(false);
-        }
-        let Some(state) = Self::load_state(snap, uuid)? else {
-            return Ok(true);
-        };
-        let Some(parent) = state.name.as_ref().and_then(|(_, n)| n.parent) else {
-            return Ok(true);
-        };
-        let Some(shown_parent) = Self::load(snap, parent)? else {
-            return Ok(false);
-        };
-        Ok(!shown_parent.dn().is_within(&self.lost_and_found_dn()?))
     }
 
     /// The live entries in a loop of names through `uuid`, with their name
