@@ -494,6 +494,30 @@ mod tests {
         e
     }
 
+    /// Log entry 1: the add of the naming context's root, as a log of
+    /// writes held it.
+    fn suffix_entry() -> Entry {
+        use cairn_core::entry::{Entry as DirEntry, Stamp};
+        let suffix = cairn_store::WriteOp::Add {
+            entry: DirEntry {
+                dn: Dn::parse("dc=example,dc=com").unwrap(),
+                attrs: vec![
+                    ("objectClass".into(), vec!["domain".into()]),
+                    ("dc".into(), vec!["example".into()]),
+                ],
+            },
+            uuid: uuid::Uuid::new_v4(),
+            stamp: Stamp {
+                who: Dn::root(),
+                now: "20261124000000Z".into(),
+            },
+        };
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
+            payload: EntryPayload::Normal(crate::Request::writes(vec![suffix])),
+        }
+    }
+
     /// Issue 11: followers apply the changes a leader planned and plan
     /// nothing; entries of writes from an older log, between them, are
     /// planned the same way on every node.
@@ -503,27 +527,7 @@ mod tests {
         let (_tl, _ll, mut leader) = Builder(EngineKind::Redb).build().await.unwrap();
         let (_tf, _lf, mut follower) = Builder(EngineKind::Sled).build().await.unwrap();
         let write_entry = |cn: &str, index: u64| at(host_add(cn), index);
-        let suffix = {
-            use cairn_core::entry::{Entry as DirEntry, Stamp};
-            cairn_store::WriteOp::Add {
-                entry: DirEntry {
-                    dn: Dn::parse("dc=example,dc=com").unwrap(),
-                    attrs: vec![
-                        ("objectClass".into(), vec!["domain".into()]),
-                        ("dc".into(), vec!["example".into()]),
-                    ],
-                },
-                uuid: uuid::Uuid::new_v4(),
-                stamp: Stamp {
-                    who: Dn::root(),
-                    now: "20261124000000Z".into(),
-                },
-            }
-        };
-        let first = Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
-            payload: EntryPayload::Normal(crate::Request::writes(vec![suffix])),
-        };
+        let first = suffix_entry();
         let old_log = vec![first, write_entry("old-1", 2)];
         for sm in [&mut leader, &mut follower] {
             let out = sm.apply(old_log.clone()).await.unwrap();
@@ -583,27 +587,7 @@ mod tests {
     async fn applies_writes_then_a_snapshot_carries_them_to_another_node() {
         for kind in [EngineKind::Redb, EngineKind::Sled] {
             let (_ta, _la, mut a) = Builder(kind).build().await.unwrap();
-            let suffix = {
-                use cairn_core::entry::{Entry as DirEntry, Stamp};
-                cairn_store::WriteOp::Add {
-                    entry: DirEntry {
-                        dn: Dn::parse("dc=example,dc=com").unwrap(),
-                        attrs: vec![
-                            ("objectClass".into(), vec!["domain".into()]),
-                            ("dc".into(), vec!["example".into()]),
-                        ],
-                    },
-                    uuid: uuid::Uuid::new_v4(),
-                    stamp: Stamp {
-                        who: Dn::root(),
-                        now: "20261124000000Z".into(),
-                    },
-                }
-            };
-            let first = Entry {
-                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), 1),
-                payload: EntryPayload::Normal(crate::Request::writes(vec![suffix])),
-            };
+            let first = suffix_entry();
             let out = a
                 .apply(vec![
                     first,

@@ -50,6 +50,32 @@ struct Site {
     peer_sites: Vec<PeerSite>,
 }
 
+/// Fresh nodes (ids 1, 2, …) at `addrs`, not started, and the site's
+/// membership they make.
+fn nodes_at(addrs: &[SocketAddr]) -> (Vec<Node>, BTreeMap<u64, NodeInfo>) {
+    let mut nodes = vec![];
+    let mut members = BTreeMap::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        members.insert(
+            id,
+            NodeInfo {
+                peer: addr.to_string(),
+                ldap: String::new(),
+            },
+        );
+        nodes.push(Node {
+            id,
+            addr: *addr,
+            tmp: tempfile::tempdir().unwrap(),
+            replica: None,
+            stop: None,
+            server: None,
+        });
+    }
+    (nodes, members)
+}
+
 impl Site {
     async fn new(n: u64, snapshot_after: u64) -> Site {
         Site::with_log_limit(n, snapshot_after, ReplicaConfig::SNAPSHOT_LOG_BYTES).await
@@ -78,26 +104,8 @@ impl Site {
         sim: bool,
         write_timeout: Duration,
     ) -> Site {
-        let mut nodes = vec![];
-        let mut members = BTreeMap::new();
-        for id in 1..=n {
-            let addr = free_addr();
-            members.insert(
-                id,
-                NodeInfo {
-                    peer: addr.to_string(),
-                    ldap: String::new(),
-                },
-            );
-            nodes.push(Node {
-                id,
-                addr,
-                tmp: tempfile::tempdir().unwrap(),
-                replica: None,
-                stop: None,
-                server: None,
-            });
-        }
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let (nodes, members) = nodes_at(&addrs);
         let (disks, stores) = if sim {
             (
                 (1..=n).map(|i| (i, SimDisk::new())).collect(),
@@ -133,26 +141,7 @@ impl Site {
             .collect();
         let mut sites = vec![];
         for (name, addrs) in &plan {
-            let mut nodes = vec![];
-            let mut members = BTreeMap::new();
-            for (i, addr) in addrs.iter().enumerate() {
-                let id = i as u64 + 1;
-                members.insert(
-                    id,
-                    NodeInfo {
-                        peer: addr.to_string(),
-                        ldap: String::new(),
-                    },
-                );
-                nodes.push(Node {
-                    id,
-                    addr: *addr,
-                    tmp: tempfile::tempdir().unwrap(),
-                    replica: None,
-                    stop: None,
-                    server: None,
-                });
-            }
+            let (nodes, members) = nodes_at(addrs);
             let mut site = Site {
                 nodes,
                 faults: Faults::default(),

@@ -358,17 +358,28 @@ impl Directory {
     }
 
     fn children_of(snap: &dyn Snapshot, parent: Uuid) -> Result<Vec<Uuid>, Error> {
+        Self::trailing_uuids(snap, Table::Children, parent.as_bytes())
+    }
+
+    /// The UUIDs that end the keys of `table` starting with `prefix` (the
+    /// children table's parent ‖ child, the names table's claims).
+    fn trailing_uuids(
+        snap: &dyn Snapshot,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<Uuid>, Error> {
         let mut out = vec![];
         let mut bad = false;
-        snap.scan_prefix(Table::Children, parent.as_bytes(), &mut |k, _| {
-            match k.get(16..32).and_then(|b| Uuid::from_slice(b).ok()) {
+        snap.scan_prefix(table, prefix, &mut |k, _| {
+            let at = k.len().saturating_sub(16).max(prefix.len());
+            match k.get(at..).and_then(|b| Uuid::from_slice(b).ok()) {
                 Some(u) => out.push(u),
                 None => bad = true,
             }
             true
         })?;
         if bad {
-            return Err(Error::Corrupt("bad key in children table".into()));
+            return Err(Error::Corrupt(format!("bad key in {} table", table.name())));
         }
         Ok(out)
     }

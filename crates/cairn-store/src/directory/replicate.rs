@@ -120,6 +120,16 @@ impl Directory {
         }
     }
 
+    /// Every value of an entry, as the attribute changes of its add.
+    fn all_values(&self, e: &ValidEntry) -> Vec<AttrChange> {
+        e.attrs()
+            .map(|a| {
+                let values: Vec<&String> = a.values.iter().collect();
+                self.attr_change(AttrOp::Add, &a.name.to_ascii_lowercase(), &a.name, &values)
+            })
+            .collect()
+    }
+
     /// The name of an entry at `dn` whose parent has UUID `parent` (nil for
     /// a naming context).
     fn name_of(dn: &Dn, parent: Uuid) -> Name {
@@ -270,18 +280,7 @@ impl Directory {
                     return Ok(None);
                 }
                 let parent = self.parent_uuid(txn, valid.dn())?;
-                let attrs = valid
-                    .attrs()
-                    .map(|a| {
-                        let values: Vec<&String> = a.values.iter().collect();
-                        self.attr_change(
-                            AttrOp::Add,
-                            &a.name.to_ascii_lowercase(),
-                            &a.name,
-                            &values,
-                        )
-                    })
-                    .collect();
+                let attrs = self.all_values(&valid);
                 let change = Change {
                     csn,
                     uuid: *uuid,
@@ -574,18 +573,7 @@ impl Directory {
                     continue;
                 };
                 let parent = self.shown_parent(&*txn, &e)?;
-                let attrs = e
-                    .attrs()
-                    .map(|a| {
-                        let values: Vec<&String> = a.values.iter().collect();
-                        self.attr_change(
-                            AttrOp::Add,
-                            &a.name.to_ascii_lowercase(),
-                            &a.name,
-                            &values,
-                        )
-                    })
-                    .collect();
+                let attrs = self.all_values(&e);
                 let change = Change {
                     csn: Csn::zero(Origin::new(Uuid::nil(), 0)),
                     uuid: u,
@@ -640,23 +628,7 @@ impl Directory {
 
     /// The live entries whose state names `parent` as their parent.
     fn state_children(snap: &dyn Snapshot, parent: Uuid) -> Result<Vec<Uuid>, Error> {
-        let mut out = vec![];
-        let mut bad = false;
-        snap.scan_prefix(Table::Names, parent.as_bytes(), &mut |k, _| {
-            match k
-                .len()
-                .checked_sub(16)
-                .and_then(|at| Uuid::from_slice(&k[at..]).ok())
-            {
-                Some(u) => out.push(u),
-                None => bad = true,
-            }
-            true
-        })?;
-        if bad {
-            return Err(Error::Corrupt("bad key in names table".into()));
-        }
-        Ok(out)
+        Self::trailing_uuids(snap, Table::Names, parent.as_bytes())
     }
 
     /// Merges one change and brings the materialized tree in line.
@@ -953,11 +925,10 @@ impl Directory {
         })?;
         let uuid = lost_and_found_uuid(&suffix);
         let csn = Csn::zero(Origin::new(Uuid::nil(), 0));
-        let attr = |key: &str, name: &str, vs: &[&str]| AttrChange {
-            op: AttrOp::Add,
-            key: key.to_string(),
-            name: name.to_string(),
-            values: vs.iter().map(|v| self.value(key, v)).collect(),
+        let attr = |key: &str, name: &str, vs: &[&str]| {
+            let owned: Vec<String> = vs.iter().map(|v| v.to_string()).collect();
+            let values: Vec<&String> = owned.iter().collect();
+            self.attr_change(AttrOp::Add, key, name, &values)
         };
         let uuid_text = uuid.hyphenated().to_string();
         let change = Change {
