@@ -149,6 +149,32 @@ pub struct EntryState {
     pub attrs: BTreeMap<String, AttrState>,
 }
 
+/// The leading fields of an [`EntryState`], in its order: whether an entry
+/// is live and where it is named, which is all a walk up the tree reads.
+/// A stored state's first bytes decode as one without the attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StateHead {
+    pub uuid: Uuid,
+    pub name: Option<(Csn, Name)>,
+    pub created: Option<Csn>,
+    pub deleted: Option<Csn>,
+    pub deleted_at: Option<String>,
+}
+
+impl StateHead {
+    /// [`EntryState::is_live`].
+    pub fn is_live(&self) -> bool {
+        live(self.created, &self.name, self.deleted)
+    }
+}
+
+fn live(created: Option<Csn>, name: &Option<(Csn, Name)>, deleted: Option<Csn>) -> bool {
+    match (created, name) {
+        (Some(created), Some(_)) => deleted.is_none_or(|d| created > d),
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrState {
     pub name: String,
@@ -213,10 +239,7 @@ impl EntryState {
     /// Whether the entry exists: created, named, and created after its last
     /// delete.
     pub fn is_live(&self) -> bool {
-        match (self.created, &self.name) {
-            (Some(created), Some(_)) => self.deleted.is_none_or(|d| created > d),
-            _ => false,
-        }
+        live(self.created, &self.name, self.deleted)
     }
 
     /// Whether the entry is a tombstone (deleted, not created again).

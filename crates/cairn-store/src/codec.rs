@@ -4,7 +4,7 @@
 
 use cairn_core::csn::Csn;
 use cairn_core::entry::ValidEntry;
-use cairn_core::merge::{Change, EntryState};
+use cairn_core::merge::{Change, EntryState, StateHead};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -73,6 +73,17 @@ pub fn encode_state(s: &EntryState) -> Result<Vec<u8>, Error> {
 pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
     match decode("entry state", bytes)? {
         StoredState::V1(s) => Ok(s),
+    }
+}
+
+/// The head of a stored entry state: its leading fields, without decoding
+/// its attributes (the rest of the bytes are not read).
+pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
+    let (v, _): (StoredState<StateHead>, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
+    match v {
+        StoredState::V1(h) => Ok(h),
     }
 }
 
@@ -241,5 +252,60 @@ mod tests {
                 .unwrap();
         assert_eq!(bytes, owned);
         assert_eq!(decode_entry(&bytes).unwrap(), e);
+    }
+
+    /// A state's head is read from the state's own bytes: the same fields,
+    /// whatever follows them.
+    #[test]
+    fn a_state_head_is_the_states_leading_fields() {
+        use cairn_core::csn::{Csn, Origin};
+        use cairn_core::merge::{AttrChange, AttrOp, ChangeOp, Name, Value, merge};
+        let origin = Origin::new(uuid::Uuid::from_u128(7), 1);
+        let csn = |ms| Csn {
+            ms,
+            logical: 0,
+            origin,
+            seq: 0,
+        };
+        let uuid = uuid::Uuid::from_u128(42);
+        let add = Change {
+            csn: csn(1),
+            uuid,
+            op: ChangeOp::Add {
+                name: Name {
+                    parent: Some(uuid::Uuid::from_u128(1)),
+                    rdn: "cn=h1".into(),
+                },
+                attrs: vec![AttrChange {
+                    op: AttrOp::Add,
+                    key: "cn".into(),
+                    name: "cn".into(),
+                    values: vec![Value::exact("h1"); 3],
+                }],
+            },
+        };
+        let (live, _) = merge(None, &add);
+        let delete = Change {
+            csn: csn(2),
+            uuid,
+            op: ChangeOp::Delete {
+                dn: "cn=h1,dc=example,dc=com".into(),
+            },
+        };
+        let (gone, _) = merge(Some(live.clone()), &delete);
+        for s in [live, gone] {
+            let head = decode_state_head(&encode_state(&s).unwrap()).unwrap();
+            assert_eq!(
+                (
+                    head.uuid,
+                    &head.name,
+                    head.created,
+                    head.deleted,
+                    &head.deleted_at
+                ),
+                (s.uuid, &s.name, s.created, s.deleted, &s.deleted_at)
+            );
+            assert_eq!(head.is_live(), s.is_live());
+        }
     }
 }

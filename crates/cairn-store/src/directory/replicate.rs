@@ -30,14 +30,16 @@ use cairn_core::csn::{Csn, Origin};
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, ValidEntry};
 use cairn_core::merge::{
-    self, AttrChange, AttrOp, Change, ChangeOp, Effect, EntryState, Name, Value,
+    self, AttrChange, AttrOp, Change, ChangeOp, Effect, EntryState, Name, StateHead, Value,
 };
 use cairn_core::modify::ModOp;
 use uuid::Uuid;
 
 use super::{Applied, Directory, WriteOp, child_key, uuid_from};
 use crate::Error;
-use crate::codec::{decode_csn, decode_state, encode_change, encode_csn, encode_state};
+use crate::codec::{
+    decode_csn, decode_state, decode_state_head, encode_change, encode_csn, encode_state,
+};
 use crate::engine::{Batch, Snapshot, Table, WriteTxn};
 
 /// The RDN of the container entries whose parent was deleted at another
@@ -599,6 +601,14 @@ impl Directory {
             .transpose()
     }
 
+    /// An entry state's head: enough to walk the tree, without decoding
+    /// its attributes.
+    fn load_head(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<StateHead>, Error> {
+        snap.get(Table::State, uuid.as_bytes())?
+            .map(|b| decode_state_head(&b))
+            .transpose()
+    }
+
     /// The key of a live entry's claim on its name.
     fn claim(state: &EntryState) -> Result<Option<(Vec<u8>, Csn)>, Error> {
         if !state.is_live() {
@@ -741,6 +751,10 @@ impl Directory {
         {
             work.push_front(cut);
         }
+        // Each entry once (the changed entry is usually among its name's
+        // claimants too): placing one queues whatever it moves.
+        let mut seen = std::collections::HashSet::new();
+        work.retain(|u| seen.insert(*u));
         self.place_all(txn, work)?;
         Ok(effect)
     }
@@ -805,7 +819,8 @@ impl Directory {
             .map_err(|e| Error::Corrupt(format!("a change names its entry {:?}: {e}", name.rdn)))?;
         // The parent's state decides, not its shown entry: a parent being
         // deleted in this pass is still shown while its children move out.
-        let parent_live = Self::load_state(snap, parent)?.is_some_and(|s| s.is_live());
+        let parent_state = Self::load_head(snap, parent)?;
+        let parent_live = parent_state.as_ref().is_some_and(StateHead::is_live);
         let shown_parent = if parent_live {
             Self::load(snap, parent)?
         } else {
@@ -817,7 +832,7 @@ impl Directory {
                 let lost = self.lost_and_found_dn()?;
                 // Where the parent was when it was deleted (a parent that
                 // has not arrived yet has no place to name).
-                let original = Self::load_state(snap, parent)?
+                let original = parent_state
                     .and_then(|p| p.deleted_at)
                     .and_then(|dn| Dn::parse(&dn).ok())
                     .map(|p| p.child(rdn.clone()));
@@ -873,7 +888,7 @@ impl Directory {
         let mut members: Vec<(Csn, Uuid)> = vec![];
         let mut cur = uuid;
         for _ in 0..cairn_core::dn::MAX_RDNS {
-            let Some(state) = Self::load_state(snap, cur)?.filter(EntryState::is_live) else {
+            let Some(state) = Self::load_head(snap, cur)?.filter(StateHead::is_live) else {
                 return Ok(None);
             };
             let Some((csn, name)) = &state.name else {
@@ -1073,7 +1088,7 @@ impl Directory {
         }
         if cut != Some(uuid)
             && let Some(o) = &Self::load(&*txn, uuid)?
-            && let Some(state) = Self::load_state(&*txn, uuid)?
+            && let Some(state) = Self::load_head(&*txn, uuid)?
             && let Some((_, name)) = &state.name
             && let Some(p) = name.parent
             && p != uuid
@@ -1108,7 +1123,7 @@ impl Directory {
             }
             txn.apply(&b)?;
             // A new claimant may now have the name.
-            if let Some(state) = Self::load_state(&*txn, uuid)?
+            if let Some(state) = Self::load_head(&*txn, uuid)?
                 && let Some((_, name)) = &state.name
             {
                 let prefix = names_prefix(name.parent, &norm_rdn(name)?);
