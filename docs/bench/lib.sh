@@ -26,3 +26,9 @@ commit() {
     fi
     echo "$c"
 }
+
+# need COMMAND PACKAGE: installs the Debian package that has COMMAND when it
+# is missing (a fresh machine has no OpenLDAP tools or dig).
+need() {
+    command -v "$1" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
