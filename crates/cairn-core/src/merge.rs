@@ -434,11 +434,14 @@ impl EntryState {
 /// give the same result everywhere, in any order, any number of times.
 pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect) {
     let mut s = state.unwrap_or_else(|| EntryState::new(change.uuid));
+    let csn = change.csn;
     // What counts is the state after compaction: a change whose values
     // are all older than the entry's last create or delete changed
-    // nothing, and is a duplicate to the caller's change log.
-    let before = s.clone();
-    let csn = change.csn;
+    // nothing, and is a duplicate to the caller's change log. Only such
+    // an older change can be compacted away; a newer one that changed a
+    // field keeps it (compaction drops only what is below the floor, and
+    // a change that raises the floor changed the floor).
+    let before = s.floor().is_some_and(|f| csn < f).then(|| s.clone());
     let was_tombstone = s.is_tombstone();
     let mut changed = false;
     let set_name = |s: &mut EntryState, name: &Name| {
@@ -476,7 +479,9 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
     }
     if changed {
         s.compact();
-        changed = s != before;
+        if let Some(before) = &before {
+            changed = s != *before;
+        }
     }
     let effect = match (&change.op, changed) {
         (_, false) => Effect::AlreadyHeld,

@@ -347,8 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let failed = |e: cairn_store::Error| StorageIOError::write_state_machine(&e);
                 match step.kind {
                     StepKind::Changes(runs) => {
-                        let changes: Vec<Change> =
-                            runs.iter().flat_map(|r| r.iter().cloned()).collect();
+                        let changes: Vec<&Change> = runs.iter().flat_map(|r| r.iter()).collect();
                         dir.apply_changes(&changes, Some(&meta), durable)
                             .map_err(failed)?;
                     }

@@ -478,9 +478,9 @@ impl Directory {
     /// merge did. With `durable` false the transaction reaches the disk
     /// with the next sync. A change that cannot be applied (a corrupt
     /// state) fails the whole transaction: changes are never skipped.
-    pub fn apply_changes(
+    pub fn apply_changes<C: std::borrow::Borrow<Change>>(
         &self,
-        changes: &[Change],
+        changes: &[C],
         meta: Option<&Batch>,
         durable: bool,
     ) -> Result<Vec<Effect>, Error> {
@@ -488,7 +488,7 @@ impl Directory {
         self.write_txn(durable, &mut |txn| {
             effects.clear();
             for c in changes {
-                effects.push(self.apply_change(txn, c)?);
+                effects.push(self.apply_change(txn, c.borrow())?);
             }
             match meta {
                 Some(meta) => txn.apply(meta),
@@ -720,15 +720,18 @@ impl Directory {
                 };
                 let new = self.shown_entry(change.uuid, m, place);
                 let mut b = Batch::default();
-                let (old_keys, new_keys) = (
-                    self.index_keys(&shown, change.uuid),
-                    self.index_keys(&new, change.uuid),
-                );
-                for k in old_keys.difference(&new_keys) {
-                    b.delete(Table::Index, k.clone());
-                }
-                for k in new_keys.difference(&old_keys) {
-                    b.put(Table::Index, k.clone(), vec![]);
+                // Index rows change only with an indexed attribute's values.
+                if super::INDEXED.iter().any(|a| shown.get(a) != new.get(a)) {
+                    let (old_keys, new_keys) = (
+                        self.index_keys(&shown, change.uuid),
+                        self.index_keys(&new, change.uuid),
+                    );
+                    for k in old_keys.difference(&new_keys) {
+                        b.delete(Table::Index, k.clone());
+                    }
+                    for k in new_keys.difference(&old_keys) {
+                        b.put(Table::Index, k.clone(), vec![]);
+                    }
                 }
                 self.put_entry(&mut b, change.uuid, &new)?;
                 txn.apply(&b)?;
@@ -885,6 +888,16 @@ impl Directory {
     /// The live entries in a loop of names through `uuid`, with their name
     /// CSNs; none when there is no loop.
     fn cycle_members(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Vec<(Csn, Uuid)>>, Error> {
+        // A loop through `uuid` needs a live entry named below it: without
+        // one (a leaf, the usual case) there is nothing to walk.
+        let mut named_below = false;
+        snap.scan_prefix(Table::Names, uuid.as_bytes(), &mut |_, _| {
+            named_below = true;
+            false
+        })?;
+        if !named_below {
+            return Ok(None);
+        }
         let mut members: Vec<(Csn, Uuid)> = vec![];
         let mut cur = uuid;
         for _ in 0..cairn_core::dn::MAX_RDNS {
