@@ -882,7 +882,7 @@ fn metrics_count_pulls_and_unmapped_clients_and_probes_answer() {
     }
     assert_eq!(crate::kit::http_get(n.http, "/healthz").0, 200);
     let (code, body) = crate::kit::http_get(n.http, "/readyz");
-    assert_eq!((code, body.trim()), (200, "ready: standalone"));
+    assert_eq!((code, body.trim()), (200, "ready: leader, leader 1"));
     assert_eq!(crate::kit::http_get(n.http, "/nope").0, 404);
 }
 

@@ -17,7 +17,7 @@ use crate::kit::*;
 
 /// The node under test: a `cairnd dev` process, or a one-member site.
 enum Target {
-    Node(Node),
+    Node(Box<Node>),
     Site(ProcSite),
 }
 
@@ -227,12 +227,18 @@ fn kill_during_writes(mut target: Target, what: &str) {
 
 #[test]
 fn kill9_during_writes_loses_no_acknowledged_write_redb() {
-    kill_during_writes(Target::Node(Node::start_with("redb", &[])), "redb");
+    kill_during_writes(
+        Target::Node(Box::new(Node::start_with("redb", &[]))),
+        "redb",
+    );
 }
 
 #[test]
 fn kill9_during_writes_loses_no_acknowledged_write_sled() {
-    kill_during_writes(Target::Node(Node::start_with("sled", &[])), "sled");
+    kill_during_writes(
+        Target::Node(Box::new(Node::start_with("sled", &[]))),
+        "sled",
+    );
 }
 
 /// The same through a site's log: a one-member site applies every write

@@ -90,3 +90,180 @@ fn issue_11_a_write_at_one_site_is_read_at_every_node_of_the_other() {
         },
     );
 }
+
+/// Issue 11, "done means": with replication paused by `cairn replication
+/// pause` at both sites (one node each), conflicting `ldapmodify`s on
+/// both sides — the same attribute replaced, the same DN added, an entry
+/// deleted at one site and modified at the other — and `cairn
+/// replication resume`, both nodes end with one directory: the later
+/// replace wins, the add that lost keeps its data under a mangled name
+/// that `cairn conflicts` lists, and the delete wins over the modify.
+#[test]
+fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
+    let site = Site::start_sites(2, 1);
+    for node in 1..=2 {
+        wait_until(
+            "the example tree at both sites",
+            Duration::from_secs(60),
+            || {
+                let out = site.tool(
+                    node,
+                    "ldapsearch",
+                    &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+                    None,
+                );
+                out.status.success() && dns(&stdout(&out)).len() == 4
+            },
+        );
+    }
+    // The example tree's subnets, which the delete/modify pair uses, came
+    // over before the pause.
+    let doomed = format!("ou=doomed,{SUFFIX}");
+    ok(site.tool(
+        1,
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {doomed}\nobjectClass: organizationalUnit\nou: doomed\n"
+        )),
+    ));
+    wait_until("the doomed entry at west", Duration::from_secs(20), || {
+        site.tool(2, "ldapsearch", &["-b", &doomed, "-s", "base", "1.1"], None)
+            .status
+            .success()
+    });
+    for node in 1..=2 {
+        let out = site.cairn(node, &["replication", "pause"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = stdout(&site.tool(
+            node,
+            "ldapsearch",
+            &["-b", "cn=status", "-s", "base", "cairnReplicationPaused"],
+            None,
+        ));
+        assert!(status.contains("cairnReplicationPaused: TRUE"), "{status}");
+    }
+    let status = stdout(&site.cairn(1, &["status"]));
+    assert!(
+        status.contains("PAUSED") && status.contains("west") && status.contains("paused"),
+        "{status}"
+    );
+
+    let east = format!("cn=east,ou=sites,{SUFFIX}");
+    let twin = format!("ou=twin,{SUFFIX}");
+    let replace = |node, text: &str| {
+        ok(site.tool(
+            node,
+            "ldapmodify",
+            &[],
+            Some(&format!(
+                "dn: {east}\nchangetype: modify\nreplace: description\ndescription: {text}\n"
+            )),
+        ));
+    };
+    replace(1, "first, at east");
+    ok(site.tool(
+        1,
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {twin}\nobjectClass: organizationalUnit\nou: twin\ndescription: made at east\n"
+        )),
+    ));
+    ok(site.tool(1, "ldapdelete", &[&doomed], None));
+    // West writes later on the same clock: its CSNs are higher.
+    std::thread::sleep(Duration::from_millis(5));
+    replace(2, "second, at west");
+    ok(site.tool(
+        2,
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {twin}\nobjectClass: organizationalUnit\nou: twin\ndescription: made at west\n"
+        )),
+    ));
+    ok(site.tool(
+        2,
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {doomed}\nchangetype: modify\nreplace: description\ndescription: too late\n"
+        )),
+    ));
+    // Paused: nothing crossed.
+    let at_west = stdout(&site.tool(
+        2,
+        "ldapsearch",
+        &["-b", &east, "-s", "base", "description"],
+        None,
+    ));
+    assert!(at_west.contains("second, at west"), "{at_west}");
+
+    for node in 1..=2 {
+        let out = site.cairn(node, &["replication", "resume"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(
+        "identical exports at both sites",
+        Duration::from_secs(30),
+        || {
+            let first = export_at(&site.url(1));
+            first.is_ok() && export_at(&site.url(2)) == first
+        },
+    );
+    for node in 1..=2 {
+        assert!(has_value(
+            &site,
+            node,
+            &east,
+            "description",
+            "second, at west"
+        ));
+        assert!(has_value(&site, node, &twin, "description", "made at west"));
+        let gone = site.tool(
+            node,
+            "ldapsearch",
+            &["-b", &doomed, "-s", "base", "1.1"],
+            None,
+        );
+        assert_eq!(
+            gone.status.code(),
+            Some(32),
+            "the delete wins at node {node}"
+        );
+        let out = site.cairn(node, &["conflicts"]);
+        let listed = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{listed}");
+        assert!(
+            listed.starts_with("1 entries in conflict")
+                && listed.contains("ou=twin\\0ACNF:")
+                && listed.contains(&format!("original DN: {twin}"))
+                && listed.contains("added at two sites"),
+            "{listed}"
+        );
+        let kept = site.tool(
+            node,
+            "ldapsearch",
+            &[
+                "-b",
+                SUFFIX,
+                "(&(ou=twin*)(cairnConflict=*))",
+                "description",
+            ],
+            None,
+        );
+        assert!(
+            stdout(&kept).contains("description: made at east"),
+            "{}",
+            stdout(&kept)
+        );
+    }
+}

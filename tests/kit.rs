@@ -130,6 +130,8 @@ pub struct Node {
     pub dns: SocketAddr,
     /// The HTTP listener (/metrics, /healthz, /readyz).
     pub http: SocketAddr,
+    /// The peer listener of its site of one.
+    pub peer: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -153,6 +155,7 @@ impl Node {
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dns: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
             engine,
             child: None,
             extra_env: env
@@ -194,6 +197,8 @@ impl Node {
             .arg(self.dns.to_string())
             .arg("--http")
             .arg(self.http.to_string())
+            .arg("--peer")
+            .arg(self.peer.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args);
@@ -492,6 +497,22 @@ impl Site {
     /// Runs an OpenLDAP tool against node `i` as the admin.
     pub fn tool(&self, i: u64, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
         run_tool(&self.url(i), tool, Some((ADMIN, PASSWORD)), args, stdin)
+    }
+
+    /// Runs the `cairn` CLI against node `i` as the admin.
+    pub fn cairn(&self, i: u64, args: &[&str]) -> Output {
+        Command::new(bin("cairn"))
+            .args([
+                "--url",
+                &self.url(i),
+                "--bind-dn",
+                ADMIN,
+                "--password",
+                PASSWORD,
+            ])
+            .args(args)
+            .output()
+            .expect("run cairn")
     }
 
     /// `cairn export` of node `i`.

@@ -174,7 +174,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
                                 break;
                             }
                         }
-                        LdapOp::ExtendedRequest(req) if req.name != crate::dse::OID_CHANGE_MEMBERS => {
+                        LdapOp::ExtendedRequest(req) if !crate::dse::is_site_extension(&req.name) => {
                             let reply = ops::extended(&auth, msgid, req);
                             if sink.send(reply).await.is_err() {
                                 break;

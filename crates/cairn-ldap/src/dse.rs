@@ -18,8 +18,19 @@ pub const OID_LINEARIZABLE_READ: &str = "1.3.6.1.4.1.32473.7.3.1";
 /// the request value is `add ID LDAP GRPC`, `remove ID` or
 /// `replace OLD NEW LDAP GRPC`.
 pub const OID_CHANGE_MEMBERS: &str = "1.3.6.1.4.1.32473.7.4.1";
+/// Cairn's replication extended operation (administrators only): the
+/// request value `pause` stops this node's replication with other sites
+/// (its pulls and its answers to theirs) until `resume` or a restart.
+/// `cairn replication pause|resume` sends it to every node of the site.
+pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
 pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
+
+/// The extended operations that act on the site (run as operations of
+/// their own, like writes); the others are answered inline.
+pub fn is_site_extension(oid: &str) -> bool {
+    oid == OID_CHANGE_MEMBERS || oid == OID_REPLICATION
+}
 
 /// The root DSE's attributes.
 pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<String>)> {
@@ -37,7 +48,11 @@ pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<S
         ),
         (
             "supportedExtension".into(),
-            vec![OID_WHOAMI.into(), OID_CHANGE_MEMBERS.into()],
+            vec![
+                OID_WHOAMI.into(),
+                OID_CHANGE_MEMBERS.into(),
+                OID_REPLICATION.into(),
+            ],
         ),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
         ("supportedSASLMechanisms".into(), vec![]),

@@ -25,7 +25,7 @@ pub mod ops;
 pub mod server;
 pub mod throttle;
 
-pub use cairn_replica::writer::{LocalWriter, ReplicaWriter, Writer};
+pub use cairn_replica::writer::{ReplicaWriter, Writer};
 pub use config::{Config, Limits};
 pub use server::{Server, ServerContext};
 

@@ -364,7 +364,12 @@ pub async fn dispatch(
         return;
     }
     if let LdapOp::ExtendedRequest(req) = op {
-        let _ = tx.send(change_members(&ctx, &auth, msgid, req).await).await;
+        let reply = if req.name == dse::OID_REPLICATION {
+            replication(&ctx, &auth, msgid, req).await
+        } else {
+            change_members(&ctx, &auth, msgid, req).await
+        };
+        let _ = tx.send(reply).await;
         return;
     }
     let res = match &op {
@@ -409,6 +414,49 @@ async fn change_members(
         msgid,
         op: LdapOp::ExtendedResponse(LdapExtendedResponse {
             res,
+            name: None,
+            value: None,
+        }),
+        ctrl: vec![],
+    }
+}
+
+/// The replication extended operation: `pause` or `resume` this node's
+/// replication with other sites.
+async fn replication(
+    ctx: &ServerContext,
+    auth: &Auth,
+    msgid: i32,
+    req: LdapExtendedRequest,
+) -> LdapMsg {
+    let res = async {
+        require_admin(auth)?;
+        let pause = match req.value.as_deref() {
+            Some(b"pause") => true,
+            Some(b"resume") => false,
+            _ => {
+                return Err(Outcome::new(
+                    LdapResultCode::ProtocolError,
+                    "the request value must be `pause` or `resume`",
+                ));
+            }
+        };
+        ctx.writer.pause_replication(pause).await;
+        tracing::warn!(
+            by = %auth.dn.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            "replication with other sites {}",
+            if pause { "paused" } else { "resumed" }
+        );
+        Ok(())
+    }
+    .await;
+    LdapMsg {
+        msgid,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: match res {
+                Ok(()) => result(LdapResultCode::Success, "", ""),
+                Err(o) => outcome_result(&o),
+            },
             name: None,
             value: None,
         }),

@@ -71,6 +71,9 @@ pub struct ChangesRequest {
 pub struct ChangesResponse {
     pub changes: Vec<Change>,
     pub last: u64,
+    /// Whether the log may hold more after `last` (the answer was cut at
+    /// the request's maximum).
+    pub more: bool,
 }
 
 /// How pulling from one peer site goes (`cairn status`, `cn=status`).
@@ -83,6 +86,18 @@ pub struct PeerStatus {
     pub pulled: u64,
     /// Where in its change log this site got to.
     pub position: u64,
+    /// The last pull that left nothing behind: this site then held every
+    /// change the peer held (its lag is the time since).
+    pub caught_up: Option<SystemTime>,
+}
+
+impl PeerStatus {
+    /// How far this site may be behind the peer: the time since it last
+    /// held everything the peer held (none before the first such pull).
+    pub fn lag(&self, now: SystemTime) -> Option<Duration> {
+        self.caught_up
+            .map(|t| now.duration_since(t).unwrap_or_default())
+    }
 }
 
 /// This node's part in replication between sites.
@@ -131,6 +146,45 @@ impl Federation {
     /// Per peer site, how pulling from it goes.
     pub fn status(&self) -> BTreeMap<String, PeerStatus> {
         self.lock().clone()
+    }
+
+    /// The `cn=status` attributes of replication with other sites:
+    /// `cairnReplicationPaused`, and per peer site a `cairnPeerSite` value
+    /// `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>` (state:
+    /// `pulling`, `failing`, `paused`, or `standby` on a node that does
+    /// not lead its site, which does not pull) and, while pulls fail, a
+    /// `cairnPeerSiteError` value `<site> <cause>`.
+    pub fn status_attrs(&self, leading: bool, now: SystemTime) -> Vec<(String, Vec<String>)> {
+        let paused = self.is_paused();
+        let mut sites = vec![];
+        let mut errors = vec![];
+        for (name, st) in self.status() {
+            let state = match (paused, leading, &st.last_error) {
+                (true, _, _) => "paused",
+                (false, false, _) => "standby",
+                (false, true, Some(_)) => "failing",
+                (false, true, None) => "pulling",
+            };
+            let lag = st
+                .lag(now)
+                .map(|d| d.as_millis().to_string())
+                .unwrap_or_else(|| "-".into());
+            sites.push(format!(
+                "{name} {state} lag-ms={lag} pulled={} position={}",
+                st.pulled, st.position
+            ));
+            if let Some(e) = &st.last_error {
+                errors.push(format!("{name} {e}"));
+            }
+        }
+        vec![
+            (
+                "cairnReplicationPaused".into(),
+                vec![if paused { "TRUE" } else { "FALSE" }.into()],
+            ),
+            ("cairnPeerSite".into(), sites),
+            ("cairnPeerSiteError".into(), errors),
+        ]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PeerStatus>> {
@@ -210,6 +264,7 @@ pub async fn serve_changes(
             .map_err(|e| format!("read task: {e}"))?
             .map_err(|e| e.to_string())?;
         let last = rows.last().map(|(p, _)| *p).unwrap_or(after);
+        let more = rows.len() >= max;
         let changes: Vec<Change> = rows
             .into_iter()
             .map(|(_, c)| c)
@@ -219,10 +274,18 @@ pub async fn serve_changes(
             if paused() {
                 return Err("replication with other sites is paused here".into());
             }
-            return Ok(ChangesResponse { changes, last });
+            return Ok(ChangesResponse {
+                changes,
+                last,
+                more,
+            });
         }
-        // Nothing the caller lacks yet: wait for the next apply here.
+        // Nothing the caller lacks yet: wait for the next apply here (or,
+        // past a run of changes it holds, look further at once).
         after = last;
+        if more {
+            continue;
+        }
         if tokio::time::timeout_at(deadline, changed.changed())
             .await
             .is_err()
@@ -230,6 +293,7 @@ pub async fn serve_changes(
             return Ok(ChangesResponse {
                 changes: vec![],
                 last,
+                more: false,
             });
         }
     }
@@ -253,14 +317,18 @@ pub(crate) async fn pull(replica: Weak<crate::Replica>, peer: PeerSite, clients:
         fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
         let node = &peer.nodes[next_node % peer.nodes.len()];
         match pull_once(&r, &fed, node, position, &clients).await {
-            Ok((n, last)) => {
+            Ok((n, last, complete)) => {
                 position = last;
                 backoff = Duration::from_millis(100);
+                let now = SystemTime::now();
                 fed.record(&peer.name, |s| {
-                    s.last_success = Some(SystemTime::now());
+                    s.last_success = Some(now);
                     s.last_error = None;
                     s.pulled += n;
                     s.position = last;
+                    if complete {
+                        s.caught_up = Some(now);
+                    }
                 });
             }
             Err(e) => {
@@ -276,15 +344,16 @@ pub(crate) async fn pull(replica: Weak<crate::Replica>, peer: PeerSite, clients:
     }
 }
 
-/// One pull: ask, check, propose. Returns how many changes were proposed
-/// and the peer's change-log position reached.
+/// One pull: ask, check, propose. Returns how many changes were proposed,
+/// the peer's change-log position reached, and whether that was all the
+/// peer had.
 async fn pull_once(
     r: &crate::Replica,
     fed: &Federation,
     node: &str,
     position: u64,
     clients: &network::Clients,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, bool), String> {
     let dir = r.directory().clone();
     let vector = {
         let d = dir.clone();
@@ -316,13 +385,14 @@ async fn pull_once(
     let resp: Result<ChangesResponse, String> =
         decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
     let resp = resp?;
+    let complete = !resp.more;
     if resp.changes.is_empty() {
-        return Ok((0, resp.last));
+        return Ok((0, resp.last, complete));
     }
     let _proposing = fed.proposing.lock().await;
     if fed.is_paused() {
         // Paused while the pull was under way: drop it, ask again later.
-        return Ok((0, position));
+        return Ok((0, position, false));
     }
     let now = r.clock().now_millis();
     if let Some(ahead) = resp
@@ -352,5 +422,5 @@ async fn pull_once(
     .await
     .map_err(|_| "proposing the peer's changes timed out".to_string())?
     .map_err(|e| format!("proposing the peer's changes: {e}"))?;
-    Ok((n, resp.last))
+    Ok((n, resp.last, complete))
 }

@@ -731,8 +731,10 @@ impl Replica {
                     .collect()
             })
             .unwrap_or_default();
-        vec![
+        let leading = m.state == openraft::ServerState::Leader;
+        let mut attrs = vec![
             ("cairnNodeId".into(), vec![self.id.to_string()]),
+            ("cairnSiteName".into(), vec![self.federation.site.clone()]),
             ("cairnRole".into(), vec![role.into()]),
             ("cairnTerm".into(), vec![m.current_term.to_string()]),
             ("cairnLastLogIndex".into(), vec![opt(m.last_log_index)]),
@@ -752,7 +754,12 @@ impl Replica {
                 "cairnSnapshotsInstalled".into(),
                 vec![self.snapshots_installed().to_string()],
             ),
-        ]
+        ];
+        attrs.extend(
+            self.federation
+                .status_attrs(leading, std::time::SystemTime::now()),
+        );
+        attrs
     }
 
     /// Snapshots this node installed from a leader since it started (it

@@ -1,13 +1,13 @@
 //! Where the front ends (LDAP, host registration over gRPC) send writes:
-//! straight to the local directory (a standalone node) or through the
-//! site's Raft group.
+//! through the site's Raft group (every node is in a site, of one at
+//! least), behind a trait so the front ends do not depend on Raft.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::{MemberChange, Replica, WriteError};
-use cairn_store::{Applied, Directory, WriteOp};
+use cairn_store::{Applied, WriteOp};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -22,42 +22,11 @@ pub trait Writer: Send + Sync + 'static {
     fn status(&self) -> Vec<(String, Vec<String>)>;
     /// Changes the site's membership.
     fn change_members(&self, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
-}
-
-/// A standalone node: writes go to the local directory.
-pub struct LocalWriter(pub Arc<Directory>);
-
-impl Writer for LocalWriter {
-    fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
-        let dir = self.0.clone();
-        Box::pin(async move {
-            match tokio::task::spawn_blocking(move || dir.write(op)).await {
-                Ok(r) => r.map_err(WriteError::Directory),
-                Err(e) => Err(WriteError::Unknown(format!("write task failed: {e}"))),
-            }
-        })
-    }
-
-    fn barrier(&self) -> BoxFuture<'_, Result<(), String>> {
-        // One node: its own state is the latest.
-        Box::pin(async { Ok(()) })
-    }
-
-    fn status(&self) -> Vec<(String, Vec<String>)> {
-        match self.0.failure() {
-            // A store that failed to write takes no more writes until the
-            // node restarts: the node is not ready.
-            Some(cause) => vec![
-                ("cairnRole".into(), vec!["stopped".into()]),
-                ("cairnStoreError".into(), vec![cause]),
-            ],
-            None => vec![("cairnRole".into(), vec!["standalone".into()])],
-        }
-    }
-
-    fn change_members(&self, _change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Err("a standalone node has no site to change".into()) })
-    }
+    /// Pauses (true) or resumes this node's replication with other sites
+    /// (`cairn replication pause|resume` asks every node of the site).
+    fn pause_replication(&self, pause: bool) -> BoxFuture<'_, ()>;
+    /// This node's replication with other sites.
+    fn federation(&self) -> Option<Arc<crate::federation::Federation>>;
 }
 
 /// A member of a site: writes go through Raft.
@@ -81,5 +50,20 @@ impl Writer for ReplicaWriter {
 
     fn change_members(&self, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.0.change_members(change))
+    }
+
+    fn pause_replication(&self, pause: bool) -> BoxFuture<'_, ()> {
+        let fed = self.0.federation().clone();
+        Box::pin(async move {
+            if pause {
+                fed.pause().await;
+            } else {
+                fed.resume();
+            }
+        })
+    }
+
+    fn federation(&self) -> Option<Arc<crate::federation::Federation>> {
+        Some(self.0.federation().clone())
     }
 }

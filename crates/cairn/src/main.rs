@@ -25,6 +25,7 @@ mod export;
 mod import;
 mod member;
 mod pull;
+mod replication;
 mod rules;
 mod status;
 mod subnets;
@@ -100,6 +101,14 @@ enum Command {
     /// Change the site's membership: add, remove or replace a node.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Replication with other sites: `pause` or `resume` it on every node
+    /// of the site.
+    #[command(subcommand)]
+    Replication(ReplicationCmd),
+    /// List the entries that concurrent changes at two sites left in
+    /// conflict: names added at both, entries moved to lost and found,
+    /// entries outside the schema (exit status 1 when there are any).
+    Conflicts,
     /// Load host entries and measure searches and modifies against any LDAP
     /// server (Cairn or a reference server), printing a Markdown table.
     Bench(BenchCli),
@@ -136,6 +145,15 @@ enum RulesCmd {
 enum SubnetsCmd {
     /// Addresses no site subnet covers, with how often each asked.
     Unmapped,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicationCmd {
+    /// Stop pulling other sites' changes and answering their pulls, on
+    /// every node of the site, until `resume` (or a node's restart).
+    Pause,
+    /// Start again.
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +285,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             export::run(&args.base, args.out.as_deref(), &cli.url, &auth).await
         }
         Command::Status => status::run(&cli.url, &auth).await,
+        Command::Replication(c) => {
+            replication::pause(&cli.url, &auth, matches!(c, ReplicationCmd::Pause)).await
+        }
+        Command::Conflicts => replication::conflicts(&cli.url, &auth).await,
         Command::Pull(args) => pull::run(args).await,
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,

@@ -1,7 +1,8 @@
 //! `cairn status`: every node of the site as the node itself sees it —
 //! role, term, last log index, applied index — read from each node's
 //! `cn=status` entry over LDAP; a node that does not answer is shown as
-//! unreachable.
+//! unreachable. Then replication with the other sites, as the site's
+//! leader (the node that pulls) sees it: per peer site, its state and lag.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,8 +26,14 @@ pub struct NodeStatus {
     pub members: Vec<String>,
     /// Why the node's Raft core stopped (its role is then `stopped`).
     pub raft_error: String,
-    /// Why a standalone node's store refuses writes (role `stopped`).
-    pub store_error: String,
+    /// The node's site.
+    pub site: String,
+    /// Whether replication with other sites is paused on the node.
+    pub paused: bool,
+    /// Per peer site: `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>`.
+    pub peers: Vec<String>,
+    /// Per failing peer site: `<site> <cause>`.
+    pub peer_errors: Vec<String>,
 }
 
 fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
@@ -62,7 +69,10 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         leader: first(&e.attrs, "cairnLeader"),
         members: all(&e.attrs, "cairnMember"),
         raft_error: first(&e.attrs, "cairnRaftError"),
-        store_error: first(&e.attrs, "cairnStoreError"),
+        site: first(&e.attrs, "cairnSiteName"),
+        paused: first(&e.attrs, "cairnReplicationPaused") == "TRUE",
+        peers: all(&e.attrs, "cairnPeerSite"),
+        peer_errors: all(&e.attrs, "cairnPeerSiteError"),
     })
 }
 
@@ -108,18 +118,6 @@ pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
 pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = client::connect(url, auth).await?;
     let me = read_status(&mut ldap).await?;
-    if me.role == "standalone" {
-        println!("standalone node at {url} (no site)");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if me.role == "stopped" && !me.store_error.is_empty() {
-        println!(
-            "standalone node at {url}: its store failed: {}\n\
-             it takes no writes until restarted; see docs/storage.md, \"A store that cannot write\"",
-            me.store_error
-        );
-        return Ok(ExitCode::FAILURE);
-    }
     if me.role == "stopped" {
         println!(
             "node {} at {url}: its Raft core stopped: {}\n\
@@ -137,7 +135,14 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         let s = probe(addr).await.map_err(|e| format!("{e:#}"));
         rows.push((id.to_string(), addr.to_string(), s));
     }
+    println!("site {}", me.site);
     print!("{}", render(&rows));
+    let leader = rows
+        .iter()
+        .find_map(|(_, _, s)| s.as_ref().ok().filter(|s| s.role == "leader"));
+    if let Some(l) = leader {
+        print!("{}", render_peers(l));
+    }
     let healthy = rows
         .iter()
         .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role != "stopped"))
@@ -149,6 +154,50 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Replication with other sites, as the leader `l` reports it.
+pub fn render_peers(l: &NodeStatus) -> String {
+    let mut out = String::new();
+    if l.paused {
+        out.push_str("replication with other sites: PAUSED (`cairn replication resume`)\n");
+    }
+    if l.peers.is_empty() {
+        out.push_str("no linked sites\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<16} {:<8} {:>10} {:>10}  {}\n",
+        "PEER-SITE", "STATE", "LAG", "PULLED", "LAST-ERROR"
+    ));
+    for p in &l.peers {
+        let mut parts = p.split_whitespace();
+        let (site, state) = (parts.next().unwrap_or("?"), parts.next().unwrap_or("?"));
+        let field = |name: &str| {
+            p.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or("-")
+                .to_string()
+        };
+        let lag = match field("lag-ms=").parse::<u64>() {
+            Ok(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+            Err(_) => "never".into(),
+        };
+        let error = l
+            .peer_errors
+            .iter()
+            .find_map(|e| e.strip_prefix(site).map(str::trim))
+            .unwrap_or("");
+        out.push_str(&format!(
+            "{:<16} {:<8} {:>10} {:>10}  {}\n",
+            site,
+            state,
+            lag,
+            field("pulled="),
+            error
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -178,5 +227,30 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].contains("no (connection refused)"), "{t}");
+    }
+
+    #[test]
+    fn peer_sites_show_state_lag_and_cause() {
+        let l = NodeStatus {
+            role: "leader".into(),
+            paused: true,
+            peers: vec![
+                "west paused lag-ms=1500 pulled=12 position=40".into(),
+                "north failing lag-ms=- pulled=0 position=0".into(),
+            ],
+            peer_errors: vec!["north connection refused".into()],
+            ..Default::default()
+        };
+        let t = render_peers(&l);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("PAUSED"), "{t}");
+        assert!(
+            lines[2].starts_with("west") && lines[2].contains("1.5s") && lines[2].contains("12"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("never") && lines[3].ends_with("connection refused"),
+            "{t}"
+        );
     }
 }

@@ -29,7 +29,7 @@ pub struct FileConfig {
     pub dns: DnsSection,
     #[serde(default)]
     pub http: HttpSection,
-    /// Absent: a standalone node (writes go straight to its store).
+    /// Absent: a site of this node alone ([`ClusterSection::alone`]).
     pub cluster: Option<ClusterSection>,
 }
 
@@ -192,6 +192,29 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSection {
+    /// The site a node without `[cluster]` forms: itself alone, node 1 of
+    /// site `site`, its peer listener on the default peer address. Every
+    /// node is in a site, so there is one write path (the site's log).
+    pub fn alone(site: &str, ldap: SocketAddr, grpc: SocketAddr, peer: SocketAddr) -> Self {
+        ClusterSection {
+            node_id: 1,
+            members: vec![MemberSection {
+                id: 1,
+                grpc: grpc.to_string(),
+                peer: peer.to_string(),
+                ldap: ldap.to_string(),
+            }],
+            heartbeat_ms: default_heartbeat(),
+            election_min_ms: default_election_min(),
+            election_max_ms: default_election_max(),
+            snapshot_after: default_snapshot_after(),
+            snapshot_log_mb: default_snapshot_log_mb(),
+            site: site.to_string(),
+            peer_addr: peer,
+            peer_sites: vec![],
+        }
+    }
+
     fn validate_peer_sites(&self) -> anyhow::Result<Vec<cairn_replica::federation::PeerSite>> {
         let mut out: Vec<cairn_replica::federation::PeerSite> = vec![];
         for p in &self.peer_sites {
@@ -497,8 +520,11 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// Lower case, no trailing dot.
     pub dns_domain: String,
-    pub cluster: Option<ClusterSettings>,
+    pub cluster: ClusterSettings,
 }
+
+/// The site of a node configured without `[cluster]`.
+pub const DEFAULT_SITE: &str = "default";
 
 impl FileConfig {
     /// Checks the configuration and hashes the admin password.
@@ -561,7 +587,17 @@ impl FileConfig {
         };
         let dns_domain = cairn_proto::dns::normalize_domain(&self.dns.domain)
             .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
-        let cluster = self.cluster.map(ClusterSection::validate).transpose()?;
+        let cluster = self
+            .cluster
+            .unwrap_or_else(|| {
+                ClusterSection::alone(
+                    DEFAULT_SITE,
+                    self.ldap.listen,
+                    self.grpc.listen,
+                    default_peer_addr(),
+                )
+            })
+            .validate()?;
         Ok(Settings {
             cluster,
             data_dir: self.node.data_dir,

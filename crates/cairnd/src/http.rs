@@ -1,6 +1,6 @@
 //! The node's HTTP listener: `/metrics` (Prometheus text format),
 //! `/healthz` (the process answers) and `/readyz` (the node can serve
-//! writes: standalone, or its site has a leader).
+//! writes: its site has a leader).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +11,79 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cairn_ldap::Writer;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 struct Http {
     registry: Registry,
     writer: Arc<dyn Writer>,
+    peers: PeerMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerSite {
+    site: String,
+}
+
+/// Replication with each peer site, read from the federation at scrape.
+#[derive(Default)]
+struct PeerMetrics {
+    lag: Family<PeerSite, Gauge<f64, AtomicU64>>,
+    pulled: Family<PeerSite, Gauge>,
+    failing: Family<PeerSite, Gauge>,
+    paused: Gauge,
+}
+
+impl PeerMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "cairn_replication_lag_seconds",
+            "Time since this node last held every change of the peer site (leader only; -1 before the first complete pull)",
+            self.lag.clone(),
+        );
+        r.register(
+            "cairn_replication_pulled_changes",
+            "Changes pulled from the peer site and proposed here since start-up",
+            self.pulled.clone(),
+        );
+        r.register(
+            "cairn_replication_failing",
+            "1 while pulls from the peer site fail",
+            self.failing.clone(),
+        );
+        r.register(
+            "cairn_replication_paused",
+            "1 while replication with other sites is paused on this node",
+            self.paused.clone(),
+        );
+    }
+
+    fn update(&self, writer: &dyn Writer) {
+        let Some(fed) = writer.federation() else {
+            return;
+        };
+        self.paused.set(i64::from(fed.is_paused()));
+        let now = std::time::SystemTime::now();
+        for (site, st) in fed.status() {
+            let l = PeerSite { site };
+            self.lag
+                .get_or_create(&l)
+                .set(st.lag(now).map(|d| d.as_secs_f64()).unwrap_or(-1.0));
+            self.pulled
+                .get_or_create(&l)
+                .set(i64::try_from(st.pulled).unwrap_or(i64::MAX));
+            self.failing
+                .get_or_create(&l)
+                .set(i64::from(st.last_error.is_some()));
+        }
+    }
 }
 
 async fn metrics(State(h): State<Arc<Http>>) -> impl IntoResponse {
+    h.peers.update(h.writer.as_ref());
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &h.registry) {
         Ok(()) => (
@@ -47,17 +112,13 @@ async fn readyz(State(h): State<Arc<Http>>) -> (StatusCode, String) {
             .and_then(|(_, v)| v.first().cloned())
     };
     match (get("cairnRole").as_deref(), get("cairnLeader")) {
-        (Some("standalone"), _) => (StatusCode::OK, "ready: standalone\n".into()),
         // Whatever leader the node last heard of, it takes no writes.
         (Some("stopped"), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            match get("cairnStoreError") {
-                Some(cause) => format!("not ready: the store failed: {cause}\n"),
-                None => format!(
-                    "not ready: the Raft core stopped: {}\n",
-                    get("cairnRaftError").unwrap_or_default()
-                ),
-            },
+            format!(
+                "not ready: the Raft core stopped: {}\n",
+                get("cairnRaftError").unwrap_or_default()
+            ),
         ),
         (role, Some(leader)) => (
             StatusCode::OK,
@@ -89,7 +150,16 @@ pub async fn bind(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Http { registry, writer }));
+        .with_state(Arc::new({
+            let mut registry = registry;
+            let peers = PeerMetrics::default();
+            peers.register(&mut registry);
+            Http {
+                registry,
+                writer,
+                peers,
+            }
+        }));
     Ok(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -103,16 +173,18 @@ mod tests {
     use cairn_core::dn::Dn;
     use cairn_core::entry::{Entry, Stamp};
     use cairn_core::schema::Schema;
-    use cairn_ldap::LocalWriter;
+    use cairn_ldap::ReplicaWriter;
+    use cairn_replica::{NodeInfo, Replica, ReplicaConfig};
     use cairn_store::engine::{self, StoreFaults};
     use cairn_store::{Directory, WriteOp};
 
     use super::*;
 
-    /// Issue 10: a standalone node whose store could not write (a full
-    /// disk) says so on /readyz, with the cause, instead of "ready".
+    /// Issue 10: a node whose store could not write (a full disk) says
+    /// so on /readyz, with the cause, instead of "ready". The node is a
+    /// site of one, as `cairnd` runs one without `[cluster]`.
     #[tokio::test]
-    async fn a_standalone_node_whose_store_failed_is_not_ready() {
+    async fn a_node_whose_store_failed_is_not_ready() {
         let tmp = tempfile::tempdir().unwrap();
         let faults = StoreFaults::new();
         let dir = Arc::new(Directory::new(
@@ -120,13 +192,35 @@ mod tests {
             Arc::new(Schema::builtin()),
             vec![Dn::parse("dc=example,dc=com").unwrap()],
         ));
-        let writer: Arc<dyn Writer> = Arc::new(LocalWriter(dir));
+        let mut cfg = ReplicaConfig::new(1, tmp.path().to_path_buf());
+        cfg.members = [(
+            1,
+            NodeInfo {
+                peer: "127.0.0.1:9".into(),
+                ldap: "127.0.0.1:9".into(),
+            },
+        )]
+        .into();
+        let replica = Replica::start(cfg.clone(), dir).await.unwrap();
+        replica.initialize(cfg.members.clone()).await.unwrap();
+        let writer: Arc<dyn Writer> = Arc::new(ReplicaWriter(replica.clone()));
         let h = Arc::new(Http {
             registry: Registry::default(),
             writer: writer.clone(),
+            peers: PeerMetrics::default(),
         });
-        let (code, _) = readyz(State(h.clone())).await;
-        assert_eq!(code, StatusCode::OK);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (code, body) = readyz(State(h.clone())).await;
+            if code == StatusCode::OK {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never ready: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         faults.fail_writes(true);
         let add = WriteOp::Add {
             entry: Entry {
@@ -142,12 +236,27 @@ mod tests {
                 now: "20261202000000Z".into(),
             },
         };
-        assert!(writer.write(add).await.is_err());
-        let (code, body) = readyz(State(h)).await;
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        // Applies are not synced: redb may keep this one in memory. The
+        // snapshot that follows makes the store write its file, which
+        // fails and stops the node's Raft core.
+        let _ = writer.write(add).await;
+        let _ = replica.raft.trigger().snapshot().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        let body = loop {
+            let (code, body) = readyz(State(h.clone())).await;
+            if code == StatusCode::SERVICE_UNAVAILABLE {
+                break body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still ready: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         assert!(
-            body.contains("the store failed") && body.contains("No space left"),
+            body.contains("stopped") && body.contains("No space left"),
             "{body}"
         );
+        let _ = replica.raft.shutdown().await;
     }
 }

@@ -36,6 +36,8 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
+// Parsed once at start-up: the size of the `dev` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node from the configuration file (the default).
@@ -58,17 +60,26 @@ enum Cmd {
         /// HTTP listen address (/metrics, /healthz, /readyz).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: SocketAddr,
+        /// Peer listener address of a one-node site (other sites pull from
+        /// it; never the hosts' port).
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        peer: SocketAddr,
         /// Storage engine: redb or sled.
         #[arg(long, default_value = "redb")]
         engine: cairn_store::EngineKind,
+        /// Whether to load the example tree into an empty directory
+        /// (`--example false`: start with no entries at all).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        example: bool,
         /// Whether anonymous clients may read the tree.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         anonymous_read: bool,
         /// Run a site of this many nodes in this process: node N listens on
         /// 127.0.0.N (LDAP --ldap-port, gRPC --grpc-port, peers
         /// --peer-port, DNS --dns-port, HTTP --http-port)
-        /// with its data in DATA_DIR/node-N. 1 runs a standalone node on
-        /// --ldap.
+        /// with its data in DATA_DIR/node-N. 1 (the default) runs one node,
+        /// a site of its own (`east` of the example tree), on --ldap,
+        /// --grpc, --peer, --dns and --http.
         #[arg(long)]
         nodes: Option<u64>,
         /// Run this many linked sites in this process (at most 2: `east`
@@ -134,8 +145,10 @@ fn main() -> anyhow::Result<()> {
             grpc,
             dns,
             http,
+            peer,
             engine,
             anonymous_read,
+            example,
             nodes,
             sites,
             ldap_port,
@@ -152,7 +165,7 @@ fn main() -> anyhow::Result<()> {
             file.dns.listen = dns;
             file.http.listen = http;
             file.ldap.anonymous_read = anonymous_read;
-            file.directory.seed_example = true;
+            file.directory.seed_example = example;
             if file.ldap.admin_group.is_none() {
                 file.ldap.admin_group = Some("cn=admins,ou=groups,dc=example,dc=com".into());
             }
@@ -171,6 +184,11 @@ fn main() -> anyhow::Result<()> {
             }
             let nodes = nodes.unwrap_or(if sites > 1 { 3 } else { 1 });
             if nodes <= 1 && sites == 1 {
+                // A site of one, the example tree's first: it publishes
+                // itself there, so DNS and Locate answer with it.
+                if file.cluster.is_none() {
+                    file.cluster = Some(config::ClusterSection::alone(SITES[0], ldap, grpc, peer));
+                }
                 vec![file.validate(Some(password))?]
             } else {
                 if nodes * sites > 250 {
@@ -210,7 +228,7 @@ fn main() -> anyhow::Result<()> {
                         };
                         f.node.data_dir = dir;
                         // The other sites get the tree from the first.
-                        f.directory.seed_example = s == 0;
+                        f.directory.seed_example = example && s == 0;
                         let h = host(s, i);
                         f.ldap.listen = addr(h, ldap_port);
                         f.grpc.listen = addr(h, grpc_port);

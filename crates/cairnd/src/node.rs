@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_core::schema::Schema;
-use cairn_ldap::{Clock, LocalWriter, ReplicaWriter, Server, ServerContext, SystemClock, Writer};
+use cairn_ldap::{Clock, ReplicaWriter, Server, ServerContext, SystemClock, Writer};
 use cairn_replica::{Replica, ReplicaConfig};
 use cairn_store::Directory;
 use tokio::sync::watch;
@@ -55,7 +55,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One node: store, Raft (when part of a site), gRPC, DNS, LDAP.
+/// One node: store, Raft, gRPC, DNS, LDAP.
 async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let engine = cairn_store::engine::open_with(s.engine, &s.data_dir, s.engine_options)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
@@ -66,18 +66,15 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     ));
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
     let mut tasks = JoinSet::new();
-    let mut replica = None;
     // The hosts' gRPC server: Locator and Config, reflection, health. In a
     // site the node-to-node Raft service has a listener of its own.
+    let c = &s.cluster;
     let boot = cairn_boot::Boot::new(
         dir.clone(),
         cairn_boot::SelfInfo {
-            id: s.cluster.as_ref().map(|c| c.node_id),
-            site: s.cluster.as_ref().map(|c| c.site.clone()),
-            name: match &s.cluster {
-                Some(c) => format!("{}-{}", c.site, c.node_id),
-                None => s.grpc_listen.to_string(),
-            },
+            id: Some(c.node_id),
+            site: Some(c.site.clone()),
+            name: format!("{}-{}", c.site, c.node_id),
         },
     );
     let routes = cairn_boot::routes(boot.clone())
@@ -86,43 +83,40 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", s.grpc_listen))?;
-    let writer: Arc<dyn Writer> = match &s.cluster {
-        None => Arc::new(LocalWriter(dir.clone())),
-        Some(c) => {
-            let mut cfg = ReplicaConfig::new(c.node_id, s.data_dir.clone());
-            cfg.heartbeat = c.heartbeat;
-            cfg.election = c.election;
-            cfg.snapshot_after = c.snapshot_after;
-            cfg.snapshot_log_bytes = c.snapshot_log_bytes;
-            cfg.members = c.members.clone();
-            cfg.origin = cairn_core::csn::Origin::of_site(&c.site);
-            cfg.site = c.site.clone();
-            cfg.peer_sites = c.peer_sites.clone();
-            let ip = c.peer_listen.ip();
-            cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
-            let peer = tokio::net::TcpListener::bind(c.peer_listen)
-                .await
-                .with_context(|| format!("cannot listen for peers on {}", c.peer_listen))?;
-            let r = Replica::start(cfg, dir.clone()).await?;
-            let peer_routes = r.peer_routes();
-            let stop2 = stop.clone();
-            tasks.spawn(async move {
-                cairn_replica::network::serve(peer, peer_routes, stopped(stop2))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
-            });
-            info!(node = c.node_id, peer = %c.peer_listen, "Raft node started");
-            // The member with the lowest id forms the site the first time.
-            let first = c.members.keys().next().copied();
-            if first == Some(c.node_id) {
-                r.initialize(c.members.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot form the site: {e}"))?;
-            }
-            replica = Some(r.clone());
-            Arc::new(ReplicaWriter(r))
-        }
-    };
+    // Every node is in a site (of one, without `[cluster]`): writes go
+    // through the site's log.
+    let mut cfg = ReplicaConfig::new(c.node_id, s.data_dir.clone());
+    cfg.heartbeat = c.heartbeat;
+    cfg.election = c.election;
+    cfg.snapshot_after = c.snapshot_after;
+    cfg.snapshot_log_bytes = c.snapshot_log_bytes;
+    cfg.members = c.members.clone();
+    cfg.origin = cairn_core::csn::Origin::of_site(&c.site);
+    cfg.site = c.site.clone();
+    cfg.peer_sites = c.peer_sites.clone();
+    let ip = c.peer_listen.ip();
+    cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
+    let peer = tokio::net::TcpListener::bind(c.peer_listen)
+        .await
+        .with_context(|| format!("cannot listen for peers on {}", c.peer_listen))?;
+    let replica = Replica::start(cfg, dir.clone()).await?;
+    let peer_routes = replica.peer_routes();
+    let stop2 = stop.clone();
+    tasks.spawn(async move {
+        cairn_replica::network::serve(peer, peer_routes, stopped(stop2))
+            .await
+            .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
+    });
+    info!(node = c.node_id, site = %c.site, peer = %c.peer_listen, "Raft node started");
+    // The member with the lowest id forms the site the first time.
+    let first = c.members.keys().next() == Some(&c.node_id);
+    if first {
+        replica
+            .initialize(c.members.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot form the site: {e}"))?;
+    }
+    let writer: Arc<dyn Writer> = Arc::new(ReplicaWriter(replica.clone()));
     let _ = boot.model.writer.set(writer.clone());
     let stop2 = stop.clone();
     tasks.spawn(async move {
@@ -159,11 +153,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let prober = boot.probe(std::time::Duration::from_secs(2));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // Only one node of a site seeds (the one that formed it).
-    let seeds = s.seed_example
-        && s.cluster
-            .as_ref()
-            .is_none_or(|c| c.members.keys().next() == Some(&c.node_id));
-    if seeds {
+    if s.seed_example && first {
         let (d, w, admin) = (dir.clone(), writer.clone(), s.ldap.admin_dn.clone());
         let now = cairn_core::time::generalized_time(clock.now_unix());
         let seed = async move {
@@ -173,17 +163,15 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             }
             Ok(())
         };
-        if s.cluster.is_some() {
+        if c.members.len() > 1 {
             // A site seeds once it has a leader, while it serves.
             tasks.spawn(seed);
         } else {
-            // A standalone node starts serving with the tree in place.
+            // A node alone leads at once and serves with the tree in place.
             seed.await?;
         }
     }
-    if let Some(c) = &s.cluster
-        && let Some(me) = c.members.get(&c.node_id)
-    {
+    if let Some(me) = c.members.get(&c.node_id) {
         let p = crate::publish::Publication {
             id: c.node_id,
             site: c.site.clone(),
@@ -234,9 +222,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     };
     prober.abort();
     tasks.shutdown().await;
-    if let Some(r) = replica {
-        let _ = r.raft.shutdown().await;
-    }
+    let _ = replica.raft.shutdown().await;
     result
 }
 

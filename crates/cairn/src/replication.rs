@@ -1,0 +1,190 @@
+//! Replication between sites, for an operator: `cairn replication
+//! pause|resume` on every node of the site (Cairn's extended operation
+//! 1.3.6.1.4.1.32473.7.4.2, administrators only), and `cairn conflicts`,
+//! the entries that concurrent changes at two sites left in conflict.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ldap3::Scope;
+use ldap3::exop::Exop;
+
+use crate::client::{self, Auth};
+use crate::export::parse_entry;
+
+/// The extended operation's OID.
+pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
+
+fn values(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
+    attrs
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, vs)| vs.iter().map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// The site's members as the node at `url` knows them: (id, LDAP address).
+async fn members(url: &str, auth: &Auth) -> anyhow::Result<Vec<(String, String)>> {
+    let mut ldap = client::connect(url, auth).await?;
+    let (entries, _) = ldap
+        .search("cn=status", Scope::Base, "(objectClass=*)", vec!["*"])
+        .await?
+        .success()
+        .context("the node refused the status search")?;
+    let raw = entries
+        .into_iter()
+        .next()
+        .context("the node returned no status")?;
+    let attrs = parse_entry(raw)?.attrs;
+    let _ = ldap.unbind().await;
+    Ok(values(&attrs, "cairnMember")
+        .iter()
+        .filter_map(|m| {
+            let mut p = m.split_whitespace();
+            Some((p.next()?.to_string(), p.next()?.to_string()))
+        })
+        .collect())
+}
+
+async fn send(url: &str, auth: &Auth, action: &str) -> anyhow::Result<()> {
+    let mut ldap = client::connect(url, auth).await?;
+    let r = ldap
+        .extended(Exop {
+            name: Some(OID_REPLICATION.to_string()),
+            val: Some(action.as_bytes().to_vec()),
+        })
+        .await?
+        .1;
+    let _ = ldap.unbind().await;
+    if r.rc != 0 {
+        anyhow::bail!("refused: {}", client::describe(&r));
+    }
+    Ok(())
+}
+
+/// Pauses (`pause`) or resumes (`resume`) replication with other sites on
+/// every node of the site: a paused node neither pulls other sites'
+/// changes nor answers their pulls, until resumed or restarted. Exit
+/// status 1 when a node could not be told.
+pub async fn pause(url: &str, auth: &Auth, pause: bool) -> anyhow::Result<ExitCode> {
+    let action = if pause { "pause" } else { "resume" };
+    let nodes = members(url, auth).await?;
+    let mut failed = 0;
+    for (id, ldap) in &nodes {
+        match send(&format!("ldap://{ldap}"), auth, action).await {
+            Ok(()) => println!("node {id} ({ldap}): {action}d"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("cairn: node {id} ({ldap}): {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "cairn: {failed} of {} nodes were not told; run `cairn replication {action}` again",
+            nodes.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One entry in conflict, as `cairn conflicts` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub dn: String,
+    pub why: Vec<String>,
+    pub original: Option<String>,
+    pub uuid: String,
+}
+
+/// Lists the entries concurrent changes at two sites left in conflict
+/// (`cairnConflict`): names added at two sites, entries moved to lost and
+/// found, entries the merge left outside the schema. Exit status 1 when
+/// there are any, so a script can alert on them.
+pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
+    let mut ldap = client::connect(url, auth).await?;
+    let (dse, _) = ldap
+        .search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"])
+        .await?
+        .success()
+        .context("the node refused to read the root DSE")?;
+    let mut found = vec![];
+    for base in dse
+        .into_iter()
+        .map(parse_entry)
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .flat_map(|e| values(&e.attrs, "namingContexts"))
+    {
+        let (entries, _) = ldap
+            .search(
+                &base,
+                Scope::Subtree,
+                "(cairnConflict=*)",
+                vec!["cairnConflict", "cairnOriginalDn", "entryUUID"],
+            )
+            .await?
+            .success()
+            .with_context(|| format!("the node refused the search below {base}"))?;
+        for raw in entries {
+            let e = parse_entry(raw)?;
+            found.push(Conflict {
+                dn: e.dn.clone(),
+                why: values(&e.attrs, "cairnConflict"),
+                original: values(&e.attrs, "cairnOriginalDn").into_iter().next(),
+                uuid: values(&e.attrs, "entryUUID")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    let _ = ldap.unbind().await;
+    print!("{}", render(&found));
+    Ok(if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The text `cairn conflicts` prints: one block per entry.
+pub fn render(found: &[Conflict]) -> String {
+    if found.is_empty() {
+        return "no entries in conflict\n".into();
+    }
+    let mut out = format!("{} entries in conflict\n", found.len());
+    for c in found {
+        out.push_str(&format!("\n{}\n", c.dn.replace('\n', "\\0A")));
+        out.push_str(&format!("  entryUUID: {}\n", c.uuid));
+        if let Some(o) = &c.original {
+            out.push_str(&format!("  original DN: {o}\n"));
+        }
+        for w in &c.why {
+            out.push_str(&format!("  conflict: {w}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mangled name's line feed is shown escaped, as in a DN string
+    /// (RFC 4514), so every entry is one line.
+    #[test]
+    fn conflicts_show_one_line_per_dn_with_cause_and_original_name() {
+        let t = render(&[Conflict {
+            dn: "cn=h1\nCNF:0b5e,ou=hosts,dc=example,dc=com".into(),
+            why: vec!["name: cn=h1,ou=hosts,dc=example,dc=com was added at two sites".into()],
+            original: Some("cn=h1,ou=hosts,dc=example,dc=com".into()),
+            uuid: "0b5e".into(),
+        }]);
+        assert!(t.starts_with("1 entries in conflict"), "{t}");
+        assert!(t.contains("\ncn=h1\\0ACNF:0b5e,ou=hosts"), "{t}");
+        assert!(t.contains("original DN: cn=h1,ou=hosts"), "{t}");
+        assert_eq!(render(&[]), "no entries in conflict\n");
+    }
+}
