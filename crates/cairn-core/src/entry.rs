@@ -53,6 +53,11 @@ impl ValidEntry {
         }
     }
 
+    /// The DN and the attributes by key, for [`crate::schema::Schema::revalidate`].
+    pub(crate) fn into_parts(self) -> (Dn, BTreeMap<String, Attr>) {
+        (self.dn, self.attrs)
+    }
+
     pub fn dn(&self) -> &Dn {
         &self.dn
     }

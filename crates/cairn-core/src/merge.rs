@@ -292,28 +292,37 @@ impl EntryState {
         let (_, name) = self.name.as_ref()?;
         let mut attrs = Vec::with_capacity(self.attrs.len());
         for (key, attr) in &self.attrs {
-            let mut values: Vec<&(Csn, u32, String)> = attr
-                .values
-                .values()
-                .filter(|v| self.present(attr, v))
-                .filter_map(|v| v.added.as_ref())
-                .collect();
-            if values.is_empty() {
-                continue;
+            let values = self.shown_values(attr, single_valued(key));
+            if !values.is_empty() {
+                attrs.push((attr.name.clone(), values));
             }
-            values.sort();
-            if single_valued(key) {
-                values.drain(..values.len() - 1);
-            }
-            attrs.push((
-                attr.name.clone(),
-                values.into_iter().map(|(_, _, t)| t.clone()).collect(),
-            ));
         }
         Some(Materialized {
             name: name.clone(),
             attrs,
         })
+    }
+
+    /// One attribute of a live entry as reads see it: its canonical name
+    /// and present values, as [`EntryState::materialize`] shows them
+    /// (none: the state has nothing for it).
+    pub fn materialize_attr(&self, key: &str, single_valued: bool) -> Option<(&str, Vec<String>)> {
+        let attr = self.attrs.get(key)?;
+        Some((&attr.name, self.shown_values(attr, single_valued)))
+    }
+
+    fn shown_values(&self, attr: &AttrState, single_valued: bool) -> Vec<String> {
+        let mut values: Vec<&(Csn, u32, String)> = attr
+            .values
+            .values()
+            .filter(|v| self.present(attr, v))
+            .filter_map(|v| v.added.as_ref())
+            .collect();
+        values.sort();
+        if single_valued && !values.is_empty() {
+            values.drain(..values.len() - 1);
+        }
+        values.into_iter().map(|(_, _, t)| t.clone()).collect()
     }
 
     fn attr(&mut self, key: &str, name: &str) -> (&mut AttrState, bool) {

@@ -306,31 +306,87 @@ impl Schema {
             let id = self
                 .attr_id(&name)
                 .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))?;
-            let at = &self.attrs[id];
             let slot = map
                 .entry(self.attr_keys[id].clone())
                 .or_insert_with(|| Attr {
-                    name: at.name().to_string(),
+                    name: self.attrs[id].name().to_string(),
                     values: vec![],
                 });
-            let seen = seen_by_id.entry(id).or_default();
-            slot.values.reserve(values.len());
-            for v in values {
-                let norm = at.syntax.normalize(&v).map_err(|e| Error::InvalidSyntax {
-                    attr: at.name().to_string(),
-                    reason: e.0,
-                })?;
-                if !seen.insert(norm) {
-                    return Err(Error::ValueExists(format!(
-                        "attribute {} has the value {v:?} twice",
-                        at.name()
-                    )));
-                }
-                slot.values.push(v);
-            }
+            self.add_values(id, slot, values, seen_by_id.entry(id).or_default())?;
         }
         map.retain(|_, a| !a.values.is_empty());
+        let structural = self.check_classes(&dn, &map)?;
+        Ok(ValidEntry::new(dn, map, structural))
+    }
 
+    /// `old` with the attributes in `updates` set to the values given
+    /// (none or an empty list: removed), checked as [`Schema::validate`]
+    /// checks a whole entry; only the updated attributes' values are
+    /// normalized (the others were when `old` was validated). How a merge
+    /// that changed a few attributes re-shows an entry.
+    pub fn revalidate(
+        &self,
+        old: ValidEntry,
+        updates: Vec<(String, Option<Vec<String>>)>,
+    ) -> Result<ValidEntry, Error> {
+        let (dn, mut map) = old.into_parts();
+        for (name, values) in updates {
+            let id = self
+                .attr_id(&name)
+                .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))?;
+            let key = &self.attr_keys[id];
+            map.remove(key);
+            let Some(values) = values.filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let mut slot = Attr {
+                name: self.attrs[id].name().to_string(),
+                values: vec![],
+            };
+            self.add_values(id, &mut slot, values, &mut HashSet::new())?;
+            map.insert(key.clone(), slot);
+        }
+        let structural = self.check_classes(&dn, &map)?;
+        Ok(ValidEntry::new(dn, map, structural))
+    }
+
+    /// Appends `values` to attribute `id`'s `slot`, each well-formed and
+    /// unique by the attribute's equality rule (`seen`: the normalized
+    /// values already in the slot).
+    fn add_values(
+        &self,
+        id: usize,
+        slot: &mut Attr,
+        values: Vec<String>,
+        seen: &mut HashSet<String>,
+    ) -> Result<(), Error> {
+        let at = &self.attrs[id];
+        slot.values.reserve(values.len());
+        for v in values {
+            let norm = at.syntax.normalize(&v).map_err(|e| Error::InvalidSyntax {
+                attr: at.name().to_string(),
+                reason: e.0,
+            })?;
+            if !seen.insert(norm) {
+                return Err(Error::ValueExists(format!(
+                    "attribute {} has the value {v:?} twice",
+                    at.name()
+                )));
+            }
+            slot.values.push(v);
+        }
+        Ok(())
+    }
+
+    /// The whole-entry rules, over attributes whose values are already
+    /// checked: classes known, one structural chain, MUST present, every
+    /// attribute allowed, single-valued ones single, the RDN's values
+    /// present. Returns the structural class.
+    fn check_classes<'s>(
+        &'s self,
+        dn: &Dn,
+        map: &BTreeMap<String, Attr>,
+    ) -> Result<&'s str, Error> {
         // Object classes: known, one structural chain, MUST/MAY.
         let oc_values = map
             .get("objectclass")
@@ -368,7 +424,7 @@ impl Schema {
                 allowed[m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?] = true;
             }
         }
-        for (key, attr) in &map {
+        for (key, attr) in map {
             let id = self
                 .attr_id(key)
                 .ok_or_else(|| Error::UndefinedAttributeType(key.to_string()))?;
@@ -415,7 +471,7 @@ impl Schema {
                 }
             }
         }
-        Ok(ValidEntry::new(dn, map, structural.name))
+        Ok(structural.name)
     }
 
     /// An entry that changes merged from several sites left outside the
@@ -585,6 +641,52 @@ mod tests {
             vec![("objectClass", &["top", "cairnHost"]), ("cn", &["esx-001"])];
         attrs.extend_from_slice(extra);
         entry("cn=esx-001,cn=prod-a,dc=example,dc=com", &attrs)
+    }
+
+    /// Re-validating the changed attributes of a valid entry gives what
+    /// validating the whole changed entry gives, and refuses what it
+    /// refuses.
+    #[test]
+    fn revalidating_changed_attributes_is_validating_the_entry() {
+        let s = Schema::builtin();
+        let old = s
+            .validate(host(&[("description", &["a"]), ("cairnSetting", &["x=1"])]))
+            .unwrap();
+        let new = s
+            .revalidate(
+                old.clone(),
+                vec![
+                    ("description".into(), None),
+                    (
+                        "cairnsetting".into(),
+                        Some(vec!["x=2".into(), "y=3".into()]),
+                    ),
+                    ("macAddress".into(), Some(vec!["AA:BB:CC:00:11:22".into()])),
+                ],
+            )
+            .unwrap();
+        let whole = s
+            .validate(host(&[
+                ("cairnSetting", &["x=2", "y=3"]),
+                ("macAddress", &["AA:BB:CC:00:11:22"]),
+            ]))
+            .unwrap();
+        assert_eq!(new, whole);
+        // A MUST attribute removed, a value twice, an RDN value gone, a
+        // bad syntax, an unknown attribute: refused as validate would.
+        for updates in [
+            vec![("objectClass".to_string(), Some(vec!["top".to_string()]))],
+            vec![("cn".into(), None)],
+            vec![("cn".into(), Some(vec!["other".into()]))],
+            vec![("description".into(), Some(vec!["b".into(), "b".into()]))],
+            vec![("macAddress".into(), Some(vec!["not a mac".into()]))],
+            vec![("noSuchAttribute".into(), Some(vec!["v".into()]))],
+        ] {
+            assert!(
+                s.revalidate(old.clone(), updates.clone()).is_err(),
+                "{updates:?}"
+            );
+        }
     }
 
     #[test]

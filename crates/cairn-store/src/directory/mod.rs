@@ -772,11 +772,22 @@ impl Directory {
         stamp: &Stamp,
     ) -> Result<(Batch, ValidEntry), Error> {
         let (uuid, current) = Self::load_dn(snap, dn)?.ok_or_else(|| Self::no_such(snap, dn))?;
-        let changed = modify::apply(&self.schema, &current, mods)?;
+        self.plan_modify_of(uuid, &current, mods, stamp)
+    }
+
+    /// [`Directory::plan_modify`] of an entry already read.
+    pub(super) fn plan_modify_of(
+        &self,
+        uuid: Uuid,
+        current: &ValidEntry,
+        mods: &[Modification],
+        stamp: &Stamp,
+    ) -> Result<(Batch, ValidEntry), Error> {
+        let changed = modify::apply(&self.schema, current, mods)?;
         let valid = self
             .schema
             .validate(changed)?
-            .stamp_modified(&current, stamp);
+            .stamp_modified(current, stamp);
         let mut b = Batch::default();
         // Only the attributes a modify names change (the stamps it adds
         // are not indexed): most modifies touch no index at all.
@@ -786,7 +797,7 @@ impl Directory {
                 .is_some_and(|at| INDEXED.iter().any(|i| at.name().eq_ignore_ascii_case(i)))
         });
         if indexed {
-            let old_keys = self.index_keys(&current, uuid);
+            let old_keys = self.index_keys(current, uuid);
             let new_keys = self.index_keys(&valid, uuid);
             for k in old_keys.difference(&new_keys) {
                 b.delete(Table::Index, k.clone());

@@ -259,7 +259,7 @@ impl Directory {
         txn: &dyn Snapshot,
         op: &WriteOp,
         csn: Csn,
-    ) -> Result<Option<(Change, Batch)>, Error> {
+    ) -> Result<Option<(Change, Batch, Option<ValidEntry>)>, Error> {
         match op {
             WriteOp::Add { entry, .. } => {
                 if let Some(rdn) = entry.dn.rdn() {
@@ -275,9 +275,8 @@ impl Directory {
         }
         Ok(Some(match op {
             WriteOp::Add { entry, uuid, stamp } => {
-                let (batch, valid) = self.plan_add(txn, entry.clone(), *uuid, stamp)?;
-                let shown = batch.clone();
-                if batch.is_empty() {
+                let (shown, valid) = self.plan_add(txn, entry.clone(), *uuid, stamp)?;
+                if shown.is_empty() {
                     // A retried add that is already in the directory.
                     return Ok(None);
                 }
@@ -291,12 +290,12 @@ impl Directory {
                         attrs,
                     },
                 };
-                (change, shown)
+                (change, shown, Some(valid))
             }
             WriteOp::Modify { dn, mods, stamp } => {
                 let (uuid, current) =
                     Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
-                let (shown, valid) = self.plan_modify(txn, dn, mods, stamp)?;
+                let (shown, valid) = self.plan_modify_of(uuid, &current, mods, stamp)?;
                 let replaced: BTreeSet<String> = mods
                     .iter()
                     .filter(|m| {
@@ -312,7 +311,7 @@ impl Directory {
                         attrs: self.diff(&current, &valid, &replaced),
                     },
                 };
-                (change, shown)
+                (change, shown, Some(valid))
             }
             WriteOp::Delete { dn } => {
                 let uuid = Self::uuid_of(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
@@ -322,7 +321,7 @@ impl Directory {
                     uuid,
                     op: ChangeOp::Delete { dn: dn.to_string() },
                 };
-                (change, shown)
+                (change, shown, None)
             }
             WriteOp::ModRdn {
                 dn,
@@ -350,7 +349,7 @@ impl Directory {
                         attrs: self.diff(&current, &valid, &BTreeSet::new()),
                     },
                 };
-                (change, shown)
+                (change, shown, Some(valid))
             }
         }))
     }
@@ -444,20 +443,32 @@ impl Directory {
             };
             // Applying what was just planned against this very state
             // cannot be refused; an error here is the store's.
-            let uuid = match (&change, op) {
-                (Some((c, shown)), _) => {
-                    if only_plan {
-                        txn.apply(shown)?;
+            let (change, applied) = match (change, op) {
+                (Some((c, shown, entry)), _) => {
+                    // A plan that is thrown away shows what it planned: the
+                    // answer is the entry it planned, as written.
+                    let applied = if only_plan {
+                        txn.apply(&shown)?;
+                        match entry {
+                            Some(e) => {
+                                #[cfg(test)]
+                                if let Applied::Entry(now) = Self::applied_now(&*txn, op, c.uuid)? {
+                                    assert_eq!(*now, e, "a planned entry differs from its write");
+                                }
+                                Applied::Entry(Box::new(e))
+                            }
+                            None => Self::applied_now(&*txn, op, c.uuid)?,
+                        }
                     } else {
-                        self.apply_change(txn, c)?;
-                    }
-                    c.uuid
+                        self.apply_change(txn, &c)?;
+                        Self::applied_now(&*txn, op, c.uuid)?
+                    };
+                    (Some(c), applied)
                 }
-                (None, WriteOp::Add { uuid, .. }) => *uuid,
+                (None, WriteOp::Add { uuid, .. }) => (None, Self::applied_now(&*txn, op, *uuid)?),
                 (None, _) => return Err(Error::Storage("a write planned no change".into())),
             };
-            let applied = Self::applied_now(&*txn, op, uuid)?;
-            results.push(Ok((applied, change.map(|(c, _)| c))));
+            results.push(Ok((applied, change)));
         }
         Ok(results)
     }
@@ -707,36 +718,11 @@ impl Directory {
             b.put(Table::Names, key.clone(), encode_csn(csn)?);
         }
         txn.apply(&b)?;
-        if !naming {
-            // The common case: only attributes change. An entry shown in
-            // its place stays there; only what it shows changes.
-            if let Some(shown) = Self::load(&*txn, change.uuid)?
-                && shown.get("cairnconflict").is_none()
-                && let Some(m) = state.materialize(|k| self.is_single_valued(k))
-            {
-                let place = Placement {
-                    dn: shown.dn().clone(),
-                    conflict: None,
-                };
-                let new = self.shown_entry(change.uuid, m, place);
-                let mut b = Batch::default();
-                // Index rows change only with an indexed attribute's values.
-                if super::INDEXED.iter().any(|a| shown.get(a) != new.get(a)) {
-                    let (old_keys, new_keys) = (
-                        self.index_keys(&shown, change.uuid),
-                        self.index_keys(&new, change.uuid),
-                    );
-                    for k in old_keys.difference(&new_keys) {
-                        b.delete(Table::Index, k.clone());
-                    }
-                    for k in new_keys.difference(&old_keys) {
-                        b.put(Table::Index, k.clone(), vec![]);
-                    }
-                }
-                self.put_entry(&mut b, change.uuid, &new)?;
-                txn.apply(&b)?;
-                return Ok(effect);
-            }
+        if !naming
+            && let ChangeOp::Modify { attrs, .. } = &change.op
+            && self.reshow_in_place(&mut *txn, change.uuid, &state, attrs)?
+        {
+            return Ok(effect);
         }
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
@@ -760,6 +746,76 @@ impl Directory {
         work.retain(|u| seen.insert(*u));
         self.place_all(txn, work)?;
         Ok(effect)
+    }
+
+    /// The common case: a change of attributes only, to an entry shown in
+    /// its place without a conflict. It stays there; only the attributes
+    /// the change touched are shown again and checked (with the entry's
+    /// class rules), not the whole entry. None when that does not apply
+    /// or the result breaks the schema: the caller re-places the entry in
+    /// full, which marks the conflict. Returns whether it re-showed it.
+    fn reshow_in_place(
+        &self,
+        txn: &mut dyn WriteTxn,
+        uuid: Uuid,
+        state: &EntryState,
+        attrs: &[AttrChange],
+    ) -> Result<bool, Error> {
+        if !state.is_live() || attrs.iter().any(|a| a.key == "entryuuid") {
+            return Ok(false);
+        }
+        let Some(shown) = Self::load(&*txn, uuid)? else {
+            return Ok(false);
+        };
+        if shown.get("cairnconflict").is_some() {
+            return Ok(false);
+        }
+        let keys: BTreeSet<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
+        let old_index = keys
+            .iter()
+            .any(|k| super::INDEXED.contains(k))
+            .then(|| self.index_keys(&shown, uuid));
+        let updates = keys
+            .iter()
+            .map(|k| {
+                let values = state
+                    .materialize_attr(k, self.is_single_valued(k))
+                    .map(|(_, v)| v);
+                (k.to_string(), values)
+            })
+            .collect();
+        let Ok(new) = self.schema.revalidate(shown, updates) else {
+            return Ok(false);
+        };
+        #[cfg(test)]
+        {
+            // What the full path shows, for every test of this crate.
+            let m = state
+                .materialize(|k| self.is_single_valued(k))
+                .expect("a live state materializes");
+            let place = Placement {
+                dn: new.dn().clone(),
+                conflict: None,
+            };
+            assert_eq!(
+                self.shown_entry(uuid, m, place),
+                new,
+                "an entry re-shown in place differs from its full materialization"
+            );
+        }
+        let mut b = Batch::default();
+        if let Some(old_keys) = old_index {
+            let new_keys = self.index_keys(&new, uuid);
+            for k in old_keys.difference(&new_keys) {
+                b.delete(Table::Index, k.clone());
+            }
+            for k in new_keys.difference(&old_keys) {
+                b.put(Table::Index, k.clone(), vec![]);
+            }
+        }
+        self.put_entry(&mut b, uuid, &new)?;
+        txn.apply(&b)?;
+        Ok(true)
     }
 
     /// Re-places entries until nothing more moves. An entry whose shown
