@@ -97,7 +97,8 @@ fn issue_11_a_write_at_one_site_is_read_at_every_node_of_the_other() {
 /// deleted at one site and modified at the other — and `cairn
 /// replication resume`, both nodes end with one directory: the later
 /// replace wins, the add that lost keeps its data under a mangled name
-/// that `cairn conflicts` lists, and the delete wins over the modify.
+/// that `cairn conflicts` lists, and the delete wins over the modify,
+/// which `cairn conflicts` lists as dropped.
 #[test]
 fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
     let site = Site::start_sites(2, 1);
@@ -247,6 +248,12 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
                 && listed.contains("ou=twin\\0ACNF:")
                 && listed.contains(&format!("original DN: {twin}"))
                 && listed.contains("added at two sites"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("1 deleted entries met changes")
+                && listed.contains(&format!("\n{doomed} (entry "))
+                && listed.contains("description: too late added at"),
             "{listed}"
         );
         let kept = site.tool(

@@ -855,6 +855,31 @@ fn check_filter(ctx: &ServerContext, f: &Filter) -> Result<(), Outcome> {
     Ok(())
 }
 
+/// The attributes of one deleted entry under `cn=conflicts`.
+fn dropped_attrs(d: cairn_store::directory::replicate::Dropped) -> Vec<(String, Vec<String>)> {
+    let mut attrs = vec![
+        ("objectClass".to_string(), vec!["top".to_string()]),
+        (
+            "entryUUID".to_string(),
+            vec![d.uuid.hyphenated().to_string()],
+        ),
+        ("cairnCsn".to_string(), vec![d.deleted.to_string()]),
+        (
+            "cairnConflict".to_string(),
+            vec![
+                "deleted at one site and changed later at another: the delete wins, \
+                 the later changes are kept in the tombstone, not applied"
+                    .to_string(),
+            ],
+        ),
+        ("cairnChange".to_string(), d.later),
+    ];
+    if let Some(dn) = d.deleted_at {
+        attrs.push(("cairnOriginalDn".to_string(), vec![dn]));
+    }
+    attrs
+}
+
 /// Whether a fixed entry (root DSE, subschema) matches: they are only
 /// offered to base searches, with the usual `(objectClass=*)`-style filters.
 fn fixed_entry_matches(f: &Filter, classes: &[&str]) -> bool {
@@ -954,6 +979,42 @@ async fn search_inner(
                 attributes: sel.pick(attrs),
             };
             let _ = tx.send(entry_msg(msgid, e)).await;
+        }
+        return ok(vec![]);
+    }
+    if base.norm() == "cn=conflicts" {
+        // Entries deleted at one site and changed later at another (the
+        // delete won; the changes are kept, invisible), one entry each
+        // below the container, for `cairn conflicts`: like cn=status,
+        // fixed entries offered to `(objectClass=*)`-style filters.
+        can_read_tree(&ctx, auth)?;
+        if !fixed_entry_matches(&filter, &["top"]) {
+            return ok(vec![]);
+        }
+        if scope == Scope::Base {
+            let e = LdapSearchResultEntry {
+                dn: "cn=conflicts".into(),
+                attributes: sel.pick(vec![
+                    ("objectClass".to_string(), vec!["top".to_string()]),
+                    ("cn".to_string(), vec!["conflicts".to_string()]),
+                ]),
+            };
+            let _ = tx.send(entry_msg(msgid, e)).await;
+            return ok(vec![]);
+        }
+        let dir = ctx.dir.clone();
+        let dropped = tokio::task::spawn_blocking(move || dir.dropped_changes())
+            .await
+            .map_err(|e| Outcome::new(LdapResultCode::Other, format!("read task: {e}")))?
+            .map_err(|e| Outcome::new(LdapResultCode::Other, e.to_string()))?;
+        for d in dropped {
+            let e = LdapSearchResultEntry {
+                dn: format!("entryUUID={},cn=conflicts", d.uuid.hyphenated()),
+                attributes: sel.pick(dropped_attrs(d)),
+            };
+            if tx.send(entry_msg(msgid, e)).await.is_err() {
+                break;
+            }
         }
         return ok(vec![]);
     }

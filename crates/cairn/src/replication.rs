@@ -100,8 +100,10 @@ pub struct Conflict {
 
 /// Lists the entries concurrent changes at two sites left in conflict
 /// (`cairnConflict`): names added at two sites, entries moved to lost and
-/// found, entries the merge left outside the schema. Exit status 1 when
-/// there are any, so a script can alert on them.
+/// found, entries the merge left outside the schema; then the entries
+/// deleted at one site that changes made later at another met
+/// (`cn=conflicts`). Exit status 1 when there are any, so a script can
+/// alert.
 pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = client::connect(url, auth).await?;
     let (dse, _) = ldap
@@ -140,13 +142,75 @@ pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
             });
         }
     }
+    let (records, _) = ldap
+        .search(
+            "cn=conflicts",
+            Scope::OneLevel,
+            "(objectClass=*)",
+            vec!["cairnCsn", "entryUUID", "cairnOriginalDn", "cairnChange"],
+        )
+        .await?
+        .success()
+        .context("the node refused to list the changes merges dropped")?;
+    let mut dropped = vec![];
+    for raw in records {
+        let e = parse_entry(raw)?;
+        dropped.push(Dropped {
+            deleted: values(&e.attrs, "cairnCsn")
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+            uuid: values(&e.attrs, "entryUUID")
+                .into_iter()
+                .next()
+                .unwrap_or_default(),
+            deleted_at: values(&e.attrs, "cairnOriginalDn").into_iter().next(),
+            what: values(&e.attrs, "cairnChange"),
+        });
+    }
     let _ = ldap.unbind().await;
     print!("{}", render(&found));
-    Ok(if found.is_empty() {
+    print!("{}", render_dropped(&dropped));
+    Ok(if found.is_empty() && dropped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// An entry deleted at one site and changed later at another: the delete
+/// won, the changes were not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The delete's CSN.
+    pub deleted: String,
+    pub uuid: String,
+    pub deleted_at: Option<String>,
+    pub what: Vec<String>,
+}
+
+/// The second part of `cairn conflicts`: deleted entries that later
+/// changes met.
+pub fn render_dropped(dropped: &[Dropped]) -> String {
+    if dropped.is_empty() {
+        return "no changes dropped\n".into();
+    }
+    let mut out = format!(
+        "\n{} deleted entries met changes made later at another site (the delete wins; the changes were not applied)\n",
+        dropped.len()
+    );
+    for d in dropped {
+        out.push_str(&format!(
+            "\n{} (entry {}, deleted at {})\n",
+            d.deleted_at.as_deref().unwrap_or("?"),
+            d.uuid,
+            d.deleted
+        ));
+        for w in &d.what {
+            out.push_str(&format!("  {w}\n"));
+        }
+    }
+    out
 }
 
 /// The text `cairn conflicts` prints: one block per entry.
@@ -186,5 +250,22 @@ mod tests {
         assert!(t.contains("\ncn=h1\\0ACNF:0b5e,ou=hosts"), "{t}");
         assert!(t.contains("original DN: cn=h1,ou=hosts"), "{t}");
         assert_eq!(render(&[]), "no entries in conflict\n");
+    }
+
+    #[test]
+    fn deleted_entries_show_where_they_were_and_what_was_not_applied() {
+        let t = render_dropped(&[Dropped {
+            deleted: "0000019a-0000-east-0".into(),
+            uuid: "0b5e".into(),
+            deleted_at: Some("ou=doomed,dc=example,dc=com".into()),
+            what: vec!["description: too late added at 0000019b-0000-west-0".into()],
+        }]);
+        assert!(t.contains("1 deleted entries met changes"), "{t}");
+        assert!(
+            t.contains("\nou=doomed,dc=example,dc=com (entry 0b5e, deleted at 0000019a"),
+            "{t}"
+        );
+        assert!(t.contains("  description: too late added at"), "{t}");
+        assert_eq!(render_dropped(&[]), "no changes dropped\n");
     }
 }

@@ -55,6 +55,19 @@ pub type Planned = (Applied, Option<Change>);
 /// thread's stack.
 const MAX_PLACE_DEPTH: usize = 64;
 
+/// A deleted entry that changes made later at other sites met: the
+/// delete won ([`Directory::dropped_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub uuid: Uuid,
+    /// The delete's CSN.
+    pub deleted: Csn,
+    /// Where the entry was when it was deleted.
+    pub deleted_at: Option<String>,
+    /// The later changes, one line each.
+    pub later: Vec<String>,
+}
+
 /// The transaction a plan runs in is thrown away with this.
 const PLAN_ONLY: &str = "plan only: the transaction is not kept";
 
@@ -674,12 +687,33 @@ impl Directory {
             None
         };
         let was_live = old.as_ref().is_some_and(EntryState::is_live);
+        let was_tombstone = old.as_ref().is_some_and(EntryState::is_tombstone);
         let (state, effect) = merge::merge(old, change);
         if effect == Effect::AlreadyHeld {
             return Ok(effect);
         }
         let new_claim = if naming { Self::claim(&state)? } else { None };
         let mut b = Batch::default();
+        // A delete wins over changes made later at other sites: they stay
+        // in the tombstone's state, invisible, and the entry is listed
+        // (`cairn conflicts`), never silently lost. The list follows from
+        // the states, so every site lists the same entries whatever order
+        // the delete and the changes arrived in.
+        if state.is_tombstone()
+            && let Some(deleted) = state.deleted
+        {
+            if state.max_csn() > Some(deleted) {
+                b.put(
+                    Table::Conflicts,
+                    change.uuid.as_bytes().to_vec(),
+                    encode_csn(&deleted)?,
+                );
+            } else {
+                b.delete(Table::Conflicts, change.uuid.as_bytes().to_vec());
+            }
+        } else if was_tombstone {
+            b.delete(Table::Conflicts, change.uuid.as_bytes().to_vec());
+        }
         b.put(
             Table::State,
             change.uuid.as_bytes().to_vec(),
@@ -1261,6 +1295,60 @@ impl Directory {
         self.put_entry(&mut b, uuid, &new)?;
         txn.apply(&b)?;
         Ok(())
+    }
+
+    /// The deleted entries that changes made later at other sites met
+    /// (the delete won; the changes are kept in the tombstone, invisible),
+    /// by entryUUID, each with what those changes were.
+    pub fn dropped_changes(&self) -> Result<Vec<Dropped>, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut uuids = vec![];
+        let mut bad = false;
+        snap.scan_from(Table::Conflicts, &[], &mut |k, _| {
+            match Uuid::from_slice(k) {
+                Ok(u) => uuids.push(u),
+                Err(_) => bad = true,
+            }
+            true
+        })?;
+        if bad {
+            return Err(Error::Corrupt("bad key in conflicts table".into()));
+        }
+        let mut out = vec![];
+        for uuid in uuids {
+            let Some(state) = Self::load_state(&*snap, uuid)? else {
+                continue;
+            };
+            let Some(deleted) = state.deleted else {
+                continue;
+            };
+            let mut later = vec![];
+            if let Some((csn, name)) = &state.name
+                && *csn > deleted
+            {
+                later.push(format!("renamed to {} at {csn}", name.rdn));
+            }
+            for attr in state.attrs.values() {
+                if let Some(c) = attr.cleared.filter(|c| *c > deleted) {
+                    later.push(format!("{} replaced or deleted at {c}", attr.name));
+                }
+                for (norm, v) in &attr.values {
+                    if let Some((c, _, text)) = v.added.as_ref().filter(|a| a.0 > deleted) {
+                        later.push(format!("{}: {text} added at {c}", attr.name));
+                    }
+                    if let Some(c) = v.deleted.filter(|c| *c > deleted) {
+                        later.push(format!("{}: {norm} deleted at {c}", attr.name));
+                    }
+                }
+            }
+            out.push(Dropped {
+                uuid,
+                deleted,
+                deleted_at: state.deleted_at.clone(),
+                later,
+            });
+        }
+        Ok(out)
     }
 
     /// The up-to-dateness vector: per origin, the highest CSN held.

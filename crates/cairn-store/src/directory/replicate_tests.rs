@@ -541,6 +541,26 @@ fn a_delete_wins_over_a_concurrent_modify() {
     exchange(&mut all);
     let tree = converged(&all);
     assert!(!tree.contains_key(H1));
+    // Both sites list the entry and the modify the delete won over, the
+    // same way: site 0 met the modify after the delete, site 1 the delete
+    // after the modify.
+    let lists: Vec<_> = all
+        .iter()
+        .map(|s| s.dir.dropped_changes().unwrap())
+        .collect();
+    assert_eq!(lists[0], lists[1]);
+    assert_eq!(lists[0].len(), 1, "{lists:?}");
+    let d = &lists[0][0];
+    assert_eq!(
+        d.deleted_at.as_deref().map(|d| dn(d).norm()),
+        Some(dn(H1).norm())
+    );
+    assert!(
+        d.later
+            .iter()
+            .any(|l| l.starts_with("description: too late added at")),
+        "{d:?}"
+    );
 }
 
 #[test]

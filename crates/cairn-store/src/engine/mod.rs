@@ -48,10 +48,14 @@ pub enum Table {
     /// Origin (site UUID ‖ epoch u32 BE) → the highest CSN held from it:
     /// the up-to-dateness vector.
     Vector,
+    /// CSN (its text form, which sorts like the CSN) → versioned change:
+    /// the changes a merge kept out of the tree (a modify that met an
+    /// entry deleted at another site), for `cairn conflicts`.
+    Conflicts,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -61,10 +65,11 @@ impl Table {
         Table::Names,
         Table::Changelog,
         Table::Vector,
+        Table::Conflicts,
     ];
 
     /// The tables that hold the directory itself (what a snapshot carries).
-    pub const DIRECTORY: [Table; 8] = [
+    pub const DIRECTORY: [Table; 9] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -73,6 +78,7 @@ impl Table {
         Table::Names,
         Table::Changelog,
         Table::Vector,
+        Table::Conflicts,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -87,6 +93,7 @@ impl Table {
             Table::Names => 6,
             Table::Changelog => 7,
             Table::Vector => 8,
+            Table::Conflicts => 9,
         }
     }
 
@@ -101,6 +108,7 @@ impl Table {
             Table::Names => "names",
             Table::Changelog => "changelog",
             Table::Vector => "vector",
+            Table::Conflicts => "conflicts",
         }
     }
 }

@@ -26,6 +26,7 @@ fn tag(t: Table) -> u8 {
         Table::Names => 7,
         Table::Changelog => 8,
         Table::Vector => 9,
+        Table::Conflicts => 10,
     }
 }
 
