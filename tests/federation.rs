@@ -274,3 +274,108 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
         );
     }
 }
+
+/// The node of `site` (of `nodes`) that says it leads, asked over LDAP.
+fn leader_of(site: &ProcSite, nodes: u64) -> Option<u64> {
+    (1..=nodes).find(|&i| {
+        let out = run_tool(
+            &site.url(i),
+            "ldapsearch",
+            None,
+            &["-b", "cn=status", "-s", "base", "cairnRole"],
+            None,
+        );
+        stdout(&out).contains("cairnRole: leader")
+    })
+}
+
+/// Issue 11: the node that pulls another site's changes is killed with
+/// SIGKILL again and again while that site takes adds: every kill lands
+/// between, or in the middle of, a pull, its check and its proposal. After
+/// the last restart every node of the pulling site holds exactly what the
+/// other site holds: nothing pulled was lost or applied twice. Each site
+/// is its own set of `cairnd --config` processes (east: one node on
+/// 127.0.0.1; west: three on 127.0.0.2–4, starting empty).
+#[test]
+fn issue_11_sigkills_of_the_pulling_leader_lose_no_change_of_the_other_site() {
+    let (east_ports, west_ports) = (Ports::free(), Ports::free());
+    let west_spec = SiteSpec {
+        name: "west",
+        first_ip: 2,
+        seed: false,
+        peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
+    };
+    let east_spec = SiteSpec {
+        peers: vec![(
+            "west",
+            (1..=3)
+                .map(|j| format!("{}:{}", west_spec.ip(j), west_ports.peer))
+                .collect(),
+        )],
+        ..SiteSpec::east()
+    };
+    let east = ProcSite::start_spec(1, east_spec, east_ports);
+    let mut west = ProcSite::start_spec(3, west_spec, west_ports);
+    // West gets the example tree from east.
+    wait_until("the example tree at west", Duration::from_secs(60), || {
+        let out = run_tool(
+            &west.url(1),
+            "ldapsearch",
+            Some((ADMIN, PASSWORD)),
+            &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+            None,
+        );
+        out.status.success() && dns(&stdout(&out)).len() == 4
+    });
+    // East adds hosts in batches while west's leader is killed.
+    let url = east.url(1);
+    let writer = std::thread::spawn(move || {
+        for batch in 0..8u8 {
+            let ldif: String = (0..60u8)
+                .map(|i| {
+                    format!(
+                        "dn: cn=k{batch}-{i},{PROD_A}\nobjectClass: cairnHost\ncn: k{batch}-{i}\n\
+                         macAddress: 02:01:00:00:{batch:02x}:{i:02x}\n\n"
+                    )
+                })
+                .collect();
+            ok(run_tool(
+                &url,
+                "ldapadd",
+                Some((ADMIN, PASSWORD)),
+                &[],
+                Some(&ldif),
+            ));
+        }
+    });
+    for _ in 0..4 {
+        let mut leader = None;
+        wait_until("a leader at west", Duration::from_secs(30), || {
+            leader = leader_of(&west, 3);
+            leader.is_some()
+        });
+        let l = leader.expect("a leader");
+        // Let it pull for a moment, then kill it wherever it is.
+        std::thread::sleep(Duration::from_millis(150));
+        west.kill9(l);
+        std::thread::sleep(Duration::from_millis(300));
+        west.restart(l);
+    }
+    writer.join().expect("east's writer");
+    wait_until(
+        "every node of west holding east's directory",
+        Duration::from_secs(90),
+        || {
+            let Ok(e) = export_at(&east.url(1)) else {
+                return false;
+            };
+            (1..=3).all(|i| export_at(&west.url(i)).is_ok_and(|w| w == e))
+        },
+    );
+    let e = export_at(&east.url(1)).expect("east's export");
+    assert_eq!(
+        e.matches("dn: cn=k7-59,").count(),
+        1,
+        "the last add crossed once"
+    );
+}

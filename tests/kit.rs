@@ -564,30 +564,95 @@ pub struct Ports {
 /// `members` (node j on 127.0.0.j): anonymous reads allowed, the example
 /// tree seeded by the lowest id.
 pub fn node_config(i: u64, data_dir: &std::path::Path, p: Ports, members: &[u64]) -> String {
+    site_node_config(i, data_dir, p, members, &SiteSpec::east())
+}
+
+/// Which site a [`ProcSite`] is: its name, the address of its node 1
+/// (node j on 127.0.0.(first_ip + j - 1)), whether it loads the example
+/// tree, and its linked sites with their nodes' peer addresses.
+#[derive(Clone, Debug)]
+pub struct SiteSpec {
+    pub name: &'static str,
+    pub first_ip: u8,
+    pub seed: bool,
+    pub peers: Vec<(&'static str, Vec<String>)>,
+}
+
+impl SiteSpec {
+    /// Site east alone, node j on 127.0.0.j, seeding the example tree.
+    pub fn east() -> SiteSpec {
+        SiteSpec {
+            name: "east",
+            first_ip: 1,
+            seed: true,
+            peers: vec![],
+        }
+    }
+
+    /// The address of node `j`.
+    pub fn ip(&self, j: u64) -> String {
+        format!("127.0.0.{}", u64::from(self.first_ip) + j - 1)
+    }
+}
+
+impl Ports {
+    /// Free ports for a site's nodes.
+    pub fn free() -> Ports {
+        Ports {
+            ldap: free_port(),
+            grpc: free_port(),
+            peer: free_port(),
+            dns: free_dns_port(),
+            http: free_port(),
+        }
+    }
+}
+
+/// The configuration file of node `i` of the site `spec` whose members are
+/// `members`.
+pub fn site_node_config(
+    i: u64,
+    data_dir: &std::path::Path,
+    p: Ports,
+    members: &[u64],
+    spec: &SiteSpec,
+) -> String {
     let members: Vec<String> = members
         .iter()
-        .map(|j| {
+        .map(|&j| {
+            let ip = spec.ip(j);
             format!(
-                "{{ id = {j}, grpc = \"127.0.0.{j}:{}\", peer = \"127.0.0.{j}:{}\", ldap = \"127.0.0.{j}:{}\" }}",
+                "{{ id = {j}, grpc = \"{ip}:{}\", peer = \"{ip}:{}\", ldap = \"{ip}:{}\" }}",
                 p.grpc, p.peer, p.ldap
             )
         })
         .collect();
-    format!(
-        "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = true\n\
-         [ldap]\nlisten = \"127.0.0.{i}:{l}\"\nanonymous_read = true\n\
-         [grpc]\nlisten = \"127.0.0.{i}:{g}\"\n[dns]\nlisten = \"127.0.0.{i}:{d}\"\n\
-         [http]\nlisten = \"127.0.0.{i}:{h}\"\n\
-         [cluster]\nnode_id = {i}\nsite = \"east\"\npeer_addr = \"127.0.0.{i}:{pp}\"\n\
+    let ip = spec.ip(i);
+    let mut text = format!(
+        "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = {seed}\n\
+         [ldap]\nlisten = \"{ip}:{l}\"\nanonymous_read = true\n\
+         [grpc]\nlisten = \"{ip}:{g}\"\n[dns]\nlisten = \"{ip}:{d}\"\n\
+         [http]\nlisten = \"{ip}:{h}\"\n\
+         [cluster]\nnode_id = {i}\nsite = \"{site}\"\npeer_addr = \"{ip}:{pp}\"\n\
          members = [{m}]\n",
         data = data_dir.display(),
+        seed = spec.seed,
+        site = spec.name,
         l = p.ldap,
         g = p.grpc,
         pp = p.peer,
         d = p.dns,
         h = p.http,
         m = members.join(", ")
-    )
+    );
+    for (site, nodes) in &spec.peers {
+        let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+        text.push_str(&format!(
+            "[[cluster.peer_sites]]\nsite = \"{site}\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        ));
+    }
+    text
 }
 
 /// A site of N separate `cairnd --config` processes, node i on 127.0.0.i,
@@ -595,34 +660,36 @@ pub fn node_config(i: u64, data_dir: &std::path::Path, p: Ports, members: &[u64]
 pub struct ProcSite {
     pub data: tempfile::TempDir,
     pub ldap_port: u16,
-    pub grpc_port: u16,
-    pub peer_port: u16,
     pub dns_port: u16,
     pub http_port: u16,
+    pub spec: SiteSpec,
     children: Vec<Option<Child>>,
 }
 
 impl ProcSite {
     pub fn start(nodes: u64) -> ProcSite {
+        ProcSite::start_spec(nodes, SiteSpec::east(), Ports::free())
+    }
+
+    /// A site of `nodes` processes as `spec` says, on `ports`.
+    pub fn start_spec(nodes: u64, spec: SiteSpec, ports: Ports) -> ProcSite {
         let mut s = ProcSite {
             data: tempfile::tempdir().expect("tempdir"),
-            ldap_port: free_port(),
-            grpc_port: free_port(),
-            peer_port: free_port(),
-            dns_port: free_dns_port(),
-            http_port: free_port(),
+            ldap_port: ports.ldap,
+            dns_port: ports.dns,
+            http_port: ports.http,
+            spec,
             children: vec![],
-        };
-        let ports = Ports {
-            ldap: s.ldap_port,
-            grpc: s.grpc_port,
-            peer: s.peer_port,
-            dns: s.dns_port,
-            http: s.http_port,
         };
         let members: Vec<u64> = (1..=nodes).collect();
         for i in 1..=nodes {
-            let config = node_config(i, &s.data.path().join(format!("node-{i}")), ports, &members);
+            let config = site_node_config(
+                i,
+                &s.data.path().join(format!("node-{i}")),
+                ports,
+                &members,
+                &s.spec,
+            );
             let file = s.data.path().join(format!("node-{i}.toml"));
             std::fs::write(&file, config).expect("write config");
             s.children.push(None);
@@ -678,7 +745,9 @@ impl ProcSite {
     }
 
     pub fn ldap_addr(&self, i: u64) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, i as u8], self.ldap_port))
+        format!("{}:{}", self.spec.ip(i), self.ldap_port)
+            .parse()
+            .expect("a node address")
     }
 
     pub fn url(&self, i: u64) -> String {
