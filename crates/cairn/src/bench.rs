@@ -49,6 +49,8 @@ pub struct BenchArgs {
     pub server_pid: Option<u32>,
     /// gRPC addresses (host:port) for the pull workload.
     pub grpc: Vec<String>,
+    /// LDAP servers the converge workload waits for.
+    pub readers: Vec<String>,
 }
 
 fn host_mac(n: usize) -> String {
@@ -397,6 +399,68 @@ async fn run_workload(
     .await
 }
 
+/// Convergence: one write per [`CONVERGE_EVERY`] at `writer` (a
+/// `replace: description` of bench host 0), each timed from its
+/// acknowledgement until every reader returns it, polling each reader
+/// every millisecond. A write not seen everywhere within 30 s counts as an
+/// error and the run goes on.
+async fn run_converge(args: &BenchArgs, writer: &str, auth: &Auth) -> anyhow::Result<Stats> {
+    const CONVERGE_EVERY: Duration = Duration::from_millis(100);
+    const GIVE_UP: Duration = Duration::from_secs(30);
+    let mut w = client::connect(writer, auth).await?;
+    let mut readers = vec![];
+    for r in &args.readers {
+        readers.push(client::connect(r, auth).await?);
+    }
+    let dn = format!("cn=host-0,{}", args.base);
+    let nonce = std::process::id();
+    let mut stats = Stats {
+        lat_us: vec![],
+        elapsed: Duration::ZERO,
+        errors: 0,
+    };
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < args.duration {
+        i += 1;
+        let value = format!("converge {nonce} {i}");
+        let r = w
+            .modify(
+                &dn,
+                vec![Mod::Replace("description", HashSet::from([value.as_str()]))],
+            )
+            .await?;
+        if r.rc != 0 {
+            stats.errors += 1;
+            continue;
+        }
+        let acked = Instant::now();
+        let filter = format!("(description={value})");
+        let mut seen = vec![false; readers.len()];
+        while seen.iter().any(|s| !s) && acked.elapsed() < GIVE_UP {
+            for (k, rd) in readers.iter_mut().enumerate() {
+                if !seen[k] {
+                    let found = rd.search(&dn, Scope::Base, &filter, vec!["1.1"]).await?.0;
+                    seen[k] = !found.is_empty();
+                }
+            }
+            if seen.iter().any(|s| !s) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if seen.iter().all(|s| *s) {
+            let us = acked.elapsed().as_micros();
+            stats.lat_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+        } else {
+            stats.errors += 1;
+        }
+        let next = acked + CONVERGE_EVERY;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
 /// One call of a timed run: the worker making it, its call number (from
 /// 1), and a random host (below `--entries`).
 #[derive(Clone, Copy)]
@@ -534,6 +598,14 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
         for &c in &args.connections {
             let mut s = if w == "pull" {
                 run_pulls(&args, c).await?
+            } else if w == "converge" {
+                // One writer; the connection count does not apply.
+                let mut s = run_converge(&args, &urls[0], auth).await?;
+                println!(
+                    "{}",
+                    s.row(&args.label, "converge (write to all readers)", 1, rss())
+                );
+                break;
             } else {
                 run_workload(&args, &urls, auth, w, c).await?
             };

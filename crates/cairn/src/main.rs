@@ -210,9 +210,16 @@ struct BenchCli {
     /// gRPC addresses (host:port) for the pull workload, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7070")]
     grpc: Vec<String>,
-    /// Workloads: search, modify, add, pull (comma-separated).
+    /// Workloads: search, modify, add, pull, converge (comma-separated).
+    /// converge: one client modifies an entry at the first of --urls, once
+    /// per 100 ms for --duration, and each write's latency is the time from
+    /// its acknowledgement until every --readers node returns it (another
+    /// site's nodes: replication between sites).
     #[arg(long, value_delimiter = ',', default_value = "search,modify")]
     workloads: Vec<String>,
+    /// LDAP servers the converge workload waits for (comma-separated URLs).
+    #[arg(long, value_delimiter = ',')]
+    readers: Vec<String>,
     /// Name of the server in the output table.
     #[arg(long, default_value = "cairn")]
     label: String,
@@ -309,8 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(b) => {
             for w in &b.workloads {
-                if !["search", "modify", "add", "pull"].contains(&w.as_str()) {
-                    anyhow::bail!("unknown workload {w:?} (search, modify, add, pull)");
+                if !["search", "modify", "add", "pull", "converge"].contains(&w.as_str()) {
+                    anyhow::bail!("unknown workload {w:?} (search, modify, add, pull, converge)");
+                }
+                if w == "converge" && b.readers.is_empty() {
+                    anyhow::bail!("the converge workload needs --readers");
                 }
             }
             let args = bench::BenchArgs {
@@ -326,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 label: b.label,
                 server_pid: b.server_pid,
                 grpc: b.grpc,
+                readers: b.readers,
             };
             bench::run(args, &cli.url, &auth).await
         }
