@@ -400,7 +400,7 @@ async fn run_workload(
 }
 
 /// Convergence: one write per [`CONVERGE_EVERY`] at `writer` (a
-/// `replace: description` of bench host 0), each timed from its
+/// `replace: description` of the bench container), each timed from its
 /// acknowledgement until every reader returns it, polling each reader
 /// every millisecond. A write not seen everywhere within 30 s counts as an
 /// error and the run goes on.
@@ -412,7 +412,8 @@ async fn run_converge(args: &BenchArgs, writer: &str, auth: &Auth) -> anyhow::Re
     for r in &args.readers {
         readers.push(client::connect(r, auth).await?);
     }
-    let dn = format!("cn=host-0,{}", args.base);
+    // The container: the other workloads write only below it.
+    let dn = args.base.clone();
     let nonce = std::process::id();
     let mut stats = Stats {
         lat_us: vec![],
