@@ -381,6 +381,16 @@ impl Replica {
     /// Forms the site with `members` if this node has never been part of
     /// one (a no-op otherwise), so every node may run it at start-up.
     pub async fn initialize(&self, members: BTreeMap<u64, NodeInfo>) -> Result<(), String> {
+        // A restart of the node that formed the site: nothing to do (and
+        // openraft would log its refusal as an error).
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
