@@ -5,6 +5,18 @@ use std::time::{Duration, Instant};
 
 use crate::kit::*;
 
+/// Whether the node at `url` holds the example tree (its four hosts).
+fn has_example_tree(url: &str) -> bool {
+    let out = run_tool(
+        url,
+        "ldapsearch",
+        Some((ADMIN, PASSWORD)),
+        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+        None,
+    );
+    out.status.success() && dns(&stdout(&out)).len() == 4
+}
+
 fn has_value(site: &Site, node: u64, dn: &str, attr: &str, value: &str) -> bool {
     let out = site.tool(node, "ldapsearch", &["-b", dn, "-s", "base", attr], None);
     out.status.success() && stdout(&out).contains(&format!("{attr}: {value}"))
@@ -21,15 +33,7 @@ fn issue_11_a_write_at_one_site_is_read_at_every_node_of_the_other() {
         wait_until(
             "the example tree at every node of both sites",
             Duration::from_secs(60),
-            || {
-                let out = site.tool(
-                    node,
-                    "ldapsearch",
-                    &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
-                    None,
-                );
-                out.status.success() && dns(&stdout(&out)).len() == 4
-            },
+            || has_example_tree(&site.url(node)),
         );
     }
     let east = format!("cn=east,ou=sites,{SUFFIX}");
@@ -106,19 +110,11 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
         wait_until(
             "the example tree at both sites",
             Duration::from_secs(60),
-            || {
-                let out = site.tool(
-                    node,
-                    "ldapsearch",
-                    &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
-                    None,
-                );
-                out.status.success() && dns(&stdout(&out)).len() == 4
-            },
+            || has_example_tree(&site.url(node)),
         );
     }
-    // The example tree's subnets, which the delete/modify pair uses, came
-    // over before the pause.
+    // The entry the delete/modify pair meets, at both sites before the
+    // pause.
     let doomed = format!("ou=doomed,{SUFFIX}");
     ok(site.tool(
         1,
@@ -318,14 +314,7 @@ fn issue_11_sigkills_of_the_pulling_leader_lose_no_change_of_the_other_site() {
     let mut west = ProcSite::start_spec(3, west_spec, west_ports);
     // West gets the example tree from east.
     wait_until("the example tree at west", Duration::from_secs(60), || {
-        let out = run_tool(
-            &west.url(1),
-            "ldapsearch",
-            Some((ADMIN, PASSWORD)),
-            &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
-            None,
-        );
-        out.status.success() && dns(&stdout(&out)).len() == 4
+        has_example_tree(&west.url(1))
     });
     // East adds hosts in batches while west's leader is killed.
     let url = east.url(1);

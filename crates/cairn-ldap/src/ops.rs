@@ -406,14 +406,18 @@ async fn change_members(
             .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
     }
     .await;
-    let res = match res {
-        Ok(()) => result(LdapResultCode::Success, "", ""),
-        Err(o) => outcome_result(&o),
-    };
+    ext_done(msgid, res)
+}
+
+/// The response to an extended operation that returns no value.
+fn ext_done(msgid: i32, res: Result<(), Outcome>) -> LdapMsg {
     LdapMsg {
         msgid,
         op: LdapOp::ExtendedResponse(LdapExtendedResponse {
-            res,
+            res: match res {
+                Ok(()) => result(LdapResultCode::Success, "", ""),
+                Err(o) => outcome_result(&o),
+            },
             name: None,
             value: None,
         }),
@@ -450,18 +454,7 @@ async fn replication(
         Ok(())
     }
     .await;
-    LdapMsg {
-        msgid,
-        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
-            res: match res {
-                Ok(()) => result(LdapResultCode::Success, "", ""),
-                Err(o) => outcome_result(&o),
-            },
-            name: None,
-            value: None,
-        }),
-        ctrl: vec![],
-    }
+    ext_done(msgid, res)
 }
 
 fn require_admin(auth: &Auth) -> Result<(), Outcome> {

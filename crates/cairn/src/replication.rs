@@ -11,32 +11,14 @@ use ldap3::exop::Exop;
 
 use crate::client::{self, Auth};
 use crate::export::parse_entry;
+use crate::subnets::{status_of, values};
 
 /// The extended operation's OID.
 pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
 
-fn values(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
-    attrs
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, vs)| vs.iter().map(|v| String::from_utf8_lossy(v).into_owned()))
-        .collect()
-}
-
 /// The site's members as the node at `url` knows them: (id, LDAP address).
 async fn members(url: &str, auth: &Auth) -> anyhow::Result<Vec<(String, String)>> {
-    let mut ldap = client::connect(url, auth).await?;
-    let (entries, _) = ldap
-        .search("cn=status", Scope::Base, "(objectClass=*)", vec!["*"])
-        .await?
-        .success()
-        .context("the node refused the status search")?;
-    let raw = entries
-        .into_iter()
-        .next()
-        .context("the node returned no status")?;
-    let attrs = parse_entry(raw)?.attrs;
-    let _ = ldap.unbind().await;
+    let attrs = status_of(url, auth).await?;
     Ok(values(&attrs, "cairnMember")
         .iter()
         .filter_map(|m| {

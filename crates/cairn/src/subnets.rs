@@ -12,7 +12,8 @@ use ldap3::Scope;
 use crate::client::{self, Auth};
 use crate::export::parse_entry;
 
-fn values(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
+/// The values of attribute `name` (any case) as text.
+pub(crate) fn values(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
     attrs
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -20,7 +21,11 @@ fn values(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> Vec<String> {
         .collect()
 }
 
-async fn status_of(url: &str, auth: &Auth) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
+/// The `cn=status` entry of the node at `url`.
+pub(crate) async fn status_of(
+    url: &str,
+    auth: &Auth,
+) -> anyhow::Result<Vec<(String, Vec<Vec<u8>>)>> {
     let mut ldap = client::connect(url, auth).await?;
     let (entries, _) = ldap
         .search("cn=status", Scope::Base, "(objectClass=*)", vec!["*"])
