@@ -407,12 +407,21 @@ impl EntryState {
         });
     }
 
-    /// Forgets deleted values and clears below `horizon`: the lowest CSN
-    /// any site may still send (the minimum over every site's
-    /// up-to-dateness vector). Nothing below it can arrive any more, so
-    /// what it could have decided is settled: no later merge gives a
-    /// different entry for what this forgets.
-    pub fn purge(&mut self, horizon: Csn) {
+    /// Whether a purge at `horizon` forgets the whole state: an entry that
+    /// is not live (a tombstone, or changes to an entry whose add never
+    /// came) and that nothing at or above the horizon touched.
+    pub fn expired(&self, horizon: Csn) -> bool {
+        !self.is_live() && self.max_csn().is_none_or(|m| m < horizon)
+    }
+
+    /// Forgets deleted values and clears below `horizon`: a CSN below
+    /// which no change can arrive any more (the tombstone lifetime ago:
+    /// a site that has not replicated for that long is refused, see
+    /// `docs/federation.md`). What they could have decided is settled: no
+    /// later merge gives a different entry for what this forgets. Returns
+    /// whether it forgot anything.
+    pub fn purge(&mut self, horizon: Csn) -> bool {
+        let before = self.clone();
         for attr in self.attrs.values_mut() {
             let cleared = attr.cleared.take_if(|c| *c < horizon);
             attr.values.retain(|_, v| {
@@ -436,6 +445,7 @@ impl EntryState {
         }
         self.attrs
             .retain(|_, a| a.cleared.is_some() || !a.values.is_empty());
+        *self != before
     }
 }
 

@@ -89,6 +89,9 @@ pub struct PeerStatus {
     /// The last pull that left nothing behind: this site then held every
     /// change the peer held (its lag is the time since).
     pub caught_up: Option<SystemTime>,
+    /// Why this node refused the peer's last pull from it, if it did (the
+    /// peer lacks changes dropped here: `cairn site resync`).
+    pub refused: Option<String>,
 }
 
 impl PeerStatus {
@@ -153,12 +156,18 @@ impl Federation {
     /// `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>` (state:
     /// `pulling`, `failing`, `paused`, or `standby` on a node that does
     /// not lead its site, which does not pull) and, while pulls fail, a
-    /// `cairnPeerSiteError` value `<site> <cause>`.
+    /// `cairnPeerSiteError` value `<site> <cause>`; while this node
+    /// refuses a peer's pulls, a `cairnPeerSiteRefused` value `<site>
+    /// <why>`.
     pub fn status_attrs(&self, leading: bool, now: SystemTime) -> Vec<(String, Vec<String>)> {
         let paused = self.is_paused();
         let mut sites = vec![];
         let mut errors = vec![];
+        let mut refused = vec![];
         for (name, st) in self.status() {
+            if let Some(why) = &st.refused {
+                refused.push(format!("{name} {why}"));
+            }
             let state = match (paused, leading, &st.last_error) {
                 (true, _, _) => "paused",
                 (false, false, _) => "standby",
@@ -184,6 +193,7 @@ impl Federation {
             ),
             ("cairnPeerSite".into(), sites),
             ("cairnPeerSiteError".into(), errors),
+            ("cairnPeerSiteRefused".into(), refused),
         ]
     }
 
@@ -191,7 +201,7 @@ impl Federation {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
+    pub(crate) fn record(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
         f(self.lock().entry(peer.to_string()).or_default());
     }
 
@@ -251,6 +261,24 @@ pub async fn serve_changes(
     req: ChangesRequest,
     paused: impl Fn() -> bool,
 ) -> Result<ChangesResponse, String> {
+    // Strict replication consistency, as Active Directory's: a caller
+    // that lacks changes this site no longer keeps (it has not pulled for
+    // longer than the tombstone lifetime) may still show entries deleted
+    // here whose tombstones are gone; incremental replication would never
+    // remove them.
+    let d = dir.clone();
+    let forgotten = tokio::task::spawn_blocking(move || d.forgotten())
+        .await
+        .map_err(|e| format!("read task: {e}"))?
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = forgotten.lacks(&req.vector) {
+        return Err(format!(
+            "refused: this site no longer keeps change {c} (older than the tombstone \
+             lifetime) and the caller does not hold it; it has not replicated for longer \
+             than that and may still show entries deleted since: rebuild it with \
+             `cairn site resync` from this site"
+        ));
+    }
     let held: BTreeMap<Origin, Csn> = req.vector.into_iter().collect();
     let max = req.max.clamp(1, MAX_CHANGES) as usize;
     let wait = Duration::from_millis(u64::from(req.wait_ms)).min(LONG_POLL * 5);
@@ -295,6 +323,50 @@ pub async fn serve_changes(
                 last,
                 more: false,
             });
+        }
+    }
+}
+
+/// Purges, every `every` while this node leads its site, what the
+/// tombstone lifetime let go: the leader proposes the horizon (the
+/// lifetime ago by its clock) and every node applies it
+/// (`Directory::purge`). The first purge comes `every` after start-up.
+pub(crate) async fn purge(replica: Weak<crate::Replica>, lifetime: Duration, every: Duration) {
+    let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(r) = replica.upgrade() else { return };
+        if r.raft.metrics().borrow().current_leader != Some(r.id) {
+            continue;
+        }
+        let ms = r.clock().now_millis().saturating_sub(lifetime_ms);
+        if ms == 0 {
+            continue;
+        }
+        let horizon = Csn {
+            ms,
+            logical: 0,
+            origin: Origin::new(uuid::Uuid::nil(), 0),
+            seq: 0,
+        };
+        let dir = r.directory().clone();
+        let last = tokio::task::spawn_blocking(move || dir.forgotten())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|f| f.horizon);
+        if last.is_some_and(|l| l >= horizon) {
+            continue;
+        }
+        if let Err(e) = tokio::time::timeout(
+            every.max(Duration::from_secs(10)),
+            r.raft.client_write(Request::Purge(horizon)),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::warn!(cause = %e, "proposing a purge failed; the next one will try again");
         }
     }
 }
@@ -363,7 +435,7 @@ async fn pull_once(
             .map_err(|e| e.to_string())?
     };
     let req = ChangesRequest {
-        vector,
+        vector: vector.clone(),
         after: position,
         max: MAX_CHANGES,
         wait_ms: LONG_POLL.as_millis() as u32,
@@ -406,6 +478,23 @@ async fn pull_once(
             ahead.csn,
             (ahead.csn.ms - now) / 1000,
             MAX_DRIFT_MS / 1000
+        ));
+    }
+    // A change below this site's horizon that it does not hold may be
+    // one a purge here forgot the answer to (an add whose tombstone is
+    // gone would come back to life): the peer has not replicated for
+    // longer than the tombstone lifetime.
+    let (d, v) = (dir.clone(), vector.clone());
+    let forgotten = tokio::task::spawn_blocking(move || d.forgotten())
+        .await
+        .map_err(|e| format!("read task: {e}"))?
+        .map_err(|e| e.to_string())?;
+    if let Some(old) = forgotten.too_old(&v, &resp.changes) {
+        return Err(format!(
+            "refused: change {} is older than this site's tombstone horizon and not held \
+             here; the site it comes through has not replicated for longer than the \
+             tombstone lifetime: rebuild it with `cairn site resync` from this site",
+            old.csn
         ));
     }
     // What would stop every node's apply is refused here, before the log.

@@ -483,12 +483,18 @@ impl pb::raft_server::Raft for RaftService {
         };
         // Not a member of this site: another site's leader, admitted by
         // the federation's rules, not the gate's.
-        replica.federation().admit(&r).await?;
+        let site = replica.federation().admit(&r).await?;
         let req: crate::federation::ChangesRequest = request(&r)?;
         let dir = replica.directory().clone();
         let fed = replica.federation().clone();
         drop(replica);
-        payload(&crate::federation::serve_changes(dir, req, || fed.is_paused()).await)
+        let answer = crate::federation::serve_changes(dir, req, || fed.is_paused()).await;
+        let refused = answer.as_ref().err().filter(|e| e.starts_with("refused"));
+        if let Some(why) = refused {
+            tracing::warn!(site = %site, cause = %why, "refused a pull from another site");
+        }
+        fed.record(&site, |s| s.refused = refused.cloned());
+        payload(&answer)
     }
 
     async fn forward(

@@ -71,6 +71,12 @@ pub struct ReplicaConfig {
     /// The linked sites this one pulls from and lets pull
     /// (`crate::federation`).
     pub peer_sites: Vec<crate::federation::PeerSite>,
+    /// How long deleted entries and deleted values are remembered, and
+    /// changes kept for peers to pull; a peer that has not replicated for
+    /// longer is refused (`Directory::purge`).
+    pub tombstone_lifetime: Duration,
+    /// How often the leader purges what the lifetime let go.
+    pub purge_every: Duration,
 }
 
 impl ReplicaConfig {
@@ -82,6 +88,11 @@ impl ReplicaConfig {
     pub const SNAPSHOT_AFTER: u64 = 100_000;
     /// The default [`ReplicaConfig::snapshot_log_bytes`].
     pub const SNAPSHOT_LOG_BYTES: u64 = 512 << 20;
+    /// The default [`ReplicaConfig::tombstone_lifetime`]: 180 days, as
+    /// Active Directory's.
+    pub const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(180 * 86_400);
+    /// The default [`ReplicaConfig::purge_every`].
+    pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
     pub fn new(id: u64, data_dir: PathBuf) -> Self {
         ReplicaConfig {
@@ -102,6 +113,8 @@ impl ReplicaConfig {
             clock: Arc::new(cairn_core::time::SystemClock),
             site: "default".into(),
             peer_sites: vec![],
+            tombstone_lifetime: Self::TOMBSTONE_LIFETIME,
+            purge_every: Self::PURGE_EVERY,
         }
     }
 }
@@ -354,6 +367,11 @@ impl Replica {
             federation,
             clock: cfg.clock,
         });
+        tokio::spawn(crate::federation::purge(
+            Arc::downgrade(&replica),
+            cfg.tombstone_lifetime,
+            cfg.purge_every,
+        ));
         for peer in cfg.peer_sites {
             tokio::spawn(crate::federation::pull(
                 Arc::downgrade(&replica),

@@ -107,6 +107,7 @@ struct Step {
 enum StepKind {
     Changes(Vec<Arc<Vec<Change>>>),
     Writes(Arc<Vec<WriteOp>>),
+    Purge(Csn),
 }
 
 /// The CSNs of the writes of a log entry written before changes were
@@ -308,6 +309,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last: e.log_id,
                     membership: membership.clone(),
                 }),
+                EntryPayload::Normal(Request::Purge(horizon)) => steps.push(Step {
+                    kind: StepKind::Purge(*horizon),
+                    last: e.log_id,
+                    membership: membership.clone(),
+                }),
                 other => {
                     let changes = match other {
                         EntryPayload::Normal(Request::Changes(c)) => Some(c.clone()),
@@ -358,6 +364,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .apply_writes(&refs, &csns, &meta, durable)
                             .map_err(failed)?;
                         results.insert(step.last.index, r);
+                    }
+                    StepKind::Purge(horizon) => {
+                        let purged = dir.purge(horizon, Some(&meta), durable).map_err(failed)?;
+                        tracing::info!(
+                            %horizon,
+                            tombstones = purged.tombstones,
+                            compacted = purged.compacted,
+                            trimmed = purged.trimmed,
+                            "purged what the tombstone lifetime let go"
+                        );
                     }
                 }
             }

@@ -24,6 +24,10 @@ pub enum Request {
     Writes(Arc<Vec<WriteOp>>),
     /// Changes planned and stamped by the leader.
     Changes(Arc<Vec<Change>>),
+    /// Forget what no change can bring back below this horizon (the
+    /// tombstone lifetime ago by the leader's clock,
+    /// `Directory::purge`).
+    Purge(cairn_core::csn::Csn),
 }
 
 impl Request {

@@ -48,6 +48,34 @@ struct Site {
     /// The site's name and the linked sites it replicates with.
     name: String,
     peer_sites: Vec<PeerSite>,
+    /// The clock its nodes stamp and purge by, which a test can move on.
+    clock: Arc<StepClock>,
+    /// Its tombstone lifetime and how often it purges.
+    purge: (Duration, Duration),
+}
+
+/// The system's clock plus an offset a test moves on: days pass at once.
+#[derive(Debug, Default)]
+struct StepClock {
+    ahead_ms: std::sync::atomic::AtomicU64,
+}
+
+impl StepClock {
+    fn pass(&self, d: Duration) {
+        self.ahead_ms
+            .fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl cairn_core::time::Clock for StepClock {
+    fn now_unix(&self) -> i64 {
+        (self.now_millis() / 1000) as i64
+    }
+
+    fn now_millis(&self) -> u64 {
+        cairn_core::time::SystemClock.now_millis()
+            + self.ahead_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Fresh nodes (ids 1, 2, …) at `addrs`, not started, and the site's
@@ -124,6 +152,11 @@ impl Site {
             snapshot_log_bytes,
             name: "default".into(),
             peer_sites: vec![],
+            clock: Arc::default(),
+            purge: (
+                ReplicaConfig::TOMBSTONE_LIFETIME,
+                ReplicaConfig::PURGE_EVERY,
+            ),
         };
         for id in 1..=n {
             site.start(id).await;
@@ -135,6 +168,15 @@ impl Site {
     /// Sites of `n` nodes each, every one linked to every other, started
     /// with empty directories.
     async fn federated(names: &[&str], n: u64) -> Vec<Site> {
+        let purge = (
+            ReplicaConfig::TOMBSTONE_LIFETIME,
+            ReplicaConfig::PURGE_EVERY,
+        );
+        Site::federated_with(names, n, purge).await
+    }
+
+    /// [`Site::federated`] with a tombstone lifetime and purge interval.
+    async fn federated_with(names: &[&str], n: u64, purge: (Duration, Duration)) -> Vec<Site> {
         let plan: Vec<(String, Vec<SocketAddr>)> = names
             .iter()
             .map(|name| (name.to_string(), (0..n).map(|_| free_addr()).collect()))
@@ -159,6 +201,8 @@ impl Site {
                         nodes: addrs.iter().map(|a| a.to_string()).collect(),
                     })
                     .collect(),
+                clock: Arc::default(),
+                purge,
             };
             for id in 1..=n {
                 site.start(id).await;
@@ -208,6 +252,7 @@ impl Site {
             .collect();
         let store_faults = self.stores.get(&id).cloned();
         let (site_name, peer_sites) = (self.name.clone(), self.peer_sites.clone());
+        let (clock, purge) = (self.clock.clone(), self.purge);
         let node = self.node(id);
         let engine = match store_faults {
             Some(f) => cairn_store::engine::open_redb_faulty(node.tmp.path(), f).unwrap(),
@@ -233,6 +278,8 @@ impl Site {
         cfg.origin = cairn_core::csn::Origin::of_site(&site_name);
         cfg.site = site_name;
         cfg.peer_sites = peer_sites;
+        cfg.clock = clock;
+        (cfg.tombstone_lifetime, cfg.purge_every) = purge;
         if let Some(d) = disk {
             cfg.disk = Arc::new(d);
         }
@@ -1467,6 +1514,84 @@ async fn a_change_passes_through_a_site_in_the_middle() {
     })
     .await;
     assert!(!sites[2].peer_sites.iter().any(|p| p.name == "a"));
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
+/// Issue 11: each site purges what its tombstone lifetime let go, by its
+/// own clock; a site that has not replicated for longer than the lifetime
+/// is refused on both sides (it lacks deletes the other no longer keeps,
+/// and its changes are older than the other's horizon), with the reason
+/// in both sites' status, and the entry it still shows does not come back
+/// at the other. The clocks are moved on by two days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let sites = Site::federated_with(&["east", "west"], 1, (DAY, Duration::from_millis(200))).await;
+    let (east, west) = (&sites[0], &sites[1]);
+    let (e, w) = (east.replica(1), west.replica(1));
+    e.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    e.write(host("doomed")).await.unwrap();
+    sites_converge(&sites, Duration::from_secs(20)).await;
+
+    w.federation().pause().await;
+    e.write(WriteOp::Delete {
+        dn: Dn::parse(&host_dn("doomed")).unwrap(),
+    })
+    .await
+    .unwrap();
+    e.write(host("newest")).await.unwrap();
+    w.write(host("from-west-while-cut-off")).await.unwrap();
+    // Everything so far is below the horizon of a purge after the jump.
+    let then = e.clock().now_millis().max(w.clock().now_millis());
+    for s in &sites {
+        s.clock.pass(2 * DAY);
+    }
+    for r in [&e, &w] {
+        wait_until("a purge past the lifetime", Duration::from_secs(20), || {
+            let f = r.directory().forgotten().unwrap();
+            f.horizon.is_some_and(|h| h.ms > then)
+        })
+        .await;
+    }
+    assert!(!e.directory().forgotten().unwrap().dropped.is_empty());
+
+    w.federation().resume();
+    wait_until("both sides refuse", Duration::from_secs(20), || {
+        let (es, ws) = (e.federation().status(), w.federation().status());
+        let east_refused = es["west"].refused.as_deref().unwrap_or("");
+        let west_error = ws["east"].last_error.as_deref().unwrap_or("");
+        let east_error = es["west"].last_error.as_deref().unwrap_or("");
+        east_refused.contains("no longer keeps")
+            && west_error.contains("no longer keeps")
+            && east_error.contains("older than this site's tombstone horizon")
+    })
+    .await;
+    let attrs = e
+        .federation()
+        .status_attrs(true, std::time::SystemTime::now());
+    let refused = attrs
+        .iter()
+        .find(|(k, _)| k == "cairnPeerSiteRefused")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        refused.iter().any(|v| v.starts_with("west refused")),
+        "{attrs:?}"
+    );
+    let shows = |r: &Arc<Replica>, cn: &str| {
+        r.directory()
+            .get(&Dn::parse(&host_dn(cn)).unwrap())
+            .unwrap()
+            .is_some()
+    };
+    assert!(shows(&w, "doomed"), "west never got the delete");
+    assert!(!shows(&e, "doomed"), "the deleted entry came back at east");
+    assert!(!shows(&e, "from-west-while-cut-off"));
+    assert!(!shows(&w, "newest"));
     for s in sites {
         s.shutdown().await;
     }

@@ -73,6 +73,23 @@ pub struct ClusterSection {
     /// changes; their leaders may pull this site's, from those addresses.
     #[serde(default)]
     pub peer_sites: Vec<PeerSiteSection>,
+    /// How long deleted entries and values are remembered and changes
+    /// kept for peer sites, in days (180, as Active Directory). A peer
+    /// site that has not replicated for longer is refused until it is
+    /// rebuilt (`docs/federation.md`). At least 1.
+    #[serde(default = "default_tombstone_lifetime_days")]
+    pub tombstone_lifetime_days: u32,
+    /// How often the leader purges what the lifetime let go, seconds.
+    #[serde(default = "default_purge_interval_s")]
+    pub purge_interval_s: u64,
+}
+
+pub(crate) fn default_tombstone_lifetime_days() -> u32 {
+    180
+}
+
+pub(crate) fn default_purge_interval_s() -> u64 {
+    3600
 }
 
 /// `[[cluster.peer_sites]]`: a linked site.
@@ -189,6 +206,8 @@ pub struct ClusterSettings {
     pub snapshot_log_bytes: u64,
     pub site: String,
     pub peer_sites: Vec<cairn_replica::federation::PeerSite>,
+    pub tombstone_lifetime: Duration,
+    pub purge_every: Duration,
 }
 
 impl ClusterSection {
@@ -212,6 +231,8 @@ impl ClusterSection {
             site: site.to_string(),
             peer_addr: peer,
             peer_sites: vec![],
+            tombstone_lifetime_days: default_tombstone_lifetime_days(),
+            purge_interval_s: default_purge_interval_s(),
         }
     }
 
@@ -274,6 +295,12 @@ impl ClusterSection {
         {
             bail!("cluster: need heartbeat_ms < election_min_ms < election_max_ms");
         }
+        if self.tombstone_lifetime_days == 0 {
+            bail!("cluster.tombstone_lifetime_days must be at least 1");
+        }
+        if self.purge_interval_s == 0 {
+            bail!("cluster.purge_interval_s must be at least 1");
+        }
         Ok(ClusterSettings {
             node_id: self.node_id,
             members,
@@ -288,6 +315,10 @@ impl ClusterSection {
             snapshot_log_bytes: self.snapshot_log_mb.max(1) << 20,
             peer_sites,
             site: self.site,
+            tombstone_lifetime: Duration::from_secs(
+                u64::from(self.tombstone_lifetime_days) * 86_400,
+            ),
+            purge_every: Duration::from_secs(self.purge_interval_s),
         })
     }
 }

@@ -245,6 +245,8 @@ fn main() -> anyhow::Result<()> {
                             site: SITES[s as usize].into(),
                             peer_addr: addr(h, peer_port),
                             peer_sites: peer_sites.clone(),
+                            tombstone_lifetime_days: config::default_tombstone_lifetime_days(),
+                            purge_interval_s: config::default_purge_interval_s(),
                         });
                         all.push(f.validate(Some(password.clone()))?);
                     }

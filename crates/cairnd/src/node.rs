@@ -94,6 +94,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     cfg.origin = cairn_core::csn::Origin::of_site(&c.site);
     cfg.site = c.site.clone();
     cfg.peer_sites = c.peer_sites.clone();
+    cfg.tombstone_lifetime = c.tombstone_lifetime;
+    cfg.purge_every = c.purge_every;
     let ip = c.peer_listen.ip();
     cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
     let peer = tokio::net::TcpListener::bind(c.peer_listen)

@@ -432,10 +432,11 @@ fn apply_all<'a>(changes: impl IntoIterator<Item = &'a Change>) -> BTreeMap<Uuid
     states
 }
 
-fn visible_all(states: &BTreeMap<Uuid, EntryState>) -> BTreeMap<Uuid, Option<Materialized>> {
+/// The entries reads see, by UUID (entries that are not live are absent).
+fn visible_all(states: &BTreeMap<Uuid, EntryState>) -> BTreeMap<Uuid, Materialized> {
     states
         .iter()
-        .map(|(u, s)| (*u, s.materialize(single)))
+        .filter_map(|(u, s)| Some((*u, s.materialize(single)?)))
         .collect()
 }
 
@@ -495,6 +496,9 @@ proptest! {
             changes.iter().partition(|c| c.csn < horizon);
         let (early, late) = above.split_at(arrived_early.index(above.len() + 1));
         let mut purged = apply_all(below.iter().chain(early).copied());
+        // What the store's purge does: whole states that expired go, the
+        // others forget what is below the horizon.
+        purged.retain(|_, s| !s.expired(horizon));
         for s in purged.values_mut() {
             s.purge(horizon);
         }

@@ -71,6 +71,61 @@ pub struct Dropped {
 /// The transaction a plan runs in is thrown away with this.
 const PLAN_ONLY: &str = "plan only: the transaction is not kept";
 
+/// The key of the last purge's horizon in [`Table::Forgotten`] (origin
+/// keys are 20 bytes long).
+const HORIZON_KEY: &[u8] = b"horizon";
+
+/// What one purge forgot ([`Directory::purge`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// States of deleted entries dropped.
+    pub tombstones: usize,
+    /// States of other entries that forgot deleted values.
+    pub compacted: usize,
+    /// Rows dropped from the change log.
+    pub trimmed: usize,
+}
+
+/// What a site can no longer send another ([`Directory::forgotten`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The horizon of its last purge: a change below it that it does not
+    /// hold is refused, since what could have decided it may be gone.
+    pub horizon: Option<Csn>,
+    /// Per origin, the highest CSN of a change dropped from its change
+    /// log.
+    pub dropped: Vec<Csn>,
+}
+
+impl Forgotten {
+    /// The first dropped change a site holding `vector` lacks: it has not
+    /// replicated since before this site dropped it, and may still show
+    /// an entry whose delete it never got (a lingering object). None when
+    /// it holds everything dropped here.
+    pub fn lacks(&self, vector: &[(Origin, Csn)]) -> Option<Csn> {
+        self.dropped
+            .iter()
+            .copied()
+            .find(|d| !vector.iter().any(|(o, held)| *o == d.origin && *held >= *d))
+    }
+
+    /// The first of `changes` below the horizon that `vector` does not
+    /// hold: applying it here could bring back what a purge forgot.
+    pub fn too_old<'c>(
+        &self,
+        vector: &[(Origin, Csn)],
+        changes: &'c [Change],
+    ) -> Option<&'c Change> {
+        let horizon = self.horizon?;
+        changes.iter().find(|c| {
+            c.csn < horizon
+                && !vector
+                    .iter()
+                    .any(|(o, held)| *o == c.csn.origin && *held >= c.csn)
+        })
+    }
+}
+
 fn names_prefix(parent: Option<Uuid>, norm_rdn: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(20 + norm_rdn.len() + 16);
     k.extend_from_slice(parent.unwrap_or_else(Uuid::nil).as_bytes());
@@ -1295,6 +1350,167 @@ impl Directory {
         self.put_entry(&mut b, uuid, &new)?;
         txn.apply(&b)?;
         Ok(())
+    }
+
+    /// Forgets, in one transaction with `meta`, what no change can bring
+    /// back any more: the horizon is the tombstone lifetime ago, and a
+    /// site that has not replicated for that long is refused
+    /// ([`Forgotten::lacks`], `docs/federation.md`). It drops the states
+    /// of entries deleted before the horizon that nothing touched since
+    /// (their tombstones, and with them their place in the list of
+    /// dropped changes), except those live entries still name as their
+    /// parent (they are shown in lost and found with the DN the parent had);
+    /// deleted values and clears below it ([`EntryState::purge`]); and
+    /// the change log's rows from its start up to the first one at or
+    /// above the horizon (the last row stays: positions count on from
+    /// it), remembering per origin the highest CSN dropped,
+    /// which a peer must hold to pull from here. The materialized tree
+    /// does not change. A horizon at or below the last one does nothing.
+    pub fn purge(
+        &self,
+        horizon: Csn,
+        meta: Option<&Batch>,
+        durable: bool,
+    ) -> Result<Purged, Error> {
+        let mut out = Purged::default();
+        self.write_txn(durable, &mut |txn| {
+            out = Purged::default();
+            let last = txn
+                .get(Table::Forgotten, HORIZON_KEY)?
+                .map(|v| decode_csn(&v))
+                .transpose()?;
+            if last.is_none_or(|l| l < horizon) {
+                out = Self::purge_in(txn, horizon)?;
+            }
+            match meta {
+                Some(meta) => txn.apply(meta),
+                None => Ok(()),
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn purge_in(txn: &mut dyn WriteTxn, horizon: Csn) -> Result<Purged, Error> {
+        let mut out = Purged::default();
+        let mut b = Batch::default();
+        // The states, one pass: what expired, and what forgot something.
+        let mut expired = vec![];
+        let mut bad = None;
+        txn.scan_from(Table::State, &[], &mut |k, v| {
+            let state = match decode_state(v) {
+                Ok(s) => s,
+                Err(e) => {
+                    bad = Some(e);
+                    return false;
+                }
+            };
+            if state.expired(horizon) {
+                expired.push(state.uuid);
+                return true;
+            }
+            let mut state = state;
+            if state.purge(horizon) {
+                match encode_state(&state) {
+                    Ok(bytes) => {
+                        b.put(Table::State, k.to_vec(), bytes);
+                        out.compacted += 1;
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        for uuid in expired {
+            if !Self::state_children(&*txn, uuid)?.is_empty() {
+                continue;
+            }
+            b.delete(Table::State, uuid.as_bytes().to_vec());
+            b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
+            out.tombstones += 1;
+        }
+        // The change log's oldest rows, in order, up to the first change
+        // at or above the horizon.
+        let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
+        let mut rows = vec![];
+        let mut bad = None;
+        let mut reached_end = true;
+        txn.scan_from(
+            Table::Changelog,
+            &[],
+            &mut |k, v| match crate::codec::decode_change(v) {
+                Ok(c) if c.csn < horizon => {
+                    rows.push((k.to_vec(), c.csn));
+                    true
+                }
+                Ok(_) => {
+                    reached_end = false;
+                    false
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            },
+        )?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        // The last row stays: positions count on from it, and a peer's
+        // position must never point past the end of the log.
+        if reached_end {
+            rows.pop();
+        }
+        for (_, csn) in &rows {
+            let top = dropped.entry(csn.origin).or_insert(*csn);
+            *top = (*top).max(*csn);
+        }
+        out.trimmed = rows.len();
+        for (k, _) in rows {
+            b.delete(Table::Changelog, k);
+        }
+        for (origin, csn) in dropped {
+            let key = origin_key(&origin);
+            let held = txn
+                .get(Table::Forgotten, &key)?
+                .map(|v| decode_csn(&v))
+                .transpose()?;
+            if held.is_none_or(|h| h < csn) {
+                b.put(Table::Forgotten, key, encode_csn(&csn)?);
+            }
+        }
+        b.put(
+            Table::Forgotten,
+            HORIZON_KEY.to_vec(),
+            encode_csn(&horizon)?,
+        );
+        txn.apply(&b)?;
+        Ok(out)
+    }
+
+    /// What this site can no longer send another ([`Directory::purge`]).
+    pub fn forgotten(&self) -> Result<Forgotten, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut rows = vec![];
+        snap.scan_from(Table::Forgotten, &[], &mut |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        let mut out = Forgotten::default();
+        for (k, v) in rows {
+            let csn = decode_csn(&v)?;
+            if k == HORIZON_KEY {
+                out.horizon = Some(csn);
+            } else {
+                out.dropped.push(csn);
+            }
+        }
+        Ok(out)
     }
 
     /// The deleted entries that changes made later at other sites met

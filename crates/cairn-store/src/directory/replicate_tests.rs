@@ -1064,3 +1064,186 @@ fn a_plan_sees_the_changes_still_on_their_way_to_the_log() {
         ["y"]
     );
 }
+
+impl Site {
+    /// A pull with both guards of the real puller: the peer refuses a
+    /// site that lacks what it dropped from its change log, and this site
+    /// refuses a change below its own horizon that it does not hold.
+    fn guarded_pull(&mut self, peer_index: usize, peer: &Site) -> Result<Vec<Effect>, String> {
+        let vector = self.dir.vector().unwrap();
+        if let Some(c) = peer.dir.forgotten().unwrap().lacks(&vector) {
+            return Err(format!("the peer dropped {c}, which this site lacks"));
+        }
+        let from = self.read.get(&peer_index).copied().unwrap_or(0);
+        let batch: Vec<Change> = peer
+            .dir
+            .changes_after(from, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        if let Some(c) = self.dir.forgotten().unwrap().too_old(&vector, &batch) {
+            return Err(format!("{} is below this site's horizon", c.csn));
+        }
+        Ok(self.pull(peer_index, peer))
+    }
+
+    /// A horizon `ms` milliseconds before this site's clock.
+    fn horizon(&self, ms: u64) -> Csn {
+        Csn {
+            ms: self.now_ms - ms,
+            logical: 0,
+            origin: Origin::new(Uuid::nil(), 0),
+            seq: 0,
+        }
+    }
+}
+
+fn state_rows(d: &Directory) -> usize {
+    let snap = d.engine.snapshot().unwrap();
+    let mut n = 0;
+    snap.scan_from(Table::State, &[], &mut |_, _| {
+        n += 1;
+        true
+    })
+    .unwrap();
+    n
+}
+
+/// Issue 11: a purge past the tombstone lifetime forgets deleted entries
+/// (and the changes a delete won over), deleted values and the oldest
+/// change-log rows, keeps a deleted parent that orphans in lost and found
+/// still name, and changes nothing reads see; every site still converges.
+#[test]
+fn a_purge_forgets_old_tombstones_values_and_log_rows_and_no_entry_changes() {
+    let mut all = sites(2);
+    all[0].must(add_op(
+        "ou=lab,dc=example,dc=com",
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    all[0].must(modify_op(H1, ModOp::Add, "description", &["a", "b"]));
+    exchange(&mut all);
+    // A delete that wins over a modify, an orphan, a deleted value.
+    all[0].must(delete_op(H1));
+    all[0].must(delete_op("ou=lab,dc=example,dc=com"));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Replace, "description", &["late"]));
+    all[1].must(add_op(
+        "cn=x1,ou=lab,dc=example,dc=com",
+        &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
+    ));
+    all[1].must(host("h2"));
+    all[1].must(modify_op(
+        "cn=h2,ou=hosts,dc=example,dc=com",
+        ModOp::Add,
+        "description",
+        &["keep", "drop"],
+    ));
+    all[1].must(modify_op(
+        "cn=h2,ou=hosts,dc=example,dc=com",
+        ModOp::Delete,
+        "description",
+        &["drop"],
+    ));
+    exchange(&mut all);
+    let before = converged(&all);
+    assert_eq!(all[0].dir.dropped_changes().unwrap().len(), 1);
+
+    // The lifetime passes: both clocks read 10 s later, the horizon is
+    // 9 s ago.
+    let now = all.iter().map(|s| s.now_ms).max().unwrap() + 10_000;
+    for s in all.iter_mut() {
+        let states = state_rows(&s.dir);
+        s.now_ms = now;
+        let horizon = s.horizon(9_000);
+        let purged = s.dir.purge(horizon, None, true).unwrap();
+        // H1's tombstone goes; ou=lab's stays, x1 names it as parent.
+        assert_eq!(purged.tombstones, 1, "{purged:?}");
+        assert!(purged.compacted >= 1, "{purged:?}");
+        assert!(purged.trimmed > 0, "{purged:?}");
+        assert_eq!(state_rows(&s.dir), states - 1);
+        // The last row stays, so positions count on.
+        assert_eq!(s.dir.changes_after(0, 10).unwrap().len(), 1);
+        assert_eq!(s.dir.dropped_changes().unwrap(), vec![]);
+        let f = s.dir.forgotten().unwrap();
+        assert_eq!(f.horizon, Some(horizon));
+        assert!(!f.dropped.is_empty(), "{f:?}");
+        // A second purge at the same horizon, or an older one, does nothing.
+        let again = s.dir.purge(horizon, None, true).unwrap();
+        assert_eq!(again, super::replicate::Purged::default());
+        assert_eq!(s.export(), before);
+    }
+    let x1 = before
+        .keys()
+        .find(|k| k.starts_with("cn=x1"))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        all[0].get(&x1).unwrap().first("cairnoriginaldn"),
+        Some("cn=x1,ou=lab,dc=example,dc=com")
+    );
+
+    // Sites that held everything before the purge still replicate.
+    all[0].must(host("after"));
+    all[1].must(modify_op(
+        "cn=h2,ou=hosts,dc=example,dc=com",
+        ModOp::Add,
+        "description",
+        &["drop"],
+    ));
+    for (i, j) in [(0, 1), (1, 0)] {
+        let (a, b) = pair(&mut all, i, j);
+        a.guarded_pull(j, b).unwrap();
+    }
+    let tree = converged(&all);
+    assert!(tree.contains_key("cn=after,ou=hosts,dc=example,dc=com"));
+    assert_eq!(
+        all[0].values("cn=h2,ou=hosts,dc=example,dc=com", "description"),
+        ["keep", "drop"]
+    );
+}
+
+/// Issue 11: a site cut off for longer than the tombstone lifetime would
+/// bring back entries deleted elsewhere (a lingering object): the sites
+/// that purged refuse its pulls, and refuse its changes from below their
+/// horizon, on both sides; nothing it holds comes back to life.
+#[test]
+fn a_site_cut_off_longer_than_the_tombstone_lifetime_is_refused_both_ways() {
+    let mut all = sites(3);
+    // Site 2 is cut off: it makes a change that stays old, and keeps H1.
+    all[2].must(host("old-from-2"));
+    all[0].now_ms += 10;
+    all[0].must(delete_op(H1));
+    // (The newest row of a change log is never dropped.)
+    all[0].must(host("newest"));
+    for (i, j) in [(0, 1), (1, 0)] {
+        let (a, b) = pair(&mut all, i, j);
+        a.pull(j, b);
+    }
+    for s in all[..2].iter_mut() {
+        s.now_ms += 1000;
+        let horizon = s.horizon(0);
+        s.dir.purge(horizon, None, true).unwrap();
+    }
+    all[2].now_ms += 2000;
+    all[2].must(modify_op(H1, ModOp::Replace, "description", &["lingering"]));
+
+    // Site 2 lacks the delete site 0 dropped from its change log.
+    let (c, a) = pair(&mut all, 2, 0);
+    let e = c.guarded_pull(0, a).unwrap_err();
+    assert!(e.contains("lacks"), "{e}");
+    assert!(
+        c.get(H1).is_some(),
+        "site 2 still shows what it never saw deleted"
+    );
+    // And site 0 refuses site 2's change from below its horizon.
+    let (a, c) = pair(&mut all, 0, 2);
+    let e = a.guarded_pull(2, c).unwrap_err();
+    assert!(e.contains("below this site's horizon"), "{e}");
+    assert!(all[0].get(H1).is_none());
+    assert!(
+        all[0]
+            .get("cn=old-from-2,ou=hosts,dc=example,dc=com")
+            .is_none()
+    );
+}

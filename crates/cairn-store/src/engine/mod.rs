@@ -52,10 +52,15 @@ pub enum Table {
     /// the changes a merge kept out of the tree (a modify that met an
     /// entry deleted at another site), for `cairn conflicts`.
     Conflicts,
+    /// What this site can no longer send another (`Directory::purge`):
+    /// `horizon` → the CSN of its last purge, and origin (as in
+    /// [`Table::Vector`]) → the highest CSN of a change of that origin
+    /// dropped from the change log.
+    Forgotten,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -66,10 +71,11 @@ impl Table {
         Table::Changelog,
         Table::Vector,
         Table::Conflicts,
+        Table::Forgotten,
     ];
 
     /// The tables that hold the directory itself (what a snapshot carries).
-    pub const DIRECTORY: [Table; 9] = [
+    pub const DIRECTORY: [Table; 10] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -79,6 +85,7 @@ impl Table {
         Table::Changelog,
         Table::Vector,
         Table::Conflicts,
+        Table::Forgotten,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -94,6 +101,7 @@ impl Table {
             Table::Changelog => 7,
             Table::Vector => 8,
             Table::Conflicts => 9,
+            Table::Forgotten => 10,
         }
     }
 
@@ -109,6 +117,7 @@ impl Table {
             Table::Changelog => "changelog",
             Table::Vector => "vector",
             Table::Conflicts => "conflicts",
+            Table::Forgotten => "forgotten",
         }
     }
 }

@@ -27,6 +27,7 @@ fn tag(t: Table) -> u8 {
         Table::Changelog => 8,
         Table::Vector => 9,
         Table::Conflicts => 10,
+        Table::Forgotten => 11,
     }
 }
 
