@@ -407,6 +407,85 @@ impl EntryState {
         });
     }
 
+    /// Folds another copy of this entry's state into this one (a site
+    /// rebuilt from a peer, `cairn site resync`): every field is a
+    /// maximum, so the result holds the changes both held, as if they had
+    /// been merged one by one. Returns whether this state changed.
+    pub fn join(&mut self, other: &EntryState) -> bool {
+        let before = self.clone();
+        if let Some((c, n)) = &other.name
+            && self.name.as_ref().is_none_or(|(sc, sn)| (sc, sn) < (c, n))
+        {
+            self.name = Some((*c, n.clone()));
+        }
+        if let Some(c) = other.created {
+            raise(&mut self.created, c);
+        }
+        if let Some(d) = other.deleted
+            && raise(&mut self.deleted, d)
+        {
+            self.deleted_at = other.deleted_at.clone();
+        }
+        for (key, theirs) in &other.attrs {
+            let (attr, _) = self.attr(key, &theirs.name);
+            if let Some(c) = theirs.cleared {
+                raise(&mut attr.cleared, c);
+            }
+            for (norm, v) in &theirs.values {
+                let slot = attr.values.entry(norm.clone()).or_insert(ValueState {
+                    added: None,
+                    deleted: None,
+                });
+                if let Some(added) = &v.added
+                    && slot.added.as_ref().is_none_or(|a| a < added)
+                {
+                    slot.added = Some(added.clone());
+                }
+                if let Some(d) = v.deleted {
+                    raise(&mut slot.deleted, d);
+                }
+            }
+        }
+        self.compact();
+        *self != before
+    }
+
+    /// Forgets every field set below `horizon` (a site rebuilt from a
+    /// peer takes what is older than that from the peer alone: see
+    /// `Directory::resync_page`). Returns whether anything is left.
+    pub fn restrict(&mut self, horizon: Csn) -> bool {
+        let below = |c: &Option<Csn>| c.is_some_and(|c| c < horizon);
+        if self.name.as_ref().is_some_and(|(c, _)| *c < horizon) {
+            self.name = None;
+        }
+        if below(&self.created) {
+            self.created = None;
+        }
+        if below(&self.deleted) {
+            self.deleted = None;
+            self.deleted_at = None;
+        }
+        self.attrs.retain(|_, attr| {
+            if below(&attr.cleared) {
+                attr.cleared = None;
+            }
+            attr.values.retain(|_, v| {
+                if v.added.as_ref().is_some_and(|a| a.0 < horizon) {
+                    v.added = None;
+                }
+                if below(&v.deleted) {
+                    v.deleted = None;
+                }
+                v.added.is_some() || v.deleted.is_some()
+            });
+            attr.cleared.is_some() || !attr.values.is_empty()
+        });
+        self.name.is_some()
+            || self.created.is_some()
+            || self.deleted.is_some()
+            || !self.attrs.is_empty()
+    }
+
     /// Whether a purge at `horizon` forgets the whole state: an entry that
     /// is not live (a tombstone, or changes to an entry whose add never
     /// came) and that nothing at or above the horizon touched.

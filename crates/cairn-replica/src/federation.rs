@@ -76,6 +76,77 @@ pub struct ChangesResponse {
     pub more: bool,
 }
 
+/// A page of a site's entry states (`cairn site resync`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatesRequest {
+    pub after: Option<uuid::Uuid>,
+    pub max: u32,
+}
+
+/// The answer: the states, and what the site held and had forgotten when
+/// the page was read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatesResponse {
+    pub states: Vec<cairn_core::merge::EntryState>,
+    pub vector: Vec<(Origin, Csn)>,
+    pub horizon: Option<Csn>,
+    pub dropped: Vec<Csn>,
+}
+
+/// The end of a rebuild from a peer site, as logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncEnd {
+    /// The peer site.
+    pub site: String,
+    /// Every entry it sent.
+    pub held: Vec<uuid::Uuid>,
+    /// Its vector and what it had forgotten, from its first page.
+    pub vector: Vec<(Origin, Csn)>,
+    pub horizon: Option<Csn>,
+    pub dropped: Vec<Csn>,
+}
+
+impl ResyncEnd {
+    pub fn forgotten(&self) -> cairn_store::directory::replicate::Forgotten {
+        cairn_store::directory::replicate::Forgotten {
+            horizon: self.horizon,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// Most entry states one page carries.
+pub const MAX_STATES: u32 = 500;
+
+/// Answers a page of this node's entry states.
+pub async fn serve_states(
+    dir: Arc<Directory>,
+    req: StatesRequest,
+) -> Result<StatesResponse, String> {
+    tokio::task::spawn_blocking(move || {
+        let forgotten = dir.forgotten().map_err(|e| e.to_string())?;
+        let vector = dir.vector().map_err(|e| e.to_string())?;
+        let states = dir
+            .states_after(req.after, req.max.clamp(1, MAX_STATES) as usize)
+            .map_err(|e| e.to_string())?;
+        Ok(StatesResponse {
+            states,
+            vector,
+            horizon: forgotten.horizon,
+            dropped: forgotten.dropped,
+        })
+    })
+    .await
+    .map_err(|e| format!("read task: {e}"))?
+}
+
+/// What rebuilding this site from a peer did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncReport {
+    pub pages: usize,
+    pub states: usize,
+}
+
 /// How pulling from one peer site goes (`cairn status`, `cn=status`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -512,4 +583,126 @@ async fn pull_once(
     .map_err(|_| "proposing the peer's changes timed out".to_string())?
     .map_err(|e| format!("proposing the peer's changes: {e}"))?;
     Ok((n, resp.last, complete))
+}
+
+impl crate::Replica {
+    /// Rebuilds this site's directory from linked site `peer` (`cairn site
+    /// resync`), on the leader: every page of the peer's entry states goes
+    /// through this site's log ([`Request::ResyncPage`]), then the end
+    /// ([`Request::ResyncEnd`]), which takes away what the peer does not
+    /// hold (`Directory::resync_end`). Safe to run again after a failure:
+    /// nothing is taken away before the last page is in.
+    pub async fn resync(&self, peer: &str) -> Result<ResyncReport, String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader != Some(self.id) {
+            return Err(match leader {
+                Some(l) => format!("node {l} leads this site; ask it"),
+                None => "this site has no leader".into(),
+            });
+        }
+        let fed = self.federation().clone();
+        let Some(site) = fed.peers.iter().find(|p| p.name == peer).cloned() else {
+            return Err(format!("site {peer:?} is not linked to this one"));
+        };
+        // Below the later of the peer's horizon and this site's own, only
+        // the peer's copy counts: what this site dropped from its own log
+        // can no longer reach anyone.
+        let dir = self.directory().clone();
+        let own_horizon = tokio::task::spawn_blocking(move || dir.forgotten())
+            .await
+            .map_err(|e| format!("read task: {e}"))?
+            .map_err(|e| e.to_string())?
+            .horizon;
+        let mut report = ResyncReport::default();
+        let mut after = None;
+        let mut first: Option<StatesResponse> = None;
+        let mut held = vec![];
+        let mut node = 0usize;
+        loop {
+            let req = StatesRequest {
+                after,
+                max: MAX_STATES,
+            };
+            let page = loop {
+                let addr = &site.nodes[node % site.nodes.len()];
+                match self.states_from(&fed, addr, &req).await {
+                    Ok(p) => break p,
+                    Err(e) if node + 1 < site.nodes.len() => {
+                        tracing::warn!(site = %peer, node = %addr, cause = %e, "reading a peer site's states failed; trying its next node");
+                        node += 1;
+                    }
+                    Err(e) => return Err(format!("reading site {peer}'s entries: {e}")),
+                }
+            };
+            let Some(last) = page.states.last().map(|s| s.uuid) else {
+                first.get_or_insert(page);
+                break;
+            };
+            after = Some(last);
+            held.extend(page.states.iter().map(|s| s.uuid));
+            let first = first.get_or_insert_with(|| StatesResponse {
+                states: vec![],
+                ..page.clone()
+            });
+            let horizon = first
+                .horizon
+                .max(own_horizon)
+                .unwrap_or(Csn::zero(Origin::new(uuid::Uuid::nil(), 0)));
+            report.pages += 1;
+            report.states += page.states.len();
+            self.propose(Request::ResyncPage {
+                horizon,
+                states: Arc::new(page.states),
+            })
+            .await?;
+        }
+        let first = first.unwrap_or(StatesResponse {
+            states: vec![],
+            vector: vec![],
+            horizon: None,
+            dropped: vec![],
+        });
+        self.propose(Request::ResyncEnd(Arc::new(ResyncEnd {
+            site: peer.to_string(),
+            held,
+            vector: first.vector,
+            horizon: first.horizon.max(own_horizon),
+            dropped: first.dropped,
+        })))
+        .await?;
+        Ok(report)
+    }
+
+    async fn propose(&self, req: Request) -> Result<(), String> {
+        tokio::time::timeout(LONG_POLL * 30, self.raft.client_write(req))
+            .await
+            .map_err(|_| "proposing timed out".to_string())?
+            .map(|_| ())
+            .map_err(|e| format!("proposing: {e}"))
+    }
+
+    async fn states_from(
+        &self,
+        fed: &Federation,
+        node: &str,
+        req: &StatesRequest,
+    ) -> Result<StatesResponse, String> {
+        let data = encode(req).map_err(|e| format!("encode: {e}"))?;
+        let mut call = self.clients.caller.request(RaftPayload { data });
+        call.set_timeout(Duration::from_secs(30));
+        call.metadata_mut().insert(
+            SITE_HEADER,
+            fed.site
+                .parse()
+                .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
+        );
+        let mut client = self.clients.get(node).map_err(|e| e.to_string())?;
+        let reply = client
+            .states(call)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        let resp: Result<StatesResponse, String> =
+            decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
+        resp
+    }
 }

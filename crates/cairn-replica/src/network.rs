@@ -497,6 +497,20 @@ impl pb::raft_server::Raft for RaftService {
         payload(&answer)
     }
 
+    async fn states(
+        &self,
+        r: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        replica.federation().admit(&r).await?;
+        let req: crate::federation::StatesRequest = request(&r)?;
+        let dir = replica.directory().clone();
+        drop(replica);
+        payload(&crate::federation::serve_states(dir, req).await)
+    }
+
     async fn forward(
         &self,
         r: tonic::Request<RaftPayload>,

@@ -252,7 +252,7 @@ pub struct Replica {
     dir: Arc<Directory>,
     proposer: Proposer,
     forwarder: Forwarder,
-    clients: network::Clients,
+    pub(crate) clients: network::Clients,
     gate: Arc<network::Gate>,
     write_timeout: Duration,
     faults: crate::Faults,

@@ -108,6 +108,8 @@ enum StepKind {
     Changes(Vec<Arc<Vec<Change>>>),
     Writes(Arc<Vec<WriteOp>>),
     Purge(Csn),
+    ResyncPage(Csn, Arc<Vec<cairn_core::merge::EntryState>>),
+    ResyncEnd(Arc<crate::federation::ResyncEnd>),
 }
 
 /// The CSNs of the writes of a log entry written before changes were
@@ -314,6 +316,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last: e.log_id,
                     membership: membership.clone(),
                 }),
+                EntryPayload::Normal(Request::ResyncPage { horizon, states }) => steps.push(Step {
+                    kind: StepKind::ResyncPage(*horizon, states.clone()),
+                    last: e.log_id,
+                    membership: membership.clone(),
+                }),
+                EntryPayload::Normal(Request::ResyncEnd(end)) => steps.push(Step {
+                    kind: StepKind::ResyncEnd(end.clone()),
+                    last: e.log_id,
+                    membership: membership.clone(),
+                }),
                 other => {
                     let changes = match other {
                         EntryPayload::Normal(Request::Changes(c)) => Some(c.clone()),
@@ -373,6 +385,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             compacted = purged.compacted,
                             trimmed = purged.trimmed,
                             "purged what the tombstone lifetime let go"
+                        );
+                    }
+                    StepKind::ResyncPage(horizon, states) => {
+                        dir.resync_page(horizon, &states, Some(&meta), durable)
+                            .map_err(failed)?;
+                    }
+                    StepKind::ResyncEnd(end) => {
+                        let held = end.held.iter().copied().collect();
+                        let done = dir
+                            .resync_end(&held, &end.vector, &end.forgotten(), Some(&meta), durable)
+                            .map_err(failed)?;
+                        tracing::warn!(
+                            from = %end.site,
+                            removed = done.removed.len(),
+                            discarded = done.discarded,
+                            "rebuilt this site's directory from a peer site; entries it does not \
+                             hold are gone"
                         );
                     }
                 }

@@ -28,6 +28,15 @@ pub enum Request {
     /// tombstone lifetime ago by the leader's clock,
     /// `Directory::purge`).
     Purge(cairn_core::csn::Csn),
+    /// A page of a linked site's entry states, for this site rebuilt from
+    /// it (`Directory::resync_page`), with that site's horizon.
+    ResyncPage {
+        horizon: cairn_core::csn::Csn,
+        states: Arc<Vec<cairn_core::merge::EntryState>>,
+    },
+    /// The end of that rebuild (`Directory::resync_end`): the UUIDs of
+    /// every state the site sent, its vector, and what it had forgotten.
+    ResyncEnd(Arc<crate::federation::ResyncEnd>),
 }
 
 impl Request {

@@ -34,6 +34,8 @@ pub struct NodeStatus {
     pub peers: Vec<String>,
     /// Per failing peer site: `<site> <cause>`.
     pub peer_errors: Vec<String>,
+    /// Per peer site whose pulls this node refuses: `<site> <why>`.
+    pub peer_refused: Vec<String>,
 }
 
 fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
@@ -73,6 +75,7 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         paused: first(&e.attrs, "cairnReplicationPaused") == "TRUE",
         peers: all(&e.attrs, "cairnPeerSite"),
         peer_errors: all(&e.attrs, "cairnPeerSiteError"),
+        peer_refused: all(&e.attrs, "cairnPeerSiteRefused"),
     })
 }
 
@@ -197,6 +200,10 @@ pub fn render_peers(l: &NodeStatus) -> String {
             error
         ));
     }
+    for r in &l.peer_refused {
+        let (site, why) = r.split_once(' ').unwrap_or((r, ""));
+        out.push_str(&format!("site {site}'s pulls are refused here: {why}\n"));
+    }
     out
 }
 
@@ -239,6 +246,7 @@ mod tests {
                 "north failing lag-ms=- pulled=0 position=0".into(),
             ],
             peer_errors: vec!["north connection refused".into()],
+            peer_refused: vec!["north refused: this site no longer keeps change x".into()],
             ..Default::default()
         };
         let t = render_peers(&l);
@@ -251,6 +259,10 @@ mod tests {
         assert!(
             lines[3].contains("never") && lines[3].ends_with("connection refused"),
             "{t}"
+        );
+        assert_eq!(
+            lines[4],
+            "site north's pulls are refused here: refused: this site no longer keeps change x"
         );
     }
 }

@@ -482,6 +482,24 @@ proptest! {
         prop_assert_eq!(here, apply_all(&changes));
     }
 
+    /// Joining one site's states into another's gives the states of
+    /// every change of both, as merging them one by one does (how a site
+    /// is rebuilt from a peer).
+    #[test]
+    fn joining_two_sites_states_equals_merging_all_their_changes(
+        (changes, split) in arb_changes().prop_flat_map(|c| { let n = c.len(); (Just(c), 0..=n) })
+    ) {
+        let (mine, theirs) = changes.split_at(split);
+        let mut joined = apply_all(mine);
+        for (uuid, state) in apply_all(theirs) {
+            match joined.get_mut(&uuid) {
+                Some(s) => { s.join(&state); }
+                None => { joined.insert(uuid, state); }
+            }
+        }
+        prop_assert_eq!(joined, apply_all(&changes));
+    }
+
     /// Purging below a horizon that every site has passed (every change
     /// below it has arrived; some above it have too) never changes what
     /// later changes make visible.

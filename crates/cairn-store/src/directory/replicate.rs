@@ -71,9 +71,48 @@ pub struct Dropped {
 /// The transaction a plan runs in is thrown away with this.
 const PLAN_ONLY: &str = "plan only: the transaction is not kept";
 
+/// What an entry was before a merge, as far as showing the result needs.
+struct Before {
+    /// Whether the merge may change the entry's name or life.
+    naming: bool,
+    /// The loop of moves it was in.
+    old_loop: Vec<(Csn, Uuid)>,
+    /// Its claim on a name.
+    claim: Option<(Vec<u8>, Csn)>,
+    was_live: bool,
+    was_tombstone: bool,
+}
+
+impl Before {
+    fn of(
+        snap: &dyn Snapshot,
+        uuid: Uuid,
+        old: Option<&EntryState>,
+        naming: bool,
+    ) -> Result<Before, Error> {
+        Ok(Before {
+            naming,
+            old_loop: if naming {
+                Directory::cycle_members(snap, uuid)?.unwrap_or_default()
+            } else {
+                vec![]
+            },
+            claim: match old {
+                Some(s) if naming => Directory::claim(s)?,
+                _ => None,
+            },
+            was_live: old.is_some_and(EntryState::is_live),
+            was_tombstone: old.is_some_and(EntryState::is_tombstone),
+        })
+    }
+}
+
 /// The key of the last purge's horizon in [`Table::Forgotten`] (origin
 /// keys are 20 bytes long).
 const HORIZON_KEY: &[u8] = b"horizon";
+/// The key of the change log's last position, once a purge dropped its
+/// last row, in [`Table::Forgotten`].
+const LAST_POSITION_KEY: &[u8] = b"last-position";
 
 /// What one purge forgot ([`Directory::purge`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -84,6 +123,17 @@ pub struct Purged {
     pub compacted: usize,
     /// Rows dropped from the change log.
     pub trimmed: usize,
+}
+
+/// What a rebuild from a peer took away here ([`Directory::resync_end`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resynced {
+    /// Entries shown here that the peer does not hold (deleted there and
+    /// forgotten, or written here too long ago to be sent).
+    pub removed: Vec<Uuid>,
+    /// Changes in this site's log, older than the peer's horizon, that
+    /// the peer never held: they are gone.
+    pub discarded: usize,
 }
 
 /// What a site can no longer send another ([`Directory::forgotten`]).
@@ -731,49 +781,12 @@ impl Directory {
         // can move an entry, make or break a loop of moves, or change who
         // holds a name; the members of a loop it breaks go home.
         let naming = !matches!(change.op, ChangeOp::Modify { name: None, .. });
-        let old_loop = if naming {
-            Self::cycle_members(&*txn, change.uuid)?.unwrap_or_default()
-        } else {
-            vec![]
-        };
-        let old_claim = if naming {
-            old.as_ref().map(Self::claim).transpose()?.flatten()
-        } else {
-            None
-        };
-        let was_live = old.as_ref().is_some_and(EntryState::is_live);
-        let was_tombstone = old.as_ref().is_some_and(EntryState::is_tombstone);
+        let before = Before::of(&*txn, change.uuid, old.as_ref(), naming)?;
         let (state, effect) = merge::merge(old, change);
         if effect == Effect::AlreadyHeld {
             return Ok(effect);
         }
-        let new_claim = if naming { Self::claim(&state)? } else { None };
         let mut b = Batch::default();
-        // A delete wins over changes made later at other sites: they stay
-        // in the tombstone's state, invisible, and the entry is listed
-        // (`cairn conflicts`), never silently lost. The list follows from
-        // the states, so every site lists the same entries whatever order
-        // the delete and the changes arrived in.
-        if state.is_tombstone()
-            && let Some(deleted) = state.deleted
-        {
-            if state.max_csn() > Some(deleted) {
-                b.put(
-                    Table::Conflicts,
-                    change.uuid.as_bytes().to_vec(),
-                    encode_csn(&deleted)?,
-                );
-            } else {
-                b.delete(Table::Conflicts, change.uuid.as_bytes().to_vec());
-            }
-        } else if was_tombstone {
-            b.delete(Table::Conflicts, change.uuid.as_bytes().to_vec());
-        }
-        b.put(
-            Table::State,
-            change.uuid.as_bytes().to_vec(),
-            encode_state(&state)?,
-        );
         let seq = match txn.last(Table::Changelog)? {
             Some((k, _)) => {
                 let k: [u8; 8] = k
@@ -782,7 +795,8 @@ impl Directory {
                     .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
                 u64::from_be_bytes(k) + 1
             }
-            None => 1,
+            // Emptied by a purge: positions count on from the last one.
+            None => Self::trimmed_position(&*txn)? + 1,
         };
         b.put(
             Table::Changelog,
@@ -797,7 +811,52 @@ impl Directory {
         if held.is_none_or(|h| h < change.csn) {
             b.put(Table::Vector, vkey, encode_csn(&change.csn)?);
         }
-        let mut work: VecDeque<Uuid> = VecDeque::from([change.uuid]);
+        let attrs_only = match &change.op {
+            ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
+            _ => None,
+        };
+        self.store_merged(txn, b, before, &state, attrs_only)?;
+        Ok(effect)
+    }
+
+    /// Stores an entry's new state, with `b`, and shows it: its place in
+    /// the list of dropped changes, its claim on its name, and the
+    /// entries whose place it may have changed. `attrs_only` is a change
+    /// of those attributes alone, which may be shown again in place.
+    fn store_merged(
+        &self,
+        txn: &mut dyn WriteTxn,
+        mut b: Batch,
+        before: Before,
+        state: &EntryState,
+        attrs_only: Option<&[AttrChange]>,
+    ) -> Result<(), Error> {
+        let uuid = state.uuid;
+        let naming = before.naming;
+        let new_claim = if naming { Self::claim(state)? } else { None };
+        // A delete wins over changes made later at other sites: they stay
+        // in the tombstone's state, invisible, and the entry is listed
+        // (`cairn conflicts`), never silently lost. The list follows from
+        // the states, so every site lists the same entries whatever order
+        // the delete and the changes arrived in.
+        if state.is_tombstone()
+            && let Some(deleted) = state.deleted
+        {
+            if state.max_csn() > Some(deleted) {
+                b.put(
+                    Table::Conflicts,
+                    uuid.as_bytes().to_vec(),
+                    encode_csn(&deleted)?,
+                );
+            } else {
+                b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
+            }
+        } else if before.was_tombstone {
+            b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
+        }
+        b.put(Table::State, uuid.as_bytes().to_vec(), encode_state(state)?);
+        let mut work: VecDeque<Uuid> = VecDeque::from([uuid]);
+        let old_claim = before.claim;
         if old_claim.as_ref().map(|c| &c.0) != new_claim.as_ref().map(|c| &c.0) {
             for (key, _) in old_claim.iter() {
                 b.delete(Table::Names, key.clone());
@@ -807,25 +866,24 @@ impl Directory {
             b.put(Table::Names, key.clone(), encode_csn(csn)?);
         }
         txn.apply(&b)?;
-        if !naming
-            && let ChangeOp::Modify { attrs, .. } = &change.op
-            && self.reshow_in_place(&mut *txn, change.uuid, &state, attrs)?
+        if let Some(attrs) = attrs_only
+            && self.reshow_in_place(&mut *txn, uuid, state, attrs)?
         {
-            return Ok(effect);
+            return Ok(());
         }
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
             let prefix = &key[..key.len() - 16];
             work.extend(Self::claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
         }
-        if was_live != state.is_live() {
-            work.extend(Self::state_children(&*txn, change.uuid)?);
+        if before.was_live != state.is_live() {
+            work.extend(Self::state_children(&*txn, uuid)?);
         }
-        work.extend(old_loop.into_iter().map(|(_, u)| u));
+        work.extend(before.old_loop.into_iter().map(|(_, u)| u));
         // A move that closes a loop: the entry that breaks it moves first.
         if naming
-            && let Some(cut) = Self::cycle_members(&*txn, change.uuid)?
-                .and_then(|m| m.iter().min().map(|(_, u)| *u))
+            && let Some(cut) =
+                Self::cycle_members(&*txn, uuid)?.and_then(|m| m.iter().min().map(|(_, u)| *u))
         {
             work.push_front(cut);
         }
@@ -833,8 +891,7 @@ impl Directory {
         // claimants too): placing one queues whatever it moves.
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        self.place_all(txn, work)?;
-        Ok(effect)
+        self.place_all(txn, work)
     }
 
     /// The common case: a change of attributes only, to an entry shown in
@@ -1362,8 +1419,8 @@ impl Directory {
     /// parent (they are shown in lost and found with the DN the parent had);
     /// deleted values and clears below it ([`EntryState::purge`]); and
     /// the change log's rows from its start up to the first one at or
-    /// above the horizon (the last row stays: positions count on from
-    /// it), remembering per origin the highest CSN dropped,
+    /// above the horizon (positions count on from the last one),
+    /// remembering per origin the highest CSN dropped,
     /// which a peer must hold to pull from here. The materialized tree
     /// does not change. A horizon at or below the last one does nothing.
     pub fn purge(
@@ -1461,10 +1518,8 @@ impl Directory {
         if let Some(e) = bad {
             return Err(e);
         }
-        // The last row stays: positions count on from it, and a peer's
-        // position must never point past the end of the log.
-        if reached_end {
-            rows.pop();
+        if reached_end && let Some((k, _)) = rows.last() {
+            Self::keep_position(&mut b, k);
         }
         for (_, csn) in &rows {
             let top = dropped.entry(csn.origin).or_insert(*csn);
@@ -1493,6 +1548,252 @@ impl Directory {
         Ok(out)
     }
 
+    /// Entry states by UUID after `after`, at most `max`: a peer's copy of
+    /// this site's directory, page by page (`cairn site resync`).
+    pub fn states_after(&self, after: Option<Uuid>, max: usize) -> Result<Vec<EntryState>, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut rows = vec![];
+        let start = after.map(|u| u.as_bytes().to_vec()).unwrap_or_default();
+        snap.scan_from(Table::State, &start, &mut |k, v| {
+            if after.is_none_or(|a| k != a.as_bytes()) {
+                rows.push(v.to_vec());
+            }
+            rows.len() < max
+        })?;
+        rows.iter().map(|v| decode_state(v)).collect()
+    }
+
+    /// One page of a rebuild from a peer (`cairn site resync`), in one
+    /// transaction with `meta`: each entry's state becomes the peer's
+    /// joined with what this site set at or above `horizon` (the peer's
+    /// purge horizon); below it, only the peer's copy counts, since this
+    /// site may hold what the peer deleted and then forgot. Returns how
+    /// many entries changed.
+    pub fn resync_page(
+        &self,
+        horizon: Csn,
+        states: &[EntryState],
+        meta: Option<&Batch>,
+        durable: bool,
+    ) -> Result<usize, Error> {
+        let mut changed = 0;
+        self.write_txn(durable, &mut |txn| {
+            changed = 0;
+            for theirs in states {
+                let old = Self::load_state(&*txn, theirs.uuid)?;
+                let before = Before::of(&*txn, theirs.uuid, old.as_ref(), true)?;
+                let mut state = old.clone().unwrap_or_else(|| EntryState::new(theirs.uuid));
+                state.restrict(horizon);
+                state.join(theirs);
+                if old.as_ref() != Some(&state) {
+                    self.store_merged(txn, Batch::default(), before, &state, None)?;
+                    changed += 1;
+                }
+            }
+            match meta {
+                Some(meta) => txn.apply(meta),
+                None => Ok(()),
+            }
+        })?;
+        Ok(changed)
+    }
+
+    /// Ends a rebuild from a peer, once every page of its states is in
+    /// ([`Directory::resync_page`]): `held` are the UUIDs of every state
+    /// the peer sent, `vector` and `forgotten` what it held and had
+    /// forgotten when the rebuild began (with the horizon the pages used:
+    /// the later of the peer's and this site's own). The entries the peer does not
+    /// hold keep only what was set here at or above its horizon: one the
+    /// peer deleted and forgot (a lingering object) goes, as does
+    /// anything this site wrote below the horizon that never reached the
+    /// peer (it can no longer be told from a change to a forgotten
+    /// entry). So does the change log below the horizon. The vector rises
+    /// to the peer's and this site forgets what the peer forgot, so its
+    /// own peers that lack it are refused in turn.
+    pub fn resync_end(
+        &self,
+        held: &BTreeSet<Uuid>,
+        vector: &[(Origin, Csn)],
+        forgotten: &Forgotten,
+        meta: Option<&Batch>,
+        durable: bool,
+    ) -> Result<Resynced, Error> {
+        let horizon = forgotten
+            .horizon
+            .unwrap_or(Csn::zero(Origin::new(Uuid::nil(), 0)));
+        let covered = |c: &Csn| vector.iter().any(|(o, v)| *o == c.origin && v >= c);
+        let mut out = Resynced::default();
+        self.write_txn(durable, &mut |txn| {
+            out = Resynced::default();
+            let mut mine = vec![];
+            let mut bad = None;
+            txn.scan_from(Table::State, &[], &mut |k, v| {
+                if Uuid::from_slice(k).is_ok_and(|u| held.contains(&u)) {
+                    return true;
+                }
+                match decode_state(v) {
+                    Ok(s) => mine.push(s),
+                    Err(e) => {
+                        bad = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            for old in mine {
+                let mut state = old.clone();
+                let kept = state.restrict(horizon);
+                if state == old {
+                    continue;
+                }
+                if old.is_live() && !state.is_live() {
+                    out.removed.push(old.uuid);
+                }
+                if kept {
+                    let before = Before::of(&*txn, old.uuid, Some(&old), true)?;
+                    self.store_merged(txn, Batch::default(), before, &state, None)?;
+                } else {
+                    self.remove_state(txn, &old)?;
+                }
+            }
+            let mut b = Batch::default();
+            let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
+            let mut rows = vec![];
+            let mut bad = None;
+            txn.scan_from(Table::Changelog, &[], &mut |k, v| {
+                match crate::codec::decode_change(v) {
+                    Ok(c) if c.csn < horizon => rows.push((k.to_vec(), c.csn)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        bad = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
+            if let Some((k, _)) = txn.last(Table::Changelog)? {
+                Self::keep_position(&mut b, &k);
+            }
+            for (k, csn) in rows {
+                if covered(&csn) {
+                    // The peer holds it: a site that lacks it must be
+                    // refused, as the peer would.
+                    let top = dropped.entry(csn.origin).or_insert(csn);
+                    *top = (*top).max(csn);
+                } else {
+                    out.discarded += 1;
+                }
+                b.delete(Table::Changelog, k);
+            }
+            // What this site had dropped itself counts as far as the peer
+            // holds it; beyond that, it was this site's own and is gone.
+            let mut own = vec![];
+            txn.scan_from(Table::Forgotten, &[], &mut |k, v| {
+                if k != HORIZON_KEY && k != LAST_POSITION_KEY {
+                    own.push((k.to_vec(), v.to_vec()));
+                }
+                true
+            })?;
+            for (k, v) in own {
+                let csn = decode_csn(&v)?;
+                b.delete(Table::Forgotten, k);
+                let held = vector
+                    .iter()
+                    .find(|(o, _)| *o == csn.origin)
+                    .map(|(_, v)| *v);
+                if let Some(held) = held {
+                    let capped = csn.min(held);
+                    let top = dropped.entry(csn.origin).or_insert(capped);
+                    *top = (*top).max(capped);
+                }
+            }
+            for csn in &forgotten.dropped {
+                let top = dropped.entry(csn.origin).or_insert(*csn);
+                *top = (*top).max(*csn);
+            }
+            for (origin, csn) in &dropped {
+                b.put(Table::Forgotten, origin_key(origin), encode_csn(csn)?);
+            }
+            let had = txn
+                .get(Table::Forgotten, HORIZON_KEY)?
+                .map(|v| decode_csn(&v))
+                .transpose()?;
+            if had.is_none_or(|h| h < horizon) {
+                b.put(
+                    Table::Forgotten,
+                    HORIZON_KEY.to_vec(),
+                    encode_csn(&horizon)?,
+                );
+            }
+            for (origin, csn) in vector {
+                let key = origin_key(origin);
+                let had = txn
+                    .get(Table::Vector, &key)?
+                    .map(|v| decode_csn(&v))
+                    .transpose()?;
+                if had.is_none_or(|h| h < *csn) {
+                    b.put(Table::Vector, key, encode_csn(csn)?);
+                }
+            }
+            txn.apply(&b)?;
+            match meta {
+                Some(meta) => txn.apply(meta),
+                None => Ok(()),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Removes an entry's state and whatever it showed.
+    fn remove_state(&self, txn: &mut dyn WriteTxn, state: &EntryState) -> Result<(), Error> {
+        let uuid = state.uuid;
+        let claim = Self::claim(state)?;
+        let mut b = Batch::default();
+        b.delete(Table::State, uuid.as_bytes().to_vec());
+        b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
+        if let Some((key, _)) = &claim {
+            b.delete(Table::Names, key.clone());
+        }
+        txn.apply(&b)?;
+        let mut work = VecDeque::from([uuid]);
+        if let Some((key, _)) = &claim {
+            let prefix = &key[..key.len() - 16];
+            work.extend(Self::claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
+        }
+        work.extend(Self::state_children(&*txn, uuid)?);
+        let mut seen = std::collections::HashSet::new();
+        work.retain(|u| seen.insert(*u));
+        self.place_all(txn, work)
+    }
+
+    /// Records the position of the change log's last row, which a purge
+    /// may drop: positions count on from it, so a peer's position never
+    /// points past the end of the log. (Only read while the log is empty;
+    /// the last row's own key says it otherwise.)
+    fn keep_position(b: &mut Batch, key: &[u8]) {
+        b.put(Table::Forgotten, LAST_POSITION_KEY.to_vec(), key.to_vec());
+    }
+
+    /// The position [`Directory::keep_position`] recorded (0: none).
+    fn trimmed_position(snap: &dyn Snapshot) -> Result<u64, Error> {
+        match snap.get(Table::Forgotten, LAST_POSITION_KEY)? {
+            None => Ok(0),
+            Some(v) => {
+                let k: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad last position in forgotten table".into()))?;
+                Ok(u64::from_be_bytes(k))
+            }
+        }
+    }
+
     /// What this site can no longer send another ([`Directory::purge`]).
     pub fn forgotten(&self) -> Result<Forgotten, Error> {
         let snap = self.engine.snapshot()?;
@@ -1503,6 +1804,9 @@ impl Directory {
         })?;
         let mut out = Forgotten::default();
         for (k, v) in rows {
+            if k == LAST_POSITION_KEY {
+                continue;
+            }
             let csn = decode_csn(&v)?;
             if k == HORIZON_KEY {
                 out.horizon = Some(csn);

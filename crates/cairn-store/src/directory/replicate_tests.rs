@@ -2,7 +2,7 @@
 //! conflict rules, with sites as directories in one process (the network
 //! between them comes with the replica's puller).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_core::csn::{Csn, Hlc, Origin};
 use cairn_core::merge::{Change, Effect};
@@ -1162,8 +1162,7 @@ fn a_purge_forgets_old_tombstones_values_and_log_rows_and_no_entry_changes() {
         assert!(purged.compacted >= 1, "{purged:?}");
         assert!(purged.trimmed > 0, "{purged:?}");
         assert_eq!(state_rows(&s.dir), states - 1);
-        // The last row stays, so positions count on.
-        assert_eq!(s.dir.changes_after(0, 10).unwrap().len(), 1);
+        assert_eq!(s.dir.changes_after(0, 10).unwrap(), vec![]);
         assert_eq!(s.dir.dropped_changes().unwrap(), vec![]);
         let f = s.dir.forgotten().unwrap();
         assert_eq!(f.horizon, Some(horizon));
@@ -1214,7 +1213,6 @@ fn a_site_cut_off_longer_than_the_tombstone_lifetime_is_refused_both_ways() {
     all[2].must(host("old-from-2"));
     all[0].now_ms += 10;
     all[0].must(delete_op(H1));
-    // (The newest row of a change log is never dropped.)
     all[0].must(host("newest"));
     for (i, j) in [(0, 1), (1, 0)] {
         let (a, b) = pair(&mut all, i, j);
@@ -1246,4 +1244,45 @@ fn a_site_cut_off_longer_than_the_tombstone_lifetime_is_refused_both_ways() {
             .get("cn=old-from-2,ou=hosts,dc=example,dc=com")
             .is_none()
     );
+
+    // Site 2 is rebuilt from site 0, page by page (`cairn site resync`).
+    let (c, a) = pair(&mut all, 2, 0);
+    let forgotten = a.dir.forgotten().unwrap();
+    let vector = a.dir.vector().unwrap();
+    let mut held = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = a.dir.states_after(after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.uuid);
+        held.extend(page.iter().map(|s| s.uuid));
+        c.dir
+            .resync_page(forgotten.horizon.unwrap(), &page, None, true)
+            .unwrap();
+    }
+    let done = c
+        .dir
+        .resync_end(&held, &vector, &forgotten, None, true)
+        .unwrap();
+    assert!(c.get(H1).is_none(), "the lingering entry is gone");
+    assert!(
+        c.get("cn=old-from-2,ou=hosts,dc=example,dc=com").is_none(),
+        "a write older than the horizon that never left the site is gone"
+    );
+    assert_eq!(done.removed.len(), 2, "{done:?}");
+    assert!(done.discarded >= 1, "{done:?}");
+    // Now every site replicates with every other, guards and all.
+    for _ in 0..2 {
+        for i in 0..3 {
+            for j in 0..3 {
+                if i != j {
+                    let (x, y) = pair(&mut all, i, j);
+                    x.guarded_pull(j, y)
+                        .unwrap_or_else(|e| panic!("site {i} from {j}: {e}"));
+                }
+            }
+        }
+    }
+    let tree = converged(&all);
+    assert!(tree.contains_key("cn=newest,ou=hosts,dc=example,dc=com"));
 }
