@@ -269,6 +269,44 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
             stdout(&kept)
         );
     }
+
+    // `cairn site resync`, pointed at a node of the wrong site, says so;
+    // at west it rebuilds west from east (nothing was purged, so nothing
+    // goes) and both stay identical and replicating.
+    let wrong = site.cairn(1, &["site", "resync", "west", "--from", "east"]);
+    let err = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert!(
+        !wrong.status.success() && err.contains("is a node of site \"east\""),
+        "{err}"
+    );
+    let out = site.cairn(2, &["site", "resync", "west", "--from", "east"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("site west: rebuilt from site east:"),
+        "{}",
+        stdout(&out)
+    );
+    ok(site.tool(
+        2,
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: ou=after-resync,{SUFFIX}\nobjectClass: organizationalUnit\nou: after-resync\n"
+        )),
+    ));
+    wait_until(
+        "identical exports after the resync",
+        Duration::from_secs(30),
+        || {
+            let first = export_at(&site.url(1));
+            first.as_ref().is_ok_and(|e| e.contains("ou=after-resync"))
+                && export_at(&site.url(2)) == first
+        },
+    );
 }
 
 /// The node of `site` (of `nodes`) that says it leads, asked over LDAP.

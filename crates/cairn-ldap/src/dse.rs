@@ -23,13 +23,18 @@ pub const OID_CHANGE_MEMBERS: &str = "1.3.6.1.4.1.32473.7.4.1";
 /// (its pulls and its answers to theirs) until `resume` or a restart.
 /// `cairn replication pause|resume` sends it to every node of the site.
 pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
+/// Cairn's resync extended operation (administrators only, at the site's
+/// leader): the request value names a linked site, and this site's
+/// directory is rebuilt from it (`cairn site resync`), for a site that has
+/// not replicated for longer than the tombstone lifetime.
+pub const OID_RESYNC: &str = "1.3.6.1.4.1.32473.7.4.3";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
 pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 
 /// The extended operations that act on the site (run as operations of
 /// their own, like writes); the others are answered inline.
 pub fn is_site_extension(oid: &str) -> bool {
-    oid == OID_CHANGE_MEMBERS || oid == OID_REPLICATION
+    oid == OID_CHANGE_MEMBERS || oid == OID_REPLICATION || oid == OID_RESYNC
 }
 
 /// The root DSE's attributes.
@@ -52,6 +57,7 @@ pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<S
                 OID_WHOAMI.into(),
                 OID_CHANGE_MEMBERS.into(),
                 OID_REPLICATION.into(),
+                OID_RESYNC.into(),
             ],
         ),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),

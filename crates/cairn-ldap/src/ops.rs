@@ -366,6 +366,8 @@ pub async fn dispatch(
     if let LdapOp::ExtendedRequest(req) = op {
         let reply = if req.name == dse::OID_REPLICATION {
             replication(&ctx, &auth, msgid, req).await
+        } else if req.name == dse::OID_RESYNC {
+            resync(&ctx, &auth, msgid, req).await
         } else {
             change_members(&ctx, &auth, msgid, req).await
         };
@@ -455,6 +457,41 @@ async fn replication(
     }
     .await;
     ext_done(msgid, res)
+}
+
+/// The resync extended operation: rebuild this site's directory from
+/// the linked site the request value names. Answers, in the diagnostic
+/// message, how much it read.
+async fn resync(ctx: &ServerContext, auth: &Auth, msgid: i32, req: LdapExtendedRequest) -> LdapMsg {
+    let res = async {
+        require_admin(auth)?;
+        let peer = req
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                Outcome::new(
+                    LdapResultCode::ProtocolError,
+                    "the request value must name the site to rebuild from",
+                )
+            })?;
+        tracing::warn!(
+            by = %auth.dn.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            from = %peer,
+            "rebuilding this site's directory from a peer site"
+        );
+        ctx.writer
+            .resync(peer.trim().to_string())
+            .await
+            .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
+    }
+    .await;
+    let mut reply = ext_done(msgid, res.as_ref().map(|_| ()).map_err(Clone::clone));
+    if let (Ok(report), LdapOp::ExtendedResponse(r)) = (res, &mut reply.op) {
+        r.res.message = report;
+    }
+    reply
 }
 
 fn require_admin(auth: &Auth) -> Result<(), Outcome> {

@@ -27,6 +27,9 @@ pub trait Writer: Send + Sync + 'static {
     fn pause_replication(&self, pause: bool) -> BoxFuture<'_, ()>;
     /// This node's replication with other sites.
     fn federation(&self) -> Option<Arc<crate::federation::Federation>>;
+    /// Rebuilds the site's directory from linked site `peer` (on the
+    /// leader, `cairn site resync`); answers what it read.
+    fn resync(&self, peer: String) -> BoxFuture<'_, Result<String, String>>;
 }
 
 /// A member of a site: writes go through Raft.
@@ -65,5 +68,15 @@ impl Writer for ReplicaWriter {
 
     fn federation(&self) -> Option<Arc<crate::federation::Federation>> {
         Some(self.0.federation().clone())
+    }
+
+    fn resync(&self, peer: String) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let r = self.0.resync(&peer).await?;
+            Ok(format!(
+                "rebuilt from site {peer}: {} entries in {} pages",
+                r.states, r.pages
+            ))
+        })
     }
 }

@@ -109,6 +109,10 @@ enum Command {
     /// conflict: names added at both, entries moved to lost and found,
     /// entries outside the schema (exit status 1 when there are any).
     Conflicts,
+    /// Sites: `cairn site resync SITE --from PEER` rebuilds SITE's
+    /// directory from linked site PEER (--url must be a node of SITE).
+    #[command(subcommand)]
+    Site(SiteCmd),
     /// Load host entries and measure searches and modifies against any LDAP
     /// server (Cairn or a reference server), printing a Markdown table.
     Bench(BenchCli),
@@ -154,6 +158,22 @@ enum ReplicationCmd {
     Pause,
     /// Start again.
     Resume,
+}
+
+#[derive(Debug, Subcommand)]
+enum SiteCmd {
+    /// Rebuild this site's directory from a linked site, for a site that
+    /// has not replicated for longer than the tombstone lifetime (its
+    /// peers refuse it): below the peer's horizon only the peer's copy
+    /// counts, so entries deleted there and writes made here that never
+    /// left are gone (docs/federation.md).
+    Resync {
+        /// The site to rebuild (the one --url is a node of).
+        site: String,
+        /// The linked site to rebuild it from.
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +316,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replication::pause(&cli.url, &auth, matches!(c, ReplicationCmd::Pause)).await
         }
         Command::Conflicts => replication::conflicts(&cli.url, &auth).await,
+        Command::Site(SiteCmd::Resync { site, from }) => {
+            replication::resync(&cli.url, &auth, &site, &from).await
+        }
         Command::Pull(args) => pull::run(args).await,
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,

@@ -1,7 +1,8 @@
 //! Replication between sites, for an operator: `cairn replication
 //! pause|resume` on every node of the site (Cairn's extended operation
-//! 1.3.6.1.4.1.32473.7.4.2, administrators only), and `cairn conflicts`,
-//! the entries that concurrent changes at two sites left in conflict.
+//! 1.3.6.1.4.1.32473.7.4.2, administrators only), `cairn conflicts`,
+//! the entries that concurrent changes at two sites left in conflict, and
+//! `cairn site resync` (1.3.6.1.4.1.32473.7.4.3, at the site's leader).
 
 use std::process::ExitCode;
 
@@ -13,8 +14,10 @@ use crate::client::{self, Auth};
 use crate::export::parse_entry;
 use crate::subnets::{status_of, values};
 
-/// The extended operation's OID.
+/// The extended operations' OIDs: replication pause and resume, and
+/// resync.
 pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
+pub const OID_RESYNC: &str = "1.3.6.1.4.1.32473.7.4.3";
 
 /// The site's members as the node at `url` knows them: (id, LDAP address).
 async fn members(url: &str, auth: &Auth) -> anyhow::Result<Vec<(String, String)>> {
@@ -28,12 +31,14 @@ async fn members(url: &str, auth: &Auth) -> anyhow::Result<Vec<(String, String)>
         .collect())
 }
 
-async fn send(url: &str, auth: &Auth, action: &str) -> anyhow::Result<()> {
+/// Sends extended operation `oid` with `value`; answers the result's
+/// diagnostic message.
+async fn send(url: &str, auth: &Auth, oid: &str, value: &str) -> anyhow::Result<String> {
     let mut ldap = client::connect(url, auth).await?;
     let r = ldap
         .extended(Exop {
-            name: Some(OID_REPLICATION.to_string()),
-            val: Some(action.as_bytes().to_vec()),
+            name: Some(oid.to_string()),
+            val: Some(value.as_bytes().to_vec()),
         })
         .await?
         .1;
@@ -41,7 +46,38 @@ async fn send(url: &str, auth: &Auth, action: &str) -> anyhow::Result<()> {
     if r.rc != 0 {
         anyhow::bail!("refused: {}", client::describe(&r));
     }
-    Ok(())
+    Ok(r.text)
+}
+
+/// Rebuilds site `site`'s directory from linked site `from` (`cairn site
+/// resync`): the node at `url` must be of `site`; the operation goes to
+/// whichever of its nodes leads it.
+pub async fn resync(url: &str, auth: &Auth, site: &str, from: &str) -> anyhow::Result<ExitCode> {
+    let attrs = status_of(url, auth).await?;
+    let here = values(&attrs, "cairnSiteName")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    if here != site {
+        anyhow::bail!(
+            "{url} is a node of site {here:?}, not {site:?}: point --url at a node of {site}"
+        );
+    }
+    let nodes = members(url, auth).await?;
+    let mut last = None;
+    for (id, ldap) in &nodes {
+        match send(&format!("ldap://{ldap}"), auth, OID_RESYNC, from).await {
+            Ok(report) => {
+                println!("site {site}: {report} (node {id})");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) if format!("{e:#}").contains("leads this site") => last = Some(e),
+            Err(e) => return Err(e.context(format!("node {id} ({ldap})"))),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("the site lists no members"))
+        .context("no node of the site took the resync"))
 }
 
 /// Pauses (`pause`) or resumes (`resume`) replication with other sites on
@@ -53,8 +89,8 @@ pub async fn pause(url: &str, auth: &Auth, pause: bool) -> anyhow::Result<ExitCo
     let nodes = members(url, auth).await?;
     let mut failed = 0;
     for (id, ldap) in &nodes {
-        match send(&format!("ldap://{ldap}"), auth, action).await {
-            Ok(()) => println!("node {id} ({ldap}): {action}d"),
+        match send(&format!("ldap://{ldap}"), auth, OID_REPLICATION, action).await {
+            Ok(_) => println!("node {id} ({ldap}): {action}d"),
             Err(e) => {
                 failed += 1;
                 eprintln!("cairn: node {id} ({ldap}): {e:#}");
