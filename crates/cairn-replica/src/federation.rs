@@ -14,6 +14,12 @@
 //! changes (a long poll), so a change reaches a linked site within about
 //! a second; errors back off up to [`MAX_BACKOFF`].
 //!
+//! Every site forgets, after the tombstone lifetime, what no change can
+//! bring back any more ([`purge`], `Directory::purge`); a peer that has
+//! not replicated for that long is refused on both sides (strict
+//! replication consistency, `Forgotten`), and [`crate::Replica::resync`]
+//! rebuilds a site from a peer (`cairn site resync`).
+//!
 //! Not yet: peer sites and their nodes come from the configuration, not
 //! yet from `cairnSiteLink` entries; the caller is admitted by its address
 //! (mutual TLS comes with issue 12); positions are kept in memory (after a
