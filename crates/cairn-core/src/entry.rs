@@ -156,3 +156,13 @@ impl ValidEntry {
 pub fn new_entry_uuid() -> uuid::Uuid {
     uuid::Uuid::now_v7()
 }
+
+/// The `entryUUID` of a host registered by a deploy rule: name-based
+/// (UUID version 5) on the host's identity (`key`, e.g. its first MAC), so
+/// the same host registered at two sites while they were apart is one
+/// entry when they meet, not a name conflict, and a host registered again
+/// after its entry was deleted comes back as the same entry.
+pub fn host_entry_uuid(key: &str) -> uuid::Uuid {
+    let ns = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b"cairn host");
+    uuid::Uuid::new_v5(&ns, key.as_bytes())
+}

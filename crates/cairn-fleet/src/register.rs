@@ -7,6 +7,11 @@
 //! else first MAC, else UUID, else serial), so two pulls of the same new
 //! host racing at two nodes propose the same DN: one add wins, the other
 //! fails with "already exists" and reads the winner's entry. No duplicate.
+//! So is its entryUUID (name-based, [`host_entry_uuid`]), so the same
+//! host registered at two sites cut off from each other is one entry once
+//! they meet (the later registration's values), not a name conflict.
+//!
+//! [`host_entry_uuid`]: cairn_core::entry::host_entry_uuid
 
 use std::net::IpAddr;
 
@@ -74,6 +79,22 @@ fn host_cn(id: &Identity) -> String {
     )
 }
 
+/// What the new host's UUID is derived from: its first MAC (what PXE and
+/// DHCP know it by), else its SMBIOS UUID, else its serial number, else
+/// its name.
+fn identity_key(id: &Identity) -> String {
+    if let Some(m) = id.macs.first() {
+        return format!("mac:{}", m.to_ascii_lowercase().replace('-', ":"));
+    }
+    if let Some(u) = &id.uuid {
+        return format!("uuid:{}", u.to_ascii_lowercase());
+    }
+    if let Some(s) = &id.serial {
+        return format!("serial:{s}");
+    }
+    format!("cn:{}", host_cn(id))
+}
+
 /// The add that registers `id` under the rule's target.
 pub fn registration(
     id: &Identity,
@@ -109,7 +130,7 @@ pub fn registration(
     let who = Dn::parse(rule_dn).map_err(|e| FleetError::Internal(format!("rule DN: {e}")))?;
     Ok(WriteOp::Add {
         entry: Entry { dn, attrs },
-        uuid: cairn_core::entry::new_entry_uuid(),
+        uuid: cairn_core::entry::host_entry_uuid(&identity_key(id)),
         stamp: Stamp { who, now },
     })
 }
@@ -135,6 +156,28 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(host_cn(&named), "esx-900");
+    }
+
+    #[test]
+    fn the_same_host_always_gets_the_same_entry_uuid() {
+        let target = Dn::parse("ou=hosts,dc=example,dc=com").unwrap();
+        let uuid_of = |id: &Identity| match registration(
+            id,
+            &facts(id, None),
+            "cn=r,dc=example,dc=com",
+            &target,
+            "20261203000000Z".into(),
+        )
+        .unwrap()
+        {
+            WriteOp::Add { uuid, .. } => uuid,
+            other => panic!("{other:?}"),
+        };
+        let a = ident("02:00:00:00:00:99");
+        assert_eq!(uuid_of(&a), uuid_of(&ident("02-00-00-00-00-99")));
+        assert_eq!(uuid_of(&a), uuid_of(&a.clone()));
+        assert_ne!(uuid_of(&a), uuid_of(&ident("02:00:00:00:00:98")));
+        assert_eq!(uuid_of(&a).get_version_num(), 5);
     }
 
     #[test]

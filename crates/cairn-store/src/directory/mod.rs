@@ -733,6 +733,15 @@ impl Directory {
             }
             return Err(Error::AlreadyExists(entry.dn.to_string()));
         }
+        // A UUID chosen from a name (a registered host's) may already be
+        // an entry's elsewhere in the tree: one entry, not two.
+        if let Some(other) = Self::load(snap, uuid)? {
+            return Err(Error::AlreadyExists(format!(
+                "{} (entry {uuid} is {})",
+                entry.dn,
+                other.dn()
+            )));
+        }
         let parent = self.parent_uuid(snap, &entry.dn)?;
         let valid = self.schema.validate(entry)?.stamp_created(uuid, stamp);
         let mut b = Batch::default();

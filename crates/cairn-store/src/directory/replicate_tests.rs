@@ -1286,3 +1286,63 @@ fn a_site_cut_off_longer_than_the_tombstone_lifetime_is_refused_both_ways() {
     let tree = converged(&all);
     assert!(tree.contains_key("cn=newest,ou=hosts,dc=example,dc=com"));
 }
+
+/// Issue 11: a host registered at two sites while they were apart (a
+/// name-based UUID, the same at both) is one entry when they meet, with
+/// the later registration's values, not a name conflict; deleted at one
+/// site and registered again at the other, it comes back as that entry.
+#[test]
+fn the_same_host_registered_at_two_sites_is_one_entry() {
+    let mut all = sites(2);
+    let uuid = cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:99");
+    let register = |desc: &str| WriteOp::Add {
+        entry: Entry {
+            dn: dn("cn=h9,ou=hosts,dc=example,dc=com"),
+            attrs: vec![
+                ("objectClass".into(), vec!["cairnHost".into()]),
+                ("cn".into(), vec!["h9".into()]),
+                ("description".into(), vec![desc.into()]),
+            ],
+        },
+        uuid,
+        stamp: stamp(),
+    };
+    all[0].must(register("at site 0"));
+    all[1].now_ms += 10;
+    all[1].must(register("at site 1"));
+    exchange(&mut all);
+    let tree = converged(&all);
+    let h9: Vec<&String> = tree.keys().filter(|k| k.contains("h9")).collect();
+    assert_eq!(h9, ["cn=h9,ou=hosts,dc=example,dc=com"], "{tree:#?}");
+    assert_eq!(
+        all[0].values("cn=h9,ou=hosts,dc=example,dc=com", "description"),
+        ["at site 1"]
+    );
+    // Registered again at this site: the same add, already applied.
+    all[1].must(register("at site 1"));
+
+    all[0].must(delete_op("cn=h9,ou=hosts,dc=example,dc=com"));
+    exchange(&mut all);
+    assert!(all[1].get("cn=h9,ou=hosts,dc=example,dc=com").is_none());
+    all[1].must(register("back"));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[0].get("cn=h9,ou=hosts,dc=example,dc=com").unwrap();
+    assert_eq!(e.first("description"), Some("back"));
+    assert_eq!(e.first("entryuuid"), Some(uuid.to_string().as_str()));
+    // The UUID cannot name a second entry elsewhere in the tree.
+    let e = all[0]
+        .write(WriteOp::Add {
+            entry: Entry {
+                dn: dn("cn=h9-again,ou=hosts,dc=example,dc=com"),
+                attrs: vec![
+                    ("objectClass".into(), vec!["cairnHost".into()]),
+                    ("cn".into(), vec!["h9-again".into()]),
+                ],
+            },
+            uuid,
+            stamp: stamp(),
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+}
