@@ -728,6 +728,11 @@ impl ProcSite {
         self.children[i as usize - 1] = Some(child);
     }
 
+    /// How many nodes the site has.
+    pub fn spec_nodes(&self) -> u64 {
+        self.children.len() as u64
+    }
+
     pub fn log_path(&self, i: u64) -> PathBuf {
         self.data.path().join(format!("node-{i}.log"))
     }
@@ -817,5 +822,134 @@ impl Rng {
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+}
+
+/// The network between sites, in the test process: other sites reach each
+/// node's peer listener through a relay on `127.0.1.<its last octet>`,
+/// which passes bytes on while the two sites' link is up, and drops its
+/// connections (and every new one) while the link is cut: a partition as
+/// the processes see one, with nothing changed in them. The relay's
+/// outgoing connection leaves from `127.0.1.<the caller's last octet>`, so
+/// the callee admits the caller by the relay address its configuration
+/// lists for the caller's site.
+pub struct Wan {
+    rt: tokio::runtime::Runtime,
+    state: std::sync::Arc<std::sync::Mutex<WanState>>,
+}
+
+#[derive(Default)]
+struct WanState {
+    /// Site of each node, by the last octet of its address.
+    site_of: std::collections::HashMap<u8, String>,
+    /// Cut links, as sorted pairs of site names.
+    cut: std::collections::BTreeSet<(String, String)>,
+    /// Live relayed connections: the two sites and the task relaying it.
+    conns: Vec<(String, String, tokio::task::AbortHandle)>,
+}
+
+fn link(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+impl Wan {
+    pub fn new() -> Wan {
+        Wan {
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("relay runtime"),
+            state: Default::default(),
+        }
+    }
+
+    /// A relay to node `ip_last` of `site`, whose peer listener is on
+    /// `127.0.0.<ip_last>:port`; returns the relay's address.
+    pub fn relay(&self, site: &str, ip_last: u8, port: u16) -> String {
+        self.state
+            .lock()
+            .expect("wan")
+            .site_of
+            .insert(ip_last, site.to_string());
+        let listen = format!("127.0.1.{ip_last}:0");
+        let target: SocketAddr = format!("127.0.0.{ip_last}:{port}").parse().expect("addr");
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .expect("relay listener");
+        let addr = listener.local_addr().expect("relay address");
+        let state = self.state.clone();
+        let to_site = site.to_string();
+        self.rt.spawn(async move {
+            loop {
+                let Ok((inbound, from)) = listener.accept().await else {
+                    return;
+                };
+                let std::net::IpAddr::V4(ip) = from.ip() else {
+                    continue;
+                };
+                let last = ip.octets()[3];
+                let mut st = state.lock().expect("wan");
+                let Some(from_site) = st.site_of.get(&last).cloned() else {
+                    continue;
+                };
+                if st.cut.contains(&link(&from_site, &to_site)) {
+                    continue; // dropped: the link is down
+                }
+                let task = tokio::spawn(async move {
+                    let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+                        return;
+                    };
+                    let source: SocketAddr = format!("127.0.1.{last}:0").parse().expect("addr");
+                    if sock.bind(source).is_err() {
+                        return;
+                    }
+                    let Ok(outbound) = sock.connect(target).await else {
+                        return;
+                    };
+                    let (mut a, mut b) = (inbound, outbound);
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                });
+                st.conns
+                    .push((from_site, to_site.clone(), task.abort_handle()));
+                st.conns.retain(|(_, _, t)| !t.is_finished());
+            }
+        });
+        addr.to_string()
+    }
+
+    /// Cuts the link between two sites: their relayed connections drop,
+    /// and new ones are dropped until [`Wan::heal`].
+    pub fn cut(&self, a: &str, b: &str) {
+        let mut st = self.state.lock().expect("wan");
+        let l = link(a, b);
+        st.cut.insert(l.clone());
+        st.conns.retain(|(x, y, task)| {
+            if link(x, y) == l {
+                task.abort();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    pub fn heal(&self, a: &str, b: &str) {
+        self.state.lock().expect("wan").cut.remove(&link(a, b));
+    }
+
+    pub fn heal_all(&self) {
+        self.state.lock().expect("wan").cut.clear();
+    }
+}
+
+impl Default for Wan {
+    fn default() -> Wan {
+        Wan::new()
     }
 }
