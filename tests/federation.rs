@@ -475,6 +475,7 @@ fn site_writer(url: String, site: String, stop: Arc<AtomicBool>, seed: u64) -> L
             continue;
         };
         n += 1;
+        let errors_before = ledger.errors;
         let k = rng.below(SHARED as u64) as usize;
         let value = format!("{site}-{n}");
         match rng.below(10) {
@@ -517,8 +518,8 @@ fn site_writer(url: String, site: String, stop: Arc<AtomicBool>, seed: u64) -> L
                 }
             }
         }
-        if ledger.errors > 0 && n % 50 == 0 {
-            // A broken connection: start a new one.
+        if ledger.errors > errors_before {
+            // Perhaps a broken connection: start a new one.
             ldap = None;
         }
         std::thread::sleep(Duration::from_millis(15));
