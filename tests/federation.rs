@@ -87,6 +87,26 @@ fn issue_11_a_write_at_one_site_is_read_at_every_node_of_the_other() {
             out.status.success() && dns(&stdout(&out)).len() == 6
         });
     }
+    // Each site's entry carries its id, the one its nodes report.
+    for (node, name) in [(1, "east"), (4, "west")] {
+        let status = stdout(&site.tool(
+            node,
+            "ldapsearch",
+            &["-b", "cn=status", "-s", "base", "cairnSiteId"],
+            None,
+        ));
+        let id = status
+            .lines()
+            .find_map(|l| l.strip_prefix("cairnSiteId: "))
+            .unwrap_or_else(|| panic!("no cairnSiteId in {status}"))
+            .to_string();
+        let entry = format!("cn={name},ou=sites,{SUFFIX}");
+        wait_until(
+            "the site's id in its entry",
+            Duration::from_secs(30),
+            || has_value(&site, 1, &entry, "cairnSiteId", &id),
+        );
+    }
     wait_until(
         "identical exports at all six nodes",
         Duration::from_secs(30),

@@ -183,6 +183,8 @@ impl PeerStatus {
 /// This node's part in replication between sites.
 pub struct Federation {
     pub site: String,
+    /// This site as the origin of its changes: its id.
+    pub origin: Origin,
     pub peers: Vec<PeerSite>,
     paused: AtomicBool,
     /// Held while pulled changes are checked and proposed, so that once
@@ -192,13 +194,14 @@ pub struct Federation {
 }
 
 impl Federation {
-    pub fn new(site: String, peers: Vec<PeerSite>) -> Federation {
+    pub fn new(site: String, origin: Origin, peers: Vec<PeerSite>) -> Federation {
         let status = peers
             .iter()
             .map(|p| (p.name.clone(), PeerStatus::default()))
             .collect();
         Federation {
             site,
+            origin,
             peers,
             paused: AtomicBool::new(false),
             proposing: tokio::sync::Mutex::new(()),

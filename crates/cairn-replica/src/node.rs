@@ -351,6 +351,7 @@ impl Replica {
         });
         let federation = Arc::new(crate::federation::Federation::new(
             cfg.site.clone(),
+            cfg.origin,
             cfg.peer_sites.clone(),
         ));
         let replica = Arc::new(Replica {
@@ -763,6 +764,10 @@ impl Replica {
         let mut attrs = vec![
             ("cairnNodeId".into(), vec![self.id.to_string()]),
             ("cairnSiteName".into(), vec![self.federation.site.clone()]),
+            (
+                "cairnSiteId".into(),
+                vec![self.federation.origin.site.to_string()],
+            ),
             ("cairnRole".into(), vec![role.into()]),
             ("cairnTerm".into(), vec![m.current_term.to_string()]),
             ("cairnLastLogIndex".into(), vec![opt(m.last_log_index)]),

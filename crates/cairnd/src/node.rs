@@ -177,6 +177,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         let p = crate::publish::Publication {
             id: c.node_id,
             site: c.site.clone(),
+            site_id: cairn_core::csn::Origin::of_site(&c.site).site.to_string(),
             ldap: me.ldap.clone(),
             grpc: c.grpc_advertised.clone(),
             who: s.ldap.admin_dn.clone(),

@@ -1,6 +1,8 @@
 //! A node publishes itself as a `cairnNode` entry under its site
 //! (`cn=node-<id>,cn=<site>,ou=sites,<suffix>`): id, LDAP and gRPC
-//! addresses, version. It checks at start-up and then periodically, and
+//! addresses, version; and its site's id as the site entry's
+//! `cairnSiteId`, refusing to publish under a site entry that carries
+//! another id. It checks at start-up and then periodically, and
 //! writes only what differs, so a node that comes back with a new address
 //! corrects its entry and an unchanged node writes nothing.
 
@@ -18,6 +20,9 @@ use tracing::{info, warn};
 pub struct Publication {
     pub id: u64,
     pub site: String,
+    /// The site's id (the origin of its changes, derived from its name):
+    /// written into the site entry as `cairnSiteId` and checked there.
+    pub site_id: String,
     pub ldap: String,
     pub grpc: String,
     pub who: Dn,
@@ -51,14 +56,36 @@ fn reconcile(dir: &Directory, p: &Publication, now: String) -> anyhow::Result<Op
         return Ok(None);
     };
     let site = p.site_dn(suffix);
-    if dir.get(&site)?.is_none() {
+    let Some(site_entry) = dir.get(&site)? else {
         anyhow::bail!("site entry {site} does not exist; create it to publish this node");
-    }
-    let dn = site.child(Rdn::new("cn", format!("node-{}", p.id)));
+    };
     let stamp = Stamp {
         who: p.who.clone(),
         now,
     };
+    match site_entry.first("cairnsiteid") {
+        Some(id) if id.eq_ignore_ascii_case(&p.site_id) => {}
+        Some(other) => anyhow::bail!(
+            "site entry {site} has cairnSiteId {other}, but this node's site {:?} has id {} \
+             (derived from `[cluster] site`): the entry belongs to a site of another name, \
+             or this site was renamed, which would make its changes those of a new site \
+             (docs/federation.md)",
+            p.site,
+            p.site_id
+        ),
+        None => {
+            return Ok(Some(WriteOp::Modify {
+                dn: site,
+                mods: vec![Modification {
+                    op: ModOp::Replace,
+                    attr: "cairnSiteId".into(),
+                    values: vec![p.site_id.clone().into_bytes()],
+                }],
+                stamp,
+            }));
+        }
+    }
+    let dn = site.child(Rdn::new("cn", format!("node-{}", p.id)));
     let Some(current) = dir.get(&dn)? else {
         return Ok(Some(WriteOp::Add {
             entry: Entry {
@@ -106,6 +133,7 @@ pub async fn run(
             let p = Publication {
                 id: p.id,
                 site: p.site.clone(),
+                site_id: p.site_id.clone(),
                 ldap: p.ldap.clone(),
                 grpc: p.grpc.clone(),
                 who: p.who.clone(),
@@ -137,5 +165,109 @@ pub async fn run(
                 Err(e) => warn!(cause = %e, "publishing this node failed; will retry"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::schema::Schema;
+    use cairn_store::engine;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+            now: "20261203000000Z".into(),
+        }
+    }
+
+    fn entry(dn: &str, attrs: &[(&str, &str)]) -> Entry {
+        Entry {
+            dn: Dn::parse(dn).unwrap(),
+            attrs: attrs
+                .iter()
+                .map(|(a, v)| (a.to_string(), vec![v.to_string()]))
+                .collect(),
+        }
+    }
+
+    fn publication() -> Publication {
+        Publication {
+            id: 1,
+            site: "east".into(),
+            site_id: cairn_core::csn::Origin::of_site("east").site.to_string(),
+            ldap: "127.0.0.1:1389".into(),
+            grpc: "127.0.0.1:7070".into(),
+            who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+        }
+    }
+
+    /// Issue 11: the site entry gets the site's id before the node
+    /// publishes itself, and a site entry with another id is refused.
+    #[test]
+    fn the_site_entry_gets_the_sites_id_and_another_id_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::new(
+            engine::open(cairn_store::EngineKind::Redb, tmp.path()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![Dn::parse("dc=example,dc=com").unwrap()],
+        );
+        for e in [
+            entry(
+                "dc=example,dc=com",
+                &[("objectClass", "domain"), ("dc", "example")],
+            ),
+            entry(
+                "ou=sites,dc=example,dc=com",
+                &[("objectClass", "organizationalUnit"), ("ou", "sites")],
+            ),
+            entry(
+                "cn=east,ou=sites,dc=example,dc=com",
+                &[("objectClass", "cairnSite"), ("cn", "east")],
+            ),
+        ] {
+            dir.add(e, cairn_core::entry::new_entry_uuid(), &stamp())
+                .unwrap();
+        }
+        let p = publication();
+        let apply = |op: WriteOp| match op {
+            WriteOp::Modify { dn, mods, stamp } => {
+                dir.modify(&dn, &mods, &stamp).unwrap();
+            }
+            WriteOp::Add { entry, uuid, stamp } => {
+                dir.add(entry, uuid, &stamp).unwrap();
+            }
+            other => panic!("{other:?}"),
+        };
+        let Some(op @ WriteOp::Modify { .. }) =
+            reconcile(&dir, &p, "20261203000000Z".into()).unwrap()
+        else {
+            panic!("the site's id is written first");
+        };
+        apply(op);
+        let site = dir
+            .get(&Dn::parse("cn=east,ou=sites,dc=example,dc=com").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(site.first("cairnsiteid"), Some(p.site_id.as_str()));
+        let Some(op @ WriteOp::Add { .. }) = reconcile(&dir, &p, "20261203000000Z".into()).unwrap()
+        else {
+            panic!("then the node's entry");
+        };
+        apply(op);
+        assert!(
+            reconcile(&dir, &p, "20261203000000Z".into())
+                .unwrap()
+                .is_none()
+        );
+
+        let renamed = Publication {
+            site_id: cairn_core::csn::Origin::of_site("elsewhere")
+                .site
+                .to_string(),
+            ..publication()
+        };
+        let e = reconcile(&dir, &renamed, "20261203000000Z".into()).unwrap_err();
+        assert!(e.to_string().contains("has cairnSiteId"), "{e}");
     }
 }

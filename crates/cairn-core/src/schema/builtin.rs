@@ -333,6 +333,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "cost of a site link",
     ),
+    user(
+        cairn!(1, 13),
+        &["cairnSiteId"],
+        Ia5String,
+        true,
+        "the site's id: the origin of the changes it makes, derived from its name",
+    ),
     // Cairn: nodes
     user(
         cairn!(1, 20),
@@ -640,7 +647,12 @@ pub(super) const CLASSES: &[ObjectClass] = &[
         &["bootFile", "bootParameter"],
     ),
     // Cairn's own classes.
-    container(cairn!(2, 1), "cairnSite", &["cn"], &["cairnSubnet"]),
+    container(
+        cairn!(2, 1),
+        "cairnSite",
+        &["cn"],
+        &["cairnSubnet", "cairnSiteId"],
+    ),
     class(
         cairn!(2, 2),
         "cairnSiteLink",
