@@ -186,6 +186,9 @@ impl Model {
             FleetError::Unavailable("this node is starting; cannot register hosts yet".into())
         })?;
         let registered = match writer.write(op).await {
+            // The same host registered by another pull first (its UUID is
+            // derived from its identity, so the add found it there).
+            Ok(cairn_store::Applied::Existed(_)) => false,
             Ok(_) => true,
             // Another pull of the same host (here or at another node) won.
             // Its add may be committed but not yet applied here (a refused

@@ -174,13 +174,17 @@ pub enum WriteOp {
 pub enum Applied {
     Entry(Box<ValidEntry>),
     Deleted,
+    /// An add whose entry (its UUID at its DN) was already there: a
+    /// retry of a write that was applied, or the same host registered
+    /// twice (its UUID is derived from its identity). The entry as it is.
+    Existed(Box<ValidEntry>),
 }
 
 impl Applied {
     /// The entry a write left (add, modify, modrdn).
     pub fn into_entry(self) -> Result<ValidEntry, Error> {
         match self {
-            Applied::Entry(e) => Ok(*e),
+            Applied::Entry(e) | Applied::Existed(e) => Ok(*e),
             Applied::Deleted => Err(Error::Storage("a write returned no entry".into())),
         }
     }
@@ -996,6 +1000,9 @@ impl Directory {
         match op {
             WriteOp::Add { entry, uuid, stamp } => {
                 let (b, e) = self.plan_add(snap, entry.clone(), *uuid, stamp)?;
+                if b.is_empty() {
+                    return Ok((b, Applied::Existed(Box::new(e))));
+                }
                 Ok((b, Applied::Entry(Box::new(e))))
             }
             WriteOp::Modify { dn, mods, stamp } => {

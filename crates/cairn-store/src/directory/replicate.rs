@@ -583,7 +583,10 @@ impl Directory {
                     };
                     (Some(c), applied)
                 }
-                (None, WriteOp::Add { uuid, .. }) => (None, Self::applied_now(&*txn, op, *uuid)?),
+                (None, WriteOp::Add { uuid, .. }) => {
+                    let existed = Self::applied_now(&*txn, op, *uuid)?.into_entry()?;
+                    (None, Applied::Existed(Box::new(existed)))
+                }
                 (None, _) => return Err(Error::Storage("a write planned no change".into())),
             };
             results.push(Ok((applied, change)));
