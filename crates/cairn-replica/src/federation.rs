@@ -49,8 +49,9 @@ pub const MAX_CHANGES: u32 = 1000;
 pub const LONG_POLL: Duration = Duration::from_secs(1);
 /// The longest wait between failed pulls.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How far ahead of this node's clock a remote change may be (5 min): a
-/// change further ahead is held, not applied, and the pull reports it.
+/// The default of how far ahead of this node's clock a remote change may
+/// be (5 min, `[cluster] max_clock_drift_s`): a change further ahead is
+/// held, not applied, and the pull reports it.
 pub const MAX_DRIFT_MS: u64 = 5 * 60 * 1000;
 
 /// A linked site this one pulls from and lets pull.
@@ -185,6 +186,8 @@ pub struct Federation {
     pub site: String,
     /// This site as the origin of its changes: its id.
     pub origin: Origin,
+    /// How far ahead of this node's clock a pulled change may be.
+    pub max_drift_ms: u64,
     pub peers: Vec<PeerSite>,
     paused: AtomicBool,
     /// Held while pulled changes are checked and proposed, so that once
@@ -202,6 +205,7 @@ impl Federation {
         Federation {
             site,
             origin,
+            max_drift_ms: MAX_DRIFT_MS,
             peers,
             paused: AtomicBool::new(false),
             proposing: tokio::sync::Mutex::new(()),
@@ -550,14 +554,14 @@ async fn pull_once(
     if let Some(ahead) = resp
         .changes
         .iter()
-        .find(|c| c.csn.too_far_ahead(now, MAX_DRIFT_MS))
+        .find(|c| c.csn.too_far_ahead(now, fed.max_drift_ms))
     {
         return Err(format!(
             "held: change {} is {} s ahead of this node's clock (more than {} s); \
              its site's clock must be fixed",
             ahead.csn,
             (ahead.csn.ms - now) / 1000,
-            MAX_DRIFT_MS / 1000
+            fed.max_drift_ms / 1000
         ));
     }
     // A change below this site's horizon that it does not hold may be

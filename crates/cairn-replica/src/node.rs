@@ -77,6 +77,9 @@ pub struct ReplicaConfig {
     pub tombstone_lifetime: Duration,
     /// How often the leader purges what the lifetime let go.
     pub purge_every: Duration,
+    /// How far ahead of this node's clock a change pulled from another
+    /// site may be: one further ahead is held and reported, not applied.
+    pub max_drift: Duration,
 }
 
 impl ReplicaConfig {
@@ -115,6 +118,7 @@ impl ReplicaConfig {
             peer_sites: vec![],
             tombstone_lifetime: Self::TOMBSTONE_LIFETIME,
             purge_every: Self::PURGE_EVERY,
+            max_drift: Duration::from_millis(crate::federation::MAX_DRIFT_MS),
         }
     }
 }
@@ -349,11 +353,13 @@ impl Replica {
             faults: cfg.faults.clone(),
             timeout: cfg.write_timeout,
         });
-        let federation = Arc::new(crate::federation::Federation::new(
+        let mut federation = crate::federation::Federation::new(
             cfg.site.clone(),
             cfg.origin,
             cfg.peer_sites.clone(),
-        ));
+        );
+        federation.max_drift_ms = u64::try_from(cfg.max_drift.as_millis()).unwrap_or(u64::MAX);
+        let federation = Arc::new(federation);
         let replica = Arc::new(Replica {
             id: cfg.id,
             proposer,

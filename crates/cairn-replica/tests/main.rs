@@ -24,6 +24,9 @@ const SUFFIX: &str = "dc=example,dc=com";
 /// of writes that cannot commit end soon.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// The default of how far ahead of a node's clock a pulled change may be.
+const DEFAULT_DRIFT: Duration = Duration::from_millis(cairn_replica::federation::MAX_DRIFT_MS);
+
 struct Node {
     id: u64,
     addr: SocketAddr,
@@ -52,6 +55,8 @@ struct Site {
     clock: Arc<StepClock>,
     /// Its tombstone lifetime and how often it purges.
     purge: (Duration, Duration),
+    /// How far ahead of its clock a pulled change may be.
+    max_drift: Duration,
 }
 
 /// The system's clock plus an offset a test moves on: days pass at once.
@@ -157,6 +162,7 @@ impl Site {
                 ReplicaConfig::TOMBSTONE_LIFETIME,
                 ReplicaConfig::PURGE_EVERY,
             ),
+            max_drift: DEFAULT_DRIFT,
         };
         for id in 1..=n {
             site.start(id).await;
@@ -203,6 +209,7 @@ impl Site {
                     .collect(),
                 clock: Arc::default(),
                 purge,
+                max_drift: DEFAULT_DRIFT,
             };
             for id in 1..=n {
                 site.start(id).await;
@@ -252,7 +259,7 @@ impl Site {
             .collect();
         let store_faults = self.stores.get(&id).cloned();
         let (site_name, peer_sites) = (self.name.clone(), self.peer_sites.clone());
-        let (clock, purge) = (self.clock.clone(), self.purge);
+        let (clock, purge, max_drift) = (self.clock.clone(), self.purge, self.max_drift);
         let node = self.node(id);
         let engine = match store_faults {
             Some(f) => cairn_store::engine::open_redb_faulty(node.tmp.path(), f).unwrap(),
@@ -280,6 +287,7 @@ impl Site {
         cfg.peer_sites = peer_sites;
         cfg.clock = clock;
         (cfg.tombstone_lifetime, cfg.purge_every) = purge;
+        cfg.max_drift = max_drift;
         if let Some(d) = disk {
             cfg.disk = Arc::new(d);
         }
@@ -1628,6 +1636,53 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
             && ws["east"].last_error.is_none()
     })
     .await;
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
+/// Issue 11: a change from a site whose clock runs further ahead than the
+/// maximum drift is held, not applied, and the pull says why; raising the
+/// maximum (the operator's override, a restart) lets it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_a_clock_too_far_ahead_is_held_until_the_drift_allowed_is_raised() {
+    let mut sites = Site::federated(&["east", "west"], 1).await;
+    let e = sites[0].replica(1);
+    e.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    sites_converge(&sites, Duration::from_secs(20)).await;
+    // West's clock runs ten minutes ahead (the default allows five).
+    sites[1].clock.pass(Duration::from_secs(600));
+    sites[1].replica(1).write(host("ahead")).await.unwrap();
+    wait_until(
+        "east holding west's change",
+        Duration::from_secs(20),
+        || {
+            e.federation().status()["west"]
+                .last_error
+                .as_deref()
+                .is_some_and(|err| err.starts_with("held: change") && err.contains("ahead"))
+        },
+    )
+    .await;
+    let shows = |r: &Arc<Replica>| {
+        r.directory()
+            .get(&Dn::parse(&host_dn("ahead")).unwrap())
+            .unwrap()
+            .is_some()
+    };
+    assert!(!shows(&e), "a change from too far ahead was applied");
+    drop(e);
+    sites[0].max_drift = Duration::from_secs(1200);
+    sites[0].stop(1).await;
+    sites[0].start(1).await;
+    let e = sites[0].replica(1);
+    wait_until("west's change at east", Duration::from_secs(30), || {
+        shows(&e)
+    })
+    .await;
+    drop(e);
     for s in sites {
         s.shutdown().await;
     }

@@ -82,6 +82,15 @@ pub struct ClusterSection {
     /// How often the leader purges what the lifetime let go, seconds.
     #[serde(default = "default_purge_interval_s")]
     pub purge_interval_s: u64,
+    /// How far ahead of this node's clock a change pulled from another
+    /// site may be, seconds: one further ahead is held (the pull fails
+    /// and says so) until the clocks agree, or this is raised.
+    #[serde(default = "default_max_clock_drift_s")]
+    pub max_clock_drift_s: u64,
+}
+
+pub(crate) fn default_max_clock_drift_s() -> u64 {
+    cairn_replica::federation::MAX_DRIFT_MS / 1000
 }
 
 pub(crate) fn default_tombstone_lifetime_days() -> u32 {
@@ -208,6 +217,7 @@ pub struct ClusterSettings {
     pub peer_sites: Vec<cairn_replica::federation::PeerSite>,
     pub tombstone_lifetime: Duration,
     pub purge_every: Duration,
+    pub max_drift: Duration,
 }
 
 impl ClusterSection {
@@ -233,6 +243,7 @@ impl ClusterSection {
             peer_sites: vec![],
             tombstone_lifetime_days: default_tombstone_lifetime_days(),
             purge_interval_s: default_purge_interval_s(),
+            max_clock_drift_s: default_max_clock_drift_s(),
         }
     }
 
@@ -319,6 +330,7 @@ impl ClusterSection {
                 u64::from(self.tombstone_lifetime_days) * 86_400,
             ),
             purge_every: Duration::from_secs(self.purge_interval_s),
+            max_drift: Duration::from_secs(self.max_clock_drift_s),
         })
     }
 }

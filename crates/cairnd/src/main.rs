@@ -247,6 +247,7 @@ fn main() -> anyhow::Result<()> {
                             peer_sites: peer_sites.clone(),
                             tombstone_lifetime_days: config::default_tombstone_lifetime_days(),
                             purge_interval_s: config::default_purge_interval_s(),
+                            max_clock_drift_s: config::default_max_clock_drift_s(),
                         });
                         all.push(f.validate(Some(password.clone()))?);
                     }

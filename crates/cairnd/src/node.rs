@@ -96,6 +96,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     cfg.peer_sites = c.peer_sites.clone();
     cfg.tombstone_lifetime = c.tombstone_lifetime;
     cfg.purge_every = c.purge_every;
+    cfg.max_drift = c.max_drift;
     let ip = c.peer_listen.ip();
     cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
     let peer = tokio::net::TcpListener::bind(c.peer_listen)
