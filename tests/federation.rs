@@ -1,6 +1,7 @@
 //! Two linked sites in one process (`cairnd dev --sites 2`: east on
 //! 127.0.0.1–3, west on 127.0.0.4–6), driven by OpenLDAP's tools.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -819,5 +820,126 @@ fn issue_11_random_partitions_of_three_sites_in_a_line_converge_and_lose_nothing
         &[("a", 1), ("b", 1), ("c", 1)],
         &[("a", "b"), ("b", "c")],
         "a-b-c",
+    );
+}
+
+/// Issue 11: the directory's site links decide which sites replicate, not
+/// only the configuration: three sites configured in a line (a–b–c); a
+/// `cairnSiteLink` between a and c added with `ldapadd` (with the sites'
+/// nodes publishing their peer addresses) makes a and c pull from each
+/// other, so with b's replication paused a write at c reaches a.
+#[test]
+fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+    let names = ["a", "b", "c"];
+    let peer = |i: usize| {
+        (
+            names[i],
+            vec![format!("127.0.0.{}:{}", i + 1, ports[i].peer)],
+        )
+    };
+    let line: [Vec<usize>; 3] = [vec![1], vec![0, 2], vec![1]];
+    let procs: Vec<ProcSite> = (0..3)
+        .map(|i| {
+            let spec = SiteSpec {
+                name: names[i],
+                first_ip: i as u8 + 1,
+                seed: i == 0,
+                peers: line[i].iter().map(|&j| peer(j)).collect(),
+            };
+            ProcSite::start_spec(1, spec, ports[i])
+        })
+        .collect();
+    for s in &procs {
+        wait_until("the example tree", Duration::from_secs(90), || {
+            has_example_tree(&s.url(1))
+        });
+    }
+    let site_dn = |n: &str| format!("cn={n},ou=sites,{SUFFIX}");
+    let ldif: String = names
+        .iter()
+        .map(|n| format!("dn: {}\nobjectClass: cairnSite\ncn: {n}\n\n", site_dn(n)))
+        .chain(std::iter::once(format!(
+            "dn: cn=a-c,ou=sites,{SUFFIX}\nobjectClass: cairnSiteLink\ncn: a-c\n\
+             cairnSiteRef: {}\ncairnSiteRef: {}\ncairnCost: 5\n",
+            site_dn("a"),
+            site_dn("c")
+        )))
+        .collect();
+    ok(run_tool(
+        &procs[0].url(1),
+        "ldapadd",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(&ldif),
+    ));
+    // Each site learns the other's link and nodes, and pulls from it.
+    for (i, other) in [(0usize, "c"), (2, "a")] {
+        wait_until(
+            "the site linked in the directory among the peers",
+            Duration::from_secs(60),
+            || {
+                let out = run_tool(
+                    &procs[i].url(1),
+                    "ldapsearch",
+                    None,
+                    &["-b", "cn=status", "-s", "base", "cairnPeerSite"],
+                    None,
+                );
+                stdout(&out).contains(&format!("cairnPeerSite: {other} pulling"))
+            },
+        );
+    }
+    let paused = Command::new(bin("cairn"))
+        .args([
+            "--url",
+            &procs[1].url(1),
+            "--bind-dn",
+            ADMIN,
+            "--password",
+            PASSWORD,
+        ])
+        .args(["replication", "pause"])
+        .output()
+        .expect("run cairn");
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    let host = format!("cn=from-c,{PROD_A}");
+    ok(run_tool(
+        &procs[2].url(1),
+        "ldapadd",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(&format!("dn: {host}\nobjectClass: cairnHost\ncn: from-c\n")),
+    ));
+    wait_until(
+        "c's write at a, over the link from the directory",
+        Duration::from_secs(30),
+        || {
+            run_tool(
+                &procs[0].url(1),
+                "ldapsearch",
+                Some((ADMIN, PASSWORD)),
+                &["-b", &host, "-s", "base", "1.1"],
+                None,
+            )
+            .status
+            .success()
+        },
+    );
+    assert!(
+        !run_tool(
+            &procs[1].url(1),
+            "ldapsearch",
+            Some((ADMIN, PASSWORD)),
+            &["-b", &host, "-s", "base", "1.1"],
+            None,
+        )
+        .status
+        .success(),
+        "b is paused, yet holds c's write"
     );
 }

@@ -429,6 +429,21 @@ impl SiteMap {
         best.map(|(site, _)| site)
     }
 
+    /// The sites a site link joins directly to the site `dn` (with the
+    /// cheapest such link's cost), by name: the sites it replicates with.
+    pub fn neighbours(&self, dn: &str) -> Vec<(&Site, u64)> {
+        let Some(i) = self.index_of(dn) else {
+            return vec![];
+        };
+        self.adjacent
+            .get(i)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|&(j, cost)| Some((self.sites.get(j)?, cost)))
+            .collect()
+    }
+
     /// Every site with its least total link cost from the site `from`
     /// (`None` when unreachable), ordered as the module doc says: `from`
     /// first, then by cost, then by name, unreachable sites last.

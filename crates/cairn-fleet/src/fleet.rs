@@ -94,6 +94,7 @@ pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
                 site_dn: e.dn().parent()?.to_string(),
                 grpc: e.first("cairngrpcaddress").unwrap_or_default().to_string(),
                 ldap: e.first("cairnldapaddress").unwrap_or_default().to_string(),
+                peer: e.first("cairnpeeraddress").unwrap_or_default().to_string(),
             })
         })
         .collect();

@@ -58,6 +58,9 @@ pub struct NodeRec {
     pub site_dn: String,
     pub grpc: String,
     pub ldap: String,
+    /// The peer listener other sites replicate with (empty: not
+    /// published).
+    pub peer: String,
 }
 
 impl NodeRec {
@@ -69,6 +72,7 @@ impl NodeRec {
             site_dn: format!("cn={site},ou=sites,dc=example,dc=com"),
             grpc: grpc.into(),
             ldap: ldap.into(),
+            peer: String::new(),
         }
     }
 

@@ -20,8 +20,12 @@
 //! replication consistency, `Forgotten`), and [`crate::Replica::resync`]
 //! rebuilds a site from a peer (`cairn site resync`).
 //!
-//! Not yet: peer sites and their nodes come from the configuration, not
-//! yet from `cairnSiteLink` entries; the caller is admitted by its address
+//! The linked sites are those the configuration names (the seeds a new
+//! site starts from) and those the directory links to this one
+//! ([`Federation::set_discovered`], fed by `cairnd` from `cairnSiteLink`
+//! and `cairnNode` entries); [`supervise`] runs a puller per linked site.
+//!
+//! Not yet: the caller is admitted by its address
 //! (mutual TLS comes with issue 12); positions are kept in memory (after a
 //! restart the first pull scans the peer's change log from the start,
 //! and the vector filters what is already held).
@@ -188,7 +192,14 @@ pub struct Federation {
     pub origin: Origin,
     /// How far ahead of this node's clock a pulled change may be.
     pub max_drift_ms: u64,
-    pub peers: Vec<PeerSite>,
+    /// The linked sites the configuration names (`[[cluster.peer_sites]]`):
+    /// how a site finds its first peers, before its directory says more.
+    pub seeds: Vec<PeerSite>,
+    /// The linked sites the directory names (`cairnSiteLink` entries and
+    /// the peers' published `cairnNode` entries), as last set.
+    discovered: Mutex<Vec<PeerSite>>,
+    /// Woken when the peers change.
+    pub(crate) peers_changed: tokio::sync::Notify,
     paused: AtomicBool,
     /// Held while pulled changes are checked and proposed, so that once
     /// [`Federation::pause`] returns nothing more comes in.
@@ -197,8 +208,8 @@ pub struct Federation {
 }
 
 impl Federation {
-    pub fn new(site: String, origin: Origin, peers: Vec<PeerSite>) -> Federation {
-        let status = peers
+    pub fn new(site: String, origin: Origin, seeds: Vec<PeerSite>) -> Federation {
+        let status = seeds
             .iter()
             .map(|p| (p.name.clone(), PeerStatus::default()))
             .collect();
@@ -206,11 +217,57 @@ impl Federation {
             site,
             origin,
             max_drift_ms: MAX_DRIFT_MS,
-            peers,
+            seeds,
+            discovered: Mutex::new(vec![]),
+            peers_changed: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             proposing: tokio::sync::Mutex::new(()),
             status: Mutex::new(status),
         }
+    }
+
+    /// The linked sites this one replicates with: those the configuration
+    /// names and those the directory links it to, each with every node
+    /// address either gives (the configuration's first).
+    pub fn peers(&self) -> Vec<PeerSite> {
+        let mut out = self.seeds.clone();
+        let discovered = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+        for d in discovered.iter() {
+            match out.iter_mut().find(|p| p.name == d.name) {
+                Some(p) => {
+                    for n in &d.nodes {
+                        if !p.nodes.contains(n) {
+                            p.nodes.push(n.clone());
+                        }
+                    }
+                }
+                None => out.push(d.clone()),
+            }
+        }
+        out
+    }
+
+    /// Sets the linked sites the directory names (this site itself is
+    /// left out): pulls start for new ones and stop for ones no longer
+    /// linked, and only linked sites may pull from here.
+    pub fn set_discovered(&self, mut peers: Vec<PeerSite>) {
+        peers.retain(|p| p.name != self.site);
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        // The status first, then the links, as `record` takes them: a
+        // pull's record cannot slip in between.
+        let mut status = self.lock();
+        {
+            let mut d = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+            if *d == peers {
+                return;
+            }
+            *d = peers;
+        }
+        let names: Vec<String> = self.peers().into_iter().map(|p| p.name).collect();
+        status.retain(|name, _| names.contains(name));
+        drop(status);
+        tracing::info!(peers = ?names, "the sites this one replicates with changed");
+        self.peers_changed.notify_one();
     }
 
     /// Stops this node's pulls and its answers to peers' pulls (`cairn
@@ -285,8 +342,21 @@ impl Federation {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Updates a linked site's status (nothing for a site no longer
+    /// linked: a pull that was under way when it was unlinked).
     pub(crate) fn record(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
-        f(self.lock().entry(peer.to_string()).or_default());
+        let mut status = self.lock();
+        let linked = self.seeds.iter().any(|p| p.name == peer)
+            || self
+                .discovered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|p| p.name == peer);
+        if !linked {
+            return;
+        }
+        f(status.entry(peer.to_string()).or_default());
     }
 
     /// Admits a pull from a peer site: it names a linked site, from one
@@ -311,7 +381,8 @@ impl Federation {
                 "a pull must name its site in the {SITE_HEADER} metadata"
             ));
         };
-        let Some(peer) = self.peers.iter().find(|p| p.name == site) else {
+        let peers = self.peers();
+        let Some(peer) = peers.iter().find(|p| p.name == site) else {
             return refuse(format!("site {site:?} is not linked to this one"));
         };
         let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
@@ -455,15 +526,55 @@ pub(crate) async fn purge(replica: Weak<crate::Replica>, lifetime: Duration, eve
     }
 }
 
-/// Pulls from one peer site for as long as the replica lives, while this
-/// node leads its site and replication is not paused.
-pub(crate) async fn pull(replica: Weak<crate::Replica>, peer: PeerSite, clients: network::Clients) {
+/// Runs a puller for every linked site ([`Federation::peers`]) for as
+/// long as the replica lives: starts one when a site is linked, stops it
+/// when the site no longer is.
+pub(crate) async fn supervise(replica: Weak<crate::Replica>, clients: network::Clients) {
+    let mut running: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let Some(r) = replica.upgrade() else {
+            for h in running.values() {
+                h.abort();
+            }
+            return;
+        };
+        let fed = r.federation().clone();
+        drop(r);
+        let names: std::collections::BTreeSet<String> =
+            fed.peers().into_iter().map(|p| p.name).collect();
+        running.retain(|name, h| {
+            let keep = names.contains(name) && !h.is_finished();
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for name in names {
+            if !running.contains_key(&name) {
+                let task = tokio::spawn(pull(replica.clone(), name.clone(), clients.clone()));
+                running.insert(name, task);
+            }
+        }
+        tokio::select! {
+            _ = fed.peers_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Pulls from one peer site for as long as the replica lives and the site
+/// is linked, while this node leads its site and replication is not
+/// paused.
+async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Clients) {
     let mut backoff = Duration::from_millis(100);
     let mut position = 0u64;
     let mut next_node = 0usize;
     loop {
         let Some(r) = replica.upgrade() else { return };
         let fed = r.federation().clone();
+        let Some(peer) = fed.peers().into_iter().find(|p| p.name == name) else {
+            return;
+        };
         let leading = r.raft.metrics().borrow().current_leader == Some(r.id);
         if !leading || fed.is_paused() || peer.nodes.is_empty() {
             drop(r);
@@ -614,7 +725,7 @@ impl crate::Replica {
             });
         }
         let fed = self.federation().clone();
-        let Some(site) = fed.peers.iter().find(|p| p.name == peer).cloned() else {
+        let Some(site) = fed.peers().into_iter().find(|p| p.name == peer) else {
             return Err(format!("site {peer:?} is not linked to this one"));
         };
         // Below the later of the peer's horizon and this site's own, only

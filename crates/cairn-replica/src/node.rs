@@ -379,13 +379,10 @@ impl Replica {
             cfg.tombstone_lifetime,
             cfg.purge_every,
         ));
-        for peer in cfg.peer_sites {
-            tokio::spawn(crate::federation::pull(
-                Arc::downgrade(&replica),
-                peer,
-                clients.clone(),
-            ));
-        }
+        tokio::spawn(crate::federation::supervise(
+            Arc::downgrade(&replica),
+            clients.clone(),
+        ));
         Ok(replica)
     }
 

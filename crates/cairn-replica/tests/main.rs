@@ -1687,3 +1687,57 @@ async fn a_change_from_a_clock_too_far_ahead_is_held_until_the_drift_allowed_is_
         s.shutdown().await;
     }
 }
+
+/// Issue 11: the sites a site replicates with can come from its directory
+/// (site links and the peers' published nodes) rather than its
+/// configuration: a site set as linked is pulled from and may pull; once
+/// unlinked, its pulls are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_linked_at_run_time_replicate_and_unlinked_ones_are_refused() {
+    let mut sites = Site::federated(&["a", "b"], 1).await;
+    let addr = |s: &Site| PeerSite {
+        name: s.name.clone(),
+        nodes: s.nodes.iter().map(|n| n.addr.to_string()).collect(),
+    };
+    let (pa, pb) = (addr(&sites[0]), addr(&sites[1]));
+    // No configured peers at all.
+    for s in sites.iter_mut() {
+        s.peer_sites = vec![];
+        s.stop(1).await;
+        s.start(1).await;
+    }
+    let (a, b) = (sites[0].replica(1), sites[1].replica(1));
+    assert!(a.federation().peers().is_empty() && b.federation().peers().is_empty());
+    a.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .await
+        .unwrap();
+    a.write(host("linked")).await.unwrap();
+    a.federation().set_discovered(vec![pb.clone()]);
+    b.federation().set_discovered(vec![pa.clone()]);
+    let shows = |r: &Arc<Replica>, cn: &str| {
+        r.directory()
+            .get(&Dn::parse(&host_dn(cn)).unwrap())
+            .unwrap()
+            .is_some()
+    };
+    wait_until(
+        "a's write at b once linked",
+        Duration::from_secs(20),
+        || shows(&b, "linked"),
+    )
+    .await;
+    // B drops the link: a's pulls from it are refused.
+    b.federation().set_discovered(vec![]);
+    wait_until("b refusing a's pulls", Duration::from_secs(20), || {
+        a.federation().status()["b"]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not linked"))
+    })
+    .await;
+    assert!(b.federation().status().is_empty(), "b still lists a");
+    drop((a, b));
+    for s in sites {
+        s.shutdown().await;
+    }
+}

@@ -109,6 +109,7 @@ fn node(dn: &str, attrs: &[(String, Vec<Vec<u8>>)]) -> Option<NodeRec> {
         site_dn: parsed.parent()?.to_string(),
         grpc: first("cairnGrpcAddress").unwrap_or_default(),
         ldap: first("cairnLdapAddress").unwrap_or_default(),
+        peer: first("cairnPeerAddress").unwrap_or_default(),
     })
 }
 

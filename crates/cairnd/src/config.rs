@@ -73,6 +73,11 @@ pub struct ClusterSection {
     /// changes; their leaders may pull this site's, from those addresses.
     #[serde(default)]
     pub peer_sites: Vec<PeerSiteSection>,
+    /// The peer listener address this node publishes for other sites
+    /// (`cairnPeerAddress` in its node entry), where it differs from its
+    /// `peer` address in `members` (another network between sites).
+    #[serde(default)]
+    pub advertise_peer_addr: Option<String>,
     /// How long deleted entries and values are remembered and changes
     /// kept for peer sites, in days (180, as Active Directory). A peer
     /// site that has not replicated for longer is refused until it is
@@ -215,6 +220,7 @@ pub struct ClusterSettings {
     pub snapshot_log_bytes: u64,
     pub site: String,
     pub peer_sites: Vec<cairn_replica::federation::PeerSite>,
+    pub advertise_peer: Option<String>,
     pub tombstone_lifetime: Duration,
     pub purge_every: Duration,
     pub max_drift: Duration,
@@ -241,6 +247,7 @@ impl ClusterSection {
             site: site.to_string(),
             peer_addr: peer,
             peer_sites: vec![],
+            advertise_peer_addr: None,
             tombstone_lifetime_days: default_tombstone_lifetime_days(),
             purge_interval_s: default_purge_interval_s(),
             max_clock_drift_s: default_max_clock_drift_s(),
@@ -325,6 +332,7 @@ impl ClusterSection {
             snapshot_after: self.snapshot_after.max(1),
             snapshot_log_bytes: self.snapshot_log_mb.max(1) << 20,
             peer_sites,
+            advertise_peer: self.advertise_peer_addr,
             site: self.site,
             tombstone_lifetime: Duration::from_secs(
                 u64::from(self.tombstone_lifetime_days) * 86_400,

@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
                             site: SITES[s as usize].into(),
                             peer_addr: addr(h, peer_port),
                             peer_sites: peer_sites.clone(),
+                            advertise_peer_addr: None,
                             tombstone_lifetime_days: config::default_tombstone_lifetime_days(),
                             purge_interval_s: config::default_purge_interval_s(),
                             max_clock_drift_s: config::default_max_clock_drift_s(),

@@ -179,6 +179,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             id: c.node_id,
             site: c.site.clone(),
             site_id: cairn_core::csn::Origin::of_site(&c.site).site.to_string(),
+            peer: c.advertise_peer.clone().unwrap_or_else(|| me.peer.clone()),
             ldap: me.ldap.clone(),
             grpc: c.grpc_advertised.clone(),
             who: s.ldap.admin_dn.clone(),
@@ -190,6 +191,16 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             p,
         ));
     }
+    let site_dn = s
+        .suffix
+        .child(cairn_core::dn::Rdn::new("ou", "sites"))
+        .child(cairn_core::dn::Rdn::new("cn", c.site.clone()))
+        .to_string();
+    tasks.spawn(crate::publish::discover_peer_sites(
+        boot.model.clone(),
+        replica.federation().clone(),
+        site_dn,
+    ));
     let ctx = Arc::new(ServerContext {
         binds: cairn_ldap::throttle::BindThrottle::new(s.ldap.limits.max_concurrent_binds),
         metrics: ldap_metrics,

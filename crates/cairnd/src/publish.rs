@@ -25,6 +25,8 @@ pub struct Publication {
     pub site_id: String,
     pub ldap: String,
     pub grpc: String,
+    /// The peer listener address other sites replicate with.
+    pub peer: String,
     pub who: Dn,
 }
 
@@ -42,6 +44,7 @@ impl Publication {
             ("cairnNodeId".into(), vec![self.id.to_string()]),
             ("cairnLdapAddress".into(), vec![self.ldap.clone()]),
             ("cairnGrpcAddress".into(), vec![self.grpc.clone()]),
+            ("cairnPeerAddress".into(), vec![self.peer.clone()]),
             (
                 "cairnVersion".into(),
                 vec![env!("CARGO_PKG_VERSION").to_string()],
@@ -134,6 +137,7 @@ pub async fn run(
                 id: p.id,
                 site: p.site.clone(),
                 site_id: p.site_id.clone(),
+                peer: p.peer.clone(),
                 ldap: p.ldap.clone(),
                 grpc: p.grpc.clone(),
                 who: p.who.clone(),
@@ -168,6 +172,56 @@ pub async fn run(
     }
 }
 
+/// The linked sites the directory names for site `site_dn`: every site a
+/// `cairnSiteLink` joins to it that has nodes with a published peer
+/// address (`cairnPeerAddress`), with those addresses.
+pub fn linked_peers(
+    fleet: &cairn_fleet::fleet::Fleet,
+    site_dn: &str,
+) -> Vec<cairn_replica::federation::PeerSite> {
+    fleet
+        .sites
+        .neighbours(site_dn)
+        .into_iter()
+        .map(|(s, _)| cairn_replica::federation::PeerSite {
+            name: cairn_core::locate::site_name(s.dn()),
+            nodes: fleet
+                .nodes
+                .iter()
+                .filter(|n| {
+                    cairn_core::locate::site_key(&n.site_dn) == s.key() && !n.peer.is_empty()
+                })
+                .map(|n| n.peer.clone())
+                .collect(),
+        })
+        .filter(|p| !p.nodes.is_empty())
+        .collect()
+}
+
+/// Keeps the sites this one replicates with in line with the directory's
+/// site links and published nodes (next to `[[cluster.peer_sites]]`,
+/// which a site needs to find its first peers), until the task is
+/// stopped.
+pub async fn discover_peer_sites(
+    model: Arc<cairn_fleet::Model>,
+    fed: Arc<cairn_replica::federation::Federation>,
+    site_dn: String,
+) -> anyhow::Result<()> {
+    let mut warned = false;
+    loop {
+        let m = model.clone();
+        match tokio::task::spawn_blocking(move || m.fleet()).await? {
+            Ok(fleet) => fed.set_discovered(linked_peers(&fleet, &site_dn)),
+            Err(e) if !warned => {
+                warn!(cause = %e, "cannot read the site links; replicating with the configured sites only");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +252,7 @@ mod tests {
             site_id: cairn_core::csn::Origin::of_site("east").site.to_string(),
             ldap: "127.0.0.1:1389".into(),
             grpc: "127.0.0.1:7070".into(),
+            peer: "127.0.0.1:7071".into(),
             who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
         }
     }
@@ -269,5 +324,49 @@ mod tests {
         };
         let e = reconcile(&dir, &renamed, "20261203000000Z".into()).unwrap_err();
         assert!(e.to_string().contains("has cairnSiteId"), "{e}");
+    }
+
+    /// Issue 11: the sites a site replicates with, from the directory:
+    /// those a site link joins to it that have published peer addresses.
+    #[test]
+    fn linked_peers_are_the_linked_sites_with_published_peer_addresses() {
+        use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
+        let dn = |s: &str| format!("cn={s},ou=sites,dc=example,dc=com");
+        let sites: Vec<SiteSpec> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| SiteSpec {
+                dn: dn(s),
+                subnets: vec![],
+            })
+            .collect();
+        let link = |x: &str, y: &str| LinkSpec {
+            dn: format!("cn={x}-{y},ou=sites,dc=example,dc=com"),
+            sites: vec![dn(x), dn(y)],
+            cost: Some(1),
+        };
+        let node = |id: u64, site: &str, peer: &str| cairn_proto::dns::NodeRec {
+            peer: peer.into(),
+            ..cairn_proto::dns::NodeRec::example(id, site, "", "")
+        };
+        let fleet = cairn_fleet::fleet::Fleet {
+            sites: SiteMap::build(&sites, &[link("a", "b"), link("a", "c"), link("c", "d")]),
+            nodes: vec![
+                node(1, "a", "10.0.0.1:7071"),
+                node(1, "b", "10.0.1.1:7071"),
+                node(2, "b", "10.0.1.2:7071"),
+                node(1, "c", ""),
+                node(1, "d", "10.0.3.1:7071"),
+            ],
+        };
+        let peers = linked_peers(&fleet, &dn("a"));
+        assert_eq!(
+            peers,
+            vec![cairn_replica::federation::PeerSite {
+                name: "b".into(),
+                nodes: vec!["10.0.1.1:7071".into(), "10.0.1.2:7071".into()],
+            }],
+            "c publishes no peer address; d is not linked to a"
+        );
+        assert_eq!(linked_peers(&fleet, &dn("d")), vec![]);
     }
 }

@@ -363,6 +363,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         "gRPC listener host:port",
     ),
     user(
+        cairn!(1, 24),
+        &["cairnPeerAddress"],
+        Ia5String,
+        true,
+        "peer listener host:port other sites replicate with",
+    ),
+    user(
         cairn!(1, 23),
         &["cairnVersion"],
         Ia5String,
@@ -670,6 +677,7 @@ pub(super) const CLASSES: &[ObjectClass] = &[
         &[
             "cairnLdapAddress",
             "cairnGrpcAddress",
+            "cairnPeerAddress",
             "cairnVersion",
             "ipHostNumber",
             "description",
