@@ -550,9 +550,9 @@ pub(crate) async fn supervise(replica: Weak<crate::Replica>, clients: network::C
             keep
         });
         for name in names {
-            if !running.contains_key(&name) {
-                let task = tokio::spawn(pull(replica.clone(), name.clone(), clients.clone()));
-                running.insert(name, task);
+            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(name) {
+                let name = slot.key().clone();
+                slot.insert(tokio::spawn(pull(replica.clone(), name, clients.clone())));
             }
         }
         tokio::select! {
