@@ -361,6 +361,7 @@ fn issue_11_sigkills_of_the_pulling_leader_lose_no_change_of_the_other_site() {
         first_ip: 2,
         seed: false,
         peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
+        advertise: vec![],
     };
     let east_spec = SiteSpec {
         peers: vec![(
@@ -659,12 +660,6 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
     let mut specs = vec![];
     let mut relays: std::collections::HashMap<&str, Vec<String>> = Default::default();
     for ((site, nodes), p) in sites.iter().zip(&ports) {
-        let spec = SiteSpec {
-            name: site,
-            first_ip,
-            seed: specs.is_empty(),
-            peers: vec![],
-        };
         for j in 1..=*nodes {
             let last = first_ip + j as u8 - 1;
             relays
@@ -672,6 +667,15 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
                 .or_default()
                 .push(wan.relay(site, last, p.peer));
         }
+        // Other sites find these nodes (site links in the directory) at
+        // their relays, never around them.
+        let spec = SiteSpec {
+            name: site,
+            first_ip,
+            seed: specs.is_empty(),
+            peers: vec![],
+            advertise: relays[site].clone(),
+        };
         first_ip += *nodes as u8;
         specs.push(spec);
     }
@@ -846,6 +850,7 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
                 first_ip: i as u8 + 1,
                 seed: i == 0,
                 peers: line[i].iter().map(|&j| peer(j)).collect(),
+                advertise: vec![],
             };
             ProcSite::start_spec(1, spec, ports[i])
         })

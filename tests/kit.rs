@@ -576,6 +576,9 @@ pub struct SiteSpec {
     pub first_ip: u8,
     pub seed: bool,
     pub peers: Vec<(&'static str, Vec<String>)>,
+    /// Per node (1, 2, …), the peer address it publishes for other sites
+    /// (`advertise_peer_addr`), where it is not its own.
+    pub advertise: Vec<String>,
 }
 
 impl SiteSpec {
@@ -586,6 +589,7 @@ impl SiteSpec {
             first_ip: 1,
             seed: true,
             peers: vec![],
+            advertise: vec![],
         }
     }
 
@@ -645,6 +649,9 @@ pub fn site_node_config(
         h = p.http,
         m = members.join(", ")
     );
+    if let Some(a) = spec.advertise.get(i as usize - 1) {
+        text.push_str(&format!("advertise_peer_addr = \"{a}\"\n"));
+    }
     for (site, nodes) in &spec.peers {
         let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
         text.push_str(&format!(
