@@ -948,3 +948,262 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
         "b is paused, yet holds c's write"
     );
 }
+
+/// Runs an LDIF of change records at `url` as the admin.
+fn ldapmodify(url: &str, ldif: &str) {
+    ok(run_tool(
+        url,
+        "ldapmodify",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(ldif),
+    ));
+}
+
+/// The values of `attr` in the entry at `dn`, read at `url` (none when
+/// the entry is not there).
+fn values_at(url: &str, dn: &str, attr: &str) -> Option<Vec<String>> {
+    let out = run_tool(
+        url,
+        "ldapsearch",
+        Some((ADMIN, PASSWORD)),
+        &["-o", "ldif-wrap=no", "-b", dn, "-s", "base", attr],
+        None,
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let prefix = format!("{attr}: ");
+    Some(
+        stdout(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Issue 11: the conflict matrix with three sites whose replication is
+/// paused at once (`cairn replication pause`), driven by OpenLDAP's tools:
+/// one single-valued attribute replaced at all three; values added to one
+/// multi-valued attribute at all three; a replace at one site and a later
+/// add at another; one DN added at all three; a child added under a parent
+/// deleted elsewhere; a rename at two sites; a rename against a delete; a
+/// delete against a later modify; two moves that make a loop. After `cairn
+/// replication resume` every site holds one directory, the winners are the
+/// ones the rules name, and `cairn conflicts` lists what was kept apart.
+#[test]
+fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::free()).collect();
+    let names = ["a", "b", "c"];
+    let procs: Vec<ProcSite> = (0..3)
+        .map(|i| {
+            let peers = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    (
+                        names[j],
+                        vec![format!("127.0.0.{}:{}", j + 1, ports[j].peer)],
+                    )
+                })
+                .collect();
+            let spec = SiteSpec {
+                name: names[i],
+                first_ip: i as u8 + 1,
+                seed: i == 0,
+                peers,
+                advertise: vec![],
+            };
+            ProcSite::start_spec(1, spec, ports[i])
+        })
+        .collect();
+    let url = |i: usize| procs[i].url(1);
+    let m = format!("ou=matrix,{SUFFIX}");
+    let dn = |rdn: &str| format!("{rdn},{m}");
+    let host = |cn: &str, extra: &str| {
+        format!(
+            "dn: {}\nchangetype: add\nobjectClass: cairnHost\ncn: {cn}\n{extra}\n",
+            dn(&format!("cn={cn}"))
+        )
+    };
+    let ou = |name: &str, under: &str| {
+        format!(
+            "dn: ou={name},{under}\nchangetype: add\nobjectClass: organizationalUnit\nou: {name}\n\n"
+        )
+    };
+    for i in 0..3 {
+        wait_until("the example tree", Duration::from_secs(90), || {
+            has_example_tree(&url(i))
+        });
+    }
+    ldapmodify(
+        &url(0),
+        &[
+            ou("matrix", SUFFIX),
+            host("single", "netbootMachineFilePath: start\n"),
+            host("multi", ""),
+            host("mixed", "description: old\n"),
+            host("doomed", ""),
+            host("renamed-gone", ""),
+            host("mover", ""),
+            ou("parent", &m),
+            ou("x", &m),
+            ou("y", &m),
+        ]
+        .concat(),
+    );
+    for i in 1..3 {
+        wait_until("the matrix at every site", Duration::from_secs(30), || {
+            values_at(&url(i), &dn("ou=y"), "ou").is_some()
+        });
+    }
+    for i in 0..3 {
+        let out = procs[i].cairn_cli(&["replication", "pause"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Each site in turn, a later one's changes later by the clock.
+    let at = |i: usize, ldif: &str| {
+        ldapmodify(&url(i), ldif);
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    let replace = |cn: &str, attr: &str, v: &str| {
+        format!(
+            "dn: {}\nchangetype: modify\nreplace: {attr}\n{attr}: {v}\n\n",
+            dn(&format!("cn={cn}"))
+        )
+    };
+    let add_value = |cn: &str, attr: &str, v: &str| {
+        format!(
+            "dn: {}\nchangetype: modify\nadd: {attr}\n{attr}: {v}\n\n",
+            dn(&format!("cn={cn}"))
+        )
+    };
+    let delete = |d: &str| format!("dn: {d}\nchangetype: delete\n\n");
+    let rename = |d: &str, rdn: &str, sup: Option<&str>| {
+        let sup = sup
+            .map(|s| format!("newsuperior: {s}\n"))
+            .unwrap_or_default();
+        format!("dn: {d}\nchangetype: modrdn\nnewrdn: {rdn}\ndeleteoldrdn: 1\n{sup}\n")
+    };
+    let twin = |site: &str| {
+        format!(
+            "dn: {}\nchangetype: add\nobjectClass: cairnHost\ncn: twin\ndescription: made at {site}\n\n",
+            dn("cn=twin")
+        )
+    };
+    at(
+        0,
+        &[
+            replace("single", "netbootMachineFilePath", "a"),
+            add_value("multi", "description", "from-a"),
+            replace("mixed", "description", "replaced-a"),
+            twin("a"),
+            delete(&dn("ou=parent")),
+            rename(&dn("cn=mover"), "cn=mover-a", None),
+            delete(&dn("cn=doomed")),
+            rename(&dn("ou=x"), "ou=x", Some(&dn("ou=y"))),
+        ]
+        .concat(),
+    );
+    at(
+        1,
+        &[
+            replace("single", "netbootMachineFilePath", "b"),
+            add_value("multi", "description", "from-b"),
+            add_value("mixed", "description", "added-b"),
+            twin("b"),
+            format!(
+                "dn: cn=child,{}\nchangetype: add\nobjectClass: cairnHost\ncn: child\n\n",
+                dn("ou=parent")
+            ),
+            rename(&dn("cn=renamed-gone"), "cn=renamed-b", None),
+            rename(&dn("ou=y"), "ou=y", Some(&dn("ou=x"))),
+        ]
+        .concat(),
+    );
+    at(
+        2,
+        &[
+            replace("single", "netbootMachineFilePath", "c"),
+            add_value("multi", "description", "from-c"),
+            twin("c"),
+            rename(&dn("cn=mover"), "cn=mover-c", None),
+            delete(&dn("cn=renamed-gone")),
+            replace("doomed", "description", "too late"),
+        ]
+        .concat(),
+    );
+    for i in 0..3 {
+        let out = procs[i].cairn_cli(&["replication", "resume"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(
+        "identical exports at the three sites",
+        Duration::from_secs(60),
+        || {
+            let first = export_at(&url(0));
+            first.is_ok() && (1..3).all(|i| export_at(&url(i)) == first)
+        },
+    );
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    for i in 0..3 {
+        let u = url(i);
+        // The latest replace of a single value wins.
+        assert_eq!(
+            values_at(&u, &dn("cn=single"), "netbootMachineFilePath"),
+            Some(vec!["c".to_string()])
+        );
+        // Values added at every site are all kept.
+        assert_eq!(
+            values_at(&u, &dn("cn=multi"), "description").map(sorted),
+            Some(vec!["from-a".into(), "from-b".into(), "from-c".into()])
+        );
+        // A replace, and a value added later elsewhere: both count.
+        assert_eq!(
+            values_at(&u, &dn("cn=mixed"), "description").map(sorted),
+            Some(vec!["added-b".into(), "replaced-a".into()])
+        );
+        // One DN added at three sites: the last keeps it, the others are
+        // kept under mangled names.
+        assert_eq!(
+            values_at(&u, &dn("cn=twin"), "description"),
+            Some(vec!["made at c".to_string()])
+        );
+        // The parent stays deleted; its new child is in lost and found.
+        assert_eq!(values_at(&u, &dn("ou=parent"), "ou"), None);
+        // The later rename wins; a rename meeting a delete stays deleted.
+        assert!(values_at(&u, &dn("cn=mover-c"), "cn").is_some());
+        assert_eq!(values_at(&u, &dn("cn=mover-a"), "cn"), None);
+        assert_eq!(values_at(&u, &dn("cn=renamed-b"), "cn"), None);
+        assert_eq!(values_at(&u, &dn("cn=renamed-gone"), "cn"), None);
+        // The delete wins over the later modify.
+        assert_eq!(values_at(&u, &dn("cn=doomed"), "cn"), None);
+        let out = procs[i].cairn_cli(&["conflicts"]);
+        let listed = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{listed}");
+        assert_eq!(
+            listed.matches("added at two sites").count(),
+            2,
+            "two twins lost the name: {listed}"
+        );
+        assert!(
+            listed.contains(&format!("original DN: cn=child,{}", dn("ou=parent"))),
+            "{listed}"
+        );
+        assert!(listed.contains("cycle:"), "{listed}");
+        assert!(
+            listed.contains("description: too late added at"),
+            "{listed}"
+        );
+    }
+}

@@ -779,6 +779,22 @@ impl ProcSite {
         self.spawn(i);
     }
 
+    /// Runs the `cairn` CLI against node 1 as the admin.
+    pub fn cairn_cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("cairn"))
+            .args([
+                "--url",
+                &self.url(1),
+                "--bind-dn",
+                ADMIN,
+                "--password",
+                PASSWORD,
+            ])
+            .args(args)
+            .output()
+            .expect("run cairn")
+    }
+
     /// `cairn export` of node `i`, or why it failed.
     pub fn export(&self, i: u64) -> Result<String, String> {
         export_at(&self.url(i))
