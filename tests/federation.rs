@@ -1056,8 +1056,8 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
             values_at(&url(i), &dn("ou=y"), "ou").is_some()
         });
     }
-    for i in 0..3 {
-        let out = procs[i].cairn_cli(&["replication", "pause"]);
+    for p in &procs {
+        let out = p.cairn_cli(&["replication", "pause"]);
         assert!(
             out.status.success(),
             "{}",
@@ -1136,8 +1136,8 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         ]
         .concat(),
     );
-    for i in 0..3 {
-        let out = procs[i].cairn_cli(&["replication", "resume"]);
+    for p in &procs {
+        let out = p.cairn_cli(&["replication", "resume"]);
         assert!(
             out.status.success(),
             "{}",
