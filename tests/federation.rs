@@ -1156,8 +1156,8 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         v.sort();
         v
     };
-    for i in 0..3 {
-        let u = url(i);
+    for p in &procs {
+        let u = p.url(1);
         // The latest replace of a single value wins.
         assert_eq!(
             values_at(&u, &dn("cn=single"), "netbootMachineFilePath"),
@@ -1188,7 +1188,7 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         assert_eq!(values_at(&u, &dn("cn=renamed-gone"), "cn"), None);
         // The delete wins over the later modify.
         assert_eq!(values_at(&u, &dn("cn=doomed"), "cn"), None);
-        let out = procs[i].cairn_cli(&["conflicts"]);
+        let out = p.cairn_cli(&["conflicts"]);
         let listed = stdout(&out);
         assert_eq!(out.status.code(), Some(1), "{listed}");
         assert_eq!(
