@@ -506,7 +506,67 @@ impl Directory {
     /// site checks what it pulled from another before it logs it, so a
     /// change its nodes could not apply never reaches its log.
     pub fn check_changes(&self, changes: &[Change]) -> Result<(), Error> {
+        for c in changes {
+            self.check_fields(c)?;
+        }
         self.plan_changes(&[], &[], &[changes]).map(|_| ())
+    }
+
+    /// Checks a change from another site field by field against this
+    /// site's schema, before any dry run: its name parses, every
+    /// attribute is one this schema knows, under its canonical key and
+    /// one of its names, and every value is normalized as this schema
+    /// normalizes it (a value with a wrong norm would never meet its own
+    /// delete). A change this site did not plan is not trusted.
+    fn check_fields(&self, c: &Change) -> Result<(), Error> {
+        let refuse = |why: String| {
+            Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!(
+                    "change {} to entry {} from another site: {why}",
+                    c.csn, c.uuid
+                ),
+            )))
+        };
+        let (name, attrs) = match &c.op {
+            ChangeOp::Add { name, attrs } => (Some(name), attrs.as_slice()),
+            ChangeOp::Modify { name, attrs } => (name.as_ref(), attrs.as_slice()),
+            ChangeOp::Delete { dn } => {
+                if let Err(e) = Dn::parse(dn) {
+                    return refuse(format!(
+                        "the DN it was deleted at, {dn:?}, does not parse: {e}"
+                    ));
+                }
+                return Ok(());
+            }
+        };
+        if let Some(name) = name
+            && let Err(e) = norm_rdn(name)
+        {
+            return refuse(e.to_string());
+        }
+        for a in attrs {
+            let Some(t) = self.schema.attr(&a.key) else {
+                return refuse(format!(
+                    "attribute {:?} is not in this site's schema",
+                    a.key
+                ));
+            };
+            if t.key() != a.key || self.schema.attr(&a.name).map(|n| n.key()) != Some(t.key()) {
+                return refuse(format!(
+                    "attribute {:?} ({:?}) is not named as this site's schema names it",
+                    a.name, a.key
+                ));
+            }
+            for v in &a.values {
+                if self.value(&a.key, &v.text) != *v {
+                    return refuse(format!(
+                        "value {:?} of {} is not normalized as this site's schema normalizes it",
+                        v.text, a.name
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Plans and applies writes in one transaction with `meta`: how a log

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_core::csn::{Csn, Hlc, Origin};
-use cairn_core::merge::{Change, Effect};
+use cairn_core::merge::{AttrChange, Change, ChangeOp, Effect, Name};
 use cairn_core::modify::{ModOp, Modification};
 
 use super::*;
@@ -1345,4 +1345,99 @@ fn the_same_host_registered_at_two_sites_is_one_entry() {
         })
         .unwrap_err();
     assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+}
+
+/// Issue 11: a change from another site that this site's schema would not
+/// have planned (an unknown attribute, a name it does not give, a value
+/// normalized otherwise, a name that does not parse) is refused by the
+/// check that runs before a pulled batch is logged, with a clear error,
+/// and nothing changes.
+#[test]
+fn a_change_from_another_site_is_checked_field_by_field() {
+    let mut all = sites(2);
+    all[1].now_ms += 10;
+    let before = all[0].export();
+    let good = {
+        let s = &mut all[1];
+        let op = s
+            .dir
+            .prepare(modify_op(H1, ModOp::Add, "description", &["Fine"]))
+            .unwrap();
+        s.now_ms += 1;
+        let csn = s.hlc.stamp(s.now_ms, s.origin, 1).next().unwrap();
+        let (_, change) = s
+            .dir
+            .plan_changes(&[&op], &[csn], &[])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        change.unwrap()
+    };
+    all[0]
+        .dir
+        .check_changes(std::slice::from_ref(&good))
+        .unwrap();
+    let attr = |c: &Change| match &c.op {
+        ChangeOp::Modify { attrs, .. } => attrs[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    let with_attr = |a: AttrChange| Change {
+        op: ChangeOp::Modify {
+            name: None,
+            attrs: vec![a],
+        },
+        ..good.clone()
+    };
+    let mut unknown = attr(&good);
+    unknown.key = "nosuchattribute".into();
+    unknown.name = "noSuchAttribute".into();
+    let mut misnamed = attr(&good);
+    misnamed.name = "cn".into();
+    let mut denormalized = attr(&good);
+    denormalized.values[0].norm = Some("something else".into());
+    let bad_name = Change {
+        op: ChangeOp::Modify {
+            name: Some(Name {
+                parent: Some(Uuid::new_v4()),
+                rdn: "not an rdn".into(),
+            }),
+            attrs: vec![],
+        },
+        ..good.clone()
+    };
+    let bad_delete = Change {
+        op: ChangeOp::Delete { dn: "=,=".into() },
+        ..good.clone()
+    };
+    for (what, bad, says) in [
+        (
+            "unknown attribute",
+            with_attr(unknown),
+            "not in this site's schema",
+        ),
+        ("misnamed attribute", with_attr(misnamed), "not named as"),
+        (
+            "value with another norm",
+            with_attr(denormalized),
+            "not normalized",
+        ),
+        ("name that does not parse", bad_name, "not an rdn"),
+        (
+            "delete at a DN that does not parse",
+            bad_delete,
+            "does not parse",
+        ),
+    ] {
+        let e = all[0]
+            .dir
+            .check_changes(&[good.clone(), bad])
+            .expect_err(what)
+            .to_string();
+        assert!(
+            e.contains(says) && e.contains("from another site"),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!(all[0].export(), before, "a refused batch changed something");
 }
