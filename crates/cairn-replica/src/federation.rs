@@ -85,6 +85,9 @@ pub struct ChangesResponse {
     /// Whether the log may hold more after `last` (the answer was cut at
     /// the request's maximum).
     pub more: bool,
+    /// The server's change log's last position when it answered: the
+    /// caller is `end - last` rows behind (some of which it may hold).
+    pub end: u64,
 }
 
 /// A page of a site's entry states (`cairn site resync`).
@@ -174,6 +177,9 @@ pub struct PeerStatus {
     /// Why this node refused the peer's last pull from it, if it did (the
     /// peer lacks changes dropped here: `cairn site resync`).
     pub refused: Option<String>,
+    /// Rows of the peer's change log after this site's position, as of
+    /// the last pull (changes behind, counting ones held from elsewhere).
+    pub behind: u64,
 }
 
 impl PeerStatus {
@@ -294,7 +300,8 @@ impl Federation {
 
     /// The `cn=status` attributes of replication with other sites:
     /// `cairnReplicationPaused`, and per peer site a `cairnPeerSite` value
-    /// `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>` (state:
+    /// `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n> behind=<n>
+    /// last-pull-ms=<ms|->` (state:
     /// `pulling`, `failing`, `paused`, or `standby` on a node that does
     /// not lead its site, which does not pull) and, while pulls fail, a
     /// `cairnPeerSiteError` value `<site> <cause>`; while this node
@@ -319,9 +326,18 @@ impl Federation {
                 .lag(now)
                 .map(|d| d.as_millis().to_string())
                 .unwrap_or_else(|| "-".into());
+            let last = st
+                .last_success
+                .map(|t| {
+                    now.duration_since(t)
+                        .unwrap_or_default()
+                        .as_millis()
+                        .to_string()
+                })
+                .unwrap_or_else(|| "-".into());
             sites.push(format!(
-                "{name} {state} lag-ms={lag} pulled={} position={}",
-                st.pulled, st.position
+                "{name} {state} lag-ms={lag} pulled={} position={} behind={} last-pull-ms={last}",
+                st.pulled, st.position, st.behind
             ));
             if let Some(e) = &st.last_error {
                 errors.push(format!("{name} {e}"));
@@ -410,6 +426,15 @@ async fn resolve(addr: &str) -> Vec<IpAddr> {
     }
 }
 
+/// The position of the last row of this node's change log.
+async fn log_end(dir: &Arc<Directory>) -> Result<u64, String> {
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || d.last_change_position())
+        .await
+        .map_err(|e| format!("read task: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
 /// Answers a pull from this node's applied change log.
 pub async fn serve_changes(
     dir: Arc<Directory>,
@@ -457,10 +482,12 @@ pub async fn serve_changes(
             if paused() {
                 return Err("replication with other sites is paused here".into());
             }
+            let end = log_end(&dir).await?.max(last);
             return Ok(ChangesResponse {
                 changes,
                 last,
                 more,
+                end,
             });
         }
         // Nothing the caller lacks yet: wait for the next apply here (or,
@@ -473,10 +500,12 @@ pub async fn serve_changes(
             .await
             .is_err()
         {
+            let end = log_end(&dir).await?.max(last);
             return Ok(ChangesResponse {
                 changes: vec![],
                 last,
                 more: false,
+                end,
             });
         }
     }
@@ -584,7 +613,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
         fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
         let node = &peer.nodes[next_node % peer.nodes.len()];
         match pull_once(&r, &fed, node, position, &clients).await {
-            Ok((n, last, complete)) => {
+            Ok((n, last, complete, end)) => {
                 position = last;
                 backoff = Duration::from_millis(100);
                 let now = SystemTime::now();
@@ -593,6 +622,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
                     s.last_error = None;
                     s.pulled += n;
                     s.position = last;
+                    s.behind = end.saturating_sub(last);
                     if complete {
                         s.caught_up = Some(now);
                     }
@@ -620,7 +650,7 @@ async fn pull_once(
     node: &str,
     position: u64,
     clients: &network::Clients,
-) -> Result<(u64, u64, bool), String> {
+) -> Result<(u64, u64, bool, u64), String> {
     let dir = r.directory().clone();
     let vector = {
         let d = dir.clone();
@@ -653,13 +683,14 @@ async fn pull_once(
         decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
     let resp = resp?;
     let complete = !resp.more;
+    let end = resp.end;
     if resp.changes.is_empty() {
-        return Ok((0, resp.last, complete));
+        return Ok((0, resp.last, complete, end));
     }
     let _proposing = fed.proposing.lock().await;
     if fed.is_paused() {
         // Paused while the pull was under way: drop it, ask again later.
-        return Ok((0, position, false));
+        return Ok((0, position, false, end));
     }
     let now = r.clock().now_millis();
     if let Some(ahead) = resp
@@ -706,7 +737,7 @@ async fn pull_once(
     .await
     .map_err(|_| "proposing the peer's changes timed out".to_string())?
     .map_err(|e| format!("proposing the peer's changes: {e}"))?;
-    Ok((n, resp.last, complete))
+    Ok((n, resp.last, complete, end))
 }
 
 impl crate::Replica {

@@ -1726,6 +1726,13 @@ async fn sites_linked_at_run_time_replicate_and_unlinked_ones_are_refused() {
         || shows(&b, "linked"),
     )
     .await;
+    // B's status says where it got to in a's change log: at its end.
+    let end = a.directory().last_change_position().unwrap();
+    wait_until("b at the end of a's log", Duration::from_secs(20), || {
+        let st = b.federation().status();
+        st["a"].position == end && st["a"].behind == 0
+    })
+    .await;
     // B drops the link: a's pulls from it are refused.
     b.federation().set_discovered(vec![]);
     wait_until("b refusing a's pulls", Duration::from_secs(20), || {

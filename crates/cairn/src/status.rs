@@ -30,7 +30,8 @@ pub struct NodeStatus {
     pub site: String,
     /// Whether replication with other sites is paused on the node.
     pub paused: bool,
-    /// Per peer site: `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>`.
+    /// Per peer site: `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>
+    /// behind=<n> last-pull-ms=<ms|->`.
     pub peers: Vec<String>,
     /// Per failing peer site: `<site> <cause>`.
     pub peer_errors: Vec<String>,
@@ -170,8 +171,8 @@ pub fn render_peers(l: &NodeStatus) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<16} {:<8} {:>10} {:>10}  {}\n",
-        "PEER-SITE", "STATE", "LAG", "PULLED", "LAST-ERROR"
+        "{:<16} {:<8} {:>10} {:>8} {:>10} {:>10}  {}\n",
+        "PEER-SITE", "STATE", "LAG", "BEHIND", "LAST-PULL", "PULLED", "LAST-ERROR"
     ));
     for p in &l.peers {
         let mut parts = p.split_whitespace();
@@ -182,9 +183,14 @@ pub fn render_peers(l: &NodeStatus) -> String {
                 .unwrap_or("-")
                 .to_string()
         };
-        let lag = match field("lag-ms=").parse::<u64>() {
+        let secs = |name: &str| match field(name).parse::<u64>() {
             Ok(ms) => format!("{:.1}s", ms as f64 / 1000.0),
             Err(_) => "never".into(),
+        };
+        let lag = secs("lag-ms=");
+        let last_pull = match secs("last-pull-ms=") {
+            s if s == "never" => s,
+            s => format!("{s} ago"),
         };
         let error = l
             .peer_errors
@@ -192,10 +198,12 @@ pub fn render_peers(l: &NodeStatus) -> String {
             .find_map(|e| e.strip_prefix(site).map(str::trim))
             .unwrap_or("");
         out.push_str(&format!(
-            "{:<16} {:<8} {:>10} {:>10}  {}\n",
+            "{:<16} {:<8} {:>10} {:>8} {:>10} {:>10}  {}\n",
             site,
             state,
             lag,
+            field("behind="),
+            last_pull,
             field("pulled="),
             error
         ));
@@ -242,8 +250,8 @@ mod tests {
             role: "leader".into(),
             paused: true,
             peers: vec![
-                "west paused lag-ms=1500 pulled=12 position=40".into(),
-                "north failing lag-ms=- pulled=0 position=0".into(),
+                "west paused lag-ms=1500 pulled=12 position=40 behind=3 last-pull-ms=2000".into(),
+                "north failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
             ],
             peer_errors: vec!["north connection refused".into()],
             peer_refused: vec!["north refused: this site no longer keeps change x".into()],
@@ -253,7 +261,11 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].contains("PAUSED"), "{t}");
         assert!(
-            lines[2].starts_with("west") && lines[2].contains("1.5s") && lines[2].contains("12"),
+            lines[2].starts_with("west")
+                && lines[2].contains("1.5s")
+                && lines[2].contains(" 3 ")
+                && lines[2].contains("2.0s ago")
+                && lines[2].contains("12"),
             "{t}"
         );
         assert!(

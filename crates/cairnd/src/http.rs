@@ -33,6 +33,7 @@ struct PeerSite {
 struct PeerMetrics {
     lag: Family<PeerSite, Gauge<f64, AtomicU64>>,
     pulled: Family<PeerSite, Gauge>,
+    behind: Family<PeerSite, Gauge>,
     failing: Family<PeerSite, Gauge>,
     paused: Gauge,
 }
@@ -48,6 +49,11 @@ impl PeerMetrics {
             "cairn_replication_pulled_changes",
             "Changes pulled from the peer site and proposed here since start-up",
             self.pulled.clone(),
+        );
+        r.register(
+            "cairn_replication_behind_changes",
+            "Rows of the peer site's change log after this site's position, as of the last pull (leader only)",
+            self.behind.clone(),
         );
         r.register(
             "cairn_replication_failing",
@@ -75,6 +81,9 @@ impl PeerMetrics {
             self.pulled
                 .get_or_create(&l)
                 .set(i64::try_from(st.pulled).unwrap_or(i64::MAX));
+            self.behind
+                .get_or_create(&l)
+                .set(i64::try_from(st.behind).unwrap_or(i64::MAX));
             self.failing
                 .get_or_create(&l)
                 .set(i64::from(st.last_error.is_some()));

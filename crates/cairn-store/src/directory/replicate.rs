@@ -1947,6 +1947,22 @@ impl Directory {
             .collect()
     }
 
+    /// The position of the change log's last row (0 for an empty log that
+    /// never held one).
+    pub fn last_change_position(&self) -> Result<u64, Error> {
+        let snap = self.engine.snapshot()?;
+        match snap.last(Table::Changelog)? {
+            Some((k, _)) => {
+                let k: [u8; 8] = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
+                Ok(u64::from_be_bytes(k))
+            }
+            None => Self::trimmed_position(&*snap),
+        }
+    }
+
     /// Changes in this site's change log after position `after`, at most
     /// `max`, with their positions.
     pub fn changes_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Change)>, Error> {
