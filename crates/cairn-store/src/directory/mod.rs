@@ -139,6 +139,10 @@ pub struct Directory {
     /// watchers (configuration `Watch` streams) to re-read what they
     /// depend on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Where the transaction under way appends to the change log and
+    /// raises the vector (`replicate::LogCursor`). Only touched under the
+    /// writer lock.
+    log: Mutex<replicate::LogCursor>,
 }
 
 /// One directory write, fully decided: the UUID of a new entry, who and
@@ -243,6 +247,7 @@ impl Directory {
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
             changes: tokio::sync::watch::Sender::new(0),
+            log: Mutex::new(replicate::LogCursor::default()),
         }
     }
 

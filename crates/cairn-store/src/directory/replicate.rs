@@ -71,6 +71,23 @@ pub struct Dropped {
 /// The transaction a plan runs in is thrown away with this.
 const PLAN_ONLY: &str = "plan only: the transaction is not kept";
 
+/// How the changes of one transaction reach the change log and the
+/// vector: the log's next position is read once, and each origin's vector
+/// row is written once, at the end ([`Directory::end_log`]), instead of a
+/// seek and a read and a write per change. A transaction that is thrown
+/// away (a plan) writes neither. Outside such a transaction each change
+/// is logged on its own.
+#[derive(Debug, Default)]
+pub(crate) struct LogCursor {
+    /// A transaction opened it ([`Directory::begin_log`]).
+    active: bool,
+    /// Whether it keeps what it logs (false: a plan's throw-away
+    /// transaction, which needs neither).
+    keep: bool,
+    next: Option<u64>,
+    vector: std::collections::BTreeMap<Origin, Csn>,
+}
+
 /// What an entry was before a merge, as far as showing the result needs.
 struct Before {
     /// Whether the merge may change the entry's name or life.
@@ -489,12 +506,15 @@ impl Directory {
         let mut results = Vec::with_capacity(ops.len());
         let _lock = self.lock();
         let outcome = self.engine.write(&mut |txn| {
+            // Thrown away: the change log and the vector are not written.
+            self.begin_log(false);
             for c in overlay.iter().flat_map(|o| o.iter()) {
                 self.apply_change(txn, c)?;
             }
             results = self.plan_in(txn, ops, csns, true)?;
             Err(Error::Storage(PLAN_ONLY.into()))
         });
+        self.end_log_abandoned();
         match outcome {
             Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(results),
             Err(e) => Err(e),
@@ -677,16 +697,21 @@ impl Directory {
         durable: bool,
     ) -> Result<Vec<Effect>, Error> {
         let mut effects = Vec::with_capacity(changes.len());
-        self.write_txn(durable, &mut |txn| {
+        let done = self.write_txn(durable, &mut |txn| {
             effects.clear();
+            self.begin_log(true);
             for c in changes {
                 effects.push(self.apply_change(txn, c.borrow())?);
             }
+            self.end_log(txn)?;
             match meta {
                 Some(meta) => txn.apply(meta),
                 None => Ok(()),
             }
-        })?;
+        });
+        // A transaction that failed leaves no cursor behind.
+        self.end_log_abandoned();
+        done?;
         Ok(effects)
     }
 
@@ -850,22 +875,84 @@ impl Directory {
             return Ok(effect);
         }
         let mut b = Batch::default();
-        let seq = match txn.last(Table::Changelog)? {
-            Some((k, _)) => {
-                let k: [u8; 8] = k
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
-                u64::from_be_bytes(k) + 1
+        self.log_change(&*txn, &mut b, change)?;
+        let attrs_only = match &change.op {
+            ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
+            _ => None,
+        };
+        self.store_merged(txn, b, before, &state, attrs_only)?;
+        Ok(effect)
+    }
+
+    /// Starts the change log's cursor for a transaction (`keep` false: a
+    /// plan that is thrown away, which logs nothing).
+    pub(super) fn begin_log(&self, keep: bool) {
+        *self.log.lock().unwrap_or_else(|p| p.into_inner()) = LogCursor {
+            active: true,
+            keep,
+            ..LogCursor::default()
+        };
+    }
+
+    /// Drops the cursor of a transaction that was thrown away.
+    fn end_log_abandoned(&self) {
+        *self.log.lock().unwrap_or_else(|p| p.into_inner()) = LogCursor::default();
+    }
+
+    /// Writes what the transaction's cursor gathered: each origin's
+    /// vector row, raised.
+    pub(super) fn end_log(&self, txn: &mut dyn WriteTxn) -> Result<(), Error> {
+        let cursor = std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()));
+        if !cursor.active || !cursor.keep {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        for (origin, csn) in cursor.vector {
+            let key = origin_key(&origin);
+            let held = txn
+                .get(Table::Vector, &key)?
+                .map(|v| decode_csn(&v))
+                .transpose()?;
+            if held.is_none_or(|h| h < csn) {
+                b.put(Table::Vector, key, encode_csn(&csn)?);
             }
-            // Emptied by a purge: positions count on from the last one.
-            None => Self::trimmed_position(&*txn)? + 1,
+        }
+        txn.apply(&b)
+    }
+
+    /// Appends `change` to the change log (in `b`) and raises the vector:
+    /// through the transaction's cursor, or on its own outside one.
+    fn log_change(&self, txn: &dyn Snapshot, b: &mut Batch, change: &Change) -> Result<(), Error> {
+        let mut cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if cursor.active && !cursor.keep {
+            return Ok(());
+        }
+        let seq = match cursor.next.filter(|_| cursor.active) {
+            Some(n) => n,
+            None => match txn.last(Table::Changelog)? {
+                Some((k, _)) => {
+                    let k: [u8; 8] = k
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
+                    u64::from_be_bytes(k) + 1
+                }
+                // Emptied by a purge: positions count on from the last one.
+                None => Self::trimmed_position(txn)? + 1,
+            },
         };
         b.put(
             Table::Changelog,
             seq.to_be_bytes().to_vec(),
             encode_change(change)?,
         );
+        if cursor.active {
+            cursor.next = Some(seq + 1);
+            let top = cursor.vector.entry(change.csn.origin).or_insert(change.csn);
+            *top = (*top).max(change.csn);
+            return Ok(());
+        }
+        drop(cursor);
         let vkey = origin_key(&change.csn.origin);
         let held = txn
             .get(Table::Vector, &vkey)?
@@ -874,12 +961,7 @@ impl Directory {
         if held.is_none_or(|h| h < change.csn) {
             b.put(Table::Vector, vkey, encode_csn(&change.csn)?);
         }
-        let attrs_only = match &change.op {
-            ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
-            _ => None,
-        };
-        self.store_merged(txn, b, before, &state, attrs_only)?;
-        Ok(effect)
+        Ok(())
     }
 
     /// Stores an entry's new state, with `b`, and shows it: its place in

@@ -1441,3 +1441,53 @@ fn a_change_from_another_site_is_checked_field_by_field() {
     }
     assert_eq!(all[0].export(), before, "a refused batch changed something");
 }
+
+/// The change log's positions are consecutive and the vector holds each
+/// origin's highest CSN, also when one transaction applies many changes of
+/// several origins (the log's cursor writes each vector row once), and a
+/// plan, thrown away, logs nothing.
+#[test]
+fn a_batch_of_changes_logs_consecutive_positions_and_raises_the_vector_once() {
+    let mut all = sites(3);
+    for i in 0..3 {
+        all[i].now_ms += 10 * i as u64;
+        all[i].must(host(&format!("batch-{i}")));
+        all[i].must(modify_op(
+            H1,
+            ModOp::Add,
+            "description",
+            &[&format!("v{i}")],
+        ));
+    }
+    let log_before = all[0].dir.changes_after(0, 100_000).unwrap().len();
+    let vector_before = all[0].dir.vector().unwrap();
+    // A plan only: nothing logged, the vector unchanged.
+    let op = all[0].dir.prepare(host("planned-only")).unwrap();
+    let (now, origin) = (all[0].now_ms + 1, all[0].origin);
+    let csn = all[0].hlc.stamp(now, origin, 1).next().unwrap();
+    all[0].dir.plan_changes(&[&op], &[csn], &[]).unwrap();
+    assert_eq!(
+        all[0].dir.changes_after(0, 100_000).unwrap().len(),
+        log_before
+    );
+    assert_eq!(all[0].dir.vector().unwrap(), vector_before);
+    // Site 0 takes sites 1 and 2's changes in one transaction.
+    let theirs: Vec<Change> = [1, 2]
+        .iter()
+        .flat_map(|&j| all[j].dir.changes_after(0, 100_000).unwrap())
+        .map(|(_, c)| c)
+        .collect();
+    all[0].dir.apply_changes(&theirs, None, true).unwrap();
+    let log = all[0].dir.changes_after(0, 100_000).unwrap();
+    let positions: Vec<u64> = log.iter().map(|(p, _)| *p).collect();
+    let want: Vec<u64> = (1..=positions.len() as u64).collect();
+    assert_eq!(positions, want, "positions are consecutive from 1");
+    let mut top: BTreeMap<Origin, Csn> = BTreeMap::new();
+    for (_, c) in &log {
+        let t = top.entry(c.csn.origin).or_insert(c.csn);
+        *t = (*t).max(c.csn);
+    }
+    let vector: BTreeMap<Origin, Csn> = all[0].dir.vector().unwrap().into_iter().collect();
+    assert_eq!(vector, top);
+    assert_eq!(vector.len(), 3);
+}
