@@ -1449,10 +1449,10 @@ fn a_change_from_another_site_is_checked_field_by_field() {
 #[test]
 fn a_batch_of_changes_logs_consecutive_positions_and_raises_the_vector_once() {
     let mut all = sites(3);
-    for i in 0..3 {
-        all[i].now_ms += 10 * i as u64;
-        all[i].must(host(&format!("batch-{i}")));
-        all[i].must(modify_op(
+    for (i, site) in all.iter_mut().enumerate() {
+        site.now_ms += 10 * i as u64;
+        site.must(host(&format!("batch-{i}")));
+        site.must(modify_op(
             H1,
             ModOp::Add,
             "description",
