@@ -1207,3 +1207,79 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         );
     }
 }
+
+/// The fixture of `issue_11_a_data_directory_from_before_federation_is_upgraded_on_start`.
+const PRE_FEDERATION: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/pre-federation-dev.tar.gz"
+);
+
+/// Issue 11: a data directory written by a standalone `cairnd dev` of the
+/// release before federation (0ec9e95: writes went straight to the store,
+/// with no replicated state and no Raft log) is upgraded on start: every
+/// entry it held is there (and an entry it deleted is not), the node is
+/// site `east` of one, and it takes writes to those old entries, which
+/// survive a SIGKILL and a restart.
+///
+/// The fixture was made with that release's binary: `cairnd dev
+/// --data-dir D` (the example tree), then `ldapadd` of
+/// `cn=upgrade-kept,<PROD_A>` (description `written before`) and
+/// `cn=upgrade-gone,<PROD_A>`, `ldapdelete` of the latter, a clean stop,
+/// and `tar czf pre-federation-dev.tar.gz -C D .`.
+#[test]
+fn issue_11_a_data_directory_from_before_federation_is_upgraded_on_start() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let untar = Command::new("tar")
+        .arg("xzf")
+        .arg(PRE_FEDERATION)
+        .arg("-C")
+        .arg(data.path())
+        .status()
+        .expect("run tar");
+    assert!(untar.success(), "cannot unpack {PRE_FEDERATION}");
+    let mut n = Node::start_in(data, "redb", &[], &[]);
+    let kept = format!("cn=upgrade-kept,{PROD_A}");
+    let gone = format!("cn=upgrade-gone,{PROD_A}");
+    let read = |n: &Node, dn: &str| values_at(&n.url(), dn, "description");
+    wait_until("the old entries", Duration::from_secs(30), || {
+        read(&n, &kept).is_some()
+    });
+    assert_eq!(read(&n, &kept), Some(vec!["written before".to_string()]));
+    assert_eq!(read(&n, &gone), None, "a deleted entry came back");
+    // The example tree's four hosts and the one added before.
+    let hosts = n.tool(
+        "ldapsearch",
+        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+        None,
+    );
+    assert_eq!(dns(&stdout(&hosts)).len(), 5, "{}", stdout(&hosts));
+    let status = stdout(&n.tool(
+        "ldapsearch",
+        &[
+            "-b",
+            "cn=status",
+            "-s",
+            "base",
+            "cairnSiteName",
+            "cairnRole",
+        ],
+        None,
+    ));
+    assert!(
+        status.contains("cairnSiteName: east") && status.contains("cairnRole: leader"),
+        "{status}"
+    );
+    ldapmodify(
+        &n.url(),
+        &format!(
+            "dn: {kept}\nchangetype: modify\nreplace: description\ndescription: written after\n"
+        ),
+    );
+    n.kill9();
+    n.restart();
+    wait_until("the node back", Duration::from_secs(30), || {
+        read(&n, &kept).is_some()
+    });
+    assert_eq!(read(&n, &kept), Some(vec!["written after".to_string()]));
+    assert_eq!(read(&n, &gone), None);
+}

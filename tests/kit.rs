@@ -149,8 +149,19 @@ impl Node {
 
     /// Starts a node with extra environment and extra `cairnd dev` flags.
     pub fn start_opts(engine: &'static str, env: &[(&str, &str)], args: &[&str]) -> Node {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), engine, env, args)
+    }
+
+    /// Starts a node on an existing data directory (an older release's,
+    /// say).
+    pub fn start_in(
+        data: tempfile::TempDir,
+        engine: &'static str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Node {
         let mut n = Node {
-            data: tempfile::tempdir().expect("tempdir"),
+            data,
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             grpc: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dns: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
