@@ -35,7 +35,7 @@ use cairn_core::merge::{
 use cairn_core::modify::ModOp;
 use uuid::Uuid;
 
-use super::{Applied, Directory, WriteOp, child_key, uuid_from};
+use super::{Applied, Directory, MAX_ENTRY_BYTES, WriteOp, child_key, uuid_from};
 use crate::Error;
 use crate::codec::{
     decode_csn, decode_state, decode_state_head, encode_change, encode_csn, encode_state,
@@ -1078,6 +1078,10 @@ impl Directory {
         let Ok(new) = self.schema.revalidate(shown, updates) else {
             return Ok(false);
         };
+        if Self::oversized(&new).is_some() {
+            // Shown as a stub: placed in full.
+            return Ok(false);
+        }
         #[cfg(test)]
         {
             // What the full path shows, for every test of this crate.
@@ -1389,7 +1393,7 @@ impl Directory {
                 .attrs
                 .push(("cairnConflict".into(), conflicts.clone()));
         }
-        match self.schema.validate(entry) {
+        let shown = match self.schema.validate(entry) {
             Ok(v) => v,
             Err(e) => {
                 conflicts.push(format!("schema: {e}"));
@@ -1399,7 +1403,87 @@ impl Directory {
                     attrs,
                 })
             }
+        };
+        match Self::oversized(&shown) {
+            Some(bytes) => self.stub(&shown, bytes),
+            None => shown,
         }
+    }
+
+    /// How many bytes `e` takes encoded, when that is over
+    /// [`MAX_ENTRY_BYTES`] (values added at two sites can add up to more
+    /// than either site let a write make).
+    fn oversized(e: &ValidEntry) -> Option<usize> {
+        let raw: usize = e
+            .attrs()
+            .map(|a| a.name.len() + a.values.iter().map(|v| v.len() + 8).sum::<usize>())
+            .sum();
+        if raw <= MAX_ENTRY_BYTES / 2 {
+            return None;
+        }
+        let bytes = crate::codec::encode_entry(e)
+            .map(|b| b.len())
+            .unwrap_or(raw);
+        (bytes > MAX_ENTRY_BYTES).then_some(bytes)
+    }
+
+    /// What is shown of an entry whose merged values take more than
+    /// [`MAX_ENTRY_BYTES`]: its classes, its name, its UUID and why (its
+    /// largest attributes); every value stays in its state, and the whole
+    /// entry is shown again once a replace or delete of attributes brings
+    /// it under the limit (`cairn conflicts` lists it meanwhile).
+    fn stub(&self, e: &ValidEntry, bytes: usize) -> ValidEntry {
+        let rdn_keys: Vec<String> = e
+            .dn()
+            .rdn()
+            .map(|r| {
+                r.avas()
+                    .iter()
+                    .filter_map(|a| self.schema.attr(&a.attr).map(|t| t.key()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut attrs: Vec<(String, Vec<String>)> = e
+            .attrs()
+            .filter(|a| {
+                let key = a.name.to_ascii_lowercase();
+                key == "objectclass"
+                    || key == "entryuuid"
+                    || key == "cairnconflict"
+                    || key == "cairnoriginaldn"
+                    || rdn_keys.contains(&key)
+            })
+            .map(|a| (a.name.clone(), a.values.clone()))
+            .collect();
+        let mut largest: Vec<(usize, String)> = e
+            .attrs()
+            .map(|a| {
+                let size = a.values.iter().map(String::len).sum();
+                (
+                    size,
+                    format!("{}: {} values, {size} bytes", a.name, a.values.len()),
+                )
+            })
+            .collect();
+        largest.sort_by(|x, y| y.0.cmp(&x.0));
+        let largest: Vec<String> = largest.into_iter().take(3).map(|(_, s)| s).collect();
+        let why = format!(
+            "size: the merged entry takes {bytes} bytes, over the limit of {MAX_ENTRY_BYTES} \
+             (largest: {}); all its values are kept, and it is shown whole again once a \
+             replace or delete of attributes brings it under the limit",
+            largest.join("; ")
+        );
+        match attrs
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case("cairnConflict"))
+        {
+            Some((_, v)) => v.push(why),
+            None => attrs.push(("cairnConflict".into(), vec![why])),
+        }
+        self.schema.keep_conflicting(Entry {
+            dn: e.dn().clone(),
+            attrs,
+        })
     }
 
     /// The parent of a shown entry in the children table.

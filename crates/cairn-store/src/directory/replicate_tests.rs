@@ -1491,3 +1491,48 @@ fn a_batch_of_changes_logs_consecutive_positions_and_raises_the_vector_once() {
     assert_eq!(vector, top);
     assert_eq!(vector.len(), 3);
 }
+
+/// Issue 11: values added at two sites can add up to more than either
+/// site lets a write make: the merged entry is shown as a stub (its
+/// classes, name, UUID and a `cairnConflict: size: …`), every value stays
+/// in its state, every site converges on it, and it is shown whole again
+/// once values are removed.
+#[test]
+fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
+    let mut all = sites(2);
+    let big = |tag: &str| -> Vec<String> {
+        (0..5)
+            .map(|i| format!("{tag}-{i}-{}", "x".repeat(1 << 20)))
+            .collect()
+    };
+    let (a, b) = (big("a"), big("b"));
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    all[0].must(modify_op(H1, ModOp::Add, "description", &refs(&a)));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Add, "description", &refs(&b)));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[0].get(H1).unwrap();
+    let why = e.first("cairnconflict").unwrap_or_default().to_string();
+    assert!(
+        why.starts_with("size: the merged entry takes") && why.contains("description: 10 values"),
+        "{why}"
+    );
+    assert!(e.get("description").is_none(), "a stub shows no values");
+    assert_eq!(e.first("cn"), Some("h1"));
+    assert!(e.first("entryuuid").is_some());
+    // Site 0 replaces the values with its own: the entry fits again, whole.
+    all[0].now_ms += 10;
+    all[0].must(modify_op(H1, ModOp::Replace, "description", &refs(&a)));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[1].get(H1).unwrap();
+    assert!(
+        e.get("cairnconflict").is_none(),
+        "{:?}",
+        e.first("cairnconflict")
+    );
+    assert_eq!(e.get("description").map(|d| d.values.len()), Some(5));
+}
