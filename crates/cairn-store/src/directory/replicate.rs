@@ -1465,7 +1465,7 @@ impl Directory {
                 )
             })
             .collect();
-        largest.sort_by(|x, y| y.0.cmp(&x.0));
+        largest.sort_by_key(|x| std::cmp::Reverse(x.0));
         let largest: Vec<String> = largest.into_iter().take(3).map(|(_, s)| s).collect();
         let why = format!(
             "size: the merged entry takes {bytes} bytes, over the limit of {MAX_ENTRY_BYTES} \
