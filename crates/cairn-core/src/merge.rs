@@ -452,10 +452,14 @@ impl EntryState {
 
     /// Forgets every field set below `horizon` (a site rebuilt from a
     /// peer takes what is older than that from the peer alone: see
-    /// `Directory::resync_page`). Returns whether anything is left.
+    /// `Directory::resync_page`), except the nil origin's. Returns
+    /// whether anything is left.
     pub fn restrict(&mut self, horizon: Csn) -> bool {
-        let below = |c: &Option<Csn>| c.is_some_and(|c| c < horizon);
-        if self.name.as_ref().is_some_and(|(c, _)| *c < horizon) {
+        // The nil origin's fields stay: every site makes those alike (the
+        // lost-and-found container) or they predate origins.
+        let forgets = |c: Csn| c < horizon && !c.origin.site.is_nil();
+        let below = |c: &Option<Csn>| c.is_some_and(forgets);
+        if self.name.as_ref().is_some_and(|(c, _)| forgets(*c)) {
             self.name = None;
         }
         if below(&self.created) {
@@ -470,7 +474,7 @@ impl EntryState {
                 attr.cleared = None;
             }
             attr.values.retain(|_, v| {
-                if v.added.as_ref().is_some_and(|a| a.0 < horizon) {
+                if v.added.as_ref().is_some_and(|a| forgets(a.0)) {
                     v.added = None;
                 }
                 if below(&v.deleted) {

@@ -795,16 +795,53 @@ impl crate::Replica {
             };
             after = Some(last);
             held.extend(page.states.iter().map(|s| s.uuid));
-            let first = first.get_or_insert_with(|| StatesResponse {
-                states: vec![],
-                ..page.clone()
-            });
+            // What the peer held is what every page said it held (pages
+            // may come from different nodes of the peer, one lagging); a
+            // purge at the peer in between restarts the rebuild.
+            match first.as_mut() {
+                None => {
+                    first = Some(StatesResponse {
+                        states: vec![],
+                        ..page.clone()
+                    })
+                }
+                Some(f) => {
+                    if f.horizon != page.horizon {
+                        return Err(format!(
+                            "site {peer} purged while it was read; nothing was taken away \
+                             here: run the resync again"
+                        ));
+                    }
+                    f.vector.retain_mut(|(o, c)| {
+                        match page.vector.iter().find(|(po, _)| po == o) {
+                            Some((_, pc)) => {
+                                *c = (*c).min(*pc);
+                                true
+                            }
+                            None => false,
+                        }
+                    });
+                    for d in &page.dropped {
+                        match f.dropped.iter_mut().find(|x| x.origin == d.origin) {
+                            Some(x) => *x = (*x).max(*d),
+                            None => f.dropped.push(*d),
+                        }
+                    }
+                }
+            }
             let horizon = first
-                .horizon
+                .as_ref()
+                .and_then(|f| f.horizon)
                 .max(own_horizon)
                 .unwrap_or(Csn::zero(Origin::new(uuid::Uuid::nil(), 0)));
             report.pages += 1;
             report.states += page.states.len();
+            // What no node could apply never reaches the log.
+            let (d, states) = (self.directory().clone(), page.states.clone());
+            tokio::task::spawn_blocking(move || d.check_resync_page(horizon, &states))
+                .await
+                .map_err(|e| format!("check task: {e}"))?
+                .map_err(|e| format!("site {peer}'s entries would not apply here: {e}"))?;
             self.propose(Request::ResyncPage {
                 horizon,
                 states: Arc::new(page.states),
@@ -817,14 +854,22 @@ impl crate::Replica {
             horizon: None,
             dropped: vec![],
         });
-        self.propose(Request::ResyncEnd(Arc::new(ResyncEnd {
+        let end = ResyncEnd {
             site: peer.to_string(),
             held,
             vector: first.vector,
             horizon: first.horizon.max(own_horizon),
             dropped: first.dropped,
-        })))
-        .await?;
+        };
+        let (d, check) = (self.directory().clone(), end.clone());
+        tokio::task::spawn_blocking(move || {
+            let held = check.held.iter().copied().collect();
+            d.check_resync_end(&held, &check.vector, &check.forgotten())
+        })
+        .await
+        .map_err(|e| format!("check task: {e}"))?
+        .map_err(|e| format!("the end of the rebuild would not apply here: {e}"))?;
+        self.propose(Request::ResyncEnd(Arc::new(end))).await?;
         Ok(report)
     }
 

@@ -170,10 +170,9 @@ impl Forgotten {
     /// an entry whose delete it never got (a lingering object). None when
     /// it holds everything dropped here.
     pub fn lacks(&self, vector: &[(Origin, Csn)]) -> Option<Csn> {
-        self.dropped
-            .iter()
-            .copied()
-            .find(|d| !vector.iter().any(|(o, held)| *o == d.origin && *held >= *d))
+        self.dropped.iter().copied().find(|d| {
+            !made_everywhere(d) && !vector.iter().any(|(o, held)| *o == d.origin && *held >= *d)
+        })
     }
 
     /// The first of `changes` below the horizon that `vector` does not
@@ -186,11 +185,20 @@ impl Forgotten {
         let horizon = self.horizon?;
         changes.iter().find(|c| {
             c.csn < horizon
+                && !made_everywhere(&c.csn)
                 && !vector
                     .iter()
                     .any(|(o, held)| *o == c.csn.origin && *held >= c.csn)
         })
     }
+}
+
+/// Whether a CSN is of the nil origin: a change every site makes alike
+/// (the lost-and-found container) or one from a log written before
+/// changes had origins. No site lacks those in a way that matters, and
+/// none is refused for them.
+fn made_everywhere(csn: &Csn) -> bool {
+    csn.origin.site.is_nil()
 }
 
 fn names_prefix(parent: Option<Uuid>, norm_rdn: &str) -> Vec<u8> {
@@ -534,10 +542,12 @@ impl Directory {
 
     /// Checks a change from another site field by field against this
     /// site's schema, before any dry run: its name parses, every
-    /// attribute is one this schema knows, under its canonical key and
-    /// one of its names, and every value is normalized as this schema
+    /// attribute this schema knows comes under its canonical key and one
+    /// of its names, and every value of it is normalized as this schema
     /// normalizes it (a value with a wrong norm would never meet its own
-    /// delete). A change this site did not plan is not trusted.
+    /// delete). An attribute it does not know (a newer release's) passes,
+    /// and the entry is shown as a schema conflict. A change this site did
+    /// not plan is not trusted.
     fn check_fields(&self, c: &Change) -> Result<(), Error> {
         let refuse = |why: String| {
             Err(Error::Model(cairn_core::Error::UnwillingToPerform(
@@ -565,11 +575,11 @@ impl Directory {
             return refuse(e.to_string());
         }
         for a in attrs {
+            // An attribute this site's schema lacks (a newer release's) is
+            // kept and shown as a schema conflict, not refused: refusing it
+            // would stop every later change from that site.
             let Some(t) = self.schema.attr(&a.key) else {
-                return refuse(format!(
-                    "attribute {:?} is not in this site's schema",
-                    a.key
-                ));
+                continue;
             };
             if t.key() != a.key || self.schema.attr(&a.name).map(|n| n.key()) != Some(t.key()) {
                 return refuse(format!(
@@ -697,21 +707,25 @@ impl Directory {
         durable: bool,
     ) -> Result<Vec<Effect>, Error> {
         let mut effects = Vec::with_capacity(changes.len());
-        let done = self.write_txn(durable, &mut |txn| {
+        self.write_txn(durable, &mut |txn| {
             effects.clear();
             self.begin_log(true);
-            for c in changes {
-                effects.push(self.apply_change(txn, c.borrow())?);
-            }
-            self.end_log(txn)?;
+            let mut run = || -> Result<(), Error> {
+                for c in changes {
+                    effects.push(self.apply_change(txn, c.borrow())?);
+                }
+                self.end_log(txn)
+            };
+            let done = run();
+            // A transaction that failed leaves no cursor behind (still
+            // under the writer lock).
+            self.end_log_abandoned();
+            done?;
             match meta {
                 Some(meta) => txn.apply(meta),
                 None => Ok(()),
             }
-        });
-        // A transaction that failed leaves no cursor behind.
-        self.end_log_abandoned();
-        done?;
+        })?;
         Ok(effects)
     }
 
@@ -872,6 +886,14 @@ impl Directory {
         let before = Before::of(&*txn, change.uuid, old.as_ref(), naming)?;
         let (state, effect) = merge::merge(old, change);
         if effect == Effect::AlreadyHeld {
+            // Superseded here, but held now: the vector rises and the
+            // change is logged once, so the sites that pull from this one
+            // hold it too (and none is refused for lacking it).
+            if !self.vector_holds(&*txn, &change.csn)? {
+                let mut b = Batch::default();
+                self.log_change(&*txn, &mut b, change)?;
+                txn.apply(&b)?;
+            }
             return Ok(effect);
         }
         let mut b = Batch::default();
@@ -918,6 +940,25 @@ impl Directory {
             }
         }
         txn.apply(&b)
+    }
+
+    /// Whether the vector (with what the transaction's cursor gathered)
+    /// already holds `csn`.
+    fn vector_holds(&self, txn: &dyn Snapshot, csn: &Csn) -> Result<bool, Error> {
+        {
+            let cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if cursor.active && !cursor.keep {
+                return Ok(true);
+            }
+            if cursor.vector.get(&csn.origin).is_some_and(|h| h >= csn) {
+                return Ok(true);
+            }
+        }
+        let held = txn
+            .get(Table::Vector, &origin_key(&csn.origin))?
+            .map(|v| decode_csn(&v))
+            .transpose()?;
+        Ok(held.is_some_and(|h| h >= *csn))
     }
 
     /// Appends `change` to the change log (in `b`) and raises the vector:
@@ -1433,16 +1474,6 @@ impl Directory {
     /// entry is shown again once a replace or delete of attributes brings
     /// it under the limit (`cairn conflicts` lists it meanwhile).
     fn stub(&self, e: &ValidEntry, bytes: usize) -> ValidEntry {
-        let rdn_keys: Vec<String> = e
-            .dn()
-            .rdn()
-            .map(|r| {
-                r.avas()
-                    .iter()
-                    .filter_map(|a| self.schema.attr(&a.attr).map(|t| t.key()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut attrs: Vec<(String, Vec<String>)> = e
             .attrs()
             .filter(|a| {
@@ -1451,10 +1482,16 @@ impl Directory {
                     || key == "entryuuid"
                     || key == "cairnconflict"
                     || key == "cairnoriginaldn"
-                    || rdn_keys.contains(&key)
             })
             .map(|a| (a.name.clone(), a.values.clone()))
             .collect();
+        // The name's own values, not every value of its attributes (which
+        // may be what is too large).
+        if let Some(rdn) = e.dn().rdn() {
+            for ava in rdn.avas() {
+                attrs.push((ava.attr.clone(), vec![ava.value.clone()]));
+            }
+        }
         let mut largest: Vec<(usize, String)> = e
             .attrs()
             .map(|a| {
@@ -1470,7 +1507,7 @@ impl Directory {
         let why = format!(
             "size: the merged entry takes {bytes} bytes, over the limit of {MAX_ENTRY_BYTES} \
              (largest: {}); all its values are kept, and it is shown whole again once a \
-             replace or delete of attributes brings it under the limit",
+             replace of those attributes with fewer values brings it under the limit",
             largest.join("; ")
         );
         match attrs
@@ -1807,24 +1844,68 @@ impl Directory {
     ) -> Result<usize, Error> {
         let mut changed = 0;
         self.write_txn(durable, &mut |txn| {
-            changed = 0;
-            for theirs in states {
-                let old = Self::load_state(&*txn, theirs.uuid)?;
-                let before = Before::of(&*txn, theirs.uuid, old.as_ref(), true)?;
-                let mut state = old.clone().unwrap_or_else(|| EntryState::new(theirs.uuid));
-                state.restrict(horizon);
-                state.join(theirs);
-                if old.as_ref() != Some(&state) {
-                    self.store_merged(txn, Batch::default(), before, &state, None)?;
-                    changed += 1;
-                }
-            }
+            changed = self.resync_page_in(txn, horizon, states)?;
             match meta {
                 Some(meta) => txn.apply(meta),
                 None => Ok(()),
             }
         })?;
         Ok(changed)
+    }
+
+    fn resync_page_in(
+        &self,
+        txn: &mut dyn WriteTxn,
+        horizon: Csn,
+        states: &[EntryState],
+    ) -> Result<usize, Error> {
+        let mut changed = 0;
+        for theirs in states {
+            let old = Self::load_state(&*txn, theirs.uuid)?;
+            let before = Before::of(&*txn, theirs.uuid, old.as_ref(), true)?;
+            let mut state = old.clone().unwrap_or_else(|| EntryState::new(theirs.uuid));
+            state.restrict(horizon);
+            state.join(theirs);
+            if old.as_ref() != Some(&state) {
+                self.store_merged(txn, Batch::default(), before, &state, None)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Whether a page of a rebuild would apply here, without keeping
+    /// anything: the leader checks each page before it logs it, so a page
+    /// no node could apply never reaches the log.
+    pub fn check_resync_page(&self, horizon: Csn, states: &[EntryState]) -> Result<(), Error> {
+        self.dry_run(&mut |txn| self.resync_page_in(txn, horizon, states).map(|_| ()))
+    }
+
+    /// Whether the end of a rebuild would apply here ([`Directory::check_resync_page`]).
+    pub fn check_resync_end(
+        &self,
+        held: &BTreeSet<Uuid>,
+        vector: &[(Origin, Csn)],
+        forgotten: &Forgotten,
+    ) -> Result<(), Error> {
+        self.dry_run(&mut |txn| self.resync_end_in(txn, held, vector, forgotten).map(|_| ()))
+    }
+
+    /// Runs `f` in a write transaction that is thrown away.
+    fn dry_run(
+        &self,
+        f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let _lock = self.lock();
+        let outcome = self.engine.write(&mut |txn| {
+            f(txn)?;
+            Err(Error::Storage(PLAN_ONLY.into()))
+        });
+        match outcome {
+            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::Storage("a dry run was committed".into())),
+        }
     }
 
     /// Ends a rebuild from a peer, once every page of its states is in
@@ -1847,135 +1928,146 @@ impl Directory {
         meta: Option<&Batch>,
         durable: bool,
     ) -> Result<Resynced, Error> {
-        let horizon = forgotten
-            .horizon
-            .unwrap_or(Csn::zero(Origin::new(Uuid::nil(), 0)));
-        let covered = |c: &Csn| vector.iter().any(|(o, v)| *o == c.origin && v >= c);
         let mut out = Resynced::default();
         self.write_txn(durable, &mut |txn| {
-            out = Resynced::default();
-            let mut mine = vec![];
-            let mut bad = None;
-            txn.scan_from(Table::State, &[], &mut |k, v| {
-                if Uuid::from_slice(k).is_ok_and(|u| held.contains(&u)) {
-                    return true;
-                }
-                match decode_state(v) {
-                    Ok(s) => mine.push(s),
-                    Err(e) => {
-                        bad = Some(e);
-                        return false;
-                    }
-                }
-                true
-            })?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
-            for old in mine {
-                let mut state = old.clone();
-                let kept = state.restrict(horizon);
-                if state == old {
-                    continue;
-                }
-                if old.is_live() && !state.is_live() {
-                    out.removed.push(old.uuid);
-                }
-                if kept {
-                    let before = Before::of(&*txn, old.uuid, Some(&old), true)?;
-                    self.store_merged(txn, Batch::default(), before, &state, None)?;
-                } else {
-                    self.remove_state(txn, &old)?;
-                }
-            }
-            let mut b = Batch::default();
-            let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
-            let mut rows = vec![];
-            let mut bad = None;
-            txn.scan_from(Table::Changelog, &[], &mut |k, v| {
-                match crate::codec::decode_change(v) {
-                    Ok(c) if c.csn < horizon => rows.push((k.to_vec(), c.csn)),
-                    Ok(_) => {}
-                    Err(e) => {
-                        bad = Some(e);
-                        return false;
-                    }
-                }
-                true
-            })?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
-            if let Some((k, _)) = txn.last(Table::Changelog)? {
-                Self::keep_position(&mut b, &k);
-            }
-            for (k, csn) in rows {
-                if covered(&csn) {
-                    // The peer holds it: a site that lacks it must be
-                    // refused, as the peer would.
-                    let top = dropped.entry(csn.origin).or_insert(csn);
-                    *top = (*top).max(csn);
-                } else {
-                    out.discarded += 1;
-                }
-                b.delete(Table::Changelog, k);
-            }
-            // What this site had dropped itself counts as far as the peer
-            // holds it; beyond that, it was this site's own and is gone.
-            let mut own = vec![];
-            txn.scan_from(Table::Forgotten, &[], &mut |k, v| {
-                if k != HORIZON_KEY && k != LAST_POSITION_KEY {
-                    own.push((k.to_vec(), v.to_vec()));
-                }
-                true
-            })?;
-            for (k, v) in own {
-                let csn = decode_csn(&v)?;
-                b.delete(Table::Forgotten, k);
-                let held = vector
-                    .iter()
-                    .find(|(o, _)| *o == csn.origin)
-                    .map(|(_, v)| *v);
-                if let Some(held) = held {
-                    let capped = csn.min(held);
-                    let top = dropped.entry(csn.origin).or_insert(capped);
-                    *top = (*top).max(capped);
-                }
-            }
-            for csn in &forgotten.dropped {
-                let top = dropped.entry(csn.origin).or_insert(*csn);
-                *top = (*top).max(*csn);
-            }
-            for (origin, csn) in &dropped {
-                b.put(Table::Forgotten, origin_key(origin), encode_csn(csn)?);
-            }
-            let had = txn
-                .get(Table::Forgotten, HORIZON_KEY)?
-                .map(|v| decode_csn(&v))
-                .transpose()?;
-            if had.is_none_or(|h| h < horizon) {
-                b.put(
-                    Table::Forgotten,
-                    HORIZON_KEY.to_vec(),
-                    encode_csn(&horizon)?,
-                );
-            }
-            for (origin, csn) in vector {
-                let key = origin_key(origin);
-                let had = txn
-                    .get(Table::Vector, &key)?
-                    .map(|v| decode_csn(&v))
-                    .transpose()?;
-                if had.is_none_or(|h| h < *csn) {
-                    b.put(Table::Vector, key, encode_csn(csn)?);
-                }
-            }
-            txn.apply(&b)?;
+            out = self.resync_end_in(txn, held, vector, forgotten)?;
             match meta {
                 Some(meta) => txn.apply(meta),
                 None => Ok(()),
             }
         })?;
+        Ok(out)
+    }
+
+    fn resync_end_in(
+        &self,
+        txn: &mut dyn WriteTxn,
+        held: &BTreeSet<Uuid>,
+        vector: &[(Origin, Csn)],
+        forgotten: &Forgotten,
+    ) -> Result<Resynced, Error> {
+        let horizon = forgotten
+            .horizon
+            .unwrap_or(Csn::zero(Origin::new(Uuid::nil(), 0)));
+        let covered = |c: &Csn| vector.iter().any(|(o, v)| *o == c.origin && v >= c);
+        let mut out = Resynced::default();
+        let mut mine = vec![];
+        let mut bad = None;
+        txn.scan_from(Table::State, &[], &mut |k, v| {
+            if Uuid::from_slice(k).is_ok_and(|u| held.contains(&u)) {
+                return true;
+            }
+            match decode_state(v) {
+                Ok(s) => mine.push(s),
+                Err(e) => {
+                    bad = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        for old in mine {
+            let mut state = old.clone();
+            let kept = state.restrict(horizon);
+            if state == old {
+                continue;
+            }
+            if old.is_live() && !state.is_live() {
+                out.removed.push(old.uuid);
+            }
+            if kept {
+                let before = Before::of(&*txn, old.uuid, Some(&old), true)?;
+                self.store_merged(txn, Batch::default(), before, &state, None)?;
+            } else {
+                self.remove_state(txn, &old)?;
+            }
+        }
+        let mut b = Batch::default();
+        let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
+        let mut rows = vec![];
+        let mut bad = None;
+        txn.scan_from(Table::Changelog, &[], &mut |k, v| {
+            match crate::codec::decode_change(v) {
+                Ok(c) if c.csn < horizon => rows.push((k.to_vec(), c.csn)),
+                Ok(_) => {}
+                Err(e) => {
+                    bad = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if let Some((k, _)) = txn.last(Table::Changelog)? {
+            Self::keep_position(&mut b, &k);
+        }
+        for (k, csn) in rows {
+            if covered(&csn) {
+                // The peer holds it: a site that lacks it must be
+                // refused, as the peer would.
+                let top = dropped.entry(csn.origin).or_insert(csn);
+                *top = (*top).max(csn);
+            } else {
+                out.discarded += 1;
+            }
+            b.delete(Table::Changelog, k);
+        }
+        // What this site had dropped itself counts as far as the peer
+        // holds it; beyond that, it was this site's own and is gone.
+        let mut own = vec![];
+        txn.scan_from(Table::Forgotten, &[], &mut |k, v| {
+            if k != HORIZON_KEY && k != LAST_POSITION_KEY {
+                own.push((k.to_vec(), v.to_vec()));
+            }
+            true
+        })?;
+        for (k, v) in own {
+            let csn = decode_csn(&v)?;
+            b.delete(Table::Forgotten, k);
+            let held = vector
+                .iter()
+                .find(|(o, _)| *o == csn.origin)
+                .map(|(_, v)| *v);
+            if let Some(held) = held {
+                let capped = csn.min(held);
+                let top = dropped.entry(csn.origin).or_insert(capped);
+                *top = (*top).max(capped);
+            }
+        }
+        for csn in &forgotten.dropped {
+            let top = dropped.entry(csn.origin).or_insert(*csn);
+            *top = (*top).max(*csn);
+        }
+        for (origin, csn) in &dropped {
+            b.put(Table::Forgotten, origin_key(origin), encode_csn(csn)?);
+        }
+        let had = txn
+            .get(Table::Forgotten, HORIZON_KEY)?
+            .map(|v| decode_csn(&v))
+            .transpose()?;
+        if had.is_none_or(|h| h < horizon) {
+            b.put(
+                Table::Forgotten,
+                HORIZON_KEY.to_vec(),
+                encode_csn(&horizon)?,
+            );
+        }
+        for (origin, csn) in vector {
+            let key = origin_key(origin);
+            let had = txn
+                .get(Table::Vector, &key)?
+                .map(|v| decode_csn(&v))
+                .transpose()?;
+            if had.is_none_or(|h| h < *csn) {
+                b.put(Table::Vector, key, encode_csn(csn)?);
+            }
+        }
+        txn.apply(&b)?;
         Ok(out)
     }
 
