@@ -153,12 +153,7 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
             .success()
     });
     for node in 1..=2 {
-        let out = site.cairn(node, &["replication", "pause"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(site.cairn(node, &["replication", "pause"]));
         let status = stdout(&site.tool(
             node,
             "ldapsearch",
@@ -224,12 +219,7 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
     assert!(at_west.contains("second, at west"), "{at_west}");
 
     for node in 1..=2 {
-        let out = site.cairn(node, &["replication", "resume"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(site.cairn(node, &["replication", "resume"]));
     }
     wait_until(
         "identical exports at both sites",
@@ -302,12 +292,7 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
         !wrong.status.success() && err.contains("is a node of site \"east\""),
         "{err}"
     );
-    let out = site.cairn(2, &["site", "resync", "west", "--from", "east"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ok(site.cairn(2, &["site", "resync", "west", "--from", "east"]));
     assert!(
         stdout(&out).contains("site west: rebuilt from site east:"),
         "{}",
@@ -895,23 +880,7 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
             },
         );
     }
-    let paused = Command::new(bin("cairn"))
-        .args([
-            "--url",
-            &procs[1].url(1),
-            "--bind-dn",
-            ADMIN,
-            "--password",
-            PASSWORD,
-        ])
-        .args(["replication", "pause"])
-        .output()
-        .expect("run cairn");
-    assert!(
-        paused.status.success(),
-        "{}",
-        String::from_utf8_lossy(&paused.stderr)
-    );
+    ok(procs[1].cairn_cli(&["replication", "pause"]));
     let host = format!("cn=from-c,{PROD_A}");
     ok(run_tool(
         &procs[2].url(1),
@@ -1057,12 +1026,7 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         });
     }
     for p in &procs {
-        let out = p.cairn_cli(&["replication", "pause"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(p.cairn_cli(&["replication", "pause"]));
     }
     // Each site in turn, a later one's changes later by the clock.
     let at = |i: usize, ldif: &str| {
@@ -1137,12 +1101,7 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
         .concat(),
     );
     for p in &procs {
-        let out = p.cairn_cli(&["replication", "resume"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(p.cairn_cli(&["replication", "resume"]));
     }
     wait_until(
         "identical exports at the three sites",

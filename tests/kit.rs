@@ -512,18 +512,7 @@ impl Site {
 
     /// Runs the `cairn` CLI against node `i` as the admin.
     pub fn cairn(&self, i: u64, args: &[&str]) -> Output {
-        Command::new(bin("cairn"))
-            .args([
-                "--url",
-                &self.url(i),
-                "--bind-dn",
-                ADMIN,
-                "--password",
-                PASSWORD,
-            ])
-            .args(args)
-            .output()
-            .expect("run cairn")
+        cairn_at(&self.url(i), args)
     }
 
     /// `cairn export` of node `i`.
@@ -792,18 +781,7 @@ impl ProcSite {
 
     /// Runs the `cairn` CLI against node 1 as the admin.
     pub fn cairn_cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("cairn"))
-            .args([
-                "--url",
-                &self.url(1),
-                "--bind-dn",
-                ADMIN,
-                "--password",
-                PASSWORD,
-            ])
-            .args(args)
-            .output()
-            .expect("run cairn")
+        cairn_at(&self.url(1), args)
     }
 
     /// `cairn export` of node `i`, or why it failed.
@@ -857,6 +835,15 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+}
+
+/// Runs the `cairn` CLI against the node at `url` as the admin.
+pub fn cairn_at(url: &str, args: &[&str]) -> Output {
+    Command::new(bin("cairn"))
+        .args(["--url", url, "--bind-dn", ADMIN, "--password", PASSWORD])
+        .args(args)
+        .output()
+        .expect("run cairn")
 }
 
 /// The network between sites, in the test process: other sites reach each

@@ -193,6 +193,48 @@ impl Forgotten {
     }
 }
 
+/// Puts `csn` at `key` of `table` (in `b`) unless the row already holds
+/// one as high: the vector's and the forgotten table's rows only rise.
+fn raise_row(
+    snap: &dyn Snapshot,
+    b: &mut Batch,
+    table: Table,
+    key: Vec<u8>,
+    csn: &Csn,
+) -> Result<(), Error> {
+    let held = snap.get(table, &key)?.map(|v| decode_csn(&v)).transpose()?;
+    if held.is_none_or(|h| h < *csn) {
+        b.put(table, key, encode_csn(csn)?);
+    }
+    Ok(())
+}
+
+/// A change-log key's position.
+fn position_of(key: &[u8]) -> Result<u64, Error> {
+    let k: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
+    Ok(u64::from_be_bytes(k))
+}
+
+/// Scans `table` from its start with a callback that may fail: the first
+/// error stops the scan and is returned.
+fn try_scan(
+    snap: &dyn Snapshot,
+    table: Table,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let mut bad = None;
+    snap.scan_from(table, &[], &mut |k, v| match f(k, v) {
+        Ok(more) => more,
+        Err(e) => {
+            bad = Some(e);
+            false
+        }
+    })?;
+    bad.map_or(Ok(()), Err)
+}
+
 /// Whether a CSN is of the nil origin: a change every site makes alike
 /// (the lost-and-found container) or one from a log written before
 /// changes had origins. No site lacks those in a way that matters, and
@@ -930,14 +972,7 @@ impl Directory {
         }
         let mut b = Batch::default();
         for (origin, csn) in cursor.vector {
-            let key = origin_key(&origin);
-            let held = txn
-                .get(Table::Vector, &key)?
-                .map(|v| decode_csn(&v))
-                .transpose()?;
-            if held.is_none_or(|h| h < csn) {
-                b.put(Table::Vector, key, encode_csn(&csn)?);
-            }
+            raise_row(&*txn, &mut b, Table::Vector, origin_key(&origin), &csn)?;
         }
         txn.apply(&b)
     }
@@ -970,17 +1005,7 @@ impl Directory {
         }
         let seq = match cursor.next.filter(|_| cursor.active) {
             Some(n) => n,
-            None => match txn.last(Table::Changelog)? {
-                Some((k, _)) => {
-                    let k: [u8; 8] = k
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
-                    u64::from_be_bytes(k) + 1
-                }
-                // Emptied by a purge: positions count on from the last one.
-                None => Self::trimmed_position(txn)? + 1,
-            },
+            None => Self::last_position(txn)? + 1,
         };
         b.put(
             Table::Changelog,
@@ -994,15 +1019,8 @@ impl Directory {
             return Ok(());
         }
         drop(cursor);
-        let vkey = origin_key(&change.csn.origin);
-        let held = txn
-            .get(Table::Vector, &vkey)?
-            .map(|v| decode_csn(&v))
-            .transpose()?;
-        if held.is_none_or(|h| h < change.csn) {
-            b.put(Table::Vector, vkey, encode_csn(&change.csn)?);
-        }
-        Ok(())
+        let key = origin_key(&change.csn.origin);
+        raise_row(txn, b, Table::Vector, key, &change.csn)
     }
 
     /// Stores an entry's new state, with `b`, and shows it: its place in
@@ -1718,37 +1736,16 @@ impl Directory {
         let mut b = Batch::default();
         // The states, one pass: what expired, and what forgot something.
         let mut expired = vec![];
-        let mut bad = None;
-        txn.scan_from(Table::State, &[], &mut |k, v| {
-            let state = match decode_state(v) {
-                Ok(s) => s,
-                Err(e) => {
-                    bad = Some(e);
-                    return false;
-                }
-            };
+        try_scan(&*txn, Table::State, |k, v| {
+            let mut state = decode_state(v)?;
             if state.expired(horizon) {
                 expired.push(state.uuid);
-                return true;
+            } else if state.purge(horizon) {
+                b.put(Table::State, k.to_vec(), encode_state(&state)?);
+                out.compacted += 1;
             }
-            let mut state = state;
-            if state.purge(horizon) {
-                match encode_state(&state) {
-                    Ok(bytes) => {
-                        b.put(Table::State, k.to_vec(), bytes);
-                        out.compacted += 1;
-                    }
-                    Err(e) => {
-                        bad = Some(e);
-                        return false;
-                    }
-                }
-            }
-            true
+            Ok(true)
         })?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
         for uuid in expired {
             if !Self::state_children(&*txn, uuid)?.is_empty() {
                 continue;
@@ -1761,29 +1758,16 @@ impl Directory {
         // at or above the horizon.
         let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
         let mut rows = vec![];
-        let mut bad = None;
         let mut reached_end = true;
-        txn.scan_from(
-            Table::Changelog,
-            &[],
-            &mut |k, v| match crate::codec::decode_change(v) {
-                Ok(c) if c.csn < horizon => {
-                    rows.push((k.to_vec(), c.csn));
-                    true
-                }
-                Ok(_) => {
-                    reached_end = false;
-                    false
-                }
-                Err(e) => {
-                    bad = Some(e);
-                    false
-                }
-            },
-        )?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
+        try_scan(&*txn, Table::Changelog, |k, v| {
+            let c = crate::codec::decode_change(v)?;
+            if c.csn >= horizon {
+                reached_end = false;
+                return Ok(false);
+            }
+            rows.push((k.to_vec(), c.csn));
+            Ok(true)
+        })?;
         if reached_end && let Some((k, _)) = rows.last() {
             Self::keep_position(&mut b, k);
         }
@@ -1796,14 +1780,7 @@ impl Directory {
             b.delete(Table::Changelog, k);
         }
         for (origin, csn) in dropped {
-            let key = origin_key(&origin);
-            let held = txn
-                .get(Table::Forgotten, &key)?
-                .map(|v| decode_csn(&v))
-                .transpose()?;
-            if held.is_none_or(|h| h < csn) {
-                b.put(Table::Forgotten, key, encode_csn(&csn)?);
-            }
+            raise_row(&*txn, &mut b, Table::Forgotten, origin_key(&origin), &csn)?;
         }
         b.put(
             Table::Forgotten,
@@ -1952,23 +1929,12 @@ impl Directory {
         let covered = |c: &Csn| vector.iter().any(|(o, v)| *o == c.origin && v >= c);
         let mut out = Resynced::default();
         let mut mine = vec![];
-        let mut bad = None;
-        txn.scan_from(Table::State, &[], &mut |k, v| {
-            if Uuid::from_slice(k).is_ok_and(|u| held.contains(&u)) {
-                return true;
+        try_scan(&*txn, Table::State, |k, v| {
+            if !Uuid::from_slice(k).is_ok_and(|u| held.contains(&u)) {
+                mine.push(decode_state(v)?);
             }
-            match decode_state(v) {
-                Ok(s) => mine.push(s),
-                Err(e) => {
-                    bad = Some(e);
-                    return false;
-                }
-            }
-            true
+            Ok(true)
         })?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
         for old in mine {
             let mut state = old.clone();
             let kept = state.restrict(horizon);
@@ -1988,21 +1954,13 @@ impl Directory {
         let mut b = Batch::default();
         let mut dropped: std::collections::BTreeMap<Origin, Csn> = Default::default();
         let mut rows = vec![];
-        let mut bad = None;
-        txn.scan_from(Table::Changelog, &[], &mut |k, v| {
-            match crate::codec::decode_change(v) {
-                Ok(c) if c.csn < horizon => rows.push((k.to_vec(), c.csn)),
-                Ok(_) => {}
-                Err(e) => {
-                    bad = Some(e);
-                    return false;
-                }
+        try_scan(&*txn, Table::Changelog, |k, v| {
+            let c = crate::codec::decode_change(v)?;
+            if c.csn < horizon {
+                rows.push((k.to_vec(), c.csn));
             }
-            true
+            Ok(true)
         })?;
-        if let Some(e) = bad {
-            return Err(e);
-        }
         if let Some((k, _)) = txn.last(Table::Changelog)? {
             Self::keep_position(&mut b, &k);
         }
@@ -2046,26 +2004,15 @@ impl Directory {
         for (origin, csn) in &dropped {
             b.put(Table::Forgotten, origin_key(origin), encode_csn(csn)?);
         }
-        let had = txn
-            .get(Table::Forgotten, HORIZON_KEY)?
-            .map(|v| decode_csn(&v))
-            .transpose()?;
-        if had.is_none_or(|h| h < horizon) {
-            b.put(
-                Table::Forgotten,
-                HORIZON_KEY.to_vec(),
-                encode_csn(&horizon)?,
-            );
-        }
+        raise_row(
+            &*txn,
+            &mut b,
+            Table::Forgotten,
+            HORIZON_KEY.to_vec(),
+            &horizon,
+        )?;
         for (origin, csn) in vector {
-            let key = origin_key(origin);
-            let had = txn
-                .get(Table::Vector, &key)?
-                .map(|v| decode_csn(&v))
-                .transpose()?;
-            if had.is_none_or(|h| h < *csn) {
-                b.put(Table::Vector, key, encode_csn(csn)?);
-            }
+            raise_row(&*txn, &mut b, Table::Vector, origin_key(origin), csn)?;
         }
         txn.apply(&b)?;
         Ok(out)
@@ -2208,16 +2155,15 @@ impl Directory {
     /// The position of the change log's last row (0 for an empty log that
     /// never held one).
     pub fn last_change_position(&self) -> Result<u64, Error> {
-        let snap = self.engine.snapshot()?;
+        Self::last_position(&*self.engine.snapshot()?)
+    }
+
+    /// The change log's last position: its last row's, or, once a purge
+    /// emptied it, the one recorded then (positions count on from it).
+    fn last_position(snap: &dyn Snapshot) -> Result<u64, Error> {
         match snap.last(Table::Changelog)? {
-            Some((k, _)) => {
-                let k: [u8; 8] = k
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
-                Ok(u64::from_be_bytes(k))
-            }
-            None => Self::trimmed_position(&*snap),
+            Some((k, _)) => position_of(&k),
+            None => Self::trimmed_position(snap),
         }
     }
 
@@ -2232,13 +2178,7 @@ impl Directory {
             rows.len() < max
         })?;
         rows.into_iter()
-            .map(|(k, v)| {
-                let k: [u8; 8] = k
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad key in changelog table".into()))?;
-                Ok((u64::from_be_bytes(k), crate::codec::decode_change(&v)?))
-            })
+            .map(|(k, v)| Ok((position_of(&k)?, crate::codec::decode_change(&v)?)))
             .collect()
     }
 }
