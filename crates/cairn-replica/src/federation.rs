@@ -58,6 +58,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// held, not applied, and the pull reports it.
 pub const MAX_DRIFT_MS: u64 = 5 * 60 * 1000;
 
+/// Whether two site names name the same site: a site is a `cn` value,
+/// which LDAP compares without case (the configuration may spell it
+/// `East` where the directory says `east`).
+pub fn same_site(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
+}
+
 /// A linked site this one pulls from and lets pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSite {
@@ -239,7 +246,7 @@ impl Federation {
         let mut out = self.seeds.clone();
         let discovered = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
         for d in discovered.iter() {
-            match out.iter_mut().find(|p| p.name == d.name) {
+            match out.iter_mut().find(|p| same_site(&p.name, &d.name)) {
                 Some(p) => {
                     for n in &d.nodes {
                         if !p.nodes.contains(n) {
@@ -257,7 +264,7 @@ impl Federation {
     /// left out): pulls start for new ones and stop for ones no longer
     /// linked, and only linked sites may pull from here.
     pub fn set_discovered(&self, mut peers: Vec<PeerSite>) {
-        peers.retain(|p| p.name != self.site);
+        peers.retain(|p| !same_site(&p.name, &self.site));
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         // The status first, then the links, as `record` takes them: a
         // pull's record cannot slip in between.
@@ -270,7 +277,7 @@ impl Federation {
             *d = peers;
         }
         let names: Vec<String> = self.peers().into_iter().map(|p| p.name).collect();
-        status.retain(|name, _| names.contains(name));
+        status.retain(|name, _| names.iter().any(|n| same_site(n, name)));
         drop(status);
         tracing::info!(peers = ?names, "the sites this one replicates with changed");
         self.peers_changed.notify_one();
@@ -362,17 +369,22 @@ impl Federation {
     /// linked: a pull that was under way when it was unlinked).
     pub(crate) fn record(&self, peer: &str, f: impl FnOnce(&mut PeerStatus)) {
         let mut status = self.lock();
-        let linked = self.seeds.iter().any(|p| p.name == peer)
+        let linked = self.seeds.iter().any(|p| same_site(&p.name, peer))
             || self
                 .discovered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .any(|p| p.name == peer);
+                .any(|p| same_site(&p.name, peer));
         if !linked {
             return;
         }
-        f(status.entry(peer.to_string()).or_default());
+        let key = status
+            .keys()
+            .find(|k| same_site(k, peer))
+            .cloned()
+            .unwrap_or_else(|| peer.to_string());
+        f(status.entry(key).or_default());
     }
 
     /// Admits a pull from a peer site: it names a linked site, from one
@@ -398,7 +410,7 @@ impl Federation {
             ));
         };
         let peers = self.peers();
-        let Some(peer) = peers.iter().find(|p| p.name == site) else {
+        let Some(peer) = peers.iter().find(|p| same_site(&p.name, &site)) else {
             return refuse(format!("site {site:?} is not linked to this one"));
         };
         let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
@@ -406,7 +418,8 @@ impl Federation {
         };
         for node in &peer.nodes {
             if resolve(node).await.contains(&from) {
-                return Ok(site);
+                // As this site spells it.
+                return Ok(peer.name.clone());
             }
         }
         refuse(format!(
@@ -601,7 +614,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
     loop {
         let Some(r) = replica.upgrade() else { return };
         let fed = r.federation().clone();
-        let Some(peer) = fed.peers().into_iter().find(|p| p.name == name) else {
+        let Some(peer) = fed.peers().into_iter().find(|p| same_site(&p.name, &name)) else {
             return;
         };
         let leading = r.raft.metrics().borrow().current_leader == Some(r.id);
@@ -756,7 +769,7 @@ impl crate::Replica {
             });
         }
         let fed = self.federation().clone();
-        let Some(site) = fed.peers().into_iter().find(|p| p.name == peer) else {
+        let Some(site) = fed.peers().into_iter().find(|p| same_site(&p.name, peer)) else {
             return Err(format!("site {peer:?} is not linked to this one"));
         };
         // Below the later of the peer's horizon and this site's own, only
@@ -904,5 +917,39 @@ impl crate::Replica {
         let resp: Result<StatesResponse, String> =
             decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str, nodes: &[&str]) -> PeerSite {
+        PeerSite {
+            name: name.into(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// Site names are `cn` values: the configuration's `East` and the
+    /// directory's `east` are one site, and this site is never its own
+    /// peer whatever the spelling.
+    #[test]
+    fn site_names_from_the_config_and_the_directory_match_without_case() {
+        let fed = Federation::new(
+            "West".into(),
+            Origin::of_site("west"),
+            vec![site("East", &["10.0.0.1:7071"])],
+        );
+        fed.set_discovered(vec![
+            site("east", &["10.0.0.2:7071"]),
+            site("WEST", &["10.0.1.1:7071"]),
+        ]);
+        assert_eq!(
+            fed.peers(),
+            vec![site("East", &["10.0.0.1:7071", "10.0.0.2:7071"])]
+        );
+        fed.record("east", |s| s.last_attempt = Some(SystemTime::UNIX_EPOCH));
+        assert_eq!(fed.status().len(), 1, "{:?}", fed.status().keys());
     }
 }

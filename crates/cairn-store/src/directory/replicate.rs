@@ -131,6 +131,9 @@ const HORIZON_KEY: &[u8] = b"horizon";
 /// last row, in [`Table::Forgotten`].
 const LAST_POSITION_KEY: &[u8] = b"last-position";
 
+/// How the `cairnConflict` value of an entry shown as a stub begins.
+const STUB_CONFLICT: &str = "size: ";
+
 /// What one purge forgot ([`Directory::purge`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Purged {
@@ -480,6 +483,7 @@ impl Directory {
             WriteOp::Modify { dn, mods, stamp } => {
                 let (uuid, current) =
                     Self::load_dn(txn, dn)?.ok_or_else(|| Self::no_such(txn, dn))?;
+                let current = self.unstubbed(txn, uuid, current)?;
                 let (shown, valid) = self.plan_modify_of(uuid, &current, mods, stamp)?;
                 let replaced: BTreeSet<String> = mods
                     .iter()
@@ -537,6 +541,33 @@ impl Directory {
                 (change, shown, Some(valid))
             }
         }))
+    }
+
+    /// What a modify of an entry is planned against: the entry as shown,
+    /// or, for one shown as a stub (its merged values are over the size
+    /// limit), every value its state holds, so that a replace or delete of
+    /// an attribute the stub hides takes effect. A modify that leaves the
+    /// entry over the limit is refused as any too large write is.
+    fn unstubbed(
+        &self,
+        snap: &dyn Snapshot,
+        uuid: Uuid,
+        shown: ValidEntry,
+    ) -> Result<ValidEntry, Error> {
+        let stub = shown
+            .get("cairnconflict")
+            .is_some_and(|a| a.values.iter().any(|v| v.starts_with(STUB_CONFLICT)));
+        if !stub {
+            return Ok(shown);
+        }
+        let Some(state) = Self::load_state(snap, uuid)? else {
+            return Ok(shown);
+        };
+        let Some(m) = state.materialize(|k| self.is_single_valued(k)) else {
+            return Ok(shown);
+        };
+        let place = self.placement(snap, &state, &m.name)?;
+        Ok(self.full_entry(uuid, m, place))
     }
 
     /// Plans writes as changes, each against the directory as the ones
@@ -1407,8 +1438,18 @@ impl Directory {
         Ok(Some(self.shown_entry(uuid, m, place)))
     }
 
-    /// The shown entry of a live entry placed at `place`.
+    /// The shown entry of a live entry placed at `place`: a stub when its
+    /// values take more than an entry may.
     fn shown_entry(&self, uuid: Uuid, m: merge::Materialized, place: Placement) -> ValidEntry {
+        let shown = self.full_entry(uuid, m, place);
+        match Self::oversized(&shown) {
+            Some(bytes) => self.stub(&shown, bytes),
+            None => shown,
+        }
+    }
+
+    /// A live entry placed at `place` with every value of its state.
+    fn full_entry(&self, uuid: Uuid, m: merge::Materialized, place: Placement) -> ValidEntry {
         // Names from this node's schema (the state keeps whatever name a
         // change came with), and the entry's own UUID whatever a change said.
         let uuid_text = uuid.hyphenated().to_string();
@@ -1452,7 +1493,7 @@ impl Directory {
                 .attrs
                 .push(("cairnConflict".into(), conflicts.clone()));
         }
-        let shown = match self.schema.validate(entry) {
+        match self.schema.validate(entry) {
             Ok(v) => v,
             Err(e) => {
                 conflicts.push(format!("schema: {e}"));
@@ -1462,10 +1503,6 @@ impl Directory {
                     attrs,
                 })
             }
-        };
-        match Self::oversized(&shown) {
-            Some(bytes) => self.stub(&shown, bytes),
-            None => shown,
         }
     }
 
@@ -1523,9 +1560,9 @@ impl Directory {
         largest.sort_by_key(|x| std::cmp::Reverse(x.0));
         let largest: Vec<String> = largest.into_iter().take(3).map(|(_, s)| s).collect();
         let why = format!(
-            "size: the merged entry takes {bytes} bytes, over the limit of {MAX_ENTRY_BYTES} \
-             (largest: {}); all its values are kept, and it is shown whole again once a \
-             replace of those attributes with fewer values brings it under the limit",
+            "{STUB_CONFLICT}the merged entry takes {bytes} bytes, over the limit of {MAX_ENTRY_BYTES} \
+             (largest: {}); all its values are kept, a write to it is planned against all of them, \
+             and it is shown whole again once a replace or delete brings it under the limit",
             largest.join("; ")
         );
         match attrs

@@ -1524,6 +1524,53 @@ fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
     assert!(e.get("description").is_none(), "a stub shows no values");
     assert_eq!(e.first("cn"), Some("h1"));
     assert!(e.first("entryuuid").is_some());
+    // A write that leaves it over the limit is refused; the stub's values
+    // are what a write is planned against, not what it shows.
+    let grow = modify_op(H1, ModOp::Add, "description", &["one more"]);
+    let op = all[0].dir.prepare(grow).unwrap();
+    let (now, origin) = (all[0].now_ms + 5, all[0].origin);
+    let csn = all[0].hlc.stamp(now, origin, 1).next().unwrap();
+    let refused = all[0].dir.plan_changes(&[&op], &[csn], &[]).unwrap();
+    assert!(
+        matches!(&refused[0], Err(e) if e.to_string().contains("at most")),
+        "{:?}",
+        refused[0].as_ref().err()
+    );
+    // An empty replace of an attribute the stub hides is not a no-op.
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Replace, "description", &[]));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[0].get(H1).unwrap();
+    assert!(
+        e.get("cairnconflict").is_none(),
+        "{:?}",
+        e.first("cairnconflict")
+    );
+    assert!(e.get("description").is_none());
+    // Over the limit again; this time a delete of the whole hidden
+    // attribute brings it back.
+    all[0].now_ms += 10;
+    all[0].must(modify_op(H1, ModOp::Add, "description", &refs(&a)));
+    all[1].now_ms += 10;
+    all[1].must(modify_op(H1, ModOp::Add, "description", &refs(&b)));
+    exchange(&mut all);
+    converged(&all);
+    assert!(
+        all[0].get(H1).unwrap().get("description").is_none(),
+        "a stub again"
+    );
+    all[0].now_ms += 10;
+    all[0].must(modify_op(H1, ModOp::Delete, "description", &[]));
+    exchange(&mut all);
+    converged(&all);
+    let e = all[1].get(H1).unwrap();
+    assert!(
+        e.get("cairnconflict").is_none(),
+        "{:?}",
+        e.first("cairnconflict")
+    );
+    assert!(e.get("description").is_none());
     // Site 0 replaces the values with its own: the entry fits again, whole.
     all[0].now_ms += 10;
     all[0].must(modify_op(H1, ModOp::Replace, "description", &refs(&a)));
