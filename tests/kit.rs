@@ -132,6 +132,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// The peer listener of its site of one.
     pub peer: SocketAddr,
+    /// The LDAPS listener (the dev mode's TLS; its CA is `ca()`).
+    pub ldaps: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -167,6 +169,7 @@ impl Node {
             dns: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            ldaps: SocketAddr::from(([127, 0, 0, 1], free_port())),
             engine,
             child: None,
             extra_env: env
@@ -181,6 +184,15 @@ impl Node {
 
     pub fn url(&self) -> String {
         format!("ldap://{}", self.addr)
+    }
+
+    pub fn ldaps_url(&self) -> String {
+        format!("ldaps://{}", self.ldaps)
+    }
+
+    /// The dev mode's CA certificate, which clients trust.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.data.path().join("tls").join("ca.pem")
     }
 
     /// Whether the `cairnd` process is still running.
@@ -210,6 +222,8 @@ impl Node {
             .arg(self.http.to_string())
             .arg("--peer")
             .arg(self.peer.to_string())
+            .arg("--ldaps")
+            .arg(self.ldaps.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args);
@@ -416,6 +430,8 @@ pub struct Site {
     /// DNS port (UDP and TCP) of every node.
     pub dns_port: u16,
     pub http_port: u16,
+    /// LDAPS port of every node.
+    pub ldaps_port: u16,
     child: Option<Child>,
 }
 
@@ -435,6 +451,7 @@ impl Site {
             peer_port: free_port(),
             dns_port: free_dns_port(),
             http_port: free_port(),
+            ldaps_port: free_port(),
             child: None,
         };
         s.spawn();
@@ -464,6 +481,8 @@ impl Site {
             .arg(self.dns_port.to_string())
             .arg("--http-port")
             .arg(self.http_port.to_string())
+            .arg("--ldaps-port")
+            .arg(self.ldaps_port.to_string())
             .spawn()
             .expect("start cairnd");
         for i in 1..=self.nodes * self.sites {

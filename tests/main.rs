@@ -17,3 +17,4 @@ mod ldap3_client;
 mod openldap;
 mod protos;
 mod site;
+mod tls;

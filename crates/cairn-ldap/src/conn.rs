@@ -22,9 +22,10 @@ use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec::{Budget, StrictCodec};
-use crate::dse::OID_NOTICE_OF_DISCONNECTION;
+use crate::dse::{OID_NOTICE_OF_DISCONNECTION, OID_START_TLS};
 use crate::ops::{self, Auth, Paging};
 use crate::server::ServerContext;
+use crate::stream::Stream;
 
 /// Per-connection state shared with the connection's operation tasks.
 pub struct Session {
@@ -44,6 +45,23 @@ fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
                 referral: vec![],
             },
             name: Some(OID_NOTICE_OF_DISCONNECTION.to_string()),
+            value: None,
+        }),
+        ctrl: vec![],
+    }
+}
+
+fn start_tls_reply(msgid: i32, code: LdapResultCode, message: &str) -> LdapMsg {
+    LdapMsg {
+        msgid,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: LdapResult {
+                code,
+                matcheddn: String::new(),
+                message: message.to_string(),
+                referral: vec![],
+            },
+            name: Some(OID_START_TLS.to_string()),
             value: None,
         }),
         ctrl: vec![],
@@ -77,12 +95,13 @@ fn excerpt(s: &str) -> String {
 
 /// Runs a connection until the client unbinds or disconnects, the
 /// connection idles out, or a PDU cannot be decoded.
-pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, budget: Budget) {
-    let span = info_span!("ldap_conn", peer = %peer);
+pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budget: Budget) {
+    let span = info_span!("ldap_conn", peer = %peer, tls = stream.is_tls());
     async move {
-        let _ = stream.set_nodelay(true);
+        let _ = stream.tcp().set_nodelay(true);
         let limits = ctx.config.limits.clone();
         let codec = StrictCodec::new(limits.max_pdu_bytes, limits.stall_timeout, budget);
+        let mut tls = stream.is_tls();
         let framed = Framed::new(stream, codec);
         let (mut sink, mut frames) = framed.split();
         let (tx, mut rx) = mpsc::channel::<LdapMsg>(256);
@@ -172,6 +191,61 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>, b
                             }
                             if sink.send(reply).await.is_err() {
                                 break;
+                            }
+                        }
+                        LdapOp::ExtendedRequest(req) if req.name == OID_START_TLS => {
+                            // RFC 4511 4.14: refused on a connection that
+                            // already runs TLS; otherwise the operations
+                            // under way finish and their answers go out
+                            // first, then the answer, then the handshake.
+                            let refusal = if tls {
+                                Some((LdapResultCode::OperationsError, "TLS is already in use on this connection"))
+                            } else if ctx.tls.is_none() {
+                                Some((LdapResultCode::Unavailable, "TLS is not configured on this server"))
+                            } else {
+                                None
+                            };
+                            if let Some((code, why)) = refusal {
+                                if sink.send(start_tls_reply(msgid, code, why)).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            while tasks.join_next().await.is_some() {}
+                            inflight.clear();
+                            by_task.clear();
+                            let mut failed = false;
+                            while let Ok(m) = rx.try_recv() {
+                                if !abandoned.contains(&m.msgid) && sink.send(m).await.is_err() {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                            if failed
+                                || sink.send(start_tls_reply(msgid, LdapResultCode::Success, "")).await.is_err()
+                            {
+                                break;
+                            }
+                            let Ok(framed) = sink.reunite(frames) else { return };
+                            let parts = framed.into_parts();
+                            // Bytes the client sent after its request and
+                            // before the handshake: not a TLS client.
+                            if !parts.read_buf.is_empty() {
+                                warn!("data after a StartTLS request, before the handshake; closing");
+                                return;
+                            }
+                            let Stream::Plain(tcp) = parts.io else { return };
+                            let Some(cfg) = ctx.tls.as_ref() else { return };
+                            match crate::stream::accept(cfg, tcp, limits.stall_timeout).await {
+                                Ok(s) => {
+                                    (sink, frames) = Framed::new(s, parts.codec).split();
+                                    tls = true;
+                                    debug!("StartTLS: the connection runs TLS");
+                                }
+                                Err(e) => {
+                                    debug!(cause = %e, "StartTLS handshake failed; closing");
+                                    return;
+                                }
                             }
                         }
                         LdapOp::ExtendedRequest(req) if !crate::dse::is_site_extension(&req.name) => {

@@ -28,6 +28,8 @@ pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
 /// directory is rebuilt from it (`cairn site resync`), for a site that has
 /// not replicated for longer than the tombstone lifetime.
 pub const OID_RESYNC: &str = "1.3.6.1.4.1.32473.7.4.3";
+/// StartTLS (RFC 4511 4.14, RFC 4513 3).
+pub const OID_START_TLS: &str = "1.3.6.1.4.1.1466.20037";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
 pub const OID_NOTICE_OF_DISCONNECTION: &str = "1.3.6.1.4.1.1466.20036";
 
@@ -38,7 +40,20 @@ pub fn is_site_extension(oid: &str) -> bool {
 }
 
 /// The root DSE's attributes.
-pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<String>)> {
+pub fn root_dse(
+    naming_contexts: &[String],
+    version: &str,
+    start_tls: bool,
+) -> Vec<(String, Vec<String>)> {
+    let mut extensions = vec![
+        OID_WHOAMI.to_string(),
+        OID_CHANGE_MEMBERS.into(),
+        OID_REPLICATION.into(),
+        OID_RESYNC.into(),
+    ];
+    if start_tls {
+        extensions.push(OID_START_TLS.into());
+    }
     vec![
         ("objectClass".into(), vec!["top".into()]),
         ("namingContexts".into(), naming_contexts.to_vec()),
@@ -51,15 +66,7 @@ pub fn root_dse(naming_contexts: &[String], version: &str) -> Vec<(String, Vec<S
                 OID_LINEARIZABLE_READ.into(),
             ],
         ),
-        (
-            "supportedExtension".into(),
-            vec![
-                OID_WHOAMI.into(),
-                OID_CHANGE_MEMBERS.into(),
-                OID_REPLICATION.into(),
-                OID_RESYNC.into(),
-            ],
-        ),
+        ("supportedExtension".into(), extensions),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
         ("supportedSASLMechanisms".into(), vec![]),
         ("subschemaSubentry".into(), vec!["cn=schema".into()]),

@@ -7,7 +7,9 @@
 //! LDAP operation onto the [`cairn_store::Directory`] and back (it holds no
 //! business rules: those live in cairn-core and cairn-store); [`convert`]
 //! translates filters and maps every error to an LDAP result in one place;
-//! [`dse`] builds the root DSE and the `cn=schema` subentry.
+//! [`dse`] builds the root DSE and the `cn=schema` subentry; [`stream`] is
+//! a connection's bytes, plain or TLS (LDAPS, or StartTLS on the plain
+//! port).
 //!
 //! ```text
 //! TCP ─► conn (LdapCodec) ─► ops::dispatch ─► Directory (spawn_blocking)
@@ -23,6 +25,7 @@ pub mod dse;
 pub mod metrics;
 pub mod ops;
 pub mod server;
+pub mod stream;
 pub mod throttle;
 
 pub use cairn_replica::writer::{ReplicaWriter, Writer};

@@ -975,7 +975,11 @@ async fn search_inner(
     // The root DSE and the subschema subentry are readable by anyone.
     if base.is_root() && scope == Scope::Base {
         if fixed_entry_matches(&filter, &["top"]) {
-            let attrs = dse::root_dse(&ctx.naming_contexts(), &ctx.config.version);
+            let attrs = dse::root_dse(
+                &ctx.naming_contexts(),
+                &ctx.config.version,
+                ctx.tls.is_some(),
+            );
             let e = LdapSearchResultEntry {
                 dn: String::new(),
                 attributes: sel.pick(attrs),

@@ -31,6 +31,9 @@ pub struct ServerContext {
     pub binds: crate::throttle::BindThrottle,
     /// Counters for `/metrics`.
     pub metrics: crate::metrics::LdapMetrics,
+    /// The certificate and key for LDAPS and StartTLS; none: neither is
+    /// offered.
+    pub tls: Option<Arc<cairn_tls::Reloading>>,
 }
 
 impl ServerContext {
@@ -67,12 +70,36 @@ impl Quiet {
 pub struct Server {
     listener: TcpListener,
     ctx: Arc<ServerContext>,
+    /// LDAPS: TLS from the first byte.
+    ldaps: bool,
 }
 
 impl Server {
+    /// A listener for LDAP, with StartTLS when the context has TLS.
     pub async fn bind(addr: SocketAddr, ctx: Arc<ServerContext>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Server { listener, ctx })
+        Ok(Server {
+            listener,
+            ctx,
+            ldaps: false,
+        })
+    }
+
+    /// A listener for LDAPS (LDAP over TLS from the first byte, 636 in
+    /// production); the context must have TLS.
+    pub async fn bind_ldaps(addr: SocketAddr, ctx: Arc<ServerContext>) -> std::io::Result<Server> {
+        if ctx.tls.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "LDAPS needs a certificate and key",
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Server {
+            listener,
+            ctx,
+            ldaps: true,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -90,7 +117,7 @@ impl Server {
         let mut backoff = Duration::ZERO;
         let mut quiet = Quiet::default();
         tokio::pin!(shutdown);
-        info!(addr = ?self.listener.local_addr().ok(), "LDAP listening");
+        info!(addr = ?self.listener.local_addr().ok(), ldaps = self.ldaps, "LDAP listening");
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -133,8 +160,20 @@ impl Server {
                         continue;
                     };
                     debug!(peer = %peer, "connection accepted");
-                    let (ctx, budget) = (self.ctx.clone(), budget.clone());
+                    let (ctx, budget, ldaps) = (self.ctx.clone(), budget.clone(), self.ldaps);
                     conns.spawn(async move {
+                        let stream = match (&ctx.tls, ldaps) {
+                            (Some(tls), true) => {
+                                match crate::stream::accept(tls, stream, ctx.config.limits.stall_timeout).await {
+                                    Ok(s) => s,
+                                    Err(e) => {
+                                        debug!(peer = %peer, cause = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                }
+                            }
+                            _ => crate::stream::Stream::Plain(stream),
+                        };
                         crate::conn::run(stream, peer, ctx, budget).await;
                         drop(permit);
                     });

@@ -29,8 +29,21 @@ pub struct FileConfig {
     pub dns: DnsSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub tls: TlsSection,
     /// Absent: a site of this node alone ([`ClusterSection::alone`]).
     pub cluster: Option<ClusterSection>,
+}
+
+/// `[tls]`: this node's certificate and key (PEM files), for LDAPS and
+/// StartTLS. Both or neither; the files are read again when they change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// The node's certificate, then its issuers'.
+    pub cert_file: Option<PathBuf>,
+    /// The node's private key.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this node's place in its site (a Raft group).
@@ -402,8 +415,11 @@ impl Default for DirectorySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LdapSection {
-    /// Address of the LDAP listener (389 in production).
+    /// Address of the LDAP listener (389 in production); StartTLS is
+    /// offered there when `[tls]` is set.
     pub listen: SocketAddr,
+    /// Address of the LDAPS listener (636 in production; needs `[tls]`).
+    pub ldaps_listen: Option<SocketAddr>,
     /// The administrator DN; it may read and write everything and need not
     /// exist as an entry.
     pub admin_dn: String,
@@ -461,6 +477,7 @@ impl Default for LdapSection {
         let l = cairn_ldap::Limits::default();
         LdapSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 389)),
+            ldaps_listen: None,
             admin_dn: "cn=admin,dc=example,dc=com".into(),
             admin_password_hash: None,
             admin_group: None,
@@ -565,6 +582,9 @@ pub struct Settings {
     pub suffix: Dn,
     pub seed_example: bool,
     pub ldap_listen: SocketAddr,
+    pub ldaps_listen: Option<SocketAddr>,
+    /// The certificate and key files (`[tls]`).
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
     pub dns_listen: SocketAddr,
@@ -636,6 +656,14 @@ impl FileConfig {
             size_limit: l.size_limit,
             time_limit: Duration::from_secs(l.time_limit_secs.max(1)),
         };
+        let tls = match (self.tls.cert_file.clone(), self.tls.key_file.clone()) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("tls.cert_file and tls.key_file: both or neither"),
+        };
+        if self.ldap.ldaps_listen.is_some() && tls.is_none() {
+            bail!("ldap.ldaps_listen needs tls.cert_file and tls.key_file");
+        }
         let dns_domain = cairn_proto::dns::normalize_domain(&self.dns.domain)
             .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
         let cluster = self
@@ -659,6 +687,8 @@ impl FileConfig {
             suffix,
             seed_example: self.directory.seed_example,
             ldap_listen: self.ldap.listen,
+            ldaps_listen: self.ldap.ldaps_listen,
+            tls,
             grpc_listen: self.grpc.listen,
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,

@@ -105,6 +105,17 @@ enum Cmd {
         /// HTTP port of each node of a multi-node site.
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// Whether to serve TLS: LDAPS on --ldaps (--ldaps-port) and
+        /// StartTLS on the LDAP port, with a CA and certificate made under
+        /// DATA_DIR/tls (clients trust DATA_DIR/tls/ca.pem).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        tls: bool,
+        /// LDAPS listen address of a one-node site.
+        #[arg(long, default_value = "127.0.0.1:1636")]
+        ldaps: SocketAddr,
+        /// LDAPS port of each node of a multi-node site.
+        #[arg(long, default_value_t = 1636)]
+        ldaps_port: u16,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -156,6 +167,9 @@ fn main() -> anyhow::Result<()> {
             peer_port,
             dns_port,
             http_port,
+            tls,
+            ldaps,
+            ldaps_port,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -183,6 +197,36 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--sites: 1 or 2 (the example tree's east and west)");
             }
             let nodes = nodes.unwrap_or(if sites > 1 { 3 } else { 1 });
+            if tls && file.tls.cert_file.is_none() {
+                // One CA and one certificate for every node of the dev
+                // deployment: its names are every address it listens on.
+                let mut names = vec!["localhost".to_string()];
+                if nodes <= 1 && sites == 1 {
+                    names.push(ldap.ip().to_string());
+                    names.push(ldaps.ip().to_string());
+                } else {
+                    names.extend((1..=nodes * sites).map(|i| format!("127.0.0.{i}")));
+                }
+                names.dedup();
+                let dir = file.node.data_dir.join("tls");
+                let made = cairn_tls::dev::ensure(&dir, &names)
+                    .context("cannot make the dev mode's TLS certificate")?;
+                file.tls.cert_file = Some(made.cert);
+                file.tls.key_file = Some(made.key);
+                let url = if nodes <= 1 && sites == 1 {
+                    format!("ldaps://{ldaps}")
+                } else {
+                    format!("ldaps://127.0.0.1:{ldaps_port}")
+                };
+                eprintln!(
+                    "cairnd dev: TLS on; trust its CA with: export LDAPTLS_CACERT={}\n  \
+                     then: ldapsearch -H {url} -x -b dc=example,dc=com   (or -ZZ on the LDAP port for StartTLS)",
+                    made.ca.display()
+                );
+                if nodes <= 1 && sites == 1 {
+                    file.ldap.ldaps_listen = Some(ldaps);
+                }
+            }
             if nodes <= 1 && sites == 1 {
                 // A site of one, the example tree's first: it publishes
                 // itself there, so DNS and Locate answer with it.
@@ -231,6 +275,9 @@ fn main() -> anyhow::Result<()> {
                         f.directory.seed_example = example && s == 0;
                         let h = host(s, i);
                         f.ldap.listen = addr(h, ldap_port);
+                        if f.tls.cert_file.is_some() {
+                            f.ldap.ldaps_listen = Some(addr(h, ldaps_port));
+                        }
                         f.grpc.listen = addr(h, grpc_port);
                         f.dns.listen = addr(h, dns_port);
                         f.http.listen = addr(h, http_port);

@@ -201,7 +201,14 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         replica.federation().clone(),
         site_dn,
     ));
+    let tls = match &s.tls {
+        Some((cert, key)) => Some(Arc::new(
+            cairn_tls::Reloading::new(cert, key).context("cannot load the TLS certificate")?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(ServerContext {
+        tls,
         binds: cairn_ldap::throttle::BindThrottle::new(s.ldap.limits.max_concurrent_binds),
         metrics: ldap_metrics,
         model: Some(boot.model.clone()),
@@ -210,12 +217,26 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         config: s.ldap,
         clock,
     });
+    if let Some(addr) = s.ldaps_listen {
+        let ldaps = Server::bind_ldaps(addr, ctx.clone())
+            .await
+            .with_context(|| format!("cannot listen for LDAPS on {addr}"))?;
+        let stop2 = stop.clone();
+        tasks.spawn(async move {
+            ldaps.run(stopped(stop2)).await;
+            Ok(())
+        });
+    }
     let server = Server::bind(s.ldap_listen, ctx)
         .await
         .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     let addr = server.local_addr()?;
+    let ldaps = s
+        .ldaps_listen
+        .map(|a| format!(", LDAPS on ldaps://{a}"))
+        .unwrap_or_default();
     eprintln!(
-        "cairnd: LDAP on ldap://{addr}, gRPC on {}, DNS on {} for {}  (suffix {})",
+        "cairnd: LDAP on ldap://{addr}{ldaps}, gRPC on {}, DNS on {} for {}  (suffix {})",
         s.grpc_listen, s.dns_listen, s.dns_domain, s.suffix
     );
     let stop2 = stop.clone();

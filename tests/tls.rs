@@ -1,0 +1,157 @@
+//! Issue 12, transport: LDAPS and StartTLS with the dev mode's CA,
+//! through OpenLDAP's own tools and the `ldap3` crate.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::exop::Exop;
+use ldap3::{LdapConnAsync, LdapConnSettings};
+
+use crate::kit::*;
+
+const START_TLS: &str = "1.3.6.1.4.1.1466.20037";
+
+/// `ldapsearch` as the admin at `url`, trusting `ca` (none: the system's
+/// trust store, which does not hold the dev CA), with `extra` flags.
+fn search(url: &str, ca: Option<&Path>, extra: &[&str]) -> Output {
+    let mut cmd = Command::new("ldapsearch");
+    cmd.env_remove("LDAPTLS_CACERT")
+        .env_remove("LDAPTLS_REQCERT");
+    if let Some(ca) = ca {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
+    cmd.args(["-x", "-H", url, "-D", ADMIN, "-w", PASSWORD])
+        .args(extra)
+        .args(["-b", SUFFIX, "-s", "base", "1.1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ldapsearch (install ldap-utils)")
+}
+
+fn found_suffix(out: &Output) -> bool {
+    out.status.success() && stdout(out).contains(&format!("dn: {SUFFIX}"))
+}
+
+#[test]
+fn issue_12_ldaps_and_starttls_serve_the_tree_to_clients_that_trust_the_dev_ca() {
+    let n = Node::start();
+    let ca = n.ca();
+    assert!(ca.exists(), "cairnd dev writes its CA to {}", ca.display());
+    // LDAPS, and StartTLS on the LDAP port (-ZZ: TLS or nothing).
+    let out = search(&n.ldaps_url(), Some(&ca), &[]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    let out = search(&n.url(), Some(&ca), &["-ZZ"]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    // A client that does not trust the CA gets no directory.
+    let out = search(&n.ldaps_url(), None, &[]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = search(&n.url(), None, &["-ZZ"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    // The root DSE offers StartTLS.
+    let out = ok(n.tool_as(
+        "ldapsearch",
+        None,
+        &["-b", "", "-s", "base", "supportedExtension"],
+        None,
+    ));
+    assert!(stdout(&out).contains(START_TLS), "{}", stdout(&out));
+}
+
+/// RFC 4511 4.14.1: StartTLS on a connection that already runs TLS is
+/// refused (operationsError), and the connection goes on working.
+#[tokio::test]
+async fn issue_12_starttls_on_a_tls_connection_is_refused() {
+    let n = Node::start();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in cairn_tls::load_certs(&n.ca()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let settings = LdapConnSettings::new()
+        .set_starttls(true)
+        .set_config(Arc::new(config));
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &n.url())
+        .await
+        .expect("StartTLS with the dev CA");
+    ldap3::drive!(conn);
+    let res = ldap
+        .extended(Exop {
+            name: Some(START_TLS.into()),
+            val: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(res.1.rc, 1, "operationsError: {:?}", res.1);
+    ldap.simple_bind(ADMIN, PASSWORD)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let (entries, _) = ldap
+        .search(SUFFIX, ldap3::Scope::Base, "(objectClass=*)", vec!["1.1"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+}
+
+/// Bytes that are not a TLS handshake on the LDAPS port close that
+/// connection only; the listener goes on serving.
+#[test]
+fn issue_12_garbage_on_the_ldaps_port_closes_only_that_connection() {
+    let n = Node::start();
+    let mut s = std::net::TcpStream::connect(n.ldaps).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00")
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // A TLS alert or a close, then the end: never an LDAP answer.
+    let mut got = vec![];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) => panic!("the server neither answered nor closed: {e}"),
+        }
+    }
+    assert!(
+        got.first().is_none_or(|b| *b == 0x15),
+        "not a TLS alert: {got:?}"
+    );
+    let out = search(&n.ldaps_url(), Some(&n.ca()), &[]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// A renewed certificate and key, written over the old files, are served
+/// to the next connection without a restart; a client trusting only the
+/// old CA is refused from then on.
+#[test]
+fn issue_12_a_renewed_certificate_is_served_without_a_restart() {
+    let n = Node::start();
+    let old_ca = n.ca();
+    let out = search(&n.ldaps_url(), Some(&old_ca), &[]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    // A new CA and certificate, as an operator's renewal would bring.
+    let renewal = tempfile::tempdir().unwrap();
+    let new =
+        cairn_tls::dev::ensure(renewal.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let tls = n.data.path().join("tls");
+    // Modification times must move for the node to notice.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::copy(&new.key, tls.join("server-key.pem")).unwrap();
+    std::fs::copy(&new.cert, tls.join("server.pem")).unwrap();
+    let out = search(&n.ldaps_url(), Some(&new.ca), &[]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    let old_copy = renewal.path().join("old-ca.pem");
+    std::fs::copy(&old_ca, &old_copy).unwrap();
+    let out = search(&n.ldaps_url(), Some(&old_copy), &[]);
+    assert!(!out.status.success(), "the old CA still verifies");
+}
