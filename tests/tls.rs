@@ -155,3 +155,117 @@ fn issue_12_a_renewed_certificate_is_served_without_a_restart() {
     let out = search(&n.ldaps_url(), Some(&old_copy), &[]);
     assert!(!out.status.success(), "the old CA still verifies");
 }
+
+/// RFC 4511 4.14.1 / issue 12: StartTLS sent while a search is still
+/// answering (here right behind it, on a raw connection) waits for that
+/// search: every entry and its done go out in the clear first, then
+/// StartTLS's success, then the handshake on the same socket, after which
+/// the connection serves LDAP over TLS. The search returns more entries
+/// than a connection queues (256), which once waited on itself.
+#[tokio::test]
+async fn issue_12_starttls_answers_the_operations_under_way_first() {
+    use futures::{SinkExt, StreamExt};
+    use ldap3_proto::proto::*;
+    use tokio_util::codec::Framed;
+
+    let n = Node::start();
+    let mut ldif = String::new();
+    for i in 0..300 {
+        ldif += &format!("dn: cn=tls-{i},{PROD_A}\nobjectClass: cairnHost\ncn: tls-{i}\n\n");
+    }
+    ok(n.tool("ldapadd", &[], Some(&ldif)));
+
+    let tcp = tokio::net::TcpStream::connect(n.addr).await.unwrap();
+    let mut framed = Framed::new(tcp, ldap3_proto::LdapCodec::new(Some(8 << 20), None));
+    let search = LdapMsg {
+        msgid: 1,
+        op: LdapOp::SearchRequest(LdapSearchRequest {
+            base: SUFFIX.into(),
+            scope: LdapSearchScope::Subtree,
+            aliases: LdapDerefAliases::Never,
+            sizelimit: 0,
+            timelimit: 0,
+            typesonly: false,
+            filter: LdapFilter::Present("objectClass".into()),
+            attrs: vec!["*".into()],
+        }),
+        ctrl: vec![],
+    };
+    let start_tls = LdapMsg {
+        msgid: 2,
+        op: LdapOp::ExtendedRequest(LdapExtendedRequest {
+            name: START_TLS.into(),
+            value: None,
+        }),
+        ctrl: vec![],
+    };
+    framed.feed(search).await.unwrap();
+    framed.feed(start_tls).await.unwrap();
+    framed.flush().await.unwrap();
+    let mut entries = 0;
+    let mut search_done = false;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), framed.next())
+            .await
+            .expect("an answer within 60 s")
+            .expect("the connection stays open")
+            .expect("a PDU");
+        match msg.op {
+            LdapOp::SearchResultEntry(_) => {
+                assert!(!search_done);
+                entries += 1;
+            }
+            LdapOp::SearchResultDone(r) => {
+                assert_eq!(r.code, LdapResultCode::Success, "{}", r.message);
+                search_done = true;
+            }
+            LdapOp::ExtendedResponse(r) => {
+                assert_eq!(msg.msgid, 2);
+                assert!(search_done, "StartTLS answered before the search ended");
+                assert_eq!(r.res.code, LdapResultCode::Success, "{}", r.res.message);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(entries > 300, "{entries} entries");
+
+    // The handshake on the same socket, trusting the dev CA.
+    let parts = framed.into_parts();
+    assert!(parts.read_buf.is_empty());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in cairn_tls::load_certs(&n.ca()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            parts.io,
+        )
+        .await
+        .expect("the TLS handshake after StartTLS");
+    let mut framed = Framed::new(tls, ldap3_proto::LdapCodec::default());
+    framed
+        .send(LdapMsg {
+            msgid: 3,
+            op: LdapOp::ExtendedRequest(LdapExtendedRequest {
+                name: "1.3.6.1.4.1.4203.1.11.3".into(),
+                value: None,
+            }),
+            ctrl: vec![],
+        })
+        .await
+        .unwrap();
+    let msg = framed.next().await.unwrap().unwrap();
+    assert_eq!(msg.msgid, 3);
+    assert!(
+        matches!(msg.op, LdapOp::ExtendedResponse(ref r) if r.res.code == LdapResultCode::Success),
+        "{:?}",
+        msg.op
+    );
+}

@@ -211,15 +211,25 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                                 }
                                 continue;
                             }
-                            while tasks.join_next().await.is_some() {}
+                            // Their answers go out while they run: a
+                            // search larger than the queue would wait on
+                            // it forever otherwise.
+                            let mut failed = false;
+                            while !tasks.is_empty() && !failed {
+                                tokio::select! {
+                                    Some(m) = rx.recv() => {
+                                        failed = !abandoned.contains(&m.msgid) && sink.send(m).await.is_err();
+                                    }
+                                    _ = tasks.join_next() => {}
+                                }
+                            }
                             inflight.clear();
                             by_task.clear();
-                            let mut failed = false;
                             while let Ok(m) = rx.try_recv() {
-                                if !abandoned.contains(&m.msgid) && sink.send(m).await.is_err() {
-                                    failed = true;
+                                if failed {
                                     break;
                                 }
+                                failed = !abandoned.contains(&m.msgid) && sink.send(m).await.is_err();
                             }
                             if failed
                                 || sink.send(start_tls_reply(msgid, LdapResultCode::Success, "")).await.is_err()
