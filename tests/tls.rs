@@ -269,3 +269,68 @@ async fn issue_12_starttls_answers_the_operations_under_way_first() {
         msg.op
     );
 }
+
+/// Issue 12: with `--grpc-tls` the hosts' port serves TLS only. `cairn
+/// pull --ca` gets the host's configuration; without the CA (plain gRPC,
+/// or TLS it cannot verify) it gets nothing. Over TLS the node still sees
+/// the caller's address (Locate without an address maps the caller).
+#[tokio::test]
+async fn issue_12_hosts_pull_over_tls_when_the_grpc_port_requires_it() {
+    use cairn_proto::pb;
+    let n = Node::start_opts("redb", &[], &["--grpc-tls", "true"]);
+    let grpc = n.grpc.to_string();
+    let ca = n.ca();
+    let pull = |extra: &[&str]| {
+        Command::new(bin("cairn"))
+            .args(["pull", "--server", &grpc, "--mac", "00:50:56:01:00:17"])
+            .args(extra)
+            .env_remove("CAIRN_CA")
+            .output()
+            .expect("run cairn pull")
+    };
+    let out = pull(&["--ca", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("# host cn=esx-017,"),
+        "{}",
+        stdout(&out)
+    );
+    let out = pull(&[]);
+    assert!(
+        !out.status.success(),
+        "plain gRPC was answered on a TLS port"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let stranger = cairn_tls::dev::ensure(other.path(), &["127.0.0.1".into()]).unwrap();
+    let out = pull(&["--ca", stranger.ca.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a certificate from another CA was trusted"
+    );
+
+    let pem = std::fs::read(&ca).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS channel");
+    let located = pb::locator_client::LocatorClient::new(channel)
+        .locate(pb::LocateRequest {
+            client_address: String::new(),
+            site_hint: String::new(),
+        })
+        .await
+        .expect("locate over TLS")
+        .into_inner();
+    assert_eq!(located.answered_by, "east-1", "{located:?}");
+    let text = stdout(&ok(n.cairn(&["subnets", "unmapped"])));
+    assert!(
+        text.lines().any(|l| l.starts_with("127.0.0.1 ")),
+        "the caller's address was not seen over TLS: {text}"
+    );
+}

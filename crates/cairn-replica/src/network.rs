@@ -531,6 +531,58 @@ pub fn service(svc: RaftService) -> pb::raft_server::RaftServer<RaftService> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
+/// Most TLS handshakes under way at once on a listener: a client that
+/// opens a connection and stalls holds one slot until the handshake
+/// timeout, never the accept loop.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Serves gRPC services over TLS on `listener` until `shutdown`, with the
+/// certificate `tls` holds now for each new connection (read again when
+/// its files change). A handshake that fails or takes longer than
+/// `handshake_timeout` closes that connection only.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    tls: std::sync::Arc<cairn_tls::Reloading>,
+    handshake_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    use futures::StreamExt;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .map(move |accepted| {
+            let tls = tls.clone();
+            async move {
+                let tcp = match accepted {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::debug!(cause = %e, "accept failed");
+                        return None;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let peer = tcp.peer_addr().ok();
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => Some(Ok::<_, std::io::Error>(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(?peer, cause = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(?peer, "TLS handshake timed out");
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(MAX_HANDSHAKES)
+        .filter_map(std::future::ready);
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
 /// Serves gRPC services on `listener` until `shutdown`: the node-to-node
 /// service on the peer listener, the host-facing ones on the host port.
 pub async fn serve(

@@ -64,12 +64,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
 }
 
 /// A server configuration for the certificate chain and key in these
-/// files, TLS 1.2 and 1.3, without client certificates.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+/// files, TLS 1.2 and 1.3, without client certificates, offering the
+/// application protocols `alpn` (`h2` for gRPC; none for LDAP).
+pub fn server_config(
+    cert: &Path,
+    key_path: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, Error> {
     let certs = load_certs(cert)?;
-    let key_path = key;
     let key = load_key(key_path)?;
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
@@ -81,6 +85,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error
                 key_path.display()
             ))
         })?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
@@ -93,8 +98,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error
 pub struct Reloading {
     cert: PathBuf,
     key: PathBuf,
+    alpn: &'static [&'static [u8]],
     state: Mutex<State>,
 }
+
+/// gRPC's application protocol (HTTP/2), which gRPC clients require.
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
 
 struct State {
     config: Arc<ServerConfig>,
@@ -111,11 +120,22 @@ impl Reloading {
     /// Loads the pair now: a pair that does not load is an error here (a
     /// node does not start with TLS it cannot serve).
     pub fn new(cert: &Path, key: &Path) -> Result<Reloading, Error> {
+        Self::with_alpn(cert, key, &[])
+    }
+
+    /// The same, offering the application protocols `alpn`
+    /// ([`ALPN_GRPC`]).
+    pub fn with_alpn(
+        cert: &Path,
+        key: &Path,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<Reloading, Error> {
         let stamps = (modified(cert), modified(key));
-        let config = server_config(cert, key)?;
+        let config = server_config(cert, key, alpn)?;
         Ok(Reloading {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            alpn,
             state: Mutex::new(State {
                 config,
                 stamps,
@@ -132,7 +152,7 @@ impl Reloading {
         let stamps = (modified(&self.cert), modified(&self.key));
         if stamps != st.stamps {
             st.stamps = stamps;
-            match server_config(&self.cert, &self.key) {
+            match server_config(&self.cert, &self.key, self.alpn) {
                 Ok(c) => {
                     st.config = c;
                     st.loads += 1;
@@ -199,7 +219,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("empty.pem");
         std::fs::write(&p, "").unwrap();
-        let e = server_config(&p, &p).unwrap_err().to_string();
+        let e = server_config(&p, &p, &[]).unwrap_err().to_string();
         assert!(e.contains("empty.pem"), "{e}");
     }
 }

@@ -66,7 +66,16 @@ pub struct PullArgs {
     /// Keep running and rewrite the configuration whenever it changes.
     #[arg(long)]
     watch: bool,
+    /// Talk to the nodes over TLS, trusting the CA certificate(s) in FILE
+    /// (PEM; `cairnd dev --grpc-tls` makes DATA_DIR/tls/ca.pem).
+    #[arg(long, value_name = "FILE", env = "CAIRN_CA")]
+    ca: Option<PathBuf>,
 }
+
+/// The TLS settings of every connection to a node (`--ca`), set once at
+/// the start of a run.
+static TLS: std::sync::OnceLock<Option<tonic::transport::ClientTlsConfig>> =
+    std::sync::OnceLock::new();
 
 pub async fn run(a: PullArgs) -> anyhow::Result<ExitCode> {
     let identity = pb::Identity {
@@ -85,6 +94,18 @@ pub async fn run(a: PullArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("give at least one of --guid, --mac, --serial, --hostname");
     }
+    let tls = match &a.ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+        }
+        None => None,
+    };
+    let _ = TLS.set(tls);
     let mut version = String::new();
     loop {
         let nodes = closest_nodes(&a).await?;
@@ -111,7 +132,15 @@ pub async fn run(a: PullArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+    let tls = TLS.get().cloned().flatten();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .with_context(|| format!("TLS settings for {addr}"))?;
+    }
+    endpoint
         .connect_timeout(NODE_TIMEOUT)
         .timeout(NODE_TIMEOUT)
         .connect()

@@ -155,12 +155,15 @@ fn default_snapshot_log_mb() -> u64 {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcSection {
     pub listen: SocketAddr,
+    /// Serve the host port over TLS only, with `[tls]`'s certificate.
+    pub tls: bool,
 }
 
 impl Default for GrpcSection {
     fn default() -> Self {
         GrpcSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tls: false,
         }
     }
 }
@@ -587,6 +590,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
+    /// The host port serves TLS only.
+    pub grpc_tls: bool,
     pub dns_listen: SocketAddr,
     pub http_listen: SocketAddr,
     /// Lower case, no trailing dot.
@@ -664,6 +669,9 @@ impl FileConfig {
         if self.ldap.ldaps_listen.is_some() && tls.is_none() {
             bail!("ldap.ldaps_listen needs tls.cert_file and tls.key_file");
         }
+        if self.grpc.tls && tls.is_none() {
+            bail!("grpc.tls needs tls.cert_file and tls.key_file");
+        }
         let dns_domain = cairn_proto::dns::normalize_domain(&self.dns.domain)
             .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
         let cluster = self
@@ -690,6 +698,7 @@ impl FileConfig {
             ldaps_listen: self.ldap.ldaps_listen,
             tls,
             grpc_listen: self.grpc.listen,
+            grpc_tls: self.grpc.tls,
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,
             dns_domain,

@@ -116,6 +116,10 @@ enum Cmd {
         /// LDAPS port of each node of a multi-node site.
         #[arg(long, default_value_t = 1636)]
         ldaps_port: u16,
+        /// Serve the hosts' gRPC port over TLS only (with the dev CA's
+        /// certificate; `cairn pull --ca DATA_DIR/tls/ca.pem`).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        grpc_tls: bool,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -170,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             tls,
             ldaps,
             ldaps_port,
+            grpc_tls,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -226,6 +231,12 @@ fn main() -> anyhow::Result<()> {
                 if nodes <= 1 && sites == 1 {
                     file.ldap.ldaps_listen = Some(ldaps);
                 }
+            }
+            if grpc_tls {
+                if file.tls.cert_file.is_none() {
+                    anyhow::bail!("--grpc-tls needs TLS (--tls true, or [tls] in the file)");
+                }
+                file.grpc.tls = true;
             }
             if nodes <= 1 && sites == 1 {
                 // A site of one, the example tree's first: it publishes

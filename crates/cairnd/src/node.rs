@@ -122,10 +122,29 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let writer: Arc<dyn Writer> = Arc::new(ReplicaWriter(replica.clone()));
     let _ = boot.model.writer.set(writer.clone());
     let stop2 = stop.clone();
+    let grpc_tls = match (&s.tls, s.grpc_tls) {
+        (Some((cert, key)), true) => Some(Arc::new(
+            cairn_tls::Reloading::with_alpn(cert, key, cairn_tls::ALPN_GRPC)
+                .context("cannot load the TLS certificate for gRPC")?,
+        )),
+        _ => None,
+    };
+    let handshake_timeout = s.ldap.limits.stall_timeout;
     tasks.spawn(async move {
-        cairn_replica::network::serve(grpc, routes, stopped(stop2))
-            .await
-            .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+        match grpc_tls {
+            Some(tls) => {
+                cairn_replica::network::serve_tls(
+                    grpc,
+                    routes,
+                    tls,
+                    handshake_timeout,
+                    stopped(stop2),
+                )
+                .await
+            }
+            None => cairn_replica::network::serve(grpc, routes, stopped(stop2)).await,
+        }
+        .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
     });
     // The DNS responder: the nodes' SRV and address records, UDP and TCP
     // on the same address.
