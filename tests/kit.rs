@@ -653,7 +653,7 @@ pub fn site_node_config(
     let ip = spec.ip(i);
     let mut text = format!(
         "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = {seed}\n\
-         [ldap]\nlisten = \"{ip}:{l}\"\nanonymous_read = true\n\
+         [ldap]\nlisten = \"{ip}:{l}\"\nanonymous_read = true\nallow_plaintext_binds = true\n\
          [grpc]\nlisten = \"{ip}:{g}\"\n[dns]\nlisten = \"{ip}:{d}\"\n\
          [http]\nlisten = \"{ip}:{h}\"\n\
          [cluster]\nnode_id = {i}\nsite = \"{site}\"\npeer_addr = \"{ip}:{pp}\"\n\

@@ -334,3 +334,62 @@ async fn issue_12_hosts_pull_over_tls_when_the_grpc_port_requires_it() {
         "the caller's address was not seen over TLS: {text}"
     );
 }
+
+/// RFC 4513 5.1.3 / issue 12: without `allow_plaintext_binds` (production's
+/// default; the dev modes allow it), a bind with a password on a
+/// connection without TLS gets confidentialityRequired (13), whether or
+/// not the DN exists, and the same bind over LDAPS or after StartTLS
+/// works. An unauthenticated bind (a DN, no password) is refused too.
+#[test]
+fn issue_12_a_password_bind_without_tls_gets_confidentiality_required() {
+    let n = Node::start_opts("redb", &[], &["--plaintext-binds", "false"]);
+    let out = search(&n.url(), Some(&n.ca()), &[]);
+    assert_eq!(rc(&out), 13, "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("needs TLS"), "{}", stderr(&out));
+    let out = n.tool_as(
+        "ldapsearch",
+        Some(("cn=nobody,dc=example,dc=com", "wrong")),
+        &["-b", SUFFIX, "-s", "base", "1.1"],
+        None,
+    );
+    assert_eq!(rc(&out), 13, "an unknown DN is told the same");
+    let out = search(&n.url(), Some(&n.ca()), &["-ZZ"]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    let out = search(&n.ldaps_url(), Some(&n.ca()), &[]);
+    assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
+    // A DN without a password: unwillingToPerform (RFC 4513 5.1.2).
+    let out = n.tool_as(
+        "ldapsearch",
+        Some((ADMIN, "")),
+        &["-b", SUFFIX, "-s", "base", "1.1"],
+        None,
+    );
+    assert_eq!(rc(&out), 53, "{}", stderr(&out));
+}
+
+/// The `cairn` CLI speaks TLS too: `--ca FILE` for ldaps:// URLs and, with
+/// `--starttls`, on ldap:// ones; a node that refuses plaintext binds
+/// refuses its plain bind with a message saying so.
+#[test]
+fn issue_12_the_cli_binds_over_ldaps_and_starttls() {
+    let n = Node::start_opts("redb", &[], &["--plaintext-binds", "false"]);
+    let ca = n.ca();
+    let cairn = |url: &str, extra: &[&str]| {
+        Command::new(bin("cairn"))
+            .args(["--url", url, "--bind-dn", ADMIN, "--password", PASSWORD])
+            .args(extra)
+            .args(["export", SUFFIX])
+            .env_remove("CAIRN_CA")
+            .output()
+            .expect("run cairn")
+    };
+    let ca = ca.to_str().unwrap();
+    let out = cairn(&n.ldaps_url(), &["--ca", ca]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("dn: {SUFFIX}")));
+    let out = cairn(&n.url(), &["--ca", ca, "--starttls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cairn(&n.url(), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs TLS"), "{}", stderr(&out));
+}

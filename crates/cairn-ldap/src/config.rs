@@ -89,6 +89,10 @@ pub struct Config {
     /// Whether anonymous clients may read the tree (always: the root DSE
     /// and `cn=schema`).
     pub anonymous_read: bool,
+    /// Whether a simple bind with a password may run on a connection
+    /// without TLS (RFC 4513 5.1.3); refused with confidentialityRequired
+    /// otherwise. The dev modes allow it.
+    pub plaintext_binds: bool,
     pub limits: Limits,
     /// `vendorVersion` in the root DSE.
     pub version: String,

@@ -185,7 +185,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                             }
                         }
                         LdapOp::BindRequest(req) => {
-                            let (reply, new_auth) = ops::bind(&ctx, msgid, req, Some(peer.ip())).await;
+                            let (reply, new_auth) = ops::bind(&ctx, msgid, req, Some(peer.ip()), tls).await;
                             if let Some(a) = new_auth {
                                 auth = Arc::new(a);
                             }

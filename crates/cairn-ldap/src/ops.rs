@@ -159,6 +159,7 @@ pub async fn bind(
     msgid: i32,
     req: LdapBindRequest,
     source: Option<std::net::IpAddr>,
+    tls: bool,
 ) -> (LdapMsg, Option<Auth>) {
     let op = LdapOp::BindRequest(req.clone());
     let fail = |code, msg: &str| {
@@ -196,6 +197,14 @@ pub async fn bind(
         return fail(
             LdapResultCode::InvalidCredentials,
             "a password needs a bind DN",
+        );
+    }
+    // RFC 4513 5.1.3: a password is not sent in the clear unless the
+    // configuration allows it; said before anything about the DN.
+    if !tls && !pw.is_empty() && !ctx.config.plaintext_binds {
+        return fail(
+            LdapResultCode::ConfidentialityRequired,
+            "a bind with a password needs TLS: use ldaps:// or StartTLS (-ZZ)",
         );
     }
     let Ok(dn) = Dn::parse(&req.dn) else {

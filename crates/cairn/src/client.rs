@@ -23,12 +23,50 @@ pub enum Auth {
     Simple { dn: String, password: String },
 }
 
+/// How connections use TLS (`cairn --ca FILE --starttls`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Trust this CA (PEM) instead of the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// StartTLS on ldap:// URLs.
+    pub starttls: bool,
+}
+
+static TLS: std::sync::OnceLock<TlsOptions> = std::sync::OnceLock::new();
+
+/// Sets how every later connection uses TLS (once, at start-up).
+pub fn set_tls(o: TlsOptions) {
+    let _ = TLS.set(o);
+}
+
+/// Connection settings with the TLS options applied.
+pub fn settings(timeout: Duration) -> anyhow::Result<LdapConnSettings> {
+    let mut settings = LdapConnSettings::new().set_conn_timeout(timeout);
+    let Some(o) = TLS.get() else {
+        return Ok(settings);
+    };
+    if let Some(ca) = &o.ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in cairn_tls::load_certs(ca)? {
+            roots
+                .add(c)
+                .with_context(|| format!("a certificate in {}", ca.display()))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        settings = settings.set_config(std::sync::Arc::new(config));
+    }
+    Ok(settings.set_starttls(o.starttls))
+}
+
 /// Connects to `url` and binds as `auth`. The connection is driven by a task
 /// on the current Tokio runtime; the returned handle may be cloned to run
 /// several operations on it at once.
 pub async fn connect(url: &str, auth: &Auth) -> anyhow::Result<Ldap> {
     check_url(url)?;
-    let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT);
+    let settings = settings(CONNECT_TIMEOUT)?;
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
         .await
         .map_err(|e| {

@@ -78,6 +78,15 @@ struct Cli {
     )]
     password: String,
 
+    /// Trust the CA certificate(s) in FILE (PEM) for ldaps:// URLs,
+    /// StartTLS and `pull`'s TLS (`cairnd dev` makes DATA_DIR/tls/ca.pem).
+    #[arg(long, global = true, value_name = "FILE", env = "CAIRN_CA")]
+    ca: Option<PathBuf>,
+
+    /// Run StartTLS on ldap:// URLs before binding.
+    #[arg(long, global = true)]
+    starttls: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -301,6 +310,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         dn: cli.bind_dn,
         password: cli.password,
     };
+    client::set_tls(client::TlsOptions {
+        ca: cli.ca.clone(),
+        starttls: cli.starttls,
+    });
     match cli.command {
         Command::Import(args) => import::run(&args.file, args.keep_going, &cli.url, &auth).await,
         Command::Export(args) => {
@@ -319,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Site(SiteCmd::Resync { site, from }) => {
             replication::resync(&cli.url, &auth, &site, &from).await
         }
-        Command::Pull(args) => pull::run(args).await,
+        Command::Pull(args) => pull::run(args, cli.ca.as_deref()).await,
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
         Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,

@@ -66,18 +66,15 @@ pub struct PullArgs {
     /// Keep running and rewrite the configuration whenever it changes.
     #[arg(long)]
     watch: bool,
-    /// Talk to the nodes over TLS, trusting the CA certificate(s) in FILE
-    /// (PEM; `cairnd dev --grpc-tls` makes DATA_DIR/tls/ca.pem).
-    #[arg(long, value_name = "FILE", env = "CAIRN_CA")]
-    ca: Option<PathBuf>,
 }
 
-/// The TLS settings of every connection to a node (`--ca`), set once at
+/// The TLS settings of every connection to a node (`cairn --ca FILE`:
+/// TLS, trusting that CA), set once at
 /// the start of a run.
 static TLS: std::sync::OnceLock<Option<tonic::transport::ClientTlsConfig>> =
     std::sync::OnceLock::new();
 
-pub async fn run(a: PullArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(a: PullArgs, ca: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let identity = pb::Identity {
         uuid: a.guid.clone().unwrap_or_default(),
         macs: a.mac.clone(),
@@ -94,7 +91,7 @@ pub async fn run(a: PullArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("give at least one of --guid, --mac, --serial, --hostname");
     }
-    let tls = match &a.ca {
+    let tls = match ca {
         Some(path) => {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read the CA file {}", path.display()))?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ldap3::{LdapConnAsync, LdapConnSettings, Scope};
+use ldap3::{LdapConnAsync, Scope};
 
 use crate::client::{self, Auth};
 use crate::export::parse_entry;
@@ -81,7 +81,7 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
 }
 
 async fn probe(ldap_addr: &str) -> anyhow::Result<NodeStatus> {
-    let settings = LdapConnSettings::new().set_conn_timeout(Duration::from_secs(2));
+    let settings = crate::client::settings(Duration::from_secs(2))?;
     let url = format!("ldap://{ldap_addr}");
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await?;
     ldap3::drive!(conn);

@@ -435,6 +435,10 @@ pub struct LdapSection {
     /// Whether anonymous clients may read the tree. The root DSE and
     /// cn=schema are always readable.
     pub anonymous_read: bool,
+    /// Whether a simple bind with a password may run without TLS (it is
+    /// refused with confidentialityRequired otherwise). `cairnd dev`
+    /// allows it.
+    pub allow_plaintext_binds: bool,
     /// Largest request PDU in bytes; larger ones close the connection.
     pub max_pdu_bytes: usize,
     /// Deepest filter nesting accepted.
@@ -485,6 +489,7 @@ impl Default for LdapSection {
             admin_password_hash: None,
             admin_group: None,
             anonymous_read: false,
+            allow_plaintext_binds: false,
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth,
             max_filter_elements: l.max_filter_elements,
@@ -707,6 +712,7 @@ impl FileConfig {
                 admin_password_hash: hash,
                 admin_group,
                 anonymous_read: self.ldap.anonymous_read,
+                plaintext_binds: self.ldap.allow_plaintext_binds,
                 limits,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },

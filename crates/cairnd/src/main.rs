@@ -116,6 +116,10 @@ enum Cmd {
         /// LDAPS port of each node of a multi-node site.
         #[arg(long, default_value_t = 1636)]
         ldaps_port: u16,
+        /// Whether binds with a password may run without TLS (a dev mode
+        /// convenience; production refuses them: confidentialityRequired).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        plaintext_binds: bool,
         /// Serve the hosts' gRPC port over TLS only (with the dev CA's
         /// certificate; `cairn pull --ca DATA_DIR/tls/ca.pem`).
         #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
@@ -175,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             ldaps,
             ldaps_port,
             grpc_tls,
+            plaintext_binds,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -184,6 +189,7 @@ fn main() -> anyhow::Result<()> {
             file.dns.listen = dns;
             file.http.listen = http;
             file.ldap.anonymous_read = anonymous_read;
+            file.ldap.allow_plaintext_binds = plaintext_binds;
             file.directory.seed_example = example;
             if file.ldap.admin_group.is_none() {
                 file.ldap.admin_group = Some("cn=admins,ou=groups,dc=example,dc=com".into());
