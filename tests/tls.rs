@@ -393,3 +393,113 @@ fn issue_12_the_cli_binds_over_ldaps_and_starttls() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("needs TLS"), "{}", stderr(&out));
 }
+
+/// RFC 3062 / issue 12: `ldappasswd` changes a user's own password with
+/// the old one (a wrong old one changes nothing), an administrator sets
+/// anyone's, another user may not, and without TLS it is refused where
+/// plaintext binds are.
+#[test]
+fn issue_12_ldappasswd_changes_passwords_over_tls() {
+    let n = Node::start_opts("redb", &[], &["--plaintext-binds", "false"]);
+    let ca = n.ca();
+    let user = format!("uid=ann,ou=groups,{SUFFIX}");
+    let bob = format!("uid=bob,ou=groups,{SUFFIX}");
+    let tool = |tool: &str, creds: (&str, &str), args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(tool);
+        cmd.env("LDAPTLS_CACERT", &ca)
+            .args(["-x", "-H", &n.ldaps_url(), "-D", creds.0, "-w", creds.1])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run an OpenLDAP tool");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    for (dn, uid, pw) in [(&user, "ann", "ann-old"), (&bob, "bob", "bob-secret")] {
+        let ldif = format!(
+            "dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n"
+        );
+        ok(tool("ldapadd", (ADMIN, PASSWORD), &[], Some(&ldif)));
+    }
+    let whoami = |dn: &str, pw: &str| rc(&tool("ldapwhoami", (dn, pw), &[], None));
+    assert_eq!(whoami(&user, "ann-old"), 0);
+    // Her own, with a wrong old password: refused, nothing changes.
+    // ldappasswd exits 1 on any refusal and names the result code.
+    let refused = |out: &Output, code: &str| {
+        let said = format!("{}{}", stdout(out), stderr(out));
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains(&format!("({code})")), "{said}");
+    };
+    let out = tool(
+        "ldappasswd",
+        (&user, "ann-old"),
+        &["-a", "wrong", "-s", "ann-new"],
+        None,
+    );
+    refused(&out, "49");
+    assert_eq!(whoami(&user, "ann-old"), 0);
+    // With the right one.
+    ok(tool(
+        "ldappasswd",
+        (&user, "ann-old"),
+        &["-a", "ann-old", "-s", "ann-new"],
+        None,
+    ));
+    assert_eq!(whoami(&user, "ann-new"), 0);
+    assert_eq!(whoami(&user, "ann-old"), 49);
+    // Bob may not set Ann's.
+    let out = tool(
+        "ldappasswd",
+        (&bob, "bob-secret"),
+        &["-s", "bob-was-here", &user],
+        None,
+    );
+    refused(&out, "50");
+    assert_eq!(whoami(&user, "ann-new"), 0);
+    // The administrator sets anyone's without the old one.
+    ok(tool(
+        "ldappasswd",
+        (ADMIN, PASSWORD),
+        &["-s", "ann-admin-set", &user],
+        None,
+    ));
+    assert_eq!(whoami(&user, "ann-admin-set"), 0);
+    // Stored hashed, like every userPassword.
+    let out = stdout(&ok(tool(
+        "ldapsearch",
+        (ADMIN, PASSWORD),
+        &["-b", &user, "-s", "base", "userPassword"],
+        None,
+    )));
+    assert!(!out.contains("ann-admin-set"), "{out}");
+    // Over plain LDAP the bind before it is refused already
+    // (confidentialityRequired): no password travels in the clear.
+    let plain = Command::new("ldappasswd")
+        .args([
+            "-x",
+            "-H",
+            &n.url(),
+            "-D",
+            &user,
+            "-w",
+            "ann-admin-set",
+            "-s",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    refused(&plain, "13");
+    assert_eq!(whoami(&user, "ann-admin-set"), 0);
+}

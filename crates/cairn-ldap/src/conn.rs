@@ -32,6 +32,9 @@ pub struct Session {
     pub ctx: Arc<ServerContext>,
     /// Paged-search state. A std mutex: held only to take or put a cursor.
     pub paging: Mutex<Paging>,
+    /// Whether the connection runs TLS (from the start, or since
+    /// StartTLS).
+    pub tls: AtomicBool,
 }
 
 fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
@@ -108,6 +111,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
         let session = Arc::new(Session {
             ctx: ctx.clone(),
             paging: Mutex::new(Paging::default()),
+            tls: AtomicBool::new(tls),
         });
         let mut auth = Arc::new(Auth::anonymous());
         let mut tasks: JoinSet<()> = JoinSet::new();
@@ -250,6 +254,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                                 Ok(s) => {
                                     (sink, frames) = Framed::new(s, parts.codec).split();
                                     tls = true;
+                                    session.tls.store(true, Ordering::SeqCst);
                                     debug!("StartTLS: the connection runs TLS");
                                 }
                                 Err(e) => {
@@ -258,7 +263,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                                 }
                             }
                         }
-                        LdapOp::ExtendedRequest(req) if !crate::dse::is_site_extension(&req.name) => {
+                        LdapOp::ExtendedRequest(req) if !crate::dse::runs_as_operation(&req.name) => {
                             let reply = ops::extended(&auth, msgid, req);
                             if sink.send(reply).await.is_err() {
                                 break;

@@ -28,6 +28,8 @@ pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
 /// directory is rebuilt from it (`cairn site resync`), for a site that has
 /// not replicated for longer than the tombstone lifetime.
 pub const OID_RESYNC: &str = "1.3.6.1.4.1.32473.7.4.3";
+/// Password modify (RFC 3062): `ldappasswd`.
+pub const OID_PASSWORD_MODIFY: &str = "1.3.6.1.4.1.4203.1.11.1";
 /// StartTLS (RFC 4511 4.14, RFC 4513 3).
 pub const OID_START_TLS: &str = "1.3.6.1.4.1.1466.20037";
 /// Notice of Disconnection unsolicited notification (RFC 4511 4.4.1).
@@ -39,6 +41,12 @@ pub fn is_site_extension(oid: &str) -> bool {
     oid == OID_CHANGE_MEMBERS || oid == OID_REPLICATION || oid == OID_RESYNC
 }
 
+/// The extended operations that run as operations of their own (they
+/// write or wait on the site); the others are answered inline.
+pub fn runs_as_operation(oid: &str) -> bool {
+    is_site_extension(oid) || oid == OID_PASSWORD_MODIFY
+}
+
 /// The root DSE's attributes.
 pub fn root_dse(
     naming_contexts: &[String],
@@ -47,6 +55,7 @@ pub fn root_dse(
 ) -> Vec<(String, Vec<String>)> {
     let mut extensions = vec![
         OID_WHOAMI.to_string(),
+        OID_PASSWORD_MODIFY.into(),
         OID_CHANGE_MEMBERS.into(),
         OID_REPLICATION.into(),
         OID_RESYNC.into(),

@@ -17,8 +17,8 @@ use cairn_store::{Halt, Scope, SearchControl, WriteOp};
 use ldap3_proto::control::LdapControl;
 use ldap3_proto::proto::{
     LdapBindCred, LdapBindRequest, LdapBindResponse, LdapExtendedRequest, LdapExtendedResponse,
-    LdapModifyType, LdapMsg, LdapOp, LdapPartialAttribute, LdapResult, LdapResultCode,
-    LdapSearchRequest, LdapSearchResultEntry, LdapSearchScope, OID_WHOAMI,
+    LdapModifyType, LdapMsg, LdapOp, LdapPartialAttribute, LdapPasswordModifyRequest, LdapResult,
+    LdapResultCode, LdapSearchRequest, LdapSearchResultEntry, LdapSearchScope, OID_WHOAMI,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -373,7 +373,10 @@ pub async fn dispatch(
         return;
     }
     if let LdapOp::ExtendedRequest(req) = op {
-        let reply = if req.name == dse::OID_REPLICATION {
+        let reply = if req.name == dse::OID_PASSWORD_MODIFY {
+            let tls = session.tls.load(Ordering::SeqCst);
+            password_modify(&ctx, &auth, msgid, &req, tls).await
+        } else if req.name == dse::OID_REPLICATION {
             replication(&ctx, &auth, msgid, req).await
         } else if req.name == dse::OID_RESYNC {
             resync(&ctx, &auth, msgid, req).await
@@ -392,6 +395,110 @@ pub async fn dispatch(
         Err(o) => outcome_result(&o),
     };
     let _ = tx.send(reply(msgid, &op, res)).await;
+}
+
+/// The password modify extended operation (RFC 3062, `ldappasswd`): a
+/// bound user sets their own password, giving the old one; an
+/// administrator sets anyone's (the old one is checked when given). The
+/// new password is stored hashed, as every `userPassword` write is. It is
+/// refused without TLS where plaintext binds are (the passwords travel in
+/// the request), for anonymous clients, without a new password (this
+/// server does not make passwords up), and for the configured
+/// administrator (whose password is in the configuration).
+async fn password_modify(
+    ctx: &Arc<ServerContext>,
+    auth: &Auth,
+    msgid: i32,
+    req: &LdapExtendedRequest,
+    tls: bool,
+) -> LdapMsg {
+    let res = async {
+        let fail = |code, why: &str| Err(Outcome::new(code, why));
+        if !tls && !ctx.config.plaintext_binds {
+            return fail(
+                LdapResultCode::ConfidentialityRequired,
+                "a password change needs TLS: use ldaps:// or StartTLS (-ZZ)",
+            );
+        }
+        let pm = LdapPasswordModifyRequest::try_from(req).map_err(|e| {
+            Outcome::new(
+                LdapResultCode::ProtocolError,
+                format!("not a password modify request: {e:?}"),
+            )
+        })?;
+        let Some(me) = auth.dn.clone() else {
+            return fail(
+                LdapResultCode::UnwillingToPerform,
+                "bind first: anonymous clients have no password to change",
+            );
+        };
+        let target = match pm.user_identity.as_deref().map(str::trim) {
+            None | Some("") => me.clone(),
+            Some(id) => {
+                // RFC 3062 leaves the form open; this server takes a DN
+                // (or `dn:` and a DN, as in an authzId).
+                parse_dn(id.strip_prefix("dn:").unwrap_or(id))?
+            }
+        };
+        if target == ctx.config.admin_dn {
+            return fail(
+                LdapResultCode::UnwillingToPerform,
+                "the administrator's password is set in the configuration (ldap.admin_password_hash or CAIRN_ADMIN_PASSWORD)",
+            );
+        }
+        if target != me && !auth.admin {
+            return fail(
+                LdapResultCode::InsufficentAccessRights,
+                "only administrators may set another entry's password",
+            );
+        }
+        let Some(new) = pm.new_password.filter(|p| !p.is_empty()) else {
+            return fail(
+                LdapResultCode::UnwillingToPerform,
+                "give the new password (-s): this server does not make passwords up",
+            );
+        };
+        let old_needed = target == me && !auth.admin;
+        match pm.old_password.filter(|p| !p.is_empty()) {
+            None if old_needed => {
+                return fail(
+                    LdapResultCode::UnwillingToPerform,
+                    "give the old password (-a) to change your own",
+                );
+            }
+            None => {}
+            Some(old) => {
+                let (ctx2, dn2) = (ctx.clone(), target.clone());
+                let ok = blocking(move || {
+                    let e = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
+                    Ok(e.and_then(|e| e.get("userpassword").cloned())
+                        .is_some_and(|a| a.values.iter().any(|h| password::verify(h, &old))))
+                })
+                .await?;
+                if !ok {
+                    ctx.metrics.bind("invalid_credentials");
+                    return fail(LdapResultCode::InvalidCredentials, "the old password is wrong");
+                }
+            }
+        }
+        let op = WriteOp::Modify {
+            dn: target.clone(),
+            mods: vec![Modification {
+                op: ModOp::Replace,
+                attr: "userPassword".into(),
+                values: vec![new.into_bytes()],
+            }],
+            stamp: now_stamp(ctx, auth),
+        };
+        ctx.writer
+            .write(op)
+            .await
+            .map_err(|e| convert::write_error(&e))?;
+        tracing::info!(by = %me, entry = %target, "password changed");
+        Ok(())
+    }
+    .await;
+    ext_done(msgid, res)
 }
 
 /// The membership-change extended operation.
