@@ -234,17 +234,20 @@ pub async fn bind(
     let verdict = blocking(move || {
         let cfg = &ctx2.config;
         if dn2 == cfg.admin_dn {
-            return Ok(password::verify(&cfg.admin_password_hash, &pw).then_some(true));
+            return Ok(password::verify(&cfg.admin_password_hash, &pw).then_some((true, None)));
         }
         let entry = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
         let Some(entry) = entry else { return Ok(None) };
-        let ok = entry
+        let matched = entry
             .get("userpassword")
-            .is_some_and(|a| a.values.iter().any(|h| password::verify(h, &pw)));
-        if !ok {
+            .and_then(|a| a.values.iter().find(|h| password::verify(h, &pw)).cloned());
+        let Some(matched) = matched else {
             return Ok(None);
-        }
-        Ok(Some(is_admin_member(&ctx2, &dn2)))
+        };
+        // A hash imported from another directory (or made with older
+        // parameters) is replaced now that the password is known.
+        let upgrade = password::needs_upgrade(&matched).then(|| (matched, pw));
+        Ok(Some((is_admin_member(&ctx2, &dn2), upgrade)))
     })
     .await;
     match &verdict {
@@ -253,9 +256,12 @@ pub async fn bind(
         Err(_) => {}
     }
     match verdict {
-        Ok(Some(admin)) => {
+        Ok(Some((admin, upgrade))) => {
             ctx.metrics.bind("ok");
             debug!(dn = %dn, admin, "bound");
+            if let Some((old, clear)) = upgrade {
+                upgrade_password(ctx, &dn, old, clear);
+            }
             (
                 reply(msgid, &op, result(LdapResultCode::Success, "", "")),
                 Some(Auth {
@@ -395,6 +401,41 @@ pub async fn dispatch(
         Err(o) => outcome_result(&o),
     };
     let _ = tx.send(reply(msgid, &op, res)).await;
+}
+
+/// Replaces the stored hash `old` of `dn` by an argon2id hash of
+/// `clear` (the password it just verified), in the background: the bind
+/// does not wait, and a failure (no leader now) leaves the old hash to
+/// try again at the next bind.
+fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: String) {
+    let op = WriteOp::Modify {
+        dn: dn.clone(),
+        mods: vec![
+            Modification {
+                op: ModOp::Delete,
+                attr: "userPassword".into(),
+                values: vec![old.into_bytes()],
+            },
+            Modification {
+                op: ModOp::Add,
+                attr: "userPassword".into(),
+                values: vec![clear.into_bytes()],
+            },
+        ],
+        stamp: Stamp {
+            who: dn.clone(),
+            now: generalized_time(ctx.clock.now_unix()),
+        },
+    };
+    let (writer, dn) = (ctx.writer.clone(), dn.clone());
+    tokio::spawn(async move {
+        match writer.write(op).await {
+            Ok(_) => tracing::info!(entry = %dn, "password hash upgraded to argon2id"),
+            Err(e) => {
+                tracing::warn!(entry = %dn, cause = %e, "could not upgrade the password hash; will try at the next bind")
+            }
+        }
+    });
 }
 
 /// The password modify extended operation (RFC 3062, `ldappasswd`): a
