@@ -246,7 +246,7 @@ pub async fn bind(
         };
         // A hash imported from another directory (or made with older
         // parameters) is replaced now that the password is known.
-        let upgrade = password::needs_upgrade(&matched).then(|| (matched, pw));
+        let upgrade = password::needs_upgrade(&matched).then_some((matched, pw));
         Ok(Some((is_admin_member(&ctx2, &dn2), upgrade)))
     })
     .await;
