@@ -501,5 +501,19 @@ fn issue_12_ldappasswd_changes_passwords_over_tls() {
         .output()
         .unwrap();
     refused(&plain, "13");
+    // Anonymous over plain LDAP: the operation's own refusal, before it
+    // reads anything of the request.
+    let anon = Command::new("ldappasswd")
+        .args(["-x", "-H", &n.url(), "-s", "x", &user])
+        .output()
+        .unwrap();
+    refused(&anon, "13");
+    assert!(
+        stdout(&anon).contains("password change needs TLS")
+            || stderr(&anon).contains("password change needs TLS"),
+        "{}{}",
+        stdout(&anon),
+        stderr(&anon)
+    );
     assert_eq!(whoami(&user, "ann-admin-set"), 0);
 }

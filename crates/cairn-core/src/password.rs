@@ -34,6 +34,30 @@ pub const MAX_CRYPT_ROUNDS: u32 = 1_000_000;
 /// The most iterations a PBKDF2 hash may ask for.
 pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
 
+/// The longest password checked or set, in bytes: SHA-crypt's work grows
+/// with the square of the password's length, and a bind request may be
+/// megabytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// How much work a stored hash may ask for ([`verify`] uses the
+/// constants above; tests pass smaller ones).
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub argon2_memory_kib: u32,
+    pub argon2_passes: u32,
+    pub argon2_lanes: u32,
+    pub crypt_rounds: u32,
+    pub pbkdf2_iterations: u32,
+}
+
+pub const CAPS: Caps = Caps {
+    argon2_memory_kib: MAX_ARGON2_MEMORY_KIB,
+    argon2_passes: MAX_ARGON2_PASSES,
+    argon2_lanes: MAX_ARGON2_LANES,
+    crypt_rounds: MAX_CRYPT_ROUNDS,
+    pbkdf2_iterations: MAX_PBKDF2_ITERATIONS,
+};
+
 /// The schemes a stored value may have, matched without case.
 const SCHEMES: &[&str] = &[ARGON2, SSHA256, SSHA512, SSHA, CRYPT, PBKDF2_SHA256];
 
@@ -55,6 +79,11 @@ pub fn is_hashed(value: &str) -> bool {
 /// Hashes a clear-text password with argon2id. `salt` must be at least 8
 /// random bytes (passed in so the caller owns randomness).
 pub fn hash(clear: &str, salt: &[u8]) -> Result<String, String> {
+    if clear.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "a password may take at most {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
     let salt = SaltString::encode_b64(salt).map_err(|e| e.to_string())?;
     let phc = Argon2::default()
         .hash_password(clear.as_bytes(), &salt)
@@ -95,29 +124,49 @@ pub fn needs_upgrade(stored: &str) -> bool {
 /// not hashes never match (clear-text storage is not accepted), and
 /// neither do hashes that ask for more than the caps allow.
 pub fn verify(stored: &str, clear: &str) -> bool {
+    verify_with_caps(stored, clear, &CAPS)
+}
+
+/// [`verify`] with other caps.
+pub fn verify_with_caps(stored: &str, clear: &str, caps: &Caps) -> bool {
+    if clear.len() > MAX_PASSWORD_BYTES {
+        return false;
+    }
     let Some(s) = scheme(stored) else {
         return false;
     };
     let rest = &stored[s.len()..];
     match s {
-        ARGON2 => verify_argon2(rest, clear),
+        ARGON2 => verify_argon2(rest, clear, caps),
         SSHA => verify_salted::<sha1::Sha1>(rest, clear),
         SSHA256 => verify_salted::<sha2::Sha256>(rest, clear),
         SSHA512 => verify_salted::<sha2::Sha512>(rest, clear),
-        CRYPT => verify_crypt(rest, clear),
-        PBKDF2_SHA256 => verify_pbkdf2(rest, clear),
+        CRYPT => verify_crypt(rest, clear, caps),
+        PBKDF2_SHA256 => verify_pbkdf2(rest, clear, caps),
         _ => false,
     }
 }
 
-fn verify_argon2(phc: &str, clear: &str) -> bool {
+/// Spends what checking a password against a stored argon2id hash costs,
+/// and says no: a bind for a DN that does not exist (or has no password)
+/// takes as long as one with a wrong password, so timing does not tell
+/// which DNs exist.
+pub fn verify_nothing(clear: &str) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY
+        .get_or_init(|| hash("no password matches this", b"cairn-dummy-salt").unwrap_or_default());
+    let _ = verify(dummy, clear);
+    false
+}
+
+fn verify_argon2(phc: &str, clear: &str, caps: &Caps) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
     let within = |k: &str, max: u32| parsed.params.get_decimal(k).is_none_or(|v| v <= max);
-    if !within("m", MAX_ARGON2_MEMORY_KIB)
-        || !within("t", MAX_ARGON2_PASSES)
-        || !within("p", MAX_ARGON2_LANES)
+    if !within("m", caps.argon2_memory_kib)
+        || !within("t", caps.argon2_passes)
+        || !within("p", caps.argon2_lanes)
     {
         return false;
     }
@@ -145,13 +194,13 @@ fn verify_salted<D: sha1::Digest>(b64: &str, clear: &str) -> bool {
 /// `{CRYPT}` with SHA-crypt: `$5$` (SHA-256) or `$6$` (SHA-512), rounds
 /// at most [`MAX_CRYPT_ROUNDS`]. Other crypt(3) schemes (DES, MD5) are
 /// too weak to accept.
-fn verify_crypt(c: &str, clear: &str) -> bool {
+fn verify_crypt(c: &str, clear: &str, caps: &Caps) -> bool {
     let rounds = c
         .split('$')
         .nth(2)
         .and_then(|r| r.strip_prefix("rounds="))
         .map(|r| r.parse::<u32>().unwrap_or(u32::MAX));
-    if rounds.is_some_and(|r| r > MAX_CRYPT_ROUNDS) {
+    if rounds.is_some_and(|r| r > caps.crypt_rounds) {
         return false;
     }
     if c.starts_with("$6$") {
@@ -165,7 +214,7 @@ fn verify_crypt(c: &str, clear: &str) -> bool {
 
 /// OpenLDAP's `pw-pbkdf2` form: `<iterations>$<salt>$<hash>`, salt and
 /// hash in adapted base64 (`.` for `+`, no padding).
-fn verify_pbkdf2(v: &str, clear: &str) -> bool {
+fn verify_pbkdf2(v: &str, clear: &str, caps: &Caps) -> bool {
     let mut parts = v.split('$');
     let (Some(iter), Some(salt), Some(hash), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -175,7 +224,7 @@ fn verify_pbkdf2(v: &str, clear: &str) -> bool {
     let Ok(iter) = iter.parse::<u32>() else {
         return false;
     };
-    if iter == 0 || iter > MAX_PBKDF2_ITERATIONS {
+    if iter == 0 || iter > caps.pbkdf2_iterations {
         return false;
     }
     let ab64 = |s: &str| {
@@ -247,19 +296,51 @@ mod tests {
         assert!(!verify("{CRYPT}saHW9GdxihkGQ", "secret"));
     }
 
-    /// A stored hash asking for more than the caps never verifies: it is
-    /// refused before any work (uncapped, these would take minutes to
-    /// hours and 4 GiB: the test would not finish).
+    /// A stored hash asking for more than the caps never verifies, even
+    /// when it is right: real hashes of "secret" just over small caps are
+    /// refused and verify under the real ones.
     #[test]
     fn hashes_over_the_cost_caps_never_verify() {
-        let big_argon =
-            "{ARGON2}$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
-        let many_rounds = "{CRYPT}$6$rounds=999999999$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
-        let many_iter = "{PBKDF2-SHA256}4000000000$c2FsdHNhbHRzYWx0c2FsdA$7JMc.Orakl8cI/LNC4qa3ZWWz8zE6mp9ZCpH6br9XuM";
-        for stored in [big_argon, many_rounds, many_iter] {
-            assert!(is_hashed(stored));
-            assert!(!verify(stored, "secret"), "{stored}");
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let argon = |m: u32| {
+            let h = Argon2::new(
+                argon2::Algorithm::Argon2id,
+                argon2::Version::V0x13,
+                argon2::Params::new(m, 1, 1, None).unwrap(),
+            )
+            .hash_password(b"secret", &salt)
+            .unwrap();
+            format!("{{ARGON2}}{h}")
+        };
+        let small = Caps {
+            argon2_memory_kib: 8 * 1024,
+            argon2_passes: 2,
+            argon2_lanes: 1,
+            crypt_rounds: 5_000,
+            pbkdf2_iterations: 5_000,
+        };
+        let within = argon(8 * 1024);
+        let over = argon(16 * 1024);
+        // `openssl passwd -6 -salt 'rounds=10000$saltsalt' secret`
+        let crypt = "{CRYPT}$6$rounds=10000$saltsalt$WowrPBpEDVlCoruBosYlrZycTCx3//TyDHYqEhX9DUHHt0XTztUqzQDDUuvUGRA8aUe9p55hcAxeGcu58sm3u.";
+        let pbkdf2 = "{PBKDF2-SHA256}10000$c2FsdHNhbHRzYWx0c2FsdA$7JMc.Orakl8cI/LNC4qa3ZWWz8zE6mp9ZCpH6br9XuM";
+        assert!(verify_with_caps(&within, "secret", &small));
+        for stored in [over.as_str(), crypt, pbkdf2] {
+            assert!(verify(stored, "secret"), "{stored}");
+            assert!(!verify_with_caps(stored, "secret", &small), "{stored}");
         }
+        // Unparseable costs count as over.
+        assert!(!verify("{CRYPT}$6$rounds=x$saltsalt$abc", "secret"));
+    }
+
+    /// A password longer than the limit is neither checked nor hashed.
+    #[test]
+    fn over_long_passwords_are_neither_checked_nor_hashed() {
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        let h = hash("short", b"0123456789abcdef").unwrap();
+        assert!(!verify(&h, &long));
+        assert!(hash(&long, b"0123456789abcdef").is_err());
+        assert!(!verify_nothing("secret"));
     }
 
     #[test]

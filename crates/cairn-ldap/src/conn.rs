@@ -218,11 +218,15 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                             // Their answers go out while they run: a
                             // search larger than the queue would wait on
                             // it forever otherwise.
+                            // A client that stops reading meanwhile is
+                            // closed as in the main loop.
+                            let wt = limits.write_timeout;
                             let mut failed = false;
                             while !tasks.is_empty() && !failed {
                                 tokio::select! {
                                     Some(m) = rx.recv() => {
-                                        failed = !abandoned.contains(&m.msgid) && sink.send(m).await.is_err();
+                                        failed = !abandoned.contains(&m.msgid)
+                                            && !matches!(tokio::time::timeout(wt, sink.send(m)).await, Ok(Ok(())));
                                     }
                                     _ = tasks.join_next() => {}
                                 }
@@ -233,7 +237,8 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                                 if failed {
                                     break;
                                 }
-                                failed = !abandoned.contains(&m.msgid) && sink.send(m).await.is_err();
+                                failed = !abandoned.contains(&m.msgid)
+                                    && !matches!(tokio::time::timeout(wt, sink.send(m)).await, Ok(Ok(())));
                             }
                             if failed
                                 || sink.send(start_tls_reply(msgid, LdapResultCode::Success, "")).await.is_err()

@@ -237,11 +237,17 @@ pub async fn bind(
             return Ok(password::verify(&cfg.admin_password_hash, &pw).then_some((true, None)));
         }
         let entry = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
-        let Some(entry) = entry else { return Ok(None) };
-        let matched = entry
-            .get("userpassword")
-            .and_then(|a| a.values.iter().find(|h| password::verify(h, &pw)).cloned());
-        let Some(matched) = matched else {
+        let hashes = entry
+            .as_ref()
+            .and_then(|e| e.get("userpassword"))
+            .map(|a| a.values.clone())
+            .unwrap_or_default();
+        if hashes.is_empty() {
+            // As long as a wrong password takes: timing does not tell
+            // which DNs exist.
+            return Ok(password::verify_nothing(&pw).then_some((false, None)));
+        }
+        let Some(matched) = hashes.into_iter().find(|h| password::verify(h, &pw)) else {
             return Ok(None);
         };
         // A hash imported from another directory (or made with older
@@ -408,6 +414,11 @@ pub async fn dispatch(
 /// does not wait, and a failure (no leader now) leaves the old hash to
 /// try again at the next bind.
 fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: String) {
+    // Hashed here, not left to the write: a password that happens to
+    // start with a scheme tag is a password, not a hash.
+    let Ok(new) = password::hash(&clear, uuid::Uuid::new_v4().as_bytes()) else {
+        return;
+    };
     let op = WriteOp::Modify {
         dn: dn.clone(),
         mods: vec![
@@ -419,7 +430,7 @@ fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: Strin
             Modification {
                 op: ModOp::Add,
                 attr: "userPassword".into(),
-                values: vec![clear.into_bytes()],
+                values: vec![new.into_bytes()],
             },
         ],
         stamp: Stamp {
@@ -509,6 +520,15 @@ async fn password_modify(
             }
             None => {}
             Some(old) => {
+                // A password check like a bind's: slowed after failures
+                // for this DN, and only a few at once.
+                let key = target.norm();
+                let wait = ctx.binds.delay(None, &key);
+                if !wait.is_zero() {
+                    ctx.metrics.binds_delayed.inc();
+                    tokio::time::sleep(wait).await;
+                }
+                let _slot = ctx.binds.slot().await;
                 let (ctx2, dn2) = (ctx.clone(), target.clone());
                 let ok = blocking(move || {
                     let e = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
@@ -517,11 +537,20 @@ async fn password_modify(
                 })
                 .await?;
                 if !ok {
+                    ctx.binds.failed(None, &key);
                     ctx.metrics.bind("invalid_credentials");
                     return fail(LdapResultCode::InvalidCredentials, "the old password is wrong");
                 }
+                ctx.binds.succeeded(None, &key);
             }
         }
+        // Hashed here: what ldappasswd sends is a password, never a hash
+        // to store as it is (a crafted one could ask for any cost).
+        let new = blocking(move || {
+            password::hash(&new, uuid::Uuid::new_v4().as_bytes())
+                .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
+        })
+        .await?;
         let op = WriteOp::Modify {
             dn: target.clone(),
             mods: vec![Modification {

@@ -72,13 +72,20 @@ pub struct Server {
     ctx: Arc<ServerContext>,
     /// LDAPS: TLS from the first byte.
     ldaps: bool,
+    /// Connection slots and request buffer budget, shared by the node's
+    /// LDAP and LDAPS listeners: the limits are the node's.
+    slots: Arc<Semaphore>,
+    budget: crate::codec::Budget,
 }
 
 impl Server {
     /// A listener for LDAP, with StartTLS when the context has TLS.
     pub async fn bind(addr: SocketAddr, ctx: Arc<ServerContext>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
+        let limits = &ctx.config.limits;
         Ok(Server {
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            budget: crate::codec::Budget::new(limits.max_buffered_bytes),
             listener,
             ctx,
             ldaps: false,
@@ -86,9 +93,10 @@ impl Server {
     }
 
     /// A listener for LDAPS (LDAP over TLS from the first byte, 636 in
-    /// production); the context must have TLS.
-    pub async fn bind_ldaps(addr: SocketAddr, ctx: Arc<ServerContext>) -> std::io::Result<Server> {
-        if ctx.tls.is_none() {
+    /// production) beside this one, sharing its limits; the context must
+    /// have TLS.
+    pub async fn ldaps_beside(&self, addr: SocketAddr) -> std::io::Result<Server> {
+        if self.ctx.tls.is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "LDAPS needs a certificate and key",
@@ -97,8 +105,10 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         Ok(Server {
             listener,
-            ctx,
+            ctx: self.ctx.clone(),
             ldaps: true,
+            slots: self.slots.clone(),
+            budget: self.budget.clone(),
         })
     }
 
@@ -109,8 +119,7 @@ impl Server {
     /// Serves until `shutdown` completes, then closes every connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limits = &self.ctx.config.limits;
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
-        let budget = crate::codec::Budget::new(limits.max_buffered_bytes);
+        let (slots, budget) = (self.slots.clone(), self.budget.clone());
         let mut conns = JoinSet::new();
         // Accept failures (out of descriptors, ...) back off instead of
         // spinning, and repeated warnings are logged once per interval.
@@ -155,8 +164,11 @@ impl Server {
                             warn!(peer = %peer, refused = n, "connections refused: at the cap of {} connections", limits.max_connections);
                         }
                         // Refused cleanly: a Notice of Disconnection, not
-                        // a silent close.
-                        conns.spawn(crate::conn::refuse(stream, "too many connections; try again later"));
+                        // a silent close (on LDAPS, where the client waits
+                        // for a handshake, just a close).
+                        if !self.ldaps {
+                            conns.spawn(crate::conn::refuse(stream, "too many connections; try again later"));
+                        }
                         continue;
                     };
                     debug!(peer = %peer, "connection accepted");

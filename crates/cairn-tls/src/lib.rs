@@ -110,7 +110,14 @@ struct State {
     stamps: (Option<SystemTime>, Option<SystemTime>),
     loads: u64,
     error: Option<String>,
+    /// When a load last failed: the files are tried again a second later
+    /// even if their times did not move (a renewal written within one
+    /// tick of the clock after a half-written read).
+    failed_at: Option<std::time::Instant>,
 }
+
+/// How soon a pair that did not load is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
@@ -141,6 +148,7 @@ impl Reloading {
                 stamps,
                 loads: 1,
                 error: None,
+                failed_at: None,
             }),
         })
     }
@@ -150,15 +158,20 @@ impl Reloading {
     pub fn config(&self) -> Arc<ServerConfig> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let stamps = (modified(&self.cert), modified(&self.key));
-        if stamps != st.stamps {
+        let retry = st.failed_at.is_some_and(|t| t.elapsed() >= RETRY);
+        if stamps != st.stamps || retry {
             st.stamps = stamps;
             match server_config(&self.cert, &self.key, self.alpn) {
                 Ok(c) => {
                     st.config = c;
                     st.loads += 1;
                     st.error = None;
+                    st.failed_at = None;
                 }
-                Err(e) => st.error = Some(e.to_string()),
+                Err(e) => {
+                    st.error = Some(e.to_string());
+                    st.failed_at = Some(std::time::Instant::now());
+                }
             }
         }
         st.config.clone()
@@ -211,7 +224,14 @@ mod tests {
         std::fs::write(&first.key, "not a key").unwrap();
         let _ = tls.config();
         assert_eq!(tls.loads(), 2);
-        assert!(tls.last_error().is_some_and(|e| e.contains("key")));
+        assert!(tls.last_error().is_some(), "the bad key is reported");
+        // Fixed within the same tick of the clock: tried again after the
+        // retry interval even though the times may not have moved.
+        std::fs::copy(&second.key, &first.key).unwrap();
+        std::thread::sleep(RETRY + std::time::Duration::from_millis(50));
+        let _ = tls.config();
+        assert_eq!(tls.loads(), 3);
+        assert_eq!(tls.last_error(), None);
     }
 
     #[test]

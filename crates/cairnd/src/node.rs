@@ -236,8 +236,12 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         config: s.ldap,
         clock,
     });
+    let server = Server::bind(s.ldap_listen, ctx)
+        .await
+        .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     if let Some(addr) = s.ldaps_listen {
-        let ldaps = Server::bind_ldaps(addr, ctx.clone())
+        let ldaps = server
+            .ldaps_beside(addr)
             .await
             .with_context(|| format!("cannot listen for LDAPS on {addr}"))?;
         let stop2 = stop.clone();
@@ -246,9 +250,6 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             Ok(())
         });
     }
-    let server = Server::bind(s.ldap_listen, ctx)
-        .await
-        .with_context(|| format!("cannot listen for LDAP on {}", s.ldap_listen))?;
     let addr = server.local_addr()?;
     let ldaps = s
         .ldaps_listen
