@@ -549,3 +549,80 @@ fn issue_12_imported_password_hashes_verify_and_are_upgraded_at_bind() {
         );
     }
 }
+
+/// Issue 12: new password hashes use the configured argon2id parameters
+/// (`[ldap] argon2_*`, here through the environment), and a hash made with
+/// other parameters (`cairnd hash-password`'s defaults) is made again at
+/// the next successful bind.
+#[test]
+fn issue_12_password_hashes_follow_the_configured_argon2_parameters() {
+    let n = Node::start_with(
+        "redb",
+        &[
+            ("CAIRN_LDAP_ARGON2_MEMORY_KIB", "8192"),
+            ("CAIRN_LDAP_ARGON2_PASSES", "1"),
+        ],
+    );
+    let mut hp = std::process::Command::new(bin("cairnd"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        hp.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    }
+    let default_hash = String::from_utf8(hp.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(default_hash.contains("$m=19456,t=2,p=1$"), "{default_hash}");
+    let dn = |uid: &str| format!("uid={uid},ou=groups,{SUFFIX}");
+    for (uid, pw) in [("ann", "secret"), ("bob", default_hash.as_str())] {
+        ok(n.tool(
+            "ldapadd",
+            &[],
+            Some(&format!(
+                "dn: {}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n",
+                dn(uid)
+            )),
+        ));
+    }
+    let stored = |uid: &str| {
+        let out = stdout(&ok(n.tool(
+            "ldapsearch",
+            &[
+                "-LLL",
+                "-o",
+                "ldif-wrap=no",
+                "-b",
+                &dn(uid),
+                "-s",
+                "base",
+                "userPassword",
+            ],
+            None,
+        )));
+        first_value(&out, "userPassword").unwrap_or_default()
+    };
+    assert!(
+        stored("ann").contains("$m=8192,t=1,p=1$"),
+        "{}",
+        stored("ann")
+    );
+    assert!(stored("bob").contains("$m=19456,t=2,p=1$"));
+    assert_eq!(
+        rc(&n.tool_as("ldapwhoami", Some((&dn("bob"), "secret")), &[], None)),
+        0
+    );
+    wait_until(
+        "bob's hash made again",
+        std::time::Duration::from_secs(20),
+        || stored("bob").contains("$m=8192,t=1,p=1$"),
+    );
+    assert_eq!(
+        rc(&n.tool_as("ldapwhoami", Some((&dn("bob"), "secret")), &[], None)),
+        0
+    );
+}

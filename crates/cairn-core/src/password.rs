@@ -76,16 +76,66 @@ pub fn is_hashed(value: &str) -> bool {
     scheme(value).is_some()
 }
 
-/// Hashes a clear-text password with argon2id. `salt` must be at least 8
-/// random bytes (passed in so the caller owns randomness).
+/// The argon2id parameters new hashes are made with (`[ldap]
+/// argon2_memory_kib`, `argon2_passes`, `argon2_lanes`; the default is
+/// argon2's: 19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub passes: u32,
+    pub lanes: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        let d = argon2::Params::default();
+        Argon2Params {
+            memory_kib: d.m_cost(),
+            passes: d.t_cost(),
+            lanes: d.p_cost(),
+        }
+    }
+}
+
+impl Argon2Params {
+    /// Refuses parameters argon2 does not take, and ones over the caps
+    /// (a hash made with them would never verify).
+    pub fn check(&self) -> Result<argon2::Params, String> {
+        if self.memory_kib > MAX_ARGON2_MEMORY_KIB
+            || self.passes > MAX_ARGON2_PASSES
+            || self.lanes > MAX_ARGON2_LANES
+        {
+            return Err(format!(
+                "argon2 parameters over the caps (memory {MAX_ARGON2_MEMORY_KIB} KiB, \
+                 {MAX_ARGON2_PASSES} passes, {MAX_ARGON2_LANES} lanes)"
+            ));
+        }
+        argon2::Params::new(self.memory_kib, self.passes, self.lanes, None)
+            .map_err(|e| format!("argon2 parameters: {e}"))
+    }
+}
+
+/// Hashes a clear-text password with argon2id and the default parameters.
+/// `salt` must be at least 8 random bytes (passed in so the caller owns
+/// randomness).
 pub fn hash(clear: &str, salt: &[u8]) -> Result<String, String> {
+    hash_with(clear, salt, &Argon2Params::default())
+}
+
+/// Hashes a clear-text password with argon2id and `params`.
+pub fn hash_with(clear: &str, salt: &[u8], params: &Argon2Params) -> Result<String, String> {
     if clear.len() > MAX_PASSWORD_BYTES {
         return Err(format!(
             "a password may take at most {MAX_PASSWORD_BYTES} bytes"
         ));
     }
+    let argon = Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params.check()?,
+    );
     let salt = SaltString::encode_b64(salt).map_err(|e| e.to_string())?;
-    let phc = Argon2::default()
+    let phc = argon
         .hash_password(clear.as_bytes(), &salt)
         .map_err(|e| e.to_string())?;
     Ok(format!("{ARGON2}{phc}"))
@@ -93,17 +143,27 @@ pub fn hash(clear: &str, salt: &[u8]) -> Result<String, String> {
 
 /// Hashes a value unless it is already hashed.
 pub fn prepare(value: &str, salt: &[u8]) -> Result<String, String> {
+    prepare_with(value, salt, &Argon2Params::default())
+}
+
+/// [`prepare`] with `params` for new hashes.
+pub fn prepare_with(value: &str, salt: &[u8], params: &Argon2Params) -> Result<String, String> {
     if is_hashed(value) {
         Ok(value.to_string())
     } else {
-        hash(value, salt)
+        hash_with(value, salt, params)
     }
 }
 
 /// Whether a stored hash should be replaced by one [`hash`] makes, once
 /// the clear text is known (a successful bind): another scheme, or
-/// argon2 with other parameters than today's.
+/// argon2 with other parameters than the default.
 pub fn needs_upgrade(stored: &str) -> bool {
+    needs_upgrade_to(stored, &Argon2Params::default())
+}
+
+/// [`needs_upgrade`] against `params`.
+pub fn needs_upgrade_to(stored: &str, params: &Argon2Params) -> bool {
     if scheme(stored) != Some(ARGON2) {
         return true;
     }
@@ -113,11 +173,10 @@ pub fn needs_upgrade(stored: &str) -> bool {
     else {
         return true;
     };
-    let now = argon2::Params::default();
     parsed.algorithm.as_str() != "argon2id"
-        || parsed.params.get_decimal("m") != Some(now.m_cost())
-        || parsed.params.get_decimal("t") != Some(now.t_cost())
-        || parsed.params.get_decimal("p") != Some(now.p_cost())
+        || parsed.params.get_decimal("m") != Some(params.memory_kib)
+        || parsed.params.get_decimal("t") != Some(params.passes)
+        || parsed.params.get_decimal("p") != Some(params.lanes)
 }
 
 /// Checks a clear-text password against a stored value. Values that are
@@ -341,6 +400,26 @@ mod tests {
         assert!(!verify(&h, &long));
         assert!(hash(&long, b"0123456789abcdef").is_err());
         assert!(!verify_nothing("secret"));
+    }
+
+    #[test]
+    fn hashes_are_made_with_the_configured_parameters() {
+        let p = Argon2Params {
+            memory_kib: 8 * 1024,
+            passes: 3,
+            lanes: 2,
+        };
+        let h = hash_with("pw", b"0123456789abcdef", &p).unwrap();
+        assert!(h.contains("$m=8192,t=3,p=2$"), "{h}");
+        assert!(verify(&h, "pw"));
+        assert!(!needs_upgrade_to(&h, &p));
+        assert!(needs_upgrade(&h), "the default differs");
+        let over = Argon2Params {
+            memory_kib: MAX_ARGON2_MEMORY_KIB + 1,
+            ..p
+        };
+        assert!(over.check().is_err());
+        assert!(Argon2Params { lanes: 0, ..p }.check().is_err());
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct Config {
     /// without TLS (RFC 4513 5.1.3); refused with confidentialityRequired
     /// otherwise. The dev modes allow it.
     pub plaintext_binds: bool,
+    /// How new password hashes are made; hashes with other parameters are
+    /// made again at the next successful bind.
+    pub argon2: cairn_core::password::Argon2Params,
     pub limits: Limits,
     /// `vendorVersion` in the root DSE.
     pub version: String,

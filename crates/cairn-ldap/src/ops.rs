@@ -252,7 +252,7 @@ pub async fn bind(
         };
         // A hash imported from another directory (or made with older
         // parameters) is replaced now that the password is known.
-        let upgrade = password::needs_upgrade(&matched).then_some((matched, pw));
+        let upgrade = password::needs_upgrade_to(&matched, &cfg.argon2).then_some((matched, pw));
         Ok(Some((is_admin_member(&ctx2, &dn2), upgrade)))
     })
     .await;
@@ -416,7 +416,8 @@ pub async fn dispatch(
 fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: String) {
     // Hashed here, not left to the write: a password that happens to
     // start with a scheme tag is a password, not a hash.
-    let Ok(new) = password::hash(&clear, uuid::Uuid::new_v4().as_bytes()) else {
+    let Ok(new) = password::hash_with(&clear, uuid::Uuid::new_v4().as_bytes(), &ctx.config.argon2)
+    else {
         return;
     };
     let op = WriteOp::Modify {
@@ -546,8 +547,9 @@ async fn password_modify(
         }
         // Hashed here: what ldappasswd sends is a password, never a hash
         // to store as it is (a crafted one could ask for any cost).
+        let params = ctx.config.argon2;
         let new = blocking(move || {
-            password::hash(&new, uuid::Uuid::new_v4().as_bytes())
+            password::hash_with(&new, uuid::Uuid::new_v4().as_bytes(), &params)
                 .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
         })
         .await?;

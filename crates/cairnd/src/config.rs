@@ -439,6 +439,11 @@ pub struct LdapSection {
     /// refused with confidentialityRequired otherwise). `cairnd dev`
     /// allows it.
     pub allow_plaintext_binds: bool,
+    /// argon2id parameters of new password hashes (KiB, passes, lanes);
+    /// stored hashes made otherwise are made again at the next bind.
+    pub argon2_memory_kib: u32,
+    pub argon2_passes: u32,
+    pub argon2_lanes: u32,
     /// Largest request PDU in bytes; larger ones close the connection.
     pub max_pdu_bytes: usize,
     /// Deepest filter nesting accepted.
@@ -490,6 +495,9 @@ impl Default for LdapSection {
             admin_group: None,
             anonymous_read: false,
             allow_plaintext_binds: false,
+            argon2_memory_kib: cairn_core::password::Argon2Params::default().memory_kib,
+            argon2_passes: cairn_core::password::Argon2Params::default().passes,
+            argon2_lanes: cairn_core::password::Argon2Params::default().lanes,
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth,
             max_filter_elements: l.max_filter_elements,
@@ -623,9 +631,19 @@ impl FileConfig {
             .map(Dn::parse)
             .transpose()
             .context("ldap.admin_group is not a valid DN")?;
+        let argon2 = cairn_core::password::Argon2Params {
+            memory_kib: self.ldap.argon2_memory_kib,
+            passes: self.ldap.argon2_passes,
+            lanes: self.ldap.argon2_lanes,
+        };
+        argon2
+            .check()
+            .map_err(|e| anyhow::anyhow!("ldap.argon2_*: {e}"))?;
         let hash = match (admin_password, self.ldap.admin_password_hash.clone()) {
-            (Some(clear), _) => cairn_core::password::hash(&clear, uuid::Uuid::new_v4().as_bytes())
-                .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?,
+            (Some(clear), _) => {
+                cairn_core::password::hash_with(&clear, uuid::Uuid::new_v4().as_bytes(), &argon2)
+                    .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {e}"))?
+            }
             (None, Some(h)) if cairn_core::password::is_hashed(&h) => h,
             (None, Some(_)) => bail!(
                 "ldap.admin_password_hash must be an argon2 hash ({{ARGON2}}$argon2id$...); use `cairnd hash-password`"
@@ -713,6 +731,7 @@ impl FileConfig {
                 admin_group,
                 anonymous_read: self.ldap.anonymous_read,
                 plaintext_binds: self.ldap.allow_plaintext_binds,
+                argon2,
                 limits,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },

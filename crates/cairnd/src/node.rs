@@ -59,11 +59,10 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let engine = cairn_store::engine::open_with(s.engine, &s.data_dir, s.engine_options)
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
-    let dir = Arc::new(Directory::new(
-        engine,
-        Arc::new(Schema::builtin()),
-        vec![s.suffix.clone()],
-    ));
+    let dir = Arc::new(
+        Directory::new(engine, Arc::new(Schema::builtin()), vec![s.suffix.clone()])
+            .with_password_params(s.ldap.argon2),
+    );
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
     let mut tasks = JoinSet::new();
     // The hosts' gRPC server: Locator and Config, reflection, health. In a

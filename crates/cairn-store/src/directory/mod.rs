@@ -143,6 +143,8 @@ pub struct Directory {
     /// raises the vector (`replicate::LogCursor`). Only touched under the
     /// writer lock.
     log: Mutex<replicate::LogCursor>,
+    /// How new `userPassword` hashes are made.
+    password_params: password::Argon2Params,
 }
 
 /// One directory write, fully decided: the UUID of a new entry, who and
@@ -248,7 +250,15 @@ impl Directory {
             synced: Condvar::new(),
             changes: tokio::sync::watch::Sender::new(0),
             log: Mutex::new(replicate::LogCursor::default()),
+            password_params: password::Argon2Params::default(),
         }
+    }
+
+    /// Makes new `userPassword` hashes with `params` (`[ldap]
+    /// argon2_*`).
+    pub fn with_password_params(mut self, params: password::Argon2Params) -> Self {
+        self.password_params = params;
+        self
     }
 
     /// A receiver that sees a new value after every commit that may have
@@ -457,11 +467,13 @@ impl Directory {
     }
 
     fn hash_password(&self, clear: &str) -> Result<String, Error> {
-        password::prepare(clear, Uuid::new_v4().as_bytes()).map_err(|e| {
-            Error::Model(cairn_core::Error::UnwillingToPerform(format!(
-                "cannot hash userPassword: {e}"
-            )))
-        })
+        password::prepare_with(clear, Uuid::new_v4().as_bytes(), &self.password_params).map_err(
+            |e| {
+                Error::Model(cairn_core::Error::UnwillingToPerform(format!(
+                    "cannot hash userPassword: {e}"
+                )))
+            },
+        )
     }
 
     /// The `userPassword` values an entry holds (hashes), none if the
@@ -484,11 +496,13 @@ impl Directory {
                 .is_some_and(|a| a.key() == "userpassword")
             {
                 for v in values.iter_mut() {
-                    *v = password::prepare(v, Uuid::new_v4().as_bytes()).map_err(|e| {
-                        Error::Model(cairn_core::Error::UnwillingToPerform(format!(
-                            "cannot hash userPassword: {e}"
-                        )))
-                    })?;
+                    *v =
+                        password::prepare_with(v, Uuid::new_v4().as_bytes(), &self.password_params)
+                            .map_err(|e| {
+                                Error::Model(cairn_core::Error::UnwillingToPerform(format!(
+                                    "cannot hash userPassword: {e}"
+                                )))
+                            })?;
                 }
             }
         }
