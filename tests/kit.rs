@@ -314,7 +314,25 @@ pub fn run_tool(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Output {
+    run_tool_trusting(None, url, tool, creds, args, stdin)
+}
+
+/// [`run_tool`] trusting only the CA in `ca` for TLS (`LDAPTLS_CACERT`);
+/// with none, whatever the system trusts (not the dev CA).
+pub fn run_tool_trusting(
+    ca: Option<&std::path::Path>,
+    url: &str,
+    tool: &str,
+    creds: Option<(&str, &str)>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut cmd = Command::new(tool);
+    cmd.env_remove("LDAPTLS_CACERT")
+        .env_remove("LDAPTLS_REQCERT");
+    if let Some(ca) = ca {
+        cmd.env("LDAPTLS_CACERT", ca);
+    }
     cmd.arg("-x").arg("-H").arg(url);
     if let Some((dn, pw)) = creds {
         cmd.arg("-D").arg(dn).arg("-w").arg(pw);

@@ -484,6 +484,41 @@ fn first_value(ldif: &str, attr: &str) -> Option<String> {
     })
 }
 
+fn user_dn(uid: &str) -> String {
+    format!("uid={uid},ou=groups,{SUFFIX}")
+}
+
+/// Adds a person with `userPassword: password` (clear text or a hash).
+fn add_user(n: &Node, uid: &str, password: &str) {
+    ok(n.tool(
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {password}\n",
+            user_dn(uid)
+        )),
+    ));
+}
+
+/// The person's first stored `userPassword` value, as the admin reads it.
+fn stored_password(n: &Node, uid: &str) -> String {
+    let out = stdout(&ok(n.tool(
+        "ldapsearch",
+        &[
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            "-b",
+            &user_dn(uid),
+            "-s",
+            "base",
+            "userPassword",
+        ],
+        None,
+    )));
+    first_value(&out, "userPassword").unwrap_or_default()
+}
+
 /// Issue 12: hashes imported from other directories verify as they are
 /// (here `{SSHA}` and `{CRYPT}$6$`, made by Python's hashlib and `openssl
 /// passwd -6`), are stored as given, and the first successful bind
@@ -499,33 +534,10 @@ fn issue_12_imported_password_hashes_verify_and_are_upgraded_at_bind() {
             "{CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1",
         ),
     ];
-    let dn = |uid: &str| format!("uid={uid},ou=groups,{SUFFIX}");
-    let stored = |uid: &str| {
-        let out = stdout(&ok(n.tool(
-            "ldapsearch",
-            &[
-                "-LLL",
-                "-o",
-                "ldif-wrap=no",
-                "-b",
-                &dn(uid),
-                "-s",
-                "base",
-                "userPassword",
-            ],
-            None,
-        )));
-        first_value(&out, "userPassword").unwrap_or_default()
-    };
+    let dn = user_dn;
+    let stored = |uid: &str| stored_password(&n, uid);
     for (uid, hash) in users {
-        ok(n.tool(
-            "ldapadd",
-            &[],
-            Some(&format!(
-                "dn: {}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {hash}\n",
-                dn(uid)
-            )),
-        ));
+        add_user(&n, uid, hash);
         // Stored as given, not hashed again.
         assert_eq!(stored(uid), hash);
     }
@@ -578,34 +590,11 @@ fn issue_12_password_hashes_follow_the_configured_argon2_parameters() {
         .trim()
         .to_string();
     assert!(default_hash.contains("$m=19456,t=2,p=1$"), "{default_hash}");
-    let dn = |uid: &str| format!("uid={uid},ou=groups,{SUFFIX}");
+    let dn = user_dn;
     for (uid, pw) in [("ann", "secret"), ("bob", default_hash.as_str())] {
-        ok(n.tool(
-            "ldapadd",
-            &[],
-            Some(&format!(
-                "dn: {}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n",
-                dn(uid)
-            )),
-        ));
+        add_user(&n, uid, pw);
     }
-    let stored = |uid: &str| {
-        let out = stdout(&ok(n.tool(
-            "ldapsearch",
-            &[
-                "-LLL",
-                "-o",
-                "ldif-wrap=no",
-                "-b",
-                &dn(uid),
-                "-s",
-                "base",
-                "userPassword",
-            ],
-            None,
-        )));
-        first_value(&out, "userPassword").unwrap_or_default()
-    };
+    let stored = |uid: &str| stored_password(&n, uid);
     assert!(
         stored("ann").contains("$m=8192,t=1,p=1$"),
         "{}",

@@ -3,8 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use ldap3::exop::Exop;
@@ -17,18 +16,9 @@ const START_TLS: &str = "1.3.6.1.4.1.1466.20037";
 /// `ldapsearch` as the admin at `url`, trusting `ca` (none: the system's
 /// trust store, which does not hold the dev CA), with `extra` flags.
 fn search(url: &str, ca: Option<&Path>, extra: &[&str]) -> Output {
-    let mut cmd = Command::new("ldapsearch");
-    cmd.env_remove("LDAPTLS_CACERT")
-        .env_remove("LDAPTLS_REQCERT");
-    if let Some(ca) = ca {
-        cmd.env("LDAPTLS_CACERT", ca);
-    }
-    cmd.args(["-x", "-H", url, "-D", ADMIN, "-w", PASSWORD])
-        .args(extra)
-        .args(["-b", SUFFIX, "-s", "base", "1.1"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ldapsearch (install ldap-utils)")
+    let mut args = extra.to_vec();
+    args.extend(["-b", SUFFIX, "-s", "base", "1.1"]);
+    run_tool_trusting(ca, url, "ldapsearch", Some((ADMIN, PASSWORD)), &args, None)
 }
 
 fn found_suffix(out: &Output) -> bool {
@@ -65,18 +55,10 @@ fn issue_12_ldaps_and_starttls_serve_the_tree_to_clients_that_trust_the_dev_ca()
 #[tokio::test]
 async fn issue_12_starttls_on_a_tls_connection_is_refused() {
     let n = Node::start();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in cairn_tls::load_certs(&n.ca()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = cairn_tls::client_config(&n.ca()).unwrap();
     let settings = LdapConnSettings::new()
         .set_starttls(true)
-        .set_config(Arc::new(config));
+        .set_config(config);
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &n.url())
         .await
         .expect("StartTLS with the dev CA");
@@ -233,16 +215,8 @@ async fn issue_12_starttls_answers_the_operations_under_way_first() {
     // The handshake on the same socket, trusting the dev CA.
     let parts = framed.into_parts();
     assert!(parts.read_buf.is_empty());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in cairn_tls::load_certs(&n.ca()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let config = cairn_tls::client_config(&n.ca()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(
             rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
             parts.io,
@@ -404,28 +378,9 @@ fn issue_12_ldappasswd_changes_passwords_over_tls() {
     let ca = n.ca();
     let user = format!("uid=ann,ou=groups,{SUFFIX}");
     let bob = format!("uid=bob,ou=groups,{SUFFIX}");
+    let url = n.ldaps_url();
     let tool = |tool: &str, creds: (&str, &str), args: &[&str], stdin: Option<&str>| {
-        let mut cmd = Command::new(tool);
-        cmd.env("LDAPTLS_CACERT", &ca)
-            .args(["-x", "-H", &n.ldaps_url(), "-D", creds.0, "-w", creds.1])
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run an OpenLDAP tool");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+        run_tool_trusting(Some(&ca), &url, tool, Some(creds), args, stdin)
     };
     for (dn, uid, pw) in [(&user, "ann", "ann-old"), (&bob, "bob", "bob-secret")] {
         let ldif = format!(

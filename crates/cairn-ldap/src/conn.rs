@@ -37,24 +37,8 @@ pub struct Session {
     pub tls: AtomicBool,
 }
 
-fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
-    LdapMsg {
-        msgid: 0,
-        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
-            res: LdapResult {
-                code,
-                matcheddn: String::new(),
-                message: message.to_string(),
-                referral: vec![],
-            },
-            name: Some(OID_NOTICE_OF_DISCONNECTION.to_string()),
-            value: None,
-        }),
-        ctrl: vec![],
-    }
-}
-
-fn start_tls_reply(msgid: i32, code: LdapResultCode, message: &str) -> LdapMsg {
+/// An extended response with no value.
+fn extended_response(msgid: i32, name: &str, code: LdapResultCode, message: &str) -> LdapMsg {
     LdapMsg {
         msgid,
         op: LdapOp::ExtendedResponse(LdapExtendedResponse {
@@ -64,11 +48,19 @@ fn start_tls_reply(msgid: i32, code: LdapResultCode, message: &str) -> LdapMsg {
                 message: message.to_string(),
                 referral: vec![],
             },
-            name: Some(OID_START_TLS.to_string()),
+            name: Some(name.to_string()),
             value: None,
         }),
         ctrl: vec![],
     }
+}
+
+fn notice_of_disconnection(code: LdapResultCode, message: &str) -> LdapMsg {
+    extended_response(0, OID_NOTICE_OF_DISCONNECTION, code, message)
+}
+
+fn start_tls_reply(msgid: i32, code: LdapResultCode, message: &str) -> LdapMsg {
+    extended_response(msgid, OID_START_TLS, code, message)
 }
 
 /// Refuses a connection over the cap: a Notice of Disconnection saying

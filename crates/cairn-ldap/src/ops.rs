@@ -223,12 +223,7 @@ pub async fn bind(
     // Repeated failures from this source or for this DN wait first, and
     // only a few checks run at once (`crate::throttle`).
     let key = dn.norm();
-    let wait = ctx.binds.delay(source, &key);
-    if !wait.is_zero() {
-        ctx.metrics.binds_delayed.inc();
-        tokio::time::sleep(wait).await;
-    }
-    let _slot = ctx.binds.slot().await;
+    let _slot = check_slot(ctx, source, &key).await;
     let ctx2 = ctx.clone();
     let dn2 = dn.clone();
     let verdict = blocking(move || {
@@ -409,39 +404,59 @@ pub async fn dispatch(
     let _ = tx.send(reply(msgid, &op, res)).await;
 }
 
+/// Waits before a password check as the bind throttle says for `key`
+/// (a normalized DN) from `source`, counting the delays, then for one of
+/// the few check slots.
+async fn check_slot<'a>(
+    ctx: &'a ServerContext,
+    source: Option<std::net::IpAddr>,
+    key: &str,
+) -> Option<tokio::sync::SemaphorePermit<'a>> {
+    let wait = ctx.binds.delay(source, key);
+    if !wait.is_zero() {
+        ctx.metrics.binds_delayed.inc();
+        tokio::time::sleep(wait).await;
+    }
+    ctx.binds.slot().await
+}
+
 /// Replaces the stored hash `old` of `dn` by an argon2id hash of
 /// `clear` (the password it just verified), in the background: the bind
 /// does not wait, and a failure (no leader now) leaves the old hash to
 /// try again at the next bind.
 fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: String) {
-    // Hashed here, not left to the write: a password that happens to
-    // start with a scheme tag is a password, not a hash.
-    let Ok(new) = password::hash_with(&clear, uuid::Uuid::new_v4().as_bytes(), &ctx.config.argon2)
-    else {
-        return;
-    };
-    let op = WriteOp::Modify {
-        dn: dn.clone(),
-        mods: vec![
-            Modification {
-                op: ModOp::Delete,
-                attr: "userPassword".into(),
-                values: vec![old.into_bytes()],
-            },
-            Modification {
-                op: ModOp::Add,
-                attr: "userPassword".into(),
-                values: vec![new.into_bytes()],
-            },
-        ],
-        stamp: Stamp {
-            who: dn.clone(),
-            now: generalized_time(ctx.clock.now_unix()),
-        },
-    };
-    let (writer, dn) = (ctx.writer.clone(), dn.clone());
+    let (ctx, dn) = (ctx.clone(), dn.clone());
     tokio::spawn(async move {
-        match writer.write(op).await {
+        // Hashed here, not left to the write: a password that happens to
+        // start with a scheme tag is a password, not a hash. Off the async
+        // threads: argon2 is slow on purpose.
+        let params = ctx.config.argon2;
+        let hashed = blocking(move || {
+            password::hash_with(&clear, uuid::Uuid::new_v4().as_bytes(), &params)
+                .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
+        })
+        .await;
+        let Ok(new) = hashed else { return };
+        let op = WriteOp::Modify {
+            dn: dn.clone(),
+            mods: vec![
+                Modification {
+                    op: ModOp::Delete,
+                    attr: "userPassword".into(),
+                    values: vec![old.into_bytes()],
+                },
+                Modification {
+                    op: ModOp::Add,
+                    attr: "userPassword".into(),
+                    values: vec![new.into_bytes()],
+                },
+            ],
+            stamp: Stamp {
+                who: dn.clone(),
+                now: generalized_time(ctx.clock.now_unix()),
+            },
+        };
+        match ctx.writer.write(op).await {
             Ok(_) => tracing::info!(entry = %dn, "password hash upgraded to argon2id"),
             Err(e) => {
                 tracing::warn!(entry = %dn, cause = %e, "could not upgrade the password hash; will try at the next bind")
@@ -524,12 +539,7 @@ async fn password_modify(
                 // A password check like a bind's: slowed after failures
                 // for this DN, and only a few at once.
                 let key = target.norm();
-                let wait = ctx.binds.delay(None, &key);
-                if !wait.is_zero() {
-                    ctx.metrics.binds_delayed.inc();
-                    tokio::time::sleep(wait).await;
-                }
-                let _slot = ctx.binds.slot().await;
+                let _slot = check_slot(ctx, None, &key).await;
                 let (ctx2, dn2) = (ctx.clone(), target.clone());
                 let ok = blocking(move || {
                     let e = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;

@@ -85,20 +85,13 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// A TLS handshake over `tcp` with the settings `tls` has now, within
-/// `timeout`.
+/// A TLS handshake over `tcp` ([`cairn_tls::accept`]).
 pub async fn accept(
     tls: &cairn_tls::Reloading,
     tcp: TcpStream,
     timeout: std::time::Duration,
 ) -> io::Result<Stream> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the TLS handshake did not finish in time",
-        )),
-    }
+    Ok(Stream::Tls(Box::new(
+        cairn_tls::accept(tls, tcp, timeout).await?,
+    )))
 }

@@ -561,15 +561,10 @@ pub async fn serve_tls(
                 };
                 let _ = tcp.set_nodelay(true);
                 let peer = tcp.peer_addr().ok();
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => Some(Ok::<_, std::io::Error>(s)),
-                    Ok(Err(e)) => {
+                match cairn_tls::accept(&tls, tcp, handshake_timeout).await {
+                    Ok(s) => Some(Ok::<_, std::io::Error>(s)),
+                    Err(e) => {
                         tracing::debug!(?peer, cause = %e, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(?peer, "TLS handshake timed out");
                         None
                     }
                 }

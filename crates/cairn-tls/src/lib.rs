@@ -89,6 +89,39 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// A client configuration that trusts only the CA certificate(s) in the
+/// PEM file `ca` (a deployment's own CA, as `cairnd dev` makes).
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_error(ca, e))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// A server-side TLS handshake over `tcp` with the settings `tls` has now,
+/// within `timeout` (a client that stalls it is dropped, not waited for).
+pub async fn accept(
+    tls: &Reloading,
+    tcp: tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    tokio::time::timeout(timeout, acceptor.accept(tcp))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the TLS handshake did not finish in time",
+            ))
+        })
+}
+
 /// A server's TLS settings from a certificate file and a key file, read
 /// again when either file changes: each new connection asks
 /// [`Reloading::config`], which looks at the files' modification times

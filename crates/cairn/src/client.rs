@@ -46,17 +46,7 @@ pub fn settings(timeout: Duration) -> anyhow::Result<LdapConnSettings> {
         return Ok(settings);
     };
     if let Some(ca) = &o.ca {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in cairn_tls::load_certs(ca)? {
-            roots
-                .add(c)
-                .with_context(|| format!("a certificate in {}", ca.display()))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(cairn_tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        settings = settings.set_config(std::sync::Arc::new(config));
+        settings = settings.set_config(cairn_tls::client_config(ca)?);
     }
     Ok(settings.set_starttls(o.starttls))
 }

@@ -487,6 +487,7 @@ pub struct LdapSection {
 impl Default for LdapSection {
     fn default() -> Self {
         let l = cairn_ldap::Limits::default();
+        let argon2 = cairn_core::password::Argon2Params::default();
         LdapSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 389)),
             ldaps_listen: None,
@@ -495,9 +496,9 @@ impl Default for LdapSection {
             admin_group: None,
             anonymous_read: false,
             allow_plaintext_binds: false,
-            argon2_memory_kib: cairn_core::password::Argon2Params::default().memory_kib,
-            argon2_passes: cairn_core::password::Argon2Params::default().passes,
-            argon2_lanes: cairn_core::password::Argon2Params::default().lanes,
+            argon2_memory_kib: argon2.memory_kib,
+            argon2_passes: argon2.passes,
+            argon2_lanes: argon2.lanes,
             max_pdu_bytes: l.max_pdu_bytes,
             max_filter_depth: l.max_filter_depth,
             max_filter_elements: l.max_filter_elements,

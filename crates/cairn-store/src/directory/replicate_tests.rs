@@ -1507,14 +1507,29 @@ fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
             .collect()
     };
     let (a, b) = (big("a"), big("b"));
-    fn refs(v: &[String]) -> Vec<&str> {
-        v.iter().map(String::as_str).collect()
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        a.iter().map(String::as_str).collect(),
+        b.iter().map(String::as_str).collect(),
+    );
+    // Site `i` writes `op` (later than anything before), then both sites
+    // exchange their changes and converge.
+    fn step(all: &mut [Site], i: usize, op: WriteOp) {
+        all[i].now_ms += 10;
+        all[i].must(op);
+        exchange(all);
+        converged(all);
     }
-    all[0].must(modify_op(H1, ModOp::Add, "description", &refs(&a)));
-    all[1].now_ms += 10;
-    all[1].must(modify_op(H1, ModOp::Add, "description", &refs(&b)));
-    exchange(&mut all);
-    converged(&all);
+    let add = |values: &[&str]| modify_op(H1, ModOp::Add, "description", values);
+    // Shown whole: no conflict mark.
+    fn whole(e: &ValidEntry) {
+        assert!(
+            e.get("cairnconflict").is_none(),
+            "{:?}",
+            e.first("cairnconflict")
+        );
+    }
+    all[0].must(add(&a));
+    step(&mut all, 1, add(&b));
     let e = all[0].get(H1).unwrap();
     let why = e.first("cairnconflict").unwrap_or_default().to_string();
     assert!(
@@ -1526,8 +1541,7 @@ fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
     assert!(e.first("entryuuid").is_some());
     // A write that leaves it over the limit is refused; the stub's values
     // are what a write is planned against, not what it shows.
-    let grow = modify_op(H1, ModOp::Add, "description", &["one more"]);
-    let op = all[0].dir.prepare(grow).unwrap();
+    let op = all[0].dir.prepare(add(&["one more"])).unwrap();
     let (now, origin) = (all[0].now_ms + 5, all[0].origin);
     let csn = all[0].hlc.stamp(now, origin, 1).next().unwrap();
     let refused = all[0].dir.plan_changes(&[&op], &[csn], &[]).unwrap();
@@ -1537,51 +1551,39 @@ fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
         refused[0].as_ref().err()
     );
     // An empty replace of an attribute the stub hides is not a no-op.
-    all[1].now_ms += 10;
-    all[1].must(modify_op(H1, ModOp::Replace, "description", &[]));
-    exchange(&mut all);
-    converged(&all);
-    let e = all[0].get(H1).unwrap();
-    assert!(
-        e.get("cairnconflict").is_none(),
-        "{:?}",
-        e.first("cairnconflict")
+    step(
+        &mut all,
+        1,
+        modify_op(H1, ModOp::Replace, "description", &[]),
     );
+    let e = all[0].get(H1).unwrap();
+    whole(&e);
     assert!(e.get("description").is_none());
     // Over the limit again; this time a delete of the whole hidden
     // attribute brings it back.
     all[0].now_ms += 10;
-    all[0].must(modify_op(H1, ModOp::Add, "description", &refs(&a)));
-    all[1].now_ms += 10;
-    all[1].must(modify_op(H1, ModOp::Add, "description", &refs(&b)));
-    exchange(&mut all);
-    converged(&all);
+    all[0].must(add(&a));
+    step(&mut all, 1, add(&b));
     assert!(
         all[0].get(H1).unwrap().get("description").is_none(),
         "a stub again"
     );
-    all[0].now_ms += 10;
-    all[0].must(modify_op(H1, ModOp::Delete, "description", &[]));
-    exchange(&mut all);
-    converged(&all);
-    let e = all[1].get(H1).unwrap();
-    assert!(
-        e.get("cairnconflict").is_none(),
-        "{:?}",
-        e.first("cairnconflict")
+    step(
+        &mut all,
+        0,
+        modify_op(H1, ModOp::Delete, "description", &[]),
     );
+    let e = all[1].get(H1).unwrap();
+    whole(&e);
     assert!(e.get("description").is_none());
     // Site 0 replaces the values with its own: the entry fits again, whole.
-    all[0].now_ms += 10;
-    all[0].must(modify_op(H1, ModOp::Replace, "description", &refs(&a)));
-    exchange(&mut all);
-    converged(&all);
-    let e = all[1].get(H1).unwrap();
-    assert!(
-        e.get("cairnconflict").is_none(),
-        "{:?}",
-        e.first("cairnconflict")
+    step(
+        &mut all,
+        0,
+        modify_op(H1, ModOp::Replace, "description", &a),
     );
+    let e = all[1].get(H1).unwrap();
+    whole(&e);
     assert_eq!(e.get("description").map(|d| d.values.len()), Some(5));
 }
 
