@@ -295,6 +295,12 @@ fn issue_10_damaged_files_are_refused_at_start_up() {
     };
     let dir = data.path().join("node-1");
     let config = data.path().join("node-1.toml");
+    crate::kit::make_certs(
+        data.path(),
+        &crate::kit::SiteSpec::east(),
+        &[1],
+        crate::kit::deployment_ca(),
+    );
     std::fs::write(&config, node_config(1, &dir, ports, &[1])).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", ports.ldap).parse().unwrap();
     let start = || {

@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 use crate::kit::*;
 
 /// Whether the node at `url` holds the example tree (its four hosts).
-fn has_example_tree(url: &str) -> bool {
-    let out = run_tool(
-        url,
-        "ldapsearch",
-        Some((ADMIN, PASSWORD)),
-        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
-        None,
-    );
-    out.status.success() && dns(&stdout(&out)).len() == 4
-}
-
 fn has_value(site: &Site, node: u64, dn: &str, attr: &str, value: &str) -> bool {
     let out = site.tool(node, "ldapsearch", &["-b", dn, "-s", "base", attr], None);
     out.status.success() && stdout(&out).contains(&format!("{attr}: {value}"))
@@ -347,6 +336,7 @@ fn issue_11_sigkills_of_the_pulling_leader_lose_no_change_of_the_other_site() {
         seed: false,
         peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
         advertise: vec![],
+        foreign: vec![],
     };
     let east_spec = SiteSpec {
         peers: vec![(
@@ -660,6 +650,7 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
             seed: specs.is_empty(),
             peers: vec![],
             advertise: relays[site].clone(),
+            foreign: vec![],
         };
         first_ip += *nodes as u8;
         specs.push(spec);
@@ -836,6 +827,7 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
                 seed: i == 0,
                 peers: line[i].iter().map(|&j| peer(j)).collect(),
                 advertise: vec![],
+                foreign: vec![],
             };
             ProcSite::start_spec(1, spec, ports[i])
         })
@@ -981,6 +973,7 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
                 seed: i == 0,
                 peers,
                 advertise: vec![],
+                foreign: vec![],
             };
             ProcSite::start_spec(1, spec, ports[i])
         })

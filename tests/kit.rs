@@ -72,10 +72,22 @@ pub fn free_dns_port() -> u16 {
 }
 
 /// Polls `cond` until it holds or the deadline passes.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_or(what, timeout, cond, String::new);
+}
+
+/// [`wait_until`], saying `why()` too when it times out (the logs).
+pub fn wait_or(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    why: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", why());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -616,6 +628,10 @@ pub struct SiteSpec {
     /// Per node (1, 2, …), the peer address it publishes for other sites
     /// (`advertise_peer_addr`), where it is not its own.
     pub advertise: Vec<String>,
+    /// Nodes whose certificate (and CA) come from another deployment;
+    /// every other node's comes from the test run's one CA
+    /// ([`deployment_ca`]).
+    pub foreign: Vec<u64>,
 }
 
 impl SiteSpec {
@@ -627,6 +643,7 @@ impl SiteSpec {
             seed: true,
             peers: vec![],
             advertise: vec![],
+            foreign: vec![],
         }
     }
 
@@ -669,14 +686,19 @@ pub fn site_node_config(
         })
         .collect();
     let ip = spec.ip(i);
+    let (ca, cert, key) = node_tls_files(data_dir, spec, i);
     let mut text = format!(
-        "[node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = {seed}\n\
+        "[tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+         [node]\ndata_dir = \"{data}\"\n[directory]\nseed_example = {seed}\n\
          [ldap]\nlisten = \"{ip}:{l}\"\nanonymous_read = true\nallow_plaintext_binds = true\n\
          [grpc]\nlisten = \"{ip}:{g}\"\n[dns]\nlisten = \"{ip}:{d}\"\n\
          [http]\nlisten = \"{ip}:{h}\"\n\
          [cluster]\nnode_id = {i}\nsite = \"{site}\"\npeer_addr = \"{ip}:{pp}\"\n\
          members = [{m}]\n",
         data = data_dir.display(),
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
         seed = spec.seed,
         site = spec.name,
         l = p.ldap,
@@ -697,6 +719,85 @@ pub fn site_node_config(
         ));
     }
     text
+}
+
+/// Whether the directory at `url` holds the example tree (its four hosts).
+pub fn has_example_tree(url: &str) -> bool {
+    let out = run_tool(
+        url,
+        "ldapsearch",
+        Some((ADMIN, PASSWORD)),
+        &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+        None,
+    );
+    out.status.success() && dns(&stdout(&out)).len() == 4
+}
+
+/// The test run's deployment CA (`ca.pem`, `ca-key.pem`): every
+/// [`ProcSite`] node's certificate is issued by it, so the sites of one
+/// test can replicate with each other.
+pub fn deployment_ca() -> &'static Path {
+    static CA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        cairn_tls::ca::Ca::open_or_create(dir.path(), "Cairn test deployment CA")
+            .expect("the test CA");
+        dir
+    })
+    .path()
+}
+
+/// Where node `i` of `spec` keeps its TLS files, beside its data
+/// directory: `tls/` (a copy of the deployment's CA and the certificates
+/// `cairn certs init` made with it) or, for a foreign node, `tls-foreign/`
+/// (a CA of its own).
+fn node_tls_files(data_dir: &Path, spec: &SiteSpec, i: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let base = data_dir.parent().expect("a site directory");
+    let dir = if spec.foreign.contains(&i) {
+        base.join("tls-foreign")
+    } else {
+        base.join("tls")
+    };
+    let node = cairn_tls::NodeName::new(spec.name, i);
+    let (cert, key) = cairn_tls::ca::node_files(&dir, &node);
+    (dir.join("ca.pem"), cert, key)
+}
+
+/// Makes the certificates of `nodes` of `spec` under `site_dir` with
+/// `cairn certs init`, as an operator would: with the CA in `ca` (its
+/// `ca.pem` and `ca-key.pem`), and for `spec.foreign` nodes with a CA of
+/// their own. Where the configurations of [`site_node_config`] look.
+pub fn make_certs(site_dir: &Path, spec: &SiteSpec, nodes: &[u64], ca: &Path) {
+    let tls = site_dir.join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    for f in ["ca.pem", "ca-key.pem"] {
+        if ca != tls {
+            std::fs::copy(ca.join(f), tls.join(f)).expect("copy the CA");
+        }
+    }
+    let arg = |j: u64| format!("{}/{j}={},localhost", spec.name, spec.ip(j));
+    let (own, foreign): (Vec<u64>, Vec<u64>) =
+        nodes.iter().partition(|j| !spec.foreign.contains(j));
+    for (dir, list) in [(tls, own), (site_dir.join("tls-foreign"), foreign)] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut args = vec!["certs".to_string(), "init".into(), "--out".into()];
+        args.push(dir.display().to_string());
+        for j in list {
+            args.push("--node".into());
+            args.push(arg(j));
+        }
+        let out = Command::new(bin("cairn"))
+            .args(&args)
+            .output()
+            .expect("run cairn certs init");
+        assert!(
+            out.status.success(),
+            "cairn certs init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A site of N separate `cairnd --config` processes, node i on 127.0.0.i,
@@ -726,6 +827,7 @@ impl ProcSite {
             children: vec![],
         };
         let members: Vec<u64> = (1..=nodes).collect();
+        make_certs(s.data.path(), &s.spec, &members, deployment_ca());
         for i in 1..=nodes {
             let config = site_node_config(
                 i,

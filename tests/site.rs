@@ -244,6 +244,14 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
         dns: site.dns_port,
         http: site.http_port,
     };
+    // Its certificate from the dev deployment's CA, as an operator would
+    // make it.
+    crate::kit::make_certs(
+        data.path(),
+        &crate::kit::SiteSpec::east(),
+        &[4],
+        &site.data.path().join("tls"),
+    );
     let config = crate::kit::node_config(4, &data.path().join("node-4"), ports, &[1, 2, 3, 4]);
     let file = data.path().join("cairn.toml");
     std::fs::write(&file, config).unwrap();
@@ -322,12 +330,15 @@ fn cairn_member_replace_swaps_a_node_for_a_new_one() {
 /// with no credential, so one anonymous `Forward` deleted an entry on
 /// every node and a made-up node's AppendEntries with term 2^64-1 stopped
 /// the whole site. Now the hosts' port serves no Raft at all, and the
-/// peer port refuses whoever is not a member calling from its own
-/// address; nothing changes and the site keeps taking writes.
+/// peer port (mutual TLS, issue 12) refuses whoever is not a member: a
+/// plain-text client, a node of another deployment (another CA), and
+/// certificates of this deployment's CA that name a node that is no
+/// member, a node of another site, or another node than the caller
+/// claims to be. Nothing changes and the site keeps taking writes.
 #[test]
 fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
     use cairn_replica::network::pb::RaftPayload;
-    use cairn_replica::network::pb::raft_client::RaftClient;
+    use cairn_replica::network::{Expect, client_tls};
     let site = Site::start_seeded(3);
     let victim = format!("cn=esx-001,{PROD_A}");
     let delete = vec![cairn_store::WriteOp::Delete {
@@ -355,6 +366,44 @@ fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
     let forward = cairn_replica::types::encode(&delete).unwrap();
     let remove =
         cairn_replica::types::encode(&cairn_replica::MemberChange::Remove { id: 2 }).unwrap();
+    // Certificates: from the dev deployment's CA (whose key `cairnd dev`
+    // keeps beside it) for nodes that are not what they claim, and from a
+    // CA of another deployment.
+    let certs = tempfile::tempdir().unwrap();
+    let dev_dir = site.data.path().join("tls");
+    let other_dir = certs.path().join("other");
+    let dev_ca =
+        cairn_tls::ca::Ca::load(&dev_dir.join("ca.pem"), &dev_dir.join("ca-key.pem")).unwrap();
+    let (other_ca, _) =
+        cairn_tls::ca::Ca::open_or_create(&other_dir, "another deployment").unwrap();
+    let identity = |(ca, dir): (&cairn_tls::ca::Ca, &std::path::Path), site: &str, id: u64| {
+        let node = cairn_tls::NodeName::new(site, id);
+        let (cert, key) = cairn_tls::ca::node_files(dir, &node);
+        let pair = ca.issue(&["127.0.0.77".into()], Some(&node)).unwrap();
+        pair.write(&cert, &key).unwrap();
+        std::sync::Arc::new(
+            cairn_tls::Reloading::mutual(&dir.join("ca.pem"), &cert, &key, cairn_tls::ALPN_GRPC)
+                .unwrap(),
+        )
+    };
+    let (dev, other) = (
+        (&dev_ca, dev_dir.as_path()),
+        (&other_ca, other_dir.as_path()),
+    );
+    // (the stranger's certificate, the nodes its calls claim to be,
+    // whether it is refused in the handshake, before any request is read)
+    let strangers = [
+        // A node of another deployment that names a member.
+        (identity(other, "east", 2), vec![Some(2)], true),
+        // This deployment's CA, a node that is no member.
+        (
+            identity(dev, "east", 9),
+            vec![None, Some(9), Some(2)],
+            false,
+        ),
+        // This deployment's CA, a node of another site.
+        (identity(dev, "west", 2), vec![Some(2)], false),
+    ];
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for i in 1..=3u64 {
@@ -371,29 +420,40 @@ fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
                 r.expect_err("AppendEntries on the hosts' port").code(),
                 tonic::Code::Unimplemented
             );
-            // The peer port, from an address that is no member's.
             let peer_port = format!("127.0.0.{i}:{}", site.peer_port);
-            let mut c: RaftClient<_> =
-                cairn_replica::network::client(&peer_port, Some("127.0.0.77".parse().unwrap()))
-                    .unwrap();
-            for node in [None, Some(9), Some(i % 3 + 1)] {
+            let local = Some("127.0.0.77".parse().unwrap());
+            // Plain text on the peer port: no TLS, no service.
+            let mut c = cairn_replica::network::client(&peer_port, local).unwrap();
+            for node in [None, Some(i % 3 + 1)] {
                 let r = c.forward(request(node, forward.clone())).await;
-                assert_eq!(
-                    r.expect_err("a stranger's Forward").code(),
-                    tonic::Code::PermissionDenied
+                let e = r.expect_err("a plain-text Forward");
+                assert_ne!(
+                    e.code(),
+                    tonic::Code::PermissionDenied,
+                    "refused before any request: {e}"
                 );
-                let r = c.change_members(request(node, remove.clone())).await;
-                assert_eq!(
-                    r.expect_err("a stranger's ChangeMembers").code(),
-                    tonic::Code::PermissionDenied
-                );
-                let r = c
-                    .append_entries(request(node, huge(node.unwrap_or(9))))
-                    .await;
-                assert_eq!(
-                    r.expect_err("a stranger's AppendEntries").code(),
-                    tonic::Code::PermissionDenied
-                );
+            }
+            for (tls, claims, foreign) in &strangers {
+                let expect = Expect::Node(cairn_tls::NodeName::new("east", i));
+                let mut c = client_tls(&peer_port, local, tls.clone(), expect).unwrap();
+                for node in claims {
+                    let r = c.forward(request(*node, forward.clone())).await;
+                    let e = r.expect_err("a stranger's Forward");
+                    let r = c.change_members(request(*node, remove.clone())).await;
+                    let e2 = r.expect_err("a stranger's ChangeMembers");
+                    let r = c
+                        .append_entries(request(*node, huge(node.unwrap_or(9))))
+                        .await;
+                    let e3 = r.expect_err("a stranger's AppendEntries");
+                    for e in [e, e2, e3] {
+                        if *foreign {
+                            // Refused in the handshake: no request is read.
+                            assert_ne!(e.code(), tonic::Code::PermissionDenied, "{e}");
+                        } else {
+                            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+                        }
+                    }
+                }
             }
         }
     });

@@ -121,15 +121,21 @@ fn issue_12_a_renewed_certificate_is_served_without_a_restart() {
     let old_ca = n.ca();
     let out = search(&n.ldaps_url(), Some(&old_ca), &[]);
     assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
-    // A new CA and certificate, as an operator's renewal would bring.
+    // A new CA and certificate for the same node, as an operator's
+    // renewal would bring.
     let renewal = tempfile::tempdir().unwrap();
-    let new =
-        cairn_tls::dev::ensure(renewal.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let tls = n.data.path().join("tls");
+    let node = cairn_tls::NodeName::new("east", 1);
+    let new = cairn_tls::dev::ensure_node(
+        renewal.path(),
+        &["localhost".into(), "127.0.0.1".into()],
+        &node,
+    )
+    .unwrap();
+    let (cert, key) = cairn_tls::ca::node_files(&n.data.path().join("tls"), &node);
     // Modification times must move for the node to notice.
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::copy(&new.key, tls.join("server-key.pem")).unwrap();
-    std::fs::copy(&new.cert, tls.join("server.pem")).unwrap();
+    std::fs::copy(&new.key, key).unwrap();
+    std::fs::copy(&new.cert, cert).unwrap();
     let out = search(&n.ldaps_url(), Some(&new.ca), &[]);
     assert!(found_suffix(&out), "{}{}", stdout(&out), stderr(&out));
     let old_copy = renewal.path().join("old-ca.pem");
@@ -471,4 +477,167 @@ fn issue_12_ldappasswd_changes_passwords_over_tls() {
         stderr(&anon)
     );
     assert_eq!(whoami(&user, "ann-admin-set"), 0);
+}
+
+/// What a node's log says when a TLS handshake on its peer listener fails.
+const PEER_HANDSHAKE_FAILED: &str = "TLS handshake on the peer listener failed";
+
+fn logged(site: &ProcSite, i: u64, what: &str) -> bool {
+    std::fs::read_to_string(site.log_path(i)).is_ok_and(|l| l.contains(what))
+}
+
+/// `ldapsearch` of the suffix entry at `url`: its result code.
+fn suffix_rc(url: &str) -> i32 {
+    rc(&run_tool(
+        url,
+        "ldapsearch",
+        Some((ADMIN, PASSWORD)),
+        &["-b", SUFFIX, "-s", "base", "1.1"],
+        None,
+    ))
+}
+
+/// Issue 12: the peer listener runs mutual TLS with the deployment's CA.
+/// A node whose certificate (and CA) come from another deployment, though
+/// configured as member 3, cannot join the site: the leader refuses its
+/// certificate and it refuses the leader's (each side logs it), so it never
+/// receives an entry, while the two real members form the site and take
+/// writes. The site's certificates are made by `cairn certs init`.
+#[test]
+fn issue_12_a_node_of_another_deployment_cannot_join_the_site() {
+    let spec = SiteSpec {
+        foreign: vec![3],
+        ..SiteSpec::east()
+    };
+    let site = ProcSite::start_spec(3, spec, Ports::free());
+    wait_until(
+        "the example tree at node 2",
+        Duration::from_secs(60),
+        || has_example_tree(&site.url(2)),
+    );
+    let add = format!("dn: cn=mtls-1,{PROD_A}\nobjectClass: cairnHost\ncn: mtls-1\n");
+    ok(run_tool(
+        &site.url(2),
+        "ldapadd",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(&add),
+    ));
+    wait_or(
+        "both sides to log the refused handshakes",
+        Duration::from_secs(30),
+        || {
+            // The stranger, which only waits to be contacted, refuses the
+            // leader; the leader refuses the stranger's certificate.
+            let refused = "invalid peer certificate: UnknownIssuer";
+            logged(&site, 3, PEER_HANDSHAKE_FAILED)
+                && (logged(&site, 1, refused) || logged(&site, 2, refused))
+        },
+        || site.log_tails(15),
+    );
+    // The stranger holds nothing: not even the suffix entry.
+    assert_eq!(suffix_rc(&site.url(3)), 32, "{}", site.log_tails(20));
+    assert!(!has_example_tree(&site.url(3)));
+}
+
+/// Issue 12: a site whose nodes' certificates come from another
+/// deployment cannot pull from a site, nor be pulled from, though each
+/// names the other as a linked site with the right addresses.
+#[test]
+fn issue_12_a_site_of_another_deployment_cannot_pull_from_a_site() {
+    let (east_ports, west_ports) = (Ports::free(), Ports::free());
+    let west_spec = SiteSpec {
+        name: "west",
+        first_ip: 2,
+        seed: false,
+        peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
+        advertise: vec![],
+        foreign: vec![1],
+    };
+    let east_spec = SiteSpec {
+        peers: vec![("west", vec![format!("127.0.0.2:{}", west_ports.peer)])],
+        ..SiteSpec::east()
+    };
+    let east = ProcSite::start_spec(1, east_spec, east_ports);
+    let west = ProcSite::start_spec(1, west_spec, west_ports);
+    wait_until("the example tree at east", Duration::from_secs(60), || {
+        has_example_tree(&east.url(1))
+    });
+    wait_or(
+        "each site to refuse the other's pulls",
+        Duration::from_secs(30),
+        || logged(&east, 1, PEER_HANDSHAKE_FAILED) && logged(&west, 1, PEER_HANDSHAKE_FAILED),
+        || east.log_tails(15) + &west.log_tails(15),
+    );
+    // West's pulls fail, and say so.
+    let status = stdout(&west.cairn_cli(&["status"]));
+    let east_row = status
+        .lines()
+        .find(|l| l.starts_with("east "))
+        .unwrap_or_else(|| panic!("no row for east: {status}"));
+    assert!(!east_row.trim_end().ends_with("-"), "{status}");
+    assert_eq!(suffix_rc(&west.url(1)), 32, "{}", west.log_tails(20));
+}
+
+/// Issue 12: a node whose certificate names another node refuses to
+/// start, naming both; a site of several nodes without a CA refuses to
+/// start unless plain text between its nodes is asked for.
+#[test]
+fn issue_12_a_node_starts_only_with_its_own_certificate_or_plain_text_asked_for() {
+    let data = tempfile::tempdir().unwrap();
+    let spec = SiteSpec::east();
+    make_certs(data.path(), &spec, &[1, 2], deployment_ca());
+    let config = site_node_config(
+        1,
+        &data.path().join("node-1"),
+        Ports::free(),
+        &[1, 2],
+        &spec,
+    );
+    let run = |text: &str| {
+        let file = data.path().join("node.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut child = cairnd()
+            .arg("--config")
+            .arg(&file)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It exits by itself; a deadline in case it does not.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cairnd started with {text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let wrong = config.replace("east-1", "east-2");
+    let (status, err) = run(&wrong);
+    assert!(!status.success());
+    assert!(
+        err.contains("names node 2 of site east, but this is node 1 of site east"),
+        "{err}"
+    );
+    let plain: String = config
+        .lines()
+        .filter(|l| !l.ends_with(".pem\""))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("[tls]\n", "");
+    let (status, err) = run(&plain);
+    assert!(!status.success());
+    assert!(err.contains("needs mutual TLS"), "{err}");
+    assert!(err.contains("cairn certs init"), "{err}");
 }

@@ -25,8 +25,9 @@
 //! ([`Federation::set_discovered`], fed by `cairnd` from `cairnSiteLink`
 //! and `cairnNode` entries); [`supervise`] runs a puller per linked site.
 //!
-//! Not yet: the caller is admitted by its address
-//! (mutual TLS comes with issue 12); positions are kept in memory (after a
+//! A pulling site is admitted by its node's certificate (mutual TLS on
+//! the peer listener), or by its address in a deployment without TLS
+//! between nodes. Not yet: positions are kept in memory (after a
 //! restart the first pull scans the peer's change log from the start,
 //! and the vector filters what is already held).
 
@@ -208,6 +209,10 @@ pub struct Federation {
     /// The linked sites the configuration names (`[[cluster.peer_sites]]`):
     /// how a site finds its first peers, before its directory says more.
     pub seeds: Vec<PeerSite>,
+    /// Whether the peer listener runs mutual TLS: then a pulling site is
+    /// the one its node's certificate names, wherever it calls from;
+    /// without it, the site one of whose nodes' addresses it comes from.
+    pub mutual_tls: bool,
     /// The linked sites the directory names (`cairnSiteLink` entries and
     /// the peers' published `cairnNode` entries), as last set.
     discovered: Mutex<Vec<PeerSite>>,
@@ -231,6 +236,7 @@ impl Federation {
             origin,
             max_drift_ms: MAX_DRIFT_MS,
             seeds,
+            mutual_tls: false,
             discovered: Mutex::new(vec![]),
             peers_changed: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
@@ -413,6 +419,15 @@ impl Federation {
         let Some(peer) = peers.iter().find(|p| same_site(&p.name, &site)) else {
             return refuse(format!("site {site:?} is not linked to this one"));
         };
+        if self.mutual_tls {
+            return match network::peer_node(r)
+                .and_then(|n| network::Expect::Site(site.clone()).check(&n))
+            {
+                // As this site spells it.
+                Ok(()) => Ok(peer.name.clone()),
+                Err(e) => refuse(e),
+            };
+        }
         let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
             return refuse("the connection's address is unknown".into());
         };
@@ -625,7 +640,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
         }
         fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
         let node = &peer.nodes[next_node % peer.nodes.len()];
-        match pull_once(&r, &fed, node, position, &clients).await {
+        match pull_once(&r, &fed, (&peer.name, node), position, &clients).await {
             Ok((n, last, complete, end)) => {
                 position = last;
                 backoff = Duration::from_millis(100);
@@ -660,7 +675,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
 async fn pull_once(
     r: &crate::Replica,
     fed: &Federation,
-    node: &str,
+    (site, node): (&str, &str),
     position: u64,
     clients: &network::Clients,
 ) -> Result<(u64, u64, bool, u64), String> {
@@ -687,7 +702,7 @@ async fn pull_once(
             .parse()
             .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
     );
-    let mut client = clients.get(node).map_err(|e| e.to_string())?;
+    let mut client = clients.of_site(site, node).map_err(|e| e.to_string())?;
     let reply = client
         .changes(call)
         .await
@@ -793,7 +808,7 @@ impl crate::Replica {
             };
             let page = loop {
                 let addr = &site.nodes[node % site.nodes.len()];
-                match self.states_from(&fed, addr, &req).await {
+                match self.states_from(&fed, (&site.name, addr), &req).await {
                     Ok(p) => break p,
                     Err(e) if node + 1 < site.nodes.len() => {
                         tracing::warn!(site = %peer, node = %addr, cause = %e, "reading a peer site's states failed; trying its next node");
@@ -897,7 +912,7 @@ impl crate::Replica {
     async fn states_from(
         &self,
         fed: &Federation,
-        node: &str,
+        (site, node): (&str, &str),
         req: &StatesRequest,
     ) -> Result<StatesResponse, String> {
         let data = encode(req).map_err(|e| format!("encode: {e}"))?;
@@ -909,7 +924,10 @@ impl crate::Replica {
                 .parse()
                 .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
         );
-        let mut client = self.clients.get(node).map_err(|e| e.to_string())?;
+        let mut client = self
+            .clients
+            .of_site(site, node)
+            .map_err(|e| e.to_string())?;
         let reply = client
             .states(call)
             .await

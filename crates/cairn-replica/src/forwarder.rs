@@ -199,7 +199,7 @@ async fn call(
     }
     let mut client = ctx
         .clients
-        .get(&leader.peer)
+        .node(*leader_id, &leader.peer)
         .map_err(|e| CallFailed::NotSent(e.to_string()))?;
     let data = encode(&ops).map_err(|e| CallFailed::NotSent(e.to_string()))?;
     let reply = tokio::time::timeout(

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
@@ -66,13 +66,17 @@ pub const NODE_HEADER: &str = "cairn-node";
 /// the Raft core of every node) when a message claimed 2^64-1.
 pub const MAX_TERM: u64 = 1 << 48;
 
-/// How a node reaches its peers: its own id (sent with every call) and
-/// the local address its connections leave from (so the peer can check
-/// it against this node's peer address; None lets the system choose).
-#[derive(Debug, Clone, Copy, Default)]
+/// How a node reaches its peers: its own id and site (sent with every
+/// call), the local address its connections leave from (so the peer can
+/// check it against this node's peer address; None lets the system
+/// choose), and, in a deployment with mutual TLS, this node's certificate
+/// and the deployment's CA.
+#[derive(Clone, Default)]
 pub struct Caller {
     pub id: u64,
+    pub site: String,
     pub local: Option<IpAddr>,
+    pub tls: Option<Arc<cairn_tls::Reloading>>,
 }
 
 impl Caller {
@@ -84,8 +88,47 @@ impl Caller {
     }
 }
 
-/// A lazily connected client for one peer address, whose connections
-/// leave from `local` when given.
+/// Which node a connection must reach: the certificate the other side
+/// presents is checked against it after the TLS handshake (an address
+/// alone proves nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// This node of this site.
+    Node(cairn_tls::NodeName),
+    /// Any node of this site (another site's peer, reached by address).
+    Site(String),
+}
+
+impl Expect {
+    /// Whether `found` is what was expected.
+    pub fn check(&self, found: &cairn_tls::NodeName) -> Result<(), String> {
+        let ok = match self {
+            Expect::Node(n) => n.node == found.node && found.in_site(&n.site),
+            Expect::Site(s) => found.in_site(s),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {}, but the certificate names {found}",
+                match self {
+                    Expect::Node(n) => n.to_string(),
+                    Expect::Site(s) => format!("a node of site {s}"),
+                }
+            ))
+        }
+    }
+}
+
+fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// A lazily connected plain-text client for one peer address, whose
+/// connections leave from `local` when given (a deployment without TLS
+/// between its nodes, and tests that play a stranger).
 pub fn client(
     addr: &str,
     local: Option<IpAddr>,
@@ -95,10 +138,70 @@ pub fn client(
         .tcp_nodelay(true)
         .local_address(local)
         .connect_lazy();
-    Ok(RaftClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(raft_client(channel))
 }
+
+/// A lazily connected client for one peer address over mutual TLS:
+/// presents `tls`'s certificate and accepts only a certificate of the
+/// deployment's CA that names the node `expect` says.
+pub fn client_tls(
+    addr: &str,
+    local: Option<IpAddr>,
+    tls: Arc<cairn_tls::Reloading>,
+    expect: Expect,
+) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
+        let (tls, expect) = (tls.clone(), expect.clone());
+        async move {
+            let tcp = connect_tcp(&uri, local).await?;
+            let (stream, node) = cairn_tls::connect(&tls, tcp, CONNECT_TIMEOUT).await?;
+            expect.check(&node).map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector_lazy(connector);
+    Ok(raft_client(channel))
+}
+
+/// A TCP connection to the host and port of `uri`, from `local` when
+/// given, trying each address the host resolves to.
+async fn connect_tcp(
+    uri: &tonic::transport::Uri,
+    local: Option<IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let bad = || std::io::Error::other(format!("{uri}: no host and port"));
+    let host = uri.host().ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().ok_or_else(bad)?;
+    let mut last = std::io::Error::other(format!("{host}: no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        }
+        socket.set_nodelay(true)?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{addr}: no connection in {CONNECT_TIMEOUT:?}"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+/// A client per (address, node expected there).
+type ClientMap = HashMap<(String, Expect), RaftClient<Channel>>;
 
 /// Clients for the other nodes' services, one HTTP/2 connection per
 /// address, kept and reused (a channel reconnects by itself after a
@@ -108,7 +211,7 @@ pub fn client(
 pub struct Clients {
     pub caller: Caller,
     /// A std lock: held only to look up or insert a client.
-    map: std::sync::Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    map: Arc<Mutex<ClientMap>>,
 }
 
 impl Clients {
@@ -119,15 +222,53 @@ impl Clients {
         }
     }
 
+    /// The client for node `id` of this site at `addr`.
+    pub fn node(
+        &self,
+        id: u64,
+        addr: &str,
+    ) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let expect = Expect::Node(cairn_tls::NodeName::new(self.caller.site.clone(), id));
+        self.get(addr, expect)
+    }
+
+    /// The client for a node of another site, `site`, at `addr`.
+    pub fn of_site(
+        &self,
+        site: &str,
+        addr: &str,
+    ) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        self.get(addr, Expect::Site(site.to_string()))
+    }
+
     /// The client for `addr`, created on first use.
-    pub fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    fn get(
+        &self,
+        addr: &str,
+        expect: Expect,
+    ) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
+        let key = (addr.to_string(), expect);
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
-        let c = client(addr, self.caller.local)?;
-        map.insert(addr.to_string(), c.clone());
+        let c = self.caller.client(addr, key.1.clone())?;
+        map.insert(key, c.clone());
         Ok(c)
+    }
+}
+
+impl Caller {
+    /// A new client for `addr`: over mutual TLS when this node has it.
+    pub fn client(
+        &self,
+        addr: &str,
+        expect: Expect,
+    ) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => client_tls(addr, self.local, tls.clone(), expect),
+            None => client(addr, self.local),
+        }
     }
 }
 
@@ -148,12 +289,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerConn {
+        let expect = Expect::Node(cairn_tls::NodeName::new(self.caller.site.clone(), target));
         PeerConn {
             from: self.caller.id,
-            caller: self.caller,
+            caller: self.caller.clone(),
             target,
             faults: self.faults.clone(),
-            client: client(&node.peer, self.caller.local)
+            client: self
+                .caller
+                .client(&node.peer, expect)
                 .map_err(|e| TransportError(e.to_string())),
         }
     }
@@ -269,6 +413,12 @@ impl RaftNetwork<TypeConfig> for PeerConn {
 pub struct Gate {
     /// This node's id (a node does not call itself).
     pub id: u64,
+    /// This node's site.
+    pub site: String,
+    /// Whether the peer listener runs mutual TLS: then a caller is the
+    /// node its certificate names, wherever it calls from; without it,
+    /// the node whose peer address the connection comes from.
+    pub mutual_tls: bool,
     pub raft: Raft,
     /// The members this node was configured with: the site as far as it
     /// is known before this node has received any membership from Raft
@@ -284,9 +434,17 @@ pub struct Gate {
 const RESOLVE_TTL: Duration = Duration::from_secs(30);
 
 impl Gate {
-    pub fn new(id: u64, raft: Raft, configured: BTreeMap<u64, NodeInfo>) -> Gate {
+    pub fn new(
+        id: u64,
+        site: String,
+        mutual_tls: bool,
+        raft: Raft,
+        configured: BTreeMap<u64, NodeInfo>,
+    ) -> Gate {
         Gate {
             id,
+            site,
+            mutual_tls,
             raft,
             configured,
             resolved: Mutex::new(HashMap::new()),
@@ -370,6 +528,16 @@ impl Gate {
         let Some(member) = self.member(id) else {
             return refuse(format!("node {id} is not a member of this site"));
         };
+        if self.mutual_tls {
+            let expect = Expect::Node(cairn_tls::NodeName::new(self.site.clone(), id));
+            return match peer_node(r) {
+                Ok(found) => match expect.check(&found) {
+                    Ok(()) => Ok(id),
+                    Err(e) => refuse(e),
+                },
+                Err(e) => refuse(e),
+            };
+        }
         let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
             return refuse("the connection's address is unknown".into());
         };
@@ -382,6 +550,13 @@ impl Gate {
         }
         Ok(id)
     }
+}
+
+/// The node the client certificate of `r`'s connection names (verified
+/// against the deployment's CA by the handshake).
+pub fn peer_node<T>(r: &tonic::Request<T>) -> Result<cairn_tls::NodeName, String> {
+    let certs = r.peer_certs();
+    cairn_tls::peer_node(certs.as_deref().map(Vec::as_slice))
 }
 
 /// The server side: requests from peers to the local Raft, and writes
@@ -536,6 +711,18 @@ pub fn service(svc: RaftService) -> pb::raft_server::RaftServer<RaftService> {
 /// timeout, never the accept loop.
 const MAX_HANDSHAKES: usize = 256;
 
+/// Who a TLS listener serves, for what its failed handshakes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Hosts and other clients: a failed handshake is theirs to notice
+    /// (logged at debug level).
+    Clients,
+    /// Other nodes (mutual TLS): a failed handshake is a node of another
+    /// deployment, a certificate that expired, or a stranger, which an
+    /// operator must see (logged as a warning).
+    Nodes,
+}
+
 /// Serves gRPC services over TLS on `listener` until `shutdown`, with the
 /// certificate `tls` holds now for each new connection (read again when
 /// its files change). A handshake that fails or takes longer than
@@ -545,6 +732,7 @@ pub async fn serve_tls(
     routes: tonic::service::Routes,
     tls: std::sync::Arc<cairn_tls::Reloading>,
     handshake_timeout: Duration,
+    audience: Audience,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     use futures::StreamExt;
@@ -564,7 +752,16 @@ pub async fn serve_tls(
                 match cairn_tls::accept(&tls, tcp, handshake_timeout).await {
                     Ok(s) => Some(Ok::<_, std::io::Error>(s)),
                     Err(e) => {
-                        tracing::debug!(?peer, cause = %e, "TLS handshake failed");
+                        match audience {
+                            Audience::Clients => {
+                                tracing::debug!(?peer, cause = %e, "TLS handshake failed")
+                            }
+                            Audience::Nodes => tracing::warn!(
+                                ?peer,
+                                cause = %e,
+                                "TLS handshake on the peer listener failed"
+                            ),
+                        }
                         None
                     }
                 }

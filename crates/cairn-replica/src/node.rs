@@ -58,6 +58,12 @@ pub struct ReplicaConfig {
     /// peer listener's address, which the peers check. None lets the
     /// system choose (a listener on 0.0.0.0).
     pub peer_local: Option<std::net::IpAddr>,
+    /// Mutual TLS between nodes (this node's certificate, which must name
+    /// it, and the deployment's CA): the peer listener is served with it
+    /// and every call to another node, of this site or another, presents
+    /// it and checks the other's. None: plain text, callers admitted by
+    /// their address (a deployment that chose so, and tests).
+    pub peer_tls: Option<Arc<cairn_tls::Reloading>>,
     /// The disk under the Raft log: the file system, or in tests a
     /// simulated one that can lose power or fail.
     pub disk: Arc<dyn crate::disk::Disk>,
@@ -111,6 +117,7 @@ impl ReplicaConfig {
             faults: crate::Faults::default(),
             members: BTreeMap::new(),
             peer_local: None,
+            peer_tls: None,
             disk: Arc::new(crate::disk::RealDisk),
             origin: cairn_core::csn::Origin::of_site("default"),
             clock: Arc::new(cairn_core::time::SystemClock),
@@ -318,10 +325,12 @@ impl Replica {
         let snapshots_installed = sm.installed();
         let caller = network::Caller {
             id: cfg.id,
+            site: cfg.site.clone(),
             local: cfg.peer_local,
+            tls: cfg.peer_tls.clone(),
         };
         let network = Network {
-            caller,
+            caller: caller.clone(),
             faults: cfg.faults.clone(),
         };
         let raft = Raft::new(cfg.id, Arc::new(config), network, log, sm)
@@ -345,7 +354,13 @@ impl Replica {
             cfg.batches_in_flight,
         );
         let clients = network::Clients::new(caller);
-        let gate = Arc::new(network::Gate::new(cfg.id, raft.clone(), cfg.members));
+        let gate = Arc::new(network::Gate::new(
+            cfg.id,
+            cfg.site.clone(),
+            cfg.peer_tls.is_some(),
+            raft.clone(),
+            cfg.members,
+        ));
         let forwarder = Forwarder::start(forwarder::Context {
             id: cfg.id,
             raft: raft.clone(),
@@ -359,6 +374,7 @@ impl Replica {
             cfg.peer_sites.clone(),
         );
         federation.max_drift_ms = u64::try_from(cfg.max_drift.as_millis()).unwrap_or(u64::MAX);
+        federation.mutual_tls = cfg.peer_tls.is_some();
         let federation = Arc::new(federation);
         let replica = Arc::new(Replica {
             id: cfg.id,
@@ -600,7 +616,10 @@ impl Replica {
         if self.faults.blocked(self.id, leader_id) {
             return Err(format!("traffic {} -> {leader_id} is cut", self.id));
         }
-        let mut client = self.clients.get(&leader.peer).map_err(|e| e.to_string())?;
+        let mut client = self
+            .clients
+            .node(leader_id, &leader.peer)
+            .map_err(|e| e.to_string())?;
         let call = client.read_index(
             self.clients
                 .caller
@@ -700,7 +719,10 @@ impl Replica {
                 if self.faults.blocked(self.id, l) {
                     return Err(format!("traffic {} -> {l} is cut", self.id));
                 }
-                let mut client = self.clients.get(&node.peer).map_err(|e| e.to_string())?;
+                let mut client = self
+                    .clients
+                    .node(l, &node.peer)
+                    .map_err(|e| e.to_string())?;
                 let data = crate::types::encode(&change).map_err(|e| e.to_string())?;
                 let reply = client
                     .change_members(

@@ -12,7 +12,11 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod ca;
 pub mod dev;
+pub mod identity;
+
+pub use identity::NodeName;
 
 pub use rustls;
 
@@ -92,10 +96,7 @@ pub fn server_config(
 /// A client configuration that trusts only the CA certificate(s) in the
 /// PEM file `ca` (a deployment's own CA, as `cairnd dev` makes).
 pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots.add(c).map_err(|e| file_error(ca, e))?;
-    }
+    let roots = roots(ca)?;
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
@@ -128,9 +129,15 @@ pub async fn accept(
 /// and, when they moved, loads them again. A pair that does not load (a
 /// half-written renewal) keeps the previous settings and is reported by
 /// [`Reloading::last_error`] until a good pair replaces it.
+///
+/// [`Reloading::mutual`] adds the deployment's CA: then the server
+/// settings ask every client for a certificate issued by that CA, and
+/// [`Reloading::client_config`] presents this node's certificate to the
+/// nodes it calls ([`connect`]), for the peer listener.
 pub struct Reloading {
     cert: PathBuf,
     key: PathBuf,
+    ca: Option<PathBuf>,
     alpn: &'static [&'static [u8]],
     state: Mutex<State>,
 }
@@ -138,9 +145,19 @@ pub struct Reloading {
 /// gRPC's application protocol (HTTP/2), which gRPC clients require.
 pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
 
+/// What one load of the files makes.
+#[derive(Clone)]
+struct Loaded {
+    server: Arc<ServerConfig>,
+    /// With a CA: the settings to call other nodes with.
+    client: Option<Arc<rustls::ClientConfig>>,
+    /// With a CA: the node this node's certificate names.
+    node: Option<NodeName>,
+}
+
 struct State {
-    config: Arc<ServerConfig>,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    loaded: Loaded,
+    stamps: Vec<Option<SystemTime>>,
     loads: u64,
     error: Option<String>,
     /// When a load last failed: the files are tried again a second later
@@ -154,6 +171,84 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The files' modification times, to notice a change.
+fn stamps(cert: &Path, key: &Path, ca: Option<&Path>) -> Vec<Option<SystemTime>> {
+    let mut v = vec![modified(cert), modified(key)];
+    if let Some(ca) = ca {
+        v.push(modified(ca));
+    }
+    v
+}
+
+/// Builds the settings from the files.
+fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    ca: Option<&Path>,
+    alpn: &'static [&'static [u8]],
+) -> Result<Loaded, Error> {
+    let Some(ca) = ca else {
+        return Ok(Loaded {
+            server: server_config(cert_path, key_path, alpn)?,
+            client: None,
+            node: None,
+        });
+    };
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    let node = identity::node_of(&certs[0]).map_err(|e| file_error(cert_path, e))?;
+    let roots = Arc::new(roots(ca)?);
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| file_error(ca, e))?;
+    let pair_error = |e: rustls::Error| {
+        Error::Tls(format!(
+            "{} and {}: {e}",
+            cert_path.display(),
+            key_path.display()
+        ))
+    };
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(pair_error)?;
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Peer connections are long-lived: no session resumption, so every
+    // connection proves its certificate again.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DeploymentVerifier {
+            roots,
+            provider: provider(),
+        }))
+        .with_client_auth_cert(certs, key)
+        .map_err(pair_error)?;
+    client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    client.resumption = rustls::client::Resumption::disabled();
+    Ok(Loaded {
+        server: Arc::new(server),
+        client: Some(Arc::new(client)),
+        node: Some(node),
+    })
+}
+
+impl std::fmt::Debug for Reloading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloading")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reloading {
@@ -170,14 +265,38 @@ impl Reloading {
         key: &Path,
         alpn: &'static [&'static [u8]],
     ) -> Result<Reloading, Error> {
-        let stamps = (modified(cert), modified(key));
-        let config = server_config(cert, key, alpn)?;
+        Self::load_new(cert, key, None, alpn)
+    }
+
+    /// Mutual TLS between the nodes of a deployment: clients must present
+    /// a certificate issued by the CA in `ca`, and this node's own
+    /// certificate must name a node ([`identity::node_of`]), which it
+    /// presents when it calls others.
+    pub fn mutual(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<Reloading, Error> {
+        Self::load_new(cert, key, Some(ca), alpn)
+    }
+
+    fn load_new(
+        cert: &Path,
+        key: &Path,
+        ca: Option<&Path>,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<Reloading, Error> {
+        let ca = ca.map(Path::to_path_buf);
+        let stamps = stamps(cert, key, ca.as_deref());
+        let loaded = load(cert, key, ca.as_deref(), alpn)?;
         Ok(Reloading {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            ca,
             alpn,
             state: Mutex::new(State {
-                config,
+                loaded,
                 stamps,
                 loads: 1,
                 error: None,
@@ -186,17 +305,31 @@ impl Reloading {
         })
     }
 
-    /// The settings for a new connection, read again first if the files
-    /// changed since they were last read.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    /// What the files hold now, read again first if they changed since
+    /// they were last read.
+    fn current(&self) -> Loaded {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let stamps = (modified(&self.cert), modified(&self.key));
+        let stamps = stamps(&self.cert, &self.key, self.ca.as_deref());
         let retry = st.failed_at.is_some_and(|t| t.elapsed() >= RETRY);
         if stamps != st.stamps || retry {
             st.stamps = stamps;
-            match server_config(&self.cert, &self.key, self.alpn) {
-                Ok(c) => {
-                    st.config = c;
+            match load(&self.cert, &self.key, self.ca.as_deref(), self.alpn) {
+                // A renewal that names another node is not this node's.
+                Ok(l) if l.node != st.loaded.node => {
+                    st.error = Some(format!(
+                        "{}: names {} instead of {}; kept the previous certificate",
+                        self.cert.display(),
+                        l.node.map(|n| n.to_string()).unwrap_or_default(),
+                        st.loaded
+                            .node
+                            .as_ref()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default(),
+                    ));
+                    st.failed_at = Some(std::time::Instant::now());
+                }
+                Ok(l) => {
+                    st.loaded = l;
                     st.loads += 1;
                     st.error = None;
                     st.failed_at = None;
@@ -207,7 +340,28 @@ impl Reloading {
                 }
             }
         }
-        st.config.clone()
+        st.loaded.clone()
+    }
+
+    /// The server settings for a new connection.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current().server
+    }
+
+    /// With a CA ([`Reloading::mutual`]): the settings to call another
+    /// node with, presenting this node's certificate.
+    pub fn client_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.current().client
+    }
+
+    /// With a CA: the node this node's certificate names.
+    pub fn node(&self) -> Option<NodeName> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .loaded
+            .node
+            .clone()
     }
 
     /// How many times the pair was loaded (1 at start).
@@ -228,6 +382,120 @@ impl Reloading {
     pub fn cert_path(&self) -> &Path {
         &self.cert
     }
+}
+
+/// The CA certificate(s) in a PEM file.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_error(ca, e))?;
+    }
+    Ok(roots)
+}
+
+/// How a node checks the node it calls: the certificate must be issued by
+/// the deployment's CA (checked here, during the handshake); which node
+/// it names is checked by the caller once the handshake is done
+/// ([`connect`]), since one node reaches others by addresses that need
+/// not appear in their certificates (another site's network, a NAT).
+#[derive(Debug)]
+struct DeploymentVerifier {
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for DeploymentVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The node that presented the first of `certs` (a verified chain).
+pub fn peer_node(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeName, String> {
+    let first = certs
+        .and_then(|c| c.first())
+        .ok_or("no client certificate")?;
+    identity::node_of(first).map_err(|e| e.to_string())
+}
+
+/// A client-side TLS handshake to another node over `tcp`, presenting this
+/// node's certificate, within `timeout`; answers the node the other side's
+/// certificate names. Needs [`Reloading::mutual`].
+pub async fn connect(
+    tls: &Reloading,
+    tcp: tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    NodeName,
+)> {
+    let other = |e: String| std::io::Error::other(e);
+    let config = tls
+        .client_config()
+        .ok_or_else(|| other("TLS to other nodes needs the deployment's CA".into()))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    // The name is not checked (see DeploymentVerifier); the node is.
+    let name =
+        rustls_pki_types::ServerName::try_from("cairn-node").map_err(|e| other(e.to_string()))?;
+    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the TLS handshake did not finish in time",
+            ))
+        })?;
+    let node = peer_node(stream.get_ref().1.peer_certificates()).map_err(other)?;
+    Ok((stream, node))
 }
 
 #[cfg(test)]
@@ -274,5 +542,95 @@ mod tests {
         std::fs::write(&p, "").unwrap();
         let e = server_config(&p, &p, &[]).unwrap_err().to_string();
         assert!(e.contains("empty.pem"), "{e}");
+    }
+
+    /// A node of the deployment, its files under `dir`.
+    fn node(dir: &Path, site: &str, id: u64) -> Reloading {
+        let f = dev::ensure_node(dir, &["127.0.0.1".into()], &NodeName::new(site, id)).unwrap();
+        Reloading::mutual(&f.ca, &f.cert, &f.key, ALPN_GRPC).unwrap()
+    }
+
+    /// Accepts one connection on `listener` and answers the node its
+    /// client certificate names, or the handshake's error.
+    async fn accept_one(
+        listener: &tokio::net::TcpListener,
+        tls: &Reloading,
+    ) -> Result<NodeName, String> {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let s = accept(tls, tcp, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        peer_node(s.get_ref().1.peer_certificates())
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_deployment_prove_who_they_are_and_strangers_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = node(tmp.path(), "east", 1);
+        assert_eq!(server.node(), Some(NodeName::new("east", 1)));
+        let client = node(tmp.path(), "west", 2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeout = std::time::Duration::from_secs(5);
+
+        // Both sides learn the other's node.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (seen_by_server, dialled) = tokio::join!(
+            accept_one(&listener, &server),
+            connect(&client, tcp, timeout)
+        );
+        assert_eq!(seen_by_server, Ok(NodeName::new("west", 2)));
+        assert_eq!(dialled.unwrap().1, NodeName::new("east", 1));
+
+        // A node of another deployment (another CA) is refused by the
+        // server, and refuses the server.
+        let other = tempfile::tempdir().unwrap();
+        let stranger = node(other.path(), "east", 2);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (seen_by_server, dialled) = tokio::join!(
+            accept_one(&listener, &server),
+            connect(&stranger, tcp, timeout)
+        );
+        assert!(seen_by_server.is_err(), "{seen_by_server:?}");
+        assert!(dialled.is_err());
+
+        // A client that trusts the CA but has no certificate is refused.
+        let anonymous =
+            tokio_rustls::TlsConnector::from(client_config(&tmp.path().join("ca.pem")).unwrap());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let (seen_by_server, _) = tokio::join!(accept_one(&listener, &server), async {
+            use tokio::io::AsyncReadExt;
+            // TLS 1.3 clients learn of the refusal at their first read.
+            let mut s = anonymous.connect(name, tcp).await?;
+            s.read(&mut [0u8; 1]).await
+        });
+        assert!(seen_by_server.is_err(), "{seen_by_server:?}");
+
+        // A certificate of the CA that names no node is no node's.
+        let plain = dev::ensure(tmp.path(), &["127.0.0.1".into()]).unwrap();
+        let e =
+            Reloading::mutual(&plain.ca, &plain.cert, &plain.key, ALPN_GRPC).expect_err("refused");
+        assert!(e.to_string().contains("names no Cairn node"), "{e}");
+    }
+
+    #[test]
+    fn a_renewal_that_names_another_node_is_not_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = node(tmp.path(), "east", 1);
+        let other =
+            dev::ensure_node(tmp.path(), &["127.0.0.1".into()], &NodeName::new("east", 2)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mine =
+            dev::ensure_node(tmp.path(), &["127.0.0.1".into()], &NodeName::new("east", 1)).unwrap();
+        std::fs::copy(&other.cert, &mine.cert).unwrap();
+        std::fs::copy(&other.key, &mine.key).unwrap();
+        let _ = me.config();
+        assert_eq!(me.node(), Some(NodeName::new("east", 1)));
+        assert!(
+            me.last_error().unwrap().contains("node 2 of site east"),
+            "{:?}",
+            me.last_error()
+        );
     }
 }

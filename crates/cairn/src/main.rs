@@ -18,6 +18,7 @@
 //! command-line usage error (from clap).
 
 mod bench;
+mod certs;
 mod client;
 mod dns;
 mod explain;
@@ -146,6 +147,11 @@ enum Command {
     /// not (exit status 1 when none does).
     #[command(subcommand)]
     Rules(RulesCmd),
+    /// Certificates: `cairn certs init --out DIR --node SITE/ID=NAMES …`
+    /// makes a deployment CA and a certificate per node (mutual TLS
+    /// between nodes, TLS for clients).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         starttls: cli.starttls,
     });
     match cli.command {
+        Command::Certs(c) => certs::run(c),
         Command::Import(args) => import::run(&args.file, args.keep_going, &cli.url, &auth).await,
         Command::Export(args) => {
             let auth = if args.anonymous {

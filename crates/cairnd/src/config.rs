@@ -35,15 +35,22 @@ pub struct FileConfig {
     pub cluster: Option<ClusterSection>,
 }
 
-/// `[tls]`: this node's certificate and key (PEM files), for LDAPS and
-/// StartTLS. Both or neither; the files are read again when they change.
+/// `[tls]`: this node's certificate and key (PEM files), for LDAPS,
+/// StartTLS and the hosts' port, and the deployment's CA, for mutual TLS
+/// on the peer listener. Certificate and key both or neither; the files
+/// are read again when they change.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
-    /// The node's certificate, then its issuers'.
+    /// The node's certificate, then its issuers'. With `ca_file`, it must
+    /// name this node (`cairn certs init` makes such certificates).
     pub cert_file: Option<PathBuf>,
     /// The node's private key.
     pub key_file: Option<PathBuf>,
+    /// The deployment's CA: the peer listener then admits only nodes
+    /// whose certificate it issued, and this node checks the nodes it
+    /// calls the same way.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this node's place in its site (a Raft group).
@@ -105,6 +112,12 @@ pub struct ClusterSection {
     /// and says so) until the clocks agree, or this is raised.
     #[serde(default = "default_max_clock_drift_s")]
     pub max_clock_drift_s: u64,
+    /// Serve the peer listener in plain text, admitting callers by their
+    /// address, when `[tls] ca_file` is not set. A site of several nodes
+    /// or with linked sites refuses to start without one or the other:
+    /// plain text between nodes is a choice, never a default.
+    #[serde(default)]
+    pub plaintext_peers: bool,
 }
 
 pub(crate) fn default_max_clock_drift_s() -> u64 {
@@ -267,6 +280,7 @@ impl ClusterSection {
             tombstone_lifetime_days: default_tombstone_lifetime_days(),
             purge_interval_s: default_purge_interval_s(),
             max_clock_drift_s: default_max_clock_drift_s(),
+            plaintext_peers: false,
         }
     }
 
@@ -602,6 +616,8 @@ pub struct Settings {
     pub ldaps_listen: Option<SocketAddr>,
     /// The certificate and key files (`[tls]`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The deployment's CA (`[tls] ca_file`): mutual TLS between nodes.
+    pub tls_ca: Option<PathBuf>,
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
     /// The host port serves TLS only.
@@ -696,6 +712,21 @@ impl FileConfig {
         if self.grpc.tls && tls.is_none() {
             bail!("grpc.tls needs tls.cert_file and tls.key_file");
         }
+        let tls_ca = self.tls.ca_file.clone();
+        if tls_ca.is_some() && tls.is_none() {
+            bail!("tls.ca_file needs tls.cert_file and tls.key_file (the node's own certificate)");
+        }
+        if let Some(c) = &self.cluster
+            && tls_ca.is_none()
+            && !c.plaintext_peers
+            && (c.members.len() > 1 || !c.peer_sites.is_empty())
+        {
+            bail!(
+                "the peer listener of a site of several nodes or with linked sites needs mutual TLS: \
+                 set tls.ca_file, tls.cert_file and tls.key_file (`cairn certs init` makes them), \
+                 or cluster.plaintext_peers = true to run it in plain text on a network no one else reaches"
+            );
+        }
         let dns_domain = cairn_proto::dns::normalize_domain(&self.dns.domain)
             .map_err(|e| anyhow::anyhow!("dns.domain: {e}"))?;
         let cluster = self
@@ -721,6 +752,7 @@ impl FileConfig {
             ldap_listen: self.ldap.listen,
             ldaps_listen: self.ldap.ldaps_listen,
             tls,
+            tls_ca,
             grpc_listen: self.grpc.listen,
             grpc_tls: self.grpc.tls,
             dns_listen: self.dns.listen,

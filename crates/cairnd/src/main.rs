@@ -208,22 +208,37 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--sites: 1 or 2 (the example tree's east and west)");
             }
             let nodes = nodes.unwrap_or(if sites > 1 { 3 } else { 1 });
-            if tls && file.tls.cert_file.is_none() {
-                // One CA and one certificate for every node of the dev
-                // deployment: its names are every address it listens on.
-                let mut names = vec!["localhost".to_string()];
-                if nodes <= 1 && sites == 1 {
-                    names.push(ldap.ip().to_string());
-                    names.push(ldaps.ip().to_string());
-                } else {
-                    names.extend((1..=nodes * sites).map(|i| format!("127.0.0.{i}")));
-                }
-                names.dedup();
-                let dir = file.node.data_dir.join("tls");
-                let made = cairn_tls::dev::ensure(&dir, &names)
-                    .context("cannot make the dev mode's TLS certificate")?;
-                file.tls.cert_file = Some(made.cert);
-                file.tls.key_file = Some(made.key);
+            // One CA for the dev deployment, and a certificate per node
+            // that names it (for the peer listener's mutual TLS) and every
+            // address the deployment listens on (for LDAPS and gRPC).
+            let dev_tls = tls && file.tls.cert_file.is_none();
+            let tls_dir = file.node.data_dir.join("tls");
+            let mut tls_names = vec!["localhost".to_string()];
+            if nodes <= 1 && sites == 1 {
+                tls_names.push(ldap.ip().to_string());
+                tls_names.push(ldaps.ip().to_string());
+                tls_names.push(grpc.ip().to_string());
+            } else {
+                tls_names.extend((1..=nodes * sites).map(|i| format!("127.0.0.{i}")));
+            }
+            tls_names.sort();
+            tls_names.dedup();
+            let node_tls =
+                |site: &str, id: u64, f: &mut config::FileConfig| -> anyhow::Result<()> {
+                    if dev_tls {
+                        let made = cairn_tls::dev::ensure_node(
+                            &tls_dir,
+                            &tls_names,
+                            &cairn_tls::NodeName::new(site, id),
+                        )
+                        .context("cannot make the dev mode's TLS certificates")?;
+                        f.tls.cert_file = Some(made.cert);
+                        f.tls.key_file = Some(made.key);
+                        f.tls.ca_file = Some(made.ca);
+                    }
+                    Ok(())
+                };
+            if dev_tls {
                 let url = if nodes <= 1 && sites == 1 {
                     format!("ldaps://{ldaps}")
                 } else {
@@ -232,14 +247,14 @@ fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "cairnd dev: TLS on; trust its CA with: export LDAPTLS_CACERT={}\n  \
                      then: ldapsearch -H {url} -x -b dc=example,dc=com   (or -ZZ on the LDAP port for StartTLS)",
-                    made.ca.display()
+                    cairn_tls::ca::ca_files(&tls_dir).0.display()
                 );
                 if nodes <= 1 && sites == 1 {
                     file.ldap.ldaps_listen = Some(ldaps);
                 }
             }
             if grpc_tls {
-                if file.tls.cert_file.is_none() {
+                if file.tls.cert_file.is_none() && !dev_tls {
                     anyhow::bail!("--grpc-tls needs TLS (--tls true, or [tls] in the file)");
                 }
                 file.grpc.tls = true;
@@ -249,6 +264,10 @@ fn main() -> anyhow::Result<()> {
                 // itself there, so DNS and Locate answer with it.
                 if file.cluster.is_none() {
                     file.cluster = Some(config::ClusterSection::alone(SITES[0], ldap, grpc, peer));
+                }
+                let c = file.cluster.as_ref().map(|c| (c.site.clone(), c.node_id));
+                if let Some((site, id)) = c {
+                    node_tls(&site, id, &mut file)?;
                 }
                 vec![file.validate(Some(password))?]
             } else {
@@ -292,6 +311,7 @@ fn main() -> anyhow::Result<()> {
                         f.directory.seed_example = example && s == 0;
                         let h = host(s, i);
                         f.ldap.listen = addr(h, ldap_port);
+                        node_tls(SITES[s as usize], i, &mut f)?;
                         if f.tls.cert_file.is_some() {
                             f.ldap.ldaps_listen = Some(addr(h, ldaps_port));
                         }
@@ -313,6 +333,9 @@ fn main() -> anyhow::Result<()> {
                             tombstone_lifetime_days: config::default_tombstone_lifetime_days(),
                             purge_interval_s: config::default_purge_interval_s(),
                             max_clock_drift_s: config::default_max_clock_drift_s(),
+                            // Without a CA the dev deployment's nodes talk
+                            // in plain text on loopback addresses.
+                            plaintext_peers: f.tls.ca_file.is_none(),
                         });
                         all.push(f.validate(Some(password.clone()))?);
                     }

@@ -47,6 +47,29 @@ pub async fn run_all(nodes: Vec<Settings>) -> anyhow::Result<()> {
     }
 }
 
+/// The peer listener's mutual TLS: this node's certificate must name this
+/// node, or it would be refused by every other (or, worse, taken for
+/// another).
+fn peer_tls(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    site: &str,
+    id: u64,
+) -> anyhow::Result<cairn_tls::Reloading> {
+    let tls = cairn_tls::Reloading::mutual(ca, cert, key, cairn_tls::ALPN_GRPC)
+        .context("cannot load the TLS files for the peer listener")?;
+    let me = cairn_tls::NodeName::new(site, id);
+    match tls.node() {
+        Some(n) if n.node == me.node && n.in_site(site) => Ok(tls),
+        Some(n) => anyhow::bail!(
+            "{} names {n}, but this is {me}: give each node its own certificate (`cairn certs init`)",
+            cert.display()
+        ),
+        None => anyhow::bail!("{} names no node", cert.display()),
+    }
+}
+
 async fn stopped(mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
         if stop.changed().await.is_err() {
@@ -98,16 +121,37 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     cfg.max_drift = c.max_drift;
     let ip = c.peer_listen.ip();
     cfg.peer_local = (!ip.is_unspecified()).then_some(ip);
+    cfg.peer_tls = match (&s.tls, &s.tls_ca) {
+        (Some((cert, key)), Some(ca)) => {
+            Some(Arc::new(peer_tls(ca, cert, key, &c.site, c.node_id)?))
+        }
+        _ => None,
+    };
     let peer = tokio::net::TcpListener::bind(c.peer_listen)
         .await
         .with_context(|| format!("cannot listen for peers on {}", c.peer_listen))?;
+    let cfg_peer_tls = cfg.peer_tls.clone();
     let replica = Replica::start(cfg, dir.clone()).await?;
     let peer_routes = replica.peer_routes();
     let stop2 = stop.clone();
+    let peer_tls = cfg_peer_tls;
+    let handshake_timeout = s.ldap.limits.stall_timeout;
     tasks.spawn(async move {
-        cairn_replica::network::serve(peer, peer_routes, stopped(stop2))
-            .await
-            .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
+        match peer_tls {
+            Some(tls) => {
+                cairn_replica::network::serve_tls(
+                    peer,
+                    peer_routes,
+                    tls,
+                    handshake_timeout,
+                    cairn_replica::network::Audience::Nodes,
+                    stopped(stop2),
+                )
+                .await
+            }
+            None => cairn_replica::network::serve(peer, peer_routes, stopped(stop2)).await,
+        }
+        .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
     });
     info!(node = c.node_id, site = %c.site, peer = %c.peer_listen, "Raft node started");
     // The member with the lowest id forms the site the first time.
@@ -128,7 +172,6 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         )),
         _ => None,
     };
-    let handshake_timeout = s.ldap.limits.stall_timeout;
     tasks.spawn(async move {
         match grpc_tls {
             Some(tls) => {
@@ -137,6 +180,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
                     routes,
                     tls,
                     handshake_timeout,
+                    cairn_replica::network::Audience::Clients,
                     stopped(stop2),
                 )
                 .await
