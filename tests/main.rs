@@ -6,6 +6,7 @@
 
 mod kit;
 
+mod access;
 mod boot;
 mod cli;
 mod crash;

@@ -90,6 +90,22 @@ impl ValidEntry {
             .and_then(|u| uuid::Uuid::parse_str(u).ok())
     }
 
+    /// The entry with only the attributes whose key `keep` accepts (what
+    /// a caller may read of it): for showing, never for storing (it may
+    /// lack what the schema requires).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> ValidEntry {
+        ValidEntry {
+            dn: self.dn.clone(),
+            attrs: self
+                .attrs
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .collect(),
+            structural: self.structural.clone(),
+        }
+    }
+
     /// Whether the entry has `objectClass: class` (case-insensitive).
     pub fn has_class(&self, class: &str) -> bool {
         self.get("objectclass")

@@ -15,6 +15,9 @@
 //! ends share (MAC addresses, host names, a content hash) and [`time`] the
 //! clock and GeneralizedTime.
 //!
+//! Who may do what: [`access`] evaluates access rules (built in and
+//! `cairnAccessRule` entries) for a caller, an entry and an attribute.
+//!
 //! Between sites: [`csn`] stamps every change with a change sequence
 //! number from a hybrid logical clock, and [`merge`] folds a change into
 //! an entry's replicated state the same way at every node, in any order.
@@ -22,6 +25,7 @@
 //! A write flows: front end parses into [`entry::Entry`] / [`modify::Modification`]
 //! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
 
+pub mod access;
 pub mod csn;
 pub mod dn;
 pub mod entry;

@@ -34,6 +34,10 @@ pub enum Syntax {
     MacAddress,
     /// A Cairn setting: `key=value` or `key!` (removes an inherited key).
     Setting,
+    /// Whom an access rule is for (`crate::access::Subject::parse`).
+    AccessSubject,
+    /// Rights an access rule gives (`crate::access::Rights::parse`).
+    AccessRight,
 }
 
 /// Why a value does not fit its syntax.
@@ -115,6 +119,16 @@ impl Syntax {
                 .map_err(|_| err(format!("{value:?} is not a UUID"))),
             Syntax::MacAddress => normalize_mac(value),
             Syntax::Setting => normalize_setting(value),
+            Syntax::AccessSubject => crate::access::Subject::parse(value)
+                .map(|s| match s {
+                    crate::access::Subject::Dn(d) => format!("dn:{}", d.norm()),
+                    crate::access::Subject::Group(d) => format!("group:{}", d.norm()),
+                    other => other.to_string(),
+                })
+                .map_err(err),
+            Syntax::AccessRight => crate::access::Rights::parse(value)
+                .map(|_| fold_case(value))
+                .map_err(err),
         }
     }
 
@@ -139,13 +153,18 @@ impl Syntax {
             Syntax::Uuid => "1.3.6.1.1.16.1",
             Syntax::MacAddress => "1.3.6.1.4.1.32473.7.0.3",
             Syntax::Setting => "1.3.6.1.4.1.32473.7.0.4",
+            Syntax::AccessSubject => "1.3.6.1.4.1.32473.7.0.5",
+            Syntax::AccessRight => "1.3.6.1.4.1.32473.7.0.6",
         }
     }
 
     /// The equality matching rule name, for `cn=schema`.
     pub fn equality_rule(self) -> &'static str {
         match self {
-            Syntax::DirectoryString | Syntax::Setting => "caseIgnoreMatch",
+            Syntax::DirectoryString
+            | Syntax::Setting
+            | Syntax::AccessSubject
+            | Syntax::AccessRight => "caseIgnoreMatch",
             Syntax::Ia5String | Syntax::MacAddress | Syntax::Cidr | Syntax::IpAddress => {
                 "caseIgnoreIA5Match"
             }

@@ -27,6 +27,7 @@ pub mod ops;
 pub mod server;
 pub mod stream;
 pub mod throttle;
+pub mod view;
 
 pub use cairn_replica::writer::{ReplicaWriter, Writer};
 pub use config::{Config, Limits};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_core::access::Right;
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp, ValidEntry};
 use cairn_core::filter::Filter;
@@ -28,6 +29,7 @@ use crate::conn::Session;
 use crate::convert::{self, Outcome, to_ldap_result};
 use crate::dse;
 use crate::server::ServerContext;
+use crate::view::View;
 
 /// Who the connection is bound as.
 #[derive(Debug, Clone)]
@@ -514,7 +516,8 @@ async fn password_modify(
                 "the administrator's password is set in the configuration (ldap.admin_password_hash or CAIRN_ADMIN_PASSWORD)",
             );
         }
-        if target != me && !auth.admin {
+        let admin = view(ctx, auth).await?.admin();
+        if target != me && !admin {
             return fail(
                 LdapResultCode::InsufficentAccessRights,
                 "only administrators may set another entry's password",
@@ -526,7 +529,7 @@ async fn password_modify(
                 "give the new password (-s): this server does not make passwords up",
             );
         };
-        let old_needed = target == me && !auth.admin;
+        let old_needed = target == me && !admin;
         match pm.old_password.filter(|p| !p.is_empty()) {
             None if old_needed => {
                 return fail(
@@ -591,7 +594,7 @@ async fn change_members(
     req: LdapExtendedRequest,
 ) -> LdapMsg {
     let res = async {
-        require_admin(auth)?;
+        require_admin(ctx, auth).await?;
         let text = req
             .value
             .as_deref()
@@ -634,7 +637,7 @@ async fn replication(
     req: LdapExtendedRequest,
 ) -> LdapMsg {
     let res = async {
-        require_admin(auth)?;
+        require_admin(ctx, auth).await?;
         let pause = match req.value.as_deref() {
             Some(b"pause") => true,
             Some(b"resume") => false,
@@ -662,7 +665,7 @@ async fn replication(
 /// message, how much it read.
 async fn resync(ctx: &ServerContext, auth: &Auth, msgid: i32, req: LdapExtendedRequest) -> LdapMsg {
     let res = async {
-        require_admin(auth)?;
+        require_admin(ctx, auth).await?;
         let peer = req
             .value
             .as_deref()
@@ -692,9 +695,22 @@ async fn resync(ctx: &ServerContext, auth: &Auth, msgid: i32, req: LdapExtendedR
     reply
 }
 
-fn require_admin(auth: &Auth) -> Result<(), Outcome> {
-    if auth.admin {
-        return Ok(());
+/// The operation's caller under the access policy in force (read from
+/// the store off the async threads when a commit made the cached one
+/// stale).
+async fn view(ctx: &ServerContext, auth: &Auth) -> Result<View, Outcome> {
+    if let Some(policy) = ctx.dir.cached_policy() {
+        let caller = policy.caller(auth.dn.as_ref());
+        return Ok(View { policy, caller });
+    }
+    let (dir, auth) = (ctx.dir.clone(), auth.clone());
+    blocking(move || View::of(&dir, &auth)).await
+}
+
+async fn require_admin(ctx: &ServerContext, auth: &Auth) -> Result<View, Outcome> {
+    let v = view(ctx, auth).await?;
+    if v.admin() {
+        return Ok(v);
     }
     Err(Outcome::new(
         LdapResultCode::InsufficentAccessRights,
@@ -706,7 +722,6 @@ fn require_admin(auth: &Auth) -> Result<(), Outcome> {
 }
 
 async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
-    require_admin(auth)?;
     let stamp = now_stamp(ctx, auth);
     let op = match op {
         LdapOp::AddRequest(req) => {
@@ -762,10 +777,27 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
         }
     };
     check_value_counts(ctx, &op)?;
-    ctx.writer
-        .write(op)
-        .await
-        .map_err(|e| convert::write_error(&e))?;
+    // The access rules: refused here, and again at the leader for the
+    // author the write carries.
+    let v = Arc::new(view(ctx, auth).await?);
+    let target = op.dn().clone();
+    {
+        let (dir, v, op) = (ctx.dir.clone(), v.clone(), op.clone());
+        blocking(move || {
+            dir.authorize(&v.policy, &v.caller, &op)
+                .map_err(|d| v.refusal(&dir, &d))
+        })
+        .await?;
+    }
+    if let Err(e) = ctx.writer.write(op).await {
+        let o = convert::write_error(&e);
+        if o.code == LdapResultCode::NoSuchObject && !v.admin() {
+            // Missing as this caller may learn it.
+            let dir = ctx.dir.clone();
+            return Err(blocking(move || Ok(v.missing(&dir, &target))).await?);
+        }
+        return Err(o);
+    }
     Ok(result(LdapResultCode::Success, "", ""))
 }
 
@@ -811,21 +843,44 @@ fn check_value_counts(ctx: &ServerContext, op: &WriteOp) -> Result<(), Outcome> 
     Ok(())
 }
 
-fn can_read_tree(ctx: &ServerContext, auth: &Auth) -> Result<(), Outcome> {
-    if auth.dn.is_some() || ctx.config.anonymous_read {
+/// Refuses a search the caller may find nothing with: one that can reach
+/// no entry at all (`insufficientAccessRights`: that says nothing about
+/// any entry), or a base it may not see and nothing below it
+/// (`noSuchObject`, as if missing).
+fn can_search(ctx: &ServerContext, v: &View, base: &Dn, scope: Scope) -> Result<(), Outcome> {
+    if v.admin() {
         return Ok(());
     }
-    Err(Outcome::new(
-        LdapResultCode::InsufficentAccessRights,
-        "anonymous clients may read only the root DSE and cn=schema; bind first",
-    ))
+    let anything = ctx
+        .dir
+        .suffixes()
+        .iter()
+        .any(|s| v.policy.reaches(&v.caller, Right::Search, s));
+    if !anything {
+        return Err(Outcome::new(
+            LdapResultCode::InsufficentAccessRights,
+            match &v.caller.dn {
+                None => "anonymous clients may read only the root DSE and cn=schema; bind first"
+                    .to_string(),
+                Some(dn) => format!("{dn} may read only the root DSE and cn=schema here"),
+            },
+        ));
+    }
+    if base.is_root() {
+        return Ok(());
+    }
+    let base_shown = v.allows(Right::Search, base, None) && v.sees(base);
+    if (scope == Scope::Base && !base_shown) || !v.policy.reaches(&v.caller, Right::Search, base) {
+        return Err(v.missing(&ctx.dir, base));
+    }
+    Ok(())
 }
 
 async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
     let LdapOp::CompareRequest(req) = op else {
         return Err(Outcome::new(LdapResultCode::ProtocolError, "not a compare"));
     };
-    can_read_tree(ctx, auth)?;
+    let v = Arc::new(view(ctx, auth).await?);
     let dn = parse_dn(&req.dn)?;
     let schema = ctx.dir.schema().clone();
     let at = schema.attr(&req.atype).ok_or_else(|| {
@@ -856,13 +911,27 @@ async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ld
         )
     })?;
     let dir = ctx.dir.clone();
-    let entry = blocking(move || dir.get(&dn).map_err(|e| to_ldap_result(&e))).await?;
-    let Some(entry) = entry else {
+    let v2 = v.clone();
+    let entry = blocking(move || {
+        // An entry the caller may not see is missing to it.
+        match dir.get(&dn) {
+            Ok(Some(e)) if v2.sees(&dn) => Ok(e),
+            Ok(_) => Err(v2.missing(&dir, &dn)),
+            Err(e) => Err(v2.store_error(&dir, &dn, &e)),
+        }
+    })
+    .await?;
+    if !v.allows(Right::Compare, entry.dn(), Some(&key)) {
         return Err(Outcome::new(
-            LdapResultCode::NoSuchObject,
-            format!("no such entry: {}", req.dn),
+            LdapResultCode::InsufficentAccessRights,
+            format!(
+                "{} may not compare {} of {}",
+                v.caller.describe(),
+                at.name(),
+                entry.dn()
+            ),
         ));
-    };
+    }
     if entry.get(&key).is_none() {
         return Err(Outcome::new(
             LdapResultCode::NoSuchAttribute,
@@ -954,15 +1023,13 @@ impl Selection {
     }
 
     /// The attributes of a directory entry to return.
-    fn render(&self, ctx: &ServerContext, auth: &Auth, e: &ValidEntry) -> LdapSearchResultEntry {
+    /// `e` is what the caller may read of the entry ([`View::shown`]).
+    fn render(&self, ctx: &ServerContext, v: &View, e: &ValidEntry) -> LdapSearchResultEntry {
         let schema = ctx.dir.schema();
         let mut out = vec![];
         for a in e.attrs() {
             let key = a.name.to_ascii_lowercase();
             let op = schema.attr(&key).is_some_and(|at| at.is_operational());
-            if key == "userpassword" && !auth.admin {
-                continue;
-            }
             if self.wants(&key, op) {
                 out.push(self.attr(a.name.clone(), a.values.clone()));
             }
@@ -984,6 +1051,7 @@ impl Selection {
         if let Some(model) = &ctx.model
             && self.named.contains("cairneffectivesetting")
             && e.has_class("cairnHost")
+            && v.allows(Right::Read, e.dn(), Some("cairneffectivesetting"))
         {
             match model.effective_setting_values(e) {
                 Ok(v) if !v.is_empty() => {
@@ -1219,7 +1287,8 @@ async fn search_inner(
         // delete won; the changes are kept, invisible), one entry each
         // below the container, for `cairn conflicts`: like cn=status,
         // fixed entries offered to `(objectClass=*)`-style filters.
-        can_read_tree(&ctx, auth)?;
+        // Administrators only: it names entries of the whole tree.
+        require_admin(&ctx, auth).await?;
         if !fixed_entry_matches(&filter, &["top"]) {
             return ok(vec![]);
         }
@@ -1264,7 +1333,11 @@ async fn search_inner(
         }
         return ok(vec![]);
     }
-    can_read_tree(&ctx, auth)?;
+    let v = Arc::new(view(&ctx, auth).await?);
+    {
+        let (ctx2, v2, base2) = (ctx.clone(), v.clone(), base.clone());
+        blocking(move || can_search(&ctx2, &v2, &base2, scope)).await?;
+    }
 
     let linearizable = ctrls.iter().any(
         |c| matches!(c, LdapControl::Unknown { oid, .. } if oid == dse::OID_LINEARIZABLE_READ),
@@ -1280,7 +1353,7 @@ async fn search_inner(
 
     // Effective limits: the client's, capped by the server's (not for
     // administrators).
-    let server_size = if auth.admin {
+    let server_size = if v.admin() {
         0
     } else {
         ctx.config.limits.size_limit
@@ -1323,7 +1396,7 @@ async fn search_inner(
     });
     if let Some((size, cookie)) = paged {
         return paged_search(
-            session, auth, msgid, req, &sel, bases, filter, size, cookie, size_limit, deadline, tx,
+            session, &v, msgid, req, &sel, bases, filter, size, cookie, size_limit, deadline, tx,
             cancel,
         )
         .await;
@@ -1333,11 +1406,12 @@ async fn search_inner(
     let dir = ctx.dir.clone();
     let tx2 = tx.clone();
     let cancel2 = cancel.clone();
-    let auth2 = auth.clone();
+    let v2 = v.clone();
     let ctx2 = ctx.clone();
     let end = blocking(move || {
         let mut sent = 0usize;
         let mut exceeded = false;
+        let schema = dir.schema().clone();
         for (b, s) in bases {
             let halt = Halt {
                 deadline: Some(deadline),
@@ -1345,15 +1419,23 @@ async fn search_inner(
             };
             let end = dir
                 .search(&b, s, &filter, halt, &mut |e| {
+                    // What the caller may not see is not there; the filter
+                    // is tested again on what it may read.
+                    let Some(shown) = v2.shown(&e) else {
+                        return true;
+                    };
+                    if !v2.admin() && !filter.matches(&schema, &shown) {
+                        return true;
+                    }
                     if size_limit > 0 && sent == size_limit {
                         exceeded = true;
                         return false;
                     }
                     sent += 1;
-                    tx2.blocking_send(entry_msg(msgid, sel.render(&ctx2, &auth2, &e)))
+                    tx2.blocking_send(entry_msg(msgid, sel.render(&ctx2, &v2, &shown)))
                         .is_ok()
                 })
-                .map_err(|e| to_ldap_result(&e))?;
+                .map_err(|e| v2.store_error(&dir, &b, &e))?;
             if end != SearchControl::Complete {
                 return Ok((end, exceeded));
             }
@@ -1385,7 +1467,7 @@ async fn search_inner(
 #[allow(clippy::too_many_arguments)]
 async fn paged_search(
     session: &Arc<Session>,
-    auth: &Arc<Auth>,
+    v: &Arc<View>,
     msgid: i32,
     req: &LdapSearchRequest,
     sel: &Selection,
@@ -1408,6 +1490,7 @@ async fn paged_search(
     let mut cursor = if cookie.is_empty() {
         let dir = ctx.dir.clone();
         let (bases2, filter2, cancel2) = (bases.clone(), filter.clone(), cancel.clone());
+        let v2 = v.clone();
         let (uuids, exceeded) = blocking(move || {
             let (bases, filter) = (bases2, filter2);
             let halt = Halt {
@@ -1419,6 +1502,12 @@ async fn paged_search(
             for (b, s) in bases.iter() {
                 let end = dir
                     .search(b, *s, &filter, halt, &mut |e| {
+                        let Some(shown) = v2.shown(&e) else {
+                            return true;
+                        };
+                        if !v2.admin() && !filter.matches(dir.schema(), &shown) {
+                            return true;
+                        }
                         if size_limit > 0 && out.len() == size_limit {
                             exceeded = true;
                             return false;
@@ -1428,7 +1517,7 @@ async fn paged_search(
                         }
                         true
                     })
-                    .map_err(|e| to_ldap_result(&e))?;
+                    .map_err(|e| v2.store_error(&dir, b, &e))?;
                 if end == SearchControl::TimeLimit {
                     return Err(Outcome::new(
                         LdapResultCode::TimeLimitExceeded,
@@ -1485,7 +1574,7 @@ async fn paged_search(
     };
     let dir = ctx.dir.clone();
     let ctx2 = ctx.clone();
-    let auth2 = auth.clone();
+    let v2 = v.clone();
     let sel2 = sel.clone();
     let cancel2 = cancel.clone();
     let (bases2, filter2) = (cursor.bases.clone(), cursor.filter.clone());
@@ -1501,8 +1590,11 @@ async fn paged_search(
                 continue;
             };
             let in_scope = bases2.iter().any(|(b, s)| s.contains(b, e.dn()));
-            if in_scope && filter2.matches(dir.schema(), &e) {
-                out.push(sel2.render(&ctx2, &auth2, &e));
+            let Some(shown) = v2.shown(&e) else {
+                continue;
+            };
+            if in_scope && filter2.matches(dir.schema(), &shown) {
+                out.push(sel2.render(&ctx2, &v2, &shown));
             }
         }
         Ok(out)

@@ -446,6 +446,10 @@ pub struct LdapSection {
     pub admin_password_hash: Option<String>,
     /// Members of this groupOfNames may write too.
     pub admin_group: Option<String>,
+    /// Members of this groupOfNames read, search and compare the whole
+    /// tree (default `cn=readers,ou=groups,<suffix>`). Other rights come
+    /// from access rule entries (`docs/security.md`).
+    pub readers_group: Option<String>,
     /// Whether anonymous clients may read the tree. The root DSE and
     /// cn=schema are always readable.
     pub anonymous_read: bool,
@@ -508,6 +512,7 @@ impl Default for LdapSection {
             admin_dn: "cn=admin,dc=example,dc=com".into(),
             admin_password_hash: None,
             admin_group: None,
+            readers_group: None,
             anonymous_read: false,
             allow_plaintext_binds: false,
             argon2_memory_kib: argon2.memory_kib,
@@ -607,6 +612,8 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 
 /// The validated configuration the node runs with.
 pub struct Settings {
+    /// The built-in access rules (`[ldap]` admin, groups, anonymous reads).
+    pub access: cairn_core::access::Builtins,
     pub data_dir: PathBuf,
     pub engine: EngineKind,
     pub engine_options: cairn_store::engine::EngineOptions,
@@ -648,6 +655,12 @@ impl FileConfig {
             .map(Dn::parse)
             .transpose()
             .context("ldap.admin_group is not a valid DN")?;
+        let readers_group = match self.ldap.readers_group.as_deref() {
+            Some(g) => Dn::parse(g).context("ldap.readers_group is not a valid DN")?,
+            None => suffix
+                .child(cairn_core::dn::Rdn::new("ou", "groups"))
+                .child(cairn_core::dn::Rdn::new("cn", "readers")),
+        };
         let argon2 = cairn_core::password::Argon2Params {
             memory_kib: self.ldap.argon2_memory_kib,
             passes: self.ldap.argon2_passes,
@@ -741,6 +754,13 @@ impl FileConfig {
             })
             .validate()?;
         Ok(Settings {
+            access: cairn_core::access::Builtins {
+                admin_dn: Some(admin_dn.clone()),
+                admin_group: admin_group.clone(),
+                readers_group: Some(readers_group),
+                anonymous_read: self.ldap.anonymous_read,
+                suffixes: vec![],
+            },
             cluster,
             data_dir: self.node.data_dir,
             engine: self.storage.engine,

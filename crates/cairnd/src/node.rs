@@ -84,7 +84,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         .with_context(|| format!("cannot open the store in {}", s.data_dir.display()))?;
     let dir = Arc::new(
         Directory::new(engine, Arc::new(Schema::builtin()), vec![s.suffix.clone()])
-            .with_password_params(s.ldap.argon2),
+            .with_password_params(s.ldap.argon2)
+            .with_access(s.access.clone()),
     );
     info!(data_dir = %s.data_dir.display(), engine = dir.engine_name(), suffix = %s.suffix, "store open");
     let mut tasks = JoinSet::new();

@@ -463,6 +463,35 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "change sequence number of the entry's latest change",
     ),
+    // Cairn: access control (docs/security.md, crate::access)
+    user(
+        cairn!(1, 60),
+        &["cairnAccessSubject"],
+        AccessSubject,
+        false,
+        "whom an access rule is for: anyone, anonymous, authenticated, self, host, node, dn:<DN>, group:<DN>",
+    ),
+    user(
+        cairn!(1, 61),
+        &["cairnAccessRight"],
+        AccessRight,
+        false,
+        "rights an access rule gives: read, search, compare, add, delete, write, readonly, all",
+    ),
+    user(
+        cairn!(1, 62),
+        &["cairnAccessBase"],
+        Dn,
+        true,
+        "the subtree an access rule covers (default: the rule entry's parent)",
+    ),
+    user(
+        cairn!(1, 63),
+        &["cairnAccessAttribute"],
+        Oid,
+        false,
+        "attributes an access rule covers (default, or *: all but userPassword)",
+    ),
 ];
 
 const SETTINGS: &[&str] = &[
@@ -722,6 +751,14 @@ pub(super) const CLASSES: &[ObjectClass] = &[
         Structural,
         &["cn", "cairnMatch", "cairnTarget"],
         &["cairnPriority", "description"],
+    ),
+    class(
+        cairn!(2, 11),
+        "cairnAccessRule",
+        Some("top"),
+        Structural,
+        &["cn", "cairnAccessSubject", "cairnAccessRight"],
+        &["cairnAccessBase", "cairnAccessAttribute", "description"],
     ),
 ];
 

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use cairn_core::access;
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp, ValidEntry};
 use cairn_core::filter::Filter;
@@ -145,6 +146,12 @@ pub struct Directory {
     log: Mutex<replicate::LogCursor>,
     /// How new `userPassword` hashes are made.
     password_params: password::Argon2Params,
+    /// The node's built-in access rules (`[ldap]` admin, groups,
+    /// anonymous reads).
+    access: access::Builtins,
+    /// The access policy as of a generation of [`Directory::subscribe`]:
+    /// read again after a commit.
+    policy: Mutex<Option<(u64, Arc<access::Policy>)>>,
 }
 
 /// One directory write, fully decided: the UUID of a new entry, who and
@@ -173,6 +180,27 @@ pub enum WriteOp {
         new_superior: Option<Dn>,
         stamp: Stamp,
     },
+}
+
+impl WriteOp {
+    /// The entry the write is about (for a rename, its old name).
+    pub fn dn(&self) -> &Dn {
+        match self {
+            WriteOp::Add { entry, .. } => &entry.dn,
+            WriteOp::Modify { dn, .. } | WriteOp::Delete { dn } | WriteOp::ModRdn { dn, .. } => dn,
+        }
+    }
+}
+
+/// A write the access policy refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The entry it was refused on.
+    pub dn: Dn,
+    /// Whether the caller may see that entry: if not, the refusal must
+    /// look like its absence (noSuchObject), not tell it exists.
+    pub visible: bool,
+    pub message: String,
 }
 
 /// What a write produced.
@@ -240,6 +268,7 @@ fn uuid_from(bytes: &[u8]) -> Result<Uuid, Error> {
 impl Directory {
     /// Opens the directory on an engine. `suffixes` are the naming contexts.
     pub fn new(engine: Box<dyn Engine>, schema: Arc<Schema>, suffixes: Vec<Dn>) -> Self {
+        let suffixes_copy = suffixes.clone();
         Directory {
             engine: Arc::from(engine),
             schema,
@@ -251,7 +280,150 @@ impl Directory {
             changes: tokio::sync::watch::Sender::new(0),
             log: Mutex::new(replicate::LogCursor::default()),
             password_params: password::Argon2Params::default(),
+            access: access::Builtins {
+                suffixes: suffixes_copy,
+                ..access::Builtins::default()
+            },
+            policy: Mutex::new(None),
         }
+    }
+
+    /// Decides access with these built-in rules (their `suffixes` are the
+    /// directory's), besides the rule entries in the directory.
+    pub fn with_access(mut self, builtins: access::Builtins) -> Self {
+        self.access = access::Builtins {
+            suffixes: self.suffixes.clone(),
+            ..builtins
+        };
+        self
+    }
+
+    /// The access policy, if the one read last is still current (no
+    /// commit since): what a front end asks first, without a store read.
+    pub fn cached_policy(&self) -> Option<Arc<access::Policy>> {
+        let generation = *self.changes.borrow();
+        let cached = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Whether `policy` lets `caller` make the write `op`: an add needs
+    /// `add` over the new entry's DN, a delete `delete` over the entry, a
+    /// modify `write` over every attribute it changes, a rename `delete`
+    /// over the old DN and `add` over the new one. The same check runs at
+    /// the node the client talks to and at the leader, for the author the
+    /// write carries.
+    pub fn authorize(
+        &self,
+        policy: &access::Policy,
+        caller: &access::Caller,
+        op: &WriteOp,
+    ) -> Result<(), Denied> {
+        use access::Right;
+        if caller.admin {
+            return Ok(());
+        }
+        let deny = |dn: &Dn, visible: bool, what: String| Denied {
+            dn: dn.clone(),
+            visible,
+            message: format!("{} may not {what}", caller.describe()),
+        };
+        match op {
+            WriteOp::Add { entry, .. } => {
+                if !policy.allows(caller, Right::Add, &entry.dn, None) {
+                    return Err(deny(&entry.dn, true, format!("add {}", entry.dn)));
+                }
+            }
+            WriteOp::Delete { dn } => {
+                if !policy.allows(caller, Right::Delete, dn, None) {
+                    return Err(deny(dn, policy.may_see(caller, dn), format!("delete {dn}")));
+                }
+            }
+            WriteOp::Modify { dn, mods, .. } => {
+                for m in mods {
+                    let key = self
+                        .schema
+                        .attr(&m.attr)
+                        .map(|a| a.key())
+                        .unwrap_or_else(|| m.attr.to_ascii_lowercase());
+                    if !policy.allows(caller, Right::Write, dn, Some(&key)) {
+                        return Err(deny(
+                            dn,
+                            policy.may_see(caller, dn),
+                            format!("write {} of {dn}", m.attr),
+                        ));
+                    }
+                }
+            }
+            WriteOp::ModRdn {
+                dn,
+                new_rdn,
+                new_superior,
+                ..
+            } => {
+                if !policy.allows(caller, Right::Delete, dn, None) {
+                    return Err(deny(dn, policy.may_see(caller, dn), format!("rename {dn}")));
+                }
+                let parent = new_superior
+                    .clone()
+                    .or_else(|| dn.parent())
+                    .unwrap_or_else(Dn::root);
+                let to = parent.child(new_rdn.clone());
+                if !policy.allows(caller, Right::Add, &to, None) {
+                    return Err(deny(dn, true, format!("rename {dn} to {to}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The access policy in force: the built-in rules, every
+    /// `cairnAccessRule` entry and the members of the groups they name.
+    /// Read once per directory generation; a rule entry that does not
+    /// compile (it came from a site with a newer schema) is left out and
+    /// logged: rules only allow, so leaving one out never allows more.
+    pub fn policy(&self) -> Result<Arc<access::Policy>, Error> {
+        let generation = *self.changes.borrow();
+        {
+            let cached = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((g, p)) = cached.as_ref()
+                && *g == generation
+            {
+                return Ok(p.clone());
+            }
+        }
+        let filter = Filter::Equality("objectClass".into(), "cairnAccessRule".into());
+        let mut rules = vec![];
+        for s in &self.suffixes {
+            let found = self.search(s, Scope::Subtree, &filter, Halt::default(), &mut |e| {
+                let get = |k: &str| e.get(k).map(|a| a.values.clone()).unwrap_or_default();
+                let canonical = |n: &str| self.schema.attr(n).map(|a| a.key());
+                match access::rule_from_entry(e.dn(), get, canonical) {
+                    Ok(r) => rules.push(r),
+                    Err(why) => {
+                        tracing::warn!(rule = %e.dn(), cause = %why, "access rule left out")
+                    }
+                }
+                true
+            });
+            match found {
+                Ok(_) | Err(Error::NoSuchObject { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut groups = vec![];
+        for g in access::Policy::groups_named(&self.access, &rules) {
+            let members = self
+                .get(&g)?
+                .and_then(|e| e.get("member").map(|a| a.values.clone()))
+                .unwrap_or_default();
+            groups.push((g, members));
+        }
+        let p = Arc::new(access::Policy::new(self.access.clone(), rules, groups));
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, p.clone()));
+        Ok(p)
     }
 
     /// Makes new `userPassword` hashes with `params` (`[ldap]

@@ -1,0 +1,314 @@
+//! Issue 12, access control: rules are entries in the directory
+//! (`cairnAccessRule`), checked for every operation of every kind of
+//! subject, driven with OpenLDAP's own tools. A denied entry is
+//! indistinguishable from a missing one.
+
+use std::process::Output;
+
+use crate::kit::*;
+
+const PEOPLE: &str = "ou=people,dc=example,dc=com";
+const INVENTORY: &str = "ou=inventory,dc=example,dc=com";
+const HOST: &str = "cn=esx-001,cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
+const MISSING: &str = "cn=esx-999,cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
+const PW: &str = "a-user-password";
+
+fn user(cn: &str) -> String {
+    format!("cn={cn},{PEOPLE}")
+}
+
+/// A node without anonymous reads, with three users (alice in the readers
+/// group, bob in an `ops` group, carol in none), a rule that lets `ops`
+/// read, search and write `description` and `cairnSetting` in the
+/// inventory, and one that lets anonymous clients read the sites.
+fn setup() -> Node {
+    let n = Node::start_opts("redb", &[], &["--anonymous-read", "false"]);
+    let mut ldif = format!("dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n\n");
+    for cn in ["alice", "bob", "carol"] {
+        ldif.push_str(&format!(
+            "dn: {}\nobjectClass: inetOrgPerson\ncn: {cn}\nsn: {cn}\nuserPassword: {PW}\n\n",
+            user(cn)
+        ));
+    }
+    ldif.push_str(&format!(
+        "dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: {}\n\n\
+         dn: cn=ops-write,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: ops-write\n\
+         cairnAccessSubject: group:cn=ops,ou=groups,{SUFFIX}\n\
+         cairnAccessRight: read, search\ncairnAccessRight: write\n\
+         cairnAccessAttribute: description\ncairnAccessAttribute: cairnSetting\n\n\
+         dn: cn=public-sites,ou=sites,{SUFFIX}\nobjectClass: cairnAccessRule\ncn: public-sites\n\
+         cairnAccessSubject: anonymous\ncairnAccessRight: readonly\n\n",
+        user("bob")
+    ));
+    ok(n.tool("ldapadd", &[], Some(&ldif)));
+    let readers = format!(
+        "dn: cn=readers,ou=groups,{SUFFIX}\nchangetype: modify\nadd: member\nmember: {}\n",
+        user("alice")
+    );
+    ok(n.tool("ldapmodify", &[], Some(&readers)));
+    n
+}
+
+fn as_user(n: &Node, cn: &str, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    run_tool(&n.url(), tool, Some((&user(cn), PW)), args, stdin)
+}
+
+fn anon(n: &Node, tool: &str, args: &[&str]) -> Output {
+    run_tool(&n.url(), tool, None, args, None)
+}
+
+/// `ldapsearch -LLL` of `base` with `scope` and `filter`, `attrs`.
+fn search_args<'a>(
+    base: &'a str,
+    scope: &'a str,
+    filter: &'a str,
+    attrs: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "-LLL",
+        "-o",
+        "ldif-wrap=no",
+        "-b",
+        base,
+        "-s",
+        scope,
+        filter,
+    ];
+    v.extend(attrs);
+    v
+}
+
+fn modify(dn: &str, attr: &str, value: &str) -> String {
+    format!("dn: {dn}\nchangetype: modify\nreplace: {attr}\n{attr}: {value}\n")
+}
+
+/// What a tool said about `dn`, with `dn` written as `<DN>`: the result
+/// code and every line of output, so that two answers about two entries
+/// can be compared.
+fn answer(out: &Output, dn: &str) -> (i32, String) {
+    let text = format!("{}{}", stdout(out), stderr(out));
+    (rc(out), text.replace(dn, "<DN>"))
+}
+
+#[test]
+fn issue_12_access_rules_in_the_directory_decide_who_reads_and_writes_what() {
+    let n = setup();
+    // Alice, a reader: the whole tree, no password, no writes.
+    let out = as_user(
+        &n,
+        "alice",
+        "ldapsearch",
+        &search_args(SUFFIX, "sub", "(objectClass=cairnHost)", &["cn"]),
+        None,
+    );
+    assert_eq!(
+        dns(&stdout(&out)).len(),
+        4,
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = as_user(
+        &n,
+        "alice",
+        "ldapsearch",
+        &search_args(&user("bob"), "base", "(objectClass=*)", &["*"]),
+        None,
+    );
+    assert!(stdout(&out).contains("sn: bob"), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).to_lowercase().contains("userpassword"),
+        "{}",
+        stdout(&out)
+    );
+    let out = as_user(
+        &n,
+        "alice",
+        "ldapmodify",
+        &[],
+        Some(&modify(HOST, "description", "by alice")),
+    );
+    assert_eq!(rc(&out), 50, "insufficientAccessRights: {}", stderr(&out));
+
+    // Bob, in ops: description and cairnSetting of the inventory, read
+    // and written; nothing else there, nothing outside it.
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapmodify",
+        &[],
+        Some(&modify(HOST, "description", "by bob")),
+    );
+    assert_eq!(rc(&out), 0, "{}", stderr(&out));
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapsearch",
+        &search_args(HOST, "base", "(objectClass=*)", &["*"]),
+        None,
+    );
+    assert!(
+        stdout(&out).contains("description: by bob"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !stdout(&out).contains("cn: esx-001"),
+        "cn is not bob's to read: {}",
+        stdout(&out)
+    );
+    for (attr, value) in [("cn", "renamed"), ("macAddress", "02:00:00:00:00:99")] {
+        let out = as_user(
+            &n,
+            "bob",
+            "ldapmodify",
+            &[],
+            Some(&modify(HOST, attr, value)),
+        );
+        assert_eq!(rc(&out), 50, "{attr}: {}", stderr(&out));
+    }
+    let out = as_user(&n, "bob", "ldapdelete", &[HOST], None);
+    assert_eq!(rc(&out), 50, "{}", stderr(&out));
+    // A filter on an attribute bob may not read finds nothing, though
+    // the entry is there and bob sees it.
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapsearch",
+        &search_args(INVENTORY, "sub", "(cn=esx-001)", &["1.1"]),
+        None,
+    );
+    assert_eq!(
+        (rc(&out), dns(&stdout(&out)).len()),
+        (0, 0),
+        "{}",
+        stdout(&out)
+    );
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapsearch",
+        &search_args(INVENTORY, "sub", "(description=by bob)", &["1.1"]),
+        None,
+    );
+    assert_eq!(dns(&stdout(&out)), vec![HOST.to_string()]);
+    // Groups are not bob's to see.
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapsearch",
+        &search_args(
+            &format!("cn=ops,ou=groups,{SUFFIX}"),
+            "base",
+            "(objectClass=*)",
+            &[],
+        ),
+        None,
+    );
+    assert_eq!(rc(&out), 32, "{}", stderr(&out));
+
+    // Carol, in no group: her own entry (not its password), nothing else.
+    let out = as_user(
+        &n,
+        "carol",
+        "ldapsearch",
+        &search_args(SUFFIX, "sub", "(objectClass=*)", &["1.1"]),
+        None,
+    );
+    assert_eq!(dns(&stdout(&out)), vec![user("carol")], "{}", stderr(&out));
+    let out = as_user(
+        &n,
+        "carol",
+        "ldapmodify",
+        &[],
+        Some(&modify(&user("carol"), "description", "me")),
+    );
+    assert_eq!(rc(&out), 50, "{}", stderr(&out));
+
+    // Anonymous: the sites (a rule), not the inventory (as if missing),
+    // and the administrator still everything.
+    let out = anon(
+        &n,
+        "ldapsearch",
+        &search_args(
+            &format!("ou=sites,{SUFFIX}"),
+            "one",
+            "(objectClass=cairnSite)",
+            &["cn"],
+        ),
+    );
+    assert!(
+        !dns(&stdout(&out)).is_empty(),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = anon(
+        &n,
+        "ldapsearch",
+        &search_args(INVENTORY, "sub", "(objectClass=*)", &["1.1"]),
+    );
+    assert_eq!(rc(&out), 32, "{}", stderr(&out));
+    let out = n.tool(
+        "ldapsearch",
+        &search_args(&user("carol"), "base", "(objectClass=*)", &["userPassword"]),
+        None,
+    );
+    assert!(stdout(&out).contains("userPassword"), "{}", stdout(&out));
+
+    // A rule that does not parse is refused, and changes nothing.
+    let bad = format!(
+        "dn: cn=bad,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: bad\n\
+         cairnAccessSubject: everyone\ncairnAccessRight: read\n"
+    );
+    let out = n.tool("ldapadd", &[], Some(&bad));
+    assert_eq!(rc(&out), 21, "invalidAttributeSyntax: {}", stderr(&out));
+}
+
+#[test]
+fn issue_12_a_denied_entry_is_indistinguishable_from_a_missing_one() {
+    let n = setup();
+    // For carol, esx-001 (there) and esx-999 (not there) must get the same
+    // answers, word for word, from every tool.
+    let base = |dn: &str| {
+        search_args(dn, "base", "(objectClass=*)", &[])
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let cases: Vec<(&str, Vec<String>, Option<String>)> = vec![
+        ("ldapsearch", base(HOST), None),
+        ("ldapsearch", base(&format!("cn=x,{HOST}")), None),
+        ("ldapcompare", vec![HOST.into(), "cn:esx-001".into()], None),
+        ("ldapdelete", vec![HOST.into()], None),
+        ("ldapmodify", vec![], Some(modify(HOST, "description", "x"))),
+        ("ldapmodrdn", vec![HOST.into(), "cn=esx-777".into()], None),
+    ];
+    for (tool, args, stdin) in cases {
+        let swap = |s: &str| s.replace("esx-001", "esx-999");
+        let there_args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let missing: Vec<String> = args.iter().map(|a| swap(a)).collect();
+        let missing_args: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let there = as_user(&n, "carol", tool, &there_args, stdin.as_deref());
+        let gone = as_user(
+            &n,
+            "carol",
+            tool,
+            &missing_args,
+            stdin.as_deref().map(swap).as_deref(),
+        );
+        let (a, b) = (answer(&there, HOST), answer(&gone, MISSING));
+        assert_eq!(
+            a, b,
+            "{tool}: an entry carol may not see answers unlike a missing one"
+        );
+        assert_eq!(a.0, 32, "{tool}: {a:?}");
+    }
+    // The entry is there (the administrator sees it) and unchanged.
+    let out = n.tool(
+        "ldapsearch",
+        &search_args(HOST, "base", "(objectClass=*)", &["cn"]),
+        None,
+    );
+    assert_eq!(dns(&stdout(&out)), vec![HOST.to_string()]);
+}
