@@ -312,3 +312,76 @@ fn issue_12_a_denied_entry_is_indistinguishable_from_a_missing_one() {
     );
     assert_eq!(dns(&stdout(&out)), vec![HOST.to_string()]);
 }
+
+/// Issue 10 and 12: a write made at a follower is forwarded to the leader
+/// with its author (the bound DN), and the leader checks the access rules
+/// for that author again. A user whom a rule lets write `description`
+/// does so at every node of a three-node site, each write reaching every
+/// node; what no rule lets them write is refused at every node.
+#[test]
+fn issue_12_writes_forwarded_to_the_leader_carry_their_author() {
+    let site = Site::start_seeded(3);
+    let ldif = format!(
+        "dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: {}\nobjectClass: inetOrgPerson\ncn: bob\nsn: bob\nuserPassword: {PW}\n\n\
+         dn: cn=ops,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: ops\nmember: {}\n\n\
+         dn: cn=ops-write,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: ops-write\n\
+         cairnAccessSubject: group:cn=ops,ou=groups,{SUFFIX}\ncairnAccessRight: all\n\
+         cairnAccessAttribute: description\n\n",
+        user("bob"),
+        user("bob")
+    );
+    ok(site.tool(1, "ldapadd", &[], Some(&ldif)));
+    for i in 1..=3 {
+        let url = site.url(i);
+        wait_until(
+            "the rule at every node",
+            std::time::Duration::from_secs(10),
+            || {
+                rc(&run_tool(
+                    &url,
+                    "ldapsearch",
+                    Some((&user("bob"), PW)),
+                    &search_args(HOST, "base", "(objectClass=*)", &["description"]),
+                    None,
+                )) == 0
+            },
+        );
+    }
+    for i in 1..=3u64 {
+        let value = format!("set by bob at node {i}");
+        let out = run_tool(
+            &site.url(i),
+            "ldapmodify",
+            Some((&user("bob"), PW)),
+            &[],
+            Some(&modify(HOST, "description", &value)),
+        );
+        assert_eq!(rc(&out), 0, "node {i}: {}", stderr(&out));
+        for j in 1..=3 {
+            let url = site.url(j);
+            wait_until(
+                "the write at every node",
+                std::time::Duration::from_secs(10),
+                || {
+                    let out = run_tool(
+                        &url,
+                        "ldapsearch",
+                        Some((ADMIN, PASSWORD)),
+                        &search_args(HOST, "base", "(objectClass=*)", &["description"]),
+                        None,
+                    );
+                    stdout(&out).contains(&value)
+                },
+            );
+        }
+        let out = run_tool(
+            &site.url(i),
+            "ldapmodify",
+            Some((&user("bob"), PW)),
+            &[],
+            Some(&modify(HOST, "cn", "x")),
+        );
+        assert_eq!(rc(&out), 50, "node {i}: {}", stderr(&out));
+    }
+}

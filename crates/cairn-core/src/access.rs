@@ -11,9 +11,11 @@
 //! attributes (all but `userPassword` unless named). Administrators (the
 //! configured admin DN and the admin group's members) may do everything.
 //!
-//! Built in: administrators; the readers group reads, searches and
-//! compares the whole tree; everyone bound reads their own entry; with
-//! `anonymous_read`, everyone reads the tree. `userPassword` is readable
+//! Built in: administrators; the deployment's nodes write what they
+//! decide themselves (their own entries, hosts a deploy rule placed);
+//! the readers group reads, searches and compares the whole tree;
+//! everyone bound reads their own entry; with `anonymous_read`, everyone
+//! reads the tree. `userPassword` is readable
 //! by administrators only unless a rule names it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -178,6 +180,8 @@ impl fmt::Display for Subject {
 /// Which attributes a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attrs {
+    /// Every attribute, `userPassword` too (the nodes' built-in rule).
+    Every,
     /// Every attribute but `userPassword`.
     All,
     /// These (lowercased canonical names).
@@ -187,6 +191,7 @@ pub enum Attrs {
 impl Attrs {
     fn covers(&self, attr: &str) -> bool {
         match self {
+            Attrs::Every => true,
             Attrs::All => attr != PASSWORD,
             Attrs::Only(set) => set.contains(attr),
         }
@@ -274,6 +279,18 @@ pub struct Builtins {
     pub suffixes: Vec<Dn>,
 }
 
+/// Who a write is made for, carried with it to the leader so that the
+/// leader checks the same rules for the same caller (issue 10).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Author {
+    /// An LDAP client bound as this DN (None: anonymous).
+    Client(Option<Dn>),
+    /// A node of the deployment on its own account: publishing itself,
+    /// registering a host a deploy rule placed, loading the example tree,
+    /// replacing a password hash it verified.
+    Node,
+}
+
 /// Who asks, as the policy sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
@@ -359,6 +376,13 @@ impl Policy {
             .collect();
         let mut all = vec![];
         for s in &builtins.suffixes {
+            all.push(Rule {
+                source: "built-in: the deployment's nodes".into(),
+                subjects: vec![Subject::Node],
+                rights: Rights::ALL,
+                base: s.clone(),
+                attrs: Attrs::Every,
+            });
             if builtins.anonymous_read {
                 all.push(Rule {
                     source: "built-in: anonymous_read".into(),
@@ -390,6 +414,14 @@ impl Policy {
             builtins,
             rules: all,
             members,
+        }
+    }
+
+    /// The caller a write's author stands for.
+    pub fn caller_of(&self, author: &Author) -> Caller {
+        match author {
+            Author::Client(dn) => self.caller(dn.as_ref()),
+            Author::Node => Caller::node(),
         }
     }
 
@@ -692,6 +724,12 @@ mod tests {
         assert!(!p.may_see(&anon, &dn(HOST)));
         assert!(p.allows(&node, Right::Add, &dn(HOST), None));
         assert!(!p.allows(&dave, Right::Add, &dn(HOST), None));
+        // Nodes write the tree by a built-in rule, passwords too (a hash
+        // replaced at bind, a password changed with ldappasswd).
+        let bare = Policy::new(builtins(), vec![], vec![]);
+        assert!(bare.allows(&node, Right::Delete, &dn(HOST), None));
+        assert!(bare.allows(&node, Right::Write, &dn(HOST), Some("userpassword")));
+        assert!(!bare.allows(&anon, Right::Add, &dn(HOST), None));
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Model {
         let writer = self.writer.get().ok_or_else(|| {
             FleetError::Unavailable("this node is starting; cannot register hosts yet".into())
         })?;
-        let registered = match writer.write(op).await {
+        let registered = match writer.write(cairn_core::access::Author::Node, op).await {
             // The same host registered by another pull first (its UUID is
             // derived from its identity, so the add found it there).
             Ok(cairn_store::Applied::Existed(_)) => false,
@@ -210,6 +210,11 @@ impl Model {
             Err(WriteError::Directory(e)) => {
                 return Err(FleetError::Internal(format!(
                     "deploy rule {rule} produced an entry the directory refused: {e}"
+                )));
+            }
+            Err(e @ WriteError::Denied { .. }) => {
+                return Err(FleetError::Internal(format!(
+                    "the access rules refused this node's registration of the host: {e}"
                 )));
             }
         };

@@ -75,6 +75,20 @@ pub fn write_error(e: &cairn_replica::WriteError) -> Outcome {
             LdapResultCode::Other,
             format!("the outcome of the write is unknown ({m}); read the entry before retrying"),
         ),
+        // Refused by the leader's check of the access rules.
+        W::Denied {
+            dn,
+            visible: true,
+            message,
+        } => Outcome::new(
+            LdapResultCode::InsufficentAccessRights,
+            format!("{message} ({dn})"),
+        ),
+        W::Denied { dn, .. } => Outcome {
+            code: LdapResultCode::NoSuchObject,
+            matched: String::new(),
+            message: format!("no such entry: {dn}"),
+        },
     }
 }
 

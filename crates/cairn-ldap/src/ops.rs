@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_core::access::Right;
+use cairn_core::access::{Author, Right};
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp, ValidEntry};
 use cairn_core::filter::Filter;
@@ -458,7 +458,7 @@ fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: Strin
                 now: generalized_time(ctx.clock.now_unix()),
             },
         };
-        match ctx.writer.write(op).await {
+        match ctx.writer.write(Author::Node, op).await {
             Ok(_) => tracing::info!(entry = %dn, "password hash upgraded to argon2id"),
             Err(e) => {
                 tracing::warn!(entry = %dn, cause = %e, "could not upgrade the password hash; will try at the next bind")
@@ -575,8 +575,10 @@ async fn password_modify(
             }],
             stamp: now_stamp(ctx, auth),
         };
+        // Decided here (the old password checked, or an administrator
+        // asking): written as this node's own act.
         ctx.writer
-            .write(op)
+            .write(Author::Node, op)
             .await
             .map_err(|e| convert::write_error(&e))?;
         tracing::info!(by = %me, entry = %target, "password changed");
@@ -789,7 +791,7 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
         })
         .await?;
     }
-    if let Err(e) = ctx.writer.write(op).await {
+    if let Err(e) = ctx.writer.write(Author::Client(auth.dn.clone()), op).await {
         let o = convert::write_error(&e);
         if o.code == LdapResultCode::NoSuchObject && !v.admin() {
             // Missing as this caller may learn it.

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::access::Author;
 use cairn_store::{Applied, WriteOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -53,7 +54,7 @@ pub(crate) enum Forwarded {
 pub(crate) type Outcome = Result<Result<Applied, WriteError>, String>;
 
 struct Pending {
-    op: WriteOp,
+    op: (Author, WriteOp),
     size: usize,
     leader: (u64, NodeInfo),
     reply: oneshot::Sender<Outcome>,
@@ -86,11 +87,11 @@ impl Forwarder {
     pub(crate) async fn forward(
         &self,
         leader: (u64, NodeInfo),
-        op: WriteOp,
+        op: (Author, WriteOp),
         deadline: tokio::time::Instant,
     ) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        let size = approx_size(&op);
+        let size = approx_size(&op.1);
         let pending = Pending {
             op,
             size,
@@ -140,7 +141,11 @@ async fn run(ctx: Arc<Context>, rx: mpsc::Receiver<Pending>) {
 
 /// One `Forward` call: the writes' outcomes, in order, once this node has
 /// applied the last one the leader committed.
-async fn send(ctx: &Context, leader: &(u64, NodeInfo), ops: Vec<WriteOp>) -> Vec<Outcome> {
+async fn send(
+    ctx: &Context,
+    leader: &(u64, NodeInfo),
+    ops: Vec<(Author, WriteOp)>,
+) -> Vec<Outcome> {
     let n = ops.len();
     let results = match call(ctx, leader, &ops).await {
         Ok(r) if r.len() == n => r,
@@ -189,7 +194,7 @@ enum CallFailed {
 async fn call(
     ctx: &Context,
     (leader_id, leader): &(u64, NodeInfo),
-    ops: &[WriteOp],
+    ops: &[(Author, WriteOp)],
 ) -> Result<Vec<Forwarded>, CallFailed> {
     if ctx.faults.blocked(ctx.id, *leader_id) {
         return Err(CallFailed::NotSent(format!(

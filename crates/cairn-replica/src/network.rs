@@ -691,7 +691,7 @@ impl pb::raft_server::Raft for RaftService {
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let from = self.gate.admit(&r, None, 0).await?;
-        let ops: Vec<cairn_store::WriteOp> = request(&r)?;
+        let ops: Vec<(cairn_core::access::Author, cairn_store::WriteOp)> = request(&r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };

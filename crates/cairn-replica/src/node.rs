@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::access::Author;
 use cairn_store::{Applied, Directory, WriteOp};
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
@@ -254,6 +255,15 @@ pub enum WriteError {
     /// it may or may not be applied. Read before retrying.
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The access rules do not let its author make it (checked again at
+    /// the leader): nothing was written. `visible`: whether the author
+    /// may see the entry (if not, it must look missing to them).
+    #[error("{message}")]
+    Denied {
+        dn: cairn_core::dn::Dn,
+        visible: bool,
+        message: String,
+    },
 }
 
 /// A replica: Raft on this node's store.
@@ -457,7 +467,7 @@ impl Replica {
     /// by the leader (this node, or the leader it is forwarded to), and
     /// answered once it is committed on a majority and applied here or on
     /// the leader.
-    pub async fn write(&self, op: WriteOp) -> Result<Applied, WriteError> {
+    pub async fn write(&self, author: Author, op: WriteOp) -> Result<Applied, WriteError> {
         if let Some(cause) = self.stopped() {
             return Err(WriteError::NoLeader(format!(
                 "this node's Raft core stopped ({cause}); it takes no writes until it is restarted"
@@ -487,7 +497,7 @@ impl Replica {
                     // client reads its own write here.
                     match self
                         .forwarder
-                        .forward((leader, node), op.clone(), deadline)
+                        .forward((leader, node), (author.clone(), op.clone()), deadline)
                         .await
                     {
                         Ok(r) => return r,
@@ -548,23 +558,55 @@ impl Replica {
     /// node (`Directory::check_prepared`: no server-set attributes, no
     /// clear-text password), so a buggy or forged forward cannot put into
     /// the log what no node's front end would accept.
-    pub(crate) async fn write_here(&self, from: u64, ops: Vec<WriteOp>) -> Vec<Forwarded> {
+    pub(crate) async fn write_here(
+        &self,
+        from: u64,
+        ops: Vec<(Author, WriteOp)>,
+    ) -> Vec<Forwarded> {
         if self.stopped().is_some() {
             // Not proposed: the follower tries the next leader.
             return ops.iter().map(|_| Forwarded::NotLeader).collect();
         }
         let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let policy = match self.dir.cached_policy() {
+            Some(p) => Ok(p),
+            None => {
+                let dir = self.dir.clone();
+                tokio::task::spawn_blocking(move || dir.policy())
+                    .await
+                    .unwrap_or_else(|e| Err(cairn_store::Error::Storage(format!("read task: {e}"))))
+            }
+        };
         let mut out: Vec<Option<Forwarded>> = Vec::with_capacity(ops.len());
         let mut accepted = Vec::with_capacity(ops.len());
-        for op in ops {
-            match self.dir.check_prepared(&op) {
+        for (author, op) in ops {
+            // The same checks as the follower's front end made: what the
+            // log may hold, and whether the author may make the write.
+            let checked = self
+                .dir
+                .check_prepared(&op)
+                .map_err(WriteError::Directory)
+                .and_then(|()| {
+                    let policy = policy
+                        .as_ref()
+                        .map_err(|e| WriteError::Directory(e.clone()))?;
+                    let caller = policy.caller_of(&author);
+                    self.dir
+                        .authorize(policy, &caller, &op)
+                        .map_err(|d| WriteError::Denied {
+                            dn: d.dn,
+                            visible: d.visible,
+                            message: d.message,
+                        })
+                });
+            match checked {
                 Ok(()) => {
                     out.push(None);
                     accepted.push(op);
                 }
                 Err(e) => {
-                    warn!(from, cause = %e, "refused a forwarded write");
-                    out.push(Some(Forwarded::Done(Err(WriteError::Directory(e)))));
+                    warn!(from, author = ?author, cause = %e, "refused a forwarded write");
+                    out.push(Some(Forwarded::Done(Err(e))));
                 }
             }
         }

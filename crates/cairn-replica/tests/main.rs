@@ -511,7 +511,10 @@ fn host(cn: &str) -> WriteOp {
 async fn site_with_suffix(snapshot_after: u64) -> Site {
     let site = Site::new(3, snapshot_after).await;
     site.replica(1)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .write(
+            cairn_core::access::Author::Node,
+            add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        )
         .await
         .unwrap();
     site
@@ -522,7 +525,10 @@ async fn a_write_at_a_follower_reaches_every_node() {
     let site = site_with_suffix(10_000).await;
     let leader = site.leader().await;
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
-    site.replica(follower).write(host("esx-1")).await.unwrap();
+    site.replica(follower)
+        .write(cairn_core::access::Author::Node, host("esx-1"))
+        .await
+        .unwrap();
     // Acknowledged at the follower means applied at the follower.
     assert!(site.has(follower, &host_dn("esx-1")));
     // A follower's linearizable read asks the leader for the read index.
@@ -531,7 +537,10 @@ async fn a_write_at_a_follower_reaches_every_node() {
         .into_iter()
         .find(|&i| i != leader && i != follower)
         .unwrap();
-    site.replica(leader).write(host("esx-2")).await.unwrap();
+    site.replica(leader)
+        .write(cairn_core::access::Author::Node, host("esx-2"))
+        .await
+        .unwrap();
     site.replica(other)
         .linearizable_barrier(Duration::from_secs(5))
         .await
@@ -553,7 +562,7 @@ async fn a_write_at_a_follower_reaches_every_node() {
     // A refused write is refused the same way, wherever it is sent.
     let err = site
         .replica(follower)
-        .write(host("esx-1"))
+        .write(cairn_core::access::Author::Node, host("esx-1"))
         .await
         .unwrap_err();
     assert!(
@@ -574,7 +583,10 @@ async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
     let site = site_with_suffix(10_000).await;
     let leader = site.leader().await;
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
-    site.replica(leader).write(host("taken")).await.unwrap();
+    site.replica(leader)
+        .write(cairn_core::access::Author::Node, host("taken"))
+        .await
+        .unwrap();
     let replica = site.replica(follower);
     let mut tasks = vec![];
     for i in 0..200 {
@@ -586,7 +598,10 @@ async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
             format!("burst-{i}")
         };
         tasks.push(tokio::spawn(async move {
-            (cn.clone(), r.write(host(&cn)).await)
+            (
+                cn.clone(),
+                r.write(cairn_core::access::Author::Node, host(&cn)).await,
+            )
         }));
     }
     let mut added = 0;
@@ -625,7 +640,10 @@ async fn stopping_the_leader_under_writes_fails_over_and_loses_no_acknowledged_w
     let mut i = 0;
     while acked.len() < 30 {
         i += 1;
-        if r.write(host(&format!("k-{i}"))).await.is_ok() {
+        if r.write(cairn_core::access::Author::Node, host(&format!("k-{i}")))
+            .await
+            .is_ok()
+        {
             acked.push(host_dn(&format!("k-{i}")));
         }
     }
@@ -637,7 +655,10 @@ async fn stopping_the_leader_under_writes_fails_over_and_loses_no_acknowledged_w
     let mut after = 0;
     while after < 30 {
         i += 1;
-        match r.write(host(&format!("k-{i}"))).await {
+        match r
+            .write(cairn_core::access::Author::Node, host(&format!("k-{i}")))
+            .await
+        {
             Ok(_) => {
                 outage.get_or_insert(stopped_at.elapsed());
                 acked.push(host_dn(&format!("k-{i}")));
@@ -682,11 +703,13 @@ async fn stopping_a_follower_fails_no_write() {
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
     let r = site.replica(leader);
     for i in 0..10 {
-        r.write(host(&format!("f-{i}"))).await.unwrap();
+        r.write(cairn_core::access::Author::Node, host(&format!("f-{i}")))
+            .await
+            .unwrap();
     }
     site.stop(follower).await;
     for i in 10..40 {
-        r.write(host(&format!("f-{i}")))
+        r.write(cairn_core::access::Author::Node, host(&format!("f-{i}")))
             .await
             .expect("no write fails with one follower down");
     }
@@ -704,7 +727,10 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     site.faults.isolate(old, &[1, 2, 3]);
     // The old leader cannot commit: its write fails (outcome unknown or no
     // leader), and a linearizable read there errors instead of answering.
-    let lost = site.replica(old).write(host("minority")).await;
+    let lost = site
+        .replica(old)
+        .write(cairn_core::access::Author::Node, host("minority"))
+        .await;
     assert!(
         lost.is_err(),
         "a cut-off leader committed a write: {lost:?}"
@@ -734,7 +760,7 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     };
     assert!(others.contains(&new));
     site.replica(others[1])
-        .write(host("majority"))
+        .write(cairn_core::access::Author::Node, host("majority"))
         .await
         .unwrap();
     assert!(
@@ -770,7 +796,9 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
     site.stop(down).await;
     let r = site.replica(leader);
     for i in 0..120 {
-        r.write(host(&format!("s-{i}"))).await.unwrap();
+        r.write(cairn_core::access::Author::Node, host(&format!("s-{i}")))
+            .await
+            .unwrap();
     }
     // The leader has compacted its log past what the down node has.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -787,7 +815,9 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let cn = format!("during-{i}");
-                r.write(host(&cn)).await.unwrap();
+                r.write(cairn_core::access::Author::Node, host(&cn))
+                    .await
+                    .unwrap();
                 acked.push(host_dn(&cn));
                 i += 1;
             }
@@ -841,11 +871,16 @@ async fn the_log_is_compacted_once_it_passes_its_size_limit() {
     let site = Site::with_log_limit(3, 1_000_000, 16 << 10).await;
     let leader = site.leader().await;
     let r = site.replica(leader);
-    r.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
-        .await
-        .unwrap();
+    r.write(
+        cairn_core::access::Author::Node,
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+    )
+    .await
+    .unwrap();
     for i in 0..150 {
-        r.write(host(&format!("z-{i}"))).await.unwrap();
+        r.write(cairn_core::access::Author::Node, host(&format!("z-{i}")))
+            .await
+            .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     for id in site.alive() {
@@ -883,7 +918,10 @@ async fn a_node_is_replaced_under_load() {
         tokio::spawn(async move {
             let mut acked = vec![];
             for i in 0..150 {
-                match r.write(host(&format!("m-{i}"))).await {
+                match r
+                    .write(cairn_core::access::Author::Node, host(&format!("m-{i}")))
+                    .await
+                {
                     Ok(_) => acked.push(host_dn(&format!("m-{i}"))),
                     Err(e) => panic!("a write failed during the membership change: {e:?}"),
                 }
@@ -903,7 +941,10 @@ async fn a_node_is_replaced_under_load() {
     );
     site.stop(old).await;
     // The new member has everything, and keeps up.
-    site.replica(leader).write(host("after")).await.unwrap();
+    site.replica(leader)
+        .write(cairn_core::access::Author::Node, host("after"))
+        .await
+        .unwrap();
     site.converge().await;
     for dn in acked.iter().chain([host_dn("after")].iter()) {
         assert!(site.has(new, dn), "the new node lacks {dn}");
@@ -924,7 +965,7 @@ async fn writes_go_on_through_delay_and_loss_and_the_nodes_converge() {
     site.faults.drop_share(leader, followers[1], 333);
     let r = site.replica(leader);
     for i in 0..40 {
-        r.write(host(&format!("d-{i}")))
+        r.write(cairn_core::access::Author::Node, host(&format!("d-{i}")))
             .await
             .expect("writes go on under delay and loss");
     }
@@ -969,7 +1010,10 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     use cairn_replica::MemberChange;
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
     let site = site_with_suffix(10_000).await;
-    site.replica(1).write(host("victim")).await.unwrap();
+    site.replica(1)
+        .write(cairn_core::access::Author::Node, host("victim"))
+        .await
+        .unwrap();
     site.converge().await;
     let leader = site.leader().await;
     let followers: Vec<u64> = site.alive().into_iter().filter(|&i| i != leader).collect();
@@ -1039,9 +1083,23 @@ async fn issue_10_forged_peer_requests_change_nothing() {
             "Vote with term 2^64-1",
         );
     }
-    // A forwarded write that no front end would have passed on: an add
-    // with a clear-text password and one setting a server-set attribute.
+    // Forwarded writes that no front end would have passed on: an add
+    // with a clear-text password, one setting a server-set attribute, and
+    // (issue 12) deletes whose authors the access rules do not let delete
+    // anything: the leader checks the author each write carries.
     let mut c = forger(leader_addr, "127.0.0.1");
+    let victim = || WriteOp::Delete {
+        dn: Dn::parse(&host_dn("victim")).unwrap(),
+    };
+    let stranger = Dn::parse("cn=stranger,dc=example,dc=com").unwrap();
+    let node = cairn_core::access::Author::Node;
+    let sneaky = vec![
+        (cairn_core::access::Author::Client(None), victim()),
+        (cairn_core::access::Author::Client(Some(stranger)), victim()),
+    ];
+    c.forward(forged(Some(followers[0]), &sneaky))
+        .await
+        .expect("a member's forward is admitted");
     let sneaky = vec![
         add(
             &host_dn("clear-pw"),
@@ -1060,23 +1118,32 @@ async fn issue_10_forged_peer_requests_change_nothing() {
                 ("entryUUID", "00000000-0000-0000-0000-000000000001"),
             ],
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|op| (node.clone(), op))
+    .collect::<Vec<_>>();
     c.forward(forged(Some(followers[0]), &sneaky))
         .await
         .expect("a member's forward is admitted");
     // Nothing changed, and the site goes on as before. (The same add with
     // its password hashed by the node it was sent to is accepted.)
-    site.replica(leader).write(host("after")).await.unwrap();
+    site.replica(leader)
+        .write(cairn_core::access::Author::Node, host("after"))
+        .await
+        .unwrap();
     site.replica(followers[0])
-        .write(add(
-            &host_dn("hashed-pw"),
-            &[
-                ("objectClass", "cairnHost"),
-                ("objectClass", "simpleSecurityObject"),
-                ("cn", "hashed-pw"),
-                ("userPassword", "hunter2"),
-            ],
-        ))
+        .write(
+            cairn_core::access::Author::Node,
+            add(
+                &host_dn("hashed-pw"),
+                &[
+                    ("objectClass", "cairnHost"),
+                    ("objectClass", "simpleSecurityObject"),
+                    ("cn", "hashed-pw"),
+                    ("userPassword", "hunter2"),
+                ],
+            ),
+        )
         .await
         .unwrap();
     site.converge().await;
@@ -1119,14 +1186,20 @@ fn role(r: &Replica) -> (String, String) {
 async fn site_with_acknowledged_hosts() -> (Site, Vec<String>) {
     let site = Site::on_sim_disks(3).await;
     site.replica(1)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .write(
+            cairn_core::access::Author::Node,
+            add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        )
         .await
         .unwrap();
     let mut acked = vec![];
     for i in 0..30u64 {
         let at = 1 + i % 3;
         site.replica(at)
-            .write(host(&format!("before-{i}")))
+            .write(
+                cairn_core::access::Author::Node,
+                host(&format!("before-{i}")),
+            )
             .await
             .unwrap();
         acked.push(host_dn(&format!("before-{i}")));
@@ -1164,7 +1237,11 @@ async fn the_rest_go_on_and_a_restart_recovers(
     for (n, &at) in others.iter().cycle().take(10).enumerate() {
         let dn = format!("during-{n}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = site.replica(at).write(host(&dn)).await {
+        while let Err(e) = site
+            .replica(at)
+            .write(cairn_core::access::Author::Node, host(&dn))
+            .await
+        {
             assert!(Instant::now() < deadline, "the site took no writes: {e}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1173,7 +1250,7 @@ async fn the_rest_go_on_and_a_restart_recovers(
     assert_eq!(role(&site.replica(bad)).0, "stopped");
     assert!(
         site.replica(bad)
-            .write(host("still-failing"))
+            .write(cairn_core::access::Author::Node, host("still-failing"))
             .await
             .is_err()
     );
@@ -1187,7 +1264,10 @@ async fn the_rest_go_on_and_a_restart_recovers(
         }
     }
     assert_ne!(role(&site.replica(bad)).0, "stopped");
-    site.replica(bad).write(host("after-repair")).await.unwrap();
+    site.replica(bad)
+        .write(cairn_core::access::Author::Node, host("after-repair"))
+        .await
+        .unwrap();
     site.shutdown().await;
 }
 
@@ -1204,7 +1284,7 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
     // The next write at the failing node cannot be made durable there.
     let err = site
         .replica(bad)
-        .write(host("on-a-failing-disk"))
+        .write(cairn_core::access::Author::Node, host("on-a-failing-disk"))
         .await
         .expect_err("a write on a node whose log cannot sync");
     assert!(!err.to_string().is_empty());
@@ -1234,7 +1314,7 @@ async fn issue_10_a_full_store_disk_stops_the_node_and_a_restart_recovers_it() {
     // the store). The write succeeds; the full disk shows when the node
     // next snapshots, which the test asks for now.
     site.replica(bad)
-        .write(host("on-a-full-disk"))
+        .write(cairn_core::access::Author::Node, host("on-a-full-disk"))
         .await
         .unwrap();
     acked.push(host_dn("on-a-full-disk"));
@@ -1266,7 +1346,10 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     )
     .await;
     site.replica(1)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .write(
+            cairn_core::access::Author::Node,
+            add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        )
         .await
         .unwrap();
     let leader = site.leader().await;
@@ -1290,7 +1373,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
         let mut set = tokio::task::JoinSet::new();
         for j in 0..2 {
             let (r, op) = (r.clone(), big_host(&format!("big-{round}-{j}")));
-            set.spawn(async move { r.write(op).await });
+            set.spawn(async move { r.write(cairn_core::access::Author::Node, op).await });
         }
         while let Some(done) = set.join_next().await {
             done.unwrap().expect("a 4 MiB write");
@@ -1318,14 +1401,17 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     // Too large to store: refused, before the log for an add.
     let huge = "y".repeat(cairn_store::MAX_ENTRY_BYTES + 1);
     let e = r
-        .write(add(
-            &host_dn("huge"),
-            &[
-                ("objectClass", "cairnHost"),
-                ("cn", "huge"),
-                ("description", &huge),
-            ],
-        ))
+        .write(
+            cairn_core::access::Author::Node,
+            add(
+                &host_dn("huge"),
+                &[
+                    ("objectClass", "cairnHost"),
+                    ("cn", "huge"),
+                    ("description", &huge),
+                ],
+            ),
+        )
         .await
         .expect_err("an entry over the limit");
     assert!(
@@ -1353,7 +1439,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     };
     let e = site
         .replica(down)
-        .write(grow)
+        .write(cairn_core::access::Author::Node, grow)
         .await
         .expect_err("growing an entry past the limit");
     assert!(e.to_string().contains("at most"), "{e}");
@@ -1401,10 +1487,16 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     let (east, west) = (&sites[0], &sites[1]);
     let el = east.leader().await;
     east.replica(el)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .write(
+            cairn_core::access::Author::Node,
+            add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        )
         .await
         .unwrap();
-    east.replica(el).write(host("from-east")).await.unwrap();
+    east.replica(el)
+        .write(cairn_core::access::Author::Node, host("from-east"))
+        .await
+        .unwrap();
     // West started empty and holds the whole tree from east, on every node.
     for id in west.alive() {
         let r = west.replica(id);
@@ -1423,7 +1515,10 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     // And back: a write at a follower of west reaches east.
     let wl = west.leader().await;
     let wf = west.alive().into_iter().find(|&i| i != wl).unwrap();
-    west.replica(wf).write(host("from-west")).await.unwrap();
+    west.replica(wf)
+        .write(cairn_core::access::Author::Node, host("from-west"))
+        .await
+        .unwrap();
     let r = east.replica(el);
     wait_until("west's write at east", Duration::from_secs(20), || {
         r.directory()
@@ -1440,7 +1535,10 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
             s.replica(id).federation().pause().await;
         }
     }
-    east.replica(el).write(host("both")).await.unwrap();
+    east.replica(el)
+        .write(cairn_core::access::Author::Node, host("both"))
+        .await
+        .unwrap();
     let desc = |v: &str| WriteOp::Modify {
         dn: Dn::parse(&host_dn("from-east")).unwrap(),
         mods: vec![cairn_core::modify::Modification {
@@ -1453,12 +1551,21 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
             now: "20261124000000Z".into(),
         },
     };
-    east.replica(el).write(desc("east")).await.unwrap();
+    east.replica(el)
+        .write(cairn_core::access::Author::Node, desc("east"))
+        .await
+        .unwrap();
     // West's writes come later by the clock, not only by arrival: a CSN
     // stamped in the same millisecond would be ordered by site instead.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    west.replica(wl).write(host("both")).await.unwrap();
-    west.replica(wl).write(desc("west")).await.unwrap();
+    west.replica(wl)
+        .write(cairn_core::access::Author::Node, host("both"))
+        .await
+        .unwrap();
+    west.replica(wl)
+        .write(cairn_core::access::Author::Node, desc("west"))
+        .await
+        .unwrap();
     assert_ne!(east.dump(el), west.dump(wl), "paused sites did not diverge");
     for s in &sites {
         for id in s.alive() {
@@ -1519,10 +1626,16 @@ async fn a_change_passes_through_a_site_in_the_middle() {
     let a = &sites[0];
     let al = a.leader().await;
     a.replica(al)
-        .write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+        .write(
+            cairn_core::access::Author::Node,
+            add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        )
         .await
         .unwrap();
-    a.replica(al).write(host("from-a")).await.unwrap();
+    a.replica(al)
+        .write(cairn_core::access::Author::Node, host("from-a"))
+        .await
+        .unwrap();
     let c = sites[2].replica(1);
     wait_until("A's write at C, through B", Duration::from_secs(30), || {
         c.directory()
@@ -1549,20 +1662,35 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
     let sites = Site::federated_with(&["east", "west"], 1, (DAY, Duration::from_millis(200))).await;
     let (east, west) = (&sites[0], &sites[1]);
     let (e, w) = (east.replica(1), west.replica(1));
-    e.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+    e.write(
+        cairn_core::access::Author::Node,
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+    )
+    .await
+    .unwrap();
+    e.write(cairn_core::access::Author::Node, host("doomed"))
         .await
         .unwrap();
-    e.write(host("doomed")).await.unwrap();
     sites_converge(&sites, Duration::from_secs(20)).await;
 
     w.federation().pause().await;
-    e.write(WriteOp::Delete {
-        dn: Dn::parse(&host_dn("doomed")).unwrap(),
-    })
+    e.write(
+        cairn_core::access::Author::Node,
+        WriteOp::Delete {
+            dn: Dn::parse(&host_dn("doomed")).unwrap(),
+        },
+    )
     .await
     .unwrap();
-    e.write(host("newest")).await.unwrap();
-    w.write(host("from-west-while-cut-off")).await.unwrap();
+    e.write(cairn_core::access::Author::Node, host("newest"))
+        .await
+        .unwrap();
+    w.write(
+        cairn_core::access::Author::Node,
+        host("from-west-while-cut-off"),
+    )
+    .await
+    .unwrap();
     // Everything so far is below the horizon of a purge after the jump.
     let then = e.clock().now_millis().max(w.clock().now_millis());
     for s in &sites {
@@ -1623,7 +1751,9 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
     assert!(!shows(&w, "doomed"), "the lingering entry stayed at west");
     assert!(shows(&w, "newest"));
     assert!(!shows(&w, "from-west-while-cut-off"));
-    w.write(host("after-resync")).await.unwrap();
+    w.write(cairn_core::access::Author::Node, host("after-resync"))
+        .await
+        .unwrap();
     wait_until("west's new write at east", Duration::from_secs(20), || {
         shows(&e, "after-resync")
     })
@@ -1648,13 +1778,20 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
 async fn a_change_from_a_clock_too_far_ahead_is_held_until_the_drift_allowed_is_raised() {
     let mut sites = Site::federated(&["east", "west"], 1).await;
     let e = sites[0].replica(1);
-    e.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
-        .await
-        .unwrap();
+    e.write(
+        cairn_core::access::Author::Node,
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+    )
+    .await
+    .unwrap();
     sites_converge(&sites, Duration::from_secs(20)).await;
     // West's clock runs ten minutes ahead (the default allows five).
     sites[1].clock.pass(Duration::from_secs(600));
-    sites[1].replica(1).write(host("ahead")).await.unwrap();
+    sites[1]
+        .replica(1)
+        .write(cairn_core::access::Author::Node, host("ahead"))
+        .await
+        .unwrap();
     wait_until(
         "east holding west's change",
         Duration::from_secs(20),
@@ -1708,10 +1845,15 @@ async fn sites_linked_at_run_time_replicate_and_unlinked_ones_are_refused() {
     }
     let (a, b) = (sites[0].replica(1), sites[1].replica(1));
     assert!(a.federation().peers().is_empty() && b.federation().peers().is_empty());
-    a.write(add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]))
+    a.write(
+        cairn_core::access::Author::Node,
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+    )
+    .await
+    .unwrap();
+    a.write(cairn_core::access::Author::Node, host("linked"))
         .await
         .unwrap();
-    a.write(host("linked")).await.unwrap();
     a.federation().set_discovered(vec![pb.clone()]);
     b.federation().set_discovered(vec![pa.clone()]);
     let shows = |r: &Arc<Replica>, cn: &str| {

@@ -92,7 +92,10 @@ pub async fn seed_if_empty(
             stamp: stamp.clone(),
         };
         loop {
-            match writer.write(op.clone()).await {
+            match writer
+                .write(cairn_core::access::Author::Node, op.clone())
+                .await
+            {
                 Ok(_) => n += 1,
                 // Another start already seeded it (a restart mid-way).
                 Err(WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {}
