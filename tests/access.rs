@@ -385,3 +385,173 @@ fn issue_12_writes_forwarded_to_the_leader_carry_their_author() {
         assert_eq!(rc(&out), 50, "node {i}: {}", stderr(&out));
     }
 }
+
+/// `cairn pull` of the host with `mac` from node `n`, with `extra` flags.
+fn pull(n: &Node, mac: &str, extra: &[&str]) -> Output {
+    std::process::Command::new(bin("cairn"))
+        .env_remove("CAIRN_TOKEN")
+        .args(["pull", "--server", &n.grpc.to_string(), "--mac", mac])
+        .args(extra)
+        .output()
+        .expect("run cairn pull")
+}
+
+/// `cairn token create --scope DN --out FILE` as the administrator.
+fn token(n: &Node, scope: &str, file: &std::path::Path) {
+    ok(n.cairn(&[
+        "token",
+        "create",
+        "--scope",
+        scope,
+        "--out",
+        file.to_str().unwrap(),
+    ]));
+}
+
+const PROD_A_DN: &str = "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
+const ESX001_MAC: &str = "00:50:56:01:00:01";
+const LAB_MAC: &str = "00:50:56:01:0f:01";
+
+/// Issue 12, host identity: with `host_auth` a host pulls only with an
+/// enrollment token, and only hosts of the subtree its token opens; a
+/// missing, wrong or revoked token is refused, a host outside the scope
+/// is answered exactly as an unknown one, registration needs a token
+/// whose scope covers the rule's target, and the token appears in no log.
+#[test]
+fn issue_12_hosts_pull_only_with_a_token_for_their_part_of_the_inventory() {
+    let n = Node::start_opts("redb", &[("CAIRN_LOG", "debug")], &["--host-auth", "true"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod-a.token");
+    token(&n, PROD_A_DN, &file);
+    let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let flag = ["--token-file", file.to_str().unwrap()];
+
+    // A host of prod-a with its cluster's token: its configuration.
+    let out = pull(&n, ESX001_MAC, &flag);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("# host cn=esx-001,"),
+        "{}",
+        stdout(&out)
+    );
+    // The same from the environment.
+    let out = std::process::Command::new(bin("cairn"))
+        .env("CAIRN_TOKEN", &secret)
+        .args(["pull", "--server", &n.grpc.to_string(), "--mac", ESX001_MAC])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // No token, a wrong one, a made-up one: refused.
+    let wrong = dir.path().join("wrong.token");
+    let (id, _) = secret.split_once('.').unwrap();
+    for (what, text) in [
+        ("wrong", format!("{id}.not-the-secret")),
+        ("made up", "t-x.y".to_string()),
+    ] {
+        std::fs::write(&wrong, text).unwrap();
+        let out = pull(&n, ESX001_MAC, &["--token-file", wrong.to_str().unwrap()]);
+        assert!(!out.status.success(), "{what}");
+        assert!(
+            stderr(&out).contains("enrollment token"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+    let out = pull(&n, ESX001_MAC, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("enrollment token"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A host of another cluster (lab) with prod-a's token: answered as an
+    // unknown host is.
+    let other = pull(&n, LAB_MAC, &flag);
+    let unknown = pull(&n, "02:00:00:00:00:99", &flag);
+    assert!(!other.status.success() && !unknown.status.success());
+    assert_eq!(
+        stderr(&other).replace(LAB_MAC, "<MAC>"),
+        stderr(&unknown).replace("02:00:00:00:00:99", "<MAC>"),
+    );
+
+    // Registration by the example deploy rule (Dell, 10.1.0.0/16 → prod-a):
+    // not without a token, not with a token for the lab, yes with prod-a's.
+    let dell = ["--vendor", "Dell Inc.", "--ip", "10.1.7.7"];
+    let new_mac = "02:00:00:00:07:07";
+    let out = pull(&n, new_mac, &dell);
+    assert!(!out.status.success(), "registered without a token");
+    let lab_file = dir.path().join("lab.token");
+    token(
+        &n,
+        "cn=lab,cn=dc-east,ou=inventory,dc=example,dc=com",
+        &lab_file,
+    );
+    let mut args = dell.to_vec();
+    args.extend(["--token-file", lab_file.to_str().unwrap()]);
+    let out = pull(&n, new_mac, &args);
+    assert!(
+        !out.status.success(),
+        "registered outside the token's scope"
+    );
+    let found = n.tool(
+        "ldapsearch",
+        &["-b", PROD_A_DN, &format!("(macAddress={new_mac})"), "1.1"],
+        None,
+    );
+    assert!(dns(&stdout(&found)).is_empty(), "{}", stdout(&found));
+    let mut args = dell.to_vec();
+    args.extend(flag);
+    let out = pull(&n, new_mac, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A host watching its configuration with the token.
+    let watched = dir.path().join("esx-001.conf");
+    let mut watcher = std::process::Command::new(bin("cairn"))
+        .env_remove("CAIRN_TOKEN")
+        .args([
+            "pull",
+            "--watch",
+            "--server",
+            &n.grpc.to_string(),
+            "--mac",
+            ESX001_MAC,
+        ])
+        .args(flag)
+        .arg("--out")
+        .arg(&watched)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the watcher's first configuration",
+        std::time::Duration::from_secs(10),
+        || watched.exists(),
+    );
+
+    // Revoked: refused from then on, and the watch ends.
+    let out = n.cairn(&["token", "list"]);
+    assert!(stdout(&out).contains(id), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("sha256"), "{}", stdout(&out));
+    ok(n.cairn(&["token", "revoke", id]));
+    let out = pull(&n, ESX001_MAC, &flag);
+    assert!(!out.status.success(), "a revoked token was accepted");
+    let mut ended = None;
+    wait_until(
+        "the watch to end",
+        std::time::Duration::from_secs(10),
+        || {
+            ended = watcher.try_wait().unwrap();
+            ended.is_some()
+        },
+    );
+    assert!(!ended.unwrap().success(), "the watch ended in success");
+
+    // The secret is in no log line, though every refusal was logged.
+    let log = n.log();
+    assert!(log.contains("enrollment token was refused"), "{log}");
+    let (_, secret_part) = secret.split_once('.').unwrap();
+    assert!(!log.contains(secret_part), "the token's secret was logged");
+}

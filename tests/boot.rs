@@ -806,10 +806,35 @@ fn cairn_pull_finds_a_site_through_dns_srv() {
 fn cairn_pull_works_with_one_node_of_the_site_killed() {
     let mut site = crate::kit::ProcSite::start(3);
     let dns2 = format!("127.0.0.2:{}", site.dns_port);
+    // A production configuration: hosts need an enrollment token, made
+    // once the site has formed and holds the example tree.
+    let tokens = tempfile::tempdir().unwrap();
+    let token = tokens.path().join("prod-a.token");
+    let token = token.to_str().unwrap();
+    crate::kit::wait_until("a token for prod-a", Duration::from_secs(30), || {
+        let _ = std::fs::remove_file(token);
+        site.cairn_cli(&[
+            "token",
+            "create",
+            "--scope",
+            "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com",
+            "--out",
+            token,
+        ])
+        .status
+        .success()
+    });
     let pull = |dns: &str| {
-        cairn_pull(&["--dns", dns, "--mac", "00:50:56:01:00:17"])
-            .output()
-            .expect("run cairn pull")
+        cairn_pull(&[
+            "--dns",
+            dns,
+            "--mac",
+            "00:50:56:01:00:17",
+            "--token-file",
+            token,
+        ])
+        .output()
+        .expect("run cairn pull")
     };
     // The site forms, seeds and publishes its nodes.
     crate::kit::wait_until("a first pull", Duration::from_secs(30), || {

@@ -242,9 +242,21 @@ impl Node {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
+        // What the node logs, kept with its data (read by `log()`).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("cairnd.log"))
+            .expect("node log");
+        cmd.stderr(log);
         let mut child = cmd.spawn().expect("start cairnd");
         wait_listening(&mut child, self.addr);
         self.child = Some(child);
+    }
+
+    /// Everything the node has logged (`CAIRN_LOG` decides how much).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("cairnd.log")).unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown path runs.

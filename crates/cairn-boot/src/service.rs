@@ -12,7 +12,7 @@ use cairn_fleet::fleet::{self, Fleet, Identity};
 use cairn_fleet::model::blocking;
 use cairn_store::Directory;
 use tokio_stream::Stream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::{BootError, status};
 use crate::pb;
@@ -52,16 +52,60 @@ pub struct Boot {
     pub me: SelfInfo,
     pub reachable: Reachability,
     pub metrics: crate::metrics::Metrics,
+    /// Whether `Pull` and `Watch` need an enrollment token
+    /// (`[grpc] host_auth`).
+    pub host_auth: bool,
+    /// Slows callers whose tokens fail, per source address.
+    pub throttle: cairn_fleet::throttle::BindThrottle,
 }
 
 impl Boot {
-    pub fn new(dir: Arc<Directory>, me: SelfInfo) -> Arc<Boot> {
+    pub fn new(dir: Arc<Directory>, me: SelfInfo, host_auth: bool) -> Arc<Boot> {
         Arc::new(Boot {
             model: Model::new(dir),
             me,
             reachable: Reachability::default(),
             metrics: crate::metrics::Metrics::default(),
+            host_auth,
+            // Token checks are a SHA-256 each: no cap on how many at once
+            // is needed, only the delay after failures.
+            throttle: cairn_fleet::throttle::BindThrottle::new(usize::MAX >> 4),
         })
+    }
+
+    /// The subtree the request's enrollment token opens (None when hosts
+    /// need none), or UNAUTHENTICATED. The token is never logged; failures
+    /// are counted (`cairn_pull_total{result="unauthenticated"}`) and
+    /// slowed per source address as failed binds are.
+    async fn authenticate<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<Option<cairn_core::dn::Dn>, tonic::Status> {
+        if !self.host_auth {
+            return Ok(None);
+        }
+        let source = caller_of(req);
+        let presented = presented_token(req);
+        // Every failure is the same for the key "token": what counts is
+        // the source address.
+        let delay = self.throttle.delay(source, "token");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match self.check_token(presented).await? {
+            Ok(scope) => {
+                self.throttle.succeeded(source, "token");
+                Ok(Some(scope))
+            }
+            Err(why) => {
+                self.throttle.failed(source, "token");
+                self.metrics.pull("unauthenticated");
+                warn!(client = ?source, cause = why.label(), "a pull's enrollment token was refused");
+                Err(tonic::Status::unauthenticated(
+                    "a valid enrollment token is needed (metadata authorization: Bearer <token>; cairn pull --token-file)",
+                ))
+            }
+        }
     }
 
     /// Probes every published node's gRPC port every `every` until the
@@ -162,6 +206,38 @@ impl Boot {
     }
 }
 
+/// The enrollment token a request carries (`authorization: Bearer <token>`).
+fn presented_token<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_string())
+}
+
+impl Boot {
+    /// The subtree `presented` opens now, against the token entries as of
+    /// now.
+    async fn check_token(
+        &self,
+        presented: Option<String>,
+    ) -> Result<Result<cairn_core::dn::Dn, cairn_core::token::Refusal>, tonic::Status> {
+        let model = self.model.clone();
+        let now = cairn_core::time::generalized_time(model.clock.now_unix());
+        blocking(move || {
+            let tokens = model.tokens()?;
+            Ok::<_, cairn_fleet::FleetError>(cairn_fleet::tokens::check(
+                &tokens,
+                presented.as_deref(),
+                &now,
+            ))
+        })
+        .await
+        .and_then(|r| r)
+        .map_err(status)
+    }
+}
+
 fn caller_of<T>(req: &tonic::Request<T>) -> Option<IpAddr> {
     req.remote_addr().map(|a: SocketAddr| a.ip())
 }
@@ -221,6 +297,7 @@ impl pb::config_server::Config for ConfigService {
         req: tonic::Request<pb::PullRequest>,
     ) -> Result<tonic::Response<pb::PullResponse>, tonic::Status> {
         let caller = caller_of(&req);
+        let scope = self.0.authenticate(&req).await?;
         let r = req.into_inner();
         let m = &self.0.metrics;
         let id = Identity::from_pb(&r.identity.unwrap_or_default())
@@ -229,7 +306,7 @@ impl pb::config_server::Config for ConfigService {
         let resp = self
             .0
             .model
-            .pull(id, caller, true)
+            .pull(id, caller, true, scope.as_ref())
             .await
             .inspect_err(|e| m.pull(outcome(e)))
             .map_err(status)?;
@@ -257,13 +334,15 @@ impl pb::config_server::Config for ConfigService {
         req: tonic::Request<pb::PullRequest>,
     ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
         let caller = caller_of(&req);
+        let scope = self.0.authenticate(&req).await?;
+        let presented = presented_token(&req);
         let r = req.into_inner();
         let id = Identity::from_pb(&r.identity.unwrap_or_default()).map_err(status)?;
         // Fail at once for an unknown host rather than stream nothing.
         let first = self
             .0
             .model
-            .pull(id.clone(), caller, true)
+            .pull(id.clone(), caller, true, scope.as_ref())
             .await
             .map_err(status)?;
         let boot = self.0.clone();
@@ -304,7 +383,28 @@ impl pb::config_server::Config for ConfigService {
                 }
                 tokio::time::sleep(SETTLE).await;
                 changes.borrow_and_update();
-                next = boot.model.pull(id.clone(), caller, false).await;
+                // A token revoked (or expired) since ends the stream.
+                if boot.host_auth {
+                    match boot.check_token(presented.clone()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => {
+                            let _ = tx
+                                .send(Err(tonic::Status::unauthenticated(
+                                    "the enrollment token is no longer valid",
+                                )))
+                                .await;
+                            return;
+                        }
+                        Err(s) => {
+                            let _ = tx.send(Err(s)).await;
+                            return;
+                        }
+                    }
+                }
+                next = boot
+                    .model
+                    .pull(id.clone(), caller, false, scope.as_ref())
+                    .await;
             }
         });
         Ok(tonic::Response::new(Box::pin(

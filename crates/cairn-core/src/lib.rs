@@ -15,6 +15,8 @@
 //! ends share (MAC addresses, host names, a content hash) and [`time`] the
 //! clock and GeneralizedTime.
 //!
+//! Hosts authenticate with enrollment tokens ([`token`]).
+//!
 //! Who may do what: [`access`] evaluates access rules (built in and
 //! `cairnAccessRule` entries) for a caller, an entry and an attribute.
 //!
@@ -42,5 +44,6 @@ pub mod rules;
 pub mod schema;
 pub mod syntax;
 pub mod time;
+pub mod token;
 
 pub use error::Error;

@@ -10,12 +10,16 @@
 //! `cairn_core::inherit`); [`register`] turns a deploy rule's match into
 //! the write that creates the host; [`model`] caches both per directory
 //! generation and runs registrations through the node's write path;
+//! [`tokens`] says which part of the inventory a host's enrollment token
+//! opens; [`throttle`] slows repeated failures (binds, tokens);
 //! [`error`] says what can go wrong, for the front ends to translate.
 
 pub mod error;
 pub mod fleet;
 pub mod model;
 pub mod register;
+pub mod throttle;
+pub mod tokens;
 
 pub use error::FleetError;
 pub use model::{Model, Unmapped};

@@ -60,6 +60,8 @@ pub struct Model {
     /// generation, by request. Any commit may change any of them (an
     /// ancestor, a site, an image), so a new generation empties it.
     answers: Mutex<Answers>,
+    /// The enrollment tokens as of a directory generation.
+    tokens: Mutex<Option<(u64, Arc<Vec<crate::tokens::Token>>)>>,
     changes: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -78,6 +80,7 @@ impl Model {
             changes: dir.subscribe(),
             fleet: Mutex::new(None),
             answers: Mutex::new(Answers::default()),
+            tokens: Mutex::new(None),
             dir,
             unmapped: Unmapped::default(),
             writer: std::sync::OnceLock::new(),
@@ -103,6 +106,23 @@ impl Model {
         Ok(f)
     }
 
+    /// The enrollment tokens as of now: cached until the next commit
+    /// (blocking on a miss: call from a blocking context).
+    pub fn tokens(&self) -> Result<Arc<Vec<crate::tokens::Token>>, FleetError> {
+        let generation = *self.changes.borrow();
+        {
+            let cached = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((g, t)) = cached.as_ref()
+                && *g == generation
+            {
+                return Ok(t.clone());
+            }
+        }
+        let t = Arc::new(crate::tokens::read_tokens(&self.dir)?);
+        *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, t.clone()));
+        Ok(t)
+    }
+
     /// The constructed LDAP attribute `cairnEffectiveSetting` of `host`,
     /// from the cached fleet (blocking: call from a blocking context).
     pub fn effective_setting_values(&self, host: &ValidEntry) -> Result<Vec<String>, FleetError> {
@@ -114,12 +134,28 @@ impl Model {
     /// matches is registered first when `may_register` (a `Pull`, the
     /// first answer of a `Watch`), never otherwise: a watched host whose
     /// entry was deleted stays deleted, its stream ends with NOT_FOUND.
+    ///
+    /// `scope`: the subtree the caller's enrollment token opens (None: no
+    /// host authentication). A host outside it, or a registration a rule
+    /// would place outside it, is answered as if no host had the identity
+    /// and no rule matched: a token tells nothing about hosts it does not
+    /// open.
     pub async fn pull(
         self: &Arc<Self>,
         id: Identity,
         caller: Option<IpAddr>,
         may_register: bool,
+        scope: Option<&cairn_core::dn::Dn>,
     ) -> Result<pb::PullResponse, FleetError> {
+        let not_found = |id: &Identity| {
+            FleetError::NotFound(format!(
+                "no host has {} and no deploy rule matched",
+                id.describe()
+            ))
+        };
+        let within = |dn: &str| {
+            scope.is_none_or(|s| cairn_core::dn::Dn::parse(dn).is_ok_and(|d| d.is_within(s)))
+        };
         // The generation is read before the directory: a commit racing the
         // read makes the stored answer already stale-marked.
         let generation = *self.changes.borrow();
@@ -129,6 +165,9 @@ impl Model {
             if answers.generation == generation
                 && let Some(r) = answers.by_request.get(&key)
             {
+                if !within(&r.host_dn) {
+                    return Err(not_found(&id));
+                }
                 return Ok(pb::PullResponse::clone(r));
             }
         }
@@ -171,10 +210,18 @@ impl Model {
                 if generation == answers.generation && answers.by_request.len() < MAX_ANSWERS {
                     answers.by_request.insert(key, Arc::new(resp.clone()));
                 }
+                if !within(&resp.host_dn) {
+                    return Err(not_found(&id));
+                }
                 return Ok(resp);
             }
             Err(op) => op,
         };
+        if let WriteOp::Add { entry, .. } = &op
+            && scope.is_some_and(|s| !entry.dn.is_within(s))
+        {
+            return Err(not_found(&id));
+        }
         let rule = match &op {
             WriteOp::Add { stamp, entry, .. } => {
                 info!(host = %entry.dn, rule = %stamp.who, "registering an unknown host");

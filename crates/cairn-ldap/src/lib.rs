@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod ops;
 pub mod server;
 pub mod stream;
-pub mod throttle;
+pub use cairn_fleet::throttle;
 pub mod view;
 
 pub use cairn_replica::writer::{ReplicaWriter, Writer};

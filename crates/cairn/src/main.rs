@@ -30,6 +30,7 @@ mod replication;
 mod rules;
 mod status;
 mod subnets;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,6 +153,10 @@ enum Command {
     /// between nodes, TLS for clients).
     #[command(subcommand)]
     Certs(certs::CertsCmd),
+    /// Enrollment tokens for hosts: `cairn token create --scope DN`,
+    /// `list`, `revoke ID`.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     });
     match cli.command {
         Command::Certs(c) => certs::run(c),
+        Command::Token(c) => token::run(c, &cli.url, &auth).await,
         Command::Import(args) => import::run(&args.file, args.keep_going, &cli.url, &auth).await,
         Command::Export(args) => {
             let auth = if args.anonymous {

@@ -66,6 +66,44 @@ pub struct PullArgs {
     /// Keep running and rewrite the configuration whenever it changes.
     #[arg(long)]
     watch: bool,
+    /// Read the enrollment token from FILE (`cairn token create` makes
+    /// one); or set CAIRN_TOKEN. Never printed or logged.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// The enrollment token of this run, set once at its start.
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The token from `--token-file` or CAIRN_TOKEN.
+fn read_token(a: &PullArgs) -> anyhow::Result<Option<String>> {
+    let text = match &a.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the token file {}", p.display()))?,
+        ),
+        None => std::env::var("CAIRN_TOKEN").ok(),
+    };
+    Ok(text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// A Pull or Watch request carrying this run's token, if any.
+fn request(
+    identity: &pb::Identity,
+    version: &str,
+) -> anyhow::Result<tonic::Request<pb::PullRequest>> {
+    let mut r = tonic::Request::new(pb::PullRequest {
+        identity: Some(identity.clone()),
+        version: version.to_string(),
+    });
+    if let Some(Some(t)) = TOKEN.get() {
+        // The error must not quote the token.
+        let v = format!("Bearer {t}").parse().map_err(|_| {
+            anyhow::anyhow!("the enrollment token holds characters metadata cannot carry")
+        })?;
+        r.metadata_mut().insert("authorization", v);
+    }
+    Ok(r)
 }
 
 /// The TLS settings of every connection to a node (`cairn --ca FILE`:
@@ -103,6 +141,7 @@ pub async fn run(a: PullArgs, ca: Option<&std::path::Path>) -> anyhow::Result<Ex
         None => None,
     };
     let _ = TLS.set(tls);
+    let _ = TOKEN.set(read_token(&a)?);
     let mut version = String::new();
     loop {
         let nodes = closest_nodes(&a).await?;
@@ -214,12 +253,9 @@ async fn pull_first(
     for n in nodes {
         let pulled = async {
             let mut c = ConfigClient::new(connect(n).await?);
-            c.pull(pb::PullRequest {
-                identity: Some(identity.clone()),
-                version: String::new(),
-            })
-            .await
-            .map_err(anyhow::Error::from)
+            c.pull(request(identity, "")?)
+                .await
+                .map_err(anyhow::Error::from)
         }
         .await;
         match pulled {
@@ -231,6 +267,7 @@ async fn pull_first(
                         tonic::Code::NotFound
                             | tonic::Code::InvalidArgument
                             | tonic::Code::FailedPrecondition
+                            | tonic::Code::Unauthenticated
                     ) =>
                 {
                     bail!("{n}: {}", s.message())
@@ -254,11 +291,9 @@ async fn watch(
     let ch = connect(node).await.map_err(|e| (held.clone(), e))?;
     // No per-request timeout on the stream itself.
     let mut c = ConfigClient::new(ch);
+    let req = request(identity, &held).map_err(|e| (held.clone(), e))?;
     let mut stream = c
-        .watch(pb::PullRequest {
-            identity: Some(identity.clone()),
-            version: held.clone(),
-        })
+        .watch(req)
         .await
         .map_err(|e| (held.clone(), e.into()))?
         .into_inner();

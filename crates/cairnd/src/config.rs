@@ -170,6 +170,9 @@ pub struct GrpcSection {
     pub listen: SocketAddr,
     /// Serve the host port over TLS only, with `[tls]`'s certificate.
     pub tls: bool,
+    /// Hosts present an enrollment token with `Pull` and `Watch`
+    /// (`cairn token create`); without one they get UNAUTHENTICATED.
+    pub host_auth: bool,
 }
 
 impl Default for GrpcSection {
@@ -177,6 +180,7 @@ impl Default for GrpcSection {
         GrpcSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tls: false,
+            host_auth: true,
         }
     }
 }
@@ -629,6 +633,8 @@ pub struct Settings {
     pub grpc_listen: SocketAddr,
     /// The host port serves TLS only.
     pub grpc_tls: bool,
+    /// Pull and Watch need an enrollment token.
+    pub host_auth: bool,
     pub dns_listen: SocketAddr,
     pub http_listen: SocketAddr,
     /// Lower case, no trailing dot.
@@ -775,6 +781,7 @@ impl FileConfig {
             tls_ca,
             grpc_listen: self.grpc.listen,
             grpc_tls: self.grpc.tls,
+            host_auth: self.grpc.host_auth,
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,
             dns_domain,

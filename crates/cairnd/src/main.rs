@@ -124,6 +124,10 @@ enum Cmd {
         /// certificate; `cairn pull --ca DATA_DIR/tls/ca.pem`).
         #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
         grpc_tls: bool,
+        /// Whether hosts need an enrollment token to Pull and Watch (a dev
+        /// mode convenience when off; production's default is on).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        host_auth: bool,
     },
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
@@ -180,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             ldaps_port,
             grpc_tls,
             plaintext_binds,
+            host_auth,
         } => {
             let mut file = config::load(cli.config.as_deref())?;
             file.node.data_dir = data_dir;
@@ -190,6 +195,7 @@ fn main() -> anyhow::Result<()> {
             file.http.listen = http;
             file.ldap.anonymous_read = anonymous_read;
             file.ldap.allow_plaintext_binds = plaintext_binds;
+            file.grpc.host_auth = host_auth;
             file.directory.seed_example = example;
             if file.ldap.admin_group.is_none() {
                 file.ldap.admin_group = Some("cn=admins,ou=groups,dc=example,dc=com".into());

@@ -99,6 +99,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             site: Some(c.site.clone()),
             name: format!("{}-{}", c.site, c.node_id),
         },
+        s.host_auth,
     );
     let routes = cairn_boot::routes(boot.clone())
         .await

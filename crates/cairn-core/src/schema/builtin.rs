@@ -492,6 +492,21 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         false,
         "attributes an access rule covers (default, or *: all but userPassword)",
     ),
+    // Cairn: host enrollment tokens (docs/security.md, crate::token)
+    user(
+        cairn!(1, 64),
+        &["cairnTokenHash"],
+        OctetString,
+        true,
+        "sha256:<hex> of an enrollment token's secret",
+    ),
+    user(
+        cairn!(1, 65),
+        &["cairnTokenExpires"],
+        GeneralizedTime,
+        true,
+        "when an enrollment token stops being accepted",
+    ),
 ];
 
 const SETTINGS: &[&str] = &[
@@ -759,6 +774,14 @@ pub(super) const CLASSES: &[ObjectClass] = &[
         Structural,
         &["cn", "cairnAccessSubject", "cairnAccessRight"],
         &["cairnAccessBase", "cairnAccessAttribute", "description"],
+    ),
+    class(
+        cairn!(2, 12),
+        "cairnEnrollmentToken",
+        Some("top"),
+        Structural,
+        &["cn", "cairnTokenHash"],
+        &["cairnTokenExpires", "description"],
     ),
 ];
 
