@@ -57,16 +57,20 @@ pub struct Boot {
     pub host_auth: bool,
     /// Slows callers whose tokens fail, per source address.
     pub throttle: cairn_fleet::throttle::BindThrottle,
+    /// Whether the hosts' port serves TLS (`[grpc] tls`): secret settings
+    /// are sent only then.
+    pub tls: bool,
 }
 
 impl Boot {
-    pub fn new(dir: Arc<Directory>, me: SelfInfo, host_auth: bool) -> Arc<Boot> {
+    pub fn new(dir: Arc<Directory>, me: SelfInfo, host_auth: bool, tls: bool) -> Arc<Boot> {
         Arc::new(Boot {
             model: Model::new(dir),
             me,
             reachable: Reachability::default(),
             metrics: crate::metrics::Metrics::default(),
             host_auth,
+            tls,
             // Token checks are a SHA-256 each: no cap on how many at once
             // is needed, only the delay after failures.
             throttle: cairn_fleet::throttle::BindThrottle::new(usize::MAX >> 4),
@@ -238,6 +242,17 @@ impl Boot {
     }
 }
 
+/// `resp` as a connection without TLS may carry it: secret values
+/// withheld (empty, `secret` still set so the host knows why).
+fn withhold_secrets(boot: &Boot, mut resp: pb::PullResponse) -> pb::PullResponse {
+    if !boot.tls {
+        for s in resp.settings.iter_mut().filter(|s| s.secret) {
+            s.value.clear();
+        }
+    }
+    resp
+}
+
 fn caller_of<T>(req: &tonic::Request<T>) -> Option<IpAddr> {
     req.remote_addr().map(|a: SocketAddr| a.ip())
 }
@@ -324,7 +339,7 @@ impl pb::config_server::Config for ConfigService {
                 ..Default::default()
             }));
         }
-        Ok(tonic::Response::new(resp))
+        Ok(tonic::Response::new(withhold_secrets(&self.0, resp)))
     }
 
     type WatchStream = WatchStream;
@@ -365,7 +380,7 @@ impl pb::config_server::Config for ConfigService {
                 match next {
                     Ok(resp) if resp.version != held => {
                         held = resp.version.clone();
-                        if tx.send(Ok(resp)).await.is_err() {
+                        if tx.send(Ok(withhold_secrets(&boot, resp))).await.is_err() {
                             return;
                         }
                     }

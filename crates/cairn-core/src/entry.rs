@@ -106,6 +106,17 @@ impl ValidEntry {
         }
     }
 
+    /// The entry with attribute `key`'s values replaced by `values` (none:
+    /// removed): for showing, never for storing.
+    pub fn with_values(mut self, key: &str, values: Vec<String>) -> ValidEntry {
+        if values.is_empty() {
+            self.attrs.remove(key);
+        } else if let Some(a) = self.attrs.get_mut(key) {
+            a.values = values;
+        }
+        self
+    }
+
     /// Whether the entry has `objectClass: class` (case-insensitive).
     pub fn has_class(&self, class: &str) -> bool {
         self.get("objectclass")

@@ -87,6 +87,11 @@ pub const SETTING_ATTR: &str = "cairnSetting";
 pub const ENFORCED_ATTR: &str = "cairnEnforced";
 /// The attribute that blocks inheritance when `TRUE`.
 pub const BLOCK_ATTR: &str = "cairnBlockInheritance";
+/// The attribute naming the keys whose values are secret.
+pub const SECRET_ATTR: &str = "cairnSecret";
+
+/// What a secret value is shown as to those who may not read it.
+pub const MASK: &str = "(secret)";
 
 /// What one entry contributes to the merge, borrowed from the entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +104,8 @@ pub struct Layer<'a> {
     pub enforced: Vec<&'a str>,
     /// `cairnBlockInheritance: TRUE`.
     pub block: bool,
+    /// Raw `cairnSecret` values (keys).
+    pub secrets: Vec<&'a str>,
 }
 
 impl<'a> Layer<'a> {
@@ -134,6 +141,8 @@ impl<'a> Layer<'a> {
                 layer.settings.extend(values);
             } else if name.eq_ignore_ascii_case(ENFORCED_ATTR) {
                 layer.enforced.extend(values);
+            } else if name.eq_ignore_ascii_case(SECRET_ATTR) {
+                layer.secrets.extend(values);
             } else if name.eq_ignore_ascii_case(BLOCK_ATTR) {
                 let block = values
                     .into_iter()
@@ -160,6 +169,8 @@ pub struct Value {
     pub source: String,
     /// Whether that entry enforces it (nothing below could override it).
     pub enforced: bool,
+    /// Whether an entry of the chain marks the key secret (`cairnSecret`).
+    pub secret: bool,
 }
 
 /// Why a raw value did not make it into the effective configuration.
@@ -210,6 +221,17 @@ impl Effective {
     /// The effective value of `key` (matched case-insensitively).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.values.get(lowercase(key).as_ref())
+    }
+
+    /// The same with every secret value replaced by [`MASK`]: what those
+    /// who may not read secrets see (`cairn explain` without admin rights,
+    /// `cairnEffectiveSetting` over LDAP).
+    pub fn masked(&self) -> Effective {
+        let mut e = self.clone();
+        for v in e.values.values_mut().filter(|v| v.secret) {
+            v.value = MASK.to_string();
+        }
+        e
     }
 
     /// The values of the constructed attribute `cairnEffectiveSetting`, in
@@ -313,6 +335,13 @@ pub fn effective(layers: &[Layer<'_>]) -> Effective {
         }
     }
 
+    // A key marked secret by any entry of the chain is secret: whoever
+    // marks it keeps its value from those who may not read secrets.
+    let secret_keys: BTreeSet<String> = layers
+        .iter()
+        .flat_map(|l| l.secrets.iter())
+        .map(|k| lowercase(k.trim()).into_owned())
+        .collect();
     Effective {
         values: acc
             .into_iter()
@@ -321,6 +350,7 @@ pub fn effective(layers: &[Layer<'_>]) -> Effective {
                     value: slot.value.to_string(),
                     source: slot.source.to_string(),
                     enforced: slot.enforced,
+                    secret: secret_keys.contains(key.as_ref()),
                 };
                 (key.into_owned(), value)
             })
@@ -404,7 +434,24 @@ mod tests {
             settings: settings.to_vec(),
             enforced: enforced.to_vec(),
             block: false,
+            secrets: vec![],
         }
+    }
+
+    #[test]
+    fn a_key_marked_secret_anywhere_in_the_chain_is_secret_and_masked() {
+        let mut cluster = layer(CLUSTER, &["ipmi.password=hunter2", "ntp.servers=a"], &[]);
+        cluster.secrets = vec!["IPMI.Password"];
+        let host = layer(HOST, &["ipmi.password=other"], &[]);
+        let e = effective(&[cluster, host]);
+        let v = e.get("ipmi.password").unwrap();
+        assert!(v.secret, "marked by the cluster, set by the host");
+        assert_eq!(v.value, "other");
+        assert!(!e.get("ntp.servers").unwrap().secret);
+        let m = e.masked();
+        assert_eq!(m.get("ipmi.password").unwrap().value, MASK);
+        assert_eq!(m.get("ntp.servers").unwrap().value, "a");
+        assert!(m.to_setting_values().iter().all(|v| !v.contains("other")));
     }
 
     /// The example tree, farthest first: site, datacenter, cluster, pool, host.

@@ -232,8 +232,14 @@ pub fn effective_setting_values(
     dir: &Directory,
     sites: &SiteMap,
     host: &ValidEntry,
+    mask_secrets: bool,
 ) -> Result<Vec<String>, FleetError> {
-    Ok(merge(dir, sites, host, None)?.0.to_setting_values())
+    let eff = merge(dir, sites, host, None)?.0;
+    Ok(if mask_secrets {
+        eff.masked().to_setting_values()
+    } else {
+        eff.to_setting_values()
+    })
 }
 
 /// The effective configuration of `host`, as `Pull` returns it. The
@@ -272,6 +278,7 @@ pub fn effective(
                 value: v.value.clone(),
                 source: v.source.clone(),
                 enforced: v.enforced,
+                secret: v.secret,
             })
             .collect(),
         registered_by_rule: String::new(),

@@ -125,9 +125,15 @@ impl Model {
 
     /// The constructed LDAP attribute `cairnEffectiveSetting` of `host`,
     /// from the cached fleet (blocking: call from a blocking context).
-    pub fn effective_setting_values(&self, host: &ValidEntry) -> Result<Vec<String>, FleetError> {
+    /// Secret values masked when `mask_secrets` (callers who are not
+    /// administrators).
+    pub fn effective_setting_values(
+        &self,
+        host: &ValidEntry,
+        mask_secrets: bool,
+    ) -> Result<Vec<String>, FleetError> {
         let f = self.fleet()?;
-        fleet::effective_setting_values(&self.dir, &f.sites, host)
+        fleet::effective_setting_values(&self.dir, &f.sites, host, mask_secrets)
     }
 
     /// The host's configuration now; an unknown host that a deploy rule

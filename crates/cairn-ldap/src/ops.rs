@@ -923,6 +923,13 @@ async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ld
         }
     })
     .await?;
+    // What is compared is what the caller may know of: secret values are
+    // not there for those who may not read them.
+    let entry = if v.admin() {
+        entry
+    } else {
+        crate::view::without_secrets(entry)
+    };
     if !v.allows(Right::Compare, entry.dn(), Some(&key)) {
         return Err(Outcome::new(
             LdapResultCode::InsufficentAccessRights,
@@ -1055,7 +1062,7 @@ impl Selection {
             && e.has_class("cairnHost")
             && v.allows(Right::Read, e.dn(), Some("cairneffectivesetting"))
         {
-            match model.effective_setting_values(e) {
+            match model.effective_setting_values(e, !v.admin()) {
                 Ok(v) if !v.is_empty() => {
                     out.push(self.attr("cairnEffectiveSetting".into(), v));
                 }

@@ -339,7 +339,14 @@ fn render(format: Format, r: &pb::PullResponse) -> String {
             }
             for st in &r.settings {
                 let how = if st.enforced { "enforced from" } else { "from" };
-                s += &format!("{}={}\t# {how} {}\n", st.key, st.value, st.source);
+                let note = if st.secret && st.value.is_empty() {
+                    ", secret: withheld without TLS (cairn --ca FILE pull)"
+                } else if st.secret {
+                    ", secret"
+                } else {
+                    ""
+                };
+                s += &format!("{}={}\t# {how} {}{note}\n", st.key, st.value, st.source);
             }
             s
         }
@@ -365,11 +372,12 @@ fn render(format: Format, r: &pb::PullResponse) -> String {
                 .iter()
                 .map(|st| {
                     format!(
-                        "{}:{{\"value\":{},\"source\":{},\"enforced\":{}}}",
+                        "{}:{{\"value\":{},\"source\":{},\"enforced\":{},\"secret\":{}}}",
                         json(&st.key),
                         json(&st.value),
                         json(&st.source),
-                        st.enforced
+                        st.enforced,
+                        st.secret
                     )
                 })
                 .collect();
@@ -442,6 +450,7 @@ mod tests {
                 value: "it's \"quoted\"\n".into(),
                 source: "cn=a,dc=example,dc=com".into(),
                 enforced: true,
+                secret: false,
             }],
             ..Default::default()
         }

@@ -100,6 +100,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             name: format!("{}-{}", c.site, c.node_id),
         },
         s.host_auth,
+        s.grpc_tls,
     );
     let routes = cairn_boot::routes(boot.clone())
         .await

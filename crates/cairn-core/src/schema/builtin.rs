@@ -298,6 +298,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         "setting key whose value here wins over everything below",
     ),
     user(
+        cairn!(1, 66),
+        &["cairnSecret"],
+        Ia5String,
+        false,
+        "setting key whose value is secret: administrators and the host itself (over TLS) only",
+    ),
+    user(
         cairn!(1, 3),
         &["cairnBlockInheritance"],
         Boolean,
@@ -512,6 +519,7 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
 const SETTINGS: &[&str] = &[
     "cairnSetting",
     "cairnEnforced",
+    "cairnSecret",
     "cairnBlockInheritance",
     "description",
 ];
