@@ -467,7 +467,7 @@ mod tests {
     fn json_output_escapes_values() {
         let s = render(Format::Json, &sample());
         assert!(
-            s.contains(r#""motd.text":{"value":"it's \"quoted\"\n","source":"cn=a,dc=example,dc=com","enforced":true}"#),
+            s.contains(r#""motd.text":{"value":"it's \"quoted\"\n","source":"cn=a,dc=example,dc=com","enforced":true,"secret":false}"#),
             "{s}"
         );
     }
