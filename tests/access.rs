@@ -263,6 +263,79 @@ fn issue_12_access_rules_in_the_directory_decide_who_reads_and_writes_what() {
     );
     assert!(stdout(&out).contains("userPassword"), "{}", stdout(&out));
 
+    // A delegated add and delete in the inventory do not let bob decide
+    // access: no rule entries, tokens, marks or passwords of his own, no
+    // moves, no empty modifies.
+    let delegate = format!(
+        "dn: cn=ops-add,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: ops-add\n\
+         cairnAccessSubject: group:cn=ops,ou=groups,{SUFFIX}\ncairnAccessRight: add, delete\n"
+    );
+    ok(n.tool("ldapadd", &[], Some(&delegate)));
+    let host = |cn: &str, extra: &str| {
+        format!("dn: cn={cn},{INVENTORY}\nobjectClass: cairnHost\ncn: {cn}\n{extra}")
+    };
+    let out = as_user(&n, "bob", "ldapadd", &[], Some(&host("bob-1", "")));
+    assert_eq!(rc(&out), 0, "a plain add: {}", stderr(&out));
+    for (what, ldif) in [
+        (
+            "a rule",
+            format!(
+                "dn: cn=mine,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: mine\n\
+                 cairnAccessSubject: dn:{}\ncairnAccessRight: all\ncairnAccessBase: {SUFFIX}\n",
+                user("bob")
+            ),
+        ),
+        (
+            "a token",
+            format!(
+                "dn: cn=t,{INVENTORY}\nobjectClass: cairnEnrollmentToken\ncn: t\ncairnTokenHash: sha256:00\n"
+            ),
+        ),
+        ("a secret mark", host("bob-2", "cairnSecret: x\n")),
+        (
+            "a password",
+            format!(
+                "dn: cn=bob-3,{INVENTORY}\nobjectClass: inetOrgPerson\ncn: bob-3\nsn: b\nuserPassword: x\n"
+            ),
+        ),
+    ] {
+        let out = as_user(&n, "bob", "ldapadd", &[], Some(&ldif));
+        assert_eq!(rc(&out), 50, "{what}: {}", stderr(&out));
+    }
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapmodrdn",
+        &[
+            "-s",
+            &format!("ou=groups,{SUFFIX}"),
+            &format!("cn=bob-1,{INVENTORY}"),
+            "cn=bob-1",
+        ],
+        None,
+    );
+    assert_eq!(rc(&out), 50, "a move: {}", stderr(&out));
+    let out = as_user(
+        &n,
+        "bob",
+        "ldapdelete",
+        &[&format!("cn=ops-write,{INVENTORY}")],
+        None,
+    );
+    assert_eq!(rc(&out), 50, "deleting a rule: {}", stderr(&out));
+    let empty = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (conn, mut ldap) = ldap3::LdapConnAsync::new(&n.url()).await.unwrap();
+        ldap3::drive!(conn);
+        ldap.simple_bind(&user("carol"), PW)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let r = ldap.modify::<&str>(HOST, vec![]).await.unwrap();
+        r.rc
+    });
+    assert_eq!(empty, 32, "carol's empty modify of an entry she cannot see");
+
     // A rule that does not parse is refused, and changes nothing.
     let bad = format!(
         "dn: cn=bad,{INVENTORY}\nobjectClass: cairnAccessRule\ncn: bad\n\
@@ -621,6 +694,41 @@ fn issue_12_secret_settings_reach_only_administrators_and_the_host_over_tls() {
         stdout(&eff)
     );
     assert!(!stdout(&eff).contains(SECRET));
+    // Set on the host below the cluster that marks the key: hidden too.
+    let below = format!(
+        "dn: {ESX017}\nchangetype: modify\nadd: cairnSetting\ncairnSetting: ipmi.password=Host-{SECRET}\n"
+    );
+    ok(n.tool("ldapmodify", &[], Some(&below)));
+    let out = as_user(
+        &n,
+        "alice",
+        "ldapsearch",
+        &search_args(ESX017, "base", "(objectClass=*)", &["cairnSetting"]),
+        None,
+    );
+    assert!(
+        out.status.success() && !stdout(&out).contains(SECRET),
+        "{}",
+        stdout(&out)
+    );
+    // A negated filter cannot tell a letter of it: both probes find the
+    // cluster.
+    for guess in ["S", "X"] {
+        let f = format!("(&(cn=prod-a)(!(cairnSetting=ipmi.password={guess}*)))");
+        let out = as_user(
+            &n,
+            "alice",
+            "ldapsearch",
+            &search_args(SUFFIX, "sub", &f, &["1.1"]),
+            None,
+        );
+        assert_eq!(
+            dns(&stdout(&out)),
+            vec![PROD_A_DN.to_string()],
+            "{guess}: {}",
+            stdout(&out)
+        );
+    }
     let probe = format!("(cairnSetting=ipmi.password={SECRET})");
     let out = as_user(
         &n,
@@ -680,7 +788,7 @@ fn issue_12_secret_settings_reach_only_administrators_and_the_host_over_tls() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(&format!("ipmi.password={SECRET}")),
+        stdout(&out).contains(&format!("ipmi.password=Host-{SECRET}")),
         "{}",
         stdout(&out)
     );

@@ -90,19 +90,20 @@ impl Boot {
         }
         let source = caller_of(req);
         let presented = presented_token(req);
-        // Every failure is the same for the key "token": what counts is
-        // the source address.
-        let delay = self.throttle.delay(source, "token");
+        // Counted per source address only: one sender of bad tokens must
+        // not slow every other host.
+        let key = source.map(|s| s.to_string()).unwrap_or_default();
+        let delay = self.throttle.delay(source, &key);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         match self.check_token(presented).await? {
             Ok(scope) => {
-                self.throttle.succeeded(source, "token");
+                self.throttle.succeeded(source, &key);
                 Ok(Some(scope))
             }
             Err(why) => {
-                self.throttle.failed(source, "token");
+                self.throttle.failed(source, &key);
                 self.metrics.pull("unauthenticated");
                 warn!(client = ?source, cause = why.label(), "a pull's enrollment token was refused");
                 Err(tonic::Status::unauthenticated(
@@ -305,6 +306,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, tonic::Sta
 /// How long a watcher lets a burst of writes settle before re-reading.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// How often a watch checks its token again when nothing is written.
+const RECHECK: Duration = Duration::from_secs(30);
+
 #[tonic::async_trait]
 impl pb::config_server::Config for ConfigService {
     async fn pull(
@@ -349,7 +353,7 @@ impl pb::config_server::Config for ConfigService {
         req: tonic::Request<pb::PullRequest>,
     ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
         let caller = caller_of(&req);
-        let scope = self.0.authenticate(&req).await?;
+        let mut scope = self.0.authenticate(&req).await?;
         let presented = presented_token(&req);
         let r = req.into_inner();
         let id = Identity::from_pb(&r.identity.unwrap_or_default()).map_err(status)?;
@@ -395,13 +399,16 @@ impl pb::config_server::Config for ConfigService {
                 tokio::select! {
                     _ = tx.closed() => return,
                     changed = changes.changed() => if changed.is_err() { return },
+                    // A token that expires on a quiet directory is noticed.
+                    _ = tokio::time::sleep(RECHECK), if boot.host_auth => {}
                 }
                 tokio::time::sleep(SETTLE).await;
                 changes.borrow_and_update();
                 // A token revoked (or expired) since ends the stream.
                 if boot.host_auth {
                     match boot.check_token(presented.clone()).await {
-                        Ok(Ok(_)) => {}
+                        // The subtree as the token's entry says now.
+                        Ok(Ok(now)) => scope = Some(now),
                         Ok(Err(_)) => {
                             let _ = tx
                                 .send(Err(tonic::Status::unauthenticated(

@@ -336,6 +336,9 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Group (normalized DN) → its members (normalized DNs).
     members: BTreeMap<String, BTreeSet<String>>,
+    /// Entries that mark setting keys secret: (entry, whether it is a
+    /// site entry, the keys lowercased).
+    secrets: Vec<(Dn, bool, BTreeSet<String>)>,
 }
 
 impl Policy {
@@ -414,7 +417,39 @@ impl Policy {
             builtins,
             rules: all,
             members,
+            secrets: vec![],
         }
+    }
+
+    /// The policy knowing which entries mark which setting keys secret
+    /// (`cairnSecret`): (entry, whether it is a site entry, its keys).
+    pub fn with_secrets(mut self, marks: Vec<(Dn, bool, Vec<String>)>) -> Policy {
+        self.secrets = marks
+            .into_iter()
+            .map(|(dn, site, keys)| {
+                let keys = keys.iter().map(|k| k.trim().to_ascii_lowercase()).collect();
+                (dn, site, keys)
+            })
+            .collect();
+        self
+    }
+
+    /// The setting keys secret at `entry`: marked on it, on an ancestor,
+    /// or on any site entry (a site's settings reach every host it maps).
+    pub fn secret_keys(&self, entry: &Dn) -> BTreeSet<String> {
+        self.secrets
+            .iter()
+            .filter(|(dn, site, _)| *site || entry.is_within(dn))
+            .flat_map(|(_, _, keys)| keys.iter().cloned())
+            .collect()
+    }
+
+    /// Whether `dn` is a group the policy names (admin, readers, a rule's)
+    /// or a member of one: changing such an entry changes who may do
+    /// what, which only administrators may.
+    pub fn shapes_access(&self, dn: &Dn) -> bool {
+        let norm = dn.norm();
+        self.members.contains_key(&norm) || self.members.values().any(|m| m.contains(&norm))
     }
 
     /// The caller a write's author stands for.
@@ -742,6 +777,49 @@ mod tests {
         )]);
         let sync = p.caller(Some(&dn("cn=sync,dc=example,dc=com")));
         assert!(p.allows(&sync, Right::Read, &dn(HOST), Some("userpassword")));
+    }
+
+    #[test]
+    fn secret_keys_come_from_the_entry_its_ancestors_and_sites_and_named_groups_shape_access() {
+        let p = policy(vec![rule(
+            &["group:cn=ops,ou=groups,dc=example,dc=com"],
+            "read",
+            INVENTORY,
+            &[],
+        )])
+        .with_secrets(vec![
+            (
+                dn("cn=prod-a,ou=inventory,dc=example,dc=com"),
+                false,
+                vec!["IPMI.Password".into()],
+            ),
+            (
+                dn("cn=east,ou=sites,dc=example,dc=com"),
+                true,
+                vec!["snmp.community".into()],
+            ),
+            (
+                dn("cn=lab,ou=inventory,dc=example,dc=com"),
+                false,
+                vec!["lab.key".into()],
+            ),
+        ]);
+        let keys = p.secret_keys(&dn(HOST));
+        assert!(
+            keys.contains("ipmi.password") && keys.contains("snmp.community"),
+            "{keys:?}"
+        );
+        assert!(!keys.contains("lab.key"), "another subtree's mark");
+        // The groups the policy names, and their members, decide access.
+        for g in [
+            "cn=admins,ou=groups,dc=example,dc=com",
+            "cn=readers,ou=groups,dc=example,dc=com",
+            "cn=ops,ou=groups,dc=example,dc=com",
+            "cn=carol,ou=people,dc=example,dc=com",
+        ] {
+            assert!(p.shapes_access(&dn(g)), "{g}");
+        }
+        assert!(!p.shapes_access(&dn(HOST)));
     }
 
     #[test]

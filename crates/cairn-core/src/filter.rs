@@ -29,6 +29,24 @@ pub enum Filter {
     Approx(String, String),
 }
 
+impl Filter {
+    /// A filter true of every entry of which `self` is true on any subset
+    /// of its values: each negation becomes `(objectClass=*)`. Every other
+    /// assertion only gets truer with more values, so the store may test
+    /// the widened filter on whole entries (with its indexes) and the
+    /// front end the exact one on what a caller may read, and a value the
+    /// caller may not read never decides whether an entry is returned
+    /// (`(!(secret=h*))` would otherwise tell, one letter at a time).
+    pub fn widened(&self) -> Filter {
+        match self {
+            Filter::And(v) => Filter::And(v.iter().map(Filter::widened).collect()),
+            Filter::Or(v) => Filter::Or(v.iter().map(Filter::widened).collect()),
+            Filter::Not(_) => Filter::Present("objectClass".into()),
+            other => other.clone(),
+        }
+    }
+}
+
 /// RFC 4511's three truth values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tri {
@@ -451,6 +469,29 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_widened_filter_holds_wherever_the_filter_holds_on_fewer_values() {
+        let f = Filter::And(vec![
+            Filter::Equality("cn".into(), "a".into()),
+            Filter::Not(Box::new(Filter::Substring {
+                attr: "cairnSetting".into(),
+                initial: Some("ipmi.password=h".into()),
+                any: vec![],
+                final_: None,
+            })),
+            Filter::Or(vec![Filter::Not(Box::new(Filter::Present("x".into())))]),
+        ]);
+        assert_eq!(
+            f.widened(),
+            Filter::And(vec![
+                Filter::Equality("cn".into(), "a".into()),
+                Filter::Present("objectClass".into()),
+                Filter::Or(vec![Filter::Present("objectClass".into())]),
+            ])
+        );
+    }
+
     use super::*;
     use crate::dn::Dn;
     use crate::entry::Entry;

@@ -364,15 +364,36 @@ fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, FleetErro
         }))
 }
 
+/// A random key of this process, for [`version_of`]'s digests of secret
+/// values.
+fn secret_salt() -> &'static str {
+    static SALT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SALT.get_or_init(|| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
+
 /// A version tag over everything a response carries (FNV-1a 64 over its
 /// protobuf encoding with the version and the registration note left
-/// out): equal configurations, equal tags; any change, a new tag.
+/// out): equal configurations, equal tags; any change, a new tag. A secret
+/// value enters only as a SHA-256 keyed with a random key of this process,
+/// so the tag (sent also where the value is withheld) cannot be used to
+/// test guesses of it; a host holding secrets may then see a new tag from
+/// another node or after a restart, and pulls once more.
 pub fn version_of(resp: &pb::PullResponse) -> String {
     use prost::Message;
     let mut r = resp.clone();
     r.version.clear();
     r.registered_by_rule.clear();
     r.not_modified = false;
+    for s in r.settings.iter_mut().filter(|s| s.secret) {
+        // SHA-256 (the token module's digest) of key and value.
+        s.value = cairn_core::token::stored_hash(&format!("{}{}", secret_salt(), s.value));
+    }
     let mut h = cairn_core::net::Fnv1a::new();
     h.write(&r.encode_to_vec());
     format!("{:016x}", h.finish())

@@ -925,11 +925,7 @@ async fn compare(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ld
     .await?;
     // What is compared is what the caller may know of: secret values are
     // not there for those who may not read them.
-    let entry = if v.admin() {
-        entry
-    } else {
-        crate::view::without_secrets(entry)
-    };
+    let entry = v.without_secrets(entry);
     if !v.allows(Right::Compare, entry.dn(), Some(&key)) {
         return Err(Outcome::new(
             LdapResultCode::InsufficentAccessRights,
@@ -1421,13 +1417,21 @@ async fn search_inner(
         let mut sent = 0usize;
         let mut exceeded = false;
         let schema = dir.schema().clone();
+        // For a caller who may not read everything, the store tests a
+        // filter that what it may not read cannot narrow, and the exact
+        // one is tested on what it may read.
+        let store_filter = if v2.admin() {
+            filter.clone()
+        } else {
+            filter.widened()
+        };
         for (b, s) in bases {
             let halt = Halt {
                 deadline: Some(deadline),
                 cancelled: Some(&cancel2),
             };
             let end = dir
-                .search(&b, s, &filter, halt, &mut |e| {
+                .search(&b, s, &store_filter, halt, &mut |e| {
                     // What the caller may not see is not there; the filter
                     // is tested again on what it may read.
                     let Some(shown) = v2.shown(&e) else {
@@ -1508,9 +1512,14 @@ async fn paged_search(
             };
             let mut out = vec![];
             let mut exceeded = false;
+            let store_filter = if v2.admin() {
+                Filter::clone(&filter)
+            } else {
+                filter.widened()
+            };
             for (b, s) in bases.iter() {
                 let end = dir
-                    .search(b, *s, &filter, halt, &mut |e| {
+                    .search(b, *s, &store_filter, halt, &mut |e| {
                         let Some(shown) = v2.shown(&e) else {
                             return true;
                         };

@@ -18,38 +18,6 @@ use ldap3_proto::LdapResultCode;
 use crate::convert::{Outcome, to_ldap_result};
 use crate::ops::Auth;
 
-/// `e` without the `cairnSetting` values whose keys `e` marks secret
-/// (`cairnSecret`): those are for administrators (and the host itself,
-/// over TLS, by `Pull`).
-pub fn without_secrets(e: ValidEntry) -> ValidEntry {
-    let Some(secret) = e.get("cairnsecret") else {
-        return e;
-    };
-    let keys: Vec<String> = secret
-        .values
-        .iter()
-        .map(|k| k.trim().to_ascii_lowercase())
-        .collect();
-    let Some(settings) = e.get("cairnsetting") else {
-        return e;
-    };
-    let keep: Vec<String> = settings
-        .values
-        .iter()
-        .filter(|v| {
-            let key = v
-                .split(['=', '!'])
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            !keys.contains(&key)
-        })
-        .cloned()
-        .collect();
-    e.with_values("cairnsetting", keep)
-}
-
 /// One operation's caller under the policy in force.
 pub struct View {
     pub policy: Arc<Policy>,
@@ -91,9 +59,35 @@ impl View {
         if !self.allows(Right::Search, dn, None) || !self.sees(dn) {
             return None;
         }
-        Some(Cow::Owned(without_secrets(
+        Some(Cow::Owned(self.without_secrets(
             e.retain(|k| self.allows(Right::Read, dn, Some(k))),
         )))
+    }
+
+    /// `e` without the `cairnSetting` values whose keys are secret there
+    /// (marked on it, an ancestor or a site: `Policy::secret_keys`): those
+    /// are for administrators (and the host itself, over TLS, by `Pull`).
+    pub fn without_secrets(&self, e: ValidEntry) -> ValidEntry {
+        if self.admin() {
+            return e;
+        }
+        let keys = self.policy.secret_keys(e.dn());
+        if keys.is_empty() {
+            return e;
+        }
+        let Some(settings) = e.get("cairnsetting") else {
+            return e;
+        };
+        let keep: Vec<String> = settings
+            .values
+            .iter()
+            .filter(|v| {
+                let key = v.split(['=', '!']).next().unwrap_or("").trim();
+                !keys.contains(&key.to_ascii_lowercase())
+            })
+            .cloned()
+            .collect();
+        e.with_values("cairnsetting", keep)
     }
 
     /// `noSuchObject` for `dn` as the caller may learn it: the same for an

@@ -309,12 +309,17 @@ impl Directory {
             .map(|(_, p)| p.clone())
     }
 
-    /// Whether `policy` lets `caller` make the write `op`: an add needs
-    /// `add` over the new entry's DN, a delete `delete` over the entry, a
-    /// modify `write` over every attribute it changes, a rename `delete`
-    /// over the old DN and `add` over the new one. The same check runs at
-    /// the node the client talks to and at the leader, for the author the
-    /// write carries.
+    /// Whether `policy` lets `caller` make the write `op`. An add needs
+    /// `add` over the new entry's DN and each of its attributes; a modify
+    /// `write` over every attribute it changes (and at least one change);
+    /// a delete `delete` over the entry; a rename `delete` over the old DN
+    /// and `add` over the new one, in the same parent. Only administrators
+    /// write what decides access or hides values: access rules, enrollment
+    /// tokens, the groups the policy names and their members' entries,
+    /// `cairnSecret` and `cairnBlockInheritance`, a secret setting's
+    /// values, and moves to another parent (they change what a subtree
+    /// inherits). The same check runs at the node the client talks to and
+    /// at the leader, for the author the write carries.
     pub fn authorize(
         &self,
         policy: &access::Policy,
@@ -325,35 +330,93 @@ impl Directory {
         if caller.admin {
             return Ok(());
         }
-        let deny = |dn: &Dn, visible: bool, what: String| Denied {
+        let deny = |dn: &Dn, what: String| Denied {
             dn: dn.clone(),
-            visible,
+            visible: policy.may_see(caller, dn),
             message: format!("{} may not {what}", caller.describe()),
+        };
+        let key = |name: &str| {
+            self.schema
+                .attr(name)
+                .map(|a| a.key())
+                .unwrap_or_else(|| name.to_ascii_lowercase())
+        };
+        const PROTECTED_CLASSES: [&str; 2] = ["cairnaccessrule", "cairnenrollmenttoken"];
+        const PROTECTED_ATTRS: [&str; 2] = ["cairnsecret", "cairnblockinheritance"];
+        let protected_entry = |dn: &Dn| -> bool {
+            policy.shapes_access(dn)
+                || matches!(self.get(dn), Ok(Some(e)) if PROTECTED_CLASSES.iter().any(|c| e.has_class(c)))
+        };
+        // Whether a cairnSetting change touches a secret key at `dn` (a
+        // change without values touches them all).
+        let touches_secret = |dn: &Dn, values: &[String]| -> bool {
+            let secret = policy.secret_keys(dn);
+            !secret.is_empty()
+                && (values.is_empty()
+                    || values.iter().any(|v| {
+                        let k = v.split(['=', '!']).next().unwrap_or("").trim();
+                        secret.contains(&k.to_ascii_lowercase())
+                    }))
         };
         match op {
             WriteOp::Add { entry, .. } => {
-                if !policy.allows(caller, Right::Add, &entry.dn, None) {
-                    return Err(deny(&entry.dn, true, format!("add {}", entry.dn)));
+                let dn = &entry.dn;
+                // Refused before anything is looked up, the same whether
+                // the parent exists or not: nothing to hide.
+                let refuse_add = |dn: &Dn, what: String| Denied {
+                    visible: true,
+                    ..deny(dn, what)
+                };
+                if !policy.allows(caller, Right::Add, dn, None) {
+                    return Err(refuse_add(dn, format!("add {dn}")));
+                }
+                let classes: Vec<String> = entry
+                    .attrs
+                    .iter()
+                    .filter(|(n, _)| key(n) == "objectclass")
+                    .flat_map(|(_, v)| v.iter().map(|c| c.to_ascii_lowercase()))
+                    .collect();
+                if policy.shapes_access(dn)
+                    || classes
+                        .iter()
+                        .any(|c| PROTECTED_CLASSES.contains(&c.as_str()))
+                {
+                    return Err(refuse_add(dn, format!("add {dn}: it decides access")));
+                }
+                for (name, values) in &entry.attrs {
+                    let k = key(name);
+                    if PROTECTED_ATTRS.contains(&k.as_str())
+                        || !policy.allows(caller, Right::Add, dn, Some(&k))
+                        || (k == "cairnsetting" && touches_secret(dn, values))
+                    {
+                        return Err(refuse_add(dn, format!("add {dn} with {name}")));
+                    }
                 }
             }
             WriteOp::Delete { dn } => {
-                if !policy.allows(caller, Right::Delete, dn, None) {
-                    return Err(deny(dn, policy.may_see(caller, dn), format!("delete {dn}")));
+                if !policy.allows(caller, Right::Delete, dn, None) || protected_entry(dn) {
+                    return Err(deny(dn, format!("delete {dn}")));
                 }
             }
             WriteOp::Modify { dn, mods, .. } => {
+                if mods.is_empty() {
+                    return Err(deny(dn, format!("modify {dn} without a change")));
+                }
+                if protected_entry(dn) {
+                    return Err(deny(dn, format!("modify {dn}: it decides access")));
+                }
                 for m in mods {
-                    let key = self
-                        .schema
-                        .attr(&m.attr)
-                        .map(|a| a.key())
-                        .unwrap_or_else(|| m.attr.to_ascii_lowercase());
-                    if !policy.allows(caller, Right::Write, dn, Some(&key)) {
-                        return Err(deny(
-                            dn,
-                            policy.may_see(caller, dn),
-                            format!("write {} of {dn}", m.attr),
-                        ));
+                    let k = key(&m.attr);
+                    let values: Vec<String> = m
+                        .values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    if PROTECTED_ATTRS.contains(&k.as_str())
+                        || !policy.allows(caller, Right::Write, dn, Some(&k))
+                        || (k == "cairnsetting" && touches_secret(dn, &values))
+                    {
+                        return Err(deny(dn, format!("write {} of {dn}", m.attr)));
                     }
                 }
             }
@@ -363,16 +426,19 @@ impl Directory {
                 new_superior,
                 ..
             } => {
-                if !policy.allows(caller, Right::Delete, dn, None) {
-                    return Err(deny(dn, policy.may_see(caller, dn), format!("rename {dn}")));
+                if !policy.allows(caller, Right::Delete, dn, None) || protected_entry(dn) {
+                    return Err(deny(dn, format!("rename {dn}")));
                 }
-                let parent = new_superior
-                    .clone()
-                    .or_else(|| dn.parent())
-                    .unwrap_or_else(Dn::root);
+                let parent = dn.parent().unwrap_or_else(Dn::root);
+                if new_superior
+                    .as_ref()
+                    .is_some_and(|s| s.norm() != parent.norm())
+                {
+                    return Err(deny(dn, format!("move {dn} to another parent")));
+                }
                 let to = parent.child(new_rdn.clone());
-                if !policy.allows(caller, Right::Add, &to, None) {
-                    return Err(deny(dn, true, format!("rename {dn} to {to}")));
+                if !policy.allows(caller, Right::Add, &to, None) || policy.shapes_access(&to) {
+                    return Err(deny(dn, format!("rename {dn} to {to}")));
                 }
             }
         }
@@ -421,7 +487,24 @@ impl Directory {
                 .unwrap_or_default();
             groups.push((g, members));
         }
-        let p = Arc::new(access::Policy::new(self.access.clone(), rules, groups));
+        let mut marks = vec![];
+        let marked = Filter::Present("cairnSecret".into());
+        for s in &self.suffixes {
+            let found = self.search(s, Scope::Subtree, &marked, Halt::default(), &mut |e| {
+                let keys = e
+                    .get("cairnsecret")
+                    .map(|a| a.values.clone())
+                    .unwrap_or_default();
+                marks.push((e.dn().clone(), e.has_class("cairnSite"), keys));
+                true
+            });
+            match found {
+                Ok(_) | Err(Error::NoSuchObject { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let p =
+            Arc::new(access::Policy::new(self.access.clone(), rules, groups).with_secrets(marks));
         *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, p.clone()));
         Ok(p)
     }
