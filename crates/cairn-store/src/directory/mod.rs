@@ -36,6 +36,10 @@ pub const INDEXED: &[&str] = &[
     "serialnumber",
     "uid",
     "member",
+    // Found by presence when the access policy is read after each commit
+    // (`Directory::policy`): a scan of every entry there made each write
+    // of a bulk load cost the whole tree.
+    "cairnsecret",
 ];
 
 /// The largest entry the directory stores, encoded: 8 MiB, the LDAP front
@@ -1544,6 +1548,39 @@ impl Directory {
     /// Candidate entries from the indexes, when the filter allows it.
     fn plan(&self, snap: &dyn Snapshot, f: &Filter) -> Result<Option<BTreeSet<Uuid>>, Error> {
         Ok(match f {
+            // Presence of an indexed attribute: every key of that attribute
+            // (`attr \0 value \0 uuid`), its UUID in the last 16 bytes.
+            Filter::Present(attr) => {
+                let Some(at) = self.schema.attr(attr) else {
+                    return Ok(Some(BTreeSet::new()));
+                };
+                let key = at.key();
+                if key == "objectclass" || !INDEXED.contains(&key.as_str()) {
+                    return Ok(None);
+                }
+                let mut prefix = key.into_bytes();
+                prefix.push(0);
+                let mut out = BTreeSet::new();
+                let mut bad = false;
+                snap.scan_prefix(Table::Index, &prefix, &mut |k, _| {
+                    match k
+                        .len()
+                        .checked_sub(16)
+                        .filter(|&at| at >= prefix.len())
+                        .and_then(|at| Uuid::from_slice(&k[at..]).ok())
+                    {
+                        Some(u) => {
+                            out.insert(u);
+                        }
+                        None => bad = true,
+                    }
+                    true
+                })?;
+                if bad {
+                    return Err(Error::Corrupt("bad key in index table".into()));
+                }
+                Some(out)
+            }
             Filter::Equality(attr, value) => {
                 let Some(at) = self.schema.attr(attr) else {
                     return Ok(Some(BTreeSet::new()));

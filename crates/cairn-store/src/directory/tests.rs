@@ -839,3 +839,56 @@ fn issue_10_a_store_that_cannot_write_refuses_writes_and_loses_nothing() {
             .unwrap();
     }
 }
+
+#[test]
+fn presence_of_an_indexed_attribute_is_read_from_the_index() {
+    for (_t, d) in dirs() {
+        seed(&d);
+        let mark = |dn: &str, op, values: &[&str]| {
+            d.modify(
+                &Dn::parse(dn).unwrap(),
+                &[Modification {
+                    op,
+                    attr: "cairnSecret".into(),
+                    values: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+                }],
+                &stamp(),
+            )
+            .unwrap();
+        };
+        let cluster = "cn=prod-a,ou=inventory,dc=example,dc=com";
+        let host = "cn=esx-002,cn=prod-a,ou=inventory,dc=example,dc=com";
+        mark(
+            cluster,
+            cairn_core::modify::ModOp::Add,
+            &["ipmi.password", "snmp.key"],
+        );
+        mark(host, cairn_core::modify::ModOp::Add, &["x"]);
+        let base = "dc=example,dc=com";
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(cairnSecret=*)"),
+            vec![host.to_string(), cluster.to_string()]
+        );
+        // The same as a walk of the tree finds (a filter no index serves).
+        assert_eq!(
+            names(
+                &d,
+                base,
+                Scope::Subtree,
+                "(|(cairnSecret=*)(description=never))"
+            ),
+            names(&d, base, Scope::Subtree, "(cairnSecret=*)")
+        );
+        assert_eq!(names(&d, base, Scope::Subtree, "(macAddress=*)").len(), 3);
+        mark(host, cairn_core::modify::ModOp::Delete, &[]);
+        assert_eq!(
+            names(&d, base, Scope::Subtree, "(cairnSecret=*)"),
+            vec![cluster.to_string()]
+        );
+        assert_eq!(
+            names(&d, cluster, Scope::OneLevel, "(cairnSecret=*)"),
+            Vec::<String>::new(),
+            "the scope still applies"
+        );
+    }
+}
