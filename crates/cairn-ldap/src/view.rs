@@ -28,12 +28,27 @@ impl View {
     /// The view of `auth` (blocking on a cache miss: it reads the rule
     /// entries).
     pub fn of(dir: &Directory, auth: &Auth) -> Result<View, Outcome> {
+        if dir.is_configured_admin(auth.dn.as_ref()) {
+            return Ok(View::administrator(auth.dn.clone()));
+        }
         let policy = match dir.cached_policy() {
             Some(p) => p,
             None => dir.policy().map_err(|e| to_ldap_result(&e))?,
         };
         let caller = policy.caller(auth.dn.as_ref());
         Ok(View { policy, caller })
+    }
+
+    /// The configured administrator: everything, no policy consulted.
+    pub fn administrator(dn: Option<Dn>) -> View {
+        View {
+            policy: Arc::new(Policy::default()),
+            caller: Caller {
+                dn,
+                admin: true,
+                ..Caller::default()
+            },
+        }
     }
 
     pub fn admin(&self) -> bool {
