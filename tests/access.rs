@@ -464,6 +464,30 @@ fn issue_12_writes_forwarded_to_the_leader_carry_their_author() {
         );
         assert_eq!(rc(&out), 50, "node {i}: {}", stderr(&out));
     }
+    // Bob's entry shapes access (he is in a group a rule names), and only
+    // administrators and the nodes write such entries: his own password
+    // change, which the node decides (the old password checked), is
+    // written as the node's and passes the leader's check at every node.
+    let mut pw = PW.to_string();
+    for i in 1..=3u64 {
+        let new = format!("{PW}-{i}");
+        let out = run_tool(
+            &site.url(i),
+            "ldappasswd",
+            Some((&user("bob"), &pw)),
+            &["-a", &pw, "-s", &new],
+            None,
+        );
+        assert_eq!(rc(&out), 0, "node {i}: {}{}", stdout(&out), stderr(&out));
+        pw = new;
+        let url = site.url(i % 3 + 1);
+        let who = user("bob");
+        wait_until(
+            "the new password at another node",
+            std::time::Duration::from_secs(10),
+            || rc(&run_tool(&url, "ldapwhoami", Some((&who, &pw)), &[], None)) == 0,
+        );
+    }
 }
 
 /// `cairn pull` of the host with `mac` from node `n`, with `extra` flags.
