@@ -7,11 +7,12 @@
 //! port booting hosts use, and every request passes the [`Gate`] before
 //! openraft or the proposer sees it: it must name its node (the
 //! [`NODE_HEADER`] metadata), that node must be a member of the site, the
-//! connection must come from that member's peer address, and a Raft
-//! message must be sent by the node it names, with a plausible term. This
-//! keeps out anyone who is not a node of the site; it cannot tell a real
-//! member from one that forges a member's address on the same network,
-//! which is what mutual TLS on this listener will add.
+//! caller must be that member, and a Raft message must be sent by the node
+//! it names, with a plausible term. Under mutual TLS (`[tls] ca_file`) the
+//! caller is the node its certificate names (issued by the deployment's
+//! CA: [`client_tls`], [`serve_tls`], [`Expect`]); in plain text, the node
+//! whose peer address the connection comes from, which cannot tell a real
+//! member from one that forges its address on the same network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -556,8 +556,9 @@ impl Replica {
     /// `from` is the member that sent them (admitted by the peer service's
     /// gate). Each write is checked again here as a local one was at its
     /// node (`Directory::check_prepared`: no server-set attributes, no
-    /// clear-text password), so a buggy or forged forward cannot put into
-    /// the log what no node's front end would accept.
+    /// clear-text password) and against the access rules for the author
+    /// it carries (`Directory::authorize`), so a buggy or forged forward
+    /// cannot put into the log what no node's front end would accept.
     pub(crate) async fn write_here(
         &self,
         from: u64,
