@@ -231,6 +231,19 @@ fn issue_12_access_rules_in_the_directory_decide_who_reads_and_writes_what() {
         Some(&modify(&user("carol"), "description", "me")),
     );
     assert_eq!(rc(&out), 50, "{}", stderr(&out));
+    // A child of carol's entry she may not see is not there for her.
+    let child = format!(
+        "dn: cn=kid,{}\nobjectClass: inetOrgPerson\ncn: kid\nsn: kid\n",
+        user("carol")
+    );
+    ok(n.tool("ldapadd", &[], Some(&child)));
+    let subs = |out: &Output| stdout(out).contains("hasSubordinates: TRUE");
+    let carol = user("carol");
+    let own = search_args(&carol, "base", "(objectClass=*)", &["hasSubordinates"]);
+    let out = as_user(&n, "carol", "ldapsearch", &own, None);
+    assert!(out.status.success() && !subs(&out), "{}", stdout(&out));
+    let out = n.tool("ldapsearch", &own, None);
+    assert!(subs(&out), "{}", stdout(&out));
 
     // Anonymous: the sites (a rule), not the inventory (as if missing),
     // and the administrator still everything.

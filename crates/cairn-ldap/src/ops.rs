@@ -1052,7 +1052,8 @@ impl Selection {
                 out.push(self.attr(a.name.clone(), a.values.clone()));
             }
         }
-        if self.wants("structuralobjectclass", true) {
+        // Only where the caller may read the entry's classes.
+        if self.wants("structuralobjectclass", true) && e.get("objectclass").is_some() {
             out.push(self.attr(
                 "structuralObjectClass".into(),
                 vec![e.structural_class().into()],
@@ -1082,10 +1083,22 @@ impl Selection {
             }
         }
         if self.wants("hassubordinates", true) {
-            let has = e
-                .uuid()
-                .and_then(|u| ctx.dir.has_children(u).ok())
-                .unwrap_or(false);
+            let has = if v.admin() {
+                e.uuid()
+                    .and_then(|u| ctx.dir.has_children(u).ok())
+                    .unwrap_or(false)
+            } else {
+                // Children the caller may not see are not there.
+                let mut seen = false;
+                let every = Filter::Present("objectClass".into());
+                let _ =
+                    ctx.dir
+                        .search(e.dn(), Scope::OneLevel, &every, Halt::default(), &mut |c| {
+                            seen = v.sees(c.dn());
+                            !seen
+                        });
+                seen
+            };
             out.push(self.attr(
                 "hasSubordinates".into(),
                 vec![if has { "TRUE" } else { "FALSE" }.into()],
