@@ -248,38 +248,6 @@ fn kill9_during_writes_loses_no_acknowledged_write_raft() {
     kill_during_writes(Target::Site(ProcSite::start(1)), "one-member site");
 }
 
-/// Runs `cairnd --config FILE` and expects it to refuse to start: it
-/// must exit with an error within the deadline. Returns what it printed.
-fn refuses_to_start(config: &std::path::Path) -> String {
-    let mut child = cairnd()
-        .arg("--config")
-        .arg(config)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start cairnd");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            assert!(!status.success(), "cairnd exited cleanly: {err}");
-            return err;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cairnd started on damaged data instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Issue 10: a node whose files are damaged refuses to start with a
 /// message naming the file; it never starts on an empty store in place of
 /// a damaged one. A one-member site, so the node has a Raft log too.

@@ -124,6 +124,38 @@ pub fn cairnd() -> Command {
     cmd
 }
 
+/// Runs `cairnd --config FILE` and expects it to refuse to start: it
+/// must exit with an error within the deadline. Returns what it printed.
+pub fn refuses_to_start(config: &std::path::Path) -> String {
+    let mut child = cairnd()
+        .arg("--config")
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start cairnd");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(!status.success(), "cairnd exited cleanly: {err}");
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cairnd started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// SIGKILL and reap.
 fn kill9(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {

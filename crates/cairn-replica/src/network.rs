@@ -776,6 +776,22 @@ pub async fn serve_tls(
         .await
 }
 
+/// Serves gRPC services on `listener` until `shutdown`: over TLS with
+/// `tls` ([`serve_tls`]) when given, else in plain text ([`serve`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<std::sync::Arc<cairn_tls::Reloading>>,
+    handshake_timeout: Duration,
+    audience: Audience,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => serve_tls(listener, routes, tls, handshake_timeout, audience, shutdown).await,
+        None => serve(listener, routes, shutdown).await,
+    }
+}
+
 /// Serves gRPC services on `listener` until `shutdown`: the node-to-node
 /// service on the peer listener, the host-facing ones on the host port.
 pub async fn serve(

@@ -133,27 +133,21 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let peer = tokio::net::TcpListener::bind(c.peer_listen)
         .await
         .with_context(|| format!("cannot listen for peers on {}", c.peer_listen))?;
-    let cfg_peer_tls = cfg.peer_tls.clone();
+    let peer_tls = cfg.peer_tls.clone();
     let replica = Replica::start(cfg, dir.clone()).await?;
     let peer_routes = replica.peer_routes();
     let stop2 = stop.clone();
-    let peer_tls = cfg_peer_tls;
     let handshake_timeout = s.ldap.limits.stall_timeout;
     tasks.spawn(async move {
-        match peer_tls {
-            Some(tls) => {
-                cairn_replica::network::serve_tls(
-                    peer,
-                    peer_routes,
-                    tls,
-                    handshake_timeout,
-                    cairn_replica::network::Audience::Nodes,
-                    stopped(stop2),
-                )
-                .await
-            }
-            None => cairn_replica::network::serve(peer, peer_routes, stopped(stop2)).await,
-        }
+        cairn_replica::network::serve_with(
+            peer,
+            peer_routes,
+            peer_tls,
+            handshake_timeout,
+            cairn_replica::network::Audience::Nodes,
+            stopped(stop2),
+        )
+        .await
         .map_err(|e| anyhow::anyhow!("peer listener: {e}"))
     });
     info!(node = c.node_id, site = %c.site, peer = %c.peer_listen, "Raft node started");
@@ -176,20 +170,15 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         _ => None,
     };
     tasks.spawn(async move {
-        match grpc_tls {
-            Some(tls) => {
-                cairn_replica::network::serve_tls(
-                    grpc,
-                    routes,
-                    tls,
-                    handshake_timeout,
-                    cairn_replica::network::Audience::Clients,
-                    stopped(stop2),
-                )
-                .await
-            }
-            None => cairn_replica::network::serve(grpc, routes, stopped(stop2)).await,
-        }
+        cairn_replica::network::serve_with(
+            grpc,
+            routes,
+            grpc_tls,
+            handshake_timeout,
+            cairn_replica::network::Audience::Clients,
+            stopped(stop2),
+        )
+        .await
         .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
     });
     // The DNS responder: the nodes' SRV and address records, UDP and TCP

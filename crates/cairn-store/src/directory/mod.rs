@@ -265,6 +265,32 @@ fn index_prefix(attr: &str, norm: &str) -> Vec<u8> {
     k
 }
 
+/// The entries of the index keys under `prefix` (`attr \0 value \0
+/// uuid`: an attribute's, or one value's), each UUID in a key's last 16
+/// bytes.
+fn index_uuids(snap: &dyn Snapshot, prefix: &[u8]) -> Result<BTreeSet<Uuid>, Error> {
+    let mut out = BTreeSet::new();
+    let mut bad = false;
+    snap.scan_prefix(Table::Index, prefix, &mut |k, _| {
+        match k
+            .len()
+            .checked_sub(16)
+            .filter(|&at| at >= prefix.len())
+            .and_then(|at| Uuid::from_slice(&k[at..]).ok())
+        {
+            Some(u) => {
+                out.insert(u);
+            }
+            None => bad = true,
+        }
+        true
+    })?;
+    if bad {
+        return Err(Error::Corrupt("bad key in index table".into()));
+    }
+    Ok(out)
+}
+
 fn uuid_from(bytes: &[u8]) -> Result<Uuid, Error> {
     Uuid::from_slice(bytes).map_err(|_| Error::Corrupt("bad UUID in table".into()))
 }
@@ -1573,26 +1599,7 @@ impl Directory {
                 }
                 let mut prefix = key.into_bytes();
                 prefix.push(0);
-                let mut out = BTreeSet::new();
-                let mut bad = false;
-                snap.scan_prefix(Table::Index, &prefix, &mut |k, _| {
-                    match k
-                        .len()
-                        .checked_sub(16)
-                        .filter(|&at| at >= prefix.len())
-                        .and_then(|at| Uuid::from_slice(&k[at..]).ok())
-                    {
-                        Some(u) => {
-                            out.insert(u);
-                        }
-                        None => bad = true,
-                    }
-                    true
-                })?;
-                if bad {
-                    return Err(Error::Corrupt("bad key in index table".into()));
-                }
-                Some(out)
+                Some(index_uuids(snap, &prefix)?)
             }
             Filter::Equality(attr, value) => {
                 let Some(at) = self.schema.attr(attr) else {
@@ -1624,22 +1631,7 @@ impl Directory {
                     };
                     norm
                 };
-                let mut out = BTreeSet::new();
-                let prefix = index_prefix(&key, &norm);
-                let mut bad = false;
-                snap.scan_prefix(Table::Index, &prefix, &mut |k, _| {
-                    match k.get(prefix.len()..).and_then(|b| Uuid::from_slice(b).ok()) {
-                        Some(u) => {
-                            out.insert(u);
-                        }
-                        None => bad = true,
-                    }
-                    true
-                })?;
-                if bad {
-                    return Err(Error::Corrupt("bad key in index table".into()));
-                }
-                Some(out)
+                Some(index_uuids(snap, &index_prefix(&key, &norm))?)
             }
             Filter::And(fs) => {
                 let mut best: Option<BTreeSet<Uuid>> = None;
