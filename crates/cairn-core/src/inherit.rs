@@ -371,6 +371,12 @@ enum Op<'a> {
     Remove,
 }
 
+/// The lowercase key a raw `cairnSetting` value sets or removes; `None`
+/// when it is malformed.
+pub fn setting_key(raw: &str) -> Option<String> {
+    parse(raw).map(|(k, _)| k.into_owned())
+}
+
 /// Splits a raw `cairnSetting` value into its lowercase key and operation;
 /// `None` when it is malformed.
 fn parse(raw: &str) -> Option<(Cow<'_, str>, Op<'_>)> {

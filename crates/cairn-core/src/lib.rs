@@ -18,7 +18,8 @@
 //! Hosts authenticate with enrollment tokens ([`token`]).
 //!
 //! Who may do what: [`access`] evaluates access rules (built in and
-//! `cairnAccessRule` entries) for a caller, an entry and an attribute.
+//! `cairnAccessRule` entries) for a caller, an entry and an attribute;
+//! [`audit`] records who made each change and what it changed.
 //!
 //! Between sites: [`csn`] stamps every change with a change sequence
 //! number from a hybrid logical clock, and [`merge`] folds a change into
@@ -28,6 +29,7 @@
 //! → [`schema::Schema::validate`] → [`entry::ValidEntry`] → the store.
 
 pub mod access;
+pub mod audit;
 pub mod csn;
 pub mod dn;
 pub mod entry;

@@ -131,6 +131,41 @@ pub struct Change {
     pub csn: Csn,
     pub uuid: Uuid,
     pub op: ChangeOp,
+    /// Who made it, through which site, node and client address (none
+    /// for changes logged before changes carried it, and for what a node
+    /// derives on its own). The merge ignores it.
+    pub audit: Option<crate::audit::Audit>,
+}
+
+/// A change as encoded before changes carried their audit: what the
+/// change logs, Raft logs and pulls of earlier releases hold. Read, never
+/// written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeV1 {
+    pub csn: Csn,
+    pub uuid: Uuid,
+    pub op: ChangeOp,
+}
+
+impl From<ChangeV1> for Change {
+    fn from(c: ChangeV1) -> Change {
+        Change {
+            csn: c.csn,
+            uuid: c.uuid,
+            op: c.op,
+            audit: None,
+        }
+    }
+}
+
+impl From<&Change> for ChangeV1 {
+    fn from(c: &Change) -> ChangeV1 {
+        ChangeV1 {
+            csn: c.csn,
+            uuid: c.uuid,
+            op: c.op.clone(),
+        }
+    }
 }
 
 /// The replicated state of one entry (see the module documentation).

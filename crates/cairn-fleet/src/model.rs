@@ -238,7 +238,14 @@ impl Model {
         let writer = self.writer.get().ok_or_else(|| {
             FleetError::Unavailable("this node is starting; cannot register hosts yet".into())
         })?;
-        let registered = match writer.write(cairn_core::access::Author::Node, op).await {
+        // Decided by this node (a deploy rule placed the host), audited
+        // as the host's own registration.
+        let by = cairn_core::audit::By::host(
+            id.describe(),
+            scope.map(|s| s.to_string()),
+            caller.map(|a| a.to_string()),
+        );
+        let registered = match writer.write(by, op).await {
             // The same host registered by another pull first (its UUID is
             // derived from its identity, so the add found it there).
             Ok(cairn_store::Applied::Existed(_)) => false,

@@ -35,6 +35,8 @@ pub struct Session {
     /// Whether the connection runs TLS (from the start, or since
     /// StartTLS).
     pub tls: AtomicBool,
+    /// The client's address, for the audit record of its writes.
+    pub peer: SocketAddr,
 }
 
 /// An extended response with no value.
@@ -104,6 +106,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
             ctx: ctx.clone(),
             paging: Mutex::new(Paging::default()),
             tls: AtomicBool::new(tls),
+            peer,
         });
         let mut auth = Arc::new(Auth::anonymous());
         let mut tasks: JoinSet<()> = JoinSet::new();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_core::access::{Author, Right};
+use cairn_core::access::Right;
+use cairn_core::audit::By;
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp, ValidEntry};
 use cairn_core::filter::Filter;
@@ -384,7 +385,7 @@ pub async fn dispatch(
     if let LdapOp::ExtendedRequest(req) = op {
         let reply = if req.name == dse::OID_PASSWORD_MODIFY {
             let tls = session.tls.load(Ordering::SeqCst);
-            password_modify(&ctx, &auth, msgid, &req, tls).await
+            password_modify(&ctx, &auth, msgid, &req, tls, &session.peer).await
         } else if req.name == dse::OID_REPLICATION {
             replication(&ctx, &auth, msgid, req).await
         } else if req.name == dse::OID_RESYNC {
@@ -397,7 +398,7 @@ pub async fn dispatch(
     }
     let res = match &op {
         LdapOp::CompareRequest(_) => compare(&ctx, &auth, op.clone()).await,
-        _ => write(&ctx, &auth, op.clone()).await,
+        _ => write(&ctx, &auth, op.clone(), &session.peer).await,
     };
     let res = match res {
         Ok(r) => r,
@@ -458,7 +459,7 @@ fn upgrade_password(ctx: &Arc<ServerContext>, dn: &Dn, old: String, clear: Strin
                 now: generalized_time(ctx.clock.now_unix()),
             },
         };
-        match ctx.writer.write(Author::Node, op).await {
+        match ctx.writer.write(By::node(), op).await {
             Ok(_) => tracing::info!(entry = %dn, "password hash upgraded to argon2id"),
             Err(e) => {
                 tracing::warn!(entry = %dn, cause = %e, "could not upgrade the password hash; will try at the next bind")
@@ -481,6 +482,7 @@ async fn password_modify(
     msgid: i32,
     req: &LdapExtendedRequest,
     tls: bool,
+    peer: &std::net::SocketAddr,
 ) -> LdapMsg {
     let res = async {
         let fail = |code, why: &str| Err(Outcome::new(code, why));
@@ -576,9 +578,10 @@ async fn password_modify(
             stamp: now_stamp(ctx, auth),
         };
         // Decided here (the old password checked, or an administrator
-        // asking): written as this node's own act.
+        // asking): written as this node's own act, audited as the
+        // caller's.
         ctx.writer
-            .write(Author::Node, op)
+            .write(By::decided_for(&me, Some(peer.to_string())), op)
             .await
             .map_err(|e| convert::write_error(&e))?;
         tracing::info!(by = %me, entry = %target, "password changed");
@@ -729,7 +732,12 @@ async fn require_admin(ctx: &ServerContext, auth: &Auth) -> Result<View, Outcome
     ))
 }
 
-async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<LdapResult, Outcome> {
+async fn write(
+    ctx: &Arc<ServerContext>,
+    auth: &Auth,
+    op: LdapOp,
+    peer: &std::net::SocketAddr,
+) -> Result<LdapResult, Outcome> {
     let stamp = now_stamp(ctx, auth);
     let op = match op {
         LdapOp::AddRequest(req) => {
@@ -797,7 +805,8 @@ async fn write(ctx: &Arc<ServerContext>, auth: &Auth, op: LdapOp) -> Result<Ldap
         })
         .await?;
     }
-    if let Err(e) = ctx.writer.write(Author::Client(auth.dn.clone()), op).await {
+    let by = By::client(auth.dn.clone(), Some(peer.to_string()));
+    if let Err(e) = ctx.writer.write(by, op).await {
         let o = convert::write_error(&e);
         if o.code == LdapResultCode::NoSuchObject && !v.admin() {
             // Missing as this caller may learn it.

@@ -47,6 +47,13 @@ use crate::types::{Request, decode, encode};
 
 /// The gRPC metadata that names the calling site.
 pub const SITE_HEADER: &str = "cairn-site";
+/// The gRPC metadata with which a pull asks for, and its answer says it
+/// carries, changes with their audit records ([`AUDITED`]). A site of an
+/// earlier release neither sends nor answers it: its pulls get, and its
+/// answers are read as, changes without ([`ChangesResponseV1`]).
+pub const FORMAT_HEADER: &str = "cairn-changes-format";
+/// [`FORMAT_HEADER`]'s value for [`ChangesResponse`].
+pub const AUDITED: &str = "2";
 
 /// Most changes one pull carries.
 pub const MAX_CHANGES: u32 = 1000;
@@ -96,6 +103,38 @@ pub struct ChangesResponse {
     /// The server's change log's last position when it answered: the
     /// caller is `end - last` rows behind (some of which it may hold).
     pub end: u64,
+}
+
+/// A [`ChangesResponse`] as sites of earlier releases send and read it:
+/// changes without their audit records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesResponseV1 {
+    pub changes: Vec<cairn_core::merge::ChangeV1>,
+    pub last: u64,
+    pub more: bool,
+    pub end: u64,
+}
+
+impl From<&ChangesResponse> for ChangesResponseV1 {
+    fn from(r: &ChangesResponse) -> Self {
+        ChangesResponseV1 {
+            changes: r.changes.iter().map(Into::into).collect(),
+            last: r.last,
+            more: r.more,
+            end: r.end,
+        }
+    }
+}
+
+impl From<ChangesResponseV1> for ChangesResponse {
+    fn from(r: ChangesResponseV1) -> Self {
+        ChangesResponse {
+            changes: r.changes.into_iter().map(Into::into).collect(),
+            last: r.last,
+            more: r.more,
+            end: r.end,
+        }
+    }
 }
 
 /// A page of a site's entry states (`cairn site resync`).
@@ -702,13 +741,28 @@ async fn pull_once(
             .parse()
             .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
     );
+    call.metadata_mut().insert(
+        FORMAT_HEADER,
+        tonic::metadata::MetadataValue::from_static(AUDITED),
+    );
     let mut client = clients.of_site(site, node).map_err(|e| e.to_string())?;
     let reply = client
         .changes(call)
         .await
         .map_err(|s| s.message().to_string())?;
-    let resp: Result<ChangesResponse, String> =
-        decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
+    let audited = reply
+        .metadata()
+        .get(FORMAT_HEADER)
+        .is_some_and(|v| v == AUDITED);
+    let data = &reply.get_ref().data;
+    let undecodable = |e| format!("undecodable answer: {e}");
+    let resp: Result<ChangesResponse, String> = if audited {
+        decode(data).map_err(undecodable)?
+    } else {
+        decode::<Result<ChangesResponseV1, String>>(data)
+            .map_err(undecodable)?
+            .map(Into::into)
+    };
     let resp = resp?;
     let complete = !resp.more;
     let end = resp.end;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::access::Author;
+use cairn_core::audit::Audit;
 use cairn_store::{Applied, WriteOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -40,6 +41,10 @@ use crate::types::{NodeInfo, Raft, decode, encode};
 /// (`docs/benchmarks.md`). Queued writes still share a call.
 const IN_FLIGHT: usize = 32;
 
+/// One write as a follower forwards it: whose access rules decide it, who
+/// the audit names and through which node it came, and the write.
+pub(crate) type ForwardedWrite = (Author, Audit, WriteOp);
+
 /// The leader's answer for one forwarded write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Forwarded {
@@ -54,7 +59,7 @@ pub(crate) enum Forwarded {
 pub(crate) type Outcome = Result<Result<Applied, WriteError>, String>;
 
 struct Pending {
-    op: (Author, WriteOp),
+    op: ForwardedWrite,
     size: usize,
     leader: (u64, NodeInfo),
     reply: oneshot::Sender<Outcome>,
@@ -87,11 +92,11 @@ impl Forwarder {
     pub(crate) async fn forward(
         &self,
         leader: (u64, NodeInfo),
-        op: (Author, WriteOp),
+        op: ForwardedWrite,
         deadline: tokio::time::Instant,
     ) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        let size = approx_size(&op.1);
+        let size = approx_size(&op.2);
         let pending = Pending {
             op,
             size,
@@ -144,7 +149,7 @@ async fn run(ctx: Arc<Context>, rx: mpsc::Receiver<Pending>) {
 async fn send(
     ctx: &Context,
     leader: &(u64, NodeInfo),
-    ops: Vec<(Author, WriteOp)>,
+    ops: Vec<ForwardedWrite>,
 ) -> Vec<Outcome> {
     let n = ops.len();
     let results = match call(ctx, leader, &ops).await {
@@ -194,7 +199,7 @@ enum CallFailed {
 async fn call(
     ctx: &Context,
     (leader_id, leader): &(u64, NodeInfo),
-    ops: &[(Author, WriteOp)],
+    ops: &[ForwardedWrite],
 ) -> Result<Vec<Forwarded>, CallFailed> {
     if ctx.faults.blocked(ctx.id, *leader_id) {
         return Err(CallFailed::NotSent(format!(

@@ -661,6 +661,11 @@ impl pb::raft_server::Raft for RaftService {
         // the federation's rules, not the gate's.
         let site = replica.federation().admit(&r).await?;
         let req: crate::federation::ChangesRequest = request(&r)?;
+        use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER};
+        let audited = r
+            .metadata()
+            .get(FORMAT_HEADER)
+            .is_some_and(|v| v == AUDITED);
         let dir = replica.directory().clone();
         let fed = replica.federation().clone();
         drop(replica);
@@ -670,7 +675,16 @@ impl pb::raft_server::Raft for RaftService {
             tracing::warn!(site = %site, cause = %why, "refused a pull from another site");
         }
         fed.record(&site, |s| s.refused = refused.cloned());
-        payload(&answer)
+        if !audited {
+            // A site of an earlier release: changes without their audit.
+            return payload(&answer.as_ref().map(ChangesResponseV1::from));
+        }
+        let mut reply = payload(&answer)?;
+        reply.metadata_mut().insert(
+            FORMAT_HEADER,
+            tonic::metadata::MetadataValue::from_static(AUDITED),
+        );
+        Ok(reply)
     }
 
     async fn states(
@@ -692,7 +706,7 @@ impl pb::raft_server::Raft for RaftService {
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let from = self.gate.admit(&r, None, 0).await?;
-        let ops: Vec<(cairn_core::access::Author, cairn_store::WriteOp)> = request(&r)?;
+        let ops: Vec<crate::forwarder::ForwardedWrite> = request(&r)?;
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::access::Author;
+use cairn_core::audit::By;
 use cairn_store::{Applied, Directory, WriteOp};
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
@@ -466,8 +467,9 @@ impl Replica {
     /// Applies a directory write through the site: prepared here, proposed
     /// by the leader (this node, or the leader it is forwarded to), and
     /// answered once it is committed on a majority and applied here or on
-    /// the leader.
-    pub async fn write(&self, author: Author, op: WriteOp) -> Result<Applied, WriteError> {
+    /// the leader. The change carries `by`'s audit record, naming this
+    /// node and its site.
+    pub async fn write(&self, by: By, op: WriteOp) -> Result<Applied, WriteError> {
         if let Some(cause) = self.stopped() {
             return Err(WriteError::NoLeader(format!(
                 "this node's Raft core stopped ({cause}); it takes no writes until it is restarted"
@@ -481,13 +483,19 @@ impl Replica {
         } else {
             self.dir.prepare(op)?
         };
+        let audit = by.audit(&self.federation.site, self.id);
+        let author = by.author;
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
             // A follower that knows the leader forwards at once, without a
             // round through its own Raft.
             let outcome = match self.known_leader() {
                 Some((id, node)) if id != self.id => Err(Redirect::To(id, node)),
-                _ => self.proposer.propose(op.clone(), deadline).await,
+                _ => {
+                    self.proposer
+                        .propose(op.clone(), audit.clone(), deadline)
+                        .await
+                }
             };
             match outcome {
                 Err(Redirect::To(leader, node)) => {
@@ -497,7 +505,11 @@ impl Replica {
                     // client reads its own write here.
                     match self
                         .forwarder
-                        .forward((leader, node), (author.clone(), op.clone()), deadline)
+                        .forward(
+                            (leader, node),
+                            (author.clone(), audit.clone(), op.clone()),
+                            deadline,
+                        )
                         .await
                     {
                         Ok(r) => return r,
@@ -562,7 +574,7 @@ impl Replica {
     pub(crate) async fn write_here(
         &self,
         from: u64,
-        ops: Vec<(Author, WriteOp)>,
+        ops: Vec<crate::forwarder::ForwardedWrite>,
     ) -> Vec<Forwarded> {
         if self.stopped().is_some() {
             // Not proposed: the follower tries the next leader.
@@ -576,7 +588,7 @@ impl Replica {
             Author::Client(dn) => self.dir.is_configured_admin(dn.as_ref()),
         };
         let policy = match self.dir.cached_policy() {
-            _ if ops.iter().all(|(a, _)| unlimited(a)) => Ok(Arc::default()),
+            _ if ops.iter().all(|(a, _, _)| unlimited(a)) => Ok(Arc::default()),
             Some(p) => Ok(p),
             None => {
                 let dir = self.dir.clone();
@@ -587,7 +599,7 @@ impl Replica {
         };
         let mut out: Vec<Option<Forwarded>> = Vec::with_capacity(ops.len());
         let mut accepted = Vec::with_capacity(ops.len());
-        for (author, op) in ops {
+        for (author, audit, op) in ops {
             // The same checks as the follower's front end made: what the
             // log may hold, and whether the author may make the write.
             let checked = self
@@ -613,7 +625,7 @@ impl Replica {
             match checked {
                 Ok(()) => {
                     out.push(None);
-                    accepted.push(op);
+                    accepted.push((op, audit));
                 }
                 Err(e) => {
                     warn!(from, author = ?author, cause = %e, "refused a forwarded write");

@@ -30,6 +30,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::audit::Audit;
 use cairn_core::csn::{Csn, Hlc, Origin};
 use cairn_core::merge::Change;
 use cairn_core::time::Clock;
@@ -61,6 +62,8 @@ pub(crate) type Outcome = Result<Result<(Applied, u64), WriteError>, Redirect>;
 
 struct Pending {
     op: WriteOp,
+    /// What the change will carry as its audit record.
+    audit: Audit,
     size: usize,
     reply: oneshot::Sender<Outcome>,
 }
@@ -79,8 +82,13 @@ impl Proposer {
     }
 
     /// Proposes `op` and waits for its commit, at most until `deadline`.
-    pub(crate) async fn propose(&self, op: WriteOp, deadline: tokio::time::Instant) -> Outcome {
-        match self.submit(op).await {
+    pub(crate) async fn propose(
+        &self,
+        op: WriteOp,
+        audit: Audit,
+        deadline: tokio::time::Instant,
+    ) -> Outcome {
+        match self.submit(op, audit).await {
             Ok(rx) => Self::outcome(rx, deadline).await,
             Err(stopping) => stopping,
         }
@@ -90,12 +98,12 @@ impl Proposer {
     /// each one's commit, at most until `deadline`.
     pub(crate) async fn propose_all(
         &self,
-        ops: Vec<WriteOp>,
+        ops: Vec<(WriteOp, Audit)>,
         deadline: tokio::time::Instant,
     ) -> Vec<Outcome> {
         let mut waits = Vec::with_capacity(ops.len());
-        for op in ops {
-            waits.push(self.submit(op).await);
+        for (op, audit) in ops {
+            waits.push(self.submit(op, audit).await);
         }
         let mut out = Vec::with_capacity(waits.len());
         for w in waits {
@@ -108,10 +116,20 @@ impl Proposer {
     }
 
     /// Queues `op`; the receiver gets its outcome.
-    async fn submit(&self, op: WriteOp) -> Result<oneshot::Receiver<Outcome>, Outcome> {
+    async fn submit(
+        &self,
+        op: WriteOp,
+        audit: Audit,
+    ) -> Result<oneshot::Receiver<Outcome>, Outcome> {
         let (reply, rx) = oneshot::channel();
         let size = approx_size(&op);
-        match self.tx.send(Pending { op, size, reply }).await {
+        let pending = Pending {
+            op,
+            audit,
+            size,
+            reply,
+        };
+        match self.tx.send(pending).await {
             Ok(()) => Ok(rx),
             Err(_) => Err(Ok(Err(WriteError::NoLeader(
                 "this node is stopping".into(),
@@ -219,8 +237,15 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
             return;
         };
         let batch = queue.fill(first, |p| p.size, |_, _| true).await;
-        let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
-        let n = ops.len();
+        let n = batch.len();
+        let mut ops = Vec::with_capacity(n);
+        let mut audits = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        for p in batch {
+            ops.push(p.op);
+            audits.push(p.audit);
+            replies.push(p.reply);
+        }
 
         // Plan against the state the entry will meet: a new leader first
         // applies everything committed before it (a read barrier).
@@ -290,9 +315,12 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
         let mut changes = vec![];
         let mut answers: Vec<Result<cairn_store::Applied, cairn_store::Error>> =
             Vec::with_capacity(n);
-        for r in planned {
+        for (r, audit) in planned.into_iter().zip(audits) {
             answers.push(r.map(|(applied, change)| {
-                changes.extend(change);
+                changes.extend(change.map(|mut c| {
+                    c.audit = Some(audit);
+                    c
+                }));
                 applied
             }));
         }

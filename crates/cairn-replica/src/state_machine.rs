@@ -329,6 +329,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 other => {
                     let changes = match other {
                         EntryPayload::Normal(Request::Changes(c)) => Some(c.clone()),
+                        EntryPayload::Normal(Request::ChangesV1(c)) => {
+                            Some(Arc::new(c.iter().cloned().map(Change::from).collect()))
+                        }
                         _ => None,
                     };
                     match steps.last_mut() {

@@ -18,12 +18,17 @@ use serde::{Deserialize, Serialize};
 /// applies the same way when it meets them (`Request::Writes`).
 ///
 /// Shared, so the log's in-memory tail hands out entries without copying.
+///
+/// bincode encodes a variant by its position: a new variant goes last,
+/// and a variant whose payload's encoding changes keeps its place under
+/// a new name (logs still hold it) and comes back last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Writes from a log written before changes were logged.
     Writes(Arc<Vec<WriteOp>>),
-    /// Changes planned and stamped by the leader.
-    Changes(Arc<Vec<Change>>),
+    /// Changes from a log written before changes carried their audit
+    /// record: applied as [`Request::Changes`] without one.
+    ChangesV1(Arc<Vec<cairn_core::merge::ChangeV1>>),
     /// Forget what no change can bring back below this horizon (the
     /// tombstone lifetime ago by the leader's clock,
     /// `Directory::purge`).
@@ -37,6 +42,9 @@ pub enum Request {
     /// The end of that rebuild (`Directory::resync_end`): the UUIDs of
     /// every state the site sent, its vector, and what it had forgotten.
     ResyncEnd(Arc<crate::federation::ResyncEnd>),
+    /// Changes planned and stamped by the leader, each with its audit
+    /// record.
+    Changes(Arc<Vec<Change>>),
 }
 
 impl Request {
@@ -160,4 +168,39 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::csn::{Csn, Origin};
+    use cairn_core::merge::{ChangeOp, ChangeV1};
+
+    /// Logs written before changes carried their audit record hold
+    /// `Changes` in second place with changes of three fields: they
+    /// encode exactly as `ChangesV1` does, so they read as it.
+    #[test]
+    fn changes_logged_before_audit_read_as_changes_v1() {
+        #[derive(Serialize)]
+        enum OldRequest {
+            #[allow(dead_code)]
+            Writes(Arc<Vec<WriteOp>>),
+            Changes(Arc<Vec<ChangeV1>>),
+        }
+        let changes = Arc::new(vec![ChangeV1 {
+            csn: Csn::zero(Origin::of_site("east")),
+            uuid: uuid::Uuid::from_u128(5),
+            op: ChangeOp::Delete {
+                dn: "cn=x,dc=example,dc=com".into(),
+            },
+        }]);
+        let old = encode(&OldRequest::Changes(changes.clone())).unwrap();
+        let read: Request = decode(&old).unwrap();
+        assert_eq!(read, Request::ChangesV1(changes.clone()));
+        // Today's entries keep their audit.
+        let mut now: Change = changes[0].clone().into();
+        now.audit = Some(cairn_core::audit::By::node().audit("east", 1));
+        let req = Request::changes(vec![now]);
+        assert_eq!(decode::<Request>(&encode(&req).unwrap()).unwrap(), req);
+    }
 }

@@ -2,7 +2,7 @@
 //! through the site's Raft group (every node is in a site, of one at
 //! least), behind a trait so the front ends do not depend on Raft.
 
-use cairn_core::access::Author;
+use cairn_core::audit::By;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Applies directory writes.
 pub trait Writer: Send + Sync + 'static {
-    /// Makes the write `op` for `author`, whose access the leader checks
-    /// again (the front end checked it first).
-    fn write(&self, author: Author, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>>;
+    /// Makes the write `op` for `by`: the leader checks the access of its
+    /// author again (the front end checked it first), and the change
+    /// carries its audit record (`cairn_core::audit`).
+    fn write(&self, by: By, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>>;
     /// Returns once this node has applied every write committed before the
     /// call (a read index): a read that follows is linearizable. Errors
     /// when that cannot be confirmed (a node cut off from its site).
@@ -39,8 +40,8 @@ pub trait Writer: Send + Sync + 'static {
 pub struct ReplicaWriter(pub Arc<Replica>);
 
 impl Writer for ReplicaWriter {
-    fn write(&self, author: Author, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
-        Box::pin(self.0.write(author, op))
+    fn write(&self, by: By, op: WriteOp) -> BoxFuture<'_, Result<Applied, WriteError>> {
+        Box::pin(self.0.write(by, op))
     }
 
     fn barrier(&self) -> BoxFuture<'_, Result<(), String>> {

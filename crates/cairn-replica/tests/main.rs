@@ -512,7 +512,7 @@ async fn site_with_suffix(snapshot_after: u64) -> Site {
     let site = Site::new(3, snapshot_after).await;
     site.replica(1)
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
         )
         .await
@@ -526,7 +526,7 @@ async fn a_write_at_a_follower_reaches_every_node() {
     let leader = site.leader().await;
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
     site.replica(follower)
-        .write(cairn_core::access::Author::Node, host("esx-1"))
+        .write(cairn_core::audit::By::node(), host("esx-1"))
         .await
         .unwrap();
     // Acknowledged at the follower means applied at the follower.
@@ -538,7 +538,7 @@ async fn a_write_at_a_follower_reaches_every_node() {
         .find(|&i| i != leader && i != follower)
         .unwrap();
     site.replica(leader)
-        .write(cairn_core::access::Author::Node, host("esx-2"))
+        .write(cairn_core::audit::By::node(), host("esx-2"))
         .await
         .unwrap();
     site.replica(other)
@@ -562,7 +562,7 @@ async fn a_write_at_a_follower_reaches_every_node() {
     // A refused write is refused the same way, wherever it is sent.
     let err = site
         .replica(follower)
-        .write(cairn_core::access::Author::Node, host("esx-1"))
+        .write(cairn_core::audit::By::node(), host("esx-1"))
         .await
         .unwrap_err();
     assert!(
@@ -584,7 +584,7 @@ async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
     let leader = site.leader().await;
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
     site.replica(leader)
-        .write(cairn_core::access::Author::Node, host("taken"))
+        .write(cairn_core::audit::By::node(), host("taken"))
         .await
         .unwrap();
     let replica = site.replica(follower);
@@ -600,7 +600,7 @@ async fn concurrent_writes_at_a_follower_each_get_their_own_result() {
         tasks.push(tokio::spawn(async move {
             (
                 cn.clone(),
-                r.write(cairn_core::access::Author::Node, host(&cn)).await,
+                r.write(cairn_core::audit::By::node(), host(&cn)).await,
             )
         }));
     }
@@ -640,7 +640,7 @@ async fn stopping_the_leader_under_writes_fails_over_and_loses_no_acknowledged_w
     let mut i = 0;
     while acked.len() < 30 {
         i += 1;
-        if r.write(cairn_core::access::Author::Node, host(&format!("k-{i}")))
+        if r.write(cairn_core::audit::By::node(), host(&format!("k-{i}")))
             .await
             .is_ok()
         {
@@ -656,7 +656,7 @@ async fn stopping_the_leader_under_writes_fails_over_and_loses_no_acknowledged_w
     while after < 30 {
         i += 1;
         match r
-            .write(cairn_core::access::Author::Node, host(&format!("k-{i}")))
+            .write(cairn_core::audit::By::node(), host(&format!("k-{i}")))
             .await
         {
             Ok(_) => {
@@ -703,13 +703,13 @@ async fn stopping_a_follower_fails_no_write() {
     let follower = site.alive().into_iter().find(|&i| i != leader).unwrap();
     let r = site.replica(leader);
     for i in 0..10 {
-        r.write(cairn_core::access::Author::Node, host(&format!("f-{i}")))
+        r.write(cairn_core::audit::By::node(), host(&format!("f-{i}")))
             .await
             .unwrap();
     }
     site.stop(follower).await;
     for i in 10..40 {
-        r.write(cairn_core::access::Author::Node, host(&format!("f-{i}")))
+        r.write(cairn_core::audit::By::node(), host(&format!("f-{i}")))
             .await
             .expect("no write fails with one follower down");
     }
@@ -729,7 +729,7 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     // leader), and a linearizable read there errors instead of answering.
     let lost = site
         .replica(old)
-        .write(cairn_core::access::Author::Node, host("minority"))
+        .write(cairn_core::audit::By::node(), host("minority"))
         .await;
     assert!(
         lost.is_err(),
@@ -760,7 +760,7 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     };
     assert!(others.contains(&new));
     site.replica(others[1])
-        .write(cairn_core::access::Author::Node, host("majority"))
+        .write(cairn_core::audit::By::node(), host("majority"))
         .await
         .unwrap();
     assert!(
@@ -796,7 +796,7 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
     site.stop(down).await;
     let r = site.replica(leader);
     for i in 0..120 {
-        r.write(cairn_core::access::Author::Node, host(&format!("s-{i}")))
+        r.write(cairn_core::audit::By::node(), host(&format!("s-{i}")))
             .await
             .unwrap();
     }
@@ -815,7 +815,7 @@ async fn a_node_down_through_compaction_catches_up_by_snapshot() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let cn = format!("during-{i}");
-                r.write(cairn_core::access::Author::Node, host(&cn))
+                r.write(cairn_core::audit::By::node(), host(&cn))
                     .await
                     .unwrap();
                 acked.push(host_dn(&cn));
@@ -872,13 +872,13 @@ async fn the_log_is_compacted_once_it_passes_its_size_limit() {
     let leader = site.leader().await;
     let r = site.replica(leader);
     r.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
     )
     .await
     .unwrap();
     for i in 0..150 {
-        r.write(cairn_core::access::Author::Node, host(&format!("z-{i}")))
+        r.write(cairn_core::audit::By::node(), host(&format!("z-{i}")))
             .await
             .unwrap();
     }
@@ -919,7 +919,7 @@ async fn a_node_is_replaced_under_load() {
             let mut acked = vec![];
             for i in 0..150 {
                 match r
-                    .write(cairn_core::access::Author::Node, host(&format!("m-{i}")))
+                    .write(cairn_core::audit::By::node(), host(&format!("m-{i}")))
                     .await
                 {
                     Ok(_) => acked.push(host_dn(&format!("m-{i}"))),
@@ -942,7 +942,7 @@ async fn a_node_is_replaced_under_load() {
     site.stop(old).await;
     // The new member has everything, and keeps up.
     site.replica(leader)
-        .write(cairn_core::access::Author::Node, host("after"))
+        .write(cairn_core::audit::By::node(), host("after"))
         .await
         .unwrap();
     site.converge().await;
@@ -965,7 +965,7 @@ async fn writes_go_on_through_delay_and_loss_and_the_nodes_converge() {
     site.faults.drop_share(leader, followers[1], 333);
     let r = site.replica(leader);
     for i in 0..40 {
-        r.write(cairn_core::access::Author::Node, host(&format!("d-{i}")))
+        r.write(cairn_core::audit::By::node(), host(&format!("d-{i}")))
             .await
             .expect("writes go on under delay and loss");
     }
@@ -1011,7 +1011,7 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
     let site = site_with_suffix(10_000).await;
     site.replica(1)
-        .write(cairn_core::access::Author::Node, host("victim"))
+        .write(cairn_core::audit::By::node(), host("victim"))
         .await
         .unwrap();
     site.converge().await;
@@ -1093,9 +1093,14 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     };
     let stranger = Dn::parse("cn=stranger,dc=example,dc=com").unwrap();
     let node = cairn_core::access::Author::Node;
+    let audit = cairn_core::audit::By::node().audit("default", followers[0]);
     let sneaky = vec![
-        (cairn_core::access::Author::Client(None), victim()),
-        (cairn_core::access::Author::Client(Some(stranger)), victim()),
+        (cairn_core::access::Author::Client(None), audit.clone(), victim()),
+        (
+            cairn_core::access::Author::Client(Some(stranger)),
+            audit.clone(),
+            victim(),
+        ),
     ];
     c.forward(forged(Some(followers[0]), &sneaky))
         .await
@@ -1120,7 +1125,7 @@ async fn issue_10_forged_peer_requests_change_nothing() {
         ),
     ]
     .into_iter()
-    .map(|op| (node.clone(), op))
+    .map(|op| (node.clone(), audit.clone(), op))
     .collect::<Vec<_>>();
     c.forward(forged(Some(followers[0]), &sneaky))
         .await
@@ -1128,12 +1133,12 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     // Nothing changed, and the site goes on as before. (The same add with
     // its password hashed by the node it was sent to is accepted.)
     site.replica(leader)
-        .write(cairn_core::access::Author::Node, host("after"))
+        .write(cairn_core::audit::By::node(), host("after"))
         .await
         .unwrap();
     site.replica(followers[0])
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(
                 &host_dn("hashed-pw"),
                 &[
@@ -1187,7 +1192,7 @@ async fn site_with_acknowledged_hosts() -> (Site, Vec<String>) {
     let site = Site::on_sim_disks(3).await;
     site.replica(1)
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
         )
         .await
@@ -1197,7 +1202,7 @@ async fn site_with_acknowledged_hosts() -> (Site, Vec<String>) {
         let at = 1 + i % 3;
         site.replica(at)
             .write(
-                cairn_core::access::Author::Node,
+                cairn_core::audit::By::node(),
                 host(&format!("before-{i}")),
             )
             .await
@@ -1239,7 +1244,7 @@ async fn the_rest_go_on_and_a_restart_recovers(
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Err(e) = site
             .replica(at)
-            .write(cairn_core::access::Author::Node, host(&dn))
+            .write(cairn_core::audit::By::node(), host(&dn))
             .await
         {
             assert!(Instant::now() < deadline, "the site took no writes: {e}");
@@ -1250,7 +1255,7 @@ async fn the_rest_go_on_and_a_restart_recovers(
     assert_eq!(role(&site.replica(bad)).0, "stopped");
     assert!(
         site.replica(bad)
-            .write(cairn_core::access::Author::Node, host("still-failing"))
+            .write(cairn_core::audit::By::node(), host("still-failing"))
             .await
             .is_err()
     );
@@ -1265,7 +1270,7 @@ async fn the_rest_go_on_and_a_restart_recovers(
     }
     assert_ne!(role(&site.replica(bad)).0, "stopped");
     site.replica(bad)
-        .write(cairn_core::access::Author::Node, host("after-repair"))
+        .write(cairn_core::audit::By::node(), host("after-repair"))
         .await
         .unwrap();
     site.shutdown().await;
@@ -1284,7 +1289,7 @@ async fn issue_10_a_failing_log_disk_stops_the_node_and_a_restart_recovers_it() 
     // The next write at the failing node cannot be made durable there.
     let err = site
         .replica(bad)
-        .write(cairn_core::access::Author::Node, host("on-a-failing-disk"))
+        .write(cairn_core::audit::By::node(), host("on-a-failing-disk"))
         .await
         .expect_err("a write on a node whose log cannot sync");
     assert!(!err.to_string().is_empty());
@@ -1314,7 +1319,7 @@ async fn issue_10_a_full_store_disk_stops_the_node_and_a_restart_recovers_it() {
     // the store). The write succeeds; the full disk shows when the node
     // next snapshots, which the test asks for now.
     site.replica(bad)
-        .write(cairn_core::access::Author::Node, host("on-a-full-disk"))
+        .write(cairn_core::audit::By::node(), host("on-a-full-disk"))
         .await
         .unwrap();
     acked.push(host_dn("on-a-full-disk"));
@@ -1347,7 +1352,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     .await;
     site.replica(1)
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
         )
         .await
@@ -1373,7 +1378,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
         let mut set = tokio::task::JoinSet::new();
         for j in 0..2 {
             let (r, op) = (r.clone(), big_host(&format!("big-{round}-{j}")));
-            set.spawn(async move { r.write(cairn_core::access::Author::Node, op).await });
+            set.spawn(async move { r.write(cairn_core::audit::By::node(), op).await });
         }
         while let Some(done) = set.join_next().await {
             done.unwrap().expect("a 4 MiB write");
@@ -1402,7 +1407,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     let huge = "y".repeat(cairn_store::MAX_ENTRY_BYTES + 1);
     let e = r
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(
                 &host_dn("huge"),
                 &[
@@ -1439,7 +1444,7 @@ async fn issue_10_large_entries_reach_a_follower_that_was_down() {
     };
     let e = site
         .replica(down)
-        .write(cairn_core::access::Author::Node, grow)
+        .write(cairn_core::audit::By::node(), grow)
         .await
         .expect_err("growing an entry past the limit");
     assert!(e.to_string().contains("at most"), "{e}");
@@ -1488,13 +1493,13 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     let el = east.leader().await;
     east.replica(el)
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
         )
         .await
         .unwrap();
     east.replica(el)
-        .write(cairn_core::access::Author::Node, host("from-east"))
+        .write(cairn_core::audit::By::node(), host("from-east"))
         .await
         .unwrap();
     // West started empty and holds the whole tree from east, on every node.
@@ -1516,7 +1521,7 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     let wl = west.leader().await;
     let wf = west.alive().into_iter().find(|&i| i != wl).unwrap();
     west.replica(wf)
-        .write(cairn_core::access::Author::Node, host("from-west"))
+        .write(cairn_core::audit::By::node(), host("from-west"))
         .await
         .unwrap();
     let r = east.replica(el);
@@ -1536,7 +1541,7 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
         }
     }
     east.replica(el)
-        .write(cairn_core::access::Author::Node, host("both"))
+        .write(cairn_core::audit::By::node(), host("both"))
         .await
         .unwrap();
     let desc = |v: &str| WriteOp::Modify {
@@ -1552,18 +1557,18 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
         },
     };
     east.replica(el)
-        .write(cairn_core::access::Author::Node, desc("east"))
+        .write(cairn_core::audit::By::node(), desc("east"))
         .await
         .unwrap();
     // West's writes come later by the clock, not only by arrival: a CSN
     // stamped in the same millisecond would be ordered by site instead.
     tokio::time::sleep(Duration::from_millis(5)).await;
     west.replica(wl)
-        .write(cairn_core::access::Author::Node, host("both"))
+        .write(cairn_core::audit::By::node(), host("both"))
         .await
         .unwrap();
     west.replica(wl)
-        .write(cairn_core::access::Author::Node, desc("west"))
+        .write(cairn_core::audit::By::node(), desc("west"))
         .await
         .unwrap();
     assert_ne!(east.dump(el), west.dump(wl), "paused sites did not diverge");
@@ -1627,13 +1632,13 @@ async fn a_change_passes_through_a_site_in_the_middle() {
     let al = a.leader().await;
     a.replica(al)
         .write(
-            cairn_core::access::Author::Node,
+            cairn_core::audit::By::node(),
             add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
         )
         .await
         .unwrap();
     a.replica(al)
-        .write(cairn_core::access::Author::Node, host("from-a"))
+        .write(cairn_core::audit::By::node(), host("from-a"))
         .await
         .unwrap();
     let c = sites[2].replica(1);
@@ -1663,30 +1668,30 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
     let (east, west) = (&sites[0], &sites[1]);
     let (e, w) = (east.replica(1), west.replica(1));
     e.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
     )
     .await
     .unwrap();
-    e.write(cairn_core::access::Author::Node, host("doomed"))
+    e.write(cairn_core::audit::By::node(), host("doomed"))
         .await
         .unwrap();
     sites_converge(&sites, Duration::from_secs(20)).await;
 
     w.federation().pause().await;
     e.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         WriteOp::Delete {
             dn: Dn::parse(&host_dn("doomed")).unwrap(),
         },
     )
     .await
     .unwrap();
-    e.write(cairn_core::access::Author::Node, host("newest"))
+    e.write(cairn_core::audit::By::node(), host("newest"))
         .await
         .unwrap();
     w.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         host("from-west-while-cut-off"),
     )
     .await
@@ -1751,7 +1756,7 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
     assert!(!shows(&w, "doomed"), "the lingering entry stayed at west");
     assert!(shows(&w, "newest"));
     assert!(!shows(&w, "from-west-while-cut-off"));
-    w.write(cairn_core::access::Author::Node, host("after-resync"))
+    w.write(cairn_core::audit::By::node(), host("after-resync"))
         .await
         .unwrap();
     wait_until("west's new write at east", Duration::from_secs(20), || {
@@ -1779,7 +1784,7 @@ async fn a_change_from_a_clock_too_far_ahead_is_held_until_the_drift_allowed_is_
     let mut sites = Site::federated(&["east", "west"], 1).await;
     let e = sites[0].replica(1);
     e.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
     )
     .await
@@ -1789,7 +1794,7 @@ async fn a_change_from_a_clock_too_far_ahead_is_held_until_the_drift_allowed_is_
     sites[1].clock.pass(Duration::from_secs(600));
     sites[1]
         .replica(1)
-        .write(cairn_core::access::Author::Node, host("ahead"))
+        .write(cairn_core::audit::By::node(), host("ahead"))
         .await
         .unwrap();
     wait_until(
@@ -1846,12 +1851,12 @@ async fn sites_linked_at_run_time_replicate_and_unlinked_ones_are_refused() {
     let (a, b) = (sites[0].replica(1), sites[1].replica(1));
     assert!(a.federation().peers().is_empty() && b.federation().peers().is_empty());
     a.write(
-        cairn_core::access::Author::Node,
+        cairn_core::audit::By::node(),
         add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
     )
     .await
     .unwrap();
-    a.write(cairn_core::access::Author::Node, host("linked"))
+    a.write(cairn_core::audit::By::node(), host("linked"))
         .await
         .unwrap();
     a.federation().set_discovered(vec![pb.clone()]);

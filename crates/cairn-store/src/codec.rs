@@ -4,7 +4,8 @@
 
 use cairn_core::csn::Csn;
 use cairn_core::entry::ValidEntry;
-use cairn_core::merge::{Change, EntryState, StateHead};
+use cairn_core::audit::Record;
+use cairn_core::merge::{Change, ChangeV1, EntryState, StateHead};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -42,10 +43,19 @@ enum StoredState<S> {
     V1(S),
 }
 
-/// A stored change ([`Table::Changelog`]), tagged with its format version.
+/// A stored change ([`Table::Changelog`], [`Table::Conflicts`]), tagged
+/// with its format version: `V1` before changes carried their audit.
 #[derive(Serialize, Deserialize)]
 enum StoredChange<C> {
-    V1(C),
+    V1(ChangeV1),
+    V2(C),
+}
+
+/// A stored audit record ([`Table::Audit`]), tagged with its format
+/// version.
+#[derive(Serialize, Deserialize)]
+enum StoredRecord<R> {
+    V1(R),
 }
 
 fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, Error> {
@@ -88,12 +98,23 @@ pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
 }
 
 pub fn encode_change(c: &Change) -> Result<Vec<u8>, Error> {
-    encode("change", &StoredChange::V1(c))
+    encode("change", &StoredChange::V2(c))
 }
 
 pub fn decode_change(bytes: &[u8]) -> Result<Change, Error> {
     match decode("change", bytes)? {
-        StoredChange::V1(c) => Ok(c),
+        StoredChange::V1(c) => Ok(c.into()),
+        StoredChange::V2(c) => Ok(c),
+    }
+}
+
+pub fn encode_record(r: &Record) -> Result<Vec<u8>, Error> {
+    encode("audit record", &StoredRecord::V1(r))
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<Record, Error> {
+    match decode("audit record", bytes)? {
+        StoredRecord::V1(r) => Ok(r),
     }
 }
 
@@ -254,6 +275,34 @@ mod tests {
         assert_eq!(decode_entry(&bytes).unwrap(), e);
     }
 
+    /// Change log rows written before changes carried their audit still
+    /// read, with no audit; rows written now keep theirs.
+    #[test]
+    fn changes_stored_before_audit_decode_and_new_ones_keep_it() {
+        use cairn_core::audit::{Audit, Who};
+        use cairn_core::csn::{Csn, Origin};
+        use cairn_core::merge::ChangeOp;
+        let old = ChangeV1 {
+            csn: Csn::zero(Origin::of_site("east")),
+            uuid: uuid::Uuid::from_u128(9),
+            op: ChangeOp::Delete {
+                dn: "cn=h1,dc=example,dc=com".into(),
+            },
+        };
+        let bytes = encode("change", &StoredChange::<Change>::V1(old.clone())).unwrap();
+        let read = decode_change(&bytes).unwrap();
+        assert_eq!(ChangeV1::from(&read), old);
+        assert_eq!(read.audit, None);
+        let mut now = read;
+        now.audit = Some(Audit {
+            who: Who::User("cn=admin,dc=example,dc=com".into()),
+            site: "east".into(),
+            node: 2,
+            client: Some("10.0.0.9:51000".into()),
+        });
+        assert_eq!(decode_change(&encode_change(&now).unwrap()).unwrap(), now);
+    }
+
     /// A state's head is read from the state's own bytes: the same fields,
     /// whatever follows them.
     #[test]
@@ -283,6 +332,7 @@ mod tests {
                     values: vec![Value::exact("h1"); 3],
                 }],
             },
+            audit: None,
         };
         let (live, _) = merge(None, &add);
         let delete = Change {
@@ -291,6 +341,7 @@ mod tests {
             op: ChangeOp::Delete {
                 dn: "cn=h1,dc=example,dc=com".into(),
             },
+            audit: None,
         };
         let (gone, _) = merge(Some(live.clone()), &delete);
         for s in [live, gone] {

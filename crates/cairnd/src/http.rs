@@ -248,7 +248,7 @@ mod tests {
         // Applies are not synced: redb may keep this one in memory. The
         // snapshot that follows makes the store write its file, which
         // fails and stops the node's Raft core.
-        let _ = writer.write(cairn_core::access::Author::Node, add).await;
+        let _ = writer.write(cairn_core::audit::By::node(), add).await;
         let _ = replica.raft.trigger().snapshot().await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         let body = loop {

@@ -164,7 +164,7 @@ pub async fn run(
                     tick.tick().await;
                 }
             }
-            Some(op) => match writer.write(cairn_core::access::Author::Node, op).await {
+            Some(op) => match writer.write(cairn_core::audit::By::node(), op).await {
                 Ok(_) => info!(node = p.id, site = %p.site, "published this node"),
                 Err(e) => warn!(cause = %e, "publishing this node failed; will retry"),
             },

@@ -93,7 +93,7 @@ pub async fn seed_if_empty(
         };
         loop {
             match writer
-                .write(cairn_core::access::Author::Node, op.clone())
+                .write(cairn_core::audit::By::node(), op.clone())
                 .await
             {
                 Ok(_) => n += 1,

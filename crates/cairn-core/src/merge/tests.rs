@@ -56,6 +56,7 @@ fn add(at: Csn, rdn: &str, attrs: &[(&str, &[&str])]) -> Change {
                 .map(|(k, vs)| attr(AttrOp::Add, k, vs))
                 .collect(),
         },
+        audit: None,
     }
 }
 
@@ -64,6 +65,7 @@ fn modify(at: Csn, attrs: Vec<AttrChange>) -> Change {
         csn: at,
         uuid: entry_uuid(1),
         op: ChangeOp::Modify { name: None, attrs },
+        audit: None,
     }
 }
 
@@ -75,6 +77,7 @@ fn rename(at: Csn, rdn: &str) -> Change {
             name: Some(name(rdn)),
             attrs: vec![],
         },
+        audit: None,
     }
 }
 
@@ -85,6 +88,7 @@ fn delete(at: Csn) -> Change {
         op: ChangeOp::Delete {
             dn: "cn=h1,ou=hosts,dc=example,dc=com".into(),
         },
+        audit: None,
     }
 }
 
@@ -418,6 +422,7 @@ fn arb_changes() -> impl Strategy<Value = Vec<Change>> {
                 },
                 uuid: entry_uuid(e + 1),
                 op,
+                audit: None,
             })
             .collect()
     })

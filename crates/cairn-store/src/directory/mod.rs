@@ -1726,6 +1726,7 @@ impl Directory {
     }
 }
 
+mod audit;
 pub mod replicate;
 #[cfg(test)]
 mod replicate_tests;

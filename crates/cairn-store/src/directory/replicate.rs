@@ -477,6 +477,7 @@ impl Directory {
                         name: Self::name_of(valid.dn(), parent),
                         attrs,
                     },
+                    audit: None,
                 };
                 (change, shown, Some(valid))
             }
@@ -499,6 +500,7 @@ impl Directory {
                         name: None,
                         attrs: self.diff(&current, &valid, &replaced),
                     },
+                    audit: None,
                 };
                 (change, shown, Some(valid))
             }
@@ -509,6 +511,7 @@ impl Directory {
                     csn,
                     uuid,
                     op: ChangeOp::Delete { dn: dn.to_string() },
+                    audit: None,
                 };
                 (change, shown, None)
             }
@@ -537,6 +540,7 @@ impl Directory {
                         name: Some(Self::name_of(valid.dn(), parent)),
                         attrs: self.diff(&current, &valid, &BTreeSet::new()),
                     },
+                    audit: None,
                 };
                 (change, shown, Some(valid))
             }
@@ -806,7 +810,7 @@ impl Directory {
     /// when the store failed before, marks the store failed when the
     /// engine cannot write, tells watchers, and waits for the disk when
     /// asked.
-    fn write_txn(
+    pub(super) fn write_txn(
         &self,
         durable: bool,
         f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
@@ -887,6 +891,7 @@ impl Directory {
                         name: Self::name_of(e.dn(), parent),
                         attrs,
                     },
+                    audit: None,
                 };
                 let (state, _) = merge::merge(None, &change);
                 b.put(Table::State, u.as_bytes().to_vec(), encode_state(&state)?);
@@ -945,13 +950,21 @@ impl Directory {
         Self::trailing_uuids(snap, Table::Names, parent.as_bytes())
     }
 
-    /// Merges one change and brings the materialized tree in line.
+    /// Merges one change and brings the materialized tree in line. A
+    /// change that is logged gets its audit record, in the same
+    /// transaction: what it did to the entry as shown.
     pub(super) fn apply_change(
         &self,
         txn: &mut dyn WriteTxn,
         change: &Change,
     ) -> Result<Effect, Error> {
         let old = Self::load_state(&*txn, change.uuid)?;
+        let logging = self.logging();
+        let shown_before = if logging {
+            Self::load(&*txn, change.uuid)?
+        } else {
+            None
+        };
         // Only a change of name or of life (an add, a delete, a rename)
         // can move an entry, make or break a loop of moves, or change who
         // holds a name; the members of a loop it breaks go home.
@@ -964,19 +977,51 @@ impl Directory {
             // hold it too (and none is refused for lacking it).
             if !self.vector_holds(&*txn, &change.csn)? {
                 let mut b = Batch::default();
-                self.log_change(&*txn, &mut b, change)?;
+                if let Some(at) = self.log_change(&*txn, &mut b, change)? {
+                    let shown = shown_before.as_ref();
+                    let place = Self::place_of(&state);
+                    self.record_change(&*txn, &mut b, at, change, shown, shown, place)?;
+                }
                 txn.apply(&b)?;
             }
             return Ok(effect);
         }
         let mut b = Batch::default();
-        self.log_change(&*txn, &mut b, change)?;
+        let logged = self.log_change(&*txn, &mut b, change)?;
         let attrs_only = match &change.op {
             ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
             _ => None,
         };
+        let place = Self::place_of(&state);
         self.store_merged(txn, b, before, &state, attrs_only)?;
+        if let Some(at) = logged {
+            let after = Self::load(&*txn, change.uuid)?;
+            let mut b = Batch::default();
+            self.record_change(
+                &*txn,
+                &mut b,
+                at,
+                change,
+                shown_before.as_ref(),
+                after.as_ref(),
+                place,
+            )?;
+            txn.apply(&b)?;
+        }
         Ok(effect)
+    }
+
+    /// Where a change with no visible effect happened, for its audit
+    /// record: where its entry was deleted.
+    fn place_of(state: &EntryState) -> Option<String> {
+        state.deleted_at.clone()
+    }
+
+    /// Whether changes applied now are logged (not a plan that is thrown
+    /// away).
+    fn logging(&self) -> bool {
+        let cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        !cursor.active || cursor.keep
     }
 
     /// Starts the change log's cursor for a transaction (`keep` false: a
@@ -1029,10 +1074,17 @@ impl Directory {
 
     /// Appends `change` to the change log (in `b`) and raises the vector:
     /// through the transaction's cursor, or on its own outside one.
-    fn log_change(&self, txn: &dyn Snapshot, b: &mut Batch, change: &Change) -> Result<(), Error> {
+    /// Returns the change's position in the log (none in a plan that is
+    /// thrown away).
+    fn log_change(
+        &self,
+        txn: &dyn Snapshot,
+        b: &mut Batch,
+        change: &Change,
+    ) -> Result<Option<u64>, Error> {
         let mut cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if cursor.active && !cursor.keep {
-            return Ok(());
+            return Ok(None);
         }
         let seq = match cursor.next.filter(|_| cursor.active) {
             Some(n) => n,
@@ -1047,11 +1099,12 @@ impl Directory {
             cursor.next = Some(seq + 1);
             let top = cursor.vector.entry(change.csn.origin).or_insert(change.csn);
             *top = (*top).max(change.csn);
-            return Ok(());
+            return Ok(Some(seq));
         }
         drop(cursor);
         let key = origin_key(&change.csn.origin);
-        raise_row(txn, b, Table::Vector, key, &change.csn)
+        raise_row(txn, b, Table::Vector, key, &change.csn)?;
+        Ok(Some(seq))
     }
 
     /// Stores an entry's new state, with `b`, and shows it: its place in
@@ -1419,6 +1472,7 @@ impl Directory {
                     attr("entryuuid", "entryUUID", &[&uuid_text]),
                 ],
             },
+            audit: None,
         };
         self.apply_change(txn, &change).map(|_| ())
     }

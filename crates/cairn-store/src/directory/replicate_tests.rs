@@ -1607,6 +1607,7 @@ fn changes_of_the_nil_origin_never_make_a_site_refused() {
         csn: nil(0),
         uuid: Uuid::new_v4(),
         op: ChangeOp::Delete { dn: SUFFIX.into() },
+        audit: None,
     };
     assert!(f.too_old(&[], &[lost_and_found]).is_none());
 }
@@ -1653,4 +1654,109 @@ fn a_superseded_change_is_held_by_the_vector_and_passed_on() {
             .any(|(_, ch)| ch.csn == modify_csn),
         "the superseded change was not passed on"
     );
+}
+
+impl Site {
+    /// [`Site::write`], the change carrying an audit record naming `who`.
+    fn write_by(&mut self, who: &str, op: WriteOp) -> Applied {
+        let op = self.dir.prepare(op).unwrap();
+        self.now_ms += 1;
+        let csn = self.hlc.stamp(self.now_ms, self.origin, 1).next().unwrap();
+        let (applied, change) = self
+            .dir
+            .plan_changes(&[&op], &[csn], &[])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        let mut change = change.unwrap();
+        change.audit = Some(cairn_core::audit::Audit {
+            who: cairn_core::audit::Who::User(who.into()),
+            site: "east".into(),
+            node: 2,
+            client: Some("192.0.2.7:40000".into()),
+        });
+        self.dir.apply_changes(&[change], None, true).unwrap();
+        applied
+    }
+}
+
+/// Every change applied here is in the audit trail with who made it and
+/// what it did (values removed and added), secret setting values masked
+/// (the key marked secret by the change itself, then by the entry as
+/// stored); the trail follows the entry
+/// through a rename and its delete, reaches other sites with the author
+/// the change carried, and retention drops the oldest records.
+#[test]
+fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
+    use cairn_core::audit::{Kind, Who};
+    let mut all = sites(2);
+    let ann = "uid=ann,dc=example,dc=com";
+    let a = &mut all[0];
+    let added = a.write_by(
+        ann,
+        add_op(
+            &format!("cn=a1,{HOSTS}"),
+            &[
+                ("objectClass", &["cairnHost"]),
+                ("cn", &["a1"]),
+                ("cairnSetting", &["ntp=a", "ipmi.password=hunter2"]),
+                ("cairnSecret", &["ipmi.password"]),
+            ],
+        ),
+    );
+    let uuid = added.into_entry().unwrap().uuid().unwrap();
+    a.write_by(
+        ann,
+        modify_op(&format!("cn=a1,{HOSTS}"), ModOp::Replace, "cairnSetting", &["ntp=b", "ipmi.password=swordfish"]),
+    );
+    a.write_by(ann, modrdn_op(&format!("cn=a1,{HOSTS}"), "cn=a2", None));
+    a.write_by(ann, delete_op(&format!("cn=a2,{HOSTS}")));
+
+    let check = |site: &Site| {
+        let trail = site.dir.audit_of(uuid).unwrap();
+        let kinds: Vec<Kind> = trail.iter().map(|(_, r)| r.kind).collect();
+        assert_eq!(kinds, [Kind::Add, Kind::Modify, Kind::ModRdn, Kind::Delete]);
+        for (_, r) in &trail {
+            let a = r.audit.as_ref().expect("the change's audit");
+            assert_eq!(a.who, Who::User(ann.into()));
+            assert_eq!((a.site.as_str(), a.node), ("east", 2));
+            assert_eq!(a.client.as_deref(), Some("192.0.2.7:40000"));
+        }
+        let text = format!("{trail:?}");
+        assert!(!text.contains("hunter2") && !text.contains("swordfish"), "{text}");
+        let modify = &trail[1].1;
+        let settings = modify
+            .attrs
+            .iter()
+            .find(|d| d.name == "cairnSetting")
+            .unwrap();
+        assert_eq!(settings.removed, ["ntp=a", "ipmi.password=(secret)"]);
+        assert_eq!(settings.added, ["ntp=b", "ipmi.password=(secret)"]);
+        assert_eq!(trail[2].1.target(), format!("cn=a2,{HOSTS}"));
+        assert_eq!(trail[3].1.dn.as_deref(), Some(format!("cn=a2,{HOSTS}").as_str()));
+        // Positions are the change log's, in order.
+        let positions: Vec<u64> = trail.iter().map(|(p, _)| *p).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+        for (p, r) in &trail {
+            assert_eq!(site.dir.audit_at(*p).unwrap().as_ref(), Some(r));
+        }
+    };
+    check(&all[0]);
+    let (b, a) = pair(&mut all, 1, 0);
+    b.pull(0, a);
+    check(&all[1]);
+
+    // Retention: records of changes before the rename's time go.
+    let a = &all[0];
+    let trail = a.dir.audit_of(uuid).unwrap();
+    let (first, last) = a.dir.audit_bounds().unwrap().unwrap();
+    assert!(first < trail[0].0 && last == trail[3].0);
+    let cut = trail[2].1.csn.ms;
+    let dropped = a.dir.purge_audit(cut, 1000).unwrap();
+    assert_eq!(usize::try_from(trail[2].0 - first).unwrap(), dropped);
+    let kept: Vec<Kind> = a.dir.audit_of(uuid).unwrap().iter().map(|(_, r)| r.kind).collect();
+    assert_eq!(kept, [Kind::ModRdn, Kind::Delete]);
+    assert_eq!(a.dir.audit_after(0, 1000).unwrap()[0].0, trail[2].0);
+    assert_eq!(a.dir.purge_audit(cut, 1000).unwrap(), 0);
 }

@@ -52,6 +52,13 @@ pub enum Table {
     /// the changes a merge kept out of the tree (a modify that met an
     /// entry deleted at another site), for `cairn conflicts`.
     Conflicts,
+    /// Change log position (u64 BE) → versioned audit record: who made
+    /// each change applied here and what it changed
+    /// (`cairn_core::audit::Record`), kept for `[audit] retention_days`.
+    Audit,
+    /// entryUUID ‖ change log position → empty: each entry's audit
+    /// records, for `cairn history`.
+    AuditByEntry,
     /// What this site can no longer send another (`Directory::purge`):
     /// `horizon` → the CSN of its last purge, and origin (as in
     /// [`Table::Vector`]) → the highest CSN of a change of that origin
@@ -60,7 +67,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -72,10 +79,12 @@ impl Table {
         Table::Vector,
         Table::Conflicts,
         Table::Forgotten,
+        Table::Audit,
+        Table::AuditByEntry,
     ];
 
     /// The tables that hold the directory itself (what a snapshot carries).
-    pub const DIRECTORY: [Table; 10] = [
+    pub const DIRECTORY: [Table; 12] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -86,6 +95,8 @@ impl Table {
         Table::Vector,
         Table::Conflicts,
         Table::Forgotten,
+        Table::Audit,
+        Table::AuditByEntry,
     ];
 
     /// The table's position in [`Table::ALL`].
@@ -102,6 +113,8 @@ impl Table {
             Table::Vector => 8,
             Table::Conflicts => 9,
             Table::Forgotten => 10,
+            Table::Audit => 11,
+            Table::AuditByEntry => 12,
         }
     }
 
@@ -118,6 +131,8 @@ impl Table {
             Table::Vector => "vector",
             Table::Conflicts => "conflicts",
             Table::Forgotten => "forgotten",
+            Table::Audit => "audit",
+            Table::AuditByEntry => "audit_by_entry",
         }
     }
 }

@@ -28,6 +28,8 @@ fn tag(t: Table) -> u8 {
         Table::Vector => 9,
         Table::Conflicts => 10,
         Table::Forgotten => 11,
+        Table::Audit => 12,
+        Table::AuditByEntry => 13,
     }
 }
 
