@@ -269,9 +269,20 @@ impl Record {
         }
     }
 
-    /// The DN the record is about: after the change, or before it for a
-    /// delete.
+    /// The DN the record is about, as the change log draft's `targetDN`:
+    /// the entry's DN before a rename or a delete, after an add, and
+    /// where it is for a modify.
     pub fn target(&self) -> &str {
+        match self.kind {
+            Kind::ModRdn | Kind::Delete => self.dn.as_deref(),
+            _ => self.new_dn.as_deref().or(self.dn.as_deref()),
+        }
+        .unwrap_or("")
+    }
+
+    /// Where the entry is after the change (where it was, for a delete):
+    /// whose secret keys mask the record.
+    pub fn place(&self) -> &str {
         self.new_dn.as_deref().or(self.dn.as_deref()).unwrap_or("")
     }
 
@@ -524,7 +535,8 @@ mod tests {
         );
         let r = Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None);
         assert_eq!(r.kind, Kind::ModRdn);
-        assert_eq!(r.target(), "cn=h2,ou=moved,dc=example,dc=com");
+        assert_eq!(r.target(), DN);
+        assert_eq!(r.new_dn.as_deref(), Some("cn=h2,ou=moved,dc=example,dc=com"));
         let (rdn, deleted_old, moved) = r.rename().unwrap();
         assert_eq!(rdn, "cn=h2");
         assert!(deleted_old);

@@ -79,6 +79,9 @@ pub fn root_dse(
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
         ("supportedSASLMechanisms".into(), vec![]),
         ("subschemaSubentry".into(), vec!["cn=schema".into()]),
+        // Where the change log is (draft-good-ldap-changelog); readable
+        // by administrators.
+        ("changelog".into(), vec![crate::changelog::BASE.into()]),
         ("vendorName".into(), vec!["Cairn".into()]),
         ("vendorVersion".into(), vec![format!("Cairn {version}")]),
     ]

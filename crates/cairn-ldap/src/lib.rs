@@ -17,6 +17,7 @@
 //!          └──────── responses (mpsc) ◄─────────────┘
 //! ```
 
+pub mod changelog;
 pub mod codec;
 pub mod config;
 pub mod conn;

@@ -1322,6 +1322,54 @@ async fn search_inner(
         }
         return ok(vec![]);
     }
+    if crate::changelog::covers(&base) {
+        // The audit trail, in the change log draft's shape: read only,
+        // administrators only (it names every entry and who changed it).
+        let v = view(&ctx, auth).await?;
+        if !v.admin() {
+            return Err(Outcome::new(
+                LdapResultCode::InsufficentAccessRights,
+                match &auth.dn {
+                    None => "only administrators may read the change log; bind as one".to_string(),
+                    Some(dn) => format!("{dn} may not read the change log; only administrators may"),
+                },
+            ));
+        }
+        let (dir, policy) = (ctx.dir.clone(), v.policy.clone());
+        let (base, filter) = (base.clone(), filter.clone());
+        let size_limit = usize::try_from(req.sizelimit).unwrap_or(0);
+        let found = blocking(move || {
+            let mask = |dn: &str| {
+                Dn::parse(dn)
+                    .map(|d| policy.secret_keys(&d))
+                    .unwrap_or_default()
+            };
+            crate::changelog::search(&dir, &base, scope, &filter, size_limit, &mask)
+                .map_err(|e| convert::to_ldap_result(&e))
+        })
+        .await?;
+        for (dn, attrs) in found.entries {
+            let e = LdapSearchResultEntry {
+                dn,
+                attributes: sel.pick(attrs),
+            };
+            if tx.send(entry_msg(msgid, e)).await.is_err() {
+                break;
+            }
+        }
+        if found.truncated {
+            return Ok(done_msg(
+                msgid,
+                result(
+                    LdapResultCode::SizeLimitExceeded,
+                    "",
+                    &format!("size limit of {size_limit} entries exceeded"),
+                ),
+                vec![],
+            ));
+        }
+        return ok(vec![]);
+    }
     if base.norm() == "cn=conflicts" {
         // Entries deleted at one site and changed later at another (the
         // delete won; the changes are kept, invisible), one entry each

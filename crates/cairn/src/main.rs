@@ -23,6 +23,7 @@ mod client;
 mod dns;
 mod explain;
 mod export;
+mod history;
 mod import;
 mod member;
 mod pull;
@@ -139,6 +140,12 @@ enum Command {
     /// Show a host's effective configuration: every key, its value and the
     /// entry it came from. HOST is a DN, cn, MAC, UUID or serial number.
     Explain { host: String },
+    /// List an entry's changes, oldest first: when, what (the values
+    /// removed and added, secrets masked), who, through which site and
+    /// node, from which address. From the change log (`cn=changelog`,
+    /// administrators only); follows the entry through renames; exit
+    /// status 1 when none is recorded.
+    History { dn: String },
     /// Client subnets: `cairn subnets unmapped` lists the addresses that
     /// asked Locate and matched no site's cairnSubnet, on every node.
     #[command(subcommand)]
@@ -348,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull::run(args, cli.ca.as_deref()).await,
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
+        Command::History { dn } => history::run(&dn, &cli.url, &auth).await,
         Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,
         Command::Rules(RulesCmd::Test(a)) => rules::test(a, &cli.url, &auth).await,
         Command::Member(m) => {

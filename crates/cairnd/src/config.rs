@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Absent: a site of this node alone ([`ClusterSection::alone`]).
     pub cluster: Option<ClusterSection>,
 }
@@ -413,6 +415,24 @@ impl Default for StorageSection {
     }
 }
 
+/// `[audit]`: the audit trail (`cn=changelog`, `cairn history`,
+/// docs/security.md "Audit").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// How long each node keeps the record of a change, in days, counted
+    /// from the change's time; 0 keeps every record.
+    pub retention_days: u32,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            retention_days: 180,
+        }
+    }
+}
+
 /// `[directory]`: the tree.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -551,7 +571,7 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 8] = [
+    const SECTIONS: [&str; 10] = [
         "node",
         "storage",
         "directory",
@@ -560,6 +580,8 @@ pub fn overlay_env(
         "dns",
         "http",
         "cluster",
+        "tls",
+        "audit",
     ];
     for (k, v) in vars {
         let Some(rest) = k.strip_prefix("CAIRN_") else {
@@ -640,6 +662,8 @@ pub struct Settings {
     /// Lower case, no trailing dot.
     pub dns_domain: String,
     pub cluster: ClusterSettings,
+    /// How long audit records are kept (None: forever).
+    pub audit_retention: Option<Duration>,
 }
 
 /// The site of a node configured without `[cluster]`.
@@ -785,6 +809,9 @@ impl FileConfig {
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,
             dns_domain,
+            audit_retention: (self.audit.retention_days > 0).then(|| {
+                Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)
+            }),
             ldap: cairn_ldap::Config {
                 admin_dn,
                 admin_password_hash: hash,

@@ -245,6 +245,9 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             p,
         ));
     }
+    if let Some(keep) = s.audit_retention {
+        tasks.spawn(purge_audit(dir.clone(), clock.clone(), keep));
+    }
     let site_dn = s
         .suffix
         .child(cairn_core::dn::Rdn::new("ou", "sites"))
@@ -336,4 +339,39 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Drops, every hour, the audit records of changes older than `keep`
+/// (`[audit] retention_days`), in transactions of at most 10,000.
+async fn purge_audit(
+    dir: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    keep: std::time::Duration,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 10_000;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let before = clock
+            .now_millis()
+            .saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+        let mut total = 0;
+        loop {
+            let d = dir.clone();
+            match tokio::task::spawn_blocking(move || d.purge_audit(before, BATCH)).await {
+                Ok(Ok(n)) => {
+                    total += n;
+                    if n >= BATCH {
+                        continue;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(cause = %e, "cannot drop old audit records"),
+                Err(e) => tracing::warn!(cause = %e, "audit purge task failed"),
+            }
+            break;
+        }
+        if total > 0 {
+            info!(records = total, "audit records past their retention dropped");
+        }
+    }
 }

@@ -60,7 +60,7 @@ impl Directory {
         // the keys secret where the entry is (marked on it, an ancestor or
         // a site), looked up only when the change touched settings.
         let secret = if record.touches_settings() {
-            let dn = Dn::parse(record.target()).ok();
+            let dn = Dn::parse(record.place()).ok();
             match dn {
                 Some(dn) => Self::secret_keys_in(snap, &dn)?,
                 None => BTreeSet::new(),

@@ -1733,7 +1733,8 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
             .unwrap();
         assert_eq!(settings.removed, ["ntp=a", "ipmi.password=(secret)"]);
         assert_eq!(settings.added, ["ntp=b", "ipmi.password=(secret)"]);
-        assert_eq!(trail[2].1.target(), format!("cn=a2,{HOSTS}"));
+        assert_eq!(trail[2].1.target(), format!("cn=a1,{HOSTS}"));
+        assert_eq!(trail[2].1.new_dn, Some(format!("cn=a2,{HOSTS}")));
         assert_eq!(trail[3].1.dn.as_deref(), Some(format!("cn=a2,{HOSTS}").as_str()));
         // Positions are the change log's, in order.
         let positions: Vec<u64> = trail.iter().map(|(p, _)| *p).collect();
