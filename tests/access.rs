@@ -622,6 +622,20 @@ fn issue_12_hosts_pull_only_with_a_token_for_their_part_of_the_inventory() {
     args.extend(flag);
     let out = pull(&n, new_mac, &args);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The registration is audited as the host's, with its token's scope.
+    let registered = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("# host "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| panic!("no host line: {}", stdout(&out)));
+    let history = stdout(&ok(n.cairn(&["history", &registered])));
+    assert!(
+        history.contains("  add  ")
+            && history.contains("  by host ")
+            && history.contains(new_mac)
+            && history.contains(&format!("(token for {PROD_A_DN}) from 127.0.0.1")),
+        "{history}"
+    );
 
     // A host watching its configuration with the token.
     let watched = dir.path().join("esx-001.conf");

@@ -7,6 +7,7 @@
 mod kit;
 
 mod access;
+mod audit;
 mod boot;
 mod cli;
 mod crash;

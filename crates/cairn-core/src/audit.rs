@@ -54,10 +54,7 @@ impl std::fmt::Display for Who {
             Who::User(dn) => write!(f, "{dn}"),
             Who::Anonymous => write!(f, "anonymous"),
             Who::Host { id, scope: None } => write!(f, "host {id}"),
-            Who::Host {
-                id,
-                scope: Some(s),
-            } => write!(f, "host {id} (token for {s})"),
+            Who::Host { id, scope: Some(s) } => write!(f, "host {id} (token for {s})"),
             Who::Node => write!(f, "node"),
         }
     }
@@ -257,13 +254,9 @@ impl Record {
             uuid,
             audit,
             kind,
-            dn: before.map(|e| e.dn().to_string()).or_else(|| {
-                if after.is_none() {
-                    at.clone()
-                } else {
-                    None
-                }
-            }),
+            dn: before
+                .map(|e| e.dn().to_string())
+                .or_else(|| if after.is_none() { at.clone() } else { None }),
             new_dn: after.map(|e| e.dn().to_string()),
             attrs,
         }
@@ -399,22 +392,21 @@ impl Record {
                 })
             })
         });
-        let moved = (old.parent() != new.parent()).then(|| {
-            new.parent()
-                .map(|p| p.to_string())
-                .unwrap_or_default()
-        });
+        let moved = (old.parent() != new.parent())
+            .then(|| new.parent().map(|p| p.to_string()).unwrap_or_default());
         Some((rdn, old_rdn_value_left, moved))
     }
 }
 
 /// One LDIF `attr: value` line, base64 when the value needs it (RFC 2849).
 fn line(out: &mut String, name: &str, value: &str) {
-    let safe = value
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b != b'\n' && b != b'\r' && b != 0 && b < 0x80 && !(i == 0 && matches!(b, b' ' | b':' | b'<')))
-        && !value.ends_with(' ');
+    let safe = value.bytes().enumerate().all(|(i, b)| {
+        b != b'\n'
+            && b != b'\r'
+            && b != 0
+            && b < 0x80
+            && !(i == 0 && matches!(b, b' ' | b':' | b'<'))
+    }) && !value.ends_with(' ');
     if safe {
         out.push_str(&format!("{name}: {value}\n"));
     } else {
@@ -509,14 +501,7 @@ mod tests {
 
     #[test]
     fn a_change_with_no_visible_effect_names_where_it_happened() {
-        let r = Record::of(
-            csn(),
-            Uuid::nil(),
-            None,
-            None,
-            None,
-            Some(DN.to_string()),
-        );
+        let r = Record::of(csn(), Uuid::nil(), None, None, None, Some(DN.to_string()));
         assert_eq!(r.kind, Kind::None);
         assert_eq!(r.target(), DN);
         assert_eq!(r.kind.change_type(), "modify");
@@ -536,7 +521,10 @@ mod tests {
         let r = Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None);
         assert_eq!(r.kind, Kind::ModRdn);
         assert_eq!(r.target(), DN);
-        assert_eq!(r.new_dn.as_deref(), Some("cn=h2,ou=moved,dc=example,dc=com"));
+        assert_eq!(
+            r.new_dn.as_deref(),
+            Some("cn=h2,ou=moved,dc=example,dc=com")
+        );
         let (rdn, deleted_old, moved) = r.rename().unwrap();
         assert_eq!(rdn, "cn=h2");
         assert!(deleted_old);
@@ -555,8 +543,8 @@ mod tests {
             ],
         );
         let secret: BTreeSet<String> = ["ipmi.password".to_string()].into();
-        let r = Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None)
-            .masked(&secret);
+        let r =
+            Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None).masked(&secret);
         let all = format!("{:?}", r);
         assert!(!all.contains("0ld-pw") && !all.contains("n3w-pw"), "{all}");
         assert!(all.contains("ipmi.password=(secret)"), "{all}");
@@ -581,11 +569,14 @@ mod tests {
                 ("uid", &["ann"]),
                 ("cn", &["Ann"]),
                 ("sn", &["A"]),
-                ("userPassword", &["{ARGON2}$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"]),
+                (
+                    "userPassword",
+                    &["{ARGON2}$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"],
+                ),
             ],
         );
-        let r = Record::of(csn(), Uuid::nil(), None, None, Some(&user), None)
-            .masked(&BTreeSet::new());
+        let r =
+            Record::of(csn(), Uuid::nil(), None, None, Some(&user), None).masked(&BTreeSet::new());
         let all = format!("{r:?}");
         assert!(!all.contains("argon2id") && all.contains(MASK), "{all}");
     }
@@ -614,7 +605,11 @@ mod tests {
         let pw = By::decided_for(&admin, None);
         assert_eq!(pw.author, Author::Node);
         assert_eq!(pw.who, Who::User(admin.to_string()));
-        let h = By::host("mac 52:54:00:00:00:01".into(), Some("ou=c1,dc=example,dc=com".into()), None);
+        let h = By::host(
+            "mac 52:54:00:00:00:01".into(),
+            Some("ou=c1,dc=example,dc=com".into()),
+            None,
+        );
         assert_eq!(h.author, Author::Node);
         assert_eq!(
             h.who.to_string(),

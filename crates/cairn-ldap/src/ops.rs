@@ -1331,7 +1331,9 @@ async fn search_inner(
                 LdapResultCode::InsufficentAccessRights,
                 match &auth.dn {
                     None => "only administrators may read the change log; bind as one".to_string(),
-                    Some(dn) => format!("{dn} may not read the change log; only administrators may"),
+                    Some(dn) => {
+                        format!("{dn} may not read the change log; only administrators may")
+                    }
                 },
             ));
         }

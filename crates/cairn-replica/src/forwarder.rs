@@ -146,11 +146,7 @@ async fn run(ctx: Arc<Context>, rx: mpsc::Receiver<Pending>) {
 
 /// One `Forward` call: the writes' outcomes, in order, once this node has
 /// applied the last one the leader committed.
-async fn send(
-    ctx: &Context,
-    leader: &(u64, NodeInfo),
-    ops: Vec<ForwardedWrite>,
-) -> Vec<Outcome> {
+async fn send(ctx: &Context, leader: &(u64, NodeInfo), ops: Vec<ForwardedWrite>) -> Vec<Outcome> {
     let n = ops.len();
     let results = match call(ctx, leader, &ops).await {
         Ok(r) if r.len() == n => r,

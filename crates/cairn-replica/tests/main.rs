@@ -1095,7 +1095,11 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     let node = cairn_core::access::Author::Node;
     let audit = cairn_core::audit::By::node().audit("default", followers[0]);
     let sneaky = vec![
-        (cairn_core::access::Author::Client(None), audit.clone(), victim()),
+        (
+            cairn_core::access::Author::Client(None),
+            audit.clone(),
+            victim(),
+        ),
         (
             cairn_core::access::Author::Client(Some(stranger)),
             audit.clone(),
@@ -1201,10 +1205,7 @@ async fn site_with_acknowledged_hosts() -> (Site, Vec<String>) {
     for i in 0..30u64 {
         let at = 1 + i % 3;
         site.replica(at)
-            .write(
-                cairn_core::audit::By::node(),
-                host(&format!("before-{i}")),
-            )
+            .write(cairn_core::audit::By::node(), host(&format!("before-{i}")))
             .await
             .unwrap();
         acked.push(host_dn(&format!("before-{i}")));

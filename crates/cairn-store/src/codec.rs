@@ -2,9 +2,9 @@
 //! (standard configuration), so a later release can still read what an
 //! earlier one wrote.
 
+use cairn_core::audit::Record;
 use cairn_core::csn::Csn;
 use cairn_core::entry::ValidEntry;
-use cairn_core::audit::Record;
 use cairn_core::merge::{Change, ChangeV1, EntryState, StateHead};
 use serde::{Deserialize, Serialize};
 

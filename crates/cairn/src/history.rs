@@ -78,7 +78,10 @@ pub async fn run(dn: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot search the change log")?;
     if res.rc != 0 {
-        bail!("the node refused to read the change log: {}", describe(&res));
+        bail!(
+            "the node refused to read the change log: {}",
+            describe(&res)
+        );
     }
     let mut changes = entries
         .into_iter()
@@ -87,7 +90,9 @@ pub async fn run(dn: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     changes.sort_by_key(|c| c.number);
     let _ = ldap.unbind().await;
     if changes.is_empty() {
-        eprintln!("no change of {dn} is in the change log (is it kept that long? [audit] retention_days)");
+        eprintln!(
+            "no change of {dn} is in the change log (is it kept that long? [audit] retention_days)"
+        );
         return Ok(ExitCode::from(1));
     }
     print!("{}", render(&changes));
@@ -148,7 +153,10 @@ fn ldif_line(l: &str) -> Option<(String, String)> {
             .ok()?;
         return Some((a.to_string(), String::from_utf8_lossy(&bytes).into_owned()));
     }
-    Some((a.to_string(), rest.strip_prefix(' ').unwrap_or(rest).to_string()))
+    Some((
+        a.to_string(),
+        rest.strip_prefix(' ').unwrap_or(rest).to_string(),
+    ))
 }
 
 /// GeneralizedTime `YYYYMMDDHHMMSSZ` as `YYYY-MM-DD HH:MM:SS UTC`.

@@ -809,9 +809,8 @@ impl FileConfig {
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,
             dns_domain,
-            audit_retention: (self.audit.retention_days > 0).then(|| {
-                Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)
-            }),
+            audit_retention: (self.audit.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)),
             ldap: cairn_ldap::Config {
                 admin_dn,
                 admin_password_hash: hash,

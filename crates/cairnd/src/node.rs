@@ -371,7 +371,10 @@ async fn purge_audit(
             break;
         }
         if total > 0 {
-            info!(records = total, "audit records past their retention dropped");
+            info!(
+                records = total,
+                "audit records past their retention dropped"
+            );
         }
     }
 }

@@ -1708,7 +1708,12 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
     let uuid = added.into_entry().unwrap().uuid().unwrap();
     a.write_by(
         ann,
-        modify_op(&format!("cn=a1,{HOSTS}"), ModOp::Replace, "cairnSetting", &["ntp=b", "ipmi.password=swordfish"]),
+        modify_op(
+            &format!("cn=a1,{HOSTS}"),
+            ModOp::Replace,
+            "cairnSetting",
+            &["ntp=b", "ipmi.password=swordfish"],
+        ),
     );
     a.write_by(ann, modrdn_op(&format!("cn=a1,{HOSTS}"), "cn=a2", None));
     a.write_by(ann, delete_op(&format!("cn=a2,{HOSTS}")));
@@ -1724,7 +1729,10 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
             assert_eq!(a.client.as_deref(), Some("192.0.2.7:40000"));
         }
         let text = format!("{trail:?}");
-        assert!(!text.contains("hunter2") && !text.contains("swordfish"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
         let modify = &trail[1].1;
         let settings = modify
             .attrs
@@ -1735,7 +1743,10 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
         assert_eq!(settings.added, ["ntp=b", "ipmi.password=(secret)"]);
         assert_eq!(trail[2].1.target(), format!("cn=a1,{HOSTS}"));
         assert_eq!(trail[2].1.new_dn, Some(format!("cn=a2,{HOSTS}")));
-        assert_eq!(trail[3].1.dn.as_deref(), Some(format!("cn=a2,{HOSTS}").as_str()));
+        assert_eq!(
+            trail[3].1.dn.as_deref(),
+            Some(format!("cn=a2,{HOSTS}").as_str())
+        );
         // Positions are the change log's, in order.
         let positions: Vec<u64> = trail.iter().map(|(p, _)| *p).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
@@ -1756,7 +1767,13 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
     let cut = trail[2].1.csn.ms;
     let dropped = a.dir.purge_audit(cut, 1000).unwrap();
     assert_eq!(usize::try_from(trail[2].0 - first).unwrap(), dropped);
-    let kept: Vec<Kind> = a.dir.audit_of(uuid).unwrap().iter().map(|(_, r)| r.kind).collect();
+    let kept: Vec<Kind> = a
+        .dir
+        .audit_of(uuid)
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.kind)
+        .collect();
     assert_eq!(kept, [Kind::ModRdn, Kind::Delete]);
     assert_eq!(a.dir.audit_after(0, 1000).unwrap()[0].0, trail[2].0);
     assert_eq!(a.dir.purge_audit(cut, 1000).unwrap(), 0);
