@@ -29,10 +29,13 @@ pub const BASE: &str = "cn=changelog";
 /// Records read per store call while scanning.
 const PAGE: usize = 1000;
 
-/// What a search of `cn=changelog` found: `(dn, attributes)` in order,
-/// and whether it stopped at `size_limit`.
+/// An entry to send: its DN and its attributes.
+pub type Shown = (String, Vec<(String, Vec<String>)>);
+
+/// What a search of `cn=changelog` found: the entries in order, and
+/// whether it stopped at `size_limit`.
 pub struct Found {
-    pub entries: Vec<(String, Vec<(String, Vec<String>)>)>,
+    pub entries: Vec<Shown>,
     pub truncated: bool,
 }
 
@@ -202,7 +205,7 @@ fn first_number(f: &Filter) -> Option<u64> {
 }
 
 /// A record as a change log entry.
-fn entry(n: u64, r: Record) -> (String, Vec<(String, Vec<String>)>) {
+fn entry(n: u64, r: Record) -> Shown {
     let one = |k: &str, v: String| (k.to_string(), vec![v]);
     let secs = i64::try_from(r.csn.ms / 1000).unwrap_or(i64::MAX);
     let mut attrs = vec![

@@ -37,17 +37,18 @@ fn position_key(key: &[u8]) -> Result<u64, Error> {
 
 impl Directory {
     /// Records, in `b`, what `change` (logged at `position`) did to its
-    /// entry here: shown as `before` then `after` (None: not shown).
+    /// entry here: `shown` is the entry as shown before and after it
+    /// (None: not shown), and where it happened when it is shown neither
+    /// before nor after.
     pub(super) fn record_change(
         &self,
         snap: &dyn Snapshot,
         b: &mut Batch,
         position: u64,
         change: &Change,
-        before: Option<&ValidEntry>,
-        after: Option<&ValidEntry>,
-        at: Option<String>,
+        shown: (Option<&ValidEntry>, Option<&ValidEntry>, Option<String>),
     ) -> Result<(), Error> {
+        let (before, after, at) = shown;
         let record = Record::of(
             change.csn,
             change.uuid,

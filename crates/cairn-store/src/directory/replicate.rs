@@ -980,7 +980,7 @@ impl Directory {
                 if let Some(at) = self.log_change(&*txn, &mut b, change)? {
                     let shown = shown_before.as_ref();
                     let place = Self::place_of(&state);
-                    self.record_change(&*txn, &mut b, at, change, shown, shown, place)?;
+                    self.record_change(&*txn, &mut b, at, change, (shown, shown, place))?;
                 }
                 txn.apply(&b)?;
             }
@@ -997,15 +997,8 @@ impl Directory {
         if let Some(at) = logged {
             let after = Self::load(&*txn, change.uuid)?;
             let mut b = Batch::default();
-            self.record_change(
-                &*txn,
-                &mut b,
-                at,
-                change,
-                shown_before.as_ref(),
-                after.as_ref(),
-                place,
-            )?;
+            let shown = (shown_before.as_ref(), after.as_ref(), place);
+            self.record_change(&*txn, &mut b, at, change, shown)?;
             txn.apply(&b)?;
         }
         Ok(effect)
