@@ -13,6 +13,7 @@ const PROD_A: &str = "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
 const BOB: &str = "cn=bob,ou=people,dc=example,dc=com";
 const PW: &str = "bobs-first-password";
 const SECRET: &str = "Audit-S3cret-77";
+const EARLY: &str = "Early-Value-9";
 
 fn history(site: &Site, node: u64, dn: &str) -> String {
     let out = site.cairn(node, &["history", dn]);
@@ -53,6 +54,24 @@ fn issue_12_every_change_is_in_cairn_history_with_who_where_and_what() {
          cairnAccessAttribute: cairnSetting\n\n"
     );
     ok(site.tool(1, "ldapadd", &[], Some(&ldif)));
+    // A value set before its key is marked secret: the change log masks
+    // it from then on too.
+    ok(site.tool(
+        1,
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {PROD_A}\nchangetype: modify\nadd: cairnSetting\ncairnSetting: bmc.password={EARLY}\n"
+        )),
+    ));
+    ok(site.tool(
+        1,
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {PROD_A}\nchangetype: modify\nadd: cairnSecret\ncairnSecret: bmc.password\n"
+        )),
+    ));
     ok(site.tool(
         1,
         "ldapmodify",
@@ -117,6 +136,10 @@ fn issue_12_every_change_is_in_cairn_history_with_who_where_and_what() {
         "bob's change, made through node 2: {bobs}"
     );
     assert!(!east.contains(SECRET), "a secret in the history: {east}");
+    assert!(
+        !east.contains(EARLY) && east.contains("  + cairnSetting: bmc.password=(secret)\n"),
+        "a value of a key marked secret later: {east}"
+    );
     // Bob's password change: his, and the hashes are masked.
     let bob_history = history(&site, 1, BOB);
     let pw_change = bob_history
@@ -229,5 +252,16 @@ fn issue_12_every_change_is_in_cairn_history_with_who_where_and_what() {
         None,
     );
     assert_ne!(rc(&out), 0, "a delete in the change log was accepted");
-    assert_eq!(last(&site), before);
+    // Both refused: the record is still there, the made-up one is not
+    // (other changes go on meanwhile: the nodes publish themselves).
+    let read = |dn: &str| {
+        rc(&site.tool(
+            1,
+            "ldapsearch",
+            &["-LLL", "-b", dn, "-s", "base", "1.1"],
+            None,
+        ))
+    };
+    assert_eq!(read(&format!("changeNumber={before},cn=changelog")), 0);
+    assert_eq!(read("changeNumber=999999,cn=changelog"), 32);
 }

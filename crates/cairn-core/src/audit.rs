@@ -21,7 +21,7 @@
 //! [`Record::changes_ldif`] renders a record in the shape of the LDAP
 //! change log draft (draft-good-ldap-changelog) for `cn=changelog`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -197,13 +197,16 @@ const NOT_DIFFED: &[&str] = &[
     "entryuuid",
 ];
 
-/// Attributes whose values the audit never shows.
-const HIDDEN: &[&str] = &["userpassword"];
+/// Attributes whose values the audit never shows: password hashes and
+/// enrollment token hashes (credential verifiers).
+const HIDDEN: &[&str] = &["userpassword", "cairntokenhash"];
 
 impl Record {
     /// What a change did, from the entry as shown before and after it.
     /// `at` is where a change with no visible effect happened (the entry's
-    /// name in its state).
+    /// name in its state). `only`: the attribute keys the change touched,
+    /// when it touched nothing else (a modify that renames nothing), so
+    /// that a change of one attribute costs that attribute's values only.
     pub fn of(
         csn: Csn,
         uuid: Uuid,
@@ -211,11 +214,13 @@ impl Record {
         before: Option<&ValidEntry>,
         after: Option<&ValidEntry>,
         at: Option<String>,
+        only: Option<&[&str]>,
     ) -> Record {
         let mut names: Vec<&str> = vec![];
         for e in before.iter().chain(after.iter()) {
             for a in e.attrs() {
-                if !names.iter().any(|n| n.eq_ignore_ascii_case(&a.name)) {
+                let wanted = only.is_none_or(|o| o.iter().any(|k| k.eq_ignore_ascii_case(&a.name)));
+                if wanted && !names.iter().any(|n| n.eq_ignore_ascii_case(&a.name)) {
                     names.push(&a.name);
                 }
             }
@@ -226,14 +231,18 @@ impl Record {
             if NOT_DIFFED.contains(&key.as_str()) {
                 continue;
             }
-            let values = |e: Option<&ValidEntry>| -> Vec<String> {
-                e.and_then(|e| e.get(&key))
-                    .map(|a| a.values.clone())
-                    .unwrap_or_default()
-            };
-            let (old, new) = (values(before), values(after));
-            let removed: Vec<String> = old.iter().filter(|v| !new.contains(v)).cloned().collect();
-            let added: Vec<String> = new.iter().filter(|v| !old.contains(v)).cloned().collect();
+            let (old, new) = (values(before, &key), values(after, &key));
+            let (old_set, new_set) = (set(old), set(new));
+            let removed: Vec<String> = old
+                .iter()
+                .filter(|v| !new_set.contains(v.as_str()))
+                .cloned()
+                .collect();
+            let added: Vec<String> = new
+                .iter()
+                .filter(|v| !old_set.contains(v.as_str()))
+                .cloned()
+                .collect();
             if !removed.is_empty() || !added.is_empty() {
                 attrs.push(AttrDiff {
                     name: name.to_string(),
@@ -398,6 +407,17 @@ impl Record {
     }
 }
 
+/// The values of attribute `key` of `e` (none without `e`).
+fn values<'e>(e: Option<&'e ValidEntry>, key: &str) -> &'e [String] {
+    e.and_then(|e| e.get(key))
+        .map(|a| a.values.as_slice())
+        .unwrap_or(&[])
+}
+
+fn set(values: &[String]) -> HashSet<&str> {
+    values.iter().map(String::as_str).collect()
+}
+
 /// One LDIF `attr: value` line, base64 when the value needs it (RFC 2849).
 fn line(out: &mut String, name: &str, value: &str) {
     let safe = value.bytes().enumerate().all(|(i, b)| {
@@ -463,7 +483,15 @@ mod tests {
         let before = host(&["ntp=a", "dns=1.1.1.1"]);
         let mut after = host(&["ntp=b", "dns=1.1.1.1"]);
         after = after.with_values("modifytimestamp", vec!["20261205000000Z".into()]);
-        let r = Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None);
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            None,
+        );
         assert_eq!(r.kind, Kind::Modify);
         assert_eq!(r.dn.as_deref(), Some(DN));
         assert_eq!(r.new_dn.as_deref(), Some(DN));
@@ -480,19 +508,40 @@ mod tests {
             "delete: cairnSetting\ncairnSetting: ntp=a\n-\nadd: cairnSetting\ncairnSetting: ntp=b\n-\n"
         );
         assert_eq!(r.before_ldif().unwrap(), "cairnSetting: ntp=a\n");
+        // Restricted to the attributes a modify touched: only those.
+        let only = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            Some(&["cairnsetting"]),
+        );
+        assert_eq!(only.attrs, r.attrs);
+        let other = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            Some(&["description"]),
+        );
+        assert!(other.attrs.is_empty());
     }
 
     #[test]
     fn an_add_and_a_delete_record_the_whole_entry() {
         let e = host(&["ntp=a"]);
-        let add = Record::of(csn(), Uuid::nil(), None, None, Some(&e), None);
+        let add = Record::of(csn(), Uuid::nil(), None, None, Some(&e), None, None);
         assert_eq!(add.kind, Kind::Add);
         assert_eq!(add.dn, None);
         let ldif = add.changes_ldif().unwrap();
         assert!(ldif.contains("objectClass: cairnHost\n"), "{ldif}");
         assert!(ldif.contains("cairnSetting: ntp=a\n"), "{ldif}");
         assert!(!ldif.contains("modifyTimestamp"), "{ldif}");
-        let del = Record::of(csn(), Uuid::nil(), None, Some(&e), None, None);
+        let del = Record::of(csn(), Uuid::nil(), None, Some(&e), None, None, None);
         assert_eq!(del.kind, Kind::Delete);
         assert_eq!(del.target(), DN);
         assert_eq!(del.changes_ldif(), None);
@@ -501,12 +550,28 @@ mod tests {
 
     #[test]
     fn a_change_with_no_visible_effect_names_where_it_happened() {
-        let r = Record::of(csn(), Uuid::nil(), None, None, None, Some(DN.to_string()));
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            None,
+            None,
+            Some(DN.to_string()),
+            None,
+        );
         assert_eq!(r.kind, Kind::None);
         assert_eq!(r.target(), DN);
         assert_eq!(r.kind.change_type(), "modify");
         let same = host(&["ntp=a"]);
-        let r = Record::of(csn(), Uuid::nil(), None, Some(&same), Some(&same), None);
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&same),
+            Some(&same),
+            None,
+            None,
+        );
         assert_eq!(r.kind, Kind::None);
         assert!(r.attrs.is_empty());
     }
@@ -518,7 +583,15 @@ mod tests {
             "cn=h2,ou=moved,dc=example,dc=com",
             &[("objectClass", &["cairnHost"]), ("cn", &["h2"])],
         );
-        let r = Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None);
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            None,
+        );
         assert_eq!(r.kind, Kind::ModRdn);
         assert_eq!(r.target(), DN);
         assert_eq!(
@@ -543,8 +616,28 @@ mod tests {
             ],
         );
         let secret: BTreeSet<String> = ["ipmi.password".to_string()].into();
-        let r =
-            Record::of(csn(), Uuid::nil(), None, Some(&before), Some(&after), None).masked(&secret);
+        // Token hashes are credential verifiers: never shown.
+        let token = entry(
+            "cn=t1,dc=example,dc=com",
+            &[
+                ("objectClass", &["cairnEnrollmentToken"]),
+                ("cn", &["t1"]),
+                ("cairnTokenHash", &["sha256:00ff"]),
+            ],
+        );
+        let t = Record::of(csn(), Uuid::nil(), None, None, Some(&token), None, None)
+            .masked(&BTreeSet::new());
+        assert!(!format!("{t:?}").contains("00ff"), "{t:?}");
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            None,
+        )
+        .masked(&secret);
         let all = format!("{:?}", r);
         assert!(!all.contains("0ld-pw") && !all.contains("n3w-pw"), "{all}");
         assert!(all.contains("ipmi.password=(secret)"), "{all}");
@@ -559,7 +652,7 @@ mod tests {
                 ("cairnSecret", &["token"]),
             ],
         );
-        let r = Record::of(csn(), Uuid::nil(), None, None, Some(&marked), None)
+        let r = Record::of(csn(), Uuid::nil(), None, None, Some(&marked), None, None)
             .masked(&BTreeSet::new());
         assert!(!format!("{r:?}").contains("abc"));
         let user = entry(
@@ -575,8 +668,8 @@ mod tests {
                 ),
             ],
         );
-        let r =
-            Record::of(csn(), Uuid::nil(), None, None, Some(&user), None).masked(&BTreeSet::new());
+        let r = Record::of(csn(), Uuid::nil(), None, None, Some(&user), None, None)
+            .masked(&BTreeSet::new());
         let all = format!("{r:?}");
         assert!(!all.contains("argon2id") && all.contains(MASK), "{all}");
     }

@@ -43,8 +43,8 @@ enum StoredState<S> {
     V1(S),
 }
 
-/// A stored change ([`Table::Changelog`], [`Table::Conflicts`]), tagged
-/// with its format version: `V1` before changes carried their audit.
+/// A stored change ([`Table::Changelog`]), tagged with its format
+/// version: `V1` before changes carried their audit.
 #[derive(Serialize, Deserialize)]
 enum StoredChange<C> {
     V1(ChangeV1),

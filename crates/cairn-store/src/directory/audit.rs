@@ -13,10 +13,10 @@ use cairn_core::audit::Record;
 use cairn_core::dn::Dn;
 use cairn_core::entry::ValidEntry;
 use cairn_core::inherit::SECRET_ATTR;
-use cairn_core::merge::Change;
+use cairn_core::merge::{Change, ChangeOp};
 use uuid::Uuid;
 
-use super::{Directory, index_uuids};
+use super::{Directory, index_prefix, index_uuids};
 use crate::Error;
 use crate::codec::{decode_record, encode_record};
 use crate::engine::{Batch, Snapshot, Table};
@@ -49,6 +49,13 @@ impl Directory {
         shown: (Option<&ValidEntry>, Option<&ValidEntry>, Option<String>),
     ) -> Result<(), Error> {
         let (before, after, at) = shown;
+        // A modify that renames nothing changed its own attributes only.
+        let only: Option<Vec<&str>> = match &change.op {
+            ChangeOp::Modify { name: None, attrs } => {
+                Some(attrs.iter().map(|a| a.key.as_str()).collect())
+            }
+            _ => None,
+        };
         let record = Record::of(
             change.csn,
             change.uuid,
@@ -56,6 +63,7 @@ impl Directory {
             before,
             after,
             at,
+            only.as_deref(),
         );
         // Secret setting values never reach the audit trail: masked with
         // the keys secret where the entry is (marked on it, an ancestor or
@@ -84,16 +92,28 @@ impl Directory {
     }
 
     /// The setting keys secret at `dn` as `snap` holds the tree
-    /// (`access::Policy::secret_keys`, from the `cairnSecret` index).
+    /// (`access::Policy::secret_keys`): marked on the entry, an ancestor
+    /// or a site entry. Reads the entry's ancestors by DN and the site
+    /// entries through the objectClass index: a few reads, however many
+    /// entries mark keys.
     fn secret_keys_in(snap: &dyn Snapshot, dn: &Dn) -> Result<BTreeSet<String>, Error> {
         let key = SECRET_ATTR.to_ascii_lowercase();
-        let mut prefix = key.as_bytes().to_vec();
-        prefix.push(0);
         let mut marks = vec![];
-        for u in index_uuids(snap, &prefix)? {
+        let mut mark = |e: &ValidEntry| {
+            if let Some(a) = e.get(&key) {
+                marks.push((e.dn().clone(), e.has_class("cairnSite"), a.values.clone()));
+            }
+        };
+        let mut at = Some(dn.clone());
+        while let Some(d) = at.filter(|d| !d.is_root()) {
+            if let Some((_, e)) = Self::load_dn(snap, &d)? {
+                mark(&e);
+            }
+            at = d.parent();
+        }
+        for u in index_uuids(snap, &index_prefix("objectclass", "cairnsite"))? {
             if let Some(e) = Self::load(snap, u)? {
-                let keys = e.get(&key).map(|a| a.values.clone()).unwrap_or_default();
-                marks.push((e.dn().clone(), e.has_class("cairnSite"), keys));
+                mark(&e);
             }
         }
         Ok(access::Policy::default()
@@ -172,26 +192,31 @@ impl Directory {
     /// records per call (one transaction); returns how many it dropped.
     pub fn purge_audit(&self, before_ms: u64, max: usize) -> Result<usize, Error> {
         let snap = self.engine.snapshot()?;
-        let mut rows = vec![];
-        snap.scan_from(Table::Audit, &[], &mut |k, v| {
-            rows.push((k.to_vec(), v.to_vec()));
-            rows.len() < max
+        let mut old = vec![];
+        let mut failed = None;
+        snap.scan_from(Table::Audit, &[], &mut |k, v| match decode_record(v) {
+            Ok(r) if r.csn.ms < before_ms => {
+                old.push((k.to_vec(), r.uuid));
+                old.len() < max
+            }
+            Ok(_) => false,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
         })?;
         drop(snap);
-        let mut b = Batch::default();
-        let mut n = 0;
-        for (k, v) in rows {
-            let r = decode_record(&v)?;
-            if r.csn.ms >= before_ms {
-                break;
-            }
-            b.delete(Table::AuditByEntry, by_entry_key(r.uuid, position_key(&k)?));
-            b.delete(Table::Audit, k);
-            n += 1;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        if n > 0 {
+        let mut b = Batch::default();
+        for (k, uuid) in &old {
+            b.delete(Table::AuditByEntry, by_entry_key(*uuid, position_key(k)?));
+            b.delete(Table::Audit, k.clone());
+        }
+        if !old.is_empty() {
             self.write_txn(false, &mut |txn| txn.apply(&b))?;
         }
-        Ok(n)
+        Ok(old.len())
     }
 }

@@ -634,6 +634,15 @@ impl Directory {
                 ),
             )))
         };
+        // The site its audit record names is the site that stamped it.
+        if let Some(a) = &c.audit
+            && Origin::of_site(&a.site).site != c.csn.origin.site
+        {
+            return refuse(format!(
+                "its audit record names site {:?}, which did not make it",
+                a.site
+            ));
+        }
         let (name, attrs) = match &c.op {
             ChangeOp::Add { name, attrs } => (Some(name), attrs.as_slice()),
             ChangeOp::Modify { name, attrs } => (name.as_ref(), attrs.as_slice()),
@@ -959,12 +968,6 @@ impl Directory {
         change: &Change,
     ) -> Result<Effect, Error> {
         let old = Self::load_state(&*txn, change.uuid)?;
-        let logging = self.logging();
-        let shown_before = if logging {
-            Self::load(&*txn, change.uuid)?
-        } else {
-            None
-        };
         // Only a change of name or of life (an add, a delete, a rename)
         // can move an entry, make or break a loop of moves, or change who
         // holds a name; the members of a loop it breaks go home.
@@ -978,7 +981,8 @@ impl Directory {
             if !self.vector_holds(&*txn, &change.csn)? {
                 let mut b = Batch::default();
                 if let Some(at) = self.log_change(&*txn, &mut b, change)? {
-                    let shown = shown_before.as_ref();
+                    let shown = Self::load(&*txn, change.uuid)?;
+                    let shown = shown.as_ref();
                     let place = Self::place_of(&state);
                     self.record_change(&*txn, &mut b, at, change, (shown, shown, place))?;
                 }
@@ -988,6 +992,11 @@ impl Directory {
         }
         let mut b = Batch::default();
         let logged = self.log_change(&*txn, &mut b, change)?;
+        // The entry as shown before the change, for its audit record.
+        let shown_before = match logged {
+            Some(_) => Self::load(&*txn, change.uuid)?,
+            None => None,
+        };
         let attrs_only = match &change.op {
             ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
             _ => None,
@@ -1008,13 +1017,6 @@ impl Directory {
     /// record: where its entry was deleted.
     fn place_of(state: &EntryState) -> Option<String> {
         state.deleted_at.clone()
-    }
-
-    /// Whether changes applied now are logged (not a plan that is thrown
-    /// away).
-    fn logging(&self) -> bool {
-        let cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        !cursor.active || cursor.keep
     }
 
     /// Starts the change log's cursor for a transaction (`keep` false: a

@@ -1778,3 +1778,35 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
     assert_eq!(a.dir.audit_after(0, 1000).unwrap()[0].0, trail[2].0);
     assert_eq!(a.dir.purge_audit(cut, 1000).unwrap(), 0);
 }
+
+/// A change from another site whose audit record names a site other than
+/// the one that stamped it is refused before it is logged.
+#[test]
+fn a_change_whose_audit_names_another_site_is_refused() {
+    use cairn_core::audit::By;
+    let mut all = sites(1);
+    let a = &mut all[0];
+    let op = a
+        .dir
+        .prepare(modify_op(HOSTS, ModOp::Replace, "description", &["x"]))
+        .unwrap();
+    let csn = Csn {
+        ms: 1_796_000_000_100,
+        logical: 0,
+        origin: Origin::of_site("west"),
+        seq: 0,
+    };
+    let (_, change) = a
+        .dir
+        .plan_changes(&[&op], &[csn], &[])
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let mut change = change.unwrap();
+    change.audit = Some(By::node().audit("west", 1));
+    a.dir.check_changes(std::slice::from_ref(&change)).unwrap();
+    change.audit = Some(By::node().audit("east", 1));
+    let e = a.dir.check_changes(&[change]).unwrap_err();
+    assert!(e.to_string().contains("names site \"east\""), "{e}");
+}

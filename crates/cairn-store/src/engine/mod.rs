@@ -55,6 +55,7 @@ pub enum Table {
     /// Change log position (u64 BE) → versioned audit record: who made
     /// each change applied here and what it changed
     /// (`cairn_core::audit::Record`), kept for `[audit] retention_days`.
+    /// This node's own: not in snapshots.
     Audit,
     /// entryUUID ‖ change log position → empty: each entry's audit
     /// records, for `cairn history`.
@@ -83,8 +84,11 @@ impl Table {
         Table::AuditByEntry,
     ];
 
-    /// The tables that hold the directory itself (what a snapshot carries).
-    pub const DIRECTORY: [Table; 12] = [
+    /// The tables that hold the directory itself (what a snapshot
+    /// carries). Not the audit trail: each node keeps its own (the same
+    /// records at every node that applied the same changes), and a
+    /// snapshot, built in memory, would carry months of it.
+    pub const DIRECTORY: [Table; 10] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -95,8 +99,6 @@ impl Table {
         Table::Vector,
         Table::Conflicts,
         Table::Forgotten,
-        Table::Audit,
-        Table::AuditByEntry,
     ];
 
     /// The table's position in [`Table::ALL`].
