@@ -875,3 +875,158 @@ fn issue_12_a_secret_setting_is_withheld_from_a_host_without_tls() {
     assert!(stdout(&out).contains("\"secret\":true"), "{}", stdout(&out));
     assert!(!stdout(&out).contains(SECRET));
 }
+
+/// `ldapwhoami -Y EXTERNAL` with the client certificate `cert` (and its
+/// key) over `url`, trusting the dev CA `ca`.
+fn whoami_external(url: &str, ca: &std::path::Path, cert: Option<(&str, &str)>) -> Output {
+    let mut cmd = std::process::Command::new("ldapwhoami");
+    cmd.env("LDAPTLS_CACERT", ca)
+        .env_remove("LDAPTLS_CERT")
+        .env_remove("LDAPTLS_KEY")
+        .args(["-Q", "-Y", "EXTERNAL", "-H", url]);
+    if let Some((c, k)) = cert {
+        cmd.env("LDAPTLS_CERT", c).env("LDAPTLS_KEY", k);
+    }
+    if url.starts_with("ldap://") {
+        cmd.arg("-ZZ");
+    }
+    cmd.output().expect("run ldapwhoami")
+}
+
+/// Issue 12: a client certificate of the deployment's CA (`cairn certs
+/// client`) names a directory entry. Over LDAPS and StartTLS it binds by
+/// SASL EXTERNAL as that entry (OpenLDAP's `ldapwhoami -Y EXTERNAL`); a
+/// certificate naming no entry, or from another CA, binds no one; EXTERNAL
+/// without TLS is refused by the server. On the hosts' TLS port a host's
+/// certificate is its proof: it pulls its own configuration without a
+/// token, and no other host's, and registers nothing.
+#[test]
+fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
+    let n = Node::start_opts("redb", &[], &["--host-auth", "true", "--grpc-tls", "true"]);
+    ok(n.tool(
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: {}\nobjectClass: inetOrgPerson\ncn: bob\nsn: bob\n",
+            user("bob")
+        )),
+    ));
+    let tls = n.data.path().join("tls");
+    let issue = |dn: &str, name: &str| {
+        ok(n.cairn(&[
+            "certs",
+            "client",
+            "--out",
+            tls.to_str().unwrap(),
+            "--dn",
+            dn,
+            "--name",
+            name,
+        ]));
+        let f = |s: &str| tls.join(s).to_str().unwrap().to_string();
+        (f(&format!("{name}.pem")), f(&format!("{name}-key.pem")))
+    };
+    let (bob_cert, bob_key) = issue(&user("bob"), "bob");
+    let root = stdout(&ok(n.tool(
+        "ldapsearch",
+        &["-LLL", "-b", "", "-s", "base", "supportedSASLMechanisms"],
+        None,
+    )));
+    assert!(root.contains("supportedSASLMechanisms: EXTERNAL"), "{root}");
+    for url in [n.ldaps_url(), n.url()] {
+        let out = whoami_external(&url, &n.ca(), Some((&bob_cert, &bob_key)));
+        assert_eq!(rc(&out), 0, "{url}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), format!("dn:{}", user("bob")), "{url}");
+    }
+    // A certificate naming no entry binds no one.
+    let (ghost_cert, ghost_key) = issue(&user("ghost"), "ghost");
+    let out = whoami_external(&n.ldaps_url(), &n.ca(), Some((&ghost_cert, &ghost_key)));
+    assert_eq!(rc(&out), 49, "{}{}", stdout(&out), stderr(&out));
+    // Another CA's certificate: the handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    ok(n.cairn(&[
+        "certs",
+        "init",
+        "--out",
+        other.path().to_str().unwrap(),
+        "--node",
+        "east/1=127.0.0.1",
+    ]));
+    ok(n.cairn(&[
+        "certs",
+        "client",
+        "--out",
+        other.path().to_str().unwrap(),
+        "--dn",
+        &user("bob"),
+    ]));
+    let (s_cert, s_key) = (
+        other.path().join("bob.pem"),
+        other.path().join("bob-key.pem"),
+    );
+    let out = whoami_external(
+        &n.ldaps_url(),
+        &n.ca(),
+        Some((s_cert.to_str().unwrap(), s_key.to_str().unwrap())),
+    );
+    assert!(!out.status.success(), "another CA's certificate was taken");
+    assert!(!stdout(&out).contains("dn:"), "{}", stdout(&out));
+    // EXTERNAL on a connection with no certificate: the server refuses
+    // (OpenLDAP's tools would not even send it).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        let (conn, mut ldap) = ldap3::LdapConnAsync::new(&n.url()).await.unwrap();
+        ldap3::drive!(conn);
+        ldap.sasl_external_bind().await.unwrap().rc
+    });
+    assert_eq!(code, 48, "EXTERNAL without a certificate");
+
+    // A host's certificate on the hosts' TLS port.
+    let (h_cert, h_key) = issue(HOST, "esx-001");
+    let ca = n.ca();
+    let pull_as = |mac: &str, extra: &[&str]| {
+        std::process::Command::new(bin("cairn"))
+            .env_remove("CAIRN_TOKEN")
+            .arg("--ca")
+            .arg(&ca)
+            .args(["pull", "--server", &n.grpc.to_string(), "--mac", mac])
+            .args(["--cert", &h_cert, "--key", &h_key])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = pull_as(ESX001_MAC, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("# host {HOST}")),
+        "{}",
+        stdout(&out)
+    );
+    let other_host = pull_as(LAB_MAC, &[]);
+    assert!(!other_host.status.success(), "{}", stdout(&other_host));
+    let unknown = pull_as("02:00:00:00:00:99", &[]);
+    assert_eq!(
+        stderr(&other_host).replace(LAB_MAC, "<MAC>"),
+        stderr(&unknown).replace("02:00:00:00:00:99", "<MAC>"),
+    );
+    let out = pull_as(
+        "02:00:00:00:07:08",
+        &["--vendor", "Dell Inc.", "--ip", "10.1.7.8"],
+    );
+    assert!(!out.status.success(), "a certificate registered a host");
+    // Without the certificate (and no token) the same pull is refused.
+    let out = std::process::Command::new(bin("cairn"))
+        .env_remove("CAIRN_TOKEN")
+        .arg("--ca")
+        .arg(&ca)
+        .args(["pull", "--server", &n.grpc.to_string(), "--mac", ESX001_MAC])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("enrollment token"),
+        "{}",
+        stderr(&out)
+    );
+}

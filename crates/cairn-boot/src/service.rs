@@ -77,16 +77,32 @@ impl Boot {
         })
     }
 
-    /// The subtree the request's enrollment token opens (None when hosts
-    /// need none), or UNAUTHENTICATED. The token is never logged; failures
-    /// are counted (`cairn_pull_total{result="unauthenticated"}`) and
-    /// slowed per source address as failed binds are.
-    async fn authenticate<T>(
-        &self,
-        req: &tonic::Request<T>,
-    ) -> Result<Option<cairn_core::dn::Dn>, tonic::Status> {
+    /// What the caller may pull: the host entry its client certificate
+    /// names (TLS with `[tls] client_ca_file`: that host alone, token or
+    /// not), else the subtree its enrollment token opens (None when hosts
+    /// need none), or UNAUTHENTICATED. The token is never logged;
+    /// failures are counted (`cairn_pull_total{result="unauthenticated"}`)
+    /// and slowed per source address as failed binds are.
+    async fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Scope, tonic::Status> {
+        if let Some(certs) = req.peer_certs()
+            && let Some(cert) = certs.first()
+        {
+            let named = cairn_tls::identity::entry_of(cert).and_then(|dn| {
+                cairn_core::dn::Dn::parse(&dn).map_err(|e| format!("{dn:?} is not a DN: {e}"))
+            });
+            return match named {
+                Ok(host) => Ok(Scope::Certificate(host)),
+                Err(why) => {
+                    self.metrics.pull("unauthenticated");
+                    warn!(client = ?caller_of(req), cause = %why, "a pull's client certificate names no entry");
+                    Err(tonic::Status::unauthenticated(format!(
+                        "the client certificate names no host: {why}"
+                    )))
+                }
+            };
+        }
         if !self.host_auth {
-            return Ok(None);
+            return Ok(Scope::Open);
         }
         let source = caller_of(req);
         let presented = presented_token(req);
@@ -100,7 +116,7 @@ impl Boot {
         match self.check_token(presented).await? {
             Ok(scope) => {
                 self.throttle.succeeded(source, &key);
-                Ok(Some(scope))
+                Ok(Scope::Token(scope))
             }
             Err(why) => {
                 self.throttle.failed(source, &key);
@@ -303,6 +319,26 @@ fn outcome(e: &BootError) -> &'static str {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::PullResponse, tonic::Status>> + Send>>;
 
+/// What a caller proved, and so what it may pull.
+enum Scope {
+    /// Hosts need no proof (`grpc.host_auth` off) and none was given.
+    Open,
+    /// An enrollment token: the hosts of the subtree its entry sits under.
+    Token(cairn_core::dn::Dn),
+    /// A client certificate naming a host entry: that host alone.
+    Certificate(cairn_core::dn::Dn),
+}
+
+impl Scope {
+    /// The subtree the caller's pulls are limited to.
+    fn subtree(self) -> Option<cairn_core::dn::Dn> {
+        match self {
+            Scope::Open => None,
+            Scope::Token(s) | Scope::Certificate(s) => Some(s),
+        }
+    }
+}
+
 /// How long a watcher lets a burst of writes settle before re-reading.
 const SETTLE: Duration = Duration::from_millis(20);
 
@@ -317,6 +353,7 @@ impl pb::config_server::Config for ConfigService {
     ) -> Result<tonic::Response<pb::PullResponse>, tonic::Status> {
         let caller = caller_of(&req);
         let scope = self.0.authenticate(&req).await?;
+        let scope = scope.subtree();
         let r = req.into_inner();
         let m = &self.0.metrics;
         let id = Identity::from_pb(&r.identity.unwrap_or_default())
@@ -353,7 +390,11 @@ impl pb::config_server::Config for ConfigService {
         req: tonic::Request<pb::PullRequest>,
     ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
         let caller = caller_of(&req);
-        let mut scope = self.0.authenticate(&req).await?;
+        let proof = self.0.authenticate(&req).await?;
+        // A token is checked again as the stream goes on; a certificate
+        // was checked for the connection.
+        let by_token = matches!(proof, Scope::Token(_));
+        let mut scope = proof.subtree();
         let presented = presented_token(&req);
         let r = req.into_inner();
         let id = Identity::from_pb(&r.identity.unwrap_or_default()).map_err(status)?;
@@ -400,12 +441,12 @@ impl pb::config_server::Config for ConfigService {
                     _ = tx.closed() => return,
                     changed = changes.changed() => if changed.is_err() { return },
                     // A token that expires on a quiet directory is noticed.
-                    _ = tokio::time::sleep(RECHECK), if boot.host_auth => {}
+                    _ = tokio::time::sleep(RECHECK), if by_token => {}
                 }
                 tokio::time::sleep(SETTLE).await;
                 changes.borrow_and_update();
                 // A token revoked (or expired) since ends the stream.
-                if boot.host_auth {
+                if by_token {
                     match boot.check_token(presented.clone()).await {
                         // The subtree as the token's entry says now.
                         Ok(Ok(now)) => scope = Some(now),

@@ -99,6 +99,8 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
         let limits = ctx.config.limits.clone();
         let codec = StrictCodec::new(limits.max_pdu_bytes, limits.stall_timeout, budget);
         let mut tls = stream.is_tls();
+        // Who the client's certificate says it is, for SASL EXTERNAL.
+        let mut client_entry = stream.client_entry();
         let framed = Framed::new(stream, codec);
         let (mut sink, mut frames) = framed.split();
         let (tx, mut rx) = mpsc::channel::<LdapMsg>(256);
@@ -184,7 +186,8 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                             }
                         }
                         LdapOp::BindRequest(req) => {
-                            let (reply, new_auth) = ops::bind(&ctx, msgid, req, Some(peer.ip()), tls).await;
+                            let via = ops::BindVia { source: Some(peer.ip()), tls, certificate: client_entry.clone() };
+                            let (reply, new_auth) = ops::bind(&ctx, msgid, req, via).await;
                             if let Some(a) = new_auth {
                                 auth = Arc::new(a);
                             }
@@ -252,6 +255,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                             let Some(cfg) = ctx.tls.as_ref() else { return };
                             match crate::stream::accept(cfg, tcp, limits.stall_timeout).await {
                                 Ok(s) => {
+                                    client_entry = s.client_entry();
                                     (sink, frames) = Framed::new(s, parts.codec).split();
                                     tls = true;
                                     session.tls.store(true, Ordering::SeqCst);

@@ -52,6 +52,7 @@ pub fn root_dse(
     naming_contexts: &[String],
     version: &str,
     start_tls: bool,
+    sasl_external: bool,
 ) -> Vec<(String, Vec<String>)> {
     let mut extensions = vec![
         OID_WHOAMI.to_string(),
@@ -77,7 +78,14 @@ pub fn root_dse(
         ),
         ("supportedExtension".into(), extensions),
         ("supportedFeatures".into(), vec![OID_ALL_OPERATIONAL.into()]),
-        ("supportedSASLMechanisms".into(), vec![]),
+        (
+            "supportedSASLMechanisms".into(),
+            if sasl_external {
+                vec!["EXTERNAL".into()]
+            } else {
+                vec![]
+            },
+        ),
         ("subschemaSubentry".into(), vec!["cn=schema".into()]),
         // Where the change log is (draft-good-ldap-changelog); readable
         // by administrators.

@@ -156,14 +156,27 @@ fn utf8_values(attr: &str, vals: Vec<Vec<u8>>) -> Result<Vec<String>, Outcome> {
         .collect()
 }
 
-/// Simple bind. Returns the response and, on success, the new identity.
+/// How a bind arrived: from which address, over TLS or not, and the entry
+/// the client's certificate names, if it presented one.
+pub struct BindVia {
+    pub source: Option<std::net::IpAddr>,
+    pub tls: bool,
+    pub certificate: Option<Result<Dn, String>>,
+}
+
+/// Simple bind, or SASL EXTERNAL with a client certificate. Returns the
+/// response and, on success, the new identity.
 pub async fn bind(
     ctx: &Arc<ServerContext>,
     msgid: i32,
     req: LdapBindRequest,
-    source: Option<std::net::IpAddr>,
-    tls: bool,
+    via: BindVia,
 ) -> (LdapMsg, Option<Auth>) {
+    let BindVia {
+        source,
+        tls,
+        certificate,
+    } = via;
     let op = LdapOp::BindRequest(req.clone());
     let fail = |code, msg: &str| {
         let what = if code == LdapResultCode::InvalidCredentials {
@@ -180,12 +193,34 @@ pub async fn bind(
             "only LDAP version 3 is supported",
         );
     }
-    let pw = match req.cred {
-        LdapBindCred::Simple(pw) => pw,
+    let pw = match &req.cred {
+        LdapBindCred::Simple(pw) => pw.clone(),
+        LdapBindCred::SASL(sasl) if sasl.mechanism.eq_ignore_ascii_case("EXTERNAL") => {
+            return match external(ctx, &certificate, &sasl.credentials).await {
+                Ok(auth) => {
+                    ctx.metrics.bind("ok");
+                    debug!(dn = ?auth.dn, admin = auth.admin, "bound by SASL EXTERNAL");
+                    (
+                        reply(msgid, &op, result(LdapResultCode::Success, "", "")),
+                        Some(auth),
+                    )
+                }
+                Err((code, why)) => fail(code, &why),
+            };
+        }
+        LdapBindCred::SASL(sasl) => {
+            return fail(
+                LdapResultCode::AuthMethodNotSupported,
+                &format!(
+                    "SASL mechanism {:?} is not supported: simple binds and SASL EXTERNAL are",
+                    sasl.mechanism
+                ),
+            );
+        }
         _ => {
             return fail(
                 LdapResultCode::AuthMethodNotSupported,
-                "only simple bind is supported",
+                "only simple binds and SASL EXTERNAL are supported",
             );
         }
     };
@@ -280,6 +315,65 @@ pub async fn bind(
             ctx.metrics.bind("error");
             (reply(msgid, &op, outcome_result(&o)), None)
         }
+    }
+}
+
+/// SASL EXTERNAL (RFC 4422 appendix A, RFC 4513 5.2.3): the identity is
+/// the directory entry the TLS client certificate names (checked against
+/// `[tls] client_ca_file` in the handshake). An authorization identity,
+/// if sent, must be that entry (`dn:<DN>`): acting as another is not
+/// supported.
+async fn external(
+    ctx: &Arc<ServerContext>,
+    certificate: &Option<Result<Dn, String>>,
+    authzid: &[u8],
+) -> Result<Auth, (LdapResultCode, String)> {
+    let dn = match certificate {
+        None => {
+            return Err((
+                LdapResultCode::InappropriateAuthentication,
+                "SASL EXTERNAL needs TLS (LDAPS or StartTLS) with a client certificate, and this connection presented none".into(),
+            ));
+        }
+        Some(Err(why)) => return Err((LdapResultCode::InvalidCredentials, why.clone())),
+        Some(Ok(dn)) => dn.clone(),
+    };
+    if !authzid.is_empty() {
+        let asked = std::str::from_utf8(authzid)
+            .ok()
+            .and_then(|a| a.strip_prefix("dn:"))
+            .and_then(|d| Dn::parse(d).ok());
+        if asked.as_ref().map(Dn::norm) != Some(dn.norm()) {
+            return Err((
+                LdapResultCode::InvalidCredentials,
+                "the authorization identity must be the certificate's own (dn:<DN>); acting as another is not supported".into(),
+            ));
+        }
+    }
+    let ctx2 = ctx.clone();
+    let dn2 = dn.clone();
+    let found = blocking(move || {
+        if dn2 == ctx2.config.admin_dn {
+            return Ok(Some(true));
+        }
+        let exists = ctx2
+            .dir
+            .get(&dn2)
+            .map_err(|e| to_ldap_result(&e))?
+            .is_some();
+        Ok(exists.then(|| is_admin_member(&ctx2, &dn2)))
+    })
+    .await
+    .map_err(|o| (o.code, o.message))?;
+    match found {
+        Some(admin) => Ok(Auth {
+            dn: Some(dn),
+            admin,
+        }),
+        None => Err((
+            LdapResultCode::InvalidCredentials,
+            "the certificate names no entry of this directory".into(),
+        )),
     }
 }
 
@@ -1285,6 +1379,7 @@ async fn search_inner(
                 &ctx.naming_contexts(),
                 &ctx.config.version,
                 ctx.tls.is_some(),
+                ctx.tls.as_ref().is_some_and(|t| t.accepts_clients()),
             );
             let e = LdapSearchResultEntry {
                 dn: String::new(),

@@ -19,6 +19,21 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// The directory entry the client's certificate names (None: plain
+    /// TCP, or no certificate; an error: a certificate whose name Cairn
+    /// cannot read as a DN). The certificate was checked against the
+    /// clients' CA in the handshake.
+    pub fn client_entry(&self) -> Option<Result<cairn_core::dn::Dn, String>> {
+        let Stream::Tls(s) = self else {
+            return None;
+        };
+        let cert = s.get_ref().1.peer_certificates()?.first()?;
+        Some(cairn_tls::identity::entry_of(cert).and_then(|dn| {
+            cairn_core::dn::Dn::parse(&dn)
+                .map_err(|e| format!("the certificate names {dn:?}, which is not a DN: {e}"))
+        }))
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,

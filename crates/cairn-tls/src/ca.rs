@@ -203,6 +203,44 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate for the directory entry `dn` (an LDAP DN
+    /// string): an `ldap:///<DN>` URI names it
+    /// ([`crate::identity::entry_of`]), its subject is `cn=` its first
+    /// RDN's value; valid for five years, for TLS clients only.
+    pub fn issue_client(&self, dn: &str) -> Result<Pair, Error> {
+        let mut params = CertificateParams::default();
+        let uri = crate::identity::entry_uri(dn);
+        params.subject_alt_names = vec![SanType::URI(
+            uri.clone()
+                .try_into()
+                .map_err(|e| gen_err(format!("{uri}: {e}")))?,
+        )];
+        let cn = dn
+            .split(',')
+            .next()
+            .and_then(|rdn| rdn.split_once('='))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| dn.to_string());
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, cn);
+        params.distinguished_name = name;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + CERT_VALIDITY).into();
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        Ok(Pair {
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,9 @@ pub struct Reloading {
     cert: PathBuf,
     key: PathBuf,
     ca: Option<PathBuf>,
+    /// The CA whose client certificates the server accepts, optionally
+    /// ([`Reloading::with_clients`]).
+    clients: Option<PathBuf>,
     alpn: &'static [&'static [u8]],
     state: Mutex<State>,
 }
@@ -174,24 +177,57 @@ fn modified(p: &Path) -> Option<SystemTime> {
 }
 
 /// The files' modification times, to notice a change.
-fn stamps(cert: &Path, key: &Path, ca: Option<&Path>) -> Vec<Option<SystemTime>> {
+fn stamps(cert: &Path, key: &Path, cas: [Option<&Path>; 2]) -> Vec<Option<SystemTime>> {
     let mut v = vec![modified(cert), modified(key)];
-    if let Some(ca) = ca {
-        v.push(modified(ca));
-    }
+    v.extend(cas.into_iter().flatten().map(modified));
     v
+}
+
+/// Server settings that ask clients for a certificate issued by the CA
+/// in `clients` and let those without one in (which identity a
+/// certificate gives is the front end's business).
+fn optional_clients(
+    cert_path: &Path,
+    key_path: &Path,
+    clients: &Path,
+    alpn: &'static [&'static [u8]],
+) -> Result<Arc<ServerConfig>, Error> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(clients)?),
+        provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| file_error(clients, e))?;
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert_path)?, load_key(key_path)?)
+        .map_err(|e| {
+            Error::Tls(format!(
+                "{} and {}: {e}",
+                cert_path.display(),
+                key_path.display()
+            ))
+        })?;
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(server))
 }
 
 /// Builds the settings from the files.
 fn load(
     cert_path: &Path,
     key_path: &Path,
-    ca: Option<&Path>,
+    (ca, clients): (Option<&Path>, Option<&Path>),
     alpn: &'static [&'static [u8]],
 ) -> Result<Loaded, Error> {
     let Some(ca) = ca else {
         return Ok(Loaded {
-            server: server_config(cert_path, key_path, alpn)?,
+            server: match clients {
+                Some(c) => optional_clients(cert_path, key_path, c, alpn)?,
+                None => server_config(cert_path, key_path, alpn)?,
+            },
             client: None,
             node: None,
         });
@@ -265,7 +301,26 @@ impl Reloading {
         key: &Path,
         alpn: &'static [&'static [u8]],
     ) -> Result<Reloading, Error> {
-        Self::load_new(cert, key, None, alpn)
+        Self::load_new(cert, key, (None, None), alpn)
+    }
+
+    /// The same, asking clients for a certificate issued by the CA in
+    /// `clients` (`[tls] client_ca_file`), which they may present or not:
+    /// LDAP's SASL EXTERNAL and hosts that prove who they are
+    /// ([`identity::entry_of`]).
+    pub fn with_clients(
+        cert: &Path,
+        key: &Path,
+        clients: Option<&Path>,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<Reloading, Error> {
+        Self::load_new(cert, key, (None, clients), alpn)
+    }
+
+    /// Whether clients may present a certificate
+    /// ([`Reloading::with_clients`]).
+    pub fn accepts_clients(&self) -> bool {
+        self.clients.is_some()
     }
 
     /// Mutual TLS between the nodes of a deployment: clients must present
@@ -278,22 +333,24 @@ impl Reloading {
         key: &Path,
         alpn: &'static [&'static [u8]],
     ) -> Result<Reloading, Error> {
-        Self::load_new(cert, key, Some(ca), alpn)
+        Self::load_new(cert, key, (Some(ca), None), alpn)
     }
 
     fn load_new(
         cert: &Path,
         key: &Path,
-        ca: Option<&Path>,
+        (ca, clients): (Option<&Path>, Option<&Path>),
         alpn: &'static [&'static [u8]],
     ) -> Result<Reloading, Error> {
         let ca = ca.map(Path::to_path_buf);
-        let stamps = stamps(cert, key, ca.as_deref());
-        let loaded = load(cert, key, ca.as_deref(), alpn)?;
+        let clients = clients.map(Path::to_path_buf);
+        let stamps = stamps(cert, key, [ca.as_deref(), clients.as_deref()]);
+        let loaded = load(cert, key, (ca.as_deref(), clients.as_deref()), alpn)?;
         Ok(Reloading {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             ca,
+            clients,
             alpn,
             state: Mutex::new(State {
                 loaded,
@@ -309,11 +366,12 @@ impl Reloading {
     /// they were last read.
     fn current(&self) -> Loaded {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let stamps = stamps(&self.cert, &self.key, self.ca.as_deref());
+        let cas = [self.ca.as_deref(), self.clients.as_deref()];
+        let stamps = stamps(&self.cert, &self.key, cas);
         let retry = st.failed_at.is_some_and(|t| t.elapsed() >= RETRY);
         if stamps != st.stamps || retry {
             st.stamps = stamps;
-            match load(&self.cert, &self.key, self.ca.as_deref(), self.alpn) {
+            match load(&self.cert, &self.key, cas.into(), self.alpn) {
                 // A renewal that names another node is not this node's.
                 Ok(l) if l.node != st.loaded.node => {
                     st.error = Some(format!(
@@ -612,6 +670,86 @@ mod tests {
         let e =
             Reloading::mutual(&plain.ca, &plain.cert, &plain.key, ALPN_GRPC).expect_err("refused");
         assert!(e.to_string().contains("names no Cairn node"), "{e}");
+    }
+
+    /// A client with a certificate of the clients' CA is known by the
+    /// entry it names; one without any gets in too (nothing is proven);
+    /// one with another CA's certificate is refused.
+    #[tokio::test]
+    async fn optional_client_certificates_name_a_directory_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = dev::ensure(tmp.path(), &["127.0.0.1".into()]).unwrap();
+        let server =
+            Reloading::with_clients(&files.cert, &files.key, Some(&files.ca), &[]).unwrap();
+        assert!(server.accepts_clients());
+        let (ca, _) = ca::Ca::open_or_create(tmp.path(), dev::CA_NAME).unwrap();
+        let bob = "cn=Bob Smith\\, Jr.,ou=people,dc=example,dc=com";
+        let pair = ca.issue_client(bob).unwrap();
+        let (cert, key) = (tmp.path().join("bob.pem"), tmp.path().join("bob-key.pem"));
+        pair.write(&cert, &key).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (stranger_ca, _) = ca::Ca::open_or_create(other.path(), "another CA").unwrap();
+        let (scert, skey) = (other.path().join("s.pem"), other.path().join("s-key.pem"));
+        stranger_ca
+            .issue_client(bob)
+            .unwrap()
+            .write(&scert, &skey)
+            .unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeout = std::time::Duration::from_secs(5);
+        let client = |with: Option<(&Path, &Path)>| {
+            let roots = roots(&files.ca).unwrap();
+            let b = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+            let cfg = match with {
+                Some((c, k)) => b
+                    .with_client_auth_cert(load_certs(c).unwrap(), load_key(k).unwrap())
+                    .unwrap(),
+                None => b.with_no_client_auth(),
+            };
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        };
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let seen = |with: Option<(&Path, &Path)>| {
+            let connector = client(with);
+            let (server, listener, name) = (&server, &listener, name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (accepted, _dialled) = tokio::join!(
+                    async {
+                        let (tcp, _) = listener.accept().await.unwrap();
+                        accept(server, tcp, timeout).await
+                    },
+                    async {
+                        use tokio::io::AsyncReadExt;
+                        let mut s = connector.connect(name, tcp).await?;
+                        // TLS 1.3 clients learn of a refusal at their
+                        // first read; the server closes after accepting.
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(200),
+                            s.read(&mut [0u8; 1]),
+                        )
+                        .await;
+                        Ok::<_, std::io::Error>(())
+                    }
+                );
+                accepted.map(|s| {
+                    s.get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(identity::entry_of)
+                })
+            }
+        };
+        let got = seen(Some((&cert, &key))).await.unwrap();
+        assert_eq!(got, Some(Ok(bob.to_string())));
+        assert_eq!(seen(None).await.unwrap(), None);
+        assert!(seen(Some((&scert, &skey))).await.is_err());
     }
 
     #[test]

@@ -23,6 +23,26 @@ pub enum CertsCmd {
     /// Make the deployment CA (unless DIR has one) and a certificate for
     /// every --node.
     Init(InitArgs),
+    /// Make a client certificate, with the CA in DIR, naming a directory
+    /// entry: a person or tool binds with it by SASL EXTERNAL over LDAPS
+    /// or StartTLS, a host proves with it which host it is on the hosts'
+    /// port (nodes need `[tls] client_ca_file`).
+    Client(ClientArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Where the CA is kept (made by `cairn certs init`).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The entry the certificate names, e.g.
+    /// `cn=bob,ou=people,dc=example,dc=com`.
+    #[arg(long, value_name = "DN")]
+    pub dn: String,
+    /// The files' name: DIR/NAME.pem and DIR/NAME-key.pem (default: the
+    /// first RDN's value).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,7 +94,10 @@ fn parse_node(arg: &str) -> anyhow::Result<NodeArg> {
 }
 
 pub fn run(cmd: CertsCmd) -> anyhow::Result<ExitCode> {
-    let CertsCmd::Init(args) = cmd;
+    let args = match cmd {
+        CertsCmd::Init(args) => args,
+        CertsCmd::Client(args) => return client(args),
+    };
     let nodes = args
         .nodes
         .iter()
@@ -131,6 +154,44 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<ExitCode> {
             key.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn certs client`.
+fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let dn = cairn_core::dn::Dn::parse(&args.dn)
+        .with_context(|| format!("--dn {:?} is not a DN", args.dn))?;
+    if dn.is_root() {
+        anyhow::bail!("--dn: the certificate must name an entry");
+    }
+    let (ca_cert, ca_key) = cairn_tls::ca::ca_files(&args.out);
+    if !ca_cert.exists() {
+        anyhow::bail!(
+            "no CA in {}: make it with `cairn certs init --out {} --node …` first",
+            args.out.display(),
+            args.out.display()
+        );
+    }
+    let ca = Ca::load(&ca_cert, &ca_key)?;
+    let stem = match args.name {
+        Some(n) => n,
+        None => dn
+            .rdn()
+            .and_then(|r| r.avas().first())
+            .map(|a| a.value.clone())
+            .unwrap_or_default(),
+    };
+    if stem.is_empty() || stem.contains(['/', '\\']) || stem.starts_with('.') {
+        anyhow::bail!("--name {stem:?}: not a file name; give --name");
+    }
+    let cert = args.out.join(format!("{stem}.pem"));
+    let key = args.out.join(format!("{stem}-key.pem"));
+    ca.issue_client(&dn.to_string())?.write(&cert, &key)?;
+    println!(
+        "{dn}: {} and {} (a client certificate: SASL EXTERNAL over LDAPS or StartTLS, or a host's proof on the hosts' port)",
+        cert.display(),
+        key.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

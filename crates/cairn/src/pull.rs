@@ -70,6 +70,15 @@ pub struct PullArgs {
     /// one); or set CAIRN_TOKEN. Never printed or logged.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Prove which host this is with a client certificate (PEM; `cairn
+    /// certs client --dn <host DN>` makes one) and its key (--key), over
+    /// TLS (`cairn --ca FILE`): the node then answers for that host
+    /// alone, with or without a token. Or CAIRN_CERT and CAIRN_KEY.
+    #[arg(long, value_name = "FILE", env = "CAIRN_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "CAIRN_KEY", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 /// The enrollment token of this run, set once at its start.
@@ -133,10 +142,21 @@ pub async fn run(a: PullArgs, ca: Option<&std::path::Path>) -> anyhow::Result<Ex
         Some(path) => {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read the CA file {}", path.display()))?;
-            Some(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-            )
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            Some(tls)
+        }
+        None if a.cert.is_some() => {
+            bail!("--cert needs TLS: give the node's CA with `cairn --ca FILE pull …`")
         }
         None => None,
     };

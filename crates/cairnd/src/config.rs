@@ -53,6 +53,11 @@ pub struct TlsSection {
     /// whose certificate it issued, and this node checks the nodes it
     /// calls the same way.
     pub ca_file: Option<PathBuf>,
+    /// The CA of client certificates: LDAPS, StartTLS and the TLS hosts'
+    /// port then ask clients for one (optional), a person or tool binds
+    /// with it by SASL EXTERNAL and a host proves which host it is
+    /// (`cairn certs client`).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this node's place in its site (a Raft group).
@@ -651,6 +656,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The deployment's CA (`[tls] ca_file`): mutual TLS between nodes.
     pub tls_ca: Option<PathBuf>,
+    /// The CA of client certificates (`[tls] client_ca_file`).
+    pub client_ca: Option<PathBuf>,
     pub ldap: cairn_ldap::Config,
     pub grpc_listen: SocketAddr,
     /// The host port serves TLS only.
@@ -756,6 +763,10 @@ impl FileConfig {
             bail!("grpc.tls needs tls.cert_file and tls.key_file");
         }
         let tls_ca = self.tls.ca_file.clone();
+        let client_ca = self.tls.client_ca_file.clone();
+        if client_ca.is_some() && tls.is_none() {
+            bail!("tls.client_ca_file needs tls.cert_file and tls.key_file");
+        }
         if tls_ca.is_some() && tls.is_none() {
             bail!("tls.ca_file needs tls.cert_file and tls.key_file (the node's own certificate)");
         }
@@ -803,6 +814,7 @@ impl FileConfig {
             ldaps_listen: self.ldap.ldaps_listen,
             tls,
             tls_ca,
+            client_ca,
             grpc_listen: self.grpc.listen,
             grpc_tls: self.grpc.tls,
             host_auth: self.grpc.host_auth,

@@ -240,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                         .context("cannot make the dev mode's TLS certificates")?;
                         f.tls.cert_file = Some(made.cert);
                         f.tls.key_file = Some(made.key);
+                        f.tls.client_ca_file = Some(made.ca.clone());
                         f.tls.ca_file = Some(made.ca);
                     }
                     Ok(())

@@ -164,8 +164,13 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let stop2 = stop.clone();
     let grpc_tls = match (&s.tls, s.grpc_tls) {
         (Some((cert, key)), true) => Some(Arc::new(
-            cairn_tls::Reloading::with_alpn(cert, key, cairn_tls::ALPN_GRPC)
-                .context("cannot load the TLS certificate for gRPC")?,
+            cairn_tls::Reloading::with_clients(
+                cert,
+                key,
+                s.client_ca.as_deref(),
+                cairn_tls::ALPN_GRPC,
+            )
+            .context("cannot load the TLS certificate for gRPC")?,
         )),
         _ => None,
     };
@@ -260,7 +265,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     ));
     let tls = match &s.tls {
         Some((cert, key)) => Some(Arc::new(
-            cairn_tls::Reloading::new(cert, key).context("cannot load the TLS certificate")?,
+            cairn_tls::Reloading::with_clients(cert, key, s.client_ca.as_deref(), &[])
+                .context("cannot load the TLS certificate")?,
         )),
         None => None,
     };
