@@ -879,11 +879,23 @@ fn issue_12_a_secret_setting_is_withheld_from_a_host_without_tls() {
 /// `ldapwhoami -Y EXTERNAL` with the client certificate `cert` (and its
 /// key) over `url`, trusting the dev CA `ca`.
 fn whoami_external(url: &str, ca: &std::path::Path, cert: Option<(&str, &str)>) -> Output {
-    let mut cmd = std::process::Command::new("ldapwhoami");
+    external("ldapwhoami", url, ca, cert, &[])
+}
+
+/// An OpenLDAP tool bound by SASL EXTERNAL with `cert`.
+fn external(
+    tool: &str,
+    url: &str,
+    ca: &std::path::Path,
+    cert: Option<(&str, &str)>,
+    args: &[&str],
+) -> Output {
+    let mut cmd = std::process::Command::new(tool);
     cmd.env("LDAPTLS_CACERT", ca)
         .env_remove("LDAPTLS_CERT")
         .env_remove("LDAPTLS_KEY")
-        .args(["-Q", "-Y", "EXTERNAL", "-H", url]);
+        .args(["-Q", "-Y", "EXTERNAL", "-H", url])
+        .args(args);
     if let Some((c, k)) = cert {
         cmd.env("LDAPTLS_CERT", c).env("LDAPTLS_KEY", k);
     }
@@ -902,7 +914,15 @@ fn whoami_external(url: &str, ca: &std::path::Path, cert: Option<(&str, &str)>) 
 /// token, and no other host's, and registers nothing.
 #[test]
 fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
-    let n = Node::start_opts("redb", &[], &["--host-auth", "true", "--grpc-tls", "true"]);
+    let args = [
+        "--host-auth",
+        "true",
+        "--grpc-tls",
+        "true",
+        "--anonymous-read",
+        "false",
+    ];
+    let n = Node::start_opts("redb", &[], &args);
     ok(n.tool(
         "ldapadd",
         &[],
@@ -1015,6 +1035,27 @@ fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
         &["--vendor", "Dell Inc.", "--ip", "10.1.7.8"],
     );
     assert!(!out.status.success(), "a certificate registered a host");
+    // Over LDAP the host is its entry: it reads itself, not another host
+    // (answered as missing).
+    let cert = Some((h_cert.as_str(), h_key.as_str()));
+    let lab_host = "cn=esx-lab-1,cn=lab,cn=dc-east,ou=inventory,dc=example,dc=com";
+    let own = external(
+        "ldapsearch",
+        &n.ldaps_url(),
+        &ca,
+        cert,
+        &["-LLL", "-b", HOST, "-s", "base", "cn"],
+    );
+    assert_eq!(rc(&own), 0, "{}", stderr(&own));
+    assert!(stdout(&own).contains("cn: esx-001"), "{}", stdout(&own));
+    let theirs = external(
+        "ldapsearch",
+        &n.ldaps_url(),
+        &ca,
+        cert,
+        &["-LLL", "-b", lab_host, "-s", "base", "cn"],
+    );
+    assert_eq!(rc(&theirs), 32, "{}{}", stdout(&theirs), stderr(&theirs));
     // Without the certificate (and no token) the same pull is refused.
     let out = std::process::Command::new(bin("cairn"))
         .env_remove("CAIRN_TOKEN")

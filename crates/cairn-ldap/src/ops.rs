@@ -39,11 +39,15 @@ pub struct Auth {
     pub dn: Option<Dn>,
     /// The administrator, or a member of the admin group at bind time.
     pub admin: bool,
+    /// Bound by SASL EXTERNAL as a host's entry (`cairnHost`): access
+    /// rules for `host` apply to it.
+    pub host: bool,
 }
 
 impl Auth {
     pub fn anonymous() -> Self {
         Auth {
+            host: false,
             dn: None,
             admin: false,
         }
@@ -306,6 +310,7 @@ pub async fn bind(
                 Some(Auth {
                     dn: Some(dn),
                     admin,
+                    host: false,
                 }),
             )
         }
@@ -354,21 +359,18 @@ async fn external(
     let dn2 = dn.clone();
     let found = blocking(move || {
         if dn2 == ctx2.config.admin_dn {
-            return Ok(Some(true));
+            return Ok(Some((true, false)));
         }
-        let exists = ctx2
-            .dir
-            .get(&dn2)
-            .map_err(|e| to_ldap_result(&e))?
-            .is_some();
-        Ok(exists.then(|| is_admin_member(&ctx2, &dn2)))
+        let entry = ctx2.dir.get(&dn2).map_err(|e| to_ldap_result(&e))?;
+        Ok(entry.map(|e| (is_admin_member(&ctx2, &dn2), e.has_class("cairnHost"))))
     })
     .await
     .map_err(|o| (o.code, o.message))?;
     match found {
-        Some(admin) => Ok(Auth {
+        Some((admin, host)) => Ok(Auth {
             dn: Some(dn),
             admin,
+            host,
         }),
         None => Err((
             LdapResultCode::InvalidCredentials,
@@ -805,7 +807,7 @@ async fn view(ctx: &ServerContext, auth: &Auth) -> Result<View, Outcome> {
         return Ok(View::administrator(auth.dn.clone()));
     }
     if let Some(policy) = ctx.dir.cached_policy() {
-        let caller = policy.caller(auth.dn.as_ref());
+        let caller = crate::view::caller_of(&policy, auth);
         return Ok(View { policy, caller });
     }
     let (dir, auth) = (ctx.dir.clone(), auth.clone());

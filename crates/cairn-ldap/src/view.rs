@@ -24,6 +24,16 @@ pub struct View {
     pub caller: Caller,
 }
 
+/// The caller `auth` stands for under `policy`: a host bound by its
+/// certificate is also that host (`host` rules).
+pub fn caller_of(policy: &Policy, auth: &Auth) -> Caller {
+    let mut caller = policy.caller(auth.dn.as_ref());
+    if auth.host {
+        caller.host = auth.dn.clone();
+    }
+    caller
+}
+
 impl View {
     /// The view of `auth` (blocking on a cache miss: it reads the rule
     /// entries).
@@ -35,7 +45,7 @@ impl View {
             Some(p) => p,
             None => dir.policy().map_err(|e| to_ldap_result(&e))?,
         };
-        let caller = policy.caller(auth.dn.as_ref());
+        let caller = caller_of(&policy, auth);
         Ok(View { policy, caller })
     }
 
