@@ -995,12 +995,25 @@ fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
     // EXTERNAL on a connection with no certificate: the server refuses
     // (OpenLDAP's tools would not even send it).
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let code = rt.block_on(async {
+    let (code, after) = rt.block_on(async {
         let (conn, mut ldap) = ldap3::LdapConnAsync::new(&n.url()).await.unwrap();
         ldap3::drive!(conn);
-        ldap.sasl_external_bind().await.unwrap().rc
+        ldap.simple_bind(ADMIN, PASSWORD)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let code = ldap.sasl_external_bind().await.unwrap().rc;
+        // RFC 4511 4.2.1: the failed bind left the connection anonymous.
+        let who = ldap.extended(ldap3::exop::WhoAmI).await.unwrap();
+        let (exop, _) = who.success().unwrap();
+        (code, exop.val.unwrap_or_default())
     });
     assert_eq!(code, 48, "EXTERNAL without a certificate");
+    assert!(
+        after.is_empty(),
+        "still bound after a failed bind: {after:?}"
+    );
 
     // A host's certificate on the hosts' TLS port.
     let (h_cert, h_key) = issue(HOST, "esx-001");
@@ -1056,6 +1069,26 @@ fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
         &["-LLL", "-b", lab_host, "-s", "base", "cn"],
     );
     assert_eq!(rc(&theirs), 32, "{}{}", stdout(&theirs), stderr(&theirs));
+    // A certificate naming a container, or a host deleted since, proves
+    // no host.
+    let (c_cert, c_key) = issue(PROD_A_DN, "prod-a");
+    let out = std::process::Command::new(bin("cairn"))
+        .env_remove("CAIRN_TOKEN")
+        .arg("--ca")
+        .arg(&ca)
+        .args(["pull", "--server", &n.grpc.to_string(), "--mac", ESX001_MAC])
+        .args(["--cert", &c_cert, "--key", &c_key])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a container's certificate pulled a host"
+    );
+    assert!(
+        stderr(&out).contains("not a host entry"),
+        "{}",
+        stderr(&out)
+    );
     // Without the certificate (and no token) the same pull is refused.
     let out = std::process::Command::new(bin("cairn"))
         .env_remove("CAIRN_TOKEN")
@@ -1067,6 +1100,14 @@ fn issue_12_a_client_certificate_binds_by_sasl_external_and_proves_a_host() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("enrollment token"),
+        "{}",
+        stderr(&out)
+    );
+    ok(n.tool("ldapdelete", &[HOST], None));
+    let out = pull_as(ESX001_MAC, &["--hostname", "esx-001"]);
+    assert!(!out.status.success(), "a deleted host's certificate pulled");
+    assert!(
+        stderr(&out).contains("not a host entry"),
         "{}",
         stderr(&out)
     );

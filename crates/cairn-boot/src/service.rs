@@ -90,6 +90,20 @@ impl Boot {
             let named = cairn_tls::identity::entry_of(cert).and_then(|dn| {
                 cairn_core::dn::Dn::parse(&dn).map_err(|e| format!("{dn:?} is not a DN: {e}"))
             });
+            // The entry must be a host's, here and now: a certificate of a
+            // deleted host, or naming a container, proves nothing.
+            let named = match named {
+                Ok(dn) => {
+                    let (dir, dn2) = (self.model.dir.clone(), dn.clone());
+                    match tokio::task::spawn_blocking(move || dir.get(&dn2)).await {
+                        Ok(Ok(Some(e))) if e.has_class("cairnHost") => Ok(dn),
+                        Ok(Ok(_)) => Err(format!("{dn} is not a host entry here")),
+                        Ok(Err(e)) => return Err(tonic::Status::unavailable(e.to_string())),
+                        Err(e) => return Err(tonic::Status::internal(e.to_string())),
+                    }
+                }
+                Err(why) => Err(why),
+            };
             return match named {
                 Ok(host) => Ok(Scope::Certificate(host)),
                 Err(why) => {
@@ -329,13 +343,41 @@ enum Scope {
     Certificate(cairn_core::dn::Dn),
 }
 
-impl Scope {
-    /// The subtree the caller's pulls are limited to.
-    fn subtree(self) -> Option<cairn_core::dn::Dn> {
-        match self {
+impl Boot {
+    /// A pull for a caller who proved `proof`. A host known by its
+    /// certificate gets its own entry's configuration and nothing else:
+    /// no registration, and another host's identity is answered as an
+    /// unknown one.
+    async fn pull_as(
+        self: &Arc<Self>,
+        proof: &Scope,
+        id: Identity,
+        caller: Option<IpAddr>,
+        may_register: bool,
+    ) -> Result<pb::PullResponse, BootError> {
+        let scope = match proof {
             Scope::Open => None,
-            Scope::Token(s) | Scope::Certificate(s) => Some(s),
-        }
+            Scope::Token(s) => Some(s),
+            Scope::Certificate(host) => {
+                let unknown = || {
+                    BootError::NotFound(format!(
+                        "no host has {} and no deploy rule matched",
+                        id.describe()
+                    ))
+                };
+                return match self.model.pull(id.clone(), caller, false, Some(host)).await {
+                    Ok(r)
+                        if cairn_core::dn::Dn::parse(&r.host_dn)
+                            .is_ok_and(|d| d.norm() == host.norm()) =>
+                    {
+                        Ok(r)
+                    }
+                    Ok(_) | Err(BootError::NotFound(_)) => Err(unknown()),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        self.model.pull(id, caller, may_register, scope).await
     }
 }
 
@@ -353,7 +395,6 @@ impl pb::config_server::Config for ConfigService {
     ) -> Result<tonic::Response<pb::PullResponse>, tonic::Status> {
         let caller = caller_of(&req);
         let scope = self.0.authenticate(&req).await?;
-        let scope = scope.subtree();
         let r = req.into_inner();
         let m = &self.0.metrics;
         let id = Identity::from_pb(&r.identity.unwrap_or_default())
@@ -361,8 +402,7 @@ impl pb::config_server::Config for ConfigService {
             .map_err(status)?;
         let resp = self
             .0
-            .model
-            .pull(id, caller, true, scope.as_ref())
+            .pull_as(&scope, id, caller, true)
             .await
             .inspect_err(|e| m.pull(outcome(e)))
             .map_err(status)?;
@@ -394,15 +434,14 @@ impl pb::config_server::Config for ConfigService {
         // A token is checked again as the stream goes on; a certificate
         // was checked for the connection.
         let by_token = matches!(proof, Scope::Token(_));
-        let mut scope = proof.subtree();
+        let mut proof = proof;
         let presented = presented_token(&req);
         let r = req.into_inner();
         let id = Identity::from_pb(&r.identity.unwrap_or_default()).map_err(status)?;
         // Fail at once for an unknown host rather than stream nothing.
         let first = self
             .0
-            .model
-            .pull(id.clone(), caller, true, scope.as_ref())
+            .pull_as(&proof, id.clone(), caller, true)
             .await
             .map_err(status)?;
         let boot = self.0.clone();
@@ -449,7 +488,7 @@ impl pb::config_server::Config for ConfigService {
                 if by_token {
                     match boot.check_token(presented.clone()).await {
                         // The subtree as the token's entry says now.
-                        Ok(Ok(now)) => scope = Some(now),
+                        Ok(Ok(now)) => proof = Scope::Token(now),
                         Ok(Err(_)) => {
                             let _ = tx
                                 .send(Err(tonic::Status::unauthenticated(
@@ -464,10 +503,7 @@ impl pb::config_server::Config for ConfigService {
                         }
                     }
                 }
-                next = boot
-                    .model
-                    .pull(id.clone(), caller, false, scope.as_ref())
-                    .await;
+                next = boot.pull_as(&proof, id.clone(), caller, false).await;
             }
         });
         Ok(tonic::Response::new(Box::pin(

@@ -188,9 +188,9 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                         LdapOp::BindRequest(req) => {
                             let via = ops::BindVia { source: Some(peer.ip()), tls, certificate: client_entry.clone() };
                             let (reply, new_auth) = ops::bind(&ctx, msgid, req, via).await;
-                            if let Some(a) = new_auth {
-                                auth = Arc::new(a);
-                            }
+                            // RFC 4511 4.2.1: a failed bind leaves the
+                            // connection anonymous.
+                            auth = Arc::new(new_auth.unwrap_or_else(Auth::anonymous));
                             if sink.send(reply).await.is_err() {
                                 break;
                             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_core::access::Right;
+use cairn_core::access::{self, Right};
 use cairn_core::audit::By;
 use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp, ValidEntry};
@@ -896,7 +896,13 @@ async fn write(
     if !v.admin() {
         let (dir, v, op) = (ctx.dir.clone(), v.clone(), op.clone());
         blocking(move || {
-            dir.authorize(&v.policy, &v.caller, &op)
+            // Writes are checked for the bound DN, as the leader checks
+            // them again (`host` rules give a host reads only).
+            let caller = access::Caller {
+                host: None,
+                ..v.caller.clone()
+            };
+            dir.authorize(&v.policy, &caller, &op)
                 .map_err(|d| v.refusal(&dir, &d))
         })
         .await?;

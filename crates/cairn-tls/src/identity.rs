@@ -154,6 +154,9 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -175,6 +178,14 @@ pub fn entry_of(cert: &CertificateDer<'_>) -> Result<String, String> {
     let san = x509
         .subject_alternative_name()
         .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    // A node's certificate (it may come from the same CA) is a node's, not
+    // a directory entry's.
+    let node = san.iter().flat_map(|s| s.value.general_names.iter()).any(
+        |n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if u.starts_with(PREFIX)),
+    );
+    if node {
+        return Err("a node's certificate names no directory entry".into());
+    }
     let mut uris = san
         .iter()
         .flat_map(|s| s.value.general_names.iter())
@@ -266,6 +277,7 @@ mod tests {
             );
         }
         assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%+A"), None);
         assert_eq!(percent_decode("%4"), None);
     }
 
