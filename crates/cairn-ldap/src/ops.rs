@@ -1333,6 +1333,19 @@ fn fixed_entry_matches(f: &Filter, classes: &[&str]) -> bool {
     }
 }
 
+/// The end of a search cut at `size_limit` entries.
+fn size_exceeded(msgid: i32, size_limit: usize) -> LdapMsg {
+    done_msg(
+        msgid,
+        result(
+            LdapResultCode::SizeLimitExceeded,
+            "",
+            &format!("size limit of {size_limit} entries exceeded"),
+        ),
+        vec![],
+    )
+}
+
 async fn search(
     session: Arc<Session>,
     auth: Arc<Auth>,
@@ -1467,15 +1480,7 @@ async fn search_inner(
             }
         }
         if found.truncated {
-            return Ok(done_msg(
-                msgid,
-                result(
-                    LdapResultCode::SizeLimitExceeded,
-                    "",
-                    &format!("size limit of {size_limit} entries exceeded"),
-                ),
-                vec![],
-            ));
+            return Ok(size_exceeded(msgid, size_limit));
         }
         return ok(vec![]);
     }
@@ -1658,15 +1663,7 @@ async fn search_inner(
             result(LdapResultCode::TimeLimitExceeded, "", "time limit exceeded"),
             vec![],
         ),
-        (_, true) => done_msg(
-            msgid,
-            result(
-                LdapResultCode::SizeLimitExceeded,
-                "",
-                &format!("size limit of {size_limit} entries exceeded"),
-            ),
-            vec![],
-        ),
+        (_, true) => size_exceeded(msgid, size_limit),
         _ => done_msg(msgid, result(LdapResultCode::Success, "", ""), vec![]),
     })
 }

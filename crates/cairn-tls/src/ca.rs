@@ -185,12 +185,25 @@ impl Ca {
         };
         dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
+        self.sign(
+            params,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// Signs an end-entity certificate of `params` for `usages`, valid
+    /// for five years, with a new key.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<Pair, Error> {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + CERT_VALIDITY).into();
@@ -226,18 +239,7 @@ impl Ca {
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, cn);
         params.distinguished_name = name;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = SystemTime::now();
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = (now + CERT_VALIDITY).into();
-        let key = KeyPair::generate().map_err(gen_err)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
-        Ok(Pair {
-            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(params, vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 }
 

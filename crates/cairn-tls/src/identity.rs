@@ -73,25 +73,12 @@ fn encode(s: &str) -> String {
     out
 }
 
+/// A node URI's part: percent-decoded, with no `/` left raw.
 fn decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'/' => return None,
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    if s.contains('/') {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode(s)
 }
 
 /// Why a certificate names no node.

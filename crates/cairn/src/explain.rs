@@ -10,7 +10,7 @@ use ldap3::{Scope, SearchEntry};
 use crate::client::{Auth, connect};
 
 /// A filter value with RFC 4515 escapes.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

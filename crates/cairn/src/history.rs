@@ -12,24 +12,9 @@ use base64::Engine as _;
 use ldap3::Scope;
 
 use crate::client::{Auth, connect, describe};
+use crate::explain::escape;
 use crate::export::parse_entry;
 use crate::subnets::values;
-
-/// A filter value with RFC 4515 escapes.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '*' => out.push_str("\\2a"),
-            '(' => out.push_str("\\28"),
-            ')' => out.push_str("\\29"),
-            '\\' => out.push_str("\\5c"),
-            '\0' => out.push_str("\\00"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// One change as `cairn history` shows it.
 #[derive(Debug, Default, PartialEq, Eq)]
