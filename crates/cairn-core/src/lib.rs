@@ -15,7 +15,8 @@
 //! ends share (MAC addresses, host names, a content hash) and [`time`] the
 //! clock and GeneralizedTime.
 //!
-//! Hosts authenticate with enrollment tokens ([`token`]).
+//! Hosts authenticate with enrollment tokens ([`token`]); [`pxe`] reads
+//! the file names network-booting hosts ask for.
 //!
 //! Who may do what: [`access`] evaluates access rules (built in and
 //! `cairnAccessRule` entries) for a caller, an entry and an attribute;
@@ -42,6 +43,7 @@ pub mod merge;
 pub mod modify;
 pub mod net;
 pub mod password;
+pub mod pxe;
 pub mod rules;
 pub mod schema;
 pub mod syntax;

@@ -1,0 +1,304 @@
+//! The file names a PXE client asks a TFTP server for (issue 13,
+//! `docs/boot.md`), parsed into what they say about the host.
+//!
+//! pxelinux 6.04 asks for its configuration under these names, in this
+//! order, and takes the first the server has:
+//!
+//! 1. `pxelinux.cfg/<UUID>`: the client's SMBIOS UUID, lower-case with
+//!    dashes, in the order the firmware sent it over DHCP (option 97).
+//!    That order has the first three groups byte-swapped against the one
+//!    `dmidecode` prints (SMBIOS 2.6 stores them little-endian), so both
+//!    readings are candidates ([`Name::uuid_candidates`]). pxelinux skips
+//!    this name when the UUID is missing (about one client in eight in
+//!    the field sends none).
+//! 2. `pxelinux.cfg/01-<mac>`: `01` is the ARP hardware type (Ethernet),
+//!    then the MAC lower-case with dashes.
+//! 3. `pxelinux.cfg/<HEX>`: the client's IPv4 address as eight upper-case
+//!    hex digits, then shortened one digit at a time (`0A010707`,
+//!    `0A01070`, … `0`), so one file can serve a subnet.
+//! 4. `pxelinux.cfg/default`.
+//!
+//! Everything else is a plain file of the image root ([`Name::File`]),
+//! checked by [`clean_path`]: TFTP paths are untrusted input.
+
+use uuid::Uuid;
+
+/// The directory pxelinux reads its configuration from.
+pub const CONFIG_DIR: &str = "pxelinux.cfg";
+
+/// The longest path a client may ask for.
+pub const MAX_PATH: usize = 255;
+
+/// What a requested file name is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Name {
+    /// `pxelinux.cfg/<UUID>`, as sent.
+    Uuid(Uuid),
+    /// `pxelinux.cfg/01-<mac>`.
+    Mac([u8; 6]),
+    /// `pxelinux.cfg/<HEX>`: the leading `bits` bits of an IPv4 address
+    /// (`bits` = 4 × the digits given).
+    IpPrefix { addr: u32, bits: u8 },
+    /// `pxelinux.cfg/default`.
+    Default,
+    /// Any other file, as a clean relative path.
+    File(String),
+}
+
+/// Why a requested name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the path is empty")]
+    Empty,
+    #[error("the path is longer than {MAX_PATH} bytes")]
+    TooLong,
+    #[error("the path holds a NUL, a backslash or a control character")]
+    BadCharacter,
+    #[error("the path leaves the image root (`..`)")]
+    Escapes,
+}
+
+/// A requested path made relative and clean: leading slashes dropped
+/// (pxelinux and iPXE ask for `/pxelinux.cfg/…` as often as without),
+/// `.` and empty components skipped; `..`, backslashes, NUL and control
+/// characters, and over-long paths refused. The result never leaves the
+/// root it is joined to (symlinks are the server's to check).
+pub fn clean_path(raw: &str) -> Result<String, Refused> {
+    if raw.len() > MAX_PATH {
+        return Err(Refused::TooLong);
+    }
+    if raw.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(Refused::BadCharacter);
+    }
+    let mut parts = vec![];
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(Refused::Escapes),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(Refused::Empty);
+    }
+    Ok(parts.join("/"))
+}
+
+impl Name {
+    /// What the requested path `raw` names.
+    pub fn parse(raw: &str) -> Result<Name, Refused> {
+        let path = clean_path(raw)?;
+        let Some(file) = path
+            .strip_prefix(CONFIG_DIR)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .filter(|f| !f.contains('/'))
+        else {
+            return Ok(Name::File(path));
+        };
+        if file == "default" {
+            return Ok(Name::Default);
+        }
+        if let Some(mac) = file.strip_prefix("01-").and_then(parse_dashed_mac) {
+            return Ok(Name::Mac(mac));
+        }
+        if file.len() == 36
+            && let Ok(u) = Uuid::parse_str(file)
+        {
+            return Ok(Name::Uuid(u));
+        }
+        if (1..=8).contains(&file.len()) && file.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let digits = file.len() as u32;
+            let value = u32::from_str_radix(file, 16).map_err(|_| Refused::BadCharacter)?;
+            return Ok(Name::IpPrefix {
+                addr: value << (32 - 4 * digits),
+                bits: (4 * digits) as u8,
+            });
+        }
+        Ok(Name::File(path))
+    }
+
+    /// For [`Name::Uuid`]: the UUIDs a host's `netbootGUID` may hold for
+    /// it, the one sent first and then its first three groups
+    /// byte-swapped (what `dmidecode` prints for the same machine).
+    pub fn uuid_candidates(&self) -> Vec<Uuid> {
+        match self {
+            Name::Uuid(u) => {
+                let swapped = swap_groups(*u);
+                if swapped == *u {
+                    vec![*u]
+                } else {
+                    vec![*u, swapped]
+                }
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// A UUID with its first three groups byte-swapped (SMBIOS's
+/// little-endian fields read as big-endian, or back).
+pub fn swap_groups(u: Uuid) -> Uuid {
+    let b = u.as_bytes();
+    Uuid::from_bytes([
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15],
+    ])
+}
+
+/// `aa-bb-cc-dd-ee-ff`, any case.
+fn parse_dashed_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split('-');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// The names pxelinux asks for, in its order, for a client with `uuid`
+/// (as it sends it), `mac` and `ip`: what a server (and its tests)
+/// expect to see.
+pub fn pxelinux_names(uuid: Option<Uuid>, mac: [u8; 6], ip: std::net::Ipv4Addr) -> Vec<String> {
+    let mut out = vec![];
+    if let Some(u) = uuid {
+        out.push(format!("{CONFIG_DIR}/{}", u.hyphenated()));
+    }
+    out.push(format!(
+        "{CONFIG_DIR}/01-{}",
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join("-")
+    ));
+    let hex = format!("{:08X}", u32::from(ip));
+    for n in (1..=8).rev() {
+        out.push(format!("{CONFIG_DIR}/{}", &hex[..n]));
+    }
+    out.push(format!("{CONFIG_DIR}/default"));
+    out
+}
+
+/// Whether `ip` is within a [`Name::IpPrefix`].
+pub fn prefix_covers(addr: u32, bits: u8, ip: std::net::Ipv4Addr) -> bool {
+    if bits == 0 {
+        return true;
+    }
+    let mask = u32::MAX << (32 - u32::from(bits.min(32)));
+    (u32::from(ip) & mask) == (addr & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn every_name_pxelinux_asks_for_parses_in_its_order() {
+        let uuid = Uuid::parse_str("4c4c4544-0051-3510-8057-b7c04f333231").unwrap();
+        let mac = [0x00, 0x50, 0x56, 0x01, 0x00, 0x01];
+        let ip = Ipv4Addr::new(10, 1, 7, 7);
+        let names = pxelinux_names(Some(uuid), mac, ip);
+        assert_eq!(names.len(), 1 + 1 + 8 + 1);
+        assert_eq!(
+            names[0],
+            "pxelinux.cfg/4c4c4544-0051-3510-8057-b7c04f333231"
+        );
+        assert_eq!(names[1], "pxelinux.cfg/01-00-50-56-01-00-01");
+        assert_eq!(names[2], "pxelinux.cfg/0A010707");
+        assert_eq!(names[9], "pxelinux.cfg/0");
+        assert_eq!(names[10], "pxelinux.cfg/default");
+        let parsed: Vec<Name> = names.iter().map(|n| Name::parse(n).unwrap()).collect();
+        assert_eq!(parsed[0], Name::Uuid(uuid));
+        assert_eq!(parsed[1], Name::Mac(mac));
+        assert_eq!(
+            parsed[2],
+            Name::IpPrefix {
+                addr: 0x0A01_0707,
+                bits: 32
+            }
+        );
+        assert_eq!(
+            parsed[5],
+            Name::IpPrefix {
+                addr: 0x0A01_0000,
+                bits: 20
+            }
+        );
+        assert_eq!(parsed[10], Name::Default);
+        for p in &parsed[2..10] {
+            let Name::IpPrefix { addr, bits } = p else {
+                panic!("{p:?}")
+            };
+            assert!(prefix_covers(*addr, *bits, ip), "{p:?}");
+            assert!(
+                *bits < 8 || !prefix_covers(*addr, *bits, Ipv4Addr::new(192, 168, 0, 1)),
+                "{p:?}"
+            );
+        }
+        // Without a UUID the first name is the MAC's.
+        assert_eq!(pxelinux_names(None, mac, ip)[0], names[1]);
+        // Leading slashes, upper-case MACs and UUIDs are the same names.
+        assert_eq!(
+            Name::parse("/pxelinux.cfg/01-00-50-56-01-00-01").unwrap(),
+            Name::Mac(mac)
+        );
+        assert_eq!(
+            Name::parse("pxelinux.cfg/01-00-50-56-0A-0B-0C").unwrap(),
+            Name::Mac([0, 0x50, 0x56, 0x0a, 0x0b, 0x0c])
+        );
+        assert_eq!(
+            Name::parse("pxelinux.cfg/4C4C4544-0051-3510-8057-B7C04F333231").unwrap(),
+            Name::Uuid(uuid)
+        );
+    }
+
+    #[test]
+    fn a_uuid_is_looked_up_as_sent_and_byte_swapped() {
+        let sent = Uuid::parse_str("44454c4c-5100-1035-8057-b7c04f333231").unwrap();
+        let dmidecode = Uuid::parse_str("4c4c4544-0051-3510-8057-b7c04f333231").unwrap();
+        assert_eq!(swap_groups(sent), dmidecode);
+        assert_eq!(swap_groups(dmidecode), sent);
+        assert_eq!(Name::Uuid(sent).uuid_candidates(), vec![sent, dmidecode]);
+        let symmetric = Uuid::parse_str("00000000-0000-0000-8057-b7c04f333231").unwrap();
+        assert_eq!(Name::Uuid(symmetric).uuid_candidates(), vec![symmetric]);
+        assert!(Name::Default.uuid_candidates().is_empty());
+    }
+
+    #[test]
+    fn other_files_are_clean_relative_paths_and_hostile_ones_are_refused() {
+        assert_eq!(
+            Name::parse("/images/esxi-8/./mboot.c32").unwrap(),
+            Name::File("images/esxi-8/mboot.c32".into())
+        );
+        assert_eq!(
+            Name::parse("pxelinux.cfg/nested/default").unwrap(),
+            Name::File("pxelinux.cfg/nested/default".into())
+        );
+        // Not a MAC, not a UUID, not hex: a file under pxelinux.cfg.
+        assert_eq!(
+            Name::parse("pxelinux.cfg/01-zz-50-56-01-00-01").unwrap(),
+            Name::File("pxelinux.cfg/01-zz-50-56-01-00-01".into())
+        );
+        assert_eq!(
+            Name::parse("pxelinux.cfg/0A0107070").unwrap(),
+            Name::File("pxelinux.cfg/0A0107070".into())
+        );
+        for (raw, why) in [
+            ("../etc/passwd", Refused::Escapes),
+            ("/images/../../etc/passwd", Refused::Escapes),
+            ("images\\..\\x", Refused::BadCharacter),
+            ("a\0b", Refused::BadCharacter),
+            ("a\nb", Refused::BadCharacter),
+            ("", Refused::Empty),
+            ("///", Refused::Empty),
+        ] {
+            assert_eq!(Name::parse(raw), Err(why), "{raw:?}");
+        }
+        let long = "a/".repeat(200);
+        assert_eq!(Name::parse(&long), Err(Refused::TooLong));
+    }
+}
