@@ -191,6 +191,119 @@ pub fn prefix_covers(addr: u32, bits: u8, ip: std::net::Ipv4Addr) -> bool {
     (u32::from(ip) & mask) == (addr & mask)
 }
 
+/// A build, as its `cairnImage` entry describes it. Paths are relative
+/// to the image root. `modules` keep the order the entry holds them in:
+/// the order of the add or modify that wrote them, which Cairn keeps and
+/// replicates (each value carries its position in the change that added
+/// it); a later `add: cairnModule` appends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    pub kernel: String,
+    pub modules: Vec<String>,
+    pub append: String,
+}
+
+impl Image {
+    /// The build of a `cairnImage` entry, `get` giving an attribute's
+    /// values; its paths are checked as requested paths are.
+    pub fn from_entry(get: impl Fn(&str) -> Vec<String>) -> Result<Image, String> {
+        let one = |a: &str| get(a).into_iter().next();
+        let name = one("cn").ok_or("the image has no cn")?;
+        let path = |p: String| clean_path(&p).map_err(|e| format!("image {name}: path {p:?}: {e}"));
+        let kernel =
+            path(one("cairnKernel").ok_or_else(|| format!("image {name} has no cairnKernel"))?)?;
+        let modules = get("cairnModule")
+            .into_iter()
+            .map(path)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Image {
+            kernel,
+            modules,
+            append: one("cairnAppend").unwrap_or_default(),
+            name,
+        })
+    }
+}
+
+/// The values a boot file may use, as `${name}`: the host's own (its
+/// `hostname`, `mac`, `uuid`, `ip`, `dn`, its cluster), the DNS `domain`
+/// its `_cairn._tcp` SRV record is in, the `image`, and the `server`
+/// that rendered it. A name not given is left as written, so iPXE's own
+/// variables (`${net0/mac}`) reach iPXE.
+pub type Vars = std::collections::BTreeMap<&'static str, String>;
+
+/// `text` with every `${name}` of `vars` replaced by its value.
+pub fn substitute(text: &str, vars: &Vars) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find('}') {
+            Some(end) if vars.contains_key(&after[..end]) => {
+                out.push_str(&vars[&after[..end]]);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A value as one token of a boot file: line breaks could add commands.
+fn token(v: &str) -> String {
+    v.replace(['\n', '\r'], " ")
+}
+
+/// The pxelinux configuration that boots `image` at once, its kernel
+/// arguments with `vars` substituted.
+pub fn pxelinux_config(image: &Image, vars: &Vars) -> String {
+    let mut out = format!(
+        "# {} for {}\nDEFAULT cairn\nPROMPT 0\nTIMEOUT 1\nLABEL cairn\n  KERNEL {}\n",
+        token(&image.name),
+        token(
+            vars.get("dn")
+                .map(String::as_str)
+                .unwrap_or("an unknown host")
+        ),
+        token(&image.kernel)
+    );
+    if !image.modules.is_empty() {
+        out.push_str(&format!("  INITRD {}\n", token(&image.modules.join(","))));
+    }
+    let append = token(&substitute(&image.append, vars));
+    if !append.trim().is_empty() {
+        out.push_str(&format!("  APPEND {append}\n"));
+    }
+    out
+}
+
+/// The iPXE script that boots `image` with its files from `base` (the
+/// node's HTTP URL of the image root, no trailing slash).
+pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
+    let mut out = format!(
+        "#!ipxe\n# {} for {}\nkernel {base}/{} {}\n",
+        token(&image.name),
+        token(
+            vars.get("dn")
+                .map(String::as_str)
+                .unwrap_or("an unknown host")
+        ),
+        token(&image.kernel),
+        token(&substitute(&image.append, vars))
+    );
+    for m in &image.modules {
+        out.push_str(&format!("initrd {base}/{}\n", token(m)));
+    }
+    out.push_str("boot\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +413,70 @@ mod tests {
         }
         let long = "a/".repeat(200);
         assert_eq!(Name::parse(&long), Err(Refused::TooLong));
+    }
+
+    fn image() -> Image {
+        let get = |a: &str| -> Vec<String> {
+            match a {
+                "cn" => vec!["linux-6.1".into()],
+                "cairnKernel" => vec!["linux-6.1/vmlinuz".into()],
+                "cairnModule" => vec!["linux-6.1/initrd.gz".into(), "linux-6.1/extra.cpio".into()],
+                "cairnAppend" => vec![
+                    "console=ttyS0 cairn.host=${hostname} cairn.domain=${domain} ip=${net0/ip}"
+                        .into(),
+                ],
+                _ => vec![],
+            }
+        };
+        Image::from_entry(get).unwrap()
+    }
+
+    fn vars() -> Vars {
+        Vars::from([
+            ("hostname", "esx-001".to_string()),
+            ("domain", "example.com".to_string()),
+            ("dn", "cn=esx-001,cn=prod-a,dc=example,dc=com".to_string()),
+        ])
+    }
+
+    #[test]
+    fn a_build_renders_for_pxelinux_and_ipxe_with_the_hosts_values() {
+        let img = image();
+        assert_eq!(img.modules, ["linux-6.1/initrd.gz", "linux-6.1/extra.cpio"]);
+        let cfg = pxelinux_config(&img, &vars());
+        assert_eq!(
+            cfg,
+            "# linux-6.1 for cn=esx-001,cn=prod-a,dc=example,dc=com\nDEFAULT cairn\nPROMPT 0\nTIMEOUT 1\nLABEL cairn\n  KERNEL linux-6.1/vmlinuz\n  INITRD linux-6.1/initrd.gz,linux-6.1/extra.cpio\n  APPEND console=ttyS0 cairn.host=esx-001 cairn.domain=example.com ip=${net0/ip}\n"
+        );
+        let script = ipxe_script(&img, &vars(), "http://10.0.2.2:8080/images");
+        assert!(script.starts_with("#!ipxe\n"), "{script}");
+        assert!(script.contains("kernel http://10.0.2.2:8080/images/linux-6.1/vmlinuz console=ttyS0 cairn.host=esx-001"), "{script}");
+        assert!(script.contains("initrd http://10.0.2.2:8080/images/linux-6.1/initrd.gz\ninitrd http://10.0.2.2:8080/images/linux-6.1/extra.cpio\nboot\n"), "{script}");
+    }
+
+    #[test]
+    fn substitution_leaves_unknown_names_and_cannot_add_lines() {
+        let v = vars();
+        assert_eq!(
+            substitute("${hostname}.${domain} ${x} ${ ${", &v),
+            "esx-001.example.com ${x} ${ ${"
+        );
+        let mut evil = vars();
+        evil.insert("hostname", "h\nKERNEL evil".into());
+        let img = image();
+        let cfg = pxelinux_config(&img, &evil);
+        assert_eq!(
+            cfg.lines()
+                .filter(|l| l.trim_start().starts_with("KERNEL"))
+                .count(),
+            1,
+            "{cfg}"
+        );
+        let bad = Image::from_entry(|a| match a {
+            "cn" => vec!["x".into()],
+            "cairnKernel" => vec!["../../etc/passwd".into()],
+            _ => vec![],
+        });
+        assert!(bad.unwrap_err().contains("leaves the image root"));
     }
 }
