@@ -8,7 +8,7 @@ use cairn_proto::pb::config_client::ConfigClient;
 use cairn_proto::pb::locator_client::LocatorClient;
 use tonic::transport::Channel;
 
-use crate::kit::{Node, ok};
+use crate::kit::{Node, has_example_tree, ok, stderr, stdout, wait_until};
 
 const ESX017: &str = "cn=esx-017,cn=gpu-pool,cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
 const PROD_A: &str = "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
@@ -1015,4 +1015,84 @@ fn a_pull_after_a_change_is_never_answered_from_the_cache() {
             ));
         }
     });
+}
+
+/// `curl` a TFTP URL of node `n` into memory (`--path-as-is`: the path
+/// reaches the server as written).
+fn tftp_get(n: &Node, path: &str) -> std::process::Output {
+    std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "--max-time",
+            "10",
+            "--tftp-blksize",
+            "1468",
+        ])
+        .arg(format!("tftp://{}/{path}", n.tftp))
+        .output()
+        .expect("run curl")
+}
+
+/// Issue 13: the node's TFTP server renders, per request, the pxelinux
+/// configuration that boots a known host's build (by `01-<mac>`, and by
+/// its UUID as pxelinux sends it: byte-swapped against `netbootGUID`),
+/// answers "not found" for an unknown host (pxelinux then asks for its
+/// next name), serves the image root's files byte for byte, and refuses
+/// `..`, a symlink out of the root and writes.
+#[test]
+fn issue_13_tftp_renders_a_hosts_boot_configuration_and_serves_image_files() {
+    let n = Node::start();
+    wait_until("the example tree", Duration::from_secs(20), || {
+        has_example_tree(&n.url())
+    });
+    let by_mac = tftp_get(&n, "pxelinux.cfg/01-00-50-56-01-00-01");
+    assert!(by_mac.status.success(), "{}", stderr(&by_mac));
+    let cfg = stdout(&by_mac);
+    assert!(
+        cfg.contains("  KERNEL esxi-8.0u3-24022510/mboot.c32\n")
+            && cfg.contains("  APPEND -c esxi-8.0u3-24022510/boot.cfg\n")
+            && cfg.contains("cn=esx-001,cn=prod-a"),
+        "{cfg}"
+    );
+    // esx-001's netbootGUID is 4c4c4544-0047-3410-8052-b4c04f003001;
+    // pxelinux sends its first three groups byte-swapped.
+    let by_uuid = tftp_get(&n, "pxelinux.cfg/44454c4c-4700-1034-8052-b4c04f003001");
+    assert!(by_uuid.status.success(), "{}", stderr(&by_uuid));
+    assert_eq!(stdout(&by_uuid), cfg);
+    let unknown = tftp_get(&n, "pxelinux.cfg/01-02-00-00-00-00-99");
+    assert!(!unknown.status.success(), "{}", stdout(&unknown));
+
+    // Files of the image root, byte for byte, over several blocks.
+    let root = n.data.path().join("images");
+    std::fs::create_dir_all(root.join("test")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("test/blob.bin"), &blob).unwrap();
+    let got = tftp_get(&n, "test/blob.bin");
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(got.stdout == blob, "the file came back different");
+    // Hostile paths and writes.
+    std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+    for path in [
+        "../etc/passwd",
+        "test/../../etc/passwd",
+        "escape",
+        "test/missing",
+    ] {
+        let out = tftp_get(&n, path);
+        assert!(!out.status.success(), "{path}: {}", stdout(&out));
+        assert!(!stdout(&out).contains("root:"), "{path}");
+    }
+    let upload = n.data.path().join("upload.bin");
+    std::fs::write(&upload, b"nope").unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-T"])
+        .arg(&upload)
+        .arg(format!("tftp://{}/test/uploaded.bin", n.tftp))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a TFTP write was accepted");
+    assert!(!root.join("test/uploaded.bin").exists());
 }

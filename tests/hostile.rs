@@ -282,12 +282,13 @@ fn issue_10_running_out_of_descriptors_backs_off_and_recovers() {
     let data = tempfile::tempdir().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cmd = format!(
-        "ulimit -n 96 && exec {} dev --tls false --data-dir {} --ldap {addr} --grpc 127.0.0.1:{} --dns 127.0.0.1:{} --http 127.0.0.1:{}",
+        "ulimit -n 96 && exec {} dev --tls false --data-dir {} --ldap {addr} --grpc 127.0.0.1:{} --dns 127.0.0.1:{} --http 127.0.0.1:{} --tftp 127.0.0.1:{}",
         bin("cairnd").display(),
         data.path().display(),
         free_port(),
         free_dns_port(),
-        free_port()
+        free_port(),
+        free_dns_port()
     );
     // The kit's environment (admin password, quiet logs), through a shell
     // that lowers the descriptor limit first.

@@ -178,6 +178,8 @@ pub struct Node {
     pub peer: SocketAddr,
     /// The LDAPS listener (the dev mode's TLS; its CA is `ca()`).
     pub ldaps: SocketAddr,
+    /// The TFTP listener (UDP).
+    pub tftp: SocketAddr,
     pub engine: &'static str,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
@@ -214,6 +216,7 @@ impl Node {
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
             ldaps: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            tftp: SocketAddr::from(([127, 0, 0, 1], free_dns_port())),
             engine,
             child: None,
             extra_env: env
@@ -268,6 +271,8 @@ impl Node {
             .arg(self.peer.to_string())
             .arg("--ldaps")
             .arg(self.ldaps.to_string())
+            .arg("--tftp")
+            .arg(self.tftp.to_string())
             .arg("--engine")
             .arg(self.engine)
             .args(&self.extra_args);
@@ -506,6 +511,8 @@ pub struct Site {
     pub http_port: u16,
     /// LDAPS port of every node.
     pub ldaps_port: u16,
+    /// TFTP port (UDP) of every node.
+    pub tftp_port: u16,
     child: Option<Child>,
 }
 
@@ -526,6 +533,7 @@ impl Site {
             dns_port: free_dns_port(),
             http_port: free_port(),
             ldaps_port: free_port(),
+            tftp_port: free_dns_port(),
             child: None,
         };
         s.spawn();
@@ -557,6 +565,8 @@ impl Site {
             .arg(self.http_port.to_string())
             .arg("--ldaps-port")
             .arg(self.ldaps_port.to_string())
+            .arg("--tftp-port")
+            .arg(self.tftp_port.to_string())
             .spawn()
             .expect("start cairnd");
         for i in 1..=self.nodes * self.sites {

@@ -23,6 +23,7 @@ pub mod dns;
 pub mod error;
 pub mod metrics;
 pub mod service;
+pub mod tftp;
 
 use std::sync::Arc;
 

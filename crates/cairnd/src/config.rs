@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub boot: BootSection,
     /// Absent: a site of this node alone ([`ClusterSection::alone`]).
     pub cluster: Option<ClusterSection>,
 }
@@ -420,6 +422,17 @@ impl Default for StorageSection {
     }
 }
 
+/// `[boot]`: network boot (issue 13, docs/boot.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootSection {
+    /// The TFTP listener (read-only; port 69 in production, which
+    /// `deploy/cairnd.service` may bind). None: no TFTP.
+    pub tftp_listen: Option<SocketAddr>,
+    /// Where the boot files are (default: `<data_dir>/images`).
+    pub image_root: Option<PathBuf>,
+}
+
 /// `[audit]`: the audit trail (`cn=changelog`, `cairn history`,
 /// docs/security.md "Audit").
 #[derive(Debug, Clone, Deserialize)]
@@ -576,7 +589,7 @@ pub fn overlay_env(
     doc: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    const SECTIONS: [&str; 10] = [
+    const SECTIONS: [&str; 11] = [
         "node",
         "storage",
         "directory",
@@ -587,6 +600,7 @@ pub fn overlay_env(
         "cluster",
         "tls",
         "audit",
+        "boot",
     ];
     for (k, v) in vars {
         let Some(rest) = k.strip_prefix("CAIRN_") else {
@@ -671,6 +685,9 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// How long audit records are kept (None: forever).
     pub audit_retention: Option<Duration>,
+    /// The TFTP listener, if any, and the image root.
+    pub tftp_listen: Option<SocketAddr>,
+    pub image_root: PathBuf,
 }
 
 /// The site of a node configured without `[cluster]`.
@@ -794,6 +811,11 @@ impl FileConfig {
                 )
             })
             .validate()?;
+        let image_root = self
+            .boot
+            .image_root
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("images"));
         Ok(Settings {
             access: cairn_core::access::Builtins {
                 admin_dn: Some(admin_dn.clone()),
@@ -821,6 +843,8 @@ impl FileConfig {
             dns_listen: self.dns.listen,
             http_listen: self.http.listen,
             dns_domain,
+            tftp_listen: self.boot.tftp_listen,
+            image_root,
             audit_retention: (self.audit.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)),
             ldap: cairn_ldap::Config {

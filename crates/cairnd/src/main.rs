@@ -60,6 +60,10 @@ enum Cmd {
         /// HTTP listen address (/metrics, /healthz, /readyz).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: SocketAddr,
+        /// TFTP listen address (read-only: the image root and rendered
+        /// pxelinux configurations, docs/boot.md).
+        #[arg(long, default_value = "127.0.0.1:6969")]
+        tftp: SocketAddr,
         /// Peer listener address of a one-node site (other sites pull from
         /// it; never the hosts' port).
         #[arg(long, default_value = "127.0.0.1:7071")]
@@ -105,6 +109,9 @@ enum Cmd {
         /// HTTP port of each node of a multi-node site.
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// TFTP port of each node of a multi-node site.
+        #[arg(long, default_value_t = 6969)]
+        tftp_port: u16,
         /// Whether to serve TLS: LDAPS on --ldaps (--ldaps-port) and
         /// StartTLS on the LDAP port, with a CA and certificate made under
         /// DATA_DIR/tls (clients trust DATA_DIR/tls/ca.pem).
@@ -168,6 +175,7 @@ fn main() -> anyhow::Result<()> {
             grpc,
             dns,
             http,
+            tftp,
             peer,
             engine,
             anonymous_read,
@@ -179,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             peer_port,
             dns_port,
             http_port,
+            tftp_port,
             tls,
             ldaps,
             ldaps_port,
@@ -193,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             file.grpc.listen = grpc;
             file.dns.listen = dns;
             file.http.listen = http;
+            file.boot.tftp_listen = Some(tftp);
             file.ldap.anonymous_read = anonymous_read;
             file.ldap.allow_plaintext_binds = plaintext_binds;
             file.grpc.host_auth = host_auth;
@@ -325,6 +335,7 @@ fn main() -> anyhow::Result<()> {
                         f.grpc.listen = addr(h, grpc_port);
                         f.dns.listen = addr(h, dns_port);
                         f.http.listen = addr(h, http_port);
+                        f.boot.tftp_listen = Some(addr(h, tftp_port));
                         f.cluster = Some(config::ClusterSection {
                             node_id: i,
                             members: members.clone(),

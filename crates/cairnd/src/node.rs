@@ -250,6 +250,19 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             p,
         ));
     }
+    if let Some(addr) = s.tftp_listen {
+        let handler =
+            cairn_boot::tftp::Handler::new(&s.image_root, boot.model.clone(), s.dns_domain.clone())
+                .with_context(|| {
+                    format!("cannot open the image root {}", s.image_root.display())
+                })?;
+        tasks.spawn(async move {
+            cairn_boot::tftp::serve(addr, handler)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+        });
+        info!(tftp = %addr, root = %s.image_root.display(), "TFTP (read-only)");
+    }
     if let Some(keep) = s.audit_retention {
         tasks.spawn(purge_audit(dir.clone(), clock.clone(), keep));
     }
