@@ -890,6 +890,28 @@ mod tests {
         assert_eq!(c.storage.engine, EngineKind::Sled);
     }
 
+    /// Every section takes its fields from the environment too, the TLS,
+    /// audit and boot sections included.
+    #[test]
+    fn env_reaches_the_tls_audit_and_boot_sections() {
+        let c = parse(
+            "",
+            &[
+                ("CAIRN_TLS_CLIENT_CA_FILE", "/etc/cairn/tls/ca.pem"),
+                ("CAIRN_AUDIT_RETENTION_DAYS", "30"),
+                ("CAIRN_BOOT_TFTP_LISTEN", "0.0.0.0:69"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls.client_ca_file.as_deref(),
+            Some(Path::new("/etc/cairn/tls/ca.pem"))
+        );
+        assert_eq!(c.audit.retention_days, 30);
+        assert_eq!(c.boot.tftp_listen.map(|a| a.port()), Some(69));
+        assert_eq!(parse("", &[]).unwrap().audit.retention_days, 180);
+    }
+
     #[test]
     fn unknown_fields_are_errors() {
         assert!(parse("[ldap]\nlisten_port = 3\n", &[]).is_err());
