@@ -1096,3 +1096,82 @@ fn issue_13_tftp_renders_a_hosts_boot_configuration_and_serves_image_files() {
     assert!(!out.status.success(), "a TFTP write was accepted");
     assert!(!root.join("test/uploaded.bin").exists());
 }
+
+/// `curl` a URL of node `n`'s HTTP port: (status, body).
+fn http_get(n: &Node, path: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(extra)
+        .arg(format!("http://{}{path}", n.http))
+        .output()
+        .expect("run curl");
+    let mut body = out.stdout;
+    let at = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[at + 1..]).to_string();
+    body.truncate(at);
+    (code, body)
+}
+
+/// Issue 13: the node's HTTP port serves the iPXE script that boots the
+/// asking host's build (`/boot.ipxe?uuid=${uuid}&mac=${net0/mac}`, the
+/// UUID byte-swapped or not), its files under `/images/` with byte
+/// ranges, and refuses `..` and symlinks out of the image root.
+#[test]
+fn issue_13_http_serves_a_hosts_ipxe_script_and_ranges_of_image_files() {
+    let n = Node::start();
+    wait_until("the example tree", Duration::from_secs(20), || {
+        has_example_tree(&n.url())
+    });
+    let (code, body) = http_get(
+        &n,
+        "/boot.ipxe?uuid=44454c4c-4700-1034-8052-b4c04f003001&mac=00:50:56:01:00:01",
+        &[],
+    );
+    let script = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(code, "200", "{script}");
+    assert!(
+        script.starts_with("#!ipxe\n")
+            && script.contains(&format!(
+                "kernel http://{}/images/esxi-8.0u3-24022510/mboot.c32 -c esxi-8.0u3-24022510/boot.cfg\n",
+                n.http
+            ))
+            && script.ends_with("boot\n"),
+        "{script}"
+    );
+    let (code, _) = http_get(&n, "/boot.ipxe?mac=02:00:00:00:00:99", &[]);
+    assert_eq!(code, "404");
+    let (code, _) = http_get(&n, "/boot.ipxe?mac=not-a-mac", &[]);
+    assert_eq!(code, "400");
+
+    let root = n.data.path().join("images");
+    std::fs::create_dir_all(root.join("test")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("test/blob.bin"), &blob).unwrap();
+    let (code, body) = http_get(&n, "/images/test/blob.bin", &[]);
+    assert_eq!(code, "200");
+    assert!(body == blob, "the file came back different");
+    let (code, body) = http_get(&n, "/images/test/blob.bin", &["-r", "1000-1999"]);
+    assert_eq!(code, "206");
+    assert!(body == blob[1000..2000], "the range came back different");
+    let (code, _) = http_get(&n, "/images/test/blob.bin", &["-r", "400000-"]);
+    assert_eq!(code, "416");
+    std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+    for path in [
+        "/images/../../etc/passwd",
+        "/images/escape",
+        "/images/test/missing",
+    ] {
+        let (code, body) = http_get(&n, path, &[]);
+        assert!(code == "403" || code == "404", "{path}: {code}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
+    }
+}

@@ -149,6 +149,7 @@ pub async fn bind(
     addr: SocketAddr,
     registry: Registry,
     writer: Arc<dyn Writer>,
+    boot: Option<Arc<crate::boot_http::BootHttp>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     use anyhow::Context;
@@ -169,11 +170,18 @@ pub async fn bind(
                 peers,
             }
         }));
+    let app = match boot {
+        Some(b) => app.merge(crate::boot_http::routes(b)),
+        None => app,
+    };
     Ok(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server")
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server")
     })
 }
 

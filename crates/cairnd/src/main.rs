@@ -4,6 +4,7 @@
 //! store, seeds the example tree when asked and runs the listeners until a
 //! shutdown signal; `seed` holds the example tree.
 
+mod boot_http;
 mod config;
 mod http;
 mod node;

@@ -204,10 +204,14 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     boot.metrics.register(&mut registry);
     let ldap_metrics = cairn_ldap::metrics::LdapMetrics::default();
     ldap_metrics.register(&mut registry);
+    let boot_http =
+        crate::boot_http::BootHttp::new(boot.model.clone(), &s.image_root, s.dns_domain.clone())
+            .with_context(|| format!("cannot open the image root {}", s.image_root.display()))?;
     let http = crate::http::bind(
         s.http_listen,
         registry,
         writer.clone(),
+        Some(Arc::new(boot_http)),
         stopped(stop.clone()),
     )
     .await?;

@@ -1,0 +1,260 @@
+//! Network boot over HTTP (issue 13, `docs/boot.md`): the iPXE script
+//! that boots the asking host's build, `/boot.ipxe?uuid=${uuid}&mac=${net0/mac}`
+//! (iPXE's own variables), and the image root's files under `/images/`,
+//! with single byte ranges (RFC 9110 14), so iPXE and HTTP-booting
+//! firmware fetch large images faster than TFTP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cairn_core::pxe;
+use cairn_fleet::Model;
+use cairn_fleet::fleet::Identity;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// What the boot routes serve from.
+pub struct BootHttp {
+    pub model: Arc<Model>,
+    /// The image root, canonical.
+    pub root: PathBuf,
+    /// The DNS domain hosts find the directory in (`${domain}`).
+    pub domain: String,
+}
+
+impl BootHttp {
+    pub fn new(model: Arc<Model>, root: &Path, domain: String) -> std::io::Result<BootHttp> {
+        std::fs::create_dir_all(root)?;
+        Ok(BootHttp {
+            model,
+            root: std::fs::canonicalize(root)?,
+            domain,
+        })
+    }
+}
+
+/// The routes: `/boot.ipxe` and `/images/{*path}`.
+pub fn routes(boot: Arc<BootHttp>) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(script))
+        .route("/images/{*path}", get(file))
+        .with_state(boot)
+}
+
+#[derive(serde::Deserialize)]
+struct Who {
+    #[serde(default)]
+    uuid: String,
+    #[serde(default)]
+    mac: String,
+}
+
+fn text(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn script(
+    State(b): State<Arc<BootHttp>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(who): Query<Who>,
+) -> Response {
+    let id = Identity::from_pb(&cairn_boot::pb::Identity {
+        uuid: who.uuid.clone(),
+        macs: (!who.mac.is_empty())
+            .then(|| who.mac.clone())
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    });
+    let id = match id {
+        Ok(id) => id,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    // The UUID as iPXE reads it from SMBIOS may be byte-swapped against
+    // the one stored: both are tried, as over TFTP.
+    let mut ids = vec![id.clone()];
+    if let Some(u) = id
+        .uuid
+        .as_deref()
+        .and_then(|u| uuid::Uuid::parse_str(u).ok())
+    {
+        let mut swapped = id.clone();
+        swapped.uuid = Some(pxe::swap_groups(u).hyphenated().to_string());
+        ids.push(swapped);
+    }
+    for id in ids {
+        let Ok(resp) = b.model.pull(id, Some(client.ip()), false, None).await else {
+            continue;
+        };
+        let Some(i) = resp.image.as_ref() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{}: boot.image names no image entry\n", resp.host_dn),
+            );
+        };
+        let image = pxe::Image {
+            name: i.name.clone(),
+            kernel: i.kernel.clone(),
+            modules: i.modules.clone(),
+            append: i.append.clone(),
+        };
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            })
+            .unwrap_or("127.0.0.1");
+        let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
+            .ok()
+            .and_then(|d| {
+                d.rdn()
+                    .and_then(|r| r.avas().first().map(|a| a.value.clone()))
+            })
+            .unwrap_or_default();
+        let vars = pxe::Vars::from([
+            ("hostname", hostname),
+            ("domain", b.domain.clone()),
+            ("dn", resp.host_dn.clone()),
+            ("image", resp.boot_image.clone()),
+            ("ip", client.ip().to_string()),
+        ]);
+        let body = pxe::ipxe_script(&image, &vars, &format!("http://{host}/images"));
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response();
+    }
+    text(StatusCode::NOT_FOUND, "no host has this identity\n".into())
+}
+
+/// One byte range of a file of `len` bytes, from a `Range` header: None
+/// for the whole file, an error for a range that cannot be served.
+fn range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let spec = v.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        // Several ranges: the whole file (RFC 9110 allows ignoring Range).
+        return Ok(None);
+    }
+    let (a, z) = spec.split_once('-').ok_or(())?;
+    let (a, z) = (a.trim(), z.trim());
+    let (start, end) = if a.is_empty() {
+        let n: u64 = z.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if z.is_empty() {
+            len.checked_sub(1).ok_or(())?
+        } else {
+            z.parse::<u64>().map_err(|_| ())?.min(len.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if start >= len || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn file(
+    State(b): State<Arc<BootHttp>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let rel = match pxe::clean_path(&path) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),
+    };
+    let Ok(real) = tokio::fs::canonicalize(b.root.join(&rel)).await else {
+        return text(StatusCode::NOT_FOUND, "no such file\n".into());
+    };
+    if !real.starts_with(&b.root) {
+        return text(StatusCode::FORBIDDEN, "outside the image root\n".into());
+    }
+    let Ok(mut f) = tokio::fs::File::open(&real).await else {
+        return text(StatusCode::NOT_FOUND, "no such file\n".into());
+    };
+    let len = match f.metadata().await {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return text(StatusCode::NOT_FOUND, "no such file\n".into()),
+    };
+    let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match range(asked, len) {
+        Err(()) => Response::builder()
+            .status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+            .body(Body::empty())
+            .unwrap_or_default(),
+        Ok(None) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, len)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from_stream(tokio_util::io::ReaderStream::new(f)))
+            .unwrap_or_default(),
+        Ok(Some((start, end))) => {
+            if f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read\n".into());
+            }
+            let n = end - start + 1;
+            Response::builder()
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_LENGTH, n)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
+                .header(header::ACCEPT_RANGES, "bytes")
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Body::from_stream(tokio_util::io::ReaderStream::new(
+                    f.take(n),
+                )))
+                .unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range;
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(range(None, 100), Ok(None));
+        assert_eq!(range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(range(Some("bytes=95-200"), 100), Ok(Some((95, 99))));
+        assert_eq!(range(Some("bytes=-200"), 100), Ok(Some((0, 99))));
+        assert_eq!(range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        for bad in [
+            "bytes=100-",
+            "bytes=10-5",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=5",
+        ] {
+            assert_eq!(range(Some(bad), 100), Err(()), "{bad}");
+        }
+        assert_eq!(range(Some("bytes=0-"), 0), Err(()));
+    }
+}
