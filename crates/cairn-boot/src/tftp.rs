@@ -95,32 +95,34 @@ impl Handler {
                 warn!(host = %resp.host_dn, build = %resp.boot_image, "the host's boot.image names no image entry");
                 return None;
             };
-            let vars = self.vars(&resp, client);
+            let vars = vars_of(&resp, &self.domain, client.ip());
             return Some(pxe::pxelinux_config(&image, &vars).into_bytes());
         }
         None
     }
+}
 
-    fn vars(&self, resp: &pb::PullResponse, client: &SocketAddr) -> pxe::Vars {
-        let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
-            .ok()
-            .and_then(|d| {
-                d.rdn()
-                    .and_then(|r| r.avas().first().map(|a| a.value.clone()))
-            })
-            .unwrap_or_default();
-        pxe::Vars::from([
-            ("hostname", hostname),
-            ("domain", self.domain.clone()),
-            ("dn", resp.host_dn.clone()),
-            ("image", resp.boot_image.clone()),
-            ("ip", client.ip().to_string()),
-        ])
-    }
+/// The values a boot file of the host `resp` answers for may use
+/// (`pxe::Vars`), the host asking from `ip`.
+pub fn vars_of(resp: &pb::PullResponse, domain: &str, ip: std::net::IpAddr) -> pxe::Vars {
+    let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
+        .ok()
+        .and_then(|d| {
+            d.rdn()
+                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
+        })
+        .unwrap_or_default();
+    pxe::Vars::from([
+        ("hostname", hostname),
+        ("domain", domain.to_string()),
+        ("dn", resp.host_dn.clone()),
+        ("image", resp.boot_image.clone()),
+        ("ip", ip.to_string()),
+    ])
 }
 
 /// The build a pull answer names, as the renderer takes it.
-fn image_of(resp: &pb::PullResponse) -> Option<pxe::Image> {
+pub fn image_of(resp: &pb::PullResponse) -> Option<pxe::Image> {
     let i = resp.image.as_ref()?;
     Some(pxe::Image {
         name: i.name.clone(),

@@ -98,17 +98,11 @@ async fn script(
         let Ok(resp) = b.model.pull(id, Some(client.ip()), false, None).await else {
             continue;
         };
-        let Some(i) = resp.image.as_ref() else {
+        let Some(image) = cairn_boot::tftp::image_of(&resp) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("{}: boot.image names no image entry\n", resp.host_dn),
             );
-        };
-        let image = pxe::Image {
-            name: i.name.clone(),
-            kernel: i.kernel.clone(),
-            modules: i.modules.clone(),
-            append: i.append.clone(),
         };
         let host = headers
             .get(header::HOST)
@@ -118,20 +112,7 @@ async fn script(
                     .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
             })
             .unwrap_or("127.0.0.1");
-        let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
-            .ok()
-            .and_then(|d| {
-                d.rdn()
-                    .and_then(|r| r.avas().first().map(|a| a.value.clone()))
-            })
-            .unwrap_or_default();
-        let vars = pxe::Vars::from([
-            ("hostname", hostname),
-            ("domain", b.domain.clone()),
-            ("dn", resp.host_dn.clone()),
-            ("image", resp.boot_image.clone()),
-            ("ip", client.ip().to_string()),
-        ]);
+        let vars = cairn_boot::tftp::vars_of(&resp, &b.domain, client.ip());
         let body = pxe::ipxe_script(&image, &vars, &format!("http://{host}/images"));
         return (
             StatusCode::OK,
