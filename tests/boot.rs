@@ -1017,6 +1017,18 @@ fn a_pull_after_a_change_is_never_answered_from_the_cache() {
     });
 }
 
+/// Node `n`'s image root, with a 300 KB file of varied bytes written to
+/// `test/blob.bin` in it: the root and the file's bytes.
+fn image_blob(n: &Node) -> (std::path::PathBuf, Vec<u8>) {
+    let root = n.data.path().join("images");
+    std::fs::create_dir_all(root.join("test")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("test/blob.bin"), &blob).unwrap();
+    (root, blob)
+}
+
 /// `curl` a TFTP URL of node `n` into memory (`--path-as-is`: the path
 /// reaches the server as written).
 fn tftp_get(n: &Node, path: &str) -> std::process::Output {
@@ -1064,12 +1076,7 @@ fn issue_13_tftp_renders_a_hosts_boot_configuration_and_serves_image_files() {
     assert!(!unknown.status.success(), "{}", stdout(&unknown));
 
     // Files of the image root, byte for byte, over several blocks.
-    let root = n.data.path().join("images");
-    std::fs::create_dir_all(root.join("test")).unwrap();
-    let blob: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::write(root.join("test/blob.bin"), &blob).unwrap();
+    let (root, blob) = image_blob(&n);
     let got = tftp_get(&n, "test/blob.bin");
     assert!(got.status.success(), "{}", stderr(&got));
     assert!(got.stdout == blob, "the file came back different");
@@ -1150,12 +1157,7 @@ fn issue_13_http_serves_a_hosts_ipxe_script_and_ranges_of_image_files() {
     let (code, _) = http_get(&n, "/boot.ipxe?mac=not-a-mac", &[]);
     assert_eq!(code, "400");
 
-    let root = n.data.path().join("images");
-    std::fs::create_dir_all(root.join("test")).unwrap();
-    let blob: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::write(root.join("test/blob.bin"), &blob).unwrap();
+    let (root, blob) = image_blob(&n);
     let (code, body) = http_get(&n, "/images/test/blob.bin", &[]);
     assert_eq!(code, "200");
     assert!(body == blob, "the file came back different");

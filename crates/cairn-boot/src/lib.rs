@@ -21,6 +21,7 @@
 
 pub mod dns;
 pub mod error;
+pub mod images;
 pub mod metrics;
 pub mod service;
 pub mod tftp;

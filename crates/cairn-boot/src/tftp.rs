@@ -12,7 +12,7 @@
 //! it is refused). Writes are refused.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,6 +23,7 @@ use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
 use tracing::{debug, info, warn};
 
+use crate::images::{Denied, ImageRoot};
 use crate::pb;
 
 /// What a read request is answered with: a rendered file, or a file of
@@ -47,40 +48,20 @@ impl futures_io::AsyncRead for Reader {
 
 /// Serves the image root and renders boot files.
 pub struct Handler {
-    root: PathBuf,
+    root: ImageRoot,
     model: Arc<Model>,
     /// The DNS domain hosts find the directory in (`${domain}`).
     domain: String,
 }
 
 impl Handler {
-    /// A handler for the image root `root` (made if missing).
-    pub fn new(root: &Path, model: Arc<Model>, domain: String) -> std::io::Result<Handler> {
-        std::fs::create_dir_all(root)?;
-        Ok(Handler {
-            root: std::fs::canonicalize(root)?,
+    /// A handler serving the image root `root`.
+    pub fn new(root: ImageRoot, model: Arc<Model>, domain: String) -> Handler {
+        Handler {
+            root,
             model,
             domain,
-        })
-    }
-
-    /// The file `rel` (a clean relative path) of the image root, opened if
-    /// it resolves inside the root and is a regular file.
-    fn open_file(&self, rel: &str) -> Result<(std::fs::File, u64), packet::Error> {
-        let path = self.root.join(rel);
-        let real = match std::fs::canonicalize(&path) {
-            Ok(p) => p,
-            Err(_) => return Err(packet::Error::FileNotFound),
-        };
-        if !real.starts_with(&self.root) {
-            return Err(packet::Error::PermissionDenied);
         }
-        let file = std::fs::File::open(&real).map_err(|_| packet::Error::FileNotFound)?;
-        let meta = file.metadata().map_err(|_| packet::Error::FileNotFound)?;
-        if !meta.is_file() {
-            return Err(packet::Error::FileNotFound);
-        }
-        Ok((file, meta.len()))
     }
 
     /// The pxelinux configuration of the host with one of `ids`, if any.
@@ -180,7 +161,13 @@ impl async_tftp::server::Handler for Handler {
             // Not yet: hosts by address prefix, and the default menu.
             Name::IpPrefix { .. } | Name::Default => return Err(packet::Error::FileNotFound),
             Name::File(rel) => {
-                let (file, size) = self.open_file(rel)?;
+                let (root, path) = (self.root.clone(), rel.clone());
+                let (file, size) = blocking::unblock(move || root.open_file(&path))
+                    .await
+                    .map_err(|e| match e {
+                        Denied::Missing => packet::Error::FileNotFound,
+                        Denied::Path(_) | Denied::Outside => packet::Error::PermissionDenied,
+                    })?;
                 debug!(client = %client, file = %rel, size, "TFTP file");
                 return Ok((Reader::File(blocking::Unblock::new(file)), Some(size)));
             }

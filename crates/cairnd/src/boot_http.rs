@@ -5,7 +5,6 @@
 //! firmware fetch large images faster than TFTP.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,6 +13,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cairn_boot::images::{Denied, ImageRoot};
 use cairn_core::pxe;
 use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
@@ -22,21 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 /// What the boot routes serve from.
 pub struct BootHttp {
     pub model: Arc<Model>,
-    /// The image root, canonical.
-    pub root: PathBuf,
+    pub root: ImageRoot,
     /// The DNS domain hosts find the directory in (`${domain}`).
     pub domain: String,
-}
-
-impl BootHttp {
-    pub fn new(model: Arc<Model>, root: &Path, domain: String) -> std::io::Result<BootHttp> {
-        std::fs::create_dir_all(root)?;
-        Ok(BootHttp {
-            model,
-            root: std::fs::canonicalize(root)?,
-            domain,
-        })
-    }
 }
 
 /// The routes: `/boot.ipxe` and `/images/{*path}`.
@@ -90,9 +78,11 @@ async fn script(
         .as_deref()
         .and_then(|u| uuid::Uuid::parse_str(u).ok())
     {
-        let mut swapped = id.clone();
-        swapped.uuid = Some(pxe::swap_groups(u).hyphenated().to_string());
-        ids.push(swapped);
+        for other in pxe::Name::Uuid(u).uuid_candidates().into_iter().skip(1) {
+            let mut swapped = id.clone();
+            swapped.uuid = Some(other.hyphenated().to_string());
+            ids.push(swapped);
+        }
     }
     for id in ids {
         let Ok(resp) = b.model.pull(id, Some(client.ip()), false, None).await else {
@@ -163,23 +153,15 @@ async fn file(
     axum::extract::Path(path): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let rel = match pxe::clean_path(&path) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),
+    let root = b.root.clone();
+    let opened = tokio::task::spawn_blocking(move || root.open_file(&path)).await;
+    let (f, len) = match opened {
+        Ok(Ok(found)) => found,
+        Ok(Err(Denied::Missing)) => return text(StatusCode::NOT_FOUND, "no such file\n".into()),
+        Ok(Err(e)) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),
+        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read\n".into()),
     };
-    let Ok(real) = tokio::fs::canonicalize(b.root.join(&rel)).await else {
-        return text(StatusCode::NOT_FOUND, "no such file\n".into());
-    };
-    if !real.starts_with(&b.root) {
-        return text(StatusCode::FORBIDDEN, "outside the image root\n".into());
-    }
-    let Ok(mut f) = tokio::fs::File::open(&real).await else {
-        return text(StatusCode::NOT_FOUND, "no such file\n".into());
-    };
-    let len = match f.metadata().await {
-        Ok(m) if m.is_file() => m.len(),
-        _ => return text(StatusCode::NOT_FOUND, "no such file\n".into()),
-    };
+    let mut f = tokio::fs::File::from_std(f);
     let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     match range(asked, len) {
         Err(()) => Response::builder()

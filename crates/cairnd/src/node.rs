@@ -204,9 +204,14 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     boot.metrics.register(&mut registry);
     let ldap_metrics = cairn_ldap::metrics::LdapMetrics::default();
     ldap_metrics.register(&mut registry);
-    let boot_http =
-        crate::boot_http::BootHttp::new(boot.model.clone(), &s.image_root, s.dns_domain.clone())
-            .with_context(|| format!("cannot open the image root {}", s.image_root.display()))?;
+    // Boot files, for HTTP and TFTP.
+    let image_root = cairn_boot::images::ImageRoot::open(&s.image_root)
+        .with_context(|| format!("cannot open the image root {}", s.image_root.display()))?;
+    let boot_http = crate::boot_http::BootHttp {
+        model: boot.model.clone(),
+        root: image_root.clone(),
+        domain: s.dns_domain.clone(),
+    };
     let http = crate::http::bind(
         s.http_listen,
         registry,
@@ -256,10 +261,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     }
     if let Some(addr) = s.tftp_listen {
         let handler =
-            cairn_boot::tftp::Handler::new(&s.image_root, boot.model.clone(), s.dns_domain.clone())
-                .with_context(|| {
-                    format!("cannot open the image root {}", s.image_root.display())
-                })?;
+            cairn_boot::tftp::Handler::new(image_root, boot.model.clone(), s.dns_domain.clone());
         tasks.spawn(async move {
             cairn_boot::tftp::serve(addr, handler)
                 .await
