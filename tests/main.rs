@@ -16,6 +16,7 @@ mod durability;
 mod federation;
 mod hostile;
 mod ldap3_client;
+mod netboot;
 mod openldap;
 mod protos;
 mod site;

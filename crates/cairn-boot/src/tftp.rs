@@ -21,7 +21,7 @@ use async_tftp::packet;
 use cairn_core::pxe::{self, Name};
 use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::images::{Denied, ImageRoot};
 use crate::pb;
@@ -168,7 +168,7 @@ impl async_tftp::server::Handler for Handler {
                         Denied::Missing => packet::Error::FileNotFound,
                         Denied::Path(_) | Denied::Outside => packet::Error::PermissionDenied,
                     })?;
-                debug!(client = %client, file = %rel, size, "TFTP file");
+                info!(client = %client, file = %rel, size, "TFTP file");
                 return Ok((Reader::File(blocking::Unblock::new(file)), Some(size)));
             }
         };

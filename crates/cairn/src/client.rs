@@ -188,6 +188,26 @@ pub fn result_code_name(rc: u32) -> &'static str {
     }
 }
 
+/// The directory's naming context (its suffix), from the root DSE.
+pub async fn naming_context(ldap: &mut Ldap) -> anyhow::Result<String> {
+    let (roots, _) = ldap
+        .search(
+            "",
+            ldap3::Scope::Base,
+            "(objectClass=*)",
+            vec!["namingContexts"],
+        )
+        .await?
+        .success()
+        .context("cannot read the root DSE")?;
+    roots
+        .into_iter()
+        .map(ldap3::SearchEntry::construct)
+        .flat_map(|e| e.attrs.get("namingContexts").cloned().unwrap_or_default())
+        .next()
+        .context("the server lists no naming context")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

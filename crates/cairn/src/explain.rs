@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use ldap3::{Scope, SearchEntry};
 
-use crate::client::{Auth, connect};
+use crate::client::{Auth, connect, naming_context};
 
 /// A filter value with RFC 4515 escapes.
 pub(crate) fn escape(v: &str) -> String {
@@ -60,17 +60,7 @@ pub async fn run(host: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode>
     };
     // The whole tree: find the naming context first.
     let base = if base.is_empty() {
-        let (roots, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["namingContexts"])
-            .await?
-            .success()
-            .context("cannot read the root DSE")?;
-        roots
-            .into_iter()
-            .map(SearchEntry::construct)
-            .flat_map(|e| e.attrs.get("namingContexts").cloned().unwrap_or_default())
-            .next()
-            .context("the server lists no naming context")?
+        naming_context(&mut ldap).await?
     } else {
         base
     };

@@ -17,7 +17,7 @@ use crate::export::parse_entry;
 use crate::subnets::values;
 
 /// One change as `cairn history` shows it.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Change {
     pub number: u64,
     pub time: String,
@@ -35,6 +35,21 @@ pub struct Change {
 
 pub async fn run(dn: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = connect(url, auth).await?;
+    let changes = changes(&mut ldap, dn).await?;
+    let _ = ldap.unbind().await;
+    if changes.is_empty() {
+        eprintln!(
+            "no change of {dn} is in the change log (is it kept that long? [audit] retention_days)"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    print!("{}", render(&changes));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The changes of the entry `dn` names (followed by its entryUUID), or
+/// that had the name `dn` when none has it now, oldest first.
+pub async fn changes(ldap: &mut ldap3::Ldap, dn: &str) -> anyhow::Result<Vec<Change>> {
     let ldap3::SearchResult(found, res) = ldap
         .search(dn, Scope::Base, "(objectClass=*)", vec!["entryUUID"])
         .await
@@ -73,15 +88,7 @@ pub async fn run(dn: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         .map(|raw| parse_entry(raw).map(|e| change_of(&e.attrs)))
         .collect::<Result<Vec<_>, _>>()?;
     changes.sort_by_key(|c| c.number);
-    let _ = ldap.unbind().await;
-    if changes.is_empty() {
-        eprintln!(
-            "no change of {dn} is in the change log (is it kept that long? [audit] retention_days)"
-        );
-        return Ok(ExitCode::from(1));
-    }
-    print!("{}", render(&changes));
-    Ok(ExitCode::SUCCESS)
+    Ok(changes)
 }
 
 /// A change log entry's attributes as a change.

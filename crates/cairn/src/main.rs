@@ -24,6 +24,7 @@ mod dns;
 mod explain;
 mod export;
 mod history;
+mod image;
 mod import;
 mod member;
 mod pull;
@@ -150,6 +151,10 @@ enum Command {
     /// asked Locate and matched no site's cairnSubnet, on every node.
     #[command(subcommand)]
     Subnets(SubnetsCmd),
+    /// Boot images: `cairn image rollback CLUSTER` sets a cluster's
+    /// `boot.image` back to the build it named before.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Deploy rules: `cairn rules test --mac … --vendor …` shows which rule
     /// would place a host with those facts, and why each rule matches or
     /// not (exit status 1 when none does).
@@ -356,6 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dns(cmd) => dns::run(cmd, &cli.url, &auth).await,
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
         Command::History { dn } => history::run(&dn, &cli.url, &auth).await,
+        Command::Image(cmd) => image::run(cmd, &cli.url, &auth).await,
         Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,
         Command::Rules(RulesCmd::Test(a)) => rules::test(a, &cli.url, &auth).await,
         Command::Member(m) => {

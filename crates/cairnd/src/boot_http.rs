@@ -18,6 +18,7 @@ use cairn_core::pxe;
 use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::info;
 
 /// What the boot routes serve from.
 pub struct BootHttp {
@@ -58,6 +59,15 @@ async fn script(
     headers: HeaderMap,
     Query(who): Query<Who>,
 ) -> Response {
+    if who.uuid.is_empty() && who.mac.is_empty() {
+        // A bare `/boot.ipxe` (a DHCP boot file that names no host): ask
+        // again with the identity iPXE knows.
+        let body = format!(
+            "#!ipxe\nchain http://{}/boot.ipxe?uuid=${{uuid}}&mac=${{net0/mac}}\n",
+            host_of(&headers)
+        );
+        return text(StatusCode::OK, body);
+    }
     let id = Identity::from_pb(&cairn_boot::pb::Identity {
         uuid: who.uuid.clone(),
         macs: (!who.mac.is_empty())
@@ -94,16 +104,13 @@ async fn script(
                 format!("{}: boot.image names no image entry\n", resp.host_dn),
             );
         };
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| {
-                h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-            })
-            .unwrap_or("127.0.0.1");
         let vars = cairn_boot::tftp::vars_of(&resp, &b.domain, client.ip());
-        let body = pxe::ipxe_script(&image, &vars, &format!("http://{host}/images"));
+        let body = pxe::ipxe_script(
+            &image,
+            &vars,
+            &format!("http://{}/images", host_of(&headers)),
+        );
+        info!(client = %client, host = %resp.host_dn, build = %image.name, "iPXE script rendered");
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -112,6 +119,19 @@ async fn script(
             .into_response();
     }
     text(StatusCode::NOT_FOUND, "no host has this identity\n".into())
+}
+
+/// The `Host` the client asked, when it is a plain host[:port]: the
+/// address the boot files are then fetched from.
+fn host_of(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or("127.0.0.1")
 }
 
 /// One byte range of a file of `len` bytes, from a `Range` header: None
@@ -150,10 +170,12 @@ fn range(value: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
 
 async fn file(
     State(b): State<Arc<BootHttp>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     axum::extract::Path(path): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let root = b.root.clone();
+    let name = path.clone();
     let opened = tokio::task::spawn_blocking(move || root.open_file(&path)).await;
     let (f, len) = match opened {
         Ok(Ok(found)) => found,
@@ -163,6 +185,7 @@ async fn file(
     };
     let mut f = tokio::fs::File::from_std(f);
     let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    info!(client = %client, file = %name.escape_debug(), range = asked.unwrap_or("all"), "HTTP boot file");
     match range(asked, len) {
         Err(()) => Response::builder()
             .status(StatusCode::RANGE_NOT_SATISFIABLE)

@@ -154,6 +154,8 @@ fn main() -> anyhow::Result<()> {
                 }),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let password = std::env::var("CAIRN_ADMIN_PASSWORD")
