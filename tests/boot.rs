@@ -1152,8 +1152,10 @@ fn issue_13_http_serves_a_hosts_ipxe_script_and_ranges_of_image_files() {
             && script.ends_with("boot\n"),
         "{script}"
     );
-    let (code, _) = http_get(&n, "/boot.ipxe?mac=02:00:00:00:00:99", &[]);
-    assert_eq!(code, "404");
+    // An unknown host gets the menu of builds (tests/tftp.rs has more).
+    let (code, body) = http_get(&n, "/boot.ipxe?mac=02:00:00:00:00:99", &[]);
+    assert_eq!(code, "200");
+    assert!(String::from_utf8_lossy(&body).contains("choose --default local"));
     let (code, _) = http_get(&n, "/boot.ipxe?mac=not-a-mac", &[]);
     assert_eq!(code, "400");
 

@@ -20,4 +20,5 @@ mod netboot;
 mod openldap;
 mod protos;
 mod site;
+mod tftp;
 mod tls;

@@ -11,10 +11,11 @@
 //! root, opened only when they resolve inside it (a symlink that leaves
 //! it is refused). Writes are refused.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_tftp::packet;
@@ -27,8 +28,14 @@ use crate::images::{Denied, ImageRoot};
 use crate::pb;
 
 /// What a read request is answered with: a rendered file, or a file of
-/// the image root read on a blocking thread.
-pub enum Reader {
+/// the image root read on a blocking thread; either holds its client's
+/// transfer slot until the transfer ends (it is dropped then).
+pub struct Reader {
+    body: Body,
+    _slot: Slot,
+}
+
+enum Body {
     Rendered(futures_lite::io::Cursor<Vec<u8>>),
     File(blocking::Unblock<std::fs::File>),
 }
@@ -39,12 +46,56 @@ impl futures_io::AsyncRead for Reader {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Reader::Rendered(c) => Pin::new(c).poll_read(cx, buf),
-            Reader::File(f) => Pin::new(f).poll_read(cx, buf),
+        match &mut self.get_mut().body {
+            Body::Rendered(c) => Pin::new(c).poll_read(cx, buf),
+            Body::File(f) => Pin::new(f).poll_read(cx, buf),
         }
     }
 }
+
+/// Transfers in progress per client address.
+type Active = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One transfer of a client, counted in [`Active`] while it lives.
+struct Slot {
+    ip: IpAddr,
+    active: Active,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = a.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// How the TFTP server answers (`[boot]`, docs/boot.md).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Whether `pxelinux.cfg/default` (a host nothing knows) gets a menu
+    /// of the builds; else "file not found".
+    pub menu: bool,
+    /// Transfers one client address may have at once; more are refused
+    /// with an error packet.
+    pub per_client: usize,
+}
+
+/// The largest block size negotiated (RFC 2348 allows up to 65464): an
+/// Ethernet frame's payload less the IP, UDP and TFTP headers, so no
+/// block is fragmented.
+pub const MAX_BLOCK_SIZE: u16 = 1468;
+/// The largest window negotiated (RFC 7440 allows up to 65535): blocks
+/// sent before an acknowledgement is awaited.
+pub const MAX_WINDOW: u16 = 64;
+/// How many times a block (or window) is sent before the transfer is
+/// given up: the first send and four retransmissions, each after the
+/// negotiated timeout (RFC 2349, 1–255 s; 3 s when not asked).
+pub const MAX_SENDS: u32 = 5;
 
 /// Serves the image root and renders boot files.
 pub struct Handler {
@@ -52,34 +103,77 @@ pub struct Handler {
     model: Arc<Model>,
     /// The DNS domain hosts find the directory in (`${domain}`).
     domain: String,
+    options: Options,
+    active: Active,
 }
 
 impl Handler {
     /// A handler serving the image root `root`.
-    pub fn new(root: ImageRoot, model: Arc<Model>, domain: String) -> Handler {
+    pub fn new(root: ImageRoot, model: Arc<Model>, domain: String, options: Options) -> Handler {
         Handler {
             root,
             model,
             domain,
+            options,
+            active: Active::default(),
         }
     }
 
-    /// The pxelinux configuration of the host with one of `ids`, if any.
+    /// A transfer slot for `ip`, unless it has all its slots.
+    fn slot(&self, ip: IpAddr) -> Option<Slot> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let n = a.entry(ip).or_insert(0);
+        if *n >= self.options.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            ip,
+            active: self.active.clone(),
+        })
+    }
+
+    /// The pxelinux configuration of the host with one of `ids`: its own
+    /// build, or the one the deploy rules would give it.
     async fn render(&self, ids: Vec<Identity>, client: &SocketAddr) -> Option<Vec<u8>> {
         for id in ids {
             // Cached per directory generation; never registers a host.
-            let resp = match self.model.pull(id, Some(client.ip()), false, None).await {
-                Ok(r) => r,
+            let answer = match self.model.boot_answer(id, Some(client.ip())).await {
+                Ok(a) => a,
                 Err(_) => continue,
             };
-            let Some(image) = image_of(&resp) else {
+            let resp = &answer.resp;
+            let Some(image) = image_of(resp) else {
                 warn!(host = %resp.host_dn, build = %resp.boot_image, "the host's boot.image names no image entry");
                 return None;
             };
-            let vars = vars_of(&resp, &self.domain, client.ip());
+            if let Some(rule) = &answer.rule {
+                info!(client = %client, rule = %rule, host = %resp.host_dn, build = %image.name, "an unknown host boots as a deploy rule places it");
+            }
+            let vars = vars_of(resp, &self.domain, client.ip());
             return Some(pxe::pxelinux_config(&image, &vars).into_bytes());
         }
         None
+    }
+
+    /// The menu for a host nothing knows, when configured.
+    async fn menu(&self, client: &SocketAddr) -> Option<Vec<u8>> {
+        if !self.options.menu {
+            return None;
+        }
+        let images = match self.model.images().await {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(cause = %e, "cannot read the image library for the boot menu");
+                return None;
+            }
+        };
+        let images: Vec<pxe::Image> = images.iter().map(image_from_pb).collect();
+        let vars = pxe::Vars::from([
+            ("domain", self.domain.clone()),
+            ("ip", client.ip().to_string()),
+        ]);
+        Some(pxe::pxelinux_menu(&images, &vars).into_bytes())
     }
 }
 
@@ -104,13 +198,17 @@ pub fn vars_of(resp: &pb::PullResponse, domain: &str, ip: std::net::IpAddr) -> p
 
 /// The build a pull answer names, as the renderer takes it.
 pub fn image_of(resp: &pb::PullResponse) -> Option<pxe::Image> {
-    let i = resp.image.as_ref()?;
-    Some(pxe::Image {
+    resp.image.as_ref().map(image_from_pb)
+}
+
+/// A build as the renderer takes it.
+pub fn image_from_pb(i: &pb::BootImage) -> pxe::Image {
+    pxe::Image {
         name: i.name.clone(),
         kernel: i.kernel.clone(),
         modules: i.modules.clone(),
         append: i.append.clone(),
-    })
+    }
 }
 
 fn identity(uuid: Option<String>, mac: Option<String>) -> Option<Identity> {
@@ -131,6 +229,12 @@ impl async_tftp::server::Handler for Handler {
         client: &SocketAddr,
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+        let Some(slot) = self.slot(client.ip()) else {
+            warn!(client = %client, limit = self.options.per_client, "TFTP request refused: the client has its limit of transfers in progress");
+            return Err(packet::Error::Msg(
+                "too many transfers from this address".into(),
+            ));
+        };
         let Some(raw) = path.to_str() else {
             return Err(packet::Error::PermissionDenied);
         };
@@ -158,8 +262,16 @@ impl async_tftp::server::Handler for Handler {
             )
             .into_iter()
             .collect(),
-            // Not yet: hosts by address prefix, and the default menu.
-            Name::IpPrefix { .. } | Name::Default => return Err(packet::Error::FileNotFound),
+            // A host reaches these names when its UUID and MAC matched
+            // no host and no deploy rule (the rules saw its address then).
+            Name::IpPrefix { .. } => return Err(packet::Error::FileNotFound),
+            Name::Default => {
+                let bytes = self.menu(client).await.ok_or(packet::Error::FileNotFound)?;
+                info!(client = %client, "TFTP boot menu for an unknown host");
+                let size = bytes.len() as u64;
+                let body = Body::Rendered(futures_lite::io::Cursor::new(bytes));
+                return Ok((Reader { body, _slot: slot }, Some(size)));
+            }
             Name::File(rel) => {
                 let (root, path) = (self.root.clone(), rel.clone());
                 let (file, size) = blocking::unblock(move || root.open_file(&path))
@@ -169,17 +281,16 @@ impl async_tftp::server::Handler for Handler {
                         Denied::Path(_) | Denied::Outside => packet::Error::PermissionDenied,
                     })?;
                 info!(client = %client, file = %rel, size, "TFTP file");
-                return Ok((Reader::File(blocking::Unblock::new(file)), Some(size)));
+                let body = Body::File(blocking::Unblock::new(file));
+                return Ok((Reader { body, _slot: slot }, Some(size)));
             }
         };
         match self.render(ids, client).await {
             Some(bytes) => {
                 info!(client = %client, name = %raw, "TFTP boot configuration rendered");
                 let size = bytes.len() as u64;
-                Ok((
-                    Reader::Rendered(futures_lite::io::Cursor::new(bytes)),
-                    Some(size),
-                ))
+                let body = Body::Rendered(futures_lite::io::Cursor::new(bytes));
+                Ok((Reader { body, _slot: slot }, Some(size)))
             }
             None => Err(packet::Error::FileNotFound),
         }
@@ -200,6 +311,9 @@ impl async_tftp::server::Handler for Handler {
 pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
     let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
         .bind(addr)
+        .block_size_limit(MAX_BLOCK_SIZE)
+        .window_size_limit(MAX_WINDOW)
+        .max_send_retries(MAX_SENDS - 1)
         .build()
         .await
         .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;

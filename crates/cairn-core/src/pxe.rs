@@ -304,10 +304,138 @@ pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
     out
 }
 
+/// Whether a build's name can be a menu label: pxelinux labels and iPXE
+/// goto labels are single words.
+fn label_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "local"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// How long the menu for an unknown host waits before booting the local
+/// disk, in seconds.
+pub const MENU_WAIT_SECS: u32 = 10;
+
+/// The pxelinux configuration for a host no entry and no deploy rule
+/// knows (`pxelinux.cfg/default`): a prompt listing `images` by name, the
+/// local disk after [`MENU_WAIT_SECS`] (an unknown machine never starts
+/// an installer by itself). Builds whose name is not a single word are
+/// left out.
+pub fn pxelinux_menu(images: &[Image], vars: &Vars) -> String {
+    let mut out = format!(
+        "# Cairn: a host no entry and no deploy rule knows\nDEFAULT local\nPROMPT 1\nTIMEOUT {}\n\
+         SAY This host is unknown to Cairn (no host entry, no deploy rule matched it).\n\
+         SAY Type a build's name to boot it; the local disk boots in {MENU_WAIT_SECS} s:\n\
+         SAY   local\n",
+        MENU_WAIT_SECS * 10
+    );
+    let usable: Vec<&Image> = images.iter().filter(|i| label_safe(&i.name)).collect();
+    for i in &usable {
+        out.push_str(&format!("SAY   {}\n", i.name));
+    }
+    out.push_str("LABEL local\n  LOCALBOOT 0\n");
+    for i in usable {
+        out.push_str(&format!(
+            "LABEL {}\n  KERNEL {}\n",
+            i.name,
+            token(&i.kernel)
+        ));
+        if !i.modules.is_empty() {
+            out.push_str(&format!("  INITRD {}\n", token(&i.modules.join(","))));
+        }
+        let append = token(&substitute(&i.append, vars));
+        if !append.trim().is_empty() {
+            out.push_str(&format!("  APPEND {append}\n"));
+        }
+    }
+    out
+}
+
+/// The iPXE menu for a host no entry and no deploy rule knows: the same
+/// choice as [`pxelinux_menu`], files from `base`.
+pub fn ipxe_menu(images: &[Image], vars: &Vars, base: &str) -> String {
+    let usable: Vec<&Image> = images.iter().filter(|i| label_safe(&i.name)).collect();
+    let mut out = String::from(
+        "#!ipxe\n# Cairn: a host no entry and no deploy rule knows\n\
+         menu This host is unknown to Cairn: boot a build, or the local disk\n\
+         item local Local disk\n",
+    );
+    for i in &usable {
+        out.push_str(&format!("item {0} {0}\n", i.name));
+    }
+    out.push_str(&format!(
+        "choose --default local --timeout {} target && goto ${{target}} || goto local\n\
+         :local\nexit\n",
+        MENU_WAIT_SECS * 1000
+    ));
+    for i in usable {
+        out.push_str(&format!(
+            ":{}\nkernel {base}/{} {}\n",
+            i.name,
+            token(&i.kernel),
+            token(&substitute(&i.append, vars))
+        ));
+        for m in &i.modules {
+            out.push_str(&format!("initrd {base}/{}\n", token(m)));
+        }
+        out.push_str("boot\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    fn build(name: &str) -> Image {
+        Image {
+            name: name.into(),
+            kernel: format!("{name}/vmlinuz"),
+            modules: vec![format!("{name}/a.gz"), format!("{name}/b.gz")],
+            append: "console=ttyS0 ip=${ip}".into(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_host_gets_a_menu_of_the_builds_that_boots_the_local_disk_by_default() {
+        let vars = Vars::from([("ip", "10.1.7.7".to_string())]);
+        let images = [build("v1"), build("bad name"), build("local"), build("v2")];
+        let m = pxelinux_menu(&images, &vars);
+        assert!(m.contains("DEFAULT local\nPROMPT 1\nTIMEOUT 100\n"), "{m}");
+        assert!(m.contains("LABEL local\n  LOCALBOOT 0\n"), "{m}");
+        assert!(
+            m.contains(
+                "LABEL v2\n  KERNEL v2/vmlinuz\n  INITRD v2/a.gz,v2/b.gz\n  APPEND console=ttyS0 ip=10.1.7.7\n"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("SAY   v1\n") && m.contains("LABEL v1\n"), "{m}");
+        // Names that are not one word, or that would shadow `local`, are left out.
+        assert!(
+            !m.contains("bad name") && m.matches("LABEL local").count() == 1,
+            "{m}"
+        );
+
+        let i = ipxe_menu(&images, &vars, "http://n1:8080/images");
+        assert!(i.starts_with("#!ipxe\n"), "{i}");
+        assert!(i.contains("item v1 v1\nitem v2 v2\n"), "{i}");
+        assert!(
+            i.contains("choose --default local --timeout 10000 target"),
+            "{i}"
+        );
+        assert!(
+            i.contains(
+                ":v2\nkernel http://n1:8080/images/v2/vmlinuz console=ttyS0 ip=10.1.7.7\n\
+                 initrd http://n1:8080/images/v2/a.gz\ninitrd http://n1:8080/images/v2/b.gz\nboot\n"
+            ),
+            "{i}"
+        );
+        assert!(!i.contains("bad name"), "{i}");
+    }
 
     #[test]
     fn every_name_pxelinux_asks_for_parses_in_its_order() {

@@ -234,7 +234,7 @@ pub fn effective_setting_values(
     host: &ValidEntry,
     mask_secrets: bool,
 ) -> Result<Vec<String>, FleetError> {
-    let eff = merge(dir, sites, host, None)?.0;
+    let eff = merge(dir, sites, Below::Host(host), None)?.0;
     Ok(if mask_secrets {
         eff.masked().to_setting_values()
     } else {
@@ -251,7 +251,44 @@ pub fn effective(
     host: &ValidEntry,
     caller: Option<IpAddr>,
 ) -> Result<pb::PullResponse, FleetError> {
-    let (eff, site, cluster_dn) = merge(dir, sites, host, caller)?;
+    answer(dir, sites, Below::Host(host), caller)
+}
+
+/// What a host that no entry has would get as `dn` (the entry a deploy
+/// rule's registration would make, not made): the configuration and
+/// build in effect under its parent, its site from `caller`.
+pub fn effective_unregistered(
+    dir: &Directory,
+    sites: &SiteMap,
+    dn: &Dn,
+    caller: Option<IpAddr>,
+) -> Result<pb::PullResponse, FleetError> {
+    answer(dir, sites, Below::Unregistered(dn), caller)
+}
+
+/// The last layer of a merge: a host entry, or the name of one not made.
+#[derive(Clone, Copy)]
+enum Below<'a> {
+    Host(&'a ValidEntry),
+    Unregistered(&'a Dn),
+}
+
+impl Below<'_> {
+    fn dn(&self) -> &Dn {
+        match self {
+            Below::Host(h) => h.dn(),
+            Below::Unregistered(dn) => dn,
+        }
+    }
+}
+
+fn answer(
+    dir: &Directory,
+    sites: &SiteMap,
+    below: Below<'_>,
+    caller: Option<IpAddr>,
+) -> Result<pb::PullResponse, FleetError> {
+    let (eff, site, cluster_dn) = merge(dir, sites, below, caller)?;
     let boot_image = eff
         .get("boot.image")
         .map(|v| v.value.clone())
@@ -264,7 +301,7 @@ pub fn effective(
     let mut resp = pb::PullResponse {
         not_modified: false,
         version: String::new(),
-        host_dn: host.dn().to_string(),
+        host_dn: below.dn().to_string(),
         site: site.as_ref().map(|s| site_name(s)).unwrap_or_default(),
         site_dn: site.unwrap_or_default(),
         cluster_dn,
@@ -287,17 +324,21 @@ pub fn effective(
     Ok(resp)
 }
 
-/// Merges the layers of `host`: its effective settings, its site's DN and
-/// the DN of its nearest cluster.
+/// Merges the layers down to `below`: its effective settings, its site's
+/// DN and the DN of its nearest cluster.
 fn merge(
     dir: &Directory,
     sites: &SiteMap,
-    host: &ValidEntry,
+    below: Below<'_>,
     caller: Option<IpAddr>,
 ) -> Result<(inherit::Effective, Option<String>, String), FleetError> {
+    let host = match below {
+        Below::Host(h) => Some(h),
+        Below::Unregistered(_) => None,
+    };
     let addr = host
-        .get("iphostnumber")
         .into_iter()
+        .flat_map(|h| h.get("iphostnumber"))
         .flat_map(|a| a.values.iter())
         .find_map(|v| v.parse::<IpAddr>().ok())
         .or(caller);
@@ -312,7 +353,7 @@ fn merge(
         entries.push(e);
     }
     let mut path = vec![];
-    let mut cur = host.dn().parent();
+    let mut cur = below.dn().parent();
     while let Some(p) = cur {
         if p.is_root() {
             break;
@@ -329,7 +370,7 @@ fn merge(
             entries.push(e);
         }
     }
-    entries.push(host.clone());
+    entries.extend(host.cloned());
     let sources: Vec<String> = entries.iter().map(|e| e.dn().to_string()).collect();
     let layers: Vec<Layer> = entries
         .iter()
@@ -349,19 +390,33 @@ fn merge(
     ))
 }
 
+/// Every build of the image library, by name.
+pub fn images(dir: &Directory) -> Result<Vec<pb::BootImage>, FleetError> {
+    let mut all: Vec<pb::BootImage> = of_class(dir, "cairnImage")?
+        .iter()
+        .map(boot_image)
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
 /// The image library entry named `name` (its cn).
 fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, FleetError> {
     let filter = Filter::Equality("cn".into(), name.into());
     Ok(search_class(dir, filter, Some("cairnImage"), 1)?
         .pop()
-        .map(|e| pb::BootImage {
-            dn: e.dn().to_string(),
-            name: e.first("cn").unwrap_or_default().to_string(),
-            kernel: e.first("cairnkernel").unwrap_or_default().to_string(),
-            modules: values(&e, "cairnmodule").map(str::to_string).collect(),
-            append: e.first("cairnappend").unwrap_or_default().to_string(),
-            build: e.first("cairnimageversion").unwrap_or_default().to_string(),
-        }))
+        .map(|e| boot_image(&e)))
+}
+
+fn boot_image(e: &ValidEntry) -> pb::BootImage {
+    pb::BootImage {
+        dn: e.dn().to_string(),
+        name: e.first("cn").unwrap_or_default().to_string(),
+        kernel: e.first("cairnkernel").unwrap_or_default().to_string(),
+        modules: values(e, "cairnmodule").map(str::to_string).collect(),
+        append: e.first("cairnappend").unwrap_or_default().to_string(),
+        build: e.first("cairnimageversion").unwrap_or_default().to_string(),
+    }
 }
 
 /// A random key of this process, for [`version_of`]'s digests of secret

@@ -296,6 +296,63 @@ impl Model {
     }
 }
 
+/// What a booting host is answered with ([`Model::boot_answer`]).
+pub struct BootAnswer {
+    /// The host's configuration, or the one a deploy rule would give it.
+    pub resp: pb::PullResponse,
+    /// The deploy rule that placed a host no entry has (not registered).
+    pub rule: Option<String>,
+}
+
+impl Model {
+    /// What a network-booting host gets (TFTP, iPXE): its own
+    /// configuration when an entry has `id`; else, when a deploy rule
+    /// matches it, what it would get where the rule places it, under the
+    /// name its registration would have. Nothing is registered: that
+    /// waits for the host's first `Pull`, from the system it boots.
+    pub async fn boot_answer(
+        self: &Arc<Self>,
+        id: Identity,
+        caller: Option<IpAddr>,
+    ) -> Result<BootAnswer, FleetError> {
+        match self.pull(id.clone(), caller, false, None).await {
+            Ok(resp) => return Ok(BootAnswer { resp, rule: None }),
+            Err(FleetError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let (dir, boot) = (self.dir.clone(), self.clone());
+        blocking(move || {
+            let rules = register::read_rules(&dir)?;
+            let facts = register::facts(&id, caller);
+            let Some(rule) = rules.first_match(&facts) else {
+                return Err(FleetError::NotFound(format!(
+                    "no host has {} and no deploy rule matched",
+                    id.describe()
+                )));
+            };
+            let now = cairn_core::time::generalized_time(boot.clock.now_unix());
+            let WriteOp::Add { entry, .. } =
+                register::registration(&id, &facts, rule.name(), rule.target(), now)?
+            else {
+                return Err(FleetError::Internal("a registration is an add".into()));
+            };
+            let f = boot.fleet()?;
+            let resp = fleet::effective_unregistered(&dir, &f.sites, &entry.dn, caller)?;
+            Ok(BootAnswer {
+                resp,
+                rule: Some(rule.name().to_string()),
+            })
+        })
+        .await?
+    }
+
+    /// Every build of the image library.
+    pub async fn images(&self) -> Result<Vec<pb::BootImage>, FleetError> {
+        let dir = self.dir.clone();
+        blocking(move || fleet::images(&dir)).await?
+    }
+}
+
 /// Runs directory reads off the async workers.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

@@ -26,6 +26,8 @@ pub struct BootHttp {
     pub root: ImageRoot,
     /// The DNS domain hosts find the directory in (`${domain}`).
     pub domain: String,
+    /// Whether a host nothing knows gets a menu of the builds.
+    pub menu: bool,
 }
 
 /// The routes: `/boot.ipxe` and `/images/{*path}`.
@@ -94,23 +96,28 @@ async fn script(
             ids.push(swapped);
         }
     }
+    let base = format!("http://{}/images", host_of(&headers));
     for id in ids {
-        let Ok(resp) = b.model.pull(id, Some(client.ip()), false, None).await else {
+        let Ok(answer) = b.model.boot_answer(id, Some(client.ip())).await else {
             continue;
         };
-        let Some(image) = cairn_boot::tftp::image_of(&resp) else {
+        let resp = &answer.resp;
+        let Some(image) = cairn_boot::tftp::image_of(resp) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("{}: boot.image names no image entry\n", resp.host_dn),
             );
         };
-        let vars = cairn_boot::tftp::vars_of(&resp, &b.domain, client.ip());
-        let body = pxe::ipxe_script(
-            &image,
-            &vars,
-            &format!("http://{}/images", host_of(&headers)),
-        );
-        info!(client = %client, host = %resp.host_dn, build = %image.name, "iPXE script rendered");
+        let vars = cairn_boot::tftp::vars_of(resp, &b.domain, client.ip());
+        let body = pxe::ipxe_script(&image, &vars, &base);
+        match &answer.rule {
+            Some(rule) => {
+                info!(client = %client, host = %resp.host_dn, build = %image.name, rule = %rule, "iPXE script rendered for an unknown host as a deploy rule places it")
+            }
+            None => {
+                info!(client = %client, host = %resp.host_dn, build = %image.name, "iPXE script rendered")
+            }
+        }
         return (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -118,7 +125,30 @@ async fn script(
         )
             .into_response();
     }
-    text(StatusCode::NOT_FOUND, "no host has this identity\n".into())
+    if b.menu {
+        match b.model.images().await {
+            Ok(images) => {
+                let images: Vec<pxe::Image> =
+                    images.iter().map(cairn_boot::tftp::image_from_pb).collect();
+                let vars = pxe::Vars::from([
+                    ("domain", b.domain.clone()),
+                    ("ip", client.ip().to_string()),
+                ]);
+                info!(client = %client, "iPXE boot menu for an unknown host");
+                return text(StatusCode::OK, pxe::ipxe_menu(&images, &vars, &base));
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the image library: {e}\n"),
+                );
+            }
+        }
+    }
+    text(
+        StatusCode::NOT_FOUND,
+        "no host has this identity and no deploy rule matched it\n".into(),
+    )
 }
 
 /// The `Host` the client asked, when it is a plain host[:port]: the

@@ -423,7 +423,7 @@ impl Default for StorageSection {
 }
 
 /// `[boot]`: network boot (issue 13, docs/boot.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootSection {
     /// The TFTP listener (read-only; port 69 in production, which
@@ -431,6 +431,24 @@ pub struct BootSection {
     pub tftp_listen: Option<SocketAddr>,
     /// Where the boot files are (default: `<data_dir>/images`).
     pub image_root: Option<PathBuf>,
+    /// Whether a host no entry and no deploy rule knows gets a menu of
+    /// the builds (`pxelinux.cfg/default`, `/boot.ipxe`) that boots the
+    /// local disk unless someone picks one; false: "not found".
+    pub unknown_menu: bool,
+    /// TFTP transfers one client address may have at once (hosts behind
+    /// one NAT address share it).
+    pub tftp_transfers_per_client: usize,
+}
+
+impl Default for BootSection {
+    fn default() -> BootSection {
+        BootSection {
+            tftp_listen: None,
+            image_root: None,
+            unknown_menu: true,
+            tftp_transfers_per_client: 16,
+        }
+    }
 }
 
 /// `[audit]`: the audit trail (`cn=changelog`, `cairn history`,
@@ -688,6 +706,10 @@ pub struct Settings {
     /// The TFTP listener, if any, and the image root.
     pub tftp_listen: Option<SocketAddr>,
     pub image_root: PathBuf,
+    /// `[boot] unknown_menu`.
+    pub boot_menu: bool,
+    /// `[boot] tftp_transfers_per_client`.
+    pub tftp_per_client: usize,
 }
 
 /// The site of a node configured without `[cluster]`.
@@ -845,6 +867,8 @@ impl FileConfig {
             dns_domain,
             tftp_listen: self.boot.tftp_listen,
             image_root,
+            boot_menu: self.boot.unknown_menu,
+            tftp_per_client: self.boot.tftp_transfers_per_client,
             audit_retention: (self.audit.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(self.audit.retention_days) * 86_400)),
             ldap: cairn_ldap::Config {
@@ -900,9 +924,16 @@ mod tests {
                 ("CAIRN_TLS_CLIENT_CA_FILE", "/etc/cairn/tls/ca.pem"),
                 ("CAIRN_AUDIT_RETENTION_DAYS", "30"),
                 ("CAIRN_BOOT_TFTP_LISTEN", "0.0.0.0:69"),
+                ("CAIRN_BOOT_UNKNOWN_MENU", "false"),
+                ("CAIRN_BOOT_TFTP_TRANSFERS_PER_CLIENT", "4"),
             ],
         )
         .unwrap();
+        assert!(!c.boot.unknown_menu);
+        assert_eq!(c.boot.tftp_transfers_per_client, 4);
+        let d = parse("", &[]).unwrap().boot;
+        assert!(d.unknown_menu);
+        assert_eq!(d.tftp_transfers_per_client, 16);
         assert_eq!(
             c.tls.client_ca_file.as_deref(),
             Some(Path::new("/etc/cairn/tls/ca.pem"))

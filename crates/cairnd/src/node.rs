@@ -211,6 +211,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         model: boot.model.clone(),
         root: image_root.clone(),
         domain: s.dns_domain.clone(),
+        menu: s.boot_menu,
     };
     let http = crate::http::bind(
         s.http_listen,
@@ -260,8 +261,15 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         ));
     }
     if let Some(addr) = s.tftp_listen {
-        let handler =
-            cairn_boot::tftp::Handler::new(image_root, boot.model.clone(), s.dns_domain.clone());
+        let handler = cairn_boot::tftp::Handler::new(
+            image_root,
+            boot.model.clone(),
+            s.dns_domain.clone(),
+            cairn_boot::tftp::Options {
+                menu: s.boot_menu,
+                per_client: s.tftp_per_client.max(1),
+            },
+        );
         tasks.spawn(async move {
             cairn_boot::tftp::serve(addr, handler)
                 .await
