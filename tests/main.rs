@@ -15,6 +15,7 @@ mod dns;
 mod durability;
 mod federation;
 mod hostile;
+mod images;
 mod ldap3_client;
 mod netboot;
 mod openldap;

@@ -57,34 +57,44 @@ fn assets(builds: &[&str]) -> PathBuf {
     out
 }
 
-/// Puts build `name`'s files in node `n`'s image root (the kernel, the
-/// shared initramfs, and the build's own one naming it) and pxelinux.
-fn install(n: &Node, assets: &Path, name: &str) {
+/// Adds build `name` with `cairn image add` (the kernel, the shared
+/// initramfs, and the build's own one naming it, in that order; a command
+/// line telling the guest where the node is), and puts pxelinux in the
+/// image root.
+fn add_build(n: &Node, assets: &Path, name: &str) {
     let root = n.data.path().join("images");
-    std::fs::create_dir_all(root.join(name)).unwrap();
     for f in ["pxelinux.0", "ldlinux.c32"] {
         std::fs::copy(assets.join(f), root.join(f)).unwrap();
     }
+    let dir = tempfile::tempdir().unwrap();
     for (from, to) in [
         ("vmlinuz".to_string(), "vmlinuz"),
         ("base.gz".to_string(), "base.gz"),
         (format!("{name}.gz"), "build.gz"),
     ] {
-        std::fs::copy(assets.join(from), root.join(name).join(to)).unwrap();
+        std::fs::copy(assets.join(from), dir.path().join(to)).unwrap();
     }
-}
-
-/// The `cairnImage` entry of build `name`: its kernel, its two initrds in
-/// order, and a command line telling the guest where the node is.
-fn image_ldif(n: &Node, name: &str) -> String {
-    format!(
-        "dn: cn={name},ou=images,dc=example,dc=com\nobjectClass: cairnImage\ncn: {name}\n\
-         cairnKernel: {name}/vmlinuz\ncairnModule: {name}/base.gz\ncairnModule: {name}/build.gz\n\
-         cairnAppend: console=ttyS0 quiet cairn.grpc=10.0.2.2:{} cairn.dns=10.0.2.2:{} \
-         cairn.domain=${{domain}} cairn.host=${{hostname}} cairn.image=${{image}}\n\n",
+    let append = format!(
+        "console=ttyS0 quiet cairn.grpc=10.0.2.2:{} cairn.dns=10.0.2.2:{} \
+         cairn.domain=${{domain}} cairn.host=${{hostname}} cairn.image=${{image}}",
         n.grpc.port(),
         n.dns.port()
-    )
+    );
+    ok(n.cairn(&[
+        "image",
+        "add",
+        dir.path().to_str().unwrap(),
+        "--name",
+        name,
+        "--kernel",
+        "vmlinuz",
+        "--initrd",
+        "base.gz",
+        "--initrd",
+        "build.gz",
+        "--append",
+        &append,
+    ]));
 }
 
 /// Boots the guest with `bootfile` as its DHCP boot file and returns its
@@ -196,17 +206,15 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
         has_example_tree(&n.url())
     });
     for b in ["build-1", "build-2"] {
-        install(&n, &assets, b);
+        add_build(&n, &assets, b);
     }
     // The cluster was on build-1 and moved to build-2: its history says so.
     ok(n.tool(
         "ldapadd",
         &[],
         Some(&format!(
-            "{}{}dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
-             dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n",
-            image_ldif(&n, "build-1"),
-            image_ldif(&n, "build-2")
+            "dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
+             dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n"
         )),
     ));
     ok(n.tool(

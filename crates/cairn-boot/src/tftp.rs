@@ -168,7 +168,7 @@ impl Handler {
                 return None;
             }
         };
-        let images: Vec<pxe::Image> = images.iter().map(image_from_pb).collect();
+        let images: Vec<pxe::Image> = images.iter().map(|b| image_from_pb(&b.image)).collect();
         let vars = pxe::Vars::from([
             ("domain", self.domain.clone()),
             ("ip", client.ip().to_string()),
@@ -279,6 +279,9 @@ impl async_tftp::server::Handler for Handler {
                     .map_err(|e| match e {
                         Denied::Missing => packet::Error::FileNotFound,
                         Denied::Path(_) | Denied::Outside => packet::Error::PermissionDenied,
+                        Denied::Corrupt => packet::Error::Msg(
+                            "this node's copy does not have its build's SHA-256".into(),
+                        ),
                     })?;
                 info!(client = %client, file = %rel, size, "TFTP file");
                 let body = Body::File(blocking::Unblock::new(file));

@@ -304,6 +304,110 @@ pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
     out
 }
 
+/// One `cairnFileSha256` value of a build: a file of the image root and
+/// its SHA-256, as `sha256sum` prints them (`<64 hex digits>  <path>`).
+/// Nodes fetch and serve a build's files only when their content has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Relative to the image root, clean ([`clean_path`]).
+    pub path: String,
+}
+
+impl FileDigest {
+    pub fn parse(v: &str) -> Result<FileDigest, String> {
+        let (hex, path) = v
+            .split_once(' ')
+            .ok_or_else(|| format!("{v:?} is not `<sha256>  <path>`"))?;
+        let sha256 = sha256_hex(hex)?;
+        let path = path.trim_start_matches([' ', '*']);
+        let path = clean_path(path).map_err(|e| format!("path {path:?}: {e}"))?;
+        Ok(FileDigest { sha256, path })
+    }
+
+    /// As stored.
+    pub fn value(&self) -> String {
+        format!("{}  {}", self.sha256, self.path)
+    }
+}
+
+/// A SHA-256 in lower-case hex, checked.
+pub fn sha256_hex(v: &str) -> Result<String, String> {
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err(format!("{v:?} is not a SHA-256 (64 hex digits)"))
+    }
+}
+
+/// The hex SHA-256 of everything `r` reads.
+pub fn sha256_of(mut r: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf)? {
+            0 => break,
+            n => h.update(&buf[..n]),
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A piece of a file sent to a node by `cairn image add` (LDAP extended
+/// operation 1.3.6.1.4.1.32473.7.4.4, administrators only). Its value is
+/// `<path> NUL <offset> NUL <sha256 or empty> NUL <bytes>`: the path in
+/// the image root, where the bytes go in the file, and, on the last
+/// piece only, the SHA-256 the whole file must have before the node puts
+/// it in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub path: String,
+    pub offset: u64,
+    pub sha256: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl Upload {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = format!(
+            "{}\0{}\0{}\0",
+            self.path,
+            self.offset,
+            self.sha256.as_deref().unwrap_or("")
+        )
+        .into_bytes();
+        v.extend_from_slice(&self.data);
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Upload, String> {
+        let mut parts = v.splitn(4, |b| *b == 0);
+        let mut text = |what: &str| -> Result<String, String> {
+            let p = parts.next().ok_or_else(|| format!("no {what}"))?;
+            String::from_utf8(p.to_vec()).map_err(|_| format!("the {what} is not UTF-8"))
+        };
+        let path = clean_path(&text("path")?).map_err(|e| e.to_string())?;
+        let offset = text("offset")?
+            .parse()
+            .map_err(|_| "the offset is not a number".to_string())?;
+        let sha = text("SHA-256")?;
+        let sha256 = if sha.is_empty() {
+            None
+        } else {
+            Some(sha256_hex(&sha)?)
+        };
+        let data = parts.next().ok_or("no data")?.to_vec();
+        Ok(Upload {
+            path,
+            offset,
+            sha256,
+            data,
+        })
+    }
+}
+
 /// Whether a build's name can be a menu label: pxelinux labels and iPXE
 /// goto labels are single words.
 fn label_safe(name: &str) -> bool {
@@ -397,6 +501,59 @@ mod tests {
             kernel: format!("{name}/vmlinuz"),
             modules: vec![format!("{name}/a.gz"), format!("{name}/b.gz")],
             append: "console=ttyS0 ip=${ip}".into(),
+        }
+    }
+
+    #[test]
+    fn file_digests_read_as_sha256sum_prints_them() {
+        let hex = "a".repeat(64);
+        let d = FileDigest::parse(&format!("{}  v1/vmlinuz", hex.to_uppercase())).unwrap();
+        assert_eq!(
+            (d.sha256.as_str(), d.path.as_str()),
+            (hex.as_str(), "v1/vmlinuz")
+        );
+        assert_eq!(d.value(), format!("{hex}  v1/vmlinuz"));
+        // Binary mode's `*`.
+        assert_eq!(
+            FileDigest::parse(&format!("{hex} *v1/a")).unwrap().path,
+            "v1/a"
+        );
+        for bad in [
+            hex.clone(),
+            "abc  v1/a".to_string(),
+            format!("{hex}  ../etc/passwd"),
+            format!("{}  v1/a", "g".repeat(64)),
+        ] {
+            assert!(FileDigest::parse(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            sha256_of(&b"abc"[..]).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn uploads_round_trip_and_bad_ones_are_refused() {
+        let u = Upload {
+            path: "v1/initrd".into(),
+            offset: 1 << 20,
+            sha256: Some("b".repeat(64)),
+            data: vec![0, 1, 2, 0, 255],
+        };
+        assert_eq!(Upload::decode(&u.encode()).unwrap(), u);
+        let mid = Upload {
+            sha256: None,
+            ..u.clone()
+        };
+        assert_eq!(Upload::decode(&mid.encode()).unwrap(), mid);
+        for bad in [
+            &b"../x\x000\x00\x00data"[..],
+            b"v1/a\x00-1\x00\x00",
+            b"v1/a\x000\x00nothex\x00",
+            b"v1/a\x000",
+            b"\xff\x000\x00\x00",
+        ] {
+            assert!(Upload::decode(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -390,13 +390,24 @@ fn merge(
     ))
 }
 
+/// A build of the image library: what boots it, and the SHA-256 of each
+/// of its files (`cairnFileSha256` values, `<hex>  <path>`).
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub image: pb::BootImage,
+    pub digests: Vec<String>,
+}
+
 /// Every build of the image library, by name.
-pub fn images(dir: &Directory) -> Result<Vec<pb::BootImage>, FleetError> {
-    let mut all: Vec<pb::BootImage> = of_class(dir, "cairnImage")?
+pub fn images(dir: &Directory) -> Result<Vec<Build>, FleetError> {
+    let mut all: Vec<Build> = of_class(dir, "cairnImage")?
         .iter()
-        .map(boot_image)
+        .map(|e| Build {
+            image: boot_image(e),
+            digests: values(e, "cairnfilesha256").map(str::to_string).collect(),
+        })
         .collect();
-    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all.sort_by(|a, b| a.image.name.cmp(&b.image.name));
     Ok(all)
 }
 

@@ -347,7 +347,7 @@ impl Model {
     }
 
     /// Every build of the image library.
-    pub async fn images(&self) -> Result<Vec<pb::BootImage>, FleetError> {
+    pub async fn images(&self) -> Result<Vec<fleet::Build>, FleetError> {
         let dir = self.dir.clone();
         blocking(move || fleet::images(&dir)).await?
     }

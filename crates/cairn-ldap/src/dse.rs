@@ -28,6 +28,11 @@ pub const OID_REPLICATION: &str = "1.3.6.1.4.1.32473.7.4.2";
 /// directory is rebuilt from it (`cairn site resync`), for a site that has
 /// not replicated for longer than the tombstone lifetime.
 pub const OID_RESYNC: &str = "1.3.6.1.4.1.32473.7.4.3";
+/// Cairn's image upload extended operation (administrators only): the
+/// request value is one piece of a boot file for this node's image root
+/// (`cairn_core::pxe::Upload`), sent by `cairn image add`; the last piece
+/// names the SHA-256 the file must have to be put in place.
+pub const OID_IMAGE_PUT: &str = "1.3.6.1.4.1.32473.7.4.4";
 /// Password modify (RFC 3062): `ldappasswd`.
 pub const OID_PASSWORD_MODIFY: &str = "1.3.6.1.4.1.4203.1.11.1";
 /// StartTLS (RFC 4511 4.14, RFC 4513 3).
@@ -44,7 +49,7 @@ pub fn is_site_extension(oid: &str) -> bool {
 /// The extended operations that run as operations of their own (they
 /// write or wait on the site); the others are answered inline.
 pub fn runs_as_operation(oid: &str) -> bool {
-    is_site_extension(oid) || oid == OID_PASSWORD_MODIFY
+    is_site_extension(oid) || oid == OID_PASSWORD_MODIFY || oid == OID_IMAGE_PUT
 }
 
 /// The root DSE's attributes.
@@ -60,6 +65,7 @@ pub fn root_dse(
         OID_CHANGE_MEMBERS.into(),
         OID_REPLICATION.into(),
         OID_RESYNC.into(),
+        OID_IMAGE_PUT.into(),
     ];
     if start_tls {
         extensions.push(OID_START_TLS.into());

@@ -32,7 +32,7 @@ pub mod view;
 
 pub use cairn_replica::writer::{ReplicaWriter, Writer};
 pub use config::{Config, Limits};
-pub use server::{Server, ServerContext};
+pub use server::{ImageFiles, Server, ServerContext};
 
 /// The clock the server stamps entries with; tests pass their own.
 pub use cairn_core::time::{Clock, SystemClock};

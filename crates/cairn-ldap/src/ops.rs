@@ -486,6 +486,8 @@ pub async fn dispatch(
             replication(&ctx, &auth, msgid, req).await
         } else if req.name == dse::OID_RESYNC {
             resync(&ctx, &auth, msgid, req).await
+        } else if req.name == dse::OID_IMAGE_PUT {
+            image_put(&ctx, &auth, msgid, req).await
         } else {
             change_members(&ctx, &auth, msgid, req).await
         };
@@ -759,6 +761,56 @@ async fn replication(
     }
     .await;
     ext_done(msgid, res)
+}
+
+/// The image upload extended operation: one piece of a boot file for
+/// this node's image root. Answers, in the diagnostic message, what was
+/// done.
+async fn image_put(
+    ctx: &ServerContext,
+    auth: &Auth,
+    msgid: i32,
+    req: LdapExtendedRequest,
+) -> LdapMsg {
+    let res = async {
+        require_admin(ctx, auth).await?;
+        let Some(images) = ctx.images.clone() else {
+            return Err(Outcome::new(
+                LdapResultCode::UnwillingToPerform,
+                "this node keeps no boot files",
+            ));
+        };
+        let piece = cairn_core::pxe::Upload::decode(req.value.as_deref().unwrap_or_default())
+            .map_err(|e| Outcome::new(LdapResultCode::ProtocolError, e))?;
+        let path = piece.path.clone();
+        let done = blocking(move || {
+            images
+                .receive(piece)
+                .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
+        })
+        .await?;
+        if done.starts_with("placed") {
+            tracing::info!(
+                by = %auth.dn.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                file = %path,
+                "boot file uploaded"
+            );
+        }
+        Ok(done)
+    }
+    .await;
+    LdapMsg {
+        msgid,
+        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
+            res: match res {
+                Ok(done) => result(LdapResultCode::Success, "", &done),
+                Err(o) => outcome_result(&o),
+            },
+            name: None,
+            value: None,
+        }),
+        ctrl: vec![],
+    }
 }
 
 /// The resync extended operation: rebuild this site's directory from
@@ -1429,6 +1481,10 @@ async fn search_inner(
                     .map(|(a, n)| format!("{a} {n}"))
                     .collect();
                 attrs.push(("cairnUnmappedAddress".to_string(), unmapped));
+            }
+            if let Some(images) = &ctx.images {
+                // "<build> <verified>/<files> ...", for `cairn image list`.
+                attrs.push(("cairnImageFiles".to_string(), images.status()));
             }
             let e = LdapSearchResultEntry {
                 dn: "cn=status".into(),

@@ -34,6 +34,19 @@ pub struct ServerContext {
     /// The certificate and key for LDAPS and StartTLS; none: neither is
     /// offered.
     pub tls: Option<Arc<cairn_tls::Reloading>>,
+    /// The node's boot files (issue 13): uploads by `cairn image add` and
+    /// their state in `cn=status`. None: this node keeps none.
+    pub images: Option<Arc<dyn ImageFiles>>,
+}
+
+/// A node's boot files, as LDAP reaches them (issue 13).
+pub trait ImageFiles: Send + Sync {
+    /// Takes one piece of an upload; says what was done (the file put in
+    /// place, or the bytes held so far). Blocking.
+    fn receive(&self, piece: cairn_core::pxe::Upload) -> Result<String, String>;
+    /// The state of each build's files on this node, one value per build,
+    /// for `cn=status` (`cairnImageFiles`).
+    fn status(&self) -> Vec<String>;
 }
 
 impl ServerContext {

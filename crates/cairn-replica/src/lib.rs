@@ -31,6 +31,7 @@
 pub mod disk;
 pub mod faults;
 pub mod federation;
+pub mod files;
 mod forwarder;
 pub mod log_store;
 pub mod network;

@@ -650,6 +650,33 @@ impl pb::raft_server::Raft for RaftService {
         payload(&replica.read_index_here().await)
     }
 
+    type ImageFileStream = crate::files::FileStream;
+
+    async fn image_file(
+        &self,
+        r: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<Self::ImageFileStream>, tonic::Status> {
+        let Some(replica) = self.forward.upgrade() else {
+            return Err(tonic::Status::unavailable("this node is stopping"));
+        };
+        // A node of another site names it; a member of this one does not.
+        let other_site = r
+            .metadata()
+            .get(crate::federation::SITE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|s| !crate::federation::same_site(s, &self.gate.site));
+        if other_site {
+            replica.federation().admit(&r).await?;
+        } else {
+            self.gate.admit(&r, None, 0).await?;
+        }
+        let Some(src) = replica.file_source() else {
+            return Err(tonic::Status::unavailable("this node serves no boot files"));
+        };
+        drop(replica);
+        Ok(tonic::Response::new(crate::files::serve(src, &r)?))
+    }
+
     async fn changes(
         &self,
         r: tonic::Request<RaftPayload>,

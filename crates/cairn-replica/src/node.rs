@@ -281,6 +281,8 @@ pub struct Replica {
     snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
     federation: Arc<crate::federation::Federation>,
     clock: Arc<dyn cairn_core::time::Clock>,
+    /// The image root this node serves its peers (`ImageFile`), once set.
+    pub(crate) files: std::sync::OnceLock<Arc<dyn crate::files::FileSource>>,
 }
 
 /// Errors starting a replica.
@@ -400,6 +402,7 @@ impl Replica {
             snapshots_installed,
             federation,
             clock: cfg.clock,
+            files: std::sync::OnceLock::new(),
         });
         tokio::spawn(crate::federation::purge(
             Arc::downgrade(&replica),

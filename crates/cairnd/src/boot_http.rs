@@ -128,8 +128,10 @@ async fn script(
     if b.menu {
         match b.model.images().await {
             Ok(images) => {
-                let images: Vec<pxe::Image> =
-                    images.iter().map(cairn_boot::tftp::image_from_pb).collect();
+                let images: Vec<pxe::Image> = images
+                    .iter()
+                    .map(|b| cairn_boot::tftp::image_from_pb(&b.image))
+                    .collect();
                 let vars = pxe::Vars::from([
                     ("domain", b.domain.clone()),
                     ("ip", client.ip().to_string()),
@@ -210,6 +212,9 @@ async fn file(
     let (f, len) = match opened {
         Ok(Ok(found)) => found,
         Ok(Err(Denied::Missing)) => return text(StatusCode::NOT_FOUND, "no such file\n".into()),
+        Ok(Err(e @ Denied::Corrupt)) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+        }
         Ok(Err(e)) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read\n".into()),
     };

@@ -7,6 +7,7 @@
 mod boot_http;
 mod config;
 mod http;
+mod image_sync;
 mod node;
 mod publish;
 mod seed;

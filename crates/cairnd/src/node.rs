@@ -207,6 +207,15 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     // Boot files, for HTTP and TFTP.
     let image_root = cairn_boot::images::ImageRoot::open(&s.image_root)
         .with_context(|| format!("cannot open the image root {}", s.image_root.display()))?;
+    let files = Arc::new(crate::image_sync::Files::new(image_root.clone()));
+    replica.serve_files(files.clone());
+    tasks.spawn({
+        let (files, model, replica) = (files.clone(), boot.model.clone(), replica.clone());
+        async move {
+            crate::image_sync::run(files, model, replica).await;
+            Ok(())
+        }
+    });
     let boot_http = crate::boot_http::BootHttp {
         model: boot.model.clone(),
         root: image_root.clone(),
@@ -306,6 +315,7 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
         writer,
         config: s.ldap,
         clock,
+        images: Some(files),
     });
     let server = Server::bind(s.ldap_listen, ctx)
         .await

@@ -412,6 +412,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "build number of an image",
     ),
+    user(
+        cairn!(1, 34),
+        &["cairnFileSha256"],
+        DirectoryString,
+        false,
+        "a file of a build and its SHA-256: <hex>  <path>",
+    ),
     // Cairn: deploy rules and hosts
     user(
         cairn!(1, 40),
@@ -884,6 +891,7 @@ pub(super) const CLASSES: &[ObjectClass] = &[
             "cairnModule",
             "cairnAppend",
             "cairnImageVersion",
+            "cairnFileSha256",
             "netbootMachineFilePath",
             "description",
         ],
