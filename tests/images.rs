@@ -223,7 +223,8 @@ fn issue_13_cairn_image_add_puts_a_build_on_every_node_of_every_site_and_nodes_r
 
 /// Issue 13: an upload is for administrators, its path must stay in the
 /// image root, its pieces must come in order, and its content must have
-/// the SHA-256 its last piece names, or nothing is put in place.
+/// the SHA-256 its last piece names, or nothing is put in place; a node
+/// receives at most 16 files at once.
 #[test]
 fn issue_13_image_uploads_are_checked_before_anything_is_put_in_place() {
     let n = Node::start();
@@ -271,6 +272,24 @@ fn issue_13_image_uploads_are_checked_before_anything_is_put_in_place() {
     let (rc, text) = put(&mut admin, "x/b", 2, Some(&sha_of(b"12345")), b"345");
     assert_eq!(rc, 0, "{text}");
     assert_eq!(std::fs::read(images.join("x/b")).unwrap(), b"12345");
+    // At most 16 uploads at once.
+    for i in 0..16 {
+        let (rc, text) = put(&mut admin, &format!("many/{i}"), 0, None, b"x");
+        assert_eq!(rc, 0, "{text}");
+    }
+    let (rc, text) = put(&mut admin, "many/16", 0, None, b"x");
+    assert_eq!(rc, 53, "{text}");
+    assert!(text.contains("at most 16"), "{text}");
+    for i in 0..16 {
+        let (rc, text) = put(
+            &mut admin,
+            &format!("many/{i}"),
+            1,
+            Some(&sha_of(b"xy")),
+            b"y",
+        );
+        assert_eq!(rc, 0, "{text}");
+    }
     // Nothing was left behind in the incoming directory.
     let left = std::fs::read_dir(images.join(".incoming")).unwrap().count();
     assert_eq!(left, 0);

@@ -420,6 +420,12 @@ fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
                 r.expect_err("AppendEntries on the hosts' port").code(),
                 tonic::Code::Unimplemented
             );
+            let path = cairn_replica::types::encode(&"pxelinux.0".to_string()).unwrap();
+            let r = c.image_file(request(Some(2), path)).await;
+            assert_eq!(
+                r.expect_err("ImageFile on the hosts' port").code(),
+                tonic::Code::Unimplemented
+            );
             let peer_port = format!("127.0.0.{i}:{}", site.peer_port);
             let local = Some("127.0.0.77".parse().unwrap());
             // Plain text on the peer port: no TLS, no service.
@@ -445,7 +451,19 @@ fn issue_10_the_hosts_port_serves_no_raft_and_strangers_are_refused() {
                         .append_entries(request(*node, huge(node.unwrap_or(9))))
                         .await;
                     let e3 = r.expect_err("a stranger's AppendEntries");
-                    for e in [e, e2, e3] {
+                    // Boot files (issue 13): as a member, and as a node of
+                    // a site that is not linked.
+                    let path = cairn_replica::types::encode(&"pxelinux.0".to_string()).unwrap();
+                    let r = c.image_file(request(*node, path.clone())).await;
+                    let e4 = r.expect_err("a stranger's ImageFile");
+                    let mut as_site = request(*node, path);
+                    as_site.metadata_mut().insert(
+                        cairn_replica::federation::SITE_HEADER,
+                        "west".parse().unwrap(),
+                    );
+                    let r = c.image_file(as_site).await;
+                    let e5 = r.expect_err("a stranger's ImageFile as another site");
+                    for e in [e, e2, e3, e4, e5] {
                         if *foreign {
                             // Refused in the handshake: no request is read.
                             assert_ne!(e.code(), tonic::Code::PermissionDenied, "{e}");

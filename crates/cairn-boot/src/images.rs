@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
 use cairn_core::pxe;
 
@@ -25,24 +25,61 @@ pub enum Denied {
     /// A build's file whose content does not have the build's SHA-256.
     #[error("the file does not have its build's SHA-256")]
     Corrupt,
+    /// A build's file not checked against its SHA-256 since it last
+    /// changed (or the builds are not read yet): the node's next check
+    /// of its files settles it.
+    #[error("the file has not been checked against its build's SHA-256 yet")]
+    Unverified,
 }
 
-/// A file's digest as computed: (size, modification time, hex).
-type Known = (u64, SystemTime, String);
+/// What the digest cache knows a file's content by: its device, inode,
+/// size, and modification and change times. Writing, renaming over,
+/// `touch`, `cp -p` and `chmod` each change one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// A digest computed: of what, when, and the hex.
+#[derive(Debug, Clone)]
+struct Known {
+    stamp: Stamp,
+    at: Instant,
+    hex: String,
+}
 
 /// The image root, canonical.
 #[derive(Debug, Clone)]
 pub struct ImageRoot {
     root: PathBuf,
-    /// Digests already computed.
+    /// Digests computed, by path (resolved, relative to the root).
     digests: Arc<Mutex<HashMap<String, Known>>>,
-    /// The SHA-256 each build's file must have (`cairnFileSha256`), set
-    /// from the directory: such a file is served only with that content.
-    expected: Arc<Mutex<HashMap<String, String>>>,
+    /// The SHA-256 each build's file must have (`cairnFileSha256`), by
+    /// path, set from the directory: such a file is served only while its
+    /// content is known to have it. None until the builds are first read:
+    /// nothing is served until then.
+    expected: Arc<Mutex<Option<HashMap<String, String>>>>,
 }
 
 /// Where files being received are written before they are checked and
-/// moved into place; never served (TFTP and HTTP refuse hidden names).
+/// moved into place; never served.
 const INCOMING: &str = ".incoming";
 
 impl ImageRoot {
@@ -62,88 +99,113 @@ impl ImageRoot {
         &self.root
     }
 
-    /// The regular file a client's path `raw` names, opened, and its
-    /// size: the path cleaned (`pxe::clean_path`), then resolved with
-    /// every symlink followed, and refused unless it is still inside the
-    /// root. Blocking: call it from a blocking thread.
-    ///
-    /// A file a build lists is served only while its content has the
-    /// build's SHA-256 ([`ImageRoot::expect`]); computed once per size and
-    /// modification time.
-    pub fn open_file(&self, raw: &str) -> Result<(File, u64), Denied> {
+    /// Where a client's path `raw` leads: cleaned (`pxe::clean_path`),
+    /// resolved with every symlink followed, and refused unless it is
+    /// still inside the root and outside the incoming directory. The
+    /// resolved path relative to the root, and the absolute one.
+    fn resolve(&self, raw: &str) -> Result<(String, PathBuf), Denied> {
         let rel = pxe::clean_path(raw)?;
+        let real = std::fs::canonicalize(self.root.join(rel)).map_err(|_| Denied::Missing)?;
+        let Ok(inside) = real.strip_prefix(&self.root) else {
+            return Err(Denied::Outside);
+        };
+        let inside = inside.to_str().ok_or(Denied::Missing)?.to_string();
+        if inside.split('/').next() == Some(INCOMING) {
+            return Err(Denied::Missing);
+        }
+        Ok((inside, real))
+    }
+
+    /// The regular file a client's path `raw` names, opened, and its
+    /// size ([`ImageRoot::resolve`] says which paths are refused).
+    /// Blocking: call it from a blocking thread.
+    ///
+    /// A file a build lists (by the path it resolves to) is served only
+    /// when this very file (its inode, size and times) was found to have
+    /// the build's SHA-256 ([`ImageRoot::expect`], [`ImageRoot::digest`]):
+    /// nothing is hashed here, so a request never waits on a large file,
+    /// and a file changed since its check waits for the next one.
+    pub fn open_file(&self, raw: &str) -> Result<(File, u64), Denied> {
+        let (rel, real) = self.resolve(raw)?;
+        let file = File::open(&real).map_err(|_| Denied::Missing)?;
+        let meta = file.metadata().map_err(|_| Denied::Missing)?;
+        if !meta.is_file() {
+            return Err(Denied::Missing);
+        }
         let want = {
             let e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-            e.get(&rel).cloned()
+            match &*e {
+                None => return Err(Denied::Unverified),
+                Some(map) => map.get(&rel).cloned(),
+            }
         };
         if let Some(want) = want {
-            match self.digest(&rel) {
-                Ok(Some(got)) if got == want => {}
-                Ok(None) => return Err(Denied::Missing),
-                _ => {
-                    tracing::warn!(file = %rel, "a boot file does not have its build's SHA-256: not served");
-                    return Err(Denied::Corrupt);
+            let cache = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(&rel) {
+                Some(k) if k.stamp == Stamp::of(&meta) => {
+                    if k.hex != want {
+                        tracing::warn!(file = %rel, "a boot file does not have its build's SHA-256: not served");
+                        return Err(Denied::Corrupt);
+                    }
                 }
+                _ => return Err(Denied::Unverified),
             }
         }
-        self.open_unchecked(&rel)
+        Ok((file, meta.len()))
     }
 
     /// Sets the SHA-256 each build's file must have: path → hex.
     pub fn expect(&self, digests: HashMap<String, String>) {
-        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = digests;
-    }
-
-    /// [`ImageRoot::open_file`] without the digest check.
-    fn open_unchecked(&self, raw: &str) -> Result<(File, u64), Denied> {
-        let rel = pxe::clean_path(raw)?;
-        if rel.split('/').any(|part| part == INCOMING) {
-            return Err(Denied::Missing);
-        }
-        let real = std::fs::canonicalize(self.root.join(rel)).map_err(|_| Denied::Missing)?;
-        if !real.starts_with(&self.root) {
-            return Err(Denied::Outside);
-        }
-        let file = File::open(&real).map_err(|_| Denied::Missing)?;
-        match file.metadata() {
-            Ok(m) if m.is_file() => Ok((file, m.len())),
-            _ => Err(Denied::Missing),
-        }
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = Some(digests);
     }
 
     /// The SHA-256 of the file at `path` (a clean relative path), or None
-    /// when there is no such file; computed once per size and
-    /// modification time. Blocking.
-    pub fn digest(&self, path: &str) -> std::io::Result<Option<String>> {
-        let (file, _) = match self.open_unchecked(path) {
+    /// when there is no such file. Computed again when the file changed
+    /// ([`Stamp`]) or the last computation is older than `max_age` (bit
+    /// rot changes no stamp). Blocking.
+    pub fn digest(&self, path: &str, max_age: Duration) -> std::io::Result<Option<String>> {
+        let Ok((rel, real)) = self.resolve(path) else {
+            return Ok(None);
+        };
+        let file = match File::open(&real) {
             Ok(f) => f,
-            Err(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
-        let key = (meta.len(), meta.modified()?);
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let stamp = Stamp::of(&meta);
         {
             let cache = self.digests.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((len, at, hex)) = cache.get(path)
-                && (*len, *at) == key
+            if let Some(k) = cache.get(&rel)
+                && k.stamp == stamp
+                && k.at.elapsed() < max_age
             {
-                return Ok(Some(hex.clone()));
+                return Ok(Some(k.hex.clone()));
             }
         }
         let hex = pxe::sha256_of(std::io::BufReader::new(file))?;
         let mut cache = self.digests.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(path.to_string(), (key.0, key.1, hex.clone()));
+        cache.insert(
+            rel,
+            Known {
+                stamp,
+                at: Instant::now(),
+                hex: hex.clone(),
+            },
+        );
         Ok(Some(hex))
     }
 
     /// A new file to receive into, under the root's incoming directory,
     /// and its path.
-    pub fn incoming(&self, hint: &str) -> std::io::Result<(File, PathBuf)> {
-        let name = format!(
-            "{}.{}",
-            hint.replace('/', "_"),
-            uuid::Uuid::new_v4().simple()
-        );
-        let path = self.root.join(INCOMING).join(name);
+    pub fn incoming(&self) -> std::io::Result<(File, PathBuf)> {
+        let path = self
+            .root
+            .join(INCOMING)
+            .join(uuid::Uuid::new_v4().simple().to_string());
         Ok((File::create_new(&path)?, path))
     }
 
@@ -178,23 +240,53 @@ impl ImageRoot {
                 "{rel}: the content received has SHA-256 {got}, not {want}"
             ));
         }
-        let dest = self.root.join(&rel);
-        let Some(parent) = dest.parent() else {
-            return refuse(format!("{rel}: no directory"));
+        // The directories down to it, made one at a time; an existing
+        // one must be a directory, not a symlink (which could lead out of
+        // the root, or into the incoming directory).
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let Some(name) = parts.pop() else {
+            return refuse(format!("{rel}: no file name"));
         };
-        if let Err(e) = std::fs::create_dir_all(parent) {
-            return refuse(format!("cannot make the directory of {rel}: {e}"));
+        let mut parent = self.root.clone();
+        for part in parts {
+            parent.push(part);
+            match std::fs::symlink_metadata(&parent) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return refuse(format!(
+                        "{rel}: {} is not a directory of the image root (a symlink or a file)",
+                        parent.display()
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Err(e) = std::fs::create_dir(&parent) {
+                        return refuse(format!("cannot make {}: {e}", parent.display()));
+                    }
+                }
+                Err(e) => return refuse(format!("cannot read {}: {e}", parent.display())),
+            }
         }
-        // The directory must still be inside the root (no symlink out).
-        match std::fs::canonicalize(parent) {
-            Ok(real) if real.starts_with(&self.root) => {}
-            _ => return refuse(format!("{rel}: its directory leaves the image root")),
+        let dest = parent.join(name);
+        if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            return refuse(format!("{rel} is a directory"));
         }
         if let Err(e) = std::fs::rename(tmp, &dest) {
             return refuse(format!("cannot put {rel} in place: {e}"));
         }
-        if let Ok(d) = File::open(parent) {
+        if let Ok(d) = File::open(&parent) {
             let _ = d.sync_all();
+        }
+        // Checked just now: servable at once.
+        if let Ok(meta) = std::fs::symlink_metadata(&dest) {
+            let mut cache = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+            cache.insert(
+                rel,
+                Known {
+                    stamp: Stamp::of(&meta),
+                    at: Instant::now(),
+                    hex: want.to_string(),
+                },
+            );
         }
         Ok(())
     }
@@ -218,6 +310,7 @@ mod tests {
     fn files_inside_the_root_open_and_nothing_else() {
         let tmp = tempfile::tempdir().unwrap();
         let root = ImageRoot::open(&tmp.path().join("images")).unwrap();
+        root.expect(HashMap::new());
         std::fs::create_dir_all(root.path().join("b")).unwrap();
         std::fs::write(root.path().join("b/k"), b"kernel").unwrap();
         std::os::unix::fs::symlink(root.path().join("b/k"), root.path().join("inside")).unwrap();
@@ -233,39 +326,103 @@ mod tests {
         );
     }
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
     #[test]
     fn a_received_file_is_placed_only_with_the_content_its_digest_names() {
         let tmp = tempfile::tempdir().unwrap();
         let root = ImageRoot::open(&tmp.path().join("images")).unwrap();
+        root.expect(HashMap::new());
         let want = pxe::sha256_of(&b"kernel"[..]).unwrap();
-        let (mut f, p) = root.incoming("v1/k").unwrap();
+        let (mut f, p) = root.incoming().unwrap();
         std::io::Write::write_all(&mut f, b"kernel").unwrap();
         root.place(&p, "v1/k", &want).unwrap();
-        assert_eq!(root.digest("v1/k").unwrap().as_deref(), Some(want.as_str()));
+        assert_eq!(
+            root.digest("v1/k", DAY).unwrap().as_deref(),
+            Some(want.as_str())
+        );
         assert!(!p.exists());
         // Other bytes: refused, removed, and the placed file untouched.
-        let (mut f, p) = root.incoming("v1/k").unwrap();
+        let (mut f, p) = root.incoming().unwrap();
         std::io::Write::write_all(&mut f, b"evil").unwrap();
         assert!(root.place(&p, "v1/k", &want).unwrap_err().contains("not"));
         assert!(!p.exists());
         assert_eq!(std::fs::read(root.path().join("v1/k")).unwrap(), b"kernel");
-        // A changed file gets a new digest (size and time are the key).
-        std::fs::write(root.path().join("v1/k"), b"kernel2").unwrap();
-        assert_ne!(root.digest("v1/k").unwrap().as_deref(), Some(want.as_str()));
-        assert_eq!(root.digest("v1/none").unwrap(), None);
-        // The incoming directory is never served.
-        let (_f, p) = root.incoming("x").unwrap();
+        // The incoming directory is never served, nor reached by a link.
+        let (_f, p) = root.incoming().unwrap();
         let name = p.file_name().unwrap().to_str().unwrap();
         assert_eq!(
             root.open_file(&format!(".incoming/{name}")).unwrap_err(),
             Denied::Missing
         );
+        std::os::unix::fs::symlink(root.path().join(".incoming"), root.path().join("in")).unwrap();
+        assert_eq!(
+            root.open_file(&format!("in/{name}")).unwrap_err(),
+            Denied::Missing
+        );
         root.clear_incoming();
         assert!(!p.exists());
-        // A file a build lists is served only with the build's content.
-        root.expect(HashMap::from([("v1/k".to_string(), want.clone())]));
-        assert_eq!(root.open_file("v1/k").unwrap_err(), Denied::Corrupt);
+    }
+
+    #[test]
+    fn a_build_file_is_served_only_while_this_very_content_was_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = ImageRoot::open(&tmp.path().join("images")).unwrap();
+        std::fs::create_dir_all(root.path().join("v1")).unwrap();
         std::fs::write(root.path().join("v1/k"), b"kernel").unwrap();
+        std::fs::write(root.path().join("other"), b"x").unwrap();
+        // Nothing is served before the builds are known.
+        assert_eq!(root.open_file("other").unwrap_err(), Denied::Unverified);
+        let want = pxe::sha256_of(&b"kernel"[..]).unwrap();
+        root.expect(HashMap::from([("v1/k".to_string(), want.clone())]));
+        assert_eq!(root.open_file("other").unwrap().1, 1);
+        // Listed but not checked yet; checked; then through an alias.
+        assert_eq!(root.open_file("v1/k").unwrap_err(), Denied::Unverified);
+        root.digest("v1/k", DAY).unwrap();
         assert_eq!(root.open_file("v1/k").unwrap().1, 6);
+        std::os::unix::fs::symlink("v1", root.path().join("current")).unwrap();
+        assert_eq!(root.open_file("current/k").unwrap().1, 6);
+        // Changed in place, same size: unverified until checked again,
+        // then corrupt.
+        std::fs::write(root.path().join("v1/k"), b"KERNEL").unwrap();
+        assert_eq!(root.open_file("current/k").unwrap_err(), Denied::Unverified);
+        root.digest("v1/k", DAY).unwrap();
+        assert_eq!(root.open_file("v1/k").unwrap_err(), Denied::Corrupt);
+        assert_eq!(root.open_file("current/k").unwrap_err(), Denied::Corrupt);
+        // An old digest is computed again.
+        std::fs::write(root.path().join("v1/k"), b"kernel").unwrap();
+        root.digest("v1/k", DAY).unwrap();
+        assert_eq!(root.open_file("v1/k").unwrap().1, 6);
+        assert_eq!(
+            root.digest("v1/k", Duration::ZERO).unwrap().as_deref(),
+            Some(want.as_str())
+        );
+        assert_eq!(root.digest("v1/none", DAY).unwrap(), None);
+    }
+
+    #[test]
+    fn nothing_is_placed_through_a_symlink_or_over_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let root = ImageRoot::open(&tmp.path().join("images")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(root.path().join(".incoming"), root.path().join("in")).unwrap();
+        std::fs::create_dir_all(root.path().join("v1/dir")).unwrap();
+        let want = pxe::sha256_of(&b"x"[..]).unwrap();
+        for path in [
+            "link/new/x",
+            "link/x",
+            "in/x",
+            ".incoming/x",
+            "v1/dir",
+            "../x",
+        ] {
+            let (mut f, p) = root.incoming().unwrap();
+            std::io::Write::write_all(&mut f, b"x").unwrap();
+            assert!(root.place(&p, path, &want).is_err(), "{path}");
+            assert!(!p.exists(), "{path}: the received file was left behind");
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

@@ -33,6 +33,18 @@ use crate::pb;
 pub struct Reader {
     body: Body,
     _slot: Slot,
+    /// When the transfer started: it may last [`MAX_TRANSFER`] at most.
+    started: std::time::Instant,
+}
+
+impl Reader {
+    fn new(body: Body, slot: Slot) -> Reader {
+        Reader {
+            body,
+            _slot: slot,
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 enum Body {
@@ -46,29 +58,57 @@ impl futures_io::AsyncRead for Reader {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().body {
+        let me = self.get_mut();
+        if me.started.elapsed() > MAX_TRANSFER {
+            // A client that acknowledges just in time, for ever.
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the transfer took too long",
+            )));
+        }
+        match &mut me.body {
             Body::Rendered(c) => Pin::new(c).poll_read(cx, buf),
             Body::File(f) => Pin::new(f).poll_read(cx, buf),
         }
     }
 }
 
-/// Transfers in progress per client address.
-type Active = Arc<Mutex<HashMap<IpAddr, usize>>>;
+/// Transfers in progress: per client (an IPv4 address, an IPv6 /64,
+/// which one machine may fill with addresses) and in all.
+#[derive(Default)]
+struct Counts {
+    per_client: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+type Active = Arc<Mutex<Counts>>;
+
+/// What a client is counted by: its IPv4 address, or its IPv6 /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
 
 /// One transfer of a client, counted in [`Active`] while it lives.
 struct Slot {
-    ip: IpAddr,
+    key: IpAddr,
     active: Active,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = a.get_mut(&self.ip) {
+        a.total = a.total.saturating_sub(1);
+        if let Some(n) = a.per_client.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                a.remove(&self.ip);
+                a.per_client.remove(&self.key);
             }
         }
     }
@@ -92,10 +132,22 @@ pub const MAX_BLOCK_SIZE: u16 = 1468;
 /// The largest window negotiated (RFC 7440 allows up to 65535): blocks
 /// sent before an acknowledgement is awaited.
 pub const MAX_WINDOW: u16 = 64;
-/// How many times a block (or window) is sent before the transfer is
-/// given up: the first send and four retransmissions, each after the
-/// negotiated timeout (RFC 2349, 1–255 s; 3 s when not asked).
+/// How many times a block (or window, or the OACK) is sent before the
+/// transfer is given up: the first send and four retransmissions, each
+/// [`RETRANSMIT`] after the last.
 pub const MAX_SENDS: u32 = 5;
+/// How long the server waits for an acknowledgement before it sends
+/// again. A client's `timeout` option (RFC 2349, up to 255 s) is not
+/// taken: a stalled transfer holds its slot for 5 × 2 s at most.
+pub const RETRANSMIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Transfers the server runs at once, from all clients.
+pub const MAX_TRANSFERS: usize = 1024;
+/// The longest a transfer may take (about 4 MB/s for the largest
+/// boot files at 2 GB; a client acknowledging just in time cannot hold
+/// its slot for ever).
+pub const MAX_TRANSFER: std::time::Duration = std::time::Duration::from_secs(600);
+/// What a file is read ahead by, per transfer.
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Serves the image root and renders boot files.
 pub struct Handler {
@@ -119,16 +171,22 @@ impl Handler {
         }
     }
 
-    /// A transfer slot for `ip`, unless it has all its slots.
-    fn slot(&self, ip: IpAddr) -> Option<Slot> {
+    /// A transfer slot for `ip`, unless it (or the server) has all its
+    /// slots: why not, then.
+    fn slot(&self, ip: IpAddr) -> Result<Slot, &'static str> {
+        let key = client_key(ip);
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let n = a.entry(ip).or_insert(0);
+        if a.total >= MAX_TRANSFERS {
+            return Err("too many transfers in progress on this server");
+        }
+        let n = a.per_client.entry(key).or_insert(0);
         if *n >= self.options.per_client {
-            return None;
+            return Err("too many transfers from this address");
         }
         *n += 1;
-        Some(Slot {
-            ip,
+        a.total += 1;
+        Ok(Slot {
+            key,
             active: self.active.clone(),
         })
     }
@@ -229,11 +287,12 @@ impl async_tftp::server::Handler for Handler {
         client: &SocketAddr,
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
-        let Some(slot) = self.slot(client.ip()) else {
-            warn!(client = %client, limit = self.options.per_client, "TFTP request refused: the client has its limit of transfers in progress");
-            return Err(packet::Error::Msg(
-                "too many transfers from this address".into(),
-            ));
+        let slot = match self.slot(client.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                warn!(client = %client, limit = self.options.per_client, cause = why, "TFTP request refused");
+                return Err(packet::Error::Msg(why.into()));
+            }
         };
         let Some(raw) = path.to_str() else {
             return Err(packet::Error::PermissionDenied);
@@ -270,7 +329,7 @@ impl async_tftp::server::Handler for Handler {
                 info!(client = %client, "TFTP boot menu for an unknown host");
                 let size = bytes.len() as u64;
                 let body = Body::Rendered(futures_lite::io::Cursor::new(bytes));
-                return Ok((Reader { body, _slot: slot }, Some(size)));
+                return Ok((Reader::new(body, slot), Some(size)));
             }
             Name::File(rel) => {
                 let (root, path) = (self.root.clone(), rel.clone());
@@ -279,13 +338,13 @@ impl async_tftp::server::Handler for Handler {
                     .map_err(|e| match e {
                         Denied::Missing => packet::Error::FileNotFound,
                         Denied::Path(_) | Denied::Outside => packet::Error::PermissionDenied,
-                        Denied::Corrupt => packet::Error::Msg(
-                            "this node's copy does not have its build's SHA-256".into(),
-                        ),
+                        e @ (Denied::Corrupt | Denied::Unverified) => {
+                            packet::Error::Msg(format!("this node's copy: {e}"))
+                        }
                     })?;
                 info!(client = %client, file = %rel, size, "TFTP file");
-                let body = Body::File(blocking::Unblock::new(file));
-                return Ok((Reader { body, _slot: slot }, Some(size)));
+                let body = Body::File(blocking::Unblock::with_capacity(READ_AHEAD, file));
+                return Ok((Reader::new(body, slot), Some(size)));
             }
         };
         match self.render(ids, client).await {
@@ -293,7 +352,7 @@ impl async_tftp::server::Handler for Handler {
                 info!(client = %client, name = %raw, "TFTP boot configuration rendered");
                 let size = bytes.len() as u64;
                 let body = Body::Rendered(futures_lite::io::Cursor::new(bytes));
-                Ok((Reader { body, _slot: slot }, Some(size)))
+                Ok((Reader::new(body, slot), Some(size)))
             }
             None => Err(packet::Error::FileNotFound),
         }
@@ -317,6 +376,8 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
         .block_size_limit(MAX_BLOCK_SIZE)
         .window_size_limit(MAX_WINDOW)
         .max_send_retries(MAX_SENDS - 1)
+        .timeout(RETRANSMIT)
+        .ignore_client_timeout()
         .build()
         .await
         .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;

@@ -94,7 +94,10 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
             let p = e.path();
             let meta =
                 std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            if meta.is_dir() {
+            if meta.is_dir() && e.file_type()?.is_symlink() {
+                // A link to a directory could loop; files only.
+                bail!("{} is a symlink to a directory: copy it in", p.display());
+            } else if meta.is_dir() {
                 todo.push(p);
             } else if meta.is_file() {
                 let rel = p
@@ -113,19 +116,29 @@ fn files_under(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 async fn add(a: AddArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     use cairn_core::pxe;
     if a.name.is_empty()
+        || a.name.starts_with('.')
         || !a
             .name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
-        bail!("a build's name is letters, digits, `.`, `_` and `-` (it names its directory)");
+        bail!(
+            "a build's name is letters, digits, `.`, `_` and `-`, not starting with `.` (it names its directory)"
+        );
     }
     let files = files_under(&a.dir)?;
     if files.is_empty() {
         bail!("{} holds no files", a.dir.display());
     }
-    for f in std::iter::once(&a.kernel).chain(&a.initrd) {
-        if !files.contains(&pxe::clean_path(f).map_err(|e| anyhow::anyhow!("{f}: {e}"))?) {
+    let clean = |f: &str| pxe::clean_path(f).map_err(|e| anyhow::anyhow!("{f}: {e}"));
+    let kernel_file = clean(&a.kernel)?;
+    let module_files = a
+        .initrd
+        .iter()
+        .map(|f| clean(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for f in std::iter::once(&kernel_file).chain(&module_files) {
+        if !files.contains(f) {
             bail!("{f} is not a file under {}", a.dir.display());
         }
     }
@@ -177,7 +190,7 @@ async fn add(a: AddArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         );
     }
     let one = |v: &str| HashSet::from([v.to_string()]);
-    let kernel = format!("{}/{}", a.name, a.kernel);
+    let kernel = format!("{}/{kernel_file}", a.name);
     let mut attrs: Vec<(String, HashSet<String>)> = vec![
         ("objectClass".into(), one("cairnImage")),
         ("cn".into(), one(&a.name)),
@@ -202,7 +215,7 @@ async fn add(a: AddArgs, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     }
     // The modules in load order: an LDAP add carries a set, but each
     // `add: cairnModule` appends to the values in order (docs/boot.md).
-    for m in &a.initrd {
+    for m in &module_files {
         let m = format!("{}/{m}", a.name);
         let res = ldap
             .modify(
@@ -247,6 +260,9 @@ async fn upload(
             }
         }
         data.truncate(n);
+        if n == 0 && offset < len {
+            bail!("{} got shorter while it was sent", path.display());
+        }
         let last = offset + n as u64 >= len;
         let piece = Upload {
             path: target.to_string(),
@@ -276,19 +292,29 @@ const OID_IMAGE_PUT: &str = "1.3.6.1.4.1.32473.7.4.4";
 
 /// The entries that set boot.image to `name` themselves.
 async fn users(ldap: &mut Ldap, base: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    // Matched here, not by the filter: a stored value may be spaced
+    // (`boot.image= v1`) and still name the build.
     let (found, _) = ldap
         .search(
             base,
             Scope::Subtree,
-            &format!("(cairnSetting={KEY}={})", escape(name)),
-            vec!["1.1"],
+            &format!("(cairnSetting={KEY}*)"),
+            vec!["cairnSetting"],
         )
         .await?
         .success()
         .context("cannot search for the build's users")?;
     let mut dns: Vec<String> = found
         .into_iter()
-        .map(|e| SearchEntry::construct(e).dn)
+        .map(SearchEntry::construct)
+        .filter(|e| {
+            e.attrs
+                .iter()
+                .filter(|(a, _)| a.eq_ignore_ascii_case("cairnSetting"))
+                .flat_map(|(_, v)| v)
+                .any(|v| build_of(v) == Some(name))
+        })
+        .map(|e| e.dn)
         .collect();
     dns.sort();
     Ok(dns)
@@ -429,12 +455,16 @@ async fn rollback(target: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCo
     let dn = resolve(&mut ldap, target).await?;
     let settings = read_values(&mut ldap, &dn, "cairnSetting").await?;
     let current = match own_builds(&settings).as_slice() {
-        [one] => one.to_string(),
+        [(_, one)] => one.to_string(),
         [] => bail!(
             "{dn} sets no {KEY} of its own (it inherits one: `cairn explain` shows from where); \
              roll back the entry that sets it"
         ),
-        many => bail!("{dn} sets {KEY} {} times: {}", many.len(), many.join(", ")),
+        many => bail!(
+            "{dn} sets {KEY} {} times: {}",
+            many.len(),
+            many.iter().map(|(v, _)| *v).collect::<Vec<_>>().join(", ")
+        ),
     };
     let changes = history::changes(&mut ldap, &dn).await?;
     let Some(previous) = previous_build(&changes, &current) else {
@@ -459,7 +489,11 @@ async fn rollback(target: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCo
             "the previous build {previous} has no cairnImage entry any more: nothing to roll back to"
         );
     }
-    let old = format!("{KEY}={current}");
+    // The value as stored (its spacing kept), so the delete matches it.
+    let old = own_builds(&settings)
+        .first()
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_default();
     let new = format!("{KEY}={previous}");
     let res = ldap
         .modify(
@@ -532,9 +566,13 @@ async fn read_values(ldap: &mut Ldap, dn: &str, attr: &str) -> anyhow::Result<Ve
         .collect())
 }
 
-/// The builds `cairnSetting` values set with `boot.image=<name>`.
-fn own_builds(settings: &[String]) -> Vec<&str> {
-    settings.iter().filter_map(|s| build_of(s)).collect()
+/// The `cairnSetting` values that set `boot.image`, each with the build
+/// it names.
+fn own_builds(settings: &[String]) -> Vec<(&str, &str)> {
+    settings
+        .iter()
+        .filter_map(|s| build_of(s).map(|b| (s.as_str(), b)))
+        .collect()
 }
 
 /// `<name>` of a `boot.image=<name>` setting value.
@@ -601,11 +639,11 @@ mod tests {
     fn only_boot_image_settings_count() {
         assert_eq!(
             own_builds(&[
-                "boot.image=a".into(),
+                "boot.image= a".into(),
                 "boot.imagex=b".into(),
                 "ssh.enabled=true".into()
             ]),
-            ["a"]
+            [("boot.image= a", "a")]
         );
         assert_eq!(build_of("boot.image="), Some(""));
         assert_eq!(build_of("nonsense"), None);

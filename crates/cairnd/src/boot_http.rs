@@ -38,12 +38,12 @@ pub fn routes(boot: Arc<BootHttp>) -> Router {
         .with_state(boot)
 }
 
+/// The identity a request gives: absent (a bare `/boot.ipxe`), or the
+/// values iPXE filled in (possibly empty, when it knows none).
 #[derive(serde::Deserialize)]
 struct Who {
-    #[serde(default)]
-    uuid: String,
-    #[serde(default)]
-    mac: String,
+    uuid: Option<String>,
+    mac: Option<String>,
 }
 
 fn text(code: StatusCode, body: String) -> Response {
@@ -61,7 +61,7 @@ async fn script(
     headers: HeaderMap,
     Query(who): Query<Who>,
 ) -> Response {
-    if who.uuid.is_empty() && who.mac.is_empty() {
+    if who.uuid.is_none() && who.mac.is_none() {
         // A bare `/boot.ipxe` (a DHCP boot file that names no host): ask
         // again with the identity iPXE knows.
         let body = format!(
@@ -70,12 +70,13 @@ async fn script(
         );
         return text(StatusCode::OK, body);
     }
+    let uuid = who.uuid.unwrap_or_default();
+    let mac = who.mac.unwrap_or_default();
+    // An identity asked for but empty gets an answer, never the chain
+    // again (which would loop).
     let id = Identity::from_pb(&cairn_boot::pb::Identity {
-        uuid: who.uuid.clone(),
-        macs: (!who.mac.is_empty())
-            .then(|| who.mac.clone())
-            .into_iter()
-            .collect(),
+        uuid,
+        macs: (!mac.is_empty()).then_some(mac).into_iter().collect(),
         ..Default::default()
     });
     let id = match id {
@@ -212,7 +213,7 @@ async fn file(
     let (f, len) = match opened {
         Ok(Ok(found)) => found,
         Ok(Err(Denied::Missing)) => return text(StatusCode::NOT_FOUND, "no such file\n".into()),
-        Ok(Err(e @ Denied::Corrupt)) => {
+        Ok(Err(e @ (Denied::Corrupt | Denied::Unverified))) => {
             return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
         }
         Ok(Err(e)) => return text(StatusCode::FORBIDDEN, format!("{e}\n")),

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_boot::images::ImageRoot;
 use cairn_core::pxe::{FileDigest, Upload};
@@ -20,14 +20,24 @@ use tracing::{info, warn};
 
 /// How often the files are checked when the directory does not change.
 const EVERY: Duration = Duration::from_secs(30);
+/// How old a file's digest may get before it is computed again (bit rot
+/// changes neither a file's size nor its times).
+const REHASH: Duration = Duration::from_secs(24 * 3600);
 /// Uploads one node receives at once.
 const MAX_UPLOADS: usize = 16;
+/// An upload that got no piece for this long is dropped.
+const UPLOAD_IDLE: Duration = Duration::from_secs(600);
+/// The longest wait before a file that could not be fetched is tried
+/// again (doubling from 2 s).
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
-/// An upload in progress: where its bytes go and how many came.
+/// An upload in progress: where its bytes go, how many came, and when
+/// the last piece did.
 struct Receiving {
     file: std::fs::File,
     tmp: PathBuf,
     next: u64,
+    last: Instant,
 }
 
 /// This node's image root, as uploads, peers and `cn=status` reach it.
@@ -36,6 +46,8 @@ pub struct Files {
     uploads: Mutex<HashMap<String, Receiving>>,
     /// Per build: "<verified>/<files> …", as `cn=status` shows it.
     status: Mutex<BTreeMap<String, String>>,
+    /// Files no node could give: failures so far, and when to try again.
+    retry: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl Files {
@@ -45,6 +57,7 @@ impl Files {
             root,
             uploads: Mutex::new(HashMap::new()),
             status: Mutex::new(BTreeMap::new()),
+            retry: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -53,6 +66,14 @@ impl cairn_ldap::ImageFiles for Files {
     fn receive(&self, piece: Upload) -> Result<String, String> {
         use std::io::Write;
         let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        // Uploads abandoned by their client (the command was stopped).
+        uploads.retain(|_, r| {
+            let keep = r.last.elapsed() < UPLOAD_IDLE;
+            if !keep {
+                let _ = std::fs::remove_file(&r.tmp);
+            }
+            keep
+        });
         if piece.offset == 0 {
             // A new upload of this path replaces one in progress.
             if let Some(old) = uploads.remove(&piece.path) {
@@ -65,9 +86,18 @@ impl cairn_ldap::ImageFiles for Files {
             }
             let (file, tmp) = self
                 .root
-                .incoming(&piece.path)
+                .incoming()
                 .map_err(|e| format!("cannot make a file to receive into: {e}"))?;
-            uploads.insert(piece.path.clone(), Receiving { file, tmp, next: 0 });
+            let last = Instant::now();
+            uploads.insert(
+                piece.path.clone(),
+                Receiving {
+                    file,
+                    tmp,
+                    next: 0,
+                    last,
+                },
+            );
         }
         let Some(r) = uploads.get_mut(&piece.path) else {
             return Err(format!(
@@ -92,6 +122,7 @@ impl cairn_ldap::ImageFiles for Files {
             return Err(format!("cannot write {}: {e}", piece.path));
         }
         r.next += piece.data.len() as u64;
+        r.last = Instant::now();
         let Some(want) = piece.sha256 else {
             return Ok(format!("{}: {} bytes", piece.path, r.next));
         };
@@ -134,47 +165,74 @@ pub async fn run(files: Arc<Files>, model: Arc<Model>, replica: Arc<Replica>) {
     }
 }
 
+/// Reads the builds and tells the image root what each of their files
+/// must hash to; nothing is served before this has run once (the node
+/// runs it before it serves). The builds, and each file with its build.
+pub async fn expect(
+    files: &Files,
+    model: &Arc<Model>,
+) -> Result<(Vec<cairn_fleet::fleet::Build>, Vec<(String, FileDigest)>), String> {
+    let builds = model.images().await.map_err(|e| e.to_string())?;
+    let mut wanted: Vec<(String, FileDigest)> = vec![];
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for b in &builds {
+        for v in &b.digests {
+            match FileDigest::parse(v) {
+                Ok(d) => {
+                    expected.insert(d.path.clone(), d.sha256.clone());
+                    wanted.push((b.image.name.clone(), d));
+                }
+                Err(e) => {
+                    warn!(build = %b.image.name, cause = %e, "a cairnFileSha256 value is not `<sha256>  <path>`");
+                    // Its file is never served: no content can match.
+                    if let Some((_, path)) = v.split_once(' ')
+                        && let Ok(p) =
+                            cairn_core::pxe::clean_path(path.trim_start_matches([' ', '*']))
+                    {
+                        expected.insert(p, "(no valid SHA-256)".into());
+                    }
+                }
+            }
+        }
+    }
+    files.root.expect(expected);
+    Ok((builds, wanted))
+}
+
 /// One pass: every build's files checked, the missing ones fetched.
 async fn sync_once(
     files: &Arc<Files>,
     model: &Arc<Model>,
     replica: &Arc<Replica>,
 ) -> Result<(), String> {
-    let builds = model.images().await.map_err(|e| e.to_string())?;
-    let mut wanted: Vec<(String, FileDigest)> = vec![];
-    for b in &builds {
-        for v in &b.digests {
-            match FileDigest::parse(v) {
-                Ok(d) => wanted.push((b.image.name.clone(), d)),
-                Err(e) => {
-                    warn!(build = %b.image.name, cause = %e, "a cairnFileSha256 value is not `<sha256>  <path>`")
-                }
-            }
-        }
-    }
-    files.root.expect(
-        wanted
-            .iter()
-            .map(|(_, d)| (d.path.clone(), d.sha256.clone()))
-            .collect(),
-    );
+    let (builds, wanted) = expect(files, model).await?;
     let mut state: BTreeMap<String, (usize, usize, Vec<String>)> = builds
         .iter()
         .map(|b| (b.image.name.clone(), (0, 0, vec![])))
         .collect();
     for (build, d) in wanted {
         let (root, path) = (files.root.clone(), d.path.clone());
-        let have = tokio::task::spawn_blocking(move || root.digest(&path))
+        let have = tokio::task::spawn_blocking(move || root.digest(&path, REHASH))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot read {}: {e}", d.path))?;
+            .map_err(|e| e.to_string())?;
         let ok = match have {
-            Some(h) if h == d.sha256 => true,
-            Some(_) => {
+            Ok(Some(h)) if h == d.sha256 => {
+                files
+                    .retry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&d.path);
+                true
+            }
+            Ok(Some(_)) => {
                 warn!(file = %d.path, build = %build, "a boot file does not have its build's SHA-256; fetching it again");
                 fetch(files, replica, &d).await
             }
-            None => fetch(files, replica, &d).await,
+            Ok(None) => fetch(files, replica, &d).await,
+            Err(e) => {
+                warn!(file = %d.path, build = %build, cause = %e, "cannot read a boot file; fetching it again");
+                fetch(files, replica, &d).await
+            }
         };
         let entry = state.entry(build).or_default();
         entry.1 += 1;
@@ -199,10 +257,21 @@ async fn sync_once(
 }
 
 /// Fetches `d` from the first node that has it; whether it is in place.
+/// A file no node could give is tried again after a wait that doubles
+/// with each failure (up to [`MAX_RETRY`]).
 async fn fetch(files: &Arc<Files>, replica: &Arc<Replica>, d: &FileDigest) -> bool {
+    {
+        let retry = files.retry.lock().unwrap_or_else(|p| p.into_inner());
+        if retry
+            .get(&d.path)
+            .is_some_and(|(_, at)| Instant::now() < *at)
+        {
+            return false;
+        }
+    }
     let mut errors = vec![];
     for from in replica.file_sources() {
-        let (file, tmp) = match files.root.incoming(&d.path) {
+        let (file, tmp) = match files.root.incoming() {
             Ok(f) => f,
             Err(e) => {
                 warn!(cause = %e, "cannot make a file to receive into");
@@ -229,6 +298,11 @@ async fn fetch(files: &Arc<Files>, replica: &Arc<Replica>, d: &FileDigest) -> bo
         match placed {
             Ok(bytes) => {
                 info!(file = %d.path, from = %from, bytes, "boot file fetched and verified");
+                files
+                    .retry
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&d.path);
                 return true;
             }
             Err(e) => {
@@ -237,6 +311,10 @@ async fn fetch(files: &Arc<Files>, replica: &Arc<Replica>, d: &FileDigest) -> bo
             }
         }
     }
-    warn!(file = %d.path, tried = %errors.join("; "), "no node could give this boot file");
+    let mut retry = files.retry.lock().unwrap_or_else(|p| p.into_inner());
+    let failures = retry.get(&d.path).map_or(0, |(n, _)| *n) + 1;
+    let wait = (Duration::from_secs(2) * 2u32.saturating_pow(failures.min(16) - 1)).min(MAX_RETRY);
+    retry.insert(d.path.clone(), (failures, Instant::now() + wait));
+    warn!(file = %d.path, tried = %errors.join("; "), retry_in = ?wait, "no node could give this boot file");
     false
 }

@@ -12,7 +12,7 @@ use cairn_replica::{Replica, ReplicaConfig};
 use cairn_store::Directory;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Settings;
 
@@ -208,6 +208,10 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     let image_root = cairn_boot::images::ImageRoot::open(&s.image_root)
         .with_context(|| format!("cannot open the image root {}", s.image_root.display()))?;
     let files = Arc::new(crate::image_sync::Files::new(image_root.clone()));
+    // What the builds' files must hash to, before anything is served.
+    if let Err(e) = crate::image_sync::expect(&files, &boot.model).await {
+        warn!(cause = %e, "cannot read the builds yet; boot files are served once they are");
+    }
     replica.serve_files(files.clone());
     tasks.spawn({
         let (files, model, replica) = (files.clone(), boot.model.clone(), replica.clone());
