@@ -200,6 +200,30 @@ impl Node {
         Self::start_in(tempfile::tempdir().expect("tempdir"), engine, env, args)
     }
 
+    /// Starts a node whose listeners are all on `ip` (an address of a
+    /// test network), its TFTP on port `tftp`.
+    pub fn start_at(ip: std::net::IpAddr, tftp: u16, env: &[(&str, &str)]) -> Node {
+        let mut n = Node {
+            data: tempfile::tempdir().expect("tempdir"),
+            addr: SocketAddr::new(ip, free_port()),
+            grpc: SocketAddr::new(ip, free_port()),
+            dns: SocketAddr::new(ip, free_dns_port()),
+            http: SocketAddr::new(ip, free_port()),
+            peer: SocketAddr::new(ip, free_port()),
+            ldaps: SocketAddr::new(ip, free_port()),
+            tftp: SocketAddr::new(ip, tftp),
+            engine: "redb",
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            extra_args: vec![],
+        };
+        n.spawn();
+        n
+    }
+
     /// Starts a node on an existing data directory (an older release's,
     /// say).
     pub fn start_in(

@@ -57,11 +57,21 @@ fn assets(builds: &[&str]) -> PathBuf {
     out
 }
 
+/// The kernel command line of a build booted under QEMU's user
+/// networking: the guest reaches node `n` at 10.0.2.2.
+fn slirp_append(n: &Node) -> String {
+    format!(
+        "console=ttyS0 quiet cairn.grpc=10.0.2.2:{} cairn.dns=10.0.2.2:{} \
+         cairn.domain=${{domain}} cairn.host=${{hostname}} cairn.image=${{image}}",
+        n.grpc.port(),
+        n.dns.port()
+    )
+}
+
 /// Adds build `name` with `cairn image add` (the kernel, the shared
-/// initramfs, and the build's own one naming it, in that order; a command
-/// line telling the guest where the node is), and puts pxelinux in the
-/// image root.
-fn add_build(n: &Node, assets: &Path, name: &str) {
+/// initramfs, and the build's own one naming it, in that order; the
+/// command line `append`), and puts pxelinux in the image root.
+fn add_build(n: &Node, assets: &Path, name: &str, append: &str) {
     let root = n.data.path().join("images");
     for f in ["pxelinux.0", "ldlinux.c32"] {
         std::fs::copy(assets.join(f), root.join(f)).unwrap();
@@ -74,12 +84,6 @@ fn add_build(n: &Node, assets: &Path, name: &str) {
     ] {
         std::fs::copy(assets.join(from), dir.path().join(to)).unwrap();
     }
-    let append = format!(
-        "console=ttyS0 quiet cairn.grpc=10.0.2.2:{} cairn.dns=10.0.2.2:{} \
-         cairn.domain=${{domain}} cairn.host=${{hostname}} cairn.image=${{image}}",
-        n.grpc.port(),
-        n.dns.port()
-    );
     ok(n.cairn(&[
         "image",
         "add",
@@ -93,22 +97,45 @@ fn add_build(n: &Node, assets: &Path, name: &str) {
         "--initrd",
         "build.gz",
         "--append",
-        &append,
+        append,
     ]));
 }
 
-/// Boots the guest with `bootfile` as its DHCP boot file and returns its
-/// serial console once its `/init` is done (or the boot failed, or the
-/// deadline passed).
+/// Boots the guest under QEMU's user networking with `bootfile` as its
+/// DHCP boot file; its serial console (see [`run_guest`]).
 fn boot(bootfile: &str) -> String {
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot"])
-        .args(["-uuid", UUID])
-        .arg("-netdev")
-        .arg(format!("user,id=n0,bootfile={bootfile}"))
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,mac={MAC}"))
-        .args(["-boot", "n"])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(guest_args(&format!("user,id=n0,bootfile={bootfile}")));
+    run_guest(qemu)
+}
+
+/// QEMU's arguments for the guest on network backend `netdev`.
+fn guest_args(netdev: &str) -> Vec<String> {
+    [
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-uuid",
+        UUID,
+        "-netdev",
+        netdev,
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+        "-boot",
+        "n",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Runs the QEMU command `qemu` and returns the guest's serial console
+/// once its `/init` is done (or the boot failed, or the deadline passed).
+fn run_guest(mut qemu: Command) -> String {
+    let mut qemu = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -160,6 +187,26 @@ fn log_since(n: &Node, from: usize) -> String {
     n.log().get(from..).unwrap_or_default().to_string()
 }
 
+/// The cluster pxe-lab on build-1, moved to build-2 since (its history
+/// says so), and the guest's host entry in it.
+fn lab(n: &Node) {
+    ok(n.tool(
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
+             dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n"
+        )),
+    ));
+    ok(n.tool(
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {LAB}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: boot.image=build-1\n-\nadd: cairnSetting\ncairnSetting: boot.image=build-2\n"
+        )),
+    ));
+}
+
 /// Asserts the guest booted build `name` and pulled its configuration.
 fn assert_booted(console: &str, name: &str) {
     // The kernel's command line, with the host's values substituted.
@@ -206,24 +253,10 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
         has_example_tree(&n.url())
     });
     for b in ["build-1", "build-2"] {
-        add_build(&n, &assets, b);
+        add_build(&n, &assets, b, &slirp_append(&n));
     }
     // The cluster was on build-1 and moved to build-2: its history says so.
-    ok(n.tool(
-        "ldapadd",
-        &[],
-        Some(&format!(
-            "dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
-             dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n"
-        )),
-    ));
-    ok(n.tool(
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn: {LAB}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: boot.image=build-1\n-\nadd: cairnSetting\ncairnSetting: boot.image=build-2\n"
-        )),
-    ));
+    lab(&n);
     let tftp = format!("tftp://10.0.2.2:{}/pxelinux.0", n.tftp.port());
 
     // 1. Over TFTP: pxelinux asks for its UUID's file first (byte-swapped)
@@ -284,5 +317,290 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
                     && l.contains(&format!("file={f} "))),
             "{f} not served over HTTP:\n{log}"
         );
+    }
+}
+
+/// A private network for one test: a namespace holding a bridge with a
+/// tap device for the guest, joined by a veth pair to this namespace,
+/// where the node listens on `host` (10.77.k.1); the bridge is 10.77.k.2.
+/// Removed on drop.
+struct Lan {
+    ns: String,
+    veth: String,
+    k: u8,
+}
+
+/// Runs `ip ARGS` and asserts it worked.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lan {
+    fn up() -> Lan {
+        assert!(
+            is_root() && Path::new("/dev/net/tun").exists(),
+            "the network-namespace boot test needs root and /dev/net/tun"
+        );
+        let pid = std::process::id();
+        let k = (pid % 200 + 20) as u8;
+        let lan = Lan {
+            ns: format!("cairn-pxe-{pid}"),
+            veth: format!("cpxe{pid}"),
+            k,
+        };
+        let ns = lan.ns.as_str();
+        let host = format!("10.77.{k}.1/24");
+        let bridge = format!("10.77.{k}.2/24");
+        let v6 = format!("fd77:{k}::1/64");
+        ip(&["netns", "add", ns]);
+        ip(&[
+            "link", "add", &lan.veth, "type", "veth", "peer", "name", "vn", "netns", ns,
+        ]);
+        ip(&["addr", "add", &host, "dev", &lan.veth]);
+        ip(&["link", "set", &lan.veth, "up"]);
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["link", "set", "vn", "master", "br0"],
+            vec!["addr", "add", &bridge, "dev", "br0"],
+            vec!["-6", "addr", "add", &v6, "dev", "br0"],
+            vec!["tuntap", "add", "tap0", "mode", "tap"],
+            vec!["link", "set", "tap0", "master", "br0"],
+            vec!["link", "set", "vn", "up"],
+            vec!["link", "set", "tap0", "up"],
+            vec!["link", "set", "br0", "up"],
+        ] {
+            let mut a = vec!["-n", ns];
+            a.extend(args);
+            ip(&a);
+        }
+        lan
+    }
+
+    /// The node's address on this network.
+    fn host(&self) -> std::net::IpAddr {
+        std::net::IpAddr::from([10, 77, self.k, 1])
+    }
+
+    /// A command run inside the namespace.
+    fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// Issue 13, the second variant: a real LAN in a network namespace.
+/// dnsmasq, configured by `cairn dhcp snippet`, is the DHCP server; the
+/// guest's iPXE gets the node's boot script over HTTP from it, boots its
+/// cluster's build, finds the node through the `_cairn._tcp` SRV record
+/// alone and pulls its configuration. The node sees the guest's own
+/// address.
+#[test]
+fn issue_13_on_a_lan_with_dnsmasq_configured_by_cairn_dhcp_snippet_a_guest_boots_and_finds_cairn_by_srv()
+ {
+    let assets = assets(&["build-1", "build-2"]);
+    let lan = Lan::up();
+    let k = lan.k;
+    let n = Node::start_at(lan.host(), 69, &[("CAIRN_LOG", "info")]);
+    wait_until("the example tree", Duration::from_secs(20), || {
+        has_example_tree(&n.url())
+    });
+    let append = format!(
+        "console=ttyS0 quiet cairn.dns={} cairn.domain=${{domain}} cairn.host=${{hostname}} \
+         cairn.image=${{image}}",
+        n.dns
+    );
+    for b in ["build-1", "build-2"] {
+        add_build(&n, &assets, b, &append);
+    }
+    lab(&n);
+    // The node publishes its HTTP and TFTP addresses; the snippet is
+    // made from them.
+    let mut snippet = String::new();
+    wait_until("the node's boot addresses", Duration::from_secs(30), || {
+        let out = n.cairn(&["dhcp", "snippet", "--format", "dnsmasq"]);
+        snippet = stdout(&out);
+        out.status.success()
+    });
+    let script = format!("http://10.77.{k}.1:{}/boot.ipxe", n.http.port());
+    assert!(
+        snippet.contains(&format!("dhcp-boot=tag:ipxe,{script}\n"))
+            && snippet.contains(&format!("undionly.kpxe,,10.77.{k}.1\n")),
+        "{snippet}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("cairn.conf");
+    std::fs::write(&conf, &snippet).unwrap();
+    let dhcp_log = dir.path().join("dnsmasq.log");
+    let mut dnsmasq = lan
+        .exec("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--enable-ra",
+        ])
+        .arg(format!("--dhcp-range=10.77.{k}.100,10.77.{k}.150,1h"))
+        .arg(format!("--dhcp-range=fd77:{k}::,ra-only"))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.path().join("leases").display()
+        ))
+        .arg(format!("--conf-file={}", conf.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&dhcp_log).unwrap())
+        .spawn()
+        .expect("start dnsmasq (tests/run installs dnsmasq-base)");
+    let mark = n.log().len();
+    let mut qemu = lan.exec("qemu-system-x86_64");
+    qemu.args(guest_args(
+        "tap,id=n0,ifname=tap0,script=no,downscript=no,vnet_hdr=off",
+    ));
+    let console = run_guest(qemu);
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    let dhcp = std::fs::read_to_string(&dhcp_log).unwrap_or_default();
+    assert_booted(&console, "build-2");
+    assert!(
+        console.contains(&format!(
+            "CAIRN-E2E: pull --dns {} --domain example.com",
+            n.dns
+        )),
+        "the guest did not find the node by SRV alone:\n{console}"
+    );
+    assert!(
+        console.contains(&format!("CAIRN-E2E: address 10.77.{k}.1")),
+        "{console}"
+    );
+    // dnsmasq gave iPXE the script's URL (the snippet's iPXE branch).
+    assert!(
+        dhcp.contains("tags: ipxe") && dhcp.contains(&script),
+        "dnsmasq:\n{dhcp}"
+    );
+    // The node saw the guest's own address, and served build-2's files.
+    let log = log_since(&n, mark);
+    assert!(
+        log.contains(&format!("iPXE script rendered client=10.77.{k}.1"))
+            && log.contains(&format!("host={HOST} build=build-2")),
+        "{log}"
+    );
+    for f in ["build-2/vmlinuz", "build-2/base.gz", "build-2/build.gz"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("HTTP boot file") && l.contains(&format!("file={f} "))),
+            "{f} not served:\n{log}"
+        );
+    }
+}
+
+/// Issue 13: what `cairn dhcp snippet` prints is accepted by each DHCP
+/// server it is for, checked by the servers themselves (`dnsmasq --test`,
+/// ISC `dhcpd -t`, `kea-dhcp4 -t`, unpacked from Debian's packages by
+/// `tests/pxe/dhcp-servers`), and names the node's addresses; a config
+/// the servers refuse is refused by the same checks.
+#[test]
+fn issue_13_cairn_dhcp_snippet_is_accepted_by_dnsmasq_isc_dhcpd_and_kea() {
+    let tools = bin("cairn")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("dhcp-servers");
+    let found = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("pxe/dhcp-servers"))
+        .arg(&tools)
+        .output()
+        .expect("run tests/pxe/dhcp-servers");
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let found = stdout(&found);
+    let line = |name: &str| -> Vec<String> {
+        found
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {found}"))
+            .split(' ')
+            .map(str::to_string)
+            .collect()
+    };
+    let (dhcpd, kea) = (line("dhcpd"), line("kea"));
+    let n = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Each server's check of a file: whether it accepts it, and what it said.
+    let check = |format: &str, path: &Path| -> (bool, String) {
+        let mut c = match format {
+            "dnsmasq" => {
+                let mut c = Command::new("dnsmasq");
+                c.arg("--test")
+                    .arg(format!("--conf-file={}", path.display()));
+                c
+            }
+            "isc" => {
+                let mut c = Command::new(&dhcpd[0]);
+                c.args(["-t", "-cf"]).arg(path);
+                c
+            }
+            _ => {
+                let mut c = Command::new(&kea[0]);
+                c.env("LD_LIBRARY_PATH", &kea[1]).arg("-t").arg(path);
+                c
+            }
+        };
+        let out = c.output().expect("run the DHCP server's check");
+        let said = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        (out.status.success() && !said.contains("ERROR"), said)
+    };
+    let script = format!("http://{}/boot.ipxe", n.http);
+    let mut snippet = String::new();
+    for format in ["dnsmasq", "isc", "kea"] {
+        wait_until("the node's boot addresses", Duration::from_secs(30), || {
+            let out = n.cairn(&["dhcp", "snippet", "--format", format]);
+            snippet = stdout(&out);
+            out.status.success()
+        });
+        assert!(snippet.contains(&script), "{format}:\n{snippet}");
+        assert!(snippet.contains("undionly.kpxe"), "{format}:\n{snippet}");
+        let path = dir.path().join(format!("cairn.{format}"));
+        std::fs::write(&path, &snippet).unwrap();
+        let (accepted, said) = check(format, &path);
+        assert!(accepted, "{format} refused the snippet:\n{snippet}\n{said}");
+        // The check can fail: a mangled snippet is refused.
+        let bad = dir.path().join(format!("bad.{format}"));
+        std::fs::write(
+            &bad,
+            snippet.replacen("undionly.kpxe", "undionly.kpxe\"{", 1),
+        )
+        .unwrap();
+        let (accepted, said) = check(format, &bad);
+        assert!(!accepted, "{format} accepted a mangled snippet:\n{said}");
     }
 }

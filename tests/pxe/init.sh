@@ -34,10 +34,17 @@ DOMAIN=$(param cairn.domain)
 MAC=$(cat /sys/class/net/$IF/address)
 nslookup -type=SRV "_cairn._tcp.$DOMAIN" "$DNS" 2>&1 | sed 's/^/CAIRN-E2E: srv| /'
 # Under QEMU's user networking the SRV targets (the nodes' own addresses)
-# are the host's loopback, which the guest cannot reach: it pulls from the
-# address the host is reached by, and the node's Locate answer, tried
-# first, is refused at once.
-if cairn pull --server "$GRPC" --mac "$MAC" >/tmp/pull.out 2>&1; then
+# are the host's loopback, which the guest cannot reach: there the command
+# line names the node as the guest reaches it (cairn.grpc), and the
+# node's Locate answer, tried first, is refused at once. On a real network
+# the SRV record alone finds the node.
+if [ -n "$GRPC" ]; then
+    set -- --server "$GRPC"
+else
+    set -- --dns "$DNS" --domain "$DOMAIN"
+fi
+say "pull $*"
+if cairn pull "$@" --mac "$MAC" >/tmp/pull.out 2>&1; then
     sed 's/^/CAIRN-E2E: pull| /' /tmp/pull.out
     say "pull OK"
 else

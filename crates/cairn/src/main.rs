@@ -20,6 +20,7 @@
 mod bench;
 mod certs;
 mod client;
+mod dhcp;
 mod dns;
 mod explain;
 mod export;
@@ -151,6 +152,10 @@ enum Command {
     /// asked Locate and matched no site's cairnSubnet, on every node.
     #[command(subcommand)]
     Subnets(SubnetsCmd),
+    /// DHCP: `cairn dhcp snippet --format dnsmasq|isc|kea` prints the
+    /// options that network-boot a site's hosts from its nodes.
+    #[command(subcommand)]
+    Dhcp(dhcp::DhcpCmd),
     /// Boot images: `cairn image rollback CLUSTER` sets a cluster's
     /// `boot.image` back to the build it named before.
     #[command(subcommand)]
@@ -362,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain { host } => explain::run(&host, &cli.url, &auth).await,
         Command::History { dn } => history::run(&dn, &cli.url, &auth).await,
         Command::Image(cmd) => image::run(cmd, &cli.url, &auth).await,
+        Command::Dhcp(cmd) => dhcp::run(cmd, &cli.url, &auth).await,
         Command::Subnets(SubnetsCmd::Unmapped) => subnets::unmapped(&cli.url, &auth).await,
         Command::Rules(RulesCmd::Test(a)) => rules::test(a, &cli.url, &auth).await,
         Command::Member(m) => {

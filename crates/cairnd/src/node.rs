@@ -264,6 +264,8 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             peer: c.advertise_peer.clone().unwrap_or_else(|| me.peer.clone()),
             ldap: me.ldap.clone(),
             grpc: c.grpc_advertised.clone(),
+            http: Some(advertised(s.http_listen, &c.grpc_advertised)),
+            tftp: s.tftp_listen.map(|a| advertised(a, &c.grpc_advertised)),
             who: s.ldap.admin_dn.clone(),
         };
         tasks.spawn(crate::publish::run(
@@ -423,5 +425,47 @@ async fn purge_audit(
                 "audit records past their retention dropped"
             );
         }
+    }
+}
+
+/// The address hosts reach a listener on: `listen` itself, or, when it
+/// listens on every address (0.0.0.0, ::), the host of the node's
+/// advertised gRPC address with `listen`'s port.
+fn advertised(listen: std::net::SocketAddr, grpc: &str) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = grpc
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(grpc)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, listen.port()).to_string(),
+        Err(_) => format!("{host}:{}", listen.port()),
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::advertised;
+
+    #[test]
+    fn a_listener_on_every_address_is_advertised_at_the_nodes_address() {
+        let any: std::net::SocketAddr = "0.0.0.0:69".parse().unwrap();
+        assert_eq!(advertised(any, "10.1.0.11:7070"), "10.1.0.11:69");
+        assert_eq!(
+            advertised(any, "node-1.east.example.com:7070"),
+            "node-1.east.example.com:69"
+        );
+        assert_eq!(
+            advertised("[::]:8080".parse().unwrap(), "[fd00::1]:7070"),
+            "[fd00::1]:8080"
+        );
+        assert_eq!(
+            advertised("127.0.0.2:8080".parse().unwrap(), "x:1"),
+            "127.0.0.2:8080"
+        );
     }
 }

@@ -17,6 +17,7 @@ use cairn_store::{Directory, WriteOp};
 use tracing::{info, warn};
 
 /// What a node says about itself.
+#[derive(Clone)]
 pub struct Publication {
     pub id: u64,
     pub site: String,
@@ -27,6 +28,9 @@ pub struct Publication {
     pub grpc: String,
     /// The peer listener address other sites replicate with.
     pub peer: String,
+    /// Where hosts fetch boot files: HTTP (iPXE) and TFTP, if served.
+    pub http: Option<String>,
+    pub tftp: Option<String>,
     pub who: Dn,
 }
 
@@ -45,6 +49,15 @@ impl Publication {
             ("cairnLdapAddress".into(), vec![self.ldap.clone()]),
             ("cairnGrpcAddress".into(), vec![self.grpc.clone()]),
             ("cairnPeerAddress".into(), vec![self.peer.clone()]),
+            // Empty: not served (an earlier value is removed).
+            (
+                "cairnHttpAddress".into(),
+                self.http.iter().cloned().collect(),
+            ),
+            (
+                "cairnTftpAddress".into(),
+                self.tftp.iter().cloned().collect(),
+            ),
             (
                 "cairnVersion".into(),
                 vec![env!("CARGO_PKG_VERSION").to_string()],
@@ -93,7 +106,11 @@ fn reconcile(dir: &Directory, p: &Publication, now: String) -> anyhow::Result<Op
         return Ok(Some(WriteOp::Add {
             entry: Entry {
                 dn,
-                attrs: p.attrs(),
+                attrs: p
+                    .attrs()
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect(),
             },
             uuid: cairn_core::entry::new_entry_uuid(),
             stamp,
@@ -103,8 +120,11 @@ fn reconcile(dir: &Directory, p: &Publication, now: String) -> anyhow::Result<Op
         .attrs()
         .into_iter()
         .filter(|(name, want)| {
-            let have = current.get(&name.to_ascii_lowercase()).map(|a| &a.values);
-            name != "objectClass" && name != "cn" && have != Some(want)
+            let have = current
+                .get(&name.to_ascii_lowercase())
+                .map(|a| a.values.clone())
+                .unwrap_or_default();
+            name != "objectClass" && name != "cn" && &have != want
         })
         .map(|(attr, values)| Modification {
             op: ModOp::Replace,
@@ -133,15 +153,7 @@ pub async fn run(
         let now = cairn_core::time::generalized_time(clock.now_unix());
         let d = dir.clone();
         let op = match tokio::task::spawn_blocking({
-            let p = Publication {
-                id: p.id,
-                site: p.site.clone(),
-                site_id: p.site_id.clone(),
-                peer: p.peer.clone(),
-                ldap: p.ldap.clone(),
-                grpc: p.grpc.clone(),
-                who: p.who.clone(),
-            };
+            let p = p.clone();
             move || reconcile(&d, &p, now)
         })
         .await?
@@ -253,6 +265,8 @@ mod tests {
             ldap: "127.0.0.1:1389".into(),
             grpc: "127.0.0.1:7070".into(),
             peer: "127.0.0.1:7071".into(),
+            http: Some("127.0.0.1:8080".into()),
+            tftp: None,
             who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
         }
     }

@@ -383,6 +383,20 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         true,
         "software version",
     ),
+    user(
+        cairn!(1, 25),
+        &["cairnHttpAddress"],
+        Ia5String,
+        true,
+        "HTTP listener host:port (iPXE scripts and boot files)",
+    ),
+    user(
+        cairn!(1, 26),
+        &["cairnTftpAddress"],
+        Ia5String,
+        true,
+        "TFTP listener host:port",
+    ),
     // Cairn: images
     user(
         cairn!(1, 30),
@@ -859,6 +873,8 @@ pub(super) const CLASSES: &[ObjectClass] = &[
             "cairnGrpcAddress",
             "cairnPeerAddress",
             "cairnVersion",
+            "cairnHttpAddress",
+            "cairnTftpAddress",
             "ipHostNumber",
             "description",
         ],
