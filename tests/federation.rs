@@ -337,6 +337,8 @@ fn issue_11_sigkills_of_the_pulling_leader_lose_no_change_of_the_other_site() {
         peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
         advertise: vec![],
         foreign: vec![],
+        net: [127, 0, 0],
+        boot: false,
     };
     let east_spec = SiteSpec {
         peers: vec![(
@@ -651,6 +653,8 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
             peers: vec![],
             advertise: relays[site].clone(),
             foreign: vec![],
+            net: [127, 0, 0],
+            boot: false,
         };
         first_ip += *nodes as u8;
         specs.push(spec);
@@ -828,6 +832,8 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
                 peers: line[i].iter().map(|&j| peer(j)).collect(),
                 advertise: vec![],
                 foreign: vec![],
+                net: [127, 0, 0],
+                boot: false,
             };
             ProcSite::start_spec(1, spec, ports[i])
         })
@@ -974,6 +980,8 @@ fn issue_11_the_conflict_matrix_at_three_sites_paused_at_once() {
                 peers,
                 advertise: vec![],
                 foreign: vec![],
+                net: [127, 0, 0],
+                boot: false,
             };
             ProcSite::start_spec(1, spec, ports[i])
         })

@@ -710,6 +710,10 @@ pub struct SiteSpec {
     /// every other node's comes from the test run's one CA
     /// ([`deployment_ca`]).
     pub foreign: Vec<u64>,
+    /// The first three octets of the nodes' addresses (127.0.0: loopback).
+    pub net: [u8; 3],
+    /// Whether the nodes serve TFTP, on port 69 of their address.
+    pub boot: bool,
 }
 
 impl SiteSpec {
@@ -722,12 +726,15 @@ impl SiteSpec {
             peers: vec![],
             advertise: vec![],
             foreign: vec![],
+            net: [127, 0, 0],
+            boot: false,
         }
     }
 
     /// The address of node `j`.
     pub fn ip(&self, j: u64) -> String {
-        format!("127.0.0.{}", u64::from(self.first_ip) + j - 1)
+        let [a, b, c] = self.net;
+        format!("{a}.{b}.{c}.{}", u64::from(self.first_ip) + j - 1)
     }
 }
 
@@ -795,6 +802,9 @@ pub fn site_node_config(
             "[[cluster.peer_sites]]\nsite = \"{site}\"\nnodes = [{}]\n",
             nodes.join(", ")
         ));
+    }
+    if spec.boot {
+        text.push_str(&format!("[boot]\ntftp_listen = \"{ip}:69\"\n"));
     }
     text
 }

@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kit::{Node, bin, has_example_tree, ok, stdout, wait_until};
+use crate::kit::{
+    ADMIN, Node, PASSWORD, Ports, ProcSite, SiteSpec, bin, has_example_tree, ok, run_tool, stdout,
+    wait_until,
+};
 
 /// The guest's NIC and SMBIOS UUID. pxelinux asks for this UUID's file
 /// (its byte 6 on the wire, 0x1e, is in the range pxelinux accepts) with
@@ -76,14 +79,7 @@ fn add_build(n: &Node, assets: &Path, name: &str, append: &str) {
     for f in ["pxelinux.0", "ldlinux.c32"] {
         std::fs::copy(assets.join(f), root.join(f)).unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    for (from, to) in [
-        ("vmlinuz".to_string(), "vmlinuz"),
-        ("base.gz".to_string(), "base.gz"),
-        (format!("{name}.gz"), "build.gz"),
-    ] {
-        std::fs::copy(assets.join(from), dir.path().join(to)).unwrap();
-    }
+    let dir = build_dir(assets, name);
     ok(n.cairn(&[
         "image",
         "add",
@@ -188,23 +184,32 @@ fn log_since(n: &Node, from: usize) -> String {
 }
 
 /// The cluster pxe-lab on build-1, moved to build-2 since (its history
-/// says so), and the guest's host entry in it.
+/// says so), and the guest's host entry in it: the tool and the LDIF of
+/// each step.
+fn lab_ldif() -> [(&'static str, String); 2] {
+    [
+        (
+            "ldapadd",
+            format!(
+                "dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
+                 dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n"
+            ),
+        ),
+        (
+            "ldapmodify",
+            format!(
+                "dn: {LAB}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: boot.image=build-1\n-\n\
+                 add: cairnSetting\ncairnSetting: boot.image=build-2\n"
+            ),
+        ),
+    ]
+}
+
+/// [`lab_ldif`] at node `n`.
 fn lab(n: &Node) {
-    ok(n.tool(
-        "ldapadd",
-        &[],
-        Some(&format!(
-            "dn: {LAB}\nobjectClass: cairnCluster\ncn: pxe-lab\ncairnSetting: boot.image=build-1\n\n\
-             dn: {HOST}\nobjectClass: cairnHost\ncn: pxe-01\nmacAddress: {MAC}\nnetbootGUID: {UUID}\n"
-        )),
-    ));
-    ok(n.tool(
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn: {LAB}\nchangetype: modify\ndelete: cairnSetting\ncairnSetting: boot.image=build-1\n-\nadd: cairnSetting\ncairnSetting: boot.image=build-2\n"
-        )),
-    ));
+    for (tool, ldif) in lab_ldif() {
+        ok(n.tool(tool, &[], Some(&ldif)));
+    }
 }
 
 /// Asserts the guest booted build `name` and pulled its configuration.
@@ -388,6 +393,46 @@ impl Lan {
         std::net::IpAddr::from([10, 77, self.k, 1])
     }
 
+    /// Gives this side of the link another address, 10.77.k.`last`.
+    fn add_host(&self, last: u8) -> std::net::IpAddr {
+        let addr = format!("10.77.{}.{last}/24", self.k);
+        ip(&["addr", "add", &addr, "dev", &self.veth]);
+        std::net::IpAddr::from([10, 77, self.k, last])
+    }
+
+    /// dnsmasq on the bridge with `conf` (a `cairn dhcp snippet`), its
+    /// log in `log`.
+    fn dnsmasq(&self, conf: &Path, log: &Path, leases: &Path) -> std::process::Child {
+        let k = self.k;
+        self.exec("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--port=0",
+                "--interface=br0",
+                "--bind-interfaces",
+                "--log-dhcp",
+                "--log-facility=-",
+                "--enable-ra",
+            ])
+            .arg(format!("--dhcp-range=10.77.{k}.100,10.77.{k}.150,1h"))
+            .arg(format!("--dhcp-range=fd77:{k}::,ra-only"))
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--conf-file={}", conf.display()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start dnsmasq (tests/run installs dnsmasq-base)")
+    }
+
+    /// Boots the guest on the bridge; its serial console.
+    fn boot(&self) -> String {
+        let mut qemu = self.exec("qemu-system-x86_64");
+        qemu.args(guest_args(
+            "tap,id=n0,ifname=tap0,script=no,downscript=no,vnet_hdr=off",
+        ));
+        run_guest(qemu)
+    }
+
     /// A command run inside the namespace.
     fn exec(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -457,34 +502,9 @@ fn issue_13_on_a_lan_with_dnsmasq_configured_by_cairn_dhcp_snippet_a_guest_boots
     let conf = dir.path().join("cairn.conf");
     std::fs::write(&conf, &snippet).unwrap();
     let dhcp_log = dir.path().join("dnsmasq.log");
-    let mut dnsmasq = lan
-        .exec("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--port=0",
-            "--interface=br0",
-            "--bind-interfaces",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--enable-ra",
-        ])
-        .arg(format!("--dhcp-range=10.77.{k}.100,10.77.{k}.150,1h"))
-        .arg(format!("--dhcp-range=fd77:{k}::,ra-only"))
-        .arg(format!(
-            "--dhcp-leasefile={}",
-            dir.path().join("leases").display()
-        ))
-        .arg(format!("--conf-file={}", conf.display()))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&dhcp_log).unwrap())
-        .spawn()
-        .expect("start dnsmasq (tests/run installs dnsmasq-base)");
+    let mut dnsmasq = lan.dnsmasq(&conf, &dhcp_log, &dir.path().join("leases"));
     let mark = n.log().len();
-    let mut qemu = lan.exec("qemu-system-x86_64");
-    qemu.args(guest_args(
-        "tap,id=n0,ifname=tap0,script=no,downscript=no,vnet_hdr=off",
-    ));
-    let console = run_guest(qemu);
+    let console = lan.boot();
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
     let dhcp = std::fs::read_to_string(&dhcp_log).unwrap_or_default();
@@ -603,4 +623,160 @@ fn issue_13_cairn_dhcp_snippet_is_accepted_by_dnsmasq_isc_dhcpd_and_kea() {
         let (accepted, said) = check(format, &bad);
         assert!(!accepted, "{format} accepted a mangled snippet:\n{said}");
     }
+}
+
+/// Issue 13: with two sites, `east` and `west`, each a `cairnd` process
+/// on the LAN, a build added at `east` reaches `west`; then `east` is
+/// killed (SIGKILL: the sites are cut apart for good), and a host of
+/// `west` still boots its cluster's build from `west`, through the DHCP
+/// options `cairn dhcp snippet --site west` gives, and pulls its
+/// configuration from `west`.
+#[test]
+fn issue_13_a_host_of_west_boots_and_pulls_from_west_with_east_gone() {
+    let assets = assets(&["build-1", "build-2"]);
+    let lan = Lan::up();
+    let k = lan.k;
+    let (east_ip, west_ip) = (lan.add_host(11), lan.add_host(21));
+    // Both sites on the same ports, each on its own address.
+    let ports = Ports::free();
+    let net = [10, 77, k];
+    let west_spec = SiteSpec {
+        name: "west",
+        first_ip: 21,
+        seed: false,
+        peers: vec![("east", vec![format!("{east_ip}:{}", ports.peer)])],
+        advertise: vec![],
+        foreign: vec![],
+        net,
+        boot: true,
+    };
+    let east_spec = SiteSpec {
+        name: "east",
+        first_ip: 11,
+        seed: true,
+        peers: vec![("west", vec![format!("{west_ip}:{}", ports.peer)])],
+        advertise: vec![],
+        foreign: vec![],
+        net,
+        boot: true,
+    };
+    let mut east = ProcSite::start_spec(1, east_spec, ports);
+    let west = ProcSite::start_spec(1, west_spec, ports);
+    wait_until("the example tree at west", Duration::from_secs(60), || {
+        has_example_tree(&west.url(1))
+    });
+    // The lab and its host (the token's scope must exist first).
+    for (tool, ldif) in lab_ldif() {
+        ok(run_tool(
+            &east.url(1),
+            tool,
+            Some((ADMIN, PASSWORD)),
+            &[],
+            Some(&ldif),
+        ));
+    }
+    // These nodes run as in production: a host pulls with an enrollment
+    // token, here one for the lab's hosts, handed to the guest on its
+    // command line.
+    let token = stdout(&ok(east.cairn_cli(&["token", "create", "--scope", LAB])))
+        .trim()
+        .to_string();
+    // The builds, added at east: their command line names the DNS of
+    // whichever node serves the boot (`${server}`).
+    let append = format!(
+        "console=ttyS0 quiet cairn.dns=${{server}}:{} cairn.domain=${{domain}} \
+         cairn.host=${{hostname}} cairn.image=${{image}} cairn.token={token}",
+        ports.dns
+    );
+    for b in ["build-1", "build-2"] {
+        let dir = build_dir(&assets, b);
+        ok(east.cairn_cli(&[
+            "image",
+            "add",
+            dir.path().to_str().unwrap(),
+            "--name",
+            b,
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "base.gz",
+            "--initrd",
+            "build.gz",
+            "--append",
+            &append,
+        ]));
+    }
+    // West holds the host on build-2, and every file of build-2, checked.
+    wait_until("build-2 at west", Duration::from_secs(90), || {
+        let list = stdout(&west.cairn_cli(&["image", "list"]));
+        list.split("\nbuild-2").nth(1).is_some_and(|b| {
+            b.lines()
+                .find(|l| l.contains("west/node-1:"))
+                .is_some_and(|l| l.ends_with(" 3/3"))
+        })
+    });
+    wait_until(
+        "the host on build-2 at west",
+        Duration::from_secs(30),
+        || {
+            let out = run_tool(
+                &west.url(1),
+                "ldapsearch",
+                Some((ADMIN, PASSWORD)),
+                &["-b", LAB, "-s", "base", "cairnSetting"],
+                None,
+            );
+            stdout(&out).contains("boot.image=build-2")
+                && run_tool(
+                    &west.url(1),
+                    "ldapsearch",
+                    Some((ADMIN, PASSWORD)),
+                    &["-b", HOST, "-s", "base", "1.1"],
+                    None,
+                )
+                .status
+                .success()
+        },
+    );
+    let mut snippet = String::new();
+    wait_until("west's boot addresses", Duration::from_secs(30), || {
+        let out = west.cairn_cli(&["dhcp", "snippet", "--format", "dnsmasq", "--site", "west"]);
+        snippet = stdout(&out);
+        out.status.success()
+    });
+    assert!(snippet.contains(&format!(",,{west_ip}\n")), "{snippet}");
+
+    // The cut: east is gone.
+    east.kill9(1);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("west.conf");
+    std::fs::write(&conf, &snippet).unwrap();
+    let dhcp_log = dir.path().join("dnsmasq.log");
+    let mut dnsmasq = lan.dnsmasq(&conf, &dhcp_log, &dir.path().join("leases"));
+    let console = lan.boot();
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    assert_booted(&console, "build-2");
+    // The script and the files came from west (`${server}`), and so did
+    // the SRV record the guest found the directory by.
+    let dns = format!("{west_ip}:{}", ports.dns);
+    assert!(console.contains(&format!("cairn.dns={dns} ")), "{console}");
+    assert!(
+        console.contains(&format!("CAIRN-E2E: pull --dns {dns} --domain example.com")),
+        "{console}"
+    );
+}
+
+/// A directory holding build `name`'s files: the kernel, the shared
+/// initramfs, and the build's own one.
+fn build_dir(assets: &Path, name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("vmlinuz".to_string(), "vmlinuz"),
+        ("base.gz".to_string(), "base.gz"),
+        (format!("{name}.gz"), "build.gz"),
+    ] {
+        std::fs::copy(assets.join(from), dir.path().join(to)).unwrap();
+    }
+    dir
 }

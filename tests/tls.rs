@@ -507,6 +507,8 @@ fn suffix_rc(url: &str) -> i32 {
 fn issue_12_a_node_of_another_deployment_cannot_join_the_site() {
     let spec = SiteSpec {
         foreign: vec![3],
+        net: [127, 0, 0],
+        boot: false,
         ..SiteSpec::east()
     };
     let site = ProcSite::start_spec(3, spec, Ports::free());
@@ -553,6 +555,8 @@ fn issue_12_a_site_of_another_deployment_cannot_pull_from_a_site() {
         peers: vec![("east", vec![format!("127.0.0.1:{}", east_ports.peer)])],
         advertise: vec![],
         foreign: vec![1],
+        net: [127, 0, 0],
+        boot: false,
     };
     let east_spec = SiteSpec {
         peers: vec![("west", vec![format!("127.0.0.2:{}", west_ports.peer)])],

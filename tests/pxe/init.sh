@@ -44,6 +44,11 @@ else
     set -- --dns "$DNS" --domain "$DOMAIN"
 fi
 say "pull $*"
+TOKEN=$(param cairn.token)
+if [ -n "$TOKEN" ]; then
+    echo "$TOKEN" >/tmp/token
+    set -- "$@" --token-file /tmp/token
+fi
 if cairn pull "$@" --mac "$MAC" >/tmp/pull.out 2>&1; then
     sed 's/^/CAIRN-E2E: pull| /' /tmp/pull.out
     say "pull OK"

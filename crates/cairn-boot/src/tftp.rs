@@ -123,6 +123,8 @@ pub struct Options {
     /// Transfers one client address may have at once; more are refused
     /// with an error packet.
     pub per_client: usize,
+    /// The address hosts reach this node at (`${server}`).
+    pub server: String,
 }
 
 /// The largest block size negotiated (RFC 2348 allows up to 65464): an
@@ -208,7 +210,7 @@ impl Handler {
             if let Some(rule) = &answer.rule {
                 info!(client = %client, rule = %rule, host = %resp.host_dn, build = %image.name, "an unknown host boots as a deploy rule places it");
             }
-            let vars = vars_of(resp, &self.domain, client.ip());
+            let vars = vars_of(resp, &self.domain, client.ip(), &self.options.server);
             return Some(pxe::pxelinux_config(&image, &vars).into_bytes());
         }
         None
@@ -230,14 +232,21 @@ impl Handler {
         let vars = pxe::Vars::from([
             ("domain", self.domain.clone()),
             ("ip", client.ip().to_string()),
+            ("server", self.options.server.clone()),
         ]);
         Some(pxe::pxelinux_menu(&images, &vars).into_bytes())
     }
 }
 
 /// The values a boot file of the host `resp` answers for may use
-/// (`pxe::Vars`), the host asking from `ip`.
-pub fn vars_of(resp: &pb::PullResponse, domain: &str, ip: std::net::IpAddr) -> pxe::Vars {
+/// (`pxe::Vars`), the host asking from `ip` the node it reaches at
+/// `server`.
+pub fn vars_of(
+    resp: &pb::PullResponse,
+    domain: &str,
+    ip: std::net::IpAddr,
+    server: &str,
+) -> pxe::Vars {
     let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
         .ok()
         .and_then(|d| {
@@ -251,6 +260,7 @@ pub fn vars_of(resp: &pb::PullResponse, domain: &str, ip: std::net::IpAddr) -> p
         ("dn", resp.host_dn.clone()),
         ("image", resp.boot_image.clone()),
         ("ip", ip.to_string()),
+        ("server", server.to_string()),
     ])
 }
 

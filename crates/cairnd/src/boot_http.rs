@@ -109,7 +109,7 @@ async fn script(
                 format!("{}: boot.image names no image entry\n", resp.host_dn),
             );
         };
-        let vars = cairn_boot::tftp::vars_of(resp, &b.domain, client.ip());
+        let vars = cairn_boot::tftp::vars_of(resp, &b.domain, client.ip(), server_of(&headers));
         let body = pxe::ipxe_script(&image, &vars, &base);
         match &answer.rule {
             Some(rule) => {
@@ -136,6 +136,7 @@ async fn script(
                 let vars = pxe::Vars::from([
                     ("domain", b.domain.clone()),
                     ("ip", client.ip().to_string()),
+                    ("server", server_of(&headers).to_string()),
                 ]);
                 info!(client = %client, "iPXE boot menu for an unknown host");
                 return text(StatusCode::OK, pxe::ipxe_menu(&images, &vars, &base));
@@ -165,6 +166,23 @@ fn host_of(headers: &HeaderMap) -> &str {
                 .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
         })
         .unwrap_or("127.0.0.1")
+}
+
+/// The host part of [`host_of`] (`${server}`): the node's address as the
+/// client reached it.
+fn server_of(headers: &HeaderMap) -> &str {
+    host_part(host_of(headers))
+}
+
+/// `host` of `host[:port]`, `[v6]:port` or `[v6]`.
+fn host_part(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.split_once(':') {
+        Some((host, _)) if h.matches(':').count() == 1 => host,
+        _ => h,
+    }
 }
 
 /// One byte range of a file of `len` bytes, from a `Range` header: None
@@ -257,6 +275,15 @@ async fn file(
 #[cfg(test)]
 mod tests {
     use super::range;
+
+    #[test]
+    fn the_server_is_the_host_the_client_asked() {
+        use super::host_part;
+        assert_eq!(host_part("10.77.1.21:8080"), "10.77.1.21");
+        assert_eq!(host_part("cairn"), "cairn");
+        assert_eq!(host_part("[fd00::1]:8080"), "fd00::1");
+        assert_eq!(host_part("[fd00::1]"), "fd00::1");
+    }
 
     #[test]
     fn byte_ranges_follow_rfc_9110() {

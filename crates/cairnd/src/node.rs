@@ -283,6 +283,12 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cairn_boot::tftp::Options {
                 menu: s.boot_menu,
                 per_client: s.tftp_per_client.max(1),
+                server: {
+                    let a = advertised(addr, &c.grpc_advertised);
+                    a.rsplit_once(':')
+                        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+                        .unwrap_or(a)
+                },
             },
         );
         tasks.spawn(async move {
