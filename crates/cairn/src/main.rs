@@ -313,6 +313,14 @@ struct ExportArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so a closed stdout (`cairn image list | head`)
+    // made every print panic; the default action ends the process quietly,
+    // as it does other Unix tools.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -237,6 +237,16 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     tasks.spawn(http);
     let prober = boot.probe(std::time::Duration::from_secs(2));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The example builds' stand-in files, before their entries exist (the
+    // site's other nodes fetch them from this one).
+    if s.seed_example && first {
+        let root = image_root.clone();
+        match tokio::task::spawn_blocking(move || crate::seed::write_stand_ins(&root)).await? {
+            Ok(0) => {}
+            Ok(n) => info!(files = n, "wrote the example builds' stand-in boot files"),
+            Err(e) => warn!(cause = %e, "cannot write the example builds' stand-in boot files"),
+        }
+    }
     // Only one node of a site seeds (the one that formed it).
     if s.seed_example && first {
         let (d, w, admin) = (dir.clone(), writer.clone(), s.ldap.admin_dn.clone());

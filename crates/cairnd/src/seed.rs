@@ -42,6 +42,41 @@ pub fn example_entries() -> anyhow::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// The stand-in content of the example builds' file `path`: they have no
+/// real files, but `cairnd dev` serves these so that every command of
+/// docs/boot.md works (the example tree's `cairnFileSha256` values are
+/// their digests).
+pub fn stand_in(path: &str) -> Vec<u8> {
+    format!("Cairn stand-in for {path}: the example tree's builds have no real files.\n")
+        .into_bytes()
+}
+
+/// Writes the example builds' stand-in files into the image root where
+/// they are missing, checked as any received file is. Blocking.
+pub fn write_stand_ins(root: &cairn_boot::images::ImageRoot) -> anyhow::Result<usize> {
+    let mut written = 0;
+    for e in example_entries()? {
+        for (a, values) in &e.attrs {
+            if !a.eq_ignore_ascii_case("cairnFileSha256") {
+                continue;
+            }
+            for v in values {
+                let d = cairn_core::pxe::FileDigest::parse(v).map_err(anyhow::Error::msg)?;
+                if root.path().join(&d.path).exists() {
+                    continue;
+                }
+                let (mut f, tmp) = root.incoming()?;
+                std::io::Write::write_all(&mut f, &stand_in(&d.path))?;
+                drop(f);
+                root.place(&tmp, &d.path, &d.sha256)
+                    .map_err(anyhow::Error::msg)?;
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// How long seeding a site keeps retrying while the site has no leader or
 /// a write's outcome could not be learned.
 const RETRY_FOR: Duration = Duration::from_secs(300);
@@ -112,4 +147,37 @@ pub async fn seed_if_empty(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the example builds boot has a digest, and the stand-ins
+    /// `cairnd dev` writes have exactly those digests (`place` refuses
+    /// anything else).
+    #[test]
+    fn the_example_builds_stand_ins_match_their_digests() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = cairn_boot::images::ImageRoot::open(tmp.path()).unwrap();
+        assert_eq!(write_stand_ins(&root).unwrap(), 10);
+        assert_eq!(write_stand_ins(&root).unwrap(), 0, "written twice");
+        for e in example_entries().unwrap() {
+            let get = |n: &str| -> Vec<String> {
+                e.attrs
+                    .iter()
+                    .filter(|(a, _)| a.eq_ignore_ascii_case(n))
+                    .flat_map(|(_, v)| v.clone())
+                    .collect()
+            };
+            let digests = get("cairnFileSha256");
+            for path in get("cairnKernel").into_iter().chain(get("cairnModule")) {
+                assert!(
+                    digests.iter().any(|d| d.ends_with(&format!("  {path}"))),
+                    "{}: no digest for {path}",
+                    e.dn
+                );
+            }
+        }
+    }
 }
