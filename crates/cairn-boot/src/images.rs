@@ -120,12 +120,14 @@ impl ImageRoot {
     /// size ([`ImageRoot::resolve`] says which paths are refused).
     /// Blocking: call it from a blocking thread.
     ///
-    /// A file a build lists (by the path it resolves to) is served only
-    /// when this very file (its inode, size and times) was found to have
-    /// the build's SHA-256 ([`ImageRoot::expect`], [`ImageRoot::digest`]):
+    /// A file a build lists (by the path asked, or the path it resolves
+    /// to: an alias is checked too) is served only when this very file
+    /// (its inode, size and times) was found to have the build's SHA-256
+    /// ([`ImageRoot::expect`], [`ImageRoot::digest`]):
     /// nothing is hashed here, so a request never waits on a large file,
     /// and a file changed since its check waits for the next one.
     pub fn open_file(&self, raw: &str) -> Result<(File, u64), Denied> {
+        let asked = pxe::clean_path(raw)?;
         let (rel, real) = self.resolve(raw)?;
         let file = File::open(&real).map_err(|_| Denied::Missing)?;
         let meta = file.metadata().map_err(|_| Denied::Missing)?;
@@ -136,7 +138,7 @@ impl ImageRoot {
             let e = self.expected.lock().unwrap_or_else(|p| p.into_inner());
             match &*e {
                 None => return Err(Denied::Unverified),
-                Some(map) => map.get(&rel).cloned(),
+                Some(map) => map.get(&asked).or_else(|| map.get(&rel)).cloned(),
             }
         };
         if let Some(want) = want {
@@ -225,11 +227,15 @@ impl ImageRoot {
         if rel.split('/').any(|part| part == INCOMING) {
             return refuse(format!("{path:?} is in the incoming directory"));
         }
-        let got = File::open(tmp)
-            .and_then(|f| {
-                f.sync_all()?;
-                pxe::sha256_of(std::io::BufReader::new(f))
-            })
+        // This handle stays open: after the rename it still names the
+        // file checked here, whatever else is put at `rel` meanwhile.
+        let received = match File::open(tmp) {
+            Ok(f) => f,
+            Err(e) => return refuse(format!("cannot read what was received for {rel}: {e}")),
+        };
+        let got = received
+            .sync_all()
+            .and_then(|()| pxe::sha256_of(std::io::BufReader::new(&received)))
             .map_err(|e| format!("cannot read what was received for {rel}: {e}"));
         let got = match got {
             Ok(g) => g,
@@ -259,8 +265,14 @@ impl ImageRoot {
                     ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if let Err(e) = std::fs::create_dir(&parent) {
-                        return refuse(format!("cannot make {}: {e}", parent.display()));
+                    // Another placement may make it at the same moment.
+                    match std::fs::create_dir(&parent) {
+                        Ok(()) => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists
+                                && std::fs::symlink_metadata(&parent).is_ok_and(|m| m.is_dir()) => {
+                        }
+                        Err(e) => return refuse(format!("cannot make {}: {e}", parent.display())),
                     }
                 }
                 Err(e) => return refuse(format!("cannot read {}: {e}", parent.display())),
@@ -276,8 +288,9 @@ impl ImageRoot {
         if let Ok(d) = File::open(&parent) {
             let _ = d.sync_all();
         }
-        // Checked just now: servable at once.
-        if let Ok(meta) = std::fs::symlink_metadata(&dest) {
+        // Checked just now: servable at once (the stamp of the file
+        // checked, through its handle).
+        if let Ok(meta) = received.metadata() {
             let mut cache = self.digests.lock().unwrap_or_else(|p| p.into_inner());
             cache.insert(
                 rel,
@@ -382,6 +395,14 @@ mod tests {
         assert_eq!(root.open_file("v1/k").unwrap().1, 6);
         std::os::unix::fs::symlink("v1", root.path().join("current")).unwrap();
         assert_eq!(root.open_file("current/k").unwrap().1, 6);
+        // A build that lists the alias: checked through it too.
+        let bad = pxe::sha256_of(&b"other"[..]).unwrap();
+        root.expect(HashMap::from([
+            ("v1/k".to_string(), want.clone()),
+            ("current/k".to_string(), bad),
+        ]));
+        assert_eq!(root.open_file("current/k").unwrap_err(), Denied::Corrupt);
+        root.expect(HashMap::from([("v1/k".to_string(), want.clone())]));
         // Changed in place, same size: unverified until checked again,
         // then corrupt.
         std::fs::write(root.path().join("v1/k"), b"KERNEL").unwrap();

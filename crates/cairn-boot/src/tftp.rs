@@ -1,15 +1,19 @@
 //! The node's TFTP server (issue 13, `docs/boot.md`): read-only, on
-//! `async-tftp` (RFC 1350 with the blksize, tsize, timeout and windowsize
-//! options), serving the image root and rendering, per request, the
-//! `pxelinux.cfg/…` file that boots the asking host's build.
+//! `async-tftp` (RFC 1350 with the blksize, tsize and windowsize options;
+//! a client's timeout option is not taken), serving the image root and
+//! rendering, per request, the `pxelinux.cfg/…` file that boots the
+//! asking host's build.
 //!
 //! A `pxelinux.cfg/<UUID>` or `pxelinux.cfg/01-<mac>` name is looked up
 //! as a host's identity (the UUID as sent and byte-swapped,
 //! `cairn_core::pxe`); a known host gets its effective build rendered
-//! ([`pxe::pxelinux_config`]), an unknown one "file not found", so
-//! pxelinux goes on to its next name. Other names are files of the image
-//! root, opened only when they resolve inside it (a symlink that leaves
-//! it is refused). Writes are refused.
+//! ([`pxe::pxelinux_config`]), one a deploy rule matches the build where
+//! the rule would place it, any other "file not found", so pxelinux goes
+//! on to its next name, down to `pxelinux.cfg/default`: the menu of the
+//! builds ([`pxe::pxelinux_menu`]) when `[boot] unknown_menu` is on.
+//! Other names are files of the image root ([`ImageRoot::open_file`]:
+//! inside it, and a build's file only with its checked content). Writes
+//! are refused. Transfers are bounded per client, in all, and in time.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

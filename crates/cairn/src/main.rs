@@ -312,15 +312,29 @@ struct ExportArgs {
     anonymous: bool,
 }
 
+/// `cairn image list | head`: a print to a closed stdout ends the command
+/// quietly with status 141 (as SIGPIPE ends other Unix tools), instead of
+/// a panic. SIGPIPE itself stays ignored (Rust's default): a connection
+/// the peer reset is an error the command handles (`cairn pull --watch`
+/// moves to another node), not a silent death.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, so a closed stdout (`cairn image list | head`)
-    // made every print panic; the default action ends the process quietly,
-    // as it does other Unix tools.
-    // SAFETY: called before any other thread exists; SIG_DFL is a valid
-    // disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

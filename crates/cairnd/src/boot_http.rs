@@ -169,15 +169,19 @@ fn host_of(headers: &HeaderMap) -> &str {
 }
 
 /// The host part of [`host_of`] (`${server}`): the node's address as the
-/// client reached it.
+/// client reached it, an IPv6 address in brackets (so `${server}:53` is
+/// an address and port).
 fn server_of(headers: &HeaderMap) -> &str {
     host_part(host_of(headers))
 }
 
-/// `host` of `host[:port]`, `[v6]:port` or `[v6]`.
+/// `host` of `host[:port]`, `[v6]` of `[v6]:port` or `[v6]`.
 fn host_part(h: &str) -> &str {
-    if let Some(rest) = h.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+    if h.starts_with('[') {
+        return match h.find(']') {
+            Some(end) => &h[..=end],
+            None => h,
+        };
     }
     match h.split_once(':') {
         Some((host, _)) if h.matches(':').count() == 1 => host,
@@ -281,8 +285,8 @@ mod tests {
         use super::host_part;
         assert_eq!(host_part("10.77.1.21:8080"), "10.77.1.21");
         assert_eq!(host_part("cairn"), "cairn");
-        assert_eq!(host_part("[fd00::1]:8080"), "fd00::1");
-        assert_eq!(host_part("[fd00::1]"), "fd00::1");
+        assert_eq!(host_part("[fd00::1]:8080"), "[fd00::1]");
+        assert_eq!(host_part("[fd00::1]"), "[fd00::1]");
     }
 
     #[test]

@@ -179,6 +179,15 @@ pub async fn expect(
         for v in &b.digests {
             match FileDigest::parse(v) {
                 Ok(d) => {
+                    let clash = expected
+                        .get(&d.path)
+                        .is_some_and(|other| *other != d.sha256);
+                    if clash {
+                        // Neither can be right for both: served by neither.
+                        warn!(file = %d.path, build = %b.image.name, "two builds list this file with different SHA-256s; it is not served");
+                        expected.insert(d.path.clone(), "(SHA-256s that differ)".into());
+                        continue;
+                    }
                     expected.insert(d.path.clone(), d.sha256.clone());
                     wanted.push((b.image.name.clone(), d));
                 }
@@ -210,32 +219,40 @@ async fn sync_once(
         .iter()
         .map(|b| (b.image.name.clone(), (0, 0, vec![])))
         .collect();
+    // First every file is checked (so after a restart the files present
+    // are served again as soon as they are hashed, whatever has to be
+    // fetched), then what is missing or damaged is fetched.
+    let mut to_fetch = vec![];
     for (build, d) in wanted {
         let (root, path) = (files.root.clone(), d.path.clone());
         let have = tokio::task::spawn_blocking(move || root.digest(&path, REHASH))
             .await
             .map_err(|e| e.to_string())?;
-        let ok = match have {
+        let entry = state.entry(build.clone()).or_default();
+        entry.1 += 1;
+        match have {
             Ok(Some(h)) if h == d.sha256 => {
                 files
                     .retry
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&d.path);
-                true
+                entry.0 += 1;
             }
             Ok(Some(_)) => {
                 warn!(file = %d.path, build = %build, "a boot file does not have its build's SHA-256; fetching it again");
-                fetch(files, replica, &d).await
+                to_fetch.push((build, d));
             }
-            Ok(None) => fetch(files, replica, &d).await,
+            Ok(None) => to_fetch.push((build, d)),
             Err(e) => {
                 warn!(file = %d.path, build = %build, cause = %e, "cannot read a boot file; fetching it again");
-                fetch(files, replica, &d).await
+                to_fetch.push((build, d));
             }
-        };
+        }
+    }
+    for (build, d) in to_fetch {
+        let ok = fetch(files, replica, &d).await;
         let entry = state.entry(build).or_default();
-        entry.1 += 1;
         if ok {
             entry.0 += 1;
         } else {

@@ -293,11 +293,10 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
             cairn_boot::tftp::Options {
                 menu: s.boot_menu,
                 per_client: s.tftp_per_client.max(1),
+                // As `${server}` over HTTP: an IPv6 address in brackets.
                 server: {
                     let a = advertised(addr, &c.grpc_advertised);
-                    a.rsplit_once(':')
-                        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
-                        .unwrap_or(a)
+                    a.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(a)
                 },
             },
         );
