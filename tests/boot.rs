@@ -1106,24 +1106,7 @@ fn issue_13_tftp_renders_a_hosts_boot_configuration_and_serves_image_files() {
 
 /// `curl` a URL of node `n`'s HTTP port: (status, body).
 fn http_get(n: &Node, path: &str, extra: &[&str]) -> (String, Vec<u8>) {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--path-as-is",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(extra)
-        .arg(format!("http://{}{path}", n.http))
-        .output()
-        .expect("run curl");
-    let mut body = out.stdout;
-    let at = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let code = String::from_utf8_lossy(&body[at + 1..]).to_string();
-    body.truncate(at);
-    (code, body)
+    crate::kit::curl_http(&format!("http://{}{path}", n.http), extra)
 }
 
 /// Issue 13: the node's HTTP port serves the iPXE script that boots the

@@ -58,19 +58,10 @@ fn holds(site: &Site, i: u64, files: &[(&str, Vec<u8>)]) -> bool {
 
 /// `curl` node `i`'s HTTP boot route for `path`: status and body.
 fn http_file(site: &Site, i: u64, path: &str) -> (String, Vec<u8>) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
-        .arg(format!(
-            "http://127.0.0.{i}:{}/images/{path}",
-            site.http_port
-        ))
-        .output()
-        .expect("run curl");
-    let mut body = out.stdout;
-    let at = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let code = String::from_utf8_lossy(&body[at + 1..]).to_string();
-    body.truncate(at);
-    (code, body)
+    crate::kit::curl_http(
+        &format!("http://127.0.0.{i}:{}/images/{path}", site.http_port),
+        &[],
+    )
 }
 
 /// Issue 13: a build added at one node of `east` reaches every node of

@@ -1201,3 +1201,26 @@ impl Default for Wan {
         Wan::new()
     }
 }
+
+/// `curl` of an HTTP `url` (`extra` arguments before it; the path is sent
+/// as written): the status code and the body.
+pub fn curl_http(url: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let mut body = out.stdout;
+    let at = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[at + 1..]).to_string();
+    body.truncate(at);
+    (code, body)
+}

@@ -197,6 +197,22 @@ fn run_guest(mut qemu: Command) -> String {
     console
 }
 
+/// Asserts node log `log` has a line with `how` (which server, and which
+/// client) for each of build `name`'s three files, and serves none of
+/// build `not`'s.
+fn assert_served(log: &str, how: &str, name: &str, not: Option<&str>) {
+    for f in ["vmlinuz", "base.gz", "build.gz"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(how) && l.contains(&format!("file={name}/{f} "))),
+            "{name}/{f} not served ({how}):\n{log}"
+        );
+    }
+    if let Some(other) = not {
+        assert!(!log.contains(&format!("file={other}/")), "{log}");
+    }
+}
+
 /// The log lines node `n` wrote from byte `from` on.
 fn log_since(n: &Node, from: usize) -> String {
     n.log().get(from..).unwrap_or_default().to_string()
@@ -295,13 +311,7 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
             && log.contains(&format!("name=pxelinux.cfg/{UUID_AS_PXELINUX_ASKS}")),
         "{log}"
     );
-    for f in ["build-2/vmlinuz", "build-2/base.gz", "build-2/build.gz"] {
-        assert!(
-            log.contains(&format!("file={f} ")),
-            "{f} not served:\n{log}"
-        );
-    }
-    assert!(!log.contains("file=build-1/"), "{log}");
+    assert_served(&log, "TFTP file", "build-2", Some("build-1"));
 
     // 2. Roll the cluster back: one modify, and the next boot is build-1's.
     let out = ok(n.cairn(&["image", "rollback", "pxe-lab"]));
@@ -313,13 +323,7 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
     let console = boot(&tftp);
     assert_booted(&console, "build-1");
     let log = log_since(&n, mark);
-    for f in ["build-1/vmlinuz", "build-1/base.gz", "build-1/build.gz"] {
-        assert!(
-            log.contains(&format!("file={f} ")),
-            "{f} not served:\n{log}"
-        );
-    }
-    assert!(!log.contains("file=build-2/"), "{log}");
+    assert_served(&log, "TFTP file", "build-1", Some("build-2"));
 
     // 3. Over HTTP: iPXE runs the node's script for this host (its UUID
     // and MAC filled in by iPXE) and fetches the files over HTTP.
@@ -335,14 +339,7 @@ fn issue_13_a_qemu_guest_network_boots_its_clusters_build_and_after_rollback_the
             && log.contains(&format!("host={HOST} build=build-1")),
         "{log}"
     );
-    for f in ["build-1/vmlinuz", "build-1/base.gz", "build-1/build.gz"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("HTTP boot file client=127.0.0.1:")
-                    && l.contains(&format!("file={f} "))),
-            "{f} not served over HTTP:\n{log}"
-        );
-    }
+    assert_served(&log, "HTTP boot file client=127.0.0.1:", "build-1", None);
 }
 
 /// A private network for one test: a namespace holding a bridge with a
@@ -575,13 +572,12 @@ fn issue_13_on_a_lan_with_dnsmasq_configured_by_cairn_dhcp_snippet_a_guest_boots
             && log.contains(&format!("host={HOST} build=build-2")),
         "{log}"
     );
-    for f in ["build-2/vmlinuz", "build-2/base.gz", "build-2/build.gz"] {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("HTTP boot file") && l.contains(&format!("file={f} "))),
-            "{f} not served:\n{log}"
-        );
-    }
+    assert_served(
+        &log,
+        &format!("HTTP boot file client={leased}:"),
+        "build-2",
+        None,
+    );
 }
 
 /// Issue 13: what `cairn dhcp snippet` prints is accepted by each DHCP

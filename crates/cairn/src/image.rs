@@ -416,19 +416,9 @@ fn node_name(dn: &str) -> String {
 async fn rm(name: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = connect(url, auth).await?;
     let base = naming_context(&mut ldap).await?;
-    let (found, _) = ldap
-        .search(
-            &base,
-            Scope::Subtree,
-            &format!("(&(objectClass=cairnImage)(cn={}))", escape(name)),
-            vec!["1.1"],
-        )
+    let Some(dn) = named(&mut ldap, &base, "cairnImage", name)
         .await?
-        .success()
-        .context("cannot search for the build")?;
-    let Some(dn) = found
         .into_iter()
-        .map(|e| SearchEntry::construct(e).dn)
         .next()
     else {
         bail!("no build is named {name:?}");
@@ -474,17 +464,10 @@ async fn rollback(target: &str, url: &str, auth: &Auth) -> anyhow::Result<ExitCo
         );
     };
     let base = naming_context(&mut ldap).await?;
-    let (images, _) = ldap
-        .search(
-            &base,
-            Scope::Subtree,
-            &format!("(&(objectClass=cairnImage)(cn={}))", escape(&previous)),
-            vec!["1.1"],
-        )
+    if named(&mut ldap, &base, "cairnImage", &previous)
         .await?
-        .success()
-        .context("cannot search for the image")?;
-    if images.is_empty() {
+        .is_empty()
+    {
         bail!(
             "the previous build {previous} has no cairnImage entry any more: nothing to roll back to"
         );
@@ -519,20 +502,7 @@ async fn resolve(ldap: &mut Ldap, target: &str) -> anyhow::Result<String> {
         return Ok(target.to_string());
     }
     let base = naming_context(ldap).await?;
-    let (found, _) = ldap
-        .search(
-            &base,
-            Scope::Subtree,
-            &format!("(&(objectClass=cairnCluster)(cn={}))", escape(target)),
-            vec!["1.1"],
-        )
-        .await?
-        .success()
-        .with_context(|| format!("cannot search for cluster {target:?}"))?;
-    let dns: Vec<String> = found
-        .into_iter()
-        .map(|e| SearchEntry::construct(e).dn)
-        .collect();
+    let dns = named(ldap, &base, "cairnCluster", target).await?;
     match dns.as_slice() {
         [dn] => Ok(dn.clone()),
         [] => bail!("no cluster is named {target:?} (give a DN for other entries)"),
@@ -542,6 +512,24 @@ async fn resolve(ldap: &mut Ldap, target: &str) -> anyhow::Result<String> {
             many.join(", ")
         ),
     }
+}
+
+/// The DNs of the entries of `class` named `cn` under `base`.
+async fn named(ldap: &mut Ldap, base: &str, class: &str, cn: &str) -> anyhow::Result<Vec<String>> {
+    let (found, _) = ldap
+        .search(
+            base,
+            Scope::Subtree,
+            &format!("(&(objectClass={class})(cn={}))", escape(cn)),
+            vec!["1.1"],
+        )
+        .await?
+        .success()
+        .with_context(|| format!("cannot search for the {class} named {cn:?}"))?;
+    Ok(found
+        .into_iter()
+        .map(|e| SearchEntry::construct(e).dn)
+        .collect())
 }
 
 /// The values of `attr` of the entry `dn`.
