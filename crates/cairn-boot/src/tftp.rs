@@ -155,7 +155,9 @@ pub const MAX_TRANSFER: std::time::Duration = std::time::Duration::from_secs(600
 /// What a file is read ahead by, per transfer.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// Serves the image root and renders boot files.
+/// Serves the image root and renders boot files. Clones share the
+/// transfer counts (one per server socket, [`serve`]).
+#[derive(Clone)]
 pub struct Handler {
     root: ImageRoot,
     model: Arc<Model>,
@@ -383,20 +385,44 @@ impl async_tftp::server::Handler for Handler {
     }
 }
 
-/// Serves TFTP on `addr` until the task is dropped.
+/// Serves TFTP on `addr` until the task is dropped, with one server per
+/// core: `async-tftp` runs a server's transfers on one thread, and opens
+/// their files one at a time, so the servers share `addr` (SO_REUSEPORT:
+/// the kernel gives each client's requests to one of them, by its address
+/// and port, and a transfer stays on the server that took its request).
+/// Their handlers share the transfer counts.
 pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
-    let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
-        .bind(addr)
-        .block_size_limit(MAX_BLOCK_SIZE)
-        .window_size_limit(MAX_WINDOW)
-        .max_send_retries(MAX_SENDS - 1)
-        .timeout(RETRANSMIT)
-        .ignore_client_timeout()
-        .build()
-        .await
-        .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;
-    server
-        .serve()
-        .await
-        .map_err(|e| format!("TFTP on {addr}: {e}"))
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let mut servers = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let socket =
+            shared_socket(addr).map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;
+        let server = async_tftp::server::TftpServerBuilder::with_handler(handler.clone())
+            .std_socket(socket)
+            .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?
+            .block_size_limit(MAX_BLOCK_SIZE)
+            .window_size_limit(MAX_WINDOW)
+            .max_send_retries(MAX_SENDS - 1)
+            .timeout(RETRANSMIT)
+            .ignore_client_timeout()
+            .build()
+            .await
+            .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;
+        servers.spawn(async move { server.serve().await });
+    }
+    match servers.join_next().await {
+        Some(Ok(Err(e))) => Err(format!("TFTP on {addr}: {e}")),
+        Some(Err(e)) => Err(format!("TFTP on {addr}: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// A UDP socket bound to `addr` that other sockets of this process (of
+/// the same user) may bind too (SO_REUSEPORT).
+fn shared_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
