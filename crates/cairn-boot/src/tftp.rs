@@ -385,16 +385,26 @@ impl async_tftp::server::Handler for Handler {
     }
 }
 
-/// Serves TFTP on `addr` until the task is dropped, with one server per
+/// Serves TFTP on `addr` until the future is dropped, with one server per
 /// core: `async-tftp` runs a server's transfers on one thread, and opens
 /// their files one at a time, so the servers share `addr` (SO_REUSEPORT:
 /// the kernel gives each client's requests to one of them, by its address
 /// and port, and a transfer stays on the server that took its request).
 /// Their handlers share the transfer counts.
+///
+/// Each server runs on a thread of its own under `async_io::block_on`,
+/// which polls the sockets on that thread: under tokio, `async-io`'s own
+/// reactor thread woke the task for every packet (two more thread
+/// switches per block of a lock-step transfer). The threads enter this
+/// tokio runtime, for the directory lookups, and end when the future is
+/// dropped.
 pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let mut servers = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    let runtime = tokio::runtime::Handle::current();
+    // Dropped with this future: the servers see it and stop.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let (failed, mut failure) = tokio::sync::mpsc::channel::<String>(workers);
+    for i in 0..workers {
         let socket =
             shared_socket(addr).map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;
         let server = async_tftp::server::TftpServerBuilder::with_handler(handler.clone())
@@ -408,13 +418,32 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
             .build()
             .await
             .map_err(|e| format!("cannot listen for TFTP on {addr}: {e}"))?;
-        servers.spawn(async move { server.serve().await });
+        let (runtime, mut stopped, failed) = (runtime.clone(), stopped.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name(format!("tftp-{i}"))
+            .spawn(move || {
+                let _tokio = runtime.enter();
+                let ended = async_io::block_on(futures_lite::future::or(
+                    async { Some(server.serve().await) },
+                    async {
+                        while stopped.changed().await.is_ok() {}
+                        None
+                    },
+                ));
+                if let Some(r) = ended {
+                    let why = match r {
+                        Ok(()) => "the server ended".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = failed.try_send(why);
+                }
+            })
+            .map_err(|e| format!("cannot start a TFTP thread: {e}"))?;
     }
-    match servers.join_next().await {
-        Some(Ok(Err(e))) => Err(format!("TFTP on {addr}: {e}")),
-        Some(Err(e)) => Err(format!("TFTP on {addr}: {e}")),
-        _ => Ok(()),
-    }
+    drop(failed);
+    let why = failure.recv().await.unwrap_or_default();
+    drop(stop);
+    Err(format!("TFTP on {addr}: {why}"))
 }
 
 /// A UDP socket bound to `addr` that other sockets of this process (of
