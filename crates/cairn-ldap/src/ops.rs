@@ -717,11 +717,17 @@ async fn change_members(
 
 /// The response to an extended operation that returns no value.
 fn ext_done(msgid: i32, res: Result<(), Outcome>) -> LdapMsg {
+    ext_report(msgid, res.map(|()| String::new()))
+}
+
+/// The response to an extended operation that reports what it did in
+/// its diagnostic message, and returns no value.
+fn ext_report(msgid: i32, res: Result<String, Outcome>) -> LdapMsg {
     LdapMsg {
         msgid,
         op: LdapOp::ExtendedResponse(LdapExtendedResponse {
             res: match res {
-                Ok(()) => result(LdapResultCode::Success, "", ""),
+                Ok(report) => result(LdapResultCode::Success, "", &report),
                 Err(o) => outcome_result(&o),
             },
             name: None,
@@ -799,18 +805,7 @@ async fn image_put(
         Ok(done)
     }
     .await;
-    LdapMsg {
-        msgid,
-        op: LdapOp::ExtendedResponse(LdapExtendedResponse {
-            res: match res {
-                Ok(done) => result(LdapResultCode::Success, "", &done),
-                Err(o) => outcome_result(&o),
-            },
-            name: None,
-            value: None,
-        }),
-        ctrl: vec![],
-    }
+    ext_report(msgid, res)
 }
 
 /// The resync extended operation: rebuild this site's directory from
@@ -841,11 +836,7 @@ async fn resync(ctx: &ServerContext, auth: &Auth, msgid: i32, req: LdapExtendedR
             .map_err(|e| Outcome::new(LdapResultCode::UnwillingToPerform, e))
     }
     .await;
-    let mut reply = ext_done(msgid, res.as_ref().map(|_| ()).map_err(Clone::clone));
-    if let (Ok(report), LdapOp::ExtendedResponse(r)) = (res, &mut reply.op) {
-        r.res.message = report;
-    }
-    reply
+    ext_report(msgid, res)
 }
 
 /// The operation's caller under the access policy in force (read from
