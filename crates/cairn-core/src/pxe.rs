@@ -260,19 +260,19 @@ fn token(v: &str) -> String {
     v.replace(['\n', '\r'], " ")
 }
 
-/// The pxelinux configuration that boots `image` at once, its kernel
-/// arguments with `vars` substituted.
-pub fn pxelinux_config(image: &Image, vars: &Vars) -> String {
-    let mut out = format!(
-        "# {} for {}\nDEFAULT cairn\nPROMPT 0\nTIMEOUT 1\nLABEL cairn\n  KERNEL {}\n",
-        token(&image.name),
-        token(
-            vars.get("dn")
-                .map(String::as_str)
-                .unwrap_or("an unknown host")
-        ),
-        token(&image.kernel)
-    );
+/// Whom a boot file is for, for its first comment line.
+fn for_whom(vars: &Vars) -> String {
+    token(
+        vars.get("dn")
+            .map(String::as_str)
+            .unwrap_or("an unknown host"),
+    )
+}
+
+/// A pxelinux `LABEL` that boots `image`: its kernel, its modules as the
+/// initrd, its command line with `vars` substituted.
+fn pxelinux_label(label: &str, image: &Image, vars: &Vars) -> String {
+    let mut out = format!("LABEL {label}\n  KERNEL {}\n", token(&image.kernel));
     if !image.modules.is_empty() {
         out.push_str(&format!("  INITRD {}\n", token(&image.modules.join(","))));
     }
@@ -283,17 +283,10 @@ pub fn pxelinux_config(image: &Image, vars: &Vars) -> String {
     out
 }
 
-/// The iPXE script that boots `image` with its files from `base` (the
-/// node's HTTP URL of the image root, no trailing slash).
-pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
+/// The iPXE commands that boot `image` with its files from `base`.
+fn ipxe_boot(image: &Image, vars: &Vars, base: &str) -> String {
     let mut out = format!(
-        "#!ipxe\n# {} for {}\nkernel {base}/{} {}\n",
-        token(&image.name),
-        token(
-            vars.get("dn")
-                .map(String::as_str)
-                .unwrap_or("an unknown host")
-        ),
+        "kernel {base}/{} {}\n",
         token(&image.kernel),
         token(&substitute(&image.append, vars))
     );
@@ -302,6 +295,28 @@ pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
     }
     out.push_str("boot\n");
     out
+}
+
+/// The pxelinux configuration that boots `image` at once, its kernel
+/// arguments with `vars` substituted.
+pub fn pxelinux_config(image: &Image, vars: &Vars) -> String {
+    format!(
+        "# {} for {}\nDEFAULT cairn\nPROMPT 0\nTIMEOUT 1\n{}",
+        token(&image.name),
+        for_whom(vars),
+        pxelinux_label("cairn", image, vars)
+    )
+}
+
+/// The iPXE script that boots `image` with its files from `base` (the
+/// node's HTTP URL of the image root, no trailing slash).
+pub fn ipxe_script(image: &Image, vars: &Vars, base: &str) -> String {
+    format!(
+        "#!ipxe\n# {} for {}\n{}",
+        token(&image.name),
+        for_whom(vars),
+        ipxe_boot(image, vars, base)
+    )
 }
 
 /// One `cairnFileSha256` value of a build: a file of the image root and
@@ -442,18 +457,7 @@ pub fn pxelinux_menu(images: &[Image], vars: &Vars) -> String {
     }
     out.push_str("LABEL local\n  LOCALBOOT 0\n");
     for i in usable {
-        out.push_str(&format!(
-            "LABEL {}\n  KERNEL {}\n",
-            i.name,
-            token(&i.kernel)
-        ));
-        if !i.modules.is_empty() {
-            out.push_str(&format!("  INITRD {}\n", token(&i.modules.join(","))));
-        }
-        let append = token(&substitute(&i.append, vars));
-        if !append.trim().is_empty() {
-            out.push_str(&format!("  APPEND {append}\n"));
-        }
+        out.push_str(&pxelinux_label(&i.name, i, vars));
     }
     out
 }
@@ -476,16 +480,7 @@ pub fn ipxe_menu(images: &[Image], vars: &Vars, base: &str) -> String {
         MENU_WAIT_SECS * 1000
     ));
     for i in usable {
-        out.push_str(&format!(
-            ":{}\nkernel {base}/{} {}\n",
-            i.name,
-            token(&i.kernel),
-            token(&substitute(&i.append, vars))
-        ));
-        for m in &i.modules {
-            out.push_str(&format!("initrd {base}/{}\n", token(m)));
-        }
-        out.push_str("boot\n");
+        out.push_str(&format!(":{}\n{}", i.name, ipxe_boot(i, vars, base)));
     }
     out
 }
