@@ -23,6 +23,7 @@ pub mod dns;
 pub mod error;
 pub mod images;
 pub mod metrics;
+pub mod render;
 pub mod service;
 pub mod tftp;
 

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::images::{Denied, ImageRoot};
 use crate::pb;
+use crate::render;
 
 /// What a read request is answered with: a rendered file, or a file of
 /// the image root; either holds its client's transfer slot until the
@@ -215,14 +216,14 @@ impl Handler {
                 Err(_) => continue,
             };
             let resp = &answer.resp;
-            let Some(image) = image_of(resp) else {
+            let Some(image) = render::image_of(resp) else {
                 warn!(host = %resp.host_dn, build = %resp.boot_image, "the host's boot.image names no image entry");
                 return None;
             };
             if let Some(rule) = &answer.rule {
                 info!(client = %client, rule = %rule, host = %resp.host_dn, build = %image.name, "an unknown host boots as a deploy rule places it");
             }
-            let vars = vars_of(resp, &self.domain, client.ip(), &self.options.server);
+            let vars = render::vars_of(resp, &self.domain, client.ip(), &self.options.server);
             return Some(pxe::pxelinux_config(&image, &vars).into_bytes());
         }
         None
@@ -233,61 +234,14 @@ impl Handler {
         if !self.options.menu {
             return None;
         }
-        let images = match self.model.images().await {
-            Ok(i) => i,
+        let menu = render::menu(&self.model, &self.domain, client.ip(), &self.options.server);
+        match menu.await {
+            Ok((images, vars)) => Some(pxe::pxelinux_menu(&images, &vars).into_bytes()),
             Err(e) => {
                 warn!(cause = %e, "cannot read the image library for the boot menu");
-                return None;
+                None
             }
-        };
-        let images: Vec<pxe::Image> = images.iter().map(|b| image_from_pb(&b.image)).collect();
-        let vars = pxe::Vars::from([
-            ("domain", self.domain.clone()),
-            ("ip", client.ip().to_string()),
-            ("server", self.options.server.clone()),
-        ]);
-        Some(pxe::pxelinux_menu(&images, &vars).into_bytes())
-    }
-}
-
-/// The values a boot file of the host `resp` answers for may use
-/// (`pxe::Vars`), the host asking from `ip` the node it reaches at
-/// `server`.
-pub fn vars_of(
-    resp: &pb::PullResponse,
-    domain: &str,
-    ip: std::net::IpAddr,
-    server: &str,
-) -> pxe::Vars {
-    let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
-        .ok()
-        .and_then(|d| {
-            d.rdn()
-                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
-        })
-        .unwrap_or_default();
-    pxe::Vars::from([
-        ("hostname", hostname),
-        ("domain", domain.to_string()),
-        ("dn", resp.host_dn.clone()),
-        ("image", resp.boot_image.clone()),
-        ("ip", ip.to_string()),
-        ("server", server.to_string()),
-    ])
-}
-
-/// The build a pull answer names, as the renderer takes it.
-pub fn image_of(resp: &pb::PullResponse) -> Option<pxe::Image> {
-    resp.image.as_ref().map(image_from_pb)
-}
-
-/// A build as the renderer takes it.
-pub fn image_from_pb(i: &pb::BootImage) -> pxe::Image {
-    pxe::Image {
-        name: i.name.clone(),
-        kernel: i.kernel.clone(),
-        modules: i.modules.clone(),
-        append: i.append.clone(),
+        }
     }
 }
 

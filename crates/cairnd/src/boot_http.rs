@@ -108,13 +108,13 @@ async fn script(
             continue;
         };
         let resp = &answer.resp;
-        let Some(image) = cairn_boot::tftp::image_of(resp) else {
+        let Some(image) = cairn_boot::render::image_of(resp) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("{}: boot.image names no image entry\n", resp.host_dn),
             );
         };
-        let vars = cairn_boot::tftp::vars_of(resp, &b.domain, client.ip(), server_of(&headers));
+        let vars = cairn_boot::render::vars_of(resp, &b.domain, client.ip(), server_of(&headers));
         let body = pxe::ipxe_script(&image, &vars, &base);
         match &answer.rule {
             Some(rule) => {
@@ -132,17 +132,9 @@ async fn script(
             .into_response();
     }
     if b.menu {
-        match b.model.images().await {
-            Ok(images) => {
-                let images: Vec<pxe::Image> = images
-                    .iter()
-                    .map(|b| cairn_boot::tftp::image_from_pb(&b.image))
-                    .collect();
-                let vars = pxe::Vars::from([
-                    ("domain", b.domain.clone()),
-                    ("ip", client.ip().to_string()),
-                    ("server", server_of(&headers).to_string()),
-                ]);
+        let menu = cairn_boot::render::menu(&b.model, &b.domain, client.ip(), server_of(&headers));
+        match menu.await {
+            Ok((images, vars)) => {
                 info!(client = %client, "iPXE boot menu for an unknown host");
                 return text(StatusCode::OK, pxe::ipxe_menu(&images, &vars, &base));
             }
