@@ -180,30 +180,17 @@ fn issue_13_cairn_image_add_puts_a_build_on_every_node_of_every_site_and_nodes_r
     ));
     ok(site.cairn(1, &["image", "rm", "v1"]));
     // Added once: the same name again is refused.
-    ok(site.cairn(
-        1,
-        &[
-            "image",
-            "add",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "v2",
-            "--kernel",
-            "vmlinuz",
-        ],
-    ));
-    let again = site.cairn(
-        1,
-        &[
-            "image",
-            "add",
-            dir.path().to_str().unwrap(),
-            "--name",
-            "v2",
-            "--kernel",
-            "vmlinuz",
-        ],
-    );
+    let add_v2 = [
+        "image",
+        "add",
+        dir.path().to_str().unwrap(),
+        "--name",
+        "v2",
+        "--kernel",
+        "vmlinuz",
+    ];
+    ok(site.cairn(1, &add_v2));
+    let again = site.cairn(1, &add_v2);
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("not changed once added"),

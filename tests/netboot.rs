@@ -99,10 +99,16 @@ fn add_build(n: &Node, assets: &Path, name: &str, append: &str) {
         std::fs::copy(assets.join(f), root.join(f)).unwrap();
     }
     let dir = build_dir(assets, name);
-    ok(n.cairn(&[
+    ok(n.cairn(&image_add(&dir, name, append)));
+}
+
+/// `cairn image add` of the build in `dir` (from [`build_dir`]) as
+/// `name`, its modules in order, with the command line `append`.
+fn image_add<'a>(dir: &'a tempfile::TempDir, name: &'a str, append: &'a str) -> [&'a str; 13] {
+    [
         "image",
         "add",
-        dir.path().to_str().unwrap(),
+        dir.path().to_str().expect("a UTF-8 temporary path"),
         "--name",
         name,
         "--kernel",
@@ -113,7 +119,7 @@ fn add_build(n: &Node, assets: &Path, name: &str, append: &str) {
         "build.gz",
         "--append",
         append,
-    ]));
+    ]
 }
 
 /// Boots the guest under QEMU's user networking with `bootfile` as its
@@ -732,21 +738,7 @@ fn issue_13_a_host_of_west_boots_and_pulls_from_west_with_east_gone() {
     );
     for b in ["build-1", "build-2"] {
         let dir = build_dir(&assets, b);
-        ok(east.cairn_cli(&[
-            "image",
-            "add",
-            dir.path().to_str().unwrap(),
-            "--name",
-            b,
-            "--kernel",
-            "vmlinuz",
-            "--initrd",
-            "base.gz",
-            "--initrd",
-            "build.gz",
-            "--append",
-            &append,
-        ]));
+        ok(east.cairn_cli(&image_add(&dir, b, &append)));
     }
     // West holds the host on build-2, and every file of build-2, checked.
     wait_until("build-2 at west", Duration::from_secs(90), || {
