@@ -37,6 +37,29 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ValidEntry, Error> {
     }
 }
 
+/// The first field of a stored entry: its DN, without decoding its
+/// attributes (bincode stops after it).
+#[derive(Deserialize)]
+enum StoredEntryDn {
+    V1(EntryDn),
+}
+
+#[derive(Deserialize)]
+struct EntryDn {
+    dn: cairn_core::dn::Dn,
+}
+
+/// The DN of a stored entry ([`encode_entry`]), read without its
+/// attributes.
+pub fn decode_entry_dn(bytes: &[u8]) -> Result<cairn_core::dn::Dn, Error> {
+    let (v, _): (StoredEntryDn, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|err| Error::Corrupt(format!("cannot decode entry: {err}")))?;
+    match v {
+        StoredEntryDn::V1(e) => Ok(e.dn),
+    }
+}
+
 /// A stored entry state ([`Table::State`]), tagged with its format version.
 #[derive(Serialize, Deserialize)]
 enum StoredState<S> {
@@ -273,6 +296,7 @@ mod tests {
                 .unwrap();
         assert_eq!(bytes, owned);
         assert_eq!(decode_entry(&bytes).unwrap(), e);
+        assert_eq!(&decode_entry_dn(&bytes).unwrap(), e.dn());
     }
 
     /// Change log rows written before changes carried their audit still

@@ -645,6 +645,14 @@ impl Directory {
         }
     }
 
+    /// The DN an entry is shown at, without decoding its attributes.
+    fn shown_dn(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Dn>, Error> {
+        match snap.get(Table::Entries, uuid.as_bytes())? {
+            Some(v) => Ok(Some(crate::codec::decode_entry_dn(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn load_dn(snap: &dyn Snapshot, dn: &Dn) -> Result<Option<(Uuid, ValidEntry)>, Error> {
         let Some(u) = Self::uuid_of(snap, dn)? else {
             return Ok(None);

@@ -40,7 +40,7 @@ use crate::Error;
 use crate::codec::{
     decode_csn, decode_state, decode_state_head, encode_change, encode_csn, encode_state,
 };
-use crate::engine::{Batch, Snapshot, Table, WriteTxn};
+use crate::engine::{Batch, Scratch, Snapshot, Table, WriteTxn};
 
 /// The RDN of the container entries whose parent was deleted at another
 /// site are shown under, below each naming context.
@@ -68,22 +68,15 @@ pub struct Dropped {
     pub later: Vec<String>,
 }
 
-/// The transaction a plan runs in is thrown away with this.
-const PLAN_ONLY: &str = "plan only: the transaction is not kept";
-
 /// How the changes of one transaction reach the change log and the
 /// vector: the log's next position is read once, and each origin's vector
 /// row is written once, at the end ([`Directory::end_log`]), instead of a
-/// seek and a read and a write per change. A transaction that is thrown
-/// away (a plan) writes neither. Outside such a transaction each change
-/// is logged on its own.
+/// seek and a read and a write per change. A plan ([`Scratch`]) writes
+/// neither. Outside such a transaction each change is logged on its own.
 #[derive(Debug, Default)]
 pub(crate) struct LogCursor {
     /// A transaction opened it ([`Directory::begin_log`]).
     active: bool,
-    /// Whether it keeps what it logs (false: a plan's throw-away
-    /// transaction, which needs neither).
-    keep: bool,
     next: Option<u64>,
     vector: std::collections::BTreeMap<Origin, Csn>,
 }
@@ -588,23 +581,17 @@ impl Directory {
         csns: &[Csn],
         overlay: &[&[Change]],
     ) -> Result<Vec<Result<Planned, Error>>, Error> {
-        let mut results = Vec::with_capacity(ops.len());
-        let _lock = self.lock();
-        let outcome = self.engine.write(&mut |txn| {
-            // Thrown away: the change log and the vector are not written.
-            self.begin_log(false);
-            for c in overlay.iter().flat_map(|o| o.iter()) {
-                self.apply_change(txn, c)?;
-            }
-            results = self.plan_in(txn, ops, csns, true)?;
-            Err(Error::Storage(PLAN_ONLY.into()))
-        });
-        self.end_log_abandoned();
-        match outcome {
-            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(results),
-            Err(e) => Err(e),
-            Ok(()) => Err(Error::Storage("a plan was committed".into())),
+        // In memory over a read view, not in a write transaction of the
+        // engine: the writes applied meanwhile are not held up, and no
+        // page of the store is copied for a plan. A view that later
+        // commits change (sled's) is consistent only while writers wait.
+        let _lock = (!self.engine.isolated_snapshots()).then(|| self.lock());
+        let snap = self.engine.snapshot()?;
+        let mut txn = Scratch::new(&*snap);
+        for c in overlay.iter().flat_map(|o| o.iter()) {
+            self.apply_change(&mut txn, c)?;
         }
+        self.plan_in(&mut txn, ops, csns, true)
     }
 
     /// Whether `changes` would apply here, without keeping anything: a
@@ -795,7 +782,7 @@ impl Directory {
         let mut effects = Vec::with_capacity(changes.len());
         self.write_txn(durable, &mut |txn| {
             effects.clear();
-            self.begin_log(true);
+            self.begin_log();
             let mut run = || -> Result<(), Error> {
                 for c in changes {
                     effects.push(self.apply_change(txn, c.borrow())?);
@@ -1002,9 +989,15 @@ impl Directory {
             _ => None,
         };
         let place = Self::place_of(&state);
-        self.store_merged(txn, b, before, &state, attrs_only)?;
+        // A change of attributes re-shown in place returns the entry it
+        // showed: the shown entry is decoded once, not three times.
+        let attrs_only = attrs_only.map(|a| (a, shown_before.clone()));
+        let reshown = self.store_merged(txn, b, before, &state, attrs_only)?;
         if let Some(at) = logged {
-            let after = Self::load(&*txn, change.uuid)?;
+            let after = match reshown {
+                Some(e) => Some(e),
+                None => Self::load(&*txn, change.uuid)?,
+            };
             let mut b = Batch::default();
             let shown = (shown_before.as_ref(), after.as_ref(), place);
             self.record_change(&*txn, &mut b, at, change, shown)?;
@@ -1019,12 +1012,11 @@ impl Directory {
         state.deleted_at.clone()
     }
 
-    /// Starts the change log's cursor for a transaction (`keep` false: a
-    /// plan that is thrown away, which logs nothing).
-    pub(super) fn begin_log(&self, keep: bool) {
+    /// Starts the change log's cursor for a transaction (under the
+    /// writer lock).
+    pub(super) fn begin_log(&self) {
         *self.log.lock().unwrap_or_else(|p| p.into_inner()) = LogCursor {
             active: true,
-            keep,
             ..LogCursor::default()
         };
     }
@@ -1038,7 +1030,7 @@ impl Directory {
     /// vector row, raised.
     pub(super) fn end_log(&self, txn: &mut dyn WriteTxn) -> Result<(), Error> {
         let cursor = std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()));
-        if !cursor.active || !cursor.keep {
+        if !cursor.active {
             return Ok(());
         }
         let mut b = Batch::default();
@@ -1051,11 +1043,11 @@ impl Directory {
     /// Whether the vector (with what the transaction's cursor gathered)
     /// already holds `csn`.
     fn vector_holds(&self, txn: &dyn Snapshot, csn: &Csn) -> Result<bool, Error> {
+        if txn.is_scratch() {
+            return Ok(true);
+        }
         {
             let cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            if cursor.active && !cursor.keep {
-                return Ok(true);
-            }
             if cursor.vector.get(&csn.origin).is_some_and(|h| h >= csn) {
                 return Ok(true);
             }
@@ -1069,18 +1061,17 @@ impl Directory {
 
     /// Appends `change` to the change log (in `b`) and raises the vector:
     /// through the transaction's cursor, or on its own outside one.
-    /// Returns the change's position in the log (none in a plan that is
-    /// thrown away).
+    /// Returns the change's position in the log (none in a plan).
     fn log_change(
         &self,
         txn: &dyn Snapshot,
         b: &mut Batch,
         change: &Change,
     ) -> Result<Option<u64>, Error> {
-        let mut cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if cursor.active && !cursor.keep {
+        if txn.is_scratch() {
             return Ok(None);
         }
+        let mut cursor = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let seq = match cursor.next.filter(|_| cursor.active) {
             Some(n) => n,
             None => Self::last_position(txn)? + 1,
@@ -1105,15 +1096,17 @@ impl Directory {
     /// Stores an entry's new state, with `b`, and shows it: its place in
     /// the list of dropped changes, its claim on its name, and the
     /// entries whose place it may have changed. `attrs_only` is a change
-    /// of those attributes alone, which may be shown again in place.
+    /// of those attributes alone (with the entry as shown, when the
+    /// caller read it), which may be shown again in place: then the entry
+    /// it showed is returned.
     fn store_merged(
         &self,
         txn: &mut dyn WriteTxn,
         mut b: Batch,
         before: Before,
         state: &EntryState,
-        attrs_only: Option<&[AttrChange]>,
-    ) -> Result<(), Error> {
+        attrs_only: Option<(&[AttrChange], Option<ValidEntry>)>,
+    ) -> Result<Option<ValidEntry>, Error> {
         let uuid = state.uuid;
         let naming = before.naming;
         let new_claim = if naming { Self::claim(state)? } else { None };
@@ -1149,10 +1142,10 @@ impl Directory {
             b.put(Table::Names, key.clone(), encode_csn(csn)?);
         }
         txn.apply(&b)?;
-        if let Some(attrs) = attrs_only
-            && self.reshow_in_place(&mut *txn, uuid, state, attrs)?
+        if let Some((attrs, shown)) = attrs_only
+            && let Some(new) = self.reshow_in_place(&mut *txn, uuid, state, attrs, shown)?
         {
-            return Ok(());
+            return Ok(Some(new));
         }
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
@@ -1174,7 +1167,8 @@ impl Directory {
         // claimants too): placing one queues whatever it moves.
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        self.place_all(txn, work)
+        self.place_all(txn, work)?;
+        Ok(None)
     }
 
     /// The common case: a change of attributes only, to an entry shown in
@@ -1182,22 +1176,28 @@ impl Directory {
     /// the change touched are shown again and checked (with the entry's
     /// class rules), not the whole entry. None when that does not apply
     /// or the result breaks the schema: the caller re-places the entry in
-    /// full, which marks the conflict. Returns whether it re-showed it.
+    /// full, which marks the conflict. `shown` is the entry as shown, when
+    /// the caller has it. Returns the entry it showed.
     fn reshow_in_place(
         &self,
         txn: &mut dyn WriteTxn,
         uuid: Uuid,
         state: &EntryState,
         attrs: &[AttrChange],
-    ) -> Result<bool, Error> {
+        shown: Option<ValidEntry>,
+    ) -> Result<Option<ValidEntry>, Error> {
         if !state.is_live() || attrs.iter().any(|a| a.key == "entryuuid") {
-            return Ok(false);
+            return Ok(None);
         }
-        let Some(shown) = Self::load(&*txn, uuid)? else {
-            return Ok(false);
+        let shown = match shown {
+            Some(e) => e,
+            None => match Self::load(&*txn, uuid)? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
         };
         if shown.get("cairnconflict").is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         let keys: BTreeSet<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
         let old_index = keys
@@ -1214,11 +1214,11 @@ impl Directory {
             })
             .collect();
         let Ok(new) = self.schema.revalidate(shown, updates) else {
-            return Ok(false);
+            return Ok(None);
         };
         if Self::oversized(&new).is_some() {
             // Shown as a stub: placed in full.
-            return Ok(false);
+            return Ok(None);
         }
         #[cfg(test)]
         {
@@ -1248,7 +1248,7 @@ impl Directory {
         }
         self.put_entry(&mut b, uuid, &new)?;
         txn.apply(&b)?;
-        Ok(true)
+        Ok(Some(new))
     }
 
     /// Re-places entries until nothing more moves. An entry whose shown
@@ -1314,12 +1314,12 @@ impl Directory {
         let parent_state = Self::load_head(snap, parent)?;
         let parent_live = parent_state.as_ref().is_some_and(StateHead::is_live);
         let shown_parent = if parent_live {
-            Self::load(snap, parent)?
+            Self::shown_dn(snap, parent)?
         } else {
             None
         };
         let parent_dn = match shown_parent {
-            Some(p) => p.dn().clone(),
+            Some(p) => p,
             None => {
                 let lost = self.lost_and_found_dn()?;
                 // Where the parent was when it was deleted (a parent that
@@ -1667,17 +1667,17 @@ impl Directory {
         let cut = self.cycle_cut(&*txn, uuid)?;
         if let Some(cut) = cut
             && cut != uuid
-            && Self::load(&*txn, cut)?.is_some_and(|c| c.dn().parent().as_ref() != Some(&lost))
+            && Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(&lost))
         {
             self.place_at(txn, cut, work, depth + 1)?;
         }
         if cut != Some(uuid)
-            && let Some(o) = &Self::load(&*txn, uuid)?
+            && let Some(o) = &Self::shown_dn(&*txn, uuid)?
             && let Some(state) = Self::load_head(&*txn, uuid)?
             && let Some((_, name)) = &state.name
             && let Some(p) = name.parent
             && p != uuid
-            && Self::load(&*txn, p)?.is_some_and(|pe| pe.dn().is_descendant_of(o.dn()))
+            && Self::shown_dn(&*txn, p)?.is_some_and(|pe| pe.is_descendant_of(o))
         {
             self.place_at(txn, p, work, depth + 1)?;
         }
@@ -1954,21 +1954,14 @@ impl Directory {
         self.dry_run(&mut |txn| self.resync_end_in(txn, held, vector, forgotten).map(|_| ()))
     }
 
-    /// Runs `f` in a write transaction that is thrown away.
+    /// Runs `f` in a transaction that is thrown away ([`Scratch`]).
     fn dry_run(
         &self,
         f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let _lock = self.lock();
-        let outcome = self.engine.write(&mut |txn| {
-            f(txn)?;
-            Err(Error::Storage(PLAN_ONLY.into()))
-        });
-        match outcome {
-            Err(Error::Storage(m)) if m == PLAN_ONLY => Ok(()),
-            Err(e) => Err(e),
-            Ok(()) => Err(Error::Storage("a dry run was committed".into())),
-        }
+        let _lock = (!self.engine.isolated_snapshots()).then(|| self.lock());
+        let snap = self.engine.snapshot()?;
+        f(&mut Scratch::new(&*snap))
     }
 
     /// Ends a rebuild from a peer, once every page of its states is in

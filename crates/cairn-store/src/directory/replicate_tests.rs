@@ -346,6 +346,44 @@ fn a_refused_write_makes_no_change_and_the_next_write_still_plans() {
     assert!(s.get("cn=h5,ou=hosts,dc=example,dc=com").is_none());
 }
 
+/// A leader plans the next batch while the one before it is applied: a
+/// plan reads a view with the changes in flight laid over it, and never
+/// waits for the store's writer (with redb, whose views are isolated).
+#[test]
+fn a_plan_does_not_wait_for_the_writer_and_sees_the_changes_in_flight() {
+    let mut all = sites(1);
+    let s = &mut all[0];
+    let csns: Vec<Csn> = s.hlc.stamp(s.now_ms + 1, s.origin, 2).collect();
+    let first = s.dir.plan_changes(&[&host("h7")], &csns[..1], &[]).unwrap();
+    let in_flight: Vec<Change> = first
+        .into_iter()
+        .map(|r| r.unwrap().1.expect("an add plans a change"))
+        .collect();
+    let modify = modify_op(
+        "cn=h7,ou=hosts,dc=example,dc=com",
+        ModOp::Add,
+        "description",
+        &["planned over a change in flight"],
+    );
+    // The writer is busy (this thread holds its lock, as an apply does):
+    // a plan that took it would never return.
+    let writer = s.dir.lock();
+    let planned = s
+        .dir
+        .plan_changes(&[&modify], &csns[1..], &[&in_flight])
+        .unwrap();
+    drop(writer);
+    let Ok((Applied::Entry(e), Some(_))) = &planned[0] else {
+        panic!("the modify plans against the add in flight: {planned:?}");
+    };
+    assert_eq!(
+        e.get("description").unwrap().values,
+        ["planned over a change in flight"]
+    );
+    // Nothing of either plan is in the store.
+    assert!(s.get("cn=h7,ou=hosts,dc=example,dc=com").is_none());
+}
+
 #[test]
 fn a_change_applied_twice_or_by_two_paths_changes_nothing() {
     let mut all = sites(3);

@@ -7,12 +7,14 @@
 
 mod faulty;
 mod redb_engine;
+mod scratch;
 mod sled_engine;
 
 use std::path::Path;
 
 pub use faulty::StoreFaults;
 pub use redb_engine::RedbEngine;
+pub use scratch::Scratch;
 pub use sled_engine::SledEngine;
 
 use crate::Error;
@@ -195,6 +197,12 @@ pub trait Snapshot {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
         self.scan_from(table, prefix, &mut |k, v| k.starts_with(prefix) && f(k, v))
+    }
+    /// Whether writes through this view are never kept ([`Scratch`]: a
+    /// plan's), so nothing is written for later readers (the change log,
+    /// the vector).
+    fn is_scratch(&self) -> bool {
+        false
     }
 }
 

@@ -95,8 +95,35 @@ fn last(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Option<R
         .map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
 }
 
+/// A read transaction keeps each table open once opened, as a write
+/// transaction does: a plan reads through one many times.
 struct RedbSnapshot {
     txn: redb::ReadTransaction,
+    tables: std::cell::RefCell<[Option<ReadTable>; Table::ALL.len()]>,
+}
+
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+impl RedbSnapshot {
+    /// Runs `f` on an open table (opened on first use).
+    fn with_table<T>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&ReadTable) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let slot = table.slot();
+        if let Some(t) = &self.tables.borrow()[slot] {
+            return f(t);
+        }
+        let t = self.txn.open_table(def(table)).map_err(storage)?;
+        let out = f(&t);
+        // Kept unless a scan of another table is running (a read from
+        // inside its callback): then it is opened again next time.
+        if let Ok(mut tables) = self.tables.try_borrow_mut() {
+            tables[slot] = Some(t);
+        }
+        out
+    }
 }
 
 type RedbTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
@@ -137,8 +164,7 @@ impl<'t> RedbWriteTxn<'t> {
 
 impl Snapshot for RedbSnapshot {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        get(&t, key)
+        self.with_table(table, |t| get(t, key))
     }
 
     fn scan_from(
@@ -147,13 +173,11 @@ impl Snapshot for RedbSnapshot {
         start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        scan(&t, start, f)
+        self.with_table(table, |t| scan(t, start, f))
     }
 
     fn last(&self, table: Table) -> Result<Option<Row>, Error> {
-        let t = self.txn.open_table(def(table)).map_err(storage)?;
-        last(&t)
+        self.with_table(table, last)
     }
 }
 
@@ -195,6 +219,7 @@ impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error> {
         Ok(Box::new(RedbSnapshot {
             txn: self.db.begin_read().map_err(storage)?,
+            tables: Default::default(),
         }))
     }
 
