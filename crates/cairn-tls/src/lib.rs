@@ -518,12 +518,30 @@ impl rustls::client::danger::ServerCertVerifier for DeploymentVerifier {
 }
 
 /// The node that presented the first of `certs` (a verified chain).
+/// Every peer request asks this of its connection's certificate: the
+/// names of the certificates seen are kept (by their exact bytes, at most
+/// [`PEER_NAMES_KEPT`]), so a certificate is parsed once, not once per
+/// Raft message.
 pub fn peer_node(certs: Option<&[CertificateDer<'_>]>) -> Result<NodeName, String> {
     let first = certs
         .and_then(|c| c.first())
         .ok_or("no client certificate")?;
-    identity::node_of(first).map_err(|e| e.to_string())
+    static NAMES: Mutex<Option<std::collections::HashMap<Vec<u8>, NodeName>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let names = names.get_or_insert_with(Default::default);
+    if let Some(n) = names.get(first.as_ref()) {
+        return Ok(n.clone());
+    }
+    let n = identity::node_of(first).map_err(|e| e.to_string())?;
+    if names.len() >= PEER_NAMES_KEPT {
+        names.clear();
+    }
+    names.insert(first.as_ref().to_vec(), n.clone());
+    Ok(n)
 }
+
+/// How many peer certificates' names [`peer_node`] keeps.
+pub const PEER_NAMES_KEPT: usize = 256;
 
 /// A client-side TLS handshake to another node over `tcp`, presenting this
 /// node's certificate, within `timeout`; answers the node the other side's
@@ -619,6 +637,31 @@ mod tests {
             .await
             .map_err(|e| e.to_string())?;
         peer_node(s.get_ref().1.peer_certificates())
+    }
+
+    /// A certificate's name is parsed once and then recalled by its exact
+    /// bytes; each certificate keeps its own name, and one that names no
+    /// node is refused every time.
+    #[test]
+    fn peer_names_are_recalled_per_certificate() {
+        let ca = ca::Ca::create("test").unwrap();
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let a = NodeName::new("east", 1);
+        let b = NodeName::new("west", 1);
+        let cert_a = der(&ca.issue(&["a".into()], Some(&a)).unwrap().cert_pem);
+        let cert_b = der(&ca.issue(&["b".into()], Some(&b)).unwrap().cert_pem);
+        let plain = der(&ca.issue(&["c".into()], None).unwrap().cert_pem);
+        for _ in 0..2 {
+            assert_eq!(peer_node(Some(std::slice::from_ref(&cert_a))).unwrap(), a);
+            assert_eq!(peer_node(Some(std::slice::from_ref(&cert_b))).unwrap(), b);
+            assert!(peer_node(Some(std::slice::from_ref(&plain))).is_err());
+        }
+        assert!(peer_node(None).is_err());
     }
 
     #[tokio::test]
