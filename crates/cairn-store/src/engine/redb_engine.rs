@@ -98,8 +98,9 @@ fn last(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Option<R
 /// A read transaction keeps each table open once opened, as a write
 /// transaction does: a plan reads through one many times.
 struct RedbSnapshot {
-    txn: redb::ReadTransaction,
+    // Fields drop in order: the open tables before their transaction.
     tables: std::cell::RefCell<[Option<ReadTable>; Table::ALL.len()]>,
+    txn: redb::ReadTransaction,
 }
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -218,8 +219,8 @@ impl WriteTxn for RedbWriteTxn<'_> {
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, Error> {
         Ok(Box::new(RedbSnapshot {
-            txn: self.db.begin_read().map_err(storage)?,
             tables: Default::default(),
+            txn: self.db.begin_read().map_err(storage)?,
         }))
     }
 
