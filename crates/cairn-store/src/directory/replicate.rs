@@ -581,17 +581,12 @@ impl Directory {
         csns: &[Csn],
         overlay: &[&[Change]],
     ) -> Result<Vec<Result<Planned, Error>>, Error> {
-        // In memory over a read view, not in a write transaction of the
-        // engine: the writes applied meanwhile are not held up, and no
-        // page of the store is copied for a plan. A view that later
-        // commits change (sled's) is consistent only while writers wait.
-        let _lock = (!self.engine.isolated_snapshots()).then(|| self.lock());
-        let snap = self.engine.snapshot()?;
-        let mut txn = Scratch::new(&*snap);
-        for c in overlay.iter().flat_map(|o| o.iter()) {
-            self.apply_change(&mut txn, c)?;
-        }
-        self.plan_in(&mut txn, ops, csns, true)
+        self.dry_run(&mut |txn| {
+            for c in overlay.iter().flat_map(|o| o.iter()) {
+                self.apply_change(txn, c)?;
+            }
+            self.plan_in(txn, ops, csns, true)
+        })
     }
 
     /// Whether `changes` would apply here, without keeping anything: a
@@ -1954,11 +1949,15 @@ impl Directory {
         self.dry_run(&mut |txn| self.resync_end_in(txn, held, vector, forgotten).map(|_| ()))
     }
 
-    /// Runs `f` in a transaction that is thrown away ([`Scratch`]).
-    fn dry_run(
+    /// Runs `f` in a transaction that is thrown away: in memory over a
+    /// read view ([`Scratch`]), not in a write transaction of the engine,
+    /// so the writes applied meanwhile are not held up and no page of the
+    /// store is copied. A view that later commits change (sled's) is
+    /// consistent only while writers wait: then the writer lock is held.
+    fn dry_run<T>(
         &self,
-        f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+        f: &mut dyn FnMut(&mut dyn WriteTxn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let _lock = (!self.engine.isolated_snapshots()).then(|| self.lock());
         let snap = self.engine.snapshot()?;
         f(&mut Scratch::new(&*snap))
