@@ -84,9 +84,9 @@ impl Directory {
             encode_record(&record)?,
         );
         b.put(
-            Table::AuditByEntry,
-            by_entry_key(change.uuid, position),
-            vec![],
+            Table::AuditEntries,
+            position.to_be_bytes().to_vec(),
+            change.uuid.as_bytes().to_vec(),
         );
         Ok(())
     }
@@ -145,24 +145,39 @@ impl Directory {
     }
 
     /// The audit records of entry `uuid`, oldest first, with their
-    /// positions.
+    /// positions. Found by a scan of [`Table::AuditEntries`] (24 bytes a
+    /// record: the trail's entry column alone), plus the by-entry index
+    /// rows of records written before it.
     pub fn audit_of(&self, uuid: Uuid) -> Result<Vec<(u64, Record)>, Error> {
         let snap = self.engine.snapshot()?;
-        let mut positions = vec![];
-        let mut bad = false;
-        snap.scan_prefix(Table::AuditByEntry, uuid.as_bytes(), &mut |k, _| {
-            match k.get(16..).map(position_key) {
-                Some(Ok(p)) => positions.push(p),
-                _ => bad = true,
+        let mut positions = BTreeSet::new();
+        let mut bad = None;
+        snap.scan_from(Table::AuditEntries, &[], &mut |k, v| {
+            match position_key(k) {
+                Ok(p) if v == uuid.as_bytes() => {
+                    positions.insert(p);
+                }
+                Ok(_) if v.len() == 16 => {}
+                Ok(_) => bad = Some("audit_entries"),
+                Err(_) => bad = Some("audit_entries"),
             }
             true
         })?;
-        if bad {
-            return Err(Error::Corrupt("bad key in audit_by_entry table".into()));
+        snap.scan_prefix(Table::AuditByEntry, uuid.as_bytes(), &mut |k, _| {
+            match k.get(16..).map(position_key) {
+                Some(Ok(p)) => {
+                    positions.insert(p);
+                }
+                _ => bad = Some("audit_by_entry"),
+            }
+            true
+        })?;
+        if let Some(t) = bad {
+            return Err(Error::Corrupt(format!("bad row in {t} table")));
         }
         let mut out = Vec::with_capacity(positions.len());
         for p in positions {
-            // A record purged since its index key was read: skipped.
+            // A record purged since its entry row was read: skipped.
             if let Some(v) = snap.get(Table::Audit, &p.to_be_bytes())? {
                 out.push((p, decode_record(&v)?));
             }
@@ -211,7 +226,10 @@ impl Directory {
         }
         let mut b = Batch::default();
         for (k, uuid) in &old {
+            // (A record written before `audit_entries` has its row in the
+            // by-entry index instead; deleting the one it lacks is a no-op.)
             b.delete(Table::AuditByEntry, by_entry_key(*uuid, position_key(k)?));
+            b.delete(Table::AuditEntries, k.clone());
             b.delete(Table::Audit, k.clone());
         }
         if !old.is_empty() {

@@ -1817,6 +1817,74 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
     assert_eq!(a.dir.purge_audit(cut, 1000).unwrap(), 0);
 }
 
+/// An entry's audit records are found through the trail's entry column
+/// (`audit_entries`, one short row per record, in position order): a
+/// change writes no row keyed by its entry. Records written before that
+/// column, indexed by entry instead (`audit_by_entry`), are still found
+/// with the new ones, and retention drops their index rows with them.
+#[test]
+fn an_entrys_audit_records_are_found_by_the_entry_column_and_the_old_index() {
+    use crate::engine::{Batch, Table};
+    let mut all = sites(1);
+    let a = &mut all[0];
+    let added = a.write_by("cn=admin", host("c1"));
+    let uuid = added.into_entry().unwrap().uuid().unwrap();
+    let other = a
+        .write_by("cn=admin", host("c2"))
+        .into_entry()
+        .unwrap()
+        .uuid()
+        .unwrap();
+    a.write_by(
+        "cn=admin",
+        modify_op(
+            &format!("cn=c1,{HOSTS}"),
+            ModOp::Replace,
+            "description",
+            &["x"],
+        ),
+    );
+    let trail = a.dir.audit_of(uuid).unwrap();
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    let engine = a.dir.engine();
+    let snap = engine.snapshot().unwrap();
+    let mut by_entry = 0;
+    snap.scan_from(Table::AuditByEntry, &[], &mut |_, _| {
+        by_entry += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(by_entry, 0, "no change writes a row keyed by its entry");
+    for (p, _) in &trail {
+        assert_eq!(
+            snap.get(Table::AuditEntries, &p.to_be_bytes())
+                .unwrap()
+                .as_deref(),
+            Some(uuid.as_bytes().as_slice())
+        );
+    }
+    drop(snap);
+
+    // The first record as an older release wrote it: indexed by entry,
+    // with no row in the entry column.
+    let first = trail[0].0;
+    let mut old_key = uuid.as_bytes().to_vec();
+    old_key.extend_from_slice(&first.to_be_bytes());
+    let mut b = Batch::default();
+    b.delete(Table::AuditEntries, first.to_be_bytes().to_vec());
+    b.put(Table::AuditByEntry, old_key.clone(), vec![]);
+    engine.write(&mut |txn| txn.apply(&b)).unwrap();
+    assert_eq!(a.dir.audit_of(uuid).unwrap(), trail);
+    assert_eq!(a.dir.audit_of(other).unwrap().len(), 1);
+
+    // Retention drops the old index row with its record.
+    let cut = trail[1].1.csn.ms;
+    assert!(a.dir.purge_audit(cut, 1000).unwrap() >= 1);
+    assert_eq!(a.dir.audit_of(uuid).unwrap(), trail[1..]);
+    let snap = engine.snapshot().unwrap();
+    assert_eq!(snap.get(Table::AuditByEntry, &old_key).unwrap(), None);
+}
+
 /// A change from another site whose audit record names a site other than
 /// the one that stamped it is refused before it is logged.
 #[test]

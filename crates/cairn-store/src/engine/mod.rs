@@ -60,8 +60,15 @@ pub enum Table {
     /// This node's own: not in snapshots.
     Audit,
     /// entryUUID ‖ change log position → empty: each entry's audit
-    /// records, for `cairn history`.
+    /// records, as written before [`Table::AuditEntries`] replaced it.
+    /// Still read and purged; no longer written.
     AuditByEntry,
+    /// Change log position (u64 BE) → entryUUID: whose each audit record
+    /// is, for `cairn history`, found by a scan of these short rows.
+    /// Appended in position order, so a change costs no random B-tree
+    /// leaf here (an index keyed by entry did, on every node, for every
+    /// change; `docs/benchmarks.md`).
+    AuditEntries,
     /// What this site can no longer send another (`Directory::purge`):
     /// `horizon` → the CSN of its last purge, and origin (as in
     /// [`Table::Vector`]) → the highest CSN of a change of that origin
@@ -70,7 +77,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Entries,
         Table::Dn,
         Table::Children,
@@ -84,6 +91,7 @@ impl Table {
         Table::Forgotten,
         Table::Audit,
         Table::AuditByEntry,
+        Table::AuditEntries,
     ];
 
     /// The tables that hold the directory itself (what a snapshot
@@ -119,6 +127,7 @@ impl Table {
             Table::Forgotten => 10,
             Table::Audit => 11,
             Table::AuditByEntry => 12,
+            Table::AuditEntries => 13,
         }
     }
 
@@ -137,6 +146,7 @@ impl Table {
             Table::Forgotten => "forgotten",
             Table::Audit => "audit",
             Table::AuditByEntry => "audit_by_entry",
+            Table::AuditEntries => "audit_entries",
         }
     }
 }

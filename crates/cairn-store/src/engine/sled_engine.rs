@@ -30,6 +30,7 @@ fn tag(t: Table) -> u8 {
         Table::Forgotten => 11,
         Table::Audit => 12,
         Table::AuditByEntry => 13,
+        Table::AuditEntries => 14,
     }
 }
 
