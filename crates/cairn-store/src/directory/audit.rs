@@ -158,8 +158,7 @@ impl Directory {
                     positions.insert(p);
                 }
                 Ok(_) if v.len() == 16 => {}
-                Ok(_) => bad = Some("audit_entries"),
-                Err(_) => bad = Some("audit_entries"),
+                _ => bad = Some("audit_entries"),
             }
             true
         })?;

@@ -63,8 +63,9 @@ pub enum Table {
     /// records, as written before [`Table::AuditEntries`] replaced it.
     /// Still read and purged; no longer written.
     AuditByEntry,
-    /// Change log position (u64 BE) → entryUUID: whose each audit record
-    /// is, for `cairn history`, found by a scan of these short rows.
+    /// Change log position (u64 BE) → entryUUID: the entry the audit
+    /// record at that position is about. `cairn history` scans these
+    /// short rows for an entry's records.
     /// Appended in position order, so a change costs no random B-tree
     /// leaf here (an index keyed by entry did, on every node, for every
     /// change; `docs/benchmarks.md`).
