@@ -1,0 +1,270 @@
+//! What the store spends on one replicated write, without the network:
+//! a three-node site as three directories in one process. Each batch of
+//! writes is planned by the "leader" (as the proposer does, against its
+//! own store) and the changes it planned are applied at all three, each
+//! in one non-durable transaction (as the state machine applies a log
+//! entry). Deterministic: the same entries, the same writes, the same
+//! UUIDs every run, so under `valgrind --tool=callgrind` the instruction
+//! count of [`measure`] is repeatable and two commits compare exactly
+//! (`docs/bench/apply`). Wall time is printed too, for orientation only.
+//!
+//!   cargo run --release -p cairn-store --example apply_cost -- \
+//!       [modify|add] [ENTRIES] [BATCH] [BATCHES]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_core::audit::{Audit, Who};
+use cairn_core::csn::{Hlc, Origin};
+use cairn_core::dn::Dn;
+use cairn_core::entry::{Entry, Stamp};
+use cairn_core::modify::{ModOp, Modification};
+use cairn_core::schema::Schema;
+use cairn_store::engine::{self, Batch, EngineKind, Table};
+use cairn_store::{Directory, WriteOp};
+use uuid::Uuid;
+
+// The allocator cairnd runs with: allocation is a large part of the cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SUFFIX: &str = "dc=example,dc=com";
+const BASE: &str = "ou=bench,dc=example,dc=com";
+
+struct Site {
+    nodes: Vec<Directory>,
+    hlc: Hlc,
+    origin: Origin,
+    now_ms: u64,
+    applied: u64,
+    _tmp: Vec<tempfile::TempDir>,
+}
+
+fn dn(s: &str) -> Dn {
+    Dn::parse(s).expect("a valid DN")
+}
+
+fn stamp() -> Stamp {
+    Stamp {
+        who: dn("cn=admin,dc=example,dc=com"),
+        now: "20261205000000Z".into(),
+    }
+}
+
+fn audit() -> Audit {
+    Audit {
+        who: Who::User("cn=admin,dc=example,dc=com".into()),
+        site: "bench".into(),
+        node: 1,
+        client: Some("127.0.0.1:40000".into()),
+    }
+}
+
+fn add(dn_: &str, uuid: u128, attrs: Vec<(&str, Vec<String>)>) -> WriteOp {
+    WriteOp::Add {
+        entry: Entry {
+            dn: dn(dn_),
+            attrs: attrs
+                .into_iter()
+                .map(|(a, v)| (a.to_string(), v.into_iter().collect()))
+                .collect(),
+        },
+        uuid: Uuid::from_u128(uuid),
+        stamp: stamp(),
+    }
+}
+
+/// A host as `cairn bench` loads it.
+fn host(n: usize) -> WriteOp {
+    let one = |v: String| vec![v];
+    add(
+        &format!("cn=host-{n},{BASE}"),
+        (1u128 << 100) + n as u128,
+        vec![
+            ("objectClass", one("cairnHost".into())),
+            ("cn", one(format!("host-{n}"))),
+            (
+                "netbootGUID",
+                one(format!("{:08x}-0000-4000-8000-{n:012x}", n)),
+            ),
+            (
+                "macAddress",
+                one(format!(
+                    "52:54:00:{:02x}:{:02x}:{:02x}",
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                )),
+            ),
+            (
+                "ipHostNumber",
+                one(format!(
+                    "10.{}.{}.{}",
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                )),
+            ),
+            (
+                "cairnSetting",
+                vec![
+                    format!("vmotion.vlan={}", n % 4000),
+                    "ntp.servers=10.0.0.1,10.0.0.2".to_string(),
+                ],
+            ),
+            ("description", one(format!("bench host {n}"))),
+        ],
+    )
+}
+
+fn modify(n: usize, k: usize) -> WriteOp {
+    WriteOp::Modify {
+        dn: dn(&format!("cn=host-{n},{BASE}")),
+        mods: vec![Modification {
+            op: ModOp::Replace,
+            attr: "description".into(),
+            values: vec![format!("bench host {n} rev {k}").into_bytes()],
+        }],
+        stamp: stamp(),
+    }
+}
+
+impl Site {
+    fn new(nodes: usize) -> Site {
+        let schema = Arc::new(Schema::builtin());
+        let mut dirs = vec![];
+        let mut tmp = vec![];
+        for _ in 0..nodes {
+            let t = tempfile::tempdir().expect("a temporary directory");
+            dirs.push(Directory::new(
+                engine::open(EngineKind::Redb, t.path()).expect("a store"),
+                schema.clone(),
+                vec![dn(SUFFIX)],
+            ));
+            tmp.push(t);
+        }
+        Site {
+            nodes: dirs,
+            hlc: Hlc::new(),
+            origin: Origin::new(Uuid::from_u128(7), 0),
+            now_ms: 1_796_000_000_000,
+            applied: 0,
+            _tmp: tmp,
+        }
+    }
+
+    /// One log entry: planned at node 0, applied at every node.
+    fn write(&mut self, ops: Vec<WriteOp>) {
+        let leader = &self.nodes[0];
+        let ops: Vec<WriteOp> = ops
+            .into_iter()
+            .map(|o| leader.prepare(o).expect("a valid write"))
+            .collect();
+        self.now_ms += 1;
+        let n = u32::try_from(ops.len()).expect("a small batch");
+        let csns: Vec<_> = self.hlc.stamp(self.now_ms, self.origin, n).collect();
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        let planned = leader.plan_changes(&refs, &csns, &[]).expect("a plan");
+        let changes: Vec<_> = planned
+            .into_iter()
+            .filter_map(|r| r.expect("a write the directory takes").1)
+            .map(|mut c| {
+                c.audit = Some(audit());
+                c
+            })
+            .collect();
+        self.applied += 1;
+        let mut meta = Batch::default();
+        meta.put(
+            Table::Meta,
+            b"last_applied".to_vec(),
+            self.applied.to_be_bytes().to_vec(),
+        );
+        for node in &self.nodes {
+            node.apply_changes(&changes, Some(&meta), false)
+                .expect("an apply");
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// The measured part: `batches` log entries of `batch` writes each.
+#[inline(never)]
+fn measure(site: &mut Site, workload: &str, entries: usize, batch: usize, batches: usize) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut k = 0;
+    for b in 0..batches {
+        let ops = (0..batch)
+            .map(|i| {
+                k += 1;
+                match workload {
+                    "add" => host(entries + b * batch + i),
+                    _ => modify(rng.below(entries), k),
+                }
+            })
+            .collect();
+        site.write(ops);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: usize| {
+        args.get(i)
+            .map(|s| s.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    let workload = args.first().map(String::as_str).unwrap_or("modify");
+    assert!(
+        matches!(workload, "modify" | "add"),
+        "workload: modify or add"
+    );
+    let entries = arg(1, 10_000);
+    let batch = arg(2, 16);
+    let batches = arg(3, 200);
+    let mut site = Site::new(3);
+    site.write(vec![
+        add(
+            SUFFIX,
+            1,
+            vec![
+                (
+                    "objectClass",
+                    vec!["dcObject".into(), "organization".into()],
+                ),
+                ("dc", vec!["example".into()]),
+                ("o", vec!["Example".into()]),
+            ],
+        ),
+        add(
+            BASE,
+            2,
+            vec![
+                ("objectClass", vec!["organizationalUnit".into()]),
+                ("ou", vec!["bench".into()]),
+            ],
+        ),
+    ]);
+    for start in (0..entries).step_by(256) {
+        site.write((start..(start + 256).min(entries)).map(host).collect());
+    }
+    let t = Instant::now();
+    measure(&mut site, workload, entries, batch, batches);
+    let writes = batch * batches;
+    println!(
+        "{workload}: {writes} writes in batches of {batch} over {entries} entries, 3 nodes: \
+         {:.1} µs of wall time per write",
+        t.elapsed().as_secs_f64() * 1e6 / writes as f64
+    );
+}
