@@ -29,7 +29,6 @@ use crate::schema::Schema;
 /// Applies `mods` to `current` in order, as RFC 4511 section 4.6 says: all or
 /// nothing. The result still has to pass [`Schema::validate`].
 pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Result<Entry, Error> {
-    // key → (canonical name, values)
     let mut attrs: BTreeMap<String, (String, Vec<String>)> = current
         .attrs()
         .map(|a| {
@@ -39,6 +38,43 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
             )
         })
         .collect();
+    for (key, values) in updates(schema, current, mods)? {
+        match values {
+            Some(values) => {
+                let name = schema
+                    .attr(&key)
+                    .map_or_else(|| key.clone(), |at| at.name().to_string());
+                attrs.insert(key, (name, values));
+            }
+            None => {
+                attrs.remove(&key);
+            }
+        }
+    }
+    Ok(Entry {
+        dn: current.dn().clone(),
+        attrs: attrs.into_values().collect(),
+    })
+}
+
+/// An attribute's key and its values after a modify (none: removed).
+pub type Update = (String, Option<Vec<String>>);
+
+/// What `mods` do to `current`, as [`apply`] does them: each attribute they
+/// touch (by its key), with its values after all of them, none when it is
+/// gone. The attributes they do not touch are not copied, so a modify of
+/// one attribute of a large entry costs that attribute
+/// ([`Schema::revalidate`] checks the result).
+pub fn updates(
+    schema: &Schema,
+    current: &ValidEntry,
+    mods: &[Modification],
+) -> Result<Vec<Update>, Error> {
+    // key → (canonical name, values) of each touched attribute, taken from
+    // `current` when first touched; an absent attribute has no entry in
+    // `attrs` (and is in `touched`).
+    let mut attrs: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let mut touched: Vec<String> = vec![];
     for m in mods {
         let at = schema.check_user_writable(&m.attr)?;
         let mut values = Vec::with_capacity(m.values.len());
@@ -55,6 +91,12 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
         }
         let norm_of = |v: &str| at.syntax.normalize(v).unwrap_or_else(|_| v.to_string());
         let key = at.key();
+        if !touched.contains(&key) {
+            touched.push(key.clone());
+            if let Some(a) = current.get(&key) {
+                attrs.insert(key.clone(), (a.name.clone(), a.values.clone()));
+            }
+        }
         match m.op {
             ModOp::Add => {
                 if values.is_empty() {
@@ -128,7 +170,9 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
     // The RDN's values may not be removed by a modify (use modrdn).
     if let Some(rdn) = current.dn().rdn() {
         for ava in rdn.avas() {
-            if let Some(at) = schema.attr(&ava.attr) {
+            if let Some(at) = schema.attr(&ava.attr)
+                && touched.contains(&at.key())
+            {
                 let want = at.syntax.normalize(&ava.value).ok();
                 let kept = attrs
                     .get(&at.key())
@@ -143,10 +187,13 @@ pub fn apply(schema: &Schema, current: &ValidEntry, mods: &[Modification]) -> Re
             }
         }
     }
-    Ok(Entry {
-        dn: current.dn().clone(),
-        attrs: attrs.into_values().collect(),
-    })
+    Ok(touched
+        .into_iter()
+        .map(|k| {
+            let values = attrs.remove(&k).map(|(_, v)| v);
+            (k, values)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -200,6 +247,40 @@ mod tests {
         assert_eq!(values(&e, "description"), vec!["rack 4"]);
         let e = apply(&s, &host(), &[m(ModOp::Replace, "cairnSetting", &[])]).unwrap();
         assert!(values(&e, "cairnSetting").is_empty());
+    }
+
+    #[test]
+    fn updates_name_only_the_touched_attributes_with_their_values_after_every_step() {
+        let s = Schema::builtin();
+        let u = updates(
+            &s,
+            &host(),
+            &[
+                m(ModOp::Add, "cairnSetting", &["c=3"]),
+                m(ModOp::Replace, "description", &["rack 4"]),
+                m(ModOp::Delete, "cairnSetting", &["a=1"]),
+                // Named by another name of the same type: one update.
+                m(ModOp::Replace, "DESCRIPTION", &[]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            vec![
+                (
+                    "cairnsetting".to_string(),
+                    Some(vec!["b=2".to_string(), "c=3".to_string()])
+                ),
+                ("description".to_string(), None),
+            ]
+        );
+        // A touched RDN attribute keeps the RDN's value or is refused; an
+        // untouched one is not looked at.
+        assert!(updates(&s, &host(), &[m(ModOp::Add, "cn", &["h1-alias"])]).is_ok());
+        assert!(matches!(
+            updates(&s, &host(), &[m(ModOp::Replace, "cn", &["h2"])]),
+            Err(Error::NotAllowedOnRdn(_))
+        ));
     }
 
     #[test]
