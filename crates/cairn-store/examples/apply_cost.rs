@@ -9,7 +9,12 @@
 //! (`docs/bench/apply`). Wall time is printed too, for orientation only.
 //!
 //!   cargo run --release -p cairn-store --example apply_cost -- \
-//!       [modify|add] [ENTRIES] [BATCH] [BATCHES]
+//!       [modify|add|host] [ENTRIES] [BATCH] [BATCHES]
+//!
+//! modify: `replace: description` of a random loaded host, as `cairn
+//! bench`; add: a new entry as `cairn bench` adds it (objectClass and
+//! cn); host: a new host with every attribute the loaded ones have (MAC,
+//! GUID, address, settings), as a host registers.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,6 +122,18 @@ fn host(n: usize) -> WriteOp {
     )
 }
 
+/// A new host as `cairn bench`'s add workload writes it.
+fn new_host(n: usize) -> WriteOp {
+    add(
+        &format!("cn=w-{n},{BASE}"),
+        (2u128 << 100) + n as u128,
+        vec![
+            ("objectClass", vec!["cairnHost".into()]),
+            ("cn", vec![format!("w-{n}")]),
+        ],
+    )
+}
+
 fn modify(n: usize, k: usize) -> WriteOp {
     WriteOp::Modify {
         dn: dn(&format!("cn=host-{n},{BASE}")),
@@ -209,7 +226,8 @@ fn measure(site: &mut Site, workload: &str, entries: usize, batch: usize, batche
             .map(|i| {
                 k += 1;
                 match workload {
-                    "add" => host(entries + b * batch + i),
+                    "add" => new_host(b * batch + i),
+                    "host" => host(entries + b * batch + i),
                     _ => modify(rng.below(entries), k),
                 }
             })
@@ -227,8 +245,8 @@ fn main() {
     };
     let workload = args.first().map(String::as_str).unwrap_or("modify");
     assert!(
-        matches!(workload, "modify" | "add"),
-        "workload: modify or add"
+        matches!(workload, "modify" | "add" | "host"),
+        "workload: modify, add or host"
     );
     let entries = arg(1, 10_000);
     let batch = arg(2, 16);

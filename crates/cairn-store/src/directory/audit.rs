@@ -93,10 +93,46 @@ impl Directory {
 
     /// The setting keys secret at `dn` as `snap` holds the tree
     /// (`access::Policy::secret_keys`): marked on the entry, an ancestor
-    /// or a site entry. Reads the entry's ancestors by DN and the site
-    /// entries through the objectClass index: a few reads, however many
-    /// entries mark keys.
+    /// or a site entry. The entries that mark keys are found through the
+    /// index of `cairnSecret` (a prefix scan; usually none or a few, and
+    /// then only those are read); when there are many, the entry's
+    /// ancestors by DN and the site entries are read instead.
     fn secret_keys_in(snap: &dyn Snapshot, dn: &Dn) -> Result<BTreeSet<String>, Error> {
+        /// More marking entries than this: reading the ancestors and sites
+        /// costs less than reading every marking entry.
+        const MAX_MARKING_READ: usize = 16;
+        let key = SECRET_ATTR.to_ascii_lowercase();
+        let mut presence = key.clone().into_bytes();
+        presence.push(0);
+        let marking = index_uuids(snap, &presence)?;
+        let keys = if marking.len() > MAX_MARKING_READ {
+            Self::secret_keys_by_walk(snap, dn)?
+        } else {
+            let mut marks = vec![];
+            for u in marking {
+                if let Some(e) = Self::load(snap, u)?
+                    && let Some(a) = e.get(&key)
+                {
+                    marks.push((e.dn().clone(), e.has_class("cairnSite"), a.values.clone()));
+                }
+            }
+            access::Policy::default()
+                .with_secrets(marks)
+                .secret_keys(dn)
+        };
+        // The other way finds the same keys, in every test of this crate.
+        #[cfg(test)]
+        assert_eq!(
+            keys,
+            Self::secret_keys_by_walk(snap, dn)?,
+            "secret keys at {dn}"
+        );
+        Ok(keys)
+    }
+
+    /// [`Directory::secret_keys_in`] by reading the entry's ancestors by
+    /// DN and the site entries through the objectClass index.
+    fn secret_keys_by_walk(snap: &dyn Snapshot, dn: &Dn) -> Result<BTreeSet<String>, Error> {
         let key = SECRET_ATTR.to_ascii_lowercase();
         let mut marks = vec![];
         let mut mark = |e: &ValidEntry| {

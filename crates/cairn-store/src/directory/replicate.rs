@@ -1655,16 +1655,17 @@ impl Directory {
                 "placing entry {uuid} recursed too deep"
             )));
         }
-        let lost = self.lost_and_found_dn()?;
         // What this entry will hang below must be in its place first when
         // it is shown below this entry now: the loop's cut, or a parent
         // that is moving out from under it.
         let cut = self.cycle_cut(&*txn, uuid)?;
         if let Some(cut) = cut
             && cut != uuid
-            && Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(&lost))
         {
-            self.place_at(txn, cut, work, depth + 1)?;
+            let lost = self.lost_and_found_dn()?;
+            if Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(&lost)) {
+                self.place_at(txn, cut, work, depth + 1)?;
+            }
         }
         if cut != Some(uuid)
             && let Some(o) = &Self::shown_dn(&*txn, uuid)?

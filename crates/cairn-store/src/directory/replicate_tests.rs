@@ -1817,6 +1817,73 @@ fn every_applied_change_is_audited_with_its_author_and_values_secrets_masked() {
     assert_eq!(a.dir.purge_audit(cut, 1000).unwrap(), 0);
 }
 
+/// A setting key marked secret on an ancestor (a folder) or on any site
+/// entry has its values masked in the audit records of the entries below,
+/// whether few entries mark keys (they are found through the cairnSecret
+/// index and read) or many (the entry's ancestors and the sites are read
+/// instead); in every test the two ways are also compared.
+#[test]
+fn secrets_marked_above_an_entry_or_on_a_site_are_masked_in_its_audit_records() {
+    let mut all = sites(1);
+    let a = &mut all[0];
+    let lab = format!("cn=lab,{HOSTS}");
+    a.must(add_op(
+        &lab,
+        &[
+            ("objectClass", &["cairnFolder"]),
+            ("cn", &["lab"]),
+            ("cairnSecret", &["ipmi.password"]),
+        ],
+    ));
+    a.must(add_op(
+        &format!("cn=east,{SUFFIX}"),
+        &[
+            ("objectClass", &["cairnSite"]),
+            ("cn", &["east"]),
+            ("cairnSecret", &["bmc.token"]),
+        ],
+    ));
+    for round in 0..2 {
+        if round == 1 {
+            // More entries mark keys than are worth reading one by one.
+            for i in 0..20 {
+                a.must(add_op(
+                    &format!("cn=f{i},{HOSTS}"),
+                    &[
+                        ("objectClass", &["cairnFolder"]),
+                        ("cn", &[format!("f{i}").as_str()]),
+                        ("cairnSecret", &["other.key"]),
+                    ],
+                ));
+            }
+        }
+        let cn = format!("h-{round}");
+        let added = a.write_by(
+            "cn=admin,dc=example,dc=com",
+            add_op(
+                &format!("cn={cn},{lab}"),
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &[cn.as_str()]),
+                    (
+                        "cairnSetting",
+                        &["ipmi.password=hunter2", "bmc.token=t0k3n", "ntp=a"],
+                    ),
+                ],
+            ),
+        );
+        let uuid = added.into_entry().unwrap().uuid().unwrap();
+        let trail = a.dir.audit_of(uuid).unwrap();
+        assert_eq!(trail.len(), 1, "round {round}");
+        let text = format!("{trail:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("t0k3n"),
+            "round {round}: {text}"
+        );
+        assert!(text.contains("ntp=a"), "round {round}: {text}");
+    }
+}
+
 /// An entry's audit records are found through the trail's entry column
 /// (`audit_entries`, one short row per record, in position order): a
 /// change writes no row keyed by its entry. Records written before that
