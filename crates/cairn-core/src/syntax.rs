@@ -93,9 +93,7 @@ impl Syntax {
                 v if v.eq_ignore_ascii_case("false") => Ok("FALSE".into()),
                 _ => Err(err(format!("{value:?} is not TRUE or FALSE"))),
             },
-            Syntax::Dn => Dn::parse(value)
-                .map(|d| d.norm())
-                .map_err(|e| err(e.to_string())),
+            Syntax::Dn => normalize_dn(value),
             Syntax::Oid => {
                 let ok = !value.is_empty()
                     && value
@@ -179,6 +177,41 @@ impl Syntax {
     }
 }
 
+/// A DN value's normalized form. The same few DNs come back in almost
+/// every write (its author in `creatorsName` and `modifiersName`, on every
+/// node that applies it): the last few normalized on this thread are
+/// recalled instead of parsed again. A value that does not parse is not
+/// kept.
+fn normalize_dn(value: &str) -> Result<String, SyntaxError> {
+    use std::cell::RefCell;
+    const KEPT: usize = 4;
+    type Recent = (usize, [Option<(String, String)>; KEPT]);
+    thread_local! {
+        static RECENT: RefCell<Recent> = RefCell::new(Default::default());
+    }
+    let hit = RECENT.with(|r| {
+        r.borrow()
+            .1
+            .iter()
+            .flatten()
+            .find(|(raw, _)| raw == value)
+            .map(|(_, norm)| norm.clone())
+    });
+    if let Some(norm) = hit {
+        return Ok(norm);
+    }
+    let norm = Dn::parse(value)
+        .map(|d| d.norm())
+        .map_err(|e| err(e.to_string()))?;
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        let next = r.0;
+        r.1[next] = Some((value.to_string(), norm.clone()));
+        r.0 = (next + 1) % KEPT;
+    });
+    Ok(norm)
+}
+
 fn normalize_time(value: &str) -> Result<String, SyntaxError> {
     let v = value.trim();
     let digits = v.strip_suffix('Z').unwrap_or(v);
@@ -248,6 +281,30 @@ fn normalize_setting(value: &str) -> Result<String, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dn_values_recalled_or_parsed_normalize_the_same() {
+        // More distinct DNs than are kept, each seen several times and
+        // interleaved: every answer is the parse's, and a bad value is an
+        // error every time.
+        let dns: Vec<String> = (0..7)
+            .map(|i| format!("CN=Admin {i} , dc=Example,DC=com"))
+            .collect();
+        for round in 0..3 {
+            for (i, d) in dns.iter().enumerate().rev().skip(round) {
+                let want = Dn::parse(d).unwrap().norm();
+                assert_eq!(Syntax::Dn.normalize(d).unwrap(), want, "{i}");
+                assert_eq!(Syntax::Dn.normalize(d).unwrap(), want, "{i} again");
+                assert!(Syntax::Dn.normalize("cn=a,,dc=x").is_err());
+            }
+        }
+        assert_eq!(
+            Syntax::Dn
+                .normalize("cn=Admin 0,dc=example,dc=com")
+                .unwrap(),
+            "cn=admin 0,dc=example,dc=com"
+        );
+    }
 
     #[test]
     fn case_ignore_folds_and_collapses() {
