@@ -82,6 +82,7 @@ fn add(dn_: &str, uuid: u128, attrs: Vec<(&str, Vec<String>)>) -> WriteOp {
 /// A host as `cairn bench` loads it.
 fn host(n: usize) -> WriteOp {
     let one = |v: String| vec![v];
+    let (a, b, c) = ((n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
     add(
         &format!("cn=host-{n},{BASE}"),
         (1u128 << 100) + n as u128,
@@ -94,22 +95,9 @@ fn host(n: usize) -> WriteOp {
             ),
             (
                 "macAddress",
-                one(format!(
-                    "52:54:00:{:02x}:{:02x}:{:02x}",
-                    (n >> 16) & 0xff,
-                    (n >> 8) & 0xff,
-                    n & 0xff
-                )),
+                one(format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")),
             ),
-            (
-                "ipHostNumber",
-                one(format!(
-                    "10.{}.{}.{}",
-                    (n >> 16) & 0xff,
-                    (n >> 8) & 0xff,
-                    n & 0xff
-                )),
-            ),
+            ("ipHostNumber", one(format!("10.{a}.{b}.{c}"))),
             (
                 "cairnSetting",
                 vec![
