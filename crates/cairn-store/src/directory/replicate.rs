@@ -1162,7 +1162,8 @@ impl Directory {
         // claimants too): placing one queues whatever it moves.
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        self.place_all(txn, work)?;
+        // The state just stored is placed as it is, not read back.
+        self.place_all(txn, work, Some(state))?;
         Ok(None)
     }
 
@@ -1249,7 +1250,12 @@ impl Directory {
     /// Re-places entries until nothing more moves. An entry whose shown
     /// form is already right costs one read; the bound on visits only
     /// guards against a loop of placements that never settles.
-    fn place_all(&self, txn: &mut dyn WriteTxn, mut work: VecDeque<Uuid>) -> Result<(), Error> {
+    fn place_all(
+        &self,
+        txn: &mut dyn WriteTxn,
+        mut work: VecDeque<Uuid>,
+        known: Option<&EntryState>,
+    ) -> Result<(), Error> {
         const MAX_VISITS: u32 = 16;
         let mut visits: std::collections::HashMap<Uuid, u32> = Default::default();
         while let Some(u) = work.pop_front() {
@@ -1260,7 +1266,7 @@ impl Directory {
                     "placing entry {u} did not settle after {MAX_VISITS} passes"
                 )));
             }
-            self.place(txn, u, &mut work)?;
+            self.place(txn, u, &mut work, known)?;
         }
         Ok(())
     }
@@ -1468,14 +1474,35 @@ impl Directory {
     }
 
     /// The entry as it should be shown, or none when it is not live.
-    fn desired(&self, txn: &mut dyn WriteTxn, uuid: Uuid) -> Result<Option<ValidEntry>, Error> {
-        let Some(state) = Self::load_state(&*txn, uuid)? else {
-            return Ok(None);
+    fn desired(
+        &self,
+        txn: &mut dyn WriteTxn,
+        uuid: Uuid,
+        known: Option<&EntryState>,
+    ) -> Result<Option<ValidEntry>, Error> {
+        let loaded;
+        let state = match known.filter(|s| s.uuid == uuid) {
+            Some(s) => {
+                #[cfg(test)]
+                assert_eq!(
+                    Self::load_state(&*txn, uuid)?.as_ref(),
+                    Some(s),
+                    "the state passed along differs from the one stored"
+                );
+                s
+            }
+            None => match Self::load_state(&*txn, uuid)? {
+                Some(s) => {
+                    loaded = s;
+                    &loaded
+                }
+                None => return Ok(None),
+            },
         };
         let Some(m) = state.materialize(|k| self.is_single_valued(k)) else {
             return Ok(None);
         };
-        let place = self.placement(&*txn, &state, &m.name)?;
+        let place = self.placement(&*txn, state, &m.name)?;
         if place.dn.parent() == Some(self.lost_and_found_dn()?) {
             self.ensure_lost_and_found(txn)?;
         }
@@ -1639,8 +1666,9 @@ impl Directory {
         txn: &mut dyn WriteTxn,
         uuid: Uuid,
         work: &mut VecDeque<Uuid>,
+        known: Option<&EntryState>,
     ) -> Result<(), Error> {
-        self.place_at(txn, uuid, work, 0)
+        self.place_at(txn, uuid, work, 0, known)
     }
 
     fn place_at(
@@ -1649,6 +1677,7 @@ impl Directory {
         uuid: Uuid,
         work: &mut VecDeque<Uuid>,
         depth: usize,
+        known: Option<&EntryState>,
     ) -> Result<(), Error> {
         if depth > MAX_PLACE_DEPTH {
             return Err(Error::Corrupt(format!(
@@ -1664,7 +1693,7 @@ impl Directory {
         {
             let lost = self.lost_and_found_dn()?;
             if Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(&lost)) {
-                self.place_at(txn, cut, work, depth + 1)?;
+                self.place_at(txn, cut, work, depth + 1, known)?;
             }
         }
         if cut != Some(uuid)
@@ -1675,10 +1704,10 @@ impl Directory {
             && p != uuid
             && Self::shown_dn(&*txn, p)?.is_some_and(|pe| pe.is_descendant_of(o))
         {
-            self.place_at(txn, p, work, depth + 1)?;
+            self.place_at(txn, p, work, depth + 1, known)?;
         }
         let old = Self::load(&*txn, uuid)?;
-        let new = self.desired(txn, uuid)?;
+        let new = self.desired(txn, uuid, known)?;
         if old == new {
             return Ok(());
         }
@@ -1686,7 +1715,7 @@ impl Directory {
             // Gone: whatever is shown below it moves first (to lost and
             // found), while its own name still resolves.
             for child in Self::children_of(&*txn, uuid)? {
-                self.place_at(txn, child, work, depth + 1)?;
+                self.place_at(txn, child, work, depth + 1, known)?;
             }
             if let Some(left) = Self::children_of(&*txn, uuid)?.first() {
                 return Err(Error::Corrupt(format!(
@@ -1733,8 +1762,8 @@ impl Directory {
                 {
                     // The name's holder loses it in this same pass: it moves
                     // out of the way first, which can move this entry too.
-                    self.place_at(txn, taken, work, depth + 1)?;
-                    return self.place_at(txn, uuid, work, depth + 1);
+                    self.place_at(txn, taken, work, depth + 1, known)?;
+                    return self.place_at(txn, uuid, work, depth + 1, known);
                 }
                 let old_parent = self.shown_parent(&*txn, o)?;
                 b.delete(Table::Dn, o.dn().norm().into_bytes());
@@ -1757,8 +1786,8 @@ impl Directory {
                 {
                     // The name's holder loses it in this same pass: it moves
                     // out of the way first, which can move this entry too.
-                    self.place_at(txn, taken, work, depth + 1)?;
-                    return self.place_at(txn, uuid, work, depth + 1);
+                    self.place_at(txn, taken, work, depth + 1, known)?;
+                    return self.place_at(txn, uuid, work, depth + 1, known);
                 }
                 b.put(
                     Table::Dn,
@@ -2116,7 +2145,7 @@ impl Directory {
         work.extend(Self::state_children(&*txn, uuid)?);
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        self.place_all(txn, work)
+        self.place_all(txn, work, None)
     }
 
     /// Records the position of the change log's last row, which a purge
