@@ -16,7 +16,7 @@ use cairn_core::inherit::SECRET_ATTR;
 use cairn_core::merge::{Change, ChangeOp};
 use uuid::Uuid;
 
-use super::{Directory, index_prefix, index_uuids};
+use super::{Directory, index_prefix, index_uuids, secret_mark};
 use crate::Error;
 use crate::codec::{decode_record, encode_record};
 use crate::engine::{Batch, Snapshot, Table};
@@ -101,8 +101,7 @@ impl Directory {
         /// More marking entries than this: reading the ancestors and sites
         /// costs less than reading every marking entry.
         const MAX_MARKING_READ: usize = 16;
-        let key = SECRET_ATTR.to_ascii_lowercase();
-        let mut presence = key.clone().into_bytes();
+        let mut presence = SECRET_ATTR.to_ascii_lowercase().into_bytes();
         presence.push(0);
         let marking = index_uuids(snap, &presence)?;
         let keys = if marking.len() > MAX_MARKING_READ {
@@ -110,11 +109,7 @@ impl Directory {
         } else {
             let mut marks = vec![];
             for u in marking {
-                if let Some(e) = Self::load(snap, u)?
-                    && let Some(a) = e.get(&key)
-                {
-                    marks.push((e.dn().clone(), e.has_class("cairnSite"), a.values.clone()));
-                }
+                marks.extend(Self::load(snap, u)?.as_ref().and_then(secret_mark));
             }
             access::Policy::default()
                 .with_secrets(marks)
@@ -133,24 +128,14 @@ impl Directory {
     /// [`Directory::secret_keys_in`] by reading the entry's ancestors by
     /// DN and the site entries through the objectClass index.
     fn secret_keys_by_walk(snap: &dyn Snapshot, dn: &Dn) -> Result<BTreeSet<String>, Error> {
-        let key = SECRET_ATTR.to_ascii_lowercase();
         let mut marks = vec![];
-        let mut mark = |e: &ValidEntry| {
-            if let Some(a) = e.get(&key) {
-                marks.push((e.dn().clone(), e.has_class("cairnSite"), a.values.clone()));
-            }
-        };
         let mut at = Some(dn.clone());
         while let Some(d) = at.filter(|d| !d.is_root()) {
-            if let Some((_, e)) = Self::load_dn(snap, &d)? {
-                mark(&e);
-            }
+            marks.extend(Self::load_dn(snap, &d)?.and_then(|(_, e)| secret_mark(&e)));
             at = d.parent();
         }
         for u in index_uuids(snap, &index_prefix("objectclass", "cairnsite"))? {
-            if let Some(e) = Self::load(snap, u)? {
-                mark(&e);
-            }
+            marks.extend(Self::load(snap, u)?.as_ref().and_then(secret_mark));
         }
         Ok(access::Policy::default()
             .with_secrets(marks)

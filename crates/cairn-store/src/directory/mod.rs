@@ -291,6 +291,20 @@ fn index_uuids(snap: &dyn Snapshot, prefix: &[u8]) -> Result<BTreeSet<Uuid>, Err
     Ok(out)
 }
 
+/// What an entry marks secret, as `access::Policy::with_secrets` takes
+/// it: its DN, whether it is a site entry (a site's marks reach every
+/// host it maps) and the keys in its `cairnSecret`; none when it has none.
+type SecretMark = (Dn, bool, Vec<String>);
+
+fn secret_mark(e: &ValidEntry) -> Option<SecretMark> {
+    let keys = e.get("cairnsecret")?;
+    Some((
+        e.dn().clone(),
+        e.has_class("cairnSite"),
+        keys.values.clone(),
+    ))
+}
+
 fn uuid_from(bytes: &[u8]) -> Result<Uuid, Error> {
     Uuid::from_slice(bytes).map_err(|_| Error::Corrupt("bad UUID in table".into()))
 }
@@ -534,11 +548,7 @@ impl Directory {
         let marked = Filter::Present("cairnSecret".into());
         for s in &self.suffixes {
             let found = self.search(s, Scope::Subtree, &marked, Halt::default(), &mut |e| {
-                let keys = e
-                    .get("cairnsecret")
-                    .map(|a| a.values.clone())
-                    .unwrap_or_default();
-                marks.push((e.dn().clone(), e.has_class("cairnSite"), keys));
+                marks.extend(secret_mark(&e));
                 true
             });
             match found {
