@@ -130,6 +130,9 @@ pub struct Directory {
     schema: Arc<Schema>,
     /// Naming contexts: the only entries that may exist without a parent.
     suffixes: Vec<Dn>,
+    /// Where entries whose parent is gone are shown: below the first
+    /// naming context (none without one).
+    lost_and_found: Option<Dn>,
     /// Serializes writers. A std mutex: held only by synchronous code
     /// (snapshot reads and one commit), never across an `.await`.
     writer: Mutex<()>,
@@ -313,10 +316,14 @@ impl Directory {
     /// Opens the directory on an engine. `suffixes` are the naming contexts.
     pub fn new(engine: Box<dyn Engine>, schema: Arc<Schema>, suffixes: Vec<Dn>) -> Self {
         let suffixes_copy = suffixes.clone();
+        let lost_and_found = suffixes
+            .first()
+            .map(|s| s.child(Rdn::parse(replicate::LOST_AND_FOUND).expect("a constant RDN")));
         Directory {
             engine: Arc::from(engine),
             schema,
             suffixes,
+            lost_and_found,
             writer: Mutex::new(()),
             queue: Mutex::new(Queue::default()),
             sync: Mutex::new(SyncState::default()),

@@ -24,7 +24,7 @@
 //! - An entry the merge left outside the schema is kept as it is, with
 //!   `cairnConflict: schema: <why>`.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use cairn_core::csn::{Csn, Origin};
 use cairn_core::dn::{Dn, Rdn};
@@ -282,6 +282,102 @@ struct Placement {
     conflict: Option<(String, Option<Dn>)>,
 }
 
+/// One pass of placing entries after a change is stored. Placing writes
+/// only the shown tree (entries, DNs, children, indexes), never the
+/// states or their names: what the pass read of those stays true for
+/// the whole pass and is read once (creating the lost-and-found
+/// container is the exception: [`Pass::forget`]). It also keeps what the
+/// changed entry is shown as once placed, for its audit record.
+struct Pass<'a> {
+    /// The state just merged, placed as it is rather than read back.
+    known: Option<&'a EntryState>,
+    /// The entries whose names hang below an entry, per entry.
+    below: HashMap<Uuid, Vec<Uuid>>,
+    /// Who claims a name, per [`names_prefix`].
+    claims: HashMap<Vec<u8>, Vec<(Uuid, Csn)>>,
+    /// Which entry breaks the loop of names through an entry, per entry.
+    cuts: HashMap<Uuid, Option<Uuid>>,
+    /// What the known entry is shown as, when this pass placed it last
+    /// (none: read it).
+    shown: Option<Option<ValidEntry>>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(known: Option<&'a EntryState>) -> Self {
+        Pass {
+            known,
+            below: HashMap::new(),
+            claims: HashMap::new(),
+            cuts: HashMap::new(),
+            shown: None,
+        }
+    }
+
+    /// Drops what was read: a state or a name was written.
+    fn forget(&mut self) {
+        self.below.clear();
+        self.claims.clear();
+        self.cuts.clear();
+    }
+
+    /// [`Directory::state_children`], read once per pass.
+    fn below(&mut self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Vec<Uuid>, Error> {
+        if let Some(b) = self.below.get(&uuid) {
+            #[cfg(test)]
+            assert_eq!(
+                b,
+                &Directory::state_children(snap, uuid)?,
+                "names moved in a pass"
+            );
+            return Ok(b.clone());
+        }
+        let b = Directory::state_children(snap, uuid)?;
+        self.below.insert(uuid, b.clone());
+        Ok(b)
+    }
+
+    /// [`Directory::claimants`], read once per pass.
+    fn claimants(&mut self, snap: &dyn Snapshot, prefix: &[u8]) -> Result<Vec<(Uuid, Csn)>, Error> {
+        if let Some(c) = self.claims.get(prefix) {
+            #[cfg(test)]
+            assert_eq!(
+                c,
+                &Directory::claimants(snap, prefix)?,
+                "claims moved in a pass"
+            );
+            return Ok(c.clone());
+        }
+        let c = Directory::claimants(snap, prefix)?;
+        self.claims.insert(prefix.to_vec(), c.clone());
+        Ok(c)
+    }
+
+    /// [`Directory::cycle_cut`], worked out once per pass.
+    fn cycle_cut(&mut self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
+        if let Some(c) = self.cuts.get(&uuid) {
+            #[cfg(test)]
+            assert_eq!(
+                c,
+                &Directory::cycle_cut(snap, uuid)?,
+                "loops moved in a pass"
+            );
+            return Ok(*c);
+        }
+        let named_below = !self.below(snap, uuid)?.is_empty();
+        let c = Directory::cycle_members_named(snap, uuid, named_below)?
+            .and_then(|m| m.iter().min().map(|(_, u)| *u));
+        self.cuts.insert(uuid, c);
+        Ok(c)
+    }
+
+    /// `uuid` was just placed, shown as `e` (none: not shown).
+    fn placed(&mut self, uuid: Uuid, e: Option<ValidEntry>) {
+        if self.known.is_some_and(|k| k.uuid == uuid) {
+            self.shown = Some(e);
+        }
+    }
+}
+
 impl Directory {
     fn is_single_valued(&self, key: &str) -> bool {
         self.schema.attr(key).is_some_and(|a| a.single_valued)
@@ -426,7 +522,7 @@ impl Directory {
     /// Refuses to delete or move what every site's tree hangs on: the
     /// naming contexts' roots and the lost-and-found container.
     fn check_kept(&self, dn: &Dn, what: &str) -> Result<(), Error> {
-        if self.suffixes.contains(dn) || *dn == self.lost_and_found_dn()? {
+        if self.suffixes.contains(dn) || dn == self.lost_and_found_dn()? {
             return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
                 format!("{dn} cannot be {what}: entries from other sites may be placed below it"),
             )));
@@ -563,7 +659,7 @@ impl Directory {
         let Some(m) = state.materialize(|k| self.is_single_valued(k)) else {
             return Ok(shown);
         };
-        let place = self.placement(snap, &state, &m.name)?;
+        let place = self.placement(snap, &state, &m.name, &mut Pass::new(None))?;
         Ok(self.full_entry(uuid, m, place))
     }
 
@@ -984,13 +1080,14 @@ impl Directory {
             _ => None,
         };
         let place = Self::place_of(&state);
-        // A change of attributes re-shown in place returns the entry it
-        // showed: the shown entry is decoded once, not three times.
+        // The entry as shown before goes along (a change of attributes
+        // re-shown in place starts from it), and the entry as shown after
+        // comes back when known: neither is decoded twice.
         let attrs_only = attrs_only.map(|a| (a, shown_before.clone()));
         let reshown = self.store_merged(txn, b, before, &state, attrs_only)?;
         if let Some(at) = logged {
             let after = match reshown {
-                Some(e) => Some(e),
+                Some(e) => e,
                 None => Self::load(&*txn, change.uuid)?,
             };
             let mut b = Batch::default();
@@ -1092,8 +1189,9 @@ impl Directory {
     /// the list of dropped changes, its claim on its name, and the
     /// entries whose place it may have changed. `attrs_only` is a change
     /// of those attributes alone (with the entry as shown, when the
-    /// caller read it), which may be shown again in place: then the entry
-    /// it showed is returned.
+    /// caller read it), which may be shown again in place. Returns what
+    /// the entry is shown as now (none: not shown), when that is known
+    /// without reading it back.
     fn store_merged(
         &self,
         txn: &mut dyn WriteTxn,
@@ -1101,7 +1199,7 @@ impl Directory {
         before: Before,
         state: &EntryState,
         attrs_only: Option<(&[AttrChange], Option<ValidEntry>)>,
-    ) -> Result<Option<ValidEntry>, Error> {
+    ) -> Result<Option<Option<ValidEntry>>, Error> {
         let uuid = state.uuid;
         let naming = before.naming;
         let new_claim = if naming { Self::claim(state)? } else { None };
@@ -1140,31 +1238,33 @@ impl Directory {
         if let Some((attrs, shown)) = attrs_only
             && let Some(new) = self.reshow_in_place(&mut *txn, uuid, state, attrs, shown)?
         {
-            return Ok(Some(new));
+            return Ok(Some(Some(new)));
         }
+        // The state just stored is placed as it is, not read back.
+        let mut pass = Pass::new(Some(state));
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
             let prefix = &key[..key.len() - 16];
-            work.extend(Self::claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
+            work.extend(pass.claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
         }
         if before.was_live != state.is_live() {
-            work.extend(Self::state_children(&*txn, uuid)?);
+            work.extend(pass.below(&*txn, uuid)?);
         }
         work.extend(before.old_loop.into_iter().map(|(_, u)| u));
         // A move that closes a loop: the entry that breaks it moves first.
-        if naming
-            && let Some(cut) =
-                Self::cycle_members(&*txn, uuid)?.and_then(|m| m.iter().min().map(|(_, u)| *u))
-        {
+        if naming && let Some(cut) = pass.cycle_cut(&*txn, uuid)? {
             work.push_front(cut);
         }
         // Each entry once (the changed entry is usually among its name's
         // claimants too): placing one queues whatever it moves.
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        // The state just stored is placed as it is, not read back.
-        self.place_all(txn, work, Some(state))?;
-        Ok(None)
+        self.place_all(txn, work, &mut pass)?;
+        #[cfg(test)]
+        if let Some(shown) = &pass.shown {
+            assert_eq!(shown, &Self::load(&*txn, uuid)?, "a placed entry moved");
+        }
+        Ok(pass.shown)
     }
 
     /// The common case: a change of attributes only, to an entry shown in
@@ -1254,7 +1354,7 @@ impl Directory {
         &self,
         txn: &mut dyn WriteTxn,
         mut work: VecDeque<Uuid>,
-        known: Option<&EntryState>,
+        pass: &mut Pass,
     ) -> Result<(), Error> {
         const MAX_VISITS: u32 = 16;
         let mut visits: std::collections::HashMap<Uuid, u32> = Default::default();
@@ -1266,7 +1366,7 @@ impl Directory {
                     "placing entry {u} did not settle after {MAX_VISITS} passes"
                 )));
             }
-            self.place(txn, u, &mut work, known)?;
+            self.place(txn, u, &mut work, pass)?;
         }
         Ok(())
     }
@@ -1277,6 +1377,7 @@ impl Directory {
         snap: &dyn Snapshot,
         state: &EntryState,
         name: &Name,
+        pass: &mut Pass,
     ) -> Result<Placement, Error> {
         let norm = norm_rdn(name)?;
         let Some(parent) = name.parent else {
@@ -1296,7 +1397,7 @@ impl Directory {
             // A second root of a naming context means two sites that were
             // started apart: a new site joins from a peer's copy
             // (docs/federation.md). Nothing is applied.
-            let claims = Self::claimants(snap, &names_prefix(None, &norm))?;
+            let claims = pass.claimants(snap, &names_prefix(None, &norm))?;
             if let Some((other, _)) = claims.iter().find(|(u, _)| *u != state.uuid) {
                 return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
                     format!(
@@ -1338,7 +1439,7 @@ impl Directory {
                 });
             }
         };
-        if let Some(cut) = self.cycle_cut(snap, state.uuid)?
+        if let Some(cut) = pass.cycle_cut(snap, state.uuid)?
             && cut == state.uuid
         {
             let lost = self.lost_and_found_dn()?;
@@ -1352,7 +1453,7 @@ impl Directory {
                 )),
             });
         }
-        let claims = Self::claimants(snap, &names_prefix(Some(parent), &norm))?;
+        let claims = pass.claimants(snap, &names_prefix(Some(parent), &norm))?;
         let winner = claims.iter().max_by_key(|(_, csn)| *csn).map(|(u, _)| *u);
         let dn = parent_dn.child(rdn.clone());
         match winner {
@@ -1371,7 +1472,10 @@ impl Directory {
     /// sites each moved one entry below the other), the member of that
     /// loop whose name has the lowest CSN: it is shown in lost and found,
     /// which breaks the loop the same way at every site.
-    fn cycle_cut(&self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
+    /// (Read once per pass by [`Pass::cycle_cut`]; this one, for tests,
+    /// reads it afresh.)
+    #[cfg(test)]
+    fn cycle_cut(snap: &dyn Snapshot, uuid: Uuid) -> Result<Option<Uuid>, Error> {
         Ok(Self::cycle_members(snap, uuid)?.and_then(|m| m.iter().min().map(|(_, u)| *u)))
     }
 
@@ -1385,6 +1489,16 @@ impl Directory {
             named_below = true;
             false
         })?;
+        Self::cycle_members_named(snap, uuid, named_below)
+    }
+
+    /// [`Directory::cycle_members`], knowing whether any entry is named
+    /// below `uuid`.
+    fn cycle_members_named(
+        snap: &dyn Snapshot,
+        uuid: Uuid,
+        named_below: bool,
+    ) -> Result<Option<Vec<(Csn, Uuid)>>, Error> {
         if !named_below {
             return Ok(None);
         }
@@ -1418,23 +1532,20 @@ impl Directory {
     }
 
     /// The lost-and-found container's DN: below the first naming context.
-    fn lost_and_found_dn(&self) -> Result<Dn, Error> {
-        let suffix = self
-            .suffixes
-            .first()
-            .ok_or_else(|| Error::Storage("the directory has no naming context".into()))?;
-        let rdn = Rdn::parse(LOST_AND_FOUND)
-            .map_err(|e| Error::Storage(format!("lost and found RDN: {e}")))?;
-        Ok(suffix.child(rdn))
+    fn lost_and_found_dn(&self) -> Result<&Dn, Error> {
+        self.lost_and_found
+            .as_ref()
+            .ok_or_else(|| Error::Storage("the directory has no naming context".into()))
     }
 
     /// Makes sure the lost-and-found container exists under the first
-    /// naming context, by a change every site makes identically.
-    fn ensure_lost_and_found(&self, txn: &mut dyn WriteTxn) -> Result<(), Error> {
+    /// naming context, by a change every site makes identically. True when
+    /// it made it.
+    fn ensure_lost_and_found(&self, txn: &mut dyn WriteTxn) -> Result<bool, Error> {
         let lost = self.lost_and_found_dn()?;
         let suffix = lost.parent().unwrap_or_default();
-        if Self::uuid_of(&*txn, &lost)?.is_some() {
-            return Ok(());
+        if Self::uuid_of(&*txn, lost)?.is_some() {
+            return Ok(false);
         }
         let root = Self::uuid_of(&*txn, &suffix)?.ok_or_else(|| {
             Error::Storage(format!(
@@ -1470,7 +1581,7 @@ impl Directory {
             },
             audit: None,
         };
-        self.apply_change(txn, &change).map(|_| ())
+        self.apply_change(txn, &change).map(|_| true)
     }
 
     /// The entry as it should be shown, or none when it is not live.
@@ -1478,10 +1589,10 @@ impl Directory {
         &self,
         txn: &mut dyn WriteTxn,
         uuid: Uuid,
-        known: Option<&EntryState>,
+        pass: &mut Pass,
     ) -> Result<Option<ValidEntry>, Error> {
         let loaded;
-        let state = match known.filter(|s| s.uuid == uuid) {
+        let state = match pass.known.filter(|s| s.uuid == uuid) {
             Some(s) => {
                 #[cfg(test)]
                 assert_eq!(
@@ -1502,9 +1613,12 @@ impl Directory {
         let Some(m) = state.materialize(|k| self.is_single_valued(k)) else {
             return Ok(None);
         };
-        let place = self.placement(&*txn, state, &m.name)?;
-        if place.dn.parent() == Some(self.lost_and_found_dn()?) {
-            self.ensure_lost_and_found(txn)?;
+        let place = self.placement(&*txn, state, &m.name, pass)?;
+        if place.dn.parent().as_ref() == Some(self.lost_and_found_dn()?)
+            && self.ensure_lost_and_found(txn)?
+        {
+            // Creating the container wrote a state and a name.
+            pass.forget();
         }
         Ok(Some(self.shown_entry(uuid, m, place)))
     }
@@ -1666,9 +1780,9 @@ impl Directory {
         txn: &mut dyn WriteTxn,
         uuid: Uuid,
         work: &mut VecDeque<Uuid>,
-        known: Option<&EntryState>,
+        pass: &mut Pass,
     ) -> Result<(), Error> {
-        self.place_at(txn, uuid, work, 0, known)
+        self.place_at(txn, uuid, work, 0, pass)
     }
 
     fn place_at(
@@ -1677,7 +1791,7 @@ impl Directory {
         uuid: Uuid,
         work: &mut VecDeque<Uuid>,
         depth: usize,
-        known: Option<&EntryState>,
+        pass: &mut Pass,
     ) -> Result<(), Error> {
         if depth > MAX_PLACE_DEPTH {
             return Err(Error::Corrupt(format!(
@@ -1687,13 +1801,13 @@ impl Directory {
         // What this entry will hang below must be in its place first when
         // it is shown below this entry now: the loop's cut, or a parent
         // that is moving out from under it.
-        let cut = self.cycle_cut(&*txn, uuid)?;
+        let cut = pass.cycle_cut(&*txn, uuid)?;
         if let Some(cut) = cut
             && cut != uuid
         {
             let lost = self.lost_and_found_dn()?;
-            if Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(&lost)) {
-                self.place_at(txn, cut, work, depth + 1, known)?;
+            if Self::shown_dn(&*txn, cut)?.is_some_and(|c| c.parent().as_ref() != Some(lost)) {
+                self.place_at(txn, cut, work, depth + 1, pass)?;
             }
         }
         if cut != Some(uuid)
@@ -1704,18 +1818,19 @@ impl Directory {
             && p != uuid
             && Self::shown_dn(&*txn, p)?.is_some_and(|pe| pe.is_descendant_of(o))
         {
-            self.place_at(txn, p, work, depth + 1, known)?;
+            self.place_at(txn, p, work, depth + 1, pass)?;
         }
         let old = Self::load(&*txn, uuid)?;
-        let new = self.desired(txn, uuid, known)?;
+        let new = self.desired(txn, uuid, pass)?;
         if old == new {
+            pass.placed(uuid, new);
             return Ok(());
         }
         if let (Some(old), None) = (&old, &new) {
             // Gone: whatever is shown below it moves first (to lost and
             // found), while its own name still resolves.
             for child in Self::children_of(&*txn, uuid)? {
-                self.place_at(txn, child, work, depth + 1, known)?;
+                self.place_at(txn, child, work, depth + 1, pass)?;
             }
             if let Some(left) = Self::children_of(&*txn, uuid)?.first() {
                 return Err(Error::Corrupt(format!(
@@ -1732,12 +1847,13 @@ impl Directory {
                 b.delete(Table::Index, k);
             }
             txn.apply(&b)?;
+            pass.placed(uuid, None);
             // A new claimant may now have the name.
             if let Some(state) = Self::load_head(&*txn, uuid)?
                 && let Some((_, name)) = &state.name
             {
                 let prefix = names_prefix(name.parent, &norm_rdn(name)?);
-                work.extend(Self::claimants(&*txn, &prefix)?.into_iter().map(|(u, _)| u));
+                work.extend(pass.claimants(&*txn, &prefix)?.into_iter().map(|(u, _)| u));
             }
             return Ok(());
         }
@@ -1762,8 +1878,8 @@ impl Directory {
                 {
                     // The name's holder loses it in this same pass: it moves
                     // out of the way first, which can move this entry too.
-                    self.place_at(txn, taken, work, depth + 1, known)?;
-                    return self.place_at(txn, uuid, work, depth + 1, known);
+                    self.place_at(txn, taken, work, depth + 1, pass)?;
+                    return self.place_at(txn, uuid, work, depth + 1, pass);
                 }
                 let old_parent = self.shown_parent(&*txn, o)?;
                 b.delete(Table::Dn, o.dn().norm().into_bytes());
@@ -1778,6 +1894,8 @@ impl Directory {
                 }
                 // Conflict marks below name DNs that just changed.
                 work.extend(self.rebase_descendants(&*txn, uuid, o.dn(), new.dn(), &mut b)?);
+                // Entries below it were shown again, perhaps the change's.
+                pass.shown = None;
             }
             Some(_) => {}
             None => {
@@ -1786,8 +1904,8 @@ impl Directory {
                 {
                     // The name's holder loses it in this same pass: it moves
                     // out of the way first, which can move this entry too.
-                    self.place_at(txn, taken, work, depth + 1, known)?;
-                    return self.place_at(txn, uuid, work, depth + 1, known);
+                    self.place_at(txn, taken, work, depth + 1, pass)?;
+                    return self.place_at(txn, uuid, work, depth + 1, pass);
                 }
                 b.put(
                     Table::Dn,
@@ -1796,11 +1914,12 @@ impl Directory {
                 );
                 b.put(Table::Children, child_key(new_parent, uuid), vec![]);
                 // Entries waiting in lost and found for this one come home.
-                work.extend(Self::state_children(&*txn, uuid)?);
+                work.extend(pass.below(&*txn, uuid)?);
             }
         }
         self.put_entry(&mut b, uuid, &new)?;
         txn.apply(&b)?;
+        pass.placed(uuid, Some(new));
         Ok(())
     }
 
@@ -2138,14 +2257,15 @@ impl Directory {
         }
         txn.apply(&b)?;
         let mut work = VecDeque::from([uuid]);
+        let mut pass = Pass::new(None);
         if let Some((key, _)) = &claim {
             let prefix = &key[..key.len() - 16];
-            work.extend(Self::claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
+            work.extend(pass.claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
         }
-        work.extend(Self::state_children(&*txn, uuid)?);
+        work.extend(pass.below(&*txn, uuid)?);
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
-        self.place_all(txn, work, None)
+        self.place_all(txn, work, &mut pass)
     }
 
     /// Records the position of the change log's last row, which a purge
