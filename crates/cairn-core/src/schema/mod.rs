@@ -143,9 +143,9 @@ impl ObjectClass {
 pub struct Schema {
     attrs: Vec<AttributeType>,
     /// Lowercased name, alias or OID → index into `attrs`.
-    attr_index: HashMap<String, usize>,
+    attr_index: NameMap,
     classes: Vec<ObjectClass>,
-    class_index: HashMap<String, usize>,
+    class_index: NameMap,
     /// Per attribute type: its key (the canonical name, lowercased).
     attr_keys: Vec<String>,
     /// Per class: its lineage, by index, most specific first.
@@ -156,9 +156,37 @@ pub struct Schema {
     mays: Vec<Vec<Result<usize, &'static str>>>,
 }
 
+/// The schema's names (lowercased) → index. Keyed by FNV-1a rather than
+/// SipHash: every write looks names up dozens of times on every node,
+/// and the keys are the schema's own, fixed when it is built, so there
+/// is no table for crafted names to flood.
+type NameMap = HashMap<String, usize, std::hash::BuildHasherDefault<Fnv>>;
+
+/// 64-bit FNV-1a.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// `map[name]`, case-insensitively: `map` is keyed by lowercased names and
 /// most lookups are already lowercase, so they allocate nothing.
-fn lookup(map: &HashMap<String, usize>, name: &str) -> Option<usize> {
+fn lookup(map: &NameMap, name: &str) -> Option<usize> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         map.get(&name.to_ascii_lowercase()).copied()
     } else {
@@ -176,7 +204,7 @@ impl Schema {
     /// The built-in schema (standard classes plus Cairn's own).
     pub fn builtin() -> Schema {
         let attrs = builtin::ATTRIBUTES.to_vec();
-        let mut attr_index = HashMap::new();
+        let mut attr_index = NameMap::default();
         for (i, a) in attrs.iter().enumerate() {
             attr_index.insert(a.oid.to_string(), i);
             for n in a.names {
@@ -184,7 +212,7 @@ impl Schema {
             }
         }
         let classes = builtin::CLASSES.to_vec();
-        let mut class_index = HashMap::new();
+        let mut class_index = NameMap::default();
         for (i, c) in classes.iter().enumerate() {
             class_index.insert(c.oid.to_string(), i);
             class_index.insert(c.name.to_ascii_lowercase(), i);
