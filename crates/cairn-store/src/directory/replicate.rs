@@ -280,6 +280,9 @@ struct Placement {
     /// `(cairnConflict value, cairnOriginalDn)` when not where its name
     /// says. An entry cut out of a loop of moves has no original DN.
     conflict: Option<(String, Option<Dn>)>,
+    /// The UUID of the entry shown at `dn`'s parent, when the placement
+    /// knows it without a lookup (nil for a naming context).
+    parent: Option<Uuid>,
 }
 
 /// One pass of placing entries after a change is stored. Placing writes
@@ -1325,6 +1328,7 @@ impl Directory {
             let place = Placement {
                 dn: new.dn().clone(),
                 conflict: None,
+                parent: None,
             };
             assert_eq!(
                 self.shown_entry(uuid, m, place),
@@ -1407,7 +1411,11 @@ impl Directory {
                     ),
                 )));
             }
-            return Ok(Placement { dn, conflict: None });
+            return Ok(Placement {
+                dn,
+                conflict: None,
+                parent: Some(Uuid::nil()),
+            });
         };
         let rdn = Rdn::parse(&name.rdn)
             .map_err(|e| Error::Corrupt(format!("a change names its entry {:?}: {e}", name.rdn)))?;
@@ -1436,6 +1444,7 @@ impl Directory {
                         format!("orphan: parent {parent} was deleted at another site"),
                         original,
                     )),
+                    parent: None,
                 });
             }
         };
@@ -1451,6 +1460,7 @@ impl Directory {
                     ),
                     None,
                 )),
+                parent: None,
             });
         }
         let claims = pass.claimants(snap, &names_prefix(Some(parent), &norm))?;
@@ -1463,8 +1473,13 @@ impl Directory {
                     format!("name: {dn} was added at two sites; entry {w} has it"),
                     Some(dn),
                 )),
+                parent: Some(parent),
             }),
-            _ => Ok(Placement { dn, conflict: None }),
+            _ => Ok(Placement {
+                dn,
+                conflict: None,
+                parent: Some(parent),
+            }),
         }
     }
 
@@ -1584,13 +1599,14 @@ impl Directory {
         self.apply_change(txn, &change).map(|_| true)
     }
 
-    /// The entry as it should be shown, or none when it is not live.
+    /// The entry as it should be shown, or none when it is not live; with
+    /// the UUID of the entry it is shown below, when that is known.
     fn desired(
         &self,
         txn: &mut dyn WriteTxn,
         uuid: Uuid,
         pass: &mut Pass,
-    ) -> Result<Option<ValidEntry>, Error> {
+    ) -> Result<Option<(ValidEntry, Option<Uuid>)>, Error> {
         let loaded;
         let state = match pass.known.filter(|s| s.uuid == uuid) {
             Some(s) => {
@@ -1620,7 +1636,8 @@ impl Directory {
             // Creating the container wrote a state and a name.
             pass.forget();
         }
-        Ok(Some(self.shown_entry(uuid, m, place)))
+        let parent = place.parent;
+        Ok(Some((self.shown_entry(uuid, m, place), parent)))
     }
 
     /// The shown entry of a live entry placed at `place`: a stub when its
@@ -1821,7 +1838,10 @@ impl Directory {
             self.place_at(txn, p, work, depth + 1, pass)?;
         }
         let old = Self::load(&*txn, uuid)?;
-        let new = self.desired(txn, uuid, pass)?;
+        let (new, parent) = match self.desired(txn, uuid, pass)? {
+            Some((e, parent)) => (Some(e), parent),
+            None => (None, None),
+        };
         if old == new {
             pass.placed(uuid, new);
             return Ok(());
@@ -1870,7 +1890,18 @@ impl Directory {
         for k in new_keys.difference(&old_keys) {
             b.put(Table::Index, k.clone(), vec![]);
         }
-        let new_parent = self.shown_parent(&*txn, &new)?;
+        let new_parent = match parent {
+            Some(p) => {
+                #[cfg(test)]
+                assert_eq!(
+                    p,
+                    self.shown_parent(&*txn, &new)?,
+                    "placed below another parent"
+                );
+                p
+            }
+            None => self.shown_parent(&*txn, &new)?,
+        };
         match &old {
             Some(o) if o.dn() != new.dn() => {
                 if let Some(taken) = Self::uuid_of(&*txn, new.dn())?
