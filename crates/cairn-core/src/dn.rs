@@ -377,16 +377,19 @@ impl<'de> serde::Deserialize<'de> for Dn {
 }
 
 impl Dn {
-    /// Deserializes a DN that is usually the same as the last one this
-    /// thread read through here (the bound identity in every write's
-    /// stamp): a repeat is cloned instead of parsed again. Use with
+    /// Deserializes a DN that is usually one of the last few this thread
+    /// read through here (the bound identity in every write's stamp, the
+    /// parent a batch of adds is placed below): a repeat is cloned
+    /// instead of parsed again. Use with
     /// `#[serde(deserialize_with = "Dn::deserialize_repeated")]`.
     pub fn deserialize_repeated<'de, D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Dn, D::Error> {
         use std::cell::RefCell;
+        const KEPT: usize = 4;
+        type Recent = (usize, [Option<(String, Dn)>; KEPT]);
         thread_local! {
-            static LAST: RefCell<Option<(String, Dn)>> = const { RefCell::new(None) };
+            static RECENT: RefCell<Recent> = RefCell::new(Default::default());
         }
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
@@ -395,14 +398,16 @@ impl Dn {
                 f.write_str("an RFC 4514 distinguished name string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dn, E> {
-                LAST.with(|last| {
-                    if let Some((s, dn)) = &*last.borrow()
-                        && s == v
-                    {
+                RECENT.with(|r| {
+                    if let Some((_, dn)) = r.borrow().1.iter().flatten().find(|(s, _)| s == v) {
                         return Ok(dn.clone());
                     }
+                    // Only what parses is kept.
                     let dn = Dn::parse(v).map_err(E::custom)?;
-                    *last.borrow_mut() = Some((v.to_string(), dn.clone()));
+                    let mut r = r.borrow_mut();
+                    let next = r.0;
+                    r.1[next] = Some((v.to_string(), dn.clone()));
+                    r.0 = (next + 1) % KEPT;
                     Ok(dn)
                 })
             }
@@ -792,8 +797,9 @@ fn decode_ber_string(ber: &[u8]) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    /// A repeated DN read through `deserialize_repeated` is the same DN
-    /// as a fresh parse, a different one is parsed, a bad one is refused.
+    /// A DN read through `deserialize_repeated` is the same DN as a fresh
+    /// parse, whether it is still kept, evicted or new; a bad one is
+    /// refused.
     #[test]
     fn repeated_dns_deserialize_like_fresh_ones() {
         use serde::de::IntoDeserializer;
@@ -802,14 +808,25 @@ mod tests {
             let d: StrDeserializer<'_, Error> = s.into_deserializer();
             Dn::deserialize_repeated(d)
         };
+        // More distinct DNs than are kept, interleaved, so that repeats
+        // hit, miss after eviction, and hit again.
         for s in [
             "cn=admin,dc=example,dc=com",
             "cn=admin,dc=example,dc=com",
             "CN=Other, DC=example,dc=com",
             "cn=admin,dc=example,dc=com",
             "",
+            "ou=a,dc=example,dc=com",
+            "ou=b,dc=example,dc=com",
+            "ou=c,dc=example,dc=com",
+            "CN=Other, DC=example,dc=com",
+            "ou=a,dc=example,dc=com",
+            "cn=admin,dc=example,dc=com",
+            "ou=c,dc=example,dc=com",
         ] {
-            assert_eq!(read(s).unwrap(), Dn::parse(s).unwrap());
+            let got = read(s).unwrap();
+            assert_eq!(got, Dn::parse(s).unwrap());
+            assert_eq!(got.to_string(), Dn::parse(s).unwrap().to_string());
         }
         assert!(read("cn=x,,dc=y").is_err());
         assert_eq!(

@@ -46,6 +46,8 @@ enum StoredEntryDn {
 
 #[derive(Deserialize)]
 struct EntryDn {
+    /// Mostly a parent's, read again for each child placed below it.
+    #[serde(deserialize_with = "cairn_core::dn::Dn::deserialize_repeated")]
     dn: cairn_core::dn::Dn,
 }
 
