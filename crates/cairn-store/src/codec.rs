@@ -111,6 +111,161 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
     }
 }
 
+/// A stored entry state read in place: its head decoded, its attributes
+/// borrowed from the stored bytes. What a change of a few attributes
+/// reads: it merges those ([`StateView::split`]) and writes the others
+/// back as they were ([`encode_state_split`]), without copying, and
+/// later freeing, every value of the entry. Its fields mirror
+/// [`EntryState`]'s, and bincode writes a map as a sequence of pairs, so
+/// the same bytes decode as either.
+#[derive(Serialize, Deserialize)]
+pub struct StateView<'a> {
+    uuid: uuid::Uuid,
+    name: Option<(Csn, cairn_core::merge::Name)>,
+    created: Option<Csn>,
+    deleted: Option<Csn>,
+    deleted_at: Option<String>,
+    #[serde(borrow)]
+    attrs: Vec<(&'a str, AttrView<'a>)>,
+}
+
+/// [`cairn_core::merge::AttrState`], borrowed.
+#[derive(Serialize, Deserialize)]
+struct AttrView<'a> {
+    name: &'a str,
+    cleared: Option<Csn>,
+    #[serde(borrow)]
+    values: Vec<(&'a str, ValueView<'a>)>,
+}
+
+/// [`cairn_core::merge::ValueState`], borrowed.
+#[derive(Serialize, Deserialize)]
+struct ValueView<'a> {
+    #[serde(borrow)]
+    added: Option<(Csn, u32, &'a str)>,
+    deleted: Option<Csn>,
+}
+
+impl<'a> StateView<'a> {
+    /// The state with only the attributes `keys` (the rest stay here):
+    /// enough to merge a change of those attributes alone, and to tell
+    /// whether the entry is live.
+    pub fn split(&self, keys: &std::collections::BTreeSet<&str>) -> EntryState {
+        let mut s = EntryState::new(self.uuid);
+        s.name = self.name.clone();
+        s.created = self.created;
+        s.deleted = self.deleted;
+        s.deleted_at = self.deleted_at.clone();
+        for (key, a) in self.attrs.iter().filter(|(k, _)| keys.contains(k)) {
+            let values = a
+                .values
+                .iter()
+                .map(|(v, st)| {
+                    let st = cairn_core::merge::ValueState {
+                        added: st.added.map(|(c, i, t)| (c, i, t.to_string())),
+                        deleted: st.deleted,
+                    };
+                    (v.to_string(), st)
+                })
+                .collect();
+            s.attrs.insert(
+                key.to_string(),
+                cairn_core::merge::AttrState {
+                    name: a.name.to_string(),
+                    cleared: a.cleared,
+                    values,
+                },
+            );
+        }
+        s
+    }
+}
+
+/// Reads a stored entry state in place ([`StateView`]).
+pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
+    let (v, used): (StoredState<StateView<'_>>, usize) =
+        bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
+    if used != bytes.len() {
+        return Err(Error::Corrupt(format!(
+            "cannot decode entry state: {} bytes left over",
+            bytes.len() - used
+        )));
+    }
+    match v {
+        StoredState::V1(s) => Ok(s),
+    }
+}
+
+/// Encodes, as [`encode_state`] would the whole merged state, `merged`
+/// (what [`StateView::split`] gave for `keys`, merged since) with the
+/// attributes of `view` outside `keys` as they were.
+pub fn encode_state_split(
+    merged: &EntryState,
+    view: &StateView<'_>,
+    keys: &std::collections::BTreeSet<&str>,
+) -> Result<Vec<u8>, Error> {
+    #[derive(Serialize)]
+    struct Out<'s, 'a> {
+        uuid: &'s uuid::Uuid,
+        name: &'s Option<(Csn, cairn_core::merge::Name)>,
+        created: &'s Option<Csn>,
+        deleted: &'s Option<Csn>,
+        deleted_at: &'s Option<String>,
+        attrs: Attrs<'s, 'a>,
+    }
+    struct Attrs<'s, 'a> {
+        merged: &'s std::collections::BTreeMap<String, cairn_core::merge::AttrState>,
+        kept: &'s [(&'a str, AttrView<'a>)],
+        keys: &'s std::collections::BTreeSet<&'s str>,
+    }
+    impl Serialize for Attrs<'_, '_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut kept = self
+                .kept
+                .iter()
+                .filter(|(k, _)| !self.keys.contains(k))
+                .peekable();
+            let len = self.merged.len() + kept.clone().count();
+            let mut merged = self.merged.iter().peekable();
+            let mut map = ser.serialize_map(Some(len))?;
+            // Both in key order, as the state's map keeps them.
+            loop {
+                let from_merged = match (merged.peek(), kept.peek()) {
+                    (Some((m, _)), Some((k, _))) => m.as_str() < *k,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                if from_merged {
+                    if let Some((m, a)) = merged.next() {
+                        map.serialize_entry(m, a)?;
+                    }
+                } else if let Some((k, a)) = kept.next() {
+                    map.serialize_entry(k, a)?;
+                }
+            }
+            map.end()
+        }
+    }
+    encode(
+        "entry state",
+        &StoredState::V1(Out {
+            uuid: &merged.uuid,
+            name: &merged.name,
+            created: &merged.created,
+            deleted: &merged.deleted,
+            deleted_at: &merged.deleted_at,
+            attrs: Attrs {
+                merged: &merged.attrs,
+                kept: &view.attrs,
+                keys,
+            },
+        }),
+    )
+}
+
 /// The head of a stored entry state: its leading fields, without decoding
 /// its attributes (the rest of the bytes are not read).
 pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
@@ -253,6 +408,99 @@ mod tests {
     use cairn_core::dn::Dn;
     use cairn_core::entry::Entry;
     use cairn_core::schema::Schema;
+
+    /// A state read in place, split for a change of some attributes,
+    /// merged and written back with the rest as they were, is the same
+    /// bytes as the whole state merged and written; with nothing
+    /// changed, it is the bytes it was read from.
+    #[test]
+    fn a_state_split_for_a_change_writes_what_the_whole_state_would() {
+        use cairn_core::csn::Origin;
+        use cairn_core::merge::{AttrChange, AttrOp, ChangeOp, Name, Value, merge};
+        use std::collections::BTreeSet;
+        let csn = |ms: u64, site: &str| Csn {
+            ms,
+            ..Csn::zero(Origin::of_site(site))
+        };
+        let attr = |op, key: &str, values: &[&str]| AttrChange {
+            op,
+            key: key.to_string(),
+            name: key.to_string(),
+            values: values
+                .iter()
+                .map(|v| Value::new(*v, v.to_lowercase()))
+                .collect(),
+        };
+        let uuid = uuid::Uuid::from_u128(7);
+        let change = |ms, site, op| Change {
+            csn: csn(ms, site),
+            uuid,
+            op,
+            audit: None,
+        };
+        let mut full = None;
+        for c in [
+            change(
+                1,
+                "east",
+                ChangeOp::Add {
+                    name: Name {
+                        parent: Some(uuid::Uuid::from_u128(1)),
+                        rdn: "cn=h1".into(),
+                    },
+                    attrs: vec![
+                        attr(AttrOp::Add, "objectclass", &["top", "device"]),
+                        attr(AttrOp::Add, "cn", &["h1"]),
+                        attr(AttrOp::Add, "description", &["A", "b"]),
+                        attr(AttrOp::Add, "seealso", &["cn=x"]),
+                        attr(AttrOp::Add, "zz", &["last"]),
+                    ],
+                },
+            ),
+            change(
+                2,
+                "west",
+                ChangeOp::Modify {
+                    name: None,
+                    attrs: vec![attr(AttrOp::Delete, "description", &["b"])],
+                },
+            ),
+        ] {
+            full = Some(merge(full, &c).0);
+        }
+        let full = full.unwrap();
+        let bytes = encode_state(&full).unwrap();
+        let view = decode_state_view(&bytes).unwrap();
+        // Nothing taken out: the same bytes.
+        let none = BTreeSet::new();
+        assert_eq!(
+            encode_state_split(&view.split(&none), &view, &none).unwrap(),
+            bytes
+        );
+        // Changes of attributes in the middle, at the ends, and of one the
+        // entry lacks.
+        for attrs in [
+            vec![attr(AttrOp::Replace, "description", &["C"])],
+            vec![
+                attr(AttrOp::Add, "cn", &["h1b"]),
+                attr(AttrOp::Delete, "zz", &[]),
+            ],
+            vec![attr(AttrOp::Add, "l", &["here"])],
+            vec![attr(AttrOp::Add, "aa", &["first"])],
+        ] {
+            let c = change(3, "north", ChangeOp::Modify { name: None, attrs });
+            let ChangeOp::Modify { attrs, .. } = &c.op else {
+                unreachable!()
+            };
+            let keys: BTreeSet<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
+            let (whole, effect) = merge(Some(full.clone()), &c);
+            let (part, part_effect) = merge(Some(view.split(&keys)), &c);
+            assert_eq!(effect, part_effect);
+            let split = encode_state_split(&part, &view, &keys).unwrap();
+            assert_eq!(split, encode_state(&whole).unwrap(), "{keys:?}");
+            assert_eq!(decode_state(&split).unwrap(), whole);
+        }
+    }
 
     /// Snapshots written with byte strings are the bytes the derived
     /// `Vec<u8>` encoding wrote (snapshots on disk from earlier releases

@@ -38,7 +38,8 @@ use uuid::Uuid;
 use super::{Applied, Directory, MAX_ENTRY_BYTES, WriteOp, child_key, uuid_from};
 use crate::Error;
 use crate::codec::{
-    decode_csn, decode_state, decode_state_head, encode_change, encode_csn, encode_state,
+    StateView, decode_csn, decode_state, decode_state_head, decode_state_view, encode_change,
+    encode_csn, encode_state, encode_state_split,
 };
 use crate::engine::{Batch, Scratch, Snapshot, Table, WriteTxn};
 
@@ -1048,13 +1049,48 @@ impl Directory {
         txn: &mut dyn WriteTxn,
         change: &Change,
     ) -> Result<Effect, Error> {
-        let old = Self::load_state(&*txn, change.uuid)?;
+        let row = txn.get(Table::State, change.uuid.as_bytes())?;
+        // A change of attributes alone to a live entry merges only those:
+        // the others are read in place and written back as they were.
+        let keys: Option<BTreeSet<&str>> = match &change.op {
+            ChangeOp::Modify { name: None, attrs } => {
+                Some(attrs.iter().map(|a| a.key.as_str()).collect())
+            }
+            _ => None,
+        };
+        let view = match (&row, &keys) {
+            (Some(row), Some(_)) => Some(decode_state_view(row)?),
+            _ => None,
+        };
+        let mut split = None;
+        let mut old = None;
+        if let (Some(view), Some(keys)) = (&view, &keys) {
+            let part = view.split(keys);
+            if part.is_live() {
+                split = Some((view, keys));
+                old = Some(part);
+            }
+        }
+        if split.is_none() {
+            old = row.as_deref().map(decode_state).transpose()?;
+        }
         // Only a change of name or of life (an add, a delete, a rename)
         // can move an entry, make or break a loop of moves, or change who
         // holds a name; the members of a loop it breaks go home.
-        let naming = !matches!(change.op, ChangeOp::Modify { name: None, .. });
+        let naming = keys.is_none();
         let before = Before::of(&*txn, change.uuid, old.as_ref(), naming)?;
         let (state, effect) = merge::merge(old, change);
+        #[cfg(test)]
+        if let Some((view, keys)) = split {
+            // The whole state merged, for every test of this crate.
+            let whole = merge::merge(row.as_deref().map(decode_state).transpose()?, change);
+            assert_eq!(whole.1, effect, "a split state merged differently");
+            assert_eq!(
+                encode_state(&whole.0)?,
+                encode_state_split(&state, view, keys)?,
+                "a split state merged differently"
+            );
+        }
         if effect == Effect::AlreadyHeld {
             // Superseded here, but held now: the vector rises and the
             // change is logged once, so the sites that pull from this one
@@ -1087,7 +1123,7 @@ impl Directory {
         // re-shown in place starts from it), and the entry as shown after
         // comes back when known: neither is decoded twice.
         let attrs_only = attrs_only.map(|a| (a, shown_before.clone()));
-        let reshown = self.store_merged(txn, b, before, &state, attrs_only)?;
+        let reshown = self.store_merged(txn, b, before, &state, split, attrs_only)?;
         if let Some(at) = logged {
             let after = match reshown {
                 Some(e) => e,
@@ -1201,6 +1237,7 @@ impl Directory {
         mut b: Batch,
         before: Before,
         state: &EntryState,
+        split: Option<(&StateView, &BTreeSet<&str>)>,
         attrs_only: Option<(&[AttrChange], Option<ValidEntry>)>,
     ) -> Result<Option<Option<ValidEntry>>, Error> {
         let uuid = state.uuid;
@@ -1226,7 +1263,11 @@ impl Directory {
         } else if before.was_tombstone {
             b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
         }
-        b.put(Table::State, uuid.as_bytes().to_vec(), encode_state(state)?);
+        let row = match split {
+            Some((view, keys)) => encode_state_split(state, view, keys)?,
+            None => encode_state(state)?,
+        };
+        b.put(Table::State, uuid.as_bytes().to_vec(), row);
         let mut work: VecDeque<Uuid> = VecDeque::from([uuid]);
         let old_claim = before.claim;
         if old_claim.as_ref().map(|c| &c.0) != new_claim.as_ref().map(|c| &c.0) {
@@ -1243,8 +1284,9 @@ impl Directory {
         {
             return Ok(Some(Some(new)));
         }
-        // The state just stored is placed as it is, not read back.
-        let mut pass = Pass::new(Some(state));
+        // The state just stored is placed as it is, not read back (unless
+        // it holds only the attributes a change touched).
+        let mut pass = Pass::new(split.is_none().then_some(state));
         // Who may have won or lost a name with this change.
         for (key, _) in old_claim.iter().chain(new_claim.iter()) {
             let prefix = &key[..key.len() - 16];
@@ -1321,8 +1363,11 @@ impl Directory {
         }
         #[cfg(test)]
         {
-            // What the full path shows, for every test of this crate.
-            let m = state
+            // What the full path shows, for every test of this crate (from
+            // the whole state stored: `state` may hold only the attributes
+            // the change touched).
+            let m = Self::load_state(&*txn, uuid)?
+                .expect("the state was stored")
                 .materialize(|k| self.is_single_valued(k))
                 .expect("a live state materializes");
             let place = Placement {
@@ -2105,7 +2150,7 @@ impl Directory {
             state.restrict(horizon);
             state.join(theirs);
             if old.as_ref() != Some(&state) {
-                self.store_merged(txn, Batch::default(), before, &state, None)?;
+                self.store_merged(txn, Batch::default(), before, &state, None, None)?;
                 changed += 1;
             }
         }
@@ -2204,7 +2249,7 @@ impl Directory {
             }
             if kept {
                 let before = Before::of(&*txn, old.uuid, Some(&old), true)?;
-                self.store_merged(txn, Batch::default(), before, &state, None)?;
+                self.store_merged(txn, Batch::default(), before, &state, None, None)?;
             } else {
                 self.remove_state(txn, &old)?;
             }
