@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::forwarder::{self, Forwarded, Forwarder};
 use crate::network::{self, Network, RaftService};
 use crate::proposer::{Proposer, Redirect};
-use crate::types::{NodeInfo, Raft};
+use crate::types::{LogId, NodeInfo, Raft};
 use crate::{LogStore, StateMachine};
 
 /// How a replica is set up.
@@ -298,6 +298,38 @@ pub enum StartError {
     Store(String),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+}
+
+/// Confirms, within `timeout`, that this node leads the site (openraft's
+/// read barrier: a heartbeat round a quorum answers). A round that misses
+/// the quorum (a message lost, or late on a slow link) is tried again a
+/// heartbeat later, for as long as a follower waits before it calls an
+/// election: only a leader that no quorum answers for that long is told
+/// it may not be leading.
+pub(crate) async fn confirm_leadership(
+    raft: &Raft,
+    timeout: Duration,
+) -> Result<
+    Result<Option<LogId>, RaftError<u64, CheckIsLeaderError<u64, NodeInfo>>>,
+    tokio::time::error::Elapsed,
+> {
+    let cfg = raft.config();
+    let every = Duration::from_millis(cfg.heartbeat_interval);
+    let give_up = tokio::time::Instant::now() + Duration::from_millis(cfg.election_timeout_max);
+    tokio::time::timeout(timeout, async {
+        loop {
+            match raft.ensure_linearizable().await {
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))
+                    if tokio::time::Instant::now() + every < give_up =>
+                {
+                    debug!(%e, "a heartbeat round missed a quorum; trying another");
+                    tokio::time::sleep(every).await;
+                }
+                r => return r,
+            }
+        }
+    })
+    .await
 }
 
 impl Replica {
@@ -669,7 +701,7 @@ impl Replica {
     /// on a node cut off from the majority.
     pub async fn linearizable_barrier(&self, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let local = tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await;
+        let local = confirm_leadership(&self.raft, timeout).await;
         let (leader_id, leader) = match local {
             Err(_) => return Err("no quorum confirmed this node's leadership in time".into()),
             Ok(Ok(_)) => return Ok(()),
@@ -897,7 +929,7 @@ impl Replica {
 
     /// The leader's side of a follower's read index.
     pub async fn read_index_here(&self) -> Result<Option<u64>, String> {
-        let r = tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await;
+        let r = confirm_leadership(&self.raft, self.write_timeout).await;
         match r {
             Ok(Ok(log_id)) => Ok(log_id.map(|l| l.index)),
             Ok(Err(e)) => Err(e.to_string()),

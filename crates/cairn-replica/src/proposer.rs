@@ -251,7 +251,7 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
         // applies everything committed before it (a read barrier).
         let term = ctx.raft.metrics().borrow().current_term;
         if caught_up_in != Some(term) {
-            match tokio::time::timeout(ctx.timeout, ctx.raft.ensure_linearizable()).await {
+            match crate::node::confirm_leadership(&ctx.raft, ctx.timeout).await {
                 Ok(Ok(_)) => caught_up_in = Some(term),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     send(replies, all(n, Err(redirect(&f, ctx.id))));
