@@ -88,9 +88,10 @@ fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, Error> {
         .map_err(|err| Error::Corrupt(format!("cannot encode {what}: {err}")))
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, Error> {
+/// Decodes all of `bytes`; `T` may borrow from them ([`StateView`]).
+fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Error> {
     let (v, used): (T, usize) =
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
             .map_err(|err| Error::Corrupt(format!("cannot decode {what}: {err}")))?;
     if used != bytes.len() {
         return Err(Error::Corrupt(format!(
@@ -183,16 +184,7 @@ impl<'a> StateView<'a> {
 
 /// Reads a stored entry state in place ([`StateView`]).
 pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
-    let (v, used): (StoredState<StateView<'_>>, usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
-    if used != bytes.len() {
-        return Err(Error::Corrupt(format!(
-            "cannot decode entry state: {} bytes left over",
-            bytes.len() - used
-        )));
-    }
-    match v {
+    match decode("entry state", bytes)? {
         StoredState::V1(s) => Ok(s),
     }
 }

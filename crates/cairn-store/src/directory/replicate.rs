@@ -326,34 +326,16 @@ impl<'a> Pass<'a> {
 
     /// [`Directory::state_children`], read once per pass.
     fn below(&mut self, snap: &dyn Snapshot, uuid: Uuid) -> Result<Vec<Uuid>, Error> {
-        if let Some(b) = self.below.get(&uuid) {
-            #[cfg(test)]
-            assert_eq!(
-                b,
-                &Directory::state_children(snap, uuid)?,
-                "names moved in a pass"
-            );
-            return Ok(b.clone());
-        }
-        let b = Directory::state_children(snap, uuid)?;
-        self.below.insert(uuid, b.clone());
-        Ok(b)
+        kept(&mut self.below, &uuid, || {
+            Directory::state_children(snap, uuid)
+        })
     }
 
     /// [`Directory::claimants`], read once per pass.
     fn claimants(&mut self, snap: &dyn Snapshot, prefix: &[u8]) -> Result<Vec<(Uuid, Csn)>, Error> {
-        if let Some(c) = self.claims.get(prefix) {
-            #[cfg(test)]
-            assert_eq!(
-                c,
-                &Directory::claimants(snap, prefix)?,
-                "claims moved in a pass"
-            );
-            return Ok(c.clone());
-        }
-        let c = Directory::claimants(snap, prefix)?;
-        self.claims.insert(prefix.to_vec(), c.clone());
-        Ok(c)
+        kept(&mut self.claims, prefix, || {
+            Directory::claimants(snap, prefix)
+        })
     }
 
     /// [`Directory::cycle_cut`], worked out once per pass.
@@ -380,6 +362,29 @@ impl<'a> Pass<'a> {
             self.shown = Some(e);
         }
     }
+}
+
+/// `map[key]`, read by `read` the first time. In tests, every later
+/// use reads again and must find the same (what a pass keeps must not
+/// move while it places entries).
+fn kept<Q, K, V>(
+    map: &mut HashMap<K, V>,
+    key: &Q,
+    read: impl FnOnce() -> Result<V, Error>,
+) -> Result<V, Error>
+where
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    V: Clone + PartialEq + std::fmt::Debug,
+{
+    if let Some(v) = map.get(key) {
+        #[cfg(test)]
+        assert_eq!(v, &read()?, "what a pass kept moved");
+        return Ok(v.clone());
+    }
+    let v = read()?;
+    map.insert(key.to_owned(), v.clone());
+    Ok(v)
 }
 
 impl Directory {
