@@ -386,10 +386,8 @@ impl Dn {
         deserializer: D,
     ) -> Result<Dn, D::Error> {
         use std::cell::RefCell;
-        const KEPT: usize = 4;
-        type Recent = (usize, [Option<(String, Dn)>; KEPT]);
         thread_local! {
-            static RECENT: RefCell<Recent> = RefCell::new(Default::default());
+            static RECENT: RefCell<Recent<Dn>> = RefCell::new(Recent::default());
         }
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
@@ -398,21 +396,51 @@ impl Dn {
                 f.write_str("an RFC 4514 distinguished name string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dn, E> {
-                RECENT.with(|r| {
-                    if let Some((_, dn)) = r.borrow().1.iter().flatten().find(|(s, _)| s == v) {
-                        return Ok(dn.clone());
-                    }
-                    // Only what parses is kept.
-                    let dn = Dn::parse(v).map_err(E::custom)?;
-                    let mut r = r.borrow_mut();
-                    let next = r.0;
-                    r.1[next] = Some((v.to_string(), dn.clone()));
-                    r.0 = (next + 1) % KEPT;
-                    Ok(dn)
-                })
+                RECENT.with(|r| Recent::recall(r, v, || Dn::parse(v).map_err(E::custom)))
             }
         }
         deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// How many values a [`Recent`] keeps.
+const RECENT_KEPT: usize = 4;
+
+/// The last few values worked out from strings on one thread (keep it in
+/// a `thread_local!`), for pure functions of a string that see the same
+/// few strings again and again: DNs in every write's stamp, the parent a
+/// batch of adds is placed below.
+pub(crate) struct Recent<V> {
+    next: usize,
+    kept: [Option<(String, V)>; RECENT_KEPT],
+}
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent {
+            next: 0,
+            kept: Default::default(),
+        }
+    }
+}
+
+impl<V: Clone> Recent<V> {
+    /// `work(key)`, recalled when `key` is one of the last few kept.
+    /// Only what `work` gives is kept, never its errors.
+    pub(crate) fn recall<E>(
+        cell: &std::cell::RefCell<Self>,
+        key: &str,
+        work: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E> {
+        if let Some((_, v)) = cell.borrow().kept.iter().flatten().find(|(k, _)| k == key) {
+            return Ok(v.clone());
+        }
+        let v = work()?;
+        let mut r = cell.borrow_mut();
+        let at = r.next;
+        r.kept[at] = Some((key.to_string(), v.clone()));
+        r.next = (at + 1) % RECENT_KEPT;
+        Ok(v)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::dn::Dn;
+use crate::dn::{Dn, Recent};
 
 /// The syntax of an attribute's values (RFC 4517 plus Cairn's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,32 +184,16 @@ impl Syntax {
 /// kept.
 fn normalize_dn(value: &str) -> Result<String, SyntaxError> {
     use std::cell::RefCell;
-    const KEPT: usize = 4;
-    type Recent = (usize, [Option<(String, String)>; KEPT]);
     thread_local! {
-        static RECENT: RefCell<Recent> = RefCell::new(Default::default());
+        static RECENT: RefCell<Recent<String>> = RefCell::new(Recent::default());
     }
-    let hit = RECENT.with(|r| {
-        r.borrow()
-            .1
-            .iter()
-            .flatten()
-            .find(|(raw, _)| raw == value)
-            .map(|(_, norm)| norm.clone())
-    });
-    if let Some(norm) = hit {
-        return Ok(norm);
-    }
-    let norm = Dn::parse(value)
-        .map(|d| d.norm())
-        .map_err(|e| err(e.to_string()))?;
     RECENT.with(|r| {
-        let mut r = r.borrow_mut();
-        let next = r.0;
-        r.1[next] = Some((value.to_string(), norm.clone()));
-        r.0 = (next + 1) % KEPT;
-    });
-    Ok(norm)
+        Recent::recall(r, value, || {
+            Dn::parse(value)
+                .map(|d| d.norm())
+                .map_err(|e| err(e.to_string()))
+        })
+    })
 }
 
 fn normalize_time(value: &str) -> Result<String, SyntaxError> {
