@@ -225,32 +225,13 @@ impl Record {
                 }
             }
         }
-        let mut attrs = vec![];
-        for name in names {
-            let key = name.to_ascii_lowercase();
-            if NOT_DIFFED.contains(&key.as_str()) {
-                continue;
-            }
-            let (old, new) = (values(before, &key), values(after, &key));
-            let (old_set, new_set) = (set(old), set(new));
-            let removed: Vec<String> = old
-                .iter()
-                .filter(|v| !new_set.contains(v.as_str()))
-                .cloned()
-                .collect();
-            let added: Vec<String> = new
-                .iter()
-                .filter(|v| !old_set.contains(v.as_str()))
-                .cloned()
-                .collect();
-            if !removed.is_empty() || !added.is_empty() {
-                attrs.push(AttrDiff {
-                    name: name.to_string(),
-                    removed,
-                    added,
-                });
-            }
-        }
+        let attrs: Vec<AttrDiff> = names
+            .into_iter()
+            .filter_map(|name| {
+                let key = name.to_ascii_lowercase();
+                diff(name, values(before, &key), values(after, &key))
+            })
+            .collect();
         let kind = match (before, after) {
             (None, Some(_)) => Kind::Add,
             (Some(_), None) => Kind::Delete,
@@ -267,6 +248,38 @@ impl Record {
                 .map(|e| e.dn().to_string())
                 .or_else(|| if after.is_none() { at.clone() } else { None }),
             new_dn: after.map(|e| e.dn().to_string()),
+            attrs,
+        }
+    }
+
+    /// What a change of attributes alone did to an entry that stayed at
+    /// `dn`: `attrs` are the attributes it touched, each with its
+    /// canonical name and its values before and after, in the order
+    /// [`Record::of`] lists them (the entry's attributes before in key
+    /// order, then those it gained). The same record as [`Record::of`]
+    /// makes from the whole entry before and after.
+    pub fn of_attrs(
+        csn: Csn,
+        uuid: Uuid,
+        audit: Option<Audit>,
+        dn: &str,
+        attrs: &[(&str, Vec<&str>, Vec<&str>)],
+    ) -> Record {
+        let attrs: Vec<AttrDiff> = attrs
+            .iter()
+            .filter_map(|(name, old, new)| diff(name, old, new))
+            .collect();
+        Record {
+            csn,
+            uuid,
+            audit,
+            kind: if attrs.is_empty() {
+                Kind::None
+            } else {
+                Kind::Modify
+            },
+            dn: Some(dn.to_string()),
+            new_dn: Some(dn.to_string()),
             attrs,
         }
     }
@@ -414,8 +427,34 @@ fn values<'e>(e: Option<&'e ValidEntry>, key: &str) -> &'e [String] {
         .unwrap_or(&[])
 }
 
-fn set(values: &[String]) -> HashSet<&str> {
-    values.iter().map(String::as_str).collect()
+/// The values attribute `name` lost and gained, none when it is not
+/// diffed or nothing changed.
+fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Option<AttrDiff> {
+    if NOT_DIFFED.contains(&name.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    let (old_set, new_set) = (set(old), set(new));
+    let removed: Vec<String> = old
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|v| !new_set.contains(v))
+        .map(str::to_string)
+        .collect();
+    let added: Vec<String> = new
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|v| !old_set.contains(v))
+        .map(str::to_string)
+        .collect();
+    (!removed.is_empty() || !added.is_empty()).then(|| AttrDiff {
+        name: name.to_string(),
+        removed,
+        added,
+    })
+}
+
+fn set<V: AsRef<str>>(values: &[V]) -> HashSet<&str> {
+    values.iter().map(AsRef::as_ref).collect()
 }
 
 /// One LDIF `attr: value` line, base64 when the value needs it (RFC 2849).
@@ -476,6 +515,55 @@ mod tests {
                 ("modifyTimestamp", &["20261204000000Z"]),
             ],
         )
+    }
+
+    /// A change of attributes alone, recorded from the touched attributes'
+    /// values, is the record the whole entries before and after make.
+    #[test]
+    fn a_record_of_touched_attributes_is_the_record_of_the_whole_entries() {
+        let before = host(&["ntp=a", "dns=1.1.1.1"]);
+        let after = host(&["ntp=b", "dns=1.1.1.1"])
+            .with_values("modifytimestamp", vec!["20261205000000Z".into()]);
+        let only = ["cairnsetting", "modifytimestamp", "description"];
+        let whole = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            Some(&only),
+        );
+        let touched = [
+            (
+                "cairnSetting",
+                vec!["ntp=a", "dns=1.1.1.1"],
+                vec!["ntp=b", "dns=1.1.1.1"],
+            ),
+            (
+                "modifyTimestamp",
+                vec!["20261204000000Z"],
+                vec!["20261205000000Z"],
+            ),
+        ];
+        assert_eq!(
+            Record::of_attrs(csn(), Uuid::nil(), None, DN, &touched),
+            whole
+        );
+        // Nothing visible changed: a record of kind none, as from the whole.
+        let same = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&before),
+            None,
+            Some(&only),
+        );
+        let unchanged = [("cairnSetting", vec!["ntp=a"], vec!["ntp=a"])];
+        let r = Record::of_attrs(csn(), Uuid::nil(), None, DN, &unchanged);
+        assert_eq!((r.kind, &r.attrs), (Kind::None, &vec![]));
+        assert_eq!(r, same);
     }
 
     #[test]

@@ -224,6 +224,21 @@ impl Dn {
         Ok(Dn { rdns })
     }
 
+    /// The leftmost RDN of the DN written `s` (none for the root DSE),
+    /// reading no further: what an entry stored under that DN is named
+    /// by, without parsing its ancestors.
+    pub fn parse_leftmost(s: &str) -> Result<Option<Rdn>, DnError> {
+        if s.len() > MAX_DN_LEN {
+            return Err(DnError::new(s, format!("longer than {MAX_DN_LEN} bytes")));
+        }
+        let mut p = Parser::new(s);
+        p.skip_spaces();
+        if p.peek().is_none() {
+            return Ok(None);
+        }
+        p.rdn().map(Some)
+    }
+
     /// The root DSE (empty DN).
     pub fn root() -> Dn {
         Dn::default()
@@ -892,6 +907,27 @@ mod tests {
         assert_eq!(d.len(), 1, "{s:?}");
         assert_eq!(d.rdns()[0].avas().len(), 1, "{s:?}");
         d.rdns()[0].avas()[0].value.clone()
+    }
+
+    #[test]
+    fn the_leftmost_rdn_alone_is_the_whole_dns_first() {
+        for s in [
+            "cn=foo,ou=People,dc=example,dc=com",
+            "cn=a\\,b,dc=x",
+            "cn=a+uid=b,dc=x",
+            "  cn=x,dc=y",
+            "cn=\\23start",
+            "dc=com",
+        ] {
+            assert_eq!(
+                Dn::parse_leftmost(s).unwrap().as_ref(),
+                dn(s).rdn(),
+                "{s:?}"
+            );
+        }
+        assert_eq!(Dn::parse_leftmost("").unwrap(), None);
+        assert!(Dn::parse_leftmost("=x,dc=com").is_err());
+        assert!(Dn::parse_leftmost(&"a".repeat(MAX_DN_LEN + 1)).is_err());
     }
 
     #[test]

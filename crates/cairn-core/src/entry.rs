@@ -34,6 +34,31 @@ pub struct ValidEntry {
     structural: String,
 }
 
+/// An entry's attributes as the schema's whole-entry rules read them
+/// ([`crate::schema::Schema::check_entry`]): by key (the lowercased
+/// canonical name), each with its canonical name and its values. A
+/// validated entry's map is one; so is an entry read in place from the
+/// store with a few attributes replaced.
+pub trait AttrsByKey {
+    type Value: AsRef<str>;
+    /// The canonical name and the values of the attribute under `key`.
+    fn by_key(&self, key: &str) -> Option<(&str, &[Self::Value])>;
+    /// Every attribute: its key, canonical name and values, in key order.
+    fn each(&self) -> impl Iterator<Item = (&str, &str, &[Self::Value])>;
+}
+
+impl AttrsByKey for BTreeMap<String, Attr> {
+    type Value = String;
+    fn by_key(&self, key: &str) -> Option<(&str, &[String])> {
+        self.get(key)
+            .map(|a| (a.name.as_str(), a.values.as_slice()))
+    }
+    fn each(&self) -> impl Iterator<Item = (&str, &str, &[String])> {
+        self.iter()
+            .map(|(k, a)| (k.as_str(), a.name.as_str(), a.values.as_slice()))
+    }
+}
+
 /// Who changed an entry and when, stamped into its operational attributes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamp {

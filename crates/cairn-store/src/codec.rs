@@ -37,6 +37,77 @@ pub fn decode_entry(bytes: &[u8]) -> Result<ValidEntry, Error> {
     }
 }
 
+/// A stored entry read in place: its DN's text, its attributes and its
+/// structural class borrowed from the stored bytes, nothing parsed or
+/// copied. What a change of a few attributes re-shows from: it replaces
+/// those and writes the others back as they were
+/// ([`encode_entry_parts`]). Its fields mirror [`ValidEntry`]'s (a DN is
+/// stored as its text, a map as a sequence of pairs), so the same bytes
+/// decode as either.
+#[derive(Deserialize)]
+pub struct EntryView<'a> {
+    pub dn: &'a str,
+    /// By key, in key order.
+    #[serde(borrow)]
+    pub attrs: Vec<(&'a str, AttrRef<'a>)>,
+    pub structural: &'a str,
+}
+
+/// [`cairn_core::entry::Attr`], borrowed.
+#[derive(Serialize, Deserialize)]
+pub struct AttrRef<'a> {
+    pub name: &'a str,
+    #[serde(borrow)]
+    pub values: Vec<&'a str>,
+}
+
+impl EntryView<'_> {
+    /// The attribute under `key`.
+    pub fn get(&self, key: &str) -> Option<&AttrRef<'_>> {
+        self.attrs
+            .binary_search_by(|(k, _)| (*k).cmp(key))
+            .ok()
+            .map(|i| &self.attrs[i].1)
+    }
+}
+
+/// Reads a stored entry in place ([`EntryView`]).
+pub fn decode_entry_view(bytes: &[u8]) -> Result<EntryView<'_>, Error> {
+    #[derive(Deserialize)]
+    enum Stored<'a> {
+        #[serde(borrow)]
+        V1(EntryView<'a>),
+    }
+    match decode("entry", bytes)? {
+        Stored::V1(e) => Ok(e),
+    }
+}
+
+/// Encodes an entry from its parts, as [`encode_entry`] encodes the
+/// [`ValidEntry`] they make: `attrs` by key, in key order.
+pub fn encode_entry_parts(
+    dn: &str,
+    attrs: &[(&str, AttrRef<'_>)],
+    structural: &str,
+) -> Result<Vec<u8>, Error> {
+    #[derive(Serialize)]
+    enum Stored<'s, 'a> {
+        V1 {
+            dn: &'s str,
+            attrs: &'s [(&'s str, AttrRef<'a>)],
+            structural: &'s str,
+        },
+    }
+    encode(
+        "entry",
+        &Stored::V1 {
+            dn,
+            attrs,
+            structural,
+        },
+    )
+}
+
 /// The first field of a stored entry: its DN, without decoding its
 /// attributes (bincode stops after it).
 #[derive(Deserialize)]
@@ -539,6 +610,65 @@ mod tests {
         assert_eq!(bytes, owned);
         assert_eq!(decode_entry(&bytes).unwrap(), e);
         assert_eq!(&decode_entry_dn(&bytes).unwrap(), e.dn());
+    }
+
+    /// An entry read in place is the entry's parts, and its parts, with
+    /// attributes taken out and put in, encode as the whole entry they
+    /// make would.
+    #[test]
+    fn an_entry_read_in_place_writes_what_the_whole_entry_would() {
+        let schema = Schema::builtin();
+        let entry = |attrs: Vec<(&str, Vec<&str>)>| {
+            schema
+                .validate(Entry {
+                    dn: Dn::parse("cn=h\\,1+serialNumber=9,dc=example,dc=com").unwrap(),
+                    attrs: attrs
+                        .into_iter()
+                        .map(|(a, v)| (a.to_string(), v.into_iter().map(String::from).collect()))
+                        .collect(),
+                })
+                .unwrap()
+        };
+        let e = entry(vec![
+            ("objectClass", vec!["device"]),
+            ("cn", vec!["h,1"]),
+            ("serialNumber", vec!["9"]),
+            ("description", vec!["a", "b"]),
+        ]);
+        let bytes = encode_entry(&e).unwrap();
+        let view = decode_entry_view(&bytes).unwrap();
+        assert_eq!(view.dn, e.dn().to_string());
+        assert_eq!(view.structural, e.structural_class());
+        let keys: Vec<&str> = view.attrs.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["cn", "description", "objectclass", "serialnumber"]);
+        assert_eq!(view.get("description").unwrap().values, ["a", "b"]);
+        assert!(view.get("l").is_none());
+        assert_eq!(
+            encode_entry_parts(view.dn, &view.attrs, view.structural).unwrap(),
+            bytes
+        );
+        // One attribute gone, one added: as the whole would.
+        let mut attrs: Vec<(&str, AttrRef)> = decode_entry_view(&bytes)
+            .unwrap()
+            .attrs
+            .into_iter()
+            .filter(|(k, _)| *k != "description")
+            .collect();
+        let l = AttrRef {
+            name: "l",
+            values: vec!["x"],
+        };
+        attrs.insert(1, ("l", l));
+        let other = entry(vec![
+            ("objectClass", vec!["device"]),
+            ("cn", vec!["h,1"]),
+            ("serialNumber", vec!["9"]),
+            ("l", vec!["x"]),
+        ]);
+        let parts = encode_entry_parts(view.dn, &attrs, view.structural).unwrap();
+        assert_eq!(parts, encode_entry(&other).unwrap());
+        // Damaged bytes are refused, not read as something else.
+        assert!(decode_entry_view(&bytes[..bytes.len() - 1]).is_err());
     }
 
     /// Change log rows written before changes carried their audit still

@@ -5,8 +5,8 @@ mod builtin;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::dn::Dn;
-use crate::entry::{Attr, Entry, ValidEntry};
+use crate::dn::{Dn, Rdn};
+use crate::entry::{Attr, AttrsByKey, Entry, ValidEntry};
 use crate::error::Error;
 use crate::syntax::Syntax;
 
@@ -343,7 +343,7 @@ impl Schema {
             self.add_values(id, slot, values, seen_by_id.entry(id).or_default())?;
         }
         map.retain(|_, a| !a.values.is_empty());
-        let structural = self.check_classes(&dn, &map)?;
+        let structural = self.check_classes(dn.rdn(), &map)?;
         Ok(ValidEntry::new(dn, map, structural))
     }
 
@@ -359,23 +359,47 @@ impl Schema {
     ) -> Result<ValidEntry, Error> {
         let (dn, mut map) = old.into_parts();
         for (name, values) in updates {
-            let id = self
-                .attr_id(&name)
-                .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))?;
-            let key = &self.attr_keys[id];
+            let (key, attr) = self.check_attr(&name, values)?;
             map.remove(key);
-            let Some(values) = values.filter(|v| !v.is_empty()) else {
-                continue;
-            };
-            let mut slot = Attr {
-                name: self.attrs[id].name().to_string(),
-                values: vec![],
-            };
-            self.add_values(id, &mut slot, values, &mut HashSet::new())?;
-            map.insert(key.clone(), slot);
+            if let Some(attr) = attr {
+                map.insert(key.to_string(), attr);
+            }
         }
-        let structural = self.check_classes(&dn, &map)?;
+        let structural = self.check_classes(dn.rdn(), &map)?;
         Ok(ValidEntry::new(dn, map, structural))
+    }
+
+    /// Attribute `name` with `values` (none or an empty list: removed),
+    /// each value well-formed and unique by the attribute's equality
+    /// rule: its key and the attribute as a validated entry holds it.
+    /// What [`Schema::revalidate`] does for each attribute it updates.
+    pub fn check_attr(
+        &self,
+        name: &str,
+        values: Option<Vec<String>>,
+    ) -> Result<(&str, Option<Attr>), Error> {
+        let id = self
+            .attr_id(name)
+            .ok_or_else(|| Error::UndefinedAttributeType(name.to_string()))?;
+        let key = self.attr_keys[id].as_str();
+        let Some(values) = values.filter(|v| !v.is_empty()) else {
+            return Ok((key, None));
+        };
+        let mut slot = Attr {
+            name: self.attrs[id].name().to_string(),
+            values: vec![],
+        };
+        self.add_values(id, &mut slot, values, &mut HashSet::new())?;
+        Ok((key, Some(slot)))
+    }
+
+    /// The whole-entry rules ([`Schema::validate`]'s, after each value
+    /// was checked) over the attributes of an entry named by `rdn`,
+    /// however they are held: classes known, one structural chain, MUST
+    /// present, every attribute allowed, single-valued ones single, the
+    /// RDN's values present. Returns the structural class.
+    pub fn check_entry<A: AttrsByKey>(&self, rdn: Option<&Rdn>, attrs: &A) -> Result<&str, Error> {
+        self.check_classes(rdn, attrs)
     }
 
     /// Appends `values` to attribute `id`'s `slot`, each well-formed and
@@ -410,15 +434,15 @@ impl Schema {
     /// checked: classes known, one structural chain, MUST present, every
     /// attribute allowed, single-valued ones single, the RDN's values
     /// present. Returns the structural class.
-    fn check_classes<'s>(
+    fn check_classes<'s, A: AttrsByKey>(
         &'s self,
-        dn: &Dn,
-        map: &BTreeMap<String, Attr>,
+        rdn: Option<&Rdn>,
+        attrs: &A,
     ) -> Result<&'s str, Error> {
         // Object classes: known, one structural chain, MUST/MAY.
-        let oc_values = map
-            .get("objectclass")
-            .map(|a| a.values.clone())
+        let oc_values: Vec<&str> = attrs
+            .by_key("objectclass")
+            .map(|(_, values)| values.iter().map(AsRef::as_ref).collect())
             .ok_or_else(|| Error::ObjectClassViolation("no objectClass attribute".into()))?;
         // Classes and attribute types by index, resolved when the schema
         // was built: this runs for every add and modify, on every node.
@@ -439,7 +463,7 @@ impl Schema {
         for &c in &class_ids {
             for m in &self.musts[c] {
                 let id = m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?;
-                if !map.contains_key(&self.attr_keys[id]) {
+                if attrs.by_key(&self.attr_keys[id]).is_none() {
                     return Err(Error::ObjectClassViolation(format!(
                         "object class {} requires attribute {}",
                         self.classes[c].name,
@@ -452,27 +476,25 @@ impl Schema {
                 allowed[m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?] = true;
             }
         }
-        for (key, attr) in map {
+        for (key, name, values) in attrs.each() {
             let id = self
                 .attr_id(key)
                 .ok_or_else(|| Error::UndefinedAttributeType(key.to_string()))?;
             let at = &self.attrs[id];
             if !at.is_operational() && !allowed[id] {
                 return Err(Error::ObjectClassViolation(format!(
-                    "attribute {} is not allowed by the object classes of the entry ({})",
-                    attr.name,
+                    "attribute {name} is not allowed by the object classes of the entry ({})",
                     oc_values.join(", ")
                 )));
             }
-            if at.single_valued && attr.values.len() > 1 {
+            if at.single_valued && values.len() > 1 {
                 return Err(Error::ConstraintViolation(format!(
-                    "attribute {} is single-valued",
-                    attr.name
+                    "attribute {name} is single-valued"
                 )));
             }
         }
         // Naming: the RDN's values must be values of the entry.
-        if let Some(rdn) = dn.rdn() {
+        if let Some(rdn) = rdn {
             for ava in rdn.avas() {
                 let id = self.attr_id(&ava.attr).ok_or_else(|| {
                     Error::NamingViolation(format!(
@@ -485,11 +507,13 @@ impl Schema {
                     .syntax
                     .normalize(&ava.value)
                     .map_err(|e| Error::InvalidDn(format!("RDN value: {}", e.0)))?;
-                let present = map.get(&self.attr_keys[id]).is_some_and(|a| {
-                    a.values
-                        .iter()
-                        .any(|v| at.syntax.normalize(v).ok().as_deref() == Some(&want))
-                });
+                let present = attrs
+                    .by_key(&self.attr_keys[id])
+                    .is_some_and(|(_, values)| {
+                        values
+                            .iter()
+                            .any(|v| at.syntax.normalize(v.as_ref()).ok().as_deref() == Some(&want))
+                    });
                 if !present {
                     return Err(Error::NamingViolation(format!(
                         "RDN value {}={} is not among the entry's values",

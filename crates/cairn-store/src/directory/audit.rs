@@ -48,6 +48,15 @@ impl Directory {
         change: &Change,
         shown: (Option<&ValidEntry>, Option<&ValidEntry>, Option<String>),
     ) -> Result<(), Error> {
+        self.write_record(snap, b, position, Self::record_of(change, shown))
+    }
+
+    /// The audit record of `change`, from the entry as shown before and
+    /// after it (as [`Directory::record_change`] takes them).
+    pub(super) fn record_of(
+        change: &Change,
+        shown: (Option<&ValidEntry>, Option<&ValidEntry>, Option<String>),
+    ) -> Record {
         let (before, after, at) = shown;
         // A modify that renames nothing changed its own attributes only.
         let only: Option<Vec<&str>> = match &change.op {
@@ -56,7 +65,7 @@ impl Directory {
             }
             _ => None,
         };
-        let record = Record::of(
+        Record::of(
             change.csn,
             change.uuid,
             change.audit.clone(),
@@ -64,7 +73,18 @@ impl Directory {
             after,
             at,
             only.as_deref(),
-        );
+        )
+    }
+
+    /// Writes `record`, the audit record of the change at `position` in
+    /// the change log, to `b`.
+    pub(super) fn write_record(
+        &self,
+        snap: &dyn Snapshot,
+        b: &mut Batch,
+        position: u64,
+        record: Record,
+    ) -> Result<(), Error> {
         // Secret setting values never reach the audit trail: masked with
         // the keys secret where the entry is (marked on it, an ancestor or
         // a site), looked up only when the change touched settings.
@@ -86,7 +106,7 @@ impl Directory {
         b.put(
             Table::AuditEntries,
             position.to_be_bytes().to_vec(),
-            change.uuid.as_bytes().to_vec(),
+            record.uuid.as_bytes().to_vec(),
         );
         Ok(())
     }

@@ -747,35 +747,48 @@ impl Directory {
     fn index_keys(&self, e: &ValidEntry, uuid: Uuid) -> BTreeSet<Vec<u8>> {
         let mut keys = BTreeSet::new();
         for attr in INDEXED {
-            let Some(a) = e.get(attr) else { continue };
-            let Some(at) = self.schema.attr(attr) else {
-                continue;
-            };
-            for v in &a.values {
-                let mut norms = vec![];
-                if *attr == "objectclass" {
-                    // Index the whole class lineage so (objectClass=top)
-                    // and superclass searches use the index too.
-                    if let Some(c) = self.schema.class(v) {
-                        norms.extend(
-                            self.schema
-                                .lineage(c)
-                                .iter()
-                                .map(|c| c.name.to_ascii_lowercase())
-                                .filter(|c| c != "top"),
-                        );
-                    }
-                } else if let Ok(n) = at.syntax.normalize(v) {
-                    norms.push(n);
-                }
-                for n in norms {
-                    let mut k = index_prefix(attr, &n);
-                    k.extend_from_slice(uuid.as_bytes());
-                    keys.insert(k);
-                }
+            if let Some(a) = e.get(attr) {
+                self.index_keys_of(attr, a.values.iter().map(String::as_str), uuid, &mut keys);
             }
         }
         keys
+    }
+
+    /// Adds to `keys` the index keys of attribute `attr` (an indexed key,
+    /// [`INDEXED`]) with `values`, in entry `uuid`.
+    fn index_keys_of<'v>(
+        &self,
+        attr: &str,
+        values: impl IntoIterator<Item = &'v str>,
+        uuid: Uuid,
+        keys: &mut BTreeSet<Vec<u8>>,
+    ) {
+        let Some(at) = self.schema.attr(attr) else {
+            return;
+        };
+        for v in values {
+            let mut norms = vec![];
+            if attr == "objectclass" {
+                // Index the whole class lineage so (objectClass=top)
+                // and superclass searches use the index too.
+                if let Some(c) = self.schema.class(v) {
+                    norms.extend(
+                        self.schema
+                            .lineage(c)
+                            .iter()
+                            .map(|c| c.name.to_ascii_lowercase())
+                            .filter(|c| c != "top"),
+                    );
+                }
+            } else if let Ok(n) = at.syntax.normalize(v) {
+                norms.push(n);
+            }
+            for n in norms {
+                let mut k = index_prefix(attr, &n);
+                k.extend_from_slice(uuid.as_bytes());
+                keys.insert(k);
+            }
+        }
     }
 
     fn put_entry(&self, batch: &mut Batch, uuid: Uuid, e: &ValidEntry) -> Result<(), Error> {

@@ -26,9 +26,10 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use cairn_core::audit::Record;
 use cairn_core::csn::{Csn, Origin};
 use cairn_core::dn::{Dn, Rdn};
-use cairn_core::entry::{Entry, ValidEntry};
+use cairn_core::entry::{Attr, AttrsByKey, Entry, ValidEntry};
 use cairn_core::merge::{
     self, AttrChange, AttrOp, Change, ChangeOp, Effect, EntryState, Name, StateHead, Value,
 };
@@ -38,8 +39,9 @@ use uuid::Uuid;
 use super::{Applied, Directory, MAX_ENTRY_BYTES, WriteOp, child_key, uuid_from};
 use crate::Error;
 use crate::codec::{
-    StateView, decode_csn, decode_state, decode_state_head, decode_state_view, encode_change,
-    encode_csn, encode_state, encode_state_split,
+    AttrRef, EntryView, StateView, decode_csn, decode_entry, decode_entry_view, decode_state,
+    decode_state_head, decode_state_view, encode_change, encode_csn, encode_entry_parts,
+    encode_state, encode_state_split,
 };
 use crate::engine::{Batch, Scratch, Snapshot, Table, WriteTxn};
 
@@ -284,6 +286,27 @@ struct Placement {
     /// The UUID of the entry shown at `dn`'s parent, when the placement
     /// knows it without a lookup (nil for a naming context).
     parent: Option<Uuid>,
+}
+
+/// A change of attributes alone, as [`Directory::store_merged`] may show
+/// it again in place.
+struct AttrsOnly<'c> {
+    attrs: &'c [AttrChange],
+    /// The entry as stored before the change (none: not shown).
+    stored: Option<&'c [u8]>,
+    /// The change, when it is logged here (its audit record is wanted).
+    logged: Option<&'c Change>,
+}
+
+/// What storing a merged state tells of how its entry is shown.
+enum Shown {
+    /// Nothing: read it back.
+    Unknown,
+    /// Placed, and shown as this (none: not shown).
+    Placed(Option<ValidEntry>),
+    /// Shown again in place, with the change's audit record when the
+    /// change is logged here.
+    InPlace(Option<Record>),
 }
 
 /// One pass of placing entries after a change is stored. Placing writes
@@ -1114,29 +1137,53 @@ impl Directory {
         }
         let mut b = Batch::default();
         let logged = self.log_change(&*txn, &mut b, change)?;
-        // The entry as shown before the change, for its audit record.
-        let shown_before = match logged {
-            Some(_) => Self::load(&*txn, change.uuid)?,
-            None => None,
-        };
         let attrs_only = match &change.op {
             ChangeOp::Modify { name: None, attrs } => Some(attrs.as_slice()),
             _ => None,
         };
+        // The entry as stored before the change: for its audit record, and
+        // where a change of attributes alone re-shows it in place.
+        let stored = match (logged, attrs_only) {
+            (None, None) => None,
+            _ => txn.get(Table::Entries, change.uuid.as_bytes())?,
+        };
         let place = Self::place_of(&state);
-        // The entry as shown before goes along (a change of attributes
-        // re-shown in place starts from it), and the entry as shown after
-        // comes back when known: neither is decoded twice.
-        let attrs_only = attrs_only.map(|a| (a, shown_before.clone()));
-        let reshown = self.store_merged(txn, b, before, &state, split, attrs_only)?;
+        let attrs_only = attrs_only.map(|attrs| AttrsOnly {
+            attrs,
+            stored: stored.as_deref(),
+            logged: logged.map(|_| change),
+        });
+        let shown = self.store_merged(txn, b, before, &state, split, attrs_only)?;
         if let Some(at) = logged {
-            let after = match reshown {
-                Some(e) => e,
-                None => Self::load(&*txn, change.uuid)?,
-            };
+            // The entry as shown before, decoded only where it is read
+            // whole.
+            let before = || stored.as_deref().map(decode_entry).transpose();
             let mut b = Batch::default();
-            let shown = (shown_before.as_ref(), after.as_ref(), place);
-            self.record_change(&*txn, &mut b, at, change, shown)?;
+            match shown {
+                Shown::InPlace(Some(record)) => {
+                    #[cfg(test)]
+                    {
+                        let before = before()?;
+                        let after = Self::load(&*txn, change.uuid)?;
+                        let shown = (before.as_ref(), after.as_ref(), place);
+                        assert_eq!(
+                            record,
+                            Self::record_of(change, shown),
+                            "an audit record of a change re-shown in place differs"
+                        );
+                    }
+                    self.write_record(&*txn, &mut b, at, record)?;
+                }
+                shown => {
+                    let after = match shown {
+                        Shown::Placed(e) => e,
+                        _ => Self::load(&*txn, change.uuid)?,
+                    };
+                    let before = before()?;
+                    let shown = (before.as_ref(), after.as_ref(), place);
+                    self.record_change(&*txn, &mut b, at, change, shown)?;
+                }
+            }
             txn.apply(&b)?;
         }
         Ok(effect)
@@ -1232,10 +1279,8 @@ impl Directory {
     /// Stores an entry's new state, with `b`, and shows it: its place in
     /// the list of dropped changes, its claim on its name, and the
     /// entries whose place it may have changed. `attrs_only` is a change
-    /// of those attributes alone (with the entry as shown, when the
-    /// caller read it), which may be shown again in place. Returns what
-    /// the entry is shown as now (none: not shown), when that is known
-    /// without reading it back.
+    /// of attributes alone, which may be shown again in place. Returns
+    /// what it knows of how the entry is shown now.
     fn store_merged(
         &self,
         txn: &mut dyn WriteTxn,
@@ -1243,8 +1288,8 @@ impl Directory {
         before: Before,
         state: &EntryState,
         split: Option<(&StateView, &BTreeSet<&str>)>,
-        attrs_only: Option<(&[AttrChange], Option<ValidEntry>)>,
-    ) -> Result<Option<Option<ValidEntry>>, Error> {
+        attrs_only: Option<AttrsOnly>,
+    ) -> Result<Shown, Error> {
         let uuid = state.uuid;
         let naming = before.naming;
         let new_claim = if naming { Self::claim(state)? } else { None };
@@ -1284,10 +1329,11 @@ impl Directory {
             b.put(Table::Names, key.clone(), encode_csn(csn)?);
         }
         txn.apply(&b)?;
-        if let Some((attrs, shown)) = attrs_only
-            && let Some(new) = self.reshow_in_place(&mut *txn, uuid, state, attrs, shown)?
+        if let Some(only) = attrs_only
+            && let Some(record) =
+                self.reshow_in_place(&mut *txn, state, only.attrs, only.stored, only.logged)?
         {
-            return Ok(Some(Some(new)));
+            return Ok(Shown::InPlace(record));
         }
         // The state just stored is placed as it is, not read back (unless
         // it holds only the attributes a change touched).
@@ -1314,55 +1360,90 @@ impl Directory {
         if let Some(shown) = &pass.shown {
             assert_eq!(shown, &Self::load(&*txn, uuid)?, "a placed entry moved");
         }
-        Ok(pass.shown)
+        Ok(match pass.shown {
+            Some(shown) => Shown::Placed(shown),
+            None => Shown::Unknown,
+        })
     }
 
     /// The common case: a change of attributes only, to an entry shown in
     /// its place without a conflict. It stays there; only the attributes
     /// the change touched are shown again and checked (with the entry's
-    /// class rules), not the whole entry. None when that does not apply
-    /// or the result breaks the schema: the caller re-places the entry in
-    /// full, which marks the conflict. `shown` is the entry as shown, when
-    /// the caller has it. Returns the entry it showed.
+    /// class rules), and the entry is read and written in place: its
+    /// other attributes are neither decoded nor copied. None when that
+    /// does not apply or the result breaks the schema: the caller
+    /// re-places the entry in full, which marks the conflict. `stored` is
+    /// the entry as stored before the change (none: not shown);
+    /// `logged`, the change when it is logged here, whose audit record
+    /// then comes back.
     fn reshow_in_place(
         &self,
         txn: &mut dyn WriteTxn,
-        uuid: Uuid,
         state: &EntryState,
         attrs: &[AttrChange],
-        shown: Option<ValidEntry>,
-    ) -> Result<Option<ValidEntry>, Error> {
+        stored: Option<&[u8]>,
+        logged: Option<&Change>,
+    ) -> Result<Option<Option<Record>>, Error> {
+        let uuid = state.uuid;
         if !state.is_live() || attrs.iter().any(|a| a.key == "entryuuid") {
             return Ok(None);
         }
-        let shown = match shown {
-            Some(e) => e,
-            None => match Self::load(&*txn, uuid)? {
-                Some(e) => e,
-                None => return Ok(None),
-            },
+        let Some(stored) = stored else {
+            return Ok(None);
         };
-        if shown.get("cairnconflict").is_some() {
+        let view = decode_entry_view(stored)?;
+        if view.get("cairnconflict").is_some() {
             return Ok(None);
         }
         let keys: BTreeSet<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
-        let old_index = keys
-            .iter()
-            .any(|k| super::INDEXED.contains(k))
-            .then(|| self.index_keys(&shown, uuid));
-        let updates = keys
-            .iter()
-            .map(|k| {
-                let values = state
-                    .materialize_attr(k, self.is_single_valued(k))
-                    .map(|(_, v)| v);
-                (k.to_string(), values)
-            })
-            .collect();
-        let Ok(new) = self.schema.revalidate(shown, updates) else {
+        // The touched attributes as the merged state shows them, each
+        // value checked, in key order.
+        let mut new: Vec<(&str, Option<Attr>)> = Vec::with_capacity(keys.len());
+        for &k in &keys {
+            let values = state
+                .materialize_attr(k, self.is_single_valued(k))
+                .map(|(_, v)| v);
+            match self.schema.check_attr(k, values) {
+                Ok((key, attr)) if key == k => new.push((k, attr)),
+                _ => return Ok(None),
+            }
+        }
+        // The entry's other attributes as stored, and the touched ones
+        // as they were (for the index and the audit record).
+        let EntryView {
+            dn,
+            attrs: stored_attrs,
+            ..
+        } = view;
+        let mut old: Vec<(&str, AttrRef)> = vec![];
+        let mut kept: Vec<(&str, AttrRef)> = Vec::with_capacity(stored_attrs.len() + new.len());
+        for (k, a) in stored_attrs {
+            if keys.contains(k) {
+                old.push((k, a));
+            } else {
+                kept.push((k, a));
+            }
+        }
+        for (k, a) in &new {
+            if let Some(a) = a {
+                let values = a.values.iter().map(String::as_str).collect();
+                kept.push((
+                    k,
+                    AttrRef {
+                        name: &a.name,
+                        values,
+                    },
+                ));
+            }
+        }
+        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let rdn = Dn::parse_leftmost(dn)
+            .map_err(|e| Error::Corrupt(format!("entry {uuid}: its stored DN: {e}")))?;
+        let Ok(structural) = self.schema.check_entry(rdn.as_ref(), &ByKey(&kept)) else {
             return Ok(None);
         };
-        if Self::oversized(&new).is_some() {
+        let bytes = encode_entry_parts(dn, &kept, structural)?;
+        if bytes.len() > MAX_ENTRY_BYTES {
             // Shown as a stub: placed in full.
             return Ok(None);
         }
@@ -1370,35 +1451,72 @@ impl Directory {
         {
             // What the full path shows, for every test of this crate (from
             // the whole state stored: `state` may hold only the attributes
-            // the change touched).
+            // the change touched), and encoded as a whole entry would be.
+            let shown = crate::codec::decode_entry(&bytes)?;
+            assert_eq!(crate::codec::encode_entry(&shown)?, bytes);
             let m = Self::load_state(&*txn, uuid)?
                 .expect("the state was stored")
                 .materialize(|k| self.is_single_valued(k))
                 .expect("a live state materializes");
             let place = Placement {
-                dn: new.dn().clone(),
+                dn: shown.dn().clone(),
                 conflict: None,
                 parent: None,
             };
             assert_eq!(
                 self.shown_entry(uuid, m, place),
-                new,
+                shown,
                 "an entry re-shown in place differs from its full materialization"
             );
         }
         let mut b = Batch::default();
-        if let Some(old_keys) = old_index {
-            let new_keys = self.index_keys(&new, uuid);
-            for k in old_keys.difference(&new_keys) {
-                b.delete(Table::Index, k.clone());
-            }
-            for k in new_keys.difference(&old_keys) {
-                b.put(Table::Index, k.clone(), vec![]);
+        // Only the touched attributes' index rows can change.
+        let (mut old_index, mut new_index) = (BTreeSet::new(), BTreeSet::new());
+        for (k, a) in &old {
+            if super::INDEXED.contains(k) {
+                self.index_keys_of(k, a.values.iter().copied(), uuid, &mut old_index);
             }
         }
-        self.put_entry(&mut b, uuid, &new)?;
+        for (k, a) in &new {
+            if let Some(a) = a
+                && super::INDEXED.contains(k)
+            {
+                let values = a.values.iter().map(String::as_str);
+                self.index_keys_of(k, values, uuid, &mut new_index);
+            }
+        }
+        for k in old_index.difference(&new_index) {
+            b.delete(Table::Index, k.clone());
+        }
+        for k in new_index.difference(&old_index) {
+            b.put(Table::Index, k.clone(), vec![]);
+        }
+        b.put(Table::Entries, uuid.as_bytes().to_vec(), bytes);
         txn.apply(&b)?;
-        Ok(Some(new))
+        // The audit record lists the attributes as the entry had them,
+        // then those it gained, as `Record::of` does.
+        let record = logged.map(|change| {
+            let values_of = |k: &str| -> Vec<&str> {
+                new.iter()
+                    .find(|(n, _)| *n == k)
+                    .and_then(|(_, a)| a.as_ref())
+                    .map(|a| a.values.iter().map(String::as_str).collect())
+                    .unwrap_or_default()
+            };
+            let mut touched: Vec<(&str, Vec<&str>, Vec<&str>)> = old
+                .iter()
+                .map(|(k, a)| (a.name, a.values.clone(), values_of(k)))
+                .collect();
+            for (k, a) in &new {
+                if let Some(a) = a
+                    && !old.iter().any(|(o, _)| o == k)
+                {
+                    touched.push((&a.name, vec![], values_of(k)));
+                }
+            }
+            Record::of_attrs(change.csn, uuid, change.audit.clone(), dn, &touched)
+        });
+        Ok(Some(record))
     }
 
     /// Re-places entries until nothing more moves. An entry whose shown
@@ -2489,5 +2607,24 @@ impl Directory {
         rows.into_iter()
             .map(|(k, v)| Ok((position_of(&k)?, crate::codec::decode_change(&v)?)))
             .collect()
+    }
+}
+
+/// An entry's attributes by key, in key order, as read in place with some
+/// replaced: what the schema's whole-entry rules check of an entry
+/// re-shown in place.
+struct ByKey<'p, 'a>(&'p [(&'a str, AttrRef<'a>)]);
+
+impl<'a> AttrsByKey for ByKey<'_, 'a> {
+    type Value = &'a str;
+    fn by_key(&self, key: &str) -> Option<(&str, &[&'a str])> {
+        let i = self.0.binary_search_by(|(k, _)| (*k).cmp(key)).ok()?;
+        let a = &self.0[i].1;
+        Some((a.name, a.values.as_slice()))
+    }
+    fn each(&self) -> impl Iterator<Item = (&str, &str, &[&'a str])> {
+        self.0
+            .iter()
+            .map(|(k, a)| (*k, a.name, a.values.as_slice()))
     }
 }
