@@ -52,6 +52,9 @@ fn err(msg: impl Into<String>) -> SyntaxError {
 /// Collapses runs of whitespace, trims and lowercases: caseIgnoreMatch's
 /// preparation (RFC 4518, simplified to what matters for this directory).
 pub fn fold_case(s: &str) -> String {
+    if s.is_ascii() {
+        return fold_ascii(s);
+    }
     let mut out = String::with_capacity(s.len());
     for word in s.split_whitespace() {
         if !out.is_empty() {
@@ -60,6 +63,26 @@ pub fn fold_case(s: &str) -> String {
         for c in word.chars() {
             out.extend(c.to_lowercase());
         }
+    }
+    out
+}
+
+/// [`fold_case`] of an ASCII string, byte by byte: most values are ASCII,
+/// and this runs for every value checked or indexed.
+fn fold_ascii(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut gap = false;
+    for b in s.bytes() {
+        // What `char::is_whitespace` takes for a space in ASCII.
+        if matches!(b, b'\t'..=b'\r' | b' ') {
+            gap = !out.is_empty();
+            continue;
+        }
+        if gap {
+            out.push(' ');
+            gap = false;
+        }
+        out.push(char::from(b.to_ascii_lowercase()));
     }
     out
 }
@@ -265,6 +288,30 @@ fn normalize_setting(value: &str) -> Result<String, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `fold_case` the Unicode way, word by word: what the ASCII path must
+    /// equal.
+    fn fold_by_words(s: &str) -> String {
+        s.split_whitespace()
+            .map(|w| w.chars().flat_map(char::to_lowercase).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+        /// Any ASCII (every control and space character among it) and any
+        /// mix with other characters folds as the Unicode rule folds it.
+        #[test]
+        fn folding_ascii_byte_by_byte_is_folding_by_words(
+            s in "[\\x00-\\x7f]{0,24}",
+            t in "[ \\t\\x0b\\x0c\\r\\nA-Za-z\\u{85}\\u{a0}\\u{3000}ÉéİK]{0,16}",
+        ) {
+            prop_assert_eq!(fold_case(&s), fold_by_words(&s));
+            prop_assert_eq!(fold_case(&t), fold_by_words(&t));
+        }
+    }
 
     #[test]
     fn dn_values_recalled_or_parsed_normalize_the_same() {
