@@ -154,6 +154,29 @@ pub struct Schema {
     /// index, or the name that does not resolve.
     musts: Vec<Vec<Result<usize, &'static str>>>,
     mays: Vec<Vec<Result<usize, &'static str>>>,
+    /// The rules of each list of object classes entries were checked
+    /// with, worked out once per list ([`ClassRules`]).
+    class_rules: std::sync::RwLock<HashMap<Vec<usize>, std::sync::Arc<ClassRules>>>,
+}
+
+/// How many lists of object classes [`Schema::class_rules`] keeps: a
+/// directory uses a few dozen; clients writing ever new lists get them
+/// worked out each time instead of growing the schema.
+const CLASS_RULES_KEPT: usize = 1024;
+
+/// What the whole-entry rules require of an entry for one list of object
+/// classes, before looking at its attributes: worked out once per list,
+/// since every add and modify on every node checks them.
+#[derive(Debug)]
+struct ClassRules {
+    /// The structural class, or why there is none.
+    structural: Result<usize, Error>,
+    /// What to check, in the order the rules are checked: a MUST
+    /// attribute (the class requiring it, the attribute), or a name in a
+    /// class's MUST or MAY that is not an attribute type.
+    steps: Vec<Result<(usize, usize), &'static str>>,
+    /// Per attribute type: whether one of the classes allows it.
+    allowed: Vec<bool>,
 }
 
 /// The schema's names (lowercased) → index. Keyed by FNV-1a rather than
@@ -255,6 +278,7 @@ impl Schema {
             lineages,
             musts,
             mays,
+            class_rules: Default::default(),
         }
     }
 
@@ -444,38 +468,25 @@ impl Schema {
             .by_key("objectclass")
             .map(|(_, values)| values.iter().map(AsRef::as_ref).collect())
             .ok_or_else(|| Error::ObjectClassViolation("no objectClass attribute".into()))?;
-        // Classes and attribute types by index, resolved when the schema
-        // was built: this runs for every add and modify, on every node.
-        let mut class_ids: Vec<usize> = vec![];
+        let mut named: Vec<usize> = Vec::with_capacity(oc_values.len());
         for v in &oc_values {
-            let c = lookup(&self.class_index, v).ok_or_else(|| {
+            named.push(lookup(&self.class_index, v).ok_or_else(|| {
                 Error::ObjectClassViolation(format!("unknown object class {v:?}"))
-            })?;
-            for &anc in &self.lineages[c] {
-                if !class_ids.contains(&anc) {
-                    class_ids.push(anc);
-                }
+            })?);
+        }
+        let rules = self.class_rules(named);
+        let structural = rules.structural.clone()?;
+        for step in &rules.steps {
+            let (c, id) = step.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?;
+            if attrs.by_key(&self.attr_keys[id]).is_none() {
+                return Err(Error::ObjectClassViolation(format!(
+                    "object class {} requires attribute {}",
+                    self.classes[c].name,
+                    self.attrs[id].name()
+                )));
             }
         }
-        let classes: Vec<&ObjectClass> = class_ids.iter().map(|&i| &self.classes[i]).collect();
-        let structural = self.structural_class_of(&classes)?;
-        let mut allowed = vec![false; self.attrs.len()];
-        for &c in &class_ids {
-            for m in &self.musts[c] {
-                let id = m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?;
-                if attrs.by_key(&self.attr_keys[id]).is_none() {
-                    return Err(Error::ObjectClassViolation(format!(
-                        "object class {} requires attribute {}",
-                        self.classes[c].name,
-                        self.attrs[id].name()
-                    )));
-                }
-                allowed[id] = true;
-            }
-            for m in &self.mays[c] {
-                allowed[m.map_err(|n| Error::UndefinedAttributeType(n.to_string()))?] = true;
-            }
-        }
+        let allowed = &rules.allowed;
         for (key, name, values) in attrs.each() {
             let id = self
                 .attr_id(key)
@@ -523,7 +534,60 @@ impl Schema {
                 }
             }
         }
-        Ok(structural.name)
+        Ok(self.classes[structural].name)
+    }
+
+    /// The rules of the object classes `named` (by index, as an entry
+    /// lists them), from [`Schema::class_rules`] or worked out.
+    fn class_rules(&self, named: Vec<usize>) -> std::sync::Arc<ClassRules> {
+        let kept = self.class_rules.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = kept.get(&named) {
+            return r.clone();
+        }
+        drop(kept);
+        // Classes and attribute types by index, resolved when the schema
+        // was built.
+        let mut class_ids: Vec<usize> = vec![];
+        for &c in &named {
+            for &anc in &self.lineages[c] {
+                if !class_ids.contains(&anc) {
+                    class_ids.push(anc);
+                }
+            }
+        }
+        let classes: Vec<&ObjectClass> = class_ids.iter().map(|&i| &self.classes[i]).collect();
+        let structural = self.structural_class_of(&classes).map(|s| {
+            class_ids[classes
+                .iter()
+                .position(|c| std::ptr::eq(*c, s))
+                .unwrap_or(0)]
+        });
+        let mut steps = vec![];
+        let mut allowed = vec![false; self.attrs.len()];
+        for &c in &class_ids {
+            for m in &self.musts[c] {
+                steps.push(m.map(|id| (c, id)));
+                if let Ok(id) = m {
+                    allowed[*id] = true;
+                }
+            }
+            for m in &self.mays[c] {
+                match m {
+                    Ok(id) => allowed[*id] = true,
+                    Err(n) => steps.push(Err(*n)),
+                }
+            }
+        }
+        let rules = std::sync::Arc::new(ClassRules {
+            structural,
+            steps,
+            allowed,
+        });
+        let mut kept = self.class_rules.write().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < CLASS_RULES_KEPT {
+            kept.insert(named, rules.clone());
+        }
+        rules
     }
 
     /// An entry that changes merged from several sites left outside the
@@ -676,6 +740,69 @@ mod tests {
             Some("ipHostNumber")
         );
         assert_eq!(s.class("CAIRNHOST").map(|c| c.name), Some("cairnHost"));
+    }
+
+    /// Class rules kept from earlier entries give every later entry the
+    /// verdict a schema that never saw its classes gives: the same entry,
+    /// or the same error (message included), for entries that pass and
+    /// entries that break each rule, in orders that share class lists.
+    #[test]
+    fn kept_class_rules_give_the_verdicts_of_fresh_ones() {
+        let cases: Vec<Entry> = vec![
+            entry(
+                "cn=h1,dc=x",
+                &[("objectClass", &["cairnHost"]), ("cn", &["h1"])],
+            ),
+            entry(
+                "cn=h1,dc=x",
+                &[("objectClass", &["cairnHost"]), ("l", &["x"])],
+            ),
+            entry(
+                "cn=h1,dc=x",
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &["h1"]),
+                    ("l", &["x"]),
+                ],
+            ),
+            entry(
+                "cn=h1,dc=x",
+                &[("objectClass", &["device", "cairnHost"]), ("cn", &["h1"])],
+            ),
+            entry(
+                "cn=h1,dc=x",
+                &[
+                    ("objectClass", &["top", "device"]),
+                    ("cn", &["h1"]),
+                    ("l", &["x"]),
+                ],
+            ),
+            entry("cn=h1,dc=x", &[("objectClass", &["top"]), ("cn", &["h1"])]),
+            entry(
+                "cn=h1,dc=x",
+                &[("objectClass", &["nosuch"]), ("cn", &["h1"])],
+            ),
+            entry(
+                "cn=h2,dc=x",
+                &[("objectClass", &["device"]), ("cn", &["h1"])],
+            ),
+            entry(
+                "cn=h1,dc=x",
+                &[
+                    ("objectClass", &["device"]),
+                    ("cn", &["h1"]),
+                    ("description", &["a", "b"]),
+                ],
+            ),
+        ];
+        let kept = Schema::builtin();
+        for round in 0..2 {
+            for e in &cases {
+                let fresh = Schema::builtin().validate(e.clone());
+                assert_eq!(kept.validate(e.clone()), fresh, "round {round}: {e:?}");
+            }
+        }
+        assert!(kept.class_rules.read().unwrap().len() >= 5);
     }
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> Entry {
