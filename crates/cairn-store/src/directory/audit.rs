@@ -48,7 +48,10 @@ impl Directory {
         change: &Change,
         shown: (Option<&ValidEntry>, Option<&ValidEntry>, Option<String>),
     ) -> Result<(), Error> {
-        self.write_record(snap, b, position, Self::record_of(change, shown))
+        // Where the entry is, already parsed: after the change, or before
+        // it for a delete.
+        let place = shown.1.or(shown.0).map(ValidEntry::dn);
+        self.write_record(snap, b, position, Self::record_of(change, shown), place)
     }
 
     /// The audit record of `change`, from the entry as shown before and
@@ -77,21 +80,34 @@ impl Directory {
     }
 
     /// Writes `record`, the audit record of the change at `position` in
-    /// the change log, to `b`.
+    /// the change log, to `b`. `place`: where the entry is
+    /// ([`Record::place`]), when the caller has it parsed.
     pub(super) fn write_record(
         &self,
         snap: &dyn Snapshot,
         b: &mut Batch,
         position: u64,
         record: Record,
+        place: Option<&Dn>,
     ) -> Result<(), Error> {
         // Secret setting values never reach the audit trail: masked with
         // the keys secret where the entry is (marked on it, an ancestor or
         // a site), looked up only when the change touched settings.
         let secret = if record.touches_settings() {
-            let dn = Dn::parse(record.place()).ok();
+            #[cfg(test)]
+            if let Some(place) = place {
+                assert_eq!(Dn::parse(record.place()).ok().as_ref(), Some(place));
+            }
+            let parsed;
+            let dn = match place {
+                Some(dn) => Some(dn),
+                None => {
+                    parsed = Dn::parse(record.place()).ok();
+                    parsed.as_ref()
+                }
+            };
             match dn {
-                Some(dn) => Self::secret_keys_in(snap, &dn)?,
+                Some(dn) => Self::secret_keys_in(snap, dn)?,
                 None => BTreeSet::new(),
             }
         } else {

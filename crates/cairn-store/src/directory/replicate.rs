@@ -1172,7 +1172,7 @@ impl Directory {
                             "an audit record of a change re-shown in place differs"
                         );
                     }
-                    self.write_record(&*txn, &mut b, at, record)?;
+                    self.write_record(&*txn, &mut b, at, record, None)?;
                 }
                 shown => {
                     let after = match shown {
