@@ -430,7 +430,7 @@ fn values<'e>(e: Option<&'e ValidEntry>, key: &str) -> &'e [String] {
 /// The values attribute `name` lost and gained, none when it is not
 /// diffed or nothing changed.
 fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Option<AttrDiff> {
-    if NOT_DIFFED.contains(&name.to_ascii_lowercase().as_str()) {
+    if NOT_DIFFED.iter().any(|k| k.eq_ignore_ascii_case(name)) {
         return None;
     }
     let (old_set, new_set) = (set(old), set(new));

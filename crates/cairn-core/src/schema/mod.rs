@@ -159,6 +159,37 @@ pub struct Schema {
     class_rules: std::sync::RwLock<HashMap<Vec<usize>, std::sync::Arc<ClassRules>>>,
 }
 
+/// The normalized values of one attribute seen so far, to refuse a second
+/// value equal to one by the attribute's matching rule: a short list,
+/// searched in order, while it holds a few (most attributes have one or
+/// two values); then a set, keyed by SipHash since the values come from
+/// clients.
+#[derive(Default)]
+struct Seen {
+    few: Vec<String>,
+    many: HashSet<String>,
+}
+
+/// How many values [`Seen`] lists before it switches to a set.
+const SEEN_LISTED: usize = 8;
+
+impl Seen {
+    /// Adds `norm`: false when it was seen already.
+    fn insert(&mut self, norm: String) -> bool {
+        if self.many.is_empty() {
+            if self.few.contains(&norm) {
+                return false;
+            }
+            if self.few.len() < SEEN_LISTED {
+                self.few.push(norm);
+                return true;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(norm)
+    }
+}
+
 /// How many lists of object classes [`Schema::class_rules`] keeps: a
 /// directory uses a few dozen; clients writing ever new lists get them
 /// worked out each time instead of growing the schema.
@@ -353,7 +384,8 @@ impl Schema {
         // Normalized values per attribute, kept across repeated mentions of
         // the same attribute (an LDIF may list each value on its own line):
         // checking uniqueness stays linear in the number of values.
-        let mut seen_by_id: HashMap<usize, HashSet<String>> = HashMap::new();
+        // (Bounded by the schema's attribute types, so a list will do.)
+        let mut seen_by_id: Vec<(usize, Seen)> = vec![];
         for (name, values) in attrs {
             let id = self
                 .attr_id(&name)
@@ -364,7 +396,14 @@ impl Schema {
                     name: self.attrs[id].name().to_string(),
                     values: vec![],
                 });
-            self.add_values(id, slot, values, seen_by_id.entry(id).or_default())?;
+            let at = match seen_by_id.iter().position(|(i, _)| *i == id) {
+                Some(at) => at,
+                None => {
+                    seen_by_id.push((id, Seen::default()));
+                    seen_by_id.len() - 1
+                }
+            };
+            self.add_values(id, slot, values, &mut seen_by_id[at].1)?;
         }
         map.retain(|_, a| !a.values.is_empty());
         let structural = self.check_classes(dn.rdn(), &map)?;
@@ -413,7 +452,7 @@ impl Schema {
             name: self.attrs[id].name().to_string(),
             values: vec![],
         };
-        self.add_values(id, &mut slot, values, &mut HashSet::new())?;
+        self.add_values(id, &mut slot, values, &mut Seen::default())?;
         Ok((key, Some(slot)))
     }
 
@@ -434,7 +473,7 @@ impl Schema {
         id: usize,
         slot: &mut Attr,
         values: Vec<String>,
-        seen: &mut HashSet<String>,
+        seen: &mut Seen,
     ) -> Result<(), Error> {
         let at = &self.attrs[id];
         slot.values.reserve(values.len());
@@ -999,6 +1038,34 @@ mod tests {
             Schema::builtin().validate(e).unwrap_err(),
             Error::ValueExists(_)
         ));
+    }
+
+    /// A value equal to an earlier one is refused wherever it comes: among
+    /// the first few (listed), right at the switch to a set, or later,
+    /// in one mention of the attribute or split over several.
+    #[test]
+    fn a_value_twice_is_refused_among_few_values_and_many() {
+        let values: Vec<String> = (0..3 * SEEN_LISTED).map(|i| format!("Rack {i}")).collect();
+        for n in [2, SEEN_LISTED, SEEN_LISTED + 1, 3 * SEEN_LISTED] {
+            for dup in [0, n / 2, n - 1] {
+                let mut some: Vec<&str> = values[..n].iter().map(String::as_str).collect();
+                let twice = some[dup].to_uppercase();
+                some.push(&twice);
+                let e = host(&[("description", &some)]);
+                assert!(
+                    matches!(Schema::builtin().validate(e), Err(Error::ValueExists(_))),
+                    "{n} values, the value at {dup} twice"
+                );
+                let (a, b) = some.split_at(n / 2);
+                let e = host(&[("description", a), ("description", b)]);
+                assert!(
+                    matches!(Schema::builtin().validate(e), Err(Error::ValueExists(_))),
+                    "{n} values in two mentions, the value at {dup} twice"
+                );
+                let e = host(&[("description", &some[..n])]);
+                assert!(Schema::builtin().validate(e).is_ok(), "{n} distinct values");
+            }
+        }
     }
 
     #[test]
