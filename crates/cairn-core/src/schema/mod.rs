@@ -406,7 +406,7 @@ impl Schema {
             self.add_values(id, slot, values, &mut seen_by_id[at].1)?;
         }
         map.retain(|_, a| !a.values.is_empty());
-        let structural = self.check_classes(dn.rdn(), &map)?;
+        let structural = self.check_entry(dn.rdn(), &map)?;
         Ok(ValidEntry::new(dn, map, structural))
     }
 
@@ -428,7 +428,7 @@ impl Schema {
                 map.insert(key.to_string(), attr);
             }
         }
-        let structural = self.check_classes(dn.rdn(), &map)?;
+        let structural = self.check_entry(dn.rdn(), &map)?;
         Ok(ValidEntry::new(dn, map, structural))
     }
 
@@ -454,15 +454,6 @@ impl Schema {
         };
         self.add_values(id, &mut slot, values, &mut Seen::default())?;
         Ok((key, Some(slot)))
-    }
-
-    /// The whole-entry rules ([`Schema::validate`]'s, after each value
-    /// was checked) over the attributes of an entry named by `rdn`,
-    /// however they are held: classes known, one structural chain, MUST
-    /// present, every attribute allowed, single-valued ones single, the
-    /// RDN's values present. Returns the structural class.
-    pub fn check_entry<A: AttrsByKey>(&self, rdn: Option<&Rdn>, attrs: &A) -> Result<&str, Error> {
-        self.check_classes(rdn, attrs)
     }
 
     /// Appends `values` to attribute `id`'s `slot`, each well-formed and
@@ -493,11 +484,12 @@ impl Schema {
         Ok(())
     }
 
-    /// The whole-entry rules, over attributes whose values are already
-    /// checked: classes known, one structural chain, MUST present, every
-    /// attribute allowed, single-valued ones single, the RDN's values
-    /// present. Returns the structural class.
-    fn check_classes<'s, A: AttrsByKey>(
+    /// The whole-entry rules ([`Schema::validate`]'s, after each value
+    /// was checked) over the attributes of an entry named by `rdn`,
+    /// however they are held: classes known, one structural chain, MUST
+    /// present, every attribute allowed, single-valued ones single, the
+    /// RDN's values present. Returns the structural class.
+    pub fn check_entry<'s, A: AttrsByKey>(
         &'s self,
         rdn: Option<&Rdn>,
         attrs: &A,
