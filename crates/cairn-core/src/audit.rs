@@ -433,19 +433,7 @@ fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Optio
     if NOT_DIFFED.iter().any(|k| k.eq_ignore_ascii_case(name)) {
         return None;
     }
-    let (old_set, new_set) = (set(old), set(new));
-    let removed: Vec<String> = old
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|v| !new_set.contains(v))
-        .map(str::to_string)
-        .collect();
-    let added: Vec<String> = new
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|v| !old_set.contains(v))
-        .map(str::to_string)
-        .collect();
+    let (removed, added) = (outside(old, &set(new)), outside(new, &set(old)));
     (!removed.is_empty() || !added.is_empty()).then(|| AttrDiff {
         name: name.to_string(),
         removed,
@@ -455,6 +443,16 @@ fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Optio
 
 fn set<V: AsRef<str>>(values: &[V]) -> HashSet<&str> {
     values.iter().map(AsRef::as_ref).collect()
+}
+
+/// The values not in `others`, in their order.
+fn outside<V: AsRef<str>>(values: &[V], others: &HashSet<&str>) -> Vec<String> {
+    values
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|v| !others.contains(v))
+        .map(str::to_string)
+        .collect()
 }
 
 /// One LDIF `attr: value` line, base64 when the value needs it (RFC 2849).
