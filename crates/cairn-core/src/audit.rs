@@ -229,6 +229,9 @@ impl Record {
             .into_iter()
             .filter_map(|name| {
                 let key = name.to_ascii_lowercase();
+                if NOT_DIFFED.contains(&key.as_str()) {
+                    return None;
+                }
                 diff(name, values(before, &key), values(after, &key))
             })
             .collect();
@@ -267,6 +270,7 @@ impl Record {
     ) -> Record {
         let attrs: Vec<AttrDiff> = attrs
             .iter()
+            .filter(|(name, ..)| !NOT_DIFFED.iter().any(|k| k.eq_ignore_ascii_case(name)))
             .filter_map(|(name, old, new)| diff(name, old, new))
             .collect();
         Record {
@@ -427,12 +431,9 @@ fn values<'e>(e: Option<&'e ValidEntry>, key: &str) -> &'e [String] {
         .unwrap_or(&[])
 }
 
-/// The values attribute `name` lost and gained, none when it is not
-/// diffed or nothing changed.
+/// The values attribute `name` lost and gained, none when nothing
+/// changed.
 fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Option<AttrDiff> {
-    if NOT_DIFFED.iter().any(|k| k.eq_ignore_ascii_case(name)) {
-        return None;
-    }
     let (removed, added) = (outside(old, &set(new)), outside(new, &set(old)));
     (!removed.is_empty() || !added.is_empty()).then(|| AttrDiff {
         name: name.to_string(),
