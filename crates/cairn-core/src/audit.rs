@@ -524,15 +524,19 @@ mod tests {
         let after = host(&["ntp=b", "dns=1.1.1.1"])
             .with_values("modifytimestamp", vec!["20261205000000Z".into()]);
         let only = ["cairnsetting", "modifytimestamp", "description"];
-        let whole = Record::of(
-            csn(),
-            Uuid::nil(),
-            None,
-            Some(&before),
-            Some(&after),
-            None,
-            Some(&only),
-        );
+        // The record of a modify from the whole entries, of `only`.
+        let of = |b: &ValidEntry, a: &ValidEntry| {
+            Record::of(
+                csn(),
+                Uuid::nil(),
+                None,
+                Some(b),
+                Some(a),
+                None,
+                Some(&only),
+            )
+        };
+        let whole = of(&before, &after);
         let touched = [
             (
                 "cairnSetting",
@@ -550,15 +554,7 @@ mod tests {
             whole
         );
         // Nothing visible changed: a record of kind none, as from the whole.
-        let same = Record::of(
-            csn(),
-            Uuid::nil(),
-            None,
-            Some(&before),
-            Some(&before),
-            None,
-            Some(&only),
-        );
+        let same = of(&before, &before);
         let unchanged = [("cairnSetting", vec!["ntp=a"], vec!["ntp=a"])];
         let r = Record::of_attrs(csn(), Uuid::nil(), None, DN, &unchanged);
         assert_eq!((r.kind, &r.attrs), (Kind::None, &vec![]));
