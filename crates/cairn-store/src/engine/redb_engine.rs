@@ -1,5 +1,8 @@
-//! The redb engine: one database file, one redb table per [`Table`], every
-//! commit with `Durability::Immediate` (fdatasync before it returns).
+//! The redb engine: one database file, one redb table per [`Table`].
+//! A write transaction commits with `Durability::None` (visible at once,
+//! not yet on disk); [`Engine::sync`] is an empty commit with
+//! `Durability::Immediate`, whose fdatasync makes every earlier commit
+//! durable (one fsync for many commits).
 
 use std::path::Path;
 
