@@ -166,8 +166,16 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
     })
 }
 
+/// Decodes what [`encode`] made, from another node or this node's log.
+/// The limit bounds what one decode may claim: bincode allocates a string
+/// as long as the length in front of it says before reading it, so a
+/// damaged length asked the allocator for up to exabytes and aborted the
+/// process; with it the decode fails. Every string is inside the message
+/// (at most `network::MAX_MESSAGE`) or log record, far below it.
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
+    const LIMIT: usize = 1 << 30;
+    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<LIMIT>())
+        .map(|(v, _)| v)
 }
 
 #[cfg(test)]
@@ -175,6 +183,32 @@ mod tests {
     use super::*;
     use cairn_core::csn::{Csn, Origin};
     use cairn_core::merge::{ChangeOp, ChangeV1};
+
+    /// A message whose string claims to be longer than anything that
+    /// fits in memory is refused, not taken to the allocator (which
+    /// aborted the process): at every byte of a request with strings,
+    /// the widest length markers, in place of what is there.
+    #[test]
+    fn a_damaged_length_is_refused_not_allocated() {
+        let change: Change = ChangeV1 {
+            csn: Csn::zero(Origin::of_site("east")),
+            uuid: uuid::Uuid::from_u128(5),
+            op: ChangeOp::Delete {
+                dn: "cn=x,dc=example,dc=com".into(),
+            },
+        }
+        .into();
+        let bytes = encode(&Request::Changes(Arc::new(vec![change]))).unwrap();
+        for at in 0..bytes.len() {
+            for marker in [253u8, 254] {
+                let mut damaged = bytes.clone();
+                damaged.splice(at..at, [marker, 255, 255, 255, 255, 255, 255, 255, 127]);
+                // Refused or read as something else; never an abort.
+                let _ = decode::<Request>(&damaged);
+            }
+        }
+        assert!(decode::<String>(&[253, 255, 255, 255, 255, 255, 255, 255, 127]).is_err());
+    }
 
     /// Logs written before changes carried their audit record hold
     /// `Changes` in second place with changes of three fields: they

@@ -11,6 +11,27 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::engine::Table;
 
+/// bincode's configuration for reading stored values: the standard one,
+/// with a limit on what one decode may claim. bincode allocates a string
+/// or byte string as long as the length in front of it says before it
+/// reads it, so without a limit a damaged length made it ask for
+/// exabytes and the process aborted (found by
+/// `a_damaged_state_is_refused_in_place_as_it_is_whole`); with it, the
+/// decode fails with an error. Every string of a value is inside the
+/// value's bytes, so no real value comes near the limit.
+fn decoding() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// What one decode of a stored row may claim: 1 GiB. (A snapshot, which
+/// can be larger, is decoded without a limit: a checksum over it is
+/// checked first, `cairn-replica`'s state machine.)
+const DECODE_LIMIT: usize = 1 << 30;
+
 /// A stored entry, tagged with its format version.
 #[derive(Serialize, Deserialize)]
 enum StoredEntry {
@@ -29,9 +50,8 @@ pub fn encode_entry(e: &ValidEntry) -> Result<Vec<u8>, Error> {
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<ValidEntry, Error> {
-    let (v, _): (StoredEntry, usize) =
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|err| Error::Corrupt(format!("cannot decode entry: {err}")))?;
+    let (v, _): (StoredEntry, usize) = bincode::serde::decode_from_slice(bytes, decoding())
+        .map_err(|err| Error::Corrupt(format!("cannot decode entry: {err}")))?;
     match v {
         StoredEntry::V1(e) => Ok(e),
     }
@@ -125,9 +145,8 @@ struct EntryDn {
 /// The DN of a stored entry ([`encode_entry`]), read without its
 /// attributes.
 pub fn decode_entry_dn(bytes: &[u8]) -> Result<cairn_core::dn::Dn, Error> {
-    let (v, _): (StoredEntryDn, usize) =
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|err| Error::Corrupt(format!("cannot decode entry: {err}")))?;
+    let (v, _): (StoredEntryDn, usize) = bincode::serde::decode_from_slice(bytes, decoding())
+        .map_err(|err| Error::Corrupt(format!("cannot decode entry: {err}")))?;
     match v {
         StoredEntryDn::V1(e) => Ok(e.dn),
     }
@@ -161,9 +180,8 @@ fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, Error> {
 
 /// Decodes all of `bytes`; `T` may borrow from them ([`StateView`]).
 fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Error> {
-    let (v, used): (T, usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|err| Error::Corrupt(format!("cannot decode {what}: {err}")))?;
+    let (v, used): (T, usize) = bincode::serde::borrow_decode_from_slice(bytes, decoding())
+        .map_err(|err| Error::Corrupt(format!("cannot decode {what}: {err}")))?;
     if used != bytes.len() {
         return Err(Error::Corrupt(format!(
             "cannot decode {what}: {} bytes left over",
@@ -183,157 +201,236 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
     }
 }
 
-/// A stored entry state read in place: its head decoded, its attributes
-/// borrowed from the stored bytes. What a change of a few attributes
-/// reads: it merges those ([`StateView::split`]) and writes the others
-/// back as they were ([`encode_state_split`]), without copying, and
-/// later freeing, every value of the entry. Its fields mirror
-/// [`EntryState`]'s, and bincode writes a map as a sequence of pairs, so
-/// the same bytes decode as either.
-#[derive(Serialize, Deserialize)]
+/// A stored entry state read in place: its head decoded, each attribute
+/// found in the stored bytes without being decoded. What a change of a
+/// few attributes reads: it decodes and merges those
+/// ([`StateView::split`]) and copies the others back byte for byte
+/// ([`encode_state_split`]), instead of decoding every value's CSN, and
+/// encoding it again, for an attribute it does not touch.
 pub struct StateView<'a> {
-    uuid: uuid::Uuid,
-    name: Option<(Csn, cairn_core::merge::Name)>,
-    created: Option<Csn>,
-    deleted: Option<Csn>,
-    deleted_at: Option<String>,
-    #[serde(borrow)]
-    attrs: Vec<(&'a str, AttrView<'a>)>,
+    head: StateHead,
+    /// By key, in the stored (key) order: each attribute's
+    /// [`cairn_core::merge::AttrState`] as stored.
+    attrs: Vec<(&'a str, &'a [u8])>,
 }
 
-/// [`cairn_core::merge::AttrState`], borrowed.
-#[derive(Serialize, Deserialize)]
-struct AttrView<'a> {
-    name: &'a str,
-    cleared: Option<Csn>,
-    #[serde(borrow)]
-    values: Vec<(&'a str, ValueView<'a>)>,
-}
-
-/// [`cairn_core::merge::ValueState`], borrowed.
-#[derive(Serialize, Deserialize)]
-struct ValueView<'a> {
-    #[serde(borrow)]
-    added: Option<(Csn, u32, &'a str)>,
-    deleted: Option<Csn>,
-}
-
-impl<'a> StateView<'a> {
+impl StateView<'_> {
     /// The state with only the attributes `keys` (the rest stay here):
     /// enough to merge a change of those attributes alone, and to tell
     /// whether the entry is live.
-    pub fn split(&self, keys: &std::collections::BTreeSet<&str>) -> EntryState {
-        let mut s = EntryState::new(self.uuid);
-        s.name = self.name.clone();
-        s.created = self.created;
-        s.deleted = self.deleted;
-        s.deleted_at = self.deleted_at.clone();
-        for (key, a) in self.attrs.iter().filter(|(k, _)| keys.contains(k)) {
-            let values = a
-                .values
-                .iter()
-                .map(|(v, st)| {
-                    let st = cairn_core::merge::ValueState {
-                        added: st.added.map(|(c, i, t)| (c, i, t.to_string())),
-                        deleted: st.deleted,
-                    };
-                    (v.to_string(), st)
-                })
-                .collect();
-            s.attrs.insert(
-                key.to_string(),
-                cairn_core::merge::AttrState {
-                    name: a.name.to_string(),
-                    cleared: a.cleared,
-                    values,
-                },
-            );
+    pub fn split(&self, keys: &std::collections::BTreeSet<&str>) -> Result<EntryState, Error> {
+        let h = &self.head;
+        let mut s = EntryState::new(h.uuid);
+        s.name = h.name.clone();
+        s.created = h.created;
+        s.deleted = h.deleted;
+        s.deleted_at = h.deleted_at.clone();
+        for (key, raw) in self.attrs.iter().filter(|(k, _)| keys.contains(k)) {
+            s.attrs.insert(key.to_string(), decode("entry state", raw)?);
         }
-        s
+        Ok(s)
     }
 }
 
-/// Reads a stored entry state in place ([`StateView`]).
+/// Reads a stored entry state in place ([`StateView`]). The attributes'
+/// bytes are walked, not decoded, with the checks decoding would make
+/// (lengths within the row, UTF-8 text, known tags and integer widths),
+/// so a damaged row is refused here as [`decode_state`] refuses it.
 pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
-    match decode("entry state", bytes)? {
-        StoredState::V1(s) => Ok(s),
+    let corrupt = |what: &str| Error::Corrupt(format!("cannot decode entry state: {what}"));
+    let (head, used): (StoredState<StateHead>, usize) =
+        bincode::serde::borrow_decode_from_slice(bytes, decoding())
+            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
+    let StoredState::V1(head) = head;
+    let mut r = Walk { bytes, at: used };
+    let n = r.varint(U64)?;
+    let mut attrs = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(256));
+    for _ in 0..n {
+        let key = r.str()?;
+        let from = r.at;
+        r.attr_state()?;
+        attrs.push((key, &bytes[from..r.at]));
+    }
+    if r.at != bytes.len() {
+        return Err(corrupt(&format!("{} bytes left over", bytes.len() - r.at)));
+    }
+    Ok(StateView { head, attrs })
+}
+
+/// The widest integer a varint may hold: bincode refuses a wider one.
+const U32: u8 = 2;
+const U64: u8 = 3;
+
+/// A walk over bincode's standard encoding (varint integers, a length
+/// before every string, byte string, sequence and map, one byte before
+/// an `Option`'s value), through the types of an attribute's state.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or_else(|| Error::Corrupt("cannot decode entry state: it ends early".into()))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    /// A varint no wider than `widest` (1: u16, 2: u32, 3: u64).
+    fn varint(&mut self, widest: u8) -> Result<u64, Error> {
+        let first = self.take(1)?[0];
+        let (len, width) = match first {
+            0..=250 => return Ok(u64::from(first)),
+            251 => (2, 1),
+            252 => (4, 2),
+            253 => (8, 3),
+            _ => (usize::MAX, u8::MAX),
+        };
+        if width > widest {
+            return Err(Error::Corrupt(format!(
+                "cannot decode entry state: an integer marked {first} where it cannot be that wide"
+            )));
+        }
+        let b = self.take(len)?;
+        let mut v = [0u8; 8];
+        v[..len].copy_from_slice(b);
+        Ok(u64::from_le_bytes(v))
+    }
+
+    fn len(&mut self) -> Result<usize, Error> {
+        let n = self.varint(U64)?;
+        usize::try_from(n)
+            .map_err(|_| Error::Corrupt("cannot decode entry state: a length too large".into()))
+    }
+
+    fn str(&mut self) -> Result<&'a str, Error> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|e| Error::Corrupt(format!("cannot decode entry state: {e}")))
+    }
+
+    /// An `Option`'s tag: whether a value follows.
+    fn some(&mut self) -> Result<bool, Error> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            t => Err(Error::Corrupt(format!(
+                "cannot decode entry state: an option tagged {t}"
+            ))),
+        }
+    }
+
+    /// A [`Csn`]: its time, logical count, origin (site UUID as a byte
+    /// string, epoch) and sequence.
+    fn csn(&mut self) -> Result<(), Error> {
+        self.varint(U64)?;
+        self.varint(U32)?;
+        if self.len()? != 16 {
+            return Err(Error::Corrupt(
+                "cannot decode entry state: a site UUID not 16 bytes long".into(),
+            ));
+        }
+        self.take(16)?;
+        self.varint(U32)?;
+        self.varint(U32)?;
+        Ok(())
+    }
+
+    fn option_csn(&mut self) -> Result<(), Error> {
+        if self.some()? {
+            self.csn()?;
+        }
+        Ok(())
+    }
+
+    /// A [`cairn_core::merge::AttrState`]: its name, last clear, and each
+    /// value's key and [`cairn_core::merge::ValueState`].
+    fn attr_state(&mut self) -> Result<(), Error> {
+        self.str()?;
+        self.option_csn()?;
+        let n = self.varint(U64)?;
+        for _ in 0..n {
+            self.str()?;
+            if self.some()? {
+                self.csn()?;
+                self.varint(U32)?;
+                self.str()?;
+            }
+            self.option_csn()?;
+        }
+        Ok(())
     }
 }
 
 /// Encodes, as [`encode_state`] would the whole merged state, `merged`
 /// (what [`StateView::split`] gave for `keys`, merged since) with the
-/// attributes of `view` outside `keys` as they were.
+/// attributes of `view` outside `keys` copied as they were stored.
 pub fn encode_state_split(
     merged: &EntryState,
     view: &StateView<'_>,
     keys: &std::collections::BTreeSet<&str>,
 ) -> Result<Vec<u8>, Error> {
     #[derive(Serialize)]
-    struct Out<'s, 'a> {
+    struct Head<'s> {
         uuid: &'s uuid::Uuid,
         name: &'s Option<(Csn, cairn_core::merge::Name)>,
         created: &'s Option<Csn>,
         deleted: &'s Option<Csn>,
         deleted_at: &'s Option<String>,
-        attrs: Attrs<'s, 'a>,
     }
-    struct Attrs<'s, 'a> {
-        merged: &'s std::collections::BTreeMap<String, cairn_core::merge::AttrState>,
-        kept: &'s [(&'a str, AttrView<'a>)],
-        keys: &'s std::collections::BTreeSet<&'s str>,
-    }
-    impl Serialize for Attrs<'_, '_> {
-        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut kept = self
-                .kept
-                .iter()
-                .filter(|(k, _)| !self.keys.contains(k))
-                .peekable();
-            let len = self.merged.len() + kept.clone().count();
-            let mut merged = self.merged.iter().peekable();
-            let mut map = ser.serialize_map(Some(len))?;
-            // Both in key order, as the state's map keeps them.
-            loop {
-                let from_merged = match (merged.peek(), kept.peek()) {
-                    (Some((m, _)), Some((k, _))) => m.as_str() < *k,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (None, None) => break,
-                };
-                if from_merged {
-                    if let Some((m, a)) = merged.next() {
-                        map.serialize_entry(m, a)?;
-                    }
-                } else if let Some((k, a)) = kept.next() {
-                    map.serialize_entry(k, a)?;
-                }
-            }
-            map.end()
-        }
-    }
-    encode(
+    let failed = |err: bincode::error::EncodeError| {
+        Error::Corrupt(format!("cannot encode entry state: {err}"))
+    };
+    let config = bincode::config::standard();
+    let mut out = encode(
         "entry state",
-        &StoredState::V1(Out {
+        &StoredState::V1(Head {
             uuid: &merged.uuid,
             name: &merged.name,
             created: &merged.created,
             deleted: &merged.deleted,
             deleted_at: &merged.deleted_at,
-            attrs: Attrs {
-                merged: &merged.attrs,
-                kept: &view.attrs,
-                keys,
-            },
         }),
-    )
+    )?;
+    let mut kept = view
+        .attrs
+        .iter()
+        .filter(|(k, _)| !keys.contains(k))
+        .peekable();
+    // The attributes' map: its length, then its pairs in key order, as
+    // bincode writes a map; each pair is its key then its state.
+    let len = merged.attrs.len() + kept.clone().count();
+    bincode::encode_into_std_write(len, &mut out, config).map_err(failed)?;
+    let mut fresh = merged.attrs.iter().peekable();
+    loop {
+        let from_fresh = match (fresh.peek(), kept.peek()) {
+            (Some((m, _)), Some((k, _))) => m.as_str() < *k,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if from_fresh {
+            if let Some(pair) = fresh.next() {
+                bincode::serde::encode_into_std_write(pair, &mut out, config).map_err(failed)?;
+            }
+        } else if let Some((k, raw)) = kept.next() {
+            bincode::encode_into_std_write(*k, &mut out, config).map_err(failed)?;
+            out.extend_from_slice(raw);
+        }
+    }
+    Ok(out)
 }
 
 /// The head of a stored entry state: its leading fields, without decoding
 /// its attributes (the rest of the bytes are not read).
 pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
     let (v, _): (StoredState<StateHead>, usize) =
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        bincode::serde::decode_from_slice(bytes, decoding())
             .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
     match v {
         StoredState::V1(h) => Ok(h),
@@ -537,9 +634,13 @@ mod tests {
         // Nothing taken out: the same bytes.
         let none = BTreeSet::new();
         assert_eq!(
-            encode_state_split(&view.split(&none), &view, &none).unwrap(),
+            encode_state_split(&view.split(&none).unwrap(), &view, &none).unwrap(),
             bytes
         );
+        // Every attribute taken out: the whole state.
+        let all: BTreeSet<&str> = full.attrs.keys().map(String::as_str).collect();
+        assert_eq!(view.split(&all).unwrap(), full);
+        assert_eq!(encode_state_split(&full, &view, &all).unwrap(), bytes);
         // Changes of attributes in the middle, at the ends, and of one the
         // entry lacks.
         for attrs in [
@@ -557,11 +658,76 @@ mod tests {
             };
             let keys: BTreeSet<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
             let (whole, effect) = merge(Some(full.clone()), &c);
-            let (part, part_effect) = merge(Some(view.split(&keys)), &c);
+            let (part, part_effect) = merge(Some(view.split(&keys).unwrap()), &c);
             assert_eq!(effect, part_effect);
             let split = encode_state_split(&part, &view, &keys).unwrap();
             assert_eq!(split, encode_state(&whole).unwrap(), "{keys:?}");
             assert_eq!(decode_state(&split).unwrap(), whole);
+        }
+    }
+
+    /// A state read in place refuses what decoding it whole refuses: every
+    /// cut short, and every byte changed to a tag, a length marker or
+    /// another value, is refused by both or read by both, and never
+    /// panics.
+    #[test]
+    fn a_damaged_state_is_refused_in_place_as_it_is_whole() {
+        use cairn_core::csn::Origin;
+        use cairn_core::merge::{AttrChange, AttrOp, ChangeOp, Name, Value, merge};
+        let value = |v: &str| Value::new(v, v.to_lowercase());
+        let c = Change {
+            csn: Csn {
+                ms: 1_700_000_000_000,
+                logical: 300,
+                seq: 70_000,
+                ..Csn::zero(Origin::of_site("east"))
+            },
+            uuid: uuid::Uuid::from_u128(9),
+            op: ChangeOp::Add {
+                name: Name {
+                    parent: None,
+                    rdn: "cn=h".into(),
+                },
+                attrs: vec![
+                    AttrChange {
+                        op: AttrOp::Add,
+                        key: "cn".into(),
+                        name: "cn".into(),
+                        values: vec![value("H"), value("é")],
+                    },
+                    AttrChange {
+                        op: AttrOp::Add,
+                        key: "description".into(),
+                        name: "description".into(),
+                        values: vec![value(&"x".repeat(300))],
+                    },
+                ],
+            },
+            audit: None,
+        };
+        let bytes = encode_state(&merge(None, &c).0).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(decode_state(&bytes[..cut]).is_err());
+            assert!(decode_state_view(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            for b in [0u8, 1, 2, 0x80, 0xfb, 0xfc, 0xfd, 0xfe, 0xff, bytes[at] ^ 1] {
+                let mut damaged = bytes.clone();
+                damaged[at] = b;
+                let whole = decode_state(&damaged);
+                let view = decode_state_view(&damaged).and_then(|v| {
+                    let keys = v.attrs.iter().map(|(k, _)| *k).collect();
+                    v.split(&keys)
+                });
+                assert_eq!(
+                    whole.is_ok(),
+                    view.is_ok(),
+                    "byte {at} set to {b}: whole {whole:?}, in place {view:?}"
+                );
+                if let (Ok(w), Ok(v)) = (whole, view) {
+                    assert_eq!(w, v, "byte {at} set to {b}");
+                }
+            }
         }
     }
 

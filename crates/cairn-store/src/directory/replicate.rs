@@ -1093,7 +1093,7 @@ impl Directory {
         let mut split = None;
         let mut old = None;
         if let (Some(view), Some(keys)) = (&view, &keys) {
-            let part = view.split(keys);
+            let part = view.split(keys)?;
             if part.is_live() {
                 split = Some((view, keys));
                 old = Some(part);
