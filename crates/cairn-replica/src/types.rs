@@ -166,16 +166,13 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
     })
 }
 
-/// Decodes what [`encode`] made, from another node or this node's log.
-/// The limit bounds what one decode may claim: bincode allocates a string
-/// as long as the length in front of it says before reading it, so a
-/// damaged length asked the allocator for up to exabytes and aborted the
-/// process; with it the decode fails. Every string is inside the message
-/// (at most `network::MAX_MESSAGE`) or log record, far below it.
+/// Decodes what [`encode`] made, from another node or this node's log,
+/// with the store's limit on what one decode may claim
+/// ([`cairn_store::codec::decoding`]): a damaged length is an error, not
+/// an allocation of exabytes. Every string is inside the message (at most
+/// `network::MAX_MESSAGE`) or log record, far below the limit.
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    const LIMIT: usize = 1 << 30;
-    bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<LIMIT>())
-        .map(|(v, _)| v)
+    bincode::serde::decode_from_slice(b, cairn_store::codec::decoding()).map(|(v, _)| v)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::engine::Table;
 
-/// bincode's configuration for reading stored values: the standard one,
+/// bincode's configuration for reading stored values and messages between
+/// nodes (`cairn-replica` decodes with it too): the standard one,
 /// with a limit on what one decode may claim. bincode allocates a string
 /// or byte string as long as the length in front of it says before it
 /// reads it, so without a limit a damaged length made it ask for
@@ -19,7 +20,7 @@ use crate::engine::Table;
 /// `a_damaged_state_is_refused_in_place_as_it_is_whole`); with it, the
 /// decode fails with an error. Every string of a value is inside the
 /// value's bytes, so no real value comes near the limit.
-fn decoding() -> bincode::config::Configuration<
+pub fn decoding() -> bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
     bincode::config::Limit<DECODE_LIMIT>,
@@ -27,10 +28,10 @@ fn decoding() -> bincode::config::Configuration<
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
-/// What one decode of a stored row may claim: 1 GiB. (A snapshot, which
+/// What one decode of a stored row or a message may claim: 1 GiB. (A snapshot, which
 /// can be larger, is decoded without a limit: a checksum over it is
 /// checked first, `cairn-replica`'s state machine.)
-const DECODE_LIMIT: usize = 1 << 30;
+pub const DECODE_LIMIT: usize = 1 << 30;
 
 /// A stored entry, tagged with its format version.
 #[derive(Serialize, Deserialize)]
