@@ -40,6 +40,7 @@ mod proposer;
 pub mod state_machine;
 pub mod types;
 pub mod wal;
+mod worker;
 pub mod writer;
 
 pub use faults::Faults;

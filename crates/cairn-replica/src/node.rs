@@ -366,7 +366,8 @@ impl Replica {
             );
         }
         let wal = log.wal();
-        let sm = StateMachine::new(dir.clone(), &cfg.data_dir);
+        let sm = StateMachine::new(dir.clone(), &cfg.data_dir)
+            .map_err(|e| StartError::Store(format!("cannot start the apply thread: {e}")))?;
         let snapshots_installed = sm.installed();
         let caller = network::Caller {
             id: cfg.id,
@@ -395,6 +396,8 @@ impl Replica {
                 origin: cfg.origin,
                 clock: cfg.clock.clone(),
                 timeout: cfg.write_timeout,
+                planner: crate::worker::Worker::start("cairn-plan".into())
+                    .map_err(|e| StartError::Store(format!("cannot start the plan thread: {e}")))?,
             },
             cfg.batches_in_flight,
         );

@@ -40,6 +40,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::node::WriteError;
 use crate::types::{NodeInfo, Raft, Request};
+use crate::worker::Worker;
 
 /// Most writes one log entry carries.
 pub const MAX_OPS: usize = 256;
@@ -215,6 +216,8 @@ pub(crate) struct Context {
     pub origin: Origin,
     pub clock: Arc<dyn Clock>,
     pub timeout: Duration,
+    /// The thread its plans run on (`crate::worker`).
+    pub planner: Worker,
 }
 
 /// Changes proposed and not yet applied here, oldest first: the next
@@ -297,14 +300,16 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
         let overlay: Vec<Arc<Vec<Change>>> =
             lock(&in_flight).iter().map(|(_, c)| c.clone()).collect();
         let dir = ctx.dir.clone();
-        let planned = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&WriteOp> = ops.iter().collect();
-            let overlay: Vec<&[Change]> = overlay.iter().map(|c| c.as_slice()).collect();
-            dir.plan_changes(&refs, &csns, &overlay)
-        })
-        .await
-        .map_err(|e| cairn_store::Error::Storage(format!("plan task: {e}")))
-        .and_then(|r| r);
+        let planned = ctx
+            .planner
+            .run(move || {
+                let refs: Vec<&WriteOp> = ops.iter().collect();
+                let overlay: Vec<&[Change]> = overlay.iter().map(|c| c.as_slice()).collect();
+                dir.plan_changes(&refs, &csns, &overlay)
+            })
+            .await
+            .map_err(|e| cairn_store::Error::Storage(format!("plan task: {e}")))
+            .and_then(|r| r);
         let planned = match planned {
             Ok(p) => p,
             Err(e) => {

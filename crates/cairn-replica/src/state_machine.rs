@@ -25,6 +25,7 @@ use crate::types::{
     Entry, LogId, NodeInfo, Request, Response, StorageError, StoredMembership, TypeConfig, decode,
     encode,
 };
+use crate::worker::Worker;
 
 const LAST_APPLIED: &[u8] = b"raft.last_applied";
 const MEMBERSHIP: &[u8] = b"raft.membership";
@@ -97,6 +98,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())))?
 }
 
+/// Runs store work on `worker`'s thread.
+async fn on<T: Send + 'static>(
+    worker: &Worker,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    worker
+        .run(f)
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&std::io::Error::other(e)))?
+}
+
 /// One transaction of an apply.
 struct Step {
     kind: StepKind,
@@ -138,6 +150,8 @@ pub struct StateMachine {
     installed: Arc<AtomicU64>,
     /// Entries applied since the store was last made durable.
     unsynced: u64,
+    /// The thread every apply runs on (`crate::worker`).
+    applier: Arc<Worker>,
 }
 
 /// Applies are not synced (the log is), so after a crash a node re-applies
@@ -149,13 +163,14 @@ pub const CHECKPOINT_ENTRIES: u64 = 4096;
 
 impl StateMachine {
     /// `data_dir` is where the current snapshot file lives.
-    pub fn new(dir: Arc<Directory>, data_dir: &Path) -> Self {
-        StateMachine {
+    pub fn new(dir: Arc<Directory>, data_dir: &Path) -> std::io::Result<Self> {
+        Ok(StateMachine {
             dir,
             data_dir: data_dir.to_path_buf(),
             installed: Arc::default(),
             unsynced: 0,
-        }
+            applier: Arc::new(Worker::start("cairn-apply".into())?),
+        })
     }
 
     /// The count of snapshots installed from a leader since start-up,
@@ -359,7 +374,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // checkpoint now and then bounds that replay.
         self.unsynced += entries.len() as u64;
         let checkpoint = self.unsynced >= CHECKPOINT_ENTRIES;
-        let mut results = blocking(move || {
+        let mut results = on(&self.applier, move || {
             let mut results = std::collections::HashMap::new();
             let n = steps.len();
             for (i, step) in steps.into_iter().enumerate() {
@@ -492,7 +507,7 @@ mod tests {
             ));
             let log =
                 LogStore::open(&tmp.path().join("raft")).map_err(|e| StorageIOError::write(&e))?;
-            let sm = StateMachine::new(dir, tmp.path());
+            let sm = StateMachine::new(dir, tmp.path()).map_err(|e| StorageIOError::write(&e))?;
             Ok((tmp, log, sm))
         }
     }
