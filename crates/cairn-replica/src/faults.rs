@@ -23,6 +23,8 @@ pub struct Faults {
     drop: Arc<RwLock<HashMap<(u64, u64), u32>>>,
     /// State of the deterministic generator that picks dropped messages.
     dice: Arc<AtomicU64>,
+    /// Nodes that answer as an earlier release without `AppendStream`.
+    streamless: Arc<RwLock<HashSet<u64>>>,
 }
 
 impl Faults {
@@ -64,6 +66,23 @@ impl Faults {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert((from, to), per_mille.min(1000));
+    }
+
+    /// Makes `node` answer `AppendStream` as an earlier release does
+    /// (Unimplemented), so its leaders send it single AppendEntries calls.
+    pub fn without_append_stream(&self, node: u64) {
+        self.streamless
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node);
+    }
+
+    /// Whether `node` answers as a release without `AppendStream`.
+    pub fn streamless(&self, node: u64) -> bool {
+        self.streamless
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
     }
 
     /// Restores all traffic.

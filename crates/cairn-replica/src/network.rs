@@ -300,6 +300,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .caller
                 .client(&node.peer, expect)
                 .map_err(|e| TransportError(e.to_string())),
+            stream: None,
+            single_appends: false,
         }
     }
 }
@@ -311,21 +313,41 @@ pub struct PeerConn {
     target: u64,
     faults: crate::Faults,
     client: Result<RaftClient<Channel>, TransportError>,
+    /// The open append stream to the peer: opened at the first
+    /// AppendEntries, dropped after any error or timeout (a message may
+    /// then be in flight: the next one opens a new stream).
+    stream: Option<AppendStream>,
+    /// The peer has no `AppendStream` (an earlier release): AppendEntries
+    /// go as single calls, as they did there.
+    single_appends: bool,
+}
+
+/// An open `AppendStream` call: messages go in through `tx`, answers come
+/// back in order through `rx`.
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<RaftPayload>,
+    rx: tonic::Streaming<RaftPayload>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
 
+/// What a failed call is to openraft: unreachable (it backs off), or any
+/// other network error.
+fn status_error<E: std::error::Error>(
+    status: &tonic::Status,
+) -> RPCError<u64, NodeInfo, RaftError<u64, E>> {
+    let e = TransportError(format!("{}: {}", status.code(), status.message()));
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl PeerConn {
-    async fn call<Resp, E>(
-        &mut self,
-        which: Rpc,
-        data: Vec<u8>,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
+    /// The test fault layer's say on the next message: delayed, or lost.
+    async fn faulted<E: std::error::Error>(&self) -> RpcResult<(), E> {
         if let Some(d) = self.faults.delay_of(self.from, self.target) {
             tokio::time::sleep(d).await;
         }
@@ -336,32 +358,137 @@ impl PeerConn {
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        let client = match &mut self.client {
-            Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
-        };
+        Ok(())
+    }
+
+    fn client<E: std::error::Error>(&mut self) -> RpcResult<&mut RaftClient<Channel>, E> {
+        match &mut self.client {
+            Ok(c) => Ok(c),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(e))),
+        }
+    }
+
+    /// The peer's answer, as openraft's result.
+    fn answer<Resp, E>(&self, data: &[u8]) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<u64, E>> =
+            decode(data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn call<Resp, E>(
+        &mut self,
+        which: Rpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        self.faulted().await?;
+        self.single(which, data, option).await
+    }
+
+    /// One message as a call of its own.
+    async fn single<Resp, E>(
+        &mut self,
+        which: Rpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let mut request = self.caller.request(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
+        let client = self.client()?;
         let reply = match which {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                let e = TransportError(format!("{}: {}", status.code(), status.message()));
-                return Err(match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
-                    _ => RPCError::Network(NetworkError::new(&e)),
-                });
+        match reply {
+            Ok(r) => self.answer(&r.into_inner().data),
+            Err(status) => Err(status_error(&status)),
+        }
+    }
+
+    /// An AppendEntries on the append stream, opened when there is none;
+    /// as a single call to a peer without one.
+    async fn append(
+        &mut self,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.faulted().await?;
+        if self.single_appends {
+            return self.single(Rpc::Append, data, option).await;
+        }
+        let ttl = option.hard_ttl();
+        let deadline = tokio::time::Instant::now() + ttl;
+        // Taken out while in use, put back only after a whole exchange.
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let request = self
+                    .caller
+                    .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+                let client = self.client()?;
+                match tokio::time::timeout_at(deadline, client.append_stream(request)).await {
+                    Ok(Ok(answers)) => AppendStream {
+                        tx,
+                        rx: answers.into_inner(),
+                    },
+                    Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(
+                            peer = self.target,
+                            "the peer has no append stream (an earlier release): single calls"
+                        );
+                        self.single_appends = true;
+                        return self.single(Rpc::Append, data, option).await;
+                    }
+                    Ok(Err(s)) => return Err(status_error(&s)),
+                    Err(_) => return Err(self.timed_out(ttl)),
+                }
             }
         };
-        let result: Result<Resp, RaftError<u64, E>> =
-            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let exchange = async {
+            stream
+                .tx
+                .send(RaftPayload { data })
+                .await
+                .map_err(|_| tonic::Status::unavailable("the append stream ended"))?;
+            stream
+                .rx
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("the peer ended the append stream"))
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(reply)) => {
+                self.stream = Some(stream);
+                self.answer(&reply.data)
+            }
+            Ok(Err(s)) => Err(status_error(&s)),
+            Err(_) => Err(self.timed_out(ttl)),
+        }
+    }
+
+    fn timed_out<E: std::error::Error>(
+        &self,
+        ttl: Duration,
+    ) -> RPCError<u64, NodeInfo, RaftError<u64, E>> {
+        let e = TransportError(format!(
+            "node {} did not answer an AppendEntries within {ttl:?}",
+            self.target
+        ));
+        RPCError::Unreachable(Unreachable::new(&e))
     }
 }
 
@@ -387,7 +514,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
                 openraft::error::PayloadTooLarge::new_entries_hint(fit.max(1)),
             ));
         }
-        self.call(Rpc::Append, data, &option).await
+        self.append(data, &option).await
     }
 
     async fn install_snapshot(
@@ -488,69 +615,91 @@ impl Gate {
 
     /// Admits a request from a peer, or says why not. `sender` is the node
     /// the message itself names (a Raft message's leader or candidate),
-    /// `term` the highest term it carries.
+    /// `term` the highest term it carries. Answers the calling node.
     pub async fn admit<T>(
         &self,
         r: &tonic::Request<T>,
         sender: Option<u64>,
         term: u64,
     ) -> Result<u64, tonic::Status> {
-        let refuse = |why: String| {
-            let from = r
-                .remote_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "an unknown address".into());
-            tracing::warn!(from = %from, cause = %why, "refused a peer request");
-            Err(tonic::Status::permission_denied(why))
-        };
+        let addr = r.remote_addr();
         let Some(id) = r
             .metadata()
             .get(NODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
         else {
-            return refuse(format!(
-                "a peer request must name its node in the {NODE_HEADER} metadata"
+            return Err(refuse(
+                addr,
+                format!("a peer request must name its node in the {NODE_HEADER} metadata"),
             ));
         };
-        if id == self.id {
-            return refuse(format!("node {id} is this node"));
-        }
-        if let Some(s) = sender
-            && s != id
-        {
-            return refuse(format!("node {id} sent a message in the name of node {s}"));
-        }
-        if term > MAX_TERM {
-            return refuse(format!(
-                "term {term} is beyond any real election (at most {MAX_TERM})"
-            ));
-        }
-        let Some(member) = self.member(id) else {
-            return refuse(format!("node {id} is not a member of this site"));
-        };
+        let member = self.check_message(id, sender, term, addr)?;
         if self.mutual_tls {
             let expect = Expect::Node(cairn_tls::NodeName::new(self.site.clone(), id));
-            return match peer_node(r) {
-                Ok(found) => match expect.check(&found) {
-                    Ok(()) => Ok(id),
-                    Err(e) => refuse(e),
-                },
-                Err(e) => refuse(e),
+            return match peer_node(r).and_then(|found| expect.check(&found)) {
+                Ok(()) => Ok(id),
+                Err(e) => Err(refuse(addr, e)),
             };
         }
-        let Some(from) = r.remote_addr().map(|a| a.ip().to_canonical()) else {
-            return refuse("the connection's address is unknown".into());
+        let Some(from) = addr.map(|a| a.ip().to_canonical()) else {
+            return Err(refuse(addr, "the connection's address is unknown".into()));
         };
         let allowed = self.addresses(&member.peer).await;
         if !allowed.contains(&from) {
-            return refuse(format!(
-                "node {id}'s peer address is {}, but this connection comes from {from}",
-                member.peer
+            return Err(refuse(
+                addr,
+                format!(
+                    "node {id}'s peer address is {}, but this connection comes from {from}",
+                    member.peer
+                ),
             ));
         }
         Ok(id)
     }
+
+    /// The checks of one message from node `id` (whose connection was
+    /// admitted, or is about to be): not from this node, sent in its own
+    /// name, with a plausible term, by a member of the site (checked for
+    /// every message of a stream too: a node removed from the site is
+    /// refused from then on). Answers the member. `addr`: where the
+    /// connection comes from, for the log.
+    pub fn check_message(
+        &self,
+        id: u64,
+        sender: Option<u64>,
+        term: u64,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<NodeInfo, tonic::Status> {
+        if id == self.id {
+            return Err(refuse(addr, format!("node {id} is this node")));
+        }
+        if let Some(s) = sender
+            && s != id
+        {
+            return Err(refuse(
+                addr,
+                format!("node {id} sent a message in the name of node {s}"),
+            ));
+        }
+        if term > MAX_TERM {
+            return Err(refuse(
+                addr,
+                format!("term {term} is beyond any real election (at most {MAX_TERM})"),
+            ));
+        }
+        self.member(id)
+            .ok_or_else(|| refuse(addr, format!("node {id} is not a member of this site")))
+    }
+}
+
+/// A refused peer request: logged, and answered PermissionDenied.
+fn refuse(addr: Option<std::net::SocketAddr>, why: String) -> tonic::Status {
+    let from = addr
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "an unknown address".into());
+    tracing::warn!(from = %from, cause = %why, "refused a peer request");
+    tonic::Status::permission_denied(why)
 }
 
 /// The node the client certificate of `r`'s connection names (verified
@@ -579,14 +728,17 @@ fn request<T: DeserializeOwned>(r: &tonic::Request<RaftPayload>) -> Result<T, to
         .map_err(|e| tonic::Status::invalid_argument(format!("undecodable payload: {e}")))
 }
 
-/// The highest term an entry of `entries` carries.
-fn max_entry_term(entries: &[crate::types::Entry]) -> u64 {
-    entries
-        .iter()
-        .map(|e| e.log_id.leader_id.term)
-        .max()
-        .unwrap_or(0)
+/// The node an AppendEntries names as its leader, and the highest term
+/// it carries (its vote's or an entry's).
+fn append_sender(req: &AppendEntriesRequest<TypeConfig>) -> (Option<u64>, u64) {
+    let entries = req.entries.iter().map(|e| e.log_id.leader_id.term);
+    let term = entries.fold(req.vote.leader_id().get_term(), u64::max);
+    (req.vote.leader_id().voted_for(), term)
 }
+
+/// The answers of an append stream, one per AppendEntries, in order.
+pub type AppendAnswers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
@@ -595,14 +747,60 @@ impl pb::raft_server::Raft for RaftService {
         r: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let req: AppendEntriesRequest<TypeConfig> = request(&r)?;
-        let leader = req.vote.leader_id().voted_for();
-        let term = req
-            .vote
-            .leader_id()
-            .get_term()
-            .max(max_entry_term(&req.entries));
+        let (leader, term) = append_sender(&req);
         self.gate.admit(&r, leader, term).await?;
         payload(&self.raft.append_entries(req).await)
+    }
+
+    type AppendStreamStream = AppendAnswers;
+
+    async fn append_stream(
+        &self,
+        r: tonic::Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<tonic::Response<AppendAnswers>, tonic::Status> {
+        if self
+            .forward
+            .upgrade()
+            .is_some_and(|n| n.faults().streamless(self.gate.id))
+        {
+            return Err(tonic::Status::unimplemented("AppendStream (test fault)"));
+        }
+        // The connection and the node it names, once; each message's
+        // sender, term and membership as it comes.
+        let from = self.gate.admit(&r, None, 0).await?;
+        let addr = r.remote_addr();
+        let closing = r.extensions().get::<Closing>().cloned();
+        let state = (r.into_inner(), self.raft.clone(), self.gate.clone());
+        let answers = futures::stream::unfold(Some(state), move |state| {
+            let closing = closing.clone();
+            async move {
+                let (mut inbound, raft, gate) = state?;
+                // The end of the caller's messages, or its side broke: the
+                // stream ends (there is no one to answer). So does the server's
+                // shutdown, which would otherwise wait for the caller.
+                let msg = tokio::select! {
+                    m = inbound.message() => m.ok().flatten()?,
+                    () = Closing::closed(closing) => return None,
+                };
+                let answer = async {
+                    let req: AppendEntriesRequest<TypeConfig> = decode(&msg.data).map_err(|e| {
+                        tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
+                    })?;
+                    let (leader, term) = append_sender(&req);
+                    gate.check_message(from, leader, term, addr)?;
+                    encode(&raft.append_entries(req).await)
+                        .map(|data| RaftPayload { data })
+                        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+                }
+                .await;
+                match answer {
+                    Ok(a) => Some((Ok(a), Some((inbound, raft, gate)))),
+                    // Refused or undecodable: the stream ends with the status.
+                    Err(status) => Some((Err(status), None)),
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(answers)))
     }
 
     async fn vote(
@@ -811,11 +1009,70 @@ pub async fn serve_tls(
         })
         .buffer_unordered(MAX_HANDSHAKES)
         .filter_map(std::future::ready);
+    serve_incoming(incoming, routes, shutdown).await
+}
+
+/// Tells the streams a server holds open that it is shutting down: a
+/// graceful shutdown waits for every call under way, and an append stream
+/// lasts as long as its leader, so without this a node being stopped
+/// waited forever. Each request carries it (as an extension).
+#[derive(Clone)]
+pub struct Closing(tokio::sync::watch::Receiver<bool>);
+
+impl Closing {
+    /// Once the server is shutting down (never, for a request served
+    /// without one).
+    pub async fn closed(r: Option<Self>) {
+        match r {
+            Some(mut c) => {
+                let _ = c.0.wait_for(|&closing| closing).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Serves `routes` on the connections of `incoming` until `shutdown`,
+/// telling the streams under way to end first ([`Closing`]).
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    routes: tonic::service::Routes,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (closing, rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
     tonic::transport::Server::builder()
+        .layer(closing_layer(rx))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// The layer that hands every request the server's [`Closing`], raised by
+/// `tx` before the server's graceful shutdown begins waiting.
+fn closing_layer(
+    rx: tokio::sync::watch::Receiver<bool>,
+) -> tower::util::MapRequestLayer<impl Fn(HttpRequest) -> HttpRequest + Clone> {
+    tower::util::MapRequestLayer::new(move |mut r: HttpRequest| {
+        r.extensions_mut().insert(Closing(rx.clone()));
+        r
+    })
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
 
 /// Serves gRPC services on `listener` until `shutdown`: over TLS with
 /// `tls` ([`serve_tls`]) when given, else in plain text ([`serve`]).
@@ -850,8 +1107,5 @@ pub async fn serve(
         }
         s
     });
-    tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    serve_incoming(incoming, routes, shutdown).await
 }

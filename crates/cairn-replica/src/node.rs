@@ -451,6 +451,11 @@ impl Replica {
         Ok(replica)
     }
 
+    /// The test fault layer this node consults.
+    pub(crate) fn faults(&self) -> &crate::Faults {
+        &self.faults
+    }
+
     /// Replication with other sites: status, pause and resume.
     pub fn federation(&self) -> &Arc<crate::federation::Federation> {
         &self.federation

@@ -719,6 +719,37 @@ async fn stopping_a_follower_fails_no_write() {
     site.shutdown().await;
 }
 
+/// A leader sends AppendEntries on one stream per follower; a follower of
+/// an earlier release has no such stream (it answers Unimplemented) and
+/// gets them as single calls. Restarted as such a node, a follower still
+/// gets every write, and the leader's stream to the other follower, broken
+/// by nothing, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_without_the_append_stream_gets_appends_as_single_calls() {
+    let mut site = site_with_suffix(10_000).await;
+    let leader = site.leader().await;
+    let followers: Vec<u64> = site.alive().into_iter().filter(|&i| i != leader).collect();
+    let r = site.replica(leader);
+    r.write(cairn_core::audit::By::node(), host("s-0"))
+        .await
+        .unwrap();
+    // Its old connection goes with the restart; the leader's next stream
+    // to it is refused as an earlier release refuses it.
+    site.faults.without_append_stream(followers[0]);
+    site.stop(followers[0]).await;
+    site.start(followers[0]).await;
+    for i in 1..20 {
+        r.write(cairn_core::audit::By::node(), host(&format!("s-{i}")))
+            .await
+            .unwrap();
+    }
+    site.converge().await;
+    for &f in &followers {
+        assert!(site.has(f, &host_dn("s-19")), "node {f}");
+    }
+    site.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_cannot_commit_and_the_majority_goes_on() {
     let site = site_with_suffix(10_000).await;
@@ -999,6 +1030,28 @@ fn forged<T: serde::Serialize>(
     r
 }
 
+/// One AppendStream call from `c` naming `node` (if any) with `msg` as its
+/// only message: the answer to it, or the status that refused the stream
+/// (when it was opened) or the message.
+async fn streamed<T: serde::Serialize>(
+    c: &mut cairn_replica::network::pb::raft_client::RaftClient<tonic::transport::Channel>,
+    node: Option<u64>,
+    msg: &T,
+) -> Result<cairn_replica::network::pb::RaftPayload, tonic::Status> {
+    let data = cairn_replica::types::encode(msg).unwrap();
+    let one = tokio_stream::iter(vec![cairn_replica::network::pb::RaftPayload { data }]);
+    let mut r = tonic::Request::new(one);
+    if let Some(n) = node {
+        r.metadata_mut()
+            .insert(cairn_replica::network::NODE_HEADER, n.into());
+    }
+    let mut answers = c.append_stream(r).await?.into_inner();
+    answers
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
+}
+
 /// Issue 10: anyone who could reach a node's Raft service could delete
 /// entries with one `Forward`, and a made-up node's AppendEntries with
 /// term 2^64-1 stopped the Raft core of every node. Forged requests, from
@@ -1077,6 +1130,33 @@ async fn issue_10_forged_peer_requests_change_nothing() {
             "AppendEntries with term 2^64-1",
         );
         assert!(m.contains("term"), "{m}");
+        // The same on the append stream: its connection is admitted once,
+        // each message is checked as it comes.
+        let stream_denied = |r: Result<_, tonic::Status>, what: &str| match r {
+            Err(s) if s.code() == tonic::Code::PermissionDenied => s.message().to_string(),
+            Err(s) => panic!("{what}: refused with the wrong code: {s}"),
+            Ok(_) => panic!("{what}: accepted"),
+        };
+        let m = stream_denied(
+            streamed(&mut c, Some(9), &huge(9)).await,
+            "an append stream from node 9",
+        );
+        assert!(m.contains("not a member"), "{m}");
+        let m = stream_denied(
+            streamed(&mut c, Some(leader), &huge(9)).await,
+            "a streamed AppendEntries in node 9's name",
+        );
+        assert!(m.contains("in the name of"), "{m}");
+        let m = stream_denied(
+            streamed(&mut c, Some(leader), &huge(leader)).await,
+            "a streamed AppendEntries with term 2^64-1",
+        );
+        assert!(m.contains("term"), "{m}");
+        let mut stranger = forger(site.nodes[f as usize - 1].addr, "127.0.0.77");
+        stream_denied(
+            streamed(&mut stranger, Some(leader), &huge(leader)).await,
+            "an append stream from 127.0.0.77",
+        );
         let vote = VoteRequest::<u64>::new(openraft::Vote::new(u64::MAX, leader), None);
         denied(
             c.vote(forged(Some(leader), &vote)).await,
