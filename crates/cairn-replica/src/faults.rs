@@ -23,7 +23,7 @@ pub struct Faults {
     drop: Arc<RwLock<HashMap<(u64, u64), u32>>>,
     /// State of the deterministic generator that picks dropped messages.
     dice: Arc<AtomicU64>,
-    /// Nodes that answer as an earlier release without `AppendStream`.
+    /// Nodes that answer as an earlier release without the streams.
     streamless: Arc<RwLock<HashSet<u64>>>,
 }
 
@@ -68,16 +68,17 @@ impl Faults {
             .insert((from, to), per_mille.min(1000));
     }
 
-    /// Makes `node` answer `AppendStream` as an earlier release does
-    /// (Unimplemented), so its leaders send it single AppendEntries calls.
-    pub fn without_append_stream(&self, node: u64) {
+    /// Makes `node` answer `AppendStream` and `ForwardStream` as an
+    /// earlier release does (Unimplemented), so its leaders send it single
+    /// AppendEntries calls and its followers single Forward calls.
+    pub fn without_streams(&self, node: u64) {
         self.streamless
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node);
     }
 
-    /// Whether `node` answers as a release without `AppendStream`.
+    /// Whether `node` answers as a release without the streams.
     pub fn streamless(&self, node: u64) -> bool {
         self.streamless
             .read()

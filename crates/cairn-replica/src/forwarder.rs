@@ -6,11 +6,19 @@
 //! apply, for every write: with clients spread over a site's nodes, two
 //! writes in three take that path. The forwarder queues them instead; one
 //! task takes everything queued for the same leader (up to 256 writes or
-//! 4 MiB, `crate::proposer::Batches`) into one `Forward` call, keeping up
-//! to 32 calls in flight, and answers each write with its own result once
+//! 4 MiB, `crate::proposer::Batches`) into one batch, keeping up to 32
+//! batches in flight, and answers each write with its own result once
 //! this node has applied the last of them (so a client reads its own
 //! write from the node it wrote to). As with the proposer, a lone write
 //! goes at once: batching only happens when writes queue up.
+//!
+//! A batch is one message, with an id, on this node's `ForwardStream` to
+//! the leader, opened at the first batch and kept while it works; the
+//! leader answers each batch by its id as soon as its writes are
+//! proposed. A batch sent on a stream that then ends has an unknown
+//! outcome (it may have been proposed); one that could not be sent was
+//! not. A leader that answers the stream with Unimplemented (an earlier
+//! release) gets a `Forward` call per batch.
 //!
 //! The leader proposes the writes of a call in order through its own
 //! proposer, so they usually share one log entry. A write the leader could
@@ -39,7 +47,7 @@ use crate::types::{NodeInfo, Raft, decode, encode};
 /// earlier call's round trip: with 2, a follower's writes spent ~4.5 ms of
 /// ~11 in this queue at 64 connections; 8 and 32 measured better still
 /// (`docs/benchmarks.md`). Queued writes still share a call.
-const IN_FLIGHT: usize = 32;
+pub(crate) const IN_FLIGHT: usize = 32;
 
 /// One write as a follower forwards it: whose access rules decide it, who
 /// the audit names and through which node it came, and the write.
@@ -72,6 +80,67 @@ pub(crate) struct Context {
     pub clients: crate::network::Clients,
     pub faults: crate::Faults,
     pub timeout: Duration,
+    /// The stream to each leader writes were forwarded to, by its id and
+    /// address. A std lock: held only to look up or replace one.
+    pub links: std::sync::Mutex<std::collections::HashMap<(u64, String), Link>>,
+}
+
+/// How writes reach one leader.
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// On its `ForwardStream`.
+    Stream(Arc<Stream>),
+    /// As `Forward` calls: it has no stream (an earlier release).
+    Calls,
+}
+
+/// An open `ForwardStream`: batches go in with an id, and a task hands
+/// each answer to the batch waiting for it. Dropping the last handle ends
+/// the stream (the leader then ends its side).
+pub(crate) struct Stream {
+    tx: mpsc::Sender<crate::network::pb::RaftPayload>,
+    next: std::sync::atomic::AtomicU64,
+    waiting: Arc<Waiting>,
+}
+
+/// The batches of a stream waiting for their answers.
+#[derive(Default)]
+struct Waiting {
+    /// A std lock: held only to add or take one.
+    batches: std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<Vec<Forwarded>>>>,
+    /// Set once the stream has ended: no answer comes any more.
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Waiting {
+    fn add(&self, id: u64, tx: oneshot::Sender<Vec<Forwarded>>) {
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+    }
+
+    fn take(&self, id: u64) -> Option<oneshot::Sender<Vec<Forwarded>>> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The stream ended: the batches still waiting learn it (their
+    /// outcome is unknown: they may have been proposed), and so do new
+    /// ones.
+    fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 /// The queue of writes this node forwards.
@@ -194,15 +263,149 @@ enum CallFailed {
 
 async fn call(
     ctx: &Context,
-    (leader_id, leader): &(u64, NodeInfo),
+    leader: &(u64, NodeInfo),
     ops: &[ForwardedWrite],
 ) -> Result<Vec<Forwarded>, CallFailed> {
-    if ctx.faults.blocked(ctx.id, *leader_id) {
+    let leader_id = leader.0;
+    if ctx.faults.blocked(ctx.id, leader_id) {
         return Err(CallFailed::NotSent(format!(
             "traffic {} -> {leader_id} is cut",
             ctx.id
         )));
     }
+    let stream = match link(ctx, leader).await? {
+        Link::Stream(s) => s,
+        Link::Calls => return call_once(ctx, leader, ops).await,
+    };
+    let id = stream
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    stream.waiting.add(id, tx);
+    let not_sent = |why: &str| {
+        stream.waiting.take(id);
+        CallFailed::NotSent(why.to_string())
+    };
+    // Ended before this batch was added: it would never be answered.
+    if stream.waiting.ended() {
+        return Err(not_sent("the stream to the leader ended"));
+    }
+    let data = encode(&(id, ops)).map_err(|e| not_sent(&e.to_string()))?;
+    let payload = crate::network::pb::RaftPayload { data };
+    if stream.tx.send(payload).await.is_err() {
+        return Err(not_sent("the stream to the leader ended"));
+    }
+    match tokio::time::timeout(ctx.timeout, rx).await {
+        Ok(Ok(answers)) => Ok(answers),
+        Ok(Err(_)) => Err(CallFailed::Unknown(format!(
+            "the stream to node {leader_id} ended before its answer"
+        ))),
+        Err(_) => {
+            stream.waiting.take(id);
+            Err(CallFailed::Unknown(
+                "the leader did not answer in time".into(),
+            ))
+        }
+    }
+}
+
+/// How writes reach `leader`: its stream, opened when there is none (or
+/// the last one ended), or calls when it has none.
+async fn link(ctx: &Context, (leader_id, leader): &(u64, NodeInfo)) -> Result<Link, CallFailed> {
+    let key = (*leader_id, leader.peer.clone());
+    {
+        let links = ctx.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(&key) {
+            Some(Link::Stream(s)) if !s.waiting.ended() => {
+                return Ok(Link::Stream(s.clone()));
+            }
+            Some(Link::Calls) => return Ok(Link::Calls),
+            _ => {}
+        }
+    }
+    let mut client = ctx
+        .clients
+        .node(*leader_id, &leader.peer)
+        .map_err(|e| CallFailed::NotSent(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let request = ctx
+        .clients
+        .caller
+        .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let opened = tokio::time::timeout(ctx.timeout, client.forward_stream(request))
+        .await
+        .map_err(|_| CallFailed::NotSent("the leader did not open a stream in time".into()))?;
+    let link = match opened {
+        Ok(answers) => {
+            let stream = Arc::new(Stream {
+                tx,
+                next: Default::default(),
+                waiting: Default::default(),
+            });
+            let waiting = stream.waiting.clone();
+            tokio::spawn(read_answers(answers.into_inner(), waiting, *leader_id));
+            Link::Stream(stream)
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            tracing::info!(
+                leader = leader_id,
+                "the leader has no forward stream (an earlier release): single calls"
+            );
+            Link::Calls
+        }
+        // Nothing was sent.
+        Err(s) => {
+            return Err(CallFailed::NotSent(format!(
+                "forwarding to node {leader_id}: {s}"
+            )));
+        }
+    };
+    // Writes go to one leader at a time: the streams to earlier ones end
+    // once their last batches are answered.
+    let mut links = ctx.links.lock().unwrap_or_else(|p| p.into_inner());
+    links.retain(|k, _| *k == key);
+    links.insert(key, link.clone());
+    Ok(link)
+}
+
+/// Hands each answer on `answers` to the batch waiting for it, until the
+/// stream ends; then the batches still waiting learn that it did.
+async fn read_answers(
+    mut answers: tonic::Streaming<crate::network::pb::RaftPayload>,
+    waiting: Arc<Waiting>,
+    leader: u64,
+) {
+    loop {
+        let answer = match answers.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(s) => {
+                tracing::debug!(leader, cause = %s, "the stream of forwarded writes ended");
+                break;
+            }
+        };
+        match decode::<(u64, Vec<Forwarded>)>(&answer.data) {
+            // A batch that timed out no longer waits.
+            Ok((id, forwarded)) => {
+                if let Some(w) = waiting.take(id) {
+                    let _ = w.send(forwarded);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(leader, cause = %e, "undecodable answer from the leader");
+                break;
+            }
+        }
+    }
+    waiting.end();
+}
+
+/// One `Forward` call, to a leader without the stream.
+async fn call_once(
+    ctx: &Context,
+    (leader_id, leader): &(u64, NodeInfo),
+    ops: &[ForwardedWrite],
+) -> Result<Vec<Forwarded>, CallFailed> {
     let mut client = ctx
         .clients
         .node(*leader_id, &leader.peer)

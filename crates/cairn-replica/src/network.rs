@@ -736,8 +736,8 @@ fn append_sender(req: &AppendEntriesRequest<TypeConfig>) -> (Option<u64>, u64) {
     (req.vote.leader_id().voted_for(), term)
 }
 
-/// The answers of an append stream, one per AppendEntries, in order.
-pub type AppendAnswers =
+/// The answers of a stream between nodes.
+pub type Answers =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -752,12 +752,12 @@ impl pb::raft_server::Raft for RaftService {
         payload(&self.raft.append_entries(req).await)
     }
 
-    type AppendStreamStream = AppendAnswers;
+    type AppendStreamStream = Answers;
 
     async fn append_stream(
         &self,
         r: tonic::Request<tonic::Streaming<RaftPayload>>,
-    ) -> Result<tonic::Response<AppendAnswers>, tonic::Status> {
+    ) -> Result<tonic::Response<Answers>, tonic::Status> {
         if self
             .forward
             .upgrade()
@@ -924,6 +924,71 @@ impl pb::raft_server::Raft for RaftService {
         let dir = replica.directory().clone();
         drop(replica);
         payload(&crate::federation::serve_states(dir, req).await)
+    }
+
+    type ForwardStreamStream = Answers;
+
+    async fn forward_stream(
+        &self,
+        r: tonic::Request<tonic::Streaming<RaftPayload>>,
+    ) -> Result<tonic::Response<Answers>, tonic::Status> {
+        if self
+            .forward
+            .upgrade()
+            .is_some_and(|n| n.faults().streamless(self.gate.id))
+        {
+            return Err(tonic::Status::unimplemented("ForwardStream (test fault)"));
+        }
+        let from = self.gate.admit(&r, None, 0).await?;
+        let addr = r.remote_addr();
+        let closing = r.extensions().get::<Closing>().cloned();
+        let mut inbound = r.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::forwarder::IN_FLIGHT);
+        let (gate, node) = (self.gate.clone(), self.forward.clone());
+        // Each batch is proposed as it comes, beside the earlier ones still
+        // waiting for their commit, and answered when its writes are. The
+        // server's shutdown stops the reading; the batches under way are
+        // still answered, and then the stream ends.
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    () = tx.closed() => return,
+                    () = Closing::closed(closing.clone()) => return,
+                };
+                // The end of the caller's messages, or its side broke.
+                let Ok(Some(msg)) = msg else { return };
+                let batch: Result<(u64, Vec<crate::forwarder::ForwardedWrite>), _> =
+                    decode(&msg.data).map_err(|e| {
+                        tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
+                    });
+                let checked =
+                    batch.and_then(|b| gate.check_message(from, None, 0, addr).map(|_| b));
+                let (id, ops) = match checked {
+                    Ok(b) => b,
+                    Err(status) => {
+                        // The stream ends with the status.
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let tx = tx.clone();
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let answer = match node.upgrade() {
+                        Some(replica) => replica.write_here(from, ops).await,
+                        // Stopping: not proposed, the follower tries again.
+                        None => vec![crate::forwarder::Forwarded::NotLeader; ops.len()],
+                    };
+                    let answer = encode(&(id, answer))
+                        .map(|data| RaftPayload { data })
+                        .map_err(|e| tonic::Status::internal(format!("encode: {e}")));
+                    let _ = tx.send(answer).await;
+                });
+            }
+        });
+        let answers = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(tonic::Response::new(Box::pin(answers)))
     }
 
     async fn forward(

@@ -415,6 +415,7 @@ impl Replica {
             clients: clients.clone(),
             faults: cfg.faults.clone(),
             timeout: cfg.write_timeout,
+            links: Default::default(),
         });
         let mut federation = crate::federation::Federation::new(
             cfg.site.clone(),

@@ -719,33 +719,40 @@ async fn stopping_a_follower_fails_no_write() {
     site.shutdown().await;
 }
 
-/// A leader sends AppendEntries on one stream per follower; a follower of
-/// an earlier release has no such stream (it answers Unimplemented) and
-/// gets them as single calls. Restarted as such a node, a follower still
-/// gets every write, and the leader's stream to the other follower, broken
-/// by nothing, goes on.
+/// A leader sends AppendEntries on one stream per follower, and a follower
+/// its forwarded writes on one stream to the leader; a node of an earlier
+/// release has no such streams (it answers Unimplemented) and gets single
+/// calls instead. Restarted as such a node, a follower still gets every
+/// write and its own writes still reach the leader; with the leader
+/// answering as such a node, the other follower's writes go as calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_without_the_append_stream_gets_appends_as_single_calls() {
+async fn nodes_without_the_streams_get_single_calls() {
     let mut site = site_with_suffix(10_000).await;
     let leader = site.leader().await;
     let followers: Vec<u64> = site.alive().into_iter().filter(|&i| i != leader).collect();
-    let r = site.replica(leader);
-    r.write(cairn_core::audit::By::node(), host("s-0"))
+    site.replica(leader)
+        .write(cairn_core::audit::By::node(), host("s-0"))
         .await
         .unwrap();
     // Its old connection goes with the restart; the leader's next stream
     // to it is refused as an earlier release refuses it.
-    site.faults.without_append_stream(followers[0]);
+    site.faults.without_streams(followers[0]);
     site.stop(followers[0]).await;
     site.start(followers[0]).await;
-    for i in 1..20 {
-        r.write(cairn_core::audit::By::node(), host(&format!("s-{i}")))
+    // No follower has forwarded a write yet: their first stream to the
+    // leader is refused too.
+    site.faults.without_streams(leader);
+    let writers = [leader, followers[0], followers[1]];
+    for i in 1..30 {
+        let at = writers[i % 3];
+        site.replica(at)
+            .write(cairn_core::audit::By::node(), host(&format!("s-{i}")))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("write s-{i} at node {at}: {e}"));
     }
     site.converge().await;
-    for &f in &followers {
-        assert!(site.has(f, &host_dn("s-19")), "node {f}");
+    for id in site.alive() {
+        assert!(site.has(id, &host_dn("s-29")), "node {id}");
     }
     site.shutdown().await;
 }
@@ -1030,11 +1037,12 @@ fn forged<T: serde::Serialize>(
     r
 }
 
-/// One AppendStream call from `c` naming `node` (if any) with `msg` as its
-/// only message: the answer to it, or the status that refused the stream
-/// (when it was opened) or the message.
+/// One AppendStream call (`forward`: ForwardStream) from `c` naming `node`
+/// (if any) with `msg` as its only message: the answer to it, or the
+/// status that refused the stream (when it was opened) or the message.
 async fn streamed<T: serde::Serialize>(
     c: &mut cairn_replica::network::pb::raft_client::RaftClient<tonic::transport::Channel>,
+    forward: bool,
     node: Option<u64>,
     msg: &T,
 ) -> Result<cairn_replica::network::pb::RaftPayload, tonic::Status> {
@@ -1045,7 +1053,11 @@ async fn streamed<T: serde::Serialize>(
         r.metadata_mut()
             .insert(cairn_replica::network::NODE_HEADER, n.into());
     }
-    let mut answers = c.append_stream(r).await?.into_inner();
+    let answers = match forward {
+        true => c.forward_stream(r).await?,
+        false => c.append_stream(r).await?,
+    };
+    let mut answers = answers.into_inner();
     answers
         .message()
         .await?
@@ -1113,6 +1125,23 @@ async fn issue_10_forged_peer_requests_change_nothing() {
     let mut c = forger(leader_addr, "127.0.0.1");
     let m = denied(c.forward(forged(Some(9), &delete)).await, "node 9");
     assert!(m.contains("not a member"), "{m}");
+    // The same on the forward stream.
+    let batch = (0u64, &delete);
+    let refused = |r: Result<_, tonic::Status>, what: &str| match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => s.message().to_string(),
+        Err(s) => panic!("{what}: refused with the wrong code: {s}"),
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    let m = refused(
+        streamed(&mut c, true, Some(9), &batch).await,
+        "a forward stream from node 9",
+    );
+    assert!(m.contains("not a member"), "{m}");
+    let mut stranger = forger(leader_addr, "127.0.0.77");
+    refused(
+        streamed(&mut stranger, true, Some(followers[0]), &batch).await,
+        "a forward stream from 127.0.0.77",
+    );
     for &f in &followers {
         let mut c = forger(site.nodes[f as usize - 1].addr, "127.0.0.1");
         let m = denied(
@@ -1132,29 +1161,24 @@ async fn issue_10_forged_peer_requests_change_nothing() {
         assert!(m.contains("term"), "{m}");
         // The same on the append stream: its connection is admitted once,
         // each message is checked as it comes.
-        let stream_denied = |r: Result<_, tonic::Status>, what: &str| match r {
-            Err(s) if s.code() == tonic::Code::PermissionDenied => s.message().to_string(),
-            Err(s) => panic!("{what}: refused with the wrong code: {s}"),
-            Ok(_) => panic!("{what}: accepted"),
-        };
-        let m = stream_denied(
-            streamed(&mut c, Some(9), &huge(9)).await,
+        let m = refused(
+            streamed(&mut c, false, Some(9), &huge(9)).await,
             "an append stream from node 9",
         );
         assert!(m.contains("not a member"), "{m}");
-        let m = stream_denied(
-            streamed(&mut c, Some(leader), &huge(9)).await,
+        let m = refused(
+            streamed(&mut c, false, Some(leader), &huge(9)).await,
             "a streamed AppendEntries in node 9's name",
         );
         assert!(m.contains("in the name of"), "{m}");
-        let m = stream_denied(
-            streamed(&mut c, Some(leader), &huge(leader)).await,
+        let m = refused(
+            streamed(&mut c, false, Some(leader), &huge(leader)).await,
             "a streamed AppendEntries with term 2^64-1",
         );
         assert!(m.contains("term"), "{m}");
         let mut stranger = forger(site.nodes[f as usize - 1].addr, "127.0.0.77");
-        stream_denied(
-            streamed(&mut stranger, Some(leader), &huge(leader)).await,
+        refused(
+            streamed(&mut stranger, false, Some(leader), &huge(leader)).await,
             "an append stream from 127.0.0.77",
         );
         let vote = VoteRequest::<u64>::new(openraft::Vote::new(u64::MAX, leader), None);
