@@ -379,20 +379,6 @@ impl PeerConn {
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    async fn call<Resp, E>(
-        &mut self,
-        which: Rpc,
-        data: Vec<u8>,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        self.faulted().await?;
-        self.single(which, data, option).await
-    }
-
     /// One message as a call of its own.
     async fn single<Resp, E>(
         &mut self,
@@ -523,7 +509,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
         let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.call(Rpc::Snapshot, data, &option).await
+        self.faulted().await?;
+        self.single(Rpc::Snapshot, data, &option).await
     }
 
     async fn vote(
@@ -532,7 +519,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
         let data = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.call(Rpc::Vote, data, &option).await
+        self.faulted().await?;
+        self.single(Rpc::Vote, data, &option).await
     }
 }
 
@@ -736,6 +724,34 @@ fn append_sender(req: &AppendEntriesRequest<TypeConfig>) -> (Option<u64>, u64) {
     (req.vote.leader_id().voted_for(), term)
 }
 
+impl RaftService {
+    /// Opens a stream from a member (`which`, for the test fault that
+    /// plays an earlier release without it): admits the connection and
+    /// the node it names, once (each message is checked as it comes).
+    /// Answers the node, where it calls from, and the server's shutdown.
+    async fn open_stream(
+        &self,
+        r: &tonic::Request<tonic::Streaming<RaftPayload>>,
+        which: &str,
+    ) -> Result<(u64, Option<std::net::SocketAddr>, Option<Closing>), tonic::Status> {
+        if self
+            .forward
+            .upgrade()
+            .is_some_and(|n| n.faults().streamless(self.gate.id))
+        {
+            return Err(tonic::Status::unimplemented(format!(
+                "{which} (test fault)"
+            )));
+        }
+        let from = self.gate.admit(r, None, 0).await?;
+        Ok((
+            from,
+            r.remote_addr(),
+            r.extensions().get::<Closing>().cloned(),
+        ))
+    }
+}
+
 /// The answers of a stream between nodes.
 pub type Answers =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, tonic::Status>> + Send>>;
@@ -758,18 +774,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<tonic::Response<Answers>, tonic::Status> {
-        if self
-            .forward
-            .upgrade()
-            .is_some_and(|n| n.faults().streamless(self.gate.id))
-        {
-            return Err(tonic::Status::unimplemented("AppendStream (test fault)"));
-        }
-        // The connection and the node it names, once; each message's
-        // sender, term and membership as it comes.
-        let from = self.gate.admit(&r, None, 0).await?;
-        let addr = r.remote_addr();
-        let closing = r.extensions().get::<Closing>().cloned();
+        let (from, addr, closing) = self.open_stream(&r, "AppendStream").await?;
         let state = (r.into_inner(), self.raft.clone(), self.gate.clone());
         let answers = futures::stream::unfold(Some(state), move |state| {
             let closing = closing.clone();
@@ -932,16 +937,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         r: tonic::Request<tonic::Streaming<RaftPayload>>,
     ) -> Result<tonic::Response<Answers>, tonic::Status> {
-        if self
-            .forward
-            .upgrade()
-            .is_some_and(|n| n.faults().streamless(self.gate.id))
-        {
-            return Err(tonic::Status::unimplemented("ForwardStream (test fault)"));
-        }
-        let from = self.gate.admit(&r, None, 0).await?;
-        let addr = r.remote_addr();
-        let closing = r.extensions().get::<Closing>().cloned();
+        let (from, addr, closing) = self.open_stream(&r, "ForwardStream").await?;
         let mut inbound = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(crate::forwarder::IN_FLIGHT);
         let (gate, node) = (self.gate.clone(), self.forward.clone());
