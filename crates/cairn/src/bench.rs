@@ -18,9 +18,13 @@
 //!   (JSON of the effective settings with their sources, loaded first) and
 //!   read with serializable gets.
 //!
-//! It reports operations per second and p50/p99 latency per phase, and the
-//! server's resident memory when `--server-pid` is given (read from
-//! /proc/PID/status). Output is one Markdown table row per measurement.
+//! It reports operations per second and p50/p99 latency per phase, and,
+//! when `--server-pid` names the server's processes, their resident memory
+//! (read from /proc/PID/status) and the CPU they spent per operation in
+//! that phase (user and system, from /proc/PID/stat): what a phase costs
+//! the server, where a site's CPU per write over a whole run mixes phases
+//! whose writes cost very different amounts. Output is one Markdown table
+//! row per measurement.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -46,7 +50,8 @@ pub struct BenchArgs {
     pub duration: Duration,
     pub workloads: Vec<String>,
     pub label: String,
-    pub server_pid: Option<u32>,
+    /// The server's processes (one for Cairn, one per member for etcd).
+    pub server_pid: Vec<u32>,
     /// gRPC addresses (host:port) for the pull workload.
     pub grpc: Vec<String>,
     /// LDAP servers the converge workload waits for.
@@ -130,9 +135,13 @@ struct Stats {
     lat_us: Vec<u32>,
     elapsed: Duration,
     errors: usize,
+    /// The server's CPU time over the timed span, when its processes are
+    /// known.
+    cpu: Option<Duration>,
 }
 
 impl Stats {
+    /// One table row. `rss`: the server's resident memory after the phase.
     fn row(&mut self, label: &str, workload: &str, conns: usize, rss: Option<u64>) -> String {
         self.lat_us.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -143,14 +152,58 @@ impl Stats {
             self.lat_us[i] as f64 / 1000.0
         };
         let ops = self.lat_us.len() as f64 / self.elapsed.as_secs_f64();
+        let done = self.lat_us.len();
         format!(
-            "| {label} | {workload} | {conns} | {ops:.0} | {:.2} | {:.2} | {} | {} |",
+            "| {label} | {workload} | {conns} | {ops:.0} | {:.2} | {:.2} | {} | {} | {} |",
             pct(0.5),
             pct(0.99),
             self.errors,
             rss.map(|k| format!("{} MiB", k / 1024))
+                .unwrap_or_else(|| "-".into()),
+            self.cpu
+                .filter(|_| done > 0)
+                .map(|t| format!("{:.0}", t.as_secs_f64() * 1e6 / done as f64))
                 .unwrap_or_else(|| "-".into())
         )
+    }
+}
+
+/// Linux's USER_HZ, the unit of the CPU times in /proc/PID/stat: 100 on
+/// every architecture with a stable user ABI that Cairn builds for.
+const USER_HZ: u64 = 100;
+
+/// The CPU time (user and system, all threads) process `pid` has spent.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields
+    // after its closing one. utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 1000 / USER_HZ))
+}
+
+/// What the server's processes hold and have spent, summed; None when
+/// none was named or one is gone.
+#[derive(Clone, Copy)]
+struct Server<'a>(&'a [u32]);
+
+impl Server<'_> {
+    fn sum(self, of: impl Fn(u32) -> Option<u64>) -> Option<u64> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.iter().map(|&p| of(p)).sum()
+    }
+
+    fn rss_kib(self) -> Option<u64> {
+        self.sum(rss_kib)
+    }
+
+    fn cpu(self) -> Option<Duration> {
+        self.sum(|p| cpu_time(p).map(|t| t.as_millis() as u64))
+            .map(Duration::from_millis)
     }
 }
 
@@ -194,6 +247,7 @@ async fn run_etcd(args: &BenchArgs, workload: &str, n_conns: usize) -> anyhow::R
     }
     let add = workload == "add";
     timed(
+        Server(&args.server_pid),
         clients,
         args.entries,
         args.duration,
@@ -256,6 +310,7 @@ async fn etcd_gets(
         }
     }
     timed(
+        Server(&args.server_pid),
         clients,
         args.entries,
         args.duration,
@@ -288,6 +343,7 @@ async fn run_pulls(args: &BenchArgs, n_conns: usize) -> anyhow::Result<Stats> {
         clients.push(pb::config_client::ConfigClient::new(channel));
     }
     timed(
+        Server(&args.server_pid),
         clients,
         args.entries,
         args.duration,
@@ -312,7 +368,9 @@ async fn run_pulls(args: &BenchArgs, n_conns: usize) -> anyhow::Result<Stats> {
 async fn load(args: &BenchArgs, urls: &[String], auth: &Auth) -> anyhow::Result<Stats> {
     let conns = connections(urls, auth, args.load_connections.max(1)).await?;
     let per = args.entries.div_ceil(conns.len());
+    let server = Server(&args.server_pid);
     let start = Instant::now();
+    let cpu = server.cpu();
     let mut tasks = vec![];
     for (i, mut ldap) in conns.into_iter().enumerate() {
         let base = args.base.clone();
@@ -335,7 +393,7 @@ async fn load(args: &BenchArgs, urls: &[String], auth: &Auth) -> anyhow::Result<
             (lat, errors)
         }));
     }
-    collect(tasks, start).await
+    collect(tasks, start, server, cpu).await
 }
 
 async fn run_workload(
@@ -349,6 +407,7 @@ async fn run_workload(
     let base = args.base.clone();
     let workload = workload.to_string();
     timed(
+        Server(&args.server_pid),
         conns,
         args.entries,
         args.duration,
@@ -419,6 +478,7 @@ async fn run_converge(args: &BenchArgs, writer: &str, auth: &Auth) -> anyhow::Re
         lat_us: vec![],
         elapsed: Duration::ZERO,
         errors: 0,
+        cpu: None,
     };
     let start = Instant::now();
     let mut i = 0u64;
@@ -476,6 +536,7 @@ struct Call {
 /// the client back with whether the call succeeded; successful calls count
 /// as latencies, the others as errors.
 async fn timed<C, F, Fut>(
+    server: Server<'_>,
     clients: Vec<C>,
     entries: usize,
     duration: Duration,
@@ -488,6 +549,7 @@ where
 {
     let deadline = Instant::now() + duration;
     let start = Instant::now();
+    let cpu = server.cpu();
     let mut tasks = vec![];
     for (worker, mut client) in clients.into_iter().enumerate() {
         let op = op.clone();
@@ -513,17 +575,24 @@ where
             (lat, errors)
         }));
     }
-    collect(tasks, start).await
+    collect(tasks, start, server, cpu).await
 }
 
 type Worker = tokio::task::JoinHandle<(Vec<u32>, usize)>;
 
-/// Waits for the workers and merges their latencies and error counts.
-async fn collect(tasks: Vec<Worker>, start: Instant) -> anyhow::Result<Stats> {
+/// Waits for the workers and merges their latencies and error counts;
+/// `cpu`: the server's CPU time when they started.
+async fn collect(
+    tasks: Vec<Worker>,
+    start: Instant,
+    server: Server<'_>,
+    cpu: Option<Duration>,
+) -> anyhow::Result<Stats> {
     let mut stats = Stats {
         lat_us: vec![],
         elapsed: Duration::ZERO,
         errors: 0,
+        cpu: None,
     };
     for t in tasks {
         let (lat, errors) = t.await?;
@@ -531,6 +600,10 @@ async fn collect(tasks: Vec<Worker>, start: Instant) -> anyhow::Result<Stats> {
         stats.errors += errors;
     }
     stats.elapsed = start.elapsed();
+    stats.cpu = server
+        .cpu()
+        .zip(cpu)
+        .map(|(end, start)| end.saturating_sub(start));
     Ok(stats)
 }
 
@@ -539,9 +612,11 @@ pub async fn run(args: BenchArgs, url: &str, auth: &Auth) -> anyhow::Result<Exit
     if args.entries == 0 {
         bail!("--entries must be at least 1");
     }
-    println!("| server | workload | connections | ops/s | p50 ms | p99 ms | errors | server RSS |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let rss = || args.server_pid.and_then(rss_kib);
+    println!(
+        "| server | workload | connections | ops/s | p50 ms | p99 ms | errors | server RSS | server CPU µs/op |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let rss = || Server(&args.server_pid).rss_kib();
     if !args.etcd.is_empty() {
         for w in &args.workloads {
             for &c in &args.connections {
@@ -637,11 +712,32 @@ mod tests {
             lat_us: (1..=100).map(|i| i * 1000).collect(),
             elapsed: Duration::from_secs(1),
             errors: 0,
+            cpu: Some(Duration::from_millis(250)),
         };
         let row = s.row("x", "search", 1, None);
         assert!(
             row.contains("| 100 | 50.00 | 99.00 |") || row.contains("| 100 | 51.00 | 99.00 |"),
             "{row}"
         );
+        // 250 ms of the server's CPU over 100 operations.
+        assert!(row.ends_with("| - | 2500 |"), "{row}");
+    }
+
+    #[test]
+    fn cpu_time_reads_this_process() {
+        // Spin until this process has spent CPU time that the clock
+        // ticks of /proc can see; it must read more than before.
+        let me = std::process::id();
+        let before = cpu_time(me).expect("this process's /proc/PID/stat");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while cpu_time(me).expect("stat") <= before {
+            x = x.wrapping_add(std::hint::black_box(1));
+            assert!(t.elapsed() < Duration::from_secs(30), "no CPU time seen");
+        }
+        assert!(Server(&[me]).cpu().is_some());
+        assert_eq!(Server(&[]).cpu(), None);
+        assert_eq!(Server(&[me, u32::MAX]).rss_kib(), None, "a process gone");
+        std::hint::black_box(x);
     }
 }

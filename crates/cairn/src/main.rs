@@ -280,9 +280,10 @@ struct BenchCli {
     /// Name of the server in the output table.
     #[arg(long, default_value = "cairn")]
     label: String,
-    /// PID of the server, to report its resident memory.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// PIDs of the server's processes (comma-separated), to report their
+    /// resident memory and the CPU they spend per operation.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
 }
 
 #[derive(Debug, Args)]
