@@ -216,24 +216,22 @@ impl Record {
         at: Option<String>,
         only: Option<&[&str]>,
     ) -> Record {
-        let mut names: Vec<&str> = vec![];
-        for e in before.iter().chain(after.iter()) {
-            for a in e.attrs() {
-                let wanted = only.is_none_or(|o| o.iter().any(|k| k.eq_ignore_ascii_case(&a.name)));
-                if wanted && !names.iter().any(|n| n.eq_ignore_ascii_case(&a.name)) {
-                    names.push(&a.name);
-                }
-            }
-        }
-        let attrs: Vec<AttrDiff> = names
+        // The attributes before in key order, then those only after: each
+        // entry's attributes are unique by key already.
+        let wanted = |key: &str| {
+            !NOT_DIFFED.contains(&key)
+                && only.is_none_or(|o| o.iter().any(|k| k.eq_ignore_ascii_case(key)))
+        };
+        let gained = after
             .into_iter()
-            .filter_map(|name| {
-                let key = name.to_ascii_lowercase();
-                if NOT_DIFFED.contains(&key.as_str()) {
-                    return None;
-                }
-                diff(name, values(before, &key), values(after, &key))
-            })
+            .flat_map(|e| e.keyed_attrs())
+            .filter(|(key, _)| before.is_none_or(|b| b.get(key).is_none()));
+        let attrs: Vec<AttrDiff> = before
+            .into_iter()
+            .flat_map(|e| e.keyed_attrs())
+            .chain(gained)
+            .filter(|(key, _)| wanted(key))
+            .filter_map(|(key, a)| diff(&a.name, values(before, key), values(after, key)))
             .collect();
         let kind = match (before, after) {
             (None, Some(_)) => Kind::Add,
@@ -434,7 +432,7 @@ fn values<'e>(e: Option<&'e ValidEntry>, key: &str) -> &'e [String] {
 /// The values attribute `name` lost and gained, none when nothing
 /// changed.
 fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Option<AttrDiff> {
-    let (removed, added) = (outside(old, &set(new)), outside(new, &set(old)));
+    let (removed, added) = (outside(old, new), outside(new, old));
     (!removed.is_empty() || !added.is_empty()).then(|| AttrDiff {
         name: name.to_string(),
         removed,
@@ -442,16 +440,20 @@ fn diff<O: AsRef<str>, N: AsRef<str>>(name: &str, old: &[O], new: &[N]) -> Optio
     })
 }
 
-fn set<V: AsRef<str>>(values: &[V]) -> HashSet<&str> {
-    values.iter().map(AsRef::as_ref).collect()
-}
-
-/// The values not in `others`, in their order.
-fn outside<V: AsRef<str>>(values: &[V], others: &HashSet<&str>) -> Vec<String> {
+/// The values not in `others`, in their order. Most attributes hold a
+/// value or two, for which a scan is cheaper than hashing.
+fn outside<V: AsRef<str>, O: AsRef<str>>(values: &[V], others: &[O]) -> Vec<String> {
+    const SCANNED: usize = 8;
+    let set: Option<HashSet<&str>> =
+        (others.len() > SCANNED).then(|| others.iter().map(AsRef::as_ref).collect());
+    let within = |v: &str| match &set {
+        Some(set) => set.contains(v),
+        None => others.iter().any(|o| o.as_ref() == v),
+    };
     values
         .iter()
         .map(AsRef::as_ref)
-        .filter(|v| !others.contains(v))
+        .filter(|v| !within(v))
         .map(str::to_string)
         .collect()
 }
@@ -612,6 +614,64 @@ mod tests {
             Some(&["description"]),
         );
         assert!(other.attrs.is_empty());
+    }
+
+    #[test]
+    fn many_values_and_attributes_gained_or_lost_are_diffed_the_same_way() {
+        // More values than a scan handles: the set lookup gives the same
+        // diff, in the values' own order.
+        let old: Vec<String> = (0..20).map(|i| format!("k{i}=v")).collect();
+        let mut new: Vec<String> = old.iter().skip(3).cloned().collect();
+        new.push("k99=v".into());
+        let old_refs: Vec<&str> = old.iter().map(String::as_str).collect();
+        let new_refs: Vec<&str> = new.iter().map(String::as_str).collect();
+        let before = host(&old_refs);
+        let after = entry(
+            DN,
+            &[
+                ("objectClass", &["cairnHost"]),
+                ("cn", &["h1"]),
+                ("cairnSetting", &new_refs),
+                ("description", &["now"]),
+                ("modifyTimestamp", &["20261205000000Z"]),
+            ],
+        );
+        let r = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&before),
+            Some(&after),
+            None,
+            None,
+        );
+        assert_eq!(
+            r.attrs,
+            vec![
+                AttrDiff {
+                    name: "cairnSetting".into(),
+                    removed: vec!["k0=v".into(), "k1=v".into(), "k2=v".into()],
+                    added: vec!["k99=v".into()],
+                },
+                AttrDiff {
+                    name: "description".into(),
+                    removed: vec![],
+                    added: vec!["now".into()],
+                },
+            ]
+        );
+        // The other way round, the description is lost.
+        let back = Record::of(
+            csn(),
+            Uuid::nil(),
+            None,
+            Some(&after),
+            Some(&before),
+            None,
+            None,
+        );
+        assert_eq!(back.attrs[1].removed, vec!["now".to_string()]);
+        assert_eq!(back.attrs[0].added.len(), 3);
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl ValidEntry {
         self.attrs.values()
     }
 
+    /// The attributes with their keys (lowercased canonical names), in
+    /// key order.
+    pub fn keyed_attrs(&self) -> impl Iterator<Item = (&str, &Attr)> {
+        self.attrs.iter().map(|(k, a)| (k.as_str(), a))
+    }
+
     pub fn structural_class(&self) -> &str {
         &self.structural
     }
