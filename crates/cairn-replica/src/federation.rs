@@ -179,6 +179,13 @@ impl ResyncEnd {
 /// Most entry states one page carries.
 pub const MAX_STATES: u32 = 500;
 
+/// About the most bytes of stored changes or states one answer to a peer
+/// carries (a page holds at least one, whatever its size). Without it, a
+/// page of large entries could pass `network::MAX_MESSAGE`, and a peer
+/// refused every answer would stop pulling from this site for good; it
+/// also keeps each pulled batch one log entry of the proposer's size.
+pub const PAGE_BYTES: usize = crate::proposer::MAX_BYTES;
+
 /// Answers a page of this node's entry states.
 pub async fn serve_states(
     dir: Arc<Directory>,
@@ -188,7 +195,7 @@ pub async fn serve_states(
         let forgotten = dir.forgotten().map_err(|e| e.to_string())?;
         let vector = dir.vector().map_err(|e| e.to_string())?;
         let states = dir
-            .states_after(req.after, req.max.clamp(1, MAX_STATES) as usize)
+            .states_page(req.after, req.max.clamp(1, MAX_STATES) as usize, PAGE_BYTES)
             .map_err(|e| e.to_string())?;
         Ok(StatesResponse {
             states,
@@ -493,40 +500,13 @@ async fn resolve(addr: &str) -> Vec<IpAddr> {
     }
 }
 
-/// The position of the last row of this node's change log.
-async fn log_end(dir: &Arc<Directory>) -> Result<u64, String> {
-    let d = dir.clone();
-    tokio::task::spawn_blocking(move || d.last_change_position())
-        .await
-        .map_err(|e| format!("read task: {e}"))?
-        .map_err(|e| e.to_string())
-}
-
 /// Answers a pull from this node's applied change log.
 pub async fn serve_changes(
     dir: Arc<Directory>,
     req: ChangesRequest,
     paused: impl Fn() -> bool,
 ) -> Result<ChangesResponse, String> {
-    // Strict replication consistency, as Active Directory's: a caller
-    // that lacks changes this site no longer keeps (it has not pulled for
-    // longer than the tombstone lifetime) may still show entries deleted
-    // here whose tombstones are gone; incremental replication would never
-    // remove them.
-    let d = dir.clone();
-    let forgotten = tokio::task::spawn_blocking(move || d.forgotten())
-        .await
-        .map_err(|e| format!("read task: {e}"))?
-        .map_err(|e| e.to_string())?;
-    if let Some(c) = forgotten.lacks(&req.vector) {
-        return Err(format!(
-            "refused: this site no longer keeps change {c} (older than the tombstone \
-             lifetime) and the caller does not hold it; it has not replicated for longer \
-             than that and may still show entries deleted since: rebuild it with \
-             `cairn site resync` from this site"
-        ));
-    }
-    let held: BTreeMap<Origin, Csn> = req.vector.into_iter().collect();
+    let held: BTreeMap<Origin, Csn> = req.vector.iter().copied().collect();
     let max = req.max.clamp(1, MAX_CHANGES) as usize;
     let wait = Duration::from_millis(u64::from(req.wait_ms)).min(LONG_POLL * 5);
     let deadline = tokio::time::Instant::now() + wait;
@@ -534,13 +514,31 @@ pub async fn serve_changes(
     let mut after = req.after;
     loop {
         let d = dir.clone();
-        let rows = tokio::task::spawn_blocking(move || d.changes_after(after, max))
+        let page = tokio::task::spawn_blocking(move || d.changes_page(after, max, PAGE_BYTES))
             .await
             .map_err(|e| format!("read task: {e}"))?
             .map_err(|e| e.to_string())?;
-        let last = rows.last().map(|(p, _)| *p).unwrap_or(after);
-        let more = rows.len() >= max;
-        let changes: Vec<Change> = rows
+        // Strict replication consistency, as Active Directory's: a caller
+        // that lacks changes this site no longer keeps (it has not pulled
+        // for longer than the tombstone lifetime) may still show entries
+        // deleted here whose tombstones are gone; incremental replication
+        // would never remove them. Checked against the same snapshot as
+        // the rows, so a purge in between cannot leave a gap unnoticed.
+        if let Some(c) = page.forgotten.lacks(&req.vector) {
+            return Err(format!(
+                "refused: this site no longer keeps change {c} (older than the tombstone \
+                 lifetime) and the caller does not hold it; it has not replicated for longer \
+                 than that and may still show entries deleted since: rebuild it with \
+                 `cairn site resync` from this site"
+            ));
+        }
+        let last = page.rows.last().map(|(p, _)| *p).unwrap_or(after);
+        let more = page.more;
+        // Where the log really ends, also when that is before `after`: the
+        // caller then knows this log went back (`next_position`).
+        let end = page.end;
+        let changes: Vec<Change> = page
+            .rows
             .into_iter()
             .map(|(_, c)| c)
             .filter(|c| held.get(&c.csn.origin).is_none_or(|h| *h < c.csn))
@@ -549,7 +547,6 @@ pub async fn serve_changes(
             if paused() {
                 return Err("replication with other sites is paused here".into());
             }
-            let end = log_end(&dir).await?.max(last);
             return Ok(ChangesResponse {
                 changes,
                 last,
@@ -567,7 +564,6 @@ pub async fn serve_changes(
             .await
             .is_err()
         {
-            let end = log_end(&dir).await?.max(last);
             return Ok(ChangesResponse {
                 changes: vec![],
                 last,
@@ -600,6 +596,11 @@ pub(crate) async fn purge(replica: Weak<crate::Replica>, lifetime: Duration, eve
             origin: Origin::new(uuid::Uuid::nil(), 0),
             seq: 0,
         };
+        // Never between a pull's check of the horizon and its batch
+        // reaching the log (`pull_once`): that batch could then re-add what
+        // this purge lets go.
+        let fed = r.federation().clone();
+        let _proposing = fed.proposing.lock().await;
         let dir = r.directory().clone();
         let last = tokio::task::spawn_blocking(move || dir.forgotten())
             .await
@@ -681,14 +682,24 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
         let node = &peer.nodes[next_node % peer.nodes.len()];
         match pull_once(&r, &fed, (&peer.name, node), position, &clients).await {
             Ok((n, last, complete, end)) => {
-                position = last;
+                position = next_position(last, end);
+                if position != last {
+                    tracing::warn!(
+                        site = %peer.name,
+                        node = %node,
+                        at = last,
+                        end,
+                        "the peer site's change log ends before where this site got to in \
+                         it (restored from a backup?); reading it again from its start"
+                    );
+                }
                 backoff = Duration::from_millis(100);
                 let now = SystemTime::now();
                 fed.record(&peer.name, |s| {
                     s.last_success = Some(now);
                     s.last_error = None;
                     s.pulled += n;
-                    s.position = last;
+                    s.position = position;
                     s.behind = end.saturating_sub(last);
                     if complete {
                         s.caught_up = Some(now);
@@ -706,6 +717,16 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
             }
         }
     }
+}
+
+/// Where to ask a peer site from next, after an answer that reached
+/// position `last` of a change log that ends at `end`. A log that ends
+/// before where this site got to in it went back (the peer was restored
+/// from a backup): rows it writes from now on take positions this site
+/// has passed, so it is read again from its start, and the vector sent
+/// with each pull keeps what this site holds from being sent again.
+fn next_position(last: u64, end: u64) -> u64 {
+    if end < last { 0 } else { last }
 }
 
 /// One pull: ask, check, propose. Returns how many changes were proposed,
@@ -791,7 +812,22 @@ async fn pull_once(
     // A change below this site's horizon that it does not hold may be
     // one a purge here forgot the answer to (an add whose tombstone is
     // gone would come back to life): the peer has not replicated for
-    // longer than the tombstone lifetime.
+    // longer than the tombstone lifetime. The horizon checked must be
+    // the one the batch meets in the log: this node first applies every
+    // purge committed before (a read barrier; one a previous leader
+    // proposed included), and the purge task proposes only under the
+    // lock held here until the batch is in.
+    match crate::node::confirm_leadership(&r.raft, LONG_POLL * 10).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("not proposing the peer's changes: {e}")),
+        Err(_) => {
+            return Err(
+                "not proposing the peer's changes: this node could not confirm \
+                        it leads the site in time"
+                    .into(),
+            );
+        }
+    }
     let (d, v) = (dir.clone(), vector.clone());
     let forgotten = tokio::task::spawn_blocking(move || d.forgotten())
         .await
@@ -995,6 +1031,142 @@ impl crate::Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_core::csn::Hlc;
+    use cairn_core::dn::Dn;
+    use cairn_core::entry::{Entry, Stamp};
+    use cairn_store::WriteOp;
+
+    /// A directory of one node, and a way to write to it as a leader does.
+    struct Node {
+        dir: Arc<Directory>,
+        hlc: Hlc,
+        now_ms: u64,
+        _tmp: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = Arc::new(Directory::new(
+                cairn_store::engine::open(cairn_store::EngineKind::Redb, tmp.path()).unwrap(),
+                Arc::new(cairn_core::schema::Schema::builtin()),
+                vec![Dn::parse("dc=example,dc=com").unwrap()],
+            ));
+            let mut node = Node {
+                dir,
+                hlc: Hlc::new(),
+                now_ms: 1_796_000_000_000,
+                _tmp: tmp,
+            };
+            node.add(
+                "dc=example,dc=com",
+                &[("objectClass", &["domain"]), ("dc", &["example"])],
+            );
+            node
+        }
+
+        fn add(&mut self, dn: &str, attrs: &[(&str, &[&str])]) {
+            let op = WriteOp::Add {
+                entry: Entry {
+                    dn: Dn::parse(dn).unwrap(),
+                    attrs: attrs
+                        .iter()
+                        .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                        .collect(),
+                },
+                uuid: uuid::Uuid::new_v4(),
+                stamp: Stamp {
+                    who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+                    now: "20261206000000Z".into(),
+                },
+            };
+            let op = self.dir.prepare(op).unwrap();
+            self.now_ms += 1;
+            let origin = Origin::of_site("east");
+            let csn = self.hlc.stamp(self.now_ms, origin, 1).next().unwrap();
+            let (_, change) = self
+                .dir
+                .plan_changes(&[&op], &[csn], &[])
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+            self.dir
+                .apply_changes(&[change.unwrap()], None, false)
+                .unwrap();
+        }
+    }
+
+    fn ask(after: u64) -> ChangesRequest {
+        ChangesRequest {
+            vector: vec![],
+            after,
+            max: MAX_CHANGES,
+            wait_ms: 0,
+        }
+    }
+
+    /// Large changes are answered a page of about `PAGE_BYTES` at a time,
+    /// each page saying more follow, so no answer grows past what a
+    /// message may carry; the pages together carry every change.
+    #[tokio::test]
+    async fn a_pull_of_large_changes_is_answered_in_pages_that_fit_a_message() {
+        let mut node = Node::new();
+        let big = "x".repeat(1536 * 1024);
+        for i in 0..5 {
+            let cn = format!("big{i}");
+            node.add(
+                &format!("cn={cn},dc=example,dc=com"),
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &[&cn]),
+                    ("description", &[&big]),
+                ],
+            );
+        }
+        let (mut after, mut got, mut answers) = (0, 0, 0);
+        loop {
+            let resp = serve_changes(node.dir.clone(), ask(after), || false)
+                .await
+                .unwrap();
+            answers += 1;
+            let bytes = encode(&resp).unwrap().len();
+            assert!(
+                bytes <= PAGE_BYTES + 2 * big.len(),
+                "an answer of {bytes} bytes"
+            );
+            got += resp.changes.len();
+            after = resp.last;
+            if !resp.more {
+                break;
+            }
+        }
+        assert_eq!(got, 6, "the suffix and the five large entries");
+        assert!(answers >= 2, "{answers} answers");
+    }
+
+    /// A peer whose change log went back (restored from a backup) answers
+    /// with where its log really ends, and the puller reads it again from
+    /// its start instead of skipping the rows written there from then on.
+    #[tokio::test]
+    async fn a_change_log_that_went_back_is_read_again_from_its_start() {
+        let node = Node::new();
+        let end = node.dir.last_change_position().unwrap();
+        assert!(end > 0);
+        // This site had got further in the peer's log before the restore.
+        let resp = serve_changes(node.dir.clone(), ask(end + 100), || false)
+            .await
+            .unwrap();
+        assert!(resp.changes.is_empty());
+        assert_eq!((resp.last, resp.end), (end + 100, end));
+        assert_eq!(next_position(resp.last, resp.end), 0);
+        // From the start, what this site lacks comes.
+        let resp = serve_changes(node.dir.clone(), ask(0), || false)
+            .await
+            .unwrap();
+        assert_eq!(resp.changes.len(), 1);
+        assert_eq!(next_position(resp.last, resp.end), resp.last);
+    }
 
     fn site(name: &str, nodes: &[&str]) -> PeerSite {
         PeerSite {

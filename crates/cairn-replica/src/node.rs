@@ -48,6 +48,10 @@ pub struct ReplicaConfig {
     /// once (`crate::proposer`); writes arriving meanwhile form the next
     /// entry. One measured best on 2 cores (fewer, fuller entries: less
     /// CPU per write); more only pays where commits wait on the network.
+    /// More than one also lets two batches reach the log in the other
+    /// order than they were stamped, and peer sites, which skip what
+    /// their vector covers, rely on each origin's changes being logged in
+    /// CSN order: keep it at one unless that is dealt with.
     pub batches_in_flight: usize,
     /// The fault layer (empty outside tests and drills).
     pub faults: crate::Faults,

@@ -2223,14 +2223,29 @@ impl Directory {
     /// Entry states by UUID after `after`, at most `max`: a peer's copy of
     /// this site's directory, page by page (`cairn site resync`).
     pub fn states_after(&self, after: Option<Uuid>, max: usize) -> Result<Vec<EntryState>, Error> {
+        self.states_page(after, max, usize::MAX)
+    }
+
+    /// [`Directory::states_after`], also cut once the states read take
+    /// `max_bytes` as stored (always at least one): a page of a rebuild
+    /// must fit in one message and one log entry however large the
+    /// entries are.
+    pub fn states_page(
+        &self,
+        after: Option<Uuid>,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<EntryState>, Error> {
         let snap = self.engine.snapshot()?;
         let mut rows = vec![];
+        let mut bytes = 0usize;
         let start = after.map(|u| u.as_bytes().to_vec()).unwrap_or_default();
         snap.scan_from(Table::State, &start, &mut |k, v| {
             if after.is_none_or(|a| k != a.as_bytes()) {
                 rows.push(v.to_vec());
+                bytes = bytes.saturating_add(v.len());
             }
-            rows.len() < max
+            rows.len() < max && bytes < max_bytes
         })?;
         rows.iter().map(|v| decode_state(v)).collect()
     }
@@ -2491,7 +2506,10 @@ impl Directory {
 
     /// What this site can no longer send another ([`Directory::purge`]).
     pub fn forgotten(&self) -> Result<Forgotten, Error> {
-        let snap = self.engine.snapshot()?;
+        Self::forgotten_in(&*self.engine.snapshot()?)
+    }
+
+    fn forgotten_in(snap: &dyn Snapshot) -> Result<Forgotten, Error> {
         let mut rows = vec![];
         snap.scan_from(Table::Forgotten, &[], &mut |k, v| {
             rows.push((k.to_vec(), v.to_vec()));
@@ -2597,17 +2615,65 @@ impl Directory {
     /// Changes in this site's change log after position `after`, at most
     /// `max`, with their positions.
     pub fn changes_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Change)>, Error> {
+        Ok(self.changes_page(after, max, usize::MAX)?.rows)
+    }
+
+    /// A page of this site's change log for a peer: the rows after
+    /// position `after`, at most `max` and cut once they take `max_bytes`
+    /// as stored (always at least one row, so a page fits in a message
+    /// and a log entry however large the changes), with what this site
+    /// had forgotten and its log's last position, all read from one
+    /// snapshot: a purge between reading the rows and checking what the
+    /// caller lacks could otherwise hide a gap.
+    pub fn changes_page(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ChangesPage, Error> {
         let snap = self.engine.snapshot()?;
         let mut rows = vec![];
-        let start = (after + 1).to_be_bytes();
-        snap.scan_from(Table::Changelog, &start, &mut |k, v| {
+        let mut bytes = 0usize;
+        let mut more = false;
+        let Some(start) = after.checked_add(1) else {
+            return Ok(ChangesPage {
+                rows: vec![],
+                more: false,
+                forgotten: Self::forgotten_in(&*snap)?,
+                end: Self::last_position(&*snap)?,
+            });
+        };
+        snap.scan_from(Table::Changelog, &start.to_be_bytes(), &mut |k, v| {
             rows.push((k.to_vec(), v.to_vec()));
-            rows.len() < max
+            bytes = bytes.saturating_add(v.len());
+            more = rows.len() >= max || bytes >= max_bytes;
+            !more
         })?;
-        rows.into_iter()
+        let rows = rows
+            .into_iter()
             .map(|(k, v)| Ok((position_of(&k)?, crate::codec::decode_change(&v)?)))
-            .collect()
+            .collect::<Result<_, Error>>()?;
+        Ok(ChangesPage {
+            rows,
+            more,
+            forgotten: Self::forgotten_in(&*snap)?,
+            end: Self::last_position(&*snap)?,
+        })
     }
+}
+
+/// A page of a site's change log ([`Directory::changes_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangesPage {
+    /// The rows, with their positions.
+    pub rows: Vec<(u64, Change)>,
+    /// Whether the page was cut at its count or size (the log may hold
+    /// more after its last row).
+    pub more: bool,
+    /// What the site had forgotten, as of the same snapshot.
+    pub forgotten: Forgotten,
+    /// The log's last position, as of the same snapshot.
+    pub end: u64,
 }
 
 /// An entry's attributes by key, in key order, as read in place with some

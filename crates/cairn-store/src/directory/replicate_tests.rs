@@ -1983,3 +1983,93 @@ fn a_change_whose_audit_names_another_site_is_refused() {
     let e = a.dir.check_changes(&[change]).unwrap_err();
     assert!(e.to_string().contains("names site \"east\""), "{e}");
 }
+
+/// Pages for a peer are cut by size as well as by count, so a run of
+/// large entries never makes an answer too large to send (a peer refused
+/// every answer would stop pulling for good); each page holds at least
+/// one row, says whether more follow, and the pages together are the
+/// whole log. States for a rebuild are paged the same way.
+#[test]
+fn pages_of_the_change_log_and_of_states_are_cut_by_size_and_add_up_to_the_whole() {
+    let mut all = sites(1);
+    let s = &mut all[0];
+    let big = "x".repeat(100 * 1024);
+    for i in 0..6 {
+        let cn = format!("big{i}");
+        s.must(add_op(
+            &format!("cn={cn},{HOSTS}"),
+            &[
+                ("objectClass", &["cairnHost"]),
+                ("cn", &[&cn]),
+                ("description", &[&big]),
+            ],
+        ));
+    }
+    let log = s.dir.changes_after(0, 1000).unwrap();
+    let whole = s.dir.changes_page(0, 1000, usize::MAX).unwrap();
+    assert!(!whole.more);
+    assert_eq!(whole.rows, log);
+    assert_eq!(whole.end, log.last().unwrap().0);
+    assert_eq!(whole.forgotten, s.dir.forgotten().unwrap());
+    let is_big =
+        |c: &Change| matches!(&c.op, ChangeOp::Add { name, .. } if name.rdn.starts_with("cn=big"));
+
+    // A budget of 250 KiB: at most three of the 100 KiB entries a page.
+    let (mut after, mut got, mut pages) = (0, vec![], 0);
+    loop {
+        let page = s.dir.changes_page(after, 1000, 250 * 1024).unwrap();
+        pages += 1;
+        // (A page cut at its last row says more may follow: the next one
+        // is empty, and says nothing more does.)
+        if page.rows.is_empty() {
+            assert!(!page.more);
+            break;
+        }
+        let bigs = page.rows.iter().filter(|(_, c)| is_big(c)).count();
+        assert!(bigs <= 3, "{bigs} large changes in one page");
+        after = page.rows.last().unwrap().0;
+        got.extend(page.rows);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(got, log);
+    assert!(pages >= 2, "{pages} pages");
+    // However small the budget, a page holds one row, and says so.
+    let one = s.dir.changes_page(0, 1000, 1).unwrap();
+    assert_eq!((one.rows.len(), one.more), (1, true));
+    // Past the end: nothing, and the end where the log really ends (a
+    // caller further on than that is reading a log that went back).
+    let past = s
+        .dir
+        .changes_page(whole.end + 100, 1000, usize::MAX)
+        .unwrap();
+    assert!(past.rows.is_empty() && !past.more);
+    assert_eq!(past.end, whole.end);
+    assert!(
+        s.dir
+            .changes_page(u64::MAX, 1000, usize::MAX)
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+
+    let states = s.dir.states_after(None, 1000).unwrap();
+    let (mut after, mut got) = (None, vec![]);
+    loop {
+        let page = s.dir.states_page(after, 1000, 250 * 1024).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.uuid);
+        let bigs = page
+            .iter()
+            .filter(|st| {
+                st.name
+                    .as_ref()
+                    .is_some_and(|(_, n)| n.rdn.starts_with("cn=big"))
+            })
+            .count();
+        assert!(bigs <= 3, "{bigs} large states in one page");
+        got.extend(page);
+    }
+    assert_eq!(got, states);
+}
