@@ -192,16 +192,15 @@ pub async fn serve_states(
     req: StatesRequest,
 ) -> Result<StatesResponse, String> {
     tokio::task::spawn_blocking(move || {
-        let forgotten = dir.forgotten().map_err(|e| e.to_string())?;
-        let vector = dir.vector().map_err(|e| e.to_string())?;
-        let states = dir
+        // The states, the vector and the horizon from one snapshot.
+        let page = dir
             .states_page(req.after, req.max.clamp(1, MAX_STATES) as usize, PAGE_BYTES)
             .map_err(|e| e.to_string())?;
         Ok(StatesResponse {
-            states,
-            vector,
-            horizon: forgotten.horizon,
-            dropped: forgotten.dropped,
+            states: page.states,
+            vector: page.vector,
+            horizon: page.forgotten.horizon,
+            dropped: page.forgotten.dropped,
         })
     })
     .await
@@ -877,6 +876,11 @@ impl crate::Replica {
         let Some(site) = fed.peers().into_iter().find(|p| same_site(&p.name, peer)) else {
             return Err(format!("site {peer:?} is not linked to this one"));
         };
+        // No pulled batch and no purge between the pages and the end: the
+        // rebuild raises this site's horizon as a purge does, and a batch
+        // checked against the old one could re-add what the peer let go.
+        // (Pulls from every peer wait until the rebuild is done.)
+        let _proposing = fed.proposing.lock().await;
         // Below the later of the peer's horizon and this site's own, only
         // the peer's copy counts: what this site dropped from its own log
         // can no longer reach anyone.
@@ -907,15 +911,10 @@ impl crate::Replica {
                     Err(e) => return Err(format!("reading site {peer}'s entries: {e}")),
                 }
             };
-            let Some(last) = page.states.last().map(|s| s.uuid) else {
-                first.get_or_insert(page);
-                break;
-            };
-            after = Some(last);
-            held.extend(page.states.iter().map(|s| s.uuid));
             // What the peer held is what every page said it held (pages
             // may come from different nodes of the peer, one lagging); a
-            // purge at the peer in between restarts the rebuild.
+            // purge at the peer in between, up to the last (empty) page,
+            // restarts the rebuild.
             match first.as_mut() {
                 None => {
                     first = Some(StatesResponse {
@@ -947,6 +946,11 @@ impl crate::Replica {
                     }
                 }
             }
+            let Some(last) = page.states.last().map(|s| s.uuid) else {
+                break;
+            };
+            after = Some(last);
+            held.extend(page.states.iter().map(|s| s.uuid));
             let horizon = first
                 .as_ref()
                 .and_then(|f| f.horizon)

@@ -2223,19 +2223,22 @@ impl Directory {
     /// Entry states by UUID after `after`, at most `max`: a peer's copy of
     /// this site's directory, page by page (`cairn site resync`).
     pub fn states_after(&self, after: Option<Uuid>, max: usize) -> Result<Vec<EntryState>, Error> {
-        self.states_page(after, max, usize::MAX)
+        Ok(self.states_page(after, max, usize::MAX)?.states)
     }
 
-    /// [`Directory::states_after`], also cut once the states read take
-    /// `max_bytes` as stored (always at least one): a page of a rebuild
-    /// must fit in one message and one log entry however large the
-    /// entries are.
+    /// A page of this site's entry states for a peer's rebuild (`cairn
+    /// site resync`): [`Directory::states_after`], also cut once the
+    /// states read take `max_bytes` as stored (always at least one, so a
+    /// page fits in one message and one log entry however large the
+    /// entries are), with the vector and what this site had forgotten,
+    /// all read from one snapshot: a purge between them would otherwise
+    /// pair states purged at one horizon with an older one.
     pub fn states_page(
         &self,
         after: Option<Uuid>,
         max: usize,
         max_bytes: usize,
-    ) -> Result<Vec<EntryState>, Error> {
+    ) -> Result<StatesPage, Error> {
         let snap = self.engine.snapshot()?;
         let mut rows = vec![];
         let mut bytes = 0usize;
@@ -2247,7 +2250,14 @@ impl Directory {
             }
             rows.len() < max && bytes < max_bytes
         })?;
-        rows.iter().map(|v| decode_state(v)).collect()
+        Ok(StatesPage {
+            states: rows
+                .iter()
+                .map(|v| decode_state(v))
+                .collect::<Result<_, _>>()?,
+            vector: Self::vector_in(&*snap)?,
+            forgotten: Self::forgotten_in(&*snap)?,
+        })
     }
 
     /// One page of a rebuild from a peer (`cairn site resync`), in one
@@ -2586,7 +2596,10 @@ impl Directory {
 
     /// The up-to-dateness vector: per origin, the highest CSN held.
     pub fn vector(&self) -> Result<Vec<(Origin, Csn)>, Error> {
-        let snap = self.engine.snapshot()?;
+        Self::vector_in(&*self.engine.snapshot()?)
+    }
+
+    fn vector_in(snap: &dyn Snapshot) -> Result<Vec<(Origin, Csn)>, Error> {
         let mut rows = vec![];
         snap.scan_from(Table::Vector, &[], &mut |_, v| {
             rows.push(v.to_vec());
@@ -2660,6 +2673,16 @@ impl Directory {
             end: Self::last_position(&*snap)?,
         })
     }
+}
+
+/// A page of a site's entry states ([`Directory::states_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatesPage {
+    pub states: Vec<EntryState>,
+    /// The site's up-to-dateness vector, as of the same snapshot.
+    pub vector: Vec<(Origin, Csn)>,
+    /// What the site had forgotten, as of the same snapshot.
+    pub forgotten: Forgotten,
 }
 
 /// A page of a site's change log ([`Directory::changes_page`]).

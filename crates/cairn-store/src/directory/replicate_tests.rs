@@ -2058,6 +2058,9 @@ fn pages_of_the_change_log_and_of_states_are_cut_by_size_and_add_up_to_the_whole
     let (mut after, mut got) = (None, vec![]);
     loop {
         let page = s.dir.states_page(after, 1000, 250 * 1024).unwrap();
+        assert_eq!(page.vector, s.dir.vector().unwrap());
+        assert_eq!(page.forgotten, s.dir.forgotten().unwrap());
+        let page = page.states;
         let Some(last) = page.last() else { break };
         after = Some(last.uuid);
         let bigs = page
