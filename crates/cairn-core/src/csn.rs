@@ -72,6 +72,34 @@ impl Csn {
         }
     }
 
+    /// The highest CSN `origin` can stamp that is below this one (none
+    /// when nothing is): with this a horizon, "every change of that
+    /// origin below the horizon" as one vector entry.
+    pub fn last_below(&self, origin: Origin) -> Option<Csn> {
+        let same = Csn {
+            origin,
+            seq: u32::MAX,
+            ..*self
+        };
+        if same < *self {
+            return Some(same);
+        }
+        if self.logical > 0 {
+            return Some(Csn {
+                logical: self.logical - 1,
+                origin,
+                seq: u32::MAX,
+                ..*self
+            });
+        }
+        self.ms.checked_sub(1).map(|ms| Csn {
+            ms,
+            logical: u32::MAX,
+            origin,
+            seq: u32::MAX,
+        })
+    }
+
     /// Whether this CSN is more than `max_drift_ms` ahead of `now_ms`: a
     /// change from a site whose clock runs that far ahead is held, not
     /// applied, because every later change here would have to be stamped
@@ -227,6 +255,58 @@ impl Hlc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_below_is_the_highest_csn_an_origin_stamps_below_another() {
+        let o = Origin::new(Uuid::from_bytes([7; 16]), 0);
+        let nil = Origin::new(Uuid::nil(), 0);
+        let horizon = Csn {
+            ms: 100,
+            logical: 0,
+            origin: nil,
+            seq: 0,
+        };
+        let last = horizon.last_below(o).unwrap();
+        assert!(last < horizon);
+        assert_eq!((last.ms, last.origin), (99, o));
+        // Everything o stamps below the horizon is at or below it, and
+        // nothing o stamps at or above it is.
+        for ms in [0, 50, 99] {
+            let c = Csn {
+                ms,
+                logical: u32::MAX,
+                origin: o,
+                seq: u32::MAX,
+            };
+            assert!(c <= last);
+        }
+        assert!(Csn::zero(o) <= last);
+        let at = Csn {
+            ms: 100,
+            logical: 0,
+            origin: o,
+            seq: 0,
+        };
+        assert!(at > last && at > horizon);
+        // Within one millisecond, and below the first CSN there is.
+        let mid = Csn {
+            ms: 5,
+            logical: 3,
+            origin: nil,
+            seq: 0,
+        };
+        assert_eq!(mid.last_below(o).map(|c| (c.ms, c.logical)), Some((5, 2)));
+        let higher = Origin::new(Uuid::from_bytes([9; 16]), 0);
+        let of_higher = Csn {
+            origin: higher,
+            ..mid
+        };
+        assert_eq!(
+            of_higher.last_below(o).map(|c| (c.ms, c.logical, c.seq)),
+            Some((5, 3, u32::MAX))
+        );
+        assert_eq!(Csn::zero(nil).last_below(o), None);
+    }
 
     fn origin(n: u8) -> Origin {
         Origin::new(Uuid::from_bytes([n; 16]), 0)

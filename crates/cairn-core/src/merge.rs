@@ -487,32 +487,62 @@ impl EntryState {
 
     /// Forgets every field set below `horizon` (a site rebuilt from a
     /// peer takes what is older than that from the peer alone: see
-    /// `Directory::resync_page`), except the nil origin's. Returns
-    /// whether anything is left.
+    /// `Directory::resync_page`), except the nil origin's, unless a field
+    /// it forgets overrode them. Returns whether anything is left.
     pub fn restrict(&mut self, horizon: Csn) -> bool {
+        self.restrict_with(horizon, true)
+    }
+
+    /// [`EntryState::restrict`], forgetting the nil origin's fields below
+    /// `horizon` too: for an entry the peer does not hold at all, which
+    /// it either never had or deleted and purged.
+    pub fn restrict_all(&mut self, horizon: Csn) -> bool {
+        self.restrict_with(horizon, false)
+    }
+
+    fn restrict_with(&mut self, horizon: Csn, keep_nil: bool) -> bool {
         // The nil origin's fields stay: every site makes those alike (the
-        // lost-and-found container) or they predate origins.
-        let forgets = |c: Csn| c < horizon && !c.origin.site.is_nil();
-        let below = |c: &Option<Csn>| c.is_some_and(forgets);
-        if self.name.as_ref().is_some_and(|(c, _)| forgets(*c)) {
+        // lost-and-found container) or they predate origins. But a delete
+        // below the horizon takes such an add with it (an entry or a value
+        // from before origins, deleted since): the peer, which alone
+        // decides below the horizon, may have purged both, and keeping
+        // the add alone would bring the entry or the value back.
+        let below = |c: Csn| c < horizon;
+        let forgets = |c: Csn| below(c) && !(keep_nil && c.origin.site.is_nil());
+        let forgotten = |c: &Option<Csn>| c.filter(|c| forgets(*c));
+        let deleted = forgotten(&self.deleted);
+        let overridden = |c: Csn| below(c) && deleted.is_some_and(|d| c <= d);
+        if self
+            .name
+            .as_ref()
+            .is_some_and(|(c, _)| forgets(*c) || overridden(*c))
+        {
             self.name = None;
         }
-        if below(&self.created) {
+        if self.created.is_some_and(|c| forgets(c) || overridden(c)) {
             self.created = None;
         }
-        if below(&self.deleted) {
+        if deleted.is_some() {
             self.deleted = None;
             self.deleted_at = None;
         }
         self.attrs.retain(|_, attr| {
-            if below(&attr.cleared) {
+            let cleared = forgotten(&attr.cleared);
+            if cleared.is_some() {
                 attr.cleared = None;
             }
             attr.values.retain(|_, v| {
-                if v.added.as_ref().is_some_and(|a| forgets(a.0)) {
+                let deleted = forgotten(&v.deleted);
+                let value_overridden = |a: Csn| {
+                    below(a) && (deleted.is_some_and(|d| a <= d) || cleared.is_some_and(|c| a < c))
+                };
+                if v.added
+                    .as_ref()
+                    .is_some_and(|a| forgets(a.0) || value_overridden(a.0))
+                {
                     v.added = None;
                 }
-                if below(&v.deleted) {
+                if deleted.is_some() {
                     v.deleted = None;
                 }
                 v.added.is_some() || v.deleted.is_some()

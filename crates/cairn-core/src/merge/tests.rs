@@ -348,6 +348,60 @@ fn values_that_differ_only_by_the_equality_rule_are_one_value() {
     assert_eq!(get(&[base(), west, east], "mail"), ["a@x", "new@x"]);
 }
 
+/// The nil origin's fields (the lost-and-found container, entries from
+/// before origins) survive a rebuild's restriction, unless a delete below
+/// the horizon overrode them: then they go with it, and the peer's copy
+/// alone decides (it may have purged the entry or the value).
+#[test]
+fn a_rebuild_forgets_a_legacy_add_only_with_the_delete_that_overrode_it() {
+    let nil = |ms: u64| Csn {
+        ms,
+        logical: 0,
+        origin: Origin::new(Uuid::nil(), 0),
+        seq: 0,
+    };
+    let horizon = csn(100, NORTH);
+    let legacy = add(
+        nil(0),
+        "cn=h1",
+        &[("cn", &["h1"]), ("mail", &["a@x", "b@x"])],
+    );
+    // Nothing overrode it: it stays whole.
+    let mut s = run(std::slice::from_ref(&legacy)).unwrap();
+    let kept = s.clone();
+    assert!(s.restrict(horizon));
+    assert_eq!(s, kept);
+    // Deleted below the horizon: the entry goes, not just its delete.
+    let mut s = run(&[legacy.clone(), delete(csn(50, EAST))]).unwrap();
+    assert!(!s.restrict(horizon), "{s:?}");
+    assert!(!s.is_live());
+    // Deleted at or above it: that is this site's own, and stays.
+    let mut s = run(&[legacy.clone(), delete(csn(150, EAST))]).unwrap();
+    assert!(s.restrict(horizon));
+    assert!(s.is_tombstone());
+    // A value deleted below the horizon goes with its delete; the others
+    // stay.
+    let mut s = run(&[
+        legacy.clone(),
+        modify(csn(50, EAST), vec![attr(AttrOp::Delete, "mail", &["a@x"])]),
+    ])
+    .unwrap();
+    assert!(s.restrict(horizon));
+    let m = s.materialize(single).unwrap();
+    let mail = m.attrs.iter().find(|(k, _)| k == "mail").map(|(_, v)| v);
+    assert_eq!(mail, Some(&vec!["b@x".to_string()]));
+    assert!(!s.attrs["mail"].values.contains_key("a@x"), "{s:?}");
+    // A whole attribute replaced below the horizon: its legacy values go
+    // with the replace.
+    let mut s = run(&[
+        legacy,
+        modify(csn(50, EAST), vec![attr(AttrOp::Replace, "mail", &["c@x"])]),
+    ])
+    .unwrap();
+    assert!(s.restrict(horizon));
+    assert!(!s.attrs.contains_key("mail"), "{s:?}");
+}
+
 #[test]
 fn max_csn_is_the_latest_change_the_entry_holds() {
     let m = modify(csn(42, WEST), vec![attr(AttrOp::Add, "mail", &["w@x"])]);

@@ -2386,9 +2386,19 @@ impl Directory {
             }
             Ok(true)
         })?;
+        // The entries the peer does not hold: what this site set below the
+        // horizon goes, the nil origin's fields too (an entry from before
+        // origins that the peer deleted and purged would otherwise stay
+        // here for good), except the lost-and-found container's, which
+        // every site makes alike.
+        let containers: BTreeSet<Uuid> = self.suffixes.iter().map(lost_and_found_uuid).collect();
         for old in mine {
             let mut state = old.clone();
-            let kept = state.restrict(horizon);
+            let kept = if containers.contains(&old.uuid) {
+                state.restrict(horizon)
+            } else {
+                state.restrict_all(horizon)
+            };
             if state == old {
                 continue;
             }
@@ -2452,6 +2462,27 @@ impl Directory {
             let top = dropped.entry(csn.origin).or_insert(*csn);
             *top = (*top).max(*csn);
         }
+        // The peer's changes reached this site in its entries' states, not
+        // as changes: this site's log has no row of them. Below the
+        // horizon this site holds what the peer holds and can never send
+        // it, so its vector rises that far (a pull does not bring those
+        // again, and one below the horizon would be refused) and a site
+        // that lacks them is refused, as the peer would refuse it. At and
+        // above the horizon the vector stays: the peer's changes there come
+        // again with the next pull, are found held and are logged once,
+        // so the sites that pull from this one get them too.
+        for (origin, csn) in vector {
+            let upto = match horizon.last_below(*origin) {
+                Some(last) => (*csn).min(last),
+                None => continue,
+            };
+            if made_everywhere(&upto) || upto == Csn::zero(*origin) {
+                continue;
+            }
+            raise_row(&*txn, &mut b, Table::Vector, origin_key(origin), &upto)?;
+            let top = dropped.entry(*origin).or_insert(upto);
+            *top = (*top).max(upto);
+        }
         for (origin, csn) in &dropped {
             b.put(Table::Forgotten, origin_key(origin), encode_csn(csn)?);
         }
@@ -2462,9 +2493,6 @@ impl Directory {
             HORIZON_KEY.to_vec(),
             &horizon,
         )?;
-        for (origin, csn) in vector {
-            raise_row(&*txn, &mut b, Table::Vector, origin_key(origin), csn)?;
-        }
         txn.apply(&b)?;
         Ok(out)
     }

@@ -2076,3 +2076,142 @@ fn pages_of_the_change_log_and_of_states_are_cut_by_size_and_add_up_to_the_whole
     }
     assert_eq!(got, states);
 }
+
+/// Issue 11: a site rebuilt from a peer (`cairn site resync`) passes on
+/// the peer's changes it received only in entry states: sites in a line
+/// A–B–C, B rebuilt from A after A wrote, and C, which pulls from B
+/// alone, ends with what A wrote. (The rebuild used to raise B's vector
+/// to A's, so B never pulled those changes again and its log, which C
+/// reads, never held them.)
+#[test]
+fn a_site_rebuilt_from_a_peer_passes_its_changes_on_down_a_line() {
+    let mut all = sites(3);
+    all[0].must(host("from-a"));
+    all[0].must(modify_op(H1, ModOp::Replace, "description", &["set at a"]));
+
+    // B is rebuilt from A, page by page, as `cairn site resync` does.
+    let (b, a) = pair(&mut all, 1, 0);
+    let zero = Csn::zero(Origin::new(Uuid::nil(), 0));
+    let (mut held, mut after) = (BTreeSet::new(), None);
+    let first = a.dir.states_page(None, 2, usize::MAX).unwrap();
+    loop {
+        let page = a.dir.states_page(after, 2, usize::MAX).unwrap();
+        let Some(last) = page.states.last() else {
+            break;
+        };
+        after = Some(last.uuid);
+        held.extend(page.states.iter().map(|s| s.uuid));
+        b.dir.resync_page(zero, &page.states, None, true).unwrap();
+    }
+    b.dir
+        .resync_end(&held, &first.vector, &first.forgotten, None, true)
+        .unwrap();
+    let host_a = "cn=from-a,ou=hosts,dc=example,dc=com";
+    assert!(b.get(host_a).is_some(), "the rebuild brought A's entry");
+
+    // B pulls from A, and C from B only: C gets what A wrote.
+    for _ in 0..2 {
+        let (b, a) = pair(&mut all, 1, 0);
+        b.guarded_pull(0, a).unwrap();
+        let (c, b) = pair(&mut all, 2, 1);
+        c.guarded_pull(1, b).unwrap();
+    }
+    assert!(
+        all[2].get(host_a).is_some(),
+        "C never got A's add through B"
+    );
+    assert_eq!(
+        all[2]
+            .get(H1)
+            .and_then(|e| e.first("description").map(str::to_string)),
+        Some("set at a".to_string())
+    );
+    converged(&all);
+}
+
+/// Rebuilds site `i` from site `from`, page by page, as `cairn site
+/// resync` does.
+fn rebuild(all: &mut [Site], i: usize, from: usize) -> super::replicate::Resynced {
+    let (s, peer) = pair(all, i, from);
+    let first = peer.dir.states_page(None, 2, usize::MAX).unwrap();
+    let horizon = first
+        .forgotten
+        .horizon
+        .max(s.dir.forgotten().unwrap().horizon)
+        .unwrap_or(Csn::zero(Origin::new(Uuid::nil(), 0)));
+    let (mut held, mut after) = (BTreeSet::new(), None);
+    loop {
+        let page = peer.dir.states_page(after, 2, usize::MAX).unwrap();
+        let Some(last) = page.states.last() else {
+            break;
+        };
+        after = Some(last.uuid);
+        held.extend(page.states.iter().map(|s| s.uuid));
+        s.dir
+            .resync_page(horizon, &page.states, None, true)
+            .unwrap();
+    }
+    let forgotten = super::replicate::Forgotten {
+        horizon: Some(horizon),
+        dropped: first.forgotten.dropped,
+    };
+    s.dir
+        .resync_end(&held, &first.vector, &forgotten, None, true)
+        .unwrap()
+}
+
+/// Issue 11: an entry from before origins (its state stamped by the nil
+/// origin, as `ensure_states` stamps every entry of an older release),
+/// deleted at one site and purged there, is gone from a site rebuilt
+/// from that one which never saw the delete, instead of staying there for
+/// good; the lost-and-found container, made alike everywhere, stays.
+#[test]
+fn a_legacy_entry_deleted_and_purged_at_the_peer_is_gone_after_a_rebuild() {
+    let mut all = sites(3);
+    let old = "cn=old,ou=hosts,dc=example,dc=com";
+    let op = all[0].dir.prepare(host("old")).unwrap();
+    let nil = Csn {
+        ms: 1,
+        logical: 0,
+        origin: Origin::new(Uuid::nil(), 0),
+        seq: 0,
+    };
+    let (_, change) = all[0]
+        .dir
+        .plan_changes(&[&op], &[nil], &[])
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let change = change.unwrap();
+    for s in &all {
+        s.dir
+            .apply_changes(std::slice::from_ref(&change), None, true)
+            .unwrap();
+    }
+    assert!(all[2].get(old).is_some());
+    // Site 0 deletes it and site 1 hears of it; site 2 is cut off.
+    all[0].now_ms += 10;
+    all[0].must(delete_op(old));
+    let (b, a) = pair(&mut all, 1, 0);
+    b.pull(0, a);
+    for s in all[..2].iter_mut() {
+        s.now_ms += 1000;
+        let horizon = s.horizon(0);
+        s.dir.purge(horizon, None, true).unwrap();
+    }
+    assert!(all[2].get(old).is_some(), "site 2 never saw the delete");
+
+    let done = rebuild(&mut all, 2, 0);
+    assert!(
+        all[2].get(old).is_none(),
+        "the deleted entry stayed: {done:?}"
+    );
+    assert!(done.removed.contains(&change.uuid), "{done:?}");
+    for (i, j) in [(2, 0), (0, 2), (1, 2), (2, 1)] {
+        let (x, y) = pair(&mut all, i, j);
+        x.guarded_pull(j, y)
+            .unwrap_or_else(|e| panic!("site {i} from {j}: {e}"));
+    }
+    converged(&all);
+}
