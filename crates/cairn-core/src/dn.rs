@@ -194,6 +194,20 @@ impl Dn {
         if s.len() > MAX_DN_LEN {
             return Err(DnError::new(s, format!("longer than {MAX_DN_LEN} bytes")));
         }
+        Self::parse_within(s, MAX_RDNS)
+    }
+
+    /// Parses a DN this program wrote (an entry's, as stored or sent
+    /// between the nodes of a site), without the limits on what a client
+    /// may send: a name made by joining an RDN to its parent's DN
+    /// ([`Dn::child`], [`Dn::rebase`]: an entry placed or moved at another
+    /// site, a conflict's `CNF` suffix) may pass them, and must still read
+    /// back.
+    pub fn parse_stored(s: &str) -> Result<Dn, DnError> {
+        Self::parse_within(s, usize::MAX)
+    }
+
+    fn parse_within(s: &str, max_rdns: usize) -> Result<Dn, DnError> {
         let mut p = Parser::new(s);
         p.skip_spaces();
         let mut rdns = Vec::new();
@@ -202,8 +216,8 @@ impl Dn {
         }
         loop {
             rdns.push(p.rdn()?);
-            if rdns.len() > MAX_RDNS {
-                return Err(p.err(format!("more than {MAX_RDNS} RDNs")));
+            if rdns.len() > max_rdns {
+                return Err(p.err(format!("more than {max_rdns} RDNs")));
             }
             match p.peek() {
                 None => break,
@@ -226,11 +240,9 @@ impl Dn {
 
     /// The leftmost RDN of the DN written `s` (none for the root DSE),
     /// reading no further: what an entry stored under that DN is named
-    /// by, without parsing its ancestors.
+    /// by, without parsing its ancestors. For stored DNs, so without the
+    /// length limit ([`Dn::parse_stored`]).
     pub fn parse_leftmost(s: &str) -> Result<Option<Rdn>, DnError> {
-        if s.len() > MAX_DN_LEN {
-            return Err(DnError::new(s, format!("longer than {MAX_DN_LEN} bytes")));
-        }
         let mut p = Parser::new(s);
         p.skip_spaces();
         if p.peek().is_none() {
@@ -384,7 +396,7 @@ impl<'de> serde::Deserialize<'de> for Dn {
                 f.write_str("an RFC 4514 distinguished name string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dn, E> {
-                Dn::parse(v).map_err(E::custom)
+                Dn::parse_stored(v).map_err(E::custom)
             }
         }
         deserializer.deserialize_str(DnVisitor)
@@ -411,7 +423,7 @@ impl Dn {
                 f.write_str("an RFC 4514 distinguished name string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dn, E> {
-                RECENT.with(|r| Recent::recall(r, v, || Dn::parse(v).map_err(E::custom)))
+                RECENT.with(|r| Recent::recall(r, v, || Dn::parse_stored(v).map_err(E::custom)))
             }
         }
         deserializer.deserialize_str(Visitor)
@@ -928,6 +940,12 @@ mod tests {
         assert_eq!(Dn::parse_leftmost("").unwrap(), None);
         assert!(Dn::parse_leftmost("=x,dc=com").is_err());
         assert!(Dn::parse_leftmost(&"a".repeat(MAX_DN_LEN + 1)).is_err());
+        // A stored DN past the client limits reads back.
+        let long = format!("cn={},dc=com", "a".repeat(MAX_DN_LEN));
+        assert_eq!(
+            Dn::parse_leftmost(&long).unwrap().map(|r| r.norm().len()),
+            Some(MAX_DN_LEN + 3)
+        );
     }
 
     #[test]
@@ -1148,6 +1166,21 @@ mod tests {
         assert_err(&many, "RDNs");
         let max = vec!["dc=a"; MAX_RDNS].join(",");
         assert_eq!(dn(&max).len(), MAX_RDNS);
+
+        // What this program stored (a name joined to a long parent, a
+        // subtree moved deeper) reads back, through serde too.
+        let stored = Dn::parse_stored(&long).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(Dn::parse_stored(&many).unwrap().len(), MAX_RDNS + 1);
+        use serde::de::IntoDeserializer;
+        for s in [&long, &many] {
+            let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+                s.as_str().into_deserializer();
+            assert_eq!(
+                <Dn as serde::Deserialize>::deserialize(de).unwrap(),
+                Dn::parse_stored(s).unwrap()
+            );
+        }
     }
 
     #[test]

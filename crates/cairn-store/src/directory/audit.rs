@@ -96,13 +96,13 @@ impl Directory {
         let secret = if record.touches_settings() {
             #[cfg(test)]
             if let Some(place) = place {
-                assert_eq!(Dn::parse(record.place()).ok().as_ref(), Some(place));
+                assert_eq!(Dn::parse_stored(record.place()).ok().as_ref(), Some(place));
             }
             let parsed;
             let dn = match place {
                 Some(dn) => Some(dn),
                 None => {
-                    parsed = Dn::parse(record.place()).ok();
+                    parsed = Dn::parse_stored(record.place()).ok();
                     parsed.as_ref()
                 }
             };

@@ -1333,14 +1333,18 @@ impl Directory {
             b.delete(Table::Children, child_key(old_parent, uuid));
             b.put(Table::Children, child_key(new_parent, uuid), vec![]);
         }
-        self.rebase_descendants(snap, uuid, dn, &new_dn, &mut b)?;
+        self.rebase_descendants(snap, uuid, dn, &new_dn, &mut b, false)?;
         Ok((b, valid))
     }
 
     /// Renames every descendant of `uuid` from below `old_dn` to below
     /// `new_dn`. Descendants keep their UUIDs and parents; only their
     /// names change. Returns the descendants marked as replication
-    /// conflicts, whose marks name DNs too.
+    /// conflicts, whose marks name DNs too. A descendant the longer name
+    /// takes past [`MAX_ENTRY_BYTES`] refuses the write, or, where a
+    /// change that cannot be refused is placed (`stub_oversized`), is
+    /// shown as a stub, as a merge that outgrows the limit is, and is
+    /// returned too.
     fn rebase_descendants(
         &self,
         snap: &dyn Snapshot,
@@ -1348,6 +1352,7 @@ impl Directory {
         old_dn: &Dn,
         new_dn: &Dn,
         b: &mut Batch,
+        stub_oversized: bool,
     ) -> Result<Vec<Uuid>, Error> {
         let mut conflicts = vec![];
         let mut stack = Self::children_of(snap, uuid)?;
@@ -1366,10 +1371,34 @@ impl Directory {
                 moved.norm().into_bytes(),
                 child.as_bytes().to_vec(),
             );
-            if e.get("cairnconflict").is_some() {
+            let mut replace = e.get("cairnconflict").is_some();
+            let renamed = e.renamed(moved);
+            let oversized = match stub_oversized {
+                true => Some(encode_entry(&renamed)?.len()).filter(|n| *n > MAX_ENTRY_BYTES),
+                false => None,
+            };
+            if let Some(bytes) = oversized {
+                let stub = self.stub(&renamed, bytes);
+                // (Index keys come from values alone: the renamed entry's
+                // are the stored one's.)
+                let (old_keys, new_keys) = (
+                    self.index_keys(&renamed, child),
+                    self.index_keys(&stub, child),
+                );
+                for k in old_keys.difference(&new_keys) {
+                    b.delete(Table::Index, k.clone());
+                }
+                for k in new_keys.difference(&old_keys) {
+                    b.put(Table::Index, k.clone(), vec![]);
+                }
+                self.put_entry(b, child, &stub)?;
+                replace = true;
+            } else {
+                self.put_entry(b, child, &renamed)?;
+            }
+            if replace {
                 conflicts.push(child);
             }
-            self.put_entry(b, child, &e.renamed(moved))?;
             stack.extend(Self::children_of(snap, child)?);
         }
         Ok(conflicts)

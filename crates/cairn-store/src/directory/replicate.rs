@@ -128,7 +128,7 @@ const HORIZON_KEY: &[u8] = b"horizon";
 const LAST_POSITION_KEY: &[u8] = b"last-position";
 
 /// How the `cairnConflict` value of an entry shown as a stub begins.
-const STUB_CONFLICT: &str = "size: ";
+pub(super) const STUB_CONFLICT: &str = "size: ";
 
 /// What one purge forgot ([`Directory::purge`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -757,7 +757,7 @@ impl Directory {
             ChangeOp::Add { name, attrs } => (Some(name), attrs.as_slice()),
             ChangeOp::Modify { name, attrs } => (name.as_ref(), attrs.as_slice()),
             ChangeOp::Delete { dn } => {
-                if let Err(e) = Dn::parse(dn) {
+                if let Err(e) = Dn::parse_stored(dn) {
                     return refuse(format!(
                         "the DN it was deleted at, {dn:?}, does not parse: {e}"
                     ));
@@ -1604,7 +1604,7 @@ impl Directory {
                 // has not arrived yet has no place to name).
                 let original = parent_state
                     .and_then(|p| p.deleted_at)
-                    .and_then(|dn| Dn::parse(&dn).ok())
+                    .and_then(|dn| Dn::parse_stored(&dn).ok())
                     .map(|p| p.child(rdn.clone()));
                 return Ok(Placement {
                     dn: lost.child(Self::mangled(&rdn, state.uuid)),
@@ -1898,7 +1898,7 @@ impl Directory {
     /// largest attributes); every value stays in its state, and the whole
     /// entry is shown again once a replace or delete of attributes brings
     /// it under the limit (`cairn conflicts` lists it meanwhile).
-    fn stub(&self, e: &ValidEntry, bytes: usize) -> ValidEntry {
+    pub(super) fn stub(&self, e: &ValidEntry, bytes: usize) -> ValidEntry {
         let mut attrs: Vec<(String, Vec<String>)> = e
             .attrs()
             .filter(|a| {
@@ -2092,7 +2092,14 @@ impl Directory {
                     b.put(Table::Children, child_key(new_parent, uuid), vec![]);
                 }
                 // Conflict marks below name DNs that just changed.
-                work.extend(self.rebase_descendants(&*txn, uuid, o.dn(), new.dn(), &mut b)?);
+                work.extend(self.rebase_descendants(
+                    &*txn,
+                    uuid,
+                    o.dn(),
+                    new.dn(),
+                    &mut b,
+                    true,
+                )?);
                 // Entries below it were shown again, perhaps the change's.
                 pass.shown = None;
             }

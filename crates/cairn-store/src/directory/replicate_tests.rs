@@ -2215,3 +2215,132 @@ fn a_legacy_entry_deleted_and_purged_at_the_peer_is_gone_after_a_rebuild() {
     }
     converged(&all);
 }
+
+/// Issue 11: a rename at another site that makes an entry's DN longer
+/// cannot be refused where it is applied: an entry below it that the
+/// longer DN takes past the size limit is shown as a stub (as a merge
+/// that outgrows the limit is), with its index keys, instead of failing
+/// the apply, which would stop every node of the site. The leader's check
+/// passed before a local write, still unapplied, grew the entry.
+#[test]
+fn a_rename_elsewhere_that_takes_an_entry_below_past_the_size_limit_shows_it_as_a_stub() {
+    let mut all = sites(2);
+    let longer = "ou=hosts-with-a-much-longer-name";
+    all[1].must(modrdn_op(HOSTS, longer, None));
+    let (_, rename) = all[1].dir.changes_after(0, 100_000).unwrap().pop().unwrap();
+    all[0]
+        .dir
+        .check_changes(std::slice::from_ref(&rename))
+        .unwrap();
+
+    // Site 0 grows H1 to a few bytes under the limit.
+    let uuid = all[0].get(H1).unwrap().uuid().unwrap();
+    let stored = |s: &Site| {
+        let snap = s.dir.engine.snapshot().unwrap();
+        snap.get(Table::Entries, uuid.as_bytes())
+            .unwrap()
+            .unwrap()
+            .len()
+    };
+    // (A value takes more than its length stored: step towards the limit.)
+    let mut pad = MAX_ENTRY_BYTES / 4;
+    for _ in 0..4 {
+        // (A large replace is refused up front as if it added to the old
+        // value: the old one goes first.)
+        if all[0].get(H1).unwrap().get("description").is_some() {
+            all[0].must(modify_op(H1, ModOp::Delete, "description", &[]));
+        }
+        let write = modify_op(H1, ModOp::Replace, "description", &[&"p".repeat(pad)]);
+        if let Err(e) = all[0].write(write) {
+            panic!("{}", e.to_string().chars().take(300).collect::<String>());
+        }
+        let (now, want) = (stored(&all[0]), MAX_ENTRY_BYTES - 12);
+        let per_byte = (now as f64 / pad as f64).max(1.0);
+        pad += ((want.saturating_sub(now)) as f64 / per_byte) as usize;
+    }
+    let headroom = MAX_ENTRY_BYTES - stored(&all[0]);
+    assert!(
+        headroom < 24,
+        "{headroom} bytes left: the rename must outgrow them"
+    );
+
+    all[0]
+        .dir
+        .apply_changes(std::slice::from_ref(&rename), None, true)
+        .expect("an apply that cannot be refused");
+    let moved = format!("cn=h1,{longer},dc=example,dc=com");
+    let shown = all[0].get(&moved).expect("H1 at its new DN");
+    let marks = shown.get("cairnconflict").map(|a| a.values.clone());
+    assert!(
+        marks.is_some_and(|m| m
+            .iter()
+            .any(|v| v.starts_with(super::replicate::STUB_CONFLICT))),
+        "{shown:?}"
+    );
+    assert!(shown.get("description").is_none(), "a stub shows no values");
+    // The tables agree (`export` checks them), and once the sites have
+    // exchanged what they hold, both show the same.
+    exchange(&mut all);
+    converged(&all);
+}
+
+/// Issue 11: a DN made by joining a name to its parent's (an entry below
+/// one renamed longer, here or at another site) may pass the length a
+/// client may send; the entry is still stored, read back and searched,
+/// and changes to it still apply everywhere. (Decoding a stored entry
+/// used to apply the client limit, so such an entry could no longer be
+/// read and a change that had to read it failed every node's apply.)
+#[test]
+fn an_entry_whose_dn_outgrows_what_a_client_may_send_still_reads_back() {
+    let mut all = sites(2);
+    let cn = "x".repeat(cairn_core::dn::MAX_DN_LEN - 40);
+    let long = format!("cn={cn},{HOSTS}");
+    all[0].must(add_op(
+        &long,
+        &[("objectClass", &["cairnHost"]), ("cn", &[&cn])],
+    ));
+    let longer = "ou=hosts-renamed-to-something-much-longer";
+    all[0].must(modrdn_op(HOSTS, longer, None));
+    let moved = Dn::parse_stored(&format!("cn={cn},{longer},dc=example,dc=com")).unwrap();
+    assert!(moved.to_string().len() > cairn_core::dn::MAX_DN_LEN);
+    let e = all[0]
+        .dir
+        .get(&moved)
+        .unwrap()
+        .expect("the entry reads back");
+    assert_eq!(e.dn(), &moved);
+    // A change to it, and the other site's copy of all of it.
+    all[0]
+        .write(WriteOp::Modify {
+            dn: moved.clone(),
+            mods: vec![Modification {
+                op: ModOp::Replace,
+                attr: "description".into(),
+                values: vec![b"still here".to_vec()],
+            }],
+            stamp: stamp(),
+        })
+        .unwrap();
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(tree.contains_key(&moved.to_string()));
+    assert_eq!(
+        all[1]
+            .dir
+            .get(&moved)
+            .unwrap()
+            .unwrap()
+            .first("description"),
+        Some("still here")
+    );
+    // Its delete, which names the long DN, passes the other site's check.
+    all[0].write(WriteOp::Delete { dn: moved.clone() }).unwrap();
+    let (_, delete) = all[0].dir.changes_after(0, 100_000).unwrap().pop().unwrap();
+    all[1]
+        .dir
+        .check_changes(std::slice::from_ref(&delete))
+        .unwrap();
+    exchange(&mut all);
+    converged(&all);
+    assert!(all[1].dir.get(&moved).unwrap().is_none());
+}
