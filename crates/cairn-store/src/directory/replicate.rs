@@ -2316,7 +2316,60 @@ impl Directory {
     /// anything: the leader checks each page before it logs it, so a page
     /// no node could apply never reaches the log.
     pub fn check_resync_page(&self, horizon: Csn, states: &[EntryState]) -> Result<(), Error> {
+        for state in states {
+            self.check_state_fields(state)?;
+        }
         self.dry_run(&mut |txn| self.resync_page_in(txn, horizon, states).map(|_| ()))
+    }
+
+    /// What [`Directory::check_fields`] checks of a change, of a peer's
+    /// entry state: its name parses, its values are normalized as this
+    /// site's schema normalizes them. The dry run of a page only places
+    /// live entries; a state that is not live yet could otherwise carry a
+    /// name that fails every node's apply once a later change here (a
+    /// host registered again under its UUID) makes it live.
+    fn check_state_fields(&self, state: &EntryState) -> Result<(), Error> {
+        let refuse = |why: String| {
+            Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!("entry {} from another site: {why}", state.uuid),
+            )))
+        };
+        if let Some((_, name)) = &state.name
+            && let Err(e) = norm_rdn(name)
+        {
+            return refuse(e.to_string());
+        }
+        if let Some(dn) = &state.deleted_at
+            && let Err(e) = Dn::parse_stored(dn)
+        {
+            return refuse(format!(
+                "the DN it was deleted at, {dn:?}, does not parse: {e}"
+            ));
+        }
+        for (key, a) in &state.attrs {
+            let Some(t) = self.schema.attr(key) else {
+                continue;
+            };
+            if t.key() != key.as_str()
+                || self.schema.attr(&a.name).map(|n| n.key()) != Some(t.key())
+            {
+                return refuse(format!(
+                    "attribute {:?} ({key:?}) is not named as this site's schema names it",
+                    a.name
+                ));
+            }
+            for (norm, v) in &a.values {
+                if let Some((_, _, text)) = &v.added
+                    && self.value(key, text).key() != norm
+                {
+                    return refuse(format!(
+                        "value {text:?} of {} is not normalized as this site's schema normalizes it",
+                        a.name
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the end of a rebuild would apply here ([`Directory::check_resync_page`]).

@@ -2090,24 +2090,12 @@ fn a_site_rebuilt_from_a_peer_passes_its_changes_on_down_a_line() {
     all[0].must(modify_op(H1, ModOp::Replace, "description", &["set at a"]));
 
     // B is rebuilt from A, page by page, as `cairn site resync` does.
-    let (b, a) = pair(&mut all, 1, 0);
-    let zero = Csn::zero(Origin::new(Uuid::nil(), 0));
-    let (mut held, mut after) = (BTreeSet::new(), None);
-    let first = a.dir.states_page(None, 2, usize::MAX).unwrap();
-    loop {
-        let page = a.dir.states_page(after, 2, usize::MAX).unwrap();
-        let Some(last) = page.states.last() else {
-            break;
-        };
-        after = Some(last.uuid);
-        held.extend(page.states.iter().map(|s| s.uuid));
-        b.dir.resync_page(zero, &page.states, None, true).unwrap();
-    }
-    b.dir
-        .resync_end(&held, &first.vector, &first.forgotten, None, true)
-        .unwrap();
+    rebuild(&mut all, 1, 0);
     let host_a = "cn=from-a,ou=hosts,dc=example,dc=com";
-    assert!(b.get(host_a).is_some(), "the rebuild brought A's entry");
+    assert!(
+        all[1].get(host_a).is_some(),
+        "the rebuild brought A's entry"
+    );
 
     // B pulls from A, and C from B only: C gets what A wrote.
     for _ in 0..2 {
@@ -2343,4 +2331,40 @@ fn an_entry_whose_dn_outgrows_what_a_client_may_send_still_reads_back() {
     exchange(&mut all);
     converged(&all);
     assert!(all[1].dir.get(&moved).unwrap().is_none());
+}
+
+/// Issue 11: a page of a rebuild is checked field by field, as pulled
+/// changes are: a state whose name does not parse, or whose values are
+/// not normalized as this site's schema normalizes them, is refused
+/// before it reaches the log, live or not (one that is not live is not
+/// placed by the dry run, and would fail every node's apply once a later
+/// change made it live).
+#[test]
+fn a_rebuild_page_with_a_state_that_does_not_parse_is_refused() {
+    let mut all = sites(2);
+    all[0].must(host("h2"));
+    all[0].must(delete_op("cn=h2,ou=hosts,dc=example,dc=com"));
+    let zero = Csn::zero(Origin::new(Uuid::nil(), 0));
+    let states = all[0].dir.states_after(None, 1000).unwrap();
+    all[1].dir.check_resync_page(zero, &states).unwrap();
+    let tombstone = states
+        .iter()
+        .find(|s| s.name.as_ref().is_some_and(|(_, n)| n.rdn == "cn=h2"))
+        .unwrap()
+        .clone();
+    assert!(!tombstone.is_live());
+    let mut bad = tombstone.clone();
+    bad.name.as_mut().unwrap().1.rdn = "=h2".into();
+    let e = all[1].dir.check_resync_page(zero, &[bad]).unwrap_err();
+    assert!(e.to_string().contains("from another site"), "{e}");
+    let mut live = states
+        .iter()
+        .find(|s| s.is_live() && s.attrs.contains_key("cn"))
+        .unwrap()
+        .clone();
+    let cn = live.attrs.get_mut("cn").unwrap();
+    let (norm, v) = cn.values.pop_first().unwrap();
+    cn.values.insert(norm.to_uppercase(), v);
+    let e = all[1].dir.check_resync_page(zero, &[live]).unwrap_err();
+    assert!(e.to_string().contains("normalized"), "{e}");
 }
