@@ -179,6 +179,19 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
         )),
     ));
     ok(site.tool(1, "ldapdelete", &[&doomed], None));
+    // One MAC given to a different entry at each site.
+    let dup = |node: u64, cn: &str| {
+        ok(site.tool(
+            node,
+            "ldapadd",
+            &[],
+            Some(&format!(
+                "dn: cn={cn},{SUFFIX}\nobjectClass: cairnHost\ncn: {cn}\nmacAddress: 02:00:00:00:0d:01\n"
+            )),
+        ));
+    };
+    dup(1, "dup-east");
+    dup(2, "dup-west");
     // West writes later on the same clock: its CSNs are higher.
     std::thread::sleep(Duration::from_millis(5));
     replace(2, "second, at west");
@@ -253,6 +266,32 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
                 && listed.contains(&format!("\n{doomed} (entry "))
                 && listed.contains("description: too late added at"),
             "{listed}"
+        );
+        assert!(
+            listed.contains("1 MACs, GUIDs or serial numbers are held by more than one entry")
+                && listed.contains("uniqueness: macAddress 02:00:00:00:0d:01 is held by 2 entries")
+                && listed.contains(&format!("  cn=dup-east,{SUFFIX} (entryUUID "))
+                && listed.contains(&format!("  cn=dup-west,{SUFFIX} (entryUUID ")),
+            "{listed}"
+        );
+        // An LDAP search finds it too, naming both entries.
+        let unique = stdout(&site.tool(
+            node,
+            "ldapsearch",
+            &[
+                "-b",
+                "cn=conflicts",
+                "-s",
+                "one",
+                "(objectClass=*)",
+                "seeAlso",
+            ],
+            None,
+        ));
+        assert!(
+            unique.contains(&format!("seeAlso: cn=dup-east,{SUFFIX}"))
+                && unique.contains(&format!("seeAlso: cn=dup-west,{SUFFIX}")),
+            "{unique}"
         );
         let kept = site.tool(
             node,

@@ -1361,6 +1361,50 @@ fn dropped_attrs(d: cairn_store::directory::replicate::Dropped) -> Vec<(String, 
     attrs
 }
 
+/// One uniqueness conflict under `cn=conflicts`: its DN and attributes.
+/// `seeAlso` names every entry that holds the value, `cairnChange` says
+/// since when and from which site each has it.
+fn uniqueness_entry(
+    u: cairn_store::directory::replicate::Uniqueness,
+) -> (String, Vec<(String, Vec<String>)>) {
+    let cn = format!("{} {}", u.attr, u.value);
+    let rdn = cairn_core::dn::Rdn::new("cn", cn.clone());
+    let why = format!(
+        "uniqueness: {} {} is held by {} entries; a host found by it is refused until all but \
+         one let it go",
+        u.attr,
+        u.value,
+        u.claims.len()
+    );
+    let changes = u
+        .claims
+        .iter()
+        .map(|c| {
+            let since = c
+                .since
+                .map_or("an unknown change".to_string(), |s| s.to_string());
+            format!(
+                "{} (entryUUID {}) has it since {since}",
+                c.dn,
+                c.uuid.hyphenated()
+            )
+        })
+        .collect();
+    (
+        format!("{rdn},cn=conflicts"),
+        vec![
+            ("objectClass".to_string(), vec!["top".to_string()]),
+            ("cn".to_string(), vec![cn]),
+            ("cairnConflict".to_string(), vec![why]),
+            (
+                "seeAlso".to_string(),
+                u.claims.into_iter().map(|c| c.dn).collect(),
+            ),
+            ("cairnChange".to_string(), changes),
+        ],
+    )
+}
+
 /// Whether a fixed entry (root DSE, subschema) matches: they are only
 /// offered to base searches, with the usual `(objectClass=*)`-style filters.
 fn fixed_entry_matches(f: &Filter, classes: &[&str]) -> bool {
@@ -1561,6 +1605,23 @@ async fn search_inner(
             let e = LdapSearchResultEntry {
                 dn: format!("entryUUID={},cn=conflicts", d.uuid.hyphenated()),
                 attributes: sel.pick(dropped_attrs(d)),
+            };
+            if tx.send(entry_msg(msgid, e)).await.is_err() {
+                return ok(vec![]);
+            }
+        }
+        // Values of a host's identity attributes that more than one entry
+        // holds, one entry each.
+        let dir = ctx.dir.clone();
+        let unique = tokio::task::spawn_blocking(move || dir.uniqueness_conflicts())
+            .await
+            .map_err(|e| Outcome::new(LdapResultCode::Other, format!("read task: {e}")))?
+            .map_err(|e| Outcome::new(LdapResultCode::Other, e.to_string()))?;
+        for u in unique {
+            let (dn, attrs) = uniqueness_entry(u);
+            let e = LdapSearchResultEntry {
+                dn,
+                attributes: sel.pick(attrs),
             };
             if tx.send(entry_msg(msgid, e)).await.is_err() {
                 break;

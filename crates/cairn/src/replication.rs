@@ -119,8 +119,9 @@ pub struct Conflict {
 /// Lists the entries concurrent changes at two sites left in conflict
 /// (`cairnConflict`): names added at two sites, entries moved to lost and
 /// found, entries the merge left outside the schema; then the entries
-/// deleted at one site that changes made later at another met
-/// (`cn=conflicts`). Exit status 1 when there are any, so a script can
+/// deleted at one site that changes made later at another met, and the
+/// MACs, GUIDs and serial numbers more than one entry holds (both below
+/// `cn=conflicts`). Exit status 1 when there are any, so a script can
 /// alert.
 pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = client::connect(url, auth).await?;
@@ -165,14 +166,33 @@ pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
             "cn=conflicts",
             Scope::OneLevel,
             "(objectClass=*)",
-            vec!["cairnCsn", "entryUUID", "cairnOriginalDn", "cairnChange"],
+            vec![
+                "cairnCsn",
+                "entryUUID",
+                "cairnOriginalDn",
+                "cairnChange",
+                "cairnConflict",
+                "seeAlso",
+            ],
         )
         .await?
         .success()
         .context("the node refused to list the changes merges dropped")?;
     let mut dropped = vec![];
+    let mut unique = vec![];
     for raw in records {
         let e = parse_entry(raw)?;
+        // A value more than one entry holds names them all.
+        if !values(&e.attrs, "seeAlso").is_empty() {
+            unique.push(Uniqueness {
+                why: values(&e.attrs, "cairnConflict")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default(),
+                held_by: values(&e.attrs, "cairnChange"),
+            });
+            continue;
+        }
         dropped.push(Dropped {
             deleted: values(&e.attrs, "cairnCsn")
                 .into_iter()
@@ -189,11 +209,14 @@ pub async fn conflicts(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let _ = ldap.unbind().await;
     print!("{}", render(&found));
     print!("{}", render_dropped(&dropped));
-    Ok(if found.is_empty() && dropped.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    print!("{}", render_uniqueness(&unique));
+    Ok(
+        if found.is_empty() && dropped.is_empty() && unique.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// An entry deleted at one site and changed later at another: the delete
@@ -205,6 +228,33 @@ pub struct Dropped {
     pub uuid: String,
     pub deleted_at: Option<String>,
     pub what: Vec<String>,
+}
+
+/// A value of a host's identity attributes (MAC, GUID, serial) that more
+/// than one entry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uniqueness {
+    pub why: String,
+    /// Each entry that holds it, and since when.
+    pub held_by: Vec<String>,
+}
+
+/// The third part of `cairn conflicts`: uniqueness conflicts.
+pub fn render_uniqueness(unique: &[Uniqueness]) -> String {
+    if unique.is_empty() {
+        return "no identities held by more than one entry\n".into();
+    }
+    let mut out = format!(
+        "\n{} MACs, GUIDs or serial numbers are held by more than one entry\n",
+        unique.len()
+    );
+    for u in unique {
+        out.push_str(&format!("\n{}\n", u.why));
+        for h in &u.held_by {
+            out.push_str(&format!("  {}\n", h.replace('\n', "\\0A")));
+        }
+    }
+    out
 }
 
 /// The second part of `cairn conflicts`: deleted entries that later
@@ -285,5 +335,28 @@ mod tests {
         );
         assert!(t.contains("  description: too late added at"), "{t}");
         assert_eq!(render_dropped(&[]), "no changes dropped\n");
+    }
+
+    #[test]
+    fn identities_held_by_more_than_one_entry_name_every_holder() {
+        let t = render_uniqueness(&[Uniqueness {
+            why: "uniqueness: macAddress 02:00:00:00:00:99 is held by 2 entries".into(),
+            held_by: vec![
+                "cn=web1,ou=hosts,dc=example,dc=com (entryUUID 0b5e) has it since a".into(),
+                "cn=host-020000000099,ou=hosts,dc=example,dc=com (entryUUID 0c6f) has it since b"
+                    .into(),
+            ],
+        }]);
+        assert!(t.contains("1 MACs, GUIDs or serial numbers"), "{t}");
+        assert!(
+            t.contains("\nuniqueness: macAddress 02:00:00:00:00:99"),
+            "{t}"
+        );
+        assert!(t.contains("\n  cn=web1,ou=hosts"), "{t}");
+        assert!(t.contains("\n  cn=host-020000000099"), "{t}");
+        assert_eq!(
+            render_uniqueness(&[]),
+            "no identities held by more than one entry\n"
+        );
     }
 }

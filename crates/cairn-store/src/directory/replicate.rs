@@ -71,6 +71,34 @@ pub struct Dropped {
     pub later: Vec<String>,
 }
 
+/// One value of an identity attribute a host is found by (`macAddress`,
+/// `netbootGUID`, `serialNumber`) that more than one entry holds: a
+/// uniqueness conflict ([`Directory::uniqueness_conflicts`]). Two sites
+/// apart can each give one host's MAC to a different entry; merging
+/// keeps both, and this lists them until one lets the value go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uniqueness {
+    /// The attribute, as the schema names it.
+    pub attr: String,
+    /// The value, normalized.
+    pub value: String,
+    /// Every entry that holds it.
+    pub claims: Vec<Claim>,
+}
+
+/// One entry in a [`Uniqueness`] conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub uuid: Uuid,
+    /// Where it is shown.
+    pub dn: String,
+    /// The change that gave it the value: when, and at which site.
+    pub since: Option<Csn>,
+}
+
+/// The identity attributes no two entries should share (lowercased).
+pub const UNIQUE: &[&str] = &["macaddress", "netbootguid", "serialnumber"];
+
 /// How the changes of one transaction reach the change log and the
 /// vector: the log's next position is read once, and each origin's vector
 /// row is written once, at the end ([`Directory::end_log`]), instead of a
@@ -2678,6 +2706,70 @@ impl Directory {
                 deleted_at: state.deleted_at.clone(),
                 later,
             });
+        }
+        Ok(out)
+    }
+
+    /// Every value of [`UNIQUE`] that more than one shown entry holds,
+    /// found through the equality index (one scan of each attribute's
+    /// keys), with the entries and the change that gave each the value.
+    /// The same on every node of a site, as the tree is.
+    pub fn uniqueness_conflicts(&self) -> Result<Vec<Uniqueness>, Error> {
+        let snap = self.engine.snapshot()?;
+        let mut out = vec![];
+        for &attr in UNIQUE {
+            let mut prefix = attr.as_bytes().to_vec();
+            prefix.push(0);
+            // Keys are `attr \0 value \0 uuid`, in value order.
+            let mut rows: Vec<(Vec<u8>, Uuid)> = vec![];
+            let mut bad = false;
+            snap.scan_prefix(Table::Index, &prefix, &mut |k, _| {
+                let parsed = k
+                    .len()
+                    .checked_sub(16)
+                    .filter(|at| *at > prefix.len())
+                    .and_then(|at| {
+                        let (value, id) = (&k[prefix.len()..at - 1], &k[at..]);
+                        Uuid::from_slice(id).ok().map(|u| (value.to_vec(), u))
+                    });
+                match parsed {
+                    Some(row) => rows.push(row),
+                    None => bad = true,
+                }
+                !bad
+            })?;
+            if bad {
+                return Err(Error::Corrupt(format!("bad key in the index of {attr}")));
+            }
+            let name = self.schema.attr(attr).map_or(attr, |a| a.name());
+            for group in rows.chunk_by(|a, b| a.0 == b.0) {
+                if group.len() < 2 {
+                    continue;
+                }
+                let value = String::from_utf8_lossy(&group[0].0).into_owned();
+                let mut claims = vec![];
+                for (_, uuid) in group {
+                    let dn = Self::load(&*snap, *uuid)?
+                        .map(|e| e.dn().to_string())
+                        .unwrap_or_default();
+                    let since = Self::load_state(&*snap, *uuid)?.and_then(|s| {
+                        s.attrs
+                            .get(attr)
+                            .and_then(|a| a.values.get(&value))
+                            .and_then(|v| v.added.as_ref().map(|a| a.0))
+                    });
+                    claims.push(Claim {
+                        uuid: *uuid,
+                        dn,
+                        since,
+                    });
+                }
+                out.push(Uniqueness {
+                    attr: name.to_string(),
+                    value,
+                    claims,
+                });
+            }
         }
         Ok(out)
     }

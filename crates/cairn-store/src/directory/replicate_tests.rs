@@ -2368,3 +2368,65 @@ fn a_rebuild_page_with_a_state_that_does_not_parse_is_refused() {
     let e = all[1].dir.check_resync_page(zero, &[live]).unwrap_err();
     assert!(e.to_string().contains("normalized"), "{e}");
 }
+
+/// Issue 11: two entries that sites apart gave the same MAC (an admin's
+/// entry at one, a registration at the other: different UUIDs) both stay
+/// after the merge, and are listed as a uniqueness conflict, the same at
+/// every site, with when and where each got the value; letting the value
+/// go at one of them ends it.
+#[test]
+fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
+    let mut all = sites(2);
+    let mac = "02:00:00:00:00:99";
+    all[0].must(add_op(
+        "cn=web1,ou=hosts,dc=example,dc=com",
+        &[
+            ("objectClass", &["cairnHost"]),
+            ("cn", &["web1"]),
+            ("macAddress", &[mac]),
+        ],
+    ));
+    all[1].now_ms += 5;
+    all[1].must(add_op(
+        "cn=host-020000000099,ou=hosts,dc=example,dc=com",
+        &[
+            ("objectClass", &["cairnHost"]),
+            ("cn", &["host-020000000099"]),
+            ("macAddress", &["02:00:00:00:00:99"]),
+            ("serialNumber", &["To be filled by O.E.M."]),
+        ],
+    ));
+    assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
+    exchange(&mut all);
+    converged(&all);
+    let listed = all[0].dir.uniqueness_conflicts().unwrap();
+    assert_eq!(listed, all[1].dir.uniqueness_conflicts().unwrap());
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let u = &listed[0];
+    assert_eq!((u.attr.as_str(), u.value.as_str()), ("macAddress", mac));
+    let mut dns: Vec<&str> = u.claims.iter().map(|c| c.dn.as_str()).collect();
+    dns.sort();
+    assert_eq!(
+        dns,
+        [
+            "cn=host-020000000099,ou=hosts,dc=example,dc=com",
+            "cn=web1,ou=hosts,dc=example,dc=com"
+        ]
+    );
+    let origins: BTreeSet<Origin> = u
+        .claims
+        .iter()
+        .map(|c| c.since.expect("when it got the value").origin)
+        .collect();
+    assert_eq!(origins, BTreeSet::from([all[0].origin, all[1].origin]));
+    // The admin's entry lets the MAC go: nothing is listed any more.
+    all[0].must(modify_op(
+        "cn=web1,ou=hosts,dc=example,dc=com",
+        ModOp::Delete,
+        "macAddress",
+        &[],
+    ));
+    exchange(&mut all);
+    assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
+    assert!(all[1].dir.uniqueness_conflicts().unwrap().is_empty());
+}
