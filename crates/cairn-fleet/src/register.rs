@@ -4,7 +4,7 @@
 //! node agrees on it.
 //!
 //! The entry's name is decided by the host's identity alone (hostname,
-//! else first MAC, else UUID, else serial), so two pulls of the same new
+//! else lowest MAC, else UUID, else serial), so two pulls of the same new
 //! host racing at two nodes propose the same DN: one add wins, the other
 //! fails with "already exists" and reads the winner's entry. No duplicate.
 //! So is its entryUUID (name-based, [`host_entry_uuid`]), so the same
@@ -58,12 +58,23 @@ pub fn facts(id: &Identity, caller: Option<IpAddr>) -> HostFacts {
     }
 }
 
+/// The MAC a new host is named and identified by: the lowest of those it
+/// reported, normalized, so the order a host (or `cairn pull --mac`)
+/// lists them in does not matter: two sites apart that register one host
+/// reporting its MACs in another order still make one entry.
+fn key_mac(id: &Identity) -> Option<String> {
+    id.macs
+        .iter()
+        .map(|m| m.to_ascii_lowercase().replace('-', ":"))
+        .min()
+}
+
 /// The new host's entry name: the same for every pull of the same host.
 fn host_cn(id: &Identity) -> String {
     if let Some(h) = &id.hostname {
         return h.split('.').next().unwrap_or(h).to_ascii_lowercase();
     }
-    if let Some(m) = id.macs.first() {
+    if let Some(m) = key_mac(id) {
         return format!("host-{}", m.replace(':', ""));
     }
     if let Some(u) = &id.uuid {
@@ -79,12 +90,12 @@ fn host_cn(id: &Identity) -> String {
     )
 }
 
-/// What the new host's UUID is derived from: its first MAC (what PXE and
-/// DHCP know it by), else its SMBIOS UUID, else its serial number, else
-/// its name.
+/// What the new host's UUID is derived from: its lowest MAC (what PXE and
+/// DHCP know it by, [`key_mac`]), else its SMBIOS UUID, else its serial
+/// number, else its name.
 fn identity_key(id: &Identity) -> String {
-    if let Some(m) = id.macs.first() {
-        return format!("mac:{}", m.to_ascii_lowercase().replace('-', ":"));
+    if let Some(m) = key_mac(id) {
+        return format!("mac:{m}");
     }
     if let Some(u) = &id.uuid {
         return format!("uuid:{}", u.to_ascii_lowercase());
@@ -178,6 +189,18 @@ mod tests {
         assert_eq!(uuid_of(&a), uuid_of(&a.clone()));
         assert_ne!(uuid_of(&a), uuid_of(&ident("02:00:00:00:00:98")));
         assert_eq!(uuid_of(&a).get_version_num(), 5);
+        // Whatever order its MACs are reported in: one name, one UUID.
+        let two = |macs: [&str; 2]| Identity {
+            macs: macs.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        };
+        let (ab, ba) = (
+            two(["02:00:00:00:00:99", "02:00:00:00:00:0A"]),
+            two(["02-00-00-00-00-0a", "02:00:00:00:00:99"]),
+        );
+        assert_eq!(uuid_of(&ab), uuid_of(&ba));
+        assert_eq!(host_cn(&ab), host_cn(&ba));
+        assert_eq!(host_cn(&ab), "host-02000000000a");
     }
 
     #[test]
