@@ -293,6 +293,27 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
                 && unique.contains(&format!("seeAlso: cn=dup-west,{SUFFIX}")),
             "{unique}"
         );
+        // And each entry says so, when asked.
+        let marked = stdout(&site.tool(
+            node,
+            "ldapsearch",
+            &[
+                "-o",
+                "ldif-wrap=no",
+                "-b",
+                &format!("cn=dup-east,{SUFFIX}"),
+                "-s",
+                "base",
+                "cairnUniquenessConflict",
+            ],
+            None,
+        ));
+        assert!(
+            marked.contains(&format!(
+                "cairnUniquenessConflict: macAddress 02:00:00:00:0d:01: also held by cn=dup-west,{SUFFIX}"
+            )),
+            "{marked}"
+        );
         let kept = site.tool(
             node,
             "ldapsearch",

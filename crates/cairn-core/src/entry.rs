@@ -216,7 +216,7 @@ pub fn new_entry_uuid() -> uuid::Uuid {
 }
 
 /// The `entryUUID` of a host registered by a deploy rule: name-based
-/// (UUID version 5) on the host's identity (`key`, e.g. its first MAC), so
+/// (UUID version 5) on the host's identity (`key`, e.g. its lowest MAC), so
 /// the same host registered at two sites while they were apart is one
 /// entry when they meet, not a name conflict, and a host registered again
 /// after its entry was deleted comes back as the same entry.

@@ -1236,6 +1236,21 @@ impl Selection {
                 }
             }
         }
+        // Constructed the same way: another entry holds one of this
+        // entry's MACs, GUIDs or serial numbers (`cairn conflicts`).
+        if self.named.contains("cairnuniquenessconflict")
+            && v.allows(Right::Read, e.dn(), Some("cairnuniquenessconflict"))
+        {
+            match ctx.dir.shared_identities(e) {
+                Ok(v) if !v.is_empty() => {
+                    out.push(self.attr("cairnUniquenessConflict".into(), v));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(dn = %e.dn(), cause = %err, "cannot compute cairnUniquenessConflict")
+                }
+            }
+        }
         if self.wants("hassubordinates", true) {
             let has = if v.admin() {
                 e.uuid()

@@ -318,6 +318,13 @@ pub(super) const ATTRIBUTES: &[AttributeType] = &[
         false,
         "constructed, returned only when asked for by name: a host's effective setting, key=value (from DN)",
     ),
+    operational(
+        cairn!(1, 77),
+        &["cairnUniquenessConflict"],
+        DirectoryString,
+        false,
+        "constructed, returned only when asked for by name: a MAC, GUID or serial number of the entry that other entries hold too, and which",
+    ),
     // Cairn: sites
     user(
         cairn!(1, 10),

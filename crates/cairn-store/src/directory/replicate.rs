@@ -2774,6 +2774,43 @@ impl Directory {
         Ok(out)
     }
 
+    /// The values of [`UNIQUE`] that `e` holds and other entries hold
+    /// too, one line each (`<attribute> <value>: also held by <DN>`):
+    /// what LDAP shows of an entry as `cairnUniquenessConflict`.
+    pub fn shared_identities(&self, e: &ValidEntry) -> Result<Vec<String>, Error> {
+        let Some(own) = e.uuid() else {
+            return Ok(vec![]);
+        };
+        let snap = self.engine.snapshot()?;
+        let mut out = vec![];
+        for &attr in UNIQUE {
+            let Some(a) = e.get(attr) else { continue };
+            let mut keys = BTreeSet::new();
+            self.index_keys_of(attr, a.values.iter().map(String::as_str), own, &mut keys);
+            for k in keys {
+                // `attr \0 value \0 uuid`: the value's keys share all but
+                // the UUID.
+                let Some(prefix) = k.len().checked_sub(16).map(|at| &k[..at]) else {
+                    continue;
+                };
+                let value = prefix
+                    .get(attr.len() + 1..prefix.len().saturating_sub(1))
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                for other in super::index_uuids(&*snap, prefix)? {
+                    if other == own {
+                        continue;
+                    }
+                    let dn = Self::load(&*snap, other)?
+                        .map(|x| x.dn().to_string())
+                        .unwrap_or_default();
+                    out.push(format!("{} {value}: also held by {dn}", a.name));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The up-to-dateness vector: per origin, the highest CSN held.
     pub fn vector(&self) -> Result<Vec<(Origin, Csn)>, Error> {
         Self::vector_in(&*self.engine.snapshot()?)

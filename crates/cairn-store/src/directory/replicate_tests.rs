@@ -2419,6 +2419,13 @@ fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
         .map(|c| c.since.expect("when it got the value").origin)
         .collect();
     assert_eq!(origins, BTreeSet::from([all[0].origin, all[1].origin]));
+    let web1 = all[1].get("cn=web1,ou=hosts,dc=example,dc=com").unwrap();
+    assert_eq!(
+        all[1].dir.shared_identities(&web1).unwrap(),
+        [format!(
+            "macAddress {mac}: also held by cn=host-020000000099,ou=hosts,dc=example,dc=com"
+        )]
+    );
     // The admin's entry lets the MAC go: nothing is listed any more.
     all[0].must(modify_op(
         "cn=web1,ou=hosts,dc=example,dc=com",
@@ -2429,4 +2436,8 @@ fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
     exchange(&mut all);
     assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
     assert!(all[1].dir.uniqueness_conflicts().unwrap().is_empty());
+    let other = all[1]
+        .get("cn=host-020000000099,ou=hosts,dc=example,dc=com")
+        .unwrap();
+    assert!(all[1].dir.shared_identities(&other).unwrap().is_empty());
 }
