@@ -1238,9 +1238,9 @@ impl Selection {
         }
         // Constructed the same way: another entry holds one of this
         // entry's MACs, GUIDs or serial numbers (`cairn conflicts`).
-        if self.named.contains("cairnuniquenessconflict")
-            && v.allows(Right::Read, e.dn(), Some("cairnuniquenessconflict"))
-        {
+        // Administrators only, as `cn=conflicts`: it names other entries,
+        // which the caller may not be allowed to see.
+        if self.named.contains("cairnuniquenessconflict") && v.admin() {
             match ctx.dir.shared_identities(e) {
                 Ok(v) if !v.is_empty() => {
                     out.push(self.attr("cairnUniquenessConflict".into(), v));
