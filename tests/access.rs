@@ -406,6 +406,45 @@ fn issue_12_a_denied_entry_is_indistinguishable_from_a_missing_one() {
     assert_eq!(dns(&stdout(&out)), vec![HOST.to_string()]);
 }
 
+/// Issue 11 and 12: an entry whose MAC another entry holds says so in
+/// the constructed `cairnUniquenessConflict`, to administrators only: it
+/// names the other entry, which a reader may not be allowed to see.
+#[test]
+fn issue_12_uniqueness_conflicts_on_an_entry_are_shown_to_administrators_only() {
+    let n = setup();
+    let pool = "cn=prod-a,cn=dc-east,ou=inventory,dc=example,dc=com";
+    let mut ldif = String::new();
+    for cn in ["dup-a", "dup-b"] {
+        ldif.push_str(&format!(
+            "dn: cn={cn},{pool}\nobjectClass: cairnHost\ncn: {cn}\nmacAddress: 02:00:00:00:0e:01\n\n"
+        ));
+    }
+    ok(n.tool("ldapadd", &[], Some(&ldif)));
+    let dup_a = format!("cn=dup-a,{pool}");
+    let args = search_args(
+        &dup_a,
+        "base",
+        "(objectClass=*)",
+        &["cn", "cairnUniquenessConflict"],
+    );
+    let admin = stdout(&n.tool("ldapsearch", &args, None));
+    assert!(
+        admin.contains(&format!(
+            "cairnUniquenessConflict: macAddress 02:00:00:00:0e:01: also held by cn=dup-b,{pool}"
+        )),
+        "{admin}"
+    );
+    let alice = stdout(&as_user(&n, "alice", "ldapsearch", &args, None));
+    assert!(
+        alice.contains("cn: dup-a"),
+        "alice reads the entry: {alice}"
+    );
+    assert!(
+        !alice.contains("cairnUniquenessConflict") && !alice.contains("dup-b"),
+        "{alice}"
+    );
+}
+
 /// Issue 10 and 12: a write made at a follower is forwarded to the leader
 /// with its author (the bound DN), and the leader checks the access rules
 /// for that author again. A user whom a rule lets write `description`
