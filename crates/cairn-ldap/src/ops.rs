@@ -1611,29 +1611,25 @@ async fn search_inner(
             let _ = tx.send(entry_msg(msgid, e)).await;
             return ok(vec![]);
         }
+        // Deletes that met later changes, then values of a host's identity
+        // attributes that more than one entry holds: one entry each.
         let dir = ctx.dir.clone();
-        let dropped = tokio::task::spawn_blocking(move || dir.dropped_changes())
-            .await
-            .map_err(|e| Outcome::new(LdapResultCode::Other, format!("read task: {e}")))?
-            .map_err(|e| Outcome::new(LdapResultCode::Other, e.to_string()))?;
-        for d in dropped {
-            let e = LdapSearchResultEntry {
-                dn: format!("entryUUID={},cn=conflicts", d.uuid.hyphenated()),
-                attributes: sel.pick(dropped_attrs(d)),
-            };
-            if tx.send(entry_msg(msgid, e)).await.is_err() {
-                return ok(vec![]);
-            }
-        }
-        // Values of a host's identity attributes that more than one entry
-        // holds, one entry each.
-        let dir = ctx.dir.clone();
-        let unique = tokio::task::spawn_blocking(move || dir.uniqueness_conflicts())
-            .await
-            .map_err(|e| Outcome::new(LdapResultCode::Other, format!("read task: {e}")))?
-            .map_err(|e| Outcome::new(LdapResultCode::Other, e.to_string()))?;
-        for u in unique {
-            let (dn, attrs) = uniqueness_entry(u);
+        let (dropped, unique) = tokio::task::spawn_blocking(move || {
+            Ok::<_, cairn_store::Error>((dir.dropped_changes()?, dir.uniqueness_conflicts()?))
+        })
+        .await
+        .map_err(|e| Outcome::new(LdapResultCode::Other, format!("read task: {e}")))?
+        .map_err(|e| Outcome::new(LdapResultCode::Other, e.to_string()))?;
+        let entries = dropped
+            .into_iter()
+            .map(|d| {
+                (
+                    format!("entryUUID={},cn=conflicts", d.uuid.hyphenated()),
+                    dropped_attrs(d),
+                )
+            })
+            .chain(unique.into_iter().map(uniqueness_entry));
+        for (dn, attrs) in entries {
             let e = LdapSearchResultEntry {
                 dn,
                 attributes: sel.pick(attrs),

@@ -1373,9 +1373,10 @@ impl Directory {
             );
             let mut replace = e.get("cairnconflict").is_some();
             let renamed = e.renamed(moved);
-            let oversized = match stub_oversized {
-                true => Some(encode_entry(&renamed)?.len()).filter(|n| *n > MAX_ENTRY_BYTES),
-                false => None,
+            let oversized = if stub_oversized {
+                Some(encode_entry(&renamed)?.len()).filter(|n| *n > MAX_ENTRY_BYTES)
+            } else {
+                None
             };
             if let Some(bytes) = oversized {
                 let stub = self.stub(&renamed, bytes);

@@ -802,14 +802,11 @@ impl Directory {
             // An attribute this site's schema lacks (a newer release's) is
             // kept and shown as a schema conflict, not refused: refusing it
             // would stop every later change from that site.
-            let Some(t) = self.schema.attr(&a.key) else {
+            if self.schema.attr(&a.key).is_none() {
                 continue;
-            };
-            if t.key() != a.key || self.schema.attr(&a.name).map(|n| n.key()) != Some(t.key()) {
-                return refuse(format!(
-                    "attribute {:?} ({:?}) is not named as this site's schema names it",
-                    a.name, a.key
-                ));
+            }
+            if let Some(why) = self.misnamed(&a.key, &a.name) {
+                return refuse(why);
             }
             for v in &a.values {
                 if self.value(&a.key, &v.text) != *v {
@@ -2350,6 +2347,16 @@ impl Directory {
         self.dry_run(&mut |txn| self.resync_page_in(txn, horizon, states).map(|_| ()))
     }
 
+    /// Why an attribute from another site (`key`, `name`) is not named as
+    /// this site's schema names it; none when it is, or when the schema
+    /// lacks it (it is then shown as a schema conflict).
+    fn misnamed(&self, key: &str, name: &str) -> Option<String> {
+        let t = self.schema.attr(key)?;
+        (t.key() != key || self.schema.attr(name).map(|n| n.key()) != Some(t.key())).then(|| {
+            format!("attribute {name:?} ({key:?}) is not named as this site's schema names it")
+        })
+    }
+
     /// What [`Directory::check_fields`] checks of a change, of a peer's
     /// entry state: its name parses, its values are normalized as this
     /// site's schema normalizes them. The dry run of a page only places
@@ -2375,16 +2382,11 @@ impl Directory {
             ));
         }
         for (key, a) in &state.attrs {
-            let Some(t) = self.schema.attr(key) else {
+            if self.schema.attr(key).is_none() {
                 continue;
-            };
-            if t.key() != key.as_str()
-                || self.schema.attr(&a.name).map(|n| n.key()) != Some(t.key())
-            {
-                return refuse(format!(
-                    "attribute {:?} ({key:?}) is not named as this site's schema names it",
-                    a.name
-                ));
+            }
+            if let Some(why) = self.misnamed(key, &a.name) {
+                return refuse(why);
             }
             for (norm, v) in &a.values {
                 if let Some((_, _, text)) = &v.added
@@ -2865,20 +2867,15 @@ impl Directory {
         let mut rows = vec![];
         let mut bytes = 0usize;
         let mut more = false;
-        let Some(start) = after.checked_add(1) else {
-            return Ok(ChangesPage {
-                rows: vec![],
-                more: false,
-                forgotten: Self::forgotten_in(&*snap)?,
-                end: Self::last_position(&*snap)?,
-            });
-        };
-        snap.scan_from(Table::Changelog, &start.to_be_bytes(), &mut |k, v| {
-            rows.push((k.to_vec(), v.to_vec()));
-            bytes = bytes.saturating_add(v.len());
-            more = rows.len() >= max || bytes >= max_bytes;
-            !more
-        })?;
+        // (Nothing comes after the last position there can be.)
+        if let Some(start) = after.checked_add(1) {
+            snap.scan_from(Table::Changelog, &start.to_be_bytes(), &mut |k, v| {
+                rows.push((k.to_vec(), v.to_vec()));
+                bytes = bytes.saturating_add(v.len());
+                more = rows.len() >= max || bytes >= max_bytes;
+                !more
+            })?;
+        }
         let rows = rows
             .into_iter()
             .map(|(k, v)| Ok((position_of(&k)?, crate::codec::decode_change(&v)?)))
