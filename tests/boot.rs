@@ -363,6 +363,83 @@ fn an_unknown_host_matching_a_rule_is_registered_and_configured() {
     assert_eq!(count_entries(&out), 0);
 }
 
+/// Machines booted from one image answer one hostname. Each is its own
+/// host: a second machine named like a registered one is registered
+/// under its name and MAC, not served the first one's configuration;
+/// machines racing for one name all get an entry; a placeholder name
+/// (`localhost.localdomain`) names nothing, and alone identifies nothing.
+#[test]
+fn machines_answering_one_hostname_are_each_their_own_host() {
+    let n = Node::start();
+    let named = |mac: &str, ip: &str, hostname: &str| {
+        let mut r = dell(mac, ip);
+        r.identity.as_mut().unwrap().hostname = hostname.into();
+        r
+    };
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        let first = c
+            .pull(named("02:00:00:00:09:11", "10.1.9.11", "ubuntu"))
+            .await
+            .expect("first")
+            .into_inner();
+        assert_eq!(first.host_dn, format!("cn=ubuntu,{PROD_A}"));
+        let second = c
+            .pull(named("02:00:00:00:09:12", "10.1.9.12", "ubuntu"))
+            .await
+            .expect("second")
+            .into_inner();
+        assert_eq!(second.host_dn, format!("cn=ubuntu-020000000912,{PROD_A}"));
+        assert!(!second.registered_by_rule.is_empty(), "registered");
+        // Each finds its own entry again.
+        for (req, dn) in [
+            (
+                named("02:00:00:00:09:11", "10.1.9.11", "ubuntu"),
+                &first.host_dn,
+            ),
+            (
+                named("02:00:00:00:09:12", "10.1.9.12", "ubuntu"),
+                &second.host_dn,
+            ),
+        ] {
+            let again = c.pull(req).await.expect("again").into_inner();
+            assert_eq!(&again.host_dn, dn);
+            assert!(again.registered_by_rule.is_empty());
+        }
+        // Four machines racing for one name: four entries.
+        let racing = (0..4).map(|i| {
+            let mut c = c.clone();
+            let req = named(&format!("02:00:00:00:09:2{i}"), "10.1.9.20", "spare");
+            async move { c.pull(req).await.map(|r| r.into_inner().host_dn) }
+        });
+        let mut dns: Vec<String> = futures::future::join_all(racing)
+            .await
+            .into_iter()
+            .map(|r| r.expect("a racing registration"))
+            .collect();
+        dns.sort();
+        dns.dedup();
+        assert_eq!(dns.len(), 4, "{dns:?}");
+        let placeholder = c
+            .pull(named(
+                "02:00:00:00:09:13",
+                "10.1.9.13",
+                "localhost.localdomain",
+            ))
+            .await
+            .expect("placeholder")
+            .into_inner();
+        assert_eq!(
+            placeholder.host_dn,
+            format!("cn=host-020000000913,{PROD_A}")
+        );
+        let mut alone = dell("", "10.1.9.14");
+        alone.identity.as_mut().unwrap().hostname = "localhost".into();
+        let e = c.pull(alone).await.expect_err("a placeholder alone");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
+}
+
 /// Issue 10: MAC addresses were parsed one way by the schema (only
 /// `aa:bb:cc:dd:ee:ff`) and another by deploy rules; one rule now reads
 /// every form an operator types, everywhere: a Pull and an LDAP search

@@ -33,16 +33,17 @@ pub fn of_class(dir: &Directory, class: &str) -> Result<Vec<ValidEntry>, FleetEr
 }
 
 fn search(dir: &Directory, filter: Filter, limit: usize) -> Result<Vec<ValidEntry>, FleetError> {
-    search_class(dir, filter, None, limit)
+    search_class(dir, filter, &|_| true, limit)
 }
 
 /// Entries matching `filter` (and of `class`, checked on each candidate
 /// rather than in the filter: an `(objectClass=cairnHost)` term would make
 /// the store intersect with every host's index key on each lookup).
+/// Up to `limit` entries that match `filter` and that `keep` accepts.
 fn search_class(
     dir: &Directory,
     filter: Filter,
-    class: Option<&str>,
+    keep: &dyn Fn(&ValidEntry) -> bool,
     limit: usize,
 ) -> Result<Vec<ValidEntry>, FleetError> {
     let mut out = vec![];
@@ -51,7 +52,7 @@ fn search_class(
             continue;
         }
         dir.search(suffix, Scope::Subtree, &filter, Halt::NEVER, &mut |e| {
-            if class.is_none_or(|c| e.has_class(c)) {
+            if keep(&e) {
                 out.push(e);
             }
             out.len() < limit
@@ -165,16 +166,40 @@ impl Identity {
             model: text(&id.model),
             ips,
         };
-        if ident.uuid.is_none()
-            && ident.macs.is_empty()
-            && ident.serial.is_none()
-            && ident.hostname.is_none()
-        {
+        if !ident.has_hardware() && ident.hostname.is_none() {
             return Err(FleetError::InvalidArgument(
                 "identity: give at least one of uuid, macs, serial, hostname".into(),
             ));
         }
+        if let Some(h) = &ident.hostname
+            && !ident.has_hardware()
+            && ident.naming_hostname().is_none()
+        {
+            return Err(FleetError::InvalidArgument(format!(
+                "identity: hostname {h:?} is a placeholder every machine may answer; \
+                 give the host's uuid, macs or serial"
+            )));
+        }
         Ok(ident)
+    }
+
+    /// Whether the host reported anything of its hardware (SMBIOS UUID,
+    /// MACs, serial number): what tells one machine from another.
+    fn has_hardware(&self) -> bool {
+        self.uuid.is_some() || !self.macs.is_empty() || self.serial.is_some()
+    }
+
+    /// The hostname, unless it is a placeholder that any machine may
+    /// answer (`localhost`, `localhost.localdomain`, `localhost6`, ...):
+    /// such a name neither finds a host's entry nor names a new one.
+    pub fn naming_hostname(&self) -> Option<&str> {
+        self.hostname.as_deref().filter(|h| {
+            let first = h.split('.').next().unwrap_or(h).to_ascii_lowercase();
+            !matches!(
+                first.as_str(),
+                "localhost" | "localhost4" | "localhost6" | "ip6-localhost" | "ip6-loopback"
+            )
+        })
     }
 
     /// The (attribute, value) pairs a host entry is looked up by, most
@@ -188,10 +213,21 @@ impl Identity {
         if let Some(s) = &self.serial {
             keys.push(("serialNumber", s.as_str()));
         }
-        if let Some(h) = &self.hostname {
-            keys.push(("cn", h.as_str()));
+        if let Some(h) = self.naming_hostname() {
+            keys.push(("cn", h));
         }
         keys
+    }
+
+    /// Whether `entry`, found by this host's name, is another machine's:
+    /// it holds a kind of hardware identity this host reported (a MAC, an
+    /// SMBIOS UUID or a serial number), and since the lookups by those
+    /// found nothing, its values are other than this host's.
+    fn another_machine(&self, entry: &ValidEntry) -> bool {
+        let holds = |attr: &str| entry.get(attr).is_some_and(|a| !a.values.is_empty());
+        (self.uuid.is_some() && holds("netbootguid"))
+            || (!self.macs.is_empty() && holds("macaddress"))
+            || (self.serial.is_some() && holds("serialnumber"))
     }
 
     /// The identities tried, for a NOT_FOUND message.
@@ -206,11 +242,16 @@ impl Identity {
 
 /// Finds the host entry: the first identity (UUID, then MACs, serial,
 /// hostname) that names exactly one `cairnHost` decides. An identity that
-/// several hosts share is an error, not a guess.
+/// several hosts share is an error, not a guess. By its hostname, a host
+/// finds only an entry that is not plainly another machine's
+/// ([`Identity::another_machine`]): two machines booted from one image
+/// may answer the same name.
 pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, FleetError> {
     for (attr, value) in id.keys() {
         let filter = Filter::Equality(attr.into(), value.into());
-        let mut found = search_class(dir, filter, Some("cairnHost"), 2)?;
+        let keep =
+            |e: &ValidEntry| e.has_class("cairnHost") && (attr != "cn" || !id.another_machine(e));
+        let mut found = search_class(dir, filter, &keep, 2)?;
         match found.len() {
             0 => continue,
             1 => return Ok(found.pop()),
@@ -414,9 +455,11 @@ pub fn images(dir: &Directory) -> Result<Vec<Build>, FleetError> {
 /// The image library entry named `name` (its cn).
 fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, FleetError> {
     let filter = Filter::Equality("cn".into(), name.into());
-    Ok(search_class(dir, filter, Some("cairnImage"), 1)?
-        .pop()
-        .map(|e| boot_image(&e)))
+    Ok(
+        search_class(dir, filter, &|e| e.has_class("cairnImage"), 1)?
+            .pop()
+            .map(|e| boot_image(&e)),
+    )
 }
 
 fn boot_image(e: &ValidEntry) -> pb::BootImage {

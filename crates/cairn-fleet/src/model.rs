@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use cairn_core::dn::Dn;
 use cairn_core::entry::ValidEntry;
 use cairn_proto::pb;
 use cairn_replica::WriteError;
@@ -153,6 +154,30 @@ impl Model {
         may_register: bool,
         scope: Option<&cairn_core::dn::Dn>,
     ) -> Result<pb::PullResponse, FleetError> {
+        // A second attempt when another machine's registration took the
+        // name this host's hostname gives first: it is planned again and
+        // then sees that name taken.
+        if let Some(resp) = self.pull_attempt(&id, caller, may_register, scope).await? {
+            return Ok(resp);
+        }
+        self.pull_attempt(&id, caller, may_register, scope)
+            .await?
+            .ok_or_else(|| {
+                FleetError::Unavailable(
+                    "the host was registered but is not visible here yet; retry".into(),
+                )
+            })
+    }
+
+    /// One attempt of [`Model::pull`]; None when this host's registration
+    /// lost its name to another machine's (plan it again).
+    async fn pull_attempt(
+        self: &Arc<Self>,
+        id: &Identity,
+        caller: Option<IpAddr>,
+        may_register: bool,
+        scope: Option<&cairn_core::dn::Dn>,
+    ) -> Result<Option<pb::PullResponse>, FleetError> {
         let not_found = |id: &Identity| {
             FleetError::NotFound(format!(
                 "no host has {} and no deploy rule matched",
@@ -172,9 +197,9 @@ impl Model {
                 && let Some(r) = answers.by_request.get(&key)
             {
                 if !within(&r.host_dn) {
-                    return Err(not_found(&id));
+                    return Err(not_found(id));
                 }
-                return Ok(pb::PullResponse::clone(r));
+                return Ok(Some(pb::PullResponse::clone(r)));
             }
         }
         let (dir, boot) = (self.dir.clone(), self.clone());
@@ -200,7 +225,9 @@ impl Model {
                     )));
                 };
                 let now = cairn_core::time::generalized_time(boot.clock.now_unix());
-                register::registration(&id2, &facts, rule.name(), rule.target(), now).map(Err)
+                let taken = |dn: &Dn, uuid| register::held_by_another(&dir, dn, uuid);
+                register::registration(&id2, &facts, rule.name(), rule.target(), now, &taken)
+                    .map(Err)
             },
         )
         .await??;
@@ -217,16 +244,16 @@ impl Model {
                     answers.by_request.insert(key, Arc::new(resp.clone()));
                 }
                 if !within(&resp.host_dn) {
-                    return Err(not_found(&id));
+                    return Err(not_found(id));
                 }
-                return Ok(resp);
+                return Ok(Some(resp));
             }
             Err(op) => op,
         };
         if let WriteOp::Add { entry, .. } = &op
             && scope.is_some_and(|s| !entry.dn.is_within(s))
         {
-            return Err(not_found(&id));
+            return Err(not_found(id));
         }
         let rule = match &op {
             WriteOp::Add { stamp, entry, .. } => {
@@ -278,21 +305,20 @@ impl Model {
                 )));
             }
         };
-        let (dir, boot) = (self.dir.clone(), self.clone());
-        let mut resp = blocking(move || {
+        let (dir, boot, id) = (self.dir.clone(), self.clone(), id.clone());
+        let resp = blocking(move || {
             let f = boot.fleet()?;
-            match fleet::find_host(&dir, &id)? {
-                Some(host) => fleet::effective(&dir, &f.sites, &host, caller),
-                None => Err(FleetError::Unavailable(
-                    "the host was registered but is not visible here yet; retry".into(),
-                )),
-            }
+            fleet::find_host(&dir, &id)?
+                .map(|host| fleet::effective(&dir, &f.sites, &host, caller))
+                .transpose()
         })
         .await??;
-        if registered {
-            resp.registered_by_rule = rule;
-        }
-        Ok(resp)
+        Ok(resp.map(|mut resp| {
+            if registered {
+                resp.registered_by_rule = rule;
+            }
+            resp
+        }))
     }
 }
 
@@ -331,8 +357,9 @@ impl Model {
                 )));
             };
             let now = cairn_core::time::generalized_time(boot.clock.now_unix());
+            let taken = |dn: &Dn, uuid| register::held_by_another(&dir, dn, uuid);
             let WriteOp::Add { entry, .. } =
-                register::registration(&id, &facts, rule.name(), rule.target(), now)?
+                register::registration(&id, &facts, rule.name(), rule.target(), now, &taken)?
             else {
                 return Err(FleetError::Internal("a registration is an add".into()));
             };

@@ -3,13 +3,20 @@
 //! under the rule's `cairnTarget` through the site's Raft log, so every
 //! node agrees on it.
 //!
-//! The entry's name is decided by the host's identity alone (hostname,
-//! else lowest MAC, else UUID, else serial), so two pulls of the same new
-//! host racing at two nodes propose the same DN: one add wins, the other
-//! fails with "already exists" and reads the winner's entry. No duplicate.
-//! So is its entryUUID (name-based, [`host_entry_uuid`]), so the same
-//! host registered at two sites cut off from each other is one entry once
-//! they meet (the later registration's values), not a name conflict.
+//! The entry's name is decided by the host's identity (hostname, else
+//! lowest MAC, else UUID, else serial), so two pulls of the same new host
+//! racing at two nodes propose the same DN: one add wins, the other fails
+//! with "already exists" and reads the winner's entry. No duplicate. So
+//! is its entryUUID (name-based, [`host_entry_uuid`]), so the same host
+//! registered at two sites cut off from each other is one entry once they
+//! meet (the later registration's values), not a name conflict.
+//!
+//! A hostname does not tell machines apart the way a MAC does: a stock
+//! image answers `localhost` on every machine it boots, or the same
+//! distribution default. So a placeholder hostname
+//! ([`Identity::naming_hostname`]) is never a name, and a hostname whose
+//! entry is already another machine's gets the host's identity appended
+//! (`ubuntu-020000000099`) instead of being refused as "already exists".
 //!
 //! [`host_entry_uuid`]: cairn_core::entry::host_entry_uuid
 
@@ -19,6 +26,7 @@ use cairn_core::dn::{Dn, Rdn};
 use cairn_core::entry::{Entry, Stamp};
 use cairn_core::rules::{HostFacts, RuleSet, RuleSpec};
 use cairn_store::{Directory, WriteOp};
+use uuid::Uuid;
 
 use crate::error::FleetError;
 use crate::fleet::{self, Identity};
@@ -70,24 +78,40 @@ fn key_mac(id: &Identity) -> Option<String> {
 }
 
 /// The new host's entry name: the same for every pull of the same host.
-fn host_cn(id: &Identity) -> String {
-    if let Some(h) = &id.hostname {
-        return h.split('.').next().unwrap_or(h).to_ascii_lowercase();
+/// `taken` says the name its hostname gives is another machine's entry.
+fn host_cn(id: &Identity, taken: bool) -> String {
+    match id.naming_hostname() {
+        Some(h) if !taken => h.split('.').next().unwrap_or(h).to_ascii_lowercase(),
+        Some(h) => format!(
+            "{}-{}",
+            h.split('.').next().unwrap_or(h).to_ascii_lowercase(),
+            identity_label(id)
+        ),
+        None => format!("host-{}", identity_label(id)),
     }
+}
+
+/// The part of a host's name that its hardware gives: its lowest MAC's
+/// digits, else its SMBIOS UUID, else its serial number.
+fn identity_label(id: &Identity) -> String {
     if let Some(m) = key_mac(id) {
-        return format!("host-{}", m.replace(':', ""));
+        return m.replace(':', "");
     }
     if let Some(u) = &id.uuid {
-        return format!("host-{u}");
+        return u.clone();
     }
-    format!(
-        "host-{}",
-        id.serial
-            .as_deref()
-            .unwrap_or("unknown")
-            .to_ascii_lowercase()
-            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
-    )
+    id.serial
+        .as_deref()
+        .unwrap_or("unknown")
+        .to_ascii_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+}
+
+/// Whether the entry at `dn` is another machine's than the host whose
+/// entryUUID is `uuid`: what [`registration`] asks before it names a new
+/// host after its hostname.
+pub fn held_by_another(dir: &Directory, dn: &Dn, uuid: Uuid) -> Result<bool, FleetError> {
+    Ok(dir.get(dn)?.is_some_and(|e| e.uuid() != Some(uuid)))
 }
 
 /// What the new host's UUID is derived from: its lowest MAC (what PXE and
@@ -103,19 +127,29 @@ fn identity_key(id: &Identity) -> String {
     if let Some(s) = &id.serial {
         return format!("serial:{s}");
     }
-    format!("cn:{}", host_cn(id))
+    format!("cn:{}", host_cn(id, false))
 }
 
-/// The add that registers `id` under the rule's target.
+/// The add that registers `id` under the rule's target. `taken` says
+/// whether a DN is held by an entry other than the one with the given
+/// UUID ([`held_by_another`]).
 pub fn registration(
     id: &Identity,
     facts: &HostFacts,
     rule_dn: &str,
     target: &Dn,
     now: String,
+    taken: &dyn Fn(&Dn, Uuid) -> Result<bool, FleetError>,
 ) -> Result<WriteOp, FleetError> {
-    let cn = host_cn(id);
-    let dn = target.child(Rdn::new("cn", cn.clone()));
+    let uuid = cairn_core::entry::host_entry_uuid(&identity_key(id));
+    let named = |taken| {
+        let cn = host_cn(id, taken);
+        (target.child(Rdn::new("cn", cn.clone())), cn)
+    };
+    let (mut dn, mut cn) = named(false);
+    if id.naming_hostname().is_some() && taken(&dn, uuid)? {
+        (dn, cn) = named(true);
+    }
     let mut attrs: Vec<(String, Vec<String>)> = vec![
         ("objectClass".into(), vec!["cairnHost".into()]),
         ("cn".into(), vec![cn]),
@@ -141,7 +175,7 @@ pub fn registration(
     let who = Dn::parse(rule_dn).map_err(|e| FleetError::Internal(format!("rule DN: {e}")))?;
     Ok(WriteOp::Add {
         entry: Entry { dn, attrs },
-        uuid: cairn_core::entry::host_entry_uuid(&identity_key(id)),
+        uuid,
         stamp: Stamp { who, now },
     })
 }
@@ -161,12 +195,66 @@ mod tests {
     #[test]
     fn the_same_host_always_gets_the_same_name() {
         let a = ident("02:00:00:00:00:99");
-        assert_eq!(host_cn(&a), "host-020000000099");
+        assert_eq!(host_cn(&a, false), "host-020000000099");
         let named = Identity {
             hostname: Some("ESX-900.east.example.com".into()),
             ..a.clone()
         };
-        assert_eq!(host_cn(&named), "esx-900");
+        assert_eq!(host_cn(&named, false), "esx-900");
+    }
+
+    /// Two machines booted from one image answer one hostname: neither a
+    /// placeholder nor a name another machine's entry holds is the new
+    /// host's name; its hardware is.
+    #[test]
+    fn a_placeholder_or_taken_hostname_names_the_host_by_its_hardware() {
+        let target = Dn::parse("ou=hosts,dc=example,dc=com").unwrap();
+        let dn_of = |id: &Identity, held: Option<&str>| match registration(
+            id,
+            &facts(id, None),
+            "cn=r,dc=example,dc=com",
+            &target,
+            "20261203000000Z".into(),
+            &|dn, _| Ok(held.is_some_and(|h| dn.to_string().starts_with(h))),
+        )
+        .unwrap()
+        {
+            WriteOp::Add { entry, .. } => entry.dn.to_string(),
+            other => panic!("{other:?}"),
+        };
+        let host = |name: &str| Identity {
+            hostname: Some(name.into()),
+            ..ident("02:00:00:00:00:99")
+        };
+        for placeholder in [
+            "localhost",
+            "localhost.localdomain",
+            "LOCALHOST6.localdomain6",
+        ] {
+            assert_eq!(
+                dn_of(&host(placeholder), None),
+                "cn=host-020000000099,ou=hosts,dc=example,dc=com",
+                "{placeholder}"
+            );
+        }
+        assert_eq!(
+            dn_of(&host("ubuntu"), None),
+            "cn=ubuntu,ou=hosts,dc=example,dc=com"
+        );
+        assert_eq!(
+            dn_of(&host("ubuntu"), Some("cn=ubuntu,")),
+            "cn=ubuntu-020000000099,ou=hosts,dc=example,dc=com"
+        );
+        // Without a MAC, the SMBIOS UUID.
+        let by_uuid = Identity {
+            hostname: Some("ubuntu".into()),
+            uuid: Some("4c4c4544-0031-3210-8052-b2c04f4e3232".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            dn_of(&by_uuid, Some("cn=ubuntu,")),
+            "cn=ubuntu-4c4c4544-0031-3210-8052-b2c04f4e3232,ou=hosts,dc=example,dc=com"
+        );
     }
 
     #[test]
@@ -178,6 +266,7 @@ mod tests {
             "cn=r,dc=example,dc=com",
             &target,
             "20261203000000Z".into(),
+            &|_, _| Ok(false),
         )
         .unwrap()
         {
@@ -199,8 +288,8 @@ mod tests {
             two(["02-00-00-00-00-0a", "02:00:00:00:00:99"]),
         );
         assert_eq!(uuid_of(&ab), uuid_of(&ba));
-        assert_eq!(host_cn(&ab), host_cn(&ba));
-        assert_eq!(host_cn(&ab), "host-02000000000a");
+        assert_eq!(host_cn(&ab, false), host_cn(&ba, false));
+        assert_eq!(host_cn(&ab, false), "host-02000000000a");
     }
 
     #[test]
@@ -214,6 +303,7 @@ mod tests {
             "cn=dell-east,ou=rules,dc=example,dc=com",
             &target,
             "20261124000000Z".into(),
+            &|_, _| Ok(false),
         )
         .unwrap();
         let WriteOp::Add { entry, .. } = op else {
