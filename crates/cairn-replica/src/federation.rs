@@ -227,22 +227,55 @@ pub struct PeerStatus {
     /// The last pull that left nothing behind: this site then held every
     /// change the peer held (its lag is the time since).
     pub caught_up: Option<SystemTime>,
-    /// Why this node refused the peer's last pull from it, if it did (the
-    /// peer lacks changes dropped here: `cairn site resync`).
-    pub refused: Option<String>,
+    /// When this node began pulling from the peer as its site's leader
+    /// (none while it does not lead): before its first pull that leaves
+    /// nothing behind, the lag is at least the time since.
+    pub leading_since: Option<SystemTime>,
+    /// Why and when this node refused the peer's last pull from it, if it
+    /// did (the peer lacks changes dropped here: `cairn site resync`).
+    pub refused: Option<(String, SystemTime)>,
     /// Rows of the peer's change log after this site's position, as of
     /// the last pull (changes behind, counting ones held from elsewhere).
     pub behind: u64,
 }
 
 impl PeerStatus {
-    /// How far this site may be behind the peer: the time since it last
-    /// held everything the peer held (none before the first such pull).
+    /// How far this site may be behind the peer: the time since this node,
+    /// leading its site, last saw it hold everything the peer held, or,
+    /// before that first happened, since it began leading (a lower
+    /// bound: so the lag grows while the peer cannot be reached). None on
+    /// a node that does not lead its site, which does not pull.
     pub fn lag(&self, now: SystemTime) -> Option<Duration> {
+        self.leading_since?;
         self.caught_up
+            .or(self.leading_since)
             .map(|t| now.duration_since(t).unwrap_or_default())
     }
+
+    /// Whether this node refused the peer's pulls lately: a refusal is
+    /// shown until the peer's pulls have been served again, or for a
+    /// minute after the last one (the peer may have turned to another
+    /// node of this site, which now serves it).
+    pub fn refused_lately(&self, now: SystemTime) -> Option<&str> {
+        self.refused
+            .as_ref()
+            .filter(|(_, at)| now.duration_since(*at).unwrap_or_default() < REFUSAL_SHOWN)
+            .map(|(why, _)| why.as_str())
+    }
+
+    /// This node began (`Some(now)`) or stopped (None) leading its site:
+    /// what it knew of the peer as a leader before does not hold now
+    /// (another leader may have pulled since, or will).
+    fn leading_changed(&mut self, since: Option<SystemTime>) {
+        self.leading_since = since;
+        self.caught_up = None;
+        self.last_error = None;
+        self.behind = 0;
+    }
 }
+
+/// How long a refusal of a peer's pull stays in this node's status.
+const REFUSAL_SHOWN: Duration = Duration::from_secs(60);
 
 /// This node's part in replication between sites.
 pub struct Federation {
@@ -371,7 +404,7 @@ impl Federation {
         let mut errors = vec![];
         let mut refused = vec![];
         for (name, st) in self.status() {
-            if let Some(why) = &st.refused {
+            if let Some(why) = st.refused_lately(now) {
                 refused.push(format!("{name} {why}"));
             }
             let state = match (paused, leading, &st.last_error) {
@@ -531,8 +564,23 @@ pub async fn serve_changes(
                  `cairn site resync` from this site"
             ));
         }
-        let last = page.rows.last().map(|(p, _)| *p).unwrap_or(after);
-        let more = page.more;
+        // The caller holds, of every origin, a change at least as recent
+        // as any this log holds (changes of one origin reach a log in
+        // their CSN order): no row up to the log's end is one it lacks,
+        // so it is skipped, not read page by page (a leader that begins
+        // pulling asks from the start of this log).
+        let covered = page
+            .vector
+            .iter()
+            .all(|(o, c)| held.get(o).is_some_and(|h| h >= c));
+        let (last, more) = if covered && page.end > after {
+            (page.end, false)
+        } else {
+            (
+                page.rows.last().map(|(p, _)| *p).unwrap_or(after),
+                page.more,
+            )
+        };
         // Where the log really ends, also when that is before `after`: the
         // caller then knows this log went back (`next_position`).
         let end = page.end;
@@ -542,6 +590,10 @@ pub async fn serve_changes(
             .map(|(_, c)| c)
             .filter(|c| held.get(&c.csn.origin).is_none_or(|h| *h < c.csn))
             .collect();
+        debug_assert!(
+            !covered || changes.is_empty(),
+            "a covered page holds nothing new"
+        );
         if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
             if paused() {
                 return Err("replication with other sites is paused here".into());
@@ -665,6 +717,7 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
     let mut backoff = Duration::from_millis(100);
     let mut position = 0u64;
     let mut next_node = 0usize;
+    let mut led = false;
     loop {
         let Some(r) = replica.upgrade() else { return };
         let fed = r.federation().clone();
@@ -672,6 +725,11 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
             return;
         };
         let leading = r.raft.metrics().borrow().current_leader == Some(r.id);
+        if leading != led {
+            led = leading;
+            let since = leading.then(SystemTime::now);
+            fed.record(&peer.name, |s| s.leading_changed(since));
+        }
         if !leading || fed.is_paused() || peer.nodes.is_empty() {
             drop(r);
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -680,6 +738,9 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
         fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
         let node = &peer.nodes[next_node % peer.nodes.len()];
         match pull_once(&r, &fed, (&peer.name, node), position, &clients).await {
+            // Paused while the pull was under way: nothing was asked of the
+            // peer's answer, so nothing about the peer is learnt from it.
+            Ok(_) if fed.is_paused() => {}
             Ok((n, last, complete, end)) => {
                 position = next_position(last, end);
                 if position != last {
@@ -1170,6 +1231,89 @@ mod tests {
             .unwrap();
         assert_eq!(resp.changes.len(), 1);
         assert_eq!(next_position(resp.last, resp.end), resp.last);
+    }
+
+    /// A caller that holds everything this log holds (a leader that just
+    /// took over asks from the log's start) is answered at once with the
+    /// log's end, not page by page through rows it would not be sent;
+    /// one that lacks a change still gets it.
+    #[tokio::test]
+    async fn a_caller_that_holds_everything_is_sent_to_the_logs_end_at_once() {
+        let mut node = Node::new();
+        for i in 0..2500 {
+            let cn = format!("h{i}");
+            node.add(
+                &format!("cn={cn},dc=example,dc=com"),
+                &[("objectClass", &["cairnHost"]), ("cn", &[&cn])],
+            );
+        }
+        let end = node.dir.last_change_position().unwrap();
+        let vector = node.dir.vector().unwrap();
+        let holds_all = ChangesRequest {
+            vector: vector.clone(),
+            ..ask(0)
+        };
+        let resp = serve_changes(node.dir.clone(), holds_all, || false)
+            .await
+            .unwrap();
+        assert!(resp.changes.is_empty());
+        assert_eq!((resp.last, resp.more, resp.end), (end, false, end));
+        // One change fewer held: it is sent (pages through the log).
+        node.add(
+            "cn=late,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["late"])],
+        );
+        let (mut after, mut got) = (0, vec![]);
+        loop {
+            let req = ChangesRequest {
+                vector: vector.clone(),
+                ..ask(after)
+            };
+            let resp = serve_changes(node.dir.clone(), req, || false)
+                .await
+                .unwrap();
+            got.extend(resp.changes);
+            after = resp.last;
+            if !resp.more {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(after, end + 1);
+    }
+
+    /// The lag a leader reports grows from when it began leading until its
+    /// first pull that leaves nothing behind (a peer it never reached is
+    /// not "no lag"); a node that does not lead reports none; a refusal of
+    /// a peer's pull is shown for a while, not for ever.
+    #[test]
+    fn lag_counts_from_leading_and_a_refusal_is_shown_for_a_while() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let mut st = PeerStatus::default();
+        assert_eq!(st.lag(t0), None, "not leading");
+        st.leading_changed(Some(t0));
+        assert_eq!(
+            st.lag(t0 + Duration::from_secs(30)),
+            Some(Duration::from_secs(30))
+        );
+        st.caught_up = Some(t0 + Duration::from_secs(40));
+        assert_eq!(
+            st.lag(t0 + Duration::from_secs(41)),
+            Some(Duration::from_secs(1))
+        );
+        st.last_error = Some("connection refused".into());
+        st.leading_changed(None);
+        assert_eq!(st.lag(t0 + Duration::from_secs(50)), None);
+        assert_eq!(
+            st.last_error, None,
+            "a former leader's error is not current"
+        );
+        st.refused = Some(("refused: lacks x".into(), t0));
+        assert_eq!(
+            st.refused_lately(t0 + Duration::from_secs(5)),
+            Some("refused: lacks x")
+        );
+        assert_eq!(st.refused_lately(t0 + REFUSAL_SHOWN), None);
     }
 
     fn site(name: &str, nodes: &[&str]) -> PeerSite {

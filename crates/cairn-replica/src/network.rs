@@ -890,6 +890,7 @@ impl pb::raft_server::Raft for RaftService {
         // Not a member of this site: another site's leader, admitted by
         // the federation's rules, not the gate's.
         let site = replica.federation().admit(&r).await?;
+        current_with_its_site(&replica).await?;
         let req: crate::federation::ChangesRequest = request(&r)?;
         use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER};
         let audited = r
@@ -904,7 +905,8 @@ impl pb::raft_server::Raft for RaftService {
         if let Some(why) = refused {
             tracing::warn!(site = %site, cause = %why, "refused a pull from another site");
         }
-        fed.record(&site, |s| s.refused = refused.cloned());
+        let now = std::time::SystemTime::now();
+        fed.record(&site, |s| s.refused = refused.map(|why| (why.clone(), now)));
         if !audited {
             // A site of an earlier release: changes without their audit.
             return payload(&answer.as_ref().map(ChangesResponseV1::from));
@@ -925,6 +927,7 @@ impl pb::raft_server::Raft for RaftService {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
         replica.federation().admit(&r).await?;
+        current_with_its_site(&replica).await?;
         let req: crate::federation::StatesRequest = request(&r)?;
         let dir = replica.directory().clone();
         drop(replica);
@@ -1169,4 +1172,39 @@ pub async fn serve(
         s
     });
     serve_incoming(incoming, routes, shutdown).await
+}
+
+/// Whether this node may answer another site's pull from its own log: it
+/// must be current with its site, or the puller, finding nothing new,
+/// would take a stale node's log for the site's and report no lag while
+/// the site takes writes it never sees. A leader confirms it still leads
+/// (a quorum answers it); a follower must know a leader and run its Raft
+/// core (one cut off from its site campaigns and knows none). Refused,
+/// the puller asks another node of the site.
+async fn current_with_its_site(replica: &crate::Replica) -> Result<(), tonic::Status> {
+    let (leader, running) = {
+        let m = replica.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.running_state.is_ok())
+    };
+    if !running {
+        return Err(tonic::Status::unavailable(
+            "this node's Raft core stopped; ask another node of its site",
+        ));
+    }
+    match leader {
+        None => Err(tonic::Status::unavailable(
+            "this node knows no leader of its site (cut off from it, or an election); \
+             ask another node of its site",
+        )),
+        Some(l) if l == replica.id => {
+            match crate::node::confirm_leadership(&replica.raft, Duration::from_secs(3)).await {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(tonic::Status::unavailable(
+                    "this node could not confirm it still leads its site; ask another node",
+                )),
+            }
+        }
+        Some(_) => Ok(()),
+    }
 }

@@ -1732,6 +1732,73 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
 
 /// Issue 11: replication is transitive: with sites in a line A–B–C and no
 /// A–C link, a write at A reaches C.
+/// A node of the peer site that is cut off from its own site (a follower
+/// then knows no leader; a leader cannot confirm it still leads) refuses
+/// pulls, so the puller turns to another node of that site and gets the
+/// writes the site takes meanwhile. Before, the cut-off node answered
+/// "nothing new" for ever, and the puller's lag said all was well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_site_refuses_pulls_and_the_puller_turns_to_another() {
+    let sites = Site::federated(&["east", "west"], 3).await;
+    let (east, west) = (&sites[0], &sites[1]);
+    let el = east.leader().await;
+    for op in [
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        host("before"),
+    ] {
+        east.replica(el)
+            .write(cairn_core::audit::By::node(), op)
+            .await
+            .unwrap();
+    }
+    let wl = west.leader().await;
+    let w = west.replica(wl);
+    let at_west = |cn: &str| {
+        w.directory()
+            .get(&Dn::parse(&host_dn(cn)).unwrap())
+            .unwrap()
+            .is_some()
+    };
+    wait_until("east's write at west", Duration::from_secs(30), || {
+        at_west("before")
+    })
+    .await;
+    // West asks east's first node first, and goes on asking it while it
+    // answers: cut that node off from the rest of east.
+    east.faults.isolate(1, &[1, 2, 3]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match east
+            .replica(2)
+            .write(cairn_core::audit::By::node(), host("after"))
+            .await
+        {
+            // (An earlier try whose outcome was unknown took it.)
+            Ok(_)
+            | Err(cairn_replica::WriteError::Directory(cairn_store::Error::AlreadyExists(_))) => {
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "east's majority took no write: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    wait_until(
+        "the write east's majority took, at west",
+        Duration::from_secs(30),
+        || at_west("after"),
+    )
+    .await;
+    east.faults.heal();
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_passes_through_a_site_in_the_middle() {
     let mut sites = Site::federated(&["a", "b", "c"], 1).await;
@@ -1830,7 +1897,10 @@ async fn a_site_cut_off_past_the_tombstone_lifetime_is_refused_on_both_sides() {
     w.federation().resume();
     wait_until("both sides refuse", Duration::from_secs(20), || {
         let (es, ws) = (e.federation().status(), w.federation().status());
-        let east_refused = es["west"].refused.as_deref().unwrap_or("");
+        let east_refused = es["west"]
+            .refused
+            .as_ref()
+            .map_or("", |(why, _)| why.as_str());
         let west_error = ws["east"].last_error.as_deref().unwrap_or("");
         let east_error = es["west"].last_error.as_deref().unwrap_or("");
         // East is refused too: west purged its own write from before

@@ -95,26 +95,88 @@ async fn probe(ldap_addr: &str) -> anyhow::Result<NodeStatus> {
 /// The table `cairn status` prints.
 pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
     let mut out = format!(
-        "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  {}\n",
-        "NODE", "LDAP", "ROLE", "TERM", "LAST-LOG", "APPLIED", "REACHABLE"
+        "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10} {:<8}  {}\n",
+        "NODE", "LDAP", "ROLE", "TERM", "LAST-LOG", "APPLIED", "SITES", "REACHABLE"
     );
+    // Replication with other sites on the node: paused or on.
+    let sites = |s: &NodeStatus| if s.paused { "paused" } else { "on" };
     for (id, addr, s) in rows {
         match s {
             Ok(s) if s.role == "stopped" => out.push_str(&format!(
-                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  yes, but its Raft core stopped: {}\n",
-                id, addr, s.role, s.term, "-", "-", s.raft_error
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10} {:<8}  yes, but its Raft core stopped: {}\n",
+                id,
+                addr,
+                s.role,
+                s.term,
+                "-",
+                "-",
+                sites(s),
+                one_line(&s.raft_error)
             )),
             Ok(s) => out.push_str(&format!(
-                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  yes\n",
-                id, addr, s.role, s.term, s.last_log, s.applied
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10} {:<8}  yes\n",
+                id,
+                addr,
+                s.role,
+                s.term,
+                s.last_log,
+                s.applied,
+                sites(s)
             )),
             Err(e) => out.push_str(&format!(
-                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10}  no ({e})\n",
-                id, addr, "-", "-", "-", "-"
+                "{:<6} {:<24} {:<10} {:>6} {:>10} {:>10} {:<8}  no ({})\n",
+                id,
+                addr,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                one_line(e)
             )),
         }
     }
     out
+}
+
+/// Text from a node, on one line of the table.
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+/// The node whose view of replication with other sites counts: of those
+/// that answer as leader, the one of the highest term (a leader cut off
+/// from its site may still answer as one, with an older term).
+pub fn leader_of(rows: &[(String, String, Result<NodeStatus, String>)]) -> Option<&NodeStatus> {
+    rows.iter()
+        .filter_map(|(_, _, s)| s.as_ref().ok().filter(|s| s.role == "leader"))
+        .max_by_key(|s| s.term.parse::<u64>().unwrap_or(0))
+}
+
+/// A warning when the nodes that answer do not agree on whether
+/// replication with other sites is paused (a pause is per node and ends
+/// with the node's restart; a paused node that leads does not pull, and
+/// any node that is not paused answers other sites' pulls).
+pub fn pause_disagreement(rows: &[(String, String, Result<NodeStatus, String>)]) -> Option<String> {
+    let (mut paused, mut on) = (vec![], vec![]);
+    for (id, _, s) in rows {
+        if let Ok(s) = s {
+            if s.paused {
+                paused.push(id.as_str());
+            } else {
+                on.push(id.as_str());
+            }
+        }
+    }
+    (!paused.is_empty() && !on.is_empty()).then(|| {
+        format!(
+            "replication with other sites is paused on node(s) {} but not on {} \
+             (a pause ends with a node's restart): run `cairn replication pause` or \
+             `cairn replication resume` again\n",
+            paused.join(", "),
+            on.join(", ")
+        )
+    })
 }
 
 /// Prints the site's status. Exit status 1 when a member is unreachable
@@ -141,11 +203,15 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     }
     println!("site {}", me.site);
     print!("{}", render(&rows));
-    let leader = rows
-        .iter()
-        .find_map(|(_, _, s)| s.as_ref().ok().filter(|s| s.role == "leader"));
-    if let Some(l) = leader {
-        print!("{}", render_peers(l));
+    if let Some(w) = pause_disagreement(&rows) {
+        print!("{w}");
+    }
+    match leader_of(&rows) {
+        Some(l) => print!("{}", render_peers(l)),
+        None => println!(
+            "no node answers as the site's leader: replication with other sites is not \
+             known (only the leader pulls)"
+        ),
     }
     let healthy = rows
         .iter()
@@ -174,9 +240,19 @@ pub fn render_peers(l: &NodeStatus) -> String {
         "{:<16} {:<8} {:>10} {:>8} {:>10} {:>10}  {}\n",
         "PEER-SITE", "STATE", "LAG", "BEHIND", "LAST-PULL", "PULLED", "LAST-ERROR"
     ));
+    let mut sites = vec![];
     for p in &l.peers {
-        let mut parts = p.split_whitespace();
-        let (site, state) = (parts.next().unwrap_or("?"), parts.next().unwrap_or("?"));
+        // `<site> <state> k=v ...`; a site's name may hold spaces.
+        let words: Vec<&str> = p.split(' ').collect();
+        let fields_at = words
+            .iter()
+            .position(|w| w.contains('='))
+            .unwrap_or(words.len());
+        let (site, state) = match fields_at {
+            0 | 1 => (p.as_str(), "?"),
+            n => (&p[..words[..n - 1].join(" ").len()], words[n - 1]),
+        };
+        sites.push(site);
         let field = |name: &str| {
             p.split_whitespace()
                 .find_map(|f| f.strip_prefix(name))
@@ -195,8 +271,9 @@ pub fn render_peers(l: &NodeStatus) -> String {
         let error = l
             .peer_errors
             .iter()
-            .find_map(|e| e.strip_prefix(site).map(str::trim))
-            .unwrap_or("");
+            .find_map(|e| e.strip_prefix(site).and_then(|e| e.strip_prefix(' ')))
+            .map(one_line)
+            .unwrap_or_default();
         out.push_str(&format!(
             "{:<16} {:<8} {:>10} {:>8} {:>10} {:>10}  {}\n",
             site,
@@ -209,8 +286,14 @@ pub fn render_peers(l: &NodeStatus) -> String {
         ));
     }
     for r in &l.peer_refused {
-        let (site, why) = r.split_once(' ').unwrap_or((r, ""));
-        out.push_str(&format!("site {site}'s pulls are refused here: {why}\n"));
+        let (site, why) = sites
+            .iter()
+            .find_map(|s| Some((*s, r.strip_prefix(s)?.strip_prefix(' ')?)))
+            .unwrap_or_else(|| r.split_once(' ').unwrap_or((r, "")));
+        out.push_str(&format!(
+            "site {site}'s pulls are refused here: {}\n",
+            one_line(why)
+        ));
     }
     out
 }
@@ -276,5 +359,82 @@ mod tests {
             lines[4],
             "site north's pulls are refused here: refused: this site no longer keeps change x"
         );
+    }
+
+    /// A site whose name holds spaces, and one whose name begins another's:
+    /// each row gets its own state and error; an error over several lines
+    /// stays on its row.
+    #[test]
+    fn peer_sites_with_spaces_and_shared_prefixes_keep_their_own_errors() {
+        let l = NodeStatus {
+            role: "leader".into(),
+            peers: vec![
+                "New York failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
+                "west pulling lag-ms=10 pulled=1 position=1 behind=0 last-pull-ms=10".into(),
+                "west2 failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
+            ],
+            peer_errors: vec![
+                "New York dns\nerror".into(),
+                "west2 connection refused".into(),
+            ],
+            peer_refused: vec!["New York refused: lacks x".into()],
+            ..Default::default()
+        };
+        let t = render_peers(&l);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(
+            lines[1].starts_with("New York") && lines[1].contains("failing"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("dns error"), "{t}");
+        assert!(
+            lines[2].starts_with("west ") && lines[2].contains("pulling"),
+            "{t}"
+        );
+        assert!(!lines[2].contains("refused"), "west has west2's error: {t}");
+        assert!(lines[3].ends_with("connection refused"), "{t}");
+        assert_eq!(
+            lines[4],
+            "site New York's pulls are refused here: refused: lacks x"
+        );
+    }
+
+    /// Of two nodes that answer as leader, the one of the higher term is
+    /// the site's (the other was cut off); nodes that disagree on a pause
+    /// are named.
+    #[test]
+    fn the_leader_of_the_highest_term_counts_and_a_split_pause_is_named() {
+        let node = |role: &str, term: &str, paused: bool| NodeStatus {
+            role: role.into(),
+            term: term.into(),
+            paused,
+            ..Default::default()
+        };
+        let rows = vec![
+            (
+                "1".to_string(),
+                "a".to_string(),
+                Ok(node("leader", "3", true)),
+            ),
+            (
+                "2".to_string(),
+                "b".to_string(),
+                Ok(node("leader", "4", false)),
+            ),
+            (
+                "3".to_string(),
+                "c".to_string(),
+                Err("timed out".to_string()),
+            ),
+        ];
+        assert_eq!(leader_of(&rows).map(|l| l.term.as_str()), Some("4"));
+        let w = pause_disagreement(&rows).expect("a split pause");
+        assert!(w.contains("paused on node(s) 1 but not on 2"), "{w}");
+        let t = render(&rows);
+        assert!(t.lines().nth(1).unwrap().contains("paused"), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains(" on "), "{t}");
+        let agreed = vec![rows[1].clone()];
+        assert_eq!(pause_disagreement(&agreed), None);
     }
 }

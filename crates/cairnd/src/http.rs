@@ -36,13 +36,14 @@ struct PeerMetrics {
     behind: Family<PeerSite, Gauge>,
     failing: Family<PeerSite, Gauge>,
     paused: Gauge,
+    leading: Gauge,
 }
 
 impl PeerMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "cairn_replication_lag_seconds",
-            "Time since this node last held every change of the peer site (leader only; -1 before the first complete pull)",
+            "Time since this site last held every change of the peer site, as its leader saw it (before its first pull that leaves nothing behind: since it began leading); only on the node that leads its site",
             self.lag.clone(),
         );
         r.register(
@@ -52,13 +53,18 @@ impl PeerMetrics {
         );
         r.register(
             "cairn_replication_behind_changes",
-            "Rows of the peer site's change log after this site's position, as of the last pull (leader only)",
+            "Rows of the peer site's change log after this site's position, as of the last pull; only on the node that leads its site",
             self.behind.clone(),
         );
         r.register(
             "cairn_replication_failing",
-            "1 while pulls from the peer site fail",
+            "1 while pulls from the peer site fail; only on the node that leads its site",
             self.failing.clone(),
+        );
+        r.register(
+            "cairn_replication_leading",
+            "1 on the node that leads its site and so pulls from the other sites (the per-site series are its alone)",
+            self.leading.clone(),
         );
         r.register(
             "cairn_replication_paused",
@@ -73,7 +79,21 @@ impl PeerMetrics {
         };
         self.paused.set(i64::from(fed.is_paused()));
         let now = std::time::SystemTime::now();
+        // Built again at every scrape: a site no longer linked, or this
+        // node no longer leading, leaves no series frozen at old values.
+        self.lag.clear();
+        self.pulled.clear();
+        self.behind.clear();
+        self.failing.clear();
+        let leading = writer
+            .status()
+            .iter()
+            .any(|(k, v)| k == "cairnRole" && v.iter().any(|r| r == "leader"));
+        self.leading.set(i64::from(leading));
         for (site, st) in fed.status() {
+            if st.leading_since.is_none() {
+                continue;
+            }
             let l = PeerSite { site };
             self.lag
                 .get_or_create(&l)

@@ -143,6 +143,29 @@ enum Cmd {
     HashPassword,
 }
 
+/// What `cairnd dev --sites 2` prints to try: a write at one site read
+/// at the other, the status, a pause and the conflicts.
+fn try_sites(nodes: u64, ldap_port: u16, dns_port: u16, password: &str) -> String {
+    let (east, west) = (
+        format!("127.0.0.{}", nodes.min(2)),
+        format!("127.0.0.{}", nodes + 1),
+    );
+    format!(
+        "cairnd dev: site east on 127.0.0.1-{nodes}, site west on 127.0.0.{}-{} \
+         (LDAP :{ldap_port}, DNS :{dns_port} on each); west fills itself from east.\n\
+         try: a write at east, read at west within a second:\n  \
+         printf 'dn: cn=east,ou=sites,dc=example,dc=com\\nchangetype: modify\\nreplace: description\\ndescription: written at east\\n' \\\n    \
+         | ldapmodify -x -H ldap://{east}:{ldap_port} -D cn=admin,dc=example,dc=com -w {password}\n  \
+         ldapsearch -x -H ldap://{west}:{ldap_port} -b cn=east,ou=sites,dc=example,dc=com -s base description\n\
+         and: cairn --url ldap://127.0.0.1:{ldap_port} status         (nodes, peer sites, lag)\n     \
+         cairn --url ldap://127.0.0.1:{ldap_port} replication pause|resume\n     \
+         cairn --url ldap://127.0.0.1:{ldap_port} conflicts      (what the merge kept apart)\n     \
+         dig @{west} -p {dns_port} SRV _cairn._tcp.example.com +short",
+        nodes + 1,
+        2 * nodes
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -228,6 +251,9 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--sites: 1 or 2 (the example tree's east and west)");
             }
             let nodes = nodes.unwrap_or(if sites > 1 { 3 } else { 1 });
+            if nodes == 0 {
+                anyhow::bail!("--nodes: at least 1");
+            }
             // One CA for the dev deployment, and a certificate per node
             // that names it (for the peer listener's mutual TLS) and every
             // address the deployment listens on (for LDAPS and gRPC).
@@ -362,6 +388,14 @@ fn main() -> anyhow::Result<()> {
                         all.push(f.validate(Some(password.clone()))?);
                     }
                 }
+                if sites > 1 {
+                    let pw = if std::env::var_os("CAIRN_ADMIN_PASSWORD").is_some() {
+                        "\"$CAIRN_ADMIN_PASSWORD\"".to_string()
+                    } else {
+                        DEV_PASSWORD.to_string()
+                    };
+                    eprintln!("{}", try_sites(nodes, ldap_port, dns_port, &pw));
+                }
                 all
             }
         }
@@ -371,4 +405,32 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(node::run_all(settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `--sites 2` prints names each site's addresses for the number
+    /// of nodes asked for, and writes at east and reads at west.
+    #[test]
+    fn what_two_sites_print_to_try_names_each_sites_addresses() {
+        let t = try_sites(3, 1389, 8600, "pw");
+        assert!(
+            t.contains("east on 127.0.0.1-3, site west on 127.0.0.4-6"),
+            "{t}"
+        );
+        assert!(t.contains("ldapmodify -x -H ldap://127.0.0.2:1389"), "{t}");
+        assert!(t.contains("ldapsearch -x -H ldap://127.0.0.4:1389"), "{t}");
+        assert!(t.contains("-w pw"), "{t}");
+        let one = try_sites(1, 389, 53, "pw");
+        assert!(
+            one.contains("east on 127.0.0.1-1, site west on 127.0.0.2-2"),
+            "{one}"
+        );
+        assert!(
+            one.contains("ldap://127.0.0.1:389") && one.contains("ldap://127.0.0.2:389"),
+            "{one}"
+        );
+    }
 }

@@ -2885,6 +2885,7 @@ impl Directory {
             more,
             forgotten: Self::forgotten_in(&*snap)?,
             end: Self::last_position(&*snap)?,
+            vector: Self::vector_in(&*snap)?,
         })
     }
 }
@@ -2911,6 +2912,8 @@ pub struct ChangesPage {
     pub forgotten: Forgotten,
     /// The log's last position, as of the same snapshot.
     pub end: u64,
+    /// The site's up-to-dateness vector, as of the same snapshot.
+    pub vector: Vec<(Origin, Csn)>,
 }
 
 /// An entry's attributes by key, in key order, as read in place with some
