@@ -122,6 +122,10 @@ struct Before {
     claim: Option<(Vec<u8>, Csn)>,
     was_live: bool,
     was_tombstone: bool,
+    /// Whether it had a state here at all.
+    existed: bool,
+    /// Where it was deleted, as its state said.
+    deleted_at: Option<String>,
 }
 
 impl Before {
@@ -144,6 +148,8 @@ impl Before {
             },
             was_live: old.is_some_and(EntryState::is_live),
             was_tombstone: old.is_some_and(EntryState::is_tombstone),
+            existed: old.is_some(),
+            deleted_at: old.and_then(|o| o.deleted_at.clone()),
         })
     }
 }
@@ -1368,7 +1374,15 @@ impl Directory {
             let prefix = &key[..key.len() - 16];
             work.extend(pass.claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
         }
-        if before.was_live != state.is_live() {
+        // Entries named below it move when it dies or comes back; while it
+        // is not live, its orphans (in lost and found) show where it was
+        // deleted, which a later delete, or its state arriving after
+        // them (a rebuild's pages, a delete pulled after the add below
+        // it), changes: whatever order things came in, they show the
+        // same.
+        let orphans_renamed =
+            !state.is_live() && (!before.existed || before.deleted_at != state.deleted_at);
+        if before.was_live != state.is_live() || orphans_renamed {
             work.extend(pass.below(&*txn, uuid)?);
         }
         work.extend(before.old_loop.into_iter().map(|(_, u)| u));

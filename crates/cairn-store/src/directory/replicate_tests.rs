@@ -532,6 +532,47 @@ fn a_child_added_under_a_parent_deleted_elsewhere_goes_to_lost_and_found() {
     assert!(e.first("cairnconflict").unwrap().starts_with("orphan:"));
 }
 
+/// An orphan shows where its parent was deleted by the delete that wins
+/// (the highest CSN), whatever order the two deletes and the orphan's add
+/// reached a site in. Before, a site that placed the orphan after the
+/// lower delete kept that delete's place for it when the higher one came.
+#[test]
+fn an_orphans_original_dn_follows_the_winning_delete_whatever_the_order() {
+    let mut all = sites(3);
+    all[0].must(add_op(
+        "ou=lab,dc=example,dc=com",
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    exchange(&mut all);
+    // Site 0 renames the parent and deletes it; site 1 deletes it where it
+    // was, with a lower CSN; site 2 adds a child under it.
+    all[0].must(modrdn_op("ou=lab,dc=example,dc=com", "ou=lab0", None));
+    all[0].must(delete_op("ou=lab0,dc=example,dc=com"));
+    all[1].must(delete_op("ou=lab,dc=example,dc=com"));
+    all[2].must(add_op(
+        "cn=x1,ou=lab,dc=example,dc=com",
+        &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
+    ));
+    // Site 2 meets the lower delete first, site 0 the orphan last.
+    let (a, b) = pair(&mut all, 2, 1);
+    a.pull(1, b);
+    let (a, b) = pair(&mut all, 2, 0);
+    a.pull(0, b);
+    exchange(&mut all);
+    let tree = converged(&all);
+    let lost: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.starts_with("cn=x1") && k.ends_with("ou=lostandfound,dc=example,dc=com"))
+        .collect();
+    assert_eq!(lost.len(), 1, "{tree:#?}");
+    for s in &all {
+        assert_eq!(
+            s.get(lost[0]).unwrap().first("cairnoriginaldn"),
+            Some("cn=x1,ou=lab0,dc=example,dc=com")
+        );
+    }
+}
+
 #[test]
 fn concurrent_renames_keep_the_later_name_and_a_rename_meeting_a_delete_stays_deleted() {
     let mut all = sites(2);
