@@ -1,6 +1,8 @@
 //! `cairn import` and `cairn export` against a real node, checked against
 //! OpenLDAP's tools.
 
+use std::time::Duration;
+
 use crate::kit::*;
 
 #[test]
@@ -202,4 +204,35 @@ fn without_node_entries(ldif: &str) -> String {
         }
     }
     out
+}
+
+/// A first start of `cairnd dev` stopped after the suffix entry went in,
+/// before the rest of the example tree (here: a node started without the
+/// example, given only the suffix, and killed), loads the rest at its
+/// next start rather than keeping half a tree for good; once loaded, a
+/// restart adds nothing, so an example entry deleted stays deleted.
+#[test]
+fn an_example_tree_left_half_loaded_is_completed_at_the_next_start() {
+    let mut half = Node::start_opts("redb", &[], &["--example", "false"]);
+    ok(half.tool(
+        "ldapadd",
+        &[],
+        Some(&format!("dn: {SUFFIX}\nobjectClass: domain\ndc: example\n")),
+    ));
+    half.kill9();
+    let data = std::mem::replace(&mut half.data, tempfile::tempdir().unwrap());
+    let mut n = Node::start_in(data, "redb", &[], &[]);
+    wait_until(
+        "the rest of the example tree",
+        Duration::from_secs(60),
+        || has_example_tree(&n.url()),
+    );
+    let last = format!("cn=esx-lab-1,cn=lab,cn=dc-east,ou=inventory,{SUFFIX}");
+    ok(n.tool("ldapdelete", &[&last], None));
+    n.restart();
+    assert_eq!(
+        rc(&n.tool("ldapsearch", &["-b", &last, "-s", "base", "1.1"], None)),
+        32,
+        "an example entry deleted came back at a restart"
+    );
 }

@@ -81,8 +81,14 @@ pub fn write_stand_ins(root: &cairn_boot::images::ImageRoot) -> anyhow::Result<u
 /// a write's outcome could not be learned.
 const RETRY_FOR: Duration = Duration::from_secs(300);
 
-/// Loads the example tree unless the suffix entry already exists. Returns
-/// how many entries were added.
+/// Loads the example tree unless it was loaded before. Returns how many
+/// entries were added.
+///
+/// Loaded before: `marker` (a file in the node's data directory, written
+/// once the whole tree is in) exists, or, in a data directory from before
+/// the marker, the suffix and the tree's last entry exist. A first start
+/// stopped part-way (the suffix in, the site entries not yet) adds what
+/// is missing at the next start, rather than keeping half a tree for good.
 ///
 /// On a site this runs while the node serves, and the node may be
 /// restarting: it first waits until it has applied everything the site
@@ -96,9 +102,17 @@ pub async fn seed_if_empty(
     writer: &dyn Writer,
     admin: &Dn,
     now: String,
+    marker: &std::path::Path,
 ) -> anyhow::Result<usize> {
     let Some(suffix) = dir.suffixes().first() else {
         return Ok(0);
+    };
+    if marker.exists() {
+        return Ok(0);
+    }
+    let loaded = || -> anyhow::Result<()> {
+        std::fs::write(marker, "the example tree was loaded\n")
+            .with_context(|| format!("cannot write {}", marker.display()))
     };
     let deadline = Instant::now() + RETRY_FOR;
     loop {
@@ -111,15 +125,23 @@ pub async fn seed_if_empty(
             Err(e) => bail!("example tree: the site did not answer: {e}"),
         }
     }
+    let entries = example_entries()?;
     if dir.get(suffix)?.is_some() {
-        return Ok(0);
+        let last = entries.last().map(|e| dir.get(&e.dn)).transpose()?;
+        if last.is_none_or(|e| e.is_some()) {
+            loaded()?;
+            return Ok(0);
+        }
+        warn!(
+            "example tree: an earlier start stopped before it was loaded; adding what is missing"
+        );
     }
     let stamp = Stamp {
         who: admin.clone(),
         now,
     };
     let mut n = 0;
-    for entry in example_entries()? {
+    for entry in entries {
         let dn = entry.dn.to_string();
         let op = WriteOp::Add {
             entry,
@@ -146,6 +168,7 @@ pub async fn seed_if_empty(
             break;
         }
     }
+    loaded()?;
     Ok(n)
 }
 
