@@ -443,6 +443,39 @@ fn issue_12_uniqueness_conflicts_on_an_entry_are_shown_to_administrators_only() 
         !alice.contains("cairnUniquenessConflict") && !alice.contains("dup-b"),
         "{alice}"
     );
+    // A filter on it finds both entries for an administrator, also a page
+    // at a time (each later page tests the filter again) and negated; for
+    // anyone else the attribute is not there, so it finds nothing.
+    let dns_of = |out: &std::process::Output| -> Vec<String> {
+        let mut d: Vec<String> = stdout(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("dn: ").map(str::to_string))
+            .collect();
+        d.sort();
+        d
+    };
+    let both = vec![dup_a.clone(), format!("cn=dup-b,{pool}")];
+    for extra in [&[][..], &["-E", "pr=1/noprompt"][..]] {
+        let mut args = search_args(SUFFIX, "sub", "(cairnUniquenessConflict=*)", &["1.1"]);
+        args.extend_from_slice(extra);
+        assert_eq!(
+            dns_of(&n.tool("ldapsearch", &args, None)),
+            both,
+            "{extra:?}"
+        );
+    }
+    let args = search_args(
+        pool,
+        "one",
+        "(&(cn=dup-*)(!(cairnUniquenessConflict=serialNumber*)))",
+        &["1.1"],
+    );
+    assert_eq!(dns_of(&n.tool("ldapsearch", &args, None)), both);
+    let args = search_args(SUFFIX, "sub", "(cairnUniquenessConflict=*)", &["1.1"]);
+    assert_eq!(
+        dns_of(&as_user(&n, "alice", "ldapsearch", &args, None)),
+        Vec::<String>::new()
+    );
 }
 
 /// Issue 10 and 12: a write made at a follower is forwarded to the leader

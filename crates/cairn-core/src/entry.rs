@@ -148,6 +148,25 @@ impl ValidEntry {
         self
     }
 
+    /// The entry with attribute `name` (a constructed one) holding
+    /// `values`, added or replaced (none: removed): for showing and for
+    /// testing a filter, never for storing.
+    pub fn with_attr(mut self, name: &str, values: Vec<String>) -> ValidEntry {
+        let key = name.to_ascii_lowercase();
+        if values.is_empty() {
+            self.attrs.remove(&key);
+        } else {
+            self.attrs.insert(
+                key,
+                Attr {
+                    name: name.to_string(),
+                    values,
+                },
+            );
+        }
+        self
+    }
+
     /// Whether the entry has `objectClass: class` (case-insensitive).
     pub fn has_class(&self, class: &str) -> bool {
         self.get("objectclass")

@@ -45,6 +45,49 @@ impl Filter {
             other => other.clone(),
         }
     }
+
+    /// The attribute an item asserts on (none for `&`, `|`, `!`).
+    fn item_attr(&self) -> Option<&str> {
+        match self {
+            Filter::And(_) | Filter::Or(_) | Filter::Not(_) => None,
+            Filter::Equality(a, _)
+            | Filter::GreaterOrEqual(a, _)
+            | Filter::LessOrEqual(a, _)
+            | Filter::Approx(a, _)
+            | Filter::Present(a)
+            | Filter::Substring { attr: a, .. } => Some(a),
+        }
+    }
+
+    /// Whether an item of the filter asserts on the attribute whose key
+    /// (lowercased canonical name) is `key`, by any of its names or OID.
+    pub fn mentions(&self, schema: &Schema, key: &str) -> bool {
+        match self {
+            Filter::And(v) | Filter::Or(v) => v.iter().any(|f| f.mentions(schema, key)),
+            Filter::Not(f) => f.mentions(schema, key),
+            item => item
+                .item_attr()
+                .and_then(|a| schema.attr(a))
+                .is_some_and(|at| at.key() == key),
+        }
+    }
+
+    /// A filter true of every entry of which `self` is true whatever the
+    /// values of attribute `key`: each part that asserts on it, or
+    /// negates something that does, becomes `(objectClass=*)`. For an
+    /// attribute no store holds (a constructed one): the store tests this
+    /// and the front end the exact filter on the entry with the
+    /// attribute's values.
+    pub fn without(&self, schema: &Schema, key: &str) -> Filter {
+        let every = || Filter::Present("objectClass".into());
+        match self {
+            Filter::And(v) => Filter::And(v.iter().map(|f| f.without(schema, key)).collect()),
+            Filter::Or(v) => Filter::Or(v.iter().map(|f| f.without(schema, key)).collect()),
+            Filter::Not(f) if f.mentions(schema, key) => every(),
+            item if item.mentions(schema, key) => every(),
+            other => other.clone(),
+        }
+    }
 }
 
 /// RFC 4511's three truth values.
@@ -512,6 +555,40 @@ mod tests {
 
     fn m(f: &str) -> Tri {
         Filter::parse(f).unwrap().eval(&Schema::builtin(), &host())
+    }
+
+    /// A filter on a constructed attribute: the store tests it without
+    /// that attribute (every part on it, or negating it, is true), and
+    /// that is true wherever the exact filter is true on the entry with
+    /// the attribute's values; by any name or case of the attribute.
+    #[test]
+    fn a_filter_without_an_attribute_holds_wherever_the_filter_holds_with_it() {
+        let schema = Schema::builtin();
+        let key = "cairnuniquenessconflict";
+        let f = Filter::parse(
+            "(&(cn=esx*)(|(CAIRNUniquenessConflict=*)(description=x))(!(cairnUniquenessConflict=macAddress*)))",
+        )
+        .unwrap();
+        assert!(f.mentions(&schema, key));
+        assert!(!Filter::parse("(cn=x)").unwrap().mentions(&schema, key));
+        let wide = f.without(&schema, key);
+        assert_eq!(
+            wide,
+            Filter::parse("(&(cn=esx*)(|(objectClass=*)(description=x))(objectClass=*))").unwrap()
+        );
+        assert!(!wide.mentions(&schema, key));
+        let with = |v: &[&str]| {
+            host().with_attr(
+                "cairnUniquenessConflict",
+                v.iter().map(|s| s.to_string()).collect(),
+            )
+        };
+        // With one value the exact filter is true, the widened one too;
+        // without values or with a MAC's, the exact one is false.
+        assert!(f.matches(&schema, &with(&["serialNumber X: also held by cn=y"])));
+        assert!(wide.matches(&schema, &with(&[])));
+        assert!(!f.matches(&schema, &with(&[])));
+        assert!(!f.matches(&schema, &with(&["macAddress a: also held by cn=y"])));
     }
 
     #[test]

@@ -1736,28 +1736,20 @@ async fn search_inner(
     let end = blocking(move || {
         let mut sent = 0usize;
         let mut exceeded = false;
-        let schema = dir.schema().clone();
-        // For a caller who may not read everything, the store tests a
-        // filter that what it may not read cannot narrow, and the exact
-        // one is tested on what it may read.
-        let store_filter = if v2.admin() {
-            filter.clone()
-        } else {
-            filter.widened()
-        };
+        let tested = Tested::new(&v2, dir.schema(), &filter);
         for (b, s) in bases {
             let halt = Halt {
                 deadline: Some(deadline),
                 cancelled: Some(&cancel2),
             };
             let end = dir
-                .search(&b, s, &store_filter, halt, &mut |e| {
+                .search(&b, s, &tested.store, halt, &mut |e| {
                     // What the caller may not see is not there; the filter
                     // is tested again on what it may read.
                     let Some(shown) = v2.shown(&e) else {
                         return true;
                     };
-                    if !v2.admin() && !filter.matches(&schema, &shown) {
+                    if !tested.matches(&dir, &filter, &shown) {
                         return true;
                     }
                     if size_limit > 0 && sent == size_limit {
@@ -1785,6 +1777,67 @@ async fn search_inner(
         (_, true) => size_exceeded(msgid, size_limit),
         _ => done_msg(msgid, result(LdapResultCode::Success, "", ""), vec![]),
     })
+}
+
+/// How a search's filter is tested: the store tests `store` with its
+/// indexes; where that is not the exact filter, the exact one is tested on
+/// what the caller may read of each entry the store found.
+///
+/// - For a caller who may not read everything, the store's filter is one
+///   that what the caller may not read cannot narrow
+///   ([`Filter::widened`]).
+/// - `cairnUniquenessConflict` is constructed (no store holds it): for an
+///   administrator, the only caller who sees it, the store's filter is
+///   true whatever its values ([`Filter::without`]) and the exact one is
+///   tested on the entry with them, so `(cairnUniquenessConflict=*)`
+///   finds every entry that shares a MAC, GUID or serial number. For
+///   anyone else it is absent, as when they read the entry.
+struct Tested {
+    store: Filter,
+    /// Whether the exact filter is tested again on each entry.
+    again: bool,
+    /// Whether that test needs the entry's `cairnUniquenessConflict`.
+    uniqueness: bool,
+}
+
+const UNIQUENESS_KEY: &str = "cairnuniquenessconflict";
+
+impl Tested {
+    fn new(v: &View, schema: &cairn_core::schema::Schema, filter: &Filter) -> Tested {
+        let uniqueness = v.admin() && filter.mentions(schema, UNIQUENESS_KEY);
+        let store = if uniqueness {
+            filter.without(schema, UNIQUENESS_KEY)
+        } else if v.admin() {
+            filter.clone()
+        } else {
+            filter.widened()
+        };
+        Tested {
+            store,
+            again: uniqueness || !v.admin(),
+            uniqueness,
+        }
+    }
+
+    /// Whether `shown`, what the caller may read of an entry the store
+    /// found, matches the exact `filter`.
+    fn matches(&self, dir: &cairn_store::Directory, filter: &Filter, shown: &ValidEntry) -> bool {
+        !self.again || self.exact(dir, filter, shown)
+    }
+
+    /// Whether `shown` matches the exact `filter`, tested in full (a later
+    /// page of a paged search tests each entry again).
+    fn exact(&self, dir: &cairn_store::Directory, filter: &Filter, shown: &ValidEntry) -> bool {
+        if !self.uniqueness {
+            return filter.matches(dir.schema(), shown);
+        }
+        let values = dir.shared_identities(shown).unwrap_or_else(|e| {
+            tracing::warn!(dn = %shown.dn(), cause = %e, "cannot compute cairnUniquenessConflict");
+            vec![]
+        });
+        let full = shown.clone().with_attr("cairnUniquenessConflict", values);
+        filter.matches(dir.schema(), &full)
+    }
 }
 
 /// RFC 2696: the first request collects the matching entries' UUIDs; each
@@ -1824,18 +1877,14 @@ async fn paged_search(
             };
             let mut out = vec![];
             let mut exceeded = false;
-            let store_filter = if v2.admin() {
-                Filter::clone(&filter)
-            } else {
-                filter.widened()
-            };
+            let tested = Tested::new(&v2, dir.schema(), &filter);
             for (b, s) in bases.iter() {
                 let end = dir
-                    .search(b, *s, &store_filter, halt, &mut |e| {
+                    .search(b, *s, &tested.store, halt, &mut |e| {
                         let Some(shown) = v2.shown(&e) else {
                             return true;
                         };
-                        if !v2.admin() && !filter.matches(dir.schema(), &shown) {
+                        if !tested.matches(&dir, &filter, &shown) {
                             return true;
                         }
                         if size_limit > 0 && out.len() == size_limit {
@@ -1910,6 +1959,7 @@ async fn paged_search(
     let (bases2, filter2) = (cursor.bases.clone(), cursor.filter.clone());
     let rendered: Vec<LdapSearchResultEntry> = blocking(move || {
         let mut out = vec![];
+        let tested = Tested::new(&v2, dir.schema(), &filter2);
         for u in page {
             if cancel2.load(Ordering::Relaxed) {
                 break;
@@ -1923,7 +1973,7 @@ async fn paged_search(
             let Some(shown) = v2.shown(&e) else {
                 continue;
             };
-            if in_scope && filter2.matches(dir.schema(), &shown) {
+            if in_scope && tested.exact(&dir, &filter2, &shown) {
                 out.push(sel2.render(&ctx2, &v2, &shown));
             }
         }
