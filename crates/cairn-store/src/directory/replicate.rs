@@ -1724,9 +1724,14 @@ impl Directory {
         if !named_below {
             return Ok(None);
         }
+        // Up the names until the top, a dead entry, `uuid` again (a loop
+        // through it) or an entry seen before (a loop above it, not
+        // through it). However long: moves may take a subtree deeper than
+        // a DN may be written, so a loop may be longer than `MAX_RDNS`.
         let mut members: Vec<(Csn, Uuid)> = vec![];
+        let mut seen = std::collections::HashSet::new();
         let mut cur = uuid;
-        for _ in 0..cairn_core::dn::MAX_RDNS {
+        loop {
             let Some(state) = Self::load_head(snap, cur)?.filter(StateHead::is_live) else {
                 return Ok(None);
             };
@@ -1734,13 +1739,14 @@ impl Directory {
                 return Ok(None);
             };
             members.push((*csn, cur));
+            seen.insert(cur);
             match name.parent {
                 Some(p) if p == uuid => return Ok(Some(members)),
+                Some(p) if seen.contains(&p) => return Ok(None),
                 Some(p) => cur = p,
                 None => return Ok(None),
             }
         }
-        Ok(None)
     }
 
     /// `<rdn>\nCNF:<uuid>`: the RDN's first value with Active Directory's

@@ -715,6 +715,54 @@ CNF:",
     assert!(cut.first("cairnconflict").unwrap().starts_with("cycle:"));
 }
 
+/// A loop of moves longer than a DN may be deep (two chains of 130
+/// entries, each moved below the other's last) is found all the same:
+/// one entry goes to lost and found and every site shows one tree. Before,
+/// the walk up the names stopped after `MAX_RDNS` steps and saw no loop.
+#[test]
+fn a_loop_of_moves_longer_than_a_dn_may_be_deep_is_cut_too() {
+    let mut all = sites(2);
+    const DEPTH: usize = 130;
+    let chain = |name: &str, n: usize| -> String {
+        (1..=n)
+            .rev()
+            .map(|i| format!("ou={name}{i}"))
+            .chain(std::iter::once(SUFFIX.to_string()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for name in ["a", "b"] {
+        for i in 1..=DEPTH {
+            let ou = format!("{name}{i}");
+            all[0].must(add_op(
+                &chain(name, i),
+                &[("objectClass", &["organizationalUnit"]), ("ou", &[&ou])],
+            ));
+        }
+    }
+    exchange(&mut all);
+    all[0].must(modrdn_op(&chain("a", 1), "ou=a1", Some(&chain("b", DEPTH))));
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(&chain("b", 1), "ou=b1", Some(&chain("a", DEPTH))));
+    exchange(&mut all);
+    let tree = converged(&all);
+    let cut: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.ends_with("ou=lostandfound,dc=example,dc=com") && k.contains("CNF:"))
+        .filter(|k| k.matches(',').count() == 3)
+        .collect();
+    assert_eq!(cut.len(), 1, "one entry cut out of the loop: {cut:?}");
+    assert!(
+        all[0]
+            .get(cut[0])
+            .unwrap()
+            .first("cairnconflict")
+            .unwrap()
+            .starts_with("cycle:"),
+        "{cut:?}"
+    );
+}
+
 #[test]
 fn a_loop_of_moves_that_comes_apart_again_puts_everything_back() {
     let mut all = sites(2);
