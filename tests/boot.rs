@@ -438,6 +438,27 @@ fn machines_answering_one_hostname_are_each_their_own_host() {
         let e = c.pull(alone).await.expect_err("a placeholder alone");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     });
+    // An administrator gives the first machine's entry another MAC and
+    // moves it: the machine still finds the entry its registration made
+    // (by its entryUUID), rather than registering again or failing.
+    ok(n.tool(
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: cn=ubuntu,{PROD_A}\nchangetype: modify\nreplace: macAddress\nmacAddress: 02:00:00:00:99:99\n\n\
+             dn: cn=ubuntu,{PROD_A}\nchangetype: modrdn\nnewrdn: cn=ubuntu-moved\ndeleteoldrdn: 1\n"
+        )),
+    ));
+    rt().block_on(async {
+        let mut c = ConfigClient::new(channel(&n).await);
+        let again = c
+            .pull(named("02:00:00:00:09:11", "10.1.9.11", "ubuntu"))
+            .await
+            .expect("the first machine again")
+            .into_inner();
+        assert_eq!(again.host_dn, format!("cn=ubuntu-moved,{PROD_A}"));
+        assert!(again.registered_by_rule.is_empty(), "registered again");
+    });
 }
 
 /// Issue 10: MAC addresses were parsed one way by the schema (only

@@ -208,19 +208,39 @@ fn without_node_entries(ldif: &str) -> String {
 
 /// A first start of `cairnd dev` stopped after the suffix entry went in,
 /// before the rest of the example tree (here: a node started without the
-/// example, given only the suffix, and killed), loads the rest at its
-/// next start rather than keeping half a tree for good; once loaded, a
-/// restart adds nothing, so an example entry deleted stays deleted.
+/// example, given only the suffix, killed, and marked as a start that
+/// began loading the tree, as `cairnd dev` marks it), loads the rest at
+/// its next start rather than keeping half a tree for good; once loaded,
+/// a restart adds nothing, so an example entry deleted stays deleted. A
+/// tree loaded by hand (`--example false`) is never added to.
 #[test]
 fn an_example_tree_left_half_loaded_is_completed_at_the_next_start() {
-    let mut half = Node::start_opts("redb", &[], &["--example", "false"]);
-    ok(half.tool(
-        "ldapadd",
-        &[],
-        Some(&format!("dn: {SUFFIX}\nobjectClass: domain\ndc: example\n")),
-    ));
-    half.kill9();
-    let data = std::mem::replace(&mut half.data, tempfile::tempdir().unwrap());
+    let own = || {
+        let mut n = Node::start_opts("redb", &[], &["--example", "false"]);
+        ok(n.tool(
+            "ldapadd",
+            &[],
+            Some(&format!("dn: {SUFFIX}\nobjectClass: domain\ndc: example\n")),
+        ));
+        n.kill9();
+        std::mem::replace(&mut n.data, tempfile::tempdir().unwrap())
+    };
+    // A tree of one's own, started again without the flag: left alone.
+    let mine = Node::start_in(own(), "redb", &[], &[]);
+    assert_eq!(
+        rc(&mine.tool(
+            "ldapsearch",
+            &["-b", SUFFIX, "(objectClass=cairnHost)", "1.1"],
+            None
+        )),
+        0
+    );
+    assert!(
+        !has_example_tree(&mine.url()),
+        "the example was added to a tree of one's own"
+    );
+    let data = own();
+    std::fs::write(data.path().join("example-tree-loading"), "").unwrap();
     let mut n = Node::start_in(data, "redb", &[], &[]);
     wait_until(
         "the rest of the example tree",

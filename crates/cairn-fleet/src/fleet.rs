@@ -183,6 +183,40 @@ impl Identity {
         Ok(ident)
     }
 
+    /// The MAC a new host is named and identified by: the lowest of those
+    /// it reported, normalized, so the order a host (or `cairn pull --mac`)
+    /// lists them in does not matter: two sites apart that register one
+    /// host reporting its MACs in another order still make one entry.
+    pub fn key_mac(&self) -> Option<String> {
+        self.macs
+            .iter()
+            .map(|m| m.to_ascii_lowercase().replace('-', ":"))
+            .min()
+    }
+
+    /// The entryUUID a registration of this host gives its entry,
+    /// derived from its identity ([`host_entry_uuid`]): its lowest MAC
+    /// (what PXE and DHCP know it by), else its SMBIOS UUID, else its
+    /// serial number, else its hostname.
+    ///
+    /// [`host_entry_uuid`]: cairn_core::entry::host_entry_uuid
+    pub fn entry_uuid(&self) -> uuid::Uuid {
+        let key = if let Some(m) = self.key_mac() {
+            format!("mac:{m}")
+        } else if let Some(u) = &self.uuid {
+            format!("uuid:{}", u.to_ascii_lowercase())
+        } else if let Some(s) = &self.serial {
+            format!("serial:{s}")
+        } else {
+            let h = self.naming_hostname().unwrap_or_default();
+            format!(
+                "cn:{}",
+                h.split('.').next().unwrap_or(h).to_ascii_lowercase()
+            )
+        };
+        cairn_core::entry::host_entry_uuid(&key)
+    }
+
     /// Whether the host reported anything of its hardware (SMBIOS UUID,
     /// MACs, serial number): what tells one machine from another.
     fn has_hardware(&self) -> bool {
@@ -222,8 +256,13 @@ impl Identity {
     /// Whether `entry`, found by this host's name, is another machine's:
     /// it holds a kind of hardware identity this host reported (a MAC, an
     /// SMBIOS UUID or a serial number), and since the lookups by those
-    /// found nothing, its values are other than this host's.
+    /// found nothing, its values are other than this host's; unless it is
+    /// the entry a registration of this very host made (its entryUUID),
+    /// whose hardware an administrator may have edited since.
     fn another_machine(&self, entry: &ValidEntry) -> bool {
+        if entry.uuid() == Some(self.entry_uuid()) {
+            return false;
+        }
         let holds = |attr: &str| entry.get(attr).is_some_and(|a| !a.values.is_empty());
         (self.uuid.is_some() && holds("netbootguid"))
             || (!self.macs.is_empty() && holds("macaddress"))
@@ -247,7 +286,17 @@ impl Identity {
 /// ([`Identity::another_machine`]): two machines booted from one image
 /// may answer the same name.
 pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, FleetError> {
+    let mut registered_looked_up = false;
     for (attr, value) in id.keys() {
+        // After the hardware, before the name: the entry a registration of
+        // this host made, by its entryUUID, wherever it is and whatever an
+        // administrator made it hold since.
+        if attr == "cn" {
+            registered_looked_up = true;
+            if let Some(e) = registered(dir, id)? {
+                return Ok(Some(e));
+            }
+        }
         let filter = Filter::Equality(attr.into(), value.into());
         let keep =
             |e: &ValidEntry| e.has_class("cairnHost") && (attr != "cn" || !id.another_machine(e));
@@ -264,7 +313,17 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, F
             }
         }
     }
-    Ok(None)
+    if registered_looked_up {
+        return Ok(None);
+    }
+    registered(dir, id)
+}
+
+/// The host entry a registration of `id` made, if there is one.
+fn registered(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, FleetError> {
+    Ok(dir
+        .get_by_uuid(id.entry_uuid())?
+        .filter(|e| e.has_class("cairnHost")))
 }
 
 /// The values of the constructed LDAP attribute `cairnEffectiveSetting`

@@ -157,27 +157,36 @@ impl Model {
         // A second attempt when another machine's registration took the
         // name this host's hostname gives first: it is planned again and
         // then sees that name taken.
-        if let Some(resp) = self.pull_attempt(&id, caller, may_register, scope).await? {
-            return Ok(resp);
+        let first = match self.pull_attempt(&id, caller, may_register, scope).await? {
+            Ok(resp) => return Ok(resp),
+            Err(rule) => rule,
+        };
+        match self.pull_attempt(&id, caller, may_register, scope).await? {
+            Ok(mut resp) => {
+                // Registered by the first attempt, found by the second.
+                if resp.registered_by_rule.is_empty()
+                    && let Some(rule) = first
+                {
+                    resp.registered_by_rule = rule;
+                }
+                Ok(resp)
+            }
+            Err(_) => Err(FleetError::Unavailable(
+                "the host was registered but is not visible here yet; retry".into(),
+            )),
         }
-        self.pull_attempt(&id, caller, may_register, scope)
-            .await?
-            .ok_or_else(|| {
-                FleetError::Unavailable(
-                    "the host was registered but is not visible here yet; retry".into(),
-                )
-            })
     }
 
-    /// One attempt of [`Model::pull`]; None when this host's registration
-    /// lost its name to another machine's (plan it again).
+    /// One attempt of [`Model::pull`]. Err when the host's entry is not
+    /// found after its registration (its name lost to another machine's:
+    /// plan it again), with the rule when this attempt registered it.
     async fn pull_attempt(
         self: &Arc<Self>,
         id: &Identity,
         caller: Option<IpAddr>,
         may_register: bool,
         scope: Option<&cairn_core::dn::Dn>,
-    ) -> Result<Option<pb::PullResponse>, FleetError> {
+    ) -> Result<Result<pb::PullResponse, Option<String>>, FleetError> {
         let not_found = |id: &Identity| {
             FleetError::NotFound(format!(
                 "no host has {} and no deploy rule matched",
@@ -199,7 +208,7 @@ impl Model {
                 if !within(&r.host_dn) {
                     return Err(not_found(id));
                 }
-                return Ok(Some(pb::PullResponse::clone(r)));
+                return Ok(Ok(pb::PullResponse::clone(r)));
             }
         }
         let (dir, boot) = (self.dir.clone(), self.clone());
@@ -246,7 +255,7 @@ impl Model {
                 if !within(&resp.host_dn) {
                     return Err(not_found(id));
                 }
-                return Ok(Some(resp));
+                return Ok(Ok(resp));
             }
             Err(op) => op,
         };
@@ -313,12 +322,15 @@ impl Model {
                 .transpose()
         })
         .await??;
-        Ok(resp.map(|mut resp| {
-            if registered {
-                resp.registered_by_rule = rule;
+        Ok(match resp {
+            Some(mut resp) => {
+                if registered {
+                    resp.registered_by_rule = rule;
+                }
+                Ok(resp)
             }
-            resp
-        }))
+            None => Err(registered.then_some(rule)),
+        })
     }
 }
 

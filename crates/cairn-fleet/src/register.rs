@@ -9,7 +9,11 @@
 //! with "already exists" and reads the winner's entry. No duplicate. So
 //! is its entryUUID (name-based, [`host_entry_uuid`]), so the same host
 //! registered at two sites cut off from each other is one entry once they
-//! meet (the later registration's values), not a name conflict.
+//! meet (the later registration's values), not a name conflict. (Its name
+//! may differ between the two when one of them already held another
+//! machine's entry under its hostname, below: the one entry then takes
+//! the later registration's name, which may meet that other entry's as
+//! a name conflict, kept and listed as any other.)
 //!
 //! A hostname does not tell machines apart the way a MAC does: a stock
 //! image answers `localhost` on every machine it boots, or the same
@@ -66,17 +70,6 @@ pub fn facts(id: &Identity, caller: Option<IpAddr>) -> HostFacts {
     }
 }
 
-/// The MAC a new host is named and identified by: the lowest of those it
-/// reported, normalized, so the order a host (or `cairn pull --mac`)
-/// lists them in does not matter: two sites apart that register one host
-/// reporting its MACs in another order still make one entry.
-fn key_mac(id: &Identity) -> Option<String> {
-    id.macs
-        .iter()
-        .map(|m| m.to_ascii_lowercase().replace('-', ":"))
-        .min()
-}
-
 /// The new host's entry name: the same for every pull of the same host.
 /// `taken` says the name its hostname gives is another machine's entry.
 fn host_cn(id: &Identity, taken: bool) -> String {
@@ -94,7 +87,7 @@ fn host_cn(id: &Identity, taken: bool) -> String {
 /// The part of a host's name that its hardware gives: its lowest MAC's
 /// digits, else its SMBIOS UUID, else its serial number.
 fn identity_label(id: &Identity) -> String {
-    if let Some(m) = key_mac(id) {
+    if let Some(m) = id.key_mac() {
         return m.replace(':', "");
     }
     if let Some(u) = &id.uuid {
@@ -114,22 +107,6 @@ pub fn held_by_another(dir: &Directory, dn: &Dn, uuid: Uuid) -> Result<bool, Fle
     Ok(dir.get(dn)?.is_some_and(|e| e.uuid() != Some(uuid)))
 }
 
-/// What the new host's UUID is derived from: its lowest MAC (what PXE and
-/// DHCP know it by, [`key_mac`]), else its SMBIOS UUID, else its serial
-/// number, else its name.
-fn identity_key(id: &Identity) -> String {
-    if let Some(m) = key_mac(id) {
-        return format!("mac:{m}");
-    }
-    if let Some(u) = &id.uuid {
-        return format!("uuid:{}", u.to_ascii_lowercase());
-    }
-    if let Some(s) = &id.serial {
-        return format!("serial:{s}");
-    }
-    format!("cn:{}", host_cn(id, false))
-}
-
 /// The add that registers `id` under the rule's target. `taken` says
 /// whether a DN is held by an entry other than the one with the given
 /// UUID ([`held_by_another`]).
@@ -141,7 +118,7 @@ pub fn registration(
     now: String,
     taken: &dyn Fn(&Dn, Uuid) -> Result<bool, FleetError>,
 ) -> Result<WriteOp, FleetError> {
-    let uuid = cairn_core::entry::host_entry_uuid(&identity_key(id));
+    let uuid = id.entry_uuid();
     let named = |taken| {
         let cn = host_cn(id, taken);
         (target.child(Rdn::new("cn", cn.clone())), cn)

@@ -54,6 +54,11 @@ pub const SITE_HEADER: &str = "cairn-site";
 pub const FORMAT_HEADER: &str = "cairn-changes-format";
 /// [`FORMAT_HEADER`]'s value for [`ChangesResponse`].
 pub const AUDITED: &str = "2";
+/// The metadata a node answering a pull adds when it cannot confirm it
+/// holds everything its site committed (why, as text): the puller then
+/// counts nothing it learns from the answer as caught up, and asks
+/// another node of the site next.
+pub const UNCONFIRMED_HEADER: &str = "cairn-unconfirmed";
 
 /// Most changes one pull carries.
 pub const MAX_CHANGES: u32 = 1000;
@@ -237,6 +242,8 @@ pub struct PeerStatus {
     /// Rows of the peer's change log after this site's position, as of
     /// the last pull (changes behind, counting ones held from elsewhere).
     pub behind: u64,
+    /// The peer node this node last asked (its peer listener's address).
+    pub from: String,
 }
 
 impl PeerStatus {
@@ -392,7 +399,7 @@ impl Federation {
     /// The `cn=status` attributes of replication with other sites:
     /// `cairnReplicationPaused`, and per peer site a `cairnPeerSite` value
     /// `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n> behind=<n>
-    /// last-pull-ms=<ms|->` (state:
+    /// last-pull-ms=<ms|-> from=<peer node|->` (state:
     /// `pulling`, `failing`, `paused`, or `standby` on a node that does
     /// not lead its site, which does not pull) and, while pulls fail, a
     /// `cairnPeerSiteError` value `<site> <cause>`; while this node
@@ -426,8 +433,9 @@ impl Federation {
                         .to_string()
                 })
                 .unwrap_or_else(|| "-".into());
+            let from = if st.from.is_empty() { "-" } else { &st.from };
             sites.push(format!(
-                "{name} {state} lag-ms={lag} pulled={} position={} behind={} last-pull-ms={last}",
+                "{name} {state} lag-ms={lag} pulled={} position={} behind={} last-pull-ms={last} from={from}",
                 st.pulled, st.position, st.behind
             ));
             if let Some(e) = &st.last_error {
@@ -717,31 +725,44 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
     let mut backoff = Duration::from_millis(100);
     let mut position = 0u64;
     let mut next_node = 0usize;
-    let mut led = false;
+    // The term this node led in when it last looked (none: not leading).
+    let mut led_in: Option<u64> = None;
     loop {
         let Some(r) = replica.upgrade() else { return };
         let fed = r.federation().clone();
         let Some(peer) = fed.peers().into_iter().find(|p| same_site(&p.name, &name)) else {
             return;
         };
-        let leading = r.raft.metrics().borrow().current_leader == Some(r.id);
-        if leading != led {
-            led = leading;
-            let since = leading.then(SystemTime::now);
+        let leading_in = {
+            let m = r.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(r.id)).then_some(m.current_term)
+        };
+        // Leading again in another term (even if that happened during one
+        // pull) is leading afresh: another leader may have pulled between.
+        if leading_in != led_in {
+            led_in = leading_in;
+            let since = leading_in.map(|_| SystemTime::now());
             fed.record(&peer.name, |s| s.leading_changed(since));
         }
-        if !leading || fed.is_paused() || peer.nodes.is_empty() {
+        if leading_in.is_none() || fed.is_paused() || peer.nodes.is_empty() {
             drop(r);
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        fed.record(&peer.name, |s| s.last_attempt = Some(SystemTime::now()));
         let node = &peer.nodes[next_node % peer.nodes.len()];
+        let now = SystemTime::now();
+        fed.record(&peer.name, |s| {
+            s.last_attempt = Some(now);
+            s.from = node.clone();
+            // A site linked again after it was unlinked has a fresh status.
+            s.leading_since.get_or_insert(now);
+        });
         match pull_once(&r, &fed, (&peer.name, node), position, &clients).await {
             // Paused while the pull was under way: nothing was asked of the
             // peer's answer, so nothing about the peer is learnt from it.
             Ok(_) if fed.is_paused() => {}
-            Ok((n, last, complete, end)) => {
+            Ok((n, last, complete, end, unconfirmed)) => {
                 position = next_position(last, end);
                 if position != last {
                     tracing::warn!(
@@ -755,9 +776,19 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
                 }
                 backoff = Duration::from_millis(100);
                 let now = SystemTime::now();
+                let unconfirmed = unconfirmed.map(|why| {
+                    format!(
+                        "node {node} answered but cannot confirm it holds what its site \
+                         committed ({why}); asking another node of that site"
+                    )
+                });
+                if let Some(e) = &unconfirmed {
+                    tracing::warn!(site = %peer.name, cause = %e, "pull from a peer site unconfirmed");
+                    next_node += 1;
+                }
                 fed.record(&peer.name, |s| {
                     s.last_success = Some(now);
-                    s.last_error = None;
+                    s.last_error = unconfirmed;
                     s.pulled += n;
                     s.position = position;
                     s.behind = end.saturating_sub(last);
@@ -789,16 +820,20 @@ fn next_position(last: u64, end: u64) -> u64 {
     if end < last { 0 } else { last }
 }
 
-/// One pull: ask, check, propose. Returns how many changes were proposed,
-/// the peer's change-log position reached, and whether that was all the
-/// peer had.
+/// What one pull did: how many changes it proposed, the peer's change-log
+/// position it reached, whether that was all the peer had, where the
+/// peer's log ends, and why the answering node could not confirm it was
+/// current with its site, if it could not.
+type Pulled = (u64, u64, bool, u64, Option<String>);
+
+/// One pull: ask, check, propose ([`Pulled`]).
 async fn pull_once(
     r: &crate::Replica,
     fed: &Federation,
     (site, node): (&str, &str),
     position: u64,
     clients: &network::Clients,
-) -> Result<(u64, u64, bool, u64), String> {
+) -> Result<Pulled, String> {
     let dir = r.directory().clone();
     let vector = {
         let d = dir.clone();
@@ -835,6 +870,10 @@ async fn pull_once(
         .metadata()
         .get(FORMAT_HEADER)
         .is_some_and(|v| v == AUDITED);
+    let unconfirmed = reply
+        .metadata()
+        .get(UNCONFIRMED_HEADER)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
     let data = &reply.get_ref().data;
     let undecodable = |e| format!("undecodable answer: {e}");
     let resp: Result<ChangesResponse, String> = if audited {
@@ -845,15 +884,17 @@ async fn pull_once(
             .map(Into::into)
     };
     let resp = resp?;
-    let complete = !resp.more;
+    // An answer from a node that could not confirm it is current with its
+    // site never says the caller has everything.
+    let complete = !resp.more && unconfirmed.is_none();
     let end = resp.end;
     if resp.changes.is_empty() {
-        return Ok((0, resp.last, complete, end));
+        return Ok((0, resp.last, complete, end, unconfirmed));
     }
     let _proposing = fed.proposing.lock().await;
     if fed.is_paused() {
         // Paused while the pull was under way: drop it, ask again later.
-        return Ok((0, position, false, end));
+        return Ok((0, position, false, end, None));
     }
     let now = r.clock().now_millis();
     if let Some(ahead) = resp
@@ -915,7 +956,7 @@ async fn pull_once(
     .await
     .map_err(|_| "proposing the peer's changes timed out".to_string())?
     .map_err(|e| format!("proposing the peer's changes: {e}"))?;
-    Ok((n, resp.last, complete, end))
+    Ok((n, resp.last, complete, end, unconfirmed))
 }
 
 impl crate::Replica {

@@ -890,8 +890,13 @@ impl pb::raft_server::Raft for RaftService {
         // Not a member of this site: another site's leader, admitted by
         // the federation's rules, not the gate's.
         let site = replica.federation().admit(&r).await?;
-        current_with_its_site(&replica).await?;
         let req: crate::federation::ChangesRequest = request(&r)?;
+        // Whether this node has applied all its site had committed when
+        // asked (a read index): if not, it still answers from its log (a
+        // site without a quorum takes no writes, so what its nodes hold is
+        // all there is), but says so, and the puller counts nothing it
+        // learns from the answer as caught up and asks another node next.
+        let unconfirmed = replica.linearizable_barrier(CONFIRM_TIMEOUT).await.err();
         use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER};
         let audited = r
             .metadata()
@@ -907,15 +912,35 @@ impl pb::raft_server::Raft for RaftService {
         }
         let now = std::time::SystemTime::now();
         fed.record(&site, |s| s.refused = refused.map(|why| (why.clone(), now)));
-        if !audited {
+        let mut reply = if audited {
+            let mut reply = payload(&answer)?;
+            reply.metadata_mut().insert(
+                FORMAT_HEADER,
+                tonic::metadata::MetadataValue::from_static(AUDITED),
+            );
+            reply
+        } else {
             // A site of an earlier release: changes without their audit.
-            return payload(&answer.as_ref().map(ChangesResponseV1::from));
+            payload(&answer.as_ref().map(ChangesResponseV1::from))?
+        };
+        if let Some(why) = unconfirmed {
+            let text: String = why
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(200)
+                .collect();
+            if let Ok(v) = text.parse() {
+                reply
+                    .metadata_mut()
+                    .insert(crate::federation::UNCONFIRMED_HEADER, v);
+            }
         }
-        let mut reply = payload(&answer)?;
-        reply.metadata_mut().insert(
-            FORMAT_HEADER,
-            tonic::metadata::MetadataValue::from_static(AUDITED),
-        );
         Ok(reply)
     }
 
@@ -927,7 +952,14 @@ impl pb::raft_server::Raft for RaftService {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
         replica.federation().admit(&r).await?;
-        current_with_its_site(&replica).await?;
+        // A site rebuilt from this node takes its states as the peer's:
+        // only a node current with its site serves them.
+        if let Err(why) = replica.linearizable_barrier(CONFIRM_TIMEOUT).await {
+            return Err(tonic::Status::unavailable(format!(
+                "this node cannot confirm it holds what its site committed ({why}); \
+                 ask another node of its site"
+            )));
+        }
         let req: crate::federation::StatesRequest = request(&r)?;
         let dir = replica.directory().clone();
         drop(replica);
@@ -1174,37 +1206,6 @@ pub async fn serve(
     serve_incoming(incoming, routes, shutdown).await
 }
 
-/// Whether this node may answer another site's pull from its own log: it
-/// must be current with its site, or the puller, finding nothing new,
-/// would take a stale node's log for the site's and report no lag while
-/// the site takes writes it never sees. A leader confirms it still leads
-/// (a quorum answers it); a follower must know a leader and run its Raft
-/// core (one cut off from its site campaigns and knows none). Refused,
-/// the puller asks another node of the site.
-async fn current_with_its_site(replica: &crate::Replica) -> Result<(), tonic::Status> {
-    let (leader, running) = {
-        let m = replica.raft.metrics();
-        let m = m.borrow();
-        (m.current_leader, m.running_state.is_ok())
-    };
-    if !running {
-        return Err(tonic::Status::unavailable(
-            "this node's Raft core stopped; ask another node of its site",
-        ));
-    }
-    match leader {
-        None => Err(tonic::Status::unavailable(
-            "this node knows no leader of its site (cut off from it, or an election); \
-             ask another node of its site",
-        )),
-        Some(l) if l == replica.id => {
-            match crate::node::confirm_leadership(&replica.raft, Duration::from_secs(3)).await {
-                Ok(Ok(_)) => Ok(()),
-                _ => Err(tonic::Status::unavailable(
-                    "this node could not confirm it still leads its site; ask another node",
-                )),
-            }
-        }
-        Some(_) => Ok(()),
-    }
-}
+/// How long a node serving another site's pull waits to confirm it holds
+/// what its site committed.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);

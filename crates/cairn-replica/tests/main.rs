@@ -1730,15 +1730,15 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     }
 }
 
-/// Issue 11: replication is transitive: with sites in a line A–B–C and no
-/// A–C link, a write at A reaches C.
-/// A node of the peer site that is cut off from its own site (a follower
-/// then knows no leader; a leader cannot confirm it still leads) refuses
-/// pulls, so the puller turns to another node of that site and gets the
+/// A node of the peer site that is cut off from its own site cannot
+/// confirm it holds what its site committed (a read index): it still
+/// answers, but says so, so the puller counts nothing from it as caught
+/// up, reports why, turns to another node of that site and gets the
 /// writes the site takes meanwhile. Before, the cut-off node answered
-/// "nothing new" for ever, and the puller's lag said all was well.
+/// "nothing new" for ever, the puller stayed with it, and its lag said
+/// all was well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_its_site_refuses_pulls_and_the_puller_turns_to_another() {
+async fn a_node_cut_off_from_its_site_is_not_taken_for_it_and_the_puller_turns_to_another() {
     let sites = Site::federated(&["east", "west"], 3).await;
     let (east, west) = (&sites[0], &sites[1]);
     let el = east.leader().await;
@@ -1763,13 +1763,21 @@ async fn a_node_cut_off_from_its_site_refuses_pulls_and_the_puller_turns_to_anot
         at_west("before")
     })
     .await;
-    // West asks east's first node first, and goes on asking it while it
-    // answers: cut that node off from the rest of east.
-    east.faults.isolate(1, &[1, 2, 3]);
+    // West goes on asking the node of east that answered it: cut that node
+    // off from the rest of east.
+    let first = w.federation().status()["east"].from.clone();
+    let cut = east
+        .nodes
+        .iter()
+        .find(|n| n.addr.to_string() == first)
+        .map(|n| n.id)
+        .unwrap_or_else(|| panic!("west pulls from {first:?}, no node of east"));
+    east.faults.isolate(cut, &[1, 2, 3]);
+    let writer = east.alive().into_iter().find(|&i| i != cut).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match east
-            .replica(2)
+            .replica(writer)
             .write(cairn_core::audit::By::node(), host("after"))
             .await
         {
@@ -1793,12 +1801,71 @@ async fn a_node_cut_off_from_its_site_refuses_pulls_and_the_puller_turns_to_anot
         || at_west("after"),
     )
     .await;
+    assert_ne!(w.federation().status()["east"].from, first);
     east.faults.heal();
     for s in sites {
         s.shutdown().await;
     }
 }
 
+/// A site that lost its quorum takes no writes, but what it committed
+/// before is still sent: its last node cannot confirm it is current (no
+/// leader answers), answers all the same, and the other site gets the
+/// write it had not pulled yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_without_a_quorum_still_sends_what_it_committed() {
+    let mut sites = Site::federated(&["east", "west"], 3).await;
+    let el = sites[0].leader().await;
+    for op in [
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        host("before"),
+    ] {
+        sites[0]
+            .replica(el)
+            .write(cairn_core::audit::By::node(), op)
+            .await
+            .unwrap();
+    }
+    let wl = sites[1].leader().await;
+    let w = sites[1].replica(wl);
+    let at_west = |cn: &str| {
+        w.directory()
+            .get(&Dn::parse(&host_dn(cn)).unwrap())
+            .unwrap()
+            .is_some()
+    };
+    wait_until("east's write at west", Duration::from_secs(30), || {
+        at_west("before")
+    })
+    .await;
+    w.federation().pause().await;
+    sites[0]
+        .replica(el)
+        .write(cairn_core::audit::By::node(), host("late"))
+        .await
+        .unwrap();
+    // Two of east's three nodes go: the one left has the write, and no
+    // quorum.
+    let left = el;
+    for id in [1, 2, 3] {
+        if id != left {
+            sites[0].stop(id).await;
+        }
+    }
+    w.federation().resume();
+    wait_until(
+        "the write east committed before it lost its quorum, at west",
+        Duration::from_secs(30),
+        || at_west("late"),
+    )
+    .await;
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
+/// Issue 11: replication is transitive: with sites in a line A–B–C and no
+/// A–C link, a write at A reaches C.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_passes_through_a_site_in_the_middle() {
     let mut sites = Site::federated(&["a", "b", "c"], 1).await;

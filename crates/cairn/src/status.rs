@@ -28,10 +28,11 @@ pub struct NodeStatus {
     pub raft_error: String,
     /// The node's site.
     pub site: String,
-    /// Whether replication with other sites is paused on the node.
-    pub paused: bool,
+    /// Whether replication with other sites is paused on the node (none:
+    /// a node of a release that does not say).
+    pub paused: Option<bool>,
     /// Per peer site: `<site> <state> lag-ms=<ms|-> pulled=<n> position=<n>
-    /// behind=<n> last-pull-ms=<ms|->`.
+    /// behind=<n> last-pull-ms=<ms|-> from=<peer node|->`.
     pub peers: Vec<String>,
     /// Per failing peer site: `<site> <cause>`.
     pub peer_errors: Vec<String>,
@@ -73,7 +74,11 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         members: all(&e.attrs, "cairnMember"),
         raft_error: first(&e.attrs, "cairnRaftError"),
         site: first(&e.attrs, "cairnSiteName"),
-        paused: first(&e.attrs, "cairnReplicationPaused") == "TRUE",
+        paused: match first(&e.attrs, "cairnReplicationPaused").as_str() {
+            "TRUE" => Some(true),
+            "FALSE" => Some(false),
+            _ => None,
+        },
         peers: all(&e.attrs, "cairnPeerSite"),
         peer_errors: all(&e.attrs, "cairnPeerSiteError"),
         peer_refused: all(&e.attrs, "cairnPeerSiteRefused"),
@@ -99,7 +104,11 @@ pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
         "NODE", "LDAP", "ROLE", "TERM", "LAST-LOG", "APPLIED", "SITES", "REACHABLE"
     );
     // Replication with other sites on the node: paused or on.
-    let sites = |s: &NodeStatus| if s.paused { "paused" } else { "on" };
+    let sites = |s: &NodeStatus| match s.paused {
+        Some(true) => "paused",
+        Some(false) => "on",
+        None => "?",
+    };
     for (id, addr, s) in rows {
         match s {
             Ok(s) if s.role == "stopped" => out.push_str(&format!(
@@ -139,6 +148,30 @@ pub fn render(rows: &[(String, String, Result<NodeStatus, String>)]) -> String {
     out
 }
 
+/// The site a `cairnPeerSite` value is about: the words before its state
+/// (the word before the first `key=value`); a site's name may hold spaces.
+fn peer_site_name(p: &str) -> &str {
+    let words: Vec<&str> = p.split(' ').collect();
+    match words.iter().position(|w| w.contains('=')) {
+        Some(n) if n >= 2 => &p[..words[..n - 1].join(" ").len()],
+        _ => p,
+    }
+}
+
+/// Which of `sites` a `<site> <text>` value is about: the longest that
+/// begins it, followed by a space (`New York` over `New`).
+fn site_of<'a>(value: &str, sites: &[&'a str]) -> Option<&'a str> {
+    sites
+        .iter()
+        .filter(|s| {
+            value
+                .strip_prefix(**s)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .max_by_key(|s| s.len())
+        .copied()
+}
+
 /// Text from a node, on one line of the table.
 fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
@@ -160,12 +193,10 @@ pub fn leader_of(rows: &[(String, String, Result<NodeStatus, String>)]) -> Optio
 pub fn pause_disagreement(rows: &[(String, String, Result<NodeStatus, String>)]) -> Option<String> {
     let (mut paused, mut on) = (vec![], vec![]);
     for (id, _, s) in rows {
-        if let Ok(s) = s {
-            if s.paused {
-                paused.push(id.as_str());
-            } else {
-                on.push(id.as_str());
-            }
+        match s.as_ref().map(|s| s.paused) {
+            Ok(Some(true)) => paused.push(id.as_str()),
+            Ok(Some(false)) => on.push(id.as_str()),
+            _ => {}
         }
     }
     (!paused.is_empty() && !on.is_empty()).then(|| {
@@ -207,7 +238,18 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         print!("{w}");
     }
     match leader_of(&rows) {
-        Some(l) => print!("{}", render_peers(l)),
+        Some(l) => {
+            // Any node may have refused a peer's pulls: pulls go to any.
+            let mut l = l.clone();
+            for (_, _, s) in &rows {
+                for r in s.iter().flat_map(|s| &s.peer_refused) {
+                    if !l.peer_refused.contains(r) {
+                        l.peer_refused.push(r.clone());
+                    }
+                }
+            }
+            print!("{}", render_peers(&l))
+        }
         None => println!(
             "no node answers as the site's leader: replication with other sites is not \
              known (only the leader pulls)"
@@ -229,7 +271,7 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
 /// Replication with other sites, as the leader `l` reports it.
 pub fn render_peers(l: &NodeStatus) -> String {
     let mut out = String::new();
-    if l.paused {
+    if l.paused == Some(true) {
         out.push_str("replication with other sites: PAUSED (`cairn replication resume`)\n");
     }
     if l.peers.is_empty() {
@@ -240,19 +282,13 @@ pub fn render_peers(l: &NodeStatus) -> String {
         "{:<16} {:<8} {:>10} {:>8} {:>10} {:>10}  {}\n",
         "PEER-SITE", "STATE", "LAG", "BEHIND", "LAST-PULL", "PULLED", "LAST-ERROR"
     ));
-    let mut sites = vec![];
-    for p in &l.peers {
-        // `<site> <state> k=v ...`; a site's name may hold spaces.
-        let words: Vec<&str> = p.split(' ').collect();
-        let fields_at = words
-            .iter()
-            .position(|w| w.contains('='))
-            .unwrap_or(words.len());
-        let (site, state) = match fields_at {
-            0 | 1 => (p.as_str(), "?"),
-            n => (&p[..words[..n - 1].join(" ").len()], words[n - 1]),
-        };
-        sites.push(site);
+    let sites: Vec<&str> = l.peers.iter().map(|p| peer_site_name(p)).collect();
+    for (p, &site) in l.peers.iter().zip(&sites) {
+        let state = p[site.len()..]
+            .split_whitespace()
+            .next()
+            .filter(|w| !w.contains('='))
+            .unwrap_or("?");
         let field = |name: &str| {
             p.split_whitespace()
                 .find_map(|f| f.strip_prefix(name))
@@ -271,7 +307,8 @@ pub fn render_peers(l: &NodeStatus) -> String {
         let error = l
             .peer_errors
             .iter()
-            .find_map(|e| e.strip_prefix(site).and_then(|e| e.strip_prefix(' ')))
+            .find(|e| site_of(e, &sites) == Some(site))
+            .and_then(|e| e[site.len()..].strip_prefix(' '))
             .map(one_line)
             .unwrap_or_default();
         out.push_str(&format!(
@@ -286,10 +323,10 @@ pub fn render_peers(l: &NodeStatus) -> String {
         ));
     }
     for r in &l.peer_refused {
-        let (site, why) = sites
-            .iter()
-            .find_map(|s| Some((*s, r.strip_prefix(s)?.strip_prefix(' ')?)))
-            .unwrap_or_else(|| r.split_once(' ').unwrap_or((r, "")));
+        let (site, why) = match site_of(r, &sites) {
+            Some(s) => (s, r[s.len()..].trim_start()),
+            None => r.split_once(' ').unwrap_or((r, "")),
+        };
         out.push_str(&format!(
             "site {site}'s pulls are refused here: {}\n",
             one_line(why)
@@ -331,7 +368,7 @@ mod tests {
     fn peer_sites_show_state_lag_and_cause() {
         let l = NodeStatus {
             role: "leader".into(),
-            paused: true,
+            paused: Some(true),
             peers: vec![
                 "west paused lag-ms=1500 pulled=12 position=40 behind=3 last-pull-ms=2000".into(),
                 "north failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
@@ -369,6 +406,7 @@ mod tests {
         let l = NodeStatus {
             role: "leader".into(),
             peers: vec![
+                "New pulling lag-ms=5 pulled=0 position=0 behind=0 last-pull-ms=5 from=-".into(),
                 "New York failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
                 "west pulling lag-ms=10 pulled=1 position=1 behind=0 last-pull-ms=10".into(),
                 "west2 failing lag-ms=- pulled=0 position=0 behind=0 last-pull-ms=-".into(),
@@ -382,20 +420,25 @@ mod tests {
         };
         let t = render_peers(&l);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 5, "{t}");
+        assert_eq!(lines.len(), 6, "{t}");
         assert!(
-            lines[1].starts_with("New York") && lines[1].contains("failing"),
+            lines[1].starts_with("New ") && lines[1].contains("pulling"),
             "{t}"
         );
-        assert!(lines[1].ends_with("dns error"), "{t}");
+        assert!(!lines[1].contains("error"), "New has New York's error: {t}");
         assert!(
-            lines[2].starts_with("west ") && lines[2].contains("pulling"),
+            lines[2].starts_with("New York") && lines[2].contains("failing"),
             "{t}"
         );
-        assert!(!lines[2].contains("refused"), "west has west2's error: {t}");
-        assert!(lines[3].ends_with("connection refused"), "{t}");
+        assert!(lines[2].ends_with("dns error"), "{t}");
+        assert!(
+            lines[3].starts_with("west ") && lines[3].contains("pulling"),
+            "{t}"
+        );
+        assert!(!lines[3].contains("refused"), "west has west2's error: {t}");
+        assert!(lines[4].ends_with("connection refused"), "{t}");
         assert_eq!(
-            lines[4],
+            lines[5],
             "site New York's pulls are refused here: refused: lacks x"
         );
     }
@@ -408,7 +451,7 @@ mod tests {
         let node = |role: &str, term: &str, paused: bool| NodeStatus {
             role: role.into(),
             term: term.into(),
-            paused,
+            paused: Some(paused),
             ..Default::default()
         };
         let rows = vec![
@@ -436,5 +479,19 @@ mod tests {
         assert!(t.lines().nth(2).unwrap().contains(" on "), "{t}");
         let agreed = vec![rows[1].clone()];
         assert_eq!(pause_disagreement(&agreed), None);
+        // A node of a release that does not say is neither.
+        let older = vec![
+            rows[1].clone(),
+            (
+                "4".to_string(),
+                "d".to_string(),
+                Ok(NodeStatus {
+                    paused: None,
+                    ..node("follower", "4", false)
+                }),
+            ),
+        ];
+        assert_eq!(pause_disagreement(&older), None);
+        assert!(render(&older).lines().nth(2).unwrap().contains(" ? "));
     }
 }

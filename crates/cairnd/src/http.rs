@@ -21,6 +21,9 @@ struct Http {
     registry: Registry,
     writer: Arc<dyn Writer>,
     peers: PeerMetrics,
+    /// One scrape at a time: a scrape rebuilds the per-site series, and
+    /// another encoded in between would miss them.
+    scrape: std::sync::Mutex<()>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,9 +115,13 @@ impl PeerMetrics {
 }
 
 async fn metrics(State(h): State<Arc<Http>>) -> impl IntoResponse {
-    h.peers.update(h.writer.as_ref());
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &h.registry) {
+    let encoded = {
+        let _one = h.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        h.peers.update(h.writer.as_ref());
+        prometheus_client::encoding::text::encode(&mut body, &h.registry)
+    };
+    match encoded {
         Ok(()) => (
             StatusCode::OK,
             [(
@@ -188,6 +195,7 @@ pub async fn bind(
                 registry,
                 writer,
                 peers,
+                scrape: Default::default(),
             }
         }));
     let app = match boot {
@@ -245,6 +253,7 @@ mod tests {
             registry: Registry::default(),
             writer: writer.clone(),
             peers: PeerMetrics::default(),
+            scrape: Default::default(),
         });
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {

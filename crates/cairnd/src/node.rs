@@ -251,9 +251,9 @@ async fn run_node(s: Settings, stop: watch::Receiver<bool>) -> anyhow::Result<()
     if s.seed_example && first {
         let (d, w, admin) = (dir.clone(), writer.clone(), s.ldap.admin_dn.clone());
         let now = cairn_core::time::generalized_time(clock.now_unix());
-        let marker = s.data_dir.join("example-tree-loaded");
+        let data_dir = s.data_dir.clone();
         let seed = async move {
-            let n = crate::seed::seed_if_empty(&d, w.as_ref(), &admin, now, &marker).await?;
+            let n = crate::seed::seed_if_empty(&d, w.as_ref(), &admin, now, &data_dir).await?;
             if n > 0 {
                 info!(entries = n, "loaded the example tree");
             }

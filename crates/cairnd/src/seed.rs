@@ -84,11 +84,15 @@ const RETRY_FOR: Duration = Duration::from_secs(300);
 /// Loads the example tree unless it was loaded before. Returns how many
 /// entries were added.
 ///
-/// Loaded before: `marker` (a file in the node's data directory, written
-/// once the whole tree is in) exists, or, in a data directory from before
-/// the marker, the suffix and the tree's last entry exist. A first start
-/// stopped part-way (the suffix in, the site entries not yet) adds what
-/// is missing at the next start, rather than keeping half a tree for good.
+/// Two files in the node's data directory `data_dir` say how far it got:
+/// `example-tree-loading` is written before the first entry is added and
+/// `example-tree-loaded` once the last one is in. A start that finds the
+/// first without the second (the one before stopped part-way: the suffix
+/// in, the site entries not yet) adds what is missing, rather than keeping
+/// half a tree for good. A suffix that exists without either (a data
+/// directory from before these files, or a tree loaded by hand with
+/// `--example false`) is taken as loaded, as before: nothing is added to
+/// it.
 ///
 /// On a site this runs while the node serves, and the node may be
 /// restarting: it first waits until it has applied everything the site
@@ -102,17 +106,20 @@ pub async fn seed_if_empty(
     writer: &dyn Writer,
     admin: &Dn,
     now: String,
-    marker: &std::path::Path,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<usize> {
     let Some(suffix) = dir.suffixes().first() else {
         return Ok(0);
     };
-    if marker.exists() {
+    let (loading, loaded) = (
+        data_dir.join("example-tree-loading"),
+        data_dir.join("example-tree-loaded"),
+    );
+    if loaded.exists() {
         return Ok(0);
     }
-    let loaded = || -> anyhow::Result<()> {
-        std::fs::write(marker, "the example tree was loaded\n")
-            .with_context(|| format!("cannot write {}", marker.display()))
+    let mark = |path: &std::path::Path, text: &str| -> anyhow::Result<()> {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     let deadline = Instant::now() + RETRY_FOR;
     loop {
@@ -127,14 +134,18 @@ pub async fn seed_if_empty(
     }
     let entries = example_entries()?;
     if dir.get(suffix)?.is_some() {
-        let last = entries.last().map(|e| dir.get(&e.dn)).transpose()?;
-        if last.is_none_or(|e| e.is_some()) {
-            loaded()?;
+        if !loading.exists() {
+            mark(
+                &loaded,
+                "the directory held its suffix before the example tree\n",
+            )?;
             return Ok(0);
         }
         warn!(
             "example tree: an earlier start stopped before it was loaded; adding what is missing"
         );
+    } else {
+        mark(&loading, "loading the example tree\n")?;
     }
     let stamp = Stamp {
         who: admin.clone(),
@@ -168,7 +179,8 @@ pub async fn seed_if_empty(
             break;
         }
     }
-    loaded()?;
+    mark(&loaded, "the example tree was loaded\n")?;
+    let _ = std::fs::remove_file(&loading);
     Ok(n)
 }
 
