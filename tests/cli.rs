@@ -256,3 +256,63 @@ fn an_example_tree_left_half_loaded_is_completed_at_the_next_start() {
         "an example entry deleted came back at a restart"
     );
 }
+
+/// Issue 11: `cairnd backup` refuses the data directory of a node that
+/// runs and copies a stopped one's. A node started on the copy (a
+/// restore) holds what the backup held and stamps what it writes from
+/// then on under a new origin epoch (`cairnOriginEpoch: 1` in
+/// `cn=status`), as Active Directory gives a restored domain controller a
+/// new invocationId; the backup's mark is gone once it did.
+#[test]
+fn issue_11_a_node_restored_from_cairnd_backup_stamps_under_a_new_origin_epoch() {
+    let mut n = Node::start();
+    ok(n.tool("ldapadd", &[], Some(&hosts_ldif("bk", 1))));
+    let out = tempfile::tempdir().unwrap();
+    let backup = |data: &std::path::Path| {
+        std::process::Command::new(bin("cairnd"))
+            .arg("backup")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .expect("run cairnd backup")
+    };
+    let refused = backup(n.data.path());
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("still running"),
+        "{}",
+        stderr(&refused)
+    );
+    n.stop();
+    let done = backup(n.data.path());
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(
+        stdout(&done).contains("origin epoch 0"),
+        "{}",
+        stdout(&done)
+    );
+    let marker = out.path().join("restore-pending");
+    assert!(marker.exists());
+    let restored = Node::start_in(out, "redb", &[], &[]);
+    let status = || {
+        stdout(&ok(restored.tool(
+            "ldapsearch",
+            &["-LLL", "-b", "cn=status", "-s", "base", "cairnOriginEpoch"],
+            None,
+        )))
+    };
+    assert_eq!(
+        rc(&restored.tool(
+            "ldapsearch",
+            &["-b", &format!("cn=bk-0,{PROD_A}"), "-s", "base", "1.1"],
+            None
+        )),
+        0,
+        "what the backup held"
+    );
+    ok(restored.tool("ldapadd", &[], Some(&hosts_ldif("after", 1))));
+    assert!(status().contains("cairnOriginEpoch: 1"), "{}", status());
+    assert!(!marker.exists(), "the backup's mark outlived the new epoch");
+}

@@ -37,6 +37,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 mod proposer;
+pub mod restore;
 pub mod state_machine;
 pub mod types;
 pub mod wal;

@@ -358,6 +358,29 @@ impl Replica {
         let log = LogStore::open_on(cfg.disk.clone(), &cfg.data_dir.join("raft"))
             .map_err(|e| StartError::Log(e.to_string()))?;
         StateMachine::check_snapshot(&cfg.data_dir).map_err(StartError::Snapshot)?;
+        // Restored from a backup (`crate::restore`): the epoch it was taken
+        // under, unless the site has moved past it already.
+        let restored = match crate::restore::pending(&cfg.data_dir) {
+            Ok(Some(taken)) => {
+                let now = dir
+                    .origin_epoch()
+                    .map_err(|e| StartError::Store(e.to_string()))?;
+                if now > taken {
+                    crate::restore::settled(&cfg.data_dir, now)
+                        .map_err(|e| StartError::Store(e.to_string()))?;
+                    None
+                } else {
+                    tracing::warn!(
+                        epoch = taken,
+                        "this data directory was restored from a backup: its site's next \
+                         leader raises the origin epoch before it stamps a change"
+                    );
+                    Some(taken)
+                }
+            }
+            Ok(None) => None,
+            Err(e) => return Err(StartError::Store(format!("restore marker: {e}"))),
+        };
         // Entries written before the directory kept replicated state get
         // theirs (an upgraded data directory), the same way on every node.
         let upgraded = dir
@@ -398,6 +421,7 @@ impl Replica {
                 id: cfg.id,
                 dir: dir.clone(),
                 origin: cfg.origin,
+                restored,
                 clock: cfg.clock.clone(),
                 timeout: cfg.write_timeout,
                 planner: crate::worker::Worker::start("cairn-plan".into())
@@ -905,6 +929,15 @@ impl Replica {
             (
                 "cairnSiteId".into(),
                 vec![self.federation.origin.site.to_string()],
+            ),
+            (
+                // The epoch its changes are stamped under (raised by a
+                // restore from a backup, `crate::restore`).
+                "cairnOriginEpoch".into(),
+                self.dir
+                    .origin_epoch()
+                    .map(|e| vec![e.to_string()])
+                    .unwrap_or_default(),
             ),
             ("cairnRole".into(), vec![role.into()]),
             ("cairnTerm".into(), vec![m.current_term.to_string()]),

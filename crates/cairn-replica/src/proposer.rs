@@ -212,8 +212,13 @@ pub(crate) struct Context {
     pub raft: Raft,
     pub id: u64,
     pub dir: Arc<Directory>,
-    /// This site, the origin of every change its leader stamps.
+    /// This site, the origin of every change its leader stamps (its epoch
+    /// is the store's, [`Directory::origin_epoch`]).
     pub origin: Origin,
+    /// The epoch the backup this node was restored from was taken under,
+    /// while the site has not moved past it (`crate::restore`): nothing is
+    /// stamped before it has.
+    pub restored: Option<u32>,
     pub clock: Arc<dyn Clock>,
     pub timeout: Duration,
     /// The thread its plans run on (`crate::worker`).
@@ -223,6 +228,32 @@ pub(crate) struct Context {
 /// Changes proposed and not yet applied here, oldest first: the next
 /// plan sees them as applied (they will be, before its own changes).
 type InFlight = Arc<std::sync::Mutex<Vec<(u64, Arc<Vec<Change>>)>>>;
+
+/// A node restored from a backup taken under epoch `e` (`ctx.restored`)
+/// makes its site stamp under `e + 1` before anything else: it proposes
+/// the new epoch and waits for it to be applied here.
+async fn new_epoch_after_restore(ctx: &Context) -> Result<(), WriteError> {
+    let Some(taken) = ctx.restored else {
+        return Ok(());
+    };
+    if ctx.dir.origin_epoch().map_err(WriteError::Directory)? > taken {
+        return Ok(());
+    }
+    let next = taken.saturating_add(1);
+    tracing::warn!(
+        epoch = next,
+        "restored from a backup: this site stamps its changes under a new origin epoch"
+    );
+    match tokio::time::timeout(ctx.timeout, ctx.raft.client_write(Request::NewEpoch(next))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::NoLeader(format!(
+            "restored from a backup; cannot raise the origin epoch yet: {e}"
+        ))),
+        Err(_) => Err(WriteError::Unknown(
+            "restored from a backup; the new origin epoch was not committed in time".into(),
+        )),
+    }
+}
 
 async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
     let ctx = Arc::new(ctx);
@@ -280,20 +311,33 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
                     continue;
                 }
             }
+            // Restored from a backup: a new origin epoch first.
+            if let Err(e) = new_epoch_after_restore(&ctx).await {
+                caught_up_in = None;
+                send(replies, all(n, Ok(Err(e))));
+                continue;
+            }
         }
         // One clock reading for the batch, above every change this site
         // holds from any origin (a previous leader's, another site's).
-        match ctx.dir.vector() {
-            Ok(v) => v.iter().for_each(|(_, c)| hlc.observe(c)),
+        let epoch = match ctx
+            .dir
+            .vector()
+            .and_then(|v| Ok((v, ctx.dir.origin_epoch()?)))
+        {
+            Ok((v, epoch)) => {
+                v.iter().for_each(|(_, c)| hlc.observe(c));
+                epoch
+            }
             Err(e) => {
                 send(replies, all(n, Ok(Err(WriteError::Directory(e)))));
                 continue;
             }
-        }
+        };
         let csns: Vec<Csn> = hlc
             .stamp(
                 ctx.clock.now_millis(),
-                ctx.origin,
+                Origin::new(ctx.origin.site, epoch),
                 u32::try_from(n).unwrap_or(u32::MAX),
             )
             .collect();

@@ -122,6 +122,7 @@ enum StepKind {
     Purge(Csn),
     ResyncPage(Csn, Arc<Vec<cairn_core::merge::EntryState>>),
     ResyncEnd(Arc<crate::federation::ResyncEnd>),
+    NewEpoch(u32),
 }
 
 /// The CSNs of the writes of a log entry written before changes were
@@ -336,6 +337,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last: e.log_id,
                     membership: membership.clone(),
                 }),
+                EntryPayload::Normal(Request::NewEpoch(epoch)) => steps.push(Step {
+                    kind: StepKind::NewEpoch(*epoch),
+                    last: e.log_id,
+                    membership: membership.clone(),
+                }),
                 EntryPayload::Normal(Request::ResyncEnd(end)) => steps.push(Step {
                     kind: StepKind::ResyncEnd(end.clone()),
                     last: e.log_id,
@@ -369,6 +375,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let dir = self.dir.clone();
+        let data_dir = self.data_dir.clone();
         // Not fsync'd: the log is, and a crash only loses applies that the
         // log replays (snapshots sync before the log is purged). A
         // checkpoint now and then bounds that replay.
@@ -421,6 +428,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             "rebuilt this site's directory from a peer site; entries it does not \
                              hold are gone"
                         );
+                    }
+                    StepKind::NewEpoch(epoch) => {
+                        // Durable at once: a restart must not stamp under
+                        // the old epoch once the marker is gone.
+                        let now = dir
+                            .raise_origin_epoch(epoch, Some(&meta), true)
+                            .map_err(failed)?;
+                        tracing::warn!(
+                            epoch = now,
+                            "this site stamps its changes under a new origin epoch \
+                             (restored from a backup)"
+                        );
+                        crate::restore::settled(&data_dir, now)
+                            .map_err(|e| StorageIOError::write_state_machine(&e))?;
                     }
                 }
             }

@@ -45,6 +45,9 @@ pub enum Request {
     /// Changes planned and stamped by the leader, each with its audit
     /// record.
     Changes(Arc<Vec<Change>>),
+    /// The site's origin epoch from now on (never lowered): a site restored
+    /// from a backup stamps under a new one (`crate::restore`).
+    NewEpoch(u32),
 }
 
 impl Request {

@@ -70,6 +70,12 @@ impl StepClock {
         self.ahead_ms
             .fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Takes back time passed (the clock of a machine restored wrong).
+    fn back(&self, d: Duration) {
+        self.ahead_ms
+            .fetch_sub(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl cairn_core::time::Clock for StepClock {
@@ -1859,6 +1865,100 @@ async fn a_site_without_a_quorum_still_sends_what_it_committed() {
         || at_west("late"),
     )
     .await;
+    for s in sites {
+        s.shutdown().await;
+    }
+}
+
+/// Every file below `from`, copied below `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Issue 11: a site restored from a backup that `cairnd backup` marked
+/// stamps what it writes from then on under a new origin epoch, as Active
+/// Directory's invocationId. Here the restored site's clock also went
+/// back, below a change it made after the backup that the other site
+/// holds: under its old identity, its next change would sit below that
+/// one and be taken as held there, silently lost; under the new epoch it
+/// arrives. The change made after the backup comes back from the other
+/// site, and a restart does not raise the epoch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_restored_from_a_backup_writes_under_a_new_origin_epoch() {
+    let mut sites = Site::federated(&["east", "west"], 1).await;
+    for s in &sites {
+        s.clock.pass(Duration::from_secs(3600));
+    }
+    let has = |s: &Site, cn: &str| s.has(1, &host_dn(cn));
+    let write = |s: &Site, op: WriteOp| {
+        let r = s.replica(1);
+        async move { r.write(cairn_core::audit::By::node(), op).await.unwrap() }
+    };
+    write(
+        &sites[0],
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+    )
+    .await;
+    write(&sites[0], host("a")).await;
+    wait_until("a at west", Duration::from_secs(30), || has(&sites[1], "a")).await;
+    // The backup: east's node stopped, its data directory copied, marked.
+    sites[0].stop(1).await;
+    let backup = tempfile::tempdir().unwrap();
+    copy_tree(sites[0].nodes[0].tmp.path(), backup.path());
+    cairn_replica::restore::mark(backup.path(), 0).unwrap();
+    sites[0].start(1).await;
+    sites[0].clock.pass(Duration::from_secs(60));
+    write(&sites[0], host("b")).await;
+    wait_until("b at west", Duration::from_secs(30), || has(&sites[1], "b")).await;
+    // The restore, with the clock an hour behind, and east's pulls from
+    // west going nowhere, so it stamps before it hears of b again.
+    sites[0].stop(1).await;
+    let data = sites[0].nodes[0].tmp.path().to_path_buf();
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    copy_tree(backup.path(), &data);
+    sites[0].clock.back(Duration::from_secs(3660));
+    let linked = sites[0].peer_sites.clone();
+    sites[0].peer_sites[0].nodes = vec!["127.0.0.1:1".into()];
+    sites[0].start(1).await;
+    assert!(!has(&sites[0], "b"), "the backup was taken before b");
+    write(&sites[0], host("c")).await;
+    assert_eq!(sites[0].replica(1).directory().origin_epoch().unwrap(), 1);
+    assert_eq!(cairn_replica::restore::pending(&data).unwrap(), None);
+    wait_until(
+        "c, written after the restore, at west",
+        Duration::from_secs(30),
+        || has(&sites[1], "c"),
+    )
+    .await;
+    // Its clock set right and linked again: b comes back; a restart keeps
+    // the epoch.
+    sites[0].stop(1).await;
+    sites[0].clock.pass(Duration::from_secs(3660));
+    sites[0].peer_sites = linked;
+    sites[0].start(1).await;
+    wait_until("b back at east", Duration::from_secs(30), || {
+        has(&sites[0], "b")
+    })
+    .await;
+    write(&sites[0], host("d")).await;
+    assert_eq!(sites[0].replica(1).directory().origin_epoch().unwrap(), 1);
+    sites_converge(&sites, Duration::from_secs(30)).await;
     for s in sites {
         s.shutdown().await;
     }

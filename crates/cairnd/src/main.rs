@@ -4,6 +4,7 @@
 //! store, seeds the example tree when asked and runs the listeners until a
 //! shutdown signal; `seed` holds the example tree.
 
+mod backup;
 mod boot_http;
 mod config;
 mod http;
@@ -141,6 +142,21 @@ enum Cmd {
     /// Print the argon2id hash of a password read from standard input, for
     /// `ldap.admin_password_hash`.
     HashPassword,
+    /// Copy a stopped node's data directory as a backup. A node started on
+    /// the copy (restored) makes its site stamp changes under a new origin
+    /// epoch (docs/storage.md, "Backup"). Restore every node of a site
+    /// from the same backup.
+    Backup {
+        /// The stopped node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where the backup goes (absent or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage engine of the data directory: redb or sled.
+        #[arg(long, default_value = "redb")]
+        engine: cairn_store::EngineKind,
+    },
 }
 
 /// What `cairnd dev --sites 2` prints to try: a write at one site read
@@ -196,6 +212,21 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Run => vec![config::load(cli.config.as_deref())?.validate(password)?],
+        Cmd::Backup {
+            data_dir,
+            out,
+            engine,
+        } => {
+            let epoch = backup::backup(&data_dir, &out, engine)?;
+            println!(
+                "backed up {} to {} (origin epoch {epoch}); a node started on the copy \
+                 makes its site stamp under epoch {}",
+                data_dir.display(),
+                out.display(),
+                epoch.saturating_add(1)
+            );
+            return Ok(());
+        }
         Cmd::Dev {
             data_dir,
             ldap,

@@ -160,6 +160,20 @@ const HORIZON_KEY: &[u8] = b"horizon";
 /// The key of the change log's last position, once a purge dropped its
 /// last row, in [`Table::Forgotten`].
 const LAST_POSITION_KEY: &[u8] = b"last-position";
+/// The key of this site's origin epoch ([`Directory::origin_epoch`]) in
+/// [`Table::Forgotten`], a table snapshots carry, so that a node that
+/// installs one stamps under the same epoch.
+const EPOCH_KEY: &[u8] = b"origin-epoch";
+
+/// Change-log positions per origin epoch, as a power of two: epoch `e`'s
+/// rows start past `e << EPOCH_POSITIONS`.
+const EPOCH_POSITIONS: u32 = 40;
+
+/// Whether a key of [`Table::Forgotten`] is one of its own rows rather
+/// than an origin's highest dropped CSN.
+fn bookkeeping_key(k: &[u8]) -> bool {
+    k == HORIZON_KEY || k == LAST_POSITION_KEY || k == EPOCH_KEY
+}
 
 /// How the `cairnConflict` value of an entry shown as a stub begins.
 pub(super) const STUB_CONFLICT: &str = "size: ";
@@ -2550,7 +2564,7 @@ impl Directory {
         // holds it; beyond that, it was this site's own and is gone.
         let mut own = vec![];
         txn.scan_from(Table::Forgotten, &[], &mut |k, v| {
-            if k != HORIZON_KEY && k != LAST_POSITION_KEY {
+            if !bookkeeping_key(k) {
                 own.push((k.to_vec(), v.to_vec()));
             }
             true
@@ -2665,17 +2679,82 @@ impl Directory {
         })?;
         let mut out = Forgotten::default();
         for (k, v) in rows {
-            if k == LAST_POSITION_KEY {
-                continue;
-            }
-            let csn = decode_csn(&v)?;
             if k == HORIZON_KEY {
-                out.horizon = Some(csn);
-            } else {
-                out.dropped.push(csn);
+                out.horizon = Some(decode_csn(&v)?);
+            } else if !bookkeeping_key(&k) {
+                out.dropped.push(decode_csn(&v)?);
             }
         }
         Ok(out)
+    }
+
+    /// This site's origin epoch: the second half of the origin its leader
+    /// stamps changes with (`Origin { site, epoch }`), 0 until a restore
+    /// from a backup raised it ([`Directory::raise_origin_epoch`]).
+    pub fn origin_epoch(&self) -> Result<u32, Error> {
+        Self::origin_epoch_in(&*self.engine.snapshot()?)
+    }
+
+    /// [`Directory::origin_epoch`] of the store `engine` (`cairnd backup`,
+    /// before any directory is opened on it).
+    pub fn origin_epoch_of(engine: &dyn crate::engine::Engine) -> Result<u32, Error> {
+        Self::origin_epoch_in(&*engine.snapshot()?)
+    }
+
+    fn origin_epoch_in(snap: &dyn Snapshot) -> Result<u32, Error> {
+        match snap.get(Table::Forgotten, EPOCH_KEY)? {
+            None => Ok(0),
+            Some(v) => {
+                let b: [u8; 4] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt(format!("origin epoch of {} bytes", v.len())))?;
+                Ok(u32::from_be_bytes(b))
+            }
+        }
+    }
+
+    /// Raises this site's origin epoch to `epoch` (never lowers it), with
+    /// `meta` in the same transaction: a site restored from a backup
+    /// stamps what it writes from then on under an origin no change made
+    /// before the restore has, as Active Directory's invocationId.
+    /// Returns the epoch now.
+    pub fn raise_origin_epoch(
+        &self,
+        epoch: u32,
+        meta: Option<&Batch>,
+        durable: bool,
+    ) -> Result<u32, Error> {
+        let mut now = 0;
+        self.write_txn(durable, &mut |txn| {
+            let was = Self::origin_epoch_in(&*txn)?;
+            now = was.max(epoch);
+            let mut b = Batch::default();
+            b.put(
+                Table::Forgotten,
+                EPOCH_KEY.to_vec(),
+                now.to_be_bytes().to_vec(),
+            );
+            // The log restored with the store ends where the backup was
+            // taken, while peers may have read this site's log further: its
+            // rows from now on take positions past any it had before
+            // (each epoch its own 2^40 of them), so no peer skips them as
+            // read.
+            let floor = u64::from(now) << EPOCH_POSITIONS;
+            if now > was && Self::last_position(&*txn)? < floor {
+                b.put(
+                    Table::Forgotten,
+                    LAST_POSITION_KEY.to_vec(),
+                    floor.to_be_bytes().to_vec(),
+                );
+            }
+            txn.apply(&b)?;
+            match meta {
+                Some(meta) => txn.apply(meta),
+                None => Ok(()),
+            }
+        })?;
+        Ok(now)
     }
 
     /// The deleted entries that changes made later at other sites met
@@ -2855,13 +2934,15 @@ impl Directory {
         Self::last_position(&*self.engine.snapshot()?)
     }
 
-    /// The change log's last position: its last row's, or, once a purge
-    /// emptied it, the one recorded then (positions count on from it).
+    /// The change log's last position: its last row's, or the one
+    /// recorded when a purge emptied it or a new origin epoch moved the
+    /// log on, whichever is later (positions count on from it).
     fn last_position(snap: &dyn Snapshot) -> Result<u64, Error> {
-        match snap.last(Table::Changelog)? {
-            Some((k, _)) => position_of(&k),
-            None => Self::trimmed_position(snap),
-        }
+        let recorded = Self::trimmed_position(snap)?;
+        Ok(match snap.last(Table::Changelog)? {
+            Some((k, _)) => position_of(&k)?.max(recorded),
+            None => recorded,
+        })
     }
 
     /// Changes in this site's change log after position `after`, at most
