@@ -59,6 +59,12 @@ pub const AUDITED: &str = "2";
 /// counts nothing it learns from the answer as caught up, and asks
 /// another node of the site next.
 pub const UNCONFIRMED_HEADER: &str = "cairn-unconfirmed";
+/// The metadata a node answering a pull adds with its site's origin epoch
+/// (`Directory::origin_epoch`): when it changes, the site was restored
+/// from a backup, and the puller reads its change log again from its
+/// start (the restored log ends where the backup was taken, maybe before
+/// where the puller got to, and its new rows take positions it passed).
+pub const EPOCH_HEADER: &str = "cairn-origin-epoch";
 
 /// Most changes one pull carries.
 pub const MAX_CHANGES: u32 = 1000;
@@ -727,6 +733,8 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
     let mut next_node = 0usize;
     // The term this node led in when it last looked (none: not leading).
     let mut led_in: Option<u64> = None;
+    // The peer site's origin epoch as its last answer said.
+    let mut epoch_seen: Option<u32> = None;
     loop {
         let Some(r) = replica.upgrade() else { return };
         let fed = r.federation().clone();
@@ -762,9 +770,27 @@ async fn pull(replica: Weak<crate::Replica>, name: String, clients: network::Cli
             // Paused while the pull was under way: nothing was asked of the
             // peer's answer, so nothing about the peer is learnt from it.
             Ok(_) if fed.is_paused() => {}
-            Ok((n, last, complete, end, unconfirmed)) => {
+            Ok(Pulled {
+                proposed: n,
+                last,
+                complete,
+                end,
+                unconfirmed,
+                epoch,
+            }) => {
                 position = next_position(last, end);
-                if position != last {
+                if epoch.is_some() && epoch_seen.is_some() && epoch != epoch_seen {
+                    tracing::warn!(
+                        site = %peer.name,
+                        from = ?epoch_seen,
+                        to = ?epoch,
+                        "the peer site was restored from a backup (its origin epoch changed); \
+                         reading its change log again from its start"
+                    );
+                    position = 0;
+                }
+                epoch_seen = epoch.or(epoch_seen);
+                if end < last {
                     tracing::warn!(
                         site = %peer.name,
                         node = %node,
@@ -820,11 +846,22 @@ fn next_position(last: u64, end: u64) -> u64 {
     if end < last { 0 } else { last }
 }
 
-/// What one pull did: how many changes it proposed, the peer's change-log
-/// position it reached, whether that was all the peer had, where the
-/// peer's log ends, and why the answering node could not confirm it was
-/// current with its site, if it could not.
-type Pulled = (u64, u64, bool, u64, Option<String>);
+/// What one pull did.
+struct Pulled {
+    /// How many changes it proposed.
+    proposed: u64,
+    /// The peer's change-log position it reached.
+    last: u64,
+    /// Whether that was all the peer had.
+    complete: bool,
+    /// Where the peer's log ends.
+    end: u64,
+    /// Why the answering node could not confirm it was current with its
+    /// site, if it could not.
+    unconfirmed: Option<String>,
+    /// The peer site's origin epoch, if its node said.
+    epoch: Option<u32>,
+}
 
 /// One pull: ask, check, propose ([`Pulled`]).
 async fn pull_once(
@@ -874,6 +911,10 @@ async fn pull_once(
         .metadata()
         .get(UNCONFIRMED_HEADER)
         .map(|v| v.to_str().unwrap_or("?").to_string());
+    let epoch = reply
+        .metadata()
+        .get(EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let data = &reply.get_ref().data;
     let undecodable = |e| format!("undecodable answer: {e}");
     let resp: Result<ChangesResponse, String> = if audited {
@@ -889,12 +930,26 @@ async fn pull_once(
     let complete = !resp.more && unconfirmed.is_none();
     let end = resp.end;
     if resp.changes.is_empty() {
-        return Ok((0, resp.last, complete, end, unconfirmed));
+        return Ok(Pulled {
+            proposed: 0,
+            last: resp.last,
+            complete,
+            end,
+            unconfirmed,
+            epoch,
+        });
     }
     let _proposing = fed.proposing.lock().await;
     if fed.is_paused() {
         // Paused while the pull was under way: drop it, ask again later.
-        return Ok((0, position, false, end, None));
+        return Ok(Pulled {
+            proposed: 0,
+            last: position,
+            complete: false,
+            end,
+            unconfirmed: None,
+            epoch,
+        });
     }
     let now = r.clock().now_millis();
     if let Some(ahead) = resp
@@ -956,7 +1011,14 @@ async fn pull_once(
     .await
     .map_err(|_| "proposing the peer's changes timed out".to_string())?
     .map_err(|e| format!("proposing the peer's changes: {e}"))?;
-    Ok((n, resp.last, complete, end, unconfirmed))
+    Ok(Pulled {
+        proposed: n,
+        last: resp.last,
+        complete,
+        end,
+        unconfirmed,
+        epoch,
+    })
 }
 
 impl crate::Replica {

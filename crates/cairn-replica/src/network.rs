@@ -897,6 +897,7 @@ impl pb::raft_server::Raft for RaftService {
         // all there is), but says so, and the puller counts nothing it
         // learns from the answer as caught up and asks another node next.
         let unconfirmed = replica.linearizable_barrier(CONFIRM_TIMEOUT).await.err();
+        let epoch = replica.directory().origin_epoch().ok();
         use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER};
         let audited = r
             .metadata()
@@ -923,6 +924,12 @@ impl pb::raft_server::Raft for RaftService {
             // A site of an earlier release: changes without their audit.
             payload(&answer.as_ref().map(ChangesResponseV1::from))?
         };
+        if let Some(e) = epoch {
+            reply.metadata_mut().insert(
+                crate::federation::EPOCH_HEADER,
+                tonic::metadata::MetadataValue::from(e),
+            );
+        }
         if let Some(why) = unconfirmed {
             let text: String = why
                 .chars()

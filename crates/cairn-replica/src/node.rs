@@ -365,15 +365,15 @@ impl Replica {
                 let now = dir
                     .origin_epoch()
                     .map_err(|e| StartError::Store(e.to_string()))?;
-                if now > taken {
+                if now != taken {
                     crate::restore::settled(&cfg.data_dir, now)
                         .map_err(|e| StartError::Store(e.to_string()))?;
                     None
                 } else {
                     tracing::warn!(
                         epoch = taken,
-                        "this data directory was restored from a backup: its site's next \
-                         leader raises the origin epoch before it stamps a change"
+                        "this data directory was restored from a backup: its site takes \
+                         a new origin epoch before it stamps a change"
                     );
                     Some(taken)
                 }
@@ -477,6 +477,12 @@ impl Replica {
             Arc::downgrade(&replica),
             clients.clone(),
         ));
+        if let Some(taken) = restored {
+            tokio::spawn(crate::restore::give_new_epoch(
+                Arc::downgrade(&replica),
+                taken,
+            ));
+        }
         Ok(replica)
     }
 

@@ -230,29 +230,20 @@ pub(crate) struct Context {
 type InFlight = Arc<std::sync::Mutex<Vec<(u64, Arc<Vec<Change>>)>>>;
 
 /// A node restored from a backup taken under epoch `e` (`ctx.restored`)
-/// makes its site stamp under `e + 1` before anything else: it proposes
-/// the new epoch and waits for it to be applied here.
-async fn new_epoch_after_restore(ctx: &Context) -> Result<(), WriteError> {
+/// stamps nothing while its site still stamps under `e`: its leader
+/// gives the site a new epoch first (`crate::restore::give_new_epoch`).
+fn waiting_for_new_epoch(ctx: &Context) -> Result<(), WriteError> {
     let Some(taken) = ctx.restored else {
         return Ok(());
     };
-    if ctx.dir.origin_epoch().map_err(WriteError::Directory)? > taken {
+    if ctx.dir.origin_epoch().map_err(WriteError::Directory)? != taken {
         return Ok(());
     }
-    let next = taken.saturating_add(1);
-    tracing::warn!(
-        epoch = next,
-        "restored from a backup: this site stamps its changes under a new origin epoch"
-    );
-    match tokio::time::timeout(ctx.timeout, ctx.raft.client_write(Request::NewEpoch(next))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(WriteError::NoLeader(format!(
-            "restored from a backup; cannot raise the origin epoch yet: {e}"
-        ))),
-        Err(_) => Err(WriteError::Unknown(
-            "restored from a backup; the new origin epoch was not committed in time".into(),
-        )),
-    }
+    Err(WriteError::NoLeader(
+        "restored from a backup: the site takes writes once it has its new origin epoch; \
+         retry"
+            .into(),
+    ))
 }
 
 async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
@@ -311,12 +302,11 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
                     continue;
                 }
             }
-            // Restored from a backup: a new origin epoch first.
-            if let Err(e) = new_epoch_after_restore(&ctx).await {
-                caught_up_in = None;
-                send(replies, all(n, Ok(Err(e))));
-                continue;
-            }
+        }
+        // Restored from a backup: a new origin epoch first.
+        if let Err(e) = waiting_for_new_epoch(&ctx) {
+            send(replies, all(n, Ok(Err(e))));
+            continue;
         }
         // One clock reading for the batch, above every change this site
         // holds from any origin (a previous leader's, another site's).

@@ -7,11 +7,13 @@
 //!
 //! `cairnd backup` copies a stopped node's data directory and leaves a
 //! [`MARKER`] in the copy naming the epoch the site stamped under. A node
-//! started on a restored copy finds it: its site's leader raises the
-//! epoch past it (`Request::NewEpoch`) before it stamps anything, and
-//! each node removes its marker once it applied the new epoch. A data
+//! started on a restored copy finds it: as soon as it leads its site it
+//! proposes a new, random epoch (`Request::NewEpoch`), its proposer stamps
+//! nothing before that is applied, and each node removes its marker once
+//! it applied an epoch other than the backup's. Peers read the site's
+//! change log again from its start when they see its epoch change. A data
 //! directory copied back by hand carries no marker and keeps its epoch
-//! (`docs/federation.md`, "Deletes", on what that risks).
+//! (`docs/storage.md`, "Backup", on what that risks).
 
 use std::io;
 use std::path::Path;
@@ -21,16 +23,21 @@ use std::path::Path;
 pub const MARKER: &str = "restore-pending";
 
 /// Marks the copy `data_dir` as a backup of a site stamping under
-/// `epoch`: a node started on it is a restore.
+/// `epoch`: a node started on it is a restore. Written and synced, with
+/// the directory, before it returns.
 pub fn mark(data_dir: &Path, epoch: u32) -> io::Result<()> {
-    std::fs::write(
-        data_dir.join(MARKER),
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(data_dir.join(MARKER))?;
+    f.write_all(
         format!(
             "epoch {epoch}\n\
-             # A backup: a node started on this data directory raises its site's\n\
-             # origin epoch past {epoch} before it stamps a change, then removes this file.\n"
-        ),
-    )
+             # A backup: a node started on this data directory gives its site a new\n\
+             # origin epoch before it stamps a change, then removes this file.\n"
+        )
+        .as_bytes(),
+    )?;
+    f.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 /// The epoch a restored data directory's backup was taken under, if it
@@ -57,13 +64,27 @@ pub fn pending(data_dir: &Path) -> io::Result<Option<u32>> {
         })
 }
 
-/// The site now stamps under `epoch`: a marker of a backup taken under an
-/// earlier one is done with.
+/// The site now stamps under `epoch`: a marker of a backup taken under
+/// another one is done with.
 pub fn settled(data_dir: &Path, epoch: u32) -> io::Result<()> {
     match pending(data_dir) {
-        Ok(Some(taken)) if epoch > taken => std::fs::remove_file(data_dir.join(MARKER)),
+        Ok(Some(taken)) if epoch != taken => std::fs::remove_file(data_dir.join(MARKER)),
         Ok(_) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A new origin epoch for a site restored from a backup taken under
+/// `taken`: random, as Active Directory's invocationId, so that two
+/// restores from one backup (or from two backups of one epoch) do not
+/// share it; never 0 (a site's first) nor `taken`.
+pub fn new_epoch(taken: u32) -> u32 {
+    loop {
+        let b = uuid::Uuid::new_v4().into_bytes();
+        let e = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        if e != 0 && e != taken {
+            return e;
+        }
     }
 }
 
@@ -72,16 +93,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_marker_says_its_epoch_until_a_later_one_settles_it() {
+    fn a_marker_says_its_epoch_until_another_one_settles_it() {
         let t = tempfile::tempdir().unwrap();
         assert_eq!(pending(t.path()).unwrap(), None);
         mark(t.path(), 3).unwrap();
         assert_eq!(pending(t.path()).unwrap(), Some(3));
         settled(t.path(), 3).unwrap();
-        assert_eq!(pending(t.path()).unwrap(), Some(3), "not past it yet");
-        settled(t.path(), 4).unwrap();
+        assert_eq!(pending(t.path()).unwrap(), Some(3), "still the backup's");
+        settled(t.path(), 2).unwrap();
         assert_eq!(pending(t.path()).unwrap(), None);
+        let e = new_epoch(3);
+        assert!(e != 0 && e != 3);
+        assert_ne!(new_epoch(0), new_epoch(0), "two restores, one epoch");
         std::fs::write(t.path().join(MARKER), "garbage").unwrap();
         assert!(pending(t.path()).is_err());
+    }
+}
+
+/// Gives the site of `replica` a new origin epoch once this node leads it,
+/// for a node restored from a backup taken under `taken`: proposed as soon
+/// as it leads, not at its first write, so that its site never stamps a
+/// change under the backup's epoch and its peers soon read its change log
+/// again. Returns once the site stamps under another epoch (this node's
+/// proposal, or another node's).
+pub(crate) async fn give_new_epoch(replica: std::sync::Weak<crate::Replica>, taken: u32) {
+    use std::time::Duration;
+    loop {
+        let Some(r) = replica.upgrade() else { return };
+        match r.directory().origin_epoch() {
+            Ok(e) if e != taken => return,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(cause = %e, "cannot read the origin epoch"),
+        }
+        if r.raft.metrics().borrow().current_leader == Some(r.id) {
+            let epoch = new_epoch(taken);
+            tracing::warn!(
+                epoch,
+                "restored from a backup: giving this site a new origin epoch"
+            );
+            let proposed = tokio::time::timeout(
+                Duration::from_secs(10),
+                r.raft.client_write(crate::Request::NewEpoch(epoch)),
+            )
+            .await;
+            if let Ok(Err(e)) = &proposed {
+                tracing::warn!(cause = %e, "cannot propose the new origin epoch yet");
+            }
+        }
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

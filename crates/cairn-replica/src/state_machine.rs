@@ -432,15 +432,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     StepKind::NewEpoch(epoch) => {
                         // Durable at once: a restart must not stamp under
                         // the old epoch once the marker is gone.
-                        let now = dir
-                            .raise_origin_epoch(epoch, Some(&meta), true)
+                        dir.set_origin_epoch(epoch, Some(&meta), true)
                             .map_err(failed)?;
                         tracing::warn!(
-                            epoch = now,
+                            epoch,
                             "this site stamps its changes under a new origin epoch \
                              (restored from a backup)"
                         );
-                        crate::restore::settled(&data_dir, now)
+                        crate::restore::settled(&data_dir, epoch)
                             .map_err(|e| StorageIOError::write_state_machine(&e))?;
                     }
                 }

@@ -45,8 +45,8 @@ pub enum Request {
     /// Changes planned and stamped by the leader, each with its audit
     /// record.
     Changes(Arc<Vec<Change>>),
-    /// The site's origin epoch from now on (never lowered): a site restored
-    /// from a backup stamps under a new one (`crate::restore`).
+    /// The site's origin epoch from now on: a site restored from a backup
+    /// stamps under a new, random one (`crate::restore`).
     NewEpoch(u32),
 }
 

@@ -1890,8 +1890,10 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// back, below a change it made after the backup that the other site
 /// holds: under its old identity, its next change would sit below that
 /// one and be taken as held there, silently lost; under the new epoch it
-/// arrives. The change made after the backup comes back from the other
-/// site, and a restart does not raise the epoch again.
+/// arrives (the other site, seeing the epoch change, reads the restored
+/// log again from its start: its new rows take positions it had passed).
+/// The change made after the backup comes back from the other site, and
+/// a restart keeps the epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_restored_from_a_backup_writes_under_a_new_origin_epoch() {
     let mut sites = Site::federated(&["east", "west"], 1).await;
@@ -1937,8 +1939,24 @@ async fn a_site_restored_from_a_backup_writes_under_a_new_origin_epoch() {
     sites[0].peer_sites[0].nodes = vec!["127.0.0.1:1".into()];
     sites[0].start(1).await;
     assert!(!has(&sites[0], "b"), "the backup was taken before b");
-    write(&sites[0], host("c")).await;
-    assert_eq!(sites[0].replica(1).directory().origin_epoch().unwrap(), 1);
+    // Writes wait for the new epoch (proposed as soon as the node leads).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = sites[0]
+        .replica(1)
+        .write(cairn_core::audit::By::node(), host("c"))
+        .await
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restored site took no write: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let epoch = sites[0].replica(1).directory().origin_epoch().unwrap();
+    assert_ne!(
+        epoch, 0,
+        "the restored site stamps under the backup's epoch"
+    );
     assert_eq!(cairn_replica::restore::pending(&data).unwrap(), None);
     wait_until(
         "c, written after the restore, at west",
@@ -1957,7 +1975,10 @@ async fn a_site_restored_from_a_backup_writes_under_a_new_origin_epoch() {
     })
     .await;
     write(&sites[0], host("d")).await;
-    assert_eq!(sites[0].replica(1).directory().origin_epoch().unwrap(), 1);
+    assert_eq!(
+        sites[0].replica(1).directory().origin_epoch().unwrap(),
+        epoch
+    );
     sites_converge(&sites, Duration::from_secs(30)).await;
     for s in sites {
         s.shutdown().await;

@@ -165,10 +165,6 @@ const LAST_POSITION_KEY: &[u8] = b"last-position";
 /// installs one stamps under the same epoch.
 const EPOCH_KEY: &[u8] = b"origin-epoch";
 
-/// Change-log positions per origin epoch, as a power of two: epoch `e`'s
-/// rows start past `e << EPOCH_POSITIONS`.
-const EPOCH_POSITIONS: u32 = 40;
-
 /// Whether a key of [`Table::Forgotten`] is one of its own rows rather
 /// than an origin's highest dropped CSN.
 fn bookkeeping_key(k: &[u8]) -> bool {
@@ -2690,7 +2686,7 @@ impl Directory {
 
     /// This site's origin epoch: the second half of the origin its leader
     /// stamps changes with (`Origin { site, epoch }`), 0 until a restore
-    /// from a backup raised it ([`Directory::raise_origin_epoch`]).
+    /// from a backup gave it a new one ([`Directory::set_origin_epoch`]).
     pub fn origin_epoch(&self) -> Result<u32, Error> {
         Self::origin_epoch_in(&*self.engine.snapshot()?)
     }
@@ -2714,47 +2710,32 @@ impl Directory {
         }
     }
 
-    /// Raises this site's origin epoch to `epoch` (never lowers it), with
-    /// `meta` in the same transaction: a site restored from a backup
-    /// stamps what it writes from then on under an origin no change made
-    /// before the restore has, as Active Directory's invocationId.
-    /// Returns the epoch now.
-    pub fn raise_origin_epoch(
+    /// Sets this site's origin epoch, with `meta` in the same transaction:
+    /// a site restored from a backup stamps what it writes from then on
+    /// under an origin no change made before the restore has, as Active
+    /// Directory's invocationId (a random one, so that two restores from
+    /// one backup never share it). Peers read its change log again from
+    /// its start when they see its epoch change (the restored log ends
+    /// where the backup was taken, maybe before where they got to).
+    pub fn set_origin_epoch(
         &self,
         epoch: u32,
         meta: Option<&Batch>,
         durable: bool,
-    ) -> Result<u32, Error> {
-        let mut now = 0;
+    ) -> Result<(), Error> {
         self.write_txn(durable, &mut |txn| {
-            let was = Self::origin_epoch_in(&*txn)?;
-            now = was.max(epoch);
             let mut b = Batch::default();
             b.put(
                 Table::Forgotten,
                 EPOCH_KEY.to_vec(),
-                now.to_be_bytes().to_vec(),
+                epoch.to_be_bytes().to_vec(),
             );
-            // The log restored with the store ends where the backup was
-            // taken, while peers may have read this site's log further: its
-            // rows from now on take positions past any it had before
-            // (each epoch its own 2^40 of them), so no peer skips them as
-            // read.
-            let floor = u64::from(now) << EPOCH_POSITIONS;
-            if now > was && Self::last_position(&*txn)? < floor {
-                b.put(
-                    Table::Forgotten,
-                    LAST_POSITION_KEY.to_vec(),
-                    floor.to_be_bytes().to_vec(),
-                );
-            }
             txn.apply(&b)?;
             match meta {
                 Some(meta) => txn.apply(meta),
                 None => Ok(()),
             }
-        })?;
-        Ok(now)
+        })
     }
 
     /// The deleted entries that changes made later at other sites met
@@ -2934,15 +2915,13 @@ impl Directory {
         Self::last_position(&*self.engine.snapshot()?)
     }
 
-    /// The change log's last position: its last row's, or the one
-    /// recorded when a purge emptied it or a new origin epoch moved the
-    /// log on, whichever is later (positions count on from it).
+    /// The change log's last position: its last row's, or, once a purge
+    /// emptied it, the one recorded then (positions count on from it).
     fn last_position(snap: &dyn Snapshot) -> Result<u64, Error> {
-        let recorded = Self::trimmed_position(snap)?;
-        Ok(match snap.last(Table::Changelog)? {
-            Some((k, _)) => position_of(&k)?.max(recorded),
-            None => recorded,
-        })
+        match snap.last(Table::Changelog)? {
+            Some((k, _)) => position_of(&k),
+            None => Self::trimmed_position(snap),
+        }
     }
 
     /// Changes in this site's change log after position `after`, at most
