@@ -88,28 +88,6 @@ pub fn new_epoch(taken: u32) -> u32 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_marker_says_its_epoch_until_another_one_settles_it() {
-        let t = tempfile::tempdir().unwrap();
-        assert_eq!(pending(t.path()).unwrap(), None);
-        mark(t.path(), 3).unwrap();
-        assert_eq!(pending(t.path()).unwrap(), Some(3));
-        settled(t.path(), 3).unwrap();
-        assert_eq!(pending(t.path()).unwrap(), Some(3), "still the backup's");
-        settled(t.path(), 2).unwrap();
-        assert_eq!(pending(t.path()).unwrap(), None);
-        let e = new_epoch(3);
-        assert!(e != 0 && e != 3);
-        assert_ne!(new_epoch(0), new_epoch(0), "two restores, one epoch");
-        std::fs::write(t.path().join(MARKER), "garbage").unwrap();
-        assert!(pending(t.path()).is_err());
-    }
-}
-
 /// Gives the site of `replica` a new origin epoch once this node leads it,
 /// for a node restored from a backup taken under `taken`: proposed as soon
 /// as it leads, not at its first write, so that its site never stamps a
@@ -142,5 +120,27 @@ pub(crate) async fn give_new_epoch(replica: std::sync::Weak<crate::Replica>, tak
         }
         drop(r);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_says_its_epoch_until_another_one_settles_it() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(pending(t.path()).unwrap(), None);
+        mark(t.path(), 3).unwrap();
+        assert_eq!(pending(t.path()).unwrap(), Some(3));
+        settled(t.path(), 3).unwrap();
+        assert_eq!(pending(t.path()).unwrap(), Some(3), "still the backup's");
+        settled(t.path(), 2).unwrap();
+        assert_eq!(pending(t.path()).unwrap(), None);
+        let e = new_epoch(3);
+        assert!(e != 0 && e != 3);
+        assert_ne!(new_epoch(0), new_epoch(0), "two restores, one epoch");
+        std::fs::write(t.path().join(MARKER), "garbage").unwrap();
+        assert!(pending(t.path()).is_err());
     }
 }
