@@ -105,6 +105,30 @@ fn issue_11_a_write_at_one_site_is_read_at_every_node_of_the_other() {
             first.is_ok() && (2..=6).all(|n| export_at(&site.url(n)) == first)
         },
     );
+    // `cairn status` at an east node shows both sites: east's nodes and
+    // its peer table, then west's nodes (found by their cairnNode
+    // entries), each as that node answers, and west's peer table.
+    let status = stdout(&site.cairn(1, &["status"]));
+    let west_at = status
+        .find("\nsite west")
+        .unwrap_or_else(|| panic!("{status}"));
+    let (east_part, west_part) = status.split_at(west_at);
+    assert!(east_part.starts_with("site east"), "{status}");
+    assert!(
+        east_part.contains("west ") && east_part.contains("pulling"),
+        "{status}"
+    );
+    for node in 4..=6 {
+        let line = west_part
+            .lines()
+            .find(|l| l.contains(&format!("127.0.0.{node}:")))
+            .unwrap_or_else(|| panic!("west's node {node} missing: {status}"));
+        assert!(line.ends_with("yes"), "{line}");
+    }
+    assert!(
+        west_part.contains("east ") && west_part.contains("pulling"),
+        "{status}"
+    );
 }
 
 /// Issue 11, "done means": with replication paused by `cairn replication

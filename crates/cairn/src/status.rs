@@ -248,12 +248,45 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            print!("{}", render_peers(&l))
+            print!("{}", render_peers(&l));
         }
         None => println!(
             "no node answers as the site's leader: replication with other sites is not \
              known (only the leader pulls)"
         ),
+    }
+    // The other sites, as their own nodes see them: each node publishes
+    // its LDAP address in its `cairnNode` entry, and each is asked for its
+    // `cn=status` as this site's nodes were. Informational: the exit status
+    // is this site's (a cut to another site is its peer table's failing).
+    match other_sites(&mut ldap, &me.site).await {
+        Ok(sites) => {
+            for (site, nodes) in sites {
+                // All at once: a site cut off costs one timeout, not one
+                // per node.
+                let probes: Vec<_> = nodes
+                    .iter()
+                    .map(|(_, addr)| {
+                        let addr = addr.clone();
+                        tokio::spawn(async move { probe(&addr).await })
+                    })
+                    .collect();
+                let mut rows = vec![];
+                for ((id, addr), p) in nodes.into_iter().zip(probes) {
+                    let s = match p.await {
+                        Ok(s) => s.map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(format!("probe failed: {e}")),
+                    };
+                    rows.push((id, addr, s));
+                }
+                println!("\nsite {site}");
+                print!("{}", render(&rows));
+                if let Some(l) = leader_of(&rows) {
+                    print!("{}", render_peers(l));
+                }
+            }
+        }
+        Err(e) => println!("\nother sites: cannot list their nodes: {e:#}"),
     }
     let healthy = rows
         .iter()
@@ -266,6 +299,55 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Every other site's nodes, by site, as their `cairnNode` entries below
+/// `ou=sites` list them: (node id, LDAP address).
+async fn other_sites(
+    ldap: &mut ldap3::Ldap,
+    this: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, String)>>> {
+    let suffix = client::naming_context(ldap).await?;
+    let (entries, _) = ldap
+        .search(
+            &format!("ou=sites,{suffix}"),
+            Scope::Subtree,
+            "(objectClass=cairnNode)",
+            vec!["cairnNodeId", "cairnLdapAddress"],
+        )
+        .await?
+        .success()
+        .context("the node refused the search for the sites' nodes")?;
+    let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for raw in entries {
+        let e = ldap3::SearchEntry::construct(raw);
+        let Some(site) = site_of_node(&e.dn) else {
+            continue;
+        };
+        if site.eq_ignore_ascii_case(this) {
+            continue;
+        }
+        let one = |a: &str| e.attrs.get(a).and_then(|v| v.first()).cloned();
+        if let (Some(id), Some(addr)) = (one("cairnNodeId"), one("cairnLdapAddress")) {
+            out.entry(site).or_default().push((id, addr));
+        }
+    }
+    for nodes in out.values_mut() {
+        nodes.sort_by_key(|(id, _)| id.parse::<u64>().unwrap_or(u64::MAX));
+    }
+    Ok(out)
+}
+
+/// The site a `cairnNode` entry is published under:
+/// `cn=node-<id>,cn=<site>,ou=sites,...`.
+fn site_of_node(dn: &str) -> Option<String> {
+    let dn = cairn_core::dn::Dn::parse(dn).ok()?;
+    let site = dn.parent()?;
+    let rdn = site.rdn()?;
+    let ava = rdn.avas().first()?;
+    ava.attr
+        .eq_ignore_ascii_case("cn")
+        .then(|| ava.value.clone())
 }
 
 /// Replication with other sites, as the leader `l` reports it.
@@ -441,6 +523,16 @@ mod tests {
             lines[5],
             "site New York's pulls are refused here: refused: lacks x"
         );
+    }
+
+    #[test]
+    fn a_node_entry_names_its_site() {
+        assert_eq!(
+            site_of_node("cn=node-2,cn=West,ou=sites,dc=example,dc=com").as_deref(),
+            Some("West")
+        );
+        assert_eq!(site_of_node("dc=com"), None);
+        assert_eq!(site_of_node("not a dn"), None);
     }
 
     /// Of two nodes that answer as leader, the one of the higher term is
