@@ -1736,6 +1736,35 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
     }
 }
 
+/// East, with the suffix and host `before`, and west's leader once it
+/// holds them: (east's leader, west's leader).
+async fn east_then_west(east: &Site, west: &Site) -> (u64, Arc<Replica>) {
+    let el = east.leader().await;
+    for op in [
+        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
+        host("before"),
+    ] {
+        east.replica(el)
+            .write(cairn_core::audit::By::node(), op)
+            .await
+            .unwrap();
+    }
+    let w = west.replica(west.leader().await);
+    wait_until("east's write at west", Duration::from_secs(30), || {
+        has_host(&w, "before")
+    })
+    .await;
+    (el, w)
+}
+
+/// Whether `r` shows host `cn`.
+fn has_host(r: &Replica, cn: &str) -> bool {
+    r.directory()
+        .get(&Dn::parse(&host_dn(cn)).unwrap())
+        .unwrap()
+        .is_some()
+}
+
 /// A node of the peer site that is cut off from its own site cannot
 /// confirm it holds what its site committed (a read index): it still
 /// answers, but says so, so the puller counts nothing from it as caught
@@ -1747,28 +1776,8 @@ async fn sites_pull_each_others_changes_and_converge_after_a_pause() {
 async fn a_node_cut_off_from_its_site_is_not_taken_for_it_and_the_puller_turns_to_another() {
     let sites = Site::federated(&["east", "west"], 3).await;
     let (east, west) = (&sites[0], &sites[1]);
-    let el = east.leader().await;
-    for op in [
-        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
-        host("before"),
-    ] {
-        east.replica(el)
-            .write(cairn_core::audit::By::node(), op)
-            .await
-            .unwrap();
-    }
-    let wl = west.leader().await;
-    let w = west.replica(wl);
-    let at_west = |cn: &str| {
-        w.directory()
-            .get(&Dn::parse(&host_dn(cn)).unwrap())
-            .unwrap()
-            .is_some()
-    };
-    wait_until("east's write at west", Duration::from_secs(30), || {
-        at_west("before")
-    })
-    .await;
+    let (_, w) = east_then_west(east, west).await;
+    let at_west = |cn: &str| has_host(&w, cn);
     // West goes on asking the node of east that answered it: cut that node
     // off from the rest of east.
     let first = w.federation().status()["east"].from.clone();
@@ -1821,29 +1830,8 @@ async fn a_node_cut_off_from_its_site_is_not_taken_for_it_and_the_puller_turns_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_without_a_quorum_still_sends_what_it_committed() {
     let mut sites = Site::federated(&["east", "west"], 3).await;
-    let el = sites[0].leader().await;
-    for op in [
-        add(SUFFIX, &[("objectClass", "domain"), ("dc", "example")]),
-        host("before"),
-    ] {
-        sites[0]
-            .replica(el)
-            .write(cairn_core::audit::By::node(), op)
-            .await
-            .unwrap();
-    }
-    let wl = sites[1].leader().await;
-    let w = sites[1].replica(wl);
-    let at_west = |cn: &str| {
-        w.directory()
-            .get(&Dn::parse(&host_dn(cn)).unwrap())
-            .unwrap()
-            .is_some()
-    };
-    wait_until("east's write at west", Duration::from_secs(30), || {
-        at_west("before")
-    })
-    .await;
+    let (el, w) = east_then_west(&sites[0], &sites[1]).await;
+    let at_west = |cn: &str| has_host(&w, cn);
     w.federation().pause().await;
     sites[0]
         .replica(el)
