@@ -308,17 +308,22 @@ async fn other_sites(
     this: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, Vec<(String, String)>>> {
     let suffix = client::naming_context(ldap).await?;
-    let (entries, _) = ldap
+    let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    let found = ldap
         .search(
             &format!("ou=sites,{suffix}"),
             Scope::Subtree,
             "(objectClass=cairnNode)",
             vec!["cairnNodeId", "cairnLdapAddress"],
         )
-        .await?
+        .await?;
+    // No `ou=sites` (a directory without the site entries): no other site.
+    if found.1.rc == 32 {
+        return Ok(out);
+    }
+    let (entries, _) = found
         .success()
         .context("the node refused the search for the sites' nodes")?;
-    let mut out: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
     for raw in entries {
         let e = ldap3::SearchEntry::construct(raw);
         let Some(site) = site_of_node(&e.dn) else {
