@@ -229,23 +229,6 @@ pub(crate) struct Context {
 /// plan sees them as applied (they will be, before its own changes).
 type InFlight = Arc<std::sync::Mutex<Vec<(u64, Arc<Vec<Change>>)>>>;
 
-/// A node restored from a backup taken under epoch `e` (`ctx.restored`)
-/// stamps nothing while its site still stamps under `e`: its leader
-/// gives the site a new epoch first (`crate::restore::give_new_epoch`).
-fn waiting_for_new_epoch(ctx: &Context) -> Result<(), WriteError> {
-    let Some(taken) = ctx.restored else {
-        return Ok(());
-    };
-    if ctx.dir.origin_epoch().map_err(WriteError::Directory)? != taken {
-        return Ok(());
-    }
-    Err(WriteError::NoLeader(
-        "restored from a backup: the site takes writes once it has its new origin epoch; \
-         retry"
-            .into(),
-    ))
-}
-
 async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
     let ctx = Arc::new(ctx);
     let mut queue = Batches::new(rx);
@@ -303,18 +286,9 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
                 }
             }
         }
-        // Restored from a backup: a new origin epoch first.
-        if let Err(e) = waiting_for_new_epoch(&ctx) {
-            send(replies, all(n, Ok(Err(e))));
-            continue;
-        }
         // One clock reading for the batch, above every change this site
         // holds from any origin (a previous leader's, another site's).
-        let epoch = match ctx
-            .dir
-            .vector()
-            .and_then(|v| Ok((v, ctx.dir.origin_epoch()?)))
-        {
+        let epoch = match ctx.dir.stamp_basis() {
             Ok((v, epoch)) => {
                 v.iter().for_each(|(_, c)| hlc.observe(c));
                 epoch
@@ -324,6 +298,17 @@ async fn run(ctx: Context, rx: mpsc::Receiver<Pending>, slots: Arc<Semaphore>) {
                 continue;
             }
         };
+        // Restored from a backup taken under this epoch: nothing is stamped
+        // before the site has a new one (`crate::restore::give_new_epoch`).
+        if ctx.restored == Some(epoch) {
+            let e = WriteError::NoLeader(
+                "restored from a backup: the site takes writes once it has its new origin \
+                 epoch; retry"
+                    .into(),
+            );
+            send(replies, all(n, Ok(Err(e))));
+            continue;
+        }
         let csns: Vec<Csn> = hlc
             .stamp(
                 ctx.clock.now_millis(),

@@ -2898,6 +2898,13 @@ impl Directory {
         Self::vector_in(&*self.engine.snapshot()?)
     }
 
+    /// What a leader stamps a batch from, read together: the vector (its
+    /// clock goes above every CSN in it) and the origin epoch.
+    pub fn stamp_basis(&self) -> Result<(Vec<(Origin, Csn)>, u32), Error> {
+        let snap = self.engine.snapshot()?;
+        Ok((Self::vector_in(&*snap)?, Self::origin_epoch_in(&*snap)?))
+    }
+
     fn vector_in(snap: &dyn Snapshot) -> Result<Vec<(Origin, Csn)>, Error> {
         let mut rows = vec![];
         snap.scan_from(Table::Vector, &[], &mut |_, v| {
