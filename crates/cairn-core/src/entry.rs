@@ -243,3 +243,12 @@ pub fn host_entry_uuid(key: &str) -> uuid::Uuid {
     let ns = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b"cairn host");
     uuid::Uuid::new_v5(&ns, key.as_bytes())
 }
+
+/// Whether an add of an entry with this `entryUUID` registers a host: its
+/// UUID came from the host's identity ([`host_entry_uuid`]), where every
+/// other add's is a new one ([`new_entry_uuid`]; a client cannot choose
+/// it). A registration does not reset the entry as an add does
+/// (`cairn_core::merge::ChangeOp::Register`).
+pub fn is_host_entry_uuid(uuid: &uuid::Uuid) -> bool {
+    uuid.get_version() == Some(uuid::Version::Sha1)
+}

@@ -11,23 +11,36 @@
 //!   (`cleared`);
 //! - per value, the highest CSN that added it and the highest that
 //!   deleted it;
-//! - the entry's name (parent UUID + RDN) with the CSN that gave it;
-//! - the highest CSN that created the entry and the highest that deleted
-//!   it (its tombstone).
+//! - the entry's name (parent UUID + RDN) with the CSN that gave it, and
+//!   apart from it the name the latest registration gave;
+//! - the highest CSN that created the entry, the CSNs that registered it
+//!   since its last delete, and the highest that deleted it (its
+//!   tombstone).
 //!
 //! Every field is a maximum, so [`merge`] is commutative, associative and
 //! idempotent (the property tests at the bottom check it), and the rules
 //! follow from the maxima:
 //!
 //! - a value is present iff it was added at or after the entry's last
-//!   creation and the attribute's last clear, and after its own last delete;
+//!   creation or delete (for an entry a registration brought back after
+//!   its delete, at or after that registration: [`EntryState::since`])
+//!   and the attribute's last clear, and after its own last delete;
 //! - a single-valued attribute shows its present value with the highest
 //!   CSN ([`EntryState::materialize`]);
-//! - the name with the highest CSN wins;
-//! - an entry is live iff it was created after its last delete: a delete
-//!   wins over concurrent modifies (they stay in the state, invisible), and
-//!   only a new add of the same UUID (a host registered again) brings it
-//!   back, without the values it had before.
+//! - the name with the highest CSN wins, but a name a write gave (an add,
+//!   a rename or a move) wins over any a registration gave, as long as it
+//!   was given after the entry's last delete ([`EntryState::name`]);
+//! - an entry is live iff it was created or registered after its last
+//!   delete: a delete wins over concurrent modifies (they stay in the
+//!   state, invisible), and only a new add or registration of the same
+//!   UUID (a host registered again) brings it back, without the values it
+//!   had before its delete.
+//!
+//! An add resets the entry: values older than it no longer count. A
+//! registration ([`ChangeOp::Register`]) does not: the same host
+//! registered at two sites while they were apart is one entry, and what
+//! an administrator changed at one site after its registration there
+//! stays when the other site's later registration arrives.
 //!
 //! After each merge the state drops what can never be visible again (values
 //! and clears older than the last create or delete), so a tombstone keeps
@@ -35,8 +48,8 @@
 //! violations become is decided where entries are materialized into the
 //! tree, not here.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,8 +124,8 @@ pub struct AttrChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChangeOp {
     /// Creates the entry with these attributes (every value is added,
-    /// whatever the [`AttrOp`] says), or, for
-    /// a UUID derived from a host's identity, creates it again.
+    /// whatever the [`AttrOp`] says). An add resets the entry: what was
+    /// set before it no longer counts.
     Add { name: Name, attrs: Vec<AttrChange> },
     /// Changes attributes and, for a rename or move, the name.
     Modify {
@@ -123,6 +136,13 @@ pub enum ChangeOp {
     /// was when it was deleted, for entries later found below it
     /// (`cairnOriginalDn` in lost and found).
     Delete { dn: String },
+    /// Registers a host (an entry whose UUID comes from the host's
+    /// identity): adds these values, and brings the entry to life if it
+    /// is not, without resetting it as [`ChangeOp::Add`] does: values set
+    /// since the entry's last add or delete stay, and the name given
+    /// counts only where no write has named the entry since its last
+    /// delete.
+    Register { name: Name, attrs: Vec<AttrChange> },
 }
 
 /// One change to one entry, as it travels between nodes and sites.
@@ -172,16 +192,73 @@ impl From<&Change> for ChangeV1 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryState {
     pub uuid: Uuid,
-    /// The name with the highest CSN; none until the entry's add arrives
-    /// (a rename can arrive first).
-    pub name: Option<(Csn, Name)>,
+    /// The name an add, rename or move gave, with the highest CSN; none
+    /// until one arrives. [`EntryState::name`] is the name shown.
+    pub written_name: Option<(Csn, Name)>,
+    /// The name a registration gave, with the highest CSN.
+    pub registered_name: Option<(Csn, Name)>,
     /// The highest CSN that created the entry.
     pub created: Option<Csn>,
+    /// The CSNs that registered it since its last delete (a host is
+    /// registered by each site that did not know it: a few at most).
+    pub registered: BTreeSet<Csn>,
     /// The highest CSN that deleted it.
     pub deleted: Option<Csn>,
     /// Where that delete found the entry.
     pub deleted_at: Option<String>,
     pub attrs: BTreeMap<String, AttrState>,
+}
+
+/// An entry state as encoded before registrations were told apart from
+/// adds: one name, and no registration CSN. Read from stored rows and
+/// logs that hold it, as the state of an entry nothing registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryStateV1 {
+    pub uuid: Uuid,
+    pub name: Option<(Csn, Name)>,
+    pub created: Option<Csn>,
+    pub deleted: Option<Csn>,
+    pub deleted_at: Option<String>,
+    pub attrs: BTreeMap<String, AttrState>,
+}
+
+impl From<EntryStateV1> for EntryState {
+    fn from(s: EntryStateV1) -> EntryState {
+        EntryState {
+            uuid: s.uuid,
+            written_name: s.name,
+            registered_name: None,
+            created: s.created,
+            registered: BTreeSet::new(),
+            deleted: s.deleted,
+            deleted_at: s.deleted_at,
+            attrs: s.attrs,
+        }
+    }
+}
+
+/// The leading fields of an [`EntryStateV1`], in its order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StateHeadV1 {
+    pub uuid: Uuid,
+    pub name: Option<(Csn, Name)>,
+    pub created: Option<Csn>,
+    pub deleted: Option<Csn>,
+    pub deleted_at: Option<String>,
+}
+
+impl From<StateHeadV1> for StateHead {
+    fn from(h: StateHeadV1) -> StateHead {
+        StateHead {
+            uuid: h.uuid,
+            written_name: h.name,
+            registered_name: None,
+            created: h.created,
+            registered: BTreeSet::new(),
+            deleted: h.deleted,
+            deleted_at: h.deleted_at,
+        }
+    }
 }
 
 /// The leading fields of an [`EntryState`], in its order: whether an entry
@@ -190,8 +267,10 @@ pub struct EntryState {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct StateHead {
     pub uuid: Uuid,
-    pub name: Option<(Csn, Name)>,
+    pub written_name: Option<(Csn, Name)>,
+    pub registered_name: Option<(Csn, Name)>,
     pub created: Option<Csn>,
+    pub registered: BTreeSet<Csn>,
     pub deleted: Option<Csn>,
     pub deleted_at: Option<String>,
 }
@@ -199,15 +278,66 @@ pub struct StateHead {
 impl StateHead {
     /// [`EntryState::is_live`].
     pub fn is_live(&self) -> bool {
-        live(self.created, &self.name, self.deleted)
+        live(
+            born(self.created, &self.registered),
+            self.name(),
+            self.deleted,
+        )
+    }
+
+    /// [`EntryState::name`].
+    pub fn name(&self) -> Option<&(Csn, Name)> {
+        shown_name(
+            &self.written_name,
+            &self.registered_name,
+            since(self.created, self.deleted, &self.registered),
+        )
     }
 }
 
-fn live(created: Option<Csn>, name: &Option<(Csn, Name)>, deleted: Option<Csn>) -> bool {
-    match (created, name) {
-        (Some(created), Some(_)) => deleted.is_none_or(|d| created > d),
+/// The later of an entry's last add and last registration.
+fn born(created: Option<Csn>, registered: &BTreeSet<Csn>) -> Option<Csn> {
+    created.max(registered.last().copied())
+}
+
+/// [`EntryState::since`].
+fn since(created: Option<Csn>, deleted: Option<Csn>, registered: &BTreeSet<Csn>) -> Option<Csn> {
+    if let Some(c) = created
+        && deleted.is_none_or(|d| c > d)
+    {
+        return Some(c);
+    }
+    let base = created.max(deleted);
+    let first = match base {
+        Some(b) => registered
+            .range((std::ops::Bound::Excluded(b), std::ops::Bound::Unbounded))
+            .next(),
+        None => registered.first(),
+    };
+    base.max(first.copied())
+}
+
+fn live(born: Option<Csn>, name: Option<&(Csn, Name)>, deleted: Option<Csn>) -> bool {
+    match (born, name) {
+        (Some(born), Some(_)) => deleted.is_none_or(|d| born > d),
         _ => false,
     }
+}
+
+/// The name shown: the one a write gave, else the one a registration
+/// gave, each only if given at or after `floor` ([`EntryState::since`]);
+/// for a tombstone with neither, the later of the two.
+fn shown_name<'a>(
+    written: &'a Option<(Csn, Name)>,
+    registered: &'a Option<(Csn, Name)>,
+    floor: Option<Csn>,
+) -> Option<&'a (Csn, Name)> {
+    let counts = |n: &&(Csn, Name)| floor.is_none_or(|f| n.0 >= f);
+    written
+        .as_ref()
+        .filter(counts)
+        .or_else(|| registered.as_ref().filter(counts))
+        .or_else(|| written.as_ref().max(registered.as_ref()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,24 +393,54 @@ impl EntryState {
     pub fn new(uuid: Uuid) -> EntryState {
         EntryState {
             uuid,
-            name: None,
+            written_name: None,
+            registered_name: None,
             created: None,
+            registered: BTreeSet::new(),
             deleted: None,
             deleted_at: None,
             attrs: BTreeMap::new(),
         }
     }
 
-    /// Whether the entry exists: created, named, and created after its last
-    /// delete.
+    /// Whether the entry exists: created or registered, named, and
+    /// created or registered after its last delete.
     pub fn is_live(&self) -> bool {
-        live(self.created, &self.name, self.deleted)
+        live(
+            born(self.created, &self.registered),
+            self.name(),
+            self.deleted,
+        )
     }
 
-    /// Whether the entry is a tombstone (deleted, not created again).
+    /// Whether the entry is a tombstone (deleted, not created or
+    /// registered again).
     pub fn is_tombstone(&self) -> bool {
         self.deleted
-            .is_some_and(|d| self.created.is_none_or(|c| c < d))
+            .is_some_and(|d| born(self.created, &self.registered).is_none_or(|c| c < d))
+    }
+
+    /// The oldest CSN a value or a name must have been given at to count:
+    /// the entry's last add, if no delete came after it; else, for an
+    /// entry registered since its last delete (or never added), the
+    /// first registration since. So what was set at any site after that
+    /// registration counts, whatever later registrations arrive, and what
+    /// was set on a tombstone (modifies its delete won over) stays away
+    /// when a registration brings the entry back, as it would had the
+    /// tombstone been purged. Not a maximum (an earlier registration may
+    /// arrive later), so nothing is dropped by it; only by
+    /// [`EntryState::floor`], which is.
+    pub fn since(&self) -> Option<Csn> {
+        since(self.created, self.deleted, &self.registered)
+    }
+
+    /// The entry's name as shown, with the CSN that gave it: the name a
+    /// write (an add, rename or move) gave since the entry's last add or
+    /// delete, else the one a registration gave since then, so a host an
+    /// administrator moved stays where it was moved when another site
+    /// registers it later; for a tombstone, the later of the two.
+    pub fn name(&self) -> Option<&(Csn, Name)> {
+        shown_name(&self.written_name, &self.registered_name, self.since())
     }
 
     /// The highest CSN anywhere in the state: the entry's `cairnCsn`.
@@ -292,18 +452,19 @@ impl EntryState {
                     .flat_map(|v| v.added.as_ref().map(|a| a.0).into_iter().chain(v.deleted)),
             )
         });
-        self.name
-            .as_ref()
+        self.written_name
+            .iter()
+            .chain(&self.registered_name)
             .map(|n| n.0)
-            .into_iter()
             .chain(self.created)
+            .chain(self.registered.iter().copied())
             .chain(self.deleted)
             .chain(attrs)
             .max()
     }
 
-    /// The oldest CSN a value must have been added at to count: the last
-    /// creation or deletion, whichever is later.
+    /// What can never count again: anything older than the entry's last
+    /// creation or deletion, whichever is later. Only rises.
     fn floor(&self) -> Option<Csn> {
         self.created.max(self.deleted)
     }
@@ -312,7 +473,7 @@ impl EntryState {
         let Some((added, _, _)) = &v.added else {
             return false;
         };
-        self.created.is_none_or(|c| *added >= c)
+        self.since().is_none_or(|c| *added >= c)
             && attr.cleared.is_none_or(|c| *added >= c)
             && v.deleted.is_none_or(|d| *added > d)
     }
@@ -324,7 +485,7 @@ impl EntryState {
         if !self.is_live() {
             return None;
         }
-        let (_, name) = self.name.as_ref()?;
+        let (_, name) = self.name()?;
         let mut attrs = Vec::with_capacity(self.attrs.len());
         for (key, attr) in &self.attrs {
             let values = self.shown_values(attr, single_valued(key));
@@ -418,13 +579,14 @@ impl EntryState {
         changed
     }
 
-    /// Drops what no later change can make visible again: values and
-    /// clears older than the last create or delete, and attributes left
-    /// with nothing. Every node does the same, so states stay equal.
+    /// Drops what no later change can make visible again: values, clears
+    /// and registrations older than the last create or delete, and
+    /// attributes left with nothing. Every node does the same, so states stay equal.
     fn compact(&mut self) {
         let Some(floor) = self.floor() else {
             return;
         };
+        self.registered.retain(|r| *r >= floor);
         self.attrs.retain(|_, attr| {
             if attr.cleared.is_some_and(|c| c < floor) {
                 attr.cleared = None;
@@ -448,14 +610,20 @@ impl EntryState {
     /// been merged one by one. Returns whether this state changed.
     pub fn join(&mut self, other: &EntryState) -> bool {
         let before = self.clone();
-        if let Some((c, n)) = &other.name
-            && self.name.as_ref().is_none_or(|(sc, sn)| (sc, sn) < (c, n))
-        {
-            self.name = Some((*c, n.clone()));
+        for (mine, theirs) in [
+            (&mut self.written_name, &other.written_name),
+            (&mut self.registered_name, &other.registered_name),
+        ] {
+            if let Some(theirs) = theirs
+                && mine.as_ref().is_none_or(|m| m < theirs)
+            {
+                *mine = Some(theirs.clone());
+            }
         }
         if let Some(c) = other.created {
             raise(&mut self.created, c);
         }
+        self.registered.extend(other.registered.iter().copied());
         if let Some(d) = other.deleted
             && raise(&mut self.deleted, d)
         {
@@ -512,16 +680,18 @@ impl EntryState {
         let forgotten = |c: &Option<Csn>| c.filter(|c| forgets(*c));
         let deleted = forgotten(&self.deleted);
         let overridden = |c: Csn| below(c) && deleted.is_some_and(|d| c <= d);
-        if self
-            .name
-            .as_ref()
-            .is_some_and(|(c, _)| forgets(*c) || overridden(*c))
-        {
-            self.name = None;
+        for name in [&mut self.written_name, &mut self.registered_name] {
+            if name
+                .as_ref()
+                .is_some_and(|(c, _)| forgets(*c) || overridden(*c))
+            {
+                *name = None;
+            }
         }
         if self.created.is_some_and(|c| forgets(c) || overridden(c)) {
             self.created = None;
         }
+        self.registered.retain(|c| !(forgets(*c) || overridden(*c)));
         if deleted.is_some() {
             self.deleted = None;
             self.deleted_at = None;
@@ -549,8 +719,10 @@ impl EntryState {
             });
             attr.cleared.is_some() || !attr.values.is_empty()
         });
-        self.name.is_some()
+        self.written_name.is_some()
+            || self.registered_name.is_some()
             || self.created.is_some()
+            || !self.registered.is_empty()
             || self.deleted.is_some()
             || !self.attrs.is_empty()
     }
@@ -611,11 +783,11 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
     let before = s.floor().is_some_and(|f| csn < f).then(|| s.clone());
     let was_tombstone = s.is_tombstone();
     let mut changed = false;
-    let set_name = |s: &mut EntryState, name: &Name| {
+    let set_name = |slot: &mut Option<(Csn, Name)>, name: &Name| {
         // CSNs are unique per change; the name breaks a tie anyway, so
         // two made-alike changes with one CSN still merge in any order.
-        if s.name.as_ref().is_none_or(|(c, n)| (*c, n) < (csn, name)) {
-            s.name = Some((csn, name.clone()));
+        if slot.as_ref().is_none_or(|(c, n)| (*c, n) < (csn, name)) {
+            *slot = Some((csn, name.clone()));
             true
         } else {
             false
@@ -624,14 +796,21 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
     match &change.op {
         ChangeOp::Add { name, attrs } => {
             changed |= raise(&mut s.created, csn);
-            changed |= set_name(&mut s, name);
+            changed |= set_name(&mut s.written_name, name);
+            for a in attrs {
+                changed |= s.apply_attr(csn, AttrOp::Add, a);
+            }
+        }
+        ChangeOp::Register { name, attrs } => {
+            changed |= s.registered.insert(csn);
+            changed |= set_name(&mut s.registered_name, name);
             for a in attrs {
                 changed |= s.apply_attr(csn, AttrOp::Add, a);
             }
         }
         ChangeOp::Modify { name, attrs } => {
             if let Some(name) = name {
-                changed |= set_name(&mut s, name);
+                changed |= set_name(&mut s.written_name, name);
             }
             for a in attrs {
                 changed |= s.apply_attr(csn, a.op, a);

@@ -332,6 +332,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last: e.log_id,
                     membership: membership.clone(),
                 }),
+                EntryPayload::Normal(Request::ResyncPageV1 { horizon, states }) => {
+                    steps.push(Step {
+                        kind: StepKind::ResyncPage(
+                            *horizon,
+                            Arc::new(states.iter().cloned().map(Into::into).collect()),
+                        ),
+                        last: e.log_id,
+                        membership: membership.clone(),
+                    })
+                }
                 EntryPayload::Normal(Request::ResyncPage { horizon, states }) => steps.push(Step {
                     kind: StepKind::ResyncPage(*horizon, states.clone()),
                     last: e.log_id,

@@ -33,11 +33,11 @@ pub enum Request {
     /// tombstone lifetime ago by the leader's clock,
     /// `Directory::purge`).
     Purge(cairn_core::csn::Csn),
-    /// A page of a linked site's entry states, for this site rebuilt from
-    /// it (`Directory::resync_page`), with that site's horizon.
-    ResyncPage {
+    /// A page of states from a log written before states kept
+    /// registrations apart: applied as [`Request::ResyncPage`].
+    ResyncPageV1 {
         horizon: cairn_core::csn::Csn,
-        states: Arc<Vec<cairn_core::merge::EntryState>>,
+        states: Arc<Vec<cairn_core::merge::EntryStateV1>>,
     },
     /// The end of that rebuild (`Directory::resync_end`): the UUIDs of
     /// every state the site sent, its vector, and what it had forgotten.
@@ -48,6 +48,12 @@ pub enum Request {
     /// The site's origin epoch from now on: a site restored from a backup
     /// stamps under a new, random one (`crate::restore`).
     NewEpoch(u32),
+    /// A page of a linked site's entry states, for this site rebuilt from
+    /// it (`Directory::resync_page`), with that site's horizon.
+    ResyncPage {
+        horizon: cairn_core::csn::Csn,
+        states: Arc<Vec<cairn_core::merge::EntryState>>,
+    },
 }
 
 impl Request {
@@ -236,5 +242,54 @@ mod tests {
         now.audit = Some(cairn_core::audit::By::node().audit("east", 1));
         let req = Request::changes(vec![now]);
         assert_eq!(decode::<Request>(&encode(&req).unwrap()).unwrap(), req);
+    }
+
+    /// Logs written before states kept registrations apart hold pages of
+    /// a rebuild in fourth place, with states of one name: they read as
+    /// `ResyncPageV1`, and their states as states nothing registered.
+    #[test]
+    fn rebuild_pages_logged_before_registrations_read_as_resync_page_v1() {
+        use cairn_core::merge::{EntryState, EntryStateV1, Name};
+        #[allow(dead_code)]
+        #[derive(Serialize)]
+        enum OldRequest {
+            Writes(Arc<Vec<WriteOp>>),
+            ChangesV1(Arc<Vec<ChangeV1>>),
+            Purge(Csn),
+            ResyncPage {
+                horizon: Csn,
+                states: Arc<Vec<EntryStateV1>>,
+            },
+        }
+        let at = Csn::zero(Origin::of_site("east"));
+        let name = Name {
+            parent: None,
+            rdn: "dc=example".into(),
+        };
+        let old = EntryStateV1 {
+            uuid: uuid::Uuid::from_u128(5),
+            name: Some((at, name.clone())),
+            created: Some(at),
+            deleted: None,
+            deleted_at: None,
+            attrs: Default::default(),
+        };
+        let states = Arc::new(vec![old.clone()]);
+        let bytes = encode(&OldRequest::ResyncPage {
+            horizon: at,
+            states: states.clone(),
+        })
+        .unwrap();
+        let read: Request = decode(&bytes).unwrap();
+        assert_eq!(
+            read,
+            Request::ResyncPageV1 {
+                horizon: at,
+                states
+            }
+        );
+        let state: EntryState = old.into();
+        assert_eq!(state.name(), Some(&(at, name)));
+        assert!(state.is_live() && state.registered.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 use cairn_core::audit::Record;
 use cairn_core::csn::Csn;
 use cairn_core::entry::ValidEntry;
-use cairn_core::merge::{Change, ChangeV1, EntryState, StateHead};
+use cairn_core::merge::{Change, ChangeV1, EntryState, EntryStateV1, StateHead, StateHeadV1};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -153,10 +153,14 @@ pub fn decode_entry_dn(bytes: &[u8]) -> Result<cairn_core::dn::Dn, Error> {
     }
 }
 
-/// A stored entry state ([`Table::State`]), tagged with its format version.
+/// A stored entry state ([`Table::State`]), tagged with its format
+/// version: `V1` before registrations were kept apart from adds
+/// ([`EntryStateV1`]). Both lead with the state's head and end with its
+/// attributes, encoded alike.
 #[derive(Serialize, Deserialize)]
-enum StoredState<S> {
-    V1(S),
+enum StoredState<S1, S2> {
+    V1(S1),
+    V2(S2),
 }
 
 /// A stored change ([`Table::Changelog`]), tagged with its format
@@ -193,13 +197,29 @@ fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Erro
 }
 
 pub fn encode_state(s: &EntryState) -> Result<Vec<u8>, Error> {
-    encode("entry state", &StoredState::V1(s))
+    encode("entry state", &StoredState::<(), _>::V2(s))
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
-    match decode("entry state", bytes)? {
-        StoredState::V1(s) => Ok(s),
+    match decode::<StoredState<EntryStateV1, EntryState>>("entry state", bytes)? {
+        StoredState::V1(s) => Ok(s.into()),
+        StoredState::V2(s) => Ok(s),
     }
+}
+
+/// A stored state's head, whichever its version, and where its
+/// attributes begin.
+fn decode_head(bytes: &[u8]) -> Result<(StateHead, usize), Error> {
+    let (head, used): (StoredState<StateHeadV1, StateHead>, usize) =
+        bincode::serde::borrow_decode_from_slice(bytes, decoding())
+            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
+    Ok((
+        match head {
+            StoredState::V1(h) => h.into(),
+            StoredState::V2(h) => h,
+        },
+        used,
+    ))
 }
 
 /// A stored entry state read in place: its head decoded, each attribute
@@ -222,8 +242,10 @@ impl StateView<'_> {
     pub fn split(&self, keys: &std::collections::BTreeSet<&str>) -> Result<EntryState, Error> {
         let h = &self.head;
         let mut s = EntryState::new(h.uuid);
-        s.name = h.name.clone();
+        s.written_name = h.written_name.clone();
+        s.registered_name = h.registered_name.clone();
         s.created = h.created;
+        s.registered = h.registered.clone();
         s.deleted = h.deleted;
         s.deleted_at = h.deleted_at.clone();
         for (key, raw) in self.attrs.iter().filter(|(k, _)| keys.contains(k)) {
@@ -239,10 +261,7 @@ impl StateView<'_> {
 /// so a damaged row is refused here as [`decode_state`] refuses it.
 pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
     let corrupt = |what: &str| Error::Corrupt(format!("cannot decode entry state: {what}"));
-    let (head, used): (StoredState<StateHead>, usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, decoding())
-            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
-    let StoredState::V1(head) = head;
+    let (head, used) = decode_head(bytes)?;
     let mut r = Walk { bytes, at: used };
     let n = r.varint(U64)?;
     let mut attrs = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(256));
@@ -379,8 +398,10 @@ pub fn encode_state_split(
     #[derive(Serialize)]
     struct Head<'s> {
         uuid: &'s uuid::Uuid,
-        name: &'s Option<(Csn, cairn_core::merge::Name)>,
+        written_name: &'s Option<(Csn, cairn_core::merge::Name)>,
+        registered_name: &'s Option<(Csn, cairn_core::merge::Name)>,
         created: &'s Option<Csn>,
+        registered: &'s std::collections::BTreeSet<Csn>,
         deleted: &'s Option<Csn>,
         deleted_at: &'s Option<String>,
     }
@@ -390,10 +411,12 @@ pub fn encode_state_split(
     let config = bincode::config::standard();
     let mut out = encode(
         "entry state",
-        &StoredState::V1(Head {
+        &StoredState::<(), _>::V2(Head {
             uuid: &merged.uuid,
-            name: &merged.name,
+            written_name: &merged.written_name,
+            registered_name: &merged.registered_name,
             created: &merged.created,
+            registered: &merged.registered,
             deleted: &merged.deleted,
             deleted_at: &merged.deleted_at,
         }),
@@ -430,12 +453,7 @@ pub fn encode_state_split(
 /// The head of a stored entry state: its leading fields, without decoding
 /// its attributes (the rest of the bytes are not read).
 pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
-    let (v, _): (StoredState<StateHead>, usize) =
-        bincode::serde::decode_from_slice(bytes, decoding())
-            .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
-    match v {
-        StoredState::V1(h) => Ok(h),
-    }
+    decode_head(bytes).map(|(h, _)| h)
 }
 
 pub fn encode_change(c: &Change) -> Result<Vec<u8>, Error> {
@@ -907,19 +925,88 @@ mod tests {
             audit: None,
         };
         let (gone, _) = merge(Some(live.clone()), &delete);
-        for s in [live, gone] {
+        let ChangeOp::Add { name, attrs } = add.op.clone() else {
+            unreachable!()
+        };
+        let register = Change {
+            csn: csn(3),
+            op: ChangeOp::Register { name, attrs },
+            ..add
+        };
+        let (again, _) = merge(Some(gone.clone()), &register);
+        assert!(again.is_live());
+        for s in [live, gone, again] {
             let head = decode_state_head(&encode_state(&s).unwrap()).unwrap();
             assert_eq!(
                 (
                     head.uuid,
-                    &head.name,
-                    head.created,
+                    (&head.written_name, &head.registered_name),
+                    (head.created, &head.registered),
                     head.deleted,
                     &head.deleted_at
                 ),
-                (s.uuid, &s.name, s.created, s.deleted, &s.deleted_at)
+                (
+                    s.uuid,
+                    (&s.written_name, &s.registered_name),
+                    (s.created, &s.registered),
+                    s.deleted,
+                    &s.deleted_at
+                )
             );
             assert_eq!(head.is_live(), s.is_live());
         }
+    }
+
+    /// A state stored before registrations were kept apart (`V1`) reads
+    /// whole, by its head and in place, as the state of an entry nothing
+    /// registered, and is written back in today's form.
+    #[test]
+    fn a_state_stored_before_registrations_reads_in_every_way() {
+        use cairn_core::csn::{Csn, Origin};
+        use cairn_core::merge::{AttrState, EntryStateV1, Name, ValueState};
+        #[derive(Serialize)]
+        enum OldStoredState {
+            V1(EntryStateV1),
+        }
+        let at = Csn::zero(Origin::of_site("east"));
+        let cn = AttrState {
+            name: "cn".into(),
+            cleared: None,
+            values: [(
+                "h1".to_string(),
+                ValueState {
+                    added: Some((at, 0, "h1".into())),
+                    deleted: None,
+                },
+            )]
+            .into(),
+        };
+        let old = EntryStateV1 {
+            uuid: uuid::Uuid::from_u128(42),
+            name: Some((
+                at,
+                Name {
+                    parent: Some(uuid::Uuid::from_u128(1)),
+                    rdn: "cn=h1".into(),
+                },
+            )),
+            created: Some(at),
+            deleted: None,
+            deleted_at: None,
+            attrs: [("cn".to_string(), cn)].into(),
+        };
+        let bytes = encode("entry state", &OldStoredState::V1(old.clone())).unwrap();
+        let state: EntryState = old.into();
+        assert!(state.is_live());
+        assert_eq!(decode_state(&bytes).unwrap(), state);
+        let head = decode_state_head(&bytes).unwrap();
+        assert_eq!((head.name(), head.is_live()), (state.name(), true));
+        let view = decode_state_view(&bytes).unwrap();
+        let keys = ["cn"].into_iter().collect();
+        assert_eq!(view.split(&keys).unwrap(), state);
+        let none = Default::default();
+        let again = encode_state_split(&view.split(&none).unwrap(), &view, &none).unwrap();
+        assert_eq!(again, encode_state(&state).unwrap());
+        assert_eq!(decode_state(&again).unwrap(), state);
     }
 }

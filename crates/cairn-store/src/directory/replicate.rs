@@ -634,14 +634,17 @@ impl Directory {
                     return Ok(None);
                 }
                 let parent = self.parent_uuid(txn, valid.dn())?;
+                let name = Self::name_of(valid.dn(), parent);
                 let attrs = self.all_values(&valid);
+                let op = if cairn_core::entry::is_host_entry_uuid(uuid) {
+                    ChangeOp::Register { name, attrs }
+                } else {
+                    ChangeOp::Add { name, attrs }
+                };
                 let change = Change {
                     csn,
                     uuid: *uuid,
-                    op: ChangeOp::Add {
-                        name: Self::name_of(valid.dn(), parent),
-                        attrs,
-                    },
+                    op,
                     audit: None,
                 };
                 (change, shown, Some(valid))
@@ -798,7 +801,9 @@ impl Directory {
             ));
         }
         let (name, attrs) = match &c.op {
-            ChangeOp::Add { name, attrs } => (Some(name), attrs.as_slice()),
+            ChangeOp::Add { name, attrs } | ChangeOp::Register { name, attrs } => {
+                (Some(name), attrs.as_slice())
+            }
             ChangeOp::Modify { name, attrs } => (name.as_ref(), attrs.as_slice()),
             ChangeOp::Delete { dn } => {
                 if let Err(e) = Dn::parse_stored(dn) {
@@ -1083,7 +1088,7 @@ impl Directory {
         if !state.is_live() {
             return Ok(None);
         }
-        let Some((csn, name)) = &state.name else {
+        let Some((csn, name)) = state.name() else {
             return Ok(None);
         };
         let mut k = names_prefix(name.parent, &norm_rdn(name)?);
@@ -1745,7 +1750,7 @@ impl Directory {
             let Some(state) = Self::load_head(snap, cur)?.filter(StateHead::is_live) else {
                 return Ok(None);
             };
-            let Some((csn, name)) = &state.name else {
+            let Some((csn, name)) = state.name() else {
                 return Ok(None);
             };
             members.push((*csn, cur));
@@ -2053,7 +2058,7 @@ impl Directory {
         if cut != Some(uuid)
             && let Some(o) = &Self::shown_dn(&*txn, uuid)?
             && let Some(state) = Self::load_head(&*txn, uuid)?
-            && let Some((_, name)) = &state.name
+            && let Some((_, name)) = state.name()
             && let Some(p) = name.parent
             && p != uuid
             && Self::shown_dn(&*txn, p)?.is_some_and(|pe| pe.is_descendant_of(o))
@@ -2093,7 +2098,7 @@ impl Directory {
             pass.placed(uuid, None);
             // A new claimant may now have the name.
             if let Some(state) = Self::load_head(&*txn, uuid)?
-                && let Some((_, name)) = &state.name
+                && let Some((_, name)) = state.name()
             {
                 let prefix = names_prefix(name.parent, &norm_rdn(name)?);
                 work.extend(pass.claimants(&*txn, &prefix)?.into_iter().map(|(u, _)| u));
@@ -2399,10 +2404,10 @@ impl Directory {
                 format!("entry {} from another site: {why}", state.uuid),
             )))
         };
-        if let Some((_, name)) = &state.name
-            && let Err(e) = norm_rdn(name)
-        {
-            return refuse(e.to_string());
+        for (_, name) in state.written_name.iter().chain(&state.registered_name) {
+            if let Err(e) = norm_rdn(name) {
+                return refuse(e.to_string());
+            }
         }
         if let Some(dn) = &state.deleted_at
             && let Err(e) = Dn::parse_stored(dn)
@@ -2764,7 +2769,7 @@ impl Directory {
                 continue;
             };
             let mut later = vec![];
-            if let Some((csn, name)) = &state.name
+            if let Some((csn, name)) = &state.written_name
                 && *csn > deleted
             {
                 later.push(format!("renamed to {} at {csn}", name.rdn));

@@ -905,7 +905,17 @@ fn random_writes_at_three_sites_converge() {
             let under = containers[next(containers.len())];
             let target = format!("cn={name},{under}");
             let op = match next(7) {
-                0 | 1 => host_under(name, under),
+                0 => host_under(name, under),
+                // A registration: one machine per name, whatever site
+                // and place registers it.
+                1 => match host_under(name, under) {
+                    WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
+                        entry,
+                        uuid: cairn_core::entry::host_entry_uuid(name),
+                        stamp,
+                    },
+                    other => other,
+                },
                 2 => modify_op(&target, ModOp::Replace, "description", &[names[next(4)]]),
                 3 => modify_op(
                     &target,
@@ -1441,9 +1451,11 @@ fn the_same_host_registered_at_two_sites_is_one_entry() {
     let tree = converged(&all);
     let h9: Vec<&String> = tree.keys().filter(|k| k.contains("h9")).collect();
     assert_eq!(h9, ["cn=h9,ou=hosts,dc=example,dc=com"], "{tree:#?}");
+    // A registration adds what it reports and takes nothing away: both
+    // sites' values are there.
     assert_eq!(
         all[0].values("cn=h9,ou=hosts,dc=example,dc=com", "description"),
-        ["at site 1"]
+        ["at site 0", "at site 1"]
     );
     // Registered again at this site: the same add, already applied.
     all[1].must(register("at site 1"));
@@ -1472,6 +1484,82 @@ fn the_same_host_registered_at_two_sites_is_one_entry() {
         })
         .unwrap_err();
     assert!(matches!(e, Error::AlreadyExists(_)), "{e}");
+}
+
+/// Issue 11: one site registers a host and an administrator there edits
+/// and moves it; another site, apart, registers the same host later. Once
+/// they meet, the edits and the move are still there at both: a
+/// registration adds what the host reports and resets nothing, and the
+/// place a registration gives counts only where no write has placed the
+/// entry since.
+#[test]
+fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first() {
+    let mut all = sites(2);
+    all[0].must(add_op(
+        "ou=rack4,dc=example,dc=com",
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["rack4"])],
+    ));
+    exchange(&mut all);
+    let uuid = cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:77");
+    let register = |ip: &str| WriteOp::Add {
+        entry: Entry {
+            dn: dn("cn=h7,ou=hosts,dc=example,dc=com"),
+            attrs: vec![
+                ("objectClass".into(), vec!["cairnHost".into()]),
+                ("cn".into(), vec!["h7".into()]),
+                ("macAddress".into(), vec!["02:00:00:00:00:77".into()]),
+                ("ipHostNumber".into(), vec![ip.into()]),
+                ("description".into(), vec!["registered by rule r1".into()]),
+            ],
+        },
+        uuid,
+        stamp: stamp(),
+    };
+    all[0].must(register("10.0.0.7"));
+    all[0].must(modify_op(
+        "cn=h7,ou=hosts,dc=example,dc=com",
+        ModOp::Replace,
+        "description",
+        &["web tier"],
+    ));
+    all[0].must(modify_op(
+        "cn=h7,ou=hosts,dc=example,dc=com",
+        ModOp::Add,
+        "netbootMachineFilePath",
+        &["pxe/web.ipxe"],
+    ));
+    all[0].must(modrdn_op(
+        "cn=h7,ou=hosts,dc=example,dc=com",
+        "cn=web7",
+        Some("ou=rack4,dc=example,dc=com"),
+    ));
+    // West's clock is later: its registration is the later change.
+    all[1].now_ms += 100;
+    all[1].must(register("10.1.0.7"));
+    exchange(&mut all);
+    let tree = converged(&all);
+    let moved = "cn=web7,ou=rack4,dc=example,dc=com";
+    assert!(tree.contains_key(moved), "the move was undone: {tree:#?}");
+    assert!(
+        !tree.keys().any(|k| k.contains("h7")),
+        "a second name: {tree:#?}"
+    );
+    assert_eq!(
+        all[1].values(moved, "description"),
+        ["web tier", "registered by rule r1"],
+        "the edit was wiped"
+    );
+    assert_eq!(
+        all[1].values(moved, "netbootmachinefilepath"),
+        ["pxe/web.ipxe"]
+    );
+    assert_eq!(
+        all[1].values(moved, "iphostnumber"),
+        ["10.0.0.7", "10.1.0.7"]
+    );
+    let e = all[1].get(moved).unwrap();
+    assert_eq!(e.first("entryuuid"), Some(uuid.to_string().as_str()));
+    assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
 }
 
 /// Issue 11: a change from another site that this site's schema would not
@@ -2154,11 +2242,7 @@ fn pages_of_the_change_log_and_of_states_are_cut_by_size_and_add_up_to_the_whole
         after = Some(last.uuid);
         let bigs = page
             .iter()
-            .filter(|st| {
-                st.name
-                    .as_ref()
-                    .is_some_and(|(_, n)| n.rdn.starts_with("cn=big"))
-            })
+            .filter(|st| st.name().is_some_and(|(_, n)| n.rdn.starts_with("cn=big")))
             .count();
         assert!(bigs <= 3, "{bigs} large states in one page");
         got.extend(page);
@@ -2438,12 +2522,12 @@ fn a_rebuild_page_with_a_state_that_does_not_parse_is_refused() {
     all[1].dir.check_resync_page(zero, &states).unwrap();
     let tombstone = states
         .iter()
-        .find(|s| s.name.as_ref().is_some_and(|(_, n)| n.rdn == "cn=h2"))
+        .find(|s| s.name().is_some_and(|(_, n)| n.rdn == "cn=h2"))
         .unwrap()
         .clone();
     assert!(!tombstone.is_live());
     let mut bad = tombstone.clone();
-    bad.name.as_mut().unwrap().1.rdn = "=h2".into();
+    bad.written_name.as_mut().unwrap().1.rdn = "=h2".into();
     let e = all[1].dir.check_resync_page(zero, &[bad]).unwrap_err();
     assert!(e.to_string().contains("from another site"), "{e}");
     let mut live = states
