@@ -216,9 +216,50 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
     };
     dup(1, "dup-east");
     dup(2, "dup-west");
+    // One host booted at each site while they were apart, so each
+    // registered it; in between, an administrator at east moved it and
+    // described it.
+    let register = |node: u64, ip: &str| {
+        let out = ok(Command::new(bin("cairn"))
+            .env_remove("CAIRN_TOKEN")
+            .args([
+                "pull",
+                "--server",
+                &format!("127.0.0.{node}:{}", site.grpc_port),
+            ])
+            .args([
+                "--mac",
+                "02:00:00:00:0e:01",
+                "--vendor",
+                "Dell Inc.",
+                "--ip",
+                ip,
+            ])
+            .output()
+            .expect("run cairn pull"));
+        let text = stdout(&out);
+        text.lines()
+            .find_map(|l| l.strip_prefix("# host "))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no host line: {text}"))
+    };
+    let registered = register(1, "10.1.7.9");
+    let moved = "cn=web-0e01,cn=dc-east,ou=inventory,dc=example,dc=com";
+    ok(site.tool(
+        1,
+        "ldapmodify",
+        &[],
+        Some(&format!(
+            "dn: {registered}\nchangetype: modrdn\nnewrdn: cn=web-0e01\ndeleteoldrdn: 1\n\
+             newsuperior: cn=dc-east,ou=inventory,dc=example,dc=com\n\n\
+             dn: {moved}\nchangetype: modify\nreplace: description\ndescription: web tier\n"
+        )),
+    ));
     // West writes later on the same clock: its CSNs are higher.
     std::thread::sleep(Duration::from_millis(5));
     replace(2, "second, at west");
+    assert_eq!(register(2, "10.1.7.10"), registered, "west names it alike");
     ok(site.tool(
         2,
         "ldapadd",
@@ -264,6 +305,12 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
             "second, at west"
         ));
         assert!(has_value(&site, node, &twin, "description", "made at west"));
+        // West's later registration added its address and undid nothing.
+        assert!(has_value(&site, node, moved, "description", "web tier"));
+        assert!(has_value(&site, node, moved, "ipHostNumber", "10.1.7.9"));
+        assert!(has_value(&site, node, moved, "ipHostNumber", "10.1.7.10"));
+        let old = site.tool(node, "ldapsearch", &["-b", &registered, "-s", "base"], None);
+        assert_eq!(old.status.code(), Some(32), "the move was undone at {node}");
         let gone = site.tool(
             node,
             "ldapsearch",

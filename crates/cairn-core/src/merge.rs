@@ -17,19 +17,20 @@
 //!   since its last delete, and the highest that deleted it (its
 //!   tombstone).
 //!
-//! Every field is a maximum, so [`merge`] is commutative, associative and
-//! idempotent (the property tests at the bottom check it), and the rules
-//! follow from the maxima:
+//! Every field is a maximum (the registrations, a set that only grows
+//! until a delete or add passes them), so [`merge`] is commutative,
+//! associative and idempotent (the property tests at the bottom check
+//! it), and the rules follow from them:
 //!
 //! - a value is present iff it was added at or after the entry's last
-//!   creation or delete (for an entry a registration brought back after
-//!   its delete, at or after that registration: [`EntryState::since`])
-//!   and the attribute's last clear, and after its own last delete;
+//!   add, or, for an entry deleted or never added, at or after its first
+//!   registration since ([`EntryState::since`]), and at or after the
+//!   attribute's last clear, and after its own last delete;
 //! - a single-valued attribute shows its present value with the highest
 //!   CSN ([`EntryState::materialize`]);
 //! - the name with the highest CSN wins, but a name a write gave (an add,
 //!   a rename or a move) wins over any a registration gave, as long as it
-//!   was given after the entry's last delete ([`EntryState::name`]);
+//!   was given since then too ([`EntryState::name`]);
 //! - an entry is live iff it was created or registered after its last
 //!   delete: a delete wins over concurrent modifies (they stay in the
 //!   state, invisible), and only a new add or registration of the same

@@ -2626,6 +2626,9 @@ impl Directory {
     fn remove_state(&self, txn: &mut dyn WriteTxn, state: &EntryState) -> Result<(), Error> {
         let uuid = state.uuid;
         let claim = Self::claim(state)?;
+        // A loop of moves it was in comes apart: every member goes home,
+        // the one cut out of it included, as when a change breaks one.
+        let old_loop = Self::cycle_members(&*txn, uuid)?.unwrap_or_default();
         let mut b = Batch::default();
         b.delete(Table::State, uuid.as_bytes().to_vec());
         b.delete(Table::Conflicts, uuid.as_bytes().to_vec());
@@ -2640,6 +2643,7 @@ impl Directory {
             work.extend(pass.claimants(&*txn, prefix)?.into_iter().map(|(u, _)| u));
         }
         work.extend(pass.below(&*txn, uuid)?);
+        work.extend(old_loop.into_iter().map(|(_, u)| u));
         let mut seen = std::collections::HashSet::new();
         work.retain(|u| seen.insert(*u));
         self.place_all(txn, work, &mut pass)

@@ -2321,6 +2321,88 @@ fn rebuild(all: &mut [Site], i: usize, from: usize) -> super::replicate::Resynce
         .unwrap()
 }
 
+/// Issue 11: a rebuild that takes away a member of a loop of moves (the
+/// peer does not hold it) puts the other members back where their names
+/// say, the one cut out of the loop included, instead of leaving that one
+/// in lost and found marked as cut until it next changes (found by review,
+/// 2026-12-06).
+#[test]
+fn a_rebuild_that_drops_a_member_of_a_loop_of_moves_places_the_others_again() {
+    let mut all = sites(3);
+    for ou in ["a", "b", "c"] {
+        all[0].must(add_op(
+            &format!("ou={ou},{SUFFIX}"),
+            &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])],
+        ));
+    }
+    exchange(&mut all);
+    // Three moves at three sites apart: c under b (first, so c is the
+    // one cut out), b under a, a under c.
+    for (site, (ou, under)) in [("c", "b"), ("b", "a"), ("a", "c")].into_iter().enumerate() {
+        all[site].now_ms += 10 * (site as u64 + 1);
+        all[site].must(modrdn_op(
+            &format!("ou={ou},{SUFFIX}"),
+            &format!("ou={ou}"),
+            Some(&format!("ou={under},{SUFFIX}")),
+        ));
+    }
+    exchange(&mut all);
+    let tree = converged(&all);
+    let cut = |tree: &BTreeMap<String, Vec<(String, Vec<String>)>>| {
+        tree.iter()
+            .filter(|(_, attrs)| {
+                attrs
+                    .iter()
+                    .any(|(a, v)| a == "cairnConflict" && v.iter().any(|v| v.starts_with("cycle")))
+            })
+            .map(|(dn, _)| dn.clone())
+            .collect::<Vec<_>>()
+    };
+    let before = cut(&tree);
+    assert!(
+        before.len() == 1 && before[0].starts_with("ou=c\nCNF:"),
+        "{tree:#?}"
+    );
+    // Site 0 is rebuilt from a peer that holds everything but a: every
+    // field of a is below the horizon, so a goes.
+    let a = tree
+        .iter()
+        .find(|(dn, _)| dn.starts_with("ou=a,"))
+        .and_then(|(_, attrs)| attrs.iter().find(|(n, _)| n == "entryUUID"))
+        .and_then(|(_, v)| Uuid::parse_str(&v[0]).ok())
+        .unwrap_or_else(|| panic!("{tree:#?}"));
+    let s = &mut all[0];
+    s.now_ms += 1000;
+    let horizon = s.horizon(0);
+    let held: BTreeSet<Uuid> = s
+        .dir
+        .states_after(None, 1000)
+        .unwrap()
+        .iter()
+        .map(|st| st.uuid)
+        .filter(|u| *u != a)
+        .collect();
+    let vector = s.dir.vector().unwrap();
+    let forgotten = super::replicate::Forgotten {
+        horizon: Some(horizon),
+        dropped: vec![],
+    };
+    let done = s
+        .dir
+        .resync_end(&held, &vector, &forgotten, None, true)
+        .unwrap();
+    assert_eq!(done.removed, [a]);
+    check_tree(&s.dir);
+    let tree = s.export();
+    assert_eq!(cut(&tree), Vec::<String>::new(), "{tree:#?}");
+    // b lost its parent: it is in lost and found, and c below it.
+    let b = tree
+        .keys()
+        .find(|dn| dn.starts_with("ou=b\nCNF:"))
+        .unwrap_or_else(|| panic!("{tree:#?}"));
+    assert!(tree.contains_key(&format!("ou=c,{b}")), "{tree:#?}");
+}
+
 /// Issue 11: an entry from before origins (its state stamped by the nil
 /// origin, as `ensure_states` stamps every entry of an older release),
 /// deleted at one site and purged there, is gone from a site rebuilt
