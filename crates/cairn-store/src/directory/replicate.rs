@@ -1796,7 +1796,13 @@ impl Directory {
             ))
         })?;
         let uuid = lost_and_found_uuid(&suffix);
-        let csn = Csn::zero(Origin::new(Uuid::nil(), 0));
+        // Of the nil site, as a change every site makes alike (never a
+        // reason to refuse a peer), but under an epoch nothing else
+        // stamps: vectors of a federation upgraded from logs of writes
+        // hold the nil origin's epoch 0 above zero, and a container made
+        // at CSN zero there was never sent to a site that had not needed
+        // one itself.
+        let csn = Csn::zero(Origin::new(Uuid::nil(), u32::MAX));
         let attr = |key: &str, name: &str, vs: &[&str]| {
             let owned: Vec<String> = vs.iter().map(|v| v.to_string()).collect();
             let values: Vec<&String> = owned.iter().collect();

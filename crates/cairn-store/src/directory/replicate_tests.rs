@@ -2403,6 +2403,78 @@ fn a_rebuild_that_drops_a_member_of_a_loop_of_moves_places_the_others_again() {
     assert!(tree.contains_key(&format!("ou=c,{b}")), "{tree:#?}");
 }
 
+/// Issue 11: on a federation upgraded from logs written before origins,
+/// every site's vector holds changes of the nil origin. The lost-and-found
+/// container that one site makes must still reach a site that never
+/// needed it: here site 1 moved the child home before it heard of its
+/// parent's delete, so the child was never an orphan there (found by
+/// review, 2026-12-06).
+#[test]
+fn the_lost_and_found_container_reaches_a_site_that_never_needed_it() {
+    let mut all = sites(3);
+    // A change from a log of writes, applied everywhere: every vector now
+    // holds a nil-origin CSN above zero.
+    let op = all[0].dir.prepare(host("legacy")).unwrap();
+    let nil = Csn {
+        ms: 1,
+        logical: 0,
+        origin: Origin::new(Uuid::nil(), 0),
+        seq: 0,
+    };
+    let (_, change) = all[0]
+        .dir
+        .plan_changes(&[&op], &[nil], &[])
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    for s in &all {
+        s.dir
+            .apply_changes(std::slice::from_ref(change.as_ref().unwrap()), None, true)
+            .unwrap();
+    }
+    for ou in ["p", "q"] {
+        all[0].must(add_op(
+            &format!("ou={ou},{SUFFIX}"),
+            &[("objectClass", &["organizationalUnit"]), ("ou", &[ou])],
+        ));
+    }
+    exchange(&mut all);
+    // Site 0 adds c below p; site 1 hears of it and moves c to q; site 2,
+    // which never heard of c, deletes p.
+    all[0].must(add_op(
+        &format!("ou=c,ou=p,{SUFFIX}"),
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["c"])],
+    ));
+    let (m, a) = pair(&mut all, 1, 0);
+    m.pull(0, a);
+    all[1].now_ms += 10;
+    all[1].must(modrdn_op(
+        &format!("ou=c,ou=p,{SUFFIX}"),
+        "ou=c",
+        Some(&format!("ou=q,{SUFFIX}")),
+    ));
+    all[2].must(delete_op(&format!("ou=p,{SUFFIX}")));
+    // Site 0 hears of the delete first: c goes to lost and found there,
+    // then home when the move arrives. Site 1 hears of it last.
+    let lost = format!("ou=lostandfound,{SUFFIX}");
+    let (a, d) = pair(&mut all, 0, 2);
+    a.pull(2, d);
+    assert!(all[0].get(&lost).is_some());
+    let (a, m) = pair(&mut all, 0, 1);
+    a.pull(1, m);
+    let (m, d) = pair(&mut all, 1, 2);
+    m.pull(2, d);
+    assert!(all[1].get(&format!("ou=c,ou=q,{SUFFIX}")).is_some());
+    exchange(&mut all);
+    let tree = converged(&all);
+    assert!(tree.contains_key(&lost), "{tree:#?}");
+    assert!(
+        tree.contains_key(&format!("ou=c,ou=q,{SUFFIX}")),
+        "{tree:#?}"
+    );
+}
+
 /// Issue 11: an entry from before origins (its state stamped by the nil
 /// origin, as `ensure_states` stamps every entry of an older release),
 /// deleted at one site and purged there, is gone from a site rebuilt
