@@ -576,13 +576,62 @@ struct Ledger {
     /// Per shared entry, each replace of its single-valued
     /// `netbootMachineFilePath` in order: (write number, acknowledged).
     replaces: Vec<Vec<(u64, bool)>>,
+    /// Hosts this site registered (`cairn pull` of a MAC from a pool every
+    /// site draws from, so one host is registered at several sites while
+    /// they are apart): their DNs.
+    registered: Vec<String>,
+    /// Values added to a registered host's `description` after its
+    /// registration here: (DN, value). A later registration elsewhere
+    /// must not take them away.
+    host_values: Vec<(String, String)>,
     errors: u64,
+}
+
+/// Where a site's writer registers hosts: its node's gRPC address and an
+/// enrollment token for `PROD_A`, where the example's deploy rule for
+/// Dell servers puts them.
+struct Registrar {
+    grpc: String,
+    token: std::path::PathBuf,
+}
+
+/// The hosts every site's writer registers: their MACs.
+const POOL: u64 = 3;
+
+impl Registrar {
+    /// Registers (or, once known at this site, just pulls) the pool's
+    /// host `k`; its DN when the pull succeeded.
+    fn pull(&self, k: u64, ip: &str) -> Option<String> {
+        let out = Command::new(bin("cairn"))
+            .env_remove("CAIRN_TOKEN")
+            .args(["pull", "--server", &self.grpc, "--token-file"])
+            .arg(&self.token)
+            .args(["--mac", &format!("02:00:00:00:0f:0{k}")])
+            .args(["--vendor", "Dell Inc.", "--ip", ip])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("# host "))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    }
 }
 
 /// Writes at `url` until `stop`: adds of new hosts, values added to the
 /// shared entries' multi-valued `description`, replaces of their
-/// single-valued `netbootMachineFilePath`, in a random mix.
-fn site_writer(url: String, site: String, stop: Arc<AtomicBool>, seed: u64) -> Ledger {
+/// single-valued `netbootMachineFilePath`, registrations of the pool's
+/// hosts, and values added to hosts registered here, in a random mix.
+fn site_writer(
+    url: String,
+    site: String,
+    registrar: Registrar,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> Ledger {
     use ldap3::{LdapConn, Mod};
     use std::collections::HashSet;
     let mut ledger = Ledger {
@@ -608,7 +657,29 @@ fn site_writer(url: String, site: String, stop: Arc<AtomicBool>, seed: u64) -> L
         let errors_before = ledger.errors;
         let k = rng.below(SHARED as u64) as usize;
         let value = format!("{site}-{n}");
-        match rng.below(10) {
+        match rng.below(12) {
+            10 => {
+                let k = rng.below(POOL);
+                match registrar.pull(k, &format!("10.1.15.{}", 1 + rng.below(200))) {
+                    Some(dn) if !ledger.registered.contains(&dn) => ledger.registered.push(dn),
+                    Some(_) => {}
+                    None => ledger.errors += 1,
+                }
+                std::thread::sleep(Duration::from_millis(15));
+                continue;
+            }
+            11 if !ledger.registered.is_empty() => {
+                let dn =
+                    ledger.registered[rng.below(ledger.registered.len() as u64) as usize].clone();
+                let r = l.modify(
+                    &dn,
+                    vec![Mod::Add("description", HashSet::from([value.as_str()]))],
+                );
+                match r.map(|r| r.success()) {
+                    Ok(Ok(_)) => ledger.host_values.push((dn, value)),
+                    _ => ledger.errors += 1,
+                }
+            }
             0..=3 => {
                 let cn = format!("wan-{site}-{n}");
                 let r = l.add(
@@ -699,6 +770,24 @@ fn check_ledgers(url: &str, ledgers: &[Ledger]) {
     for ledger in ledgers {
         for cn in &ledger.hosts {
             assert!(cns.contains(cn), "acknowledged add {cn} was lost");
+        }
+        for dn in &ledger.registered {
+            let (rows, _) = l
+                .search(dn, Scope::Base, "(objectClass=*)", vec!["description"])
+                .expect("search")
+                .success()
+                .unwrap_or_else(|e| panic!("registered host {dn} was lost: {e}"));
+            let have: Vec<String> = rows
+                .into_iter()
+                .map(SearchEntry::construct)
+                .flat_map(|e| e.attrs.get("description").cloned().unwrap_or_default())
+                .collect();
+            for (_, v) in ledger.host_values.iter().filter(|(d, _)| d == dn) {
+                assert!(
+                    have.contains(v),
+                    "acknowledged value {v} of registered host {dn} was lost: {have:?}"
+                );
+            }
         }
         for (k, v) in &ledger.values {
             let have = shared(*k)
@@ -843,17 +932,44 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
         );
     }
 
+    // An enrollment token for the hosts the writers register, known at
+    // every site before they start.
+    let token_dir = tempfile::tempdir().expect("a directory for the token");
+    let token = token_dir.path().join("wan.token");
+    let token_path = token.to_str().expect("a UTF-8 path").to_string();
+    ok(cairn_at(
+        &procs[0].url(1),
+        &["token", "create", "--scope", PROD_A, "--out", &token_path],
+    ));
+    for s in &procs {
+        wait_until("the token at every site", Duration::from_secs(30), || {
+            let out = run_tool(
+                &s.url(1),
+                "ldapsearch",
+                Some((ADMIN, PASSWORD)),
+                &["-b", SUFFIX, "(objectClass=cairnEnrollmentToken)", "1.1"],
+                None,
+            );
+            stdout(&out).contains("dn: ")
+        });
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = procs
         .iter()
+        .zip(&ports)
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, (s, p))| {
             // Each at a node of its site (a follower where there are
             // several, so forwarding is in play too).
             let node = (i as u64 % s.spec_nodes()) + 1;
             let (url, site, stop) = (s.url(node), s.spec.name.to_string(), stop.clone());
+            let registrar = Registrar {
+                grpc: format!("{}:{}", s.spec.ip(node), p.grpc),
+                token: token.clone(),
+            };
             let seed = seed.wrapping_add(i as u64 + 1);
-            std::thread::spawn(move || site_writer(url, site, stop, seed))
+            std::thread::spawn(move || site_writer(url, site, registrar, stop, seed))
         })
         .collect();
     for round in 0..rounds {
@@ -891,7 +1007,10 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
         .map(|w| w.join().expect("a writer"))
         .collect();
     wan.heal_all();
-    let acked: usize = ledgers.iter().map(|l| l.hosts.len() + l.values.len()).sum();
+    let acked: usize = ledgers
+        .iter()
+        .map(|l| l.hosts.len() + l.values.len() + l.registered.len() + l.host_values.len())
+        .sum();
     assert!(acked > 0, "no write was acknowledged");
     let all: Vec<(usize, u64)> = procs
         .iter()
@@ -913,7 +1032,10 @@ fn random_partitions(sites: &[(&'static str, u64)], links: &[(&str, &str)], name
     }
     check_ledgers(&procs[0].url(1), &ledgers);
     eprintln!(
-        "{name}: converged; {acked} acknowledged adds and values checked, writer errors {:?}",
+        "{name}: converged; {acked} acknowledged adds and values checked ({} hosts registered or pulled per site, \
+         {} values added to registered hosts), writer errors {:?}",
+        ledgers.iter().map(|l| l.registered.len()).sum::<usize>(),
+        ledgers.iter().map(|l| l.host_values.len()).sum::<usize>(),
         ledgers.iter().map(|l| l.errors).collect::<Vec<_>>()
     );
 }
