@@ -54,6 +54,11 @@ pub const SITE_HEADER: &str = "cairn-site";
 pub const FORMAT_HEADER: &str = "cairn-changes-format";
 /// [`FORMAT_HEADER`]'s value for [`ChangesResponse`].
 pub const AUDITED: &str = "2";
+/// The gRPC metadata with which a pull says it reads host registrations
+/// (`ChangeOp::Register`). A site of an earlier release does not send it
+/// and could not decode a page holding one: such a page is refused to it
+/// with a message naming the upgrade, instead of being sent undecodable.
+pub const REGISTRATIONS_HEADER: &str = "cairn-registrations";
 /// The metadata a node answering a pull adds when it cannot confirm it
 /// holds everything its site committed (why, as text): the puller then
 /// counts nothing it learns from the answer as caught up, and asks
@@ -163,6 +168,26 @@ pub struct StatesResponse {
     pub vector: Vec<(Origin, Csn)>,
     pub horizon: Option<Csn>,
     pub dropped: Vec<Csn>,
+}
+
+/// A page of changes for a site that does not read host registrations
+/// (it did not send [`REGISTRATIONS_HEADER`]: an earlier release): the
+/// page, or, when it holds a registration, a refusal that says to
+/// upgrade that site. It cannot decode such a page, and leaving the
+/// registration out would let its vector pass over it.
+pub fn without_registrations(page: ChangesResponse, site: &str) -> Result<ChangesResponse, String> {
+    match page
+        .changes
+        .iter()
+        .find(|c| matches!(c.op, cairn_core::merge::ChangeOp::Register { .. }))
+    {
+        Some(c) => Err(format!(
+            "refused: change {} registers a host, which site {site}'s release cannot read; \
+             upgrade that site",
+            c.csn
+        )),
+        None => Ok(page),
+    }
 }
 
 /// The end of a rebuild from a peer site, as logged.
@@ -898,6 +923,10 @@ async fn pull_once(
         FORMAT_HEADER,
         tonic::metadata::MetadataValue::from_static(AUDITED),
     );
+    call.metadata_mut().insert(
+        REGISTRATIONS_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let mut client = clients.of_site(site, node).map_err(|e| e.to_string())?;
     let reply = client
         .changes(call)
@@ -1234,6 +1263,10 @@ mod tests {
         }
 
         fn add(&mut self, dn: &str, attrs: &[(&str, &[&str])]) {
+            self.add_as(dn, attrs, uuid::Uuid::new_v4());
+        }
+
+        fn add_as(&mut self, dn: &str, attrs: &[(&str, &[&str])], uuid: uuid::Uuid) {
             let op = WriteOp::Add {
                 entry: Entry {
                     dn: Dn::parse(dn).unwrap(),
@@ -1242,7 +1275,7 @@ mod tests {
                         .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
                         .collect(),
                 },
-                uuid: uuid::Uuid::new_v4(),
+                uuid,
                 stamp: Stamp {
                     who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
                     now: "20261206000000Z".into(),
@@ -1272,6 +1305,39 @@ mod tests {
             max: MAX_CHANGES,
             wait_ms: 0,
         }
+    }
+
+    /// A site of an earlier release, which cannot decode a registration,
+    /// is refused a page that holds one, with a message that says to
+    /// upgrade it; pages without one still go to it.
+    #[tokio::test]
+    async fn a_page_with_a_registration_is_refused_to_a_site_that_cannot_read_it() {
+        let mut node = Node::new();
+        let page = serve_changes(node.dir.clone(), ask(0), || false)
+            .await
+            .unwrap();
+        let without = without_registrations(page.clone(), "west").unwrap();
+        assert_eq!(without.changes, page.changes);
+        node.add_as(
+            "cn=h1,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["h1"])],
+            cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:01"),
+        );
+        let page = serve_changes(node.dir.clone(), ask(0), || false)
+            .await
+            .unwrap();
+        assert!(
+            page.changes
+                .iter()
+                .any(|c| matches!(c.op, cairn_core::merge::ChangeOp::Register { .. }))
+        );
+        let e = without_registrations(page, "west").unwrap_err();
+        assert!(
+            e.starts_with("refused: ")
+                && e.contains("site west's release")
+                && e.contains("upgrade"),
+            "{e}"
+        );
     }
 
     /// Large changes are answered a page of about `PAGE_BYTES` at a time,

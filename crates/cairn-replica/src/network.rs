@@ -898,15 +898,19 @@ impl pb::raft_server::Raft for RaftService {
         // learns from the answer as caught up and asks another node next.
         let unconfirmed = replica.linearizable_barrier(CONFIRM_TIMEOUT).await.err();
         let epoch = replica.directory().origin_epoch().ok();
-        use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER};
+        use crate::federation::{AUDITED, ChangesResponseV1, FORMAT_HEADER, REGISTRATIONS_HEADER};
         let audited = r
             .metadata()
             .get(FORMAT_HEADER)
             .is_some_and(|v| v == AUDITED);
+        let registrations = r.metadata().get(REGISTRATIONS_HEADER).is_some();
         let dir = replica.directory().clone();
         let fed = replica.federation().clone();
         drop(replica);
-        let answer = crate::federation::serve_changes(dir, req, || fed.is_paused()).await;
+        let mut answer = crate::federation::serve_changes(dir, req, || fed.is_paused()).await;
+        if !registrations {
+            answer = answer.and_then(|page| crate::federation::without_registrations(page, &site));
+        }
         let refused = answer.as_ref().err().filter(|e| e.starts_with("refused"));
         if let Some(why) = refused {
             tracing::warn!(site = %site, cause = %why, "refused a pull from another site");

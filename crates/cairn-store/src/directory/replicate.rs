@@ -636,7 +636,13 @@ impl Directory {
                 let parent = self.parent_uuid(txn, valid.dn())?;
                 let name = Self::name_of(valid.dn(), parent);
                 let attrs = self.all_values(&valid);
-                let op = if cairn_core::entry::is_host_entry_uuid(uuid) {
+                // A host's registration, unless it comes from a log of
+                // writes (its CSN of the nil origin): nodes and sites that
+                // applied that log before registrations were their own
+                // change hold it as an add, and this node must hold the
+                // same state for the same CSN.
+                let op = if cairn_core::entry::is_host_entry_uuid(uuid) && !csn.origin.site.is_nil()
+                {
                     ChangeOp::Register { name, attrs }
                 } else {
                     ChangeOp::Add { name, attrs }
@@ -801,6 +807,13 @@ impl Directory {
             ));
         }
         let (name, attrs) = match &c.op {
+            ChangeOp::Register { .. } if !cairn_core::entry::is_host_entry_uuid(&c.uuid) => {
+                // Only a deploy rule's registration, of an entry whose UUID
+                // comes from a host's identity, is planned as one here.
+                return refuse(
+                    "a registration of an entry whose UUID is not a registered host's".into(),
+                );
+            }
             ChangeOp::Add { name, attrs } | ChangeOp::Register { name, attrs } => {
                 (Some(name), attrs.as_slice())
             }

@@ -1146,6 +1146,15 @@ fn writes_from_a_log_of_writes_apply_as_changes_the_same_way_everywhere() {
         host("h1"),
         modify_op(H1, ModOp::Replace, "description", &["x"]),
         delete_op("cn=nobody,ou=hosts,dc=example,dc=com"),
+        // A host a deploy rule registered, logged as an add.
+        match host("h2") {
+            WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
+                entry,
+                uuid: cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:02"),
+                stamp,
+            },
+            other => other,
+        },
     ];
     let refs: Vec<&WriteOp> = ops.iter().collect();
     let origin = Origin::new(Uuid::nil(), 0);
@@ -1165,10 +1174,15 @@ fn writes_from_a_log_of_writes_apply_as_changes_the_same_way_everywhere() {
             .unwrap();
         results.push(r.iter().map(|r| r.is_ok()).collect::<Vec<_>>());
     }
-    assert_eq!(results[0], [true, true, true, false, true, false]);
+    assert_eq!(results[0], [true, true, true, false, true, false, true]);
     assert_eq!(results[0], results[1]);
     assert_eq!(a.export(), b.export());
     assert_eq!(a.values(H1, "description"), ["x"]);
+    // The registration stays an add, as a release before registrations
+    // were their own change applied it: every node holds one state for
+    // one CSN.
+    let (_, last) = a.dir.changes_after(0, 100).unwrap().pop().unwrap();
+    assert!(matches!(last.op, ChangeOp::Add { .. }), "{last:?}");
 }
 
 #[test]
@@ -1625,7 +1639,23 @@ fn a_change_from_another_site_is_checked_field_by_field() {
         op: ChangeOp::Delete { dn: "=,=".into() },
         ..good.clone()
     };
+    // H1 was added by an administrator: no deploy rule registers it.
+    let not_a_host = Change {
+        op: ChangeOp::Register {
+            name: Name {
+                parent: None,
+                rdn: "cn=h1".into(),
+            },
+            attrs: vec![],
+        },
+        ..good.clone()
+    };
     for (what, bad, says) in [
+        (
+            "registration of an entry that is no registered host",
+            not_a_host,
+            "not a registered host's",
+        ),
         ("misnamed attribute", with_attr(misnamed), "not named as"),
         (
             "value with another norm",
