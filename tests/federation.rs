@@ -305,8 +305,16 @@ fn issue_11_conflicting_writes_while_paused_converge_and_are_listed() {
             "second, at west"
         ));
         assert!(has_value(&site, node, &twin, "description", "made at west"));
-        // West's later registration added its address and undid nothing.
+        // West's later registration added its address and undid nothing:
+        // not the move, nor the replace of the rule's description.
         assert!(has_value(&site, node, moved, "description", "web tier"));
+        assert!(!has_value(
+            &site,
+            node,
+            moved,
+            "description",
+            "registered by rule"
+        ));
         assert!(has_value(&site, node, moved, "ipHostNumber", "10.1.7.9"));
         assert!(has_value(&site, node, moved, "ipHostNumber", "10.1.7.10"));
         let old = site.tool(node, "ldapsearch", &["-b", &registered, "-s", "base"], None);

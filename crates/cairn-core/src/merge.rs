@@ -220,7 +220,7 @@ pub struct EntryStateV1 {
     pub created: Option<Csn>,
     pub deleted: Option<Csn>,
     pub deleted_at: Option<String>,
-    pub attrs: BTreeMap<String, AttrState>,
+    pub attrs: BTreeMap<String, AttrStateV1>,
 }
 
 impl From<EntryStateV1> for EntryState {
@@ -233,7 +233,7 @@ impl From<EntryStateV1> for EntryState {
             registered: BTreeSet::new(),
             deleted: s.deleted,
             deleted_at: s.deleted_at,
-            attrs: s.attrs,
+            attrs: s.attrs.into_iter().map(|(k, a)| (k, a.into())).collect(),
         }
     }
 }
@@ -352,11 +352,57 @@ pub struct AttrState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueState {
-    /// The highest add: its CSN, the value's position in that change (to
-    /// keep the order a client gave) and the text it was written as.
+    /// The highest add by a write (an add or a modify): its CSN, the
+    /// value's position in that change (to keep the order a client gave)
+    /// and the text it was written as.
     pub added: Option<(Csn, u32, String)>,
-    /// The highest delete of this value.
+    /// The highest delete of this value (only writes delete).
     pub deleted: Option<Csn>,
+    /// The highest add by a registration, as `added`. It counts unless a
+    /// write deleted or cleared the value since the entry's first
+    /// registration ([`EntryState::since`]), whatever the CSNs: a
+    /// registration records what a host reported and never undoes what
+    /// someone wrote.
+    pub registered: Option<(Csn, u32, String)>,
+}
+
+/// An attribute's state as encoded before registrations were their own
+/// change ([`EntryStateV1`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrStateV1 {
+    pub name: String,
+    pub cleared: Option<Csn>,
+    pub values: BTreeMap<String, ValueStateV1>,
+}
+
+/// A value's state as encoded before registrations were their own change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueStateV1 {
+    pub added: Option<(Csn, u32, String)>,
+    pub deleted: Option<Csn>,
+}
+
+impl From<AttrStateV1> for AttrState {
+    fn from(a: AttrStateV1) -> AttrState {
+        AttrState {
+            name: a.name,
+            cleared: a.cleared,
+            values: a
+                .values
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        ValueState {
+                            added: v.added,
+                            deleted: v.deleted,
+                            registered: None,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a merge did.
@@ -447,11 +493,13 @@ impl EntryState {
     /// The highest CSN anywhere in the state: the entry's `cairnCsn`.
     pub fn max_csn(&self) -> Option<Csn> {
         let attrs = self.attrs.values().flat_map(|a| {
-            a.cleared.into_iter().chain(
-                a.values
-                    .values()
-                    .flat_map(|v| v.added.as_ref().map(|a| a.0).into_iter().chain(v.deleted)),
-            )
+            a.cleared.into_iter().chain(a.values.values().flat_map(|v| {
+                v.added
+                    .iter()
+                    .chain(&v.registered)
+                    .map(|a| a.0)
+                    .chain(v.deleted)
+            }))
         });
         self.written_name
             .iter()
@@ -470,13 +518,32 @@ impl EntryState {
         self.created.max(self.deleted)
     }
 
-    fn present(&self, attr: &AttrState, v: &ValueState) -> bool {
-        let Some((added, _, _)) = &v.added else {
-            return false;
-        };
-        self.since().is_none_or(|c| *added >= c)
-            && attr.cleared.is_none_or(|c| *added >= c)
-            && v.deleted.is_none_or(|d| *added > d)
+    /// The add that makes a value present, if one does, and whether a
+    /// write made it: a write's add made since the entry's add or first
+    /// registration ([`EntryState::since`]) and after the attribute's
+    /// last clear and the value's last delete; else a registration's made
+    /// since then, unless a write has deleted or cleared the value since
+    /// then (a registration never undoes what was written).
+    fn shown_add<'v>(
+        since: Option<Csn>,
+        attr: &AttrState,
+        v: &'v ValueState,
+    ) -> Option<(bool, &'v (Csn, u32, String))> {
+        let counts = |c: Csn| since.is_none_or(|s| c >= s);
+        if let Some(a) = &v.added
+            && counts(a.0)
+            && attr.cleared.is_none_or(|c| a.0 >= c)
+            && v.deleted.is_none_or(|d| a.0 > d)
+        {
+            return Some((true, a));
+        }
+        let undone = |c: Option<Csn>| c.is_some_and(|c| since.is_none_or(|s| c >= s));
+        match &v.registered {
+            Some(r) if counts(r.0) && !undone(attr.cleared) && !undone(v.deleted) => {
+                Some((false, r))
+            }
+            _ => None,
+        }
     }
 
     /// The entry as reads see it, or none when it is not live.
@@ -508,18 +575,26 @@ impl EntryState {
         Some((&attr.name, self.shown_values(attr, single_valued)))
     }
 
+    /// An attribute's present values in the order of the adds that make
+    /// them present; for a single-valued one, the written value with the
+    /// highest CSN, else the registered one with the highest.
     fn shown_values(&self, attr: &AttrState, single_valued: bool) -> Vec<String> {
-        let mut values: Vec<&(Csn, u32, String)> = attr
+        let since = self.since();
+        let mut values: Vec<(bool, &(Csn, u32, String))> = attr
             .values
             .values()
-            .filter(|v| self.present(attr, v))
-            .filter_map(|v| v.added.as_ref())
+            .filter_map(|v| Self::shown_add(since, attr, v))
             .collect();
-        values.sort();
-        if single_valued && !values.is_empty() {
-            values.drain(..values.len() - 1);
+        if single_valued {
+            return values
+                .into_iter()
+                .max()
+                .map(|(_, (_, _, t))| t.clone())
+                .into_iter()
+                .collect();
         }
-        values.into_iter().map(|(_, _, t)| t.clone()).collect()
+        values.sort_by(|a, b| a.1.cmp(b.1));
+        values.into_iter().map(|(_, (_, _, t))| t.clone()).collect()
     }
 
     fn attr(&mut self, key: &str, name: &str) -> (&mut AttrState, bool) {
@@ -547,7 +622,15 @@ impl EntryState {
         }
     }
 
-    fn apply_attr(&mut self, csn: Csn, op: AttrOp, change: &AttrChange) -> bool {
+    /// Folds one attribute's change in; `registration` says a
+    /// registration made it (its values are adds, kept apart).
+    fn apply_attr(
+        &mut self,
+        csn: Csn,
+        op: AttrOp,
+        change: &AttrChange,
+        registration: bool,
+    ) -> bool {
         let (attr, mut changed) = self.attr(&change.key, &change.name);
         let clear = match op {
             AttrOp::Replace => true,
@@ -564,13 +647,19 @@ impl EntryState {
                 .or_insert(ValueState {
                     added: None,
                     deleted: None,
+                    registered: None,
                 });
             match op {
                 AttrOp::Add | AttrOp::Replace => {
                     let pos = u32::try_from(pos).unwrap_or(u32::MAX);
                     let new = (csn, pos, value.text.clone());
-                    if slot.added.as_ref().is_none_or(|a| *a < new) {
-                        slot.added = Some(new);
+                    let add = if registration {
+                        &mut slot.registered
+                    } else {
+                        &mut slot.added
+                    };
+                    if add.as_ref().is_none_or(|a| *a < new) {
+                        *add = Some(new);
                         changed = true;
                     }
                 }
@@ -593,13 +682,15 @@ impl EntryState {
                 attr.cleared = None;
             }
             attr.values.retain(|_, v| {
-                if v.added.as_ref().is_some_and(|a| a.0 < floor) {
-                    v.added = None;
+                for add in [&mut v.added, &mut v.registered] {
+                    if add.as_ref().is_some_and(|a| a.0 < floor) {
+                        *add = None;
+                    }
                 }
                 if v.deleted.is_some_and(|d| d < floor) {
                     v.deleted = None;
                 }
-                v.added.is_some() || v.deleted.is_some()
+                v.added.is_some() || v.deleted.is_some() || v.registered.is_some()
             });
             attr.cleared.is_some() || !attr.values.is_empty()
         });
@@ -639,11 +730,17 @@ impl EntryState {
                 let slot = attr.values.entry(norm.clone()).or_insert(ValueState {
                     added: None,
                     deleted: None,
+                    registered: None,
                 });
-                if let Some(added) = &v.added
-                    && slot.added.as_ref().is_none_or(|a| a < added)
-                {
-                    slot.added = Some(added.clone());
+                for (mine, theirs) in [
+                    (&mut slot.added, &v.added),
+                    (&mut slot.registered, &v.registered),
+                ] {
+                    if let Some(theirs) = theirs
+                        && mine.as_ref().is_none_or(|a| a < theirs)
+                    {
+                        *mine = Some(theirs.clone());
+                    }
                 }
                 if let Some(d) = v.deleted {
                     raise(&mut slot.deleted, d);
@@ -713,10 +810,13 @@ impl EntryState {
                 {
                     v.added = None;
                 }
+                if v.registered.as_ref().is_some_and(|a| forgets(a.0)) {
+                    v.registered = None;
+                }
                 if deleted.is_some() {
                     v.deleted = None;
                 }
-                v.added.is_some() || v.deleted.is_some()
+                v.added.is_some() || v.deleted.is_some() || v.registered.is_some()
             });
             attr.cleared.is_some() || !attr.values.is_empty()
         });
@@ -743,22 +843,34 @@ impl EntryState {
     /// whether it forgot anything.
     pub fn purge(&mut self, horizon: Csn) -> bool {
         let before = self.clone();
+        // A host's entry may be registered by any site that does not know
+        // the host yet, whenever: a write's delete or clear made since
+        // its first registration keeps hiding what it removed from every
+        // registration, so it is kept, however old.
+        let host = crate::entry::is_host_entry_uuid(&self.uuid);
+        let since = self.since();
+        let forget = |c: Csn| c < horizon && !(host && since.is_none_or(|s| c >= s));
         for attr in self.attrs.values_mut() {
-            let cleared = attr.cleared.take_if(|c| *c < horizon);
+            let cleared = attr.cleared.take_if(|c| forget(*c));
             attr.values.retain(|_, v| {
                 let added = v.added.as_ref().map(|a| a.0);
-                let old_delete = v.deleted.is_none_or(|d| d < horizon);
+                let old_delete = v.deleted.is_none_or(forget);
                 let deleted_itself = match (added, v.deleted) {
-                    (None, Some(d)) | (Some(_), Some(d)) if d >= horizon => false,
+                    (None, Some(d)) | (Some(_), Some(d)) if !forget(d) => false,
                     (None, _) => true,
                     (Some(a), Some(d)) => a <= d,
                     (Some(_), None) => false,
                 };
                 let cleared_away = old_delete && cleared.zip(added).is_some_and(|(c, a)| a < c);
                 if deleted_itself || cleared_away {
-                    return false;
+                    // The write's add can never count again; a
+                    // registration's add of the value still may.
+                    if v.registered.is_none() {
+                        return false;
+                    }
+                    v.added = None;
                 }
-                if v.deleted.is_some_and(|d| d < horizon) {
+                if v.deleted.is_some_and(forget) {
                     v.deleted = None;
                 }
                 true
@@ -799,14 +911,14 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
             changed |= raise(&mut s.created, csn);
             changed |= set_name(&mut s.written_name, name);
             for a in attrs {
-                changed |= s.apply_attr(csn, AttrOp::Add, a);
+                changed |= s.apply_attr(csn, AttrOp::Add, a, false);
             }
         }
         ChangeOp::Register { name, attrs } => {
             changed |= s.registered.insert(csn);
             changed |= set_name(&mut s.registered_name, name);
             for a in attrs {
-                changed |= s.apply_attr(csn, AttrOp::Add, a);
+                changed |= s.apply_attr(csn, AttrOp::Add, a, true);
             }
         }
         ChangeOp::Modify { name, attrs } => {
@@ -814,7 +926,7 @@ pub fn merge(state: Option<EntryState>, change: &Change) -> (EntryState, Effect)
                 changed |= set_name(&mut s.written_name, name);
             }
             for a in attrs {
-                changed |= s.apply_attr(csn, a.op, a);
+                changed |= s.apply_attr(csn, a.op, a, false);
             }
         }
         ChangeOp::Delete { dn } => {

@@ -207,19 +207,17 @@ pub fn decode_state(bytes: &[u8]) -> Result<EntryState, Error> {
     }
 }
 
-/// A stored state's head, whichever its version, and where its
-/// attributes begin.
-fn decode_head(bytes: &[u8]) -> Result<(StateHead, usize), Error> {
+/// A stored state's head, whichever its version, where its attributes
+/// begin, and whether it is of the earlier version (`V1`, whose
+/// attributes are encoded otherwise).
+fn decode_head(bytes: &[u8]) -> Result<(StateHead, usize, bool), Error> {
     let (head, used): (StoredState<StateHeadV1, StateHead>, usize) =
         bincode::serde::borrow_decode_from_slice(bytes, decoding())
             .map_err(|err| Error::Corrupt(format!("cannot decode entry state: {err}")))?;
-    Ok((
-        match head {
-            StoredState::V1(h) => h.into(),
-            StoredState::V2(h) => h,
-        },
-        used,
-    ))
+    Ok(match head {
+        StoredState::V1(h) => (h.into(), used, true),
+        StoredState::V2(h) => (h, used, false),
+    })
 }
 
 /// A stored entry state read in place: its head decoded, each attribute
@@ -258,10 +256,15 @@ impl StateView<'_> {
 /// Reads a stored entry state in place ([`StateView`]). The attributes'
 /// bytes are walked, not decoded, with the checks decoding would make
 /// (lengths within the row, UTF-8 text, known tags and integer widths),
-/// so a damaged row is refused here as [`decode_state`] refuses it.
-pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
+/// so a damaged row is refused here as [`decode_state`] refuses it. None
+/// for a row of the earlier version, whose attributes cannot be copied
+/// into today's: it is read whole ([`decode_state`]) and written anew.
+pub fn decode_state_view(bytes: &[u8]) -> Result<Option<StateView<'_>>, Error> {
     let corrupt = |what: &str| Error::Corrupt(format!("cannot decode entry state: {what}"));
-    let (head, used) = decode_head(bytes)?;
+    let (head, used, v1) = decode_head(bytes)?;
+    if v1 {
+        return Ok(None);
+    }
     let mut r = Walk { bytes, at: used };
     let n = r.varint(U64)?;
     let mut attrs = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(256));
@@ -274,7 +277,7 @@ pub fn decode_state_view(bytes: &[u8]) -> Result<StateView<'_>, Error> {
     if r.at != bytes.len() {
         return Err(corrupt(&format!("{} bytes left over", bytes.len() - r.at)));
     }
-    Ok(StateView { head, attrs })
+    Ok(Some(StateView { head, attrs }))
 }
 
 /// The widest integer a varint may hold: bincode refuses a wider one.
@@ -369,19 +372,27 @@ impl<'a> Walk<'a> {
     }
 
     /// A [`cairn_core::merge::AttrState`]: its name, last clear, and each
-    /// value's key and [`cairn_core::merge::ValueState`].
+    /// value's key and [`cairn_core::merge::ValueState`] (a write's add,
+    /// the last delete, a registration's add).
     fn attr_state(&mut self) -> Result<(), Error> {
         self.str()?;
         self.option_csn()?;
         let n = self.varint(U64)?;
         for _ in 0..n {
             self.str()?;
-            if self.some()? {
-                self.csn()?;
-                self.varint(U32)?;
-                self.str()?;
-            }
+            self.option_add()?;
             self.option_csn()?;
+            self.option_add()?;
+        }
+        Ok(())
+    }
+
+    /// An add: its CSN, position and text, if there is one.
+    fn option_add(&mut self) -> Result<(), Error> {
+        if self.some()? {
+            self.csn()?;
+            self.varint(U32)?;
+            self.str()?;
         }
         Ok(())
     }
@@ -453,7 +464,7 @@ pub fn encode_state_split(
 /// The head of a stored entry state: its leading fields, without decoding
 /// its attributes (the rest of the bytes are not read).
 pub fn decode_state_head(bytes: &[u8]) -> Result<StateHead, Error> {
-    decode_head(bytes).map(|(h, _)| h)
+    decode_head(bytes).map(|(h, _, _)| h)
 }
 
 pub fn encode_change(c: &Change) -> Result<Vec<u8>, Error> {
@@ -644,12 +655,27 @@ mod tests {
                     attrs: vec![attr(AttrOp::Delete, "description", &["b"])],
                 },
             ),
+            // A registration's adds, kept apart in the values' states.
+            change(
+                3,
+                "north",
+                ChangeOp::Register {
+                    name: Name {
+                        parent: Some(uuid::Uuid::from_u128(1)),
+                        rdn: "cn=h1".into(),
+                    },
+                    attrs: vec![
+                        attr(AttrOp::Add, "cn", &["h1"]),
+                        attr(AttrOp::Add, "seealso", &["cn=y"]),
+                    ],
+                },
+            ),
         ] {
             full = Some(merge(full, &c).0);
         }
         let full = full.unwrap();
         let bytes = encode_state(&full).unwrap();
-        let view = decode_state_view(&bytes).unwrap();
+        let view = decode_state_view(&bytes).unwrap().expect("today's form");
         // Nothing taken out: the same bytes.
         let none = BTreeSet::new();
         assert_eq!(
@@ -734,9 +760,14 @@ mod tests {
                 let mut damaged = bytes.clone();
                 damaged[at] = b;
                 let whole = decode_state(&damaged);
-                let view = decode_state_view(&damaged).and_then(|v| {
-                    let keys = v.attrs.iter().map(|(k, _)| *k).collect();
-                    v.split(&keys)
+                // As a change reads it: in place, or whole when the row
+                // reads as the earlier form.
+                let view = decode_state_view(&damaged).and_then(|v| match v {
+                    Some(v) => {
+                        let keys = v.attrs.iter().map(|(k, _)| *k).collect();
+                        v.split(&keys)
+                    }
+                    None => decode_state(&damaged),
                 });
                 assert_eq!(
                     whole.is_ok(),
@@ -963,18 +994,18 @@ mod tests {
     #[test]
     fn a_state_stored_before_registrations_reads_in_every_way() {
         use cairn_core::csn::{Csn, Origin};
-        use cairn_core::merge::{AttrState, EntryStateV1, Name, ValueState};
+        use cairn_core::merge::{AttrStateV1, EntryStateV1, Name, ValueStateV1};
         #[derive(Serialize)]
         enum OldStoredState {
             V1(EntryStateV1),
         }
         let at = Csn::zero(Origin::of_site("east"));
-        let cn = AttrState {
+        let cn = AttrStateV1 {
             name: "cn".into(),
             cleared: None,
             values: [(
                 "h1".to_string(),
-                ValueState {
+                ValueStateV1 {
                     added: Some((at, 0, "h1".into())),
                     deleted: None,
                 },
@@ -1001,12 +1032,11 @@ mod tests {
         assert_eq!(decode_state(&bytes).unwrap(), state);
         let head = decode_state_head(&bytes).unwrap();
         assert_eq!((head.name(), head.is_live()), (state.name(), true));
-        let view = decode_state_view(&bytes).unwrap();
-        let keys = ["cn"].into_iter().collect();
-        assert_eq!(view.split(&keys).unwrap(), state);
-        let none = Default::default();
-        let again = encode_state_split(&view.split(&none).unwrap(), &view, &none).unwrap();
-        assert_eq!(again, encode_state(&state).unwrap());
+        // Its attributes are encoded otherwise: a change reads it whole
+        // and writes it in today's form.
+        assert!(decode_state_view(&bytes).unwrap().is_none());
+        let again = encode_state(&state).unwrap();
+        assert!(decode_state_view(&again).unwrap().is_some());
         assert_eq!(decode_state(&again).unwrap(), state);
     }
 }

@@ -386,6 +386,62 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
 }
 
 #[test]
+fn what_a_write_deleted_or_replaced_since_the_first_registration_stays_so() {
+    // East registers the host; an administrator there renames it (its old
+    // cn value deleted), deletes one of its MACs, replaces the rule's
+    // description and sets its model; west, apart, registers it later
+    // with what the host reports.
+    let reported: &[(&str, &[&str])] = &[
+        ("cn", &["h1"]),
+        ("mac", &["m1", "m2"]),
+        ("description", &["registered by rule"]),
+        ("model", &["R640"]),
+    ];
+    let changes = [
+        register(csn(10, EAST), "cn=h1", reported),
+        Change {
+            op: ChangeOp::Modify {
+                name: Some(name("cn=web1")),
+                attrs: vec![
+                    attr(AttrOp::Delete, "cn", &["h1"]),
+                    attr(AttrOp::Add, "cn", &["web1"]),
+                ],
+            },
+            ..modify(csn(20, EAST), vec![])
+        },
+        modify(csn(21, EAST), vec![attr(AttrOp::Delete, "mac", &["m2"])]),
+        modify(
+            csn(22, EAST),
+            vec![
+                attr(AttrOp::Replace, "description", &["web tier"]),
+                attr(AttrOp::Replace, "model", &["R650"]),
+            ],
+        ),
+        register(csn(30, WEST), "cn=h1", reported),
+    ];
+    let single = |k: &str| k == "description" || k == "model";
+    for order in all_orders(&changes) {
+        let state = run(&order).expect("state");
+        let m = state.materialize(single).expect("live");
+        assert_eq!(m.name.rdn, "cn=web1", "{order:?}");
+        let seen: BTreeMap<_, _> = m.attrs.into_iter().collect();
+        assert_eq!(seen["cn"], ["web1"], "{order:?}");
+        assert_eq!(seen["mac"], ["m1"], "{order:?}");
+        assert_eq!(seen["description"], ["web tier"], "{order:?}");
+        assert_eq!(seen["model"], ["R650"], "{order:?}");
+    }
+    // A value the host reports that no write touched follows the later
+    // registration; one a write added again after deleting it counts.
+    let mut more = changes.to_vec();
+    more.push(modify(
+        csn(40, EAST),
+        vec![attr(AttrOp::Add, "mac", &["m2"])],
+    ));
+    let seen = visible(&more).expect("live");
+    assert_eq!(seen["mac"], ["m1", "m2"]);
+}
+
+#[test]
 fn a_registration_after_a_delete_brings_the_entry_back_where_it_registers() {
     let changes = [
         register(
@@ -598,14 +654,26 @@ fn arb_changes() -> impl Strategy<Value = Vec<Change>> {
     .prop_map(|raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(i, (ms, site, e, op))| Change {
-                csn: Csn {
-                    seq: i as u32,
-                    ..csn(ms, site)
-                },
-                uuid: entry_uuid(e + 1),
-                op,
-                audit: None,
+            .map(|(i, (ms, site, e, op))| {
+                // The first entry is a host's (registrations and the
+                // purge's rule for them); the second an ordinary entry,
+                // which no site registers.
+                let (uuid, op) = match (e, op) {
+                    (0, op) => (crate::entry::host_entry_uuid("e1"), op),
+                    (_, ChangeOp::Register { name, attrs }) => {
+                        (entry_uuid(2), ChangeOp::Add { name, attrs })
+                    }
+                    (_, op) => (entry_uuid(2), op),
+                };
+                Change {
+                    csn: Csn {
+                        seq: i as u32,
+                        ..csn(ms, site)
+                    },
+                    uuid,
+                    op,
+                    audit: None,
+                }
             })
             .collect()
     })

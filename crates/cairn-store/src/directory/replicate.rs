@@ -1146,7 +1146,7 @@ impl Directory {
             _ => None,
         };
         let view = match (&row, &keys) {
-            (Some(row), Some(_)) => Some(decode_state_view(row)?),
+            (Some(row), Some(_)) => decode_state_view(row)?,
             _ => None,
         };
         let mut split = None;

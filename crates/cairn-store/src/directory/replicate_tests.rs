@@ -1558,10 +1558,17 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
         !tree.keys().any(|k| k.contains("h7")),
         "a second name: {tree:#?}"
     );
+    // The replace stays whole: west's registration reports the rule's
+    // description again, which the write replaced after east's.
     assert_eq!(
         all[1].values(moved, "description"),
-        ["web tier", "registered by rule r1"],
-        "the edit was wiped"
+        ["web tier"],
+        "the edit was undone"
+    );
+    assert_eq!(
+        all[1].values(moved, "cn"),
+        ["web7"],
+        "the old name came back"
     );
     assert_eq!(
         all[1].values(moved, "netbootmachinefilepath"),
