@@ -852,6 +852,7 @@ impl EntryState {
         let forget = |c: Csn| c < horizon && !(host && since.is_none_or(|s| c >= s));
         for attr in self.attrs.values_mut() {
             let cleared = attr.cleared.take_if(|c| forget(*c));
+            let kept_clear = attr.cleared;
             attr.values.retain(|_, v| {
                 let added = v.added.as_ref().map(|a| a.0);
                 let old_delete = v.deleted.is_none_or(forget);
@@ -873,7 +874,16 @@ impl EntryState {
                 if v.deleted.is_some_and(forget) {
                     v.deleted = None;
                 }
-                true
+                // A write's add below a clear or delete that stays can
+                // never count again either (they only rise): without
+                // this, a host's entry, whose later clears and deletes
+                // stay, kept every value a replace took away, forever.
+                if v.added.as_ref().is_some_and(|a| {
+                    kept_clear.is_some_and(|c| a.0 < c) || v.deleted.is_some_and(|d| a.0 <= d)
+                }) {
+                    v.added = None;
+                }
+                v.added.is_some() || v.deleted.is_some() || v.registered.is_some()
             });
         }
         self.attrs

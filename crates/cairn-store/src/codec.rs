@@ -256,9 +256,10 @@ impl StateView<'_> {
 /// Reads a stored entry state in place ([`StateView`]). The attributes'
 /// bytes are walked, not decoded, with the checks decoding would make
 /// (lengths within the row, UTF-8 text, known tags and integer widths),
-/// so a damaged row is refused here as [`decode_state`] refuses it. None
-/// for a row of the earlier version, whose attributes cannot be copied
-/// into today's: it is read whole ([`decode_state`]) and written anew.
+/// so a damaged row of today's form is refused here as [`decode_state`]
+/// refuses it. None for a row of the earlier form (its tag), whose
+/// attributes cannot be copied into today's: it is read whole
+/// ([`decode_state`], which refuses it if damaged) and written anew.
 pub fn decode_state_view(bytes: &[u8]) -> Result<Option<StateView<'_>>, Error> {
     let corrupt = |what: &str| Error::Corrupt(format!("cannot decode entry state: {what}"));
     let (head, used, v1) = decode_head(bytes)?;
@@ -750,7 +751,28 @@ mod tests {
             },
             audit: None,
         };
-        let bytes = encode_state(&merge(None, &c).0).unwrap();
+        // And a registration's adds of the same values and another, kept
+        // apart in the values' states.
+        let ChangeOp::Add { name, mut attrs } = c.op.clone() else {
+            unreachable!()
+        };
+        attrs[0].values.push(value("h2"));
+        let r = Change {
+            csn: Csn {
+                ms: 1_700_000_000_001,
+                ..c.csn
+            },
+            op: ChangeOp::Register { name, attrs },
+            ..c.clone()
+        };
+        let state = merge(Some(merge(None, &c).0), &r).0;
+        assert!(
+            state.attrs["cn"]
+                .values
+                .values()
+                .all(|v| v.registered.is_some())
+        );
+        let bytes = encode_state(&state).unwrap();
         for cut in 0..bytes.len() {
             assert!(decode_state(&bytes[..cut]).is_err());
             assert!(decode_state_view(&bytes[..cut]).is_err(), "cut at {cut}");

@@ -775,6 +775,16 @@ proptest! {
         purged.retain(|_, s| !s.expired(horizon));
         for s in purged.values_mut() {
             s.purge(horizon);
+            // Nothing left that can never count again: a write's add
+            // below the attribute's clear or the value's delete.
+            for a in s.attrs.values() {
+                for v in a.values.values() {
+                    let dead = v.added.as_ref().is_some_and(|x| {
+                        a.cleared.is_some_and(|c| x.0 < c) || v.deleted.is_some_and(|d| x.0 <= d)
+                    });
+                    prop_assert!(!dead, "a dead add left after a purge: {:?}", s);
+                }
+            }
         }
         for c in late {
             let (s, _) = merge(purged.remove(&c.uuid), c);

@@ -2428,6 +2428,19 @@ impl Directory {
                 return refuse(e.to_string());
             }
         }
+        // Only a host's entry is ever registered here (`check_fields`).
+        if !cairn_core::entry::is_host_entry_uuid(&state.uuid)
+            && (!state.registered.is_empty()
+                || state.registered_name.is_some()
+                || state
+                    .attrs
+                    .values()
+                    .any(|a| a.values.values().any(|v| v.registered.is_some())))
+        {
+            return refuse(
+                "registrations of an entry whose UUID is not a registered host's".into(),
+            );
+        }
         if let Some(dn) = &state.deleted_at
             && let Err(e) = Dn::parse_stored(dn)
         {
@@ -2443,13 +2456,13 @@ impl Directory {
                 return refuse(why);
             }
             for (norm, v) in &a.values {
-                if let Some((_, _, text)) = &v.added
-                    && self.value(key, text).key() != norm
-                {
-                    return refuse(format!(
-                        "value {text:?} of {} is not normalized as this site's schema normalizes it",
-                        a.name
-                    ));
+                for (_, _, text) in v.added.iter().chain(&v.registered) {
+                    if self.value(key, text).key() != norm {
+                        return refuse(format!(
+                            "value {text:?} of {} is not normalized as this site's schema normalizes it",
+                            a.name
+                        ));
+                    }
                 }
             }
         }
@@ -2866,7 +2879,7 @@ impl Directory {
                         s.attrs
                             .get(attr)
                             .and_then(|a| a.values.get(&value))
-                            .and_then(|v| v.added.as_ref().map(|a| a.0))
+                            .and_then(|v| v.added.iter().chain(&v.registered).map(|a| a.0).max())
                     });
                     claims.push(Claim {
                         uuid: *uuid,

@@ -2726,10 +2726,27 @@ fn a_rebuild_page_with_a_state_that_does_not_parse_is_refused() {
         .find(|s| s.is_live() && s.attrs.contains_key("cn"))
         .unwrap()
         .clone();
+    let mut registered = live.clone();
     let cn = live.attrs.get_mut("cn").unwrap();
     let (norm, v) = cn.values.pop_first().unwrap();
     cn.values.insert(norm.to_uppercase(), v);
     let e = all[1].dir.check_resync_page(zero, &[live]).unwrap_err();
+    assert!(e.to_string().contains("normalized"), "{e}");
+    // A registration's add is checked as a write's is; and only a host's
+    // entry may hold one.
+    let cn = registered.attrs.get_mut("cn").unwrap();
+    let (_, v) = cn.values.iter_mut().next().unwrap();
+    v.registered = Some((zero, 0, "Not The Key".into()));
+    let e = all[1]
+        .dir
+        .check_resync_page(zero, std::slice::from_ref(&registered))
+        .unwrap_err();
+    assert!(e.to_string().contains("not a registered host's"), "{e}");
+    registered.uuid = cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:03");
+    let e = all[1]
+        .dir
+        .check_resync_page(zero, &[registered])
+        .unwrap_err();
     assert!(e.to_string().contains("normalized"), "{e}");
 }
 
@@ -2751,15 +2768,25 @@ fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
         ],
     ));
     all[1].now_ms += 5;
-    all[1].must(add_op(
-        "cn=host-020000000099,ou=hosts,dc=example,dc=com",
-        &[
-            ("objectClass", &["cairnHost"]),
-            ("cn", &["host-020000000099"]),
-            ("macAddress", &["02:00:00:00:00:99"]),
-            ("serialNumber", &["To be filled by O.E.M."]),
-        ],
-    ));
+    // A deploy rule's registration: its values are a registration's adds.
+    all[1].must(
+        match add_op(
+            "cn=host-020000000099,ou=hosts,dc=example,dc=com",
+            &[
+                ("objectClass", &["cairnHost"]),
+                ("cn", &["host-020000000099"]),
+                ("macAddress", &["02:00:00:00:00:99"]),
+                ("serialNumber", &["To be filled by O.E.M."]),
+            ],
+        ) {
+            WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
+                entry,
+                uuid: cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:99"),
+                stamp,
+            },
+            other => other,
+        },
+    );
     assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
     exchange(&mut all);
     converged(&all);
