@@ -22,12 +22,17 @@
 //! associative and idempotent (the property tests at the bottom check
 //! it), and the rules follow from them:
 //!
-//! - a value is present iff it was added at or after the entry's last
-//!   add, or, for an entry deleted or never added, at or after its first
-//!   registration since ([`EntryState::since`]), and at or after the
-//!   attribute's last clear, and after its own last delete;
+//! - a value a write added is present iff it was added at or after the
+//!   entry's last add, or, for an entry deleted or never added, at or
+//!   after its first registration since ([`EntryState::since`]), and at
+//!   or after the attribute's last clear, and after its own last delete;
+//! - a value a registration added (kept apart) is present iff added since
+//!   then too, unless a write deleted it or cleared the attribute since
+//!   then, whatever the CSNs: a registration never undoes what was
+//!   written;
 //! - a single-valued attribute shows its present value with the highest
-//!   CSN ([`EntryState::materialize`]);
+//!   CSN, a written one before any registered one
+//!   ([`EntryState::materialize`]);
 //! - the name with the highest CSN wins, but a name a write gave (an add,
 //!   a rename or a move) wins over any a registration gave, as long as it
 //!   was given since then too ([`EntryState::name`]);
