@@ -57,6 +57,46 @@ fn host(cn: &str) -> WriteOp {
     )
 }
 
+/// `add` as a deploy rule's registration makes it: the entry's UUID from
+/// the host's identity `key`.
+fn registration(add: WriteOp, key: &str) -> WriteOp {
+    match add {
+        WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
+            entry,
+            uuid: cairn_core::entry::host_entry_uuid(key),
+            stamp,
+        },
+        other => panic!("not an add: {other:?}"),
+    }
+}
+
+/// Applies `op` at every site as an entry of a log of writes (a CSN of the
+/// nil origin), so every vector holds a nil-origin CSN above zero, as on
+/// a federation upgraded from such logs; the change it became.
+fn apply_legacy_everywhere(all: &[Site], op: WriteOp) -> Change {
+    let op = all[0].dir.prepare(op).unwrap();
+    let nil = Csn {
+        ms: 1,
+        logical: 0,
+        origin: Origin::new(Uuid::nil(), 0),
+        seq: 0,
+    };
+    let (_, change) = all[0]
+        .dir
+        .plan_changes(&[&op], &[nil], &[])
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let change = change.unwrap();
+    for s in all {
+        s.dir
+            .apply_changes(std::slice::from_ref(&change), None, true)
+            .unwrap();
+    }
+    change
+}
+
 fn modify_op(dn_: &str, op: ModOp, attr: &str, values: &[&str]) -> WriteOp {
     WriteOp::Modify {
         dn: dn(dn_),
@@ -908,14 +948,7 @@ fn random_writes_at_three_sites_converge() {
                 0 => host_under(name, under),
                 // A registration: one machine per name, whatever site
                 // and place registers it.
-                1 => match host_under(name, under) {
-                    WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
-                        entry,
-                        uuid: cairn_core::entry::host_entry_uuid(name),
-                        stamp,
-                    },
-                    other => other,
-                },
+                1 => registration(host_under(name, under), name),
                 2 => modify_op(&target, ModOp::Replace, "description", &[names[next(4)]]),
                 3 => modify_op(
                     &target,
@@ -1147,14 +1180,7 @@ fn writes_from_a_log_of_writes_apply_as_changes_the_same_way_everywhere() {
         modify_op(H1, ModOp::Replace, "description", &["x"]),
         delete_op("cn=nobody,ou=hosts,dc=example,dc=com"),
         // A host a deploy rule registered, logged as an add.
-        match host("h2") {
-            WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
-                entry,
-                uuid: cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:02"),
-                stamp,
-            },
-            other => other,
-        },
+        registration(host("h2"), "mac:02:00:00:00:00:02"),
     ];
     let refs: Vec<&WriteOp> = ops.iter().collect();
     let origin = Origin::new(Uuid::nil(), 0);
@@ -2449,27 +2475,7 @@ fn a_rebuild_that_drops_a_member_of_a_loop_of_moves_places_the_others_again() {
 #[test]
 fn the_lost_and_found_container_reaches_a_site_that_never_needed_it() {
     let mut all = sites(3);
-    // A change from a log of writes, applied everywhere: every vector now
-    // holds a nil-origin CSN above zero.
-    let op = all[0].dir.prepare(host("legacy")).unwrap();
-    let nil = Csn {
-        ms: 1,
-        logical: 0,
-        origin: Origin::new(Uuid::nil(), 0),
-        seq: 0,
-    };
-    let (_, change) = all[0]
-        .dir
-        .plan_changes(&[&op], &[nil], &[])
-        .unwrap()
-        .pop()
-        .unwrap()
-        .unwrap();
-    for s in &all {
-        s.dir
-            .apply_changes(std::slice::from_ref(change.as_ref().unwrap()), None, true)
-            .unwrap();
-    }
+    apply_legacy_everywhere(&all, host("legacy"));
     for ou in ["p", "q"] {
         all[0].must(add_op(
             &format!("ou={ou},{SUFFIX}"),
@@ -2521,26 +2527,7 @@ fn the_lost_and_found_container_reaches_a_site_that_never_needed_it() {
 fn a_legacy_entry_deleted_and_purged_at_the_peer_is_gone_after_a_rebuild() {
     let mut all = sites(3);
     let old = "cn=old,ou=hosts,dc=example,dc=com";
-    let op = all[0].dir.prepare(host("old")).unwrap();
-    let nil = Csn {
-        ms: 1,
-        logical: 0,
-        origin: Origin::new(Uuid::nil(), 0),
-        seq: 0,
-    };
-    let (_, change) = all[0]
-        .dir
-        .plan_changes(&[&op], &[nil], &[])
-        .unwrap()
-        .pop()
-        .unwrap()
-        .unwrap();
-    let change = change.unwrap();
-    for s in &all {
-        s.dir
-            .apply_changes(std::slice::from_ref(&change), None, true)
-            .unwrap();
-    }
+    let change = apply_legacy_everywhere(&all, host("old"));
     assert!(all[2].get(old).is_some());
     // Site 0 deletes it and site 1 hears of it; site 2 is cut off.
     all[0].now_ms += 10;
@@ -2769,8 +2756,8 @@ fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
     ));
     all[1].now_ms += 5;
     // A deploy rule's registration: its values are a registration's adds.
-    all[1].must(
-        match add_op(
+    all[1].must(registration(
+        add_op(
             "cn=host-020000000099,ou=hosts,dc=example,dc=com",
             &[
                 ("objectClass", &["cairnHost"]),
@@ -2778,15 +2765,9 @@ fn entries_that_two_sites_gave_one_mac_are_listed_as_a_uniqueness_conflict() {
                 ("macAddress", &["02:00:00:00:00:99"]),
                 ("serialNumber", &["To be filled by O.E.M."]),
             ],
-        ) {
-            WriteOp::Add { entry, stamp, .. } => WriteOp::Add {
-                entry,
-                uuid: cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:99"),
-                stamp,
-            },
-            other => other,
-        },
-    );
+        ),
+        "mac:02:00:00:00:00:99",
+    ));
     assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
     exchange(&mut all);
     converged(&all);
