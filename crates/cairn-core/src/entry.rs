@@ -244,6 +244,30 @@ pub fn host_entry_uuid(key: &str) -> uuid::Uuid {
     uuid::Uuid::new_v5(&ns, key.as_bytes())
 }
 
+/// The attributes (lowercased keys) a deploy rule's registration writes:
+/// what a host reports, the rule's `description`, and the stamps of a new
+/// entry. A purge keeps, for a host's entry, the deletes and clears of
+/// these alone that a registration must not undo
+/// (`cairn_core::merge::EntryState::purge`); every other attribute's
+/// (settings, secrets) go after the tombstone lifetime as any entry's.
+/// `cairn-fleet`'s registration is tested to write no other.
+pub const REGISTERED_ATTRS: &[&str] = &[
+    "objectclass",
+    "cn",
+    "description",
+    "macaddress",
+    "netbootguid",
+    "serialnumber",
+    "iphostnumber",
+    "cairnvendor",
+    "cairnmodel",
+    "entryuuid",
+    "creatorsname",
+    "createtimestamp",
+    "modifiersname",
+    "modifytimestamp",
+];
+
 /// Whether an add of an entry with this `entryUUID` registers a host: its
 /// UUID came from the host's identity ([`host_entry_uuid`]), where every
 /// other add's is a new one ([`new_entry_uuid`]; a client cannot choose

@@ -846,16 +846,20 @@ impl EntryState {
     /// `docs/federation.md`). What they could have decided is settled: no
     /// later merge gives a different entry for what this forgets. Returns
     /// whether it forgot anything.
-    pub fn purge(&mut self, horizon: Csn) -> bool {
+    ///
+    /// `reported` says which attributes (by key) a registration may write
+    /// (`cairn_core::entry::REGISTERED_ATTRS`): a host's entry may be
+    /// registered by any site that does not know the host yet, whenever,
+    /// so a write's delete or clear of those made since its first
+    /// registration keeps hiding what it removed from every registration,
+    /// and is kept, however old. Every site passes the same.
+    pub fn purge(&mut self, horizon: Csn, reported: impl Fn(&str) -> bool) -> bool {
         let before = self.clone();
-        // A host's entry may be registered by any site that does not know
-        // the host yet, whenever: a write's delete or clear made since
-        // its first registration keeps hiding what it removed from every
-        // registration, so it is kept, however old.
         let host = crate::entry::is_host_entry_uuid(&self.uuid);
         let since = self.since();
-        let forget = |c: Csn| c < horizon && !(host && since.is_none_or(|s| c >= s));
-        for attr in self.attrs.values_mut() {
+        for (key, attr) in self.attrs.iter_mut() {
+            let guarded = host && reported(key);
+            let forget = |c: Csn| c < horizon && !(guarded && since.is_none_or(|s| c >= s));
             let cleared = attr.cleared.take_if(|c| forget(*c));
             let kept_clear = attr.cleared;
             attr.values.retain(|_, v| {

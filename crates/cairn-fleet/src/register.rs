@@ -169,6 +169,61 @@ mod tests {
         }
     }
 
+    /// A registration writes only what a purge keeps the deletes of for a
+    /// host's entry (`cairn_core::entry::REGISTERED_ATTRS`), the new
+    /// entry's stamps included: one it wrote outside that list could
+    /// come back, after a purge, at the sites that had purged.
+    #[test]
+    fn a_registration_writes_only_the_attributes_a_purge_guards() {
+        let id = Identity {
+            macs: vec!["02:00:00:00:00:99".into()],
+            uuid: Some("4c4c4544-0000-1000-8000-000000000099".into()),
+            serial: Some("SN99".into()),
+            vendor: Some("Dell Inc.".into()),
+            model: Some("R640".into()),
+            hostname: Some("esx-99".into()),
+            ips: vec!["10.1.0.99".parse().unwrap()],
+        };
+        let target = Dn::parse("ou=hosts,dc=example,dc=com").unwrap();
+        let op = registration(
+            &id,
+            &facts(&id, None),
+            "cn=r,dc=example,dc=com",
+            &target,
+            "20261206000000Z".into(),
+            &|_, _| Ok(false),
+        )
+        .unwrap();
+        let WriteOp::Add { entry, .. } = op else {
+            panic!("{op:?}")
+        };
+        let stamps = [
+            "entryUUID",
+            "creatorsName",
+            "createTimestamp",
+            "modifiersName",
+            "modifyTimestamp",
+        ];
+        let written: Vec<String> = entry
+            .attrs
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(stamps)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        assert_eq!(
+            written.len(),
+            cairn_core::entry::REGISTERED_ATTRS.len(),
+            "{written:?}"
+        );
+        for key in &written {
+            assert!(
+                cairn_core::entry::REGISTERED_ATTRS.contains(&key.as_str()),
+                "{key} is written by a registration but not guarded"
+            );
+        }
+    }
+
     #[test]
     fn the_same_host_always_gets_the_same_name() {
         let a = ident("02:00:00:00:00:99");

@@ -442,6 +442,45 @@ fn what_a_write_deleted_or_replaced_since_the_first_registration_stays_so() {
 }
 
 #[test]
+fn a_purge_keeps_a_hosts_deletes_of_what_registrations_report_and_no_others() {
+    let host = crate::entry::host_entry_uuid("mac:m1");
+    let on_host = |c: Change| Change { uuid: host, ..c };
+    let changes = [
+        register(csn(10, EAST), "cn=h1", &[("cn", &["h1"]), ("mac", &["m1"])]),
+        modify(
+            csn(12, EAST),
+            vec![attr(AttrOp::Add, "setting", &["pw=secret"])],
+        ),
+        modify(
+            csn(14, EAST),
+            vec![attr(AttrOp::Delete, "setting", &["pw=secret"])],
+        ),
+        modify(csn(15, EAST), vec![attr(AttrOp::Delete, "mac", &["m1"])]),
+    ]
+    .map(on_host);
+    let mut state = run(&changes).expect("state");
+    state.purge(csn(100, 0), |key| key == "mac" || key == "cn");
+    // The setting's value, deleted by a write, is gone from the state.
+    assert!(!state.attrs.contains_key("setting"), "{state:?}");
+    // The MAC's delete stays: a registration reporting m1 later must not
+    // bring it back.
+    assert_eq!(state.attrs["mac"].values["m1"].deleted, Some(csn(15, EAST)));
+    let (later, _) = merge(
+        Some(state),
+        &on_host(register(csn(200, WEST), "cn=h1", &[("mac", &["m1"])])),
+    );
+    assert_eq!(
+        later
+            .materialize(single)
+            .unwrap()
+            .attrs
+            .iter()
+            .find(|(a, _)| a == "mac"),
+        None
+    );
+}
+
+#[test]
 fn a_registration_after_a_delete_brings_the_entry_back_where_it_registers() {
     let changes = [
         register(
@@ -774,7 +813,7 @@ proptest! {
         // others forget what is below the horizon.
         purged.retain(|_, s| !s.expired(horizon));
         for s in purged.values_mut() {
-            s.purge(horizon);
+            s.purge(horizon, |_| true);
             // Nothing left that can never count again: a write's add
             // below the attribute's clear or the value's delete.
             for a in s.attrs.values() {

@@ -2255,7 +2255,9 @@ impl Directory {
             let mut state = decode_state(v)?;
             if state.expired(horizon) {
                 expired.push(state.uuid);
-            } else if state.purge(horizon) {
+            } else if state.purge(horizon, |key| {
+                cairn_core::entry::REGISTERED_ATTRS.contains(&key)
+            }) {
                 b.put(Table::State, k.to_vec(), encode_state(&state)?);
                 out.compacted += 1;
             }
