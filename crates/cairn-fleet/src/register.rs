@@ -9,11 +9,15 @@
 //! with "already exists" and reads the winner's entry. No duplicate. So
 //! is its entryUUID (name-based, [`host_entry_uuid`]), so the same host
 //! registered at two sites cut off from each other is one entry once they
-//! meet (the later registration's values), not a name conflict. (Its name
-//! may differ between the two when one of them already held another
-//! machine's entry under its hostname, below: the one entry then takes
-//! the later registration's name, which may meet that other entry's as
-//! a name conflict, kept and listed as any other.)
+//! meet, not a name conflict. The add is planned as a registration
+//! (`cairn_core::merge::ChangeOp::Register`): it adds what the host
+//! reported and never undoes what was written since the first one (a
+//! move, an edit; `docs/federation.md`, "Registrations"). (Its name may
+//! differ between the two when one of them already held another
+//! machine's entry under its hostname, below: unless a write has named
+//! it, the one entry then takes the later registration's name, which may
+//! meet that other entry's as a name conflict, kept and listed as any
+//! other.)
 //!
 //! A hostname does not tell machines apart the way a MAC does: a stock
 //! image answers `localhost` on every machine it boots, or the same

@@ -1466,8 +1466,9 @@ fn a_site_cut_off_longer_than_the_tombstone_lifetime_is_refused_both_ways() {
 
 /// Issue 11: a host registered at two sites while they were apart (a
 /// name-based UUID, the same at both) is one entry when they meet, with
-/// the later registration's values, not a name conflict; deleted at one
-/// site and registered again at the other, it comes back as that entry.
+/// both registrations' values, not a name conflict; deleted at one site
+/// and registered again at the other, it comes back as that entry,
+/// without its old values.
 #[test]
 fn the_same_host_registered_at_two_sites_is_one_entry() {
     let mut all = sites(2);
