@@ -559,9 +559,10 @@ impl EntryState {
             return None;
         }
         let (_, name) = self.name()?;
+        let since = self.since();
         let mut attrs = Vec::with_capacity(self.attrs.len());
         for (key, attr) in &self.attrs {
-            let values = self.shown_values(attr, single_valued(key));
+            let values = Self::shown_values(since, attr, single_valued(key));
             if !values.is_empty() {
                 attrs.push((attr.name.clone(), values));
             }
@@ -577,14 +578,16 @@ impl EntryState {
     /// (none: the state has nothing for it).
     pub fn materialize_attr(&self, key: &str, single_valued: bool) -> Option<(&str, Vec<String>)> {
         let attr = self.attrs.get(key)?;
-        Some((&attr.name, self.shown_values(attr, single_valued)))
+        Some((
+            &attr.name,
+            Self::shown_values(self.since(), attr, single_valued),
+        ))
     }
 
     /// An attribute's present values in the order of the adds that make
     /// them present; for a single-valued one, the written value with the
     /// highest CSN, else the registered one with the highest.
-    fn shown_values(&self, attr: &AttrState, single_valued: bool) -> Vec<String> {
-        let since = self.since();
+    fn shown_values(since: Option<Csn>, attr: &AttrState, single_valued: bool) -> Vec<String> {
         let mut values: Vec<(bool, &(Csn, u32, String))> = attr
             .values
             .values()
