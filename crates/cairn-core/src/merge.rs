@@ -32,7 +32,8 @@
 //!   written;
 //! - a single-valued attribute shows its present value with the highest
 //!   CSN, a written one before any registered one
-//!   ([`EntryState::materialize`]);
+//!   ([`EntryState::materialize`]); of registered creation stamps
+//!   ([`FIRST_REGISTRATION_KEEPS`]), the first registration's;
 //! - the name with the highest CSN wins, but a name a write gave (an add,
 //!   a rename or a move) wins over any a registration gave, as long as it
 //!   was given since then too ([`EntryState::name`]);
@@ -61,6 +62,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::csn::Csn;
+
+/// The single-valued attributes (lowercased keys) whose registered value
+/// is the *first* registration's since the entry's last delete, not the
+/// latest's: the creation stamps. A host registered at one site and later
+/// at another that had not heard of it yet was created by the first, so
+/// its `createTimestamp` and `creatorsName` stay the first's wherever the
+/// second arrives. (`modifyTimestamp` and `modifiersName` are the
+/// latest's, as for any single value.)
+pub const FIRST_REGISTRATION_KEEPS: &[&str] = &["createtimestamp", "creatorsname"];
 
 /// An entry's place in the tree: its parent's UUID (none for a naming
 /// context's root) and its RDN as written.
@@ -562,7 +572,7 @@ impl EntryState {
         let since = self.since();
         let mut attrs = Vec::with_capacity(self.attrs.len());
         for (key, attr) in &self.attrs {
-            let values = Self::shown_values(since, attr, single_valued(key));
+            let values = Self::shown_values(since, key, attr, single_valued(key));
             if !values.is_empty() {
                 attrs.push((attr.name.clone(), values));
             }
@@ -580,23 +590,36 @@ impl EntryState {
         let attr = self.attrs.get(key)?;
         Some((
             &attr.name,
-            Self::shown_values(self.since(), attr, single_valued),
+            Self::shown_values(self.since(), key, attr, single_valued),
         ))
     }
 
     /// An attribute's present values in the order of the adds that make
     /// them present; for a single-valued one, the written value with the
-    /// highest CSN, else the registered one with the highest.
-    fn shown_values(since: Option<Csn>, attr: &AttrState, single_valued: bool) -> Vec<String> {
+    /// highest CSN, else the registered one with the highest, except for
+    /// the creation stamps ([`FIRST_REGISTRATION_KEEPS`]), which keep the
+    /// first registration's.
+    fn shown_values(
+        since: Option<Csn>,
+        key: &str,
+        attr: &AttrState,
+        single_valued: bool,
+    ) -> Vec<String> {
         let mut values: Vec<(bool, &(Csn, u32, String))> = attr
             .values
             .values()
             .filter_map(|v| Self::shown_add(since, attr, v))
             .collect();
         if single_valued {
+            let first = FIRST_REGISTRATION_KEEPS.contains(&key);
             return values
                 .into_iter()
-                .max()
+                .max_by(|(wa, a), (wb, b)| {
+                    wa.cmp(wb).then_with(|| match (first, *wa) {
+                        (true, false) => b.cmp(a),
+                        _ => a.cmp(b),
+                    })
+                })
                 .map(|(_, (_, _, t))| t.clone())
                 .into_iter()
                 .collect();

@@ -386,6 +386,51 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
 }
 
 #[test]
+fn a_host_registered_at_two_sites_keeps_the_first_registrations_creation_stamps() {
+    let stamps = |at: u64, site: u8, who: &str| {
+        let when = format!("2026120600000{at}Z");
+        register(
+            csn(at, site),
+            "cn=h1",
+            &[
+                ("cn", &["h1"]),
+                ("createtimestamp", &[when.as_str()]),
+                ("creatorsname", &[who]),
+                ("modifytimestamp", &[when.as_str()]),
+            ],
+        )
+    };
+    let stamped = |k: &str| k.ends_with("timestamp") || k == "creatorsname";
+    let shown = |changes: &[Change]| -> BTreeMap<String, Vec<String>> {
+        let m = run(changes).expect("state").materialize(stamped);
+        m.expect("live").attrs.into_iter().collect()
+    };
+    let changes = [
+        stamps(1, EAST, "cn=rule-east"),
+        stamps(3, WEST, "cn=rule-west"),
+    ];
+    for order in all_orders(&changes) {
+        let seen = shown(&order);
+        assert_eq!(seen["createtimestamp"], ["20261206000001Z"], "{order:?}");
+        assert_eq!(seen["creatorsname"], ["cn=rule-east"], "{order:?}");
+        // The latest change's, as any single value.
+        assert_eq!(seen["modifytimestamp"], ["20261206000003Z"], "{order:?}");
+    }
+    // Deleted and registered again, the host was created again.
+    let again = [
+        changes[0].clone(),
+        changes[1].clone(),
+        delete(csn(5, EAST)),
+        stamps(7, WEST, "cn=rule-west"),
+    ];
+    for order in all_orders(&again) {
+        let seen = shown(&order);
+        assert_eq!(seen["createtimestamp"], ["20261206000007Z"], "{order:?}");
+        assert_eq!(seen["creatorsname"], ["cn=rule-west"], "{order:?}");
+    }
+}
+
+#[test]
 fn what_a_write_deleted_or_replaced_since_the_first_registration_stays_so() {
     // East registers the host; an administrator there renames it (its old
     // cn value deleted), deletes one of its MACs, replaces the rule's

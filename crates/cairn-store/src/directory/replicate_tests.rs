@@ -1542,7 +1542,7 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
     ));
     exchange(&mut all);
     let uuid = cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:77");
-    let register = |ip: &str| WriteOp::Add {
+    let register = |ip: &str, now: &str| WriteOp::Add {
         entry: Entry {
             dn: dn("cn=h7,ou=hosts,dc=example,dc=com"),
             attrs: vec![
@@ -1554,9 +1554,12 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
             ],
         },
         uuid,
-        stamp: stamp(),
+        stamp: Stamp {
+            now: now.into(),
+            ..stamp()
+        },
     };
-    all[0].must(register("10.0.0.7"));
+    all[0].must(register("10.0.0.7", "20261202000000Z"));
     all[0].must(modify_op(
         "cn=h7,ou=hosts,dc=example,dc=com",
         ModOp::Replace,
@@ -1576,7 +1579,7 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
     ));
     // West's clock is later: its registration is the later change.
     all[1].now_ms += 100;
-    all[1].must(register("10.1.0.7"));
+    all[1].must(register("10.1.0.7", "20261202000100Z"));
     exchange(&mut all);
     let tree = converged(&all);
     let moved = "cn=web7,ou=rack4,dc=example,dc=com";
@@ -1607,6 +1610,11 @@ fn a_later_registration_at_another_site_keeps_what_was_changed_after_the_first()
     );
     let e = all[1].get(moved).unwrap();
     assert_eq!(e.first("entryuuid"), Some(uuid.to_string().as_str()));
+    // Created by the first registration, whichever arrived last.
+    for site in &all {
+        let e = site.get(moved).unwrap();
+        assert_eq!(e.first("createtimestamp"), Some("20261202000000Z"));
+    }
     assert!(all[0].dir.uniqueness_conflicts().unwrap().is_empty());
 }
 
