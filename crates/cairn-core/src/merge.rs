@@ -253,6 +253,46 @@ impl From<EntryStateV1> for EntryState {
     }
 }
 
+impl EntryState {
+    /// This state as a release before registrations encodes it, for a
+    /// site of that release rebuilding from this one; none when something
+    /// registered the entry, which that form cannot hold.
+    pub fn to_v1(&self) -> Option<EntryStateV1> {
+        let registered = self.registered_name.is_some()
+            || !self.registered.is_empty()
+            || self
+                .attrs
+                .values()
+                .any(|a| a.values.values().any(|v| v.registered.is_some()));
+        if registered {
+            return None;
+        }
+        let attrs = self.attrs.iter().map(|(k, a)| {
+            let values = a.values.iter().map(|(k, v)| {
+                let v1 = ValueStateV1 {
+                    added: v.added.clone(),
+                    deleted: v.deleted,
+                };
+                (k.clone(), v1)
+            });
+            let a1 = AttrStateV1 {
+                name: a.name.clone(),
+                cleared: a.cleared,
+                values: values.collect(),
+            };
+            (k.clone(), a1)
+        });
+        Some(EntryStateV1 {
+            uuid: self.uuid,
+            name: self.written_name.clone(),
+            created: self.created,
+            deleted: self.deleted,
+            deleted_at: self.deleted_at.clone(),
+            attrs: attrs.collect(),
+        })
+    }
+}
+
 /// The leading fields of an [`EntryStateV1`], in its order.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct StateHeadV1 {

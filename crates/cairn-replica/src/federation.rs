@@ -153,6 +153,60 @@ impl From<ChangesResponseV1> for ChangesResponse {
     }
 }
 
+/// [`StatesResponse`] as a release before registrations encodes it: each
+/// state in its earlier form. A puller that does not send
+/// [`REGISTRATIONS_HEADER`] gets this, or a refusal when a state in the
+/// page was registered ([`states_without_registrations`]); an answer
+/// without that header is read as this.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatesResponseV1 {
+    pub states: Vec<cairn_core::merge::EntryStateV1>,
+    pub vector: Vec<(Origin, Csn)>,
+    pub horizon: Option<Csn>,
+    pub dropped: Vec<Csn>,
+}
+
+impl From<StatesResponseV1> for StatesResponse {
+    fn from(r: StatesResponseV1) -> StatesResponse {
+        StatesResponse {
+            states: r.states.into_iter().map(Into::into).collect(),
+            vector: r.vector,
+            horizon: r.horizon,
+            dropped: r.dropped,
+        }
+    }
+}
+
+/// A page of states for a site that does not read host registrations (it
+/// did not send [`REGISTRATIONS_HEADER`]: an earlier release), in its
+/// form, or a refusal that says to upgrade that site when the page holds
+/// a state something registered: it could not decode that state, and
+/// leaving it out would rebuild the site without the entry.
+pub fn states_without_registrations(
+    page: StatesResponse,
+    site: &str,
+) -> Result<StatesResponseV1, String> {
+    let mut states = Vec::with_capacity(page.states.len());
+    for s in &page.states {
+        match s.to_v1() {
+            Some(v1) => states.push(v1),
+            None => {
+                return Err(format!(
+                    "refused: entry {} was registered as a host, which site {site}'s release \
+                     cannot read; upgrade that site",
+                    s.uuid
+                ));
+            }
+        }
+    }
+    Ok(StatesResponseV1 {
+        states,
+        vector: page.vector,
+        horizon: page.horizon,
+        dropped: page.dropped,
+    })
+}
+
 /// A page of a site's entry states (`cairn site resync`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatesRequest {
@@ -1211,6 +1265,10 @@ impl crate::Replica {
                 .parse()
                 .map_err(|_| format!("site name {:?} cannot be sent", fed.site))?,
         );
+        call.metadata_mut().insert(
+            REGISTRATIONS_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
         let mut client = self
             .clients
             .of_site(site, node)
@@ -1219,9 +1277,21 @@ impl crate::Replica {
             .states(call)
             .await
             .map_err(|s| s.message().to_string())?;
-        let resp: Result<StatesResponse, String> =
-            decode(&reply.get_ref().data).map_err(|e| format!("undecodable answer: {e}"))?;
-        resp
+        read_states(&reply)
+    }
+}
+
+/// A `States` answer: in the current form where the peer says so with
+/// [`REGISTRATIONS_HEADER`], else in the form of a release before
+/// registrations.
+fn read_states(reply: &tonic::Response<RaftPayload>) -> Result<StatesResponse, String> {
+    let undecodable = |e| format!("undecodable answer: {e}");
+    if reply.metadata().get(REGISTRATIONS_HEADER).is_some() {
+        decode::<Result<StatesResponse, String>>(&reply.get_ref().data).map_err(undecodable)?
+    } else {
+        let old: Result<StatesResponseV1, String> =
+            decode(&reply.get_ref().data).map_err(undecodable)?;
+        old.map(StatesResponse::from)
     }
 }
 
@@ -1332,6 +1402,49 @@ mod tests {
                 .any(|c| matches!(c.op, cairn_core::merge::ChangeOp::Register { .. }))
         );
         let e = without_registrations(page, "west").unwrap_err();
+        assert!(
+            e.starts_with("refused: ")
+                && e.contains("site west's release")
+                && e.contains("upgrade"),
+            "{e}"
+        );
+    }
+
+    /// `cairn site resync` across releases: a site of the release before
+    /// registrations (it sends no `REGISTRATIONS_HEADER`) gets states in
+    /// its form, or a refusal naming the upgrade once a host was
+    /// registered; an answer without the header (from such a site) reads
+    /// as the states it holds.
+    #[tokio::test]
+    async fn states_are_served_in_the_form_a_site_of_an_earlier_release_reads() {
+        let mut node = Node::new();
+        let ask = StatesRequest {
+            after: None,
+            max: 100,
+        };
+        let page = serve_states(node.dir.clone(), ask.clone()).await.unwrap();
+        assert!(!page.states.is_empty());
+        let old = states_without_registrations(page.clone(), "west").unwrap();
+        // What such a site answers, read by this one.
+        let data = encode(&Ok::<_, String>(old)).unwrap();
+        let read = read_states(&tonic::Response::new(RaftPayload { data })).unwrap();
+        assert_eq!(read.states, page.states);
+        assert_eq!(read.vector, page.vector);
+        // This release's answer says its form.
+        let data = encode(&Ok::<_, String>(page.clone())).unwrap();
+        let mut reply = tonic::Response::new(RaftPayload { data });
+        reply.metadata_mut().insert(
+            REGISTRATIONS_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        assert_eq!(read_states(&reply).unwrap().states, page.states);
+        node.add_as(
+            "cn=h1,dc=example,dc=com",
+            &[("objectClass", &["cairnHost"]), ("cn", &["h1"])],
+            cairn_core::entry::host_entry_uuid("mac:02:00:00:00:00:01"),
+        );
+        let page = serve_states(node.dir.clone(), ask).await.unwrap();
+        let e = states_without_registrations(page, "west").unwrap_err();
         assert!(
             e.starts_with("refused: ")
                 && e.contains("site west's release")

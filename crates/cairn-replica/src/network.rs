@@ -962,7 +962,7 @@ impl pb::raft_server::Raft for RaftService {
         let Some(replica) = self.forward.upgrade() else {
             return Err(tonic::Status::unavailable("this node is stopping"));
         };
-        replica.federation().admit(&r).await?;
+        let site = replica.federation().admit(&r).await?;
         // A site rebuilt from this node takes its states as the peer's:
         // only a node current with its site serves them.
         if let Err(why) = replica.linearizable_barrier(CONFIRM_TIMEOUT).await {
@@ -972,9 +972,26 @@ impl pb::raft_server::Raft for RaftService {
             )));
         }
         let req: crate::federation::StatesRequest = request(&r)?;
+        use crate::federation::REGISTRATIONS_HEADER;
+        let registrations = r.metadata().get(REGISTRATIONS_HEADER).is_some();
         let dir = replica.directory().clone();
         drop(replica);
-        payload(&crate::federation::serve_states(dir, req).await)
+        let answer = crate::federation::serve_states(dir, req).await;
+        if !registrations {
+            // A site of an earlier release: states in its form.
+            let old = answer
+                .and_then(|page| crate::federation::states_without_registrations(page, &site));
+            if let Err(why) = &old {
+                tracing::warn!(site = %site, cause = %why, "refused a rebuild from another site");
+            }
+            return payload(&old);
+        }
+        let mut reply = payload(&answer)?;
+        reply.metadata_mut().insert(
+            REGISTRATIONS_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Ok(reply)
     }
 
     type ForwardStreamStream = Answers;

@@ -431,6 +431,20 @@ fn a_host_registered_at_two_sites_keeps_the_first_registrations_creation_stamps(
 }
 
 #[test]
+fn a_state_nothing_registered_reads_the_same_in_the_form_before_registrations() {
+    let written = run(&[
+        base(),
+        modify(csn(20, WEST), vec![attr(AttrOp::Delete, "mail", &["a@x"])]),
+        rename(csn(30, EAST), "cn=h2"),
+    ])
+    .expect("state");
+    let v1 = written.to_v1().expect("nothing registered it");
+    assert_eq!(EntryState::from(v1), written);
+    let registered = run(&[base(), register(csn(20, WEST), "cn=h1", &[("cn", &["h1"])])]);
+    assert_eq!(registered.expect("state").to_v1(), None);
+}
+
+#[test]
 fn what_a_write_deleted_or_replaced_since_the_first_registration_stays_so() {
     // East registers the host; an administrator there renames it (its old
     // cn value deleted), deletes one of its MACs, replaces the rule's
