@@ -774,10 +774,80 @@ impl Directory {
     /// site checks what it pulled from another before it logs it, so a
     /// change its nodes could not apply never reaches its log.
     pub fn check_changes(&self, changes: &[Change]) -> Result<(), Error> {
+        let snap = self.engine.snapshot()?;
         for c in changes {
             self.check_fields(c)?;
+            self.check_plannable(&*snap, c)?;
         }
         self.plan_changes(&[], &[], &[changes]).map(|_| ())
+    }
+
+    /// Refuses a change from another site that no site's planning makes
+    /// ([`Directory::plan_change`] refuses each): a delete, rename or move
+    /// of what the shown tree hangs on (a naming context's root, the
+    /// lost-and-found container), a name a replication conflict could
+    /// take, a nil parent, an entry made a root by a rename or a
+    /// registration. Applied, each would break this site's tree (a deleted
+    /// container could never be made again); the peer that sent it does
+    /// not conform, so its pulls stop here with why until it is fixed.
+    /// Changes of the nil site (replayed from logs of writes, planned by
+    /// releases before these rules; the container's own) are not checked.
+    fn check_plannable(&self, snap: &dyn Snapshot, c: &Change) -> Result<(), Error> {
+        if c.csn.origin.site.is_nil() {
+            return Ok(());
+        }
+        let refuse = |why: String| Err(Self::refused_change(c, why));
+        let held = || -> Result<Option<&'static str>, Error> {
+            if self
+                .suffixes
+                .iter()
+                .any(|s| lost_and_found_uuid(s) == c.uuid)
+            {
+                return Ok(Some("the lost-and-found container"));
+            }
+            let head = Self::load_head(snap, c.uuid)?;
+            let root = head
+                .as_ref()
+                .and_then(|h| h.name())
+                .is_some_and(|(_, n)| n.parent.is_none());
+            Ok(root.then_some("a naming context's root"))
+        };
+        let (name, renames) = match &c.op {
+            ChangeOp::Delete { .. } => {
+                if let Some(what) = held()? {
+                    return refuse(format!("it deletes {what}, which no site deletes"));
+                }
+                return Ok(());
+            }
+            ChangeOp::Modify { name: None, .. } => return Ok(()),
+            ChangeOp::Modify { name: Some(n), .. } => {
+                if let Some(what) = held()? {
+                    return refuse(format!("it renames or moves {what}, which no site moves"));
+                }
+                (n, true)
+            }
+            ChangeOp::Register { name, .. } => (name, true),
+            ChangeOp::Add { name, .. } => (name, false),
+        };
+        match name.parent {
+            Some(p) if p.is_nil() => refuse("it names the nil UUID as the entry's parent".into()),
+            // A root is made by an add of a configured naming context.
+            None if renames => refuse("it makes the entry a naming context's root".into()),
+            None => Ok(()),
+            Some(_) => match Rdn::parse(&name.rdn) {
+                Ok(rdn) => Self::check_not_conflict_name(&rdn)
+                    .map_err(|e| Self::refused_change(c, e.to_string())),
+                Err(e) => refuse(e.to_string()),
+            },
+        }
+    }
+
+    /// The error of a change from another site that this one refuses.
+    fn refused_change(c: &Change, why: String) -> Error {
+        Error::Model(cairn_core::Error::UnwillingToPerform(format!(
+            "change {} to entry {} from another site: {why}",
+            c.csn, c.uuid
+        )))
     }
 
     /// Checks a change from another site field by field against this
@@ -789,14 +859,7 @@ impl Directory {
     /// and the entry is shown as a schema conflict. A change this site did
     /// not plan is not trusted.
     fn check_fields(&self, c: &Change) -> Result<(), Error> {
-        let refuse = |why: String| {
-            Err(Error::Model(cairn_core::Error::UnwillingToPerform(
-                format!(
-                    "change {} to entry {} from another site: {why}",
-                    c.csn, c.uuid
-                ),
-            )))
-        };
+        let refuse = |why: String| Err(Self::refused_change(c, why));
         // The site its audit record names is the site that stamped it.
         if let Some(a) = &c.audit
             && Origin::of_site(&a.site).site != c.csn.origin.site

@@ -1730,6 +1730,103 @@ fn a_change_from_another_site_is_checked_field_by_field() {
         .expect("an unknown attribute passes");
 }
 
+/// Issue 11: a change from another site that no site's planning makes (a
+/// delete or move of what the shown tree hangs on, a name a conflict
+/// could take, a nil parent) is refused before its batch's dry run, with
+/// why, and nothing changes: the peer that sent it is not a conforming
+/// site, and applying it would break this site's tree.
+#[test]
+fn a_change_no_site_would_plan_is_refused_with_why() {
+    let mut all = sites(2);
+    all[1].now_ms += 10;
+    let before = all[0].export();
+    let s = &mut all[1];
+    s.now_ms += 1;
+    let csn = s.hlc.stamp(s.now_ms, s.origin, 1).next().unwrap();
+    let uuid_of = |dn: &str| {
+        let e = all[0].get(dn).unwrap();
+        Uuid::parse_str(e.first("entryuuid").unwrap()).unwrap()
+    };
+    let root = uuid_of("dc=example,dc=com");
+    let hosts = uuid_of("ou=hosts,dc=example,dc=com");
+    let h1 = uuid_of(H1);
+    let container = super::replicate::lost_and_found_uuid(&dn("dc=example,dc=com"));
+    let change = |uuid: Uuid, op: ChangeOp| Change {
+        csn,
+        uuid,
+        op,
+        audit: None,
+    };
+    let delete = |uuid| {
+        change(
+            uuid,
+            ChangeOp::Delete {
+                dn: "dc=example,dc=com".into(),
+            },
+        )
+    };
+    let rename = |uuid, parent: Option<Uuid>, rdn: &str| {
+        change(
+            uuid,
+            ChangeOp::Modify {
+                name: Some(Name {
+                    parent,
+                    rdn: rdn.into(),
+                }),
+                attrs: vec![],
+            },
+        )
+    };
+    for (what, bad, says) in [
+        (
+            "delete of the lost-and-found container",
+            delete(container),
+            "lost-and-found",
+        ),
+        ("delete of a naming context", delete(root), "naming context"),
+        (
+            "move of the lost-and-found container",
+            rename(container, Some(hosts), "ou=lostandfound"),
+            "lost-and-found",
+        ),
+        (
+            "move of a naming context",
+            rename(root, Some(hosts), "dc=example"),
+            "naming context",
+        ),
+        (
+            "a name a conflict could take",
+            rename(h1, Some(hosts), "cn=h1 CNF:x"),
+            "CNF:",
+        ),
+        (
+            "a nil parent",
+            rename(h1, Some(Uuid::nil()), "cn=h1"),
+            "nil",
+        ),
+        (
+            "a second root",
+            rename(h1, None, "cn=h1,dc=example,dc=com"),
+            "root",
+        ),
+    ] {
+        let e = all[0]
+            .dir
+            .check_changes(&[bad])
+            .expect_err(what)
+            .to_string();
+        assert!(
+            e.contains(says) && e.contains("from another site"),
+            "{what}: {e}"
+        );
+    }
+    assert_eq!(
+        all[0].export(),
+        before,
+        "a refused change changed something"
+    );
+}
+
 /// The change log's positions are consecutive and the vector holds each
 /// origin's highest CSN, also when one transaction applies many changes of
 /// several origins (the log's cursor writes each vector row once), and a
