@@ -618,6 +618,16 @@ impl Directory {
                 if let Some(rdn) = entry.dn.rdn() {
                     Self::check_not_conflict_name(rdn)?;
                 }
+                // Every site makes the container alike when it needs it;
+                // an entry added there would take its name.
+                if entry.dn == *self.lost_and_found_dn()? {
+                    return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                        format!(
+                            "{} is kept for the entries replication conflicts leave without a place",
+                            entry.dn
+                        ),
+                    )));
+                }
             }
             WriteOp::Delete { dn } => self.check_kept(dn, "deleted")?,
             WriteOp::ModRdn { dn, new_rdn, .. } => {
@@ -774,43 +784,49 @@ impl Directory {
     /// site checks what it pulled from another before it logs it, so a
     /// change its nodes could not apply never reaches its log.
     pub fn check_changes(&self, changes: &[Change]) -> Result<(), Error> {
-        let snap = self.engine.snapshot()?;
         for c in changes {
             self.check_fields(c)?;
-            self.check_plannable(&*snap, c)?;
         }
-        self.plan_changes(&[], &[], &[changes]).map(|_| ())
+        // Each change is checked against the tree as the ones before it
+        // in the batch leave it, as its site planned it.
+        self.dry_run(&mut |txn| {
+            for c in changes {
+                self.check_plannable(&*txn, c)?;
+                self.apply_change(txn, c)?;
+            }
+            Ok(())
+        })
     }
 
     /// Refuses a change from another site that no site's planning makes
-    /// ([`Directory::plan_change`] refuses each): a delete, rename or move
-    /// of what the shown tree hangs on (a naming context's root, the
-    /// lost-and-found container), a name a replication conflict could
-    /// take, a nil parent, an entry made a root by a rename or a
-    /// registration. Applied, each would break this site's tree (a deleted
-    /// container could never be made again); the peer that sent it does
-    /// not conform, so its pulls stop here with why until it is fixed.
-    /// Changes of the nil site (replayed from logs of writes, planned by
-    /// releases before these rules; the container's own) are not checked.
+    /// ([`Directory::plan_change`] refuses each), checked against the tree
+    /// as the changes before it leave it: a delete, rename or move of
+    /// what the shown tree hangs on (the entry shown at a naming context's
+    /// root or at the lost-and-found container's DN, as `check_kept`
+    /// decided where the change was planned), an add of either somewhere
+    /// else, a name a replication conflict could take, a nil parent, an
+    /// entry made a root by a rename or a registration. Applied, each
+    /// would break this site's tree (a deleted container could never be
+    /// made again); the peer that sent it does not conform, so its pulls
+    /// stop here with why until it is fixed. Changes of the nil site
+    /// (replayed from logs of writes, planned by releases before these
+    /// rules; the container's own) are not checked.
     fn check_plannable(&self, snap: &dyn Snapshot, c: &Change) -> Result<(), Error> {
         if c.csn.origin.site.is_nil() {
             return Ok(());
         }
         let refuse = |why: String| Err(Self::refused_change(c, why));
-        let held = || -> Result<Option<&'static str>, Error> {
-            if self
-                .suffixes
-                .iter()
-                .any(|s| lost_and_found_uuid(s) == c.uuid)
-            {
-                return Ok(Some("the lost-and-found container"));
-            }
-            let head = Self::load_head(snap, c.uuid)?;
-            let root = head
-                .as_ref()
-                .and_then(|h| h.name())
-                .is_some_and(|(_, n)| n.parent.is_none());
-            Ok(root.then_some("a naming context's root"))
+        let held = || -> Result<Option<String>, Error> {
+            let Some(dn) = Self::shown_dn(snap, c.uuid)? else {
+                return Ok(None);
+            };
+            Ok(if self.suffixes.contains(&dn) {
+                Some(format!("the naming context {dn}"))
+            } else if dn == *self.lost_and_found_dn()? {
+                Some(format!("the lost-and-found container {dn}"))
+            } else {
+                None
+            })
         };
         let (name, renames) = match &c.op {
             ChangeOp::Delete { .. } => {
@@ -826,8 +842,17 @@ impl Directory {
                 }
                 (n, true)
             }
-            ChangeOp::Register { name, .. } => (name, true),
-            ChangeOp::Add { name, .. } => (name, false),
+            ChangeOp::Add { name, .. } | ChangeOp::Register { name, .. } => {
+                // An add resets the entry it names and places it where it
+                // says: only a naming context's root is added again where
+                // it is (a site's seed).
+                if name.parent.is_some()
+                    && let Some(what) = held()?
+                {
+                    return refuse(format!("it adds {what} again somewhere else"));
+                }
+                (name, matches!(c.op, ChangeOp::Register { .. }))
+            }
         };
         match name.parent {
             Some(p) if p.is_nil() => refuse("it names the nil UUID as the entry's parent".into()),

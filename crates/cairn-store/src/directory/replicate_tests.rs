@@ -1738,6 +1738,18 @@ fn a_change_from_another_site_is_checked_field_by_field() {
 #[test]
 fn a_change_no_site_would_plan_is_refused_with_why() {
     let mut all = sites(2);
+    // An orphan, so the lost-and-found container exists.
+    all[0].must(add_op(
+        "ou=lab,dc=example,dc=com",
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    exchange(&mut all);
+    all[0].must(delete_op("ou=lab,dc=example,dc=com"));
+    all[1].must(add_op(
+        "cn=x1,ou=lab,dc=example,dc=com",
+        &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
+    ));
+    exchange(&mut all);
     all[1].now_ms += 10;
     let before = all[0].export();
     let s = &mut all[1];
@@ -1750,7 +1762,11 @@ fn a_change_no_site_would_plan_is_refused_with_why() {
     let root = uuid_of("dc=example,dc=com");
     let hosts = uuid_of("ou=hosts,dc=example,dc=com");
     let h1 = uuid_of(H1);
-    let container = super::replicate::lost_and_found_uuid(&dn("dc=example,dc=com"));
+    let container = uuid_of("ou=lostandfound,dc=example,dc=com");
+    assert_eq!(
+        container,
+        super::replicate::lost_and_found_uuid(&dn("dc=example,dc=com"))
+    );
     let change = |uuid: Uuid, op: ChangeOp| Change {
         csn,
         uuid,
@@ -1809,6 +1825,34 @@ fn a_change_no_site_would_plan_is_refused_with_why() {
             rename(h1, None, "cn=h1,dc=example,dc=com"),
             "root",
         ),
+        (
+            "an add of the container elsewhere",
+            change(
+                container,
+                ChangeOp::Add {
+                    name: Name {
+                        parent: Some(hosts),
+                        rdn: "ou=lostandfound".into(),
+                    },
+                    attrs: vec![],
+                },
+            ),
+            "adds the lost-and-found container",
+        ),
+        (
+            "an add of a naming context below another entry",
+            change(
+                root,
+                ChangeOp::Add {
+                    name: Name {
+                        parent: Some(hosts),
+                        rdn: "dc=example".into(),
+                    },
+                    attrs: vec![],
+                },
+            ),
+            "adds the naming context",
+        ),
     ] {
         let e = all[0]
             .dir
@@ -1825,6 +1869,21 @@ fn a_change_no_site_would_plan_is_refused_with_why() {
         before,
         "a refused change changed something"
     );
+    // What planning lets a site do passes: the protection goes with the
+    // name, as where the change was planned.
+    let renamed = rename(h1, Some(hosts), "cn=h1-renamed");
+    all[0].dir.check_changes(&[renamed]).expect("a rename");
+    // An administrator cannot take the container's name.
+    let e = all[0]
+        .write(add_op(
+            "ou=lostandfound,dc=example,dc=com",
+            &[
+                ("objectClass", &["organizationalUnit"]),
+                ("ou", &["lostandfound"]),
+            ],
+        ))
+        .expect_err("an add at the container's DN");
+    assert!(e.to_string().contains("kept for the entries"), "{e}");
 }
 
 /// The change log's positions are consecutive and the vector holds each
