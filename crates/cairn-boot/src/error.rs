@@ -8,7 +8,7 @@ pub fn status(e: BootError) -> tonic::Status {
     match e {
         BootError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
         BootError::NotFound(_) => tonic::Status::not_found(msg),
-        BootError::Ambiguous(_) => tonic::Status::failed_precondition(msg),
+        BootError::Ambiguous(_) | BootError::Conflict(_) => tonic::Status::failed_precondition(msg),
         BootError::Unavailable(_) => tonic::Status::unavailable(msg),
         BootError::Store(_) | BootError::Internal(_) => tonic::Status::internal(msg),
     }

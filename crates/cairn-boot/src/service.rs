@@ -327,6 +327,7 @@ fn outcome(e: &BootError) -> &'static str {
         BootError::InvalidArgument(_) => "invalid",
         BootError::NotFound(_) => "not_found",
         BootError::Unavailable(_) => "unavailable",
+        BootError::Conflict(_) => "conflict",
         BootError::Ambiguous(_) | BootError::Store(_) | BootError::Internal(_) => "error",
     }
 }

@@ -14,6 +14,12 @@ pub enum FleetError {
     /// Several hosts share the identity the host presented.
     #[error("{0}")]
     Ambiguous(String),
+    /// An entry the configuration comes through is in a replication
+    /// conflict that changes what it would give (in lost and found, or a
+    /// stub of an entry over the size limit): served, the host would get
+    /// a configuration nobody wrote.
+    #[error("{0}")]
+    Conflict(String),
     /// Registering an unknown host failed for now (no leader, ...).
     #[error("{0}")]
     Unavailable(String),

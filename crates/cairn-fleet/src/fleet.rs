@@ -334,7 +334,7 @@ pub fn effective_setting_values(
     host: &ValidEntry,
     mask_secrets: bool,
 ) -> Result<Vec<String>, FleetError> {
-    let eff = merge(dir, sites, Below::Host(host), None)?.0;
+    let eff = merge(dir, sites, Below::Host(host), None, false)?.0;
     Ok(if mask_secrets {
         eff.masked().to_setting_values()
     } else {
@@ -388,7 +388,7 @@ fn answer(
     below: Below<'_>,
     caller: Option<IpAddr>,
 ) -> Result<pb::PullResponse, FleetError> {
-    let (eff, site, cluster_dn) = merge(dir, sites, below, caller)?;
+    let (eff, site, cluster_dn) = merge(dir, sites, below, caller, true)?;
     let boot_image = eff
         .get("boot.image")
         .map(|v| v.value.clone())
@@ -424,13 +424,47 @@ fn answer(
     Ok(resp)
 }
 
+/// Refuses to serve a configuration through `e` when a merge of changes
+/// from several sites left it in a conflict that changes what it gives:
+/// in lost and found (an orphan whose parent was deleted at another
+/// site, or cut out of a loop of moves), everything the tree above its
+/// place gave is gone (the cluster's settings, its `boot.image`); a stub
+/// of an entry over the size limit shows none of its settings. A host
+/// served through either would get a configuration nobody wrote, so it
+/// gets why instead, until an administrator resolves the conflict
+/// (`cairn conflicts` lists it). A name conflict (a `CNF` name) or a
+/// schema conflict changes nothing the entry gives, and is served.
+fn check_served(e: &ValidEntry) -> Result<(), FleetError> {
+    let Some(a) = e.get("cairnconflict") else {
+        return Ok(());
+    };
+    let Some(why) = a.values.iter().find(|why| {
+        let kind = why.split(':').next().unwrap_or_default();
+        matches!(kind, "orphan" | "cycle" | "size")
+    }) else {
+        return Ok(());
+    };
+    let home = e
+        .first("cairnoriginaldn")
+        .map(|d| format!(" (its place: {d})"))
+        .unwrap_or_default();
+    Err(FleetError::Conflict(format!(
+        "{} is in a replication conflict{home}: {why}; no configuration is served \
+         through it until an administrator resolves it (cairn conflicts lists it)",
+        e.dn()
+    )))
+}
+
 /// Merges the layers down to `below`: its effective settings, its site's
-/// DN and the DN of its nearest cluster.
+/// DN and the DN of its nearest cluster. `serving` refuses layers in a
+/// conflict that changes what they give ([`check_served`]); LDAP's
+/// `cairnEffectiveSetting` shows what the tree gives as it stands.
 fn merge(
     dir: &Directory,
     sites: &SiteMap,
     below: Below<'_>,
     caller: Option<IpAddr>,
+    serving: bool,
 ) -> Result<(inherit::Effective, Option<String>, String), FleetError> {
     let host = match below {
         Below::Host(h) => Some(h),
@@ -471,6 +505,9 @@ fn merge(
         }
     }
     entries.extend(host.cloned());
+    if serving {
+        entries.iter().try_for_each(check_served)?;
+    }
     let sources: Vec<String> = entries.iter().map(|e| e.dn().to_string()).collect();
     let layers: Vec<Layer> = entries
         .iter()
@@ -511,14 +548,14 @@ pub fn images(dir: &Directory) -> Result<Vec<Build>, FleetError> {
     Ok(all)
 }
 
-/// The image library entry named `name` (its cn).
+/// The image library entry named `name` (its cn); a stub of one over
+/// the size limit is refused ([`check_served`]), not served empty.
 fn image(dir: &Directory, name: &str) -> Result<Option<pb::BootImage>, FleetError> {
     let filter = Filter::Equality("cn".into(), name.into());
-    Ok(
-        search_class(dir, filter, &|e| e.has_class("cairnImage"), 1)?
-            .pop()
-            .map(|e| boot_image(&e)),
-    )
+    let found = search_class(dir, filter, &|e| e.has_class("cairnImage"), 1)?.pop();
+    found
+        .map(|e| check_served(&e).map(|()| boot_image(&e)))
+        .transpose()
 }
 
 fn boot_image(e: &ValidEntry) -> pb::BootImage {
@@ -565,4 +602,159 @@ pub fn version_of(resp: &pb::PullResponse) -> String {
     let mut h = cairn_core::net::Fnv1a::new();
     h.write(&r.encode_to_vec());
     format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_core::csn::{Csn, Origin};
+    use cairn_core::dn::Dn;
+    use cairn_core::entry::{Entry, Stamp};
+    use cairn_core::merge::Change;
+    use cairn_core::schema::Schema;
+    use cairn_store::{Directory, EngineKind, WriteOp};
+
+    use super::*;
+
+    const SUFFIX: &str = "dc=example,dc=com";
+
+    fn add(dn: &str, attrs: &[(&str, &[&str])]) -> WriteOp {
+        WriteOp::Add {
+            entry: Entry {
+                dn: Dn::parse(dn).unwrap(),
+                attrs: attrs
+                    .iter()
+                    .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                    .collect(),
+            },
+            uuid: uuid::Uuid::new_v4(),
+            stamp: Stamp {
+                who: Dn::parse("cn=admin,dc=example,dc=com").unwrap(),
+                now: "20261206000000Z".into(),
+            },
+        }
+    }
+
+    /// `op` planned as the site `site` stamps it at `ms`, not applied.
+    fn plan(dir: &Directory, op: WriteOp, site: u8, ms: u64) -> Change {
+        let op = dir.prepare(op).unwrap();
+        let csn = Csn {
+            ms,
+            logical: 0,
+            origin: Origin::new(uuid::Uuid::from_bytes([site; 16]), 0),
+            seq: 0,
+        };
+        let (_, change) = dir
+            .plan_changes(&[&op], &[csn], &[])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        change.unwrap()
+    }
+
+    fn write(dir: &Directory, op: WriteOp, site: u8, ms: u64) {
+        let change = plan(dir, op, site, ms);
+        dir.apply_changes(&[change], None, true).unwrap();
+    }
+
+    fn host(mac: &str) -> Identity {
+        Identity::from_pb(&pb::Identity {
+            macs: vec![mac.into()],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A host whose cluster was deleted at another site while it was
+    /// added there sits in lost and found, where nothing of its cluster
+    /// reaches it: Pull refuses it with why instead of serving it what is
+    /// left (no boot image), while LDAP still shows what it inherits as the
+    /// tree stands. A host whose name lost a conflict is served as before.
+    #[test]
+    fn a_host_in_lost_and_found_is_refused_and_one_renamed_by_a_conflict_is_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::new(
+            cairn_store::engine::open(EngineKind::Redb, tmp.path()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![Dn::parse(SUFFIX).unwrap()],
+        );
+        let cluster = format!("cn=prod,{SUFFIX}");
+        write(
+            &dir,
+            add(
+                SUFFIX,
+                &[("objectClass", &["domain"]), ("dc", &["example"])],
+            ),
+            1,
+            10,
+        );
+        write(
+            &dir,
+            add(
+                &cluster,
+                &[
+                    ("objectClass", &["cairnCluster"]),
+                    ("cn", &["prod"]),
+                    ("cairnSetting", &["boot.image=esxi-8"]),
+                ],
+            ),
+            1,
+            11,
+        );
+        let in_cluster = |cn: &str, mac: &str| {
+            add(
+                &format!("cn={cn},{cluster}"),
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &[cn]),
+                    ("macAddress", &[mac]),
+                ],
+            )
+        };
+        // Two sites add cn=twin (two entries); the later keeps the name.
+        let twin_a = plan(&dir, in_cluster("twin", "02:00:00:00:00:0a"), 1, 12);
+        let twin_b = plan(&dir, in_cluster("twin", "02:00:00:00:00:0b"), 2, 13);
+        dir.apply_changes(&[twin_a, twin_b], None, true).unwrap();
+        // Site 2 adds a host to the cluster that site 1 deletes, unaware.
+        let late = plan(&dir, in_cluster("late", "02:00:00:00:00:0c"), 2, 15);
+        let sites = SiteMap::default();
+        let served = |mac: &str| {
+            let h = find_host(&dir, &host(mac)).unwrap().expect("found");
+            effective(&dir, &sites, &h, None)
+        };
+        // The loser of the name conflict is served its cluster's build.
+        let loser = served("02:00:00:00:00:0a").unwrap();
+        assert!(loser.host_dn.contains("CNF:"), "{}", loser.host_dn);
+        assert_eq!(loser.boot_image, "esxi-8");
+        assert_eq!(loser.cluster_dn, cluster);
+        // Now the orphan: the delete first (the cluster must be empty).
+        for mac in ["02:00:00:00:00:0a", "02:00:00:00:00:0b"] {
+            let h = find_host(&dir, &host(mac)).unwrap().unwrap();
+            write(&dir, WriteOp::Delete { dn: h.dn().clone() }, 1, 16);
+        }
+        write(
+            &dir,
+            WriteOp::Delete {
+                dn: Dn::parse(&cluster).unwrap(),
+            },
+            1,
+            17,
+        );
+        dir.apply_changes(&[late], None, true).unwrap();
+        let h = find_host(&dir, &host("02:00:00:00:00:0c"))
+            .unwrap()
+            .unwrap();
+        assert!(h.dn().to_string().contains("ou=lostandfound"), "{}", h.dn());
+        let e = served("02:00:00:00:00:0c").unwrap_err();
+        assert!(matches!(e, FleetError::Conflict(_)), "{e:?}");
+        let why = e.to_string();
+        assert!(
+            why.contains("orphan:") && why.contains(&format!("cn=late,{cluster}")),
+            "{why}"
+        );
+        // LDAP's cairnEffectiveSetting shows the tree as it stands.
+        effective_setting_values(&dir, &sites, &h, true).unwrap();
+    }
 }
