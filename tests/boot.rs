@@ -1259,4 +1259,18 @@ fn issue_13_http_serves_a_hosts_ipxe_script_and_ranges_of_image_files() {
         assert!(code == "403" || code == "404", "{path}: {code}");
         assert!(!String::from_utf8_lossy(&body).contains("root:"), "{path}");
     }
+
+    // A second entry with esx-001's MAC: the host is not unknown, so it
+    // gets neither the menu nor a rule's build, but why (409).
+    ok(n.tool(
+        "ldapadd",
+        &[],
+        Some(&format!(
+            "dn: cn=esx-001-twin,{PROD_A}\nobjectClass: cairnHost\ncn: esx-001-twin\nmacAddress: 00:50:56:01:00:01\n"
+        )),
+    ));
+    let (code, body) = http_get(&n, "/boot.ipxe?mac=00:50:56:01:00:01", &[]);
+    let why = String::from_utf8_lossy(&body);
+    assert_eq!(code, "409", "{why}");
+    assert!(why.contains("names more than one host"), "{why}");
 }

@@ -12,13 +12,19 @@ use crate::pb;
 
 /// The values a boot file of the host `resp` answers for may use
 /// (`pxe::Vars`), the host asking from `ip` the node it reaches at
-/// `server`.
+/// `server`. An entry that lost its name to another site's
+/// (`<name>\nCNF:<uuid>`) keeps its hostname: the name it was given.
 pub fn vars_of(resp: &pb::PullResponse, domain: &str, ip: IpAddr, server: &str) -> pxe::Vars {
     let hostname = cairn_core::dn::Dn::parse(&resp.host_dn)
         .ok()
         .and_then(|d| {
-            d.rdn()
-                .and_then(|r| r.avas().first().map(|a| a.value.clone()))
+            d.rdn().and_then(|r| {
+                let value = &r.avas().first()?.value;
+                let given = value
+                    .split_once("\nCNF:")
+                    .map_or(value.as_str(), |(v, _)| v);
+                Some(given.to_string())
+            })
         })
         .unwrap_or_default();
     pxe::Vars::from([
@@ -62,4 +68,30 @@ pub async fn menu(
         ("server", server.to_string()),
     ]);
     Ok((images, vars))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host whose entry lost its name to another site's keeps the
+    /// hostname it was given in what it boots; its DN stays one line.
+    #[test]
+    fn a_host_renamed_by_a_conflict_boots_with_the_hostname_it_was_given() {
+        let dn = cairn_core::dn::Dn::parse("ou=hosts,dc=example,dc=com")
+            .unwrap()
+            .child(cairn_core::dn::Rdn::new("cn", "web1\nCNF:0b5e".to_string()));
+        let resp = pb::PullResponse {
+            host_dn: dn.to_string(),
+            ..Default::default()
+        };
+        let vars = vars_of(
+            &resp,
+            "example.com",
+            "10.0.0.5".parse().unwrap(),
+            "10.0.0.1",
+        );
+        assert_eq!(vars["hostname"], "web1");
+        assert_eq!(vars["dn"], "cn=web1\\0ACNF:0b5e,ou=hosts,dc=example,dc=com");
+    }
 }

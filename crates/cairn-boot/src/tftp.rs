@@ -24,8 +24,8 @@ use std::task::{Context, Poll};
 
 use async_tftp::packet;
 use cairn_core::pxe::{self, Name};
-use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
+use cairn_fleet::{FleetError, Model};
 use tracing::{info, warn};
 
 use crate::images::{Denied, ImageRoot};
@@ -207,26 +207,37 @@ impl Handler {
     }
 
     /// The pxelinux configuration of the host with one of `ids`: its own
-    /// build, or the one the deploy rules would give it.
-    async fn render(&self, ids: Vec<Identity>, client: &SocketAddr) -> Option<Vec<u8>> {
+    /// build, or the one the deploy rules would give it; none for a host
+    /// nothing knows; why, for a host whose identity other hosts share
+    /// or whose entry's tree is in a replication conflict (an error
+    /// packet, after which pxelinux asks for its next name).
+    async fn render(
+        &self,
+        ids: Vec<Identity>,
+        client: &SocketAddr,
+    ) -> Result<Option<Vec<u8>>, String> {
         for id in ids {
             // Cached per directory generation; never registers a host.
             let answer = match self.model.boot_answer(id, Some(client.ip())).await {
                 Ok(a) => a,
+                Err(e @ (FleetError::Ambiguous(_) | FleetError::Conflict(_))) => {
+                    warn!(client = %client, cause = %e, "TFTP boot configuration refused");
+                    return Err(e.to_string());
+                }
                 Err(_) => continue,
             };
             let resp = &answer.resp;
             let Some(image) = render::image_of(resp) else {
                 warn!(host = %resp.host_dn, build = %resp.boot_image, "the host's boot.image names no image entry");
-                return None;
+                return Ok(None);
             };
             if let Some(rule) = &answer.rule {
                 info!(client = %client, rule = %rule, host = %resp.host_dn, build = %image.name, "an unknown host boots as a deploy rule places it");
             }
             let vars = render::vars_of(resp, &self.domain, client.ip(), &self.options.server);
-            return Some(pxe::pxelinux_config(&image, &vars).into_bytes());
+            return Ok(Some(pxe::pxelinux_config(&image, &vars).into_bytes()));
         }
-        None
+        Ok(None)
     }
 
     /// The menu for a host nothing knows, when configured.
@@ -323,7 +334,7 @@ impl async_tftp::server::Handler for Handler {
                 return Ok((Reader::new(body, slot), Some(size)));
             }
         };
-        match self.render(ids, client).await {
+        match self.render(ids, client).await.map_err(packet::Error::Msg)? {
             Some(bytes) => {
                 info!(client = %client, name = %raw, "TFTP boot configuration rendered");
                 let size = bytes.len() as u64;

@@ -68,7 +68,7 @@ impl fmt::Display for Ava {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.attr)?;
         f.write_str("=")?;
-        f.write_str(&escape_value(&self.value))
+        f.write_str(&escape_value(&self.value, true))
     }
 }
 
@@ -142,7 +142,7 @@ impl Rdn {
             }
             norm.push_str(attr);
             norm.push('=');
-            norm.push_str(&escape_value(value));
+            norm.push_str(&escape_value(value, false));
         }
         Some(Rdn { avas, norm })
     }
@@ -491,16 +491,23 @@ fn norm_ava(attr: &str, value: &str) -> String {
     format!(
         "{}={}",
         attr.to_ascii_lowercase(),
-        escape_value(&norm_value(value))
+        escape_value(&norm_value(value), false)
     )
 }
 
 /// Escapes a value per RFC 4514 section 2.4: `" + , ; < > \` and NUL
-/// anywhere, a leading `#` or space, a trailing space.
-fn escape_value(v: &str) -> Cow<'_, str> {
+/// anywhere, a leading `#` or space, a trailing space; with `controls`,
+/// every other control character too, as `\HH` per UTF-8 byte (RFC 4514
+/// allows any character escaped so), so a DN as text is one line: a
+/// replication conflict's name (`<rdn>\nCNF:<uuid>`) shows as Active
+/// Directory shows it, `\0ACNF:`. The normalized form keeps them as
+/// they were (it folds whitespace, line breaks included, into spaces),
+/// so stored keys do not change.
+fn escape_value(v: &str, controls: bool) -> Cow<'_, str> {
     let needs = v.starts_with([' ', '#'])
         || v.ends_with(' ')
-        || v.contains(['"', '+', ',', ';', '<', '>', '\\', '\0']);
+        || v.contains(['"', '+', ',', ';', '<', '>', '\\', '\0'])
+        || (controls && v.chars().any(char::is_control));
     if !needs {
         return Cow::Borrowed(v);
     }
@@ -514,6 +521,12 @@ fn escape_value(v: &str) -> Cow<'_, str> {
                 out.push(c);
             }
             '\0' => out.push_str("\\00"),
+            c if controls && c.is_control() => {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
             ' ' if first || last => out.push_str("\\ "),
             '#' if first => out.push_str("\\#"),
             _ => out.push(c),
@@ -974,6 +987,23 @@ mod tests {
         assert_eq!(value("cn=a\\00b"), "a\0b");
         // '=' and non-leading '#' need no escaping
         assert_eq!(value("cn=a=b#c"), "a=b#c");
+    }
+
+    /// A DN as text is one line: control characters are written as hex
+    /// pairs (a conflict name as `\0ACNF:`, as Active Directory writes it)
+    /// and read back as they were; the normalized form is unchanged.
+    #[test]
+    fn control_characters_show_as_hex_pairs_and_read_back() {
+        let rdn = Rdn::new("cn", "web1\nCNF:0b5e".to_string());
+        let d = dn("ou=hosts,dc=example,dc=com").child(rdn.clone());
+        let text = d.to_string();
+        assert_eq!(text, "cn=web1\\0ACNF:0b5e,ou=hosts,dc=example,dc=com");
+        assert_eq!(Dn::parse(&text).unwrap(), d);
+        assert_eq!(value(&rdn.to_string()), "web1\nCNF:0b5e");
+        assert_eq!(rdn.norm(), "cn=web1 cnf:0b5e");
+        let odd = Rdn::new("cn", "a\u{1}b\u{85}".to_string());
+        assert_eq!(odd.to_string(), "cn=a\\01b\\C2\\85");
+        assert_eq!(value(&odd.to_string()), "a\u{1}b\u{85}");
     }
 
     #[test]

@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cairn_boot::images::{Denied, ImageRoot};
 use cairn_core::pxe;
-use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
+use cairn_fleet::{FleetError, Model};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tracing::info;
+use tracing::{info, warn};
 
 /// What the boot routes serve from.
 pub struct BootHttp {
@@ -104,8 +104,16 @@ async fn script(
     }
     let base = format!("http://{}/images", host_of(&headers));
     for id in ids {
-        let Ok(answer) = b.model.boot_answer(id, Some(client.ip())).await else {
-            continue;
+        let answer = match b.model.boot_answer(id, Some(client.ip())).await {
+            Ok(a) => a,
+            // Hosts sharing its identity, or a conflict in its entry's
+            // tree: it is not unknown, so neither the menu nor a rule's
+            // build, but why, until an administrator resolves it.
+            Err(e @ (FleetError::Ambiguous(_) | FleetError::Conflict(_))) => {
+                warn!(client = %client, cause = %e, "iPXE script refused");
+                return text(StatusCode::CONFLICT, format!("{e}\n"));
+            }
+            Err(_) => continue,
         };
         let resp = &answer.resp;
         let Some(image) = cairn_boot::render::image_of(resp) else {
