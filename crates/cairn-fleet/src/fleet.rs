@@ -106,6 +106,52 @@ pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
     })
 }
 
+/// Whether an SMBIOS UUID is one firmware gives every board it does not
+/// set one for: all zeros, all ones, one byte repeated, or the
+/// `03000200-0400-0500-0006-000700080009` of many AMI BIOSes (either
+/// byte order).
+fn placeholder_uuid(u: &uuid::Uuid) -> bool {
+    let b = u.as_bytes();
+    b.iter().all(|x| *x == b[0])
+        || matches!(
+            u.hyphenated().to_string().as_str(),
+            "03000200-0400-0500-0006-000700080009" | "00020003-0004-0005-0006-000700080009"
+        )
+}
+
+/// Whether a serial number is one firmware or a vendor's image fills in
+/// for every board ("To be filled by O.E.M.", "Default string", "System
+/// Serial Number", "0123456789", one character repeated, ...).
+fn placeholder_serial(s: &str) -> bool {
+    let folded: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let first = folded.chars().next();
+    folded.is_empty()
+        || folded.chars().all(|c| Some(c) == first)
+        || matches!(
+            folded.as_str(),
+            "tobefilledbyoem"
+                | "defaultstring"
+                | "systemserialnumber"
+                | "chassisserialnumber"
+                | "baseboardserialnumber"
+                | "serialnumber"
+                | "notspecified"
+                | "notapplicable"
+                | "notavailable"
+                | "none"
+                | "na"
+                | "unknown"
+                | "oem"
+                | "0123456789"
+                | "123456789"
+                | "1234567890"
+        )
+}
+
 /// A host's identities, checked and normalized.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Identity {
@@ -129,12 +175,16 @@ impl Identity {
         let uuid = match text(&id.uuid) {
             Some(u) => Some(
                 uuid::Uuid::parse_str(u.trim_matches(|c| c == '{' || c == '}'))
-                    .map_err(|_| bad("uuid", &u, "is not a UUID"))?
-                    .hyphenated()
-                    .to_string(),
+                    .map_err(|_| bad("uuid", &u, "is not a UUID"))?,
             ),
             None => None,
         };
+        // A placeholder the firmware fills in for every board is no
+        // identity: it neither finds another machine's entry nor names
+        // this one's.
+        let uuid = uuid
+            .filter(|u| !placeholder_uuid(u))
+            .map(|u| u.hyphenated().to_string());
         let mut macs = vec![];
         for m in id.macs.iter().filter(|m| !m.trim().is_empty()) {
             let n = cairn_core::net::normalize_mac(m)
@@ -160,7 +210,7 @@ impl Identity {
         let ident = Identity {
             uuid,
             macs,
-            serial: text(&id.serial),
+            serial: text(&id.serial).filter(|s| !placeholder_serial(s)),
             hostname,
             vendor: text(&id.vendor),
             model: text(&id.model),
@@ -168,7 +218,9 @@ impl Identity {
         };
         if !ident.has_hardware() && ident.hostname.is_none() {
             return Err(FleetError::InvalidArgument(
-                "identity: give at least one of uuid, macs, serial, hostname".into(),
+                "identity: give at least one of uuid, macs, serial, hostname \
+                 (a placeholder uuid or serial every board may carry does not count)"
+                    .into(),
             ));
         }
         if let Some(h) = &ident.hostname
@@ -279,15 +331,20 @@ impl Identity {
     }
 }
 
-/// Finds the host entry: the first identity (UUID, then MACs, serial,
-/// hostname) that names exactly one `cairnHost` decides. An identity that
-/// several hosts share is an error, not a guess. By its hostname, a host
-/// finds only an entry that is not plainly another machine's
-/// ([`Identity::another_machine`]): two machines booted from one image
-/// may answer the same name.
+/// Finds the host entry: the first kind of identity (UUID, then MACs,
+/// serial, hostname) that names exactly one `cairnHost` decides; the
+/// MACs together, whatever order the host lists them in. An identity that
+/// several hosts share, or MACs that name different hosts, is an error,
+/// not a guess. By its hostname, a host finds only an entry that is not
+/// plainly another machine's ([`Identity::another_machine`]): two
+/// machines booted from one image may answer the same name.
 pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, FleetError> {
     let mut registered_looked_up = false;
+    let mut by_mac: Vec<(&str, ValidEntry)> = vec![];
     for (attr, value) in id.keys() {
+        if attr != "macAddress" && !by_mac.is_empty() {
+            break;
+        }
         // After the hardware, before the name: the entry a registration of
         // this host made, by its entryUUID, wherever it is and whatever an
         // administrator made it hold since.
@@ -303,6 +360,10 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, F
         let mut found = search_class(dir, filter, &keep, 2)?;
         match found.len() {
             0 => continue,
+            1 if attr == "macAddress" => {
+                by_mac.extend(found.pop().map(|e| (value, e)));
+                continue;
+            }
             1 => return Ok(found.pop()),
             _ => {
                 return Err(FleetError::Ambiguous(format!(
@@ -312,6 +373,17 @@ pub fn find_host(dir: &Directory, id: &Identity) -> Result<Option<ValidEntry>, F
                 )));
             }
         }
+    }
+    if let Some((first, e)) = by_mac.first() {
+        if let Some((other, o)) = by_mac.iter().find(|(_, o)| o.dn() != e.dn()) {
+            return Err(FleetError::Ambiguous(format!(
+                "the host's MACs name more than one host (macAddress={first}: {}, \
+                 macAddress={other}: {}); fix the directory",
+                e.dn(),
+                o.dn()
+            )));
+        }
+        return Ok(Some(e.clone()));
     }
     if registered_looked_up {
         return Ok(None);
@@ -667,6 +739,107 @@ mod tests {
         .unwrap()
     }
 
+    fn directory() -> (tempfile::TempDir, Directory) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Directory::new(
+            cairn_store::engine::open(EngineKind::Redb, tmp.path()).unwrap(),
+            Arc::new(Schema::builtin()),
+            vec![Dn::parse(SUFFIX).unwrap()],
+        );
+        let root = add(
+            SUFFIX,
+            &[("objectClass", &["domain"]), ("dc", &["example"])],
+        );
+        write(&dir, root, 1, 10);
+        (tmp, dir)
+    }
+
+    fn macs(macs: &[&str]) -> Identity {
+        Identity::from_pb(&pb::Identity {
+            macs: macs.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A host's MACs are looked up together: the order it lists them in
+    /// changes nothing, and MACs that name two hosts are an error
+    /// whichever comes first.
+    #[test]
+    fn a_hosts_macs_find_its_entry_in_any_order_or_say_they_name_two() {
+        let (_tmp, dir) = directory();
+        for (i, (cn, mac)) in [("a", "02:00:00:00:00:01"), ("b", "02:00:00:00:00:02")]
+            .into_iter()
+            .enumerate()
+        {
+            let entry = add(
+                &format!("cn={cn},{SUFFIX}"),
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &[cn]),
+                    ("macAddress", &[mac]),
+                ],
+            );
+            write(&dir, entry, 1, 20 + i as u64);
+        }
+        let found = |ms: &[&str]| find_host(&dir, &macs(ms));
+        for order in [
+            ["02:00:00:00:00:01", "02:00:00:00:00:09"],
+            ["02:00:00:00:00:09", "02:00:00:00:00:01"],
+        ] {
+            let e = found(&order).unwrap().expect("found");
+            assert_eq!(e.dn().to_string(), format!("cn=a,{SUFFIX}"));
+        }
+        for order in [
+            ["02:00:00:00:00:01", "02:00:00:00:00:02"],
+            ["02:00:00:00:00:02", "02:00:00:00:00:01"],
+        ] {
+            let e = found(&order).unwrap_err();
+            assert!(matches!(e, FleetError::Ambiguous(_)), "{order:?}: {e:?}");
+            assert!(e.to_string().contains("name more than one host"), "{e}");
+        }
+    }
+
+    /// What firmware fills in for every board is no identity.
+    #[test]
+    fn placeholder_serials_and_uuids_are_no_identity() {
+        let with = |uuid: &str, serial: &str| {
+            Identity::from_pb(&pb::Identity {
+                uuid: uuid.into(),
+                serial: serial.into(),
+                macs: vec!["02:00:00:00:00:01".into()],
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        for serial in [
+            "To be filled by O.E.M.",
+            "Default string",
+            "System Serial Number",
+            "0123456789",
+            "0000000000",
+            "N/A",
+        ] {
+            assert_eq!(with("", serial).serial, None, "{serial}");
+        }
+        assert_eq!(with("", "7ESX001").serial.as_deref(), Some("7ESX001"));
+        for uuid in [
+            "00000000-0000-0000-0000-000000000000",
+            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+            "03000200-0400-0500-0006-000700080009",
+        ] {
+            assert_eq!(with(uuid, "").uuid, None, "{uuid}");
+        }
+        let real = "4c4c4544-0047-3410-8052-b4c04f003001";
+        assert_eq!(with(real, "").uuid.as_deref(), Some(real));
+        // Placeholders alone identify nothing.
+        let alone = Identity::from_pb(&pb::Identity {
+            serial: "To be filled by O.E.M.".into(),
+            ..Default::default()
+        });
+        assert!(matches!(alone, Err(FleetError::InvalidArgument(_))));
+    }
+
     /// A host whose cluster was deleted at another site while it was
     /// added there sits in lost and found, where nothing of its cluster
     /// reaches it: Pull refuses it with why instead of serving it what is
@@ -674,22 +847,8 @@ mod tests {
     /// tree stands. A host whose name lost a conflict is served as before.
     #[test]
     fn a_host_in_lost_and_found_is_refused_and_one_renamed_by_a_conflict_is_served() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = Directory::new(
-            cairn_store::engine::open(EngineKind::Redb, tmp.path()).unwrap(),
-            Arc::new(Schema::builtin()),
-            vec![Dn::parse(SUFFIX).unwrap()],
-        );
+        let (_tmp, dir) = directory();
         let cluster = format!("cn=prod,{SUFFIX}");
-        write(
-            &dir,
-            add(
-                SUFFIX,
-                &[("objectClass", &["domain"]), ("dc", &["example"])],
-            ),
-            1,
-            10,
-        );
         write(
             &dir,
             add(
