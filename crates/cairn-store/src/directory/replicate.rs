@@ -174,6 +174,10 @@ fn bookkeeping_key(k: &[u8]) -> bool {
 /// How the `cairnConflict` value of an entry shown as a stub begins.
 pub(super) const STUB_CONFLICT: &str = "size: ";
 
+/// Most bytes of one identity attribute (MACs, SMBIOS UUIDs, serial
+/// numbers) a stub keeps showing.
+const STUB_IDENTITY_BYTES: usize = 4096;
+
 /// What one purge forgot ([`Directory::purge`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Purged {
@@ -2070,10 +2074,18 @@ impl Directory {
             .attrs()
             .filter(|a| {
                 let key = a.name.to_ascii_lowercase();
+                // A host's identities, unless they are what is too large:
+                // a stub of a host is still found by its MAC (and refused
+                // with why, not registered a second time) and still counts
+                // in uniqueness conflicts.
+                let identity =
+                    matches!(key.as_str(), "macaddress" | "netbootguid" | "serialnumber")
+                        && a.values.iter().map(String::len).sum::<usize>() <= STUB_IDENTITY_BYTES;
                 key == "objectclass"
                     || key == "entryuuid"
                     || key == "cairnconflict"
                     || key == "cairnoriginaldn"
+                    || identity
             })
             .map(|a| (a.name.clone(), a.values.clone()))
             .collect();

@@ -1964,9 +1964,17 @@ fn a_merged_entry_over_the_size_limit_is_shown_as_a_stub_until_it_fits() {
             e.first("cairnconflict")
         );
     }
+    all[0].must(modify_op(
+        H1,
+        ModOp::Add,
+        "macAddress",
+        &["02:00:00:00:00:42"],
+    ));
     all[0].must(add(&a));
     step(&mut all, 1, add(&b));
     let e = all[0].get(H1).unwrap();
+    // A host's stub still shows what identifies it.
+    assert_eq!(e.first("macaddress"), Some("02:00:00:00:00:42"));
     let why = e.first("cairnconflict").unwrap_or_default().to_string();
     assert!(
         why.starts_with("size: the merged entry takes") && why.contains("description: 10 values"),
