@@ -18,6 +18,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
+
+/// The idle timeout while an operation is in progress: none to speak of.
+const BUSY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -122,6 +125,15 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
         // search's entries still reads the client's next request (an
         // abandon) and notices its own idle and write timeouts.
         loop {
+            // Idle is no operation in progress, as in slapd: a long one
+            // (`cairn site resync`) is not cut off.
+            let idle = if !tasks.is_empty() {
+                BUSY
+            } else if auth.dn.is_some() {
+                limits.idle_timeout
+            } else {
+                limits.anonymous_idle_timeout
+            };
             tokio::select! {
                 Some(msg) = rx.recv() => {
                     if abandoned.contains(&msg.msgid) {
@@ -153,10 +165,7 @@ pub async fn run(stream: Stream, peer: SocketAddr, ctx: Arc<ServerContext>, budg
                         inflight.remove(&msgid);
                     }
                 }
-                frame = tokio::time::timeout(
-                    if auth.dn.is_some() { limits.idle_timeout } else { limits.anonymous_idle_timeout },
-                    frames.next(),
-                ) => {
+                frame = tokio::time::timeout(idle, frames.next()) => {
                     let msg = match frame {
                         Err(_) => {
                             debug!("idle timeout");

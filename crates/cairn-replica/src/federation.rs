@@ -297,6 +297,38 @@ pub async fn serve_states(
     .map_err(|e| format!("read task: {e}"))?
 }
 
+/// Refuses a page of states a conforming peer does not send: more states
+/// than asked for, states not in UUID order after the one asked from (a
+/// peer that ignored it would be read for ever), or more bytes than one
+/// entry of this site's log may carry.
+fn check_states_page(req: &StatesRequest, page: &StatesResponse) -> Result<(), String> {
+    if page.states.len() > req.max.clamp(1, MAX_STATES) as usize {
+        return Err(format!(
+            "a page of {} entry states, more than the {} asked for",
+            page.states.len(),
+            req.max
+        ));
+    }
+    let mut prev = req.after;
+    for s in &page.states {
+        if prev.is_some_and(|p| s.uuid <= p) {
+            return Err(format!(
+                "entry {} comes out of order (after {})",
+                s.uuid,
+                prev.unwrap_or_default()
+            ));
+        }
+        prev = Some(s.uuid);
+    }
+    let bytes = encode(&page.states).map(|b| b.len()).unwrap_or(usize::MAX);
+    if bytes > network::MAX_MESSAGE / 2 {
+        return Err(format!(
+            "a page of {bytes} bytes, more than one entry of this site's log may carry"
+        ));
+    }
+    Ok(())
+}
+
 /// What rebuilding this site from a peer did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResyncReport {
@@ -1109,16 +1141,38 @@ impl crate::Replica {
     /// resync`), on the leader: every page of the peer's entry states goes
     /// through this site's log ([`Request::ResyncPage`]), then the end
     /// ([`Request::ResyncEnd`]), which takes away what the peer does not
-    /// hold (`Directory::resync_end`). Safe to run again after a failure:
-    /// nothing is taken away before the last page is in.
+    /// hold (`Directory::resync_end`). Each page already makes the entries
+    /// it carries the peer's copy (with what this site set at or above the
+    /// horizon); the entries the peer lacks go, and the vector and the log
+    /// follow, only at the end. A site whose rebuild stopped between the
+    /// two says so (`Directory::resync_unfinished`, `cn=status`) and serves
+    /// no other site's rebuild; running it again finishes it.
     pub async fn resync(&self, peer: &str) -> Result<ResyncReport, String> {
-        let leader = self.raft.metrics().borrow().current_leader;
+        let (leader, term) = {
+            let m = self.raft.metrics().borrow().clone();
+            (m.current_leader, m.current_term)
+        };
         if leader != Some(self.id) {
             return Err(match leader {
                 Some(l) => format!("node {l} leads this site; ask it"),
                 None => "this site has no leader".into(),
             });
         }
+        // The pulls wait on a lock of this node only: had another node
+        // led in between, a batch it pulled against the old horizon could
+        // be in the log between the pages.
+        let still_leading = || {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader == Some(self.id) && m.current_term == term {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this node stopped leading the site during the rebuild (term {term}, now {}); \
+                     what was logged stays, the rebuild is unfinished: run it again",
+                    m.current_term
+                ))
+            }
+        };
         let fed = self.federation().clone();
         let Some(site) = fed.peers().into_iter().find(|p| same_site(&p.name, peer)) else {
             return Err(format!("site {peer:?} is not linked to this one"));
@@ -1147,15 +1201,29 @@ impl crate::Replica {
                 after,
                 max: MAX_STATES,
             };
+            // Each of the peer's nodes in turn, three rounds with a pause
+            // between (its leader may be changing, and no node can confirm
+            // it is current until one leads).
+            let mut failures = 0;
             let page = loop {
                 let addr = &site.nodes[node % site.nodes.len()];
-                match self.states_from(&fed, (&site.name, addr), &req).await {
-                    Ok(p) => break p,
-                    Err(e) if node + 1 < site.nodes.len() => {
-                        tracing::warn!(site = %peer, node = %addr, cause = %e, "reading a peer site's states failed; trying its next node");
-                        node += 1;
-                    }
-                    Err(e) => return Err(format!("reading site {peer}'s entries: {e}")),
+                let e = match self.states_from(&fed, (&site.name, addr), &req).await {
+                    Ok(p) => match check_states_page(&req, &p) {
+                        Ok(()) => break p,
+                        Err(e) => return Err(format!("site {peer}'s node {addr}: {e}")),
+                    },
+                    Err(e) => e,
+                };
+                failures += 1;
+                if failures >= 3 * site.nodes.len() {
+                    return Err(format!(
+                        "reading site {peer}'s entries: {e}; the rebuild is unfinished: run it again"
+                    ));
+                }
+                tracing::warn!(site = %peer, node = %addr, cause = %e, "reading a peer site's states failed; trying its next node");
+                node += 1;
+                if failures % site.nodes.len() == 0 {
+                    tokio::time::sleep(Duration::from_millis(500) * failures as u32).await;
                 }
             };
             // What the peer held is what every page said it held (pages
@@ -1172,8 +1240,8 @@ impl crate::Replica {
                 Some(f) => {
                     if f.horizon != page.horizon {
                         return Err(format!(
-                            "site {peer} purged while it was read; nothing was taken away \
-                             here: run the resync again"
+                            "site {peer} purged while it was read; the pages logged so far \
+                             stay, the rebuild is unfinished: run it again"
                         ));
                     }
                     f.vector.retain_mut(|(o, c)| {
@@ -1211,6 +1279,7 @@ impl crate::Replica {
                 .await
                 .map_err(|e| format!("check task: {e}"))?
                 .map_err(|e| format!("site {peer}'s entries would not apply here: {e}"))?;
+            still_leading()?;
             self.propose(Request::ResyncPage {
                 horizon,
                 states: Arc::new(page.states),
@@ -1238,6 +1307,7 @@ impl crate::Replica {
         .await
         .map_err(|e| format!("check task: {e}"))?
         .map_err(|e| format!("the end of the rebuild would not apply here: {e}"))?;
+        still_leading()?;
         self.propose(Request::ResyncEnd(Arc::new(end))).await?;
         Ok(report)
     }
@@ -1408,6 +1478,43 @@ mod tests {
                 && e.contains("upgrade"),
             "{e}"
         );
+    }
+
+    /// A peer that answers a rebuild's page with states out of order,
+    /// the same page again (it ignored where to go on from), or more
+    /// than was asked for, is refused, not read for ever.
+    #[tokio::test]
+    async fn a_page_of_states_a_conforming_peer_does_not_send_is_refused() {
+        let mut node = Node::new();
+        for i in 0..3 {
+            let cn = format!("p{i}");
+            node.add(
+                &format!("cn={cn},dc=example,dc=com"),
+                &[("objectClass", &["cairnHost"]), ("cn", &[&cn])],
+            );
+        }
+        let first = StatesRequest {
+            after: None,
+            max: 2,
+        };
+        let page = serve_states(node.dir.clone(), first.clone()).await.unwrap();
+        check_states_page(&first, &page).unwrap();
+        let next = StatesRequest {
+            after: page.states.last().map(|s| s.uuid),
+            max: 2,
+        };
+        let again = check_states_page(&next, &page).unwrap_err();
+        assert!(again.contains("out of order"), "{again}");
+        let mut reversed = page.clone();
+        reversed.states.reverse();
+        let e = check_states_page(&first, &reversed).unwrap_err();
+        assert!(e.contains("out of order"), "{e}");
+        let one = StatesRequest {
+            after: None,
+            max: 1,
+        };
+        let e = check_states_page(&one, &page).unwrap_err();
+        assert!(e.contains("more than the 1 asked for"), "{e}");
     }
 
     /// `cairn site resync` across releases: a site of the release before

@@ -971,6 +971,17 @@ impl pb::raft_server::Raft for RaftService {
                  ask another node of its site"
             )));
         }
+        // A site half rebuilt from another is no copy to rebuild from.
+        match replica.directory().resync_unfinished() {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(tonic::Status::failed_precondition(
+                    "this site's own rebuild from a peer (cairn site resync) is unfinished: \
+                     finish it before rebuilding another site from this one",
+                ));
+            }
+            Err(e) => return Err(tonic::Status::internal(e.to_string())),
+        }
         let req: crate::federation::StatesRequest = request(&r)?;
         use crate::federation::REGISTRATIONS_HEADER;
         let registrations = r.metadata().get(REGISTRATIONS_HEADER).is_some();

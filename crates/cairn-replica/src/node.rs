@@ -945,6 +945,14 @@ impl Replica {
                     .map(|e| vec![e.to_string()])
                     .unwrap_or_default(),
             ),
+            (
+                // A rebuild from a peer logged pages but not its end.
+                "cairnResyncUnfinished".into(),
+                self.dir
+                    .resync_unfinished()
+                    .map(|u| vec![if u { "TRUE" } else { "FALSE" }.into()])
+                    .unwrap_or_default(),
+            ),
             ("cairnRole".into(), vec![role.into()]),
             ("cairnTerm".into(), vec![m.current_term.to_string()]),
             ("cairnLastLogIndex".into(), vec![opt(m.last_log_index)]),

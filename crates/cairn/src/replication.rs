@@ -71,13 +71,28 @@ pub async fn resync(url: &str, auth: &Auth, site: &str, from: &str) -> anyhow::R
                 println!("site {site}: {report} (node {id})");
                 return Ok(ExitCode::SUCCESS);
             }
-            Err(e) if format!("{e:#}").contains("leads this site") => last = Some(e),
-            Err(e) => return Err(e.context(format!("node {id} ({ldap})"))),
+            // The leader refused it: why stands for the whole site.
+            Err(e) if refused_by_leader(&format!("{e:#}")) => {
+                return Err(e.context(format!("node {id} ({ldap})")));
+            }
+            // Not the leader, no leader yet, or not reachable (a node
+            // down, as after a SIGKILL of the one that led): the next.
+            Err(e) => {
+                eprintln!("cairn: node {id} ({ldap}): {e:#}; trying the next node");
+                last = Some(e.context(format!("node {id} ({ldap})")));
+            }
         }
     }
     Err(last
         .unwrap_or_else(|| anyhow::anyhow!("the site lists no members"))
         .context("no node of the site took the resync"))
+}
+
+/// Whether a failed resync was the leader's refusal (a peer not linked,
+/// a rebuild that failed, ...) rather than a node that is not the leader
+/// or could not be reached.
+fn refused_by_leader(e: &str) -> bool {
+    e.starts_with("refused:") && !e.contains("leads this site") && !e.contains("has no leader")
 }
 
 /// Pauses (`pause`) or resumes (`resume`) replication with other sites on
@@ -303,6 +318,23 @@ pub fn render(found: &[Conflict]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resync goes on to the next node of the site unless the leader
+    /// itself refused it.
+    #[test]
+    fn a_resync_tries_the_next_node_unless_the_leader_refused_it() {
+        assert!(refused_by_leader(
+            "refused: other (80): site \"west\" is not linked to this one"
+        ));
+        for next in [
+            "refused: unwilling to perform (53): node 2 leads this site; ask it",
+            "refused: unwilling to perform (53): this site has no leader",
+            "Connection refused (os error 111)",
+            "timed out",
+        ] {
+            assert!(!refused_by_leader(next), "{next}");
+        }
+    }
 
     /// A mangled name's line feed is shown escaped, as in a DN string
     /// (RFC 4514), so every entry is one line.

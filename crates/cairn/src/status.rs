@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub peer_errors: Vec<String>,
     /// Per peer site whose pulls this node refuses: `<site> <why>`.
     pub peer_refused: Vec<String>,
+    /// A rebuild from a peer (`cairn site resync`) logged pages but not its
+    /// end.
+    pub resync_unfinished: bool,
 }
 
 fn first(attrs: &[(String, Vec<Vec<u8>>)], name: &str) -> String {
@@ -82,6 +85,7 @@ async fn read_status(ldap: &mut ldap3::Ldap) -> anyhow::Result<NodeStatus> {
         peers: all(&e.attrs, "cairnPeerSite"),
         peer_errors: all(&e.attrs, "cairnPeerSiteError"),
         peer_refused: all(&e.attrs, "cairnPeerSiteRefused"),
+        resync_unfinished: first(&e.attrs, "cairnResyncUnfinished") == "TRUE",
     })
 }
 
@@ -210,8 +214,22 @@ pub fn pause_disagreement(rows: &[(String, String, Result<NodeStatus, String>)])
     })
 }
 
-/// Prints the site's status. Exit status 1 when a member is unreachable
-/// or no leader is known, so scripts can alert on it.
+/// A warning when a rebuild of the site from a peer stopped between its
+/// pages and its end: the entries the peer holds are its copy, the ones
+/// it lacks are still here.
+pub fn resync_unfinished(rows: &[(String, String, Result<NodeStatus, String>)]) -> Option<String> {
+    rows.iter()
+        .any(|(_, _, s)| s.as_ref().is_ok_and(|s| s.resync_unfinished))
+        .then(|| {
+            "a rebuild of this site from a peer (cairn site resync) is unfinished: \
+             run it again to finish it\n"
+                .to_string()
+        })
+}
+
+/// Prints the site's status. Exit status 1 when a member is unreachable,
+/// no leader is known or a rebuild is unfinished, so scripts can alert on
+/// it.
 pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     let mut ldap = client::connect(url, auth).await?;
     let me = read_status(&mut ldap).await?;
@@ -235,6 +253,9 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
     println!("site {}", me.site);
     print!("{}", render(&rows));
     if let Some(w) = pause_disagreement(&rows) {
+        print!("{w}");
+    }
+    if let Some(w) = resync_unfinished(&rows) {
         print!("{w}");
     }
     match leader_of(&rows) {
@@ -288,9 +309,10 @@ pub async fn run(url: &str, auth: &Auth) -> anyhow::Result<ExitCode> {
         }
         Err(e) => println!("\nother sites: cannot list their nodes: {e:#}"),
     }
-    let healthy = rows
-        .iter()
-        .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role != "stopped"))
+    let healthy = resync_unfinished(&rows).is_none()
+        && rows
+            .iter()
+            .all(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role != "stopped"))
         && rows
             .iter()
             .any(|(_, _, s)| s.as_ref().is_ok_and(|s| s.role == "leader"));
@@ -590,5 +612,17 @@ mod tests {
         ];
         assert_eq!(pause_disagreement(&older), None);
         assert!(render(&older).lines().nth(2).unwrap().contains(" ? "));
+        // A rebuild that stopped between its pages and its end is said.
+        assert_eq!(resync_unfinished(&rows), None);
+        let mut half = rows.clone();
+        half[1].2 = Ok(NodeStatus {
+            resync_unfinished: true,
+            ..node("leader", "4", false)
+        });
+        let w = resync_unfinished(&half).expect("unfinished");
+        assert!(
+            w.contains("cairn site resync") && w.contains("again"),
+            "{w}"
+        );
     }
 }

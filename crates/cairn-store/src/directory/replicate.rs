@@ -164,11 +164,14 @@ const LAST_POSITION_KEY: &[u8] = b"last-position";
 /// [`Table::Forgotten`], a table snapshots carry, so that a node that
 /// installs one stamps under the same epoch.
 const EPOCH_KEY: &[u8] = b"origin-epoch";
+/// Present in [`Table::Forgotten`] from a rebuild's first page to its end
+/// ([`Directory::resync_unfinished`]).
+const RESYNC_KEY: &[u8] = b"resync-unfinished";
 
 /// Whether a key of [`Table::Forgotten`] is one of its own rows rather
 /// than an origin's highest dropped CSN.
 fn bookkeeping_key(k: &[u8]) -> bool {
-    k == HORIZON_KEY || k == LAST_POSITION_KEY || k == EPOCH_KEY
+    k == HORIZON_KEY || k == LAST_POSITION_KEY || k == EPOCH_KEY || k == RESYNC_KEY
 }
 
 /// How the `cairnConflict` value of an entry shown as a stub begins.
@@ -2490,7 +2493,25 @@ impl Directory {
                 changed += 1;
             }
         }
+        // Until the end comes, this site is neither its old self nor the
+        // peer's copy.
+        let mut b = Batch::default();
+        b.put(Table::Forgotten, RESYNC_KEY.to_vec(), vec![1]);
+        txn.apply(&b)?;
         Ok(changed)
+    }
+
+    /// Whether a rebuild from a peer (`cairn site resync`) logged pages
+    /// and not yet its end: the entries the peer holds are already its
+    /// copy, the ones it lacks are still here, and this site's vector and
+    /// log are as before. Such a site serves no other site's rebuild, and
+    /// says so in `cn=status`; running the rebuild again finishes it.
+    pub fn resync_unfinished(&self) -> Result<bool, Error> {
+        Ok(self
+            .engine
+            .snapshot()?
+            .get(Table::Forgotten, RESYNC_KEY)?
+            .is_some())
     }
 
     /// Whether a page of a rebuild would apply here, without keeping
@@ -2752,6 +2773,7 @@ impl Directory {
             HORIZON_KEY.to_vec(),
             &horizon,
         )?;
+        b.delete(Table::Forgotten, RESYNC_KEY.to_vec());
         txn.apply(&b)?;
         Ok(out)
     }

@@ -2540,14 +2540,45 @@ fn rebuild(all: &mut [Site], i: usize, from: usize) -> super::replicate::Resynce
         s.dir
             .resync_page(horizon, &page.states, None, true)
             .unwrap();
+        assert!(s.dir.resync_unfinished().unwrap());
     }
     let forgotten = super::replicate::Forgotten {
         horizon: Some(horizon),
         dropped: first.forgotten.dropped,
     };
-    s.dir
+    let done = s
+        .dir
         .resync_end(&held, &first.vector, &forgotten, None, true)
-        .unwrap()
+        .unwrap();
+    assert!(!s.dir.resync_unfinished().unwrap());
+    done
+}
+
+/// A rebuild whose end never came (the leader killed, the peer gone)
+/// leaves the site saying so; running it again finishes it, and the site
+/// ends as a rebuild run once leaves it.
+#[test]
+fn an_interrupted_rebuild_says_so_and_running_it_again_finishes_it() {
+    let mut all = sites(3);
+    all[0].must(host("only-at-0"));
+    all[1].must(modify_op(H1, ModOp::Replace, "description", &["at 1"]));
+    all[2].must(modify_op(H1, ModOp::Replace, "description", &["at 1"]));
+    // Site 1 takes the first page of site 0's states, and no more.
+    {
+        let (s, peer) = pair(&mut all, 1, 0);
+        let page = peer.dir.states_page(None, 2, usize::MAX).unwrap();
+        let horizon = Csn::zero(Origin::new(Uuid::nil(), 0));
+        s.dir
+            .resync_page(horizon, &page.states, None, true)
+            .unwrap();
+        assert!(s.dir.resync_unfinished().unwrap());
+    }
+    assert!(!all[2].dir.resync_unfinished().unwrap());
+    rebuild(&mut all, 1, 0);
+    rebuild(&mut all, 2, 0);
+    assert_eq!(all[1].export(), all[2].export());
+    exchange(&mut all);
+    converged(&all);
 }
 
 /// Issue 11: a rebuild that takes away a member of a loop of moves (the
