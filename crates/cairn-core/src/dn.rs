@@ -104,6 +104,13 @@ impl Rdn {
         if s.len() > MAX_DN_LEN {
             return Err(DnError::new(s, format!("longer than {MAX_DN_LEN} bytes")));
         }
+        Self::parse_stored(s)
+    }
+
+    /// Parses an RDN this program wrote ([`Dn::parse_stored`]): without
+    /// the limit on what a client may send, which its text form may pass
+    /// once its control characters are written as hex pairs.
+    pub fn parse_stored(s: &str) -> Result<Rdn, DnError> {
         let mut p = Parser::new(s);
         let rdn = p.rdn()?;
         match p.peek() {
@@ -377,7 +384,7 @@ impl serde::Serialize for Rdn {
 impl<'de> serde::Deserialize<'de> for Rdn {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rdn, D::Error> {
         let s = String::deserialize(deserializer)?;
-        Rdn::parse(&s).map_err(serde::de::Error::custom)
+        Rdn::parse_stored(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -1004,6 +1011,15 @@ mod tests {
         let odd = Rdn::new("cn", "a\u{1}b\u{85}".to_string());
         assert_eq!(odd.to_string(), "cn=a\\01b\\C2\\85");
         assert_eq!(value(&odd.to_string()), "a\u{1}b\u{85}");
+        // Written as text, an RDN a client could send may pass the limit
+        // on what a client sends; as this program wrote it, it reads back.
+        let long = Rdn::new("cn", "\u{1}".repeat(6000));
+        let text = long.to_string();
+        assert!(text.len() > MAX_DN_LEN && Rdn::parse(&text).is_err());
+        assert_eq!(
+            Rdn::parse_stored(&text).unwrap().avas()[0].value,
+            "\u{1}".repeat(6000)
+        );
     }
 
     #[test]

@@ -568,12 +568,24 @@ fn merge(
         path.push(p);
     }
     let mut cluster_dn = String::new();
+    let mut above: Option<&Dn> = None;
     for p in path.iter().rev() {
         if let Some(e) = dir.get(p)? {
             if e.has_class("cairnCluster") {
                 cluster_dn = e.dn().to_string();
             }
             entries.push(e);
+            above = Some(p);
+        } else if serving && let Some(a) = above {
+            // Below an entry that exists (the naming context's root at
+            // least), every entry of the path must: a deploy rule's
+            // target that is gone (deleted, or in lost and found after
+            // sites' changes met) would leave its hosts what is above it.
+            return Err(FleetError::Conflict(format!(
+                "{p}, below {a}, does not exist (deleted, or in lost and found after a \
+                 replication conflict; cairn conflicts lists it): no configuration is served \
+                 below it"
+            )));
         }
     }
     entries.extend(host.cloned());
@@ -915,5 +927,11 @@ mod tests {
         );
         // LDAP's cairnEffectiveSetting shows the tree as it stands.
         effective_setting_values(&dir, &sites, &h, true).unwrap();
+        // A host a deploy rule would place under the deleted cluster gets
+        // why, not what is left above it.
+        let placed = Dn::parse(&format!("cn=new,{cluster}")).unwrap();
+        let e = effective_unregistered(&dir, &sites, &placed, None).unwrap_err();
+        assert!(matches!(e, FleetError::Conflict(_)), "{e:?}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

@@ -602,6 +602,18 @@ impl Directory {
         Ok(())
     }
 
+    /// Refuses to add or move an entry to the lost-and-found container's
+    /// DN: every site makes the container alike when it first needs it,
+    /// and an entry there would take its name.
+    fn check_not_container(&self, dn: &Dn) -> Result<(), Error> {
+        if dn == self.lost_and_found_dn()? {
+            return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
+                format!("{dn} is kept for the entries replication conflicts leave without a place"),
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses to delete or move what every site's tree hangs on: the
     /// naming contexts' roots and the lost-and-found container.
     fn check_kept(&self, dn: &Dn, what: &str) -> Result<(), Error> {
@@ -620,26 +632,32 @@ impl Directory {
         op: &WriteOp,
         csn: Csn,
     ) -> Result<Option<(Change, Batch, Option<ValidEntry>)>, Error> {
+        // A write from a log of writes (a CSN of the nil origin) is
+        // replayed as the release that logged it planned it, without the
+        // rules that came with replication: a node that replays it must
+        // end as the nodes that applied it then.
+        let replayed = csn.origin.site.is_nil();
         match op {
+            _ if replayed => {}
             WriteOp::Add { entry, .. } => {
                 if let Some(rdn) = entry.dn.rdn() {
                     Self::check_not_conflict_name(rdn)?;
                 }
-                // Every site makes the container alike when it needs it;
-                // an entry added there would take its name.
-                if entry.dn == *self.lost_and_found_dn()? {
-                    return Err(Error::Model(cairn_core::Error::UnwillingToPerform(
-                        format!(
-                            "{} is kept for the entries replication conflicts leave without a place",
-                            entry.dn
-                        ),
-                    )));
-                }
+                self.check_not_container(&entry.dn)?;
             }
             WriteOp::Delete { dn } => self.check_kept(dn, "deleted")?,
-            WriteOp::ModRdn { dn, new_rdn, .. } => {
+            WriteOp::ModRdn {
+                dn,
+                new_rdn,
+                new_superior,
+                ..
+            } => {
                 self.check_kept(dn, "renamed or moved")?;
                 Self::check_not_conflict_name(new_rdn)?;
+                let parent = new_superior.clone().or_else(|| dn.parent());
+                if let Some(p) = parent {
+                    self.check_not_container(&p.child(new_rdn.clone()))?;
+                }
             }
             WriteOp::Modify { .. } => {}
         }
@@ -866,11 +884,25 @@ impl Directory {
             // A root is made by an add of a configured naming context.
             None if renames => refuse("it makes the entry a naming context's root".into()),
             None => Ok(()),
-            Some(_) => match Rdn::parse(&name.rdn) {
-                Ok(rdn) => Self::check_not_conflict_name(&rdn)
-                    .map_err(|e| Self::refused_change(c, e.to_string())),
-                Err(e) => refuse(e.to_string()),
-            },
+            Some(parent) => {
+                let rdn = match Rdn::parse_stored(&name.rdn) {
+                    Ok(rdn) => rdn,
+                    Err(e) => return refuse(e.to_string()),
+                };
+                Self::check_not_conflict_name(&rdn)
+                    .map_err(|e| Self::refused_change(c, e.to_string()))?;
+                // Only the container itself is named as it is.
+                let container = self
+                    .suffixes
+                    .iter()
+                    .any(|s| lost_and_found_uuid(s) == c.uuid);
+                match Self::shown_dn(snap, parent)? {
+                    Some(p) if !container => self
+                        .check_not_container(&p.child(rdn))
+                        .map_err(|e| Self::refused_change(c, e.to_string())),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
@@ -2495,8 +2527,12 @@ impl Directory {
         }
         // Until the end comes, this site is neither its old self nor the
         // peer's copy.
+        // Its value is a CSN of the nil site, which a release that does not
+        // know the mark reads as a dropped change nothing lacks (a node of
+        // it installing a snapshot taken mid-rebuild).
         let mut b = Batch::default();
-        b.put(Table::Forgotten, RESYNC_KEY.to_vec(), vec![1]);
+        let nil = encode_csn(&Csn::zero(Origin::new(Uuid::nil(), 0)))?;
+        b.put(Table::Forgotten, RESYNC_KEY.to_vec(), nil);
         txn.apply(&b)?;
         Ok(changed)
     }

@@ -1879,6 +1879,67 @@ fn a_change_no_site_would_plan_is_refused_with_why() {
     assert!(e.to_string().contains("kept for the entries"), "{e}");
 }
 
+/// No entry takes the lost-and-found container's DN before any site made
+/// the container (it is made when first needed): not by an add, not by a
+/// rename or move, not in a change from another site. A write replayed
+/// from a log of writes is replayed as it was planned then.
+#[test]
+fn no_entry_takes_the_lost_and_found_containers_dn() {
+    let mut all = sites(2);
+    let lab = "ou=lab,dc=example,dc=com";
+    all[0].must(add_op(
+        lab,
+        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
+    ));
+    exchange(&mut all);
+    let e = all[0]
+        .write(modrdn_op(lab, "ou=lostandfound", None))
+        .expect_err("a rename to the container's DN");
+    assert!(e.to_string().contains("kept for the entries"), "{e}");
+    let e = all[0]
+        .write(modrdn_op(H1, "ou=lostandfound", Some(SUFFIX)))
+        .expect_err("a move to the container's DN");
+    assert!(e.to_string().contains("kept for the entries"), "{e}");
+    // The same rename, as a change from a site that did not refuse it.
+    let root = {
+        let e = all[1].get(SUFFIX).unwrap();
+        Uuid::parse_str(e.first("entryuuid").unwrap()).unwrap()
+    };
+    let lab_uuid = {
+        let e = all[1].get(lab).unwrap();
+        Uuid::parse_str(e.first("entryuuid").unwrap()).unwrap()
+    };
+    let s = &mut all[0];
+    s.now_ms += 1;
+    let csn = s.hlc.stamp(s.now_ms, s.origin, 1).next().unwrap();
+    let renamed = Change {
+        csn,
+        uuid: lab_uuid,
+        op: ChangeOp::Modify {
+            name: Some(Name {
+                parent: Some(root),
+                rdn: "ou=lostandfound".into(),
+            }),
+            attrs: vec![],
+        },
+        audit: None,
+    };
+    let e = all[1].dir.check_changes(&[renamed]).expect_err("pulled");
+    assert!(e.to_string().contains("kept for the entries"), "{e}");
+    // An administrator's add there, in a log written before replication.
+    apply_legacy_everywhere(
+        &all,
+        add_op(
+            "ou=lostandfound,dc=example,dc=com",
+            &[
+                ("objectClass", &["organizationalUnit"]),
+                ("ou", &["lostandfound"]),
+            ],
+        ),
+    );
+    assert!(all[1].get("ou=lostandfound,dc=example,dc=com").is_some());
+}
+
 /// The change log's positions are consecutive and the vector holds each
 /// origin's highest CSN, also when one transaction applies many changes of
 /// several origins (the log's cursor writes each vector row once), and a
