@@ -1177,6 +1177,130 @@ fn issue_11_a_site_link_added_with_ldapadd_makes_two_sites_replicate() {
     );
 }
 
+/// Issue 11, `docs/replication.md` "Adding a site" and "Removing a
+/// site", step by step: site `a` runs alone; an administrator adds site
+/// `b`'s entry, a link and `b`'s node entry at `a` with `ldapadd`; `b`
+/// starts with `a` as its one configured peer, fills itself from `a`, and
+/// writes go both ways. Then `b` is stopped and its entries deleted at
+/// `a`: `a` stops pulling from it and no longer admits it.
+#[test]
+fn issue_11_a_site_is_added_and_removed_as_the_docs_say() {
+    let ports: Vec<Ports> = (0..2).map(|_| Ports::free()).collect();
+    let peer_of = |i: usize| format!("127.0.0.{}:{}", i + 1, ports[i].peer);
+    let a = ProcSite::start_spec(
+        1,
+        SiteSpec {
+            name: "a",
+            first_ip: 1,
+            seed: true,
+            peers: vec![],
+            advertise: vec![],
+            foreign: vec![],
+            net: [127, 0, 0],
+            boot: false,
+        },
+        ports[0],
+    );
+    wait_until("the example tree at a", Duration::from_secs(90), || {
+        has_example_tree(&a.url(1))
+    });
+    // Step 1, at a: b's site entry, its link to a, its node.
+    let site_dn = |n: &str| format!("cn={n},ou=sites,{SUFFIX}");
+    let b_node = format!("cn=node-1,{}", site_dn("b"));
+    let link = format!("cn=a-b,ou=sitelinks,{SUFFIX}");
+    ok(run_tool(
+        &a.url(1),
+        "ldapadd",
+        Some((ADMIN, PASSWORD)),
+        &[],
+        Some(&format!(
+            "dn: {a}\nobjectClass: cairnSite\ncn: a\n\n\
+             dn: {b}\nobjectClass: cairnSite\ncn: b\n\n\
+             dn: {link}\nobjectClass: cairnSiteLink\ncn: a-b\n\
+             cairnSiteRef: {a}\ncairnSiteRef: {b}\ncairnCost: 10\n\n\
+             dn: {b_node}\nobjectClass: cairnNode\ncn: node-1\ncairnNodeId: 1\n\
+             cairnPeerAddress: {peer}\n",
+            a = site_dn("a"),
+            b = site_dn("b"),
+            peer = peer_of(1),
+        )),
+    ));
+    // Step 2: b starts, empty, with a as its one configured peer.
+    let b = ProcSite::start_spec(
+        1,
+        SiteSpec {
+            name: "b",
+            first_ip: 2,
+            seed: false,
+            peers: vec![("a", vec![peer_of(0)])],
+            advertise: vec![],
+            foreign: vec![],
+            net: [127, 0, 0],
+            boot: false,
+        },
+        ports[1],
+    );
+    wait_until("a's directory at b", Duration::from_secs(90), || {
+        has_example_tree(&b.url(1))
+    });
+    let status_of = |s: &ProcSite| {
+        stdout(&run_tool(
+            &s.url(1),
+            "ldapsearch",
+            None,
+            &["-b", "cn=status", "-s", "base", "cairnPeerSite"],
+            None,
+        ))
+    };
+    wait_until("a pulls from b", Duration::from_secs(60), || {
+        status_of(&a).contains("cairnPeerSite: b pulling")
+    });
+    // Writes both ways.
+    let at = |s: &ProcSite, dn: &str| {
+        run_tool(
+            &s.url(1),
+            "ldapsearch",
+            Some((ADMIN, PASSWORD)),
+            &["-b", dn, "-s", "base", "1.1"],
+            None,
+        )
+        .status
+        .success()
+    };
+    for (from, to, cn) in [(&b, &a, "from-b"), (&a, &b, "from-a")] {
+        let host = format!("cn={cn},{PROD_A}");
+        ok(run_tool(
+            &from.url(1),
+            "ldapadd",
+            Some((ADMIN, PASSWORD)),
+            &[],
+            Some(&format!("dn: {host}\nobjectClass: cairnHost\ncn: {cn}\n")),
+        ));
+        wait_until(&format!("{cn} replicated"), Duration::from_secs(30), || {
+            at(to, &host)
+        });
+    }
+    // b published itself into the entry made for it.
+    wait_until("b's node entry published", Duration::from_secs(30), || {
+        values_at(&a.url(1), &b_node, "cairnLdapAddress").is_some_and(|v| !v.is_empty())
+    });
+
+    // Removing b: stop its nodes, then delete its entries at a.
+    drop(b);
+    ldapmodify(
+        &a.url(1),
+        &format!(
+            "dn: {b_node}\nchangetype: delete\n\n\
+             dn: {link}\nchangetype: delete\n\n\
+             dn: {b}\nchangetype: delete\n",
+            b = site_dn("b")
+        ),
+    );
+    wait_until("a no longer pulls from b", Duration::from_secs(30), || {
+        !status_of(&a).contains("cairnPeerSite: b ")
+    });
+}
+
 /// Runs an LDIF of change records at `url` as the admin.
 fn ldapmodify(url: &str, ldif: &str) {
     ok(run_tool(

@@ -69,10 +69,25 @@ fn values<'a>(e: &'a ValidEntry, key: &str) -> impl Iterator<Item = &'a str> {
 
 pub use cairn_core::locate::site_name;
 
-/// Reads sites, site links and nodes.
+/// Whether `e` is a copy a replication conflict left aside: one that
+/// lost its name to another site's entry (`CNF`), or sits in lost and
+/// found, or a stub of an entry over the size limit. Such a copy of a
+/// site, a link or a node is not the one hosts are sent to: a site's
+/// `CNF` copy, with the same subnets, would otherwise win hosts from the
+/// real one (its name sorts first), with none of its links.
+fn set_aside(e: &ValidEntry) -> bool {
+    values(e, "cairnconflict").any(|why| {
+        let kind = why.split(':').next().unwrap_or_default();
+        matches!(kind, "name" | "orphan" | "cycle" | "size")
+    })
+}
+
+/// Reads sites, site links and nodes, leaving out copies a replication
+/// conflict set aside ([`set_aside`]).
 pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
     let sites: Vec<SiteSpec> = of_class(dir, "cairnSite")?
         .iter()
+        .filter(|e| !set_aside(e))
         .map(|e| SiteSpec {
             dn: e.dn().to_string(),
             subnets: values(e, "cairnsubnet").map(str::to_string).collect(),
@@ -80,6 +95,7 @@ pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
         .collect();
     let links: Vec<LinkSpec> = of_class(dir, "cairnSiteLink")?
         .iter()
+        .filter(|e| !set_aside(e))
         .map(|e| LinkSpec {
             dn: e.dn().to_string(),
             sites: values(e, "cairnsiteref").map(str::to_string).collect(),
@@ -88,6 +104,7 @@ pub fn read_fleet(dir: &Directory) -> Result<Fleet, FleetError> {
         .collect();
     let mut nodes: Vec<NodeRec> = of_class(dir, "cairnNode")?
         .iter()
+        .filter(|e| !set_aside(e))
         .filter_map(|e| {
             Some(NodeRec {
                 id: e.first("cairnnodeid")?.parse().ok()?,
@@ -810,6 +827,38 @@ mod tests {
             assert!(matches!(e, FleetError::Ambiguous(_)), "{order:?}: {e:?}");
             assert!(e.to_string().contains("name more than one host"), "{e}");
         }
+    }
+
+    /// The same site added at two sites apart: the copy that lost the
+    /// name (`CNF`) is not a site hosts are sent to, though it has the
+    /// same subnets and its name sorts first.
+    #[test]
+    fn a_sites_conflict_copy_is_not_a_site() {
+        let (_tmp, dir) = directory();
+        let sites_ou = format!("ou=sites,{SUFFIX}");
+        let ou = add(
+            &sites_ou,
+            &[("objectClass", &["organizationalUnit"]), ("ou", &["sites"])],
+        );
+        write(&dir, ou, 1, 11);
+        let west = |site: u8, ms: u64| {
+            let entry = add(
+                &format!("cn=west,{sites_ou}"),
+                &[
+                    ("objectClass", &["cairnSite"]),
+                    ("cn", &["west"]),
+                    ("cairnSubnet", &["10.2.0.0/16"]),
+                ],
+            );
+            plan(&dir, entry, site, ms)
+        };
+        let (one, two) = (west(1, 12), west(2, 13));
+        dir.apply_changes(&[one, two], None, true).unwrap();
+        let fleet = read_fleet(&dir).unwrap();
+        let names: Vec<&str> = fleet.sites.sites().iter().map(|s| s.dn()).collect();
+        assert_eq!(names, [format!("cn=west,{sites_ou}")], "{names:?}");
+        let found = fleet.sites.site_of("10.2.0.5".parse().unwrap()).unwrap();
+        assert_eq!(found.dn(), format!("cn=west,{sites_ou}"));
     }
 
     /// What firmware fills in for every board is no identity.

@@ -299,11 +299,13 @@ impl ClusterSection {
 
     fn validate_peer_sites(&self) -> anyhow::Result<Vec<cairn_replica::federation::PeerSite>> {
         let mut out: Vec<cairn_replica::federation::PeerSite> = vec![];
+        use cairn_replica::federation::same_site;
         for p in &self.peer_sites {
-            if p.site == self.site {
+            // Site names are `cn` values, compared without case.
+            if same_site(&p.site, &self.site) {
                 bail!("cluster.peer_sites: {:?} is this node's own site", p.site);
             }
-            if out.iter().any(|o| o.name == p.site) {
+            if out.iter().any(|o| same_site(&o.name, &p.site)) {
                 bail!("cluster.peer_sites: site {:?} appears twice", p.site);
             }
             if p.nodes.is_empty() {
