@@ -103,7 +103,19 @@ impl Model {
             }
         }
         let f = Arc::new(fleet::read_fleet(&self.dir)?);
-        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, f.clone()));
+        let mut cached = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        // What the site map leaves out (a subnet two sites claim, a link
+        // to a site that is gone), said once when it first appears.
+        let known: Vec<String> = cached
+            .iter()
+            .flat_map(|(_, f)| f.sites.problems().iter().map(ToString::to_string))
+            .collect();
+        for problem in f.sites.problems().iter().map(ToString::to_string) {
+            if !known.contains(&problem) {
+                tracing::warn!(%problem, "the sites in the directory: part of them is ignored");
+            }
+        }
+        *cached = Some((generation, f.clone()));
         Ok(f)
     }
 
