@@ -540,8 +540,9 @@ fn one_dn_added_at_two_sites_keeps_both_entries_and_marks_the_loser() {
     assert!(!tree.keys().any(|k| k.contains("CNF:")), "{tree:#?}");
 }
 
-#[test]
-fn a_child_added_under_a_parent_deleted_elsewhere_goes_to_lost_and_found() {
+/// Two sites where site 1 added `cn=x1` under `ou=lab` while site 0
+/// deleted `ou=lab`: x1 is in lost and found.
+fn sites_with_an_orphan() -> Vec<Site> {
     let mut all = sites(2);
     all[0].must(add_op(
         "ou=lab,dc=example,dc=com",
@@ -554,6 +555,12 @@ fn a_child_added_under_a_parent_deleted_elsewhere_goes_to_lost_and_found() {
         &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
     ));
     exchange(&mut all);
+    all
+}
+
+#[test]
+fn a_child_added_under_a_parent_deleted_elsewhere_goes_to_lost_and_found() {
+    let all = sites_with_an_orphan();
     let tree = converged(&all);
     assert!(
         !tree.contains_key("ou=lab,dc=example,dc=com"),
@@ -1730,19 +1737,8 @@ fn a_change_from_another_site_is_checked_field_by_field() {
 /// site, and applying it would break this site's tree.
 #[test]
 fn a_change_no_site_would_plan_is_refused_with_why() {
-    let mut all = sites(2);
     // An orphan, so the lost-and-found container exists.
-    all[0].must(add_op(
-        "ou=lab,dc=example,dc=com",
-        &[("objectClass", &["organizationalUnit"]), ("ou", &["lab"])],
-    ));
-    exchange(&mut all);
-    all[0].must(delete_op("ou=lab,dc=example,dc=com"));
-    all[1].must(add_op(
-        "cn=x1,ou=lab,dc=example,dc=com",
-        &[("objectClass", &["cairnHost"]), ("cn", &["x1"])],
-    ));
-    exchange(&mut all);
+    let mut all = sites_with_an_orphan();
     all[1].now_ms += 10;
     let before = all[0].export();
     let s = &mut all[1];
