@@ -778,6 +778,72 @@ fn cairn_pull_watch_rewrites_the_file_when_a_cluster_setting_changes() {
     assert_eq!(names, vec!["host.json".to_string()]);
 }
 
+/// `cairn pull --watch` of a host a deploy rule registered: when an
+/// administrator deletes the host's entry, the watch ends (exit 1) with
+/// the file kept, and nothing registers the host again behind the
+/// operator's back (a watch that went back to a plain Pull did).
+#[test]
+fn cairn_pull_watch_of_a_deleted_host_ends_and_does_not_register_it_again() {
+    let n = Node::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("host.txt");
+    let mac = "02:00:00:00:09:08";
+    let host = format!("cn=host-020000000908,{PROD_A}");
+    let grpc = n.grpc.to_string();
+    let mut child = cairn_pull(&[
+        "--server",
+        &grpc,
+        "--mac",
+        mac,
+        "--vendor",
+        "Dell Inc.",
+        "--ip",
+        "10.1.9.8",
+        "--out",
+        file.to_str().expect("path"),
+        "--watch",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start cairn pull --watch");
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    crate::kit::wait_until("the first configuration", Duration::from_secs(10), || {
+        read().contains(&format!("# host {host}"))
+    });
+    ok(n.tool("ldapdelete", &[&host], None));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cairn pull --watch still runs after its host was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1));
+    let out = child.wait_with_output().expect("output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the watch on"), "{said}");
+    assert!(
+        read().contains(&format!("# host {host}")),
+        "the file was kept"
+    );
+    let search = n.tool(
+        "ldapsearch",
+        &[
+            "-b",
+            "dc=example,dc=com",
+            &format!("(macAddress={mac})"),
+            "1.1",
+        ],
+        None,
+    );
+    assert_eq!(count_entries(&search), 0, "registered again");
+}
+
 #[test]
 fn a_python_grpc_client_pulls_through_reflection() {
     let n = Node::start();

@@ -861,6 +861,39 @@ mod tests {
         assert_eq!(found.dn(), format!("cn=west,{sites_ou}"));
     }
 
+    /// A caller holding an enrollment token learns no DN from why its
+    /// host is refused; an unauthenticated deployment's caller (no scope)
+    /// is told which entries share the MAC.
+    #[tokio::test]
+    async fn a_refusal_names_no_entry_to_a_token_holder() {
+        let (_tmp, dir) = directory();
+        for (i, cn) in ["a", "b"].into_iter().enumerate() {
+            let entry = add(
+                &format!("cn={cn},{SUFFIX}"),
+                &[
+                    ("objectClass", &["cairnHost"]),
+                    ("cn", &[cn]),
+                    ("macAddress", &["02:00:00:00:00:07"]),
+                ],
+            );
+            write(&dir, entry, 1, 20 + i as u64);
+        }
+        let model = crate::Model::new(Arc::new(dir));
+        let id = || macs(&["02:00:00:00:00:07"]);
+        let open = model.pull(id(), None, false, None).await.unwrap_err();
+        assert!(
+            open.to_string().contains(&format!("cn=a,{SUFFIX}")),
+            "{open}"
+        );
+        let scope = Dn::parse(&format!("cn=a,{SUFFIX}")).unwrap();
+        let scoped = model
+            .pull(id(), None, false, Some(&scope))
+            .await
+            .unwrap_err();
+        assert!(matches!(scoped, FleetError::Ambiguous(_)), "{scoped:?}");
+        assert!(!scoped.to_string().contains("cn="), "{scoped}");
+    }
+
     /// What firmware fills in for every board is no identity.
     #[test]
     fn placeholder_serials_and_uuids_are_no_identity() {

@@ -169,11 +169,32 @@ impl Model {
         // A second attempt when another machine's registration took the
         // name this host's hostname gives first: it is planned again and
         // then sees that name taken.
-        let first = match self.pull_attempt(&id, caller, may_register, scope).await? {
+        // A token's holder learns no DN outside what the token opens, not
+        // even from why its host is refused (the other entry holding its
+        // MAC, the conflicted entry above it).
+        let redact = |e: FleetError| match (scope, e) {
+            (Some(_), FleetError::Ambiguous(_)) => FleetError::Ambiguous(
+                "the host's identity names more than one host; an administrator must fix \
+                 the directory (cairn conflicts lists it)"
+                    .into(),
+            ),
+            (Some(_), FleetError::Conflict(_)) => FleetError::Conflict(
+                "the host's configuration is in a replication conflict; an administrator \
+                 must resolve it (cairn conflicts lists it)"
+                    .into(),
+            ),
+            (_, e) => e,
+        };
+        let attempt = || async {
+            self.pull_attempt(&id, caller, may_register, scope)
+                .await
+                .map_err(redact)
+        };
+        let first = match attempt().await? {
             Ok(resp) => return Ok(resp),
             Err(rule) => rule,
         };
-        match self.pull_attempt(&id, caller, may_register, scope).await? {
+        match attempt().await? {
             Ok(mut resp) => {
                 // Registered by the first attempt, found by the second.
                 if resp.registered_by_rule.is_empty()

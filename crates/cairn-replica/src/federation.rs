@@ -1182,6 +1182,13 @@ impl crate::Replica {
         // checked against the old one could re-add what the peer let go.
         // (Pulls from every peer wait until the rebuild is done.)
         let _proposing = fed.proposing.lock().await;
+        // What an earlier leader committed (a purge among it) is applied
+        // here before this site's own horizon is read.
+        self.linearizable_barrier(Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                format!("this node cannot confirm it holds what its site committed: {e}")
+            })?;
         // Below the later of the peer's horizon and this site's own, only
         // the peer's copy counts: what this site dropped from its own log
         // can no longer reach anyone.

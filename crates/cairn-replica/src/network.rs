@@ -44,6 +44,11 @@ use pb::raft_client::RaftClient;
 /// Largest gRPC message between nodes (snapshot chunks, big batches).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// How often the gRPC server pings a connection's other end (HTTP/2
+/// PING), and how long it waits for the answer before closing it.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The most an AppendEntries message carries when it holds more than one
 /// entry. openraft counts entries, not bytes (up to 300 at once), and an
 /// entry may hold several MiB of writes: a follower catching up could be
@@ -1190,6 +1195,11 @@ where
         let _ = closing.send(true);
     };
     tonic::transport::Server::builder()
+        // A client that vanished (a host power-cycled mid-Watch, a node
+        // cut off) leaves no stream open for good: unanswered pings close
+        // its connection within a minute.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(closing_layer(rx))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

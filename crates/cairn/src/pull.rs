@@ -162,30 +162,70 @@ pub async fn run(a: PullArgs, ca: Option<&std::path::Path>) -> anyhow::Result<Ex
     };
     let _ = TLS.set(tls);
     let _ = TOKEN.set(read_token(&a)?);
-    let mut version = String::new();
+    // The first answer is a Pull: it registers a host a deploy rule
+    // places. Watching never registers (a host deleted while watched
+    // stays deleted).
+    let nodes = closest_nodes(&a).await?;
+    let (mut node, resp) = pull_first(&nodes, &identity).await?;
+    emit(&a, &resp)?;
+    let mut version = resp.version.clone();
+    if !a.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 0usize;
     loop {
-        let nodes = closest_nodes(&a).await?;
-        let (node, resp) = pull_first(&nodes, &identity).await?;
-        if resp.version != version {
-            emit(&a, &resp)?;
-            version = resp.version.clone();
-        }
-        if !a.watch {
-            return Ok(ExitCode::SUCCESS);
-        }
-        // Watch on the node that answered; when the stream breaks (node
-        // down, network), locate again and resume from the version held.
+        // When the stream ends (node down, network, a conflict in the
+        // host's entry), keep the configuration written, locate again
+        // and resume from the version held, pausing longer each time.
+        let mut code = None;
         let (held, why) = match watch(&node, &identity, &version, &a).await {
             Ok(v) => (v, "the stream ended".to_string()),
-            Err((v, e)) => (v, format!("{e:#}")),
+            Err((v, e)) => {
+                code = e.downcast_ref::<tonic::Status>().map(tonic::Status::code);
+                if matches!(
+                    code,
+                    Some(
+                        tonic::Code::NotFound
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    )
+                ) {
+                    // Deleted, or no longer this caller's to read: the
+                    // watch is over; what was written stays.
+                    eprintln!("cairn pull: the watch on {node} ended: {e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                (v, format!("{e:#}"))
+            }
         };
-        if !held.is_empty() {
+        if held != version {
+            // It got something: the next loss starts from a short pause.
+            pause = Duration::from_secs(1);
             version = held;
         }
-        eprintln!("cairn pull: lost the watch on {node} ({why}); locating again");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "cairn pull: lost the watch on {node} ({why}); watching again in {} s, \
+             keeping the configuration written",
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_WATCH_PAUSE);
+        attempt += 1;
+        // A node that answered (a conflict in the host's entry) is asked
+        // again; one that did not, the next of the closest.
+        let answered = code == Some(tonic::Code::FailedPrecondition);
+        match closest_nodes(&a).await {
+            Ok(nodes) if answered => node = nodes[0].clone(),
+            Ok(nodes) => node = nodes[attempt % nodes.len()].clone(),
+            Err(e) => eprintln!("cairn pull: {e:#}"),
+        }
     }
 }
+
+/// The longest pause between attempts to watch again.
+const MAX_WATCH_PAUSE: Duration = Duration::from_secs(30);
 
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
     let tls = TLS.get().cloned().flatten();
@@ -199,6 +239,11 @@ async fn connect(addr: &str) -> anyhow::Result<Channel> {
     endpoint
         .connect_timeout(NODE_TIMEOUT)
         .timeout(NODE_TIMEOUT)
+        // A node that vanished (powered off, cut off) ends a Watch within
+        // a minute instead of leaving the host waiting for ever.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {addr}"))
