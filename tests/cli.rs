@@ -319,3 +319,22 @@ fn issue_11_a_node_restored_from_cairnd_backup_stamps_under_a_new_origin_epoch()
     ok(restored.tool("ldapadd", &[], Some(&hosts_ldif("after", 1))));
     assert!(!marker.exists(), "the backup's mark outlived the new epoch");
 }
+
+/// `cairn conflicts` says 1 when there are conflicts (tests/federation.rs)
+/// and 2 when it cannot list them, so a script can tell the two apart.
+#[test]
+fn cairn_conflicts_that_cannot_be_listed_exit_2() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = free.local_addr().expect("addr").port();
+    drop(free);
+    let out = std::process::Command::new(bin("cairn"))
+        .args(["--url", &format!("ldap://127.0.0.1:{port}"), "conflicts"])
+        .output()
+        .expect("run cairn");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot list the conflicts"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -121,7 +121,8 @@ enum Command {
     Replication(ReplicationCmd),
     /// List the entries that concurrent changes at two sites left in
     /// conflict: names added at both, entries moved to lost and found,
-    /// entries outside the schema (exit status 1 when there are any).
+    /// entries outside the schema (exit status 1 when there are any, 2
+    /// when they could not be listed).
     Conflicts,
     /// Sites: `cairn site resync SITE --from PEER` rebuilds SITE's
     /// directory from linked site PEER (--url must be a node of SITE).
@@ -381,7 +382,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replication(c) => {
             replication::pause(&cli.url, &auth, matches!(c, ReplicationCmd::Pause)).await
         }
-        Command::Conflicts => replication::conflicts(&cli.url, &auth).await,
+        // 1 says there are conflicts; a listing that failed is 2, so a
+        // script can tell the two apart.
+        Command::Conflicts => match replication::conflicts(&cli.url, &auth).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("cairn: cannot list the conflicts: {e:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Site(SiteCmd::Resync { site, from }) => {
             replication::resync(&cli.url, &auth, &site, &from).await
         }
