@@ -24,8 +24,8 @@ use std::task::{Context, Poll};
 
 use async_tftp::packet;
 use cairn_core::pxe::{self, Name};
+use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
-use cairn_fleet::{FleetError, Model};
 use tracing::{info, warn};
 
 use crate::images::{Denied, ImageRoot};
@@ -220,7 +220,7 @@ impl Handler {
             // Cached per directory generation; never registers a host.
             let answer = match self.model.boot_answer(id, Some(client.ip())).await {
                 Ok(a) => a,
-                Err(e @ (FleetError::Ambiguous(_) | FleetError::Conflict(_))) => {
+                Err(e) if e.refuses_known_host() => {
                     warn!(client = %client, cause = %e, "TFTP boot configuration refused");
                     return Err(e.to_string());
                 }

@@ -30,6 +30,16 @@ pub enum FleetError {
     Internal(String),
 }
 
+impl FleetError {
+    /// Whether the host is known but must not be served until an
+    /// administrator acts (an identity several entries share, a conflict
+    /// in its tree): every front end refuses it with why, and none falls
+    /// back to what it gives a host nothing knows (a menu, a rule's build).
+    pub fn refuses_known_host(&self) -> bool {
+        matches!(self, FleetError::Ambiguous(_) | FleetError::Conflict(_))
+    }
+}
+
 impl From<cairn_proto::dns::NameError> for FleetError {
     fn from(e: cairn_proto::dns::NameError) -> Self {
         FleetError::InvalidArgument(e.0)

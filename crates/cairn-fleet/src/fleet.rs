@@ -10,7 +10,7 @@ use cairn_core::entry::ValidEntry;
 use cairn_core::filter::Filter;
 use cairn_core::inherit::{self, Layer};
 use cairn_core::locate::{LinkSpec, SiteMap, SiteSpec};
-use cairn_store::{Directory, Halt, Scope};
+use cairn_store::{ConflictKind, Directory, Halt, Scope};
 
 use crate::error::FleetError;
 use cairn_proto::pb;
@@ -76,10 +76,12 @@ pub use cairn_core::locate::site_name;
 /// `CNF` copy, with the same subnets, would otherwise win hosts from the
 /// real one (its name sorts first), with none of its links.
 fn set_aside(e: &ValidEntry) -> bool {
-    values(e, "cairnconflict").any(|why| {
-        let kind = why.split(':').next().unwrap_or_default();
-        matches!(kind, "name" | "orphan" | "cycle" | "size")
-    })
+    conflict(e, ConflictKind::sets_aside).is_some()
+}
+
+/// The first `cairnConflict` value of `e` of a kind `which` picks.
+fn conflict(e: &ValidEntry, which: impl Fn(ConflictKind) -> bool) -> Option<&str> {
+    values(e, "cairnconflict").find(|why| ConflictKind::of(why).is_some_and(&which))
 }
 
 /// Reads sites, site links and nodes, leaving out copies a replication
@@ -524,13 +526,7 @@ fn answer(
 /// (`cairn conflicts` lists it). A name conflict (a `CNF` name) or a
 /// schema conflict changes nothing the entry gives, and is served.
 fn check_served(e: &ValidEntry) -> Result<(), FleetError> {
-    let Some(a) = e.get("cairnconflict") else {
-        return Ok(());
-    };
-    let Some(why) = a.values.iter().find(|why| {
-        let kind = why.split(':').next().unwrap_or_default();
-        matches!(kind, "orphan" | "cycle" | "size")
-    }) else {
+    let Some(why) = conflict(e, ConflictKind::changes_what_it_gives) else {
         return Ok(());
     };
     let home = e

@@ -191,10 +191,9 @@ pub fn states_without_registrations(
         match s.to_v1() {
             Some(v1) => states.push(v1),
             None => {
-                return Err(format!(
-                    "refused: entry {} was registered as a host, which site {site}'s release \
-                     cannot read; upgrade that site",
-                    s.uuid
+                return Err(unreadable_registration(
+                    &format!("entry {} was registered as a host", s.uuid),
+                    site,
                 ));
             }
         }
@@ -224,6 +223,12 @@ pub struct StatesResponse {
     pub dropped: Vec<Csn>,
 }
 
+/// The refusal of what a site of an earlier release cannot read: `what`
+/// holds a registration.
+fn unreadable_registration(what: &str, site: &str) -> String {
+    format!("refused: {what}, which site {site}'s release cannot read; upgrade that site")
+}
+
 /// A page of changes for a site that does not read host registrations
 /// (it did not send [`REGISTRATIONS_HEADER`]: an earlier release): the
 /// page, or, when it holds a registration, a refusal that says to
@@ -235,10 +240,9 @@ pub fn without_registrations(page: ChangesResponse, site: &str) -> Result<Change
         .iter()
         .find(|c| matches!(c.op, cairn_core::merge::ChangeOp::Register { .. }))
     {
-        Some(c) => Err(format!(
-            "refused: change {} registers a host, which site {site}'s release cannot read; \
-             upgrade that site",
-            c.csn
+        Some(c) => Err(unreadable_registration(
+            &format!("change {} registers a host", c.csn),
+            site,
         )),
         None => Ok(page),
     }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod directory;
 pub mod engine;
 
+pub use directory::replicate::ConflictKind;
 pub use directory::{Applied, Directory, Halt, MAX_ENTRY_BYTES, Scope, SearchControl, WriteOp};
 pub use engine::EngineKind;
 

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cairn_boot::images::{Denied, ImageRoot};
 use cairn_core::pxe;
+use cairn_fleet::Model;
 use cairn_fleet::fleet::Identity;
-use cairn_fleet::{FleetError, Model};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{info, warn};
 
@@ -109,7 +109,7 @@ async fn script(
             // Hosts sharing its identity, or a conflict in its entry's
             // tree: it is not unknown, so neither the menu nor a rule's
             // build, but why, until an administrator resolves it.
-            Err(e @ (FleetError::Ambiguous(_) | FleetError::Conflict(_))) => {
+            Err(e) if e.refuses_known_host() => {
                 warn!(client = %client, cause = %e, "iPXE script refused");
                 return text(StatusCode::CONFLICT, format!("{e}\n"));
             }

@@ -175,7 +175,66 @@ fn bookkeeping_key(k: &[u8]) -> bool {
 }
 
 /// How the `cairnConflict` value of an entry shown as a stub begins.
-pub(super) const STUB_CONFLICT: &str = "size: ";
+pub(super) const STUB_CONFLICT: &str = ConflictKind::Size.prefix();
+
+/// What a `cairnConflict` value says of its entry, by the word its text
+/// begins with: the one place that word is written and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// It lost its name to another site's entry: shown as `<rdn>\nCNF:…`.
+    Name,
+    /// Its parent was deleted at another site: in lost and found.
+    Orphan,
+    /// Cut out of a loop of moves: in lost and found.
+    Cycle,
+    /// The merge left it outside the schema: shown whole, as it is.
+    Schema,
+    /// Over the size limit: a stub showing none of its settings.
+    Size,
+}
+
+impl ConflictKind {
+    const ALL: [ConflictKind; 5] = [
+        ConflictKind::Name,
+        ConflictKind::Orphan,
+        ConflictKind::Cycle,
+        ConflictKind::Schema,
+        ConflictKind::Size,
+    ];
+
+    /// How a value of this kind begins.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            ConflictKind::Name => "name: ",
+            ConflictKind::Orphan => "orphan: ",
+            ConflictKind::Cycle => "cycle: ",
+            ConflictKind::Schema => "schema: ",
+            ConflictKind::Size => "size: ",
+        }
+    }
+
+    /// The kind of a `cairnConflict` value.
+    pub fn of(why: &str) -> Option<ConflictKind> {
+        Self::ALL.into_iter().find(|k| why.starts_with(k.prefix()))
+    }
+
+    /// Whether the entry is not where its name says or not what it holds
+    /// (a copy set aside: a `CNF` name, lost and found, a stub); only a
+    /// schema conflict shows the entry where and as it is.
+    pub fn sets_aside(self) -> bool {
+        self != ConflictKind::Schema
+    }
+
+    /// Whether what the entry gives the entries below it differs from
+    /// what was written: in lost and found it is cut off from the tree
+    /// above its place; a stub shows none of its values.
+    pub fn changes_what_it_gives(self) -> bool {
+        matches!(
+            self,
+            ConflictKind::Orphan | ConflictKind::Cycle | ConflictKind::Size
+        )
+    }
+}
 
 /// Most bytes of one identity attribute (MACs, SMBIOS UUIDs, serial
 /// numbers) a stub keeps showing.
@@ -1803,7 +1862,10 @@ impl Directory {
                 return Ok(Placement {
                     dn: lost.child(Self::mangled(&rdn, state.uuid)),
                     conflict: Some((
-                        format!("orphan: parent {parent} was deleted at another site"),
+                        format!(
+                            "{}parent {parent} was deleted at another site",
+                            ConflictKind::Orphan.prefix()
+                        ),
                         original,
                     )),
                     parent: None,
@@ -1818,7 +1880,8 @@ impl Directory {
                 dn: lost.child(Self::mangled(&rdn, state.uuid)),
                 conflict: Some((
                     format!(
-                        "cycle: moves at two sites put this entry below itself (its parent is {parent})"
+                        "{}moves at two sites put this entry below itself (its parent is {parent})",
+                        ConflictKind::Cycle.prefix()
                     ),
                     None,
                 )),
@@ -1832,7 +1895,10 @@ impl Directory {
             Some(w) if w != state.uuid => Ok(Placement {
                 dn: parent_dn.child(Self::mangled(&rdn, state.uuid)),
                 conflict: Some((
-                    format!("name: {dn} was added at two sites; entry {w} has it"),
+                    format!(
+                        "{}{dn} was added at two sites; entry {w} has it",
+                        ConflictKind::Name.prefix()
+                    ),
                     Some(dn),
                 )),
                 parent: Some(parent),
@@ -2072,7 +2138,7 @@ impl Directory {
         match self.schema.validate(entry) {
             Ok(v) => v,
             Err(e) => {
-                conflicts.push(format!("schema: {e}"));
+                conflicts.push(format!("{}{e}", ConflictKind::Schema.prefix()));
                 attrs.push(("cairnConflict".into(), conflicts));
                 self.schema.keep_conflicting(Entry {
                     dn: place.dn,
